@@ -1,0 +1,145 @@
+"""Registry of pretrained backbones: one spec per `keras.applications` family.
+
+A spec knows what belongs to a family's weights rather than to the caller:
+the constructor, the matching `preprocess_input`, the default and minimum
+input sizes, and how to find the outputs of its blocks/stages.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+__all__ = ["BackboneSpec", "BACKBONES", "get_backbone_spec", "register_backbone"]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build and feed one backbone family.
+
+    Attributes:
+        name: Registry name, e.g. `"VGG16"`.
+        constructor: Callable `(include_top, weights, input_shape, **kwargs)
+            -> keras.Model`; a `keras.applications` function or your own.
+        preprocess_module: Module holding `preprocess_input`, e.g.
+            `"keras.applications.vgg16"`; `None` for models that take 0-255
+            pixels and rescale inside (EfficientNet, ConvNeXt, MobileNetV3).
+        default_input_size: Side of the input the weights were trained at.
+        min_input_size: Smallest side the architecture accepts.
+        stage_pattern: Regex of layer names that end a stage. `None` uses the
+            generic rule of `features.layers` (last cut layer per resolution).
+    """
+
+    name: str
+    constructor: Callable = field(repr=False)
+    preprocess_module: str | None
+    default_input_size: int = 224
+    min_input_size: int = 32
+    stage_pattern: str | None = None
+
+    @property
+    def preprocessing(self) -> str:
+        """Stable name of the preprocessing, part of every cache key."""
+        if self.preprocess_module is None:
+            return "none (rescaled inside the model)"
+        return f"{self.preprocess_module}.preprocess_input"
+
+    def preprocess_input(self, x):
+        """Apply the family's `preprocess_input` to a float32 batch in 0-255.
+
+        Keras modifies float numpy inputs in place; callers pass a batch they own.
+        """
+        if self.preprocess_module is None:
+            return x
+        return importlib.import_module(self.preprocess_module).preprocess_input(x)
+
+
+BACKBONES: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(spec: BackboneSpec, *, overwrite: bool = False) -> BackboneSpec:
+    """Add a backbone family to the registry (e.g. your own Keras model builder).
+
+    Raises:
+        ValueError: If the name is taken and `overwrite` is false.
+    """
+    if spec.name in BACKBONES and not overwrite:
+        raise ValueError(
+            f"A backbone named {spec.name!r} is already registered. Pass "
+            f"overwrite=True to replace it. Received: spec={spec!r}"
+        )
+    BACKBONES[spec.name] = spec
+    return spec
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    """Look up a backbone family by name (case-insensitive).
+
+    Raises:
+        ValueError: For an unknown name, listing the closest valid names.
+    """
+    if name in BACKBONES:
+        return BACKBONES[name]
+    by_lower = {key.lower(): key for key in BACKBONES}
+    if name.lower() in by_lower:
+        return BACKBONES[by_lower[name.lower()]]
+    close = difflib.get_close_matches(name, list(BACKBONES), n=3, cutoff=0.4)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise ValueError(
+        f"Unknown backbone {name!r}.{hint} Valid names: {', '.join(sorted(BACKBONES))}. "
+        f"Received: model={name!r}"
+    )
+
+
+def _application(function_name: str) -> Callable:
+    """A lazy reference to `keras.applications.<function_name>` (no import at load)."""
+
+    def build(**kwargs):
+        import keras
+
+        return getattr(keras.applications, function_name)(**kwargs)
+
+    build.__name__ = function_name
+    return build
+
+
+def _register_keras_applications() -> None:
+    # (names, preprocess module, default size, min size, stage pattern)
+    families = [
+        (["VGG16"], "vgg16", 224, 32, r"block\d+_pool$"),
+        (["VGG19"], "vgg19", 224, 32, r"block\d+_pool$"),
+        (["ResNet50"], "resnet50", 224, 32, None),
+        (["ResNet101", "ResNet152"], "resnet", 224, 32, None),
+        (["ResNet50V2", "ResNet101V2", "ResNet152V2"], "resnet_v2", 224, 32, None),
+        (["InceptionV3"], "inception_v3", 299, 75, r"mixed\d+$"),
+        (["InceptionResNetV2"], "inception_resnet_v2", 299, 75, None),
+        (["Xception"], "xception", 299, 71, None),
+        (["MobileNet"], "mobilenet", 224, 32, None),
+        (["MobileNetV2"], "mobilenet_v2", 224, 32, None),
+        (["MobileNetV3Small", "MobileNetV3Large"], None, 224, 32, None),
+        (["DenseNet121", "DenseNet169", "DenseNet201"], "densenet", 224, 32, None),
+        (["NASNetMobile"], "nasnet", 224, 32, None),
+        (["NASNetLarge"], "nasnet", 331, 32, None),
+        (["ConvNeXtTiny", "ConvNeXtSmall", "ConvNeXtBase", "ConvNeXtLarge", "ConvNeXtXLarge"], None, 224, 32, None),
+    ]
+    efficientnet_sizes = {"B0": 224, "B1": 240, "B2": 260, "B3": 300, "B4": 380, "B5": 456, "B6": 528, "B7": 600}
+    families += [([f"EfficientNet{v}"], None, size, 32, None) for v, size in efficientnet_sizes.items()]
+    efficientnet_v2_sizes = {"B0": 224, "B1": 240, "B2": 260, "B3": 300, "S": 384, "M": 480, "L": 480}
+    families += [([f"EfficientNetV2{v}"], None, size, 32, None) for v, size in efficientnet_v2_sizes.items()]
+    for names, module, default_size, min_size, pattern in families:
+        for name in names:
+            register_backbone(
+                BackboneSpec(
+                    name=name,
+                    constructor=_application(name),
+                    preprocess_module=f"keras.applications.{module}" if module else None,
+                    default_input_size=default_size,
+                    min_input_size=min_size,
+                    stage_pattern=pattern,
+                )
+            )
+
+
+_register_keras_applications()

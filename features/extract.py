@@ -1,0 +1,327 @@
+"""Extract features of several layers in one forward pass, into the store.
+
+The work is cut into fixed chunks of samples. A background thread pool
+decodes and resizes the images of the next chunks while the current one goes
+through the model; each chunk's pooled features are committed to the store
+as soon as they are computed. A killed run resumes at the first chunk not
+committed, with the same batches, so the result is bit-identical to an
+uninterrupted run. Keys already in the store cost no forward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from features.inputs import ImageDataset, iter_decoded_chunks
+from features.keys import FeatureKey
+from features.layers import LayerInfo, resolve_layers
+from features.store import FeatureSet, FeatureStore, library_versions
+from features.truncate import DEFAULT_MAX_FLATTEN_DIM, build_extractor, per_layer_pooling, pooled_shape
+from features.weights import Backbone, load_backbone
+
+__all__ = ["FeatureExtractor", "ExtractionReport", "extract_features"]
+
+STORAGE_DTYPES = ("float32", "float16")
+
+
+@dataclass
+class ExtractionReport:
+    """What an extraction did.
+
+    Attributes:
+        keys: Layer name -> key of its stored features.
+        cached: Layer names whose features were already stored (no forward pass).
+        computed: Layer names computed by this call.
+        n_images: Samples in the dataset.
+        n_forward: Images that went through the model in this call.
+        skipped: (sample id, reason) of every unreadable sample.
+        seconds: Wall time of the call.
+    """
+
+    keys: dict[str, FeatureKey]
+    cached: list[str] = field(default_factory=list)
+    computed: list[str] = field(default_factory=list)
+    n_images: int = 0
+    n_forward: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.n_forward / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> str:
+        parts = [f"{len(self.keys)} layer(s): {len(self.computed)} computed, {len(self.cached)} cached"]
+        if self.n_forward:
+            parts.append(f"{self.n_forward} images in {self.seconds:.1f} s ({self.images_per_second:.1f} img/s)")
+        parts.append(f"{len(self.skipped)} unreadable image(s) skipped")
+        return "; ".join(parts)
+
+
+@contextlib.contextmanager
+def _dtype_policy(name: str) -> Iterator[None]:
+    """Set Keras's global dtype policy inside the block only."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+class FeatureExtractor:
+    """A truncated backbone that extracts and caches pooled layer features.
+
+    Args:
+        model: Backbone name from the registry (e.g. `"VGG16"`).
+        weights: `"imagenet"`, `None` (random init from `seed`) or a weights file.
+        layers: Layer names, aliases (`"stages"`, `"stage2"`, `"top"`) or
+            relative depths in [0, 1].
+        pooling: `"avg"`, `"max"`, `"flatten"` or `"none"`, or a layer -> pooling map.
+        input_size: Square input side (default: the family's).
+        batch_size: Images per forward pass.
+        dtype: Storage dtype, `"float32"` or `"float16"`.
+        mixed_precision: Run the forward pass in `mixed_float16` (for GPUs).
+        model_kwargs: Extra constructor arguments, e.g. `{"alpha": 0.35}`.
+        seed: Seed of the random initialisation when `weights=None`.
+        max_flatten_dim: Refuse `flatten` pooling above this many values per image.
+
+    Example:
+        >>> extractor = FeatureExtractor("VGG16", weights=None, layers="stages", input_size=32)
+        >>> report = extractor.extract(from_directory("images/"), FeatureStore("store/"))
+        >>> train = FeatureStore("store/").load(report.keys["block3_pool"], split="train")
+    """
+
+    def __init__(
+        self,
+        model: str = "VGG16",
+        *,
+        weights: str | os.PathLike | None = "imagenet",
+        layers: Sequence | str | float = ("top",),
+        pooling: str | Mapping[str, str] = "avg",
+        input_size: int | None = None,
+        batch_size: int = 32,
+        dtype: str = "float32",
+        mixed_precision: bool = False,
+        model_kwargs: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        max_flatten_dim: int = DEFAULT_MAX_FLATTEN_DIM,
+    ):
+        if dtype not in STORAGE_DTYPES:
+            raise ValueError(f"dtype must be one of {STORAGE_DTYPES}. Received: dtype={dtype!r}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+        self.batch_size = int(batch_size)
+        self.dtype = dtype
+        self.compute_dtype = "mixed_float16" if mixed_precision else "float32"
+        with _dtype_policy(self.compute_dtype):
+            self.backbone: Backbone = load_backbone(
+                model, weights=weights, input_size=input_size, model_kwargs=model_kwargs, seed=seed
+            )
+        self.layers: list[LayerInfo] = resolve_layers(self.backbone.model, self.backbone.spec, layers)
+        self.pooling = per_layer_pooling(self.layers, pooling)
+        self.feature_shapes = {
+            info.name: pooled_shape(info, self.pooling[info.name], max_flatten_dim=max_flatten_dim)
+            for info in self.layers
+        }
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [info.name for info in self.layers]
+
+    def keys(self, dataset: ImageDataset, dataset_digest: str | None = None) -> dict[str, FeatureKey]:
+        """The store key of each selected layer's features for `dataset`."""
+        digest = dataset_digest or dataset.digest()
+        return {
+            info.name: FeatureKey(
+                backbone=self.backbone.architecture,
+                weights=self.backbone.weights_digest,
+                layer=info.stable_id,
+                pooling=self.pooling[info.name],
+                input_size=self.backbone.input_size,
+                preprocessing=self.backbone.spec.preprocessing,
+                dtype=self.dtype,
+                compute_dtype=self.compute_dtype,
+                dataset=digest,
+            )
+            for info in self.layers
+        }
+
+    def extract(
+        self,
+        dataset: ImageDataset,
+        store: FeatureStore,
+        *,
+        chunk_size: int | None = None,
+        n_workers: int | None = None,
+        progress: bool = True,
+        log: Callable[[str], None] | None = None,
+    ) -> ExtractionReport:
+        """Make sure the store holds every selected layer's features for `dataset`.
+
+        Layers already stored are reused without a forward pass. The others
+        are computed together, one forward pass per batch, under per-key locks
+        (a concurrent extraction of the same key waits, then reuses it).
+
+        Args:
+            dataset: Images to extract (see `features.inputs`).
+            store: Where features are cached.
+            chunk_size: Samples per committed chunk (a multiple of `batch_size`;
+                default: about 256). Work lost to a crash is at most one chunk.
+            n_workers: Decoding threads (default: min(8, CPUs)).
+            progress: Show a tqdm progress bar with images/s.
+            log: Called with one line per event (cached/computed/waiting).
+
+        Returns:
+            An `ExtractionReport`.
+        """
+        log = log or (lambda message: None)
+        started = time.perf_counter()
+        keys = self.keys(dataset)
+        report = ExtractionReport(keys=keys, n_images=len(dataset))
+        missing = [name for name, key in keys.items() if not store.has(key)]
+        report.cached = [name for name in keys if name not in missing]
+        for name in report.cached:
+            log(f"cached   {name} ({keys[name].entry_name})")
+        if missing:
+            store.check_writable()
+            with store.lock(
+                [keys[name] for name in missing],
+                on_wait=lambda key: log(f"waiting  for another process extracting {key.entry_name}"),
+            ):
+                done_meanwhile = [name for name in missing if store.has(keys[name])]
+                for name in done_meanwhile:
+                    log(f"cached   {name} (extracted by another process)")
+                report.cached += done_meanwhile
+                missing = [name for name in missing if name not in done_meanwhile]
+                if missing:
+                    self._compute(dataset, store, keys, missing, report, chunk_size, n_workers, progress, log)
+        report.skipped = self._skipped(store, keys)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    @staticmethod
+    def _skipped(store: FeatureStore, keys) -> list[tuple[str, str]]:
+        first = next(iter(keys.values()))
+        return store.info(first.entry_name)["skipped"]
+
+    def _chunks(self, n_samples: int, chunk_size: int | None) -> list[range]:
+        size = chunk_size or self.batch_size * max(1, 256 // self.batch_size)
+        if size % self.batch_size:
+            raise ValueError(
+                f"chunk_size must be a multiple of batch_size={self.batch_size} so that a resumed run "
+                f"sees the same batches. Received: chunk_size={chunk_size!r}"
+            )
+        return [range(start, min(start + size, n_samples)) for start in range(0, n_samples, size)]
+
+    def _forward(self, model, layers: Sequence[LayerInfo], images: np.ndarray) -> list[np.ndarray]:
+        """Pooled outputs for a chunk, in fixed-size batches (the last one zero-padded).
+
+        Fixed shapes mean one compiled function and identical numerics for a batch
+        wherever it falls, which makes resumed runs bit-identical.
+        """
+        outputs: list[list[np.ndarray]] = [[] for _ in layers]
+        for start in range(0, len(images), self.batch_size):
+            batch = images[start : start + self.batch_size]
+            n_real = len(batch)
+            if n_real < self.batch_size:
+                padding = np.zeros((self.batch_size - n_real, *batch.shape[1:]), dtype=batch.dtype)
+                batch = np.concatenate([batch, padding])
+            results = model.predict_on_batch(batch)
+            if not isinstance(results, (list, tuple)):
+                results = [results]
+            for collected, result in zip(outputs, results):
+                collected.append(np.asarray(result)[:n_real])
+        return [
+            np.concatenate(parts).astype(self.dtype, copy=False)
+            if parts
+            else np.zeros((0, *self.feature_shapes[info.name]), self.dtype)
+            for parts, info in zip(outputs, layers)
+        ]
+
+    def _compute(self, dataset, store, keys, missing, report, chunk_size, n_workers, progress, log) -> None:
+        layers = [info for info in self.layers if info.name in missing]
+        chunks = self._chunks(len(dataset), chunk_size)
+        fingerprint = {
+            "batch_size": self.batch_size,
+            "chunk_size": len(chunks[0]) if chunks else 0,
+            "n_samples": len(dataset),
+        }
+        partials = {name: store.partial(keys[name], fingerprint) for name in missing}
+        todo = sorted(set(range(len(chunks))) - set.intersection(*(p.committed() for p in partials.values())))
+        resumed = len(chunks) - len(todo)
+        if resumed:
+            log(f"resuming after {resumed} committed chunk(s) of {len(chunks)}")
+        with _dtype_policy(self.compute_dtype):
+            model = build_extractor(self.backbone.model, layers, self.pooling)
+        bar = _progress_bar(total=sum(len(chunks[i]) for i in todo), enabled=progress, desc="extracting")
+        try:
+            for chunk in iter_decoded_chunks(
+                dataset, [chunks[i] for i in todo], self.backbone.input_size, n_workers=n_workers
+            ):
+                index = todo[chunk.index]
+                images = self.backbone.spec.preprocess_input(chunk.images)
+                features = self._forward(model, layers, images)
+                for info, values in zip(layers, features):
+                    if index not in partials[info.name].committed():
+                        partials[info.name].write_chunk(index, values, chunk.sample_indices, chunk.skipped)
+                report.n_forward += len(chunk.sample_indices)
+                bar.update(len(chunks[index]))
+        finally:
+            bar.close()
+        metadata = {
+            "backbone": self.backbone.architecture,
+            "weights_source": self.backbone.weights or "random init",
+            "batch_size": self.batch_size,
+            "n_dataset_samples": len(dataset),
+            "versions": library_versions(),
+        }
+        for info in layers:
+            store.commit(
+                keys[info.name],
+                partials[info.name],
+                len(chunks),
+                sample_ids=dataset.sample_ids,
+                labels=dataset.labels,
+                splits=dataset.splits,
+                class_names=dataset.class_names,
+                metadata={**metadata, "layer_name": info.name},
+            )
+            report.computed.append(info.name)
+            log(f"computed {info.name} ({keys[info.name].entry_name})")
+
+
+def _progress_bar(*, total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="img", dynamic_ncols=True)
+
+
+def extract_features(
+    dataset: ImageDataset,
+    store: FeatureStore | str | os.PathLike,
+    **kwargs,
+) -> tuple[ExtractionReport, FeatureExtractor]:
+    """Functional shortcut: build a `FeatureExtractor(**kwargs)` and extract `dataset`.
+
+    Keyword arguments of `FeatureExtractor.extract` (chunk_size, n_workers,
+    progress, log) are routed there.
+    """
+    run_options = {name: kwargs.pop(name) for name in ("chunk_size", "n_workers", "progress", "log") if name in kwargs}
+    if not isinstance(store, FeatureStore):
+        store = FeatureStore(store)
+    extractor = FeatureExtractor(**kwargs)
+    return extractor.extract(dataset, store, **run_options), extractor
+
+
+def load_features(store: FeatureStore, key: FeatureKey, *, split: str | None = None) -> FeatureSet:
+    """Load one layer's features (see `FeatureStore.load`)."""
+    return store.load(key, split=split)

@@ -1,0 +1,186 @@
+"""Build a backbone with its weights, and identify those weights by content.
+
+`weights` is one of:
+  * `"imagenet"`: Keras downloads the file once into `$KERAS_HOME/models`;
+  * `None` (or `"none"`): random Glorot/He initialisation from `seed`;
+  * a path to a Keras 3 `.weights.h5` file or a legacy by-layer `.h5` file as
+    the Keras applications publish them.
+
+The digest that goes into cache keys is the sha256 of the weights file when
+there is one, else of the weight values themselves, so two runs that use the
+same numbers share features and any change of numbers is a cache miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from features.backbones import BackboneSpec, get_backbone_spec
+from features.seeding import keras_seed
+
+__all__ = ["Backbone", "WeightsUnavailableError", "load_backbone", "file_digest"]
+
+_READ_BLOCK = 1 << 20
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The requested weights cannot be obtained (offline, missing or wrong file)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Backbone:
+    """A built backbone and everything that identifies its outputs.
+
+    Attributes:
+        spec: The family spec (preprocessing, sizes, stage rule).
+        model: The headless `keras.Model` (`include_top=False`).
+        input_size: Side of the square input it was built for.
+        weights: What the user asked for (`"imagenet"`, `None` or a path).
+        weights_digest: `"sha256:..."` of the weights file or values.
+        model_kwargs: Extra constructor arguments (e.g. `{"alpha": 0.35}`).
+    """
+
+    spec: BackboneSpec
+    model: Any = field(repr=False)
+    input_size: int
+    weights: str | None
+    weights_digest: str
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def architecture(self) -> str:
+        """Family name plus constructor arguments, e.g. `MobileNetV2(alpha=0.35)`."""
+        if not self.model_kwargs:
+            return self.spec.name
+        args = ", ".join(f"{k}={v!r}" for k, v in sorted(self.model_kwargs.items()))
+        return f"{self.spec.name}({args})"
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in blocks (constant memory)."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_READ_BLOCK), b""):
+            sha.update(block)
+    return "sha256:" + sha.hexdigest()
+
+
+def values_digest(model) -> str:
+    """sha256 over every weight's shape, dtype and values, in model order."""
+    sha = hashlib.sha256()
+    for variable in model.weights:
+        value = np.ascontiguousarray(np.asarray(variable))
+        sha.update(f"{value.shape}{value.dtype}".encode())
+        sha.update(value.tobytes())
+    return "sha256:" + sha.hexdigest()
+
+
+def _normalise_weights(weights: str | os.PathLike | None) -> str | None:
+    if weights is None:
+        return None
+    text = os.fspath(weights)
+    if text.lower() in ("none", "random", ""):
+        return None
+    if text.lower() == "imagenet":
+        return "imagenet"
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"Weights file not found: {path}. Pass weights='imagenet', weights=None "
+            f"for random initialisation, or the path of an existing .weights.h5/.h5 file. "
+            f"Received: weights={text!r}"
+        )
+    return str(path.resolve())
+
+
+def _check_input_size(spec: BackboneSpec, input_size: int | None) -> int:
+    size = spec.default_input_size if input_size is None else int(input_size)
+    if size < spec.min_input_size:
+        raise ValueError(
+            f"input_size={size} is below the minimum of {spec.min_input_size} pixels "
+            f"that {spec.name} accepts. Use input_size >= {spec.min_input_size} "
+            f"(images are resized to it; {spec.name}'s default is {spec.default_input_size}). "
+            f"Received: input_size={input_size!r}"
+        )
+    return size
+
+
+def _offline_error(spec: BackboneSpec, error: Exception) -> WeightsUnavailableError:
+    match = re.search(r"URL fetch failure on (\S+):", str(error))
+    url = match.group(1) if match else "the Keras applications weights URL"
+    cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+    return WeightsUnavailableError(
+        f"Could not download the ImageNet weights of {spec.name} (no network?): {error}. "
+        f"Either fetch {url} on a machine with internet and put it in {cache}, "
+        f"or pass a local weights file with weights='/path/to/file.weights.h5' "
+        f"(CLI: --weights PATH), or use weights=None for random initialisation. "
+        f"Received: weights='imagenet'"
+    )
+
+
+def load_backbone(
+    model: str | BackboneSpec,
+    *,
+    weights: str | os.PathLike | None = "imagenet",
+    input_size: int | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> Backbone:
+    """Build a headless backbone (`include_top=False`) with the given weights.
+
+    Args:
+        model: Registry name (e.g. `"ResNet50"`) or a `BackboneSpec`.
+        weights: `"imagenet"`, `None` (random init from `seed`) or a file path.
+        input_size: Square input side; defaults to the family's default.
+        model_kwargs: Extra constructor arguments, e.g. `{"alpha": 0.35}`.
+        seed: Seed of the random initialisation (used when `weights=None`).
+
+    Returns:
+        A `Backbone` holding the model and its weights digest.
+
+    Raises:
+        ValueError: Unknown model name or input size below the family minimum.
+        WeightsUnavailableError: ImageNet weights cannot be downloaded, the
+            file is missing, or the file does not fit the architecture.
+    """
+    spec = model if isinstance(model, BackboneSpec) else get_backbone_spec(model)
+    size = _check_input_size(spec, input_size)
+    resolved = _normalise_weights(weights)
+    kwargs = dict(model_kwargs or {})
+    build_args = dict(include_top=False, input_shape=(size, size, 3), **kwargs)
+    with keras_seed(seed):
+        try:
+            keras_model = spec.constructor(weights=resolved if resolved == "imagenet" else None, **build_args)
+        except Exception as error:  # Keras raises a bare Exception on download failure.
+            if resolved == "imagenet" and "URL fetch failure" in str(error):
+                raise _offline_error(spec, error) from error
+            raise
+    if resolved not in (None, "imagenet"):
+        try:
+            keras_model.load_weights(resolved)
+        except Exception as error:
+            raise WeightsUnavailableError(
+                f"Could not load weights from {resolved} into {spec.name}"
+                f"(include_top=False, input_size={size}): {error}. The file must hold the "
+                f"weights of this architecture without its top (e.g. saved from "
+                f"keras.applications.{spec.name}(include_top=False).save_weights(...), or "
+                f"the '_notop.h5' file Keras publishes). Received: weights={os.fspath(weights)!r}"
+            ) from error
+        digest = file_digest(resolved)
+    else:
+        digest = values_digest(keras_model)
+    return Backbone(
+        spec=spec,
+        model=keras_model,
+        input_size=size,
+        weights=resolved,
+        weights_digest=digest,
+        model_kwargs=kwargs,
+    )

@@ -1,0 +1,190 @@
+"""The `layerprobe` command line. The only place that turns exceptions into messages.
+
+    layerprobe layers MODEL [--input-size N]
+    layerprobe extract --model VGG16 --weights PATH|imagenet|none --layers a,b --data DIR|CSV --store STORE
+    layerprobe store ls|info|rm STORE [ENTRY...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable, Sequence
+
+__all__ = ["main", "build_parser"]
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def _command(name: str):
+    def register(function):
+        _COMMANDS[name] = function
+        return function
+
+    return register
+
+
+def _split_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _weights(text: str) -> str | None:
+    return None if text.lower() in ("none", "random") else text
+
+
+def _print_table(rows: Sequence[dict], columns: Sequence[str]) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(list(rows), columns=list(columns))
+    print(frame.to_string(index=False) if len(frame) else "(empty)")
+
+
+def _add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="VGG16", help="backbone name (see `layerprobe layers --list`)")
+    parser.add_argument(
+        "--weights", default="imagenet", type=_weights, help="imagenet | none | PATH to .weights.h5/.h5 (default: imagenet)"
+    )
+    parser.add_argument("--input-size", type=int, default=None, help="square input side (default: the model's)")
+
+
+@_command("layers")
+def _layers(args: argparse.Namespace) -> int:
+    from features.backbones import BACKBONES
+    from features.layers import describe_layers
+    from features.weights import load_backbone
+
+    if args.list or not args.model:
+        for name, spec in BACKBONES.items():
+            print(f"{name:20s} input {spec.default_input_size:>3d} (min {spec.min_input_size:>2d})  {spec.preprocessing}")
+        return 0
+    backbone = load_backbone(args.model, weights=None, input_size=args.input_size)
+    infos = describe_layers(backbone.model, backbone.spec)
+    if not args.all:
+        infos = [info for info in infos if info.is_candidate or info.stage is not None or info is infos[-1]]
+    rows = [
+        {
+            "layer": info.name,
+            "output_shape": "x".join(map(str, info.output_shape)),
+            "alias": " ".join(info.aliases + (("top",) if info is infos[-1] else ())),
+            "depth": f"{info.index / infos[-1].index:.2f}",
+            "key_id": info.stable_id if info.stable_id != info.name else "",
+        }
+        for info in infos
+    ]
+    print(f"{backbone.spec.name} at {backbone.input_size}x{backbone.input_size}: "
+          f"{'all layers' if args.all else 'cut layers (pass --all for every layer)'}")
+    _print_table(rows, ["layer", "output_shape", "alias", "depth", "key_id"])
+    print("Select with --layers NAME[,NAME...], aliases 'stages', 'stageK', 'top', or depths like 0.5.")
+    return 0
+
+
+@_command("extract")
+def _extract(args: argparse.Namespace) -> int:
+    from features.extract import FeatureExtractor
+    from features.inputs import open_dataset
+    from features.store import FeatureStore
+
+    dataset = open_dataset(args.data)
+    store = FeatureStore(args.store)
+    extractor = FeatureExtractor(
+        args.model,
+        weights=args.weights,
+        layers=_split_list(args.layers),
+        pooling=args.pooling,
+        input_size=args.input_size,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        mixed_precision=args.mixed_precision,
+    )
+    print(f"{len(dataset)} images, {len(dataset.class_names)} classes, splits {list(dataset.split_names)}; "
+          f"{extractor.backbone.architecture} at {extractor.backbone.input_size}px, layers {extractor.layer_names}")
+    report = extractor.extract(
+        dataset, store, chunk_size=args.chunk_size, n_workers=args.workers, progress=not args.no_progress, log=print
+    )
+    for sample_id, reason in report.skipped[:20]:
+        print(f"skipped  {sample_id}: {reason}")
+    if len(report.skipped) > 20:
+        print(f"skipped  ... and {len(report.skipped) - 20} more (`layerprobe store info` lists them all)")
+    print(report.summary())
+    print(f"store: {store.root}")
+    return 0
+
+
+@_command("store")
+def _store(args: argparse.Namespace) -> int:
+    from features.store import FeatureStore
+
+    store = FeatureStore(args.store)
+    if args.action == "ls":
+        rows = store.entries()
+        _print_table(rows, ["entry", "backbone", "layer", "pooling", "input_size", "n_samples", "n_skipped", "size_mb", "status"])
+        return 0 if all(row["status"] == "ok" for row in rows) else 1
+    if not args.entries:
+        raise ValueError(f"`layerprobe store {args.action}` needs an entry name; `layerprobe store ls {args.store}` lists them.")
+    for name in args.entries:
+        if args.action == "info":
+            info = store.info(name)
+            if args.verify:
+                store.load(name, verify=True)
+                info["verified"] = "features match their checksum"
+            print(json.dumps(info, indent=2, default=str))
+        else:
+            print(f"removed {store.remove(name)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="layerprobe",
+        description="Transfer learning from pretrained Keras applications: cached layer features, classifiers, finetuning.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    layers = commands.add_parser("layers", help="list the selectable layers of a backbone")
+    layers.add_argument("model", nargs="?", help="backbone name; omit (or --list) to list backbones")
+    layers.add_argument("--input-size", type=int, default=None)
+    layers.add_argument("--all", action="store_true", help="show every layer, not only the cut layers")
+    layers.add_argument("--list", action="store_true", help="list the registered backbones")
+
+    extract = commands.add_parser("extract", help="extract layer features into a feature store")
+    _add_extraction_arguments(extract)
+    extract.add_argument("--layers", default="top", help="comma-separated names, aliases (stages, stageK, top) or depths")
+    extract.add_argument("--pooling", default="avg", choices=["avg", "max", "flatten", "none"])
+    extract.add_argument("--data", required=True, help="image folder (class subfolders, optionally under train/val/test) or CSV")
+    extract.add_argument("--store", required=True, help="feature store directory (created if missing)")
+    extract.add_argument("--batch-size", type=int, default=32)
+    extract.add_argument("--chunk-size", type=int, default=None, help="samples per committed chunk (multiple of batch size)")
+    extract.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="storage dtype")
+    extract.add_argument("--mixed-precision", action="store_true", help="mixed_float16 forward pass (GPU)")
+    extract.add_argument("--workers", type=int, default=None, help="image decoding threads")
+    extract.add_argument("--no-progress", action="store_true")
+
+    store = commands.add_parser("store", help="list, inspect or delete feature store entries")
+    store.add_argument("action", choices=["ls", "info", "rm"])
+    store.add_argument("store", help="feature store directory")
+    store.add_argument("entries", nargs="*", help="entry names (or unique digest prefixes)")
+    store.add_argument("--verify", action="store_true", help="with info: check the features against their checksum")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `layerprobe` console script."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    from features.store import StoreError
+    from features.weights import WeightsUnavailableError
+
+    try:
+        return _COMMANDS[args.command](args)
+    except (ValueError, StoreError, WeightsUnavailableError, FileNotFoundError, PermissionError) as error:
+        print(f"layerprobe {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"layerprobe {args.command}: interrupted; committed work is kept and the next run resumes.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

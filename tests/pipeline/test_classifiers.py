@@ -1,0 +1,207 @@
+import re
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs, make_classification
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import Normalizer, StandardScaler
+
+from pipeline.classifiers import CLASSIFIERS, PREPROCESSING, fit_classifier, make_pipeline
+
+
+@pytest.fixture
+def blobs():
+    """Separable 3-class data, split into train and test."""
+    X, y = make_blobs(n_samples=150, centers=3, n_features=5, cluster_std=1.0, random_state=0)
+    return train_test_split(X, y, test_size=0.3, stratify=y, random_state=0)
+
+
+def _n_splits(result):
+    return sum(bool(re.fullmatch(r"split\d+_test_score", c)) for c in result.cv_results.columns)
+
+
+def test_registry_names_and_default_grids_are_valid():
+    assert set(CLASSIFIERS) == {"logreg", "linear_svm", "rbf_svm", "sgd"}
+    for name, spec in CLASSIFIERS.items():
+        assert spec.name == name and spec.description
+        estimator = spec.build(0)
+        assert not hasattr(estimator, "classes_")
+        assert set(spec.param_grid) <= set(estimator.get_params())
+
+
+def test_make_pipeline_steps_in_order():
+    pipe = make_pipeline("logreg", preprocessing=("standardize", "l2"), pca_components=3,
+                         random_state=7)
+    assert list(pipe.named_steps) == ["standardize", "l2", "pca", "clf"]
+    assert isinstance(pipe.named_steps["standardize"], StandardScaler)
+    assert isinstance(pipe.named_steps["l2"], Normalizer)
+    assert isinstance(pipe.named_steps["pca"], PCA)
+    assert pipe.named_steps["pca"].random_state == 7
+    assert isinstance(pipe.named_steps["clf"], LogisticRegression)
+    assert list(make_pipeline("sgd", preprocessing=None).named_steps) == ["clf"]
+    assert list(make_pipeline("sgd", preprocessing="l2").named_steps) == ["l2", "clf"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "closest", "valid"),
+    [
+        ({"classifier": "logrge"}, "logreg", CLASSIFIERS),
+        ({"classifier": "rbf-svm"}, "rbf_svm", CLASSIFIERS),
+        ({"classifier": "logreg", "preprocessing": ("standardise",)}, "standardize", PREPROCESSING),
+    ],
+)
+def test_unknown_names_suggest_the_closest(kwargs, closest, valid):
+    with pytest.raises(ValueError, match=f"Did you mean '{closest}'") as info:
+        make_pipeline(**kwargs)
+    message = str(info.value)
+    assert all(repr(name) in message for name in valid)
+    assert "Received:" in message
+
+
+def test_repeated_preprocessing_is_rejected():
+    with pytest.raises(ValueError, match="only once"):
+        make_pipeline("logreg", preprocessing=("l2", "l2"))
+
+
+def test_grid_keys_are_prefixed_and_best_params_unprefixed(blobs):
+    X_train, _, y_train, _ = blobs
+    result = fit_classifier(
+        X_train, y_train, "logreg",
+        param_grid={"C": [0.01, 1.0], "pca__n_components": [2, 3]},
+        pca_components=2, cv=3,
+    )
+    assert {"param_clf__C", "param_pca__n_components"} <= set(result.cv_results.columns)
+    assert len(result.cv_results) == 4
+    assert set(result.best_params) == {"C", "pca__n_components"}
+    assert result.estimator.named_steps["clf"].C == result.best_params["C"]
+    assert (result.estimator.named_steps["pca"].n_components
+            == result.best_params["pca__n_components"])
+
+
+def test_list_of_grids_and_already_prefixed_keys(blobs):
+    X_train, _, y_train, _ = blobs
+    result = fit_classifier(
+        X_train, y_train, "sgd",
+        param_grid=[{"loss": ["hinge"], "clf__alpha": [1e-3]}, {"loss": ["log_loss"]}],
+        cv=3,
+    )
+    assert len(result.cv_results) == 2
+
+
+def test_unknown_grid_key_suggests_the_closest(blobs):
+    X_train, _, y_train, _ = blobs
+    with pytest.raises(ValueError, match="Did you mean 'gamma'"):
+        fit_classifier(X_train, y_train, "rbf_svm", param_grid={"gama": [0.1]})
+    with pytest.raises(ValueError, match="pca__n_components"):
+        # No "pca" step without pca_components.
+        fit_classifier(X_train, y_train, "logreg", param_grid={"pca__n_components": [2]})
+
+
+@pytest.mark.parametrize("param_grid", [{"C": [1.0]}, {}])
+def test_single_candidate_grid(blobs, param_grid):
+    X_train, _, y_train, _ = blobs
+    result = fit_classifier(X_train, y_train, "logreg", param_grid=param_grid, cv=3)
+    assert len(result.cv_results) == 1
+    assert result.cv_score == pytest.approx(result.cv_results["mean_test_score"].iloc[0])
+    assert result.fit_seconds > 0
+
+
+def test_cv_sees_only_the_training_split(blobs, monkeypatch):
+    """Every fit sees training rows only; the refit equals a manual fit on train."""
+    X_train, X_test, y_train, _ = blobs
+    seen = []
+    original_fit = LogisticRegression.fit
+
+    def recording_fit(self, X, y, *args, **kwargs):
+        seen.append(np.array(X, copy=True))
+        return original_fit(self, X, y, *args, **kwargs)
+
+    monkeypatch.setattr(LogisticRegression, "fit", recording_fit)
+    result = fit_classifier(
+        X_train, y_train, "logreg", param_grid={"C": [0.1, 1.0]}, preprocessing=(), cv=4
+    )
+    monkeypatch.undo()
+
+    assert _n_splits(result) == 4
+    assert len(seen) == 2 * 4 + 1  # candidates x folds, then the refit
+    train_rows = {row.tobytes() for row in X_train}
+    test_rows = {row.tobytes() for row in X_test}
+    for X in seen:
+        rows = {row.tobytes() for row in X}
+        assert rows <= train_rows and not rows & test_rows
+    assert len(seen[-1]) == len(X_train)
+
+    manual = make_pipeline("logreg", preprocessing=())
+    manual.set_params(clf__C=result.best_params["C"]).fit(X_train, y_train)
+    np.testing.assert_array_equal(manual.predict(X_test), result.estimator.predict(X_test))
+
+
+def test_folds_shrink_to_the_smallest_class():
+    X, y = make_classification(n_samples=40, n_features=4, n_informative=3, n_redundant=0,
+                               random_state=0)
+    y = y.copy()
+    y[np.flatnonzero(y == 1)[3:]] = 0  # class 1 keeps 3 samples
+    result = fit_classifier(X, y, "logreg", param_grid={"C": [1.0]}, cv=5)
+    assert _n_splits(result) == 3
+
+
+def test_non_finite_features_are_rejected(blobs):
+    X_train, _, y_train, _ = blobs
+    X_bad = X_train.copy()
+    X_bad[4, 1] = np.nan
+    X_bad[9, 1] = np.inf
+    with pytest.raises(ValueError, match=r"2 row\(s\) and 1 column\(s\).*re-extract"):
+        fit_classifier(X_bad, y_train, "logreg")
+
+
+def test_too_few_samples_per_class_names_the_class(blobs):
+    X_train, _, y_train, _ = blobs
+    y = y_train.copy()
+    y[0] = 7
+    with pytest.raises(ValueError, match="Class 7 has 1 training sample"):
+        fit_classifier(X_train, y, "logreg")
+
+
+@pytest.mark.parametrize(
+    ("X", "y", "match"),
+    [
+        (np.zeros(10), np.arange(10) % 2, "2-D"),
+        (np.zeros((10, 2)), np.arange(9) % 2, "one label per row"),
+        (np.zeros((10, 2)), np.zeros(10, dtype=int), "at least 2 classes"),
+        (np.full((10, 2), "a"), np.arange(10) % 2, "numbers"),
+    ],
+)
+def test_malformed_training_data_is_rejected(X, y, match):
+    with pytest.raises(ValueError, match=match):
+        fit_classifier(X, y, "logreg")
+
+
+def test_cv_must_be_at_least_two(blobs):
+    X_train, _, y_train, _ = blobs
+    with pytest.raises(ValueError, match="Received: cv=1"):
+        fit_classifier(X_train, y_train, "logreg", cv=1)
+
+
+@pytest.mark.parametrize("classifier", sorted(CLASSIFIERS))
+def test_each_classifier_separates_blobs(blobs, classifier):
+    X_train, X_test, y_train, y_test = blobs
+    result = fit_classifier(X_train, y_train, classifier, cv=3)
+    assert result.cv_score > 0.9
+    assert (result.estimator.predict(X_test) == y_test).mean() > 0.9
+
+
+@pytest.mark.parametrize("classifier", sorted(CLASSIFIERS))
+def test_same_data_and_seed_give_identical_predictions(classifier):
+    X, y = make_classification(n_samples=90, n_features=8, n_informative=4, n_classes=3,
+                               flip_y=0.1, random_state=1)
+    first, second = (
+        fit_classifier(X, y, classifier, pca_components=4, cv=3, random_state=3)
+        for _ in range(2)
+    )
+    assert first.best_params == second.best_params
+    np.testing.assert_array_equal(
+        first.cv_results["mean_test_score"], second.cv_results["mean_test_score"]
+    )
+    np.testing.assert_array_equal(first.estimator.predict(X), second.estimator.predict(X))
