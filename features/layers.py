@@ -82,7 +82,9 @@ class LayerInfo:
 
 
 def _snake_case(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    """Keras's own rule for auto-generated names (`Conv2D` -> `conv2d`, `ReLU` -> `re_lu`)."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def stable_layer_id(layer, index: int) -> str:

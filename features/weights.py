@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -164,7 +165,14 @@ def load_backbone(
             raise
     if resolved not in (None, "imagenet"):
         try:
-            keras_model.load_weights(resolved)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                keras_model.load_weights(resolved)
+            # Keras 3 only warns when parts of a file do not match the model and
+            # leaves those layers randomly initialised: treat that as an error.
+            skipped = [str(w.message) for w in caught if "Skipping" in str(w.message) or "mismatch" in str(w.message)]
+            if skipped:
+                raise ValueError(f"{len(skipped)} part(s) of the file did not match the model, e.g. {skipped[0]}")
         except Exception as error:
             raise WeightsUnavailableError(
                 f"Could not load weights from {resolved} into {spec.name}"

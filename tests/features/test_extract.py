@@ -1,0 +1,247 @@
+"""Extraction: values against a direct Keras call, one forward pass, caching, resume."""
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from features.extract import FeatureExtractor
+from features.inputs import from_arrays, from_directory
+from features.keys import FeatureKey
+from features.layers import UnknownLayerError
+from features.store import FeatureStore, IncompleteEntryError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _images(n=24, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+    y = np.arange(n) % 3
+    return X, y
+
+
+def _direct_features(extractor, layer_name, X):
+    """What a user would compute by hand: truncate, preprocess a copy, call, pool."""
+    backbone = extractor.backbone
+    truncated = keras.Model(backbone.model.input, backbone.model.get_layer(layer_name).output)
+    x = backbone.spec.preprocess_input(X.astype("float32").copy())
+    out = keras.ops.convert_to_numpy(truncated(x, training=False))
+    return out.mean(axis=(1, 2))
+
+
+@pytest.mark.parametrize(
+    "model, model_kwargs, layers",
+    [
+        ("VGG16", None, ["block2_pool", "block5_pool"]),
+        ("MobileNetV2", {"alpha": 0.35}, ["stage2", "top"]),
+        ("ResNet50", None, ["conv3_block4_out", "conv5_block3_out"]),
+        ("EfficientNetB0", None, ["stage3"]),
+    ],
+)
+def test_stored_features_equal_a_direct_keras_call(tmp_path, model, model_kwargs, layers):
+    X, y = _images()
+    extractor = FeatureExtractor(
+        model, weights=None, layers=layers, input_size=32, batch_size=8, model_kwargs=model_kwargs
+    )
+    store = FeatureStore(tmp_path / "store")
+    report = extractor.extract(from_arrays(X, y), store, progress=False)
+    assert sorted(report.computed) == sorted(extractor.layer_names)
+    for name in extractor.layer_names:
+        stored = store.load(report.keys[name])
+        np.testing.assert_allclose(stored.X, _direct_features(extractor, name, X), rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(stored.y, y)
+
+
+def test_all_layers_come_from_one_forward_pass_per_batch(tmp_path, monkeypatch):
+    X, y = _images(n=20)
+    extractor = FeatureExtractor("VGG16", weights=None, layers="stages", input_size=32, batch_size=8)
+    calls = []
+    original = keras.Model.predict_on_batch
+
+    def counting(self, batch):
+        outputs = original(self, batch)
+        calls.append(len(outputs))
+        return outputs
+
+    monkeypatch.setattr(keras.Model, "predict_on_batch", counting)
+    extractor.extract(from_arrays(X, y), FeatureStore(tmp_path), progress=False)
+    assert calls == [5, 5, 5]  # ceil(20 / 8) batches, each returning all five block pools
+
+
+def test_cached_features_cost_no_forward_pass(tmp_path, monkeypatch):
+    X, y = _images()
+    store = FeatureStore(tmp_path)
+    extractor = FeatureExtractor("VGG16", weights=None, layers=["block1_pool", "block3_pool"], input_size=32)
+    extractor.extract(from_arrays(X, y), store, progress=False)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the model was called for cached features")
+
+    monkeypatch.setattr(FeatureExtractor, "_forward", forbidden)
+    report = extractor.extract(from_arrays(X, y), store, progress=False)
+    assert report.cached == ["block1_pool", "block3_pool"] and report.computed == []
+    assert report.n_forward == 0
+
+
+def test_only_missing_layers_are_computed(tmp_path):
+    X, y = _images()
+    store = FeatureStore(tmp_path)
+    FeatureExtractor("VGG16", weights=None, layers=["block1_pool"], input_size=32).extract(
+        from_arrays(X, y), store, progress=False
+    )
+    report = FeatureExtractor("VGG16", weights=None, layers=["block1_pool", "block2_pool"], input_size=32).extract(
+        from_arrays(X, y), store, progress=False
+    )
+    assert report.cached == ["block1_pool"] and report.computed == ["block2_pool"]
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(FeatureKey)])
+def test_every_key_field_changes_the_digest(field):
+    key = FeatureKey("VGG16", "sha256:a", "block1_pool", "avg", 32, "p", "float32", "float32", "sha256:d")
+    value = getattr(key, field)
+    changed = dataclasses.replace(key, **{field: value + 1 if isinstance(value, int) else value + "x"})
+    assert changed.digest != key.digest and changed.entry_name != key.entry_name
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"weights": "seed"},
+        {"layers": ["block2_pool"]},
+        {"pooling": "max"},
+        {"input_size": 40},
+        {"dtype": "float16"},
+        {"labels": True},
+    ],
+)
+def test_changing_a_setting_is_a_cache_miss(tmp_path, change):
+    X, y = _images(n=8)
+    settings = dict(weights=None, layers=["block1_pool"], input_size=32, pooling="avg", dtype="float32")
+    store = FeatureStore(tmp_path)
+    first = FeatureExtractor("VGG16", **settings).extract(from_arrays(X, y), store, progress=False)
+    seed = 0
+    if change.get("weights") == "seed":
+        seed = 1
+    else:
+        settings.update({k: v for k, v in change.items() if k != "labels"})
+    if change.get("labels"):
+        y = y[::-1].copy()
+    second = FeatureExtractor("VGG16", seed=seed, **settings).extract(from_arrays(X, y), store, progress=False)
+    assert second.computed and not second.cached
+    assert set(first.keys.values()).isdisjoint(second.keys.values())
+
+
+def test_float16_storage(tmp_path):
+    X, y = _images(n=8)
+    store = FeatureStore(tmp_path)
+    report = FeatureExtractor("VGG16", weights=None, layers=["block2_pool"], input_size=32, dtype="float16").extract(
+        from_arrays(X, y), store, progress=False
+    )
+    assert store.load(report.keys["block2_pool"]).X.dtype == np.float16
+
+
+def test_unknown_layer_lists_closest_names():
+    with pytest.raises(UnknownLayerError, match="block3_pool"):
+        FeatureExtractor("VGG16", weights=None, layers=["block3_pol"], input_size=32)
+
+
+def test_input_size_below_minimum_is_refused():
+    with pytest.raises(ValueError, match="minimum of 75"):
+        FeatureExtractor("InceptionV3", weights=None, input_size=32)
+
+
+def test_flatten_of_a_huge_layer_is_refused():
+    with pytest.raises(ValueError, match="max_flatten_dim"):
+        FeatureExtractor("VGG16", weights=None, layers=["block1_pool"], pooling="flatten", input_size=224)
+
+
+def test_none_pooling_keeps_spatial_maps(tmp_path):
+    X, y = _images(n=8)
+    store = FeatureStore(tmp_path)
+    report = FeatureExtractor("VGG16", weights=None, layers=["block4_pool"], pooling="none", input_size=32).extract(
+        from_arrays(X, y), store, progress=False
+    )
+    assert store.load(report.keys["block4_pool"]).X.shape == (8, 2, 2, 512)
+
+
+def test_unreadable_images_are_skipped_and_recorded(tmp_path):
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for label in ("cats", "dogs"):
+        (root / label).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / label / f"{i}.png")
+    (root / "cats" / "empty.png").write_bytes(b"")
+    (root / "dogs" / "notes.jpg").write_text("not an image")
+    store = FeatureStore(tmp_path / "store")
+    report = FeatureExtractor("VGG16", weights=None, layers=["block1_pool"], input_size=32).extract(
+        from_directory(root), store, progress=False
+    )
+    skipped = dict(report.skipped)
+    assert set(map(os.path.basename, skipped)) == {"empty.png", "notes.jpg"}
+    assert all(reason for reason in skipped.values())
+    stored = store.load(report.keys["block1_pool"])
+    assert len(stored.X) == 8 and not any(s.endswith(("empty.png", "notes.jpg")) for s in stored.sample_ids)
+    assert stored.metadata["n_skipped"] == 2
+
+
+_KILLED_RUN = textwrap.dedent(
+    """
+    import os, signal, sys
+    import numpy as np
+    sys.path.insert(0, {repo!r})
+    from features import store as store_module
+    from features.extract import FeatureExtractor
+    from features.inputs import from_arrays
+    from features.store import FeatureStore
+
+    original = store_module.PartialEntry.write_chunk
+    writes = []
+    def write_then_die(self, index, *args, **kwargs):
+        original(self, index, *args, **kwargs)
+        writes.append(index)
+        if len(writes) == {kill_after}:
+            os.kill(os.getpid(), signal.SIGKILL)
+    store_module.PartialEntry.write_chunk = write_then_die
+
+    data = np.load({data!r})
+    extractor = FeatureExtractor("VGG16", weights=None, layers=["block1_pool", "block3_pool"], input_size=32, batch_size=4)
+    extractor.extract(from_arrays(data["X"], data["y"]), FeatureStore({store!r}), chunk_size=8, progress=False)
+    """
+)
+
+
+def test_killed_extraction_resumes_to_identical_features(tmp_path):
+    X, y = _images(n=40)
+    np.savez(tmp_path / "data.npz", X=X, y=y)
+    killed_store = tmp_path / "killed"
+    script = _KILLED_RUN.format(repo=str(REPO), kill_after=5, data=str(tmp_path / "data.npz"), store=str(killed_store))
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert process.returncode == -signal.SIGKILL, process.stderr[-2000:]
+
+    store = FeatureStore(killed_store)
+    extractor = FeatureExtractor("VGG16", weights=None, layers=["block1_pool", "block3_pool"], input_size=32, batch_size=4)
+    keys = extractor.keys(from_arrays(X, y))
+    for key in keys.values():
+        assert not store.has(key)
+        with pytest.raises(IncompleteEntryError, match="resume"):
+            store.load(key)
+
+    resumed = extractor.extract(from_arrays(X, y), store, chunk_size=8, progress=False)
+    # Five chunk writes = chunks 0-1 of both layers and chunk 2 of one: chunks 0-1 are not redone.
+    assert resumed.n_forward == 40 - 16
+
+    reference_store = FeatureStore(tmp_path / "reference")
+    reference = extractor.extract(from_arrays(X, y), reference_store, chunk_size=8, progress=False)
+    for name in extractor.layer_names:
+        np.testing.assert_array_equal(store.load(resumed.keys[name]).X, reference_store.load(reference.keys[name]).X)
+    assert not (killed_store / ".partial").exists() or not any((killed_store / ".partial").iterdir())

@@ -1,0 +1,139 @@
+"""The HDF5 store: round trips, integrity checks, listing and removal."""
+
+import h5py
+import numpy as np
+import pytest
+
+from features.extract import FeatureExtractor
+from features.inputs import from_arrays
+from features.keys import FeatureKey
+from features.store import CorruptEntryError, EntryNotFoundError, FeatureStore, IncompleteEntryError, StoreError
+
+
+def _key(layer="block1_pool"):
+    return FeatureKey("VGG16", "sha256:w", layer, "avg", 32, "p", "float32", "float32", "sha256:d")
+
+
+def _commit(store, key, X, y, splits, *, chunk=4):
+    partial = store.partial(key, {"batch_size": 2, "chunk_size": chunk, "n_samples": len(X)})
+    starts = range(0, len(X), chunk)
+    for index, start in enumerate(starts):
+        rows = np.arange(start, min(start + chunk, len(X)))
+        partial.write_chunk(index, X[rows], rows, [])
+    return store.commit(
+        key,
+        partial,
+        len(starts),
+        sample_ids=[f"img{i}.png" for i in range(len(X))],
+        labels=y,
+        splits=splits,
+        class_names=["a", "b"],
+        metadata={"note": "test"},
+    )
+
+
+@pytest.fixture
+def filled(tmp_path):
+    store = FeatureStore(tmp_path / "store")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(10, 6)).astype("float32")
+    y = np.arange(10) % 2
+    splits = ["train"] * 7 + ["test"] * 3
+    _commit(store, _key(), X, y, splits)
+    return store, X, y
+
+
+def test_round_trip_with_splits_and_sample_index(filled):
+    store, X, y = filled
+    loaded = store.load(_key())
+    np.testing.assert_array_equal(loaded.X, X)
+    np.testing.assert_array_equal(loaded.y, y)
+    train = store.load(_key(), split="train")
+    np.testing.assert_array_equal(train.X, X[:7])
+    samples = store.load(_key(), split="test").samples
+    assert list(samples.columns) == ["sample_id", "label", "class_name", "split"]
+    assert samples.sample_id.tolist() == ["img7.png", "img8.png", "img9.png"]
+    assert samples.class_name.tolist() == ["b", "a", "b"]
+    with pytest.raises(ValueError, match="Available splits"):
+        store.load(_key(), split="val")
+
+
+def test_committed_entry_is_a_single_file_and_partial_work_is_gone(filled):
+    store, _, _ = filled
+    assert [p.name for p in store.root.glob("*.h5")] == [f"{_key().entry_name}.h5"]
+    assert not list((store.root / ".partial").iterdir())
+
+
+def test_listing_info_and_removal(filled):
+    store, _, _ = filled
+    rows = store.entries()
+    assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["n_samples"] == 10
+    info = store.info(_key().digest[:8])
+    assert info["key"]["layer"] == "block1_pool" and info["metadata"]["note"] == "test"
+    store.remove(_key().entry_name)
+    assert store.entries() == []
+    with pytest.raises(EntryNotFoundError, match="store ls"):
+        store.info("nothing")
+
+
+def test_missing_key_is_incomplete_not_empty(tmp_path):
+    with pytest.raises(IncompleteEntryError, match="never extracted"):
+        FeatureStore(tmp_path).load(_key())
+
+
+def test_garbage_and_truncated_files_are_reported_as_corrupt(filled):
+    store, _, _ = filled
+    good = store.path_for(_key())
+    garbage = store.path_for(_key("block2_pool"))
+    garbage.write_bytes(b"this is not hdf5" * 10)
+    truncated = store.path_for(_key("block3_pool"))
+    truncated.write_bytes(good.read_bytes()[:500])
+    for key in (_key("block2_pool"), _key("block3_pool")):
+        with pytest.raises(CorruptEntryError, match="store rm"):
+            store.load(key)
+    statuses = {row["entry"]: row["status"] for row in store.entries()}
+    assert statuses[_key().entry_name] == "ok"
+    assert sum(status.startswith("corrupt") for status in statuses.values()) == 2
+    store.load(_key())  # the good entry stays readable
+
+
+def test_features_changed_after_commit_fail_the_checksum(filled):
+    store, _, _ = filled
+    with h5py.File(store.path_for(_key()), "r+") as handle:
+        handle["features"][0, 0] += 1.0
+    with pytest.raises(CorruptEntryError, match="checksum"):
+        store.load(_key())
+
+
+def test_metadata_that_disagrees_with_the_data_is_detected(filled):
+    store, _, _ = filled
+    with h5py.File(store.path_for(_key()), "r+") as handle:
+        del handle["labels"]
+        handle.create_dataset("labels", data=np.zeros(9, dtype=np.int64))
+    with pytest.raises(CorruptEntryError, match="row counts disagree"):
+        store.load(_key(), verify=False)
+
+
+def test_entry_renamed_to_another_key_is_detected(filled):
+    store, _, _ = filled
+    store.path_for(_key()).rename(store.path_for(_key("block5_pool")))
+    with pytest.raises(CorruptEntryError, match="belongs to entry"):
+        store.load(_key("block5_pool"))
+
+
+def test_store_path_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "file.h5").write_bytes(b"")
+    with pytest.raises(StoreError, match="must be a directory"):
+        FeatureStore(tmp_path / "file.h5")
+
+
+def test_read_only_store_fails_before_any_work(tmp_path, monkeypatch):
+    if hasattr(__import__("os"), "geteuid") and __import__("os").geteuid() == 0:
+        pytest.skip("root can write to read-only directories")
+    store_dir = tmp_path / "ro"
+    store_dir.mkdir()
+    store_dir.chmod(0o555)
+    X = np.zeros((4, 32, 32, 3), dtype=np.uint8)
+    extractor = FeatureExtractor("VGG16", weights=None, layers=["block1_pool"], input_size=32)
+    with pytest.raises(StoreError, match="Cannot write"):
+        extractor.extract(from_arrays(X, [0, 1, 0, 1]), FeatureStore(store_dir), progress=False)
