@@ -256,7 +256,8 @@ class FeatureExtractor:
             "n_samples": len(dataset),
         }
         partials = {name: store.partial(keys[name], fingerprint) for name in missing}
-        todo = sorted(set(range(len(chunks))) - set.intersection(*(p.committed() for p in partials.values())))
+        committed = {name: partial.committed() for name, partial in partials.items()}
+        todo = sorted(set(range(len(chunks))) - set.intersection(*committed.values()))
         resumed = len(chunks) - len(todo)
         if resumed:
             log(f"resuming after {resumed} committed chunk(s) of {len(chunks)}")
@@ -264,17 +265,19 @@ class FeatureExtractor:
             model = build_extractor(self.backbone.model, layers, self.pooling)
         bar = _progress_bar(total=sum(len(chunks[i]) for i in todo), enabled=progress, desc="extracting")
         try:
-            for chunk in iter_decoded_chunks(
+            decoded = iter_decoded_chunks(
                 dataset, [chunks[i] for i in todo], self.backbone.input_size, n_workers=n_workers
-            ):
-                index = todo[chunk.index]
-                images = self.backbone.spec.preprocess_input(chunk.images)
-                features = self._forward(model, layers, images)
-                for info, values in zip(layers, features):
-                    if index not in partials[info.name].committed():
-                        partials[info.name].write_chunk(index, values, chunk.sample_indices, chunk.skipped)
-                report.n_forward += len(chunk.sample_indices)
-                bar.update(len(chunks[index]))
+            )
+            with contextlib.closing(decoded):
+                for chunk in decoded:
+                    index = todo[chunk.index]
+                    images = self.backbone.spec.preprocess_input(chunk.images)
+                    features = self._forward(model, layers, images)
+                    for info, values in zip(layers, features):
+                        if index not in committed[info.name]:
+                            partials[info.name].write_chunk(index, values, chunk.sample_indices, chunk.skipped)
+                    report.n_forward += len(chunk.sample_indices)
+                    bar.update(len(chunks[index]))
         finally:
             bar.close()
         metadata = {

@@ -158,6 +158,7 @@ def _truncated_jpeg(path):
         (lambda p: _png_header(p, 3000, 3000), "too large: 3000x3000 pixels > max_pixels=1000000"),
         (lambda p: _png_header(p, 20000, 20000), "too large: "),  # refused by Pillow itself
     ],
+    ids=["empty", "truncated", "text", "missing", "directory", "header-too-large", "pillow-bomb"],
 )
 def test_load_image_unreadable_files(tmp_path, make, kind):
     path = tmp_path / "bad.jpg"
@@ -271,6 +272,7 @@ def _class_empty_in_every_split(root):
         (_empty_class, r"Class folder\(s\) \['dog'\] hold no image files"),
         (_class_empty_in_every_split, r"\['dog'\] hold no image files .* in any split"),
     ],
+    ids=["missing", "file", "no-classes", "empty-class", "empty-in-every-split"],
 )
 def test_from_directory_errors(tmp_path, setup, message):
     root = tmp_path / "data"
