@@ -1,0 +1,426 @@
+"""Tests for pipeline.finetune: freezing, phases, checkpoints/resume, saving, evaluation."""
+
+import shutil
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+
+from features.backbones import BackboneSpec, get_backbone_spec
+from features.inputs import from_arrays, from_csv
+from features.layers import UnknownLayerError, describe_layers
+from features.weights import load_backbone
+from pipeline.finetune import (
+    BackbonePreprocessing,
+    FinetuneConfig,
+    ImageBatches,
+    build_classifier_model,
+    evaluate_model,
+    finetune,
+    train_from_scratch,
+    unfreeze_top,
+)
+
+SIZE = 32
+CLASS_NAMES = ("red", "green", "blue")
+
+
+def _tiny_cnn(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3)):
+    """Three conv-BN-ReLU-pool blocks with He init: trains in seconds, unlike a
+    randomly initialised MobileNetV2 whose features vanish (~1e-12)."""
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for block, filters in enumerate((8, 16, 32), start=1):
+        x = keras.layers.Conv2D(filters, 3, padding="same", kernel_initializer="he_normal",
+                                name=f"block{block}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"block{block}_bn")(x)
+        x = keras.layers.ReLU(name=f"block{block}_relu")(x)
+        x = keras.layers.MaxPooling2D(name=f"block{block}_pool")(x)
+    return keras.Model(inputs, x, name="tiny_cnn")
+
+
+TINY = BackboneSpec(
+    name="TinyCNN",
+    constructor=_tiny_cnn,
+    preprocess_module="keras.applications.mobilenet_v2",
+    default_input_size=SIZE,
+    stage_pattern=r"block\d+_pool$",
+)
+CONFIG = FinetuneConfig(head_epochs=1, finetune_epochs=1, batch_size=8, val_fraction=0.25)
+
+
+def _images(n_per_class, seed):
+    """Noisy images whose dominant colour channel is their class."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(len(CLASS_NAMES)), n_per_class)
+    X = rng.uniform(0, 120, (len(y), SIZE, SIZE, 3))
+    X[np.arange(len(y)), :, :, y] += 120
+    return from_arrays(X.astype("uint8"), y, class_names=CLASS_NAMES)
+
+
+class Recorder(keras.callbacks.Callback):
+    """Per `fit` call: weights before and after, learning rate, epochs run."""
+
+    def __init__(self):
+        super().__init__()
+        self.fits = []
+
+    def on_train_begin(self, logs=None):
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.fits.append({"before": _snapshot(self.model), "lr": lr, "epochs": []})
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.fits[-1]["epochs"].append(epoch)
+
+    def on_train_end(self, logs=None):
+        self.fits[-1]["after"] = _snapshot(self.model)
+
+
+def _snapshot(model):
+    """Every weight of the backbone and the head, keyed by (layer, weight name)."""
+    layers = list(model.get_layer("tiny_cnn").layers) + [model.get_layer("predictions")]
+    return {(layer.name, w.name): keras.ops.convert_to_numpy(w)
+            for layer in layers for w in layer.weights}
+
+
+def _changed(before, after):
+    return {key for key in before if not np.array_equal(before[key], after[key])}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _images(12, seed=0)
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    recorder = Recorder()
+    result = finetune(TINY, data, output_dir=tmp_path_factory.mktemp("run"), weights=None,
+                      config=CONFIG, callbacks=[recorder])
+    return result, recorder
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_config_defaults_round_trip_through_a_dict():
+    config = FinetuneConfig()
+    assert (config.head_epochs, config.finetune_epochs, config.unfreeze_blocks) == (5, 5, 1)
+    assert (config.learning_rate, config.head_learning_rate, config.batch_size) == (1e-5, 1e-3, 32)
+    assert config.augmentation == {"flip": "horizontal", "rotation": 0.1, "zoom": 0.1,
+                                   "contrast": 0.1}
+    assert (config.early_stopping_patience, config.val_fraction, config.seed) == (3, 0.1, 0)
+    assert config.mixed_precision is False
+    custom = FinetuneConfig.from_dict({"hidden_units": [64], "unfreeze_blocks": "from:block5_conv1",
+                                       "augmentation": None})
+    assert custom.hidden_units == (64,) and custom.augmentation is None
+    assert FinetuneConfig.from_dict(custom.to_dict()) == custom
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ({"learning_rate": 0}, r"`learning_rate` must be a float > 0.*Received: learning_rate=0"),
+        ({"head_learning_rate": float("nan")}, "head_learning_rate"),
+        ({"head_epochs": -1}, r"`head_epochs` must be an integer >= 0"),
+        ({"head_epochs": 0, "finetune_epochs": 0}, "at least 1"),
+        ({"finetune_epochs": 2.5}, "finetune_epochs"),
+        ({"unfreeze_blocks": "top3"}, r"or 'from:LAYER_NAME'.*Received: unfreeze_blocks='top3'"),
+        ({"unfreeze_blocks": -1}, "unfreeze_blocks"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"dropout": 1.0}, r"`dropout` must be a float in \[0, 1\)"),
+        ({"val_fraction": 1}, "val_fraction"),
+        ({"hidden_units": [64, 0]}, "hidden_units"),
+        ({"early_stopping_patience": -2}, "early_stopping_patience"),
+        ({"mixed_precision": "yes"}, "mixed_precision"),
+        ({"augmentation": {"rotation": 2.0}}, r"augmentation\['rotation'\]"),
+        ({"augmentation": {"flip": "diagonal"}}, "horizontal_and_vertical"),
+        ({"augmentation": {"flipp": "horizontal"}}, "Did you mean 'flip'"),
+        ({"learning_rte": 1e-4}, "Did you mean 'learning_rate'"),
+    ],
+)
+def test_config_rejects_bad_values_clearly(values, match):
+    with pytest.raises(ValueError, match=match) as info:
+        FinetuneConfig.from_dict(values)
+    assert "Received:" in str(info.value)
+
+
+# --------------------------------------------------------------------------- model
+
+
+@pytest.mark.parametrize(
+    ("family", "mode"),
+    [("VGG16", "caffe"), ("MobileNetV2", "tf"), ("DenseNet121", "torch"), ("EfficientNetB0", None)],
+)
+def test_in_model_preprocessing_equals_the_family_numpy_function(family, mode):
+    spec = get_backbone_spec(family)
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    inside = keras.ops.convert_to_numpy(BackbonePreprocessing(spec.preprocess_module)(pixels))
+    np.testing.assert_allclose(inside, spec.preprocess_input(pixels.copy()), rtol=1e-5, atol=1e-4)
+    if mode == "caffe":  # BGR order, mean subtracted: blue channel first
+        np.testing.assert_allclose(inside[..., 0], pixels[..., 2] - 103.939, rtol=1e-5)
+    elif mode is None:
+        np.testing.assert_array_equal(inside, pixels)
+
+
+def test_model_stacks_preprocessing_backbone_and_head():
+    backbone = load_backbone(TINY, weights=None)
+    model = build_classifier_model(backbone, 3, hidden_units=(16,), l2=0.01,
+                                   augmentation={"flip": "horizontal", "zoom": 0.2})
+    names = [layer.name for layer in model.layers]
+    assert names == ["image", "augment_flip", "augment_zoom", "preprocess", "tiny_cnn", "avg_pool",
+                     "head_dropout_1", "head_dense_1", "head_dropout", "predictions"]
+    assert model.get_layer("predictions").dtype_policy.compute_dtype == "float32"
+    assert model.get_layer("head_dense_1").kernel_initializer.__class__.__name__ == "HeNormal"
+    assert len(model.losses) == 1  # the L2 penalty
+    rebuilt = build_classifier_model(load_backbone(TINY, weights=None), 3, hidden_units=(16,))
+    other = build_classifier_model(backbone, 3, hidden_units=(16,), seed=1)
+    for name in ("head_dense_1", "predictions"):
+        kernel = model.get_layer(name).kernel
+        np.testing.assert_array_equal(kernel, rebuilt.get_layer(name).kernel)  # seed decides
+        assert not np.array_equal(kernel, other.get_layer(name).kernel)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_head_initialised_from_logistic_regression_predicts_like_it(data, n_classes):
+    dataset = data.select(np.flatnonzero(data.labels < n_classes))
+    backbone = load_backbone(TINY, weights=None)
+    probe = build_classifier_model(backbone, n_classes, dropout=0.0)
+    pooled = keras.Model(probe.input, probe.get_layer("avg_pool").output)
+    X = dataset.images.astype("float32")
+    features = pooled.predict(X, verbose=0)
+    logreg = LogisticRegression(max_iter=1000).fit(features, dataset.labels)
+    model = build_classifier_model(backbone, n_classes, dropout=0.0,
+                                   init_head_from=(logreg.coef_, logreg.intercept_))
+    np.testing.assert_allclose(model.predict(X, verbose=0), logreg.predict_proba(features),
+                               atol=1e-4)
+
+
+def test_head_initialisation_errors_name_the_expected_shapes():
+    backbone = load_backbone(TINY, weights=None)
+    expected = r"shapes \(3, 32\) and \(3,\).*Received: coef with shape \(3, 5\)"
+    with pytest.raises(ValueError, match=expected):
+        build_classifier_model(backbone, 3, init_head_from=(np.zeros((3, 5)), np.zeros(3)))
+    with pytest.raises(ValueError, match="hidden_units=()"):
+        build_classifier_model(backbone, 3, hidden_units=(8,),
+                               init_head_from=(np.zeros((3, 32)), np.zeros(3)))
+
+
+# --------------------------------------------------------------------------- freezing
+
+
+def test_unfreeze_top_counts_blocks_from_stage_outputs():
+    backbone = load_backbone("MobileNetV2", weights=None, input_size=SIZE,
+                             model_kwargs={"alpha": 0.35})
+    model, spec = backbone.model, backbone.spec
+    stages = [info.index for info in describe_layers(model, spec) if info.stage]
+    for blocks in (1, 2):
+        unfrozen = unfreeze_top(backbone, spec, blocks)
+        first = stages[-(blocks + 1)] + 1
+        expected = [layer.name for layer in model.layers[first:]
+                    if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)]
+        assert unfrozen == expected
+        assert all(layer.trainable == (layer.name in unfrozen) for layer in model.layers
+                   if layer.weights)
+    everything = unfreeze_top(model, spec, "all")
+    assert not any(isinstance(model.get_layer(name), keras.layers.BatchNormalization)
+                   for name in everything)
+    assert all(not layer.trainable for layer in model.layers
+               if isinstance(layer, keras.layers.BatchNormalization))
+    assert unfreeze_top(model, spec, "from:block_16_project") == ["block_16_project", "Conv_1"]
+    assert unfreeze_top(model, spec, 0) == []
+
+
+def test_unfreeze_top_on_vgg16_takes_the_last_conv_block():
+    backbone = load_backbone("VGG16", weights=None, input_size=SIZE)
+    classifier = build_classifier_model(backbone, 3)
+    assert unfreeze_top(classifier, backbone.spec, 1) == ["block5_conv1", "block5_conv2",
+                                                          "block5_conv3"]
+    assert classifier.get_layer("predictions").trainable  # the head is left alone
+
+
+def test_unfreeze_top_rejects_unknown_blocks():
+    backbone = load_backbone(TINY, weights=None)
+    with pytest.raises(UnknownLayerError, match="block3_conv"):
+        unfreeze_top(backbone, TINY, "from:block3_cnv")
+    with pytest.raises(ValueError, match=r"3 blocks.*0\.\.3.*Received: unfreeze_blocks=4"):
+        unfreeze_top(backbone, TINY, 4)
+    with pytest.raises(ValueError, match="Received: unfreeze_blocks='last'"):
+        unfreeze_top(backbone, TINY, "last")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_batches_reshuffle_per_epoch_reproducibly(data):
+    batches = ImageBatches(data, SIZE, 8, shuffle=True, seed=3)
+    first = np.concatenate([batches[i][1] for i in range(len(batches))])
+    order = batches.order.copy()
+    batches.on_epoch_end()
+    assert batches.epoch == 1 and not np.array_equal(batches.order, order)
+    assert sorted(batches.order) == list(range(len(data)))
+    again = ImageBatches(data, SIZE, 8, shuffle=True, seed=3)
+    np.testing.assert_array_equal(np.concatenate([again[i][1] for i in range(len(again))]), first)
+    again.set_epoch(1)
+    np.testing.assert_array_equal(again.order, batches.order)
+    images, labels = ImageBatches(data, SIZE, 8)[0]
+    assert images.dtype == np.float32 and images.shape == (8, SIZE, SIZE, 3)
+    np.testing.assert_array_equal(labels, data.labels[:8])
+
+
+def test_batches_skip_unreadable_images(tmp_path):
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "ok.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "list.csv").write_text("path,label\nok.png,a\nbroken.png,b\n")
+    batches = ImageBatches(from_csv(tmp_path / "list.csv"), SIZE, 2)
+    images, labels = batches[0]
+    assert images.shape == (1, SIZE, SIZE, 3) and labels.tolist() == [0]
+    (reason,) = batches.skipped.values()
+    assert reason.startswith("not an image")
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_phase_one_trains_only_the_head(run):
+    result, recorder = run
+    head = recorder.fits[0]
+    assert _changed(head["before"], head["after"]) == {("predictions", "kernel"),
+                                                      ("predictions", "bias")}
+    assert head["lr"] == pytest.approx(CONFIG.head_learning_rate)
+
+
+def test_phase_two_trains_exactly_the_unfrozen_block(run):
+    result, recorder = run
+    finetuning = recorder.fits[1]
+    assert result.unfrozen_layers == ("block3_conv",)
+    assert _changed(finetuning["before"], finetuning["after"]) == {
+        ("block3_conv", "kernel"), ("block3_conv", "bias"),
+        ("predictions", "kernel"), ("predictions", "bias"),
+    }
+    assert finetuning["lr"] == pytest.approx(CONFIG.learning_rate)
+    lr = float(keras.ops.convert_to_numpy(result.model.optimizer.learning_rate))
+    assert lr == pytest.approx(CONFIG.learning_rate)
+
+
+def test_batchnorm_statistics_never_change(run):
+    result, recorder = run
+    initial = recorder.fits[0]["before"]
+    final = _snapshot(result.model)
+    bn_weights = [key for key in initial if key[0].endswith("_bn")]
+    assert len(bn_weights) == 12  # gamma, beta, moving mean and variance of 3 layers
+    for key in bn_weights:
+        np.testing.assert_array_equal(initial[key], final[key])
+
+
+def test_history_checkpoint_and_result_row(run):
+    result, recorder = run
+    history = pd.read_csv(result.history_path)
+    assert history["epoch"].tolist() == [0, 1]
+    assert history["phase"].tolist() == ["head", "finetune"]
+    np.testing.assert_allclose(history["learning_rate"], [1e-3, 1e-5], rtol=1e-6)
+    assert {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(history.columns)
+    checkpoints = sorted(p.name for p in (result.model_path.parent / "checkpoints").iterdir())
+    assert checkpoints == ["finetune-0002-end.weights.h5", "state.json"]
+    row = result.as_row()
+    assert row["mode"] == "finetune" and row["backbone"] == "TinyCNN" and row["epochs"] == 2
+    assert row["unfreeze_blocks"] == 1 and row["learning_rate"] == 1e-5
+
+
+def test_saved_model_reloads_and_predicts_identically(run, data):
+    result, _ = run
+    reloaded = keras.saving.load_model(result.model_path)
+    X = data.images[:10].astype("float32")
+    expected = result.model.predict(X, verbose=0)
+    np.testing.assert_array_equal(reloaded.predict(X, verbose=0), expected)
+
+
+def test_resume_continues_from_the_checkpoint(run, data, tmp_path):
+    result, _ = run
+    output_dir = tmp_path / "resumed"
+    shutil.copytree(result.model_path.parent, output_dir)
+    recorder = Recorder()
+    longer = FinetuneConfig(**{**CONFIG.to_dict(), "finetune_epochs": 2})
+    resumed = finetune(TINY, data, output_dir=output_dir, weights=None, config=longer,
+                       resume=True, callbacks=[recorder])
+    assert len(recorder.fits) == 1  # the finished head phase is skipped
+    assert recorder.fits[0]["epochs"] == [2]
+    assert recorder.fits[0]["lr"] == pytest.approx(CONFIG.learning_rate)
+    for key, value in _snapshot(result.model).items():  # loaded, not re-initialised
+        np.testing.assert_array_equal(recorder.fits[0]["before"][key], value)
+    history = pd.read_csv(resumed.history_path)
+    assert history["epoch"].tolist() == [0, 1, 2]
+    assert history["phase"].tolist() == ["head", "finetune", "finetune"]
+    assert resumed.epochs_run == 3
+    with pytest.raises(ValueError, match=r"different run \(differing: \['learning_rate'\]\)"):
+        finetune(TINY, data, output_dir=output_dir, weights=None, resume=True,
+                 config=FinetuneConfig(**{**longer.to_dict(), "learning_rate": 1e-4}))
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Kills training at the end of one epoch, after that epoch's checkpoint."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.weights = _snapshot(self.model)
+            raise KeyboardInterrupt
+
+
+def test_interrupted_phase_resumes_at_its_next_epoch(data, tmp_path):
+    config = FinetuneConfig(**{**CONFIG.to_dict(), "finetune_epochs": 2})
+    interrupt = Interrupt(epoch=1)  # the first finetuning epoch
+    with pytest.raises(KeyboardInterrupt):
+        finetune(TINY, data, output_dir=tmp_path, weights=None, config=config,
+                 callbacks=[interrupt])
+    recorder = Recorder()
+    resumed = finetune(TINY, data, output_dir=tmp_path, weights=None, config=config,
+                       resume=True, callbacks=[recorder])
+    assert [fit["epochs"] for fit in recorder.fits] == [[2]]
+    for key, value in interrupt.weights.items():
+        np.testing.assert_array_equal(recorder.fits[0]["before"][key], value)
+    history = pd.read_csv(resumed.history_path)
+    assert history["epoch"].tolist() == [0, 1, 2]
+    assert resumed.unfrozen_layers == ("block3_conv",)
+
+
+def test_evaluate_model_returns_a_results_row(run):
+    result, _ = run
+    test_data = _images(4, seed=1)
+    row = evaluate_model(result, test_data)
+    assert row["mode"] == "finetune" and row["model_path"] == str(result.model_path)
+    assert row["n_test"] == 12 and row["n_unreadable"] == 0
+    for metric in ("accuracy", "balanced_accuracy", "macro_f1"):
+        assert 0.0 <= row[metric] <= 1.0
+    predicted = result.model.predict(test_data.images.astype("float32"), verbose=0).argmax(1)
+    assert row["accuracy"] == pytest.approx(np.mean(predicted == test_data.labels))
+    with pytest.raises(ValueError, match="predicts 3 classes but 2 class names"):
+        evaluate_model(result.model, test_data, class_names=["a", "b"])
+
+
+def test_train_from_scratch_trains_everything_reproducibly(data, tmp_path):
+    config = FinetuneConfig(head_epochs=1, finetune_epochs=0, batch_size=8, augmentation=None,
+                            val_fraction=0.0, mixed_precision=True)
+    policy = keras.config.dtype_policy().name
+    results, recorders = [], []
+    for name in ("a", "b"):
+        recorders.append(Recorder())
+        results.append(train_from_scratch(TINY, data, output_dir=tmp_path / name, config=config,
+                                          callbacks=[recorders[-1]]))
+    assert keras.config.dtype_policy().name == policy  # restored after mixed precision
+    model = results[0].model
+    assert model.get_layer("tiny_cnn").get_layer("block1_conv").compute_dtype == "float16"
+    assert model.output.dtype == "float32"
+    assert results[0].mode == "scratch" and results[0].weights is None
+    assert recorders[0].fits[0]["lr"] == pytest.approx(config.head_learning_rate)
+    fit = recorders[0].fits[0]
+    assert _changed(fit["before"], fit["after"]) == set(fit["before"])  # BN statistics too
+    for key, value in _snapshot(results[1].model).items():
+        np.testing.assert_array_equal(_snapshot(model)[key], value)
+    assert pd.read_csv(results[0].history_path)["phase"].tolist() == ["scratch"]
