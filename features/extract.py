@@ -11,6 +11,7 @@ uninterrupted run. Keys already in the store cost no forward pass.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from features.inputs import ImageDataset, iter_decoded_chunks
+from features.inputs import DEFAULT_MAX_PIXELS, ImageDataset, iter_decoded_chunks
 from features.keys import FeatureKey
 from features.layers import LayerInfo, resolve_layers
 from features.store import FeatureSet, FeatureStore, library_versions
@@ -93,6 +94,9 @@ class FeatureExtractor:
         model_kwargs: Extra constructor arguments, e.g. `{"alpha": 0.35}`.
         seed: Seed of the random initialisation when `weights=None`.
         max_flatten_dim: Refuse `flatten` pooling above this many values per image.
+        max_pixels: Skip (and record) image files larger than this many pixels,
+            checked from the header before decoding. It decides which samples
+            are kept, so a value other than the default changes the keys.
 
     Example:
         >>> extractor = FeatureExtractor("VGG16", weights=None, layers="stages", input_size=32)
@@ -114,13 +118,17 @@ class FeatureExtractor:
         model_kwargs: Mapping[str, Any] | None = None,
         seed: int = 0,
         max_flatten_dim: int = DEFAULT_MAX_FLATTEN_DIM,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         if dtype not in STORAGE_DTYPES:
             raise ValueError(f"dtype must be one of {STORAGE_DTYPES}. Received: dtype={dtype!r}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+            raise ValueError(f"max_pixels must be a positive integer. Received: max_pixels={max_pixels!r}")
         self.batch_size = int(batch_size)
         self.dtype = dtype
+        self.max_pixels = int(max_pixels)
         self.compute_dtype = "mixed_float16" if mixed_precision else "float32"
         with _dtype_policy(self.compute_dtype):
             self.backbone: Backbone = load_backbone(
@@ -140,6 +148,9 @@ class FeatureExtractor:
     def keys(self, dataset: ImageDataset, dataset_digest: str | None = None) -> dict[str, FeatureKey]:
         """The store key of each selected layer's features for `dataset`."""
         digest = dataset_digest or dataset.digest()
+        if self.max_pixels != DEFAULT_MAX_PIXELS:
+            # The size guard decides which samples are kept: part of what the features describe.
+            digest = hashlib.sha256(f"{digest}:max_pixels={self.max_pixels}".encode()).hexdigest()
         return {
             info.name: FeatureKey(
                 backbone=self.backbone.architecture,
@@ -182,7 +193,16 @@ class FeatureExtractor:
 
         Returns:
             An `ExtractionReport`.
+
+        Raises:
+            ValueError: If `dataset` has no samples.
+            StoreError: If the store cannot be written (read-only, disk full);
+                committed chunks are kept and the next call resumes from them.
+            CorruptEntryError: If a stored entry of a selected layer is unreadable
+                (the message says how to remove it).
         """
+        if len(dataset) == 0:
+            raise ValueError("The dataset has no samples; there is nothing to extract. Received: 0 samples")
         log = log or (lambda message: None)
         started = time.perf_counter()
         keys = self.keys(dataset)
@@ -191,6 +211,7 @@ class FeatureExtractor:
         report.cached = [name for name in keys if name not in missing]
         for name in report.cached:
             log(f"cached   {name} ({keys[name].entry_name})")
+        store.clean_up(keys[name] for name in report.cached)
         if missing:
             store.check_writable()
             with store.lock(
@@ -256,6 +277,9 @@ class FeatureExtractor:
             "n_samples": len(dataset),
         }
         partials = {name: store.partial(keys[name], fingerprint) for name in missing}
+        for name, partial in partials.items():
+            for problem in partial.discarded:
+                log(f"discarded {name} {problem}; recomputing")
         committed = {name: partial.committed() for name, partial in partials.items()}
         todo = sorted(set(range(len(chunks))) - set.intersection(*committed.values()))
         resumed = len(chunks) - len(todo)
@@ -266,7 +290,11 @@ class FeatureExtractor:
         bar = _progress_bar(total=sum(len(chunks[i]) for i in todo), enabled=progress, desc="extracting")
         try:
             decoded = iter_decoded_chunks(
-                dataset, [chunks[i] for i in todo], self.backbone.input_size, n_workers=n_workers
+                dataset,
+                [chunks[i] for i in todo],
+                self.backbone.input_size,
+                n_workers=n_workers,
+                max_pixels=self.max_pixels,
             )
             with contextlib.closing(decoded):
                 for chunk in decoded:
@@ -285,6 +313,7 @@ class FeatureExtractor:
             "weights_source": self.backbone.weights or "random init",
             "batch_size": self.batch_size,
             "n_dataset_samples": len(dataset),
+            "max_pixels": self.max_pixels,
             "versions": library_versions(),
         }
         for info in layers:

@@ -11,10 +11,12 @@ Layout of a store directory::
 
 Why: HDF5 cannot survive a writer being killed while the file is open, and
 opening a file with "w" wipes it under a reader. So every file is written
-under a temporary name, fsynced and committed by `os.replace`; nothing is
-ever written in place. A killed extraction leaves committed chunks (and
-perhaps a stray temporary file, ignored and cleaned up) but never a file that
-reads as a complete entry; the next run resumes from the committed chunks.
+under a temporary name (`.tmp-<final name>-*`), fsynced and committed by
+`os.replace`; nothing is ever written in place. A killed extraction leaves
+committed chunks (and perhaps a stray temporary file, ignored, and deleted by
+the next holder of the key's lock) but never a file that reads as a complete
+entry; the next run resumes from the committed chunks, after checking each
+against the checksum it was written with (a damaged chunk is computed again).
 Readers need no lock: they only open committed files.
 """
 
@@ -144,13 +146,29 @@ def _fsync_directory(path: Path) -> None:
             os.close(fd)
 
 
+def _write_error(path: Path, error: OSError) -> StoreError:
+    """A `StoreError` saying why `path` could not be written and what to do."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space" in str(error):
+        return StoreError(
+            f"The disk is full while writing {path.name} in {path.parent}: {error}. "
+            f"Free some space (or point the store elsewhere) and run again; committed work "
+            f"is kept and the extraction resumes from it."
+        )
+    return StoreError(f"Could not write {path}: {error}")
+
+
 @contextlib.contextmanager
 def _atomic_h5(final_path: Path) -> Iterator[h5py.File]:
-    """Write an HDF5 file under a temporary name; rename it into place on success."""
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=final_path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp_name)
+    """Write an HDF5 file under a temporary name; rename it into place on success.
+
+    The temporary name starts with `.tmp-<final stem>-`, so whoever holds the
+    lock of the key can find and delete what a killed writer left behind.
+    """
+    tmp_path = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{final_path.stem}-", suffix=".h5", dir=final_path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp_name)
         with h5py.File(tmp_path, "w") as handle:
             yield handle
         with open(tmp_path, "rb+") as raw:
@@ -158,16 +176,12 @@ def _atomic_h5(final_path: Path) -> Iterator[h5py.File]:
         os.replace(tmp_path, final_path)
         _fsync_directory(final_path.parent)
     except OSError as error:
-        tmp_path.unlink(missing_ok=True)
-        if error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space" in str(error):
-            raise StoreError(
-                f"The disk is full while writing {final_path.name} in {final_path.parent}: {error}. "
-                f"Free some space (or point the store elsewhere) and run again; committed work "
-                f"is kept and the extraction resumes from it."
-            ) from error
-        raise StoreError(f"Could not write {final_path}: {error}") from error
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
+        raise _write_error(final_path, error) from error
     except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
         raise
 
 
@@ -191,31 +205,59 @@ class PartialEntry:
 
     Each chunk is one small HDF5 file, committed atomically, holding the
     features of the samples of chunk `i` that decoded, their sample indices,
-    and the indices and reasons of those that did not.
+    the indices and reasons of those that did not, and a checksum of the
+    features.
+
+    Opening the work area (under the key's lock) makes it safe to resume
+    from: stray temporary files are deleted; chunks computed with other
+    settings, or with no readable `fingerprint.json` to say which, are all
+    discarded; a chunk that is unreadable or fails its checksum is deleted,
+    so that it is computed again. `discarded` says what was thrown away.
     """
 
     def __init__(self, directory: Path, fingerprint: Mapping[str, Any]):
         self.directory = directory
+        self.discarded: list[str] = []
+        fingerprint = dict(fingerprint)
         fingerprint_path = directory / "fingerprint.json"
-        if fingerprint_path.exists():
+        if directory.is_dir():
             try:
                 stored = json.loads(fingerprint_path.read_text())
             except (OSError, ValueError):
                 stored = None
-            if stored != dict(fingerprint):
+            if stored != fingerprint:
                 # Chunks computed with other settings (batch size...) are discarded
                 # rather than mixed with new ones.
+                if self.committed():
+                    problem = "other settings" if stored is not None else "no readable fingerprint.json"
+                    self.discarded.append(f"all {len(self.committed())} chunk(s): computed with {problem}")
                 shutil.rmtree(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        if not fingerprint_path.exists():
-            tmp = directory / f".tmp-fingerprint-{os.getpid()}.json"
-            tmp.write_text(json.dumps(dict(fingerprint), sort_keys=True))
-            os.replace(tmp, fingerprint_path)
-        for stray in directory.glob(".tmp-*"):
-            stray.unlink(missing_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            for stray in directory.glob(".tmp-*"):
+                stray.unlink(missing_ok=True)
+            if not fingerprint_path.exists():
+                tmp = directory / f".tmp-fingerprint-{os.getpid()}.json"
+                tmp.write_text(json.dumps(fingerprint, sort_keys=True))
+                os.replace(tmp, fingerprint_path)
+        except OSError as error:
+            raise _write_error(fingerprint_path, error) from error
+        for index in sorted(self.committed()):
+            try:
+                self._checked_chunk(index)
+            except ValueError as problem:
+                self._chunk_path(index).unlink(missing_ok=True)
+                self.discarded.append(f"chunk {index}: {problem}")
 
     def _chunk_path(self, index: int) -> Path:
         return self.directory / f"chunk_{index:06d}.h5"
+
+    def _corrupt(self, index: int, problem: str) -> CorruptEntryError:
+        return CorruptEntryError(
+            f"Partial chunk {self._chunk_path(index)} of an unfinished extraction is corrupt: {problem}. "
+            f"Run the extraction again (corrupt chunks are recomputed when it starts), or delete "
+            f"the folder {self.directory} to recompute this extraction from the start."
+        )
 
     def committed(self) -> set[int]:
         """Indices of the chunks already committed."""
@@ -232,25 +274,56 @@ class PartialEntry:
         with _atomic_h5(self._chunk_path(index)) as handle:
             handle.attrs["encoding-type"] = CHUNK_ENCODING_TYPE
             handle.attrs["encoding-version"] = ENCODING_VERSION
+            handle.attrs["features_sha256"] = array_digest(features)
             handle.create_dataset("features", data=features)
             handle.create_dataset("sample_indices", data=np.asarray(sample_indices, dtype=np.int64))
             handle.create_dataset("skipped_indices", data=np.asarray([i for i, _ in skipped], dtype=np.int64))
             handle.create_dataset("skipped_reasons", data=_strings(r for _, r in skipped), dtype=_STRING)
 
-    def read_chunk(self, index: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
-        """Features, sample indices and skipped (index, reason) of a committed chunk."""
-        path = self._chunk_path(index)
+    def chunk_layout(self, index: int) -> tuple[int, tuple, np.dtype]:
+        """Row count, per-sample feature shape and dtype of a committed chunk (header only)."""
         try:
-            with h5py.File(path, "r") as handle:
-                skipped = list(
-                    zip(handle["skipped_indices"][()].tolist(), _read_strings(handle["skipped_reasons"]).tolist())
-                )
-                return handle["features"][()], handle["sample_indices"][()], skipped
+            with h5py.File(self._chunk_path(index), "r") as handle:
+                features = handle["features"]
+                return features.shape[0], features.shape[1:], features.dtype
         except (OSError, KeyError) as error:
-            raise CorruptEntryError(
-                f"Partial chunk {path} is unreadable ({error}). Delete the folder {self.directory} "
-                f"to recompute this extraction from the start."
-            ) from error
+            raise self._corrupt(index, f"unreadable ({error})") from error
+
+    def read_chunk(self, index: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+        """Features, sample indices and skipped (index, reason) of a committed chunk, checked.
+
+        Raises:
+            CorruptEntryError: The file is unreadable, inconsistent or fails its checksum.
+        """
+        try:
+            return self._checked_chunk(index)
+        except ValueError as problem:
+            raise self._corrupt(index, str(problem)) from problem
+
+    def _checked_chunk(self, index: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+        """`read_chunk`, raising `ValueError(problem)` for a bad chunk."""
+        try:
+            with h5py.File(self._chunk_path(index), "r") as handle:
+                kind = (handle.attrs.get("encoding-type"), handle.attrs.get("encoding-version"))
+                if kind != (CHUNK_ENCODING_TYPE, ENCODING_VERSION):
+                    raise ValueError(f"not a version-{ENCODING_VERSION} layerprobe chunk (encoding {kind})")
+                checksum = handle.attrs.get("features_sha256")
+                features = handle["features"][()]
+                sample_indices = handle["sample_indices"][()]
+                skipped = list(
+                    zip(
+                        handle["skipped_indices"][()].tolist(),
+                        _read_strings(handle["skipped_reasons"]).tolist(),
+                        strict=True,
+                    )
+                )
+        except (OSError, KeyError) as error:
+            raise ValueError(f"unreadable ({error})") from error
+        if len(features) != len(sample_indices):
+            raise ValueError(f"{len(features)} feature rows for {len(sample_indices)} sample indices")
+        if checksum != array_digest(features):
+            raise ValueError("its features do not match the checksum recorded when it was written")
+        return features, sample_indices, skipped
 
     def discard(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -308,24 +381,58 @@ class FeatureStore:
             ) from error
 
     # -- locking ------------------------------------------------------------
+    def _lock_path(self, key: FeatureKey) -> Path:
+        return self.root / ".locks" / f"{key.digest}.lock"
+
     @contextlib.contextmanager
     def lock(self, keys: Iterable[FeatureKey], *, on_wait=None) -> Iterator[None]:
         """Hold exclusive per-key locks (sorted, so two callers cannot deadlock).
 
         `on_wait(key)` is called before blocking on a key another process holds.
+        Once a key is held, what a killed writer of it left behind is deleted
+        (see `clean_up`).
         """
-        lock_dir = self.root / ".locks"
-        lock_dir.mkdir(exist_ok=True)
+        (self.root / ".locks").mkdir(exist_ok=True)
         with contextlib.ExitStack() as stack:
             for key in sorted(set(keys), key=lambda k: k.digest):
-                handle = stack.enter_context(open(lock_dir / f"{key.digest}.lock", "a+"))
+                handle = stack.enter_context(open(self._lock_path(key), "a+"))
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     if on_wait is not None:
                         on_wait(key)
                     fcntl.flock(handle, fcntl.LOCK_EX)
+                self._remove_leftovers(key)
             yield
+
+    def _remove_leftovers(self, key: FeatureKey) -> None:
+        """Delete a killed writer's temporary entry files, and the chunks of a committed entry.
+
+        Only while holding the key's lock: the lock holder is the only writer.
+        """
+        for stray in self.root.glob(f".tmp-{key.entry_name}-*"):
+            stray.unlink(missing_ok=True)
+        if self.has(key):
+            shutil.rmtree(self.root / ".partial" / key.digest, ignore_errors=True)
+
+    def clean_up(self, keys: Iterable[FeatureKey]) -> None:
+        """Delete what killed writers of `keys` left behind, for keys no process is writing.
+
+        A writer killed inside `commit` leaves a temporary entry file; one killed
+        right after the commit leaves the chunks of a complete entry. Neither is
+        ever read; this frees their space. Never waits; keys whose lock another
+        process holds are left alone, as are read-only stores.
+        """
+        for key in keys:
+            partial = self.root / ".partial" / key.digest
+            if not (next(self.root.glob(f".tmp-{key.entry_name}-*"), None) or (partial.is_dir() and self.has(key))):
+                continue
+            with contextlib.suppress(OSError), open(self._lock_path(key), "a+") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                self._remove_leftovers(key)
 
     # -- writing ------------------------------------------------------------
     def partial(self, key: FeatureKey, fingerprint: Mapping[str, Any]) -> PartialEntry:
@@ -350,19 +457,25 @@ class FeatureStore:
 
         Raises:
             IncompleteEntryError: If a chunk is missing.
+            CorruptEntryError: If a chunk is unreadable or fails its checksum.
+            StoreError: If the entry cannot be written (e.g. the disk is full).
         """
         missing = sorted(set(range(n_chunks)) - partial.committed())
         if missing:
             raise IncompleteEntryError(
                 f"Cannot commit {key.entry_name}: chunks {missing[:10]} are not computed yet."
             )
-        counts, feature_shape, dtype, skipped = [], None, None, []
-        for index in range(n_chunks):
-            with h5py.File(partial._chunk_path(index), "r") as handle:
-                counts.append(handle["features"].shape[0])
-                feature_shape = handle["features"].shape[1:]
-                dtype = handle["features"].dtype
-        n_total = sum(counts)
+        if n_chunks < 1:
+            raise ValueError(f"An entry needs at least one chunk. Received: n_chunks={n_chunks!r}")
+        layouts = [partial.chunk_layout(index) for index in range(n_chunks)]
+        n_total = sum(n_rows for n_rows, _, _ in layouts)
+        _, feature_shape, dtype = layouts[0]
+        mixed = [i for i, (_, shape, kind) in enumerate(layouts) if (shape, kind) != (feature_shape, dtype)]
+        if mixed:
+            raise partial._corrupt(
+                mixed[0], f"its features do not have chunk 0's per-sample shape {feature_shape} and dtype {dtype}"
+            )
+        skipped = []
         sample_ids = np.asarray(sample_ids, dtype=object)
         labels = np.asarray(labels, dtype=np.int64)
         splits = np.asarray(splits, dtype=object)
@@ -385,6 +498,13 @@ class FeatureStore:
                 kept.append(indices)
                 skipped.extend(chunk_skipped)
             kept_indices = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+            covered = np.sort(np.concatenate([kept_indices, np.asarray([i for i, _ in skipped], dtype=np.int64)]))
+            if not np.array_equal(covered, np.arange(len(sample_ids))):
+                raise CorruptEntryError(
+                    f"Cannot commit {key.entry_name}: the chunks in {partial.directory} do not hold each of "
+                    f"the dataset's {len(sample_ids)} samples exactly once ({len(covered)} rows). Delete "
+                    f"that folder and extract again."
+                )
             handle.create_dataset("labels", data=labels[kept_indices])
             handle.create_dataset("sample_ids", data=sample_ids[kept_indices], dtype=_STRING)
             handle.create_dataset("splits", data=splits[kept_indices], dtype=_STRING)

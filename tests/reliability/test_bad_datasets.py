@@ -1,0 +1,107 @@
+"""Awkward datasets and settings: what extraction accepts, and the errors for what it refuses.
+
+An empty class folder is refused when listing (tests/features/test_inputs.py::
+test_from_directory_errors[empty-class]); needing two classes to classify is
+the pipeline's concern, extraction works with one.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from features.extract import FeatureExtractor
+from features.inputs import from_arrays, from_csv, from_directory
+from features.layers import UnknownLayerError
+from features.store import FeatureStore
+
+LAYER = "block2_pool"
+
+
+def _image(path, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return FeatureExtractor("VGG16", weights=None, layers=[LAYER], input_size=32, batch_size=4)
+
+
+def test_single_class_extracts(extractor, tmp_path):
+    for i in range(3):
+        _image(tmp_path / "images" / "only" / f"{i}.png", i)
+    store = FeatureStore(tmp_path / "store")
+    report = extractor.extract(from_directory(tmp_path / "images"), store, progress=False)
+    stored = store.load(report.keys[LAYER])
+    assert stored.class_names == ("only",) and stored.y.tolist() == [0, 0, 0] and stored.X.shape == (3, 128)
+
+
+def test_class_whose_files_are_all_unreadable_stays_a_class_with_no_rows(extractor, tmp_path):
+    _image(tmp_path / "images" / "cat" / "a.png")
+    _image(tmp_path / "images" / "cat" / "b.png", 1)
+    (tmp_path / "images" / "dog").mkdir()
+    (tmp_path / "images" / "dog" / "broken.jpg").write_bytes(b"")
+    store = FeatureStore(tmp_path / "store")
+    report = extractor.extract(from_directory(tmp_path / "images"), store, progress=False)
+    stored = store.load(report.keys[LAYER])
+    assert stored.class_names == ("cat", "dog") and stored.y.tolist() == [0, 0]
+    assert [os.path.basename(path) for path, _ in report.skipped] == ["broken.jpg"]
+
+
+def test_csv_rows_of_missing_files_are_skipped_and_recorded(extractor, tmp_path):
+    folder = tmp_path / "méta données"
+    _image(folder / "img" / "a 1.png")
+    _image(folder / "img" / "b.png", 1)
+    (folder / "labels.csv").write_text(
+        "path,label,split\nimg/a 1.png,chat,train\nimg/gone.png,chien,train\nimg/b.png,chien,test\n", encoding="utf-8"
+    )
+    store = FeatureStore(tmp_path / "store")
+    report = extractor.extract(from_csv(folder / "labels.csv"), store, progress=False)
+    assert report.skipped == [(str(folder / "img" / "gone.png"), "file not found")]
+    assert store.info(report.keys[LAYER].entry_name)["skipped"] == report.skipped
+    stored = store.load(report.keys[LAYER])
+    assert [os.path.basename(p) for p in stored.sample_ids] == ["a 1.png", "b.png"]
+    assert stored.splits.tolist() == ["train", "test"]
+
+
+def test_csv_naming_one_file_twice_is_refused(tmp_path):
+    image = _image(tmp_path / "img" / "a.png")
+    (tmp_path / "labels.csv").write_text(f"path,label\nimg/a.png,cat\n{image},dog\nimg/../img/a.png,cat\n")
+    with pytest.raises(ValueError, match=r"same image more than once: .* in rows 2, 3, 4"):
+        from_csv(tmp_path / "labels.csv")
+
+
+def test_unicode_and_spaces_in_dataset_and_store_paths(extractor, tmp_path):
+    root = tmp_path / "données à voir"
+    paths = [_image(root / "chat noir" / "été 1.png"), _image(root / "狗 dog" / "照片 2.jpg", 1)]
+    store = FeatureStore(tmp_path / "magasin de traits ü")
+    report = extractor.extract(from_directory(root), store, progress=False)
+    stored = store.load(report.keys[LAYER])
+    assert stored.sample_ids.tolist() == [str(path) for path in paths]
+    assert stored.class_names == ("chat noir", "狗 dog")
+    assert store.info(report.keys[LAYER].digest[:10])["entry"] == report.keys[LAYER].entry_name
+    assert extractor.extract(from_directory(root), store, progress=False).cached == [LAYER]
+
+
+def test_empty_dataset_is_refused_before_any_work(extractor, tmp_path):
+    empty = from_arrays(np.zeros((2, 32, 32, 3), np.uint8), [0, 1]).select([])
+    with pytest.raises(ValueError, match="no samples"):
+        extractor.extract(empty, FeatureStore(tmp_path), progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_input_size_below_the_backbone_minimum():
+    with pytest.raises(ValueError, match=r"input_size=31 is below the minimum of 32 pixels that VGG16 accepts"):
+        FeatureExtractor("VGG16", weights=None, layers=[LAYER], input_size=31)
+
+
+def test_layer_of_another_family_lists_the_closest_names():
+    with pytest.raises(UnknownLayerError) as info:
+        FeatureExtractor("ResNet50", weights=None, layers=["block3_pool"], input_size=32)
+    message = str(info.value)
+    assert "ResNet50 has no layer 'block3_pool'" in message
+    assert "Closest valid names: " in message and "conv3_block3_out" in message
+    assert "`layerprobe layers ResNet50`" in message and "Received: layers='block3_pool'" in message

@@ -1,0 +1,89 @@
+"""Several processes on one store: a shared key is computed once; readers never fail."""
+
+import time
+
+import numpy as np
+import pytest
+
+from features.store import FeatureStore
+
+# The process that gets the lock stops in its first batch until the other one says it waits,
+# so the two always overlap, whichever starts first.
+_RENDEZVOUS = """
+import time, keras
+MARKERS = {markers!r}
+_predict, _calls = keras.Model.predict_on_batch, []
+def _predict_after_rendezvous(self, batch):
+    _calls.append(1)
+    if len(_calls) == 1:
+        open(os.path.join(MARKERS, "computing-{me}"), "w").close()
+        deadline = time.time() + 120
+        while not any(n.startswith("waiting-") for n in os.listdir(MARKERS)) and time.time() < deadline:
+            time.sleep(0.05)
+    return _predict(self, batch)
+keras.Model.predict_on_batch = _predict_after_rendezvous
+def log(message, _log=log):
+    if message.startswith("waiting"):
+        open(os.path.join(MARKERS, "waiting-{me}"), "w").close()
+    _log(message)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_extracting_one_key_compute_it_once(harness, helpers, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    store_dir = tmp_path / "store"
+    processes = [
+        harness.run_script(store_dir, _RENDEZVOUS.format(markers=str(markers), me=me), background=True)
+        for me in ("a", "b")
+    ]
+    outputs = [process.communicate(timeout=240) for process in processes]
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    waiter, computer = sorted((helpers.report_of(stdout) for stdout, _ in outputs), key=lambda r: r["n_forward"])
+    assert computer["computed"] == harness.layers and computer["n_forward"] == 24
+    assert waiter["cached"] == harness.layers and waiter["computed"] == [] and waiter["n_forward"] == 0
+    assert any(line.startswith("waiting") for line in waiter["log"])
+    assert sorted(p.name[:-2] for p in markers.iterdir()) == ["computing", "waiting"]
+
+    store = FeatureStore(store_dir)
+    assert [row["status"] for row in store.entries()] == ["ok", "ok"]
+    harness.assert_matches_reference(store)  # load() verifies each entry's checksum
+    assert helpers.stray_files(store_dir) == []
+
+
+_SLOW_WRITER = """
+import time, keras
+_predict = keras.Model.predict_on_batch
+def _predict_slowly(self, batch):
+    open(os.path.join(STORE, "..", "writing"), "w").close()
+    time.sleep(0.2)
+    return _predict(self, batch)
+keras.Model.predict_on_batch = _predict_slowly
+"""
+
+
+@pytest.mark.slow
+def test_reader_never_fails_while_another_process_writes(harness, tmp_path):
+    store_dir = tmp_path / "store"
+    store = FeatureStore(store_dir)
+    done = harness.keys["block1_pool"]
+    harness.extract(store)  # both layers; the writer extracts another one into the same store
+    other = dict(model="VGG16", weights=None, input_size=32, batch_size=4, layers=["block2_pool", "block4_pool"])
+    writer = harness.run_script(store_dir, _SLOW_WRITER, settings=other, background=True)
+
+    reads = reads_while_writing = 0
+    deadline = time.monotonic() + 240
+    while writer.poll() is None and time.monotonic() < deadline:
+        loaded = store.load(done)  # verifies the checksum every time
+        assert np.array_equal(loaded.X, harness.reference["block1_pool"].X)
+        assert all(row["status"] == "ok" for row in store.entries())
+        reads += 1
+        reads_while_writing += (tmp_path / "writing").exists()
+        time.sleep(0.01)  # leave the writer some CPU
+    _, stderr = writer.communicate(timeout=60)
+    assert writer.returncode == 0, stderr[-3000:]
+    assert reads_while_writing >= 5, (reads, reads_while_writing)
+    assert len(store.entries()) == 4 and all(row["status"] == "ok" for row in store.entries())
+    harness.assert_matches_reference(store)

@@ -1,0 +1,196 @@
+"""Damaged store files: unfinished work is recomputed, committed entries fail clearly.
+
+tests/features/test_store.py covers garbage, a 500-byte truncation, changed
+features, a short labels dataset and a renamed entry; these are the others.
+"""
+
+import json
+import shutil
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from features.store import CorruptEntryError, FeatureStore
+
+FIRST, SECOND = "block1_pool", "block3_pool"
+
+
+class Crash(BaseException):
+    pass
+
+
+@pytest.fixture
+def interrupted(harness, tmp_path, monkeypatch):
+    """A store whose extraction stopped after committing chunks 0 and 1 of both layers."""
+    original, calls = keras.Model.predict_on_batch, []
+
+    def predict_or_crash(self, batch):
+        calls.append(1)
+        if len(calls) == 5:
+            raise Crash()
+        return original(self, batch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.Model, "predict_on_batch", predict_or_crash)
+        with pytest.raises(Crash):
+            harness.extract(FeatureStore(tmp_path))
+    return FeatureStore(tmp_path)
+
+
+def _chunk(harness, store, name, index):
+    return store.root / ".partial" / harness.keys[name].digest / f"chunk_{index:06d}.h5"
+
+
+def _tamper(path):
+    with h5py.File(path, "r+") as handle:
+        handle["features"][0, 0] += 1.0
+
+
+CORRUPT_CHUNKS = {
+    "garbage": (lambda path: path.write_bytes(b"garbage" * 100), "unreadable"),
+    "truncated": (lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]), "unreadable"),
+    "zero-bytes": (lambda path: path.write_bytes(b""), "unreadable"),
+    "changed-features": (_tamper, "checksum"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPT_CHUNKS))
+def test_corrupt_partial_chunk_is_recomputed(harness, interrupted, case):
+    damage, problem = CORRUPT_CHUNKS[case]
+    damage(_chunk(harness, interrupted, FIRST, 1))
+    log = []
+    report = harness.extract(interrupted, log=log.append)
+    assert report.n_forward == 16  # chunk 1 again (for block1_pool only it was bad) and chunk 2
+    assert any(line.startswith(f"discarded {FIRST} chunk 1: ") and problem in line for line in log), log
+    harness.assert_matches_reference(interrupted)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda path: path.write_text("{not json"),
+        lambda path: path.unlink(),
+        lambda path: path.write_text(json.dumps({"batch_size": 2, "chunk_size": 8, "n_samples": 24})),
+    ],
+    ids=["garbage", "missing", "other-settings"],
+)
+def test_unusable_fingerprint_discards_all_chunks_of_that_layer(harness, interrupted, damage):
+    damage(_chunk(harness, interrupted, FIRST, 0).parent / "fingerprint.json")
+    log = []
+    report = harness.extract(interrupted, log=log.append)
+    assert report.n_forward == 24
+    assert any(line.startswith(f"discarded {FIRST} all 2 chunk(s): computed with") for line in log), log
+    harness.assert_matches_reference(interrupted)
+
+
+def test_resuming_with_another_chunk_size_starts_over(harness, interrupted):
+    report = harness.extract(interrupted, chunk_size=12)
+    assert report.n_forward == 24
+    harness.assert_matches_reference(interrupted)
+
+
+def test_chunk_copied_over_another_is_a_clear_error(harness, interrupted):
+    first = _chunk(harness, interrupted, FIRST, 0)
+    shutil.copy(first, first.with_name("chunk_000001.h5"))  # valid file, wrong samples
+    with pytest.raises(CorruptEntryError, match="exactly once") as info:
+        harness.extract(interrupted)
+    assert str(first.parent) in str(info.value) and "Delete that folder" in str(info.value)
+    assert not list(interrupted.root.glob(".tmp-*"))
+    shutil.rmtree(first.parent)
+    harness.extract(interrupted)
+    harness.assert_matches_reference(interrupted)
+
+
+# ---------------------------------------------------------------- committed entries
+
+
+def _edit_metadata(**changes):
+    def edit(handle):
+        metadata = json.loads(handle.attrs["metadata"])
+        metadata.update(changes)
+        handle.attrs["metadata"] = json.dumps(metadata)
+
+    return edit
+
+
+def _replace_dataset(name, values):
+    def edit(handle):
+        del handle[name]
+        handle.create_dataset(name, data=values)
+
+    return edit
+
+
+def _set_attribute(name, value):
+    def edit(handle):
+        handle.attrs[name] = value
+
+    return edit
+
+
+def _delete(name):
+    def edit(handle):
+        if name in handle:
+            del handle[name]
+        else:
+            del handle.attrs[name]
+
+    return edit
+
+
+ENTRY_DAMAGE = {
+    "metadata-n_samples": (_edit_metadata(n_samples=23), "row counts disagree"),
+    "metadata-feature_shape": (_edit_metadata(feature_shape=[65]), "feature shape"),
+    "labels-out-of-range": (_replace_dataset("labels", np.full(24, 7)), r"labels outside \[0, 3\)"),
+    "short-splits": (_replace_dataset("splits", np.array(["all"] * 20, dtype=object)), "row counts disagree"),
+    "no-features": (_delete("features"), "a dataset is missing"),
+    "garbage-metadata": (_set_attribute("metadata", "{oops"), "key/metadata attributes are unreadable"),
+    "no-key": (_delete("key"), "key/metadata attributes are unreadable"),
+    "newer-version": (_set_attribute("encoding-version", "99"), "encoding-version '99'"),
+    "foreign-file": (_set_attribute("encoding-type", "something-else"), "not a layerprobe feature entry"),
+}
+
+
+@pytest.mark.parametrize("case", list(ENTRY_DAMAGE))
+def test_entry_inconsistent_with_itself_is_named_with_how_to_remove_it(harness, tmp_path, case):
+    edit, problem = ENTRY_DAMAGE[case]
+    store = FeatureStore(tmp_path)
+    harness.extract(store)
+    damaged = harness.keys[FIRST]
+    with h5py.File(store.path_for(damaged), "r+") as handle:
+        edit(handle)
+    with pytest.raises(CorruptEntryError, match=problem) as info:
+        store.load(damaged)
+    message = str(info.value)
+    assert damaged.entry_name in message
+    assert f"layerprobe store rm {tmp_path} {damaged.entry_name}" in message
+    statuses = {row["entry"]: row["status"] for row in store.entries()}
+    assert statuses[harness.keys[SECOND].entry_name] == "ok"
+    harness.assert_matches_reference(store, [SECOND])
+
+
+def _truncate_to_90_percent(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 9 // 10])
+
+
+@pytest.mark.parametrize(
+    "damage", [lambda path: path.write_bytes(b""), _truncate_to_90_percent], ids=["zero-bytes", "truncated-90-percent"]
+)
+def test_broken_entry_stops_extract_with_a_clear_error_until_removed(harness, tmp_path, damage):
+    store = FeatureStore(tmp_path)
+    harness.extract(store)
+    broken = harness.keys[FIRST]
+    damage(store.path_for(broken))
+    for call in (lambda: store.load(broken), lambda: store.info(broken.entry_name), lambda: harness.extract(store)):
+        with pytest.raises(CorruptEntryError, match="store rm") as info:
+            call()
+        assert broken.entry_name in str(info.value)
+    assert sorted(row["status"][:7] for row in store.entries()) == ["corrupt", "ok"]
+    harness.assert_matches_reference(store, [SECOND])
+
+    store.remove(broken.entry_name)
+    report = harness.extract(store)
+    assert report.computed == [FIRST] and report.cached == [SECOND]
+    harness.assert_matches_reference(store)

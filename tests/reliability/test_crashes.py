@@ -1,0 +1,179 @@
+"""Extractions killed or interrupted at every stage resume to bit-identical features.
+
+The SIGKILL cases run the workload in a fresh process that kills itself at a
+chosen point (slow: one process start each). The fast cases interrupt the
+workload in this process, or plant what a killed writer leaves behind.
+"""
+
+import fcntl
+import signal
+
+import keras
+import pytest
+
+from features.store import FeatureStore, IncompleteEntryError, PartialEntry
+
+FIRST = "block1_pool"
+
+_KILL_IN_FORWARD_PASS = """
+import keras
+_predict, _calls = keras.Model.predict_on_batch, []
+def _predict_or_die(self, batch):
+    _calls.append(1)
+    if len(_calls) == 5:  # first batch of chunk 2: chunks 0 and 1 are committed for both layers
+        die()
+    return _predict(self, batch)
+keras.Model.predict_on_batch = _predict_or_die
+"""
+
+_KILL_IN_CHUNK_WRITE = """
+import h5py
+_create, _calls = h5py.Group.create_dataset, []
+def _create_or_die(self, *args, **kwargs):
+    _calls.append(1)
+    if len(_calls) == 10:  # chunk 1 of block1_pool: features written, sample_indices next
+        die()
+    return _create(self, *args, **kwargs)
+h5py.Group.create_dataset = _create_or_die
+"""
+
+_KILL_IN_COMMIT = """
+_read, _calls = store_module.PartialEntry.read_chunk, []
+def _read_or_die(self, index):
+    _calls.append(index)
+    if len(_calls) == {n}:
+        die()
+    return _read(self, index)
+store_module.PartialEntry.read_chunk = _read_or_die
+"""
+
+_KILL_BEFORE_RENAME = """
+_replace = os.replace
+def _replace_or_die(source, destination):
+    destination = os.fspath(destination)
+    if os.path.dirname(destination) == STORE and not os.path.basename(destination).startswith("."):
+        die()  # the entry file is written and fsynced under its temporary name
+    return _replace(source, destination)
+os.replace = _replace_or_die
+"""
+
+_KILL_AFTER_RENAME = """
+store_module.PartialEntry.discard = lambda self: die()  # block1_pool's entry is in place, its chunks not yet deleted
+"""
+
+# name: (fault, layers complete after the kill, where the killed writer left a temporary file, resumed n_forward)
+KILLS = {
+    "forward-pass": (_KILL_IN_FORWARD_PASS, [], None, 8),
+    "chunk-write": (_KILL_IN_CHUNK_WRITE, [], "chunk", 16),
+    "commit-after-1-chunk-copied": (_KILL_IN_COMMIT.replace("{n}", "2"), [], "entry", 0),
+    "commit-of-second-layer": (_KILL_IN_COMMIT.replace("{n}", "5"), [FIRST], "entry", 0),
+    "commit-before-rename": (_KILL_BEFORE_RENAME, [], "entry", 0),
+    "commit-after-rename": (_KILL_AFTER_RENAME, [FIRST], "chunks-of-complete-entry", 0),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(KILLS))
+def test_sigkill_then_resume_gives_identical_features(harness, helpers, tmp_path, case):
+    fault, complete, leftover, n_forward = KILLS[case]
+    process = harness.run_script(tmp_path, fault)
+    assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
+
+    store = FeatureStore(tmp_path)
+    keys = harness.keys
+    incomplete = [name for name in harness.layers if name not in complete]
+    for name in incomplete:
+        assert not store.has(keys[name])
+        with pytest.raises(IncompleteEntryError, match="resume"):
+            store.load(keys[name])
+    harness.assert_matches_reference(store, complete)
+    # What the killed writer left is there, and ignored by listings.
+    if leftover == "chunk":
+        assert list((tmp_path / ".partial" / keys[FIRST].digest).glob(".tmp-chunk_000001-*.h5"))
+    elif leftover == "entry":
+        assert list(tmp_path.glob(f".tmp-{keys[incomplete[0]].entry_name}-*.h5"))
+    elif leftover == "chunks-of-complete-entry":
+        assert (tmp_path / ".partial" / keys[FIRST].digest).is_dir()
+    assert [row["entry"] for row in store.entries()] == sorted(keys[name].entry_name for name in complete)
+    assert all(row["status"] == "ok" for row in store.entries())
+
+    resumed = harness.extract(store)
+    assert resumed.n_forward == n_forward  # nothing committed is computed again
+    assert resumed.cached == complete and resumed.computed == incomplete
+    harness.assert_matches_reference(store)
+    assert helpers.stray_files(tmp_path) == []
+    assert not any((tmp_path / ".partial").iterdir())
+
+
+class Crash(BaseException):
+    """Stands for Ctrl-C or a signal turned into an exception."""
+
+
+def test_interrupted_run_releases_everything_and_resumes(harness, helpers, tmp_path, monkeypatch):
+    original, calls = keras.Model.predict_on_batch, []
+
+    def predict_or_crash(self, batch):
+        calls.append(1)
+        if len(calls) == 5:
+            raise Crash()
+        return original(self, batch)
+
+    monkeypatch.setattr(keras.Model, "predict_on_batch", predict_or_crash)
+    store = FeatureStore(tmp_path)
+    with pytest.raises(Crash):
+        harness.extract(store)
+    monkeypatch.undo()
+
+    assert helpers.decoder_threads_stop()
+    assert helpers.stray_files(tmp_path) == []
+    for key in harness.keys.values():
+        assert not store.has(key)
+        with open(tmp_path / ".locks" / f"{key.digest}.lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released: does not raise
+    resumed = harness.extract(store)
+    assert resumed.n_forward == 8
+    harness.assert_matches_reference(store)
+
+
+def test_what_killed_writers_leave_is_ignored_then_cleaned(harness, helpers, tmp_path):
+    store = FeatureStore(tmp_path)
+    keys = harness.keys
+    # A killed commit's temporary entry (here: garbage) for each key ...
+    for key in keys.values():
+        (tmp_path / f".tmp-{key.entry_name}-killed.h5").write_bytes(b"\x89HDF\r\n\x1a\n half written")
+    # ... and a killed chunk write in an unfinished extraction.
+    partial = store.partial(keys[FIRST], {"batch_size": 4, "chunk_size": 8, "n_samples": 24})
+    (partial.directory / ".tmp-chunk_000000-killed.h5").write_bytes(b"half written")
+    assert store.entries() == []
+    with pytest.raises(IncompleteEntryError):
+        store.load(keys[FIRST])
+
+    assert harness.extract(store).n_forward == 24
+    harness.assert_matches_reference(store)
+    assert helpers.stray_files(tmp_path) == []
+
+
+def test_chunks_left_beside_a_complete_entry_are_removed_unless_being_written(harness, tmp_path):
+    store = FeatureStore(tmp_path)
+    harness.extract(store)
+    key = harness.keys[FIRST]
+    leftover = tmp_path / ".partial" / key.digest
+    leftover.mkdir(parents=True)
+    (leftover / "chunk_000000.h5").write_bytes(b"chunks of an entry committed just before a kill")
+
+    with open(tmp_path / ".locks" / f"{key.digest}.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # another process is writing this key: hands off
+        store.clean_up([key])
+        assert leftover.is_dir()
+    report = harness.extract(store)  # every layer cached: cleans what nobody is writing
+    assert report.cached == harness.layers and report.n_forward == 0
+    assert not leftover.exists()
+
+
+def test_partial_entry_reports_nothing_discarded_on_a_clean_resume(harness, tmp_path):
+    store = FeatureStore(tmp_path)
+    fingerprint = {"batch_size": 4, "chunk_size": 8, "n_samples": 24}
+    first = store.partial(harness.keys[FIRST], fingerprint)
+    first.write_chunk(0, harness.reference[FIRST].X[:8], list(range(8)), [])
+    again = store.partial(harness.keys[FIRST], fingerprint)
+    assert isinstance(again, PartialEntry) and again.committed() == {0} and again.discarded == []
