@@ -3,6 +3,8 @@
     layerprobe layers MODEL [--input-size N]
     layerprobe extract --model VGG16 --weights PATH|imagenet|none --layers a,b --data DIR|CSV --store STORE
     layerprobe store ls|info|rm STORE [ENTRY...]
+    layerprobe run [CONFIG.toml] [--out DIR] [--store DIR]
+    layerprobe predict CLASSIFIER.joblib --data DIR|CSV [--out predictions.csv]
 """
 
 from __future__ import annotations
@@ -135,6 +137,30 @@ def _store(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("run")
+def _run(args: argparse.Namespace) -> int:
+    if args.config is None:
+        from pipeline.config import DEFAULT_OUTPUT_DIR, DEFAULT_STORE
+        from pipeline.default_experiment import run_default
+
+        run_default(args.out or DEFAULT_OUTPUT_DIR, store=args.store or DEFAULT_STORE, progress=not args.no_progress)
+        return 0
+    from pipeline.config import load_config
+    from pipeline.run import run_experiment
+
+    config = load_config(args.config).with_paths(output_dir=args.out, store=args.store)
+    run_experiment(config, progress=not args.no_progress)
+    return 0
+
+
+@_command("predict")
+def _predict(args: argparse.Namespace) -> int:
+    from pipeline.predict import predict_images
+
+    predict_images(args.classifier, args.data, out=args.out, store=args.store, progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layerprobe",
@@ -166,6 +192,21 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("store", help="feature store directory")
     store.add_argument("entries", nargs="*", help="entry names (or unique digest prefixes)")
     store.add_argument("--verify", action="store_true", help="with info: check the features against their checksum")
+
+    run = commands.add_parser(
+        "run", help="run an experiment config (or, without one, the embedded digits demo): features, classifiers, report"
+    )
+    run.add_argument("config", nargs="?", help="TOML experiment config; omit to run the embedded default experiment")
+    run.add_argument("--out", default=None, help="output directory (default: the config's [output] dir, or layerprobe-out)")
+    run.add_argument("--store", default=None, help="feature store (default: the config's [features] store, or layerprobe-store)")
+    run.add_argument("--no-progress", action="store_true")
+
+    predict = commands.add_parser("predict", help="predict new images with a classifier saved by `layerprobe run`")
+    predict.add_argument("classifier", help="a .joblib file from a run's models/ folder")
+    predict.add_argument("--data", required=True, help="image folder (class subfolders) or CSV")
+    predict.add_argument("--out", default="predictions.csv", help="predictions CSV (default: predictions.csv)")
+    predict.add_argument("--store", default=None, help="feature store (default: the one the classifier was trained from)")
+    predict.add_argument("--no-progress", action="store_true")
     return parser
 
 

@@ -1,0 +1,250 @@
+"""How long does each classifier take to fit on cached CIFAR-10 features?
+
+The 50,000 CIFAR-10 training images go once through VGG16 (the HED BSDS500 weights
+from ../shared, `include_top=False`) at a small input size, and the average-pooled
+block outputs are cached in a feature store (a second run reuses them). Then
+`pipeline.classifiers.fit_classifier` fits each classifier on 50,000 x d features
+for a few layer widths d, with a one-candidate grid (scikit-learn's default
+hyperparameters, listed in `ONE_CANDIDATE`) so that the time is that of the
+`cv` cross-validation fits plus the refit on all samples. The RBF SVM, whose fit
+time grows about quadratically with the sample count, is fitted on a stated
+class-balanced subset.
+
+    python benchmarks/classifier_speed.py                         # real features, input 32
+    python benchmarks/classifier_speed.py --synthetic             # random features of the same shapes
+    python benchmarks/classifier_speed.py --layers block4_pool --classifiers logreg,sgd
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+
+from _common import (  # noqa: E402
+    CIFAR10_DIR,
+    VGG16_WEIGHTS,
+    Stopwatch,
+    bar_chart,
+    base_parser,
+    cifar_subset,
+    format_table,
+    machine_description,
+    machine_info,
+    quiet_tensorflow,
+    require_path,
+    write_csv,
+    write_json,
+)
+
+SCRIPT = "classifier_speed"
+
+# One candidate per classifier: scikit-learn's defaults for these estimators.
+ONE_CANDIDATE = {
+    "logreg": {"C": [1.0]},
+    "linear_svm": {"C": [1.0]},
+    "sgd": {"loss": ["hinge"], "alpha": [1e-4]},
+    "rbf_svm": {"C": [1.0], "gamma": ["scale"]},
+}
+
+
+def _list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def build_parser():
+    parser = base_parser(SCRIPT, __doc__.strip().splitlines()[0])
+    parser.add_argument("--cifar10", type=Path, default=CIFAR10_DIR, help="CIFAR-10 folder (train/<class>/*.jpg)")
+    parser.add_argument("--weights", type=Path, default=VGG16_WEIGHTS, help="VGG16 include_top=False weights file")
+    parser.add_argument("--store", type=Path, default=None, help="feature store (default: OUT/store, kept as a cache)")
+    parser.add_argument("--input-size", type=int, default=32, help="VGG16 input side for the extraction")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--layers", type=_list, default=["block2_pool", "block3_pool", "block5_pool"],
+        help="VGG16 layers whose avg-pooled features are fitted (widths 64/128/256/512/512 for block1..5)",
+    )
+    parser.add_argument("--classifiers", type=_list, default=list(ONE_CANDIDATE), help="names in ONE_CANDIDATE")
+    parser.add_argument("--n-train", type=int, default=50000, help="training samples (first n/10 per class)")
+    parser.add_argument("--rbf-n", type=int, default=5000, help="training samples for rbf_svm (first n/10 per class)")
+    parser.add_argument("--cv", type=int, default=3, help="cross-validation folds of the one-candidate search")
+    parser.add_argument(
+        "--synthetic", action="store_true",
+        help="fit on random class-clustered features of the same shapes instead of extracted ones",
+    )
+    parser.add_argument("--extract-only", action="store_true", help="only fill the feature cache, fit nothing")
+    return parser
+
+
+def first_per_class(y: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the first n/10 samples of each class (deterministic, class-balanced)."""
+    classes = np.unique(y)
+    per_class = n // len(classes)
+    if per_class < 2 or n % len(classes):
+        raise SystemExit(
+            f"error: sample counts must be multiples of {len(classes)} with at least 2 per class. Received: {n}"
+        )
+    picked = [np.flatnonzero(y == label)[:per_class] for label in classes]
+    if any(len(p) < per_class for p in picked):
+        raise SystemExit(f"error: some class has fewer than {per_class} samples. Received: {n}")
+    return np.sort(np.concatenate(picked))
+
+
+def extracted_features(args, log) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
+    """Layer -> (50,000 x d) train features from the store, extracting what is missing."""
+    from features.extract import FeatureExtractor
+    from features.store import FeatureStore
+
+    dataset = cifar_subset(args.cifar10, split="train", n_per_class=None)
+    # All five block pools go into the cache (one forward pass costs the same), so any
+    # --layers choice is a cache hit afterwards; only --layers are loaded and fitted.
+    extractor = FeatureExtractor(
+        "VGG16", weights=args.weights, layers="stages", input_size=args.input_size, batch_size=args.batch_size
+    )
+    unknown = [name for name in args.layers if name not in extractor.layer_names]
+    if unknown:
+        raise SystemExit(f"error: --layers must be VGG16 block pools {extractor.layer_names}. Received: {unknown}")
+    store = FeatureStore(args.store)
+    log(f"extracting (or reusing) VGG16 {', '.join(extractor.layer_names)} (avg) at {args.input_size}px for "
+        f"{len(dataset)} CIFAR-10 train images into {store.root} ...")
+    with Stopwatch() as watch:
+        report = extractor.extract(dataset, store, progress=sys.stderr.isatty())
+    log(f"  {report.summary()} ({watch.wall:.0f} s wall)")
+    features, labels = {}, None
+    for name in args.layers:
+        loaded = store.load(report.keys[name])
+        features[name] = loaded.X.reshape(len(loaded.X), -1)
+        if labels is not None and not np.array_equal(labels, loaded.y):
+            raise RuntimeError("stored entries disagree on the labels")
+        labels = loaded.y
+    extraction = {
+        "computed": report.computed,
+        "cached": report.cached,
+        "extract_seconds": round(watch.wall, 1) if report.n_forward else None,
+        "extract_img_s": round(report.images_per_second, 1) if report.n_forward else None,
+    }
+    return features, labels, extraction
+
+
+VGG16_WIDTHS = {"block1_pool": 64, "block2_pool": 128, "block3_pool": 256, "block4_pool": 512, "block5_pool": 512}
+
+
+def synthetic_features(args, log) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
+    """Class-clustered Gaussian float32 features of the shapes the layers would give."""
+    rng = np.random.default_rng(0)
+    n = 50000
+    y = np.repeat(np.arange(10), n // 10)
+    features = {}
+    for name in args.layers:
+        if name not in VGG16_WIDTHS:
+            raise SystemExit(f"error: --synthetic knows the widths of {sorted(VGG16_WIDTHS)}. Received: {name!r}")
+        d = VGG16_WIDTHS[name]
+        centres = rng.normal(size=(10, d)).astype(np.float32)
+        features[name] = (centres[y] + 3.0 * rng.normal(size=(n, d))).astype(np.float32)
+    log(f"synthetic features (NOT extracted): 50000 x {[VGG16_WIDTHS[n] for n in args.layers]}, 10 Gaussian classes")
+    return features, y, {"computed": [], "cached": [], "extract_seconds": None, "extract_img_s": None}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_tensorflow()
+    unknown = [name for name in args.classifiers if name not in ONE_CANDIDATE]
+    if unknown:
+        raise SystemExit(f"error: unknown classifier(s) {unknown}; choose from {list(ONE_CANDIDATE)}. "
+                         f"Received: --classifiers={','.join(args.classifiers)}")
+    if not args.synthetic:
+        require_path(args.cifar10, "The CIFAR-10 image folder", "--cifar10", kind="dir")
+        require_path(args.weights, "The VGG16 weights file", "--weights", kind="file")
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.store = args.store or args.out / "store"
+    log_lines = []
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+        log_lines.append(message)
+
+    from pipeline.classifiers import fit_classifier
+
+    info = machine_info()
+    command = "python benchmarks/classifier_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    log(f"command: {command.strip()}")
+    log(f"machine: {machine_description(info)}")
+    features, labels, extraction = (synthetic_features if args.synthetic else extracted_features)(args, log)
+    if args.extract_only:
+        log("--extract-only: features are cached; no classifier fitted")
+        return 0
+    train = first_per_class(labels, args.n_train)
+    rbf_rows = first_per_class(labels, args.rbf_n)
+    source = "synthetic" if args.synthetic else f"VGG16 HED avg-pooled, input {args.input_size}px"
+    rows = []
+    for layer, X_all in features.items():
+        for name in args.classifiers:
+            rows_used = rbf_rows if name == "rbf_svm" else train
+            X, y = X_all[rows_used], labels[rows_used]
+            with Stopwatch() as watch:
+                result = fit_classifier(
+                    X, y, name, param_grid=ONE_CANDIDATE[name], cv=args.cv, n_jobs=None, random_state=0
+                )
+            cv_results = result.cv_results.iloc[0]
+            cv_fit = float(cv_results["mean_fit_time"])
+            cv_score_time = float(cv_results["mean_score_time"])
+            refit = max(0.0, result.fit_seconds - args.cv * (cv_fit + cv_score_time))
+            row = {
+                "features": source,
+                "layer": layer,
+                "d": X.shape[1],
+                "classifier": name,
+                "n_samples": len(X),
+                "candidate": " ".join(f"{k}={v[0]}" for k, v in ONE_CANDIDATE[name].items()),
+                "cv": args.cv,
+                "fit_classifier_s": round(result.fit_seconds, 2),
+                "cv_fold_fit_s": round(cv_fit, 2),
+                "refit_all_s": round(refit, 2),
+                "cpu_s": round(watch.cpu, 1),
+                "cv_accuracy": round(result.cv_score, 4),
+            }
+            rows.append(row)
+            log(f"  {layer:12s} d={row['d']:4d} {name:10s} n={len(X):6d}: fit_classifier {row['fit_classifier_s']:8.2f} s "
+                f"(cv fold fit {cv_fit:.2f} s, refit on all {refit:.2f} s), CPU {row['cpu_s']} s, "
+                f"cv accuracy {row['cv_accuracy']:.3f}")
+    for row in rows:
+        reference = next(
+            (r for r in rows if r["layer"] == row["layer"] and r["classifier"] == "logreg"), None
+        )
+        row["vs_logreg"] = round(row["fit_classifier_s"] / reference["fit_classifier_s"], 3) if reference else None
+    write_csv(rows, args.out / "classifier_speed.csv")
+    log(f"\nfit_classifier seconds, one-candidate grid, cv={args.cv} ({args.cv} fold fits + 1 refit):")
+    log(format_table(rows, ["layer", "d", "classifier", "n_samples", "candidate", "fit_classifier_s",
+                            "cv_fold_fit_s", "refit_all_s", "vs_logreg", "cv_accuracy"]))
+    layers = list(features)
+    bar_chart(
+        args.classifiers,
+        {
+            f"{layer} (d={features[layer].shape[1]})": [
+                next(r["fit_classifier_s"] for r in rows if r["layer"] == layer and r["classifier"] == name)
+                for name in args.classifiers
+            ]
+            for layer in layers
+        },
+        args.out / "classifier_speed.png",
+        ylabel="fit_classifier seconds (log scale)",
+        log_y=True,
+        title=(
+            f"Fit time on {'SYNTHETIC ' if args.synthetic else ''}CIFAR-10 features "
+            f"({source}), n={args.n_train:,} (rbf_svm: n={args.rbf_n:,})\n"
+            f"one-candidate grid (scikit-learn defaults), cv={args.cv} + refit, n_jobs=1"
+        ),
+        footnote=f"{info['cpu']}, {info['cpus_usable']} cores, {info['date']}.",
+    )
+    write_json({"command": command, "machine": info, "extraction": extraction, "rows": rows},
+               args.out / "results.json")
+    (args.out / "log.txt").write_text("\n".join(log_lines) + "\n")
+    log(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

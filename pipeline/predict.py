@@ -1,0 +1,139 @@
+"""Apply a saved classifier to new images.
+
+A classifier saved by a run records in its sidecar how its features were
+made (`extractor`: backbone, weights, layer, pooling, input size, ...) and
+the store key they had. Prediction rebuilds that extractor, checks that it
+still produces the same kind of features (same weights digest, layer,
+pooling, preprocessing), extracts the new images into the store and predicts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from features.extract import FeatureExtractor
+from features.inputs import open_dataset
+from features.layers import LayerInfo
+from features.store import FeatureSet, FeatureStore
+from pipeline.persistence import load_classifier, write_predictions
+
+__all__ = ["extractor_record", "extractor_from_record", "flat_features", "predict_images"]
+
+# Key fields that must match between training and prediction (all but the dataset).
+_FEATURE_FIELDS = ("backbone", "weights", "layer", "pooling", "input_size", "preprocessing", "dtype", "compute_dtype")
+
+
+def extractor_record(extractor: FeatureExtractor, layer: LayerInfo, *, seed: int) -> dict[str, Any]:
+    """What a sidecar records to rebuild the extractor of one layer's features.
+
+    Args:
+        extractor: The extractor the features came from.
+        layer: The layer.
+        seed: The seed the extractor was built with (random init when weights is None).
+    """
+    backbone = extractor.backbone
+    return {
+        "model": backbone.spec.name,
+        "weights": backbone.weights,
+        "model_kwargs": dict(backbone.model_kwargs),
+        "seed": seed,
+        "layer": layer.name,
+        "pooling": extractor.pooling[layer.name],
+        "input_size": backbone.input_size,
+        "batch_size": extractor.batch_size,
+        "dtype": extractor.dtype,
+        "mixed_precision": extractor.compute_dtype == "mixed_float16",
+    }
+
+
+def extractor_from_record(record: dict[str, Any]) -> FeatureExtractor:
+    """Rebuild the extractor described by :func:`extractor_record`."""
+    return FeatureExtractor(
+        record["model"],
+        weights=record["weights"],
+        layers=[record["layer"]],
+        pooling=record["pooling"],
+        input_size=record["input_size"],
+        batch_size=record["batch_size"],
+        dtype=record["dtype"],
+        mixed_precision=record["mixed_precision"],
+        model_kwargs=record["model_kwargs"],
+        seed=record["seed"],
+    )
+
+
+def flat_features(features: FeatureSet) -> np.ndarray:
+    """One row per sample: pooled features as they are, unpooled maps flattened."""
+    return features.X.reshape(len(features.X), -1)
+
+
+def predict_images(
+    model_path: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    out: str | os.PathLike = "predictions.csv",
+    store: str | os.PathLike | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Predict the images of a folder or CSV file with a classifier saved by a run.
+
+    Args:
+        model_path: The classifier's `.joblib` file (its `.json` sidecar beside it).
+        data: Image folder or CSV file (see `features.inputs.open_dataset`).
+        out: Destination CSV: sample_id, true_label (when the data's class names
+            are among the classifier's), predicted_label, and class probabilities
+            when the classifier has them.
+        store: Feature store for the new features; by default the one the
+            classifier's features came from.
+        progress: Show a progress bar while extracting.
+        log: Called with one line per event.
+
+    Returns:
+        The path of the predictions CSV.
+
+    Raises:
+        FileNotFoundError: If the classifier or its sidecar is missing.
+        ValueError: If the sidecar was not written by a run, or the rebuilt
+            extractor makes different features than the classifier was trained on
+            (e.g. the weights file changed).
+    """
+    estimator, sidecar = load_classifier(model_path)
+    if "extractor" not in sidecar or "store_key" not in sidecar:
+        raise ValueError(
+            f"{model_path} was not saved by `layerprobe run`: its sidecar has no extractor record, so "
+            f"its features cannot be rebuilt. Use a classifier from a run's models/ folder. "
+            f"Received: sidecar keys {sorted(sidecar)}"
+        )
+    record = sidecar["extractor"]
+    extractor = extractor_from_record(record)
+    dataset = open_dataset(data)
+    key = extractor.keys(dataset)[record["layer"]]
+    trained = sidecar["store_key"]
+    changed = [name for name in _FEATURE_FIELDS if key.to_dict()[name] != trained[name]]
+    if changed:
+        raise ValueError(
+            f"The features rebuilt for {model_path} differ from those it was trained on in {changed} "
+            f"(e.g. the weights file {record['weights']} changed since). Rerun the experiment to "
+            f"retrain it. Received: {({name: key.to_dict()[name] for name in changed})}"
+        )
+    store = FeatureStore(sidecar["store"] if store is None else store)
+    log(f"{len(dataset)} images; {extractor.backbone.architecture} layer {record['layer']} ({record['pooling']})")
+    report = extractor.extract(dataset, store, progress=progress, log=log)
+    for sample_id, reason in report.skipped:
+        log(f"skipped  {sample_id}: {reason}")
+    features = store.load(key)
+    X = flat_features(features)
+    class_names = sidecar["class_names"]
+    known = {name: index for index, name in enumerate(class_names)}
+    y_true = None
+    if set(features.class_names) <= set(known):
+        y_true = np.array([known[features.class_names[label]] for label in features.y], dtype=np.int64)
+    proba = estimator.predict_proba(X) if hasattr(estimator, "predict_proba") else None
+    path = write_predictions(out, features.sample_ids, y_true, estimator.predict(X), class_names, proba=proba)
+    log(f"predictions: {path} ({len(X)} images)")
+    return path

@@ -1,0 +1,131 @@
+"""The tidy results table of a run: one row per backbone x layer x pooling x classifier.
+
+Finetune and scratch rows (from the finetune stage) share the table, with
+`mode` telling them apart. The table is written as `results.csv` and as a
+markdown table inside `summary.md`, always under a temporary name first and
+renamed into place, so a reader (or a run killed mid-write) never sees half a
+file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.persistence import _write_atomically
+
+__all__ = ["MODES", "RESULT_COLUMNS", "markdown_table", "results_frame", "write_results", "write_summary"]
+
+MODES = ("frozen", "finetune", "scratch")
+
+RESULT_COLUMNS = (
+    "mode",
+    "backbone",
+    "weights",
+    "layer",
+    "stage",
+    "depth",
+    "pooling",
+    "classifier",
+    "feature_dim",
+    "n_train",
+    "n_test",
+    "cv_score",
+    "test_accuracy",
+    "test_balanced_accuracy",
+    "test_macro_f1",
+    "fit_seconds",
+    "best_params",
+    "store_entry",
+    "model_path",
+)
+"""Columns of `results.csv`, in order. Rows may carry more; they come after these."""
+
+# Columns of the markdown table in summary.md (the CSV has them all).
+_SUMMARY_COLUMNS = (
+    "mode",
+    "backbone",
+    "weights",
+    "layer",
+    "depth",
+    "pooling",
+    "classifier",
+    "feature_dim",
+    "cv_score",
+    "test_accuracy",
+    "test_macro_f1",
+    "best_params",
+)
+
+
+def results_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """The results table from row dicts: `RESULT_COLUMNS` first, in that order.
+
+    `best_params` given as a dict is stored as its JSON text.
+
+    Raises:
+        ValueError: If a row's mode is not one of `MODES`.
+    """
+    rows = [dict(row) for row in rows]
+    for row in rows:
+        if row.get("mode") not in MODES:
+            raise ValueError(f"A results row needs mode in {MODES}. Received: mode={row.get('mode')!r}")
+        if isinstance(row.get("best_params"), Mapping):
+            row["best_params"] = json.dumps(row["best_params"], sort_keys=True, default=str)
+    extra = [column for row in rows for column in row if column not in RESULT_COLUMNS]
+    columns = list(RESULT_COLUMNS) + list(dict.fromkeys(extra))
+    return pd.DataFrame(rows, columns=columns)
+
+
+def write_results(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write the table as CSV, atomically (a concurrent reader sees the old or the new file)."""
+    path = Path(path)
+    _write_atomically(path, lambda tmp: frame.to_csv(tmp, index=False))
+    return path
+
+
+def _cell(value: Any) -> str:
+    if value is None or isinstance(value, float) and math.isnan(value):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
+    """A GitHub markdown table of `frame` (floats with 3 decimals), without extra dependencies."""
+    columns = [column for column in (columns or frame.columns) if column in frame.columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for values in frame[columns].itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(value) for value in values) + " |")
+    return "\n".join(lines)
+
+
+def write_summary(
+    path: str | os.PathLike,
+    frame: pd.DataFrame,
+    *,
+    title: str,
+    sections: Mapping[str, str],
+) -> Path:
+    """Write `summary.md`: a title, the results table, then one section per entry of `sections`.
+
+    Args:
+        path: Destination file.
+        frame: The results table.
+        title: First-level heading.
+        sections: Heading -> markdown body (e.g. the recommendation, skipped images).
+    """
+    parts = [f"# {title}", "", "## Results", "", markdown_table(frame, _SUMMARY_COLUMNS), ""]
+    for heading, body in sections.items():
+        parts += [f"## {heading}", "", body.rstrip(), ""]
+    text = "\n".join(parts)
+    path = Path(path)
+    _write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return path

@@ -1,0 +1,460 @@
+"""Config-driven batch runs: every backbone x layer x pooling x classifier, nothing lost.
+
+For each backbone (and pooling), one `FeatureExtractor` extracts all its
+layers in one forward pass per batch; features already in the store cost
+nothing. Then every classifier is fitted on each layer's training split
+(hyperparameters by cross-validation inside it), scored once on the test
+split, and saved with its predictions. The results table is rewritten
+(atomically) after every row.
+
+A finished row is recognised on rerun by its saved classifier's sidecar,
+which records everything that determines the fit (store key, classifier,
+grid, preprocessing, PCA, folds, seed, split definition): a matching row is
+reused without loading features or fitting. So a killed run keeps its rows,
+rerunning a config does no forward pass and no fit, and changing only the
+classifiers reuses every feature.
+
+Output directory layout::
+
+    OUT/results.csv  summary.md  depth.png
+    OUT/models/<store entry>/<classifier>.joblib|.json|.predictions.csv
+    OUT/finetune/<mode>-<backbone>-<digest>/   (the [finetune] stage)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from features.extract import FeatureExtractor
+from features.inputs import ImageDataset, open_dataset
+from features.keys import FeatureKey
+from features.layers import LayerInfo
+from features.store import FeatureSet, FeatureStore
+from features.weights import WeightsUnavailableError
+from pipeline.advice import Advice, recommend
+from pipeline.classifiers import fit_classifier
+from pipeline.config import BackboneConfig, ConfigError, DataConfig, ExperimentConfig
+from pipeline.evaluate import evaluate
+from pipeline.persistence import _write_atomically, load_classifier, save_classifier, write_predictions
+from pipeline.plots import plot_depth
+from pipeline.predict import extractor_record, flat_features
+from pipeline.results import markdown_table, results_frame, write_results, write_summary
+
+__all__ = ["RunResult", "run_experiment", "split_dataset"]
+
+_MAX_SKIPPED_LISTED = 20
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run produced.
+
+    Attributes:
+        results: The results table (see `pipeline.results`).
+        advice: The mode recommendation.
+        output_dir: Where everything was written.
+        results_path: `results.csv`.
+        summary_path: `summary.md`.
+        plot_path: `depth.png`.
+        skipped: (sample id, reason) of every unreadable image.
+        n_forward: Images that went through a backbone in this run (0 when all cached).
+        n_fitted: Classifiers fitted in this run.
+        n_reused: Finished rows reused from an earlier run.
+    """
+
+    results: pd.DataFrame
+    advice: Advice
+    output_dir: Path
+    results_path: Path
+    summary_path: Path
+    plot_path: Path
+    skipped: tuple[tuple[str, str], ...]
+    n_forward: int
+    n_fitted: int
+    n_reused: int
+
+
+def split_dataset(dataset: ImageDataset, data: DataConfig, *, source: str = "<config>") -> tuple[ImageDataset, dict]:
+    """Check the train and test splits, or make them from a single-split dataset.
+
+    Returns:
+        The dataset (with new split names when they were made) and the split
+        definition recorded with every fitted classifier.
+
+    Raises:
+        ConfigError: If the dataset has several splits and not both named ones.
+    """
+    names = dataset.split_names
+    definition = {"train_split": data.train_split, "test_split": data.test_split}
+    if data.train_split in names and data.test_split in names:
+        return dataset, {**definition, "made": False}
+    if len(names) != 1:
+        raise ConfigError(
+            [
+                f"[data] train_split/test_split: the data at {data.path} has the splits {list(names)}, not "
+                f"both {data.train_split!r} and {data.test_split!r}. Name two of its splits, or use data "
+                f"with a single split to have a stratified one made (test_size, seed). Received: "
+                f"train_split={data.train_split!r}, test_split={data.test_split!r}"
+            ],
+            source,
+        )
+    train, test = train_test_split(
+        np.arange(len(dataset)), test_size=data.test_size, stratify=dataset.labels, random_state=data.seed
+    )
+    splits = np.empty(len(dataset), dtype=object)
+    splits[train], splits[test] = data.train_split, data.test_split
+    made = {**definition, "made": True, "test_size": data.test_size, "seed": data.seed}
+    return dataclasses.replace(dataset, splits=list(splits)), made
+
+
+def _build_extractors(config: ExperimentConfig) -> list[tuple[BackboneConfig, FeatureExtractor]]:
+    """Every backbone x pooling extractor, built before any work; problems raise one ConfigError."""
+    extractors, problems = [], []
+    for number, backbone in enumerate(config.backbones, start=1):
+        for pooling in config.features.pooling:
+            try:
+                extractor = FeatureExtractor(
+                    backbone.model,
+                    weights=backbone.weights,
+                    layers=list(backbone.layers),
+                    pooling=pooling,
+                    input_size=config.features.input_size,
+                    batch_size=config.features.batch_size,
+                    dtype=config.features.dtype,
+                    model_kwargs=dict(backbone.model_kwargs),
+                    seed=backbone.seed,
+                )
+            except (ValueError, WeightsUnavailableError) as error:
+                problems.append(f"[[backbones]] #{number} ({backbone.model}, pooling {pooling}): {error}")
+                continue
+            extractors.append((backbone, extractor))
+    if problems:
+        raise ConfigError(problems, config.source)
+    return extractors
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def _fit_settings(config: ExperimentConfig, key: FeatureKey, classifier: str, split: dict) -> dict:
+    """Everything that determines a fitted row; a saved row with equal settings is reused."""
+    settings = config.classifiers
+    return _jsonable(
+        {
+            "store_key": key.digest,
+            "classifier": classifier,
+            "param_grid": settings.param_grid(classifier),
+            "preprocessing": list(settings.preprocessing),
+            "pca_components": settings.pca_components,
+            "cv": settings.cv,
+            "seed": settings.seed,
+            "split": split,
+        }
+    )
+
+
+def _finished_row(stem: Path, settings: dict) -> dict | None:
+    """The row saved with a classifier fitted under `settings`, or None."""
+    try:
+        _, sidecar = load_classifier(stem)
+    except (FileNotFoundError, ValueError):
+        return None
+    if sidecar.get("fit_settings") != settings or "row" not in sidecar:
+        return None
+    return {**sidecar["row"], "model_path": str(stem.with_suffix(".joblib"))}
+
+
+def _load_splits(store: FeatureStore, key: FeatureKey, data: DataConfig) -> tuple[FeatureSet, FeatureSet]:
+    features = store.load(key)
+    return features.split(data.train_split), features.split(data.test_split)
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One layer's features to fit classifiers on."""
+
+    extractor: FeatureExtractor
+    backbone: BackboneConfig
+    info: LayerInfo
+    key: FeatureKey
+    store: FeatureStore
+
+    @property
+    def depth(self) -> float:
+        return round(self.info.index / (len(self.extractor.backbone.model.layers) - 1), 4)
+
+
+def _fit_row(
+    layer: _Layer, classifier: str, settings: dict, stem: Path, config: ExperimentConfig, train: FeatureSet, test: FeatureSet
+) -> dict:
+    """Fit on the training split only, score once on the test split, save everything."""
+    options = config.classifiers
+    X_train, X_test = flat_features(train), flat_features(test)
+    fit = fit_classifier(
+        X_train,
+        train.y,
+        classifier,
+        param_grid=settings["param_grid"],
+        preprocessing=options.preprocessing,
+        pca_components=options.pca_components,
+        cv=options.cv,
+        n_jobs=options.n_jobs,
+        random_state=options.seed,
+    )
+    scores = evaluate(fit.estimator, X_test, test.y, test.class_names)
+    row = {
+        "mode": "frozen",
+        "backbone": layer.extractor.backbone.architecture,
+        "weights": layer.backbone.weights_label,
+        "layer": layer.info.name,
+        "stage": layer.info.stage,
+        "depth": layer.depth,
+        "pooling": layer.key.pooling,
+        "classifier": classifier,
+        "feature_dim": X_train.shape[1],
+        "n_train": len(X_train),
+        "n_test": len(X_test),
+        "cv_score": fit.cv_score,
+        "test_accuracy": scores.accuracy,
+        "test_balanced_accuracy": scores.balanced_accuracy,
+        "test_macro_f1": scores.macro_f1,
+        "fit_seconds": round(fit.fit_seconds, 3),
+        "best_params": json.dumps(fit.best_params, sort_keys=True, default=str),
+        "store_entry": layer.key.entry_name,
+    }
+    proba = fit.estimator.predict_proba(X_test) if hasattr(fit.estimator, "predict_proba") else None
+    write_predictions(
+        stem.with_name(f"{stem.name}.predictions.csv"), test.sample_ids, test.y, scores.y_pred, test.class_names, proba=proba
+    )
+    sidecar = {
+        "fit_settings": settings,
+        "row": row,
+        "store_key": layer.key.to_dict(),
+        "store_entry": layer.key.entry_name,
+        "store": str(layer.store.root),
+        "extractor": extractor_record(layer.extractor, layer.info, seed=layer.backbone.seed),
+        "classifier": classifier,
+        "best_params": fit.best_params,
+        "cv_score": fit.cv_score,
+        "scores": scores.as_dict(),
+        "class_names": list(test.class_names),
+    }
+    model_path = save_classifier(stem, fit.estimator, sidecar)
+    return {**row, "model_path": str(model_path)}
+
+
+def _slug(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _finetune_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict, log: Callable[[str], None]) -> list[dict]:
+    """The `[finetune]` stage: train end to end, score once on the test split.
+
+    "finetune" runs once per backbone that has weights; "scratch" once per
+    architecture. A finished run's row is saved beside it and reused when its
+    settings match, like the classifier rows.
+    """
+    from pipeline.finetune import FinetuneConfig, evaluate_model, finetune, train_from_scratch
+
+    stage = config.finetune
+    options = FinetuneConfig.from_dict(stage.options)
+    train, test = dataset.subset(split["train_split"]), dataset.subset(split["test_split"])
+    jobs: dict[str, tuple[str, BackboneConfig]] = {}
+    for backbone in config.backbones:
+        architecture = {"model": backbone.model, "model_kwargs": dict(backbone.model_kwargs)}
+        if "finetune" in stage.modes and backbone.weights is not None:
+            jobs.setdefault(_slug("finetune", architecture, backbone.weights), ("finetune", backbone))
+        if "scratch" in stage.modes:
+            jobs.setdefault(_slug("scratch", architecture), ("scratch", backbone))
+    rows = []
+    for digest, (mode, backbone) in jobs.items():
+        run_dir = config.output.dir / "finetune" / f"{mode}-{backbone.model}-{digest}"
+        settings = _jsonable(
+            {
+                "mode": mode,
+                "model": backbone.model,
+                "model_kwargs": dict(backbone.model_kwargs),
+                "weights": backbone.weights if mode == "finetune" else None,
+                "input_size": config.features.input_size,
+                "options": options.to_dict(),
+                "dataset": dataset.digest(),
+                "split": split,
+            }
+        )
+        row_path = run_dir / "row.json"
+        saved = json.loads(row_path.read_text(encoding="utf-8")) if row_path.is_file() else {}
+        if saved.get("settings") == settings:
+            log(f"  reused   {mode} {backbone.model} ({run_dir})")
+            rows.append(saved["row"])
+            continue
+        log(f"  training {mode} {backbone.model} ({run_dir})")
+        common = dict(
+            output_dir=run_dir, input_size=config.features.input_size,
+            model_kwargs=dict(backbone.model_kwargs), config=options, resume=True,
+        )
+        if mode == "finetune":
+            result = finetune(backbone.model, train, weights=backbone.weights, **common)
+        else:
+            result = train_from_scratch(backbone.model, train, **common)
+        scores = evaluate_model(result, test)
+        row = {
+            "mode": mode,
+            "backbone": result.backbone,
+            "weights": backbone.weights_label if mode == "finetune" else "none",
+            "layer": "(end to end)",
+            "pooling": "avg",
+            "classifier": "softmax head",
+            "n_train": len(train),
+            "n_test": scores["n_test"],
+            "test_accuracy": scores["accuracy"],
+            "test_balanced_accuracy": scores["balanced_accuracy"],
+            "test_macro_f1": scores["macro_f1"],
+            "fit_seconds": round(result.fit_seconds, 3),
+            "best_params": json.dumps(
+                {"unfreeze_blocks": scores["unfreeze_blocks"], "learning_rate": scores["learning_rate"], "epochs": scores["epochs"]}
+            ),
+            "model_path": str(result.model_path),
+        }
+        text = json.dumps({"settings": settings, "row": row}, indent=2)
+        _write_atomically(row_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        log(f"  {mode} {result.backbone}: test {scores['accuracy']:.3f}")
+        rows.append(row)
+    return rows
+
+
+def _data_text(data: DataConfig, dataset: ImageDataset, split: dict) -> str:
+    made = f" (made: stratified, test_size {split['test_size']}, seed {split['seed']})" if split["made"] else ""
+    return (
+        f"`{data.path}`: {len(dataset)} images, classes {list(dataset.class_names)}; "
+        f"train split {split['train_split']!r}, test split {split['test_split']!r}{made}."
+    )
+
+
+def _skipped_text(skipped: list[tuple[str, str]]) -> str:
+    if not skipped:
+        return "None: every image decoded."
+    lines = [f"{len(skipped)} image(s) could not be decoded and were left out:", ""]
+    lines += [f"- `{sample_id}`: {reason}" for sample_id, reason in skipped[:_MAX_SKIPPED_LISTED]]
+    if len(skipped) > _MAX_SKIPPED_LISTED:
+        lines.append(f"- ... and {len(skipped) - _MAX_SKIPPED_LISTED} more (`layerprobe store info` lists them all)")
+    return "\n".join(lines)
+
+
+def run_experiment(
+    config: ExperimentConfig, *, log: Callable[[str], None] = print, progress: bool = True
+) -> RunResult:
+    """Run a whole experiment: extract, fit, score, save, summarise, recommend.
+
+    Args:
+        config: From `pipeline.config.load_config` or `config_from_dict`.
+        log: Called with one line per event (cached/computed features,
+            fitted/reused rows, the final table and advice).
+        progress: Show progress bars while extracting.
+
+    Returns:
+        A :class:`RunResult`.
+
+    Raises:
+        ConfigError: Before any work, if the data lack the named splits or a
+            backbone cannot be built as configured (unknown layer, input size
+            too small, weights file that does not fit).
+    """
+    started = time.perf_counter()
+    dataset, split = split_dataset(open_dataset(config.data.path), config.data, source=config.source)
+    extractors = _build_extractors(config)
+    store = FeatureStore(config.features.store)
+    out = config.output.dir
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.csv"
+    log(
+        f"{len(dataset)} images, {len(dataset.class_names)} classes; train split {split['train_split']!r}, "
+        f"test split {split['test_split']!r}{' (made: stratified)' if split['made'] else ''}; store {store.root}"
+    )
+    rows: list[dict] = []
+    skipped: dict[str, str] = {}
+    n_forward = n_fitted = n_reused = 0
+    for number, (backbone, extractor) in enumerate(extractors, start=1):
+        log(
+            f"[{number}/{len(extractors)}] {extractor.backbone.architecture}, weights {backbone.weights_label}, "
+            f"{extractor.pooling[extractor.layer_names[0]]} pooling: layers {extractor.layer_names}"
+        )
+        report = extractor.extract(dataset, store, progress=progress, log=lambda line: log(f"  {line}"))
+        n_forward += report.n_forward
+        skipped.update(report.skipped)
+        for info in extractor.layers:
+            layer = _Layer(extractor, backbone, info, report.keys[info.name], store)
+            jobs = []
+            for classifier in config.classifiers.names:
+                stem = out / "models" / layer.key.entry_name / classifier
+                settings = _fit_settings(config, layer.key, classifier, split)
+                jobs.append((classifier, stem, settings, _finished_row(stem, settings)))
+            features = None
+            if any(finished is None for *_, finished in jobs):
+                features = _load_splits(store, layer.key, config.data)
+            for classifier, stem, settings, finished in jobs:
+                if finished is None:
+                    row = _fit_row(layer, classifier, settings, stem, config, *features)
+                    n_fitted += 1
+                else:
+                    row = finished
+                    n_reused += 1
+                log(
+                    f"  {'fitted' if finished is None else 'reused'} {info.name} / {classifier}: "
+                    f"cv {row['cv_score']:.3f}, test {row['test_accuracy']:.3f}"
+                )
+                rows.append(row)
+                write_results(results_frame(rows), results_path)
+    if config.finetune is not None:
+        log(f"[finetune] modes {list(config.finetune.modes)}")
+        rows += _finetune_rows(config, dataset, split, log)
+    frame = results_frame(rows)
+    write_results(frame, results_path)
+    is_train = (np.asarray(dataset.splits) == split["train_split"]) & ~np.isin(dataset.sample_ids, list(skipped))
+    counts = np.bincount(dataset.labels[is_train], minlength=len(dataset.class_names))
+    advice = recommend(frame, n_train=int(counts.sum()), n_classes=len(counts), smallest_class=int(counts.min()))
+    plot_path = plot_depth(frame, out / "depth.png")
+    skipped_list = sorted(skipped.items())
+    summary_path = write_summary(
+        out / "summary.md",
+        frame,
+        title=f"layerprobe run: {config.source}",
+        sections={
+            "Recommendation": advice.text,
+            "Data": _data_text(config.data, dataset, split),
+            "Unreadable images": _skipped_text(skipped_list),
+            "Files": f"- results: `{results_path}`\n- plot: `{plot_path}`\n- models and predictions: `{out / 'models'}`",
+        },
+    )
+    log("")
+    log(markdown_table(frame, ["mode", "backbone", "weights", "layer", "depth", "classifier", "cv_score", "test_accuracy"]))
+    log("")
+    log(advice.text)
+    if skipped_list:
+        log(f"{len(skipped_list)} unreadable image(s) left out (listed in summary.md).")
+    log(
+        f"\n{len(frame)} rows: {n_fitted} fitted, {n_reused} reused; {n_forward} images through a backbone; "
+        f"{time.perf_counter() - started:.0f} s.\nresults: {results_path}\nsummary: {summary_path}\nplot:    {plot_path}"
+    )
+    return RunResult(
+        results=frame,
+        advice=advice,
+        output_dir=out,
+        results_path=results_path,
+        summary_path=summary_path,
+        plot_path=plot_path,
+        skipped=tuple(skipped_list),
+        n_forward=n_forward,
+        n_fitted=n_fitted,
+        n_reused=n_reused,
+    )

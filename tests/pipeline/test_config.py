@@ -1,0 +1,213 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import (
+    ConfigError,
+    ExperimentConfig,
+    FinetuneStageConfig,
+    config_from_dict,
+    load_config,
+)
+from pipeline.default_experiment import default_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def images(tmp_path):
+    (tmp_path / "images" / "cat").mkdir(parents=True)
+    return tmp_path / "images"
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _problems(raw, base_dir):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(raw, base_dir)
+    assert isinstance(info.value, ValueError)
+    return info.value.problems, str(info.value)
+
+
+def test_toml_config_resolves_paths_against_its_folder(tmp_path, images):
+    weights = _write(tmp_path / "w" / "net.weights.h5", "not really weights")
+    path = _write(
+        tmp_path / "configs" / "run.toml",
+        """
+        [data]
+        path = "../images"
+        test_split = "val"
+
+        [features]
+        store = "../store"
+        pooling = ["avg", "max"]
+        input_size = 64
+
+        [[backbones]]
+        model = "vgg16"
+        weights = "../w/net.weights.h5"
+        layers = ["stages", 0.5]
+
+        [[backbones]]
+        model = "MobileNetV2"
+        weights = "none"
+        model_kwargs = { alpha = 0.35 }
+
+        [classifiers]
+        names = "logreg"
+        cv = 3
+        [classifiers.grids]
+        logreg = { C = [0.1, 1.0] }
+
+        [output]
+        dir = "out"
+        """,
+    )
+    config = load_config(path)
+    assert isinstance(config, ExperimentConfig)
+    assert config.data.path == images.resolve()
+    assert (config.data.train_split, config.data.test_split) == ("train", "val")
+    assert config.features.store == (tmp_path / "store").resolve()
+    assert config.features.pooling == ("avg", "max")
+    assert config.output.dir == (tmp_path / "configs" / "out").resolve()
+    first, second = config.backbones
+    assert first.model == "VGG16"  # canonical registry name
+    assert first.weights == str(weights.resolve())
+    assert first.layers == ("stages", 0.5)
+    assert first.weights_label == "net.weights.h5"
+    assert second.weights is None and second.weights_label == "none"
+    assert dict(second.model_kwargs) == {"alpha": 0.35}
+    assert config.classifiers.names == ("logreg",)
+    assert config.classifiers.param_grid("logreg") == {"C": [0.1, 1.0]}
+    assert config.classifiers.param_grid("linear_svm") == {"C": [0.01, 0.1, 1.0, 10.0]}  # registry default
+    assert config.finetune is None
+
+
+def test_defaults_fill_everything_but_data_and_backbones(tmp_path, images):
+    config = config_from_dict({"data": {"path": "images"}, "backbones": [{"model": "VGG16"}]}, tmp_path)
+    assert config.features.store == (tmp_path / "layerprobe-store").resolve()
+    assert config.output.dir == (tmp_path / "layerprobe-out").resolve()
+    assert config.backbones[0].weights == "imagenet"
+    assert config.backbones[0].layers == ("stages",)
+    assert config.classifiers.names == ("logreg", "linear_svm")
+
+
+def test_unknown_key_is_named_with_its_section_and_the_closest_valid_key(tmp_path, images):
+    problems, message = _problems(
+        {"data": {"path": "images"}, "backbones": [{"model": "VGG16", "layer": ["stages"]}], "classifiers": {"nmes": ["logreg"]}},
+        tmp_path,
+    )
+    assert len(problems) == 2
+    assert "[classifiers] nmes: unknown key (did you mean 'names'?)" in message
+    assert "[[backbones]] #1 layer: unknown key (did you mean 'layers'?)" in message
+
+
+def test_unknown_section_suggests_the_closest(tmp_path, images):
+    _, message = _problems(
+        {"data": {"path": "images"}, "backbones": [{"model": "VGG16"}], "classifier": {"names": ["logreg"]}}, tmp_path
+    )
+    assert "[classifier]: unknown section (did you mean 'classifiers'?)" in message
+
+
+def test_unknown_classifier_backbone_and_grid_parameter_are_named(tmp_path, images):
+    problems, message = _problems(
+        {
+            "data": {"path": "images"},
+            "backbones": [{"model": "ResNet5"}],
+            "classifiers": {"names": ["logreg", "rbf_svn"], "grids": {"logreg": {"c": [1.0]}, "knn": {"k": [1]}}},
+        },
+        tmp_path,
+    )
+    assert len(problems) == 4
+    assert "[[backbones]] #1 model: unknown backbone (did you mean 'ResNet50'?)" in message
+    assert "[classifiers] names: unknown name(s) ['rbf_svn'] (did you mean 'rbf_svm'?)" in message
+    assert "[classifiers.grids] logreg: unknown parameter(s) ['c'] (did you mean 'C'?) of logreg" in message
+    assert "[classifiers.grids] knn: unknown classifier" in message
+
+
+def test_missing_data_path_and_weights_file_are_reported_together(tmp_path):
+    problems, message = _problems(
+        {"data": {"path": "nowhere"}, "backbones": [{"model": "VGG16", "weights": "missing.weights.h5"}]}, tmp_path
+    )
+    assert len(problems) == 2
+    assert "[data] path: " in message and "nowhere does not exist" in message
+    assert "[[backbones]] #1 weights: " in message and "missing.weights.h5 does not exist" in message
+    assert "Received: 'nowhere'" in message
+
+
+def test_wrong_types_and_ranges_are_all_reported(tmp_path, images):
+    problems, message = _problems(
+        {
+            "data": {"path": "images", "test_size": 1.5, "test_split": "train"},
+            "features": {"batch_size": 0, "pooling": "mean", "dtype": "float64"},
+            "backbones": [{"model": "VGG16", "layers": [2.0], "model_kwargs": "alpha=1"}],
+            "classifiers": {"cv": "5", "n_jobs": 0, "pca_components": 1.5},
+        },
+        tmp_path,
+    )
+    for expected in (
+        "[data] test_size: expected a number between 0 and 1",
+        "[data] test_split: must differ from train_split",
+        "[features] batch_size: expected an integer >= 1. Received: 0",
+        "[features] pooling: unknown name(s) ['mean']",
+        "[features] dtype: expected one of ['float32', 'float16']",
+        "[[backbones]] #1 layers: depth 2.0 is outside [0, 1]",
+        "[[backbones]] #1 model_kwargs: expected a table",
+        "[classifiers] cv: expected an integer >= 2. Received: '5'",
+        "[classifiers] n_jobs: expected a positive integer, or -1",
+        "[classifiers] pca_components: expected an integer >= 1",
+    ):
+        assert expected in message
+    assert len(problems) == 10
+
+
+def test_missing_required_parts_are_reported(tmp_path):
+    problems, message = _problems({"features": {}}, tmp_path)
+    assert "[data]: this section is required" in message
+    assert "[[backbones]]: expected at least one [[backbones]] table" in message
+
+
+def test_unreadable_files_raise_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(_write(tmp_path / "bad.toml", "[data\npath = 1"))
+
+
+def test_finetune_section_is_checked_by_finetune_config(tmp_path, images):
+    base = {"data": {"path": "images"}, "backbones": [{"model": "VGG16"}]}
+    config = config_from_dict({**base, "finetune": {"modes": ["scratch"], "head_epochs": 2}}, tmp_path)
+    assert config.finetune == FinetuneStageConfig(modes=("scratch",), options={"head_epochs": 2})
+    _, message = _problems({**base, "finetune": {"head_epoch": 2, "modes": ["finetune"]}}, tmp_path)
+    assert "[finetune]" in message and "'head_epoch'" in message and "head_epochs" in message
+    _, message = _problems({**base, "finetune": {"modes": ["finetuning"]}}, tmp_path)
+    assert "[finetune] modes: unknown name(s) ['finetuning'] (did you mean 'finetune'?)" in message
+
+
+def test_with_paths_overrides_output_and_store(tmp_path, images):
+    config = config_from_dict({"data": {"path": "images"}, "backbones": [{"model": "VGG16"}]}, tmp_path)
+    moved = config.with_paths(output_dir=tmp_path / "o", store=tmp_path / "s")
+    assert (moved.output.dir, moved.features.store) == (tmp_path / "o", tmp_path / "s")
+    assert moved.backbones == config.backbones
+
+
+def test_default_experiment_config_builds(tmp_path):
+    weights = _write(tmp_path / "source.weights.h5", "placeholder")
+    (tmp_path / "out" / "data" / "digits-5-9").mkdir(parents=True)
+    config = default_config(tmp_path / "out", tmp_path / "store", weights)
+    source, random = config.backbones
+    assert source.model == random.model == "MobileNetV2"
+    assert source.weights == str(weights.resolve()) and random.weights is None
+    assert dict(source.model_kwargs) == {"alpha": 0.35}
+    assert config.classifiers.names == ("logreg", "linear_svm")
+    assert config.features.input_size == 32
+
+
+def test_example_config_loads(shared_dir):
+    config = load_config(REPO / "benchmarks" / "configs" / "hymenoptera_vgg16.toml")
+    assert config.data.path == (shared_dir / "datasets" / "hymenoptera").resolve()
+    assert Path(config.backbones[0].weights).is_file()

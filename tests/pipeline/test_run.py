@@ -1,0 +1,350 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import pipeline.run
+from features.extract import FeatureExtractor
+from features.store import FeatureStore
+from pipeline.cli import main
+from pipeline.config import ConfigError, config_from_dict
+from pipeline.persistence import load_classifier
+from pipeline.results import RESULT_COLUMNS
+from pipeline.run import run_experiment
+
+CLASSES = ("blue", "green", "red")
+LAYERS = ["block1_pool", "block3_pool"]
+N_TRAIN, N_TEST = 8, 4  # per class
+
+
+def _write_images(root: Path, *, splits=(("train", N_TRAIN), ("test", N_TEST)), seed=0) -> Path:
+    """Noisy 32x32 images whose dominant colour is the class; split folders unless splits is None."""
+    rng = np.random.default_rng(seed)
+    for split, count in splits:
+        for channel, name in enumerate(CLASSES[::-1]):  # red, green, blue -> channels 0, 1, 2
+            folder = root / split / name if split else root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 90, (32, 32, 3))
+                pixels[..., channel] += 140
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:02d}.png")
+    return root
+
+
+def _raw(data, store, out, *, names=("logreg", "linear_svm"), layers=LAYERS, logreg_grid=(0.1, 1.0), **data_options):
+    return {
+        "data": {"path": str(data), "train_split": "train", "test_split": "test", **data_options},
+        "features": {"store": str(store), "input_size": 32, "batch_size": 16},
+        "backbones": [{"model": "VGG16", "weights": "none", "layers": list(layers)}],
+        "classifiers": {
+            "names": list(names),
+            "cv": 2,
+            "grids": {"logreg": {"C": list(logreg_grid)}, "linear_svm": {"C": [0.1]}},
+        },
+        "output": {"dir": str(out)},
+    }
+
+
+def _config(*args, **kwargs):
+    return config_from_dict(_raw(*args, **kwargs), "/")
+
+
+def _toml(path: Path, data, store, out) -> Path:
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            [data]
+            path = "{data}"
+            test_split = "test"
+            [features]
+            store = "{store}"
+            input_size = 32
+            batch_size = 16
+            [[backbones]]
+            model = "VGG16"
+            weights = "none"
+            layers = {json.dumps(LAYERS)}
+            [classifiers]
+            names = ["logreg", "linear_svm"]
+            cv = 2
+            [classifiers.grids]
+            logreg = {{ C = [0.1, 1.0] }}
+            linear_svm = {{ C = [0.1] }}
+            [output]
+            dir = "{out}"
+            """
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+def _quiet(line):
+    pass
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return _write_images(tmp_path_factory.mktemp("data") / "images")
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, data_dir):
+    root = tmp_path_factory.mktemp("first")
+    config = _config(data_dir, root / "store", root / "out")
+    return config, run_experiment(config, log=_quiet, progress=False)
+
+
+@pytest.fixture
+def forward_calls(monkeypatch):
+    """Counts the forward passes of every extractor."""
+    calls = []
+    original = FeatureExtractor._forward
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureExtractor, "_forward", counting)
+    return calls
+
+
+def _forbid(monkeypatch, *, forward=True, fit=True):
+    def fail(*args, **kwargs):
+        raise AssertionError("this run must reuse its results, not compute them")
+
+    if forward:
+        monkeypatch.setattr(FeatureExtractor, "_forward", fail)
+    if fit:
+        monkeypatch.setattr(pipeline.run, "fit_classifier", fail)
+
+
+def test_results_table_has_one_row_per_layer_and_classifier(first_run):
+    config, result = first_run
+    table = pd.read_csv(result.results_path)
+    assert list(table.columns[: len(RESULT_COLUMNS)]) == list(RESULT_COLUMNS)
+    assert len(table) == 4 and result.n_fitted == 4 and result.n_reused == 0
+    assert result.n_forward == 3 * (N_TRAIN + N_TEST)  # one extraction for both layers
+    assert set(table["mode"]) == {"frozen"}
+    assert list(table["layer"]) == ["block1_pool", "block1_pool", "block3_pool", "block3_pool"]
+    assert list(table["stage"]) == [1, 1, 3, 3]
+    assert table["depth"].between(0, 1).all() and table["depth"].is_monotonic_increasing
+    assert list(table["feature_dim"]) == [64, 64, 256, 256]
+    assert set(table["n_train"]) == {3 * N_TRAIN} and set(table["n_test"]) == {3 * N_TEST}
+    assert table["test_accuracy"].between(0, 1).all()
+    assert all(json.loads(params).keys() == {"C"} for params in table["best_params"])
+    assert all(Path(path).is_file() for path in table["model_path"])
+    summary = result.summary_path.read_text()
+    assert "| frozen | VGG16 | none | block1_pool |" in summary
+    assert "## Recommendation" in summary and "**Recommendation" in summary
+    assert "None: every image decoded." in summary
+    assert result.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result.advice.small and result.advice.samples_per_class == N_TRAIN
+
+
+def test_saved_classifiers_reload_and_predict_identically(first_run):
+    config, result = first_run
+    store = FeatureStore(config.features.store)
+    for row in result.results.itertuples():
+        estimator, sidecar = load_classifier(row.model_path)
+        test = store.load(row.store_entry, split="test")
+        predictions = pd.read_csv(Path(row.model_path).with_suffix(".predictions.csv"))
+        predicted = np.asarray(test.class_names)[estimator.predict(test.X)]
+        np.testing.assert_array_equal(predicted, predictions["predicted_label"])
+        assert list(predictions["sample_id"]) == list(test.sample_ids)
+        assert sidecar["store_entry"] == row.store_entry
+        assert sidecar["classifier"] == row.classifier
+        assert sidecar["class_names"] == list(CLASSES)
+        assert sidecar["scores"]["accuracy"] == pytest.approx(row.test_accuracy)
+        assert json.dumps(sidecar["best_params"], sort_keys=True) == row.best_params
+
+
+def test_cross_validation_only_sees_the_training_split(first_run, tmp_path, monkeypatch):
+    config, _ = first_run
+    seen = []
+    original = pipeline.run.fit_classifier
+
+    def recording(X_train, y_train, *args, **kwargs):
+        seen.append((np.array(X_train), np.array(y_train)))
+        return original(X_train, y_train, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.run, "fit_classifier", recording)
+    result = run_experiment(config.with_paths(output_dir=tmp_path / "out"), log=_quiet, progress=False)
+    assert len(seen) == 4
+    store = FeatureStore(config.features.store)
+    for (X, y), row in zip(seen, result.results.itertuples()):
+        train = store.load(row.store_entry, split="train")
+        test = store.load(row.store_entry, split="test")
+        np.testing.assert_array_equal(X, train.X)
+        np.testing.assert_array_equal(y, train.y)
+        assert not {x.tobytes() for x in X} & {x.tobytes() for x in test.X}
+
+
+def test_rerun_of_the_same_config_does_no_forward_pass_and_no_fit(first_run, monkeypatch):
+    config, first = first_run
+    _forbid(monkeypatch)
+    again = run_experiment(config, log=_quiet, progress=False)
+    assert (again.n_forward, again.n_fitted, again.n_reused) == (0, 0, 4)
+    pd.testing.assert_frame_equal(pd.read_csv(again.results_path), pd.read_csv(first.results_path))
+
+
+def test_cli_rerun_reports_cached_features_and_reused_rows(first_run, tmp_path, monkeypatch, capsys):
+    config, first = first_run
+    path = _toml(tmp_path / "run.toml", config.data.path, config.features.store, config.output.dir)
+    _forbid(monkeypatch)
+    assert main(["run", str(path), "--no-progress"]) == 0
+    output = capsys.readouterr().out
+    assert output.count("cached   block") == 2 and output.count("reused block") == 4
+    assert f"results: {first.results_path}" in output
+
+
+def test_classifier_only_change_reuses_every_feature(data_dir, tmp_path, forward_calls):
+    run = run_experiment(_config(data_dir, tmp_path / "store", tmp_path / "out", names=["logreg"]), log=_quiet, progress=False)
+    assert run.n_fitted == 2 and forward_calls
+    forward_calls.clear()
+    both = _config(data_dir, tmp_path / "store", tmp_path / "out", names=["logreg", "linear_svm"])
+    run = run_experiment(both, log=_quiet, progress=False)
+    assert (run.n_forward, len(forward_calls)) == (0, 0)
+    assert (run.n_fitted, run.n_reused) == (2, 2)
+    assert list(run.results["classifier"]) == ["logreg", "linear_svm"] * 2
+
+
+def test_changed_grid_refits_that_classifier_only(first_run, tmp_path, monkeypatch):
+    config, _ = first_run
+    shutil.copytree(config.output.dir, tmp_path / "out")  # a moved output folder is reused too
+    changed = _config(config.data.path, config.features.store, tmp_path / "out", logreg_grid=(0.5,))
+    _forbid(monkeypatch, fit=False)
+    run = run_experiment(changed, log=_quiet, progress=False)
+    assert (run.n_fitted, run.n_reused) == (2, 2)
+    refit = run.results[run.results["classifier"] == "logreg"]
+    assert all(json.loads(params) == {"C": 0.5} for params in refit["best_params"])
+
+
+def test_killed_run_keeps_its_completed_rows(first_run, tmp_path, monkeypatch):
+    config, _ = first_run
+    config = config.with_paths(output_dir=tmp_path / "out")
+    original = pipeline.run.fit_classifier
+    calls = []
+
+    def dies_on_third_fit(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.run, "fit_classifier", dies_on_third_fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, log=_quiet, progress=False)
+    kept = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert list(kept["classifier"]) == ["logreg", "linear_svm"]
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".")]  # no temporary files
+    monkeypatch.setattr(pipeline.run, "fit_classifier", original)
+    resumed = run_experiment(config, log=_quiet, progress=False)
+    assert (resumed.n_fitted, resumed.n_reused) == (2, 2)
+    pd.testing.assert_frame_equal(resumed.results.iloc[:2], kept, check_dtype=False)
+
+
+def test_two_concurrent_runs_on_one_store_and_output_both_finish(data_dir, tmp_path):
+    config_path = _toml(tmp_path / "run.toml", data_dir, tmp_path / "store", tmp_path / "out")
+    script = "import sys; from pipeline.config import load_config; from pipeline.run import run_experiment; " \
+             "run_experiment(load_config(sys.argv[1]), progress=False)"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, str(config_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=300)[0].decode() for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    assert sum(output.count("computed block") for output in outputs) == 2  # each layer extracted once
+    table = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert len(table) == 4
+    assert len(FeatureStore(tmp_path / "store").entries()) == 2
+    for path in table["model_path"]:
+        load_classifier(path)
+
+
+def test_single_split_data_is_split_stratified_and_unreadable_images_are_reported(tmp_path):
+    data = _write_images(tmp_path / "images", splits=((None, 8),))
+    (data / "red" / "broken.png").write_bytes(b"not a png")
+    raw = _raw(data, tmp_path / "store", tmp_path / "out", names=["logreg"], layers=["block1_pool"], test_size=0.25)
+    result = run_experiment(config_from_dict(raw, "/"), log=_quiet, progress=False)
+    row = result.results.iloc[0]
+    # 25 images: ceil(25 * 0.25) = 7 test and 18 train, less the unreadable one
+    assert row["n_train"] + row["n_test"] == 24 and row["n_test"] in (6, 7)
+    assert [Path(sample).name for sample, _ in result.skipped] == ["broken.png"]
+    summary = result.summary_path.read_text()
+    assert "broken.png" in summary and "made: stratified, test_size 0.25" in summary
+
+
+def test_problems_found_before_any_work(data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="no layer 'block9_pool'"):
+        run_experiment(_config(data_dir, tmp_path / "store", tmp_path / "out", layers=["block9_pool"]), log=_quiet)
+    with pytest.raises(ConfigError, match=r"has the splits \['train', 'test'\], not both 'train' and 'val'"):
+        raw = _raw(data_dir, tmp_path / "store", tmp_path / "out")
+        raw["data"]["test_split"] = "val"
+        run_experiment(config_from_dict(raw, "/"), log=_quiet)
+    assert not list((tmp_path / "store").glob("*.h5")) and not (tmp_path / "out").exists()
+
+
+def test_predict_command_rebuilds_the_extractor_and_matches_the_run(first_run, tmp_path):
+    config, result = first_run
+    row = result.results.iloc[-1]
+    out = tmp_path / "predictions.csv"
+    argv = ["predict", row["model_path"], "--data", str(config.data.path), "--out", str(out)]
+    assert main(argv + ["--store", str(tmp_path / "new-store"), "--no-progress"]) == 0  # recomputes features
+    predicted = pd.read_csv(out).set_index("sample_id")
+    from_run = pd.read_csv(Path(row["model_path"]).with_suffix(".predictions.csv")).set_index("sample_id")
+    pd.testing.assert_series_equal(predicted.loc[from_run.index, "predicted_label"], from_run["predicted_label"])
+    assert (predicted["true_label"].notna()).all()
+
+
+def test_finetune_stage_adds_rows_and_reuses_them(data_dir, tmp_path, monkeypatch):
+    import pipeline.finetune
+    from features.weights import load_backbone
+
+    weights = tmp_path / "start.weights.h5"
+    load_backbone("MobileNetV2", weights=None, input_size=32, model_kwargs={"alpha": 0.35}, seed=1).model.save_weights(weights)
+    raw = _raw(data_dir, tmp_path / "store", tmp_path / "out", names=["logreg"])
+    raw["backbones"] = [{"model": "MobileNetV2", "weights": str(weights), "layers": ["top"], "model_kwargs": {"alpha": 0.35}}]
+    raw["finetune"] = {
+        "modes": ["finetune", "scratch"], "head_epochs": 1, "finetune_epochs": 1, "val_fraction": 0,
+        "augmentation": {}, "batch_size": 8,
+    }
+    config = config_from_dict(raw, "/")
+    result = run_experiment(config, log=_quiet, progress=False)
+    table = pd.read_csv(result.results_path)
+    assert list(table["mode"]) == ["frozen", "finetune", "scratch"]
+    assert list(table["weights"]) == ["start.weights.h5", "start.weights.h5", "none"]
+    assert table["test_accuracy"].between(0, 1).all() and set(table["n_test"]) == {3 * N_TEST}
+    assert all(Path(path).is_file() for path in table["model_path"])
+    assert "scratch" in result.summary_path.read_text()
+
+    _forbid(monkeypatch)
+    monkeypatch.setattr(pipeline.finetune, "finetune", pipeline.run.fit_classifier)  # raises if called
+    monkeypatch.setattr(pipeline.finetune, "train_from_scratch", pipeline.run.fit_classifier)
+    again = run_experiment(config, log=_quiet, progress=False)
+    pd.testing.assert_frame_equal(pd.read_csv(again.results_path), table)
+
+
+@pytest.mark.slow
+def test_default_experiment_end_to_end(tmp_path, monkeypatch):
+    from pipeline.default_experiment import run_default
+
+    lines = []
+    result = run_default(tmp_path / "out", store=tmp_path / "store", log=lines.append, progress=False)
+    assert any("held-out accuracy" in line for line in lines)
+    assert len(result.results) == 20 and set(result.results["weights"]) > {"none"}
+    assert result.plot_path.is_file() and result.advice.mode in ("frozen_top", "frozen_intermediate")
+    _forbid(monkeypatch)
+    lines.clear()
+    again = run_default(tmp_path / "out", store=tmp_path / "store", log=lines.append, progress=False)
+    assert (again.n_forward, again.n_fitted) == (0, 0)
+    assert any("source network: reused" in line for line in lines)
