@@ -63,7 +63,10 @@ class SimilarityVerdict:
             f"cv {_pct(top['cv_score'])}, test {_pct(top['test_accuracy'])}"
         )
         if self.similar:
-            return f"{head}: the top layer is within {_points(self.gap)} of the best, so the target looks similar to the source."
+            return (
+                f"{head}: the top layer is within {_points(self.gap)} of the best, so the target looks "
+                f"similar to the source."
+            )
         return (
             f"{head}: an intermediate layer wins by {_points(self.gap)}, so the target looks dissimilar "
             f"to the source (its top features are too source-specific)."
@@ -139,7 +142,8 @@ def _baseline_text(baseline: SimilarityVerdict, transferred: list[SimilarityVerd
     same = [v for v in transferred if (v.best[["backbone", "pooling"]] == best[["backbone", "pooling"]]).all()]
     for verdict in same:
         gain = verdict.best["cv_score"] - best["cv_score"]
-        text += f" The {verdict.best['weights']} weights' best layer is {_points(gain)} {'above' if gain >= 0 else 'below'} it"
+        direction = "above" if gain >= 0 else "below"
+        text += f" The {verdict.best['weights']} weights' best layer is {_points(abs(gain))} {direction} it"
         if gain <= SIMILARITY_TOLERANCE:
             text += (
                 ": here the source features are no better than random ones, so the transfer gains little; "
@@ -147,6 +151,40 @@ def _baseline_text(baseline: SimilarityVerdict, transferred: list[SimilarityVerd
             )
         text += "."
     return text
+
+
+def _recommendation(chosen: SimilarityVerdict, frozen: pd.DataFrame, *, small: bool) -> tuple[str, str]:
+    """(mode, markdown) of the recommendation for the chosen backbone."""
+    best = chosen.best
+    if not small:
+        mode = "finetune"
+        advice = (
+            f"**Recommendation (c): finetune the top blocks of {best['backbone']} (weights {best['weights']}).** "
+            f"There is enough data per class to adapt the backbone; the best frozen result to beat is "
+            f"{best['classifier']} on {best['layer']}: test {_pct(best['test_accuracy'])}."
+        )
+    elif chosen.similar is False:
+        mode = "frozen_intermediate"
+        row = _classifier_on(frozen, chosen, "linear_svm")
+        advice = (
+            f"**Recommendation (b): a linear SVM on the intermediate layer {best['layer']} of {best['backbone']} "
+            f"(weights {best['weights']}).** {row['classifier']} there: cv {_pct(row['cv_score'])}, test "
+            f"{_pct(row['test_accuracy'])}, versus cv {_pct(chosen.top['cv_score'])} on the top layer "
+            f"{chosen.top['layer']}."
+        )
+        if row["classifier"] != "linear_svm":
+            advice += " (linear_svm was not in this run; add it to [classifiers] names to compare.)"
+    else:
+        mode = "frozen_top"
+        top = chosen.top
+        advice = (
+            f"**Recommendation (a): {top['classifier']} on the frozen top layer {top['layer']} of "
+            f"{top['backbone']} (weights {top['weights']}).** cv {_pct(top['cv_score'])}, test "
+            f"{_pct(top['test_accuracy'])}."
+        )
+        if chosen.similar is None:
+            advice += " (Similarity is unmeasured: probe intermediate layers too, e.g. layers = [\"stages\"].)"
+    return mode, advice
 
 
 def recommend(results: pd.DataFrame, *, n_train: int, n_classes: int, smallest_class: int) -> Advice:
@@ -186,36 +224,11 @@ def recommend(results: pd.DataFrame, *, n_train: int, n_classes: int, smallest_c
         lines += ["Similarity, from the table (layers compared by cross-validated accuracy on the training split):"]
         lines += [f"- {verdict.describe()}" for verdict in transferred]
     lines += [f"- {_baseline_text(baseline, transferred)}" for baseline in baselines]
-    chosen = (transferred or verdicts)[0]
-    best = chosen.best
-    if not small:
-        mode = "finetune"
-        advice = (
-            f"**Recommendation (c): finetune the top blocks of {best['backbone']} (weights {best['weights']}).** "
-            f"There is enough data per class to adapt the backbone; the best frozen result to beat is "
-            f"{best['classifier']} on {best['layer']}: test {_pct(best['test_accuracy'])}."
-        )
-    elif chosen.similar is False:
-        mode = "frozen_intermediate"
-        row = _classifier_on(frozen, chosen, "linear_svm")
-        advice = (
-            f"**Recommendation (b): a linear SVM on the intermediate layer {best['layer']} of {best['backbone']} "
-            f"(weights {best['weights']}).** {row['classifier']} there: cv {_pct(row['cv_score'])}, test "
-            f"{_pct(row['test_accuracy'])}, versus cv {_pct(chosen.top['cv_score'])} on the top layer "
-            f"{chosen.top['layer']}."
-        )
-        if row["classifier"] != "linear_svm":
-            advice += " (linear_svm was not in this run; add it to [classifiers] names to compare.)"
-    else:
-        mode = "frozen_top"
-        top = chosen.top
-        advice = (
-            f"**Recommendation (a): {top['classifier']} on the frozen top layer {top['layer']} of "
-            f"{top['backbone']} (weights {top['weights']}).** cv {_pct(top['cv_score'])}, test "
-            f"{_pct(top['test_accuracy'])}."
-        )
+    mode, advice = _recommendation((transferred or verdicts)[0], frozen, small=small)
     lines.append(advice)
     trained = results[results["mode"].isin(["finetune", "scratch"])]
     for _, row in trained.iterrows():
-        lines.append(f"- {row['mode']} {row['backbone']} (weights {row['weights']}): test {_pct(row['test_accuracy'])}.")
+        lines.append(
+            f"- {row['mode']} {row['backbone']} (weights {row['weights']}): test {_pct(row['test_accuracy'])}."
+        )
     return Advice(mode, per_class, small, tuple(verdicts), "\n\n".join(lines))

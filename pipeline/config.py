@@ -239,11 +239,12 @@ class ExperimentConfig:
         self, *, output_dir: str | os.PathLike | None = None, store: str | os.PathLike | None = None
     ) -> "ExperimentConfig":
         """A copy with another output directory and/or feature store (relative to the current folder)."""
-        output = self.output if output_dir is None else OutputConfig(dir=Path(output_dir).expanduser().resolve())
-        features = (
-            self.features if store is None else dataclasses.replace(self.features, store=Path(store).expanduser().resolve())
-        )
-        return dataclasses.replace(self, output=output, features=features)
+        changes: dict[str, Any] = {}
+        if output_dir is not None:
+            changes["output"] = OutputConfig(dir=Path(output_dir).expanduser().resolve())
+        if store is not None:
+            changes["features"] = dataclasses.replace(self.features, store=Path(store).expanduser().resolve())
+        return dataclasses.replace(self, **changes)
 
 
 # ----------------------------------------------------------------------------- value checks
@@ -313,11 +314,11 @@ def _n_jobs(value: Any) -> int:
 
 
 def _pca(value: Any) -> int | float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    components = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    variance = isinstance(value, float) and 0 < value < 1
+    if not (components or variance):
         raise _Invalid("expected an integer >= 1 (components) or a float in (0, 1) (explained variance)")
-    if isinstance(value, int) and value >= 1 or isinstance(value, float) and 0 < value < 1:
-        return value
-    raise _Invalid("expected an integer >= 1 (components) or a float in (0, 1) (explained variance)")
+    return value
 
 
 def _table(value: Any) -> dict:
@@ -357,9 +358,9 @@ def _suggest(name: Any, valid: Any) -> str:
 
 # ----------------------------------------------------------------------------- sections
 
-# Section -> key -> check. A check returns the parsed value or raises _Invalid.
-# Paths are handled separately because they depend on the config's folder.
-_PATH_KEYS = {"data": ("path",), "features": ("store",), "output": ("dir",)}
+# Section -> key -> check. A check returns the parsed value or raises _Invalid; None marks
+# paths and weights, checked by the section's builder against the config's folder. The keys
+# of [finetune] are FinetuneConfig's, checked by it.
 _SECTIONS: dict[str, dict[str, Callable[[Any], Any] | None]] = {
     "data": {
         "path": None,
@@ -515,7 +516,8 @@ def _classifiers(checker: _Checker, raw: Any) -> ClassifiersConfig:
     for name, grid in values.pop("grids", {}).items():
         where = f"[classifiers.grids] {name}"
         if name not in CLASSIFIERS:
-            checker.report(where, f"unknown classifier{_suggest(name, CLASSIFIERS)}; valid names are {sorted(CLASSIFIERS)}", received=False)
+            valid = f"valid names are {sorted(CLASSIFIERS)}"
+            checker.report(where, f"unknown classifier{_suggest(name, CLASSIFIERS)}; {valid}", received=False)
         else:
             parsed = _grid(checker, where, name, grid, values)
             if parsed is not None:
@@ -545,7 +547,9 @@ def _finetune(checker: _Checker, raw: Any) -> FinetuneStageConfig | None:
     return FinetuneStageConfig(modes=modes, options=MappingProxyType(options))
 
 
-def config_from_dict(raw: Mapping[str, Any], base_dir: str | os.PathLike, *, source: str = "<dict>") -> ExperimentConfig:
+def config_from_dict(
+    raw: Mapping[str, Any], base_dir: str | os.PathLike, *, source: str = "<dict>"
+) -> ExperimentConfig:
     """Validate a parsed config and build an :class:`ExperimentConfig`.
 
     Args:
@@ -570,9 +574,8 @@ def config_from_dict(raw: Mapping[str, Any], base_dir: str | os.PathLike, *, sou
         raise ConfigError([f"expected a table of sections. Received: {raw!r}"], source)
     for name in raw:
         if name not in _SECTIONS:
-            checker.report(
-                f"[{name}]", f"unknown section{_suggest(name, _SECTIONS)}; valid sections are {sorted(_SECTIONS)}", received=False
-            )
+            valid = f"valid sections are {sorted(_SECTIONS)}"
+            checker.report(f"[{name}]", f"unknown section{_suggest(name, _SECTIONS)}; {valid}", received=False)
     if "data" not in raw:
         checker.report("[data]", "this section is required (at least its path key)", received=False)
     data = _data(checker, raw.get("data", {}))

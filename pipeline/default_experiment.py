@@ -179,7 +179,9 @@ def train_source_weights(directory: Path, *, log: Callable[[str], None] = print)
     return weights_path
 
 
-def default_config(output_dir: str | os.PathLike, store: str | os.PathLike, source_weights: str | os.PathLike) -> ExperimentConfig:
+def default_config(
+    output_dir: str | os.PathLike, store: str | os.PathLike, source_weights: str | os.PathLike
+) -> ExperimentConfig:
     """The default experiment's config: source weights versus random weights on the target digits."""
     output_dir = Path(output_dir).resolve()
     backbone = {"model": MODEL, "layers": ["stages"], "model_kwargs": MODEL_KWARGS}

@@ -10,7 +10,6 @@ file.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -47,6 +46,8 @@ RESULT_COLUMNS = (
 )
 """Columns of `results.csv`, in order. Rows may carry more; they come after these."""
 
+_INTEGER_COLUMNS = ("stage", "feature_dim", "n_train", "n_test")
+
 # Columns of the markdown table in summary.md (the CSV has them all).
 _SUMMARY_COLUMNS = (
     "mode",
@@ -80,7 +81,9 @@ def results_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             row["best_params"] = json.dumps(row["best_params"], sort_keys=True, default=str)
     extra = [column for row in rows for column in row if column not in RESULT_COLUMNS]
     columns = list(RESULT_COLUMNS) + list(dict.fromkeys(extra))
-    return pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=columns)
+    # Nullable integers: finetune rows have no stage or feature_dim, and CSV must not show "3.0".
+    return frame.astype({column: "Int64" for column in _INTEGER_COLUMNS})
 
 
 def write_results(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -91,7 +94,7 @@ def write_results(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 
 def _cell(value: Any) -> str:
-    if value is None or isinstance(value, float) and math.isnan(value):
+    if pd.api.types.is_scalar(value) and pd.isna(value):
         return ""
     if isinstance(value, float):
         return f"{value:.3f}"

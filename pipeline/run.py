@@ -53,6 +53,8 @@ from pipeline.results import markdown_table, results_frame, write_results, write
 __all__ = ["RunResult", "run_experiment", "split_dataset"]
 
 _MAX_SKIPPED_LISTED = 20
+# Columns of the table printed at the end of a run (summary.md and results.csv have more).
+_CONSOLE_COLUMNS = ("mode", "backbone", "weights", "layer", "depth", "classifier", "cv_score", "test_accuracy")
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,8 @@ class RunResult:
         plot_path: `depth.png`.
         skipped: (sample id, reason) of every unreadable image.
         n_forward: Images that went through a backbone in this run (0 when all cached).
-        n_fitted: Classifiers fitted in this run.
-        n_reused: Finished rows reused from an earlier run.
+        n_fitted: Classifier rows fitted in this run.
+        n_reused: Classifier rows reused from an earlier run.
     """
 
     results: pd.DataFrame
@@ -196,7 +198,13 @@ class _Layer:
 
 
 def _fit_row(
-    layer: _Layer, classifier: str, settings: dict, stem: Path, config: ExperimentConfig, train: FeatureSet, test: FeatureSet
+    layer: _Layer,
+    classifier: str,
+    settings: dict,
+    stem: Path,
+    config: ExperimentConfig,
+    train: FeatureSet,
+    test: FeatureSet,
 ) -> dict:
     """Fit on the training split only, score once on the test split, save everything."""
     options = config.classifiers
@@ -234,9 +242,8 @@ def _fit_row(
         "store_entry": layer.key.entry_name,
     }
     proba = fit.estimator.predict_proba(X_test) if hasattr(fit.estimator, "predict_proba") else None
-    write_predictions(
-        stem.with_name(f"{stem.name}.predictions.csv"), test.sample_ids, test.y, scores.y_pred, test.class_names, proba=proba
-    )
+    predictions_path = stem.with_name(f"{stem.name}.predictions.csv")
+    write_predictions(predictions_path, test.sample_ids, test.y, scores.y_pred, test.class_names, proba=proba)
     sidecar = {
         "fit_settings": settings,
         "row": row,
@@ -254,11 +261,52 @@ def _fit_row(
     return {**row, "model_path": str(model_path)}
 
 
+class _Table:
+    """The results so far, rewritten to `path` (atomically) after every new row."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict] = []
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        return results_frame(self.rows)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        write_results(self.frame, self.path)
+
+
+def _fit_layer(layer: _Layer, config: ExperimentConfig, split: dict, table: _Table, log: Callable[[str], None]) -> int:
+    """Add one row per classifier for `layer`: reused when finished before, else fitted.
+
+    Features are loaded only if some classifier needs fitting. Returns the number fitted.
+    """
+    jobs = []
+    for classifier in config.classifiers.names:
+        stem = config.output.dir / "models" / layer.key.entry_name / classifier
+        settings = _fit_settings(config, layer.key, classifier, split)
+        jobs.append((classifier, stem, settings, _finished_row(stem, settings)))
+    features = None
+    if any(finished is None for *_, finished in jobs):
+        features = _load_splits(layer.store, layer.key, config.data)
+    for classifier, stem, settings, finished in jobs:
+        row = finished or _fit_row(layer, classifier, settings, stem, config, *features)
+        log(
+            f"  {'fitted' if finished is None else 'reused'} {layer.info.name} / {classifier}: "
+            f"cv {row['cv_score']:.3f}, test {row['test_accuracy']:.3f}"
+        )
+        table.add(row)
+    return sum(finished is None for *_, finished in jobs)
+
+
 def _slug(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _finetune_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict, log: Callable[[str], None]) -> list[dict]:
+def _finetune_rows(
+    config: ExperimentConfig, dataset: ImageDataset, split: dict, log: Callable[[str], None]
+) -> list[dict]:
     """The `[finetune]` stage: train end to end, score once on the test split.
 
     "finetune" runs once per backbone that has weights; "scratch" once per
@@ -321,9 +369,7 @@ def _finetune_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict,
             "test_balanced_accuracy": scores["balanced_accuracy"],
             "test_macro_f1": scores["macro_f1"],
             "fit_seconds": round(result.fit_seconds, 3),
-            "best_params": json.dumps(
-                {"unfreeze_blocks": scores["unfreeze_blocks"], "learning_rate": scores["learning_rate"], "epochs": scores["epochs"]}
-            ),
+            "best_params": json.dumps({name: scores[name] for name in ("unfreeze_blocks", "learning_rate", "epochs")}),
             "model_path": str(result.model_path),
         }
         text = json.dumps({"settings": settings, "row": row}, indent=2)
@@ -376,12 +422,11 @@ def run_experiment(
     store = FeatureStore(config.features.store)
     out = config.output.dir
     out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.csv"
     log(
         f"{len(dataset)} images, {len(dataset.class_names)} classes; train split {split['train_split']!r}, "
         f"test split {split['test_split']!r}{' (made: stratified)' if split['made'] else ''}; store {store.root}"
     )
-    rows: list[dict] = []
+    table = _Table(out / "results.csv")
     skipped: dict[str, str] = {}
     n_forward = n_fitted = n_reused = 0
     for number, (backbone, extractor) in enumerate(extractors, start=1):
@@ -394,32 +439,14 @@ def run_experiment(
         skipped.update(report.skipped)
         for info in extractor.layers:
             layer = _Layer(extractor, backbone, info, report.keys[info.name], store)
-            jobs = []
-            for classifier in config.classifiers.names:
-                stem = out / "models" / layer.key.entry_name / classifier
-                settings = _fit_settings(config, layer.key, classifier, split)
-                jobs.append((classifier, stem, settings, _finished_row(stem, settings)))
-            features = None
-            if any(finished is None for *_, finished in jobs):
-                features = _load_splits(store, layer.key, config.data)
-            for classifier, stem, settings, finished in jobs:
-                if finished is None:
-                    row = _fit_row(layer, classifier, settings, stem, config, *features)
-                    n_fitted += 1
-                else:
-                    row = finished
-                    n_reused += 1
-                log(
-                    f"  {'fitted' if finished is None else 'reused'} {info.name} / {classifier}: "
-                    f"cv {row['cv_score']:.3f}, test {row['test_accuracy']:.3f}"
-                )
-                rows.append(row)
-                write_results(results_frame(rows), results_path)
+            fitted = _fit_layer(layer, config, split, table, log)
+            n_fitted += fitted
+            n_reused += len(config.classifiers.names) - fitted
     if config.finetune is not None:
         log(f"[finetune] modes {list(config.finetune.modes)}")
-        rows += _finetune_rows(config, dataset, split, log)
-    frame = results_frame(rows)
-    write_results(frame, results_path)
+        for row in _finetune_rows(config, dataset, split, log):
+            table.add(row)
+    frame, results_path = table.frame, table.path
     is_train = (np.asarray(dataset.splits) == split["train_split"]) & ~np.isin(dataset.sample_ids, list(skipped))
     counts = np.bincount(dataset.labels[is_train], minlength=len(dataset.class_names))
     advice = recommend(frame, n_train=int(counts.sum()), n_classes=len(counts), smallest_class=int(counts.min()))
@@ -433,18 +460,21 @@ def run_experiment(
             "Recommendation": advice.text,
             "Data": _data_text(config.data, dataset, split),
             "Unreadable images": _skipped_text(skipped_list),
-            "Files": f"- results: `{results_path}`\n- plot: `{plot_path}`\n- models and predictions: `{out / 'models'}`",
+            "Files": (
+                f"- results: `{results_path}`\n- plot: `{plot_path}`\n- models and predictions: `{out / 'models'}`"
+            ),
         },
     )
     log("")
-    log(markdown_table(frame, ["mode", "backbone", "weights", "layer", "depth", "classifier", "cv_score", "test_accuracy"]))
+    log(markdown_table(frame, _CONSOLE_COLUMNS))
     log("")
     log(advice.text)
     if skipped_list:
         log(f"{len(skipped_list)} unreadable image(s) left out (listed in summary.md).")
     log(
         f"\n{len(frame)} rows: {n_fitted} fitted, {n_reused} reused; {n_forward} images through a backbone; "
-        f"{time.perf_counter() - started:.0f} s.\nresults: {results_path}\nsummary: {summary_path}\nplot:    {plot_path}"
+        f"{time.perf_counter() - started:.0f} s."
+        f"\nresults: {results_path}\nsummary: {summary_path}\nplot:    {plot_path}"
     )
     return RunResult(
         results=frame,

@@ -98,7 +98,11 @@ def test_defaults_fill_everything_but_data_and_backbones(tmp_path, images):
 
 def test_unknown_key_is_named_with_its_section_and_the_closest_valid_key(tmp_path, images):
     problems, message = _problems(
-        {"data": {"path": "images"}, "backbones": [{"model": "VGG16", "layer": ["stages"]}], "classifiers": {"nmes": ["logreg"]}},
+        {
+            "data": {"path": "images"},
+            "backbones": [{"model": "VGG16", "layer": ["stages"]}],
+            "classifiers": {"nmes": ["logreg"]},
+        },
         tmp_path,
     )
     assert len(problems) == 2

@@ -207,7 +207,8 @@ def test_cli_rerun_reports_cached_features_and_reused_rows(first_run, tmp_path, 
 
 
 def test_classifier_only_change_reuses_every_feature(data_dir, tmp_path, forward_calls):
-    run = run_experiment(_config(data_dir, tmp_path / "store", tmp_path / "out", names=["logreg"]), log=_quiet, progress=False)
+    logreg = _config(data_dir, tmp_path / "store", tmp_path / "out", names=["logreg"])
+    run = run_experiment(logreg, log=_quiet, progress=False)
     assert run.n_fitted == 2 and forward_calls
     forward_calls.clear()
     both = _config(data_dir, tmp_path / "store", tmp_path / "out", names=["logreg", "linear_svm"])
@@ -258,7 +259,9 @@ def test_two_concurrent_runs_on_one_store_and_output_both_finish(data_dir, tmp_p
              "run_experiment(load_config(sys.argv[1]), progress=False)"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     processes = [
-        subprocess.Popen([sys.executable, "-c", script, str(config_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(config_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+        )
         for _ in range(2)
     ]
     outputs = [process.communicate(timeout=300)[0].decode() for process in processes]
@@ -311,9 +314,9 @@ def test_finetune_stage_adds_rows_and_reuses_them(data_dir, tmp_path, monkeypatc
     from features.weights import load_backbone
 
     weights = tmp_path / "start.weights.h5"
-    load_backbone("MobileNetV2", weights=None, input_size=32, model_kwargs={"alpha": 0.35}, seed=1).model.save_weights(weights)
-    raw = _raw(data_dir, tmp_path / "store", tmp_path / "out", names=["logreg"])
-    raw["backbones"] = [{"model": "MobileNetV2", "weights": str(weights), "layers": ["top"], "model_kwargs": {"alpha": 0.35}}]
+    load_backbone("VGG16", weights=None, input_size=32, seed=1).model.save_weights(weights)
+    raw = _raw(data_dir, tmp_path / "store", tmp_path / "out", names=["logreg"], layers=["top"])
+    raw["backbones"][0]["weights"] = str(weights)
     raw["finetune"] = {
         "modes": ["finetune", "scratch"], "head_epochs": 1, "finetune_epochs": 1, "val_fraction": 0,
         "augmentation": {}, "batch_size": 8,
