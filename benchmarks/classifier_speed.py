@@ -64,17 +64,21 @@ def build_parser():
     parser.add_argument("--input-size", type=int, default=32, help="VGG16 input side for the extraction")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
-        "--layers", type=_list, default=["block2_pool", "block3_pool", "block5_pool"],
+        "--layers", type=_list, default=["block3_pool", "block4_pool"],
         help="VGG16 layers whose avg-pooled features are fitted (widths 64/128/256/512/512 for block1..5)",
     )
     parser.add_argument("--classifiers", type=_list, default=list(ONE_CANDIDATE), help="names in ONE_CANDIDATE")
     parser.add_argument("--n-train", type=int, default=50000, help="training samples (first n/10 per class)")
-    parser.add_argument("--rbf-n", type=int, default=5000, help="training samples for rbf_svm (first n/10 per class)")
-    parser.add_argument("--cv", type=int, default=3, help="cross-validation folds of the one-candidate search")
+    parser.add_argument("--rbf-n", type=int, default=10000, help="training samples for rbf_svm (first n/10 per class)")
+    parser.add_argument(
+        "--cv", type=int, default=2,
+        help="cross-validation folds of the one-candidate search (2, the least fit_classifier takes, keeps the run short)",
+    )
     parser.add_argument(
         "--synthetic", action="store_true",
         help="fit on random class-clustered features of the same shapes instead of extracted ones",
     )
+    parser.add_argument("--replot", action="store_true", help="only redraw the chart from OUT/results.json")
     parser.add_argument("--extract-only", action="store_true", help="only fill the feature cache, fit nothing")
     return parser
 
@@ -148,9 +152,45 @@ def synthetic_features(args, log) -> tuple[dict[str, np.ndarray], np.ndarray, di
     return features, y, {"computed": [], "cached": [], "extract_seconds": None, "extract_img_s": None}
 
 
+def plot(rows: list[dict], info: dict, path: Path) -> Path:
+    """Grouped bars: one group per classifier, one bar per layer width."""
+    classifiers = list(dict.fromkeys(r["classifier"] for r in rows))
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    n_samples = {r["classifier"]: r["n_samples"] for r in rows}
+    first = rows[0]
+    return bar_chart(
+        [f"{name} (n={n_samples[name]:,})" for name in classifiers],
+        {
+            f"{layer} (d={next(r['d'] for r in rows if r['layer'] == layer)})": [
+                next((r["fit_classifier_s"] for r in rows if r["layer"] == layer and r["classifier"] == name), np.nan)
+                for name in classifiers
+            ]
+            for layer in layers
+        },
+        path,
+        ylabel="fit_classifier seconds (log scale)",
+        log_y=True,
+        title=(
+            f"fit_classifier time on {'SYNTHETIC ' if first['features'] == 'synthetic' else ''}CIFAR-10 train "
+            f"features ({first['features']})\none-candidate grid (scikit-learn defaults), "
+            f"{first['cv']} CV fits + 1 refit, GridSearchCV n_jobs=None"
+        ),
+        footnote=f"{info['cpu']}, {info['cpus_usable']} cores, load average at start {info['load_average']}, {info['date']}.",
+    )
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     quiet_tensorflow()
+    if args.replot:
+        import json
+
+        results = args.out / "results.json"
+        if not results.is_file():
+            raise SystemExit(f"error: {results} does not exist. Run the benchmark first.")
+        data = json.loads(results.read_text())
+        print(plot(data["rows"], data["machine"], args.out / "classifier_speed.png"))
+        return 0
     unknown = [name for name in args.classifiers if name not in ONE_CANDIDATE]
     if unknown:
         raise SystemExit(f"error: unknown classifier(s) {unknown}; choose from {list(ONE_CANDIDATE)}. "
@@ -219,26 +259,7 @@ def main(argv=None) -> int:
     log(f"\nfit_classifier seconds, one-candidate grid, cv={args.cv} ({args.cv} fold fits + 1 refit):")
     log(format_table(rows, ["layer", "d", "classifier", "n_samples", "candidate", "fit_classifier_s",
                             "cv_fold_fit_s", "refit_all_s", "vs_logreg", "cv_accuracy"]))
-    layers = list(features)
-    bar_chart(
-        args.classifiers,
-        {
-            f"{layer} (d={features[layer].shape[1]})": [
-                next(r["fit_classifier_s"] for r in rows if r["layer"] == layer and r["classifier"] == name)
-                for name in args.classifiers
-            ]
-            for layer in layers
-        },
-        args.out / "classifier_speed.png",
-        ylabel="fit_classifier seconds (log scale)",
-        log_y=True,
-        title=(
-            f"Fit time on {'SYNTHETIC ' if args.synthetic else ''}CIFAR-10 features "
-            f"({source}), n={args.n_train:,} (rbf_svm: n={args.rbf_n:,})\n"
-            f"one-candidate grid (scikit-learn defaults), cv={args.cv} + refit, n_jobs=1"
-        ),
-        footnote=f"{info['cpu']}, {info['cpus_usable']} cores, {info['date']}.",
-    )
+    plot(rows, info, args.out / "classifier_speed.png")
     write_json({"command": command, "machine": info, "extraction": extraction, "rows": rows},
                args.out / "results.json")
     (args.out / "log.txt").write_text("\n".join(log_lines) + "\n")

@@ -21,9 +21,9 @@ and CPU seconds are recorded; CPU seconds are much less disturbed by other jobs.
 Then peak resident memory of a layerprobe extraction of 1,000 and 10,000 CIFAR-10
 images at input size 96 (VGG16, 5 block pools), each in a fresh child process.
 
-    python benchmarks/extraction_speed.py                 # speed and memory (about 15 min on 2 cores)
-    python benchmarks/extraction_speed.py --parts speed   # speed only
-    python benchmarks/extraction_speed.py --parts memory --memory-sizes 1000,10000
+    python benchmarks/extraction_speed.py                 # speed (about 10 min on 2 busy cores)
+    python benchmarks/extraction_speed.py --parts memory  # peak RSS, 1,000 and 10,000 images at 96px
+    python benchmarks/extraction_speed.py --replot        # redraw the charts from OUT/results-*.json
 """
 
 from __future__ import annotations
@@ -91,7 +91,10 @@ def build_parser():
         help="ResNet50 weights file ('none': random init; speed does not depend on the values)",
     )
     parser.add_argument("--models", default="VGG16,ResNet50", help="comma-separated backbones for the speed runs")
-    parser.add_argument("--parts", default="speed,memory", help="what to run: speed, memory or both")
+    parser.add_argument(
+        "--parts", default="speed",
+        help="speed, memory or speed,memory (memory: about 20 min on a busy 2-core machine, so not by default)",
+    )
     parser.add_argument("--n-images", type=int, default=1000, help="CIFAR-10 train images (a multiple of 10)")
     parser.add_argument("--input-size", type=int, default=64, help="square input side for the speed runs")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -444,7 +447,7 @@ def plot_speed(rows: list[dict], info: dict, path: Path) -> Path:
         title=(
             f"Extraction of the 5 stage outputs (avg), {first['n_images']} CIFAR-10 images at "
             f"{first['input_size']}px, batch {first['batch_size']}, best of {first['repeats']}\n"
-            + "; ".join(
+            + "\n".join(
                 f"{r['model']}: layerprobe/naive {r['layerprobe_over_naive']:.2f}x, "
                 f"layerprobe/limit {r['layerprobe_over_limit']:.2f}"
                 for r in rows
@@ -511,6 +514,9 @@ def main(argv=None) -> int:
     for option, path in (("--vgg16-weights", args.vgg16_weights), ("--resnet50-weights", args.resnet50_weights)):
         if path is not None:
             require_path(path, "The weights file", option, kind="file")
+    _check_n_images(args.n_images)
+    for n_images in args.memory_sizes:
+        _check_n_images(n_images)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="work-", dir=args.out))
