@@ -21,7 +21,6 @@ digits) and takes a few minutes at most on two CPU cores:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -32,7 +31,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from features.backbones import BackboneSpec, get_backbone_spec
 from features.inputs import ImageDataset, from_arrays
 from pipeline.config import ExperimentConfig, config_from_dict
 from pipeline.persistence import _write_atomically
@@ -108,22 +106,6 @@ def write_target_images(root: Path) -> Path:
     return root
 
 
-def _low_momentum_spec() -> BackboneSpec:
-    """The MobileNetV2 spec with BatchNormalization momentum `BATCHNORM_MOMENTUM` (weights stay compatible)."""
-    import keras
-
-    spec = get_backbone_spec(MODEL)
-
-    def build(**kwargs):
-        model = spec.constructor(**kwargs)
-        for layer in model.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = BATCHNORM_MOMENTUM
-        return model
-
-    return dataclasses.replace(spec, constructor=build)
-
-
 def train_source_weights(directory: Path, *, log: Callable[[str], None] = print) -> Path:
     """Train the source network on digits 0-4 (or reuse it) and return its headless weights file.
 
@@ -139,10 +121,11 @@ def train_source_weights(directory: Path, *, log: Callable[[str], None] = print)
     options = FinetuneConfig(
         head_epochs=SOURCE_EPOCHS, finetune_epochs=0, augmentation=None, dropout=0.0,
         val_fraction=0.0, early_stopping_patience=None, seed=SEED,
+        scratch_batchnorm_momentum=BATCHNORM_MOMENTUM,
     )
     settings = {
         "model": MODEL, "model_kwargs": MODEL_KWARGS, "input_size": INPUT_SIZE,
-        "batchnorm_momentum": BATCHNORM_MOMENTUM, "options": options.to_dict(), "data": source.digest(),
+        "options": options.to_dict(), "data": source.digest(),
     }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     weights_path = directory / f"digits0-4-{digest}.weights.h5"
@@ -153,7 +136,7 @@ def train_source_weights(directory: Path, *, log: Callable[[str], None] = print)
         return weights_path
     log(f"source network: training {MODEL}{MODEL_KWARGS} from scratch on digits 0-4 ({SOURCE_EPOCHS} epochs)")
     result = train_from_scratch(
-        _low_momentum_spec(), source.subset("train"), output_dir=directory / f"run-{digest}",
+        MODEL, source.subset("train"), output_dir=directory / f"run-{digest}",
         input_size=INPUT_SIZE, model_kwargs=MODEL_KWARGS, config=options, resume=True,
     )
     scores = evaluate_model(result, source.subset("test"))

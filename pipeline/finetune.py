@@ -63,6 +63,7 @@ __all__ = [
     "build_classifier_model",
     "evaluate_model",
     "finetune",
+    "set_batchnorm_momentum",
     "train_from_scratch",
     "unfreeze_top",
 ]
@@ -156,6 +157,10 @@ class FinetuneConfig:
         seed: Seed of initialisation, validation split, shuffling, augmentation.
         mixed_precision: Compute in `mixed_float16` (for GPUs); softmax stays float32.
         workers: Threads decoding batches.
+        scratch_batchnorm_momentum: BatchNormalization momentum when training
+            from scratch. The applications' 0.99-0.999 leave the moving averages
+            near their initial values after a short training, so the network
+            scores at chance in inference mode; None keeps the model's.
 
     Raises:
         ValueError: If a value is out of range; the message names it.
@@ -178,6 +183,7 @@ class FinetuneConfig:
     seed: int = 0
     mixed_precision: bool = False
     workers: int = 1
+    scratch_batchnorm_momentum: float | None = 0.9
 
     def __post_init__(self):
         for name in ("head_epochs", "finetune_epochs"):
@@ -211,6 +217,9 @@ class FinetuneConfig:
         _require(_is_int(self.seed), "seed", "an integer", self.seed)
         _require(isinstance(self.mixed_precision, bool), "mixed_precision", "True or False",
                  self.mixed_precision)
+        momentum = self.scratch_batchnorm_momentum
+        _require(momentum is None or (_is_real(momentum) and 0 <= momentum < 1),
+                 "scratch_batchnorm_momentum", "a float in [0, 1), or None", momentum)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> FinetuneConfig:
@@ -231,6 +240,13 @@ class FinetuneConfig:
 
 
 # --------------------------------------------------------------------------- model
+
+
+def set_batchnorm_momentum(model: keras.Model, momentum: float) -> None:
+    """Sets the moving-average momentum of every BatchNormalization layer (weights unchanged)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
 
 
 @keras.saving.register_keras_serializable(package="layerprobe")
@@ -705,6 +721,8 @@ def _run_phases(
     with keras_seed(config.seed), policy:
         backbone = load_backbone(model, weights=weights, input_size=input_size,
                                  model_kwargs=model_kwargs, seed=config.seed)
+        if mode == "scratch" and config.scratch_batchnorm_momentum is not None:
+            set_batchnorm_momentum(backbone.model, config.scratch_batchnorm_momentum)
         classifier = build_classifier_model(
             backbone, n_classes, hidden_units=config.hidden_units, dropout=config.dropout,
             l2=config.l2, augmentation=config.augmentation, init_head_from=init_head_from,

@@ -424,3 +424,12 @@ def test_train_from_scratch_trains_everything_reproducibly(data, tmp_path):
     for key, value in _snapshot(results[1].model).items():
         np.testing.assert_array_equal(_snapshot(model)[key], value)
     assert pd.read_csv(results[0].history_path)["phase"].tolist() == ["scratch"]
+
+
+def test_train_from_scratch_uses_the_configured_batchnorm_momentum(data, tmp_path):
+    config = FinetuneConfig(head_epochs=1, finetune_epochs=0, augmentation=None, val_fraction=0.0,
+                            scratch_batchnorm_momentum=0.8)
+    result = train_from_scratch(TINY, data, output_dir=tmp_path / "run", config=config)
+    backbone = result.model.get_layer("tiny_cnn")
+    momenta = {layer.momentum for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta == {0.8}
