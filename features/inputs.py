@@ -32,12 +32,16 @@ __all__ = [
     "from_arrays",
     "from_csv",
     "from_directory",
+    "from_image_folder",
     "iter_decoded_chunks",
     "load_image",
     "open_dataset",
+    "open_images",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+UNLABELLED = "<unlabelled>"
+"""The one class name of `from_image_folder` datasets, which have no labels."""
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default for Image.MAX_IMAGE_PIXELS
 
 # Split folder names recognised by `from_directory`, in the order their samples are listed.
@@ -383,13 +387,7 @@ def from_directory(
     image_counts: dict[str, int] = {}
     for split, split_folder in splits:
         for class_folder in _visible_subfolders(split_folder):
-            files = sorted(
-                entry.name
-                for entry in os.scandir(class_folder)
-                if entry.is_file()
-                and not entry.name.startswith(".")
-                and entry.name.lower().endswith(suffixes)
-            )
+            files = _image_files(class_folder, suffixes)
             image_counts[class_folder.name] = image_counts.get(class_folder.name, 0) + len(files)
             paths.extend(os.path.abspath(class_folder / name) for name in files)
             label_names.extend([class_folder.name] * len(files))
@@ -407,6 +405,38 @@ def from_directory(
         )
     labels, class_names = _encode_labels(label_names)
     return ImageDataset(paths, labels, class_names, split_names, root=os.path.abspath(root_path))
+
+
+def _image_files(folder: Path, suffixes: tuple[str, ...]) -> list[str]:
+    """Sorted names of the visible image files directly in `folder`."""
+    return sorted(
+        entry.name
+        for entry in os.scandir(folder)
+        if entry.is_file() and not entry.name.startswith(".") and entry.name.lower().endswith(suffixes)
+    )
+
+
+def from_image_folder(
+    root: str | os.PathLike, *, extensions: Sequence[str] = IMAGE_EXTENSIONS
+) -> ImageDataset:
+    """List the images directly in a folder, unlabelled: new images to predict.
+
+    Every sample gets the single class `UNLABELLED` and split "all".
+
+    Raises:
+        ValueError: If `root` is not a folder or holds no image file.
+    """
+    root_path = Path(root)
+    if not root_path.is_dir():
+        raise ValueError(f"Expected a folder of images. Received: root={root!r}")
+    suffixes = _normalise_extensions(extensions)
+    names = _image_files(root_path, suffixes)
+    if not names:
+        raise ValueError(
+            f"The folder holds no image files (extensions {list(suffixes)}). Received: root={root!r}"
+        )
+    paths = [os.path.abspath(root_path / name) for name in names]
+    return ImageDataset(paths, np.zeros(len(paths)), (UNLABELLED,), ["all"] * len(paths), root=os.path.abspath(root_path))
 
 
 def _row_numbers(positions: Sequence[int], limit: int = 5) -> str:
@@ -582,6 +612,17 @@ def open_dataset(source: str | os.PathLike) -> ImageDataset:
         f"Cannot open a dataset from this source. Expected a folder laid out as {_LAYOUTS}, or "
         f"a .csv file with path and label columns. Received: source={source!r}"
     )
+
+
+def open_images(source: str | os.PathLike) -> ImageDataset:
+    """Like `open_dataset`, and a folder of images without class subfolders is read unlabelled.
+
+    For prediction, where new images need no labels (see `from_image_folder`).
+    """
+    path = Path(source)
+    if path.is_dir() and not _visible_subfolders(path) and _image_files(path, IMAGE_EXTENSIONS):
+        return from_image_folder(path)
+    return open_dataset(source)
 
 
 # --------------------------------------------------------------------------- parallel decoding

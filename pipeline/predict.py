@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from features.extract import FeatureExtractor
-from features.inputs import open_dataset
+from features.inputs import open_images
 from features.layers import LayerInfo
 from features.store import FeatureSet, FeatureStore
 from pipeline.persistence import load_classifier, write_predictions
@@ -84,7 +84,8 @@ def predict_images(
 
     Args:
         model_path: The classifier's `.joblib` file (its `.json` sidecar beside it).
-        data: Image folder or CSV file (see `features.inputs.open_dataset`).
+        data: Image folder (class subfolders, or just images: unlabelled) or
+            CSV file (see `features.inputs.open_images`).
         out: Destination CSV: sample_id, true_label (when the data's class names
             are among the classifier's), predicted_label, and class probabilities
             when the classifier has them.
@@ -111,7 +112,7 @@ def predict_images(
         )
     record = sidecar["extractor"]
     extractor = extractor_from_record(record)
-    dataset = open_dataset(data)
+    dataset = open_images(data)
     key = extractor.keys(dataset)[record["layer"]]
     trained = sidecar["store_key"]
     changed = [name for name in _FEATURE_FIELDS if key.to_dict()[name] != trained[name]]

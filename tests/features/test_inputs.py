@@ -17,15 +17,18 @@ import pytest
 from PIL import Image
 
 from features.inputs import (
+    UNLABELLED,
     DecodedChunk,
     ImageDataset,
     UnreadableImageError,
     from_arrays,
     from_csv,
     from_directory,
+    from_image_folder,
     iter_decoded_chunks,
     load_image,
     open_dataset,
+    open_images,
 )
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -620,3 +623,25 @@ def test_iter_decoded_chunks_validates_arguments_eagerly(kwargs):
     arguments = {"size": 2, **kwargs}
     with pytest.raises(ValueError, match="must be a positive integer"):
         iter_decoded_chunks(_FakeDataset(1), [[0]], **arguments)
+
+
+def test_image_folder_without_class_folders_is_read_unlabelled(tmp_path):
+    for name in ("b.png", "a.jpg", ".hidden.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    dataset = open_images(tmp_path)
+    assert [Path(path).name for path in dataset.sample_ids] == ["a.jpg", "b.png"]
+    assert dataset.class_names == (UNLABELLED,) and set(dataset.splits) == {"all"}
+    assert (dataset.labels == 0).all()
+
+
+def test_open_images_reads_class_folders_as_labelled(tmp_path):
+    for label in ("ants", "bees"):
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "x.png").write_bytes(b"")
+    assert open_images(tmp_path).class_names == ("ants", "bees")
+
+
+def test_folder_without_images_is_an_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match="holds no image files"):
+        from_image_folder(tmp_path)
