@@ -157,6 +157,17 @@ def _write_error(path: Path, error: OSError) -> StoreError:
     return StoreError(f"Could not write {path}: {error}")
 
 
+def _umask() -> int:
+    """The process umask, read from /proc where possible (`os.umask` can only read it by setting it)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def _atomic_h5(final_path: Path) -> Iterator[h5py.File]:
     """Write an HDF5 file under a temporary name; rename it into place on success.
@@ -173,6 +184,7 @@ def _atomic_h5(final_path: Path) -> Iterator[h5py.File]:
             yield handle
         with open(tmp_path, "rb+") as raw:
             os.fsync(raw.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; committed files get the usual mode
         os.replace(tmp_path, final_path)
         _fsync_directory(final_path.parent)
     except OSError as error:

@@ -2,7 +2,7 @@
 
 `weights` is one of:
   * `"imagenet"`: Keras downloads the file once into `$KERAS_HOME/models`;
-  * `None` (or `"none"`): random Glorot/He initialisation from `seed`;
+  * `None` (or `"none"`, `"random"`): random Glorot/He initialisation from `seed`;
   * a path to a Keras 3 `.weights.h5` file or a legacy by-layer `.h5` file as
     the Keras applications publish them.
 
@@ -14,6 +14,7 @@ same numbers share features and any change of numbers is a cache miss.
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 import re
 import warnings
@@ -26,7 +27,7 @@ import numpy as np
 from features.backbones import BackboneSpec, get_backbone_spec
 from features.seeding import keras_seed
 
-__all__ = ["Backbone", "WeightsUnavailableError", "load_backbone", "file_digest"]
+__all__ = ["Backbone", "WeightsUnavailableError", "file_digest", "load_backbone", "parse_weights"]
 
 _READ_BLOCK = 1 << 20
 
@@ -83,14 +84,32 @@ def values_digest(model) -> str:
     return "sha256:" + sha.hexdigest()
 
 
-def _normalise_weights(weights: str | os.PathLike | None) -> str | None:
+def parse_weights(weights: str | os.PathLike | None) -> str | None:
+    """What a `weights` argument asks for: `"imagenet"`, None (random init) or a file path.
+
+    `"imagenet"`, `"none"` and `"random"` are matched case-insensitively; any
+    other text is a path, returned as given (unchecked).
+
+    Raises:
+        ValueError: For an empty string.
+    """
     if weights is None:
         return None
     text = os.fspath(weights)
-    if text.lower() in ("none", "random", ""):
+    if not text:
+        raise ValueError(
+            "weights is empty. Pass 'imagenet', 'none' for random initialisation, or the path of "
+            "a .weights.h5/.h5 file. Received: weights=''"
+        )
+    if text.lower() in ("none", "random"):
         return None
-    if text.lower() == "imagenet":
-        return "imagenet"
+    return "imagenet" if text.lower() == "imagenet" else text
+
+
+def _resolve_weights(weights: str | os.PathLike | None) -> str | None:
+    text = parse_weights(weights)
+    if text in (None, "imagenet"):
+        return text
     path = Path(text).expanduser()
     if not path.is_file():
         raise WeightsUnavailableError(
@@ -102,7 +121,15 @@ def _normalise_weights(weights: str | os.PathLike | None) -> str | None:
 
 
 def _check_input_size(spec: BackboneSpec, input_size: int | None) -> int:
-    size = spec.default_input_size if input_size is None else int(input_size)
+    if input_size is None:
+        return spec.default_input_size
+    try:
+        size = operator.index(input_size)
+    except TypeError:
+        raise ValueError(
+            f"input_size must be a whole number of pixels, e.g. {spec.default_input_size} "
+            f"({spec.name}'s default). Received: input_size={input_size!r}"
+        ) from None
     if size < spec.min_input_size:
         raise ValueError(
             f"input_size={size} is below the minimum of {spec.min_input_size} pixels "
@@ -147,18 +174,31 @@ def load_backbone(
         A `Backbone` holding the model and its weights digest.
 
     Raises:
-        ValueError: Unknown model name or input size below the family minimum.
+        ValueError: Unknown model name, empty `weights`, model_kwargs the
+            constructor does not take, or an input size that is not a whole number
+            or is below the family minimum.
         WeightsUnavailableError: ImageNet weights cannot be downloaded, the
             file is missing, or the file does not fit the architecture.
     """
     spec = model if isinstance(model, BackboneSpec) else get_backbone_spec(model)
     size = _check_input_size(spec, input_size)
-    resolved = _normalise_weights(weights)
+    resolved = _resolve_weights(weights)
     kwargs = dict(model_kwargs or {})
+    reserved = sorted({"include_top", "weights", "input_shape"} & set(kwargs))
+    if reserved:
+        raise ValueError(
+            f"model_kwargs must not set {reserved}: layerprobe sets them (use the weights and "
+            f"input_size arguments). Received: model_kwargs={kwargs!r}"
+        )
     build_args = dict(include_top=False, input_shape=(size, size, 3), **kwargs)
     with keras_seed(seed):
         try:
             keras_model = spec.constructor(weights=resolved if resolved == "imagenet" else None, **build_args)
+        except TypeError as error:
+            raise ValueError(
+                f"{spec.name} does not accept these model_kwargs: {error}. Pass only keyword arguments "
+                f"of its constructor (e.g. alpha for MobileNetV2). Received: model_kwargs={kwargs!r}"
+            ) from error
         except Exception as error:  # Keras raises a bare Exception on download failure.
             if resolved == "imagenet" and "URL fetch failure" in str(error):
                 raise _offline_error(spec, error) from error

@@ -196,12 +196,13 @@ def make_pipeline(
     return Pipeline(steps)
 
 
-def check_features(X: Any, *, name: str = "X") -> np.ndarray:
+def check_features(X: Any, *, name: str = "X", sample_ids: Sequence[Any] | None = None) -> np.ndarray:
     """Checks that a feature matrix is 2-D, numeric, non-empty and finite.
 
     Args:
         X: Array-like of shape ``(n_samples, n_features)``.
-        name: Argument name used in error messages.
+        name: What ``X`` is, for error messages.
+        sample_ids: One id per row; errors then name the bad samples, not row numbers.
 
     Returns:
         ``X`` as a numpy array.
@@ -221,11 +222,13 @@ def check_features(X: Any, *, name: str = "X") -> np.ndarray:
     if bad.any():
         bad_rows = np.flatnonzero(bad.any(axis=1))
         bad_cols = np.flatnonzero(bad.any(axis=0))
+        first = bad_rows[:5].tolist() if sample_ids is None else [str(sample_ids[i]) for i in bad_rows[:5]]
         raise ValueError(
             f"{name} contains {int(bad.sum())} NaN or inf values in {bad_rows.size} row(s) "
-            f"and {bad_cols.size} column(s) (first bad rows: {bad_rows[:5].tolist()}). "
-            "The cached features may be corrupt: re-extract them, or drop those samples. "
-            f"Received: {name} with shape {X.shape}"
+            f"and {bad_cols.size} column(s) (first bad {'rows' if sample_ids is None else 'samples'}: "
+            f"{first}). No classifier can be fitted on them. Float16 storage turns values beyond "
+            "65504 into inf, and weights holding NaN give NaN: re-extract with float32 storage or "
+            f"other weights, or drop those samples. Received: {name} with shape {X.shape}"
         )
     return X
 

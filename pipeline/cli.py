@@ -4,6 +4,7 @@
     layerprobe extract --model VGG16 --weights PATH|imagenet|none --layers a,b --data DIR|CSV --store STORE
     layerprobe store ls|info|rm STORE [ENTRY...]
     layerprobe run [CONFIG.toml] [--out DIR] [--store DIR]
+    layerprobe finetune CONFIG.toml [--out DIR] [--store DIR]
     layerprobe predict CLASSIFIER.joblib --data DIR|CSV [--out predictions.csv]
 """
 
@@ -33,7 +34,12 @@ def _split_list(text: str) -> list[str]:
 
 
 def _weights(text: str) -> str | None:
-    return None if text.lower() in ("none", "random") else text
+    from features.weights import parse_weights
+
+    try:
+        return parse_weights(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _print_table(rows: Sequence[dict], columns: Sequence[str]) -> None:
@@ -138,6 +144,7 @@ def _store(args: argparse.Namespace) -> int:
 
 
 @_command("run")
+@_command("finetune")
 def _run(args: argparse.Namespace) -> int:
     if args.config is None:
         from pipeline.config import DEFAULT_OUTPUT_DIR, DEFAULT_STORE
@@ -149,7 +156,7 @@ def _run(args: argparse.Namespace) -> int:
     from pipeline.run import run_experiment
 
     config = load_config(args.config).with_paths(output_dir=args.out, store=args.store)
-    run_experiment(config, progress=not args.no_progress)
+    run_experiment(config, progress=not args.no_progress, finetune_only=args.command == "finetune")
     return 0
 
 
@@ -201,9 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--store", default=None, help="feature store (default: the config's [features] store, or layerprobe-store)")
     run.add_argument("--no-progress", action="store_true")
 
+    finetune = commands.add_parser(
+        "finetune",
+        help="run only the [finetune] stage of a config; its rows replace those of its modes in the run's results table",
+    )
+    finetune.add_argument("config", help="TOML experiment config with a [finetune] section")
+    finetune.add_argument("--out", default=None, help="output directory (default: the config's [output] dir)")
+    finetune.add_argument("--store", default=None, help="feature store of the kept rows (default: the config's)")
+    finetune.set_defaults(no_progress=True)  # no extraction, so no progress bars
+
     predict = commands.add_parser("predict", help="predict new images with a classifier saved by `layerprobe run`")
     predict.add_argument("classifier", help="a .joblib file from a run's models/ folder")
-    predict.add_argument("--data", required=True, help="image folder (class subfolders) or CSV")
+    predict.add_argument("--data", required=True, help="image folder (class subfolders, or just images: predicted unlabelled) or CSV")
     predict.add_argument("--out", default="predictions.csv", help="predictions CSV (default: predictions.csv)")
     predict.add_argument("--store", default=None, help="feature store (default: the one the classifier was trained from)")
     predict.add_argument("--no-progress", action="store_true")

@@ -59,6 +59,7 @@ except ModuleNotFoundError:  # Python 3.10
 from features.backbones import BACKBONES
 from features.extract import STORAGE_DTYPES
 from features.truncate import POOLINGS
+from features.weights import parse_weights
 from pipeline.classifiers import CLASSIFIERS, PREPROCESSING, make_pipeline
 
 __all__ = [
@@ -450,8 +451,9 @@ class _Checker:
         if not isinstance(value, str) or not value:
             self.report(where, 'expected "imagenet", "none" or the path of a weights file', value)
             return None
-        if value.lower() in ("imagenet", "none"):
-            return None if value.lower() == "none" else "imagenet"
+        parsed = parse_weights(value)
+        if parsed in (None, "imagenet"):
+            return parsed
         path = self.path(where, value, must_exist=True)
         if path is not None and not path.is_file():
             self.report(where, f"{path} is not a file", value)
@@ -490,6 +492,24 @@ def _backbones(checker: _Checker, raw: Any) -> tuple[BackboneConfig, ...]:
             values["model_kwargs"] = MappingProxyType(dict(values.get("model_kwargs", {})))
             backbones.append(BackboneConfig(**values))
     return tuple(backbones)
+
+
+def _input_size(checker: _Checker, features: FeaturesConfig | None, backbones: tuple[BackboneConfig, ...]) -> None:
+    """An input size below a backbone's minimum is a config problem, found before any model is built."""
+    size = None if features is None else features.input_size
+    small = {
+        backbone.model: BACKBONES[backbone.model].min_input_size
+        for backbone in backbones
+        if size is not None and size < BACKBONES[backbone.model].min_input_size
+    }
+    if small:
+        minimums = ", ".join(f"{model} {minimum}" for model, minimum in small.items())
+        checker.report(
+            "[features] input_size",
+            f"below the smallest input some backbones accept ({minimums} pixels); set input_size = "
+            f"{max(small.values())} or more (images are resized to it), or leave it out for each backbone's default",
+            size,
+        )
 
 
 def _grid(checker: _Checker, where: str, name: str, grid: Any, classifiers: dict) -> dict[str, tuple] | None:
@@ -564,7 +584,7 @@ def config_from_dict(
     Raises:
         ConfigError: Listing every problem: unknown sections or keys (with the
             closest valid key), wrong types, unknown classifiers or backbones,
-            missing data path or weights file.
+            missing data path or weights file, an input size too small for a backbone.
 
     Example:
         >>> config_from_dict({"data": {"path": "images"}, "backbones": [{"model": "VGG16"}]}, ".")
@@ -581,6 +601,7 @@ def config_from_dict(
     data = _data(checker, raw.get("data", {}))
     features = _features(checker, raw.get("features", {}))
     backbones = _backbones(checker, raw.get("backbones"))
+    _input_size(checker, features, backbones)
     classifiers = _classifiers(checker, raw.get("classifiers", {}))
     output_values = checker.section("output", raw.get("output", {}), "[output]")
     output_dir = checker.path("[output] dir", output_values.get("dir", DEFAULT_OUTPUT_DIR), must_exist=False)

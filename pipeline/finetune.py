@@ -16,9 +16,9 @@ A run writes into its `output_dir`:
     epoch), so `resume=True` continues an interrupted run where it stopped;
   * `model.keras`: the final model, loadable with `keras.saving.load_model`.
 
-Per-layer learning rates (lower rates for lower blocks) are not offered:
-Keras 3 has no backend-neutral way to give variables of one optimizer
-different rates (the torch optimizers bypass `update_step`).
+Lower blocks can train at lower rates in phase 2 (`block_lr_decay`, the
+layer-wise decay of timm and BEiT) through `BlockwiseAdam`, an Adam that scales
+the rate per variable in `update_step`, which every backend calls per variable.
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ from pipeline.persistence import _write_atomically
 __all__ = [
     "AUGMENTATIONS",
     "BackbonePreprocessing",
+    "BlockwiseAdam",
+    "EpochLogger",
+    "FeatureStandardization",
     "FinetuneConfig",
     "FinetuneResult",
     "ImageBatches",
@@ -81,7 +84,7 @@ _DEFAULT_AUGMENTATION = {"flip": "horizontal", "rotation": 0.1, "zoom": 0.1, "co
 # May differ when resuming: they change how long a run trains, not what it trains.
 _RESUMABLE_FIELDS = ("head_epochs", "finetune_epochs", "early_stopping_patience", "workers")
 _STATE_FILE = "state.json"
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: the head standardizes its input
 
 
 # --------------------------------------------------------------------------- configuration
@@ -142,7 +145,11 @@ class FinetuneConfig:
         finetune_epochs: Epochs of phase 2 (top blocks unfrozen); 0 skips it.
         unfreeze_blocks: Top blocks unfrozen in phase 2: an integer, `"all"`,
             or `"from:LAYER_NAME"` (see `unfreeze_top`).
-        learning_rate: Adam learning rate of phase 2.
+        learning_rate: Adam learning rate of phase 2 (of its top unfrozen block).
+        block_lr_decay: Factor on the rate per block down from the top in
+            phase 2: the block below the top one trains at
+            `learning_rate * block_lr_decay`, the next at `* block_lr_decay**2`,
+            and so on (blocks as in `unfreeze_top`); 1.0 trains all at one rate.
         head_learning_rate: Adam learning rate of phase 1 (and of training from scratch).
         batch_size: Images per gradient step.
         hidden_units: Sizes of dense ReLU layers between pooling and the softmax.
@@ -170,6 +177,7 @@ class FinetuneConfig:
     finetune_epochs: int = 5
     unfreeze_blocks: int | str = 1
     learning_rate: float = 1e-5
+    block_lr_decay: float = 1.0
     head_learning_rate: float = 1e-3
     batch_size: int = 32
     hidden_units: tuple[int, ...] = ()
@@ -195,6 +203,9 @@ class FinetuneConfig:
         for name in ("learning_rate", "head_learning_rate"):
             value = getattr(self, name)
             _require(_is_real(value) and value > 0, name, "a float > 0, e.g. 1e-5", value)
+        _require(_is_real(self.block_lr_decay) and 0 < self.block_lr_decay <= 1, "block_lr_decay",
+                 "a float in (0, 1], e.g. 0.5 (1 trains every block at learning_rate)",
+                 self.block_lr_decay)
         for name in ("batch_size", "workers"):
             value = getattr(self, name)
             _require(_is_int(value) and value >= 1, name, "an integer >= 1", value)
@@ -282,6 +293,34 @@ class BackbonePreprocessing(keras.layers.Layer):
         return {**super().get_config(), "preprocess_module": self.preprocess_module}
 
 
+@keras.saving.register_keras_serializable(package="layerprobe")
+class FeatureStandardization(keras.layers.Layer):
+    """`(x - mean) / scale` per feature, with fixed (non-trainable) statistics.
+
+    Feeds the head standardized pooled features, as the classical classifiers
+    get them: raw pooled features can be large (norms in the hundreds), which
+    saturates a freshly initialised softmax. The identity until `set_weights`
+    gives it statistics; they are saved and restored with the model.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def build(self, input_shape):
+        n_features = (input_shape[-1],)
+        self.mean = self.add_weight(shape=n_features, initializer="zeros", trainable=False,
+                                    name="mean")
+        self.scale = self.add_weight(shape=n_features, initializer="ones", trainable=False,
+                                     name="scale")
+
+    def call(self, inputs):
+        return keras.ops.divide(keras.ops.subtract(inputs, self.mean), self.scale)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
 def _augmentation_layers(augmentation: Mapping[str, Any] | None) -> list:
     return [
         getattr(keras.layers, AUGMENTATIONS[key])(value, name=f"augment_{key}", dtype="float32")
@@ -326,6 +365,9 @@ def build_classifier_model(
 
     The model takes `(input_size, input_size, 3)` float pixels in 0-255, so it
     needs no outside preprocessing. Augmentation is active in training only.
+    The pooled features pass a `FeatureStandardization` layer (named
+    `standardize`; `finetune` sets it from the training images, training from
+    scratch leaves it the identity) before the head.
 
     Args:
         backbone: From `features.weights.load_backbone`.
@@ -336,8 +378,8 @@ def build_classifier_model(
         augmentation: Keys among `AUGMENTATIONS`, e.g. `{"flip": "horizontal",
             "rotation": 0.1}`, or None.
         init_head_from: `(coef, intercept)` of a scikit-learn logistic regression
-            trained on the top layer's avg-pooled features, to start the softmax
-            from; needs `hidden_units=()`.
+            trained on the top layer's avg-pooled features (e.g. cached in a
+            feature store), to start the softmax from; needs `hidden_units=()`.
         freeze_batchnorm: Call the backbone with `training=False` (the transfer
             recipe); False lets BatchNormalization use batch statistics in training.
         seed: Seed of the head's initialisation (which depends on nothing else)
@@ -366,6 +408,7 @@ def build_classifier_model(
         x = BackbonePreprocessing(backbone.spec.preprocess_module, name="preprocess")(x)
         x = backbone.model(x, training=False) if freeze_batchnorm else backbone.model(x)
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = FeatureStandardization(name="standardize")(x)
         for k, units in enumerate(hidden_units, start=1):
             if dropout:
                 x = keras.layers.Dropout(dropout, name=f"head_dropout_{k}")(x)
@@ -382,10 +425,31 @@ def build_classifier_model(
             name="predictions",
         )
         outputs = output_layer(x)
+    model = keras.Model(inputs, outputs, name=f"{backbone.model.name}_classifier")
     if init_head_from is not None:
-        n_features = int(backbone.model.output.shape[-1])
-        output_layer.set_weights(_head_weights(init_head_from, n_features, n_classes))
-    return keras.Model(inputs, outputs, name=f"{backbone.model.name}_classifier")
+        _set_head(model, init_head_from)
+    return model
+
+
+def _set_head(model: keras.Model, init_head_from: tuple[Any, Any]) -> None:
+    """Sets the softmax from a logistic regression on the raw pooled features `x`,
+    folding in the `standardize` layer: W x + b = (W * scale) z + (W mean + b)."""
+    mean, scale = model.get_layer("standardize").get_weights()
+    n_classes = int(model.output.shape[-1])
+    kernel, bias = _head_weights(init_head_from, len(mean), n_classes)
+    model.get_layer("predictions").set_weights([kernel * scale[:, None], bias + mean @ kernel])
+
+
+def _fit_standardization(model: keras.Model, batches: ImageBatches) -> None:
+    """Sets the `standardize` layer to the mean and std of the pooled features of `batches`.
+
+    Features constant over the batches keep scale 1, as in scikit-learn's StandardScaler.
+    """
+    pooled = keras.Model(model.input, model.get_layer("avg_pool").output)
+    X = pooled.predict(batches, verbose=0).astype("float64")
+    std = X.std(axis=0)
+    scale = np.where(std > 1e-6 * std.max(), std, 1.0)
+    model.get_layer("standardize").set_weights([X.mean(axis=0), scale])
 
 
 # --------------------------------------------------------------------------- freezing
@@ -405,6 +469,11 @@ def _backbone_model(model: Any) -> Any:
     return nested[0] if nested else model
 
 
+def _stage_ends(model, spec: BackboneSpec) -> list[int]:
+    """Indices in `model.layers` of the stage outputs, where blocks end."""
+    return [info.index for info in describe_layers(model, spec) if info.stage is not None]
+
+
 def _first_unfrozen(model, spec: BackboneSpec, blocks: int | str) -> int:
     """Index in `model.layers` of the lowest layer that `blocks` unfreezes."""
     _check_blocks(blocks)
@@ -412,7 +481,7 @@ def _first_unfrozen(model, spec: BackboneSpec, blocks: int | str) -> int:
         return 0
     if isinstance(blocks, str):
         return resolve_layers(model, spec, [blocks.removeprefix("from:")])[0].index
-    stages = [info.index for info in describe_layers(model, spec) if info.stage is not None]
+    stages = _stage_ends(model, spec)
     if blocks > len(stages):
         raise ValueError(
             f"{spec.name} has {len(stages)} blocks (stage outputs), so unfreeze_blocks must lie "
@@ -457,6 +526,63 @@ def unfreeze_top(model: Any, spec: BackboneSpec, blocks: int | str) -> list[str]
         if layer.trainable and layer.weights:
             unfrozen.append(layer.name)
     return unfrozen
+
+
+def _block_lr_scales(model: Any, spec: BackboneSpec, decay: float) -> dict[str, float]:
+    """`variable.path` -> rate factor of the trainable backbone variables below the top block.
+
+    A layer `k` blocks below the top one (blocks end at the stage outputs, as in
+    `unfreeze_top`) gets `decay**k`; the top block and the head are left out (factor 1).
+    """
+    if decay == 1:
+        return {}
+    backbone = _backbone_model(model)
+    ends = _stage_ends(backbone, spec)
+    scales = {}
+    for index, layer in enumerate(backbone.layers):
+        below_top = max(0, sum(end >= index for end in ends) - 1)
+        for variable in layer.trainable_weights if below_top else ():
+            scales[variable.path] = decay**below_top
+    return scales
+
+
+@keras.saving.register_keras_serializable(package="layerprobe")
+class BlockwiseAdam(keras.optimizers.Adam):
+    """Adam with a learning-rate factor per variable, e.g. lower rates for lower blocks.
+
+    Scales the rate in `update_step`, which the TensorFlow, JAX and torch
+    backends all call once per variable for a subclass (torch's fused Adam
+    replaces only `keras.optimizers.Adam` itself).
+
+    Args:
+        learning_rate: Rate of the variables without a factor.
+        lr_scales: `variable.path` -> factor on `learning_rate`; others get 1.
+        **kwargs: Other `keras.optimizers.Adam` arguments.
+    """
+
+    def __init__(self, learning_rate: float = 0.001, *, lr_scales: Mapping[str, float] | None = None,
+                 **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.lr_scales = dict(lr_scales or {})
+
+    def build(self, variables):
+        super().build(variables)
+        paths = [variable.path for variable in variables]
+        unknown = sorted(set(self.lr_scales) - set(paths))
+        if unknown:
+            raise ValueError(
+                f"lr_scales names variables the optimizer does not train: {unknown[:5]}. Key it by "
+                f"`variable.path` of the model's trainable variables (e.g. {paths[:2]}). "
+                f"Received: lr_scales with {len(self.lr_scales)} entries"
+            )
+        self._variable_scales = [self.lr_scales.get(path, 1.0) for path in paths]
+
+    def update_step(self, gradient, variable, learning_rate):
+        scale = self._variable_scales[self._get_variable_index(variable)]
+        super().update_step(gradient, variable, learning_rate * scale)
+
+    def get_config(self):
+        return {**super().get_config(), "lr_scales": self.lr_scales}
 
 
 # --------------------------------------------------------------------------- data
@@ -557,6 +683,23 @@ class _EpochLogs(keras.callbacks.Callback):
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(learning_rate))
 
 
+class EpochLogger(keras.callbacks.Callback):
+    """Calls `log` with one line per epoch (phase, loss, accuracy, seconds): progress for a run log."""
+
+    def __init__(self, log: Callable[[str], None]):
+        super().__init__()
+        self.log = log
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = ", ".join(f"{name} {logs[name]:.3f}" for name in
+                            ("loss", "accuracy", "val_loss", "val_accuracy") if name in logs)
+        seconds = time.perf_counter() - self.started
+        self.log(f"epoch {epoch + 1} ({logs.get('phase', 'fit')}): {metrics} ({seconds:.0f} s)")
+
+
 def _save_checkpoint(model, directory: Path, state: dict[str, Any]) -> None:
     """Writes the weights under a new name, commits `state.json` pointing to them,
     then deletes older weights: a crash leaves the previous checkpoint intact."""
@@ -593,7 +736,7 @@ def _read_state(directory: Path, run: dict[str, Any]) -> dict[str, Any] | None:
         raise ValueError(
             f"The checkpoint in {directory} was written by a different run (differing: "
             f"{mismatched or ['state version']}). Resume with the same backbone, data and "
-            "settings, or pass resume=False to start over (deletes the checkpoint). "
+            f"settings, or start over: pass resume=False or delete {directory}. "
             f"Received: {({key: run[key] for key in mismatched})}"
         )
     return state
@@ -624,6 +767,7 @@ class _Phase:
     epochs: int
     learning_rate: float
     set_trainable: Callable[[Any], Any]
+    block_lr_decay: float = 1.0
 
 
 def _plan(mode: str, config: FinetuneConfig, spec: BackboneSpec) -> list[_Phase]:
@@ -634,7 +778,7 @@ def _plan(mode: str, config: FinetuneConfig, spec: BackboneSpec) -> list[_Phase]
         _Phase("head", config.head_epochs, config.head_learning_rate,
                lambda m: setattr(_backbone_model(m), "trainable", False)),
         _Phase("finetune", config.finetune_epochs, config.learning_rate,
-               lambda m: unfreeze_top(m, spec, config.unfreeze_blocks)),
+               lambda m: unfreeze_top(m, spec, config.unfreeze_blocks), config.block_lr_decay),
     ]
 
 
@@ -683,6 +827,7 @@ class FinetuneResult:
             "weights": self.weights,
             "unfreeze_blocks": "all" if self.mode == "scratch" else self.config.unfreeze_blocks,
             "learning_rate": self.learning_rate,
+            "block_lr_decay": 1.0 if self.mode == "scratch" else self.config.block_lr_decay,
             "epochs": self.epochs_run,
             "fit_seconds": self.fit_seconds,
             "model_path": str(self.model_path),
@@ -744,6 +889,12 @@ def _run_phases(
                              workers=config.workers)
         val = ImageBatches(train_data.select(val_idx), backbone.input_size,
                            config.batch_size, workers=config.workers) if len(val_idx) else None
+        # Scratch training keeps the identity: its features move with training, and
+        # BatchNormalization in training mode gives them other statistics than inference.
+        if state is None and mode == "finetune":  # a resumed run has these in its checkpoint
+            _fit_standardization(classifier, train)
+            if init_head_from is not None:
+                _set_head(classifier, init_head_from)
         epoch = state["epoch"] if state else 0
         for phase in phases:
             earlier = state is not None and names.index(state["phase"]) > names.index(phase.name)
@@ -753,8 +904,9 @@ def _run_phases(
             phase_start = state["phase_start"] if resumed else epoch
             end = phase_start + phase.epochs
             phase.set_trainable(classifier)
+            scales = _block_lr_scales(classifier, backbone.spec, phase.block_lr_decay)
             classifier.compile(
-                optimizer=keras.optimizers.Adam(phase.learning_rate),
+                optimizer=BlockwiseAdam(phase.learning_rate, lr_scales=scales),
                 loss="sparse_categorical_crossentropy",
                 metrics=["accuracy"],
             )

@@ -29,7 +29,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -42,7 +42,7 @@ from features.layers import LayerInfo
 from features.store import FeatureSet, FeatureStore
 from features.weights import WeightsUnavailableError
 from pipeline.advice import Advice, recommend
-from pipeline.classifiers import fit_classifier
+from pipeline.classifiers import check_features, fit_classifier
 from pipeline.config import BackboneConfig, ConfigError, DataConfig, ExperimentConfig
 from pipeline.evaluate import evaluate
 from pipeline.persistence import _write_atomically, load_classifier, save_classifier, write_predictions
@@ -94,7 +94,8 @@ def split_dataset(dataset: ImageDataset, data: DataConfig, *, source: str = "<co
         definition recorded with every fitted classifier.
 
     Raises:
-        ConfigError: If the dataset has several splits and not both named ones.
+        ConfigError: If the dataset has several splits and not both named ones,
+            or a single split that cannot be split stratified (a class with one image).
     """
     names = dataset.split_names
     definition = {"train_split": data.train_split, "test_split": data.test_split}
@@ -110,13 +111,52 @@ def split_dataset(dataset: ImageDataset, data: DataConfig, *, source: str = "<co
             ],
             source,
         )
-    train, test = train_test_split(
-        np.arange(len(dataset)), test_size=data.test_size, stratify=dataset.labels, random_state=data.seed
-    )
+    counts = np.bincount(dataset.labels, minlength=len(dataset.class_names))
+    few = {name: int(count) for name, count in zip(dataset.class_names, counts) if count < 2}
+    problem = f"class(es) {sorted(few)} have fewer than 2 images, one for each split. Received: {few}" if few else None
+    if problem is None:
+        try:
+            train, test = train_test_split(
+                np.arange(len(dataset)), test_size=data.test_size, stratify=dataset.labels, random_state=data.seed
+            )
+        except ValueError as error:
+            problem = f"{error} Received: test_size={data.test_size}"
+    if problem is not None:
+        raise ConfigError(
+            [
+                f"[data] test_size: the data at {data.path} has a single split, and no stratified train/test "
+                f"split of it can be made. Add images, change test_size, or split the data yourself "
+                f"(train/ and test/ folders): {problem}"
+            ],
+            source,
+        )
     splits = np.empty(len(dataset), dtype=object)
     splits[train], splits[test] = data.train_split, data.test_split
     made = {**definition, "made": True, "test_size": data.test_size, "seed": data.seed}
     return dataclasses.replace(dataset, splits=list(splits)), made
+
+
+def _class_problems(
+    class_names: Sequence[str], y_train: np.ndarray, y_test: np.ndarray, split: dict
+) -> tuple[str | None, list[str]]:
+    """Why classifiers cannot be fitted on these labels (None if they can), and the classes the test split lacks."""
+    n_train = np.bincount(y_train, minlength=len(class_names))
+    untested = [name for name, count in zip(class_names, np.bincount(y_test, minlength=len(class_names))) if not count]
+    few = {name: int(count) for name, count in zip(class_names, n_train) if count < 2}
+    if len(class_names) < 2:
+        problem = (
+            f"there is a single class {list(class_names)}; a classifier needs at least 2. Add a "
+            f"class folder (or CSV label) per class"
+        )
+    elif few:
+        problem = (
+            f"class(es) {sorted(few)} have fewer than 2 images in the train split {split['train_split']!r}; "
+            f"fitting and cross-validating a classifier needs at least 2 per class. Add training images of "
+            f"them, or remove them from the data. Received: training images {few}"
+        )
+    else:
+        problem = None
+    return problem, untested
 
 
 def _build_extractors(config: ExperimentConfig) -> list[tuple[BackboneConfig, FeatureExtractor]]:
@@ -137,8 +177,8 @@ def _build_extractors(config: ExperimentConfig) -> list[tuple[BackboneConfig, Fe
                     seed=backbone.seed,
                 )
             except (ValueError, WeightsUnavailableError) as error:
-                problems.append(f"[[backbones]] #{number} ({backbone.model}, pooling {pooling}): {error}")
-                continue
+                problems.append(f"[[backbones]] #{number} ({backbone.model}): {error}")
+                break  # the other poolings would fail the same way
             extractors.append((backbone, extractor))
     if problems:
         raise ConfigError(problems, config.source)
@@ -177,11 +217,6 @@ def _finished_row(stem: Path, settings: dict) -> dict | None:
     return {**sidecar["row"], "model_path": str(stem.with_suffix(".joblib"))}
 
 
-def _load_splits(store: FeatureStore, key: FeatureKey, data: DataConfig) -> tuple[FeatureSet, FeatureSet]:
-    features = store.load(key)
-    return features.split(data.train_split), features.split(data.test_split)
-
-
 @dataclass(frozen=True)
 class _Layer:
     """One layer's features to fit classifiers on."""
@@ -197,6 +232,27 @@ class _Layer:
         return round(self.info.index / (len(self.extractor.backbone.model.layers) - 1), 4)
 
 
+def _load_splits(layer: _Layer, split: dict) -> tuple[FeatureSet, FeatureSet]:
+    """The layer's train and test features, checked before any classifier sees them.
+
+    Raises:
+        ValueError: If a class has fewer than 2 training rows once unreadable
+            images are left out, or the features hold NaN or inf.
+    """
+    features = layer.store.load(layer.key)
+    train, test = (features.split(split[name]) for name in ("train_split", "test_split"))
+    where = f"layer {layer.info.name} (store entry {layer.key.entry_name})"
+    problem, _ = _class_problems(features.class_names, train.y, test.y, split)
+    if problem is not None:
+        raise ValueError(
+            f"Unreadable images were left out of {where} (`layerprobe store info {layer.store.root} "
+            f"{layer.key.entry_name}` lists them), and now {problem}"
+        )
+    for name, part in zip(("train_split", "test_split"), (train, test)):
+        check_features(flat_features(part), name=f"{where}, split {split[name]!r},", sample_ids=part.sample_ids)
+    return train, test
+
+
 def _fit_row(
     layer: _Layer,
     classifier: str,
@@ -206,7 +262,12 @@ def _fit_row(
     train: FeatureSet,
     test: FeatureSet,
 ) -> dict:
-    """Fit on the training split only, score once on the test split, save everything."""
+    """Fit on the training split only, score once on the test split, save everything.
+
+    The old sidecar goes first: the files of a fit killed half-way are never
+    paired with the row of an earlier fit.
+    """
+    stem.with_suffix(".json").unlink(missing_ok=True)
     options = config.classifiers
     X_train, X_test = flat_features(train), flat_features(test)
     fit = fit_classifier(
@@ -289,7 +350,7 @@ def _fit_layer(layer: _Layer, config: ExperimentConfig, split: dict, table: _Tab
         jobs.append((classifier, stem, settings, _finished_row(stem, settings)))
     features = None
     if any(finished is None for *_, finished in jobs):
-        features = _load_splits(layer.store, layer.key, config.data)
+        features = _load_splits(layer, split)
     for classifier, stem, settings, finished in jobs:
         row = finished or _fit_row(layer, classifier, settings, stem, config, *features)
         log(
@@ -311,9 +372,10 @@ def _finetune_rows(
 
     "finetune" runs once per backbone that has weights; "scratch" once per
     architecture. A finished run's row is saved beside it and reused when its
-    settings match, like the classifier rows.
+    settings match, like the classifier rows. An unfinished (killed) run
+    resumes from its checkpoint if its settings match, and starts over if not.
     """
-    from pipeline.finetune import FinetuneConfig, evaluate_model, finetune, train_from_scratch
+    from pipeline.finetune import EpochLogger, FinetuneConfig, evaluate_model, finetune, train_from_scratch
 
     stage = config.finetune
     options = FinetuneConfig.from_dict(stage.options)
@@ -346,10 +408,15 @@ def _finetune_rows(
             log(f"  reused   {mode} {backbone.model} ({run_dir})")
             rows.append(saved["row"])
             continue
-        log(f"  training {mode} {backbone.model} ({run_dir})")
+        started = run_dir / "settings.json"
+        resume = started.is_file() and json.loads(started.read_text(encoding="utf-8")) == settings
+        log(f"  {'resuming' if resume else 'training'} {mode} {backbone.model} ({run_dir})")
+        text = json.dumps(settings, indent=2)
+        _write_atomically(started, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         common = dict(
             output_dir=run_dir, input_size=config.features.input_size,
-            model_kwargs=dict(backbone.model_kwargs), config=options, resume=True,
+            model_kwargs=dict(backbone.model_kwargs), config=options, resume=resume,
+            callbacks=[EpochLogger(lambda line: log(f"    {line}"))],
         )
         if mode == "finetune":
             result = finetune(backbone.model, train, weights=backbone.weights, **common)
@@ -369,7 +436,7 @@ def _finetune_rows(
             "test_balanced_accuracy": scores["balanced_accuracy"],
             "test_macro_f1": scores["macro_f1"],
             "fit_seconds": round(result.fit_seconds, 3),
-            "best_params": json.dumps({name: scores[name] for name in ("unfreeze_blocks", "learning_rate", "epochs")}),
+            "best_params": json.dumps({name: scores[name] for name in ("unfreeze_blocks", "learning_rate", "block_lr_decay", "epochs")}),
             "model_path": str(result.model_path),
         }
         text = json.dumps({"settings": settings, "row": row}, indent=2)
@@ -379,12 +446,20 @@ def _finetune_rows(
     return rows
 
 
-def _data_text(data: DataConfig, dataset: ImageDataset, split: dict) -> str:
-    made = f" (made: stratified, test_size {split['test_size']}, seed {split['seed']})" if split["made"] else ""
+def _untested_text(untested: list[str], split: dict) -> str:
     return (
+        f"class(es) {untested} have no images in the test split {split['test_split']!r}: the test scores "
+        f"measure the other classes only (the classifiers still learn and predict them)."
+    )
+
+
+def _data_text(data: DataConfig, dataset: ImageDataset, split: dict, untested: list[str]) -> str:
+    made = f" (made: stratified, test_size {split['test_size']}, seed {split['seed']})" if split["made"] else ""
+    text = (
         f"`{data.path}`: {len(dataset)} images, classes {list(dataset.class_names)}; "
         f"train split {split['train_split']!r}, test split {split['test_split']!r}{made}."
     )
+    return f"{text} Note: {_untested_text(untested, split)}" if untested else text
 
 
 def _skipped_text(skipped: list[tuple[str, str]]) -> str:
@@ -397,8 +472,26 @@ def _skipped_text(skipped: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def _earlier_rows(path: Path, modes: Sequence[str]) -> list[dict]:
+    """The rows of the results table at `path` whose mode is not in `modes` ([] if there is none)."""
+    if not path.is_file():
+        return []
+    return [row for row in pd.read_csv(path).to_dict("records") if row["mode"] not in modes]
+
+
+def _stored_skipped(store: FeatureStore, rows: list[dict]) -> dict[str, str]:
+    """Unreadable images recorded in the store entries of `rows` that the store still holds."""
+    entries = {row["store_entry"] for row in rows if isinstance(row.get("store_entry"), str)}
+    held = entries & {entry["entry"] for entry in store.entries()}
+    return {sample_id: reason for entry in held for sample_id, reason in store.info(entry)["skipped"]}
+
+
 def run_experiment(
-    config: ExperimentConfig, *, log: Callable[[str], None] = print, progress: bool = True
+    config: ExperimentConfig,
+    *,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    finetune_only: bool = False,
 ) -> RunResult:
     """Run a whole experiment: extract, fit, score, save, summarise, recommend.
 
@@ -407,18 +500,41 @@ def run_experiment(
         log: Called with one line per event (cached/computed features,
             fitted/reused rows, the final table and advice).
         progress: Show progress bars while extracting.
+        finetune_only: Run only the `[finetune]` stage (`layerprobe finetune`):
+            its rows replace those of the same modes in the existing results
+            table, whose other rows are kept; no extraction, no classifier fit.
 
     Returns:
         A :class:`RunResult`.
 
     Raises:
-        ConfigError: Before any work, if the data lack the named splits or a
-            backbone cannot be built as configured (unknown layer, input size
-            too small, weights file that does not fit).
+        ConfigError: Before any work, if `finetune_only` is set and the config
+            has no `[finetune]` section, if the data lack the named splits, have
+            a single class or a class with fewer than 2 training images, or a
+            backbone cannot be built as configured (unknown layer, weights file
+            that does not fit, unknown model_kwargs).
+        ValueError: Before fitting a layer's classifiers, if its features hold
+            NaN or inf, or unreadable images left a class with fewer than 2
+            training rows.
     """
     started = time.perf_counter()
+    if finetune_only and config.finetune is None:
+        raise ConfigError(
+            ["[finetune]: `layerprobe finetune` runs this section, which the config lacks. Add one, e.g. "
+             "`[finetune]` with `modes = [\"finetune\"]` and `unfreeze_blocks = 1`"],
+            config.source,
+        )
     dataset, split = split_dataset(open_dataset(config.data.path), config.data, source=config.source)
-    extractors = _build_extractors(config)
+    splits = np.asarray(dataset.splits)
+    problem, untested = _class_problems(
+        dataset.class_names,
+        dataset.labels[splits == split["train_split"]],
+        dataset.labels[splits == split["test_split"]],
+        split,
+    )
+    if problem is not None:
+        raise ConfigError([f"[data] path: in {config.data.path}, {problem}"], config.source)
+    extractors = [] if finetune_only else _build_extractors(config)
     store = FeatureStore(config.features.store)
     out = config.output.dir
     out.mkdir(parents=True, exist_ok=True)
@@ -426,9 +542,15 @@ def run_experiment(
         f"{len(dataset)} images, {len(dataset.class_names)} classes; train split {split['train_split']!r}, "
         f"test split {split['test_split']!r}{' (made: stratified)' if split['made'] else ''}; store {store.root}"
     )
+    if untested:
+        log(f"warning: {_untested_text(untested, split)}")
     table = _Table(out / "results.csv")
     skipped: dict[str, str] = {}
     n_forward = n_fitted = n_reused = 0
+    if finetune_only:
+        table.rows = _earlier_rows(table.path, config.finetune.modes)
+        skipped.update(_stored_skipped(store, table.rows))
+        n_reused = len(table.rows)
     for number, (backbone, extractor) in enumerate(extractors, start=1):
         log(
             f"[{number}/{len(extractors)}] {extractor.backbone.architecture}, weights {backbone.weights_label}, "
@@ -458,7 +580,7 @@ def run_experiment(
         title=f"layerprobe run: {config.source}",
         sections={
             "Recommendation": advice.text,
-            "Data": _data_text(config.data, dataset, split),
+            "Data": _data_text(config.data, dataset, split, untested),
             "Unreadable images": _skipped_text(skipped_list),
             "Files": (
                 f"- results: `{results_path}`\n- plot: `{plot_path}`\n- models and predictions: `{out / 'models'}`"

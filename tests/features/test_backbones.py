@@ -8,7 +8,7 @@ import pytest
 
 from features.backbones import BACKBONES, BackboneSpec, get_backbone_spec
 from features.layers import UnknownLayerError, describe_layers, resolve_layers
-from features.weights import WeightsUnavailableError, file_digest, load_backbone
+from features.weights import WeightsUnavailableError, file_digest, load_backbone, parse_weights
 
 
 def test_registry_covers_every_keras_application():
@@ -61,6 +61,35 @@ def test_missing_or_mismatched_weights_file_is_a_clear_error(tmp_path):
     other.model.save_weights(path)
     with pytest.raises(WeightsUnavailableError, match="Could not load weights"):
         load_backbone("VGG16", weights=path, input_size=32)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("imagenet", "imagenet"), ("ImageNet", "imagenet"), ("none", None), ("Random", None), (None, None),
+     ("w/net.weights.h5", "w/net.weights.h5")],
+)
+def test_parse_weights(text, expected):
+    assert parse_weights(text) == expected
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(weights=""), r"weights is empty\. Pass 'imagenet', 'none' .* Received: weights=''"),
+        (dict(input_size=32.7), r"whole number of pixels, e\.g\. 224 .* Received: input_size=32\.7"),
+        (dict(input_size="abc"), r"whole number of pixels.* Received: input_size='abc'"),
+        (dict(model_kwargs={"input_shape": (8, 8, 3)}), r"must not set \['input_shape'\]"),
+    ],
+)
+def test_bad_arguments_are_value_errors_naming_the_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        load_backbone("VGG16", **{"weights": None, "input_size": 32, **kwargs})
+
+
+def test_unknown_model_kwargs_are_a_value_error():
+    with pytest.raises(ValueError, match=r"MobileNetV2 does not accept these model_kwargs: .*'alpah'.*"
+                                         r"Received: model_kwargs=\{'alpah': 0\.35\}"):
+        load_backbone("MobileNetV2", weights=None, input_size=32, model_kwargs={"alpah": 0.35})
 
 
 def test_imagenet_offline_says_how_to_pass_a_local_file(tmp_path, monkeypatch):

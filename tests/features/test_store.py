@@ -1,5 +1,8 @@
 """The HDF5 store: round trips, integrity checks, listing and removal."""
 
+import os
+import stat
+
 import h5py
 import numpy as np
 import pytest
@@ -62,6 +65,20 @@ def test_committed_entry_is_a_single_file_and_partial_work_is_gone(filled):
     store, _, _ = filled
     assert [p.name for p in store.root.glob("*.h5")] == [f"{_key().entry_name}.h5"]
     assert not list((store.root / ".partial").iterdir())
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)], ids=["022", "002", "077"])
+def test_committed_files_get_the_mode_of_the_umask(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        store = FeatureStore(tmp_path)
+        entry = _commit(store, _key(), np.zeros((6, 2), "float32"), np.arange(6) % 2, ["train"] * 6, chunk=4)
+        partial = store.partial(_key("block2_pool"), {"chunk_size": 4})
+        partial.write_chunk(0, np.zeros((4, 2), "float32"), np.arange(4), [])
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(entry.stat().st_mode) == mode
+    assert stat.S_IMODE((partial.directory / "chunk_000000.h5").stat().st_mode) == mode
 
 
 def test_listing_info_and_removal(filled):

@@ -169,6 +169,19 @@ def test_wrong_types_and_ranges_are_all_reported(tmp_path, images):
     assert len(problems) == 10
 
 
+def test_input_size_below_a_backbone_minimum_asks_for_the_largest_minimum(tmp_path, images):
+    backbones = [{"model": "VGG16"}, {"model": "InceptionV3"}, {"model": "Xception"}]
+    raw = {"data": {"path": "images"}, "features": {"input_size": 64}, "backbones": backbones}
+    problems, _ = _problems(raw, tmp_path)
+    assert problems == [
+        "[features] input_size: below the smallest input some backbones accept (InceptionV3 75, Xception 71 "
+        "pixels); set input_size = 75 or more (images are resized to it), or leave it out for each backbone's "
+        "default. Received: 64"
+    ]
+    config = config_from_dict({"data": {"path": "images"}, "backbones": backbones}, tmp_path)
+    assert config.features.input_size is None  # each backbone's default
+
+
 def test_missing_required_parts_are_reported(tmp_path):
     problems, message = _problems({"features": {}}, tmp_path)
     assert "[data]: this section is required" in message
@@ -201,7 +214,7 @@ def test_with_paths_overrides_output_and_store(tmp_path, images):
 
 def test_default_experiment_config_builds(tmp_path):
     weights = _write(tmp_path / "source.weights.h5", "placeholder")
-    (tmp_path / "out" / "data" / "digits-5-9").mkdir(parents=True)
+    (tmp_path / "out" / "data" / "digits-B").mkdir(parents=True)
     config = default_config(tmp_path / "out", tmp_path / "store", weights)
     source, random = config.backbones
     assert source.model == random.model == "MobileNetV2"

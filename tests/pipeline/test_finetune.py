@@ -1,6 +1,13 @@
-"""Tests for pipeline.finetune: freezing, phases, checkpoints/resume, saving, evaluation."""
+"""Tests for pipeline.finetune: freezing, phases, block rates, checkpoints/resume, saving,
+evaluation, and the `layerprobe finetune` command."""
 
+import importlib.util
+import json
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -12,9 +19,14 @@ from sklearn.linear_model import LogisticRegression
 from features.backbones import BackboneSpec, get_backbone_spec
 from features.inputs import from_arrays, from_csv
 from features.layers import UnknownLayerError, describe_layers
+from features.extract import FeatureExtractor
 from features.weights import load_backbone
+from pipeline import finetune as finetune_module
+from pipeline import run as run_module
+from pipeline.cli import main
 from pipeline.finetune import (
     BackbonePreprocessing,
+    BlockwiseAdam,
     FinetuneConfig,
     ImageBatches,
     build_classifier_model,
@@ -113,7 +125,7 @@ def test_config_defaults_round_trip_through_a_dict():
     assert config.augmentation == {"flip": "horizontal", "rotation": 0.1, "zoom": 0.1,
                                    "contrast": 0.1}
     assert (config.early_stopping_patience, config.val_fraction, config.seed) == (3, 0.1, 0)
-    assert config.mixed_precision is False
+    assert config.mixed_precision is False and config.block_lr_decay == 1.0
     custom = FinetuneConfig.from_dict({"hidden_units": [64], "unfreeze_blocks": "from:block5_conv1",
                                        "augmentation": None})
     assert custom.hidden_units == (64,) and custom.augmentation is None
@@ -140,6 +152,8 @@ def test_config_defaults_round_trip_through_a_dict():
         ({"augmentation": {"flip": "diagonal"}}, "horizontal_and_vertical"),
         ({"augmentation": {"flipp": "horizontal"}}, "Did you mean 'flip'"),
         ({"learning_rte": 1e-4}, "Did you mean 'learning_rate'"),
+        ({"block_lr_decay": 0}, r"`block_lr_decay` must be a float in \(0, 1\]"),
+        ({"block_lr_decay": 1.5}, "block_lr_decay"),
     ],
 )
 def test_config_rejects_bad_values_clearly(values, match):
@@ -172,7 +186,7 @@ def test_model_stacks_preprocessing_backbone_and_head():
                                    augmentation={"flip": "horizontal", "zoom": 0.2})
     names = [layer.name for layer in model.layers]
     assert names == ["image", "augment_flip", "augment_zoom", "preprocess", "tiny_cnn", "avg_pool",
-                     "head_dropout_1", "head_dense_1", "head_dropout", "predictions"]
+                     "standardize", "head_dropout_1", "head_dense_1", "head_dropout", "predictions"]
     assert model.get_layer("predictions").dtype_policy.compute_dtype == "float32"
     assert model.get_layer("head_dense_1").kernel_initializer.__class__.__name__ == "HeNormal"
     assert len(model.losses) == 1  # the L2 penalty
@@ -196,6 +210,23 @@ def test_head_initialised_from_logistic_regression_predicts_like_it(data, n_clas
     model = build_classifier_model(backbone, n_classes, dropout=0.0,
                                    init_head_from=(logreg.coef_, logreg.intercept_))
     np.testing.assert_allclose(model.predict(X, verbose=0), logreg.predict_proba(features),
+                               atol=1e-4)
+
+
+def test_finetune_standardizes_the_pooled_features_and_folds_the_logistic_regression_in(data, tmp_path):
+    X = data.images.astype("float32")
+    probe = build_classifier_model(load_backbone(TINY, weights=None), 3)
+    features = keras.Model(probe.input, probe.get_layer("avg_pool").output).predict(X, verbose=0)
+    logreg = LogisticRegression(max_iter=1000).fit(features, data.labels)
+    config = FinetuneConfig(head_epochs=0, finetune_epochs=1, unfreeze_blocks=0, learning_rate=1e-12,
+                            val_fraction=0.0, augmentation=None, batch_size=8)
+    result = finetune(TINY, data, output_dir=tmp_path, weights=None, config=config,
+                      init_head_from=(logreg.coef_, logreg.intercept_))
+    mean, scale = result.model.get_layer("standardize").get_weights()
+    np.testing.assert_allclose(mean, features.mean(axis=0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(scale, features.std(axis=0), rtol=1e-3)
+    assert scale.min() < 0.5 or scale.max() > 2  # not the identity
+    np.testing.assert_allclose(result.model.predict(X, verbose=0), logreg.predict_proba(features),
                                atol=1e-4)
 
 
@@ -433,3 +464,135 @@ def test_train_from_scratch_uses_the_configured_batchnorm_momentum(data, tmp_pat
     backbone = result.model.get_layer("tiny_cnn")
     momenta = {layer.momentum for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)}
     assert momenta == {0.8}
+
+
+# --------------------------------------------------------------------------- block learning rates
+
+_FIRST_STEP = """
+import keras, numpy as np
+from pipeline.finetune import BlockwiseAdam
+low, top = (keras.Variable(np.zeros(3, "float32"), name=name) for name in ("low", "top"))
+optimizer = BlockwiseAdam(0.1, lr_scales={low.path: 0.25})
+optimizer.apply([keras.ops.ones(3), keras.ops.ones(3)], [low, top])
+print(json.dumps([keras.backend.backend()] + [keras.ops.convert_to_numpy(v).tolist() for v in (low, top)]))
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_blockwise_adam_scales_the_rate_per_variable_on_every_backend(backend):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", "import json" + _FIRST_STEP], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    used, low, top = json.loads(done.stdout.splitlines()[-1])
+    assert used == backend
+    # Adam's first step moves each weight by the rate: 0.1 for `top`, 0.25 * 0.1 for `low`.
+    np.testing.assert_allclose(top, [-0.1] * 3, rtol=1e-4)
+    np.testing.assert_allclose(low, [-0.025] * 3, rtol=1e-4)
+
+
+def test_blockwise_adam_rejects_scales_of_unknown_variables():
+    optimizer = BlockwiseAdam(0.1, lr_scales={"block9_conv/kernel": 0.5})
+    with pytest.raises(ValueError, match=r"\['block9_conv/kernel'\].*variable\.path"):
+        optimizer.build([keras.Variable(np.zeros(2), name="kernel")])
+
+
+def test_lower_unfrozen_block_trains_at_the_decayed_rate(data, tmp_path):
+    config = FinetuneConfig(head_epochs=0, finetune_epochs=1, unfreeze_blocks=2, learning_rate=1e-3,
+                            block_lr_decay=0.01, batch_size=8, val_fraction=0.0, augmentation=None)
+    recorder = Recorder()
+    result = finetune(TINY, data, output_dir=tmp_path, weights=None, config=config,
+                      callbacks=[recorder])
+    scales = {"block2_conv/kernel": 0.01, "block2_conv/bias": 0.01}
+    assert result.model.optimizer.lr_scales == scales
+    fit = recorder.fits[0]
+    moved = {key: np.abs(fit["after"][key] - fit["before"][key]).mean() for key in fit["before"]}
+    assert moved[("block1_conv", "kernel")] == 0
+    assert 0 < moved[("block2_conv", "kernel")] < 0.1 * moved[("block3_conv", "kernel")]
+    assert result.as_row()["block_lr_decay"] == 0.01
+    reloaded = keras.saving.load_model(result.model_path)
+    assert isinstance(reloaded.optimizer, BlockwiseAdam) and reloaded.optimizer.lr_scales == scales
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _image_folders(root, splits):
+    """Writes `{split: ImageDataset}` as root/split/class/NN.png."""
+    for split, dataset in splits.items():
+        for i, (pixels, label) in enumerate(zip(dataset.images, dataset.labels)):
+            folder = root / split / CLASS_NAMES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(folder / f"{i:02d}.png")
+    return root
+
+
+def _fail(*args, **kwargs):
+    raise AssertionError("this result must be reused, not computed")
+
+
+def test_finetune_command_adds_its_rows_beside_the_classifier_rows(tmp_path, monkeypatch, capsys):
+    images = _image_folders(tmp_path / "images", {"train": _images(8, seed=0), "test": _images(4, seed=1)})
+    weights = tmp_path / "start.weights.h5"
+    load_backbone("VGG16", weights=None, input_size=SIZE, seed=1).model.save_weights(weights)
+    classifiers_only = textwrap.dedent(f"""
+        [data]
+        path = "{images}"
+        [features]
+        store = "{tmp_path / 'store'}"
+        input_size = {SIZE}
+        [[backbones]]
+        model = "VGG16"
+        weights = "{weights}"
+        layers = ["top"]
+        [classifiers]
+        names = ["logreg"]
+        cv = 2
+        [output]
+        dir = "{tmp_path / 'out'}"
+    """)
+    config = tmp_path / "experiment.toml"
+    config.write_text(classifiers_only)
+    assert main(["finetune", str(config)]) == 2
+    assert "`layerprobe finetune` runs this section, which the config lacks" in capsys.readouterr().err
+
+    assert main(["run", str(config), "--no-progress"]) == 0
+    frozen = pd.read_csv(tmp_path / "out" / "results.csv")
+    stage = """
+        [finetune]
+        modes = ["finetune"]
+        head_epochs = 1
+        finetune_epochs = 1
+        batch_size = 8
+        val_fraction = 0.25
+        block_lr_decay = 0.5
+        unfreeze_blocks = 2
+    """
+    config.write_text(classifiers_only + textwrap.dedent(stage))
+    monkeypatch.setattr(FeatureExtractor, "_forward", _fail)
+    monkeypatch.setattr(run_module, "fit_classifier", _fail)
+    capsys.readouterr()
+    assert main(["finetune", str(config)]) == 0
+    output = capsys.readouterr().out
+    assert "epoch 1 (head): loss" in output and "epoch 2 (finetune): loss" in output
+    table = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert list(table["mode"]) == ["frozen", "finetune"]
+    pd.testing.assert_frame_equal(table.iloc[:1][frozen.columns], frozen, check_dtype=False)  # kept
+    row = table.iloc[1]
+    assert row["weights"] == "start.weights.h5" and row["n_test"] == 12
+    assert json.loads(row["best_params"]) == {"unfreeze_blocks": 2, "learning_rate": 1e-5,
+                                              "block_lr_decay": 0.5, "epochs": 2}
+    keras.saving.load_model(row["model_path"])
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "| frozen | VGG16 |" in summary and "| finetune | VGG16 |" in summary
+
+    # A second call replaces the rows of its modes: the finished finetune row is reused, once.
+    config.write_text(classifiers_only + textwrap.dedent(stage).replace(
+        'modes = ["finetune"]', 'modes = ["finetune", "scratch"]'))
+    monkeypatch.setattr(finetune_module, "finetune", _fail)
+    assert main(["finetune", str(config)]) == 0
+    again = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert list(again["mode"]) == ["frozen", "finetune", "scratch"]
+    pd.testing.assert_frame_equal(again.iloc[:2], table)

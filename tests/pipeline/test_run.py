@@ -6,6 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -253,6 +254,28 @@ def test_killed_run_keeps_its_completed_rows(first_run, tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(resumed.results.iloc[:2], kept, check_dtype=False)
 
 
+def test_fit_killed_between_its_files_never_pairs_them_with_the_earlier_row(first_run, tmp_path, monkeypatch):
+    config, _ = first_run
+    shutil.copytree(config.output.dir, tmp_path / "out")
+    config = config.with_paths(output_dir=tmp_path / "out")
+
+    def save_estimator_then_die(stem, estimator, sidecar):
+        joblib.dump(estimator, Path(stem).with_suffix(".joblib"))
+        raise KeyboardInterrupt  # killed before the sidecar is written
+
+    changed = _config(config.data.path, config.features.store, tmp_path / "out", logreg_grid=(0.5,))
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline.run, "save_classifier", save_estimator_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(changed, log=_quiet, progress=False)
+    # Back to the first grid: the row whose estimator was replaced is fitted again, not reused.
+    again = run_experiment(config, log=_quiet, progress=False)
+    assert (again.n_fitted, again.n_reused) == (1, 3)
+    for row in again.results.itertuples():
+        estimator, sidecar = load_classifier(row.model_path)
+        assert estimator.named_steps["clf"].C == json.loads(row.best_params)["C"] == sidecar["best_params"]["C"]
+
+
 def test_two_concurrent_runs_on_one_store_and_output_both_finish(data_dir, tmp_path):
     config_path = _toml(tmp_path / "run.toml", data_dir, tmp_path / "store", tmp_path / "out")
     script = "import sys; from pipeline.config import load_config; from pipeline.run import run_experiment; " \
@@ -309,6 +332,7 @@ def test_predict_command_rebuilds_the_extractor_and_matches_the_run(first_run, t
     assert (predicted["true_label"].notna()).all()
 
 
+@pytest.mark.slow  # trains VGG16 end to end three times
 def test_finetune_stage_adds_rows_and_reuses_them(data_dir, tmp_path, monkeypatch):
     import pipeline.finetune
     from features.weights import load_backbone
@@ -335,6 +359,14 @@ def test_finetune_stage_adds_rows_and_reuses_them(data_dir, tmp_path, monkeypatc
     monkeypatch.setattr(pipeline.finetune, "train_from_scratch", pipeline.run.fit_classifier)
     again = run_experiment(config, log=_quiet, progress=False)
     pd.testing.assert_frame_equal(pd.read_csv(again.results_path), table)
+
+    monkeypatch.undo()
+    # Settings its checkpoint cannot be resumed with: the scratch run starts over instead of failing.
+    raw["finetune"] = {**raw["finetune"], "modes": ["scratch"], "head_learning_rate": 0.01, "finetune_epochs": 0}
+    lines = []
+    changed = run_experiment(config_from_dict(raw, "/"), log=lines.append, progress=False)
+    assert list(changed.results["mode"]) == ["frozen", "scratch"]
+    assert any(line.startswith("  training scratch VGG16") for line in lines)
 
 
 @pytest.mark.slow

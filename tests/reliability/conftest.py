@@ -5,6 +5,10 @@ weights, two layers, batches of 4 and chunks of 8 (3 chunks of 2 batches), so
 that where a fault lands is predictable. `Harness.run_script` runs that
 extraction in a fresh Python process with a fault-injection prelude, the
 technique of tests/features/test_extract.py's SIGKILL test.
+
+The pipeline cases write a small `layerprobe run` experiment instead
+(`write_images`, `write_experiment`): 32x32 images whose dominant colour is
+their class, VGG16 with random weights, two layers and two classifiers.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Mapping
 
+import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 from features.extract import FeatureExtractor
 from features.inputs import from_arrays
@@ -103,11 +110,22 @@ class Harness:
             chunk_size=CHUNK_SIZE,
             fault=textwrap.dedent(fault).strip(),
         )
-        command = [sys.executable, "-c", script]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
-        if background:
-            return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+        return run_python(script, background=background)
+
+    def interrupt(self, store: FeatureStore, monkeypatch) -> None:
+        """The workload, stopped like Ctrl-C in batch 5: chunks 0 and 1 of both layers are committed."""
+        original, calls = keras.Model.predict_on_batch, []
+
+        def predict_or_crash(model, batch):
+            calls.append(1)
+            if len(calls) == 5:
+                raise Crash()
+            return original(model, batch)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(keras.Model, "predict_on_batch", predict_or_crash)
+            with pytest.raises(Crash):
+                self.extract(store)
 
     def assert_matches_reference(self, store: FeatureStore, names=None) -> None:
         """Bit-identical features, same rows and the same recorded checksum as the reference run."""
@@ -117,6 +135,72 @@ class Harness:
             assert np.array_equal(loaded.X, reference.X), name
             np.testing.assert_array_equal(loaded.sample_ids, reference.sample_ids)
             assert loaded.metadata["features_sha256"] == reference.metadata["features_sha256"]
+
+
+class Crash(BaseException):
+    """Stands for Ctrl-C or a signal turned into an exception."""
+
+
+def run_python(code: str, *, background: bool = False):
+    """`code` in a fresh Python process with the repository importable.
+
+    Returns the CompletedProcess (text output), or the Popen when `background`.
+    """
+    command = [sys.executable, "-c", code]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+    if background:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+
+
+def write_images(root: Path, counts: Mapping[str, Mapping[str, int]], *, seed: int = 0) -> Path:
+    """`counts[split][class]` PNGs in `root/split/class/` (in `root/class/` for split "").
+
+    Each is 32x32 noise whose dominant channel follows the class's position.
+    """
+    rng = np.random.default_rng(seed)
+    for split, classes in counts.items():
+        for position, (name, count) in enumerate(classes.items()):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 100, (32, 32, 3))
+                pixels[..., position % 3] += 150
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{key} = {_toml_value(item)}" for key, item in value.items()) + " }"
+    return json.dumps(value)  # strings, numbers, booleans and lists read the same in TOML
+
+
+def write_experiment(path: Path, **sections) -> Path:
+    """A `layerprobe run` config at `path`: VGG16 (random weights) at 32x32, layers block1_pool
+    and block2_pool, logreg and sgd. Relative paths are under `path`'s folder (`images`, `store`,
+    `out`); each keyword updates the keys of one section (`backbones`: of its one table).
+    """
+    raw = {
+        "data": {"path": "images"},
+        "features": {"store": "store", "input_size": 32, "batch_size": 8},
+        "backbones": {"model": "VGG16", "weights": "none", "layers": ["block1_pool", "block2_pool"]},
+        "classifiers": {
+            "names": ["logreg", "sgd"],
+            "cv": 2,
+            "grids": {"logreg": {"C": [0.1]}, "sgd": {"alpha": [1e-3]}},
+        },
+        "output": {"dir": "out"},
+    }
+    for name, values in sections.items():
+        raw[name] = {**raw.get(name, {}), **values}
+    lines = []
+    for name, table in raw.items():
+        lines.append(f"[[{name}]]" if name == "backbones" else f"[{name}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -138,7 +222,7 @@ def decoder_threads_stop(timeout: float = 5.0) -> bool:
     return False
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def helpers():
     """Small functions shared by the test modules (conftest is not importable as a module)."""
 
@@ -146,5 +230,8 @@ def helpers():
         stray_files = staticmethod(stray_files)
         decoder_threads_stop = staticmethod(decoder_threads_stop)
         report_of = staticmethod(lambda stdout: json.loads(stdout.strip().splitlines()[-1]))
+        run_python = staticmethod(run_python)
+        write_images = staticmethod(write_images)
+        write_experiment = staticmethod(write_experiment)
 
     return _Helpers

@@ -8,7 +8,6 @@ import json
 import shutil
 
 import h5py
-import keras
 import numpy as np
 import pytest
 
@@ -17,25 +16,10 @@ from features.store import CorruptEntryError, FeatureStore
 FIRST, SECOND = "block1_pool", "block3_pool"
 
 
-class Crash(BaseException):
-    pass
-
-
 @pytest.fixture
 def interrupted(harness, tmp_path, monkeypatch):
     """A store whose extraction stopped after committing chunks 0 and 1 of both layers."""
-    original, calls = keras.Model.predict_on_batch, []
-
-    def predict_or_crash(self, batch):
-        calls.append(1)
-        if len(calls) == 5:
-            raise Crash()
-        return original(self, batch)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(keras.Model, "predict_on_batch", predict_or_crash)
-        with pytest.raises(Crash):
-            harness.extract(FeatureStore(tmp_path))
+    harness.interrupt(FeatureStore(tmp_path), monkeypatch)
     return FeatureStore(tmp_path)
 
 

@@ -1,9 +1,15 @@
-"""The same settings and seed give the same entries, bit for bit, in fresh stores."""
+"""The same settings and seeds give the same entries, bit for bit, in fresh stores, and the same results."""
+
+import dataclasses
 
 import numpy as np
+import pandas as pd
 
 from features.extract import FeatureExtractor
+from features.inputs import open_dataset
 from features.store import FeatureStore
+from pipeline.config import load_config
+from pipeline.run import run_experiment, split_dataset
 
 SETTINGS = dict(model="VGG16", weights=None, layers=["block1_pool", "block3_pool"], input_size=32, batch_size=4, seed=7)
 
@@ -29,3 +35,33 @@ def test_two_fresh_runs_give_identical_entries(harness, tmp_path):
     # A different seed is a different network: other keys, other numbers.
     other = FeatureExtractor(**{**SETTINGS, "seed": 8}).keys(harness.dataset())
     assert set(other.values()).isdisjoint(first.keys.values())
+
+
+def test_same_config_and_seeds_give_identical_result_tables(helpers, tmp_path):
+    images = helpers.write_images(tmp_path / "images", {"": {"red": 6, "green": 6, "blue": 6}})
+    sections = dict(
+        data={"path": str(images), "test_size": 0.3, "seed": 3},  # a single split: a seeded split is made
+        classifiers={
+            "names": ["linear_svm", "sgd"],
+            "grids": {"linear_svm": {"C": [0.1, 1.0]}, "sgd": {"alpha": [1e-4, 1e-3]}},
+            "pca_components": 4,
+            "seed": 5,
+        },
+    )
+    results = []
+    for name in ("one", "two"):  # each with a fresh store and output folder
+        config = load_config(helpers.write_experiment(tmp_path / name / "run.toml", **sections))
+        results.append(run_experiment(config, log=lambda line: None, progress=False))
+    first, second = results
+    assert (first.n_fitted, second.n_fitted, second.n_reused) == (4, 4, 0)
+    times_and_places = ["fit_seconds", "model_path"]
+    pd.testing.assert_frame_equal(
+        first.results.drop(columns=times_and_places), second.results.drop(columns=times_and_places), check_exact=True
+    )
+    for a, b in zip(first.results["model_path"], second.results["model_path"]):
+        predictions = [pd.read_csv(path.replace(".joblib", ".predictions.csv")) for path in (a, b)]
+        pd.testing.assert_frame_equal(*predictions, check_exact=True)
+    # The split seed is used: another seed puts other images in the test split.
+    dataset, data = open_dataset(images), config.data
+    made = [split_dataset(dataset, dataclasses.replace(data, seed=seed))[0].splits for seed in (3, 4)]
+    assert made[0] != made[1]

@@ -1,0 +1,168 @@
+"""Bad `layerprobe run` inputs: every one is a message and a non-zero exit, never a traceback.
+
+Config problems and unusable class layouts are found before any work: no
+store, no output folder. Problems that only show in the features (NaN or inf,
+a class emptied by unreadable images) stop the run before any classifier is
+fitted on that layer. tests/pipeline/test_config.py checks the config
+messages in detail; here they go through the command line.
+"""
+
+import numpy as np
+import pytest
+
+from features.extract import FeatureExtractor
+from features.inputs import open_dataset
+from pipeline.cli import main
+
+SPLITS = {"train": {"red": 4, "green": 4, "blue": 4}, "test": {"red": 2, "green": 2, "blue": 2}}
+
+
+def _run(config, capsys):
+    code = main(["run", str(config), "--no-progress"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _nothing_written(root):
+    return not (root / "store").exists() and not (root / "out").exists()
+
+
+# section -> keys, then what the message must say: the offending key, and the suggestion
+BAD_CONFIGS = {
+    "unknown-key": (
+        {"classifiers": {"name": ["logreg"]}},
+        ["[classifiers] name: unknown key (did you mean 'names'?)"],
+    ),
+    "unknown-classifier": (
+        {"classifiers": {"names": ["logreg", "linear_svn"]}},
+        ["[classifiers] names: unknown name(s) ['linear_svn'] (did you mean 'linear_svm'?)"],
+    ),
+    "missing-path": (
+        {"data": {"path": "imgs"}},
+        ["[data] path: ", "imgs does not exist (relative paths are relative to"],
+    ),
+    "wrong-type": (
+        {"features": {"batch_size": "8"}},
+        ["[features] batch_size: expected an integer >= 1. Received: '8'"],
+    ),
+    "layer-of-another-family": (
+        {"backbones": {"model": "ResNet50", "layers": ["block5_pool"]}},
+        ["[[backbones]] #1 (ResNet50): ResNet50 has no layer 'block5_pool'. Closest valid names: ",
+         "`layerprobe layers ResNet50` lists them all. Received: layers='block5_pool'"],
+    ),
+    "unknown-model-kwarg": (
+        {"backbones": {"model": "MobileNetV2", "model_kwargs": {"alpah": 0.35}, "layers": ["top"]}},
+        ["[[backbones]] #1 (MobileNetV2): MobileNetV2 does not accept these model_kwargs: ",
+         "unexpected keyword argument 'alpah'", "Received: model_kwargs={'alpah': 0.35}"],
+    ),
+    "input-size-below-minimum": (
+        {"features": {"input_size": 31}},
+        ["[features] input_size: below the smallest input some backbones accept (VGG16 32 pixels); "
+         "set input_size = 32 or more", "Received: 31"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_bad_config_is_named_with_its_key_and_a_fix_before_any_work(helpers, tmp_path, capsys, case):
+    sections, expected = BAD_CONFIGS[case]
+    helpers.write_images(tmp_path / "images", SPLITS)
+    code, _, err = _run(helpers.write_experiment(tmp_path / "run.toml", **sections), capsys)
+    assert code == 2
+    assert err.startswith(f"layerprobe run: error: The experiment config {tmp_path / 'run.toml'} has 1 problem(s); "
+                          "nothing was run.")
+    for text in expected:
+        assert text in err
+    assert "Traceback" not in err and _nothing_written(tmp_path)
+
+
+BAD_CLASSES = {
+    "single-class": (
+        {"train": {"only": 4}, "test": {"only": 2}},
+        "[data] path: in {images}, there is a single class ['only']; a classifier needs at least 2. "
+        "Add a class folder",
+    ),
+    "class-missing-from-the-train-split": (
+        {"train": {"red": 4, "green": 4}, "test": {"red": 2, "green": 2, "blue": 2}},
+        "[data] path: in {images}, class(es) ['blue'] have fewer than 2 images in the train split 'train'; "
+        "fitting and cross-validating a classifier needs at least 2 per class. Add training images of them, "
+        "or remove them from the data. Received: training images {{'blue': 0}}",
+    ),
+    "class-with-one-image-in-a-single-split": (
+        {"": {"red": 4, "green": 1}},
+        "[data] test_size: the data at {images} has a single split, and no stratified train/test split of it "
+        "can be made. Add images, change test_size, or split the data yourself (train/ and test/ folders): "
+        "class(es) ['green'] have fewer than 2 images, one for each split. Received: {{'green': 1}}",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CLASSES))
+def test_classes_that_cannot_be_learned_are_refused_before_any_work(helpers, tmp_path, capsys, case):
+    counts, expected = BAD_CLASSES[case]
+    helpers.write_images(tmp_path / "images", counts)
+    code, _, err = _run(helpers.write_experiment(tmp_path / "run.toml"), capsys)
+    assert code == 2
+    assert expected.format(images=tmp_path / "images") in err
+    assert "Traceback" not in err and _nothing_written(tmp_path)
+
+
+def test_empty_class_folder_is_refused_before_any_work(helpers, tmp_path, capsys):
+    helpers.write_images(tmp_path / "images", SPLITS)
+    (tmp_path / "images" / "train" / "grey").mkdir()
+    code, _, err = _run(helpers.write_experiment(tmp_path / "run.toml"), capsys)
+    assert code == 2
+    assert err.startswith("layerprobe run: error: Class folder(s) ['grey'] hold no image files")
+    assert "Remove these folders or add images to them" in err and _nothing_written(tmp_path)
+
+
+def test_class_missing_from_the_test_split_is_a_warning_and_the_run_finishes(helpers, tmp_path, capsys):
+    helpers.write_images(tmp_path / "images", {**SPLITS, "test": {"red": 2, "green": 2}})
+    config = helpers.write_experiment(tmp_path / "run.toml", backbones={"layers": ["block1_pool"]},
+                                      classifiers={"names": ["logreg"]})
+    code, out, _ = _run(config, capsys)
+    assert code == 0
+    warning = ("class(es) ['blue'] have no images in the test split 'test': the test scores measure the "
+               "other classes only")
+    assert f"warning: {warning}" in out
+    assert warning in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_class_emptied_by_unreadable_images_stops_before_fitting(helpers, tmp_path, capsys):
+    helpers.write_images(tmp_path / "images", SPLITS)
+    for path in sorted((tmp_path / "images" / "train" / "blue").iterdir())[1:]:
+        path.write_bytes(b"not a png")  # 1 readable training image of blue is left
+    code, _, err = _run(helpers.write_experiment(tmp_path / "run.toml", backbones={"layers": ["block1_pool"]}), capsys)
+    assert code == 2
+    assert "Unreadable images were left out of layer block1_pool (store entry VGG16.block1_pool.avg." in err
+    assert "`layerprobe store info " in err
+    assert "class(es) ['blue'] have fewer than 2 images in the train split 'train'" in err
+    assert "Received: training images {'blue': 1}" in err
+    assert not (tmp_path / "out" / "models").exists()
+
+
+def test_nan_in_test_features_is_found_before_fitting_and_names_the_layer_and_sample(helpers, tmp_path, capsys,
+                                                                                     monkeypatch):
+    images = helpers.write_images(tmp_path / "images", SPLITS)
+    dataset = open_dataset(images)
+    last = len(dataset) - 1
+    assert dataset.splits[last] == "test"  # the training features are clean: only the test split has NaN
+    original, seen = FeatureExtractor._forward, []
+
+    def forward_with_nan(self, *args, **kwargs):
+        outputs = original(self, *args, **kwargs)
+        start = sum(seen)
+        seen.append(len(outputs[1]))
+        if start <= last < start + len(outputs[1]):
+            outputs[1][last - start, 3] = np.nan  # one value of block2_pool for the last image
+        return outputs
+
+    monkeypatch.setattr(FeatureExtractor, "_forward", forward_with_nan)
+    code, out, err = _run(helpers.write_experiment(tmp_path / "run.toml"), capsys)
+    assert code == 2
+    assert "fitted block1_pool / sgd" in out and "block2_pool /" not in out  # block1_pool is fine
+    assert "layer block2_pool (store entry VGG16.block2_pool.avg." in err
+    assert "split 'test', contains 1 NaN or inf values in 1 row(s) and 1 column(s) (first bad samples: " \
+           f"[{dataset.sample_ids[last]!r}])" in err
+    assert "re-extract with float32 storage or other weights" in err
+    assert not list((tmp_path / "out" / "models").glob("VGG16.block2_pool*"))
