@@ -11,7 +11,6 @@ uninterrupted run. Keys already in the store cost no forward pass.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import numpy as np
 from features.inputs import DEFAULT_MAX_PIXELS, ImageDataset, iter_decoded_chunks
 from features.keys import FeatureKey
 from features.layers import LayerInfo, resolve_layers
+from features.plans import ExtractionPlan, PlannedLayer
 from features.store import FeatureSet, FeatureStore, library_versions
 from features.truncate import DEFAULT_MAX_FLATTEN_DIM, build_extractor, per_layer_pooling, pooled_shape
 from features.weights import Backbone, load_backbone
@@ -140,31 +140,34 @@ class FeatureExtractor:
             info.name: pooled_shape(info, self.pooling[info.name], max_flatten_dim=max_flatten_dim)
             for info in self.layers
         }
+        # (layer, pooling) tuple -> built multi-output model; Keras keeps each model's
+        # traced predict function, so a later extract() on new data neither rebuilds nor retraces.
+        self._extractors: dict[tuple[tuple[str, str], ...], Any] = {}
 
     @property
     def layer_names(self) -> list[str]:
         return [info.name for info in self.layers]
 
+    def plan(self) -> ExtractionPlan:
+        """How this extractor's feature keys are made (see `features.plans`)."""
+        last = len(self.backbone.model.layers) - 1
+        return ExtractionPlan(
+            architecture=self.backbone.architecture,
+            weights_digest=self.backbone.weights_digest,
+            input_size=self.backbone.input_size,
+            preprocessing=self.backbone.spec.preprocessing,
+            dtype=self.dtype,
+            compute_dtype=self.compute_dtype,
+            max_pixels=self.max_pixels,
+            layers=tuple(
+                PlannedLayer(info.name, info.stable_id, self.pooling[info.name], round(info.index / last, 4), info.stage)
+                for info in self.layers
+            ),
+        )
+
     def keys(self, dataset: ImageDataset, dataset_digest: str | None = None) -> dict[str, FeatureKey]:
         """The store key of each selected layer's features for `dataset`."""
-        digest = dataset_digest or dataset.digest()
-        if self.max_pixels != DEFAULT_MAX_PIXELS:
-            # The size guard decides which samples are kept: part of what the features describe.
-            digest = hashlib.sha256(f"{digest}:max_pixels={self.max_pixels}".encode()).hexdigest()
-        return {
-            info.name: FeatureKey(
-                backbone=self.backbone.architecture,
-                weights=self.backbone.weights_digest,
-                layer=info.stable_id,
-                pooling=self.pooling[info.name],
-                input_size=self.backbone.input_size,
-                preprocessing=self.backbone.spec.preprocessing,
-                dtype=self.dtype,
-                compute_dtype=self.compute_dtype,
-                dataset=digest,
-            )
-            for info in self.layers
-        }
+        return self.plan().keys(dataset_digest or dataset.digest())
 
     def extract(
         self,
@@ -243,6 +246,14 @@ class FeatureExtractor:
             )
         return [range(start, min(start + size, n_samples)) for start in range(0, n_samples, size)]
 
+    def _extractor(self, layers: Sequence[LayerInfo]):
+        """The multi-output model for `layers`, built on first use and kept for later calls."""
+        key = tuple((info.name, self.pooling[info.name]) for info in layers)
+        if key not in self._extractors:
+            with _dtype_policy(self.compute_dtype):
+                self._extractors[key] = build_extractor(self.backbone.model, layers, self.pooling)
+        return self._extractors[key]
+
     def _forward(self, model, layers: Sequence[LayerInfo], images: np.ndarray) -> list[np.ndarray]:
         """Pooled outputs for a chunk, in fixed-size batches (the last one zero-padded).
 
@@ -285,8 +296,7 @@ class FeatureExtractor:
         resumed = len(chunks) - len(todo)
         if resumed:
             log(f"resuming after {resumed} committed chunk(s) of {len(chunks)}")
-        with _dtype_policy(self.compute_dtype):
-            model = build_extractor(self.backbone.model, layers, self.pooling)
+        model = self._extractor(layers)
         bar = _progress_bar(total=sum(len(chunks[i]) for i in todo), enabled=progress, desc="extracting")
         try:
             decoded = iter_decoded_chunks(

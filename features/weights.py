@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from features.backend import import_keras_quietly
 from features.backbones import BackboneSpec, get_backbone_spec
 from features.seeding import keras_seed
 
@@ -180,6 +181,7 @@ def load_backbone(
         WeightsUnavailableError: ImageNet weights cannot be downloaded, the
             file is missing, or the file does not fit the architecture.
     """
+    import_keras_quietly()
     spec = model if isinstance(model, BackboneSpec) else get_backbone_spec(model)
     size = _check_input_size(spec, input_size)
     resolved = _resolve_weights(weights)

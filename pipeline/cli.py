@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Callable, Sequence
 
@@ -226,31 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _start_backend_quietly() -> None:
-    """Import Keras and create its device context with C++ stderr muted.
-
-    TensorFlow prints start-up notices (oneDNN, missing CUDA) from C++ before
-    its logging is configured, so no environment variable silences them.
-    Python errors still surface: they are raised after stderr is restored.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import keras
-
-            keras.ops.zeros((1,))
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `layerprobe` console script."""
     args = build_parser().parse_args(argv)
-    _start_backend_quietly()
     from features.store import StoreError
     from features.weights import WeightsUnavailableError
 

@@ -557,7 +557,10 @@ def _finetune(checker: _Checker, raw: Any) -> FinetuneStageConfig | None:
     except _Invalid as problem:
         checker.report("[finetune] modes", str(problem), raw["modes"])
         return None
-    from pipeline.finetune import FinetuneConfig  # imports Keras: only for configs that finetune
+    from features.backend import import_keras_quietly
+
+    import_keras_quietly()  # pipeline.finetune imports Keras: only for configs that finetune
+    from pipeline.finetune import FinetuneConfig
 
     try:
         FinetuneConfig.from_dict(options)

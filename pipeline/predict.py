@@ -17,7 +17,6 @@ import numpy as np
 
 from features.extract import FeatureExtractor
 from features.inputs import open_images
-from features.layers import LayerInfo
 from features.store import FeatureSet, FeatureStore
 from pipeline.persistence import load_classifier, write_predictions
 
@@ -27,26 +26,25 @@ __all__ = ["extractor_record", "extractor_from_record", "flat_features", "predic
 _FEATURE_FIELDS = ("backbone", "weights", "layer", "pooling", "input_size", "preprocessing", "dtype", "compute_dtype")
 
 
-def extractor_record(extractor: FeatureExtractor, layer: LayerInfo, *, seed: int) -> dict[str, Any]:
+def extractor_record(settings: dict[str, Any], layer: str, input_size: int) -> dict[str, Any]:
     """What a sidecar records to rebuild the extractor of one layer's features.
 
     Args:
-        extractor: The extractor the features came from.
-        layer: The layer.
-        seed: The seed the extractor was built with (random init when weights is None).
+        settings: The `FeatureExtractor` arguments the features came from.
+        layer: The layer's name.
+        input_size: The input size the extractor was built for (resolved default).
     """
-    backbone = extractor.backbone
     return {
-        "model": backbone.spec.name,
-        "weights": backbone.weights,
-        "model_kwargs": dict(backbone.model_kwargs),
-        "seed": seed,
-        "layer": layer.name,
-        "pooling": extractor.pooling[layer.name],
-        "input_size": backbone.input_size,
-        "batch_size": extractor.batch_size,
-        "dtype": extractor.dtype,
-        "mixed_precision": extractor.compute_dtype == "mixed_float16",
+        "model": settings["model"],
+        "weights": settings["weights"],
+        "model_kwargs": dict(settings.get("model_kwargs") or {}),
+        "seed": settings["seed"],
+        "layer": layer,
+        "pooling": settings["pooling"],
+        "input_size": input_size,
+        "batch_size": settings["batch_size"],
+        "dtype": settings["dtype"],
+        "mixed_precision": settings.get("mixed_precision", False),
     }
 
 

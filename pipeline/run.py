@@ -35,10 +35,11 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from features.backend import import_keras_quietly
 from features.extract import FeatureExtractor
 from features.inputs import ImageDataset, open_dataset
 from features.keys import FeatureKey
-from features.layers import LayerInfo
+from features.plans import ExtractionPlan, PlannedLayer, load_plan, plan_signature, save_plan
 from features.store import FeatureSet, FeatureStore
 from features.weights import WeightsUnavailableError
 from pipeline.advice import Advice, recommend
@@ -159,30 +160,66 @@ def _class_problems(
     return problem, untested
 
 
-def _build_extractors(config: ExperimentConfig) -> list[tuple[BackboneConfig, FeatureExtractor]]:
-    """Every backbone x pooling extractor, built before any work; problems raise one ConfigError."""
-    extractors, problems = [], []
+@dataclass
+class _Extraction:
+    """One backbone x pooling: the extractor's arguments, its plan, and the extractor once built."""
+
+    backbone: BackboneConfig
+    settings: dict
+    plan: ExtractionPlan
+    extractor: FeatureExtractor | None = None
+
+    def build(self) -> FeatureExtractor:
+        if self.extractor is None:
+            self.extractor = FeatureExtractor(**self.settings)
+        return self.extractor
+
+
+def _extractor_settings(config: ExperimentConfig, backbone: BackboneConfig, pooling: str) -> dict:
+    """The `FeatureExtractor` arguments of one backbone x pooling, JSON-ready."""
+    return {
+        "model": backbone.model,
+        "weights": backbone.weights,
+        "layers": list(backbone.layers),
+        "pooling": pooling,
+        "input_size": config.features.input_size,
+        "batch_size": config.features.batch_size,
+        "dtype": config.features.dtype,
+        "model_kwargs": dict(backbone.model_kwargs),
+        "seed": backbone.seed,
+    }
+
+
+def _plan_extractions(config: ExperimentConfig) -> list[_Extraction]:
+    """Every backbone x pooling with its feature keys, known before any work.
+
+    A plan saved in the store by an earlier run with the same settings gives the
+    keys without building the backbone (no Keras import when everything is
+    cached); otherwise the extractor is built, which checks the backbone config.
+
+    Raises:
+        ConfigError: Listing every backbone that cannot be built as configured.
+    """
+    extractions, built, problems = [], [], []
     for number, backbone in enumerate(config.backbones, start=1):
         for pooling in config.features.pooling:
-            try:
-                extractor = FeatureExtractor(
-                    backbone.model,
-                    weights=backbone.weights,
-                    layers=list(backbone.layers),
-                    pooling=pooling,
-                    input_size=config.features.input_size,
-                    batch_size=config.features.batch_size,
-                    dtype=config.features.dtype,
-                    model_kwargs=dict(backbone.model_kwargs),
-                    seed=backbone.seed,
-                )
-            except (ValueError, WeightsUnavailableError) as error:
-                problems.append(f"[[backbones]] #{number} ({backbone.model}): {error}")
-                break  # the other poolings would fail the same way
-            extractors.append((backbone, extractor))
+            settings = _extractor_settings(config, backbone, pooling)
+            signature = plan_signature(settings)
+            plan, extractor = load_plan(config.features.store, signature), None
+            if plan is None:
+                try:
+                    extractor = FeatureExtractor(**settings)
+                except (ValueError, WeightsUnavailableError) as error:
+                    problems.append(f"[[backbones]] #{number} ({backbone.model}): {error}")
+                    break  # the other poolings would fail the same way
+                plan = extractor.plan()
+                built.append((signature, plan))
+            extractions.append(_Extraction(backbone, settings, plan, extractor))
     if problems:
         raise ConfigError(problems, config.source)
-    return extractors
+    for signature, plan in built:
+        save_plan(config.features.store, signature, plan)
+    return extractions
 
 
 def _jsonable(value: Any) -> Any:
@@ -221,15 +258,10 @@ def _finished_row(stem: Path, settings: dict) -> dict | None:
 class _Layer:
     """One layer's features to fit classifiers on."""
 
-    extractor: FeatureExtractor
-    backbone: BackboneConfig
-    info: LayerInfo
+    extraction: _Extraction
+    info: PlannedLayer
     key: FeatureKey
     store: FeatureStore
-
-    @property
-    def depth(self) -> float:
-        return round(self.info.index / (len(self.extractor.backbone.model.layers) - 1), 4)
 
 
 def _load_splits(layer: _Layer, split: dict) -> tuple[FeatureSet, FeatureSet]:
@@ -284,11 +316,11 @@ def _fit_row(
     scores = evaluate(fit.estimator, X_test, test.y, test.class_names)
     row = {
         "mode": "frozen",
-        "backbone": layer.extractor.backbone.architecture,
-        "weights": layer.backbone.weights_label,
+        "backbone": layer.extraction.plan.architecture,
+        "weights": layer.extraction.backbone.weights_label,
         "layer": layer.info.name,
         "stage": layer.info.stage,
-        "depth": layer.depth,
+        "depth": layer.info.depth,
         "pooling": layer.key.pooling,
         "classifier": classifier,
         "feature_dim": X_train.shape[1],
@@ -311,7 +343,7 @@ def _fit_row(
         "store_key": layer.key.to_dict(),
         "store_entry": layer.key.entry_name,
         "store": str(layer.store.root),
-        "extractor": extractor_record(layer.extractor, layer.info, seed=layer.backbone.seed),
+        "extractor": extractor_record(layer.extraction.settings, layer.info.name, layer.extraction.plan.input_size),
         "classifier": classifier,
         "best_params": fit.best_params,
         "cv_score": fit.cv_score,
@@ -375,6 +407,7 @@ def _finetune_rows(
     settings match, like the classifier rows. An unfinished (killed) run
     resumes from its checkpoint if its settings match, and starts over if not.
     """
+    import_keras_quietly()
     from pipeline.finetune import EpochLogger, FinetuneConfig, evaluate_model, finetune, train_from_scratch
 
     stage = config.finetune
@@ -534,7 +567,7 @@ def run_experiment(
     )
     if problem is not None:
         raise ConfigError([f"[data] path: in {config.data.path}, {problem}"], config.source)
-    extractors = [] if finetune_only else _build_extractors(config)
+    extractions = [] if finetune_only else _plan_extractions(config)
     store = FeatureStore(config.features.store)
     out = config.output.dir
     out.mkdir(parents=True, exist_ok=True)
@@ -551,17 +584,24 @@ def run_experiment(
         table.rows = _earlier_rows(table.path, config.finetune.modes)
         skipped.update(_stored_skipped(store, table.rows))
         n_reused = len(table.rows)
-    for number, (backbone, extractor) in enumerate(extractors, start=1):
+    dataset_digest = dataset.digest()
+    for number, extraction in enumerate(extractions, start=1):
+        plan = extraction.plan
         log(
-            f"[{number}/{len(extractors)}] {extractor.backbone.architecture}, weights {backbone.weights_label}, "
-            f"{extractor.pooling[extractor.layer_names[0]]} pooling: layers {extractor.layer_names}"
+            f"[{number}/{len(extractions)}] {plan.architecture}, weights {extraction.backbone.weights_label}, "
+            f"{plan.layers[0].pooling} pooling: layers {[layer.name for layer in plan.layers]}"
         )
-        report = extractor.extract(dataset, store, progress=progress, log=lambda line: log(f"  {line}"))
-        n_forward += report.n_forward
-        skipped.update(report.skipped)
-        for info in extractor.layers:
-            layer = _Layer(extractor, backbone, info, report.keys[info.name], store)
-            fitted = _fit_layer(layer, config, split, table, log)
+        keys = plan.keys(dataset_digest)
+        if all(store.has(key) for key in keys.values()):
+            for name, key in keys.items():
+                log(f"  cached   {name} ({key.entry_name})")
+            skipped.update(store.info(next(iter(keys.values())).entry_name)["skipped"])
+        else:
+            report = extraction.build().extract(dataset, store, progress=progress, log=lambda line: log(f"  {line}"))
+            n_forward += report.n_forward
+            skipped.update(report.skipped)
+        for info in plan.layers:
+            fitted = _fit_layer(_Layer(extraction, info, keys[info.name], store), config, split, table, log)
             n_fitted += fitted
             n_reused += len(config.classifiers.names) - fitted
     if config.finetune is not None:

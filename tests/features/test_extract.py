@@ -104,6 +104,65 @@ def test_only_missing_layers_are_computed(tmp_path):
     assert report.cached == ["block1_pool"] and report.computed == ["block2_pool"]
 
 
+def _count_builds_and_traces(monkeypatch) -> tuple[list, list]:
+    """Record every multi-output model built and every predict function made."""
+    import features.extract as extract_module
+
+    builds, traces = [], []
+    build = extract_module.build_extractor
+
+    def counting_build(model, layers, pooling):
+        builds.append(tuple(info.name for info in layers))
+        return build(model, layers, pooling)
+
+    make = keras.Model.make_predict_function
+
+    def counting_make(self, force=False):
+        if force or self.predict_function is None:
+            traces.append(self.name)
+        return make(self, force)
+
+    monkeypatch.setattr(extract_module, "build_extractor", counting_build)
+    monkeypatch.setattr(keras.Model, "make_predict_function", counting_make)
+    return builds, traces
+
+
+def _fresh_features(settings, dataset, root):
+    """Features of `dataset` from a newly built extractor, as the reference."""
+    store = FeatureStore(root)
+    report = FeatureExtractor("VGG16", **settings).extract(dataset, store, progress=False)
+    return {name: store.load(key).X for name, key in report.keys.items()}
+
+
+def test_a_second_extract_on_new_data_reuses_the_built_model(tmp_path, monkeypatch):
+    settings = dict(weights=None, layers=["block1_pool", "block3_pool"], input_size=32, batch_size=8)
+    extractor = FeatureExtractor("VGG16", **settings)
+    builds, traces = _count_builds_and_traces(monkeypatch)
+    store = FeatureStore(tmp_path / "store")
+    extractor.extract(from_arrays(*_images(n=16, seed=0)), store, progress=False)
+    second = from_arrays(*_images(n=20, seed=1))
+    report = extractor.extract(second, store, progress=False)
+    assert report.computed == ["block1_pool", "block3_pool"] and report.n_forward == 20
+    assert builds == [("block1_pool", "block3_pool")] and len(traces) == 1
+    expected = _fresh_features(settings, second, tmp_path / "fresh")
+    for name in extractor.layer_names:
+        np.testing.assert_array_equal(store.load(report.keys[name]).X, expected[name])
+
+
+def test_kept_models_are_per_layer_set(tmp_path, monkeypatch):
+    settings = dict(weights=None, layers=["block1_pool", "block3_pool"], input_size=32, batch_size=8)
+    extractor = FeatureExtractor("VGG16", **settings)
+    store = FeatureStore(tmp_path / "store")
+    extractor.extract(from_arrays(*_images(n=16, seed=0)), store, progress=False)
+    second = from_arrays(*_images(n=16, seed=1))
+    FeatureExtractor("VGG16", **{**settings, "layers": ["block1_pool"]}).extract(second, store, progress=False)
+    builds, _ = _count_builds_and_traces(monkeypatch)
+    report = extractor.extract(second, store, progress=False)
+    assert report.computed == ["block3_pool"] and builds == [("block3_pool",)]
+    expected = _fresh_features(settings, second, tmp_path / "fresh")
+    np.testing.assert_array_equal(store.load(report.keys["block3_pool"]).X, expected["block3_pool"])
+
+
 @pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(FeatureKey)])
 def test_every_key_field_changes_the_digest(field):
     key = FeatureKey("VGG16", "sha256:a", "block1_pool", "avg", 32, "p", "float32", "float32", "sha256:d")

@@ -207,6 +207,29 @@ def test_cli_rerun_reports_cached_features_and_reused_rows(first_run, tmp_path, 
     assert f"results: {first.results_path}" in output
 
 
+def test_cached_rerun_builds_no_backbone_until_its_weights_file_changes(data_dir, tmp_path, monkeypatch):
+    import keras
+
+    weights = tmp_path / "vgg16.weights.h5"
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
+    raw = _raw(data_dir, tmp_path / "store", tmp_path / "out", names=["logreg"])
+    raw["backbones"][0]["weights"] = str(weights)
+    first = run_experiment(config_from_dict(raw, tmp_path), log=_quiet, progress=False)
+    assert first.n_fitted == 2 and list((tmp_path / "store" / ".plans").glob("*.json"))
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("everything is cached: the backbone must not be built")
+
+    monkeypatch.setattr(pipeline.run, "FeatureExtractor", no_build)
+    again = run_experiment(config_from_dict(raw, tmp_path), log=_quiet, progress=False)
+    assert (again.n_forward, again.n_fitted, again.n_reused) == (0, 0, 2)
+    pd.testing.assert_frame_equal(again.results, first.results)
+
+    os.utime(weights)  # the plan no longer applies: the backbone is built to recompute the keys
+    with pytest.raises(AssertionError, match="must not be built"):
+        run_experiment(config_from_dict(raw, tmp_path), log=_quiet, progress=False)
+
+
 def test_classifier_only_change_reuses_every_feature(data_dir, tmp_path, forward_calls):
     logreg = _config(data_dir, tmp_path / "store", tmp_path / "out", names=["logreg"])
     run = run_experiment(logreg, log=_quiet, progress=False)

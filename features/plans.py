@@ -1,0 +1,170 @@
+"""Feature keys without building the backbone: extraction plans cached in the store.
+
+A feature key needs the backbone built: layer aliases ("stages", depths) are
+resolved against the model, and random or ImageNet weights are identified by
+their values. Building it means importing the Keras backend and constructing
+the model, seconds that dominate a rerun whose features and results are all
+cached already. So every extractor's resolved keys are written to the store as
+a *plan*, and a later run with the same settings reads them back without Keras.
+
+A plan is reused only while everything it was derived from is unchanged: the
+extractor's settings, the weights file (path, size and modification time, as
+the dataset digest does for images) and the installed Keras and backend
+versions. A missing, unreadable or mismatching plan only means building the
+backbone as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+from features.inputs import DEFAULT_MAX_PIXELS
+from features.keys import FORMAT_VERSION, FeatureKey
+
+__all__ = ["ExtractionPlan", "PlannedLayer", "load_plan", "plan_signature", "save_plan"]
+
+_PLANS_FOLDER = ".plans"
+_BACKEND_PACKAGES = ("keras", "tensorflow", "jax", "torch")
+
+
+@dataclass(frozen=True)
+class PlannedLayer:
+    """One selected layer: its name, key id, pooling, relative depth and stage number (or None)."""
+
+    name: str
+    stable_id: str
+    pooling: str
+    depth: float
+    stage: int | None = None
+
+
+@dataclass(frozen=True)
+class ExtractionPlan:
+    """What an extractor's feature keys are made of, for any dataset.
+
+    Attributes:
+        architecture: `FeatureKey.backbone`, e.g. `"MobileNetV2(alpha=0.35)"`.
+        weights_digest: `FeatureKey.weights`.
+        input_size: Side of the square input images.
+        preprocessing: Name of the preprocessing function.
+        dtype: Storage dtype.
+        compute_dtype: Dtype of the forward pass.
+        max_pixels: Decompression-bomb limit; it decides which images are kept.
+        layers: The selected layers, in extraction order.
+    """
+
+    architecture: str
+    weights_digest: str
+    input_size: int
+    preprocessing: str
+    dtype: str
+    compute_dtype: str
+    max_pixels: int
+    layers: tuple[PlannedLayer, ...]
+
+    def keys(self, dataset_digest: str) -> dict[str, FeatureKey]:
+        """The store key of each layer's features for the dataset with this digest."""
+        if self.max_pixels != DEFAULT_MAX_PIXELS:
+            # The size guard decides which samples are kept: part of what the features describe.
+            dataset_digest = hashlib.sha256(f"{dataset_digest}:max_pixels={self.max_pixels}".encode()).hexdigest()
+        return {
+            layer.name: FeatureKey(
+                backbone=self.architecture,
+                weights=self.weights_digest,
+                layer=layer.stable_id,
+                pooling=layer.pooling,
+                input_size=self.input_size,
+                preprocessing=self.preprocessing,
+                dtype=self.dtype,
+                compute_dtype=self.compute_dtype,
+                dataset=dataset_digest,
+            )
+            for layer in self.layers
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ExtractionPlan:
+        fields = dict(values)
+        fields["layers"] = tuple(PlannedLayer(**layer) for layer in fields["layers"])
+        return cls(**fields)
+
+
+def _installed_version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def plan_signature(settings: Mapping[str, Any]) -> str | None:
+    """Digest of everything a plan is derived from, or None when it cannot be told without Keras.
+
+    Args:
+        settings: The extractor's arguments as JSON-ready values: `model` (a
+            registry name), `weights` (`"imagenet"`, None or a file path),
+            `layers`, `pooling`, `input_size`, `dtype`, `mixed_precision`,
+            `model_kwargs`, `seed`, `max_pixels`.
+
+    Returns:
+        A hex digest; None if `weights` names a file that does not exist (the
+        build reports that) or a setting is not JSON-serialisable.
+    """
+    identity: dict[str, Any] = {"settings": dict(settings), "format_version": FORMAT_VERSION}
+    weights = settings.get("weights")
+    if weights not in (None, "imagenet"):
+        try:
+            stat = os.stat(weights)
+        except (OSError, TypeError, ValueError):
+            return None
+        identity["weights_file"] = [os.path.abspath(weights), stat.st_size, stat.st_mtime_ns]
+    identity["versions"] = {name: _installed_version(name) for name in _BACKEND_PACKAGES}
+    identity["keras_backend"] = os.environ.get("KERAS_BACKEND")
+    try:
+        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    except TypeError:
+        return None
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _plan_path(store_root: str | os.PathLike, signature: str) -> Path:
+    return Path(store_root) / _PLANS_FOLDER / f"{signature}.json"
+
+
+def load_plan(store_root: str | os.PathLike, signature: str | None) -> ExtractionPlan | None:
+    """The plan saved under `signature` in the store, or None if there is no usable one."""
+    if signature is None:
+        return None
+    try:
+        values = json.loads(_plan_path(store_root, signature).read_text(encoding="utf-8"))
+        return ExtractionPlan.from_dict(values)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def save_plan(store_root: str | os.PathLike, signature: str | None, plan: ExtractionPlan) -> None:
+    """Save `plan` under `signature` (atomically); a store that cannot be written is left alone."""
+    if signature is None:
+        return
+    path = _plan_path(store_root, signature)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(plan.to_dict(), handle, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a plan only saves time; the extraction itself reports a store it cannot write
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
