@@ -26,7 +26,7 @@ from features.store import FeatureSet, FeatureStore, library_versions
 from features.truncate import DEFAULT_MAX_FLATTEN_DIM, build_extractor, per_layer_pooling, pooled_shape
 from features.weights import Backbone, load_backbone
 
-__all__ = ["FeatureExtractor", "ExtractionReport", "extract_features"]
+__all__ = ["FeatureExtractor", "ExtractionReport", "dtype_policy", "extract_features"]
 
 STORAGE_DTYPES = ("float32", "float16")
 
@@ -66,7 +66,7 @@ class ExtractionReport:
 
 
 @contextlib.contextmanager
-def _dtype_policy(name: str) -> Iterator[None]:
+def dtype_policy(name: str) -> Iterator[None]:
     """Set Keras's global dtype policy inside the block only."""
     import keras
 
@@ -130,7 +130,7 @@ class FeatureExtractor:
         self.dtype = dtype
         self.max_pixels = int(max_pixels)
         self.compute_dtype = "mixed_float16" if mixed_precision else "float32"
-        with _dtype_policy(self.compute_dtype):
+        with dtype_policy(self.compute_dtype):
             self.backbone: Backbone = load_backbone(
                 model, weights=weights, input_size=input_size, model_kwargs=model_kwargs, seed=seed
             )
@@ -250,7 +250,7 @@ class FeatureExtractor:
         """The multi-output model for `layers`, built on first use and kept for later calls."""
         key = tuple((info.name, self.pooling[info.name]) for info in layers)
         if key not in self._extractors:
-            with _dtype_policy(self.compute_dtype):
+            with dtype_policy(self.compute_dtype):
                 self._extractors[key] = build_extractor(self.backbone.model, layers, self.pooling)
         return self._extractors[key]
 

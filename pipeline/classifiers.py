@@ -32,6 +32,7 @@ __all__ = [
     "check_features",
     "fit_classifier",
     "make_pipeline",
+    "unknown_name_error",
 ]
 
 ParamGrid = Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]]
@@ -139,7 +140,8 @@ class FitResult:
     fit_seconds: float
 
 
-def _unknown_name_error(what: str, name: Any, valid: Iterable[str]) -> ValueError:
+def unknown_name_error(what: str, name: Any, valid: Iterable[str]) -> ValueError:
+    """The error for an unknown name: the closest valid one as a suggestion, and the full list."""
     valid = sorted(valid)
     close = difflib.get_close_matches(str(name), valid, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -176,14 +178,14 @@ def make_pipeline(
         dict_keys(['standardize', 'l2', 'clf'])
     """
     if classifier not in CLASSIFIERS:
-        raise _unknown_name_error("classifier", classifier, CLASSIFIERS)
+        raise unknown_name_error("classifier", classifier, CLASSIFIERS)
     if preprocessing is None:
         preprocessing = ()
     elif isinstance(preprocessing, str):
         preprocessing = (preprocessing,)
     for name in preprocessing:
         if name not in PREPROCESSING:
-            raise _unknown_name_error("preprocessing", name, PREPROCESSING)
+            raise unknown_name_error("preprocessing", name, PREPROCESSING)
     if len(set(preprocessing)) != len(preprocessing):
         raise ValueError(
             "Each preprocessing step may appear only once; remove the repeated name. "
@@ -268,7 +270,7 @@ def _prefix_grid(param_grid: ParamGrid, estimator: Pipeline) -> list[dict[str, S
         for key, values in grid.items():
             full_key = key if "__" in key else f"clf__{key}"
             if full_key not in valid:
-                raise _unknown_name_error(
+                raise unknown_name_error(
                     "param_grid key", key, {k.removeprefix("clf__") for k in valid}
                 )
             full[full_key] = values

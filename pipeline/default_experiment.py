@@ -35,7 +35,7 @@ import numpy as np
 
 from features.inputs import ImageDataset, from_arrays
 from pipeline.config import ExperimentConfig, config_from_dict
-from pipeline.persistence import _write_atomically
+from pipeline.persistence import write_atomically
 from pipeline.run import RunResult, run_experiment
 
 if TYPE_CHECKING:
@@ -185,7 +185,7 @@ def pretrain_source(
     facts = {"accuracy": scores["accuracy"], "n_test": scores["n_test"],
              "fit_seconds": result.fit_seconds, "settings": settings}
     text = json.dumps(facts, indent=2)
-    _write_atomically(facts_path, lambda path: path.write_text(text, encoding="utf-8"))
+    write_atomically(facts_path, lambda path: path.write_text(text, encoding="utf-8"))
     return weights_path, facts
 
 

@@ -45,14 +45,14 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from features.backbones import BackboneSpec
-from features.extract import _dtype_policy
+from features.extract import dtype_policy
 from features.inputs import ImageDataset, UnreadableImageError, iter_decoded_chunks
 from features.layers import describe_layers, resolve_layers
 from features.seeding import keras_seed
 from features.weights import Backbone, load_backbone
-from pipeline.classifiers import _unknown_name_error
+from pipeline.classifiers import unknown_name_error
 from pipeline.evaluate import evaluate
-from pipeline.persistence import _write_atomically
+from pipeline.persistence import write_atomically
 
 __all__ = [
     "AUGMENTATIONS",
@@ -127,7 +127,7 @@ def _check_augmentation(augmentation: Mapping[str, Any] | None) -> dict[str, Any
              f"None or a mapping with keys among {list(AUGMENTATIONS)}", augmentation)
     for key, value in augmentation.items():
         if key not in AUGMENTATIONS:
-            raise _unknown_name_error("augmentation", key, AUGMENTATIONS)
+            raise unknown_name_error("augmentation", key, AUGMENTATIONS)
         if key == "flip":
             _require(value in _FLIP_MODES, "augmentation['flip']", f"one of {_FLIP_MODES}", value)
         else:
@@ -242,7 +242,7 @@ class FinetuneConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         for key in values:
             if key not in names:
-                raise _unknown_name_error("finetune option", key, names)
+                raise unknown_name_error("finetune option", key, names)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -707,7 +707,7 @@ def _save_checkpoint(model, directory: Path, state: dict[str, Any]) -> None:
     name = f"{state['phase']}-{state['epoch']:04d}{suffix}.weights.h5"
     model.save_weights(directory / name)
     text = json.dumps({**state, "weights_file": name, "version": _STATE_VERSION}, indent=2)
-    _write_atomically(directory / _STATE_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_atomically(directory / _STATE_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     for old in directory.glob("*.weights.h5"):
         if old.name != name:
             old.unlink()
@@ -862,7 +862,7 @@ def _run_phases(
     checkpoints.mkdir(parents=True, exist_ok=True)
     train_idx, val_idx = _validation_split(train_data.labels, config.val_fraction, config.seed)
     started = time.perf_counter()
-    policy = _dtype_policy("mixed_float16") if config.mixed_precision else contextlib.nullcontext()
+    policy = dtype_policy("mixed_float16") if config.mixed_precision else contextlib.nullcontext()
     with keras_seed(config.seed), policy:
         backbone = load_backbone(model, weights=weights, input_size=input_size,
                                  model_kwargs=model_kwargs, seed=config.seed)

@@ -25,7 +25,7 @@ import sklearn
 
 from pipeline.evaluate import check_labels
 
-__all__ = ["FORMAT_VERSION", "load_classifier", "save_classifier", "write_predictions"]
+__all__ = ["FORMAT_VERSION", "load_classifier", "save_classifier", "write_atomically", "write_predictions"]
 
 FORMAT_VERSION = 1
 """Version of the saved-classifier layout; readers refuse other versions."""
@@ -39,8 +39,12 @@ def _stem(path: str | os.PathLike) -> Path:
     return path.with_suffix("") if path.suffix in _SUFFIXES else path
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Calls ``write`` on a temporary file beside ``path``, then renames it to ``path``."""
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Calls ``write`` on a temporary file beside ``path``, syncs it, then renames it to ``path``.
+
+    Readers see the old file or the complete new one, never a half-written one,
+    even if the process is killed; a failed ``write`` leaves ``path`` untouched.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -108,8 +112,8 @@ def save_classifier(
         ) from error
     stem = _stem(path_stem)
     model_path, sidecar_path = stem.with_suffix(".joblib"), stem.with_suffix(".json")
-    _write_atomically(model_path, lambda tmp: joblib.dump(estimator, tmp))
-    _write_atomically(sidecar_path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    write_atomically(model_path, lambda tmp: joblib.dump(estimator, tmp))
+    write_atomically(sidecar_path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
     return model_path
 
 
@@ -217,5 +221,5 @@ def write_predictions(
         )
     path = Path(path)
     frame = pd.DataFrame(columns)
-    _write_atomically(path, lambda tmp: frame.to_csv(tmp, index=False))
+    write_atomically(path, lambda tmp: frame.to_csv(tmp, index=False))
     return path

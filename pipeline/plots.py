@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.persistence import _write_atomically
+from pipeline.persistence import write_atomically
 
 __all__ = ["plot_depth"]
 
@@ -67,5 +67,5 @@ def plot_depth(results: pd.DataFrame, path: str | os.PathLike, *, title: str = "
     axes.set_title(title)
     axes.legend(fontsize=8, loc="lower left")
     path = Path(path)
-    _write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
+    write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
     return path

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.persistence import _write_atomically
+from pipeline.persistence import write_atomically
 
 __all__ = ["MODES", "RESULT_COLUMNS", "markdown_table", "results_frame", "write_results", "write_summary"]
 
@@ -89,7 +89,7 @@ def results_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 def write_results(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write the table as CSV, atomically (a concurrent reader sees the old or the new file)."""
     path = Path(path)
-    _write_atomically(path, lambda tmp: frame.to_csv(tmp, index=False))
+    write_atomically(path, lambda tmp: frame.to_csv(tmp, index=False))
     return path
 
 
@@ -130,5 +130,5 @@ def write_summary(
         parts += [f"## {heading}", "", body.rstrip(), ""]
     text = "\n".join(parts)
     path = Path(path)
-    _write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path

@@ -46,7 +46,7 @@ from pipeline.advice import Advice, recommend
 from pipeline.classifiers import check_features, fit_classifier
 from pipeline.config import BackboneConfig, ConfigError, DataConfig, ExperimentConfig
 from pipeline.evaluate import evaluate
-from pipeline.persistence import _write_atomically, load_classifier, save_classifier, write_predictions
+from pipeline.persistence import write_atomically, load_classifier, save_classifier, write_predictions
 from pipeline.plots import plot_depth
 from pipeline.predict import extractor_record, flat_features
 from pipeline.results import markdown_table, results_frame, write_results, write_summary
@@ -445,7 +445,7 @@ def _finetune_rows(
         resume = started.is_file() and json.loads(started.read_text(encoding="utf-8")) == settings
         log(f"  {'resuming' if resume else 'training'} {mode} {backbone.model} ({run_dir})")
         text = json.dumps(settings, indent=2)
-        _write_atomically(started, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        write_atomically(started, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         common = dict(
             output_dir=run_dir, input_size=config.features.input_size,
             model_kwargs=dict(backbone.model_kwargs), config=options, resume=resume,
@@ -473,7 +473,7 @@ def _finetune_rows(
             "model_path": str(result.model_path),
         }
         text = json.dumps({"settings": settings, "row": row}, indent=2)
-        _write_atomically(row_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        write_atomically(row_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         log(f"  {mode} {result.backbone}: test {scores['accuracy']:.3f}")
         rows.append(row)
     return rows

@@ -38,14 +38,14 @@ sys.exit(main(["run", {config!r}, "--no-progress"]))
 
 _KILL_BETWEEN_A_CLASSIFIERS_FILES = """
 import pipeline.persistence
-_write, _sidecars = pipeline.persistence._write_atomically, []
+_write, _sidecars = pipeline.persistence.write_atomically, []
 def _write_or_die(path, write):
     if path.suffix == ".json":
         _sidecars.append(path)
         if len(_sidecars) == 3:
             die()  # the third row's predictions and estimator are written, its sidecar is not
     return _write(path, write)
-pipeline.persistence._write_atomically = _write_or_die
+pipeline.persistence.write_atomically = _write_or_die
 """
 
 _KILL_BEFORE_THE_TABLE_RENAME = """
