@@ -36,14 +36,18 @@ __all__ = [
     "SHARED_DIR",
     "VGG16_WEIGHTS",
     "ChildRun",
+    "RunLog",
     "Stopwatch",
     "bar_chart",
     "base_parser",
     "cifar_subset",
+    "comma_list",
+    "cpu_seconds",
     "format_table",
     "machine_description",
     "machine_info",
     "quiet_tensorflow",
+    "read_results",
     "read_vmhwm",
     "require_path",
     "run_child_measuring_rss",
@@ -89,6 +93,11 @@ def base_parser(script: str, description: str) -> argparse.ArgumentParser:
         help="folder for the CSV, PNG and JSON results (created if missing)",
     )
     return parser
+
+
+def comma_list(text: str) -> list[str]:
+    """An argparse type: "a, b,c" -> ["a", "b", "c"] (empty items dropped)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def require_path(path: str | os.PathLike, what: str, option: str, *, kind: str = "any") -> Path:
@@ -364,10 +373,52 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Pat
 
 
 def write_json(data: Any, path: str | os.PathLike) -> Path:
+    """Write `data` as JSON under a temporary name, then rename: a killed run leaves no half file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
     return path
+
+
+def read_results(path: str | os.PathLike) -> Any:
+    """The JSON a benchmark wrote (for `--replot`); stops the script if there is none yet."""
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"error: {path} does not exist. Run the benchmark first, then --replot.")
+    return json.loads(path.read_text())
+
+
+class RunLog:
+    """Prints a benchmark's lines and keeps them for its log file.
+
+    Starts with the command line and the machine description; `info` holds
+    `machine_info()` for the results JSON.
+
+    Example:
+        >>> log = RunLog("depth_sweep", argv)
+        >>> log("a line")
+        >>> log.write(out / "log.txt")
+    """
+
+    def __init__(self, script: str, argv: Sequence[str] | None = None):
+        self.lines: list[str] = []
+        self.info = machine_info()
+        arguments = sys.argv[1:] if argv is None else argv
+        self.command = " ".join([f"python benchmarks/{script}.py", *arguments])
+        self(f"command: {self.command}")
+        self(f"machine: {machine_description(self.info)}")
+
+    def __call__(self, message: str) -> None:
+        print(message, flush=True)
+        self.lines.append(message)
+
+    def write(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(self.lines) + "\n")
+        return path
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, markdown: bool = False) -> str:
