@@ -3,7 +3,9 @@
 The Keras transfer-learning recipe in two phases: phase 1 trains a new head on
 the frozen backbone; phase 2 unfreezes the backbone's top blocks and continues
 at a low learning rate. The backbone is called with `training=False` and its
-BatchNormalization layers stay frozen, so their statistics never change.
+BatchNormalization layers stay frozen, so their statistics never change. The
+head sees standardized pooled features, as the classical classifiers do, and
+can start from a logistic regression on them.
 
 Everything here is backend-neutral Keras 3 (`keras.ops`, `keras.utils.PyDataset`):
 it runs under `KERAS_BACKEND=tensorflow`, `jax` or `torch`. Images are decoded
@@ -50,7 +52,7 @@ from features.inputs import ImageDataset, UnreadableImageError, iter_decoded_chu
 from features.layers import describe_layers, resolve_layers
 from features.seeding import keras_seed
 from features.weights import Backbone, load_backbone
-from pipeline.classifiers import unknown_name_error
+from pipeline.classifiers import fit_classifier, unknown_name_error
 from pipeline.evaluate import evaluate
 from pipeline.persistence import write_atomically
 
@@ -80,6 +82,8 @@ AUGMENTATIONS: Mapping[str, str] = MappingProxyType({
 """Augmentation keys and the Keras layer each builds (value: its first argument)."""
 
 _FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
+_HEAD_INITS = ("glorot", "logreg")
+_HEAD_INIT_CS = (1e-3, 1e-2, 1e-1, 1.0)  # C of head_init="logreg", picked by cross-validation
 _DEFAULT_AUGMENTATION = {"flip": "horizontal", "rotation": 0.1, "zoom": 0.1, "contrast": 0.1}
 # May differ when resuming: they change how long a run trains, not what it trains.
 _RESUMABLE_FIELDS = ("head_epochs", "finetune_epochs", "early_stopping_patience", "workers")
@@ -153,6 +157,10 @@ class FinetuneConfig:
         head_learning_rate: Adam learning rate of phase 1 (and of training from scratch).
         batch_size: Images per gradient step.
         hidden_units: Sizes of dense ReLU layers between pooling and the softmax.
+        head_init: How `finetune` starts the softmax: `"glorot"` (random) or
+            `"logreg"`, from a logistic regression on the training images'
+            standardized pooled top-layer features, its C in 1e-3..1 picked by
+            cross-validation as for the classifier rows (needs `hidden_units=()`).
         dropout: Dropout rate before each dense layer of the head.
         l2: L2 penalty on the output layer's kernel.
         augmentation: Training-time augmentation, keys among `AUGMENTATIONS`
@@ -181,6 +189,7 @@ class FinetuneConfig:
     head_learning_rate: float = 1e-3
     batch_size: int = 32
     hidden_units: tuple[int, ...] = ()
+    head_init: str = "glorot"
     dropout: float = 0.2
     l2: float = 0.0
     augmentation: Mapping[str, Any] | None = field(
@@ -216,6 +225,10 @@ class FinetuneConfig:
             "hidden_units", "a sequence of positive integers, e.g. (256,) or ()", hidden,
         )
         object.__setattr__(self, "hidden_units", tuple(int(units) for units in hidden))
+        _require(self.head_init in _HEAD_INITS, "head_init", f"one of {_HEAD_INITS}", self.head_init)
+        _require(self.head_init == "glorot" or not self.hidden_units, "hidden_units",
+                 "() with head_init='logreg' (a logistic regression sets the softmax alone)",
+                 self.hidden_units)
         _require(_is_real(self.dropout) and 0 <= self.dropout < 1, "dropout",
                  "a float in [0, 1)", self.dropout)
         _require(_is_real(self.l2) and self.l2 >= 0, "l2", "a float >= 0", self.l2)
@@ -440,16 +453,33 @@ def _set_head(model: keras.Model, init_head_from: tuple[Any, Any]) -> None:
     model.get_layer("predictions").set_weights([kernel * scale[:, None], bias + mean @ kernel])
 
 
-def _fit_standardization(model: keras.Model, batches: ImageBatches) -> None:
+def _fit_head_inputs(model: keras.Model, batches: ImageBatches, *, logreg_seed: int | None
+                     ) -> tuple[np.ndarray, np.ndarray] | None:
     """Sets the `standardize` layer to the mean and std of the pooled features of `batches`.
 
     Features constant over the batches keep scale 1, as in scikit-learn's StandardScaler.
+    With `logreg_seed`, also fits a logistic regression on the standardized features
+    (`pipeline.classifiers.fit_classifier`, C by cross-validation) and returns its
+    (coef, intercept) for the raw features (see `_set_head`).
     """
     pooled = keras.Model(model.input, model.get_layer("avg_pool").output)
-    X = pooled.predict(batches, verbose=0).astype("float64")
-    std = X.std(axis=0)
+    features, labels = [], []
+    for index in range(len(batches)):  # batch by batch: the images are never all in memory
+        images, batch_labels = batches[index]
+        features.append(pooled.predict_on_batch(images))
+        labels.append(batch_labels)
+    X = np.concatenate(features).astype("float64")
+    mean, std = X.mean(axis=0), X.std(axis=0)
     scale = np.where(std > 1e-6 * std.max(), std, 1.0)
-    model.get_layer("standardize").set_weights([X.mean(axis=0), scale])
+    model.get_layer("standardize").set_weights([mean, scale])
+    if logreg_seed is None:
+        return None
+    fit = fit_classifier((X - mean) / scale, np.concatenate(labels), "logreg",
+                         param_grid={"C": list(_HEAD_INIT_CS)}, preprocessing=(),
+                         random_state=logreg_seed)
+    logreg = fit.estimator[-1]
+    coef = logreg.coef_ / scale
+    return coef, logreg.intercept_ - coef @ mean
 
 
 # --------------------------------------------------------------------------- freezing
@@ -714,13 +744,15 @@ def _save_checkpoint(model, directory: Path, state: dict[str, Any]) -> None:
 
 
 class _Checkpoint(keras.callbacks.Callback):
-    def __init__(self, directory: Path, state: dict[str, Any]):
+    def __init__(self, directory: Path, state: dict[str, Any], clock: Callable[[], float]):
         super().__init__()
         self.directory = directory
         self.state = state
+        self.clock = clock
 
     def on_epoch_end(self, epoch, logs=None):
-        _save_checkpoint(self.model, self.directory, {**self.state, "epoch": epoch + 1})
+        _save_checkpoint(self.model, self.directory,
+                         {**self.state, "epoch": epoch + 1, "seconds": self.clock()})
 
 
 def _read_state(directory: Path, run: dict[str, Any]) -> dict[str, Any] | None:
@@ -794,7 +826,8 @@ class FinetuneResult:
         config: The hyperparameters.
         unfrozen_layers: Backbone layers trained in the last phase.
         epochs_run: Epochs trained over all phases (and resumed calls).
-        fit_seconds: Wall time of this call.
+        fit_seconds: Wall time of the training; a resumed run adds the time its
+            earlier calls spent up to their last checkpoint.
         model_path: The saved `.keras` model.
         history_path: The per-epoch CSV history.
         skipped: Sample id -> reason, for training or validation images that
@@ -828,6 +861,7 @@ class FinetuneResult:
             "unfreeze_blocks": "all" if self.mode == "scratch" else self.config.unfreeze_blocks,
             "learning_rate": self.learning_rate,
             "block_lr_decay": 1.0 if self.mode == "scratch" else self.config.block_lr_decay,
+            "head_init": "glorot" if self.mode == "scratch" else self.config.head_init,
             "epochs": self.epochs_run,
             "fit_seconds": self.fit_seconds,
             "model_path": str(self.model_path),
@@ -854,6 +888,11 @@ def _run_phases(
     _require(n_classes >= 2 and len(train_data) > 0, "train_data",
              "a non-empty dataset with at least 2 classes",
              f"{len(train_data)} samples, class_names={train_data.class_names}")
+    if init_head_from is not None and config.head_init == "logreg":
+        raise ValueError(
+            "Pass either init_head_from (a logistic regression of your own) or a config with "
+            "head_init='logreg' (one fitted here), not both. Received: both"
+        )
     output_dir = Path(output_dir)
     checkpoints, history_path = output_dir / "checkpoints", output_dir / "history.csv"
     if not resume:
@@ -882,6 +921,10 @@ def _run_phases(
         if state is not None:
             classifier.load_weights(checkpoints / state["weights_file"])
             _truncate_history(history_path, state["epoch"])
+        earlier_seconds = state.get("seconds", 0.0) if state else 0.0
+
+        def clock() -> float:
+            return earlier_seconds + time.perf_counter() - started
         phases = _plan(mode, config, backbone.spec)
         names = [phase.name for phase in phases]
         train = ImageBatches(train_data.select(train_idx), backbone.input_size,
@@ -892,9 +935,12 @@ def _run_phases(
         # Scratch training keeps the identity: its features move with training, and
         # BatchNormalization in training mode gives them other statistics than inference.
         if state is None and mode == "finetune":  # a resumed run has these in its checkpoint
-            _fit_standardization(classifier, train)
-            if init_head_from is not None:
-                _set_head(classifier, init_head_from)
+            in_order = ImageBatches(train.dataset, backbone.input_size, config.batch_size,
+                                    workers=config.workers)
+            logreg = _fit_head_inputs(classifier, in_order, logreg_seed=(
+                config.seed if config.head_init == "logreg" else None))
+            if init_head_from is not None or logreg is not None:
+                _set_head(classifier, init_head_from or logreg)
         epoch = state["epoch"] if state else 0
         for phase in phases:
             earlier = state is not None and names.index(state["phase"]) > names.index(phase.name)
@@ -932,14 +978,14 @@ def _run_phases(
                 callbacks=[
                     _EpochLogs(phase.name),
                     *([early_stopping] if early_stopping is not None else []),
-                    _Checkpoint(checkpoints, state_base),
+                    _Checkpoint(checkpoints, state_base, clock),
                     keras.callbacks.CSVLogger(history_path, append=True),
                     *callbacks,
                 ],
             )
             epoch += len(history.epoch)
             _save_checkpoint(classifier, checkpoints, {
-                **state_base, "epoch": epoch, "phase_ended": True,
+                **state_base, "epoch": epoch, "phase_ended": True, "seconds": clock(),
                 "stopped_early": early_stopping is not None and early_stopping.stopped_epoch > 0,
             })
         unfrozen = tuple(
@@ -956,7 +1002,7 @@ def _run_phases(
         config=config,
         unfrozen_layers=unfrozen,
         epochs_run=epoch,
-        fit_seconds=time.perf_counter() - started,
+        fit_seconds=clock(),
         model_path=model_path,
         history_path=history_path,
         skipped={**train.skipped, **(val.skipped if val is not None else {})},
@@ -979,10 +1025,13 @@ def finetune(
 ) -> FinetuneResult:
     """Trains a head on a frozen backbone, then finetunes the backbone's top blocks.
 
-    Phase 1 trains the head (`head_epochs`, Adam at `head_learning_rate`); phase 2
-    unfreezes `unfreeze_blocks` top blocks (`unfreeze_top`) and continues at
-    `learning_rate`. Each phase stops early on the validation loss and restores
-    its best weights. A stratified `val_fraction` of `train_data` is held out.
+    First one pass over the training images sets the head's feature
+    standardization (and, with `head_init="logreg"`, its softmax). Phase 1 trains
+    the head (`head_epochs`, Adam at `head_learning_rate`); phase 2 unfreezes
+    `unfreeze_blocks` top blocks (`unfreeze_top`) and continues at `learning_rate`
+    (lower for lower blocks with `block_lr_decay`). Each phase stops early on the
+    validation loss and restores its best weights. A stratified `val_fraction` of
+    `train_data` is held out.
 
     Args:
         model: Backbone name from the registry (e.g. `"MobileNetV2"`) or a spec.
@@ -993,7 +1042,7 @@ def finetune(
         model_kwargs: Extra constructor arguments, e.g. `{"alpha": 0.35}`.
         config: Hyperparameters; `FinetuneConfig()` by default.
         init_head_from: `(coef, intercept)` to start the softmax from (see
-            `build_classifier_model`).
+            `build_classifier_model`); `config.head_init="logreg"` fits one instead.
         resume: Continue from the checkpoint in `output_dir` if there is one
             (finished phases are skipped, the interrupted one goes on at its next
             epoch); False starts over and deletes it. Optimizer moments and

@@ -469,7 +469,7 @@ def _finetune_rows(
             "test_balanced_accuracy": scores["balanced_accuracy"],
             "test_macro_f1": scores["macro_f1"],
             "fit_seconds": round(result.fit_seconds, 3),
-            "best_params": json.dumps({name: scores[name] for name in ("unfreeze_blocks", "learning_rate", "block_lr_decay", "epochs")}),
+            "best_params": json.dumps({name: scores[name] for name in ("head_init", "unfreeze_blocks", "learning_rate", "block_lr_decay", "epochs")}),
             "model_path": str(result.model_path),
         }
         text = json.dumps({"settings": settings, "row": row}, indent=2)

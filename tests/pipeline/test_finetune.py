@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import keras
 import numpy as np
@@ -23,6 +24,7 @@ from features.extract import FeatureExtractor
 from features.weights import load_backbone
 from pipeline import finetune as finetune_module
 from pipeline import run as run_module
+from pipeline.classifiers import fit_classifier
 from pipeline.cli import main
 from pipeline.finetune import (
     BackbonePreprocessing,
@@ -154,6 +156,8 @@ def test_config_defaults_round_trip_through_a_dict():
         ({"learning_rte": 1e-4}, "Did you mean 'learning_rate'"),
         ({"block_lr_decay": 0}, r"`block_lr_decay` must be a float in \(0, 1\]"),
         ({"block_lr_decay": 1.5}, "block_lr_decay"),
+        ({"head_init": "zeros"}, r"`head_init` must be one of \('glorot', 'logreg'\)"),
+        ({"head_init": "logreg", "hidden_units": [8]}, r"\(\) with head_init='logreg'"),
     ],
 )
 def test_config_rejects_bad_values_clearly(values, match):
@@ -213,21 +217,37 @@ def test_head_initialised_from_logistic_regression_predicts_like_it(data, n_clas
                                atol=1e-4)
 
 
-def test_finetune_standardizes_the_pooled_features_and_folds_the_logistic_regression_in(data, tmp_path):
+@pytest.mark.parametrize("head_init", ["init_head_from", "logreg"])
+def test_finetune_standardizes_the_features_and_starts_the_head_from_a_logistic_regression(
+        data, tmp_path, head_init):
     X = data.images.astype("float32")
     probe = build_classifier_model(load_backbone(TINY, weights=None), 3)
-    features = keras.Model(probe.input, probe.get_layer("avg_pool").output).predict(X, verbose=0)
-    logreg = LogisticRegression(max_iter=1000).fit(features, data.labels)
+    raw = keras.Model(probe.input, probe.get_layer("avg_pool").output).predict(X, verbose=0)
+    features = raw.astype("float64")
+    std = features.std(axis=0)
+    expected_scale = np.where(std > 1e-6 * std.max(), std, 1.0)  # dead features keep 1
+    if head_init == "logreg":  # fitted by finetune on the standardized features, C by CV
+        features = (features - features.mean(axis=0)) / expected_scale
+        logreg = fit_classifier(features, data.labels, "logreg", preprocessing=(),
+                                param_grid={"C": [1e-3, 1e-2, 1e-1, 1.0]}).estimator[-1]
+    else:
+        logreg = LogisticRegression(max_iter=1000).fit(features, data.labels)
     config = FinetuneConfig(head_epochs=0, finetune_epochs=1, unfreeze_blocks=0, learning_rate=1e-12,
-                            val_fraction=0.0, augmentation=None, batch_size=8)
+                            val_fraction=0.0, augmentation=None, batch_size=8,
+                            head_init="glorot" if head_init == "init_head_from" else "logreg")
+    given = (logreg.coef_, logreg.intercept_) if head_init == "init_head_from" else None
     result = finetune(TINY, data, output_dir=tmp_path, weights=None, config=config,
-                      init_head_from=(logreg.coef_, logreg.intercept_))
+                      init_head_from=given)
     mean, scale = result.model.get_layer("standardize").get_weights()
-    np.testing.assert_allclose(mean, features.mean(axis=0), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(scale, features.std(axis=0), rtol=1e-3)
+    np.testing.assert_allclose(mean, raw.mean(axis=0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(scale, expected_scale, rtol=1e-3)
     assert scale.min() < 0.5 or scale.max() > 2  # not the identity
     np.testing.assert_allclose(result.model.predict(X, verbose=0), logreg.predict_proba(features),
-                               atol=1e-4)
+                               atol=1e-3)
+    if head_init == "logreg":
+        with pytest.raises(ValueError, match="not both"):
+            finetune(TINY, data, output_dir=tmp_path, weights=None, config=config,
+                     init_head_from=(logreg.coef_, logreg.intercept_))
 
 
 def test_head_initialisation_errors_name_the_expected_shapes():
@@ -410,10 +430,14 @@ def test_interrupted_phase_resumes_at_its_next_epoch(data, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         finetune(TINY, data, output_dir=tmp_path, weights=None, config=config,
                  callbacks=[interrupt])
+    interrupted_seconds = json.loads((tmp_path / "checkpoints" / "state.json").read_text())["seconds"]
     recorder = Recorder()
+    started = time.perf_counter()
     resumed = finetune(TINY, data, output_dir=tmp_path, weights=None, config=config,
                        resume=True, callbacks=[recorder])
     assert [fit["epochs"] for fit in recorder.fits] == [[2]]
+    assert interrupted_seconds > 0  # the killed call's training time is kept
+    assert resumed.fit_seconds > interrupted_seconds + 0.5 * (time.perf_counter() - started)
     for key, value in interrupt.weights.items():
         np.testing.assert_array_equal(recorder.fits[0]["before"][key], value)
     history = pd.read_csv(resumed.history_path)
@@ -582,8 +606,9 @@ def test_finetune_command_adds_its_rows_beside_the_classifier_rows(tmp_path, mon
     pd.testing.assert_frame_equal(table.iloc[:1][frozen.columns], frozen, check_dtype=False)  # kept
     row = table.iloc[1]
     assert row["weights"] == "start.weights.h5" and row["n_test"] == 12
-    assert json.loads(row["best_params"]) == {"unfreeze_blocks": 2, "learning_rate": 1e-5,
-                                              "block_lr_decay": 0.5, "epochs": 2}
+    assert json.loads(row["best_params"]) == {"head_init": "glorot", "unfreeze_blocks": 2,
+                                              "learning_rate": 1e-5, "block_lr_decay": 0.5,
+                                              "epochs": 2}
     keras.saving.load_model(row["model_path"])
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "| frozen | VGG16 |" in summary and "| finetune | VGG16 |" in summary
