@@ -28,14 +28,15 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 from _common import (  # noqa: E402
     CIFAR10_DIR,
     VGG16_WEIGHTS,
+    RunLog,
     Stopwatch,
     bar_chart,
     base_parser,
     cifar_subset,
+    comma_list,
     format_table,
-    machine_description,
-    machine_info,
     quiet_tensorflow,
+    read_results,
     require_path,
     write_csv,
     write_json,
@@ -52,10 +53,6 @@ ONE_CANDIDATE = {
 }
 
 
-def _list(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
 def build_parser():
     parser = base_parser(SCRIPT, __doc__.strip().splitlines()[0])
     parser.add_argument("--cifar10", type=Path, default=CIFAR10_DIR, help="CIFAR-10 folder (train/<class>/*.jpg)")
@@ -64,10 +61,10 @@ def build_parser():
     parser.add_argument("--input-size", type=int, default=32, help="VGG16 input side for the extraction")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
-        "--layers", type=_list, default=["block3_pool", "block4_pool"],
+        "--layers", type=comma_list, default=["block3_pool", "block4_pool"],
         help="VGG16 layers whose avg-pooled features are fitted (widths 64/128/256/512/512 for block1..5)",
     )
-    parser.add_argument("--classifiers", type=_list, default=list(ONE_CANDIDATE), help="names in ONE_CANDIDATE")
+    parser.add_argument("--classifiers", type=comma_list, default=list(ONE_CANDIDATE), help="names in ONE_CANDIDATE")
     parser.add_argument("--n-train", type=int, default=50000, help="training samples (first n/10 per class)")
     parser.add_argument("--rbf-n", type=int, default=10000, help="training samples for rbf_svm (first n/10 per class)")
     parser.add_argument(
@@ -183,12 +180,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     quiet_tensorflow()
     if args.replot:
-        import json
-
-        results = args.out / "results.json"
-        if not results.is_file():
-            raise SystemExit(f"error: {results} does not exist. Run the benchmark first.")
-        data = json.loads(results.read_text())
+        data = read_results(args.out / "results.json")
         print(plot(data["rows"], data["machine"], args.out / "classifier_speed.png"))
         return 0
     unknown = [name for name in args.classifiers if name not in ONE_CANDIDATE]
@@ -200,18 +192,9 @@ def main(argv=None) -> int:
         require_path(args.weights, "The VGG16 weights file", "--weights", kind="file")
     args.out.mkdir(parents=True, exist_ok=True)
     args.store = args.store or args.out / "store"
-    log_lines = []
-
-    def log(message: str) -> None:
-        print(message, flush=True)
-        log_lines.append(message)
-
     from pipeline.classifiers import fit_classifier
 
-    info = machine_info()
-    command = "python benchmarks/classifier_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    log(f"command: {command.strip()}")
-    log(f"machine: {machine_description(info)}")
+    log = RunLog(SCRIPT, argv)
     features, labels, extraction = (synthetic_features if args.synthetic else extracted_features)(args, log)
     if args.extract_only:
         log("--extract-only: features are cached; no classifier fitted")
@@ -259,10 +242,10 @@ def main(argv=None) -> int:
     log(f"\nfit_classifier seconds, one-candidate grid, cv={args.cv} ({args.cv} fold fits + 1 refit):")
     log(format_table(rows, ["layer", "d", "classifier", "n_samples", "candidate", "fit_classifier_s",
                             "cv_fold_fit_s", "refit_all_s", "vs_logreg", "cv_accuracy"]))
-    plot(rows, info, args.out / "classifier_speed.png")
-    write_json({"command": command, "machine": info, "extraction": extraction, "rows": rows},
+    plot(rows, log.info, args.out / "classifier_speed.png")
+    write_json({"command": log.command, "machine": log.info, "extraction": extraction, "rows": rows},
                args.out / "results.json")
-    (args.out / "log.txt").write_text("\n".join(log_lines) + "\n")
+    log.write(args.out / "log.txt")
     log(f"\nwrote {args.out}")
     return 0
 
