@@ -4,8 +4,10 @@ A feature key needs the backbone built: layer aliases ("stages", depths) are
 resolved against the model, and random or ImageNet weights are identified by
 their values. Building it means importing the Keras backend and constructing
 the model, seconds that dominate a rerun whose features and results are all
-cached already. So every extractor's resolved keys are written to the store as
-a *plan*, and a later run with the same settings reads them back without Keras.
+cached already. So `layerprobe run` (`pipeline.run`) writes each extractor's
+resolved keys to the store as a *plan* (`ExtractionPlan`, made by
+`FeatureExtractor.plan`), and a later run with the same settings reads them
+back without Keras.
 
 A plan is reused only while everything it was derived from is unchanged: the
 extractor's settings, the weights file (path, size and modification time, as
