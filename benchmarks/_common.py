@@ -127,7 +127,7 @@ def cifar_subset(root: str | os.PathLike, *, split: str = "train", n_per_class: 
     """The first `n_per_class` images of each class of a CIFAR-10 split, in file-name order.
 
     `root` is laid out as `root/<split>/<class>/<image>.jpg`. The samples come from
-    `features.inputs.from_directory` (sorted by class, then file name) and are picked
+    `layerprobe.features.inputs.from_directory` (sorted by class, then file name) and are picked
     with `ImageDataset.select`, so the same arguments always give the same dataset
     (and the same cache keys).
 
@@ -142,7 +142,7 @@ def cifar_subset(root: str | os.PathLike, *, split: str = "train", n_per_class: 
     Raises:
         SystemExit: If a class holds fewer than `n_per_class` images.
     """
-    from features.inputs import from_directory
+    from layerprobe.features.inputs import from_directory
 
     dataset = from_directory(root).subset(split)
     if n_per_class is None:

@@ -3,7 +3,7 @@
 The 50,000 CIFAR-10 training images go once through VGG16 (the HED BSDS500 weights
 from ../shared, `include_top=False`) at a small input size, and the average-pooled
 block outputs are cached in a feature store (a second run reuses them). Then
-`pipeline.classifiers.fit_classifier` fits each classifier on 50,000 x d features
+`layerprobe.pipeline.classifiers.fit_classifier` fits each classifier on 50,000 x d features
 for a few layer widths d, with a one-candidate grid (scikit-learn's default
 hyperparameters, listed in `ONE_CANDIDATE`) so that the time is that of the
 `cv` cross-validation fits plus the refit on all samples. The RBF SVM, whose fit
@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from _common import (  # noqa: E402
     CIFAR10_DIR,
@@ -96,8 +95,8 @@ def first_per_class(y: np.ndarray, n: int) -> np.ndarray:
 
 def extracted_features(args, log) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
     """Layer -> (50,000 x d) train features from the store, extracting what is missing."""
-    from features.extract import FeatureExtractor
-    from features.store import FeatureStore
+    from layerprobe.features.extract import FeatureExtractor
+    from layerprobe.features.store import FeatureStore
 
     dataset = cifar_subset(args.cifar10, split="train", n_per_class=None)
     # All five block pools go into the cache (one forward pass costs the same), so any
@@ -192,7 +191,7 @@ def main(argv=None) -> int:
         require_path(args.weights, "The VGG16 weights file", "--weights", kind="file")
     args.out.mkdir(parents=True, exist_ok=True)
     args.store = args.store or args.out / "store"
-    from pipeline.classifiers import fit_classifier
+    from layerprobe.pipeline.classifiers import fit_classifier
 
     log = RunLog(SCRIPT, argv)
     features, labels, extraction = (synthetic_features if args.synthetic else extracted_features)(args, log)

@@ -3,8 +3,8 @@
 For one backbone and dataset, every block/stage output (`layers="stages"`) is
 average-pooled and cached in a feature store, then logistic regression and a
 linear SVM (C chosen by stratified CV on the training split,
-`pipeline.classifiers.fit_classifier`) are fitted on each and scored once on
-the test split. All of it is one `pipeline.run.run_experiment` call with two
+`layerprobe.pipeline.classifiers.fit_classifier`) are fitted on each and scored once on
+the test split. All of it is one `layerprobe.pipeline.run.run_experiment` call with two
 backbones: the given weights, and the same architecture at random
 initialisation (seeded) as the control. A rerun reuses the cached features
 and the fitted rows, so it takes seconds.
@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from _common import (  # noqa: E402
     REPO_DIR,
@@ -217,10 +216,10 @@ def main(argv=None) -> int:
               f"{args.dataset} data and no weights. Pass --data and --weights to run elsewhere.")
         return 0
     spec, data, weights = resolved
-    from features.inputs import open_dataset
-    from pipeline.classifiers import CLASSIFIERS
-    from pipeline.config import ConfigError, config_from_dict
-    from pipeline.run import run_experiment
+    from layerprobe.features.inputs import open_dataset
+    from layerprobe.pipeline.classifiers import CLASSIFIERS
+    from layerprobe.pipeline.config import ConfigError, config_from_dict
+    from layerprobe.pipeline.run import run_experiment
 
     unknown = [name for name in args.classifiers if name not in CLASSIFIERS]
     if unknown:

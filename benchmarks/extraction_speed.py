@@ -44,7 +44,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from _common import (  # noqa: E402
     CIFAR10_DIR,
@@ -132,9 +131,9 @@ def instrument_layerprobe(times: dict[str, float]):
     per-chunk forward pass, the per-chunk HDF5 writes and the final commit. The
     wrappers cost a few microseconds per chunk.
     """
-    import features.extract as extract_module
-    from features.backbones import BackboneSpec
-    from features.store import FeatureStore, PartialEntry
+    import layerprobe.features.extract as extract_module
+    from layerprobe.features.backbones import BackboneSpec
+    from layerprobe.features.store import FeatureStore, PartialEntry
 
     def timed(name, function):
         def wrapper(*args, **kwargs):
@@ -186,7 +185,7 @@ def instrument_layerprobe(times: dict[str, float]):
 
 
 def run_layerprobe(extractor, dataset, store_dir: Path):
-    from features.store import FeatureStore
+    from layerprobe.features.store import FeatureStore
 
     times: dict[str, float] = defaultdict(float)
     with instrument_layerprobe(times), Stopwatch() as watch:
@@ -198,7 +197,7 @@ def run_layerprobe(extractor, dataset, store_dir: Path):
 
 
 def run_cache_hit(extractor, dataset, store_dir: Path):
-    from features.store import FeatureStore
+    from layerprobe.features.store import FeatureStore
 
     with Stopwatch() as watch:
         report = extractor.extract(dataset, FeatureStore(store_dir), progress=False)
@@ -270,9 +269,9 @@ def _max_relative_difference(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def speed_part(args, workdir: Path, log) -> tuple[list[dict], list[dict]]:
-    from features.extract import FeatureExtractor
-    from features.store import FeatureStore
-    from features.truncate import build_extractor
+    from layerprobe.features.extract import FeatureExtractor
+    from layerprobe.features.store import FeatureStore
+    from layerprobe.features.truncate import build_extractor
 
     n_per_class = _check_n_images(args.n_images)
     dataset = cifar_subset(args.cifar10, split="train", n_per_class=n_per_class)
@@ -370,8 +369,8 @@ def speed_part(args, workdir: Path, log) -> tuple[list[dict], list[dict]]:
 
 def child_extract(args) -> int:
     """In the child process: one layerprobe extraction, then print peak memory as JSON."""
-    from features.extract import FeatureExtractor
-    from features.store import FeatureStore
+    from layerprobe.features.extract import FeatureExtractor
+    from layerprobe.features.store import FeatureStore
 
     dataset = cifar_subset(args.cifar10, split="train", n_per_class=_check_n_images(args.n_images))
     extractor = FeatureExtractor(

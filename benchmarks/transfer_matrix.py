@@ -9,7 +9,7 @@ CIFAR-10's ten classes are split two ways into a source half A and a target half
 
 For each split, a backbone (default `MobileNetV2(alpha=0.5)` at 48x48, the 32x32
 images upsampled, so that the top stage is 2x2 rather than 1x1) is trained from scratch on A with
-`pipeline.default_experiment.pretrain_source` (`train_from_scratch`, BatchNorm
+`layerprobe.pipeline.default_experiment.pretrain_source` (`train_from_scratch`, BatchNorm
 momentum 0.9); its held-out accuracy on A's test images in inference mode is
 checked and logged, and its headless weights are cached, keyed by the settings.
 On B, with a *small* and a *large* training set (the first N images per class),
@@ -19,9 +19,9 @@ four modes are scored on B's test images:
     A-network;
   * `stage_svm`: a linear SVM on each avg-pooled stage output; the mode's result
     is the stage with the best cross-validated accuracy (training data only);
-  * `finetune`: `pipeline.finetune.finetune` from the A weights: a head on the
+  * `finetune`: `layerprobe.pipeline.finetune.finetune` from the A weights: a head on the
     frozen network, then the top blocks at a low learning rate;
-  * `scratch`: `pipeline.finetune.train_from_scratch`, the same architecture.
+  * `scratch`: `layerprobe.pipeline.finetune.train_from_scratch`, the same architecture.
 
 Features come from `FeatureExtractor` into a feature store and classifiers from
 `fit_classifier` (C by stratified CV). Everything is resumable: source weights,
@@ -53,7 +53,6 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from _common import (  # noqa: E402
     CIFAR10_DIR,
@@ -187,8 +186,8 @@ def timed(row: dict, watch: Stopwatch) -> dict:
 
 def probe(features, train_ids, classifier: str, grid, args) -> dict:
     """Fit `classifier` on one layer's train rows (C by CV) and score it on the test rows."""
-    from pipeline.classifiers import fit_classifier
-    from pipeline.evaluate import evaluate
+    from layerprobe.pipeline.classifiers import fit_classifier
+    from layerprobe.pipeline.evaluate import evaluate
 
     train, test = np.isin(features.sample_ids, train_ids), features.splits == "test"
     with Stopwatch() as watch:
@@ -206,7 +205,7 @@ def keras_config(mode: str, epochs: int, args):
     network trained from scratch rises for the first epochs (BatchNorm statistics still settling)
     and early stopping would keep its random-init weights.
     """
-    from pipeline.finetune import FinetuneConfig
+    from layerprobe.pipeline.finetune import FinetuneConfig
 
     head = max(1, epochs // 3)
     phases = {"head_epochs": head, "finetune_epochs": max(1, epochs - head)} if mode == "finetune" else {
@@ -218,7 +217,7 @@ def keras_config(mode: str, epochs: int, args):
 
 def train_and_score(mode: str, train, test, weights: Path, config, output_dir: Path, args) -> dict:
     """Run `finetune` (from `weights`) or `train_from_scratch` on `train`, score on `test`."""
-    from pipeline.finetune import evaluate_model, finetune, train_from_scratch
+    from layerprobe.pipeline.finetune import evaluate_model, finetune, train_from_scratch
 
     common = dict(output_dir=output_dir, input_size=args.input_size, model_kwargs=args.model_kwargs,
                   config=config, resume=True)
@@ -239,9 +238,9 @@ def train_and_score(mode: str, train, test, weights: Path, config, output_dir: P
 
 def run_split(similarity: str, a_classes, b_classes, full, store, args, log) -> tuple[dict, list[dict]]:
     """Pretrain on A, then score the four modes on B at both sizes: (source facts, long-table rows)."""
-    from features.extract import FeatureExtractor
-    from pipeline.default_experiment import pretrain_source
-    from pipeline.finetune import FinetuneConfig
+    from layerprobe.features.extract import FeatureExtractor
+    from layerprobe.pipeline.default_experiment import pretrain_source
+    from layerprobe.pipeline.finetune import FinetuneConfig
 
     log(f"\n== {similarity}: A = {', '.join(a_classes)}; B = {', '.join(b_classes)}")
     source = pick(full, a_classes, {"train": args.source_per_class, "test": args.source_test_per_class})
@@ -451,8 +450,8 @@ def main(argv=None) -> int:
     started, cpu_started = time.perf_counter(), cpu_seconds()
     log = RunLog(SCRIPT, argv)
 
-    from features.inputs import from_directory
-    from features.store import FeatureStore
+    from layerprobe.features.inputs import from_directory
+    from layerprobe.features.store import FeatureStore
 
     full = from_directory(args.cifar10)
     store = FeatureStore(args.store or args.out / "store")

@@ -29,7 +29,7 @@ class BackboneSpec:
         default_input_size: Side of the input the weights were trained at.
         min_input_size: Smallest side the architecture accepts.
         stage_pattern: Regex of layer names that end a stage. `None` uses the
-            generic rule of `features.layers` (last cut layer per resolution).
+            generic rule of `layerprobe.features.layers` (last cut layer per resolution).
     """
 
     name: str

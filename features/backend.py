@@ -1,12 +1,31 @@
-"""Import Keras once, with the backend's C++ start-up notices muted."""
+"""The one home of layerprobe's contact with Keras internals.
+
+* `import_keras_quietly`: import Keras with the backend's C++ start-up notices muted.
+* The few private Keras APIs layerprobe needs (graph edges for stage detection,
+  the global seed state to restore after a seeded block, an optimizer's
+  variable index) are wrapped here and nowhere else. Each wrapper checks that
+  the private attribute is still there and otherwise raises a `RuntimeError`
+  naming the installed Keras version and the range layerprobe was tested with,
+  instead of an `AttributeError` deep inside a run.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, Iterator
 
-__all__ = ["import_keras_quietly"]
+__all__ = [
+    "TESTED_KERAS",
+    "get_global_seed_state",
+    "import_keras_quietly",
+    "inbound_layers",
+    "optimizer_variable_index",
+    "set_global_seed_state",
+]
+
+TESTED_KERAS = ">=3.3,<4"
+_SEED_ATTRIBUTES = ("global_random_seed", "global_seed_generator")
 
 
 def import_keras_quietly() -> Any:
@@ -16,9 +35,14 @@ def import_keras_quietly() -> Any:
     its logging is configured, so no environment variable silences them all.
     Python errors still surface: they are raised after stderr is restored.
     Callers import Keras through this only when they need it, so work that is
-    all cached never pays for the import.
+    all cached never pays for the import. Set `LAYERPROBE_VERBOSE=1` (the CLI's
+    `--verbose`) to see the notices.
     """
     if "keras" in sys.modules:
+        import keras
+
+        return keras
+    if os.environ.get("LAYERPROBE_VERBOSE"):
         import keras
 
         return keras
@@ -35,3 +59,50 @@ def import_keras_quietly() -> Any:
         os.dup2(saved, 2)
         os.close(saved)
     return keras
+
+
+def _internals_error(what: str, error: Exception) -> RuntimeError:
+    import keras
+
+    return RuntimeError(
+        f"layerprobe uses a private Keras API ({what}) that the installed Keras {keras.__version__} "
+        f"no longer provides ({type(error).__name__}: {error}). layerprobe is tested with keras{TESTED_KERAS}: "
+        f"install a tested version (pip install 'keras{TESTED_KERAS}') or report this at layerprobe's tracker."
+    )
+
+
+def inbound_layers(layer) -> Iterator[Any]:
+    """The layers (operations) whose outputs feed `layer`, over all of its call sites."""
+    try:
+        nodes = layer._inbound_nodes
+        for node in nodes:
+            for tensor in node.input_tensors:
+                yield tensor._keras_history.operation
+    except AttributeError as error:
+        raise _internals_error("Layer._inbound_nodes / KerasTensor._keras_history", error) from error
+
+
+def get_global_seed_state() -> dict[str, Any]:
+    """Keras's global seed attributes, to restore after a seeded block."""
+    try:
+        from keras.src.backend.common import global_state
+
+        return {name: global_state.get_global_attribute(name) for name in _SEED_ATTRIBUTES}
+    except (ImportError, AttributeError) as error:
+        raise _internals_error("keras.src.backend.common.global_state", error) from error
+
+
+def set_global_seed_state(state: dict[str, Any]) -> None:
+    """Restore what `get_global_seed_state` returned."""
+    from keras.src.backend.common import global_state
+
+    for name, value in state.items():
+        global_state.set_global_attribute(name, value)
+
+
+def optimizer_variable_index(optimizer, variable) -> int:
+    """The index of `variable` in `optimizer`'s built variable list (Optimizer._get_variable_index)."""
+    try:
+        return optimizer._get_variable_index(variable)
+    except AttributeError as error:
+        raise _internals_error("Optimizer._get_variable_index", error) from error

@@ -18,13 +18,13 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from features.inputs import DEFAULT_MAX_PIXELS, ImageDataset, iter_decoded_chunks
-from features.keys import FeatureKey
-from features.layers import LayerInfo, resolve_layers
-from features.plans import ExtractionPlan, PlannedLayer
-from features.store import FeatureSet, FeatureStore, library_versions
-from features.truncate import DEFAULT_MAX_FLATTEN_DIM, build_extractor, per_layer_pooling, pooled_shape
-from features.weights import Backbone, load_backbone
+from layerprobe.features.inputs import DEFAULT_MAX_PIXELS, ImageDataset, iter_decoded_chunks
+from layerprobe.features.keys import FeatureKey
+from layerprobe.features.layers import LayerInfo, resolve_layers
+from layerprobe.features.plans import ExtractionPlan, PlannedLayer
+from layerprobe.features.store import FeatureSet, FeatureStore, library_versions
+from layerprobe.features.truncate import DEFAULT_MAX_FLATTEN_DIM, build_extractor, per_layer_pooling, pooled_shape
+from layerprobe.features.weights import Backbone, load_backbone
 
 __all__ = ["FeatureExtractor", "ExtractionReport", "dtype_policy", "extract_features"]
 
@@ -149,7 +149,7 @@ class FeatureExtractor:
         return [info.name for info in self.layers]
 
     def plan(self) -> ExtractionPlan:
-        """How this extractor's feature keys are made (see `features.plans`)."""
+        """How this extractor's feature keys are made (see `layerprobe.features.plans`)."""
         last = len(self.backbone.model.layers) - 1
         return ExtractionPlan(
             architecture=self.backbone.architecture,
@@ -186,7 +186,7 @@ class FeatureExtractor:
         (a concurrent extraction of the same key waits, then reuses it).
 
         Args:
-            dataset: Images to extract (see `features.inputs`).
+            dataset: Images to extract (see `layerprobe.features.inputs`).
             store: Where features are cached.
             chunk_size: Samples per committed chunk (a multiple of `batch_size`;
                 default: about 256). Work lost to a crash is at most one chunk.

@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from layerprobe.features.errors import InputError, UnreadableImageError
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
@@ -56,23 +58,6 @@ _QUEUE_POLL_SECONDS = 0.1
 _DONE = object()
 
 
-class UnreadableImageError(ValueError):
-    """An image file that cannot be decoded.
-
-    Attributes:
-        reason: Short text starting with the kind of failure: "file not found",
-            "empty file", "cannot open file: ...", "not an image: ...",
-            "truncated or corrupt image: ..." or "too large: ...".
-        path: The file, or None.
-    """
-
-    def __init__(self, reason: str, path: str | None = None):
-        super().__init__(reason if path is None else f"{reason} (file: {path})")
-        self.reason = reason
-        self.path = path
-
-    def __reduce__(self):
-        return type(self), (self.reason, self.path)
 
 
 def _check_positive_int(name: str, value: object) -> None:

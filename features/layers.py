@@ -25,7 +25,9 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from features.backbones import BackboneSpec
+from layerprobe.features.backbones import BackboneSpec
+from layerprobe.features.backend import inbound_layers
+from layerprobe.features.errors import UnknownLayerError
 
 __all__ = [
     "LayerInfo",
@@ -37,10 +39,6 @@ __all__ = [
 
 _AUTO_NAME = re.compile(r"^(?P<base>[a-z0-9_]+?)(_\d+)?$")
 _SKIPPED_TYPES = ("InputLayer", "ZeroPadding2D")
-
-
-class UnknownLayerError(ValueError):
-    """A layer selector matches no layer of the backbone."""
 
 
 @dataclass(frozen=True)
@@ -100,11 +98,10 @@ def _cut_flags(model) -> list[bool]:
     position = {id(layer): i for i, layer in enumerate(model.layers)}
     last_consumer = list(range(len(model.layers)))
     for i, layer in enumerate(model.layers):
-        for node in layer._inbound_nodes:
-            for tensor in node.input_tensors:
-                parent = position.get(id(tensor._keras_history.operation))
-                if parent is not None:
-                    last_consumer[parent] = max(last_consumer[parent], i)
+        for operation in inbound_layers(layer):
+            parent = position.get(id(operation))
+            if parent is not None:
+                last_consumer[parent] = max(last_consumer[parent], i)
     flags, reach = [], 0  # reach: furthest consumer of any earlier layer
     for i in range(len(model.layers)):
         flags.append(reach <= i)

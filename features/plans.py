@@ -4,7 +4,7 @@ A feature key needs the backbone built: layer aliases ("stages", depths) are
 resolved against the model, and random or ImageNet weights are identified by
 their values. Building it means importing the Keras backend and constructing
 the model, seconds that dominate a rerun whose features and results are all
-cached already. So `layerprobe run` (`pipeline.run`) writes each extractor's
+cached already. So `layerprobe run` (`layerprobe.pipeline.run`) writes each extractor's
 resolved keys to the store as a *plan* (`ExtractionPlan`, made by
 `FeatureExtractor.plan`), and a later run with the same settings reads them
 back without Keras.
@@ -27,8 +27,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
-from features.inputs import DEFAULT_MAX_PIXELS
-from features.keys import FORMAT_VERSION, FeatureKey
+from layerprobe.features.inputs import DEFAULT_MAX_PIXELS
+from layerprobe.features.keys import FORMAT_VERSION, FeatureKey
 
 __all__ = ["ExtractionPlan", "PlannedLayer", "load_plan", "plan_signature", "save_plan"]
 

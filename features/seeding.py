@@ -8,6 +8,8 @@ from typing import Iterator
 
 import numpy as np
 
+from layerprobe.features.backend import get_global_seed_state, set_global_seed_state
+
 __all__ = ["keras_seed"]
 
 
@@ -22,19 +24,14 @@ def keras_seed(seed: int | None) -> Iterator[None]:
         yield
         return
     import keras
-    from keras.src.backend.common import global_state
 
     saved_python = random.getstate()
     saved_numpy = np.random.get_state()
-    saved_keras = {
-        name: global_state.get_global_attribute(name)
-        for name in ("global_random_seed", "global_seed_generator")
-    }
+    saved_keras = get_global_seed_state()
     keras.utils.set_random_seed(int(seed))
     try:
         yield
     finally:
         random.setstate(saved_python)
         np.random.set_state(saved_numpy)
-        for name, value in saved_keras.items():
-            global_state.set_global_attribute(name, value)
+        set_global_seed_state(saved_keras)

@@ -39,7 +39,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import h5py
 import numpy as np
 
-from features.keys import FeatureKey
+from layerprobe.features.errors import CorruptEntryError, EntryNotFoundError, IncompleteEntryError, StoreError
+from layerprobe.features.keys import FeatureKey
 
 __all__ = [
     "StoreError",
@@ -59,23 +60,6 @@ CHUNK_ENCODING_TYPE = "layerprobe.feature-chunk"
 _STRING = h5py.string_dtype(encoding="utf-8")
 
 
-class StoreError(Exception):
-    """A feature store cannot be used as asked (unwritable, full, bad name)."""
-
-
-class CorruptEntryError(StoreError):
-    """A stored entry cannot be read or does not match its own metadata."""
-
-
-class IncompleteEntryError(StoreError):
-    """Features were asked for that are not (fully) extracted yet."""
-
-
-class EntryNotFoundError(StoreError, KeyError):
-    """No entry matches the given name or digest."""
-
-    def __str__(self) -> str:  # KeyError would quote the message.
-        return str(self.args[0])
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-from features.layers import LayerInfo
+from layerprobe.features.layers import LayerInfo
 
 __all__ = ["POOLINGS", "DEFAULT_MAX_FLATTEN_DIM", "build_extractor", "pooled_shape", "per_layer_pooling"]
 
@@ -70,7 +70,7 @@ def build_extractor(model, layers: Sequence[LayerInfo], pooling: Mapping[str, st
 
     Args:
         model: The backbone.
-        layers: Selected layers (from `features.layers.resolve_layers`).
+        layers: Selected layers (from `layerprobe.features.layers.resolve_layers`).
         pooling: Layer name -> one of `POOLINGS` (from `per_layer_pooling`).
 
     Returns:

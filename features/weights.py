@@ -24,17 +24,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from features.backend import import_keras_quietly
-from features.backbones import BackboneSpec, get_backbone_spec
-from features.seeding import keras_seed
+from layerprobe.features.backend import import_keras_quietly
+from layerprobe.features.errors import BackboneError, WeightsUnavailableError
+from layerprobe.features.backbones import BackboneSpec, get_backbone_spec
+from layerprobe.features.seeding import keras_seed
 
 __all__ = ["Backbone", "WeightsUnavailableError", "file_digest", "load_backbone", "parse_weights"]
 
 _READ_BLOCK = 1 << 20
-
-
-class WeightsUnavailableError(RuntimeError):
-    """The requested weights cannot be obtained (offline, missing or wrong file)."""
 
 
 @dataclass(frozen=True, eq=False)

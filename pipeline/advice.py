@@ -191,7 +191,7 @@ def recommend(results: pd.DataFrame, *, n_train: int, n_classes: int, smallest_c
     """Recommend a transfer mode from a results table.
 
     Args:
-        results: The run's table (see `pipeline.results`); frozen rows are used,
+        results: The run's table (see `layerprobe.pipeline.results`); frozen rows are used,
             finetune/scratch rows are cited when present.
         n_train: Samples in the training split.
         n_classes: Number of classes.

@@ -2,7 +2,7 @@
 
 The functions here only ever see the training split. Hyperparameters are chosen
 by cross-validation inside the training data; the held-out test split is scored
-once, afterwards, with :func:`pipeline.evaluate.evaluate`.
+once, afterwards, with :func:`layerprobe.pipeline.evaluate.evaluate`.
 """
 
 from __future__ import annotations
@@ -293,7 +293,7 @@ def fit_classifier(
     """Chooses hyperparameters by stratified CV on the training split and refits.
 
     Only the training split is passed here; the test split stays untouched until
-    :func:`pipeline.evaluate.evaluate`.
+    :func:`layerprobe.pipeline.evaluate.evaluate`.
 
     Args:
         X_train: Training features, shape ``(n_samples, n_features)``.

@@ -33,7 +33,7 @@ def _split_list(text: str) -> list[str]:
 
 
 def _weights(text: str) -> str | None:
-    from features.weights import parse_weights
+    from layerprobe.features.weights import parse_weights
 
     try:
         return parse_weights(text)
@@ -58,9 +58,9 @@ def _add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
 
 @_command("layers")
 def _layers(args: argparse.Namespace) -> int:
-    from features.backbones import BACKBONES
-    from features.layers import describe_layers
-    from features.weights import load_backbone
+    from layerprobe.features.backbones import BACKBONES
+    from layerprobe.features.layers import describe_layers
+    from layerprobe.features.weights import load_backbone
 
     if args.list or not args.model:
         for name, spec in BACKBONES.items():
@@ -89,9 +89,9 @@ def _layers(args: argparse.Namespace) -> int:
 
 @_command("extract")
 def _extract(args: argparse.Namespace) -> int:
-    from features.extract import FeatureExtractor
-    from features.inputs import open_dataset
-    from features.store import FeatureStore
+    from layerprobe.features.extract import FeatureExtractor
+    from layerprobe.features.inputs import open_dataset
+    from layerprobe.features.store import FeatureStore
 
     dataset = open_dataset(args.data)
     store = FeatureStore(args.store)
@@ -121,7 +121,7 @@ def _extract(args: argparse.Namespace) -> int:
 
 @_command("store")
 def _store(args: argparse.Namespace) -> int:
-    from features.store import FeatureStore
+    from layerprobe.features.store import FeatureStore
 
     store = FeatureStore(args.store)
     if args.action == "ls":
@@ -146,13 +146,13 @@ def _store(args: argparse.Namespace) -> int:
 @_command("finetune")
 def _run(args: argparse.Namespace) -> int:
     if args.config is None:
-        from pipeline.config import DEFAULT_OUTPUT_DIR, DEFAULT_STORE
-        from pipeline.default_experiment import run_default
+        from layerprobe.pipeline.config import DEFAULT_OUTPUT_DIR, DEFAULT_STORE
+        from layerprobe.pipeline.default_experiment import run_default
 
         run_default(args.out or DEFAULT_OUTPUT_DIR, store=args.store or DEFAULT_STORE, progress=not args.no_progress)
         return 0
-    from pipeline.config import load_config
-    from pipeline.run import run_experiment
+    from layerprobe.pipeline.config import load_config
+    from layerprobe.pipeline.run import run_experiment
 
     config = load_config(args.config).with_paths(output_dir=args.out, store=args.store)
     run_experiment(config, progress=not args.no_progress, finetune_only=args.command == "finetune")
@@ -161,7 +161,7 @@ def _run(args: argparse.Namespace) -> int:
 
 @_command("predict")
 def _predict(args: argparse.Namespace) -> int:
-    from pipeline.predict import predict_images
+    from layerprobe.pipeline.predict import predict_images
 
     predict_images(args.classifier, args.data, out=args.out, store=args.store, progress=not args.no_progress)
     return 0
@@ -228,8 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `layerprobe` console script."""
     args = build_parser().parse_args(argv)
-    from features.store import StoreError
-    from features.weights import WeightsUnavailableError
+    from layerprobe.features.store import StoreError
+    from layerprobe.features.weights import WeightsUnavailableError
 
     try:
         return _COMMANDS[args.command](args)

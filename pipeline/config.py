@@ -56,11 +56,12 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from features.backbones import BACKBONES
-from features.extract import STORAGE_DTYPES
-from features.truncate import POOLINGS
-from features.weights import parse_weights
-from pipeline.classifiers import CLASSIFIERS, PREPROCESSING, make_pipeline
+from layerprobe.features.backbones import BACKBONES
+from layerprobe.features.errors import ConfigError
+from layerprobe.features.extract import STORAGE_DTYPES
+from layerprobe.features.truncate import POOLINGS
+from layerprobe.features.weights import parse_weights
+from layerprobe.pipeline.classifiers import CLASSIFIERS, PREPROCESSING, make_pipeline
 
 __all__ = [
     "BackboneConfig",
@@ -80,20 +81,6 @@ DEFAULT_OUTPUT_DIR = "layerprobe-out"
 FINETUNE_MODES = ("finetune", "scratch")
 
 
-class ConfigError(ValueError):
-    """An experiment config is invalid; the message lists every problem found.
-
-    Attributes:
-        problems: One line per problem, each naming its section and key.
-    """
-
-    def __init__(self, problems: list[str], source: str):
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {problem}" for problem in self.problems)
-        super().__init__(
-            f"The experiment config {source} has {len(self.problems)} problem(s); nothing was run. "
-            f"Fix them and run again:\n{lines}"
-        )
 
 
 @dataclass(frozen=True)
@@ -166,9 +153,9 @@ class ClassifiersConfig:
     """Classifiers fitted on every layer's features.
 
     Attributes:
-        names: Names in `pipeline.classifiers.CLASSIFIERS`.
+        names: Names in `layerprobe.pipeline.classifiers.CLASSIFIERS`.
         cv: Cross-validation folds on the training split.
-        preprocessing: Names in `pipeline.classifiers.PREPROCESSING`.
+        preprocessing: Names in `layerprobe.pipeline.classifiers.PREPROCESSING`.
         pca_components: Optional PCA before the classifier.
         n_jobs: Parallel fits in the grid search.
         seed: Seed of the folds, PCA and the classifiers.
@@ -196,7 +183,7 @@ class FinetuneStageConfig:
     Attributes:
         modes: `"finetune"` (every backbone with weights, top blocks unfrozen)
             and/or `"scratch"` (every architecture from random weights).
-        options: The other keys, passed to `pipeline.finetune.FinetuneConfig.from_dict`.
+        options: The other keys, passed to `layerprobe.pipeline.finetune.FinetuneConfig.from_dict`.
     """
 
     modes: tuple[str, ...] = ("finetune",)
@@ -557,10 +544,10 @@ def _finetune(checker: _Checker, raw: Any) -> FinetuneStageConfig | None:
     except _Invalid as problem:
         checker.report("[finetune] modes", str(problem), raw["modes"])
         return None
-    from features.backend import import_keras_quietly
+    from layerprobe.features.backend import import_keras_quietly
 
     import_keras_quietly()  # pipeline.finetune imports Keras: only for configs that finetune
-    from pipeline.finetune import FinetuneConfig
+    from layerprobe.pipeline.finetune import FinetuneConfig
 
     try:
         FinetuneConfig.from_dict(options)

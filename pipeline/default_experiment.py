@@ -5,7 +5,7 @@ digits) and takes a few minutes at most on two CPU cores. The digits are split
 in two halves (stratified, seeded):
 
 1. **Source**: a `MobileNetV2(alpha=0.35)` is trained from scratch on half A
-   (`pipeline.finetune.train_from_scratch`, 32x32 inputs, BatchNormalization
+   (`layerprobe.pipeline.finetune.train_from_scratch`, 32x32 inputs, BatchNormalization
    momentum 0.9 so that a short training leaves usable moving averages). Its
    accuracy with `training=False` on held-out source digits is checked and
    logged before its features are used. The headless weights are saved as
@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
-from features.inputs import ImageDataset, from_arrays
-from pipeline.config import ExperimentConfig, config_from_dict
-from pipeline.persistence import write_atomically
-from pipeline.run import RunResult, run_experiment
+from layerprobe.features.inputs import ImageDataset, from_arrays
+from layerprobe.pipeline.config import ExperimentConfig, config_from_dict
+from layerprobe.pipeline.persistence import write_atomically
+from layerprobe.pipeline.run import RunResult, run_experiment
 
 if TYPE_CHECKING:
-    from pipeline.finetune import FinetuneConfig
+    from layerprobe.pipeline.finetune import FinetuneConfig
 
 __all__ = ["default_config", "pretrain_source", "run_default", "train_source_weights", "write_target_images"]
 
@@ -143,7 +143,7 @@ def pretrain_source(
     """
     import keras
 
-    from pipeline.finetune import evaluate_model, train_from_scratch
+    from layerprobe.pipeline.finetune import evaluate_model, train_from_scratch
 
     model_kwargs = dict(model_kwargs or {})
     settings = {
@@ -196,7 +196,7 @@ def train_source_weights(directory: Path, *, log: Callable[[str], None] = print)
         RuntimeError: If its held-out accuracy in inference mode is below
             `MIN_SOURCE_ACCURACY` (its features would be meaningless).
     """
-    from pipeline.finetune import FinetuneConfig
+    from layerprobe.pipeline.finetune import FinetuneConfig
 
     options = FinetuneConfig(
         head_epochs=SOURCE_EPOCHS, finetune_epochs=0, augmentation=None, dropout=0.0,

@@ -16,7 +16,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from pipeline.classifiers import check_features
+from layerprobe.pipeline.classifiers import check_features
 
 __all__ = ["Scores", "check_labels", "evaluate"]
 

@@ -46,15 +46,16 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from features.backbones import BackboneSpec
-from features.extract import dtype_policy
-from features.inputs import ImageDataset, UnreadableImageError, iter_decoded_chunks
-from features.layers import describe_layers, resolve_layers
-from features.seeding import keras_seed
-from features.weights import Backbone, load_backbone
-from pipeline.classifiers import fit_classifier, unknown_name_error
-from pipeline.evaluate import evaluate
-from pipeline.persistence import write_atomically
+from layerprobe.features.backbones import BackboneSpec
+from layerprobe.features.backend import optimizer_variable_index
+from layerprobe.features.extract import dtype_policy
+from layerprobe.features.inputs import ImageDataset, UnreadableImageError, iter_decoded_chunks
+from layerprobe.features.layers import describe_layers, resolve_layers
+from layerprobe.features.seeding import keras_seed
+from layerprobe.features.weights import Backbone, load_backbone
+from layerprobe.pipeline.classifiers import fit_classifier, unknown_name_error
+from layerprobe.pipeline.evaluate import evaluate
+from layerprobe.pipeline.persistence import write_atomically
 
 __all__ = [
     "AUGMENTATIONS",
@@ -383,7 +384,7 @@ def build_classifier_model(
     scratch leaves it the identity) before the head.
 
     Args:
-        backbone: From `features.weights.load_backbone`.
+        backbone: From `layerprobe.features.weights.load_backbone`.
         n_classes: Number of output classes (>= 2).
         hidden_units: Dense ReLU layers (He init) between pooling and the softmax.
         dropout: Dropout rate before each dense layer; 0 for none.
@@ -459,7 +460,7 @@ def _fit_head_inputs(model: keras.Model, batches: ImageBatches, *, logreg_seed: 
 
     Features constant over the batches keep scale 1, as in scikit-learn's StandardScaler.
     With `logreg_seed`, also fits a logistic regression on the standardized features
-    (`pipeline.classifiers.fit_classifier`, C by cross-validation) and returns its
+    (`layerprobe.pipeline.classifiers.fit_classifier`, C by cross-validation) and returns its
     (coef, intercept) for the raw features (see `_set_head`).
     """
     pooled = keras.Model(model.input, model.get_layer("avg_pool").output)
@@ -527,7 +528,7 @@ def _first_unfrozen(model, spec: BackboneSpec, blocks: int | str) -> int:
 def unfreeze_top(model: Any, spec: BackboneSpec, blocks: int | str) -> list[str]:
     """Makes the backbone's top blocks trainable and freezes everything below.
 
-    Blocks end at the stage outputs of `features.layers` (VGG's `blockN_pool`,
+    Blocks end at the stage outputs of `layerprobe.features.layers` (VGG's `blockN_pool`,
     else the last layer at each resolution). BatchNormalization layers always
     stay frozen. Recompile the model afterwards for the change to take effect.
 
@@ -608,7 +609,7 @@ class BlockwiseAdam(keras.optimizers.Adam):
         self._variable_scales = [self.lr_scales.get(path, 1.0) for path in paths]
 
     def update_step(self, gradient, variable, learning_rate):
-        scale = self._variable_scales[self._get_variable_index(variable)]
+        scale = self._variable_scales[optimizer_variable_index(self, variable)]
         super().update_step(gradient, variable, learning_rate * scale)
 
     def get_config(self):

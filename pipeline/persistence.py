@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import sklearn
 
-from pipeline.evaluate import check_labels
+from layerprobe.pipeline.evaluate import check_labels
 
 __all__ = ["FORMAT_VERSION", "load_classifier", "save_classifier", "write_atomically", "write_predictions"]
 

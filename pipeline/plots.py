@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.persistence import write_atomically
+from layerprobe.pipeline.persistence import write_atomically
 
 __all__ = ["plot_depth"]
 
@@ -20,7 +20,7 @@ def plot_depth(results: pd.DataFrame, path: str | os.PathLike, *, title: str = "
     backend change) and written as PNG, atomically.
 
     Args:
-        results: The results table (see `pipeline.results`).
+        results: The results table (see `layerprobe.pipeline.results`).
         path: Destination `.png` file.
         title: Figure title.
 

@@ -15,10 +15,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from features.extract import FeatureExtractor
-from features.inputs import open_images
-from features.store import FeatureSet, FeatureStore
-from pipeline.persistence import load_classifier, write_predictions
+from layerprobe.features.extract import FeatureExtractor
+from layerprobe.features.inputs import open_images
+from layerprobe.features.store import FeatureSet, FeatureStore
+from layerprobe.pipeline.persistence import load_classifier, write_predictions
 
 __all__ = ["extractor_record", "extractor_from_record", "flat_features", "predict_images"]
 
@@ -83,7 +83,7 @@ def predict_images(
     Args:
         model_path: The classifier's `.joblib` file (its `.json` sidecar beside it).
         data: Image folder (class subfolders, or just images: unlabelled) or
-            CSV file (see `features.inputs.open_images`).
+            CSV file (see `layerprobe.features.inputs.open_images`).
         out: Destination CSV: sample_id, true_label (when the data's class names
             are among the classifier's), predicted_label, and class probabilities
             when the classifier has them.

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.persistence import write_atomically
+from layerprobe.pipeline.persistence import write_atomically
 
 __all__ = ["MODES", "RESULT_COLUMNS", "markdown_table", "results_frame", "write_results", "write_summary"]
 

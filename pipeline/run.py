@@ -35,21 +35,21 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from features.backend import import_keras_quietly
-from features.extract import FeatureExtractor
-from features.inputs import ImageDataset, open_dataset
-from features.keys import FeatureKey
-from features.plans import ExtractionPlan, PlannedLayer, load_plan, plan_signature, save_plan
-from features.store import FeatureSet, FeatureStore
-from features.weights import WeightsUnavailableError
-from pipeline.advice import Advice, recommend
-from pipeline.classifiers import check_features, fit_classifier
-from pipeline.config import BackboneConfig, ConfigError, DataConfig, ExperimentConfig
-from pipeline.evaluate import evaluate
-from pipeline.persistence import write_atomically, load_classifier, save_classifier, write_predictions
-from pipeline.plots import plot_depth
-from pipeline.predict import extractor_record, flat_features
-from pipeline.results import markdown_table, results_frame, write_results, write_summary
+from layerprobe.features.backend import import_keras_quietly
+from layerprobe.features.extract import FeatureExtractor
+from layerprobe.features.inputs import ImageDataset, open_dataset
+from layerprobe.features.keys import FeatureKey
+from layerprobe.features.plans import ExtractionPlan, PlannedLayer, load_plan, plan_signature, save_plan
+from layerprobe.features.store import FeatureSet, FeatureStore
+from layerprobe.features.weights import WeightsUnavailableError
+from layerprobe.pipeline.advice import Advice, recommend
+from layerprobe.pipeline.classifiers import check_features, fit_classifier
+from layerprobe.pipeline.config import BackboneConfig, ConfigError, DataConfig, ExperimentConfig
+from layerprobe.pipeline.evaluate import evaluate
+from layerprobe.pipeline.persistence import write_atomically, load_classifier, save_classifier, write_predictions
+from layerprobe.pipeline.plots import plot_depth
+from layerprobe.pipeline.predict import extractor_record, flat_features
+from layerprobe.pipeline.results import markdown_table, results_frame, write_results, write_summary
 
 __all__ = ["RunResult", "run_experiment", "split_dataset"]
 
@@ -63,7 +63,7 @@ class RunResult:
     """What a run produced.
 
     Attributes:
-        results: The results table (see `pipeline.results`).
+        results: The results table (see `layerprobe.pipeline.results`).
         advice: The mode recommendation.
         output_dir: Where everything was written.
         results_path: `results.csv`.
@@ -408,7 +408,7 @@ def _finetune_rows(
     resumes from its checkpoint if its settings match, and starts over if not.
     """
     import_keras_quietly()
-    from pipeline.finetune import EpochLogger, FinetuneConfig, evaluate_model, finetune, train_from_scratch
+    from layerprobe.pipeline.finetune import EpochLogger, FinetuneConfig, evaluate_model, finetune, train_from_scratch
 
     stage = config.finetune
     options = FinetuneConfig.from_dict(stage.options)
@@ -529,7 +529,7 @@ def run_experiment(
     """Run a whole experiment: extract, fit, score, save, summarise, recommend.
 
     Args:
-        config: From `pipeline.config.load_config` or `config_from_dict`.
+        config: From `layerprobe.pipeline.config.load_config` or `config_from_dict`.
         log: Called with one line per event (cached/computed features,
             fitted/reused rows, the final table and advice).
         progress: Show progress bars while extracting.

@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from features.backbones import BACKBONES, BackboneSpec, get_backbone_spec
-from features.layers import UnknownLayerError, describe_layers, resolve_layers
-from features.weights import WeightsUnavailableError, file_digest, load_backbone, parse_weights
+from layerprobe.features.backbones import BACKBONES, BackboneSpec, get_backbone_spec
+from layerprobe.features.layers import UnknownLayerError, describe_layers, resolve_layers
+from layerprobe.features.weights import WeightsUnavailableError, file_digest, load_backbone, parse_weights
 
 
 def test_registry_covers_every_keras_application():

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from features.extract import FeatureExtractor
-from features.inputs import from_arrays, from_directory
-from features.keys import FeatureKey
-from features.layers import UnknownLayerError
-from features.store import FeatureStore, IncompleteEntryError
+from layerprobe.features.extract import FeatureExtractor
+from layerprobe.features.inputs import from_arrays, from_directory
+from layerprobe.features.keys import FeatureKey
+from layerprobe.features.layers import UnknownLayerError
+from layerprobe.features.store import FeatureStore, IncompleteEntryError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -106,7 +106,7 @@ def test_only_missing_layers_are_computed(tmp_path):
 
 def _count_builds_and_traces(monkeypatch) -> tuple[list, list]:
     """Record every multi-output model built and every predict function made."""
-    import features.extract as extract_module
+    import layerprobe.features.extract as extract_module
 
     builds, traces = [], []
     build = extract_module.build_extractor
@@ -258,10 +258,10 @@ _KILLED_RUN = textwrap.dedent(
     import os, signal, sys
     import numpy as np
     sys.path.insert(0, {repo!r})
-    from features import store as store_module
-    from features.extract import FeatureExtractor
-    from features.inputs import from_arrays
-    from features.store import FeatureStore
+    from layerprobe.features import store as store_module
+    from layerprobe.features.extract import FeatureExtractor
+    from layerprobe.features.inputs import from_arrays
+    from layerprobe.features.store import FeatureStore
 
     original = store_module.PartialEntry.write_chunk
     writes = []

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from features.inputs import (
+from layerprobe.features.inputs import (
     UNLABELLED,
     DecodedChunk,
     ImageDataset,
@@ -594,7 +594,7 @@ def test_abandoned_iterator_does_not_block_interpreter_exit():
         """
         import time
         import numpy as np
-        from features.inputs import iter_decoded_chunks
+        from layerprobe.features.inputs import iter_decoded_chunks
 
         class Fast:
             def __len__(self):

@@ -4,9 +4,9 @@ import os
 
 import numpy as np
 
-from features.extract import FeatureExtractor
-from features.inputs import from_arrays
-from features.plans import ExtractionPlan, PlannedLayer, load_plan, plan_signature, save_plan
+from layerprobe.features.extract import FeatureExtractor
+from layerprobe.features.inputs import from_arrays
+from layerprobe.features.plans import ExtractionPlan, PlannedLayer, load_plan, plan_signature, save_plan
 
 SETTINGS = {
     "model": "VGG16", "weights": None, "layers": ["stages"], "pooling": "avg", "input_size": 32,

@@ -7,10 +7,10 @@ import h5py
 import numpy as np
 import pytest
 
-from features.extract import FeatureExtractor
-from features.inputs import from_arrays
-from features.keys import FeatureKey
-from features.store import CorruptEntryError, EntryNotFoundError, FeatureStore, IncompleteEntryError, StoreError
+from layerprobe.features.extract import FeatureExtractor
+from layerprobe.features.inputs import from_arrays
+from layerprobe.features.keys import FeatureKey
+from layerprobe.features.store import CorruptEntryError, EntryNotFoundError, FeatureStore, IncompleteEntryError, StoreError
 
 
 def _key(layer="block1_pool"):

@@ -1,9 +1,9 @@
 import pandas as pd
 import pytest
 
-from pipeline.advice import recommend
-from pipeline.plots import plot_depth
-from pipeline.results import results_frame
+from layerprobe.pipeline.advice import recommend
+from layerprobe.pipeline.plots import plot_depth
+from layerprobe.pipeline.results import results_frame
 
 
 def _table(scores, *, weights="imagenet", classifiers=("logreg", "linear_svm")):

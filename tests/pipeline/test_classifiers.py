@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import Normalizer, StandardScaler
 
-from pipeline.classifiers import CLASSIFIERS, PREPROCESSING, fit_classifier, make_pipeline
+from layerprobe.pipeline.classifiers import CLASSIFIERS, PREPROCESSING, fit_classifier, make_pipeline
 
 
 @pytest.fixture

@@ -2,14 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import (
+from layerprobe.pipeline.config import (
     ConfigError,
     ExperimentConfig,
     FinetuneStageConfig,
     config_from_dict,
     load_config,
 )
-from pipeline.default_experiment import default_config
+from layerprobe.pipeline.default_experiment import default_config
 
 REPO = Path(__file__).resolve().parents[2]
 

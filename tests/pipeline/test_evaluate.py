@@ -5,8 +5,8 @@ import pytest
 from sklearn.datasets import make_blobs
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from pipeline.classifiers import fit_classifier
-from pipeline.evaluate import Scores, evaluate
+from layerprobe.pipeline.classifiers import fit_classifier
+from layerprobe.pipeline.evaluate import Scores, evaluate
 
 CLASS_NAMES = ["cat", "dog", "fox"]
 

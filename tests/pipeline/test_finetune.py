@@ -17,16 +17,16 @@ import pytest
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
-from features.backbones import BackboneSpec, get_backbone_spec
-from features.inputs import from_arrays, from_csv
-from features.layers import UnknownLayerError, describe_layers
-from features.extract import FeatureExtractor
-from features.weights import load_backbone
-from pipeline import finetune as finetune_module
-from pipeline import run as run_module
-from pipeline.classifiers import fit_classifier
-from pipeline.cli import main
-from pipeline.finetune import (
+from layerprobe.features.backbones import BackboneSpec, get_backbone_spec
+from layerprobe.features.inputs import from_arrays, from_csv
+from layerprobe.features.layers import UnknownLayerError, describe_layers
+from layerprobe.features.extract import FeatureExtractor
+from layerprobe.features.weights import load_backbone
+from layerprobe.pipeline import finetune as finetune_module
+from layerprobe.pipeline import run as run_module
+from layerprobe.pipeline.classifiers import fit_classifier
+from layerprobe.pipeline.cli import main
+from layerprobe.pipeline.finetune import (
     BackbonePreprocessing,
     BlockwiseAdam,
     FinetuneConfig,
@@ -494,7 +494,7 @@ def test_train_from_scratch_uses_the_configured_batchnorm_momentum(data, tmp_pat
 
 _FIRST_STEP = """
 import keras, numpy as np
-from pipeline.finetune import BlockwiseAdam
+from layerprobe.pipeline.finetune import BlockwiseAdam
 low, top = (keras.Variable(np.zeros(3, "float32"), name=name) for name in ("low", "top"))
 optimizer = BlockwiseAdam(0.1, lr_scales={low.path: 0.25})
 optimizer.apply([keras.ops.ones(3), keras.ops.ones(3)], [low, top])

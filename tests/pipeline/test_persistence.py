@@ -4,9 +4,9 @@ import pytest
 import sklearn
 from sklearn.datasets import make_blobs
 
-from pipeline import persistence
-from pipeline.classifiers import fit_classifier
-from pipeline.persistence import load_classifier, save_classifier, write_predictions
+from layerprobe.pipeline import persistence
+from layerprobe.pipeline.classifiers import fit_classifier
+from layerprobe.pipeline.persistence import load_classifier, save_classifier, write_predictions
 
 CLASS_NAMES = ["cat", "dog", "fox"]
 

@@ -28,9 +28,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from features.extract import FeatureExtractor
-from features.inputs import from_arrays
-from features.store import FeatureStore
+from layerprobe.features.extract import FeatureExtractor
+from layerprobe.features.inputs import from_arrays
+from layerprobe.features.store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,10 +43,10 @@ _SCRIPT = textwrap.dedent(
     import json, os, signal, sys
     sys.path.insert(0, {repo!r})
     import numpy as np
-    from features import store as store_module
-    from features.extract import FeatureExtractor
-    from features.inputs import from_arrays
-    from features.store import FeatureStore
+    from layerprobe.features import store as store_module
+    from layerprobe.features.extract import FeatureExtractor
+    from layerprobe.features.inputs import from_arrays
+    from layerprobe.features.store import FeatureStore
 
     STORE = {store!r}
     LOG = []

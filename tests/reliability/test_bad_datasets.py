@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from features.extract import FeatureExtractor
-from features.inputs import from_arrays, from_csv, from_directory
-from features.layers import UnknownLayerError
-from features.store import FeatureStore
+from layerprobe.features.extract import FeatureExtractor
+from layerprobe.features.inputs import from_arrays, from_csv, from_directory
+from layerprobe.features.layers import UnknownLayerError
+from layerprobe.features.store import FeatureStore
 
 LAYER = "block2_pool"
 

@@ -10,9 +10,9 @@ messages in detail; here they go through the command line.
 import numpy as np
 import pytest
 
-from features.extract import FeatureExtractor
-from features.inputs import open_dataset
-from pipeline.cli import main
+from layerprobe.features.extract import FeatureExtractor
+from layerprobe.features.inputs import open_dataset
+from layerprobe.pipeline.cli import main
 
 SPLITS = {"train": {"red": 4, "green": 4, "blue": 4}, "test": {"red": 2, "green": 2, "blue": 2}}
 

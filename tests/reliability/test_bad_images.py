@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from features.extract import FeatureExtractor
-from features.inputs import from_arrays, from_directory, load_image
-from features.store import FeatureStore
+from layerprobe.features.extract import FeatureExtractor
+from layerprobe.features.inputs import from_arrays, from_directory, load_image
+from layerprobe.features.store import FeatureStore
 
 LAYER = "block2_pool"
 

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from features.store import FeatureStore
+from layerprobe.features.store import FeatureStore
 
 # The process that gets the lock stops in its first batch until the other one says it waits,
 # so the two always overlap, whichever starts first.

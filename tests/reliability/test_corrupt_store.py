@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from features.store import CorruptEntryError, FeatureStore
+from layerprobe.features.store import CorruptEntryError, FeatureStore
 
 FIRST, SECOND = "block1_pool", "block3_pool"
 

@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from features.store import FeatureStore, IncompleteEntryError, PartialEntry
+from layerprobe.features.store import FeatureStore, IncompleteEntryError, PartialEntry
 
 FIRST = "block1_pool"
 

@@ -5,11 +5,11 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from features.extract import FeatureExtractor
-from features.inputs import open_dataset
-from features.store import FeatureStore
-from pipeline.config import load_config
-from pipeline.run import run_experiment, split_dataset
+from layerprobe.features.extract import FeatureExtractor
+from layerprobe.features.inputs import open_dataset
+from layerprobe.features.store import FeatureStore
+from layerprobe.pipeline.config import load_config
+from layerprobe.pipeline.run import run_experiment, split_dataset
 
 SETTINGS = dict(model="VGG16", weights=None, layers=["block1_pool", "block3_pool"], input_size=32, batch_size=4, seed=7)
 

@@ -6,9 +6,9 @@ import os
 import h5py
 import pytest
 
-from features import store as store_module
-from features.extract import FeatureExtractor
-from features.store import FeatureStore, IncompleteEntryError, StoreError
+from layerprobe.features import store as store_module
+from layerprobe.features.extract import FeatureExtractor
+from layerprobe.features.store import FeatureStore, IncompleteEntryError, StoreError
 
 _NO_SPACE = OSError(errno.ENOSPC, "No space left on device")
 

@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.store import FeatureStore
-from pipeline.config import load_config
-from pipeline.finetune import FinetuneConfig, finetune
-from pipeline.persistence import load_classifier
-from pipeline.run import run_experiment
+from layerprobe.features.store import FeatureStore
+from layerprobe.pipeline.config import load_config
+from layerprobe.pipeline.finetune import FinetuneConfig, finetune
+from layerprobe.pipeline.persistence import load_classifier
+from layerprobe.pipeline.run import run_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -32,20 +32,20 @@ import os, signal, sys
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 {fault}
-from pipeline.cli import main
+from layerprobe.pipeline.cli import main
 sys.exit(main(["run", {config!r}, "--no-progress"]))
 """
 
 _KILL_BETWEEN_A_CLASSIFIERS_FILES = """
-import pipeline.persistence
-_write, _sidecars = pipeline.persistence.write_atomically, []
+import layerprobe.pipeline.persistence as persistence
+_write, _sidecars = persistence.write_atomically, []
 def _write_or_die(path, write):
     if path.suffix == ".json":
         _sidecars.append(path)
         if len(_sidecars) == 3:
             die()  # the third row's predictions and estimator are written, its sidecar is not
     return _write(path, write)
-pipeline.persistence.write_atomically = _write_or_die
+persistence.write_atomically = _write_or_die
 """
 
 _KILL_BEFORE_THE_TABLE_RENAME = """
@@ -123,7 +123,7 @@ import os, signal, sys
 sys.path.insert(0, {tests!r})
 import keras, numpy as np
 from test_finetune import CONFIG, TINY, _images
-from pipeline.finetune import FinetuneConfig, finetune
+from layerprobe.pipeline.finetune import FinetuneConfig, finetune
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,94 @@
+"""layerprobe: which layer of a pretrained Keras network transfers best to your images?
+
+Cut a network at intermediate layers, cache pooled activations in an HDF5
+feature store, train scikit-learn probes on them, finetune the top blocks, and
+get advice on which mode to use, with the evidence.
+
+The public API is importable from here; each name is loaded on first use, so
+``import layerprobe`` imports neither Keras nor TensorFlow (nor scikit-learn):
+work that only reads cached features stays fast.
+
+    >>> import layerprobe
+    >>> store = layerprobe.FeatureStore("layerprobe-store")
+
+The repository root is this package (setup.cfg maps ``layerprobe`` to ``.``,
+``layerprobe.features`` to ``features/`` and ``layerprobe.pipeline`` to
+``pipeline/``): an install provides exactly one top-level name, ``layerprobe``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = metadata.version("layerprobe")
+except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
+
+# public name -> module that defines it (relative to this package)
+_EXPORTS = {
+    "FeatureExtractor": "features.extract",
+    "ExtractionReport": "features.extract",
+    "FeatureStore": "features.store",
+    "FeatureSet": "features.store",
+    "FeatureKey": "features.keys",
+    "ImageDataset": "features.inputs",
+    "from_directory": "features.inputs",
+    "from_csv": "features.inputs",
+    "from_arrays": "features.inputs",
+    "register_backbone": "features.backbones",
+    "BackboneSpec": "features.backbones",
+    "fit_classifier": "pipeline.classifiers",
+    "evaluate": "pipeline.evaluate",
+    "run_experiment": "pipeline.run",
+    "load_config": "pipeline.config",
+    "config_from_dict": "pipeline.config",
+    "LayerFeatures": "pipeline.transformer",
+    "LayerprobeError": "features.errors",
+    "ConfigError": "features.errors",
+    "StoreError": "features.errors",
+    "CorruptEntryError": "features.errors",
+    "IncompleteEntryError": "features.errors",
+    "EntryNotFoundError": "features.errors",
+    "EntryLockedError": "features.errors",
+    "InputError": "features.errors",
+    "UnreadableImageError": "features.errors",
+    "BackboneError": "features.errors",
+    "UnknownLayerError": "features.errors",
+    "WeightsUnavailableError": "features.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'layerprobe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; never executed
+    from .features.errors import (  # noqa: F401
+        BackboneError, ConfigError, CorruptEntryError, EntryLockedError, EntryNotFoundError,
+        IncompleteEntryError, InputError, LayerprobeError, StoreError, UnknownLayerError,
+        UnreadableImageError, WeightsUnavailableError,
+    )
+    from .features.backbones import BackboneSpec, register_backbone  # noqa: F401
+    from .features.extract import ExtractionReport, FeatureExtractor  # noqa: F401
+    from .features.inputs import ImageDataset, from_arrays, from_csv, from_directory  # noqa: F401
+    from .features.keys import FeatureKey  # noqa: F401
+    from .features.store import FeatureSet, FeatureStore  # noqa: F401
+    from .pipeline.classifiers import fit_classifier  # noqa: F401
+    from .pipeline.config import config_from_dict, load_config  # noqa: F401
+    from .pipeline.evaluate import evaluate  # noqa: F401
+    from .pipeline.run import run_experiment  # noqa: F401
+    from .pipeline.transformer import LayerFeatures  # noqa: F401
