@@ -18,6 +18,7 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
 from layerprobe.features.backbones import BackboneSpec, get_backbone_spec
+from layerprobe.features.errors import BackboneError, ConfigError, InputError
 from layerprobe.features.inputs import from_arrays, from_csv
 from layerprobe.features.layers import UnknownLayerError, describe_layers
 from layerprobe.features.extract import FeatureExtractor
@@ -164,6 +165,32 @@ def test_config_rejects_bad_values_clearly(values, match):
     with pytest.raises(ValueError, match=match) as info:
         FinetuneConfig.from_dict(values)
     assert "Received:" in str(info.value)
+    assert isinstance(info.value, ConfigError) and len(info.value.problems) == 1
+
+
+def test_config_lists_every_problem_at_once():
+    with pytest.raises(ConfigError) as info:
+        FinetuneConfig.from_dict({"learning_rte": 1e-4, "batch_size": 0, "augmentation": {"zoom": 2}})
+    assert len(info.value.problems) == 3
+    assert [problem.split()[0] for problem in info.value.problems] == [
+        "Unknown", "`batch_size`", "`augmentation['zoom']`"]
+
+
+_CONFIG_ONLY = """
+import json, sys
+from layerprobe.pipeline.finetune.config import FinetuneConfig
+FinetuneConfig.from_dict({"head_epochs": 2, "unfreeze_blocks": "all", "augmentation": {"flip": "vertical"}})
+from layerprobe.pipeline.finetune import FinetuneConfig as public  # through the lazy package
+assert public is FinetuneConfig
+print(json.dumps(sorted(name for name in ("keras", "tensorflow") if name in sys.modules)))
+"""
+
+
+def test_config_is_checked_without_importing_keras_or_tensorflow(tmp_path):
+    done = subprocess.run([sys.executable, "-c", _CONFIG_ONLY], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == []
 
 
 # --------------------------------------------------------------------------- model
@@ -297,7 +324,7 @@ def test_unfreeze_top_rejects_unknown_blocks():
     backbone = load_backbone(TINY, weights=None)
     with pytest.raises(UnknownLayerError, match="block3_conv"):
         unfreeze_top(backbone, TINY, "from:block3_cnv")
-    with pytest.raises(ValueError, match=r"3 blocks.*0\.\.3.*Received: unfreeze_blocks=4"):
+    with pytest.raises(BackboneError, match=r"3 blocks.*0\.\.3.*Received: unfreeze_blocks=4"):
         unfreeze_top(backbone, TINY, 4)
     with pytest.raises(ValueError, match="Received: unfreeze_blocks='last'"):
         unfreeze_top(backbone, TINY, "last")
@@ -406,7 +433,7 @@ def test_resume_continues_from_the_checkpoint(run, data, tmp_path):
     assert history["epoch"].tolist() == [0, 1, 2]
     assert history["phase"].tolist() == ["head", "finetune", "finetune"]
     assert resumed.epochs_run == 3
-    with pytest.raises(ValueError, match=r"different run \(differing: \['learning_rate'\]\)"):
+    with pytest.raises(ConfigError, match=r"different run \(differing: \['learning_rate'\]\)"):
         finetune(TINY, data, output_dir=output_dir, weights=None, resume=True,
                  config=FinetuneConfig(**{**longer.to_dict(), "learning_rate": 1e-4}))
 
@@ -455,7 +482,7 @@ def test_evaluate_model_returns_a_results_row(run):
         assert 0.0 <= row[metric] <= 1.0
     predicted = result.model.predict(test_data.images.astype("float32"), verbose=0).argmax(1)
     assert row["accuracy"] == pytest.approx(np.mean(predicted == test_data.labels))
-    with pytest.raises(ValueError, match="predicts 3 classes but 2 class names"):
+    with pytest.raises(InputError, match="predicts 3 classes but 2 class names"):
         evaluate_model(result.model, test_data, class_names=["a", "b"])
 
 

@@ -1,0 +1,90 @@
+"""Finetuning a backbone end to end, and the train-from-scratch baseline.
+
+The Keras transfer-learning recipe in two phases: phase 1 trains a new head on
+the frozen backbone; phase 2 unfreezes the backbone's top blocks and continues
+at a low learning rate. The backbone is called with `training=False` and its
+BatchNormalization layers stay frozen, so their statistics never change. The
+head sees standardized pooled features, as the classical classifiers do, and
+can start from a logistic regression on them.
+
+Everything here is backend-neutral Keras 3 (`keras.ops`, `keras.utils.PyDataset`):
+it runs under `KERAS_BACKEND=tensorflow`, `jax` or `torch`. Images are decoded
+batch by batch from an `ImageDataset`, never all held in memory.
+
+A run writes into its `output_dir`:
+  * `history.csv`: one row per epoch (global epoch numbers; the `phase` and
+    `learning_rate` columns tell the phases apart);
+  * `checkpoints/`: the weights after every epoch plus `state.json` (phase,
+    epoch), so `resume=True` continues an interrupted run where it stopped;
+  * `model.keras`: the final model, loadable with `keras.saving.load_model`
+    once `custom_objects` is imported.
+
+Lower blocks can train at lower rates in phase 2 (`block_lr_decay`, the
+layer-wise decay of timm and BEiT) through `BlockwiseAdam`, an Adam that scales
+the rate per variable in `update_step`, which every backend calls per variable.
+
+One module per job; each public name is imported on first use, so
+`from layerprobe.pipeline.finetune import FinetuneConfig` (from `config`)
+imports neither Keras nor TensorFlow:
+
+  * `config`: `FinetuneConfig` and its checks (no Keras);
+  * `custom_objects`: the registered Keras layers and optimizer of a saved model;
+  * `classifier_model`: `build_classifier_model` and starting the head;
+  * `freezing`: `unfreeze_top`, per-block rates, BatchNorm momentum;
+  * `batches`: `ImageBatches` and the validation split;
+  * `checkpoints`: checkpoint state, resuming, saving the model;
+  * `epoch_logs`: per-epoch history columns and progress lines;
+  * `phases`: the phase loop, `finetune` and `train_from_scratch`;
+  * `result`: `FinetuneResult`;
+  * `evaluation`: `evaluate_model`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> module that defines it (relative to this package)
+_EXPORTS = {
+    "AUGMENTATIONS": "config",
+    "FinetuneConfig": "config",
+    "BackbonePreprocessing": "custom_objects",
+    "BlockwiseAdam": "custom_objects",
+    "FeatureStandardization": "custom_objects",
+    "build_classifier_model": "classifier_model",
+    "set_batchnorm_momentum": "freezing",
+    "unfreeze_top": "freezing",
+    "ImageBatches": "batches",
+    "EpochLogger": "epoch_logs",
+    "finetune": "phases",
+    "train_from_scratch": "phases",
+    "FinetuneResult": "result",
+    "evaluate_model": "evaluation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; never executed
+    from .batches import ImageBatches  # noqa: F401
+    from .classifier_model import build_classifier_model  # noqa: F401
+    from .config import AUGMENTATIONS, FinetuneConfig  # noqa: F401
+    from .custom_objects import BackbonePreprocessing, BlockwiseAdam, FeatureStandardization  # noqa: F401
+    from .epoch_logs import EpochLogger  # noqa: F401
+    from .evaluation import evaluate_model  # noqa: F401
+    from .freezing import set_batchnorm_momentum, unfreeze_top  # noqa: F401
+    from .phases import finetune, train_from_scratch  # noqa: F401
+    from .result import FinetuneResult  # noqa: F401

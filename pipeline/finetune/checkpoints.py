@@ -1,0 +1,105 @@
+"""What a finetuning run keeps on disk to resume, and the final model file.
+
+`checkpoints/` holds the weights after every epoch under a new name, plus
+`state.json` (phase, epoch, elapsed seconds, the run's settings) naming them.
+The state is committed atomically after its weights are complete, and only then
+are older weights deleted, so a killed run leaves its previous checkpoint
+intact. `read_state` refuses a checkpoint written by a run with other settings.
+Files are committed with `layerprobe.features.atomic`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keras
+import pandas as pd
+
+from layerprobe.features.atomic import atomic_path, write_atomically, write_text_atomically
+from layerprobe.features.errors import ConfigError
+
+__all__ = ["Checkpoint", "read_state", "save_checkpoint", "save_model", "truncate_history"]
+
+# May differ when resuming: they change how long a run trains, not what it trains.
+_RESUMABLE_FIELDS = ("head_epochs", "finetune_epochs", "early_stopping_patience", "workers")
+_STATE_FILE = "state.json"
+_STATE_VERSION = 2  # 2: the head standardizes its input
+
+
+def save_checkpoint(model: keras.Model, directory: Path, state: dict[str, Any]) -> None:
+    """Writes the weights under a new name, commits `state.json` pointing to them,
+    then deletes older weights: a crash leaves the previous checkpoint intact."""
+    suffix = "-end" if state["phase_ended"] else ""
+    name = f"{state['phase']}-{state['epoch']:04d}{suffix}.weights.h5"
+    model.save_weights(directory / name)  # a new name: nothing points to it before the state does
+    text = json.dumps({**state, "weights_file": name, "version": _STATE_VERSION}, indent=2)
+    write_text_atomically(directory / _STATE_FILE, text)
+    for old in directory.glob("*.weights.h5"):
+        if old.name != name:
+            old.unlink()
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Saves a checkpoint after every epoch: `state` plus the epoch count and `clock()` seconds."""
+
+    def __init__(self, directory: Path, state: dict[str, Any], clock: Callable[[], float]):
+        super().__init__()
+        self.directory = directory
+        self.state = state
+        self.clock = clock
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_checkpoint(self.model, self.directory,
+                        {**self.state, "epoch": epoch + 1, "seconds": self.clock()})
+
+
+def read_state(directory: Path, run: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint state in `directory`, None if there is none.
+
+    Raises:
+        ConfigError: (a `ValueError`) If the checkpoint was written by a run whose
+            settings `run` differ in anything but `_RESUMABLE_FIELDS`.
+    """
+    path = directory / _STATE_FILE
+    if not path.is_file():
+        return None
+    state = json.loads(path.read_text(encoding="utf-8"))
+    mismatched = sorted(
+        key for key in run
+        if key not in _RESUMABLE_FIELDS and state.get("run", {}).get(key) != run[key]
+    )
+    if state.get("version") != _STATE_VERSION or mismatched:
+        raise ConfigError([
+            f"The checkpoint in {directory} was written by a different run (differing: "
+            f"{mismatched or ['state version']}). Resume with the same backbone, data and "
+            f"settings, or start over: pass resume=False or delete {directory}. "
+            f"Received: {({key: run[key] for key in mismatched})}"
+        ], f"of the run resumed in {directory.parent}")
+    return state
+
+
+def truncate_history(path: Path, epoch: int) -> None:
+    """Drops history rows of epochs a resumed run will train again."""
+    if path.is_file() and path.stat().st_size:
+        history = pd.read_csv(path)
+        kept = history[history["epoch"] < epoch]
+        write_atomically(path, lambda tmp: kept.to_csv(tmp, index=False))
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """Saves `model` as `path` (a `.keras` file), committed atomically.
+
+    Keras writes only to names ending in `.keras`, so the model is saved beside
+    the temporary file under such a name and moved onto it; `atomic_path` then
+    commits it (and removes both if saving fails).
+    """
+    with atomic_path(path) as tmp:
+        keras_tmp = tmp.with_name(f"{tmp.name}.keras")
+        try:
+            model.save(keras_tmp)
+            keras_tmp.replace(tmp)
+        finally:
+            keras_tmp.unlink(missing_ok=True)

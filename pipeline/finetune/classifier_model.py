@@ -1,0 +1,183 @@
+"""The classifier that is finetuned: augmentation, preprocessing, backbone, a softmax head.
+
+`build_classifier_model` stacks the layers; `fit_head_inputs` sets the head's
+feature standardization from the training images (and can fit a logistic
+regression on the standardized features); `set_head` starts the softmax from a
+scikit-learn logistic regression.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import keras
+import numpy as np
+
+from layerprobe.features.checks import is_positive_int
+from layerprobe.features.errors import ConfigError, InputError
+from layerprobe.features.seeding import keras_seed
+from layerprobe.features.weights import Backbone
+from layerprobe.pipeline.classifiers import fit_classifier
+from layerprobe.pipeline.finetune.config import AUGMENTATIONS, augmentation_problems
+from layerprobe.pipeline.finetune.custom_objects import BackbonePreprocessing, FeatureStandardization
+
+if TYPE_CHECKING:
+    from layerprobe.pipeline.finetune.batches import ImageBatches
+
+__all__ = ["build_classifier_model", "fit_head_inputs", "set_head"]
+
+_HEAD_INIT_CS = (1e-3, 1e-2, 1e-1, 1.0)  # C of head_init="logreg", picked by cross-validation
+
+
+def _augmentation_layers(augmentation: Mapping[str, Any] | None) -> list:
+    problems = augmentation_problems(augmentation)
+    if problems:
+        raise ConfigError(problems, "build_classifier_model(augmentation=...)")
+    return [
+        getattr(keras.layers, AUGMENTATIONS[key])(value, name=f"augment_{key}", dtype="float32")
+        for key, value in (augmentation or {}).items()
+    ]
+
+
+def _head_weights(init_head_from, n_features: int, n_classes: int) -> list[np.ndarray]:
+    """(coef, intercept) of a scikit-learn logistic regression -> [kernel, bias] of the softmax.
+
+    A binary regression has one row, the logit of class 1; the softmax gets a zero
+    logit for class 0, which gives the same probabilities.
+    """
+    coef, intercept = (np.asarray(part, dtype="float32") for part in init_head_from)
+    rows = 1 if n_classes == 2 else n_classes
+    if coef.shape != (rows, n_features) or intercept.shape != (rows,):
+        raise InputError(
+            f"init_head_from must be (coef, intercept) of a logistic regression fitted on the "
+            f"{n_features} top-layer avg-pooled features, i.e. shapes ({rows}, {n_features}) and "
+            f"({rows},) for {n_classes} classes (LogisticRegression.coef_ and .intercept_). "
+            f"Received: coef with shape {coef.shape}, intercept with shape {intercept.shape}"
+        )
+    if n_classes == 2:
+        coef = np.concatenate([np.zeros_like(coef), coef])
+        intercept = np.concatenate([np.zeros_like(intercept), intercept])
+    return [coef.T, intercept]
+
+
+def build_classifier_model(
+    backbone: Backbone,
+    n_classes: int,
+    *,
+    hidden_units: Sequence[int] = (),
+    dropout: float = 0.2,
+    l2: float = 0.0,
+    augmentation: Mapping[str, Any] | None = None,
+    init_head_from: tuple[Any, Any] | None = None,
+    freeze_batchnorm: bool = True,
+    seed: int = 0,
+) -> keras.Model:
+    """Stacks augmentation, preprocessing, the backbone and a softmax head.
+
+    The model takes `(input_size, input_size, 3)` float pixels in 0-255, so it
+    needs no outside preprocessing. Augmentation is active in training only.
+    The pooled features pass a `FeatureStandardization` layer (named
+    `standardize`; `finetune` sets it from the training images, training from
+    scratch leaves it the identity) before the head.
+
+    Args:
+        backbone: From `layerprobe.features.weights.load_backbone`.
+        n_classes: Number of output classes (>= 2).
+        hidden_units: Dense ReLU layers (He init) between pooling and the softmax.
+        dropout: Dropout rate before each dense layer; 0 for none.
+        l2: L2 penalty on the softmax kernel (Glorot init).
+        augmentation: Keys among `AUGMENTATIONS`, e.g. `{"flip": "horizontal",
+            "rotation": 0.1}`, or None.
+        init_head_from: `(coef, intercept)` of a scikit-learn logistic regression
+            trained on the top layer's avg-pooled features (e.g. cached in a
+            feature store), to start the softmax from; needs `hidden_units=()`.
+        freeze_batchnorm: Call the backbone with `training=False` (the transfer
+            recipe); False lets BatchNormalization use batch statistics in training.
+        seed: Seed of the head's initialisation (which depends on nothing else)
+            and of the random layers.
+
+    Returns:
+        An uncompiled `keras.Model`; `backbone.model` is one of its layers.
+
+    Raises:
+        InputError: (a `ValueError`) For `n_classes < 2`, or `init_head_from`
+            with hidden layers or shapes that do not fit.
+        ConfigError: (a `ValueError`) For a bad augmentation.
+    """
+    if not (is_positive_int(n_classes) and n_classes >= 2):
+        raise InputError(f"`n_classes` must be an integer >= 2. Received: n_classes={n_classes!r}")
+    if init_head_from is not None and len(hidden_units):
+        raise InputError(
+            "init_head_from sets the softmax layer from a logistic regression on pooled features, "
+            "which only fits a head without hidden layers; pass hidden_units=(). "
+            f"Received: hidden_units={tuple(hidden_units)!r}"
+        )
+    size = backbone.input_size
+    with keras_seed(seed):
+        inputs = keras.Input((size, size, 3), name="image")
+        x = inputs
+        for layer in _augmentation_layers(augmentation):
+            x = layer(x)
+        x = BackbonePreprocessing(backbone.spec.preprocess_module, name="preprocess")(x)
+        x = backbone.model(x, training=False) if freeze_batchnorm else backbone.model(x)
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = FeatureStandardization(name="standardize")(x)
+        for k, units in enumerate(hidden_units, start=1):
+            if dropout:
+                x = keras.layers.Dropout(dropout, name=f"head_dropout_{k}")(x)
+            x = keras.layers.Dense(units, activation="relu", name=f"head_dense_{k}",
+                                   kernel_initializer=keras.initializers.HeNormal(seed + k))(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+        output_layer = keras.layers.Dense(
+            n_classes,
+            activation="softmax",
+            kernel_initializer=keras.initializers.GlorotUniform(seed),
+            kernel_regularizer=keras.regularizers.L2(l2) if l2 else None,
+            dtype="float32",
+            name="predictions",
+        )
+        outputs = output_layer(x)
+    model = keras.Model(inputs, outputs, name=f"{backbone.model.name}_classifier")
+    if init_head_from is not None:
+        set_head(model, init_head_from)
+    return model
+
+
+def set_head(model: keras.Model, init_head_from: tuple[Any, Any]) -> None:
+    """Sets the softmax from a logistic regression on the raw pooled features `x`,
+    folding in the `standardize` layer: W x + b = (W * scale) z + (W mean + b)."""
+    mean, scale = model.get_layer("standardize").get_weights()
+    n_classes = int(model.output.shape[-1])
+    kernel, bias = _head_weights(init_head_from, len(mean), n_classes)
+    model.get_layer("predictions").set_weights([kernel * scale[:, None], bias + mean @ kernel])
+
+
+def fit_head_inputs(model: keras.Model, batches: ImageBatches, *, logreg_seed: int | None
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Sets the `standardize` layer to the mean and std of the pooled features of `batches`.
+
+    Features constant over the batches keep scale 1, as in scikit-learn's StandardScaler.
+    With `logreg_seed`, also fits a logistic regression on the standardized features
+    (`layerprobe.pipeline.classifiers.fit_classifier`, C by cross-validation) and returns its
+    (coef, intercept) for the raw features (see `set_head`).
+    """
+    pooled = keras.Model(model.input, model.get_layer("avg_pool").output)
+    features, labels = [], []
+    for index in range(len(batches)):  # batch by batch: the images are never all in memory
+        images, batch_labels = batches[index]
+        features.append(pooled.predict_on_batch(images))
+        labels.append(batch_labels)
+    X = np.concatenate(features).astype("float64")
+    mean, std = X.mean(axis=0), X.std(axis=0)
+    scale = np.where(std > 1e-6 * std.max(), std, 1.0)
+    model.get_layer("standardize").set_weights([mean, scale])
+    if logreg_seed is None:
+        return None
+    fit = fit_classifier((X - mean) / scale, np.concatenate(labels), "logreg",
+                         param_grid={"C": list(_HEAD_INIT_CS)}, preprocessing=(),
+                         random_state=logreg_seed)
+    logreg = fit.estimator[-1]
+    coef = logreg.coef_ / scale
+    return coef, logreg.intercept_ - coef @ mean
