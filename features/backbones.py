@@ -7,10 +7,12 @@ input sizes, and how to find the outputs of its blocks/stages.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from dataclasses import dataclass, field
 from typing import Callable
+
+from layerprobe.features.checks import unknown_name_message
+from layerprobe.features.errors import BackboneError
 
 __all__ = ["BackboneSpec", "BACKBONES", "get_backbone_spec", "register_backbone"]
 
@@ -63,10 +65,10 @@ def register_backbone(spec: BackboneSpec, *, overwrite: bool = False) -> Backbon
     """Add a backbone family to the registry (e.g. your own Keras model builder).
 
     Raises:
-        ValueError: If the name is taken and `overwrite` is false.
+        BackboneError: If the name is taken and `overwrite` is false.
     """
     if spec.name in BACKBONES and not overwrite:
-        raise ValueError(
+        raise BackboneError(
             f"A backbone named {spec.name!r} is already registered. Pass "
             f"overwrite=True to replace it. Received: spec={spec!r}"
         )
@@ -78,19 +80,14 @@ def get_backbone_spec(name: str) -> BackboneSpec:
     """Look up a backbone family by name (case-insensitive).
 
     Raises:
-        ValueError: For an unknown name, listing the closest valid names.
+        BackboneError: For an unknown name, naming the closest valid one.
     """
     if name in BACKBONES:
         return BACKBONES[name]
     by_lower = {key.lower(): key for key in BACKBONES}
     if name.lower() in by_lower:
         return BACKBONES[by_lower[name.lower()]]
-    close = difflib.get_close_matches(name, list(BACKBONES), n=3, cutoff=0.4)
-    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise ValueError(
-        f"Unknown backbone {name!r}.{hint} Valid names: {', '.join(sorted(BACKBONES))}. "
-        f"Received: model={name!r}"
-    )
+    raise BackboneError(unknown_name_message("backbone", name, BACKBONES, argument="model"))
 
 
 def _application(function_name: str) -> Callable:

@@ -18,15 +18,17 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from layerprobe.features.checks import check_positive_int
+from layerprobe.features.errors import BackboneError, InputError
 from layerprobe.features.inputs import DEFAULT_MAX_PIXELS, ImageDataset, iter_decoded_chunks
 from layerprobe.features.keys import FeatureKey
 from layerprobe.features.layers import LayerInfo, resolve_layers
 from layerprobe.features.plans import ExtractionPlan, PlannedLayer
-from layerprobe.features.store import FeatureSet, FeatureStore, library_versions
+from layerprobe.features.store import FeatureStore, library_versions
 from layerprobe.features.truncate import DEFAULT_MAX_FLATTEN_DIM, build_extractor, per_layer_pooling, pooled_shape
 from layerprobe.features.weights import Backbone, load_backbone
 
-__all__ = ["FeatureExtractor", "ExtractionReport", "dtype_policy", "extract_features"]
+__all__ = ["FeatureExtractor", "ExtractionReport", "dtype_policy"]
 
 STORAGE_DTYPES = ("float32", "float16")
 
@@ -98,6 +100,13 @@ class FeatureExtractor:
             checked from the header before decoding. It decides which samples
             are kept, so a value other than the default changes the keys.
 
+    Raises:
+        BackboneError: For an unknown model, unusable weights, model_kwargs,
+            input size, pooling, `dtype` or `batch_size`.
+        UnknownLayerError: If a layer selector matches no layer.
+        WeightsUnavailableError: If the weights cannot be obtained or loaded.
+        InputError: If `max_pixels` is not a positive integer.
+
     Example:
         >>> extractor = FeatureExtractor("VGG16", weights=None, layers="stages", input_size=32)
         >>> report = extractor.extract(from_directory("images/"), FeatureStore("store/"))
@@ -121,14 +130,10 @@ class FeatureExtractor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         if dtype not in STORAGE_DTYPES:
-            raise ValueError(f"dtype must be one of {STORAGE_DTYPES}. Received: dtype={dtype!r}")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
-        if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
-            raise ValueError(f"max_pixels must be a positive integer. Received: max_pixels={max_pixels!r}")
-        self.batch_size = int(batch_size)
+            raise BackboneError(f"dtype must be one of {STORAGE_DTYPES}. Received: dtype={dtype!r}")
+        self.batch_size = check_positive_int("batch_size", batch_size, error=BackboneError)
         self.dtype = dtype
-        self.max_pixels = int(max_pixels)
+        self.max_pixels = check_positive_int("max_pixels", max_pixels, error=InputError)
         self.compute_dtype = "mixed_float16" if mixed_precision else "float32"
         with dtype_policy(self.compute_dtype):
             self.backbone: Backbone = load_backbone(
@@ -198,14 +203,15 @@ class FeatureExtractor:
             An `ExtractionReport`.
 
         Raises:
-            ValueError: If `dataset` has no samples.
+            InputError: If `dataset` has no samples.
+            BackboneError: If `chunk_size` is not a multiple of `batch_size`.
             StoreError: If the store cannot be written (read-only, disk full);
                 committed chunks are kept and the next call resumes from them.
             CorruptEntryError: If a stored entry of a selected layer is unreadable
                 (the message says how to remove it).
         """
         if len(dataset) == 0:
-            raise ValueError("The dataset has no samples; there is nothing to extract. Received: 0 samples")
+            raise InputError("The dataset has no samples; there is nothing to extract. Received: 0 samples")
         log = log or (lambda message: None)
         started = time.perf_counter()
         keys = self.keys(dataset)
@@ -240,7 +246,7 @@ class FeatureExtractor:
     def _chunks(self, n_samples: int, chunk_size: int | None) -> list[range]:
         size = chunk_size or self.batch_size * max(1, 256 // self.batch_size)
         if size % self.batch_size:
-            raise ValueError(
+            raise BackboneError(
                 f"chunk_size must be a multiple of batch_size={self.batch_size} so that a resumed run "
                 f"sees the same batches. Received: chunk_size={chunk_size!r}"
             )
@@ -346,24 +352,3 @@ def _progress_bar(*, total: int, enabled: bool, desc: str):
 
     return tqdm(total=total, disable=not enabled, desc=desc, unit="img", dynamic_ncols=True)
 
-
-def extract_features(
-    dataset: ImageDataset,
-    store: FeatureStore | str | os.PathLike,
-    **kwargs,
-) -> tuple[ExtractionReport, FeatureExtractor]:
-    """Functional shortcut: build a `FeatureExtractor(**kwargs)` and extract `dataset`.
-
-    Keyword arguments of `FeatureExtractor.extract` (chunk_size, n_workers,
-    progress, log) are routed there.
-    """
-    run_options = {name: kwargs.pop(name) for name in ("chunk_size", "n_workers", "progress", "log") if name in kwargs}
-    if not isinstance(store, FeatureStore):
-        store = FeatureStore(store)
-    extractor = FeatureExtractor(**kwargs)
-    return extractor.extract(dataset, store, **run_options), extractor
-
-
-def load_features(store: FeatureStore, key: FeatureKey, *, split: str | None = None) -> FeatureSet:
-    """Load one layer's features (see `FeatureStore.load`)."""
-    return store.load(key, split=split)

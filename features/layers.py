@@ -20,13 +20,13 @@ between instantiations; such layers are identified by position instead
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from layerprobe.features.backbones import BackboneSpec
 from layerprobe.features.backend import inbound_layers
+from layerprobe.features.checks import closest_names
 from layerprobe.features.errors import UnknownLayerError
 
 __all__ = [
@@ -153,7 +153,7 @@ def _unknown(selector, infos: Sequence[LayerInfo], spec: BackboneSpec) -> Unknow
     names = [info.name for info in infos]
     stage_count = sum(info.stage is not None for info in infos)
     aliases = ["stages", "top"] + [f"stage{k}" for k in range(1, stage_count + 1)]
-    close = difflib.get_close_matches(str(selector), names + aliases, n=5, cutoff=0.5)
+    close = closest_names(selector, names + aliases, n=5)
     hint = f" Closest valid names: {', '.join(close)}." if close else ""
     return UnknownLayerError(
         f"{spec.name} has no layer {selector!r}.{hint} Select a layer by exact name, "

@@ -21,12 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
+from layerprobe.features.atomic import write_text_atomically
 from layerprobe.features.inputs import DEFAULT_MAX_PIXELS
 from layerprobe.features.keys import FORMAT_VERSION, FeatureKey
 
@@ -157,16 +157,7 @@ def save_plan(store_root: str | os.PathLike, signature: str | None, plan: Extrac
     """Save `plan` under `signature` (atomically); a store that cannot be written is left alone."""
     if signature is None:
         return
-    path = _plan_path(store_root, signature)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(plan.to_dict(), handle, indent=1)
-        os.replace(tmp, path)
+        write_text_atomically(_plan_path(store_root, signature), json.dumps(plan.to_dict(), indent=1))
     except OSError:
         pass  # a plan only saves time; the extraction itself reports a store it cannot write
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)

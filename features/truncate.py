@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
+from layerprobe.features.errors import BackboneError
 from layerprobe.features.layers import LayerInfo
 
 __all__ = ["POOLINGS", "DEFAULT_MAX_FLATTEN_DIM", "build_extractor", "pooled_shape", "per_layer_pooling"]
@@ -21,20 +22,20 @@ def per_layer_pooling(layers: Sequence[LayerInfo], pooling: str | Mapping[str, s
     """Pooling for each selected layer: one string for all, or a name -> pooling map.
 
     Raises:
-        ValueError: For an unknown pooling, or a map that misses a layer.
+        BackboneError: For an unknown pooling, or a map that misses a layer.
     """
     if isinstance(pooling, str):
         pooling = {info.name: pooling for info in layers}
     result = {}
     for info in layers:
         if info.name not in pooling:
-            raise ValueError(
+            raise BackboneError(
                 f"No pooling given for layer {info.name!r}. Give one pooling for all layers "
                 f"(e.g. pooling='avg') or an entry for every layer. Received: pooling={dict(pooling)!r}"
             )
         value = str(pooling[info.name]).lower()
         if value not in POOLINGS:
-            raise ValueError(
+            raise BackboneError(
                 f"Unknown pooling {value!r} for layer {info.name!r}. Expected one of {POOLINGS}. "
                 f"Received: pooling={pooling[info.name]!r}"
             )
@@ -46,7 +47,7 @@ def pooled_shape(info: LayerInfo, pooling: str, *, max_flatten_dim: int = DEFAUL
     """Per-sample shape of a layer's features after pooling.
 
     Raises:
-        ValueError: If `flatten` would give more than `max_flatten_dim` values.
+        BackboneError: If `flatten` would give more than `max_flatten_dim` values.
     """
     shape = tuple(info.output_shape)
     if pooling == "none" or len(shape) != 3:
@@ -55,7 +56,7 @@ def pooled_shape(info: LayerInfo, pooling: str, *, max_flatten_dim: int = DEFAUL
         return (shape[-1],)
     size = math.prod(shape)
     if size > max_flatten_dim:
-        raise ValueError(
+        raise BackboneError(
             f"Flattening layer {info.name!r} gives {size:,} values per image "
             f"({'x'.join(map(str, shape))}), more than max_flatten_dim={max_flatten_dim:,} "
             f"({size * 4 / 2**20:.1f} MiB per image in float32). Use pooling='avg' or 'max', "

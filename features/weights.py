@@ -13,7 +13,6 @@ same numbers share features and any change of numbers is a cache miss.
 
 from __future__ import annotations
 
-import hashlib
 import operator
 import os
 import re
@@ -24,14 +23,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from layerprobe.features.backend import import_keras_quietly
-from layerprobe.features.errors import BackboneError, WeightsUnavailableError
 from layerprobe.features.backbones import BackboneSpec, get_backbone_spec
+from layerprobe.features.backend import import_keras_quietly
+from layerprobe.features.digests import arrays_digest, file_digest
+from layerprobe.features.errors import BackboneError, WeightsUnavailableError
 from layerprobe.features.seeding import keras_seed
 
-__all__ = ["Backbone", "WeightsUnavailableError", "file_digest", "load_backbone", "parse_weights"]
-
-_READ_BLOCK = 1 << 20
+__all__ = ["Backbone", "WeightsUnavailableError", "load_backbone", "parse_weights", "values_digest"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,23 +61,9 @@ class Backbone:
         return f"{self.spec.name}({args})"
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, read in blocks (constant memory)."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_READ_BLOCK), b""):
-            sha.update(block)
-    return "sha256:" + sha.hexdigest()
-
-
 def values_digest(model) -> str:
-    """sha256 over every weight's shape, dtype and values, in model order."""
-    sha = hashlib.sha256()
-    for variable in model.weights:
-        value = np.ascontiguousarray(np.asarray(variable))
-        sha.update(f"{value.shape}{value.dtype}".encode())
-        sha.update(value.tobytes())
-    return "sha256:" + sha.hexdigest()
+    """sha256 over every weight's dtype, shape and values, in model order (see `digests.arrays_digest`)."""
+    return arrays_digest(np.asarray(variable) for variable in model.weights)
 
 
 def parse_weights(weights: str | os.PathLike | None) -> str | None:
@@ -89,13 +73,13 @@ def parse_weights(weights: str | os.PathLike | None) -> str | None:
     other text is a path, returned as given (unchecked).
 
     Raises:
-        ValueError: For an empty string.
+        BackboneError: For an empty string.
     """
     if weights is None:
         return None
     text = os.fspath(weights)
     if not text:
-        raise ValueError(
+        raise BackboneError(
             "weights is empty. Pass 'imagenet', 'none' for random initialisation, or the path of "
             "a .weights.h5/.h5 file. Received: weights=''"
         )
@@ -124,12 +108,12 @@ def _check_input_size(spec: BackboneSpec, input_size: int | None) -> int:
     try:
         size = operator.index(input_size)
     except TypeError:
-        raise ValueError(
+        raise BackboneError(
             f"input_size must be a whole number of pixels, e.g. {spec.default_input_size} "
             f"({spec.name}'s default). Received: input_size={input_size!r}"
         ) from None
     if size < spec.min_input_size:
-        raise ValueError(
+        raise BackboneError(
             f"input_size={size} is below the minimum of {spec.min_input_size} pixels "
             f"that {spec.name} accepts. Use input_size >= {spec.min_input_size} "
             f"(images are resized to it; {spec.name}'s default is {spec.default_input_size}). "
@@ -172,7 +156,7 @@ def load_backbone(
         A `Backbone` holding the model and its weights digest.
 
     Raises:
-        ValueError: Unknown model name, empty `weights`, model_kwargs the
+        BackboneError: Unknown model name, empty `weights`, model_kwargs the
             constructor does not take, or an input size that is not a whole number
             or is below the family minimum.
         WeightsUnavailableError: ImageNet weights cannot be downloaded, the
@@ -185,7 +169,7 @@ def load_backbone(
     kwargs = dict(model_kwargs or {})
     reserved = sorted({"include_top", "weights", "input_shape"} & set(kwargs))
     if reserved:
-        raise ValueError(
+        raise BackboneError(
             f"model_kwargs must not set {reserved}: layerprobe sets them (use the weights and "
             f"input_size arguments). Received: model_kwargs={kwargs!r}"
         )
@@ -194,7 +178,7 @@ def load_backbone(
         try:
             keras_model = spec.constructor(weights=resolved if resolved == "imagenet" else None, **build_args)
         except TypeError as error:
-            raise ValueError(
+            raise BackboneError(
                 f"{spec.name} does not accept these model_kwargs: {error}. Pass only keyword arguments "
                 f"of its constructor (e.g. alpha for MobileNetV2). Received: model_kwargs={kwargs!r}"
             ) from error

@@ -111,7 +111,7 @@ def test_max_pixels_is_plumbed_through_and_part_of_the_key(tmp_path):
     default = FeatureExtractor("VGG16", **settings).extract(dataset, store, progress=False)
     assert default.computed == [LAYER] and default.skipped == []  # a cache miss, not a silent reuse
     assert default.keys[LAYER] != report.keys[LAYER]
-    with pytest.raises(ValueError, match="max_pixels must be a positive integer. Received: max_pixels=0"):
+    with pytest.raises(ValueError, match="`max_pixels` must be a positive integer. Received: max_pixels=0"):
         FeatureExtractor("VGG16", max_pixels=0, **settings)
 
 

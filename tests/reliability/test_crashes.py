@@ -88,9 +88,9 @@ def test_sigkill_then_resume_gives_identical_features(harness, helpers, tmp_path
     harness.assert_matches_reference(store, complete)
     # What the killed writer left is there, and ignored by listings.
     if leftover == "chunk":
-        assert list((tmp_path / ".partial" / keys[FIRST].digest).glob(".tmp-chunk_000001-*.h5"))
+        assert list((tmp_path / ".partial" / keys[FIRST].digest).glob(".tmp-chunk_000001.h5.*"))
     elif leftover == "entry":
-        assert list(tmp_path.glob(f".tmp-{keys[incomplete[0]].entry_name}-*.h5"))
+        assert list(tmp_path.glob(f".tmp-{keys[incomplete[0]].entry_name}.h5.*"))
     elif leftover == "chunks-of-complete-entry":
         assert (tmp_path / ".partial" / keys[FIRST].digest).is_dir()
     assert [row["entry"] for row in store.entries()] == sorted(keys[name].entry_name for name in complete)
@@ -121,12 +121,14 @@ def test_interrupted_run_releases_everything_and_resumes(harness, helpers, tmp_p
 def test_what_killed_writers_leave_is_ignored_then_cleaned(harness, helpers, tmp_path):
     store = FeatureStore(tmp_path)
     keys = harness.keys
-    # A killed commit's temporary entry (here: garbage) for each key ...
+    # A killed commit's temporary entry (here: garbage) for each key, named as now and as
+    # stores written before atomic.temporary_path named them ...
     for key in keys.values():
+        (tmp_path / f".tmp-{key.entry_name}.h5.killed").write_bytes(b"\x89HDF\r\n\x1a\n half written")
         (tmp_path / f".tmp-{key.entry_name}-killed.h5").write_bytes(b"\x89HDF\r\n\x1a\n half written")
     # ... and a killed chunk write in an unfinished extraction.
     partial = store.partial(keys[FIRST], {"batch_size": 4, "chunk_size": 8, "n_samples": 24})
-    (partial.directory / ".tmp-chunk_000000-killed.h5").write_bytes(b"half written")
+    (partial.directory / ".tmp-chunk_000000.h5.killed").write_bytes(b"half written")
     assert store.entries() == []
     with pytest.raises(IncompleteEntryError):
         store.load(keys[FIRST])

@@ -6,8 +6,9 @@ import os
 import h5py
 import pytest
 
-from layerprobe.features import store as store_module
+from layerprobe.features import atomic as atomic_module
 from layerprobe.features.extract import FeatureExtractor
+from layerprobe.features.store import feature_store as store_module
 from layerprobe.features.store import FeatureStore, IncompleteEntryError, StoreError
 
 _NO_SPACE = OSError(errno.ENOSPC, "No space left on device")
@@ -26,8 +27,14 @@ def _fail_dataset(name_or_count):
     return create
 
 
+_fsync = os.fsync
+
+
 def _fail_fsync(descriptor):
-    raise _NO_SPACE
+    """An fsync that raises ENOSPC for chunk files (other files, e.g. fingerprint.json, are synced)."""
+    if ".tmp-chunk_" in os.readlink(f"/proc/self/fd/{descriptor}"):
+        raise _NO_SPACE
+    return _fsync(descriptor)
 
 
 # name: (what to patch, replacement, resumed n_forward)
@@ -62,10 +69,14 @@ def test_disk_full_is_a_clear_error_and_the_rerun_resumes(harness, helpers, tmp_
 
 
 def test_disk_full_while_creating_the_temporary_file(harness, tmp_path, monkeypatch):
-    def no_inode(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    original = h5py.File
 
-    monkeypatch.setattr(store_module.tempfile, "mkstemp", no_inode)
+    def no_inode(name, mode="r", *args, **kwargs):
+        if mode != "r":  # creating the temporary file of a chunk or entry
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(name, mode, *args, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", no_inode)
     with pytest.raises(StoreError, match="disk is full"):
         harness.extract(FeatureStore(tmp_path))
 
@@ -95,7 +106,7 @@ def test_read_only_store_still_serves_cached_features(harness, tmp_path, monkeyp
     store = FeatureStore(tmp_path)
     harness.extract(store)
     monkeypatch.setattr(store_module.tempfile, "NamedTemporaryFile", _denied)
-    monkeypatch.setattr(store_module.tempfile, "mkstemp", _denied)
+    monkeypatch.setattr(atomic_module, "temporary_path", _denied)  # every committed file starts as one
     report = harness.extract(store)
     assert report.cached == harness.layers and report.n_forward == 0
     harness.assert_matches_reference(store)

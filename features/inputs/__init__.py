@@ -1,0 +1,44 @@
+"""Image inputs: labelled datasets, safe decoding, and chunked decoding in background threads.
+
+Modules, one job each:
+
+* `sources`: build an `ImageDataset` from a folder, a CSV manifest or arrays;
+* `dataset`: `ImageDataset` and its digest;
+* `decoding`: decode one image to square RGB pixels (`load_image`);
+* `loader`: decode chunks of a dataset in background threads (`iter_decoded_chunks`).
+
+Everything other code needs is importable from here.
+"""
+
+from layerprobe.features.errors import InputError, UnreadableImageError
+from layerprobe.features.inputs.dataset import ImageDataset
+from layerprobe.features.inputs.decoding import DEFAULT_MAX_PIXELS, load_image
+from layerprobe.features.inputs.loader import DecodedChunk, iter_decoded_chunks
+from layerprobe.features.inputs.sources import (
+    IMAGE_EXTENSIONS,
+    UNLABELLED,
+    from_arrays,
+    from_csv,
+    from_directory,
+    from_image_folder,
+    open_dataset,
+    open_images,
+)
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "UNLABELLED",
+    "DecodedChunk",
+    "ImageDataset",
+    "InputError",
+    "UnreadableImageError",
+    "from_arrays",
+    "from_csv",
+    "from_directory",
+    "from_image_folder",
+    "iter_decoded_chunks",
+    "load_image",
+    "open_dataset",
+    "open_images",
+]

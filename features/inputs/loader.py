@@ -1,0 +1,167 @@
+"""Decode a dataset chunk by chunk in background threads: `iter_decoded_chunks` yields `DecodedChunk`s.
+
+A producer thread decodes each chunk with a pool of worker threads and queues a
+few decoded chunks ahead of the consumer (bounded memory); unreadable files are
+recorded, not raised; closing the iterator stops the threads.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from layerprobe.features.checks import check_positive_int
+from layerprobe.features.errors import InputError, UnreadableImageError
+from layerprobe.features.inputs.dataset import ImageDataset
+from layerprobe.features.inputs.decoding import DEFAULT_MAX_PIXELS
+
+__all__ = ["DecodedChunk", "iter_decoded_chunks"]
+
+_QUEUE_POLL_SECONDS = 0.1
+_DONE = object()
+
+
+@dataclass
+class DecodedChunk:
+    """The decoded samples of one chunk.
+
+    Attributes:
+        index: Chunk number, counting from 0.
+        sample_indices: int64 dataset indices of the samples that decoded, in order.
+        images: float32 pixels (n_decoded, size, size, 3) in 0-255; the consumer owns
+            them and may modify them in place.
+        skipped: (sample index, reason) for each sample that could not be decoded.
+    """
+
+    index: int
+    sample_indices: np.ndarray
+    images: np.ndarray
+    skipped: list[tuple[int, str]]
+
+
+def iter_decoded_chunks(
+    dataset: ImageDataset,
+    chunks: Sequence[Sequence[int]],
+    size: int,
+    *,
+    n_workers: int | None = None,
+    prefetch: int = 2,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Iterator[DecodedChunk]:
+    """Decode chunks of samples in background threads, in order.
+
+    A producer thread decodes the samples of each chunk with a pool of `n_workers`
+    threads and queues at most `prefetch` decoded chunks, so decoding overlaps the
+    consumer's work and memory stays bounded. Unreadable files are recorded in
+    `DecodedChunk.skipped`; any other error is re-raised in the consumer. Closing the
+    iterator early stops the threads.
+
+    Args:
+        dataset: The samples.
+        chunks: Dataset indices of each chunk, e.g. `[range(0, 256), range(256, 300)]`.
+        size: Output height and width in pixels.
+        n_workers: Decoding threads; defaults to min(8, CPU count).
+        prefetch: Decoded chunks that may wait for the consumer.
+        max_pixels: See `load_image`.
+
+    Returns:
+        An iterator of DecodedChunk, one per chunk.
+
+    Raises:
+        InputError: If `size`, `n_workers`, `prefetch` or `max_pixels` is not a positive
+            integer, or (while iterating) a chunk index is out of range.
+    """
+    n_workers = min(8, os.cpu_count() or 1) if n_workers is None else n_workers
+    for name, value in (
+        ("size", size),
+        ("n_workers", n_workers),
+        ("prefetch", prefetch),
+        ("max_pixels", max_pixels),
+    ):
+        check_positive_int(name, value, error=InputError)
+    return _consume_chunks(dataset, chunks, size, n_workers, prefetch, max_pixels)
+
+
+def _consume_chunks(
+    dataset, chunks, size, n_workers, prefetch, max_pixels
+) -> Iterator[DecodedChunk]:
+    ready = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+    producer = threading.Thread(
+        target=_produce_chunks,
+        args=(dataset, chunks, size, n_workers, max_pixels, ready, stop),
+        name="layerprobe-decode-producer",
+        daemon=True,  # an abandoned, unclosed iterator must not block interpreter exit
+    )
+    producer.start()
+    try:
+        while (item := ready.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        producer.join()
+
+
+def _produce_chunks(dataset, chunks, size, n_workers, max_pixels, ready, stop) -> None:
+    try:
+        with ThreadPoolExecutor(n_workers, thread_name_prefix="layerprobe-decode") as executor:
+            for number, chunk in enumerate(chunks):
+                if stop.is_set():
+                    return
+                _put_unless_stopped(
+                    ready,
+                    _decode_chunk(dataset, number, chunk, size, max_pixels, executor, stop),
+                    stop,
+                )
+        item = _DONE
+    except BaseException as exc:  # handed to the consumer, which re-raises it
+        item = exc
+    _put_unless_stopped(ready, item, stop)
+
+
+def _put_unless_stopped(ready: queue.Queue, item, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            ready.put(item, timeout=_QUEUE_POLL_SECONDS)
+            return
+        except queue.Full:
+            pass
+
+
+def _decode_chunk(dataset, number, chunk, size, max_pixels, executor, stop) -> DecodedChunk:
+    indices = np.asarray(chunk, dtype=np.int64).reshape(-1)
+    out_of_range = indices[(indices < 0) | (indices >= len(dataset))]
+    if out_of_range.size:
+        raise InputError(
+            f"Chunk {number} holds sample indices outside [0, {len(dataset)}). "
+            f"Received: indices {out_of_range[:5].tolist()}"
+        )
+    images = np.empty((len(indices), size, size, 3), dtype=np.float32)
+
+    def decode(position: int) -> str | None:
+        if stop.is_set():  # the consumer has gone; this chunk is discarded
+            return None
+        try:
+            images[position] = dataset.load(int(indices[position]), size, max_pixels=max_pixels)
+        except UnreadableImageError as exc:
+            return exc.reason
+        return None
+
+    reasons = list(executor.map(decode, range(len(indices))))
+    decoded = np.array([reason is None for reason in reasons], dtype=bool)
+    skipped = [
+        (int(index), reason)
+        for index, reason in zip(indices, reasons, strict=True)
+        if reason is not None
+    ]
+    return DecodedChunk(
+        number, indices[decoded], images if decoded.all() else images[decoded], skipped
+    )

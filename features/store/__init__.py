@@ -1,0 +1,44 @@
+"""The feature store: committed feature entries in HDF5 files, one per key, safe against killed writers.
+
+Modules, one job each:
+
+* `feature_store`: `FeatureStore`, the store directory (list, info, load, commit, remove);
+* `feature_set`: `FeatureSet`, one entry as loaded;
+* `partial`: `PartialEntry`, the committed chunks of an unfinished extraction;
+* `locks`: the per-key lock;
+* `hdf5`: the entry and chunk files (the only module that imports h5py);
+* `failures`: how a failed write is reported;
+* `versions`: `library_versions`, recorded in every entry's metadata.
+
+Everything other code needs is importable from here.
+"""
+
+from layerprobe.features.digests import array_digest
+from layerprobe.features.errors import (
+    CorruptEntryError,
+    EntryLockedError,
+    EntryNotFoundError,
+    IncompleteEntryError,
+    StoreError,
+)
+from layerprobe.features.store.feature_set import FeatureSet
+from layerprobe.features.store.feature_store import FeatureStore
+from layerprobe.features.store.hdf5 import CHUNK_ENCODING_TYPE, ENCODING_TYPE, ENCODING_VERSION
+from layerprobe.features.store.partial import PartialEntry
+from layerprobe.features.store.versions import library_versions
+
+__all__ = [
+    "CHUNK_ENCODING_TYPE",
+    "ENCODING_TYPE",
+    "ENCODING_VERSION",
+    "CorruptEntryError",
+    "EntryLockedError",
+    "EntryNotFoundError",
+    "FeatureSet",
+    "FeatureStore",
+    "IncompleteEntryError",
+    "PartialEntry",
+    "StoreError",
+    "array_digest",
+    "library_versions",
+]
