@@ -11,6 +11,7 @@ uninterrupted run. Keys already in the store cost no forward pass.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import numpy as np
 
 from layerprobe.features.checks import check_positive_int
 from layerprobe.features.errors import BackboneError, InputError
-from layerprobe.features.inputs import DEFAULT_MAX_PIXELS, ImageDataset, iter_decoded_chunks
+from layerprobe.features.inputs import DEFAULT_MAX_PIXELS, DecodedChunk, ImageDataset, iter_decoded_chunks
 from layerprobe.features.keys import FeatureKey
 from layerprobe.features.layers import LayerInfo, resolve_layers
 from layerprobe.features.plans import ExtractionPlan, PlannedLayer
@@ -131,6 +132,21 @@ class FeatureExtractor:
     ):
         if dtype not in STORAGE_DTYPES:
             raise BackboneError(f"dtype must be one of {STORAGE_DTYPES}. Received: dtype={dtype!r}")
+        # The constructor arguments, as given: `get_config()` rebuilds this extractor elsewhere (a dask worker).
+        self._config = {
+            "model": model,
+            "weights": os.fspath(weights) if isinstance(weights, os.PathLike) else weights,
+            "layers": layers if isinstance(layers, (str, float, int)) else list(layers),
+            "pooling": pooling if isinstance(pooling, str) else dict(pooling),
+            "input_size": input_size,
+            "batch_size": batch_size,
+            "dtype": dtype,
+            "mixed_precision": mixed_precision,
+            "model_kwargs": dict(model_kwargs or {}),
+            "seed": seed,
+            "max_flatten_dim": max_flatten_dim,
+            "max_pixels": max_pixels,
+        }
         self.batch_size = check_positive_int("batch_size", batch_size, error=BackboneError)
         self.dtype = dtype
         self.max_pixels = check_positive_int("max_pixels", max_pixels, error=InputError)
@@ -152,6 +168,10 @@ class FeatureExtractor:
     @property
     def layer_names(self) -> list[str]:
         return [info.name for info in self.layers]
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments: `FeatureExtractor(**extractor.get_config())` builds the same extractor."""
+        return copy.deepcopy(self._config)
 
     def plan(self) -> ExtractionPlan:
         """How this extractor's feature keys are made (see `layerprobe.features.plans`)."""
@@ -183,12 +203,15 @@ class FeatureExtractor:
         n_workers: int | None = None,
         progress: bool = True,
         log: Callable[[str], None] | None = None,
+        client: Any = None,
     ) -> ExtractionReport:
         """Make sure the store holds every selected layer's features for `dataset`.
 
         Layers already stored are reused without a forward pass. The others
         are computed together, one forward pass per batch, under per-key locks
         (a concurrent extraction of the same key waits, then reuses it).
+        With a dask `client`, the chunks are computed on the cluster's workers
+        (see `layerprobe.features.distributed`), with bit-identical results.
 
         Args:
             dataset: Images to extract (see `layerprobe.features.inputs`).
@@ -198,6 +221,10 @@ class FeatureExtractor:
             n_workers: Decoding threads (default: min(8, CPUs)).
             progress: Show a tqdm progress bar with images/s.
             log: Called with one line per event (cached/computed/waiting).
+            client: A `dask.distributed.Client`: compute the chunks on its workers,
+                which must see the store at the same path (checked first). With a
+                client, `n_workers` is the decoding threads per worker (default:
+                the host's cores // its workers).
 
         Returns:
             An `ExtractionReport`.
@@ -210,6 +237,12 @@ class FeatureExtractor:
             CorruptEntryError: If a stored entry of a selected layer is unreadable
                 (the message says how to remove it).
         """
+        if client is not None:
+            from layerprobe.features.distributed import extract_on_cluster
+
+            return extract_on_cluster(
+                self, dataset, store, client, chunk_size=chunk_size, n_threads=n_workers, progress=progress, log=log
+            )
         if len(dataset) == 0:
             raise InputError("The dataset has no samples; there is nothing to extract. Received: 0 samples")
         log = log or (lambda message: None)
@@ -286,6 +319,29 @@ class FeatureExtractor:
         ]
 
     def _compute(self, dataset, store, keys, missing, report, chunk_size, n_workers, progress, log) -> None:
+        work = self._open_work(dataset, store, keys, missing, chunk_size, log)
+        bar = _progress_bar(total=sum(len(work.chunks[i]) for i in work.todo), enabled=progress, desc="extracting")
+        try:
+            decoded = iter_decoded_chunks(
+                dataset,
+                [work.chunks[i] for i in work.todo],
+                self.backbone.input_size,
+                n_workers=n_workers,
+                max_pixels=self.max_pixels,
+            )
+            with contextlib.closing(decoded):
+                for chunk in decoded:
+                    index = work.todo[chunk.index]
+                    lacking = {name: partial for name, partial in work.partials.items() if index not in work.committed[name]}
+                    self._compute_chunk(work.layers, index, chunk, lacking)
+                    report.n_forward += len(chunk.sample_indices)
+                    bar.update(len(work.chunks[index]))
+        finally:
+            bar.close()
+        self._commit_entries(dataset, store, keys, work, report, log)
+
+    def _open_work(self, dataset, store, keys, missing, chunk_size, log) -> "_Work":
+        """The chunks of `dataset` and the work areas of the `missing` layers' keys (hold their locks)."""
         layers = [info for info in self.layers if info.name in missing]
         chunks = self._chunks(len(dataset), chunk_size)
         fingerprint = {
@@ -302,28 +358,22 @@ class FeatureExtractor:
         resumed = len(chunks) - len(todo)
         if resumed:
             log(f"resuming after {resumed} committed chunk(s) of {len(chunks)}")
-        model = self._extractor(layers)
-        bar = _progress_bar(total=sum(len(chunks[i]) for i in todo), enabled=progress, desc="extracting")
-        try:
-            decoded = iter_decoded_chunks(
-                dataset,
-                [chunks[i] for i in todo],
-                self.backbone.input_size,
-                n_workers=n_workers,
-                max_pixels=self.max_pixels,
-            )
-            with contextlib.closing(decoded):
-                for chunk in decoded:
-                    index = todo[chunk.index]
-                    images = self.backbone.spec.preprocess_input(chunk.images)
-                    features = self._forward(model, layers, images)
-                    for info, values in zip(layers, features):
-                        if index not in committed[info.name]:
-                            partials[info.name].write_chunk(index, values, chunk.sample_indices, chunk.skipped)
-                    report.n_forward += len(chunk.sample_indices)
-                    bar.update(len(chunks[index]))
-        finally:
-            bar.close()
+        return _Work(layers, chunks, partials, committed, todo)
+
+    def _compute_chunk(self, layers: Sequence[LayerInfo], index: int, chunk: DecodedChunk, partials: Mapping) -> None:
+        """Preprocess, run and commit one decoded chunk, for each layer in `partials` (name -> `PartialEntry`).
+
+        The one code path of a chunk, in-process and on a dask worker
+        (`layerprobe.features.distributed`): the same batches, the same numbers.
+        """
+        images = self.backbone.spec.preprocess_input(chunk.images)
+        features = self._forward(self._extractor(layers), layers, images)
+        for info, values in zip(layers, features):
+            if info.name in partials:
+                partials[info.name].write_chunk(index, values, chunk.sample_indices, chunk.skipped)
+
+    def _commit_entries(self, dataset, store, keys, work: "_Work", report, log) -> None:
+        """Assemble each layer's committed chunks into its store entry."""
         metadata = {
             "backbone": self.backbone.architecture,
             "weights_source": self.backbone.weights or "random init",
@@ -332,11 +382,11 @@ class FeatureExtractor:
             "max_pixels": self.max_pixels,
             "versions": library_versions(),
         }
-        for info in layers:
+        for info in work.layers:
             store.commit(
                 keys[info.name],
-                partials[info.name],
-                len(chunks),
+                work.partials[info.name],
+                len(work.chunks),
                 sample_ids=dataset.sample_ids,
                 labels=dataset.labels,
                 splits=dataset.splits,
@@ -346,6 +396,16 @@ class FeatureExtractor:
             report.computed.append(info.name)
             log(f"computed {info.name} ({keys[info.name].entry_name})")
 
+
+@dataclass
+class _Work:
+    """An extraction's chunks (sample ranges), the work area of each layer to compute, and what is done."""
+
+    layers: list[LayerInfo]
+    chunks: list[range]
+    partials: dict[str, Any]
+    committed: dict[str, set[int]]
+    todo: list[int]
 
 def _progress_bar(*, total: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
