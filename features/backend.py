@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import sys
 from typing import Any, Iterator
 
@@ -20,6 +22,7 @@ __all__ = [
     "get_global_seed_state",
     "import_keras_quietly",
     "inbound_layers",
+    "isolated_default_seeds",
     "optimizer_variable_index",
     "set_global_seed_state",
 ]
@@ -98,6 +101,30 @@ def set_global_seed_state(state: dict[str, Any]) -> None:
 
     for name, value in state.items():
         global_state.set_global_attribute(name, value)
+
+
+@contextlib.contextmanager
+def isolated_default_seeds(seed: int) -> Iterator[None]:
+    """Inside the block, Keras draws default seeds from a private `random.Random(seed)`.
+
+    Initializers and seed generators built without a seed draw one from Python's
+    shared `random` module (`keras.src.random.seed_generator.make_default_seed`).
+    Any other thread that uses `random` meanwhile (dask's event loop, for one)
+    would change those draws, and so the weights of a seeded random
+    initialisation. A private generator seeded like `random.seed(seed)` gives
+    the same draws as a quiet process, whatever other threads do.
+    """
+    try:
+        from keras.src.random import seed_generator
+
+        shared = seed_generator.python_random
+    except (ImportError, AttributeError) as error:
+        raise _internals_error("keras.src.random.seed_generator.python_random", error) from error
+    seed_generator.python_random = random.Random(seed)
+    try:
+        yield
+    finally:
+        seed_generator.python_random = shared
 
 
 def optimizer_variable_index(optimizer, variable) -> int:

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import numpy as np
 
-from layerprobe.features.backend import get_global_seed_state, set_global_seed_state
+from layerprobe.features.backend import get_global_seed_state, isolated_default_seeds, set_global_seed_state
 
 __all__ = ["keras_seed"]
 
@@ -30,7 +30,9 @@ def keras_seed(seed: int | None) -> Iterator[None]:
     saved_keras = get_global_seed_state()
     keras.utils.set_random_seed(int(seed))
     try:
-        yield
+        # Default seeds come from a private generator: other threads using `random` cannot change them.
+        with isolated_default_seeds(int(seed)):
+            yield
     finally:
         random.setstate(saved_python)
         np.random.set_state(saved_numpy)
