@@ -14,7 +14,19 @@ from typing import Callable
 from layerprobe.features.checks import unknown_name_message
 from layerprobe.features.errors import BackboneError
 
-__all__ = ["BackboneSpec", "BACKBONES", "get_backbone_spec", "register_backbone"]
+__all__ = [
+    "BackboneSpec",
+    "BACKBONES",
+    "PREPROCESSING_MODES",
+    "get_backbone_spec",
+    "preprocessing_choices",
+    "register_backbone",
+    "resolve_preprocessing",
+]
+
+# `preprocessing=` values besides the family names: "none", and the modes of
+# keras.applications.imagenet_utils.preprocess_input.
+PREPROCESSING_MODES = ("none", "caffe", "tf", "torch")
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,11 @@ class BackboneSpec:
         min_input_size: Smallest side the architecture accepts.
         stage_pattern: Regex of layer names that end a stage. `None` uses the
             generic rule of `layerprobe.features.layers` (last cut layer per resolution).
+        preprocess_mode: A mode of `keras.applications.imagenet_utils.preprocess_input`
+            (`"caffe"`, `"tf"`, `"torch"`) or `"none"` (pixels 0-255 as they are),
+            used instead of `preprocess_module`; for models loaded from files.
+        source: The `.keras` file a spec was made for (`layerprobe.features.model_files`),
+            else None; messages point to it.
     """
 
     name: str
@@ -40,10 +57,24 @@ class BackboneSpec:
     default_input_size: int = 224
     min_input_size: int = 32
     stage_pattern: str | None = None
+    preprocess_mode: str | None = None
+    source: str | None = None
+
+    def __post_init__(self):
+        if self.preprocess_mode is not None and self.preprocess_mode not in PREPROCESSING_MODES:
+            raise BackboneError(
+                f"preprocess_mode must be one of {PREPROCESSING_MODES} (the modes of "
+                f"keras.applications.imagenet_utils.preprocess_input, or 'none'). "
+                f"Received: preprocess_mode={self.preprocess_mode!r}"
+            )
 
     @property
     def preprocessing(self) -> str:
         """Stable name of the preprocessing, part of every cache key."""
+        if self.preprocess_mode == "none":
+            return "none"
+        if self.preprocess_mode is not None:
+            return f"keras.applications.imagenet_utils.preprocess_input(mode={self.preprocess_mode!r})"
         if self.preprocess_module is None:
             return "none (rescaled inside the model)"
         return f"{self.preprocess_module}.preprocess_input"
@@ -53,6 +84,12 @@ class BackboneSpec:
 
         Keras modifies float numpy inputs in place; callers pass a batch they own.
         """
+        if self.preprocess_mode == "none":
+            return x
+        if self.preprocess_mode is not None:
+            from keras.applications import imagenet_utils
+
+            return imagenet_utils.preprocess_input(x, mode=self.preprocess_mode)
         if self.preprocess_module is None:
             return x
         return importlib.import_module(self.preprocess_module).preprocess_input(x)
@@ -88,6 +125,38 @@ def get_backbone_spec(name: str) -> BackboneSpec:
     if name.lower() in by_lower:
         return BACKBONES[by_lower[name.lower()]]
     raise BackboneError(unknown_name_message("backbone", name, BACKBONES, argument="model"))
+
+
+def preprocessing_choices() -> list[str]:
+    """Every valid `preprocessing=` value: `"none"`, the three modes, then the family names."""
+    return [*PREPROCESSING_MODES, *BACKBONES]
+
+
+def resolve_preprocessing(name: str) -> tuple[str | None, str | None]:
+    """`(preprocess_module, preprocess_mode)` of a `preprocessing=` value, for a `BackboneSpec`.
+
+    `"none"`, `"caffe"`, `"tf"` and `"torch"` are modes (case-insensitive); any
+    other value is a family name (e.g. `"VGG16"`, `"MobileNetV2"`, case-insensitive)
+    and means that family's `preprocess_input`.
+
+    Raises:
+        BackboneError: For anything else, listing the choices.
+    """
+    text = name.strip() if isinstance(name, str) else name
+    if isinstance(text, str) and text.lower() in PREPROCESSING_MODES:
+        return None, text.lower()
+    if isinstance(text, str) and text:
+        by_lower = {key.lower(): key for key in BACKBONES}
+        if text.lower() in by_lower:
+            spec = BACKBONES[by_lower[text.lower()]]
+            return spec.preprocess_module, spec.preprocess_mode
+    raise BackboneError(
+        f"Unknown preprocessing {name!r}. Expected 'none' (pixels 0-255 as they are, for models that "
+        f"rescale inside), a mode of keras.applications.imagenet_utils.preprocess_input ('caffe': BGR, "
+        f"ImageNet mean subtracted; 'tf': scaled to [-1, 1]; 'torch': [0, 1] then ImageNet mean/std), "
+        f"or a family name whose preprocess_input to use ({', '.join(BACKBONES)}). "
+        f"Received: preprocessing={name!r}"
+    )
 
 
 def _application(function_name: str) -> Callable:

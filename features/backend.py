@@ -22,6 +22,7 @@ __all__ = [
     "get_global_seed_state",
     "import_keras_quietly",
     "inbound_layers",
+    "is_functional_model",
     "isolated_default_seeds",
     "optimizer_variable_index",
     "set_global_seed_state",
@@ -83,6 +84,22 @@ def inbound_layers(layer) -> Iterator[Any]:
                 yield tensor._keras_history.operation
     except AttributeError as error:
         raise _internals_error("Layer._inbound_nodes / KerasTensor._keras_history", error) from error
+
+
+def is_functional_model(model) -> bool:
+    """Whether `model` is a graph of layers (functional or Sequential), whose intermediate outputs can be tapped.
+
+    A subclassed `keras.Model` is not: its `call` is Python code, not a graph.
+    """
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        return True
+    try:
+        from keras.src.models.functional import Functional
+    except ImportError as error:
+        raise _internals_error("keras.src.models.functional.Functional", error) from error
+    return isinstance(model, Functional)
 
 
 def get_global_seed_state() -> dict[str, Any]:

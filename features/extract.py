@@ -85,8 +85,11 @@ class FeatureExtractor:
     """A truncated backbone that extracts and caches pooled layer features.
 
     Args:
-        model: Backbone name from the registry (e.g. `"VGG16"`).
-        weights: `"imagenet"`, `None` (random init from `seed`) or a weights file.
+        model: Backbone name from the registry (e.g. `"VGG16"`), or the path of a
+            Keras model saved with `model.save` (`"model.keras"`; see
+            `layerprobe.features.model_files`).
+        weights: `"imagenet"`, `None` (random init from `seed`) or a weights file;
+            for a model file, its own weights (`"saved"`; the default means the same).
         layers: Layer names, aliases (`"stages"`, `"stage2"`, `"top"`) or
             relative depths in [0, 1].
         pooling: `"avg"`, `"max"`, `"flatten"` or `"none"`, or a layer -> pooling map.
@@ -95,6 +98,8 @@ class FeatureExtractor:
         dtype: Storage dtype, `"float32"` or `"float16"`.
         mixed_precision: Run the forward pass in `mixed_float16` (for GPUs).
         model_kwargs: Extra constructor arguments, e.g. `{"alpha": 0.35}`.
+        preprocessing: For a model file: `"none"`, `"caffe"`, `"tf"`, `"torch"` or
+            a family name; None takes it from layerprobe's metadata or the graph.
         seed: Seed of the random initialisation when `weights=None`.
         max_flatten_dim: Refuse `flatten` pooling above this many values per image.
         max_pixels: Skip (and record) image files larger than this many pixels,
@@ -126,6 +131,7 @@ class FeatureExtractor:
         dtype: str = "float32",
         mixed_precision: bool = False,
         model_kwargs: Mapping[str, Any] | None = None,
+        preprocessing: str | None = None,
         seed: int = 0,
         max_flatten_dim: int = DEFAULT_MAX_FLATTEN_DIM,
         max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -134,7 +140,7 @@ class FeatureExtractor:
             raise BackboneError(f"dtype must be one of {STORAGE_DTYPES}. Received: dtype={dtype!r}")
         # The constructor arguments, as given: `get_config()` rebuilds this extractor elsewhere (a dask worker).
         self._config = {
-            "model": model,
+            "model": os.fspath(model) if isinstance(model, os.PathLike) else model,
             "weights": os.fspath(weights) if isinstance(weights, os.PathLike) else weights,
             "layers": layers if isinstance(layers, (str, float, int)) else list(layers),
             "pooling": pooling if isinstance(pooling, str) else dict(pooling),
@@ -143,6 +149,7 @@ class FeatureExtractor:
             "dtype": dtype,
             "mixed_precision": mixed_precision,
             "model_kwargs": dict(model_kwargs or {}),
+            "preprocessing": preprocessing,
             "seed": seed,
             "max_flatten_dim": max_flatten_dim,
             "max_pixels": max_pixels,
@@ -153,7 +160,8 @@ class FeatureExtractor:
         self.compute_dtype = "mixed_float16" if mixed_precision else "float32"
         with dtype_policy(self.compute_dtype):
             self.backbone: Backbone = load_backbone(
-                model, weights=weights, input_size=input_size, model_kwargs=model_kwargs, seed=seed
+                model, weights=weights, input_size=input_size, model_kwargs=model_kwargs,
+                preprocessing=preprocessing, seed=seed,
             )
         self.layers: list[LayerInfo] = resolve_layers(self.backbone.model, self.backbone.spec, layers)
         self.pooling = per_layer_pooling(self.layers, pooling)

@@ -10,7 +10,10 @@ A layer can be selected by:
 Stage outputs come from the family's `stage_pattern` when it has one (VGG's
 `blockN_pool`), else from a generic rule: the last *cut* layer (one through
 which all information flows) at each spatial resolution, the same points
-timm's `features_only` returns.
+timm's `features_only` returns (the last layer before each spatial
+downsampling). Models loaded from files (`layerprobe.features.model_files`)
+use the generic rule; they are built at a fixed input size first, so that a
+model saved with a flexible input has the same stages.
 
 Keras gives unnamed layers auto-generated names (`activation_49`) that change
 between instantiations; such layers are identified by position instead
@@ -158,7 +161,7 @@ def _unknown(selector, infos: Sequence[LayerInfo], spec: BackboneSpec) -> Unknow
     return UnknownLayerError(
         f"{spec.name} has no layer {selector!r}.{hint} Select a layer by exact name, "
         f"by alias ({', '.join(aliases)}), or by relative depth in [0, 1]; "
-        f"`layerprobe layers {spec.name}` lists them all. Received: layers={selector!r}"
+        f"`layerprobe layers {spec.source or spec.name}` lists them all. Received: layers={selector!r}"
     )
 
 

@@ -10,9 +10,11 @@ resolved keys to the store as a *plan* (`ExtractionPlan`, made by
 back without Keras.
 
 A plan is reused only while everything it was derived from is unchanged: the
-extractor's settings, the weights file (path, size and modification time, as
-the dataset digest does for images) and the installed Keras and backend
-versions. A missing, unreadable or mismatching plan only means building the
+extractor's settings, the weights file and a model file with its layerprobe
+metadata (path, size and modification time, as the dataset digest does for
+images) and the installed Keras and backend versions. A copied or retrained
+model file thus gets a new plan; its keys digest the model's content, so a
+copy still finds the features its original stored. A missing, unreadable or mismatching plan only means building the
 backbone as before.
 """
 
@@ -29,6 +31,7 @@ from typing import Any, Mapping
 from layerprobe.features.atomic import write_text_atomically
 from layerprobe.features.inputs import DEFAULT_MAX_PIXELS
 from layerprobe.features.keys import FORMAT_VERSION, FeatureKey
+from layerprobe.features.model_files import is_model_file, metadata_path
 
 __all__ = ["ExtractionPlan", "PlannedLayer", "load_plan", "plan_signature", "save_plan"]
 
@@ -113,22 +116,32 @@ def plan_signature(settings: Mapping[str, Any]) -> str | None:
 
     Args:
         settings: The extractor's arguments as JSON-ready values: `model` (a
-            registry name), `weights` (`"imagenet"`, None or a file path),
+            registry name or a model file), `weights` (`"imagenet"`, `"saved"`,
+            None or a file path), `preprocessing` (model files),
             `layers`, `pooling`, `input_size`, `dtype`, `mixed_precision`,
             `model_kwargs`, `seed`, `max_pixels`.
 
     Returns:
-        A hex digest; None if `weights` names a file that does not exist (the
-        build reports that) or a setting is not JSON-serialisable.
+        A hex digest; None if `weights` or `model` names a file that does not
+        exist (the build reports that) or a setting is not JSON-serialisable.
     """
     identity: dict[str, Any] = {"settings": dict(settings), "format_version": FORMAT_VERSION}
-    weights = settings.get("weights")
-    if weights not in (None, "imagenet"):
+    files = {"weights_file": settings.get("weights")}
+    if is_model_file(settings.get("model")):
+        files["model_file"] = settings["model"]
+        files["model_metadata"] = metadata_path(settings["model"])
+    for name, path in files.items():
+        if path in (None, "imagenet", "saved"):
+            continue
         try:
-            stat = os.stat(weights)
+            stat = os.stat(path)
+        except FileNotFoundError:
+            if name == "model_metadata":  # most model files have none; one added later changes the signature
+                continue
+            return None
         except (OSError, TypeError, ValueError):
             return None
-        identity["weights_file"] = [os.path.abspath(weights), stat.st_size, stat.st_mtime_ns]
+        identity[name] = [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
     identity["versions"] = {name: _installed_version(name) for name in _BACKEND_PACKAGES}
     identity["keras_backend"] = os.environ.get("KERAS_BACKEND")
     try:

@@ -4,7 +4,11 @@
   * `"imagenet"`: Keras downloads the file once into `$KERAS_HOME/models`;
   * `None` (or `"none"`, `"random"`): random Glorot/He initialisation from `seed`;
   * a path to a Keras 3 `.weights.h5` file or a legacy by-layer `.h5` file as
-    the Keras applications publish them.
+    the Keras applications publish them;
+  * `"saved"`, for a model file: the weights saved in it.
+
+`model` is a registry name, a `BackboneSpec`, or the path of a saved Keras
+model (`.keras`), loaded by `layerprobe.features.model_files`.
 
 The digest that goes into cache keys is the sha256 of the weights file when
 there is one, else of the weight values themselves, so two runs that use the
@@ -27,6 +31,7 @@ from layerprobe.features.backbones import BackboneSpec, get_backbone_spec
 from layerprobe.features.backend import import_keras_quietly
 from layerprobe.features.digests import arrays_digest, file_digest
 from layerprobe.features.errors import BackboneError, WeightsUnavailableError
+from layerprobe.features.model_files import SAVED_WEIGHTS, is_model_file
 from layerprobe.features.seeding import keras_seed
 
 __all__ = ["Backbone", "WeightsUnavailableError", "load_backbone", "parse_weights", "values_digest"]
@@ -38,10 +43,13 @@ class Backbone:
 
     Attributes:
         spec: The family spec (preprocessing, sizes, stage rule).
-        model: The headless `keras.Model` (`include_top=False`).
+        model: The headless `keras.Model` (`include_top=False`), or a model
+            file's backbone part (`layerprobe.features.model_files`).
         input_size: Side of the square input it was built for.
-        weights: What the user asked for (`"imagenet"`, `None` or a path).
-        weights_digest: `"sha256:..."` of the weights file or values.
+        weights: What the user asked for (`"imagenet"`, `None` or a path; for a
+            model file `"saved"`, `None` or a path).
+        weights_digest: `"sha256:..."` of the weights file or values; for a model
+            file, of its architecture and weight values together.
         model_kwargs: Extra constructor arguments (e.g. `{"alpha": 0.35}`).
     """
 
@@ -67,10 +75,11 @@ def values_digest(model) -> str:
 
 
 def parse_weights(weights: str | os.PathLike | None) -> str | None:
-    """What a `weights` argument asks for: `"imagenet"`, None (random init) or a file path.
+    """What a `weights` argument asks for: `"imagenet"`, `"saved"` (a model file's own),
+    None (random init) or a file path.
 
-    `"imagenet"`, `"none"` and `"random"` are matched case-insensitively; any
-    other text is a path, returned as given (unchecked).
+    `"imagenet"`, `"saved"`, `"none"` and `"random"` are matched case-insensitively;
+    any other text is a path, returned as given (unchecked).
 
     Raises:
         BackboneError: For an empty string.
@@ -85,12 +94,12 @@ def parse_weights(weights: str | os.PathLike | None) -> str | None:
         )
     if text.lower() in ("none", "random"):
         return None
-    return "imagenet" if text.lower() == "imagenet" else text
+    return text.lower() if text.lower() in ("imagenet", SAVED_WEIGHTS) else text
 
 
 def _resolve_weights(weights: str | os.PathLike | None) -> str | None:
     text = parse_weights(weights)
-    if text in (None, "imagenet"):
+    if text in (None, "imagenet", SAVED_WEIGHTS):
         return text
     path = Path(text).expanduser()
     if not path.is_file():
@@ -135,21 +144,45 @@ def _offline_error(spec: BackboneSpec, error: Exception) -> WeightsUnavailableEr
     )
 
 
+def _load_file(model, weights, input_size, model_kwargs, preprocessing, seed) -> Backbone:
+    from layerprobe.features.model_files import load_file_backbone
+
+    if model_kwargs:
+        raise BackboneError(
+            f"model_kwargs are constructor arguments of a registry family; {os.fspath(model)} is a saved "
+            f"model, built as saved. Leave model_kwargs empty. Received: model_kwargs={dict(model_kwargs)!r}"
+        )
+    resolved = _resolve_weights(weights)
+    # A file carries its weights: the default "imagenet" means them too.
+    resolved = SAVED_WEIGHTS if resolved == "imagenet" else resolved
+    return load_file_backbone(model, weights=resolved, input_size=input_size, preprocessing=preprocessing, seed=seed)
+
+
 def load_backbone(
-    model: str | BackboneSpec,
+    model: str | os.PathLike | BackboneSpec,
     *,
     weights: str | os.PathLike | None = "imagenet",
     input_size: int | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    preprocessing: str | None = None,
     seed: int = 0,
 ) -> Backbone:
-    """Build a headless backbone (`include_top=False`) with the given weights.
+    """Build a headless backbone (`include_top=False`) with the given weights, or load a model file.
 
     Args:
-        model: Registry name (e.g. `"ResNet50"`) or a `BackboneSpec`.
-        weights: `"imagenet"`, `None` (random init from `seed`) or a file path.
-        input_size: Square input side; defaults to the family's default.
+        model: Registry name (e.g. `"ResNet50"`), a `BackboneSpec`, or the path
+            of a Keras model saved with `model.save` (`"path/to/model.keras"`,
+            see `layerprobe.features.model_files`).
+        weights: `"imagenet"`, `None` (random init from `seed`) or a file path;
+            for a model file, `"saved"` (its own weights; the default
+            `"imagenet"` means the same), None or a weights file.
+        input_size: Square input side; defaults to the family's default (for a
+            model file: its metadata's, its fixed input size, else 224).
         model_kwargs: Extra constructor arguments, e.g. `{"alpha": 0.35}`.
+        preprocessing: For a model file only: `"none"`, `"caffe"`, `"tf"`,
+            `"torch"` or a family name; None takes it from layerprobe's
+            metadata or the model's graph. A family's preprocessing belongs to
+            its weights and is not changed.
         seed: Seed of the random initialisation (used when `weights=None`).
 
     Returns:
@@ -157,15 +190,29 @@ def load_backbone(
 
     Raises:
         BackboneError: Unknown model name, empty `weights`, model_kwargs the
-            constructor does not take, or an input size that is not a whole number
-            or is below the family minimum.
+            constructor does not take, an input size that is not a whole number
+            or is below the family minimum, or (model files) an unloadable or
+            subclassed model or unknown preprocessing.
         WeightsUnavailableError: ImageNet weights cannot be downloaded, the
             file is missing, or the file does not fit the architecture.
     """
     import_keras_quietly()
+    if not isinstance(model, BackboneSpec) and is_model_file(model):
+        return _load_file(model, weights, input_size, model_kwargs, preprocessing, seed)
     spec = model if isinstance(model, BackboneSpec) else get_backbone_spec(model)
+    if preprocessing is not None:
+        raise BackboneError(
+            f"preprocessing is chosen for model files; {spec.name}'s preprocessing belongs to its weights "
+            f"({spec.preprocessing}). Leave it out, or save your model and pass its .keras file. "
+            f"Received: preprocessing={preprocessing!r}"
+        )
     size = _check_input_size(spec, input_size)
     resolved = _resolve_weights(weights)
+    if resolved == SAVED_WEIGHTS:
+        raise BackboneError(
+            f"weights='saved' means the weights inside a model file, but {spec.name} is built from "
+            f"keras.applications. Pass 'imagenet', 'none' or a weights file. Received: weights={weights!r}"
+        )
     kwargs = dict(model_kwargs or {})
     reserved = sorted({"include_top", "weights", "input_shape"} & set(kwargs))
     if reserved:

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from layerprobe.features.backbones import BACKBONES, BackboneSpec, get_backbone_spec
+from layerprobe.features.backbones import BACKBONES, BackboneSpec, get_backbone_spec, resolve_preprocessing
 from layerprobe.features.digests import file_digest
 from layerprobe.features.layers import UnknownLayerError, describe_layers, resolve_layers
 from layerprobe.features.weights import WeightsUnavailableError, load_backbone, parse_weights
@@ -26,6 +26,24 @@ def test_family_preprocessing():
     assert get_backbone_spec("EfficientNetB0").preprocess_input(x.copy()).max() == 255.0
     vgg = get_backbone_spec("VGG16").preprocess_input(x.copy())
     np.testing.assert_allclose(vgg[0, 0, 0], [255 - 103.939, 255 - 116.779, 255 - 123.68], rtol=1e-5)
+
+
+def test_preprocessing_choices_are_modes_or_family_names():
+    x = np.full((1, 2, 2, 3), 255.0, dtype="float32")
+    assert resolve_preprocessing("None") == (None, "none")
+    assert resolve_preprocessing("vgg16") == ("keras.applications.vgg16", None)
+    for mode, family in [("caffe", "VGG16"), ("tf", "MobileNetV2"), ("torch", "DenseNet121")]:
+        spec = BackboneSpec("file", constructor=None, preprocess_module=None, preprocess_mode=mode)
+        np.testing.assert_allclose(spec.preprocess_input(x.copy()), get_backbone_spec(family).preprocess_input(x.copy()))
+        assert mode in spec.preprocessing
+    with pytest.raises(ValueError, match=r"Unknown preprocessing 'imagenet'.*'caffe'.*VGG16.*Received: preprocessing='imagenet'"):
+        resolve_preprocessing("imagenet")
+    with pytest.raises(ValueError, match="preprocess_mode must be one of"):
+        BackboneSpec("file", constructor=None, preprocess_module=None, preprocess_mode="caffee")
+    with pytest.raises(ValueError, match=r"preprocessing is chosen for model files"):
+        load_backbone("VGG16", weights=None, input_size=32, preprocessing="tf")
+    with pytest.raises(ValueError, match=r"weights='saved' means the weights inside a model file"):
+        load_backbone("VGG16", weights="saved", input_size=32)
 
 
 def test_random_init_is_seeded_and_scoped():
@@ -67,7 +85,7 @@ def test_missing_or_mismatched_weights_file_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize(
     "text, expected",
     [("imagenet", "imagenet"), ("ImageNet", "imagenet"), ("none", None), ("Random", None), (None, None),
-     ("w/net.weights.h5", "w/net.weights.h5")],
+     ("Saved", "saved"), ("w/net.weights.h5", "w/net.weights.h5")],
 )
 def test_parse_weights(text, expected):
     assert parse_weights(text) == expected
