@@ -17,7 +17,9 @@ A run writes into its `output_dir`:
   * `checkpoints/`: the weights after every epoch plus `state.json` (phase,
     epoch), so `resume=True` continues an interrupted run where it stopped;
   * `model.keras`: the final model, loadable with `keras.saving.load_model`
-    once `custom_objects` is imported.
+    once `custom_objects` is imported, and `model.layerprobe.json` beside it
+    (backbone family, preprocessing, input size, the nested backbone's name),
+    so that the file can be probed as a backbone: `model = ".../model.keras"`.
 
 Lower blocks can train at lower rates in phase 2 (`block_lr_decay`, the
 layer-wise decay of timm and BEiT) through `BlockwiseAdam`, an Adam that scales

@@ -5,13 +5,16 @@
 The state is committed atomically after its weights are complete, and only then
 are older weights deleted, so a killed run leaves its previous checkpoint
 intact. `read_state` refuses a checkpoint written by a run with other settings.
-Files are committed with `layerprobe.features.atomic`.
+Files are committed with `layerprobe.features.atomic`. Beside the final model,
+`model.layerprobe.json` (`backbone_metadata`) tells `layerprobe.features.model_files`
+which nested model is the backbone, its family, preprocessing and input size, so
+the saved file can be probed as a backbone (`model = "…/model.keras"`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +22,12 @@ import keras
 import pandas as pd
 
 from layerprobe.features.atomic import atomic_path, write_atomically, write_text_atomically
+from layerprobe.features.backbones import BACKBONES
 from layerprobe.features.errors import ConfigError
+from layerprobe.features.model_files import metadata_path, write_model_metadata
+from layerprobe.features.weights import Backbone
 
-__all__ = ["Checkpoint", "read_state", "save_checkpoint", "save_model", "truncate_history"]
+__all__ = ["Checkpoint", "backbone_metadata", "read_state", "save_checkpoint", "save_model", "truncate_history"]
 
 # May differ when resuming: they change how long a run trains, not what it trains.
 _RESUMABLE_FIELDS = ("head_epochs", "finetune_epochs", "early_stopping_patience", "workers")
@@ -89,13 +95,39 @@ def truncate_history(path: Path, epoch: int) -> None:
         write_atomically(path, lambda tmp: kept.to_csv(tmp, index=False))
 
 
-def save_model(model: keras.Model, path: Path) -> None:
-    """Saves `model` as `path` (a `.keras` file), committed atomically.
+def backbone_metadata(backbone: Backbone, *, mode: str) -> dict[str, Any]:
+    """What a classifier built on `backbone` records beside its saved file (see `save_model`).
+
+    `preprocessing` is the family name (or the spec's mode) that
+    `layerprobe.features.backbones.resolve_preprocessing` maps back to the same
+    function; `backbone_layer` names the nested backbone model in the classifier.
+    """
+    spec = backbone.spec
+    return {
+        "saved_by": f"layerprobe {mode}",
+        "mode": mode,
+        "family": spec.name,
+        "backbone": backbone.architecture,
+        "initial_weights": backbone.weights if backbone.weights is not None else "random init",
+        "preprocessing": spec.preprocess_mode or (spec.name if BACKBONES.get(spec.name) is spec else None),
+        "preprocess_module": spec.preprocess_module,
+        "input_size": backbone.input_size,
+        "backbone_layer": backbone.model.name,
+        "backbone_output": backbone.model.layers[-1].name,
+        "head_input": "avg_pool",
+    }
+
+
+def save_model(model: keras.Model, path: Path, *, metadata: Mapping[str, Any] | None = None) -> None:
+    """Saves `model` as `path` (a `.keras` file), committed atomically, and `metadata` beside it.
 
     Keras writes only to names ending in `.keras`, so the model is saved beside
     the temporary file under such a name and moved onto it; `atomic_path` then
-    commits it (and removes both if saving fails).
+    commits it (and removes both if saving fails). The metadata
+    (`backbone_metadata`) goes to `model.layerprobe.json` after the model; an
+    older one is removed first, so it never describes another model.
     """
+    metadata_path(path).unlink(missing_ok=True)
     with atomic_path(path) as tmp:
         keras_tmp = tmp.with_name(f"{tmp.name}.keras")
         try:
@@ -103,3 +135,5 @@ def save_model(model: keras.Model, path: Path) -> None:
             keras_tmp.replace(tmp)
         finally:
             keras_tmp.unlink(missing_ok=True)
+    if metadata is not None:
+        write_model_metadata(path, metadata)

@@ -28,7 +28,7 @@ from layerprobe.features.seeding import keras_seed
 from layerprobe.features.weights import load_backbone
 from layerprobe.pipeline.finetune.batches import ImageBatches, validation_split
 from layerprobe.pipeline.finetune.checkpoints import (
-    Checkpoint, read_state, save_checkpoint, save_model, truncate_history,
+    Checkpoint, backbone_metadata, read_state, save_checkpoint, save_model, truncate_history,
 )
 from layerprobe.pipeline.finetune.classifier_model import build_classifier_model, fit_head_inputs, set_head
 from layerprobe.pipeline.finetune.config import FinetuneConfig
@@ -189,7 +189,7 @@ def _run_phases(
             if layer.trainable and layer.trainable_weights
         )
         model_path = output_dir / "model.keras"
-        save_model(classifier, model_path)
+        save_model(classifier, model_path, metadata=backbone_metadata(backbone, mode=mode))
     return FinetuneResult(
         mode=mode,
         backbone=backbone.architecture,
