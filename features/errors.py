@@ -56,6 +56,29 @@ class UnreadableImageError(InputError):
         return type(self), (self.reason, self.path)
 
 
+class ImageReadError(InputError):
+    """An image file that could not be read because of an I/O error (not its content).
+
+    Raised after a few retries for errors such as EIO, ESTALE (NFS), EMFILE or
+    ENOMEM: the image is not recorded as unreadable and the run stops, since
+    the file itself may be fine.
+
+    Attributes:
+        path: The file.
+        errno: The `errno` of the last failure (None for a `MemoryError`).
+        attempts: How many times it was tried.
+    """
+
+    def __init__(self, message: str, path: str | None = None, errno: int | None = None, attempts: int = 1):
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
+        self.attempts = attempts
+
+    def __reduce__(self):
+        return type(self), (self.args[0], self.path, self.errno, self.attempts)
+
+
 class BackboneError(LayerprobeError, ValueError):
     """A backbone, its arguments or its input size cannot be used."""
 

@@ -3,16 +3,18 @@
 Modules, one job each:
 
 * `sources`: build an `ImageDataset` from a folder, a CSV manifest or arrays;
-* `dataset`: `ImageDataset` and its digest;
-* `decoding`: decode one image to square RGB pixels (`load_image`);
+* `dataset`: `ImageDataset` and its digest (`"stat"` or `"content"`);
+* `file_digests`: file contents hashed in parallel, cached per file (the `"content"` digest);
+* `decoding`: decode one image to square RGB pixels (`load_image`), telling bad content
+  (skipped) from I/O errors (retried, then raised), within a memory budget;
 * `loader`: decode chunks of a dataset in background threads (`iter_decoded_chunks`).
 
 Everything other code needs is importable from here.
 """
 
-from layerprobe.features.errors import InputError, UnreadableImageError
-from layerprobe.features.inputs.dataset import ImageDataset
-from layerprobe.features.inputs.decoding import DEFAULT_MAX_PIXELS, load_image
+from layerprobe.features.errors import ImageReadError, InputError, UnreadableImageError
+from layerprobe.features.inputs.dataset import DIGEST_MODES, ImageDataset
+from layerprobe.features.inputs.decoding import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_PIXELS, DecodeBudget, load_image
 from layerprobe.features.inputs.loader import DecodedChunk, iter_decoded_chunks
 from layerprobe.features.inputs.sources import (
     IMAGE_EXTENSIONS,
@@ -26,11 +28,15 @@ from layerprobe.features.inputs.sources import (
 )
 
 __all__ = [
+    "DEFAULT_DECODE_BUDGET",
     "DEFAULT_MAX_PIXELS",
+    "DIGEST_MODES",
     "IMAGE_EXTENSIONS",
     "UNLABELLED",
+    "DecodeBudget",
     "DecodedChunk",
     "ImageDataset",
+    "ImageReadError",
     "InputError",
     "UnreadableImageError",
     "from_arrays",

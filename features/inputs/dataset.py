@@ -6,15 +6,35 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import PurePath
 
 import numpy as np
 
 from layerprobe.features.errors import InputError
-from layerprobe.features.inputs.decoding import DEFAULT_MAX_PIXELS, array_to_rgb, load_image
+from layerprobe.features.inputs.decoding import DEFAULT_MAX_PIXELS, DecodeBudget, array_to_rgb, load_image
 
-__all__ = ["ImageDataset"]
+__all__ = ["DIGEST_MODES", "ImageDataset", "resolve_dataset_digest"]
+
+DIGEST_MODES = ("stat", "content")
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def resolve_dataset_digest(dataset: ImageDataset, dataset_digest: str) -> str:
+    """`dataset.digest(mode)` for a mode (`"stat"`, `"content"`), or a digest already computed, checked.
+
+    Raises:
+        InputError: For anything else.
+    """
+    if dataset_digest in DIGEST_MODES:
+        return dataset.digest(dataset_digest)
+    if isinstance(dataset_digest, str) and _HEX_DIGEST.fullmatch(dataset_digest):
+        return dataset_digest
+    raise InputError(
+        f"dataset_digest must be one of {DIGEST_MODES} or a digest computed by `ImageDataset.digest` "
+        f"(64 hexadecimal digits). Received: dataset_digest={dataset_digest!r}"
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -28,7 +48,9 @@ class ImageDataset:
         labels: int64 indices into `class_names`, shape (n_samples,), read-only.
         class_names: Class names; a label `k` means `class_names[k]`.
         splits: Split name per sample ("train", "val", "test", ... or "all").
-        root: Folder that file paths are made relative to in `digest`, or None.
+        root: Folder that file paths are made relative to in `digest` and in the
+            store's entries (so a moved dataset keeps its keys and its sample ids
+            resolve against the new folder), or None.
         images: For in-memory datasets, the pixels (n_samples, h, w[, 1 or 3]),
             uint8 or float in 0-255, not copied; None for files.
     """
@@ -97,15 +119,43 @@ class ImageDataset:
             )
         return self.select(np.flatnonzero(np.asarray(self.splits) == split))
 
-    def digest(self) -> str:
-        """A sha256 hex digest of the samples, labels and splits.
+    def digest(self, mode: str = "stat", *, n_workers: int | None = None, cache: bool = True) -> str:
+        """A sha256 hex digest of the samples, labels and splits: the dataset part of feature keys.
 
-        Files contribute their path relative to `root`, size and modification time
-        (stat once; a missing file counts as size -1), so moving the dataset folder
-        keeps the digest; arrays contribute the sha256 of their bytes, shape and dtype.
+        Files contribute their path relative to `root` (so moving the dataset folder keeps
+        the digest) and, by `mode`:
+
+        * `"stat"` (default): their size and modification time, from one `stat` each.
+          Fast, but blind to new pixels written with the same size and the mtime set
+          back, and a copy that does not keep mtimes (`cp -r` without `-p`, many sync
+          tools) digests differently, so its features are extracted again.
+        * `"content"`: the sha256 of their bytes, read in `n_workers` threads and cached
+          per file (`layerprobe.features.inputs.file_digests`; a rerun reads only files
+          whose size, mtime or ctime changed). Use it for data that is rewritten in place,
+          copied between machines, or where a stale feature would be costly.
+
+        A missing file counts as size -1 (`"stat"`) or no digest (`"content"`). Arrays
+        contribute the sha256 of their bytes, shape and dtype, whatever the mode.
+
+        Raises:
+            InputError: For another `mode`.
+            ImageReadError: (`"content"`) If an I/O error persists while reading a file.
         """
+        if mode not in DIGEST_MODES:
+            raise InputError(f"The digest mode must be one of {DIGEST_MODES}. Received: mode={mode!r}")
         label_names = [self.class_names[label] for label in self.labels]
-        if self.images is None:
+        if self.images is None and mode == "content":
+            from layerprobe.features.inputs.file_digests import file_digests
+
+            contents = file_digests(self.sample_ids, root=self.root, n_workers=n_workers, cache=cache)
+            samples = [
+                [self._relative_path(path), content, label, split]
+                for path, content, label, split in zip(
+                    self.sample_ids, contents, label_names, self.splits, strict=True
+                )
+            ]
+            manifest = {"kind": "file-contents", "samples": samples}
+        elif self.images is None:
             samples = [
                 [self._relative_path(path), *_file_stamp(path), label, split]
                 for path, label, split in zip(
@@ -126,7 +176,9 @@ class ImageDataset:
         canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
-    def load(self, index: int, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    def load(
+        self, index: int, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS, budget: DecodeBudget | None = None
+    ) -> np.ndarray:
         """Decode one sample to (size, size, 3).
 
         Returns:
@@ -135,9 +187,10 @@ class ImageDataset:
 
         Raises:
             UnreadableImageError: If the sample's file cannot be decoded.
+            ImageReadError: If an I/O error persists after retries (see `load_image`).
         """
         if self.images is None:
-            return load_image(self.sample_ids[index], size, max_pixels=max_pixels)
+            return load_image(self.sample_ids[index], size, max_pixels=max_pixels, budget=budget)
         return array_to_rgb(self.images[index], size)
 
     def _relative_path(self, path: str) -> str:

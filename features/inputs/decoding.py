@@ -3,38 +3,166 @@
 Files: the EXIF orientation is applied, every mode becomes RGB (alpha dropped,
 first frame of an animation, 16-bit, 32-bit and float grey levels scaled to
 0-255), and images above `max_pixels` are refused from their header, before
-decoding. Any failure is an `UnreadableImageError` whose `reason` says why.
+decoding.
+
+Errors are of two kinds. A problem with the file's *content* (empty,
+truncated, not an image, too large, deleted, not readable by this user) is an
+`UnreadableImageError` whose `reason` says why: the image is skipped and
+recorded. An *I/O error* of the disk or file system (EIO, ESTALE, EMFILE,
+ENFILE, EAGAIN, ENOMEM, any other OSError with an errno that is not about the
+path, or a `MemoryError`) says nothing about the image: it is retried
+(`IO_ATTEMPTS` tries, backing off from `IO_BACKOFF_SECONDS`), then raised as
+`ImageReadError`, which stops the run instead of recording a good image as bad.
+
+Memory: a JPEG larger than needed is decoded at 1/2, 1/4 or 1/8 scale
+(`Image.draft`, still at least `size` pixels a side); high-depth grey levels are
+converted to 8 bits with integer arithmetic, in blocks of rows, and resized
+before they become RGB. One image then needs at most about 8 bytes per pixel
+of its (drafted) size, 12 for 32-bit modes (`decode_cost`), e.g. 45 MB for a
+3000x3000 16-bit PNG. A `DecodeBudget` shared by decoding threads bounds what
+they hold together.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from layerprobe.features.checks import check_positive_int
-from layerprobe.features.errors import InputError, UnreadableImageError
+from layerprobe.features.errors import ImageReadError, InputError, UnreadableImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "array_to_rgb", "load_image"]
+__all__ = [
+    "DEFAULT_DECODE_BUDGET",
+    "DEFAULT_MAX_PIXELS",
+    "IO_ATTEMPTS",
+    "DecodeBudget",
+    "array_to_rgb",
+    "decode_cost",
+    "grey_bit_depth",
+    "load_image",
+    "with_io_retries",
+]
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default for Image.MAX_IMAGE_PIXELS
+DEFAULT_DECODE_BUDGET = 512 * 2**20  # bytes of decoded pixels all decoding threads may hold at once
 
-# Full-scale values tried, smallest first, for high-depth grey modes ("I;16*" share one entry).
-# Data outside every full scale (or negative) is stretched from its minimum to its maximum.
-_FULL_SCALES = {"I;16": (65535.0,), "I": (65535.0,), "F": (1.0, 255.0)}
+# I/O errors: retried, then raised as ImageReadError (the run stops; nothing is recorded as unreadable).
+IO_ATTEMPTS = 3
+IO_BACKOFF_SECONDS = 0.1  # then 0.2, 0.4...
+# OSErrors about the path itself: the file is skipped as unreadable (not retried).
+_PATH_ERRNOS = frozenset(
+    {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP}
+)
+# What Pillow's decoders and plugins raise for bad content (besides OSErrors without an errno).
+_CONTENT_ERRORS = (SyntaxError, ValueError, EOFError, IndexError, KeyError, ZeroDivisionError)
+
+# Float grey levels: full scales tried, smallest first; data outside both is stretched min-max.
+_FLOAT_FULL_SCALES = (1.0, 255.0)
+# Bit depths integer grey levels are scaled from (the smallest that holds the image's maximum).
+_BIT_DEPTHS = (8, 10, 12, 14, 16)
+_ROWS_BLOCK_PIXELS = 1 << 20  # pixels converted to 8 bits at a time
+
+_T = TypeVar("_T")
+
+
+def _is_io_error(error: BaseException) -> bool:
+    """An error of the disk or file system rather than of the file's content or path."""
+    if isinstance(error, MemoryError):
+        return True
+    return isinstance(error, OSError) and error.errno is not None and error.errno not in _PATH_ERRNOS
+
+
+def with_io_retries(read: Callable[[], _T], path: str, *, attempts: int = IO_ATTEMPTS) -> _T:
+    """`read()`, tried again after an I/O error (see the module docstring), backing off.
+
+    Raises:
+        ImageReadError: If every attempt fails with an I/O error; it names the file,
+            the errno and the number of tries.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return read()
+        except (OSError, MemoryError) as error:
+            if not _is_io_error(error):
+                raise
+            if attempt == attempts:
+                code = getattr(error, "errno", None)
+                name = errno.errorcode.get(code, str(code)) if code is not None else "MemoryError"
+                raise ImageReadError(
+                    f"Could not read {path}: {error!r} (errno {name}), {attempts} tries. This is an I/O "
+                    f"error of the disk or file system, not a bad image, so it is not recorded as "
+                    f"unreadable. Check the file system (the kernel log, the network file server, "
+                    f"`ulimit -n` for EMFILE, free memory for ENOMEM) and run again.",
+                    path,
+                    code,
+                    attempts,
+                ) from error
+            time.sleep(IO_BACKOFF_SECONDS * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+class DecodeBudget:
+    """Bounds the bytes of decoded pixels that threads decoding images hold at once.
+
+    Each decode reserves its estimated cost (`decode_cost`) before it decodes and
+    releases it after; an image costing more than the whole budget waits until it
+    can run alone. So the threads together hold at most max(`max_bytes`, the cost
+    of the largest single image), whatever their number.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_DECODE_BUDGET):
+        self.max_bytes = check_positive_int("max_bytes", max_bytes, error=InputError)
+        self._used = 0
+        self._condition = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, n_bytes: int) -> Iterator[None]:
+        n_bytes = min(int(n_bytes), self.max_bytes)
+        with self._condition:
+            while self._used + n_bytes > self.max_bytes:
+                self._condition.wait()
+            self._used += n_bytes
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._used -= n_bytes
+                self._condition.notify_all()
+
+
+def decode_cost(image: Image.Image) -> int:
+    """Estimated peak bytes of decoding `image` (after `draft`) with `load_image`."""
+    width, height = image.size
+    per_pixel = 12 if image.mode in ("I", "F") else 8
+    return width * height * per_pixel
 
 
 def load_image(
-    path: str | os.PathLike, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str | os.PathLike,
+    size: int,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    budget: DecodeBudget | None = None,
 ) -> np.ndarray:
     """Decode an image file to a square RGB array.
 
     The EXIF orientation is applied, every mode is converted to RGB (alpha is dropped,
     the first frame of an animation is used, 16-bit, 32-bit and float grey levels are
-    scaled to 0-255) and the image is resized to `size` x `size` with bilinear
-    interpolation, without keeping the aspect ratio (as
-    `keras.utils.image_dataset_from_directory` does).
+    scaled to 0-255, see `grey_bit_depth`) and the image is resized to `size` x `size`
+    with bilinear interpolation, without keeping the aspect ratio (as
+    `keras.utils.image_dataset_from_directory` does). A JPEG at least twice as large as
+    needed is decoded at a reduced scale (`Image.draft`, at least `size` a side).
+
+    Memory: at most about `decode_cost` bytes (8 per pixel of the drafted image, 12 for
+    32-bit modes) while it decodes; with a `budget`, that much is reserved from it first.
 
     Args:
         path: The image file.
@@ -42,17 +170,24 @@ def load_image(
         max_pixels: Largest width x height accepted, checked from the header before
             decoding (decompression-bomb guard). Pillow's own refusal above
             2 x `Image.MAX_IMAGE_PIXELS` still applies.
+        budget: Shared by the threads of one decoder, to bound what they hold together.
 
     Returns:
         A uint8 array of shape (size, size, 3).
 
     Raises:
-        UnreadableImageError: If the file cannot be decoded; `reason` says why.
+        UnreadableImageError: If the file's content cannot be decoded (or the file is
+            missing or not readable by this user); `reason` says why.
+        ImageReadError: If an I/O error persists after `IO_ATTEMPTS` tries.
         InputError: If `size` or `max_pixels` is not a positive integer.
     """
     check_positive_int("size", size, error=InputError)
     check_positive_int("max_pixels", max_pixels, error=InputError)
     path = os.fspath(path)
+    return with_io_retries(lambda: _load(path, size, max_pixels, budget), path)
+
+
+def _load(path: str, size: int, max_pixels: int, budget: DecodeBudget | None) -> np.ndarray:
     try:
         if os.path.getsize(path) == 0:
             raise UnreadableImageError("empty file", path)
@@ -64,44 +199,103 @@ def load_image(
                     "(decompression-bomb guard)",
                     path,
                 )
-            image = _to_rgb(ImageOps.exif_transpose(image))
-        return np.array(image.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+            if image.format == "JPEG":
+                image.draft("RGB", (size, size))  # DCT scaling: never below `size` a side
+            with budget.reserve(decode_cost(image)) if budget is not None else contextlib.nullcontext():
+                ImageOps.exif_transpose(image, in_place=True)
+                return _square_rgb(image, size)
     except UnreadableImageError:
         raise
     except FileNotFoundError:
         raise UnreadableImageError("file not found", path) from None
-    except (PermissionError, IsADirectoryError) as exc:
-        raise UnreadableImageError(f"cannot open file: {exc.strerror}", path) from None
     except Image.DecompressionBombError as exc:
         raise UnreadableImageError(f"too large: {exc}", path) from None
     except UnidentifiedImageError:
         raise UnreadableImageError(
             "not an image: no known image format matches the content", path
         ) from None
-    except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, EOFError, ...
+    except (OSError, MemoryError) as exc:
+        if _is_io_error(exc):
+            raise  # retried by with_io_retries, then an ImageReadError
+        if getattr(exc, "errno", None) in _PATH_ERRNOS:
+            raise UnreadableImageError(f"cannot open file: {exc.strerror}", path) from None
+        # Pillow's decoders: "image file is truncated", "broken data stream", ... (no errno)
         raise UnreadableImageError(f"truncated or corrupt image: {exc}", path) from None
+    except _CONTENT_ERRORS as exc:  # Pillow's plugins on malformed headers and data
+        raise UnreadableImageError(f"truncated or corrupt image: {exc!r}", path) from None
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    mode_key = "I;16" if image.mode.startswith("I;16") else image.mode
-    if mode_key in _FULL_SCALES:
-        image = Image.fromarray(_grey_to_uint8(np.asarray(image), _FULL_SCALES[mode_key]))
-    elif image.mode == "P" and "transparency" in image.info:
+def _square_rgb(image: Image.Image, size: int) -> np.ndarray:
+    """`image` (any mode) -> (size, size, 3) uint8, resized bilinear.
+
+    Grey images are resized before they become RGB (the same numbers, a quarter of
+    the memory); other modes are converted first (palettes and bilevel images would
+    otherwise be resized with nearest-neighbour).
+    """
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        image = Image.fromarray(_grey_to_uint8(image))
+    if image.mode == "L":
+        image = image.resize((size, size), Image.BILINEAR)
+    if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # Pillow warns when such palettes go straight to RGB
-    return image.convert("RGB")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    return np.array(image, dtype=np.uint8)
 
 
-def _grey_to_uint8(values: np.ndarray, full_scales: tuple[float, ...]) -> np.ndarray:
-    """Scale high-depth grey levels to 0-255 (not clipped)."""
-    values = values.astype(np.float64)
-    values[~np.isfinite(values)] = 0.0
-    low, high = values.min(), values.max()
-    full_scale = next((scale for scale in full_scales if low >= 0 and high <= scale), None)
-    if full_scale is None:
-        full_scale = (high - low) or 1.0
+def grey_bit_depth(maximum: int) -> int:
+    """The bit depth integer grey levels are scaled from: the smallest of 8, 10, 12, 14, 16 bits
+    that holds `maximum` (an image's largest value).
+
+    Per image and from its own pixels only, so an image's pixels never depend on the
+    other images of its dataset and a resumed run decodes them identically. 12-bit data
+    in a 16-bit file (maximum <= 4095) keeps its 4096 levels instead of the 17 that a
+    fixed 65535 full scale leaves; a dim image whose maximum fits fewer bits is
+    brightened accordingly (by at most 2 bits per step below its true depth).
+    """
+    bits = max(8, int(maximum).bit_length())
+    return next(depth for depth in _BIT_DEPTHS if depth >= bits)
+
+
+def _grey_to_uint8(image: Image.Image) -> np.ndarray:
+    """High-depth grey levels (modes I;16*, I, F) -> uint8, in blocks of rows.
+
+    Integers in [0, 65535] are scaled from their bit depth (`grey_bit_depth`) with
+    integer arithmetic: round(v * 255 / (2**depth - 1)). Floats in [0, 1] or [0, 255]
+    are scaled from that full scale (NaN/inf count as 0). Anything else (negative
+    values, more than 16 bits) is stretched from its minimum to its maximum.
+    """
+    values = np.asarray(image)
+    out = np.empty(values.shape, dtype=np.uint8)
+    rows = max(1, _ROWS_BLOCK_PIXELS // max(1, values.shape[1] if values.ndim > 1 else 1))
+    if values.dtype.kind in "iu":
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if low >= 0 and high <= 65535:
+            full = 2 ** grey_bit_depth(high) - 1
+            for start in range(0, len(values), rows):
+                block = values[start : start + rows].astype(np.int64)
+                out[start : start + rows] = (block * 510 + full) // (2 * full)
+            return out
+        scale = 255.0 / ((high - low) or 1)
     else:
-        low = 0.0
-    return np.rint((values - low) * (255.0 / full_scale)).astype(np.uint8)
+        low, high = np.inf, -np.inf
+        for start in range(0, len(values), rows):
+            block = np.where(np.isfinite(values[start : start + rows]), values[start : start + rows], 0.0)
+            if block.size:
+                low, high = min(low, float(block.min())), max(high, float(block.max()))
+        low, high = (0.0, 0.0) if low > high else (low, high)
+        full_scale = next((scale for scale in _FLOAT_FULL_SCALES if low >= 0 and high <= scale), None)
+        if full_scale is None:
+            scale = 255.0 / ((high - low) or 1.0)
+        else:
+            low, scale = 0.0, 255.0 / full_scale
+    for start in range(0, len(values), rows):
+        block = values[start : start + rows].astype(np.float64)
+        block[~np.isfinite(block)] = 0.0
+        out[start : start + rows] = np.rint((block - low) * scale)
+    return out
 
 
 def array_to_rgb(pixels: np.ndarray, size: int) -> np.ndarray:

@@ -2,7 +2,13 @@
 
 A producer thread decodes each chunk with a pool of worker threads and queues a
 few decoded chunks ahead of the consumer (bounded memory); unreadable files are
-recorded, not raised; closing the iterator stops the threads.
+recorded, not raised; an I/O error that persists after retries stops the
+iteration (`ImageReadError`), so its chunk is never handed out, let alone
+committed; closing the iterator stops the threads.
+
+Memory: besides the `prefetch` + 2 chunks of output pixels (`size` x `size` x 3
+float32 per sample), the decoding threads together hold at most
+max(`decode_budget`, one image's `decode_cost`) bytes of decoded pixels.
 """
 
 from __future__ import annotations
@@ -17,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from layerprobe.features.checks import check_positive_int
-from layerprobe.features.errors import InputError, UnreadableImageError
+from layerprobe.features.errors import ImageReadError, InputError, UnreadableImageError
 from layerprobe.features.inputs.dataset import ImageDataset
-from layerprobe.features.inputs.decoding import DEFAULT_MAX_PIXELS
+from layerprobe.features.inputs.decoding import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_PIXELS, DecodeBudget
 
 __all__ = ["DecodedChunk", "iter_decoded_chunks"]
 
@@ -53,14 +59,16 @@ def iter_decoded_chunks(
     n_workers: int | None = None,
     prefetch: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    decode_budget: int = DEFAULT_DECODE_BUDGET,
 ) -> Iterator[DecodedChunk]:
     """Decode chunks of samples in background threads, in order.
 
     A producer thread decodes the samples of each chunk with a pool of `n_workers`
     threads and queues at most `prefetch` decoded chunks, so decoding overlaps the
     consumer's work and memory stays bounded. Unreadable files are recorded in
-    `DecodedChunk.skipped`; any other error is re-raised in the consumer. Closing the
-    iterator early stops the threads.
+    `DecodedChunk.skipped`; any other error (an `ImageReadError` after retries, a bug)
+    is re-raised in the consumer, and the chunk it happened in is not yielded.
+    Closing the iterator early stops the threads.
 
     Args:
         dataset: The samples.
@@ -69,13 +77,17 @@ def iter_decoded_chunks(
         n_workers: Decoding threads; defaults to min(8, CPU count).
         prefetch: Decoded chunks that may wait for the consumer.
         max_pixels: See `load_image`.
+        decode_budget: Bytes of decoded pixels the threads may hold together (an image
+            costing more is decoded alone); see `DecodeBudget`.
 
     Returns:
         An iterator of DecodedChunk, one per chunk.
 
     Raises:
-        InputError: If `size`, `n_workers`, `prefetch` or `max_pixels` is not a positive
-            integer, or (while iterating) a chunk index is out of range.
+        InputError: If `size`, `n_workers`, `prefetch`, `max_pixels` or `decode_budget` is
+            not a positive integer, or (while iterating) a chunk index is out of range.
+        ImageReadError: (While iterating) a file could not be read because of a
+            persistent I/O error; the message names the file and the chunk's samples.
     """
     n_workers = min(8, os.cpu_count() or 1) if n_workers is None else n_workers
     for name, value in (
@@ -83,19 +95,20 @@ def iter_decoded_chunks(
         ("n_workers", n_workers),
         ("prefetch", prefetch),
         ("max_pixels", max_pixels),
+        ("decode_budget", decode_budget),
     ):
         check_positive_int(name, value, error=InputError)
-    return _consume_chunks(dataset, chunks, size, n_workers, prefetch, max_pixels)
+    return _consume_chunks(dataset, chunks, size, n_workers, prefetch, max_pixels, DecodeBudget(decode_budget))
 
 
 def _consume_chunks(
-    dataset, chunks, size, n_workers, prefetch, max_pixels
+    dataset, chunks, size, n_workers, prefetch, max_pixels, budget
 ) -> Iterator[DecodedChunk]:
     ready = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
     producer = threading.Thread(
         target=_produce_chunks,
-        args=(dataset, chunks, size, n_workers, max_pixels, ready, stop),
+        args=(dataset, chunks, size, n_workers, max_pixels, budget, ready, stop),
         name="layerprobe-decode-producer",
         daemon=True,  # an abandoned, unclosed iterator must not block interpreter exit
     )
@@ -110,7 +123,7 @@ def _consume_chunks(
         producer.join()
 
 
-def _produce_chunks(dataset, chunks, size, n_workers, max_pixels, ready, stop) -> None:
+def _produce_chunks(dataset, chunks, size, n_workers, max_pixels, budget, ready, stop) -> None:
     try:
         with ThreadPoolExecutor(n_workers, thread_name_prefix="layerprobe-decode") as executor:
             for number, chunk in enumerate(chunks):
@@ -118,7 +131,7 @@ def _produce_chunks(dataset, chunks, size, n_workers, max_pixels, ready, stop) -
                     return
                 _put_unless_stopped(
                     ready,
-                    _decode_chunk(dataset, number, chunk, size, max_pixels, executor, stop),
+                    _decode_chunk(dataset, number, chunk, size, max_pixels, budget, executor, stop),
                     stop,
                 )
         item = _DONE
@@ -136,7 +149,7 @@ def _put_unless_stopped(ready: queue.Queue, item, stop: threading.Event) -> None
             pass
 
 
-def _decode_chunk(dataset, number, chunk, size, max_pixels, executor, stop) -> DecodedChunk:
+def _decode_chunk(dataset, number, chunk, size, max_pixels, budget, executor, stop) -> DecodedChunk:
     indices = np.asarray(chunk, dtype=np.int64).reshape(-1)
     out_of_range = indices[(indices < 0) | (indices >= len(dataset))]
     if out_of_range.size:
@@ -150,12 +163,22 @@ def _decode_chunk(dataset, number, chunk, size, max_pixels, executor, stop) -> D
         if stop.is_set():  # the consumer has gone; this chunk is discarded
             return None
         try:
-            images[position] = dataset.load(int(indices[position]), size, max_pixels=max_pixels)
+            images[position] = dataset.load(int(indices[position]), size, max_pixels=max_pixels, budget=budget)
         except UnreadableImageError as exc:
             return exc.reason
         return None
 
-    reasons = list(executor.map(decode, range(len(indices))))
+    try:
+        reasons = list(executor.map(decode, range(len(indices))))
+    except ImageReadError as exc:
+        samples = f"samples {indices.min()}-{indices.max()}" if len(indices) else "no samples"
+        raise ImageReadError(
+            f"{exc} Nothing was committed for this chunk ({samples} of the dataset); chunks committed "
+            f"before it are kept, and running again resumes from them.",
+            exc.path,
+            exc.errno,
+            exc.attempts,
+        ) from exc
     decoded = np.array([reason is None for reason in reasons], dtype=bool)
     skipped = [
         (int(index), reason)

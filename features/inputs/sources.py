@@ -8,6 +8,8 @@ list and check the samples (nothing is decoded here); `open_dataset` and
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +39,21 @@ _SPLIT_FOLDERS = ("train", "val", "validation", "valid", "test")
 _LAYOUTS = "root/<class>/<image> or root/<split>/<class>/<image> with <split> one of " + ", ".join(
     _SPLIT_FOLDERS
 )
+# A scheme of two or more letters (so that "C:/x.png" is a path): http://, s3://, gs://, file://...
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+
+
+def _same_files(paths: Sequence[str], candidates: Sequence[int] | None = None) -> dict[str, list[int]]:
+    """Resolved path -> positions, for files listed more than once through symlinks or `..`.
+
+    Only `candidates` (default: all) are resolved; the others are compared as they are.
+    """
+    positions: dict[str, list[int]] = {}
+    candidates = set(range(len(paths))) if candidates is None else set(candidates)
+    for position, path in enumerate(paths):
+        resolved = os.path.realpath(path) if position in candidates else path
+        positions.setdefault(resolved, []).append(position)
+    return {resolved: found for resolved, found in positions.items() if len(found) > 1}
 
 
 def _encode_labels(
@@ -107,12 +124,14 @@ def from_directory(
     else:
         splits = [("all", root_path)]
 
-    paths, label_names, split_names = [], [], []
+    paths, label_names, split_names, linked = [], [], [], []
     image_counts: dict[str, int] = {}
     for split, split_folder in splits:
         for class_folder in _visible_subfolders(split_folder):
-            files = _image_files(class_folder, suffixes)
+            linked_names: list[str] = []
+            files = _image_files(class_folder, suffixes, symlinks=linked_names)
             image_counts[class_folder.name] = image_counts.get(class_folder.name, 0) + len(files)
+            linked.extend(len(paths) + files.index(name) for name in linked_names)
             paths.extend(os.path.abspath(class_folder / name) for name in files)
             label_names.extend([class_folder.name] * len(files))
             split_names.extend([split] * len(files))
@@ -127,17 +146,30 @@ def from_directory(
             f"Class folder(s) {empty} hold no image files (extensions {list(suffixes)}) in any "
             f"split. Remove these folders or add images to them. Received: root={root!r}"
         )
+    if linked:
+        # Symbolic links to a file listed elsewhere: one image in two classes or splits (a leak).
+        doubles = _same_files(paths, linked)
+        if doubles:
+            examples = [" and ".join(paths[i] for i in found[:2]) for found in list(doubles.values())[:3]]
+            raise InputError(
+                f"The dataset lists the same image file more than once through symbolic links: {examples}. "
+                f"An image in two classes or in both the train and test splits makes the evaluation "
+                f"meaningless; keep one of them. Received: root={root!r}"
+            )
     labels, class_names = _encode_labels(label_names)
     return ImageDataset(paths, labels, class_names, split_names, root=os.path.abspath(root_path))
 
 
-def _image_files(folder: Path, suffixes: tuple[str, ...]) -> list[str]:
-    """Sorted names of the visible image files directly in `folder`."""
-    return sorted(
-        entry.name
-        for entry in os.scandir(folder)
-        if entry.is_file() and not entry.name.startswith(".") and entry.name.lower().endswith(suffixes)
-    )
+def _image_files(folder: Path, suffixes: tuple[str, ...], *, symlinks: list[str] | None = None) -> list[str]:
+    """Sorted names of the visible image files directly in `folder`; names that are symbolic
+    links are appended to `symlinks` when given."""
+    names = []
+    for entry in os.scandir(folder):
+        if entry.is_file() and not entry.name.startswith(".") and entry.name.lower().endswith(suffixes):
+            names.append(entry.name)
+            if symlinks is not None and entry.is_symlink():
+                symlinks.append(entry.name)
+    return sorted(names)
 
 
 def from_image_folder(
@@ -179,9 +211,11 @@ def from_csv(
 ) -> ImageDataset:
     """List the images named in a CSV file.
 
-    Relative image paths are relative to the CSV file's folder. The split column is
-    optional (every sample gets split "all" without it). Rows whose image file does not
-    exist are kept; they are skipped when decoding.
+    Relative image paths are relative to the CSV file's folder; `~` is expanded. The
+    split column is optional (every sample gets split "all" without it). Rows whose
+    image file does not exist are kept; they are skipped when decoding. Spaces around
+    labels and split names are removed (`"dog "` is `"dog"`, not another class), with a
+    warning naming the rows.
 
     Args:
         path: The CSV file.
@@ -194,7 +228,9 @@ def from_csv(
 
     Raises:
         InputError: If the file is missing or empty, a column is missing, a cell is
-            blank, or a path appears twice.
+            blank, a path is a URL (download the images first), or one image is listed
+            twice (by the same path, or by two paths that resolve to the same file
+            through `..` or symbolic links: a train/test leak).
     """
     csv_path = Path(path)
     if not csv_path.is_file():
@@ -226,14 +262,44 @@ def from_csv(
                 f"The CSV column {column!r} has empty cells in {_row_numbers(blank)}. Fill them "
                 f"in or remove those rows. Received: path={path!r}"
             )
+    urls = np.flatnonzero(table[path_column].str.match(_URL).to_numpy())
+    if urls.size:
+        examples = list(table[path_column].iloc[urls[:3]])
+        raise InputError(
+            f"The CSV column {path_column!r} holds URLs, not file paths: {examples} in {_row_numbers(urls)}. "
+            f"layerprobe reads local files only: download the images (e.g. `aws s3 sync`, `gsutil rsync`, "
+            f"`wget`) and list their local paths. Received: path={path!r}"
+        )
+    for column in columns[1:]:  # labels and splits: "dog " is not a new class
+        padded = np.flatnonzero((table[column] != table[column].str.strip()).to_numpy())
+        if padded.size:
+            warnings.warn(
+                f"The CSV column {column!r} has values with spaces around them in {_row_numbers(padded)} "
+                f"(e.g. {table[column].iloc[padded[0]]!r}); they were removed, so that they do not make "
+                f"new classes or splits. Received: path={path!r}",
+                UserWarning,
+                stacklevel=2,
+            )
+            table[column] = table[column].str.strip()
     folder = os.path.abspath(csv_path.parent)
-    paths = pd.Series([os.path.normpath(os.path.join(folder, p)) for p in table[path_column]])
+    paths = pd.Series(
+        [os.path.normpath(os.path.join(folder, os.path.expanduser(p))) for p in table[path_column]]
+    )
     duplicated = np.flatnonzero(paths.duplicated(keep=False))
     if duplicated.size:
         examples = list(dict.fromkeys(table[path_column].iloc[duplicated]))[:3]
         raise InputError(
             f"The CSV file lists the same image more than once: {examples} in "
             f"{_row_numbers(duplicated)}. Keep one row per image. Received: path={path!r}"
+        )
+    doubles = _same_files(list(paths))
+    if doubles:
+        found = next(iter(doubles.values()))
+        raise InputError(
+            f"The CSV file lists the same image file twice through a symbolic link: "
+            f"{[table[path_column].iloc[i] for i in found]} in {_row_numbers(found)} are both {next(iter(doubles))}. "
+            f"One image in two rows (e.g. in both the train and test splits) makes the evaluation "
+            f"meaningless; keep one row per image. Received: path={path!r}"
         )
     labels, class_names = _encode_labels(list(table[label_column]))
     splits = table[split_column] if split_column in table.columns else ["all"] * len(table)

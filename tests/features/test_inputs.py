@@ -503,7 +503,7 @@ class _FakeDataset:
     def __len__(self):
         return self.n_samples
 
-    def load(self, index, size, *, max_pixels):
+    def load(self, index, size, *, max_pixels, **kwargs):
         with self._lock:
             self.calls += 1
         time.sleep(self.delay)
@@ -599,7 +599,7 @@ def test_abandoned_iterator_does_not_block_interpreter_exit():
         class Fast:
             def __len__(self):
                 return 100_000
-            def load(self, index, size, *, max_pixels):
+            def load(self, index, size, *, max_pixels, **kwargs):
                 return np.zeros((size, size, 3), np.uint8)
 
         chunks = [range(i, i + 50) for i in range(0, 100_000, 50)]
@@ -645,3 +645,139 @@ def test_folder_without_images_is_an_error(tmp_path):
     (tmp_path / "notes.txt").write_text("no images here")
     with pytest.raises(ValueError, match="holds no image files"):
         from_image_folder(tmp_path)
+
+
+# --------------------------------------------------------------------------- bit depth, memory, I/O errors
+
+
+@pytest.mark.parametrize(
+    "maximum, depth", [(0, 8), (255, 8), (256, 10), (1023, 10), (4095, 12), (4096, 14), (16383, 14), (65535, 16)]
+)
+def test_grey_bit_depth_rounds_up_to_the_usual_depths(maximum, depth):
+    from layerprobe.features.inputs.decoding import grey_bit_depth
+
+    assert grey_bit_depth(maximum) == depth
+
+
+def test_12_bit_data_in_a_16_bit_file_keeps_its_grey_levels(tmp_path):
+    values = np.arange(4096, dtype=np.uint16).reshape(64, 64)  # every 12-bit level once
+    path = tmp_path / "twelve.png"
+    Image.fromarray(values).save(path)
+    pixels = load_image(path, 64)[..., 0]
+    # Scaled from 4095, not 65535: 256 grey levels, not the 17 a fixed 16-bit full scale leaves.
+    assert len(np.unique(pixels)) == 256 and pixels.max() == 255
+    np.testing.assert_array_equal(pixels.reshape(-1), np.rint(np.arange(4096) * 255 / 4095).astype(np.uint8))
+
+
+def test_large_jpeg_is_decoded_at_a_reduced_scale_close_to_the_full_decode(tmp_path, monkeypatch):
+    x = np.linspace(0, 255, 1600)[np.newaxis, :] * np.ones((1200, 1))
+    pixels = np.stack([x, x[::-1], np.full_like(x, 90)], axis=-1).astype(np.uint8)
+    path = tmp_path / "big.jpg"
+    Image.fromarray(pixels).save(path, quality=95)
+    from PIL import JpegImagePlugin
+
+    drafts = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(
+        JpegImagePlugin.JpegImageFile, "draft", lambda self, mode, size: drafts.append(size) or draft(self, mode, size)
+    )
+    reduced = load_image(path, 64)
+    assert drafts == [(64, 64)]
+    with Image.open(path) as image:
+        full = np.asarray(image.convert("RGB").resize((64, 64), Image.BILINEAR))
+    assert np.abs(reduced.astype(int) - full.astype(int)).mean() < 2
+
+
+def test_decode_budget_bounds_what_threads_hold_together():
+    from layerprobe.features.inputs import DecodeBudget
+
+    budget = DecodeBudget(100)
+    held, peak, lock = [0], [0], threading.Lock()
+
+    def decode(cost):
+        with budget.reserve(cost):
+            with lock:
+                held[0] += min(cost, 100)
+                peak[0] = max(peak[0], held[0])
+            time.sleep(0.02)
+            with lock:
+                held[0] -= min(cost, 100)
+
+    threads = [threading.Thread(target=decode, args=(cost,)) for cost in [40, 40, 40, 500, 40, 60]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in threads) and peak[0] <= 100  # the 500 ran alone
+
+
+@pytest.mark.parametrize(
+    "error", [OSError(5, "Input/output error"), OSError(116, "Stale file handle"), MemoryError()], ids=["EIO", "ESTALE", "MemoryError"]
+)
+def test_load_image_retries_io_errors_then_raises_image_read_error(tmp_path, monkeypatch, error):
+    from layerprobe.features.inputs import ImageReadError, decoding
+
+    path = _solid(tmp_path / "ok.png")
+    calls = []
+    monkeypatch.setattr(decoding, "IO_BACKOFF_SECONDS", 0.001)
+    monkeypatch.setattr(decoding.Image, "open", lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(error))
+    with pytest.raises(ImageReadError) as info:
+        load_image(path, 4)
+    assert len(calls) == decoding.IO_ATTEMPTS and info.value.path == str(path)
+    assert not isinstance(info.value, UnreadableImageError) and str(path) in str(info.value)
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (copy.path, copy.errno, copy.attempts) == (info.value.path, info.value.errno, info.value.attempts)
+
+
+# --------------------------------------------------------------------------- manifests that would mislead
+
+
+@pytest.mark.parametrize("url", ["http://x.org/a.png", "https://x.org/b.jpg", "s3://bucket/c.png", "gs://bucket/d.png"])
+def test_from_csv_refuses_urls_naming_the_row(tmp_path, url):
+    csv = _write_csv(tmp_path / "labels.csv", f"path,label\na.png,cat\n{url},dog\n")
+    with pytest.raises(ValueError, match=r"holds URLs, not file paths: \[.*\] in rows 3 ") as info:
+        from_csv(csv)
+    assert url in str(info.value) and "download" in str(info.value)
+
+
+def test_from_csv_expands_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    image = _solid(tmp_path / "home" / "pics" / "a.png")
+    csv = _write_csv(tmp_path / "meta" / "labels.csv", "path,label\n~/pics/a.png,cat\n")
+    assert from_csv(csv).sample_ids == (str(image),)
+
+
+def test_from_csv_refuses_one_file_listed_through_a_symlink(tmp_path):
+    _solid(tmp_path / "img" / "a.png")
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "same.png").symlink_to(tmp_path / "img" / "a.png")
+    csv = _write_csv(tmp_path / "labels.csv", "path,label,split\nimg/a.png,cat,train\ntest/same.png,cat,test\n")
+    with pytest.raises(ValueError, match=r"through a symbolic link: \['img/a.png', 'test/same.png'\] in rows 2, 3 "):
+        from_csv(csv)
+
+
+def test_from_directory_refuses_one_file_in_two_splits_through_a_symlink(tmp_path):
+    root = tmp_path / "data"
+    _solid(root / "train" / "cat" / "a.png")
+    _solid(root / "test" / "cat" / "b.png")
+    (root / "test" / "cat" / "a.png").symlink_to(root / "train" / "cat" / "a.png")
+    with pytest.raises(ValueError, match="more than once through symbolic links") as info:
+        from_directory(root)
+    assert str(root / "train" / "cat" / "a.png") in str(info.value) and str(root / "test" / "cat" / "a.png") in str(info.value)
+    (root / "test" / "cat" / "a.png").unlink()
+    (root / "test" / "cat" / "c.png").symlink_to(tmp_path / "elsewhere.png")  # a link to a file not listed: fine
+    _solid(tmp_path / "elsewhere.png")
+    assert len(from_directory(root)) == 3
+
+
+def test_from_csv_strips_spaces_around_labels_and_says_so(tmp_path):
+    _solid(tmp_path / "a.png")
+    csv = _write_csv(tmp_path / "labels.csv", "path,label,split\na.png,dog ,train\nb.png,dog,test \nc.png, cat,train\n")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        dataset = from_csv(csv)
+    messages = sorted(str(warning.message) for warning in record if warning.category is UserWarning)
+    assert len(messages) == 2
+    assert "'label' has values with spaces around them in rows 2, 4 " in messages[0]
+    assert "'split' has values with spaces around them in rows 3 " in messages[1]
+    assert dataset.class_names == ("cat", "dog") and dataset.splits == ("train", "test", "train")

@@ -2,9 +2,14 @@
 
 One tiny workload everywhere: 24 random 32x32 images, VGG16 with random
 weights, two layers, batches of 4 and chunks of 8 (3 chunks of 2 batches), so
-that where a fault lands is predictable. `Harness.run_script` runs that
-extraction in a fresh Python process with a fault-injection prelude, the
-technique of tests/features/test_extract.py's SIGKILL test.
+that where a fault lands is predictable. The images come as an in-memory
+array (`Harness.dataset`) or as the same pixels in PNG files
+(`Harness.files_dataset`, which goes through decoding, the file digests and
+the store's root-relative sample ids); `Harness.reference` and
+`Harness.file_reference` hold an uninterrupted run of each.
+`Harness.run_script` runs that extraction in a fresh Python process with a
+fault-injection prelude, the technique of tests/features/test_extract.py's
+SIGKILL test.
 
 The pipeline cases write a small `layerprobe run` experiment instead
 (`write_images`, `write_experiment`): 32x32 images whose dominant colour is
@@ -29,7 +34,7 @@ import pytest
 from PIL import Image
 
 from layerprobe.features.extract import FeatureExtractor
-from layerprobe.features.inputs import from_arrays
+from layerprobe.features.inputs import from_arrays, from_directory
 from layerprobe.features.store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,7 +50,7 @@ _SCRIPT = textwrap.dedent(
     import numpy as np
     from layerprobe.features import store as store_module
     from layerprobe.features.extract import FeatureExtractor
-    from layerprobe.features.inputs import from_arrays
+    from layerprobe.features.inputs import from_arrays, from_directory
     from layerprobe.features.store import FeatureStore
 
     STORE = {store!r}
@@ -61,11 +66,13 @@ _SCRIPT = textwrap.dedent(
     {fault}
     # ----
 
-    data = np.load({data!r})
+    if {images!r}:
+        dataset = from_directory({images!r})
+    else:
+        data = np.load({data!r})
+        dataset = from_arrays(data["X"], data["y"])
     extractor = FeatureExtractor(**{settings!r})
-    report = extractor.extract(
-        from_arrays(data["X"], data["y"]), FeatureStore(STORE), chunk_size={chunk_size}, progress=False, log=log
-    )
+    report = extractor.extract(dataset, FeatureStore(STORE), chunk_size={chunk_size}, progress=False, log=log)
     print(json.dumps(dict(computed=report.computed, cached=report.cached, n_forward=report.n_forward, log=LOG)))
     """
 )
@@ -81,38 +88,63 @@ class Harness:
         self.y = np.arange(N_SAMPLES) % 3
         self.data_path = root / "data.npz"
         np.savez(self.data_path, X=self.X, y=self.y)
+        # The same pixels as PNG files, sorted like the array rows: images/<class>/<row>.png.
+        self.images = root / "images"
+        for row, (pixels, label) in enumerate(zip(self.X, self.y)):
+            (self.images / f"class{label}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(self.images / f"class{label}" / f"{row:02d}.png")
         self.extractor = FeatureExtractor(**SETTINGS)
         self.layers = self.extractor.layer_names
         self.keys = self.extractor.keys(self.dataset())
+        self.file_keys = self.extractor.keys(self.files_dataset())
         store = FeatureStore(root / "reference")
         self.extract(store)
         self.reference = {name: store.load(key) for name, key in self.keys.items()}
+        self._file_reference = None
 
     def dataset(self):
         return from_arrays(self.X, self.y)
 
-    def extract(self, store: FeatureStore, **kwargs):
-        """The workload, in this process."""
-        kwargs.setdefault("chunk_size", CHUNK_SIZE)
-        return self.extractor.extract(self.dataset(), store, progress=False, **kwargs)
+    def files_dataset(self):
+        """The workload's pixels as PNG files in class folders (a `from_directory` dataset)."""
+        return from_directory(self.images)
 
-    def run_script(self, store_dir: Path, fault: str = "", *, settings=None, background=False):
+    @property
+    def file_reference(self):
+        """Layer name -> FeatureSet of an uninterrupted extraction of `files_dataset` (made once)."""
+        if self._file_reference is None:
+            store = FeatureStore(self.root / "file-reference")
+            self.extract(store, files=True)
+            self._file_reference = {name: store.load(key) for name, key in self.file_keys.items()}
+        return self._file_reference
+
+    def extract(self, store: FeatureStore, *, files: bool = False, **kwargs):
+        """The workload, in this process (`files`: from the PNG files)."""
+        kwargs.setdefault("chunk_size", CHUNK_SIZE)
+        dataset = self.files_dataset() if files else self.dataset()
+        return self.extractor.extract(dataset, store, progress=False, **kwargs)
+
+    def run_script(
+        self, store_dir: Path, fault: str = "", *, settings=None, background=False, files=False, env=None
+    ):
         """The workload in a fresh process after running `fault` (Python code).
 
         The prelude may call `die()` (SIGKILL itself) and use `STORE` and `log`.
+        `files`: extract the PNG files rather than the array; `env`: extra environment variables.
         Returns the CompletedProcess, or the Popen when `background`.
         """
         script = _SCRIPT.format(
             repo=str(REPO),
             store=str(store_dir),
             data=str(self.data_path),
+            images=str(self.images) if files else "",
             settings=settings or SETTINGS,
             chunk_size=CHUNK_SIZE,
             fault=textwrap.dedent(fault).strip(),
         )
-        return run_python(script, background=background)
+        return run_python(script, background=background, env=env)
 
-    def interrupt(self, store: FeatureStore, monkeypatch) -> None:
+    def interrupt(self, store: FeatureStore, monkeypatch, *, files: bool = False) -> None:
         """The workload, stopped like Ctrl-C in batch 5: chunks 0 and 1 of both layers are committed."""
         original, calls = keras.Model.predict_on_batch, []
 
@@ -125,13 +157,13 @@ class Harness:
         with monkeypatch.context() as patch:
             patch.setattr(keras.Model, "predict_on_batch", predict_or_crash)
             with pytest.raises(Crash):
-                self.extract(store)
+                self.extract(store, files=files)
 
-    def assert_matches_reference(self, store: FeatureStore, names=None) -> None:
+    def assert_matches_reference(self, store: FeatureStore, names=None, *, files: bool = False) -> None:
         """Bit-identical features, same rows and the same recorded checksum as the reference run."""
         for name in self.layers if names is None else names:
-            loaded = store.load(self.keys[name])
-            reference = self.reference[name]
+            loaded = store.load((self.file_keys if files else self.keys)[name])
+            reference = (self.file_reference if files else self.reference)[name]
             assert np.array_equal(loaded.X, reference.X), name
             np.testing.assert_array_equal(loaded.sample_ids, reference.sample_ids)
             assert loaded.metadata["features_sha256"] == reference.metadata["features_sha256"]
@@ -141,13 +173,15 @@ class Crash(BaseException):
     """Stands for Ctrl-C or a signal turned into an exception."""
 
 
-def run_python(code: str, *, background: bool = False):
-    """`code` in a fresh Python process with the repository importable.
+def run_python(code: str, *, background: bool = False, env: Mapping[str, str] | None = None):
+    """`code` in a fresh Python process with the repository importable (after any PYTHONPATH
+    already set, so that a checkout of another commit can run these tests too).
 
     Returns the CompletedProcess (text output), or the Popen when `background`.
     """
     command = [sys.executable, "-c", code]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+    path = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)]))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": path, **(env or {})}
     if background:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
