@@ -16,14 +16,33 @@ import numpy as np
 _BLOCK_BYTES = 1 << 24
 
 
+def start_array(sha: "hashlib._Hash", dtype: np.dtype, shape: tuple) -> None:
+    """Feed the header of an array's canonical form (dtype, shape) into `sha`; its bytes follow
+    in C order, in any number of `update_with_block` calls (e.g. as rows are read from disk)."""
+    sha.update(f"{np.dtype(dtype).str}{tuple(shape)}".encode())
+
+
+def update_with_block(sha: "hashlib._Hash", block: np.ndarray) -> None:
+    """Feed the C-ordered bytes of `block` into `sha` without copying them (when already contiguous)."""
+    block = np.ascontiguousarray(block)
+    if block.size:
+        sha.update(memoryview(block).cast("B"))
+
+
 def update_with_array(sha: "hashlib._Hash", array: np.ndarray) -> None:
-    """Feed one array's canonical form (dtype, shape, bytes) into `sha`."""
+    """Feed one array's canonical form (dtype, shape, bytes) into `sha`, in blocks (no copy of a
+    contiguous array; a non-contiguous one is copied one block at a time)."""
     array = np.asarray(array)
-    sha.update(f"{array.dtype.str}{array.shape}".encode())
-    flat = np.ascontiguousarray(array).reshape(-1)
-    step = max(1, _BLOCK_BYTES // max(1, flat.itemsize))
-    for start in range(0, flat.size, step):
-        sha.update(flat[start:start + step].tobytes())
+    start_array(sha, array.dtype, array.shape)
+    if array.ndim == 0 or array.flags.c_contiguous:
+        flat = np.ascontiguousarray(array).reshape(-1)
+        step = max(1, _BLOCK_BYTES // max(1, flat.itemsize))
+        for start in range(0, flat.size, step):
+            update_with_block(sha, flat[start:start + step])
+        return
+    rows = max(1, _BLOCK_BYTES // max(1, array[:1].nbytes))
+    for start in range(0, len(array), rows):
+        update_with_block(sha, array[start:start + rows])
 
 
 def array_digest(array: np.ndarray) -> str:

@@ -20,8 +20,10 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from layerprobe.features.checks import check_positive_int
+from layerprobe.features.environment import numerics_environment
 from layerprobe.features.errors import BackboneError, InputError
 from layerprobe.features.inputs import DEFAULT_MAX_PIXELS, DecodedChunk, ImageDataset, iter_decoded_chunks
+from layerprobe.features.inputs.dataset import DIGEST_MODES, resolve_dataset_digest
 from layerprobe.features.keys import FeatureKey
 from layerprobe.features.layers import LayerInfo, resolve_layers
 from layerprobe.features.plans import ExtractionPlan, PlannedLayer
@@ -105,13 +107,20 @@ class FeatureExtractor:
         max_pixels: Skip (and record) image files larger than this many pixels,
             checked from the header before decoding. It decides which samples
             are kept, so a value other than the default changes the keys.
+        dataset_digest: How a dataset of files is identified in the keys:
+            `"stat"` (paths, sizes and modification times: fast; new pixels
+            written with the same size and a restored mtime go unnoticed, and a
+            copy without `cp -p` is a cache miss) or `"content"` (the bytes of
+            every file, hashed in parallel and cached per file; see
+            `ImageDataset.digest`).
 
     Raises:
         BackboneError: For an unknown model, unusable weights, model_kwargs,
             input size, pooling, `dtype` or `batch_size`.
         UnknownLayerError: If a layer selector matches no layer.
         WeightsUnavailableError: If the weights cannot be obtained or loaded.
-        InputError: If `max_pixels` is not a positive integer.
+        InputError: If `max_pixels` is not a positive integer, or `dataset_digest`
+            is not `"stat"` or `"content"`.
 
     Example:
         >>> extractor = FeatureExtractor("VGG16", weights=None, layers="stages", input_size=32)
@@ -135,7 +144,11 @@ class FeatureExtractor:
         seed: int = 0,
         max_flatten_dim: int = DEFAULT_MAX_FLATTEN_DIM,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        dataset_digest: str = "stat",
     ):
+        if dataset_digest not in DIGEST_MODES:
+            raise InputError(f"dataset_digest must be one of {DIGEST_MODES}. Received: dataset_digest={dataset_digest!r}")
+        self.dataset_digest = dataset_digest
         if dtype not in STORAGE_DTYPES:
             raise BackboneError(f"dtype must be one of {STORAGE_DTYPES}. Received: dtype={dtype!r}")
         # The constructor arguments, as given: `get_config()` rebuilds this extractor elsewhere (a dask worker).
@@ -153,6 +166,7 @@ class FeatureExtractor:
             "seed": seed,
             "max_flatten_dim": max_flatten_dim,
             "max_pixels": max_pixels,
+            "dataset_digest": dataset_digest,
         }
         self.batch_size = check_positive_int("batch_size", batch_size, error=BackboneError)
         self.dtype = dtype
@@ -199,8 +213,12 @@ class FeatureExtractor:
         )
 
     def keys(self, dataset: ImageDataset, dataset_digest: str | None = None) -> dict[str, FeatureKey]:
-        """The store key of each selected layer's features for `dataset`."""
-        return self.plan().keys(dataset_digest or dataset.digest())
+        """The store key of each selected layer's features for `dataset`.
+
+        `dataset_digest`: `"stat"` or `"content"` (how to digest the dataset; default: this
+        extractor's `dataset_digest`), or a digest already computed by `dataset.digest(...)`.
+        """
+        return self.plan().keys(resolve_dataset_digest(dataset, dataset_digest or self.dataset_digest))
 
     def extract(
         self,
@@ -212,6 +230,7 @@ class FeatureExtractor:
         progress: bool = True,
         log: Callable[[str], None] | None = None,
         client: Any = None,
+        dataset_digest: str | None = None,
     ) -> ExtractionReport:
         """Make sure the store holds every selected layer's features for `dataset`.
 
@@ -233,6 +252,10 @@ class FeatureExtractor:
                 which must see the store at the same path (checked first). With a
                 client, `n_workers` is the decoding threads per worker (default:
                 the host's cores // its workers).
+            dataset_digest: The dataset's digest if already computed (`dataset.digest(...)`),
+                so that a caller that made its keys with it uses the same ones even if a
+                file is touched meanwhile (one digest per run); or `"stat"`/`"content"`
+                for this call. Default: computed with this extractor's `dataset_digest`.
 
         Returns:
             An `ExtractionReport`.
@@ -255,7 +278,7 @@ class FeatureExtractor:
             raise InputError("The dataset has no samples; there is nothing to extract. Received: 0 samples")
         log = log or (lambda message: None)
         started = time.perf_counter()
-        keys = self.keys(dataset)
+        keys = self.keys(dataset, dataset_digest)
         report = ExtractionReport(keys=keys, n_images=len(dataset))
         missing = [name for name, key in keys.items() if not store.has(key)]
         report.cached = [name for name in keys if name not in missing]
@@ -266,7 +289,7 @@ class FeatureExtractor:
             store.check_writable()
             with store.lock(
                 [keys[name] for name in missing],
-                on_wait=lambda key: log(f"waiting  for another process extracting {key.entry_name}"),
+                on_wait=lambda key: log(f"waiting  for another process extracting {key.entry_name} ({store.lock_holder(key)})"),
             ):
                 done_meanwhile = [name for name in missing if store.has(keys[name])]
                 for name in done_meanwhile:
@@ -275,14 +298,14 @@ class FeatureExtractor:
                 missing = [name for name in missing if name not in done_meanwhile]
                 if missing:
                     self._compute(dataset, store, keys, missing, report, chunk_size, n_workers, progress, log)
-        report.skipped = self._skipped(store, keys)
+        report.skipped = self._skipped(store, keys, dataset.root)
         report.seconds = time.perf_counter() - started
         return report
 
     @staticmethod
-    def _skipped(store: FeatureStore, keys) -> list[tuple[str, str]]:
+    def _skipped(store: FeatureStore, keys, root: str | None = None) -> list[tuple[str, str]]:
         first = next(iter(keys.values()))
-        return store.info(first.entry_name)["skipped"]
+        return store.info(first.entry_name, root=root)["skipped"]
 
     def _chunks(self, n_samples: int, chunk_size: int | None) -> list[range]:
         size = chunk_size or self.batch_size * max(1, 256 // self.batch_size)
@@ -356,11 +379,15 @@ class FeatureExtractor:
             "batch_size": self.batch_size,
             "chunk_size": len(chunks[0]) if chunks else 0,
             "n_samples": len(dataset),
+            # Chunks of another backend, device, oneDNN/XLA/TF32 setting... are never mixed in.
+            "environment": numerics_environment(),
         }
         partials = {name: store.partial(keys[name], fingerprint) for name in missing}
         for name, partial in partials.items():
             for problem in partial.discarded:
                 log(f"discarded {name} {problem}; recomputing")
+            if partial.ignored:
+                log(f"ignoring {name} foreign file(s) {partial.ignored} in {partial.directory}: not chunks")
         committed = {name: partial.committed() for name, partial in partials.items()}
         todo = sorted(set(range(len(chunks))) - set.intersection(*committed.values()))
         resumed = len(chunks) - len(todo)
@@ -388,6 +415,7 @@ class FeatureExtractor:
             "batch_size": self.batch_size,
             "n_dataset_samples": len(dataset),
             "max_pixels": self.max_pixels,
+            "compute_dtype": self.compute_dtype,
             "versions": library_versions(),
         }
         for info in work.layers:
@@ -400,6 +428,7 @@ class FeatureExtractor:
                 splits=dataset.splits,
                 class_names=dataset.class_names,
                 metadata={**metadata, "layer_name": info.name},
+                root=dataset.root,
             )
             report.computed.append(info.name)
             log(f"computed {info.name} ({keys[info.name].entry_name})")

@@ -1,9 +1,19 @@
 """Content-addressed cache keys for stored features.
 
-A key names everything that determines a feature array. Two extractions
-with equal keys produce the same numbers; any change of a field gives a
-different digest, so the store can never hand back features computed under
-other settings. Library versions are metadata, not key fields.
+A key names what a feature array is: the backbone and its weights, the layer,
+pooling, input size, preprocessing, storage and compute dtypes, the dataset
+(its digest: files' relative paths and sizes and mtimes, or their contents;
+labels; splits; the `max_pixels` guard) and the format version. Any change of
+a field gives a different digest, so the store never hands back features of
+other settings or other data.
+
+What a key does not hold is *where* the numbers were computed: the numerics
+environment (Keras backend and its version, device, oneDNN/XLA/TF32 flags,
+Pillow...; `layerprobe.features.environment`) and the library versions are
+metadata of each entry, as in joblib.Memory. So two environments give the
+same key, and features equal up to the last bits of floating point; one entry
+never mixes two environments, and `FeatureStore.load(strict_environment=True)`
+refuses an entry from another one.
 """
 
 from __future__ import annotations
@@ -18,14 +28,15 @@ from typing import Any, Mapping
 __all__ = ["FORMAT_VERSION", "FeatureKey"]
 
 # Bump when the extraction output changes for the same key fields.
-FORMAT_VERSION = 1
+# 2: 16-bit grey levels scaled from their bit depth (not 65535); JPEGs decoded at reduced scale (draft).
+FORMAT_VERSION = 2
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
 class FeatureKey:
-    """Everything that determines one stored feature array.
+    """What one stored feature array is (see the module docstring for what is not in it).
 
     Attributes:
         backbone: Architecture, e.g. `"VGG16"` or `"MobileNetV2(alpha=0.35)"`.
@@ -36,7 +47,8 @@ class FeatureKey:
         preprocessing: Name of the preprocessing function applied.
         dtype: Storage dtype, `"float32"` or `"float16"`.
         compute_dtype: `"float32"` or `"mixed_float16"` forward pass.
-        dataset: Digest of the dataset manifest (paths, sizes, mtimes, labels, splits).
+        dataset: Digest of the dataset manifest (relative paths, sizes and mtimes or
+            contents, labels, splits; see `ImageDataset.digest`).
         format_version: Version of the extraction output format.
     """
 

@@ -20,6 +20,17 @@ def write_error(path: Path, error: OSError) -> StoreError:
             f"Free some space (or point the store elsewhere) and run again; committed work "
             f"is kept and the extraction resumes from it."
         )
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return StoreError(
+            f"Could not write {path}: {error}. This user may not write there (a store shared with "
+            f"other users needs group write permission: ask its owner to run `chmod -R g+w "
+            f"{path.parent}`), or choose another store path."
+        )
+    if error.errno == errno.EROFS:
+        return StoreError(
+            f"Could not write {path}: {error}. The store is on a read-only file system; choose another "
+            f"store path (cached entries can still be read from this one)."
+        )
     return StoreError(f"Could not write {path}: {error}")
 
 

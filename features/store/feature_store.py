@@ -5,19 +5,25 @@ Layout of a store directory::
     STORE/
       <entry_name>.h5            one committed entry per feature key
       .partial/<digest>/         chunks of an unfinished extraction (`partial.py`)
-      .locks/<digest>.lock       per-key lock (`locks.py`)
+      .locks/<digest>.lock       per-key lock, naming its holder (`locks.py`)
 
 Every file is written under a temporary name (`.tmp-<final name>.<random>`,
 see `layerprobe.features.atomic`) and committed by atomic rename, so a killed
 extraction leaves committed chunks, perhaps a stray temporary file (ignored,
 and deleted by the next holder of the key's lock), but never a file that
 reads as a complete entry. Readers need no lock: they only open committed files.
+
+Errors reading an entry say what is wrong: `CorruptEntryError` (remove it with
+`layerprobe store rm`) only when its content is wrong; `EntryLockedError` when
+another process holds HDF5's lock on it; `StoreError` for permission denied;
+`EntryNotFoundError` when it disappeared.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 import shutil
 import tempfile
 import time
@@ -27,8 +33,14 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from layerprobe.features.atomic import TMP_PREFIX
-from layerprobe.features.digests import array_digest
-from layerprobe.features.errors import CorruptEntryError, EntryNotFoundError, IncompleteEntryError, StoreError
+from layerprobe.features.environment import environment_differences, numerics_environment
+from layerprobe.features.errors import (
+    CorruptEntryError,
+    EntryLockedError,
+    EntryNotFoundError,
+    IncompleteEntryError,
+    StoreError,
+)
 from layerprobe.features.keys import FeatureKey
 from layerprobe.features.store import hdf5, locks
 from layerprobe.features.store.feature_set import FeatureSet
@@ -42,13 +54,17 @@ class FeatureStore:
 
     Args:
         root: Store directory; created if missing.
+        lock_timeout: Seconds an extraction waits for a key another process is
+            extracting before it gives up with `EntryLockedError` naming that
+            process; None: `$LAYERPROBE_LOCK_TIMEOUT`, else 3600.
 
     Raises:
         StoreError: If `root` exists but is not a directory, or cannot be created.
     """
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, *, lock_timeout: float | None = None):
         self.root = Path(root).expanduser()
+        self.lock_timeout = lock_timeout
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(
                 f"The feature store must be a directory, but {self.root} is a file. Pass a "
@@ -104,14 +120,22 @@ class FeatureStore:
     def lock(self, keys: Iterable[FeatureKey], *, on_wait: Callable[[FeatureKey], None] | None = None) -> Iterator[None]:
         """Hold exclusive per-key locks (sorted, so two callers cannot deadlock).
 
-        `on_wait(key)` is called before blocking on a key another process holds.
-        Once the keys are held, what killed writers of them left behind is
-        deleted (see `clean_up`).
+        `on_wait(key)` is called before waiting for a key another process holds
+        (`lock_holder(key)` says who). Once the keys are held, what killed writers
+        of them left behind is deleted (see `clean_up`).
+
+        Raises:
+            EntryLockedError: If another process holds a key longer than `lock_timeout`.
+            StoreError: If the lock files cannot be created (see `locks`).
         """
-        with locks.hold(self.root, keys, on_wait=on_wait) as held:
+        with locks.hold(self.root, keys, on_wait=on_wait, timeout=self.lock_timeout) as held:
             for key in held:
                 self._remove_leftovers(key)
             yield
+
+    def lock_holder(self, key: FeatureKey) -> str:
+        """Who holds (or last held) `key`'s lock: "pid N on HOST since TIME"."""
+        return locks.holder(locks.lock_path(self.root, key))
 
     def _remove_leftovers(self, key: FeatureKey) -> None:
         """Delete a killed writer's temporary entry files, and the chunks of a committed entry.
@@ -154,10 +178,14 @@ class FeatureStore:
         splits: Sequence[str],
         class_names: Sequence[str],
         metadata: Mapping[str, Any],
+        root: str | os.PathLike | None = None,
     ) -> Path:
         """Assemble the committed chunks into one entry, atomically, chunk by chunk.
 
-        Memory stays at one chunk whatever the dataset size.
+        Memory stays at one chunk whatever the dataset size. With `root` (the dataset's
+        folder), the sample ids (file paths) are stored relative to it and `root` is
+        recorded as `metadata["dataset_root"]`, so that a moved dataset keeps working.
+        The chunks' numerics environment is recorded as `metadata["environment"]`.
 
         Raises:
             IncompleteEntryError: If a chunk is missing.
@@ -179,6 +207,9 @@ class FeatureStore:
             raise partial.corrupt(
                 mixed[0], f"its features do not have chunk 0's per-sample shape {feature_shape} and dtype {dtype}"
             )
+        if root is not None:
+            root = os.path.abspath(root)
+            sample_ids = [_relative(sample_id, root) for sample_id in sample_ids]
         sample_ids = np.asarray(sample_ids, dtype=object)
         labels = np.asarray(labels, dtype=np.int64)
         splits = np.asarray(splits, dtype=object)
@@ -205,8 +236,11 @@ class FeatureStore:
                 class_names=class_names,
                 skipped=[(sample_ids[i], reason) for i, reason in skipped],
                 key=key.to_dict(),
+                sample_ids_relative=root is not None,
                 metadata={
                     **metadata,
+                    **({"dataset_root": root} if root is not None else {}),
+                    **({"environment": partial.fingerprint["environment"]} if "environment" in partial.fingerprint else {}),
                     "n_samples": n_total,
                     "feature_shape": list(feature_shape),
                     "n_skipped": len(skipped),
@@ -225,14 +259,43 @@ class FeatureStore:
             f"other entries are not affected."
         )
 
+    def _problem(self, path: Path, problem: hdf5.FileProblem) -> StoreError:
+        """The error for an entry that cannot be read, by why: only wrong content is "corrupt"."""
+        if problem.kind == "locked":
+            holders = hdf5.holders_of(path)
+            who = f" It is held by {', '.join(holders)}." if holders else ""
+            if "does not support" in str(problem):
+                return EntryLockedError(
+                    f"Store entry {path.stem!r} in {self.root} cannot be opened: {problem}. The entry is not "
+                    f"corrupt. Set HDF5_USE_FILE_LOCKING=FALSE (committed entries are never written in place, "
+                    f"so readers do not need HDF5's lock) and run again."
+                )
+            return EntryLockedError(
+                f"Store entry {path.stem!r} in {self.root} is locked: {problem}.{who} The entry is not corrupt: "
+                f"wait until that process closes it (layerprobe itself never opens a committed entry for "
+                f"writing, so it is another program, e.g. an h5py session in mode 'a' or 'r+') and run again."
+            )
+        if problem.kind == "permission":
+            return StoreError(
+                f"Cannot read store entry {path.stem!r} in {self.root}: {problem}. The entry is not corrupt; "
+                f"this user may not read it. Ask its owner to run `chmod a+r {path}` (or `chmod -R g+rX "
+                f"{self.root}` for a group-shared store), or use a store of your own."
+            )
+        if problem.kind == "missing":
+            return EntryNotFoundError(
+                f"Store entry {path.stem!r} disappeared from {self.root} while it was being read "
+                f"(removed by another process?). `layerprobe store ls {self.root}` lists the entries."
+            )
+        return self._corrupt(path, str(problem))
+
     @contextlib.contextmanager
     def _reading(self, path: Path) -> Iterator[hdf5.EntryReader]:
-        """Open the entry at `path`; any problem with it inside the block becomes a `CorruptEntryError`."""
+        """Open the entry at `path`; a problem with it inside the block becomes the matching `StoreError`."""
         try:
             with hdf5.open_entry(path) as entry:
                 yield entry
         except hdf5.FileProblem as problem:
-            raise self._corrupt(path, str(problem)) from problem
+            raise self._problem(path, problem) from problem
 
     def _header(self, path: Path, entry: hdf5.EntryReader) -> tuple[FeatureKey, dict]:
         key_fields, metadata = entry.header()
@@ -268,10 +331,19 @@ class FeatureStore:
         return sorted(p for p in self.root.glob("*.h5") if not p.name.startswith(TMP_PREFIX))
 
     def entries(self) -> list[dict[str, Any]]:
-        """A summary row per entry; unreadable entries get `status: "corrupt: ..."`."""
+        """A summary row per entry, with its `status`: "ok", or why it cannot be read.
+
+        Statuses: `"ok"`, `"corrupt: ..."` (remove it), `"locked: ..."` (another process
+        holds it), `"unreadable: ..."` (permission denied). An entry removed while listing
+        is left out.
+        """
         rows = []
         for path in self._entry_paths():
-            row: dict[str, Any] = {"entry": path.stem, "size_mb": round(path.stat().st_size / 2**20, 2)}
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            row: dict[str, Any] = {"entry": path.stem, "size_mb": round(size / 2**20, 2)}
             try:
                 with self._reading(path) as entry:
                     key, metadata = self._header(path, entry)
@@ -285,21 +357,38 @@ class FeatureStore:
                 )
             except CorruptEntryError as error:
                 row["status"] = f"corrupt: {error}"
+            except EntryLockedError as error:
+                row["status"] = f"locked: {error}"
+            except EntryNotFoundError:
+                continue
+            except StoreError as error:
+                row["status"] = f"unreadable: {error}"
             rows.append(row)
         return rows
 
-    def info(self, name: str) -> dict[str, Any]:
-        """Key, metadata, dataset shapes and skipped files of one entry.
+    def info(self, name: str, *, root: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Key, metadata (numerics environment included), dataset shapes and skipped files of one entry.
+
+        Args:
+            name: Entry name, file name or unique digest prefix.
+            root: The dataset's folder now; skipped sample ids stored relative to the dataset
+                root are made absolute against it (default: the root at extraction).
 
         Raises:
             EntryNotFoundError: If no entry matches `name`.
-            CorruptEntryError: If the entry is unreadable.
+            CorruptEntryError: If the entry's content is wrong.
+            EntryLockedError: If another process holds HDF5's lock on it.
+            StoreError: If this user may not read it.
         """
         path = self.resolve(name)
         with self._reading(path) as entry:
             key, metadata = self._header(path, entry)
             shapes = entry.shapes()
             skipped = entry.skipped()
+            relative = entry.sample_ids_relative
+        if relative:
+            base = _base(root, metadata)
+            skipped = [(_absolute(sample_id, base), reason) for sample_id, reason in skipped]
         return {
             "entry": path.stem,
             "path": str(path),
@@ -315,19 +404,40 @@ class FeatureStore:
         path.unlink()
         return path
 
-    def load(self, key: FeatureKey | str, *, split: str | None = None, verify: bool = True) -> FeatureSet:
+    def load(
+        self,
+        key: FeatureKey | str,
+        *,
+        split: str | None = None,
+        verify: bool = True,
+        strict_environment: bool = False,
+        root: str | os.PathLike | None = None,
+    ) -> FeatureSet:
         """Read one entry (by key or name), checked against its own metadata.
 
         Args:
             key: A `FeatureKey` or an entry name / digest prefix.
             split: Only this split, e.g. `"train"`.
             verify: Recompute the features checksum and compare it with the
-                one recorded at commit (about 1 s per GB).
+                one recorded at commit (about 1 s per GB), while reading: memory
+                stays at the features plus one 16 MB block.
+            strict_environment: Refuse an entry computed in another numerics
+                environment (backend, its version, Keras, device, oneDNN/XLA/TF32
+                flags, Pillow... see `layerprobe.features.environment`) than this
+                process's. By default such an entry is used: the environment is
+                recorded in `metadata["environment"]`, not part of the key.
+            root: The dataset's folder now. Sample ids stored relative to the dataset
+                root are made absolute against it (default: the folder recorded at
+                extraction, `metadata["dataset_root"]`).
 
         Raises:
             IncompleteEntryError: No committed entry for this key (not extracted,
                 or an extraction was interrupted: run it again to resume).
-            CorruptEntryError: The file is unreadable or inconsistent.
+            CorruptEntryError: The file's content is wrong or inconsistent.
+            EntryLockedError: Another process holds HDF5's lock on the file.
+            StoreError: This user may not read the file; or, with `strict_environment`,
+                the entry was computed in another environment (the message lists
+                the fields that differ).
             InputError: If `split` names a split the entry does not have.
         """
         if isinstance(key, FeatureKey):
@@ -343,9 +453,17 @@ class FeatureStore:
                 )
         else:
             path = self.resolve(key)
+        if strict_environment:
+            with self._reading(path) as entry:
+                _, recorded = self._header(path, entry)
+            self._check_environment(path, recorded)
         with self._reading(path) as entry:
             stored_key, metadata = self._header(path, entry)
-            X, y, sample_ids, splits, class_names = entry.arrays()
+            X, y, sample_ids, splits, class_names, digest = entry.arrays(verify=verify)
+            relative = entry.sample_ids_relative
+        if relative:
+            base = _base(root, metadata)
+            sample_ids = np.asarray([_absolute(sample_id, base) for sample_id in sample_ids], dtype=object)
         lengths = {len(X), len(y), len(sample_ids), len(splits)}
         if len(lengths) != 1 or len(X) != metadata.get("n_samples"):
             raise self._corrupt(
@@ -357,9 +475,49 @@ class FeatureStore:
             raise self._corrupt(path, f"feature shape {X.shape[1:]} differs from metadata {metadata.get('feature_shape')}")
         if len(y) and (y.min() < 0 or y.max() >= len(class_names)):
             raise self._corrupt(path, f"labels outside [0, {len(class_names)})")
-        if verify and array_digest(X) != metadata.get("features_sha256"):
+        if verify and digest != metadata.get("features_sha256"):
             raise self._corrupt(path, "its features do not match the checksum recorded at commit")
         features = FeatureSet(
             X=X, y=y, sample_ids=sample_ids, splits=splits, class_names=class_names, key=stored_key, metadata=metadata
         )
         return features.split(split) if split is not None else features
+
+    def _check_environment(self, path: Path, metadata: Mapping[str, Any]) -> None:
+        """Raise a `StoreError` listing the fields where the entry's environment differs from this process's."""
+        recorded = metadata.get("environment")
+        if not isinstance(recorded, dict):
+            raise StoreError(
+                f"Store entry {path.stem!r} in {self.root} records no numerics environment (written by an "
+                f"older layerprobe), so strict_environment=True cannot check it. Remove it with "
+                f"`layerprobe store rm {self.root} {path.stem}` and extract again, or load it with "
+                f"strict_environment=False."
+            )
+        differences = environment_differences(recorded, numerics_environment(probe_device=True))
+        if differences:
+            listed = "; ".join(f"{field}: {then!r} then, {now!r} now" for field, (then, now) in differences.items())
+            raise StoreError(
+                f"Store entry {path.stem!r} in {self.root} was computed in another numerics environment: "
+                f"{listed}. Its features may differ from this environment's in the last bits. Extract it "
+                f"again here (remove it with `layerprobe store rm {self.root} {path.stem}`, or use another "
+                f"store), or load it with strict_environment=False."
+            )
+
+
+def _relative(sample_id: str, root: str) -> str:
+    """A file sample id as a POSIX path relative to the dataset root (array ids are kept)."""
+    if sample_id.startswith("array:") or not os.path.isabs(sample_id):
+        return sample_id
+    return Path(os.path.relpath(sample_id, root)).as_posix()
+
+
+def _base(root: str | os.PathLike | None, metadata: Mapping[str, Any]) -> str | None:
+    """The folder relative sample ids are resolved against: `root`, else the one recorded at extraction."""
+    if root is not None:
+        return os.path.abspath(os.path.expanduser(os.fspath(root)))
+    return metadata.get("dataset_root")
+
+
+def _absolute(sample_id: str, base: str | None) -> str:
+    if base is None or sample_id.startswith("array:") or posixpath.isabs(sample_id):
+        return sample_id
+    return os.path.normpath(os.path.join(base, *sample_id.split("/")))

@@ -7,14 +7,30 @@ written under a temporary name and committed by atomic rename
 file is open, so nothing is ever written in place. Each carries
 `encoding-type`/`encoding-version` attributes, and readers refuse other types
 and versions. A file that cannot be read as what it should be raises
-`FileProblem`; callers turn it into a `CorruptEntryError` that says what to do.
+`FileProblem`, whose `kind` says why: `"corrupt"` (the content is wrong),
+`"locked"` (another process holds HDF5's lock on it), `"permission"` or
+`"missing"`; callers turn it into the matching `StoreError` that says what to do.
+
+Encoding versions: entries and chunks are version 2. Version-2 entries store
+each file sample's id relative to the dataset root (`sample-ids` attribute
+`"relative-to-dataset-root"`, the root at extraction in the metadata's
+`dataset_root`); version-1 entries, whose ids are absolute paths, are still
+read. Version-2 chunks carry the fingerprint (settings and numerics
+environment) they were computed with; version-1 chunks are recomputed.
+
+HDF5's own file locks: `HDF5_USE_FILE_LOCKING=FALSE` (or `BEST_EFFORT`) is
+honoured at every open, not only when the HDF5 library starts. Committed files
+are never written in place, so readers of a store do not need HDF5's lock; on
+NFS without lock support set it to `FALSE`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -22,7 +38,7 @@ import h5py
 import numpy as np
 
 from layerprobe.features.atomic import atomic_path
-from layerprobe.features.digests import array_digest
+from layerprobe.features.digests import array_digest, start_array, update_with_block
 from layerprobe.features.store.failures import writing
 
 __all__ = [
@@ -30,9 +46,12 @@ __all__ = [
     "ENCODING_TYPE",
     "ENCODING_VERSION",
     "H5PY_VERSION",
+    "READABLE_ENTRY_VERSIONS",
+    "SAMPLE_IDS_RELATIVE",
     "EntryReader",
     "EntryWriter",
     "FileProblem",
+    "holders_of",
     "chunk_layout",
     "new_entry",
     "open_entry",
@@ -41,14 +60,90 @@ __all__ = [
 ]
 
 ENCODING_TYPE = "layerprobe.feature-entry"
-ENCODING_VERSION = "1"
+ENCODING_VERSION = "2"
+READABLE_ENTRY_VERSIONS = ("1", "2")  # 1: sample ids stored as given (absolute paths)
 CHUNK_ENCODING_TYPE = "layerprobe.feature-chunk"
+SAMPLE_IDS_RELATIVE = "relative-to-dataset-root"
 H5PY_VERSION = h5py.__version__
 _STRING = h5py.string_dtype(encoding="utf-8")
+# Rows of features read (and hashed) at a time when loading an entry: about this many bytes.
+_READ_BLOCK_BYTES = 1 << 24
 
 
 class FileProblem(Exception):
-    """A store file that cannot be read as what it should be; the message says why."""
+    """A store file that cannot be read as what it should be; the message says why.
+
+    Attributes:
+        kind: `"corrupt"` (its content is wrong), `"locked"` (another process holds
+            HDF5's lock on it, or the file system has no locks), `"permission"`
+            (this user may not read it) or `"missing"` (deleted meanwhile).
+        error: The `OSError` behind a `"locked"`, `"permission"` or `"missing"` problem.
+    """
+
+    def __init__(self, message: str, kind: str = "corrupt", error: OSError | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.error = error
+
+
+def _locking() -> bool | str | None:
+    """h5py's `locking` argument from `HDF5_USE_FILE_LOCKING`, read at each open (HDF5 reads it once)."""
+    value = os.environ.get("HDF5_USE_FILE_LOCKING", "").strip().upper()
+    return {"FALSE": False, "0": False, "BEST_EFFORT": "best-effort", "TRUE": True, "1": True}.get(value)
+
+
+def _open_problem(path: Path, error: OSError) -> FileProblem:
+    """Why `h5py.File(path)` failed: locked, permission, missing, or (anything else) corrupt."""
+    text = str(error)
+    if "unable to lock file" in text or error.errno == errno.ENOLCK:
+        if error.errno in (errno.ENOLCK, errno.ENOSYS) or f"errno = {errno.ENOLCK}," in text:
+            return FileProblem(
+                f"its file system does not support HDF5's file locks ({error})", "locked", error
+            )
+        return FileProblem(f"another process has it open for writing ({error})", "locked", error)
+    if isinstance(error, PermissionError) or error.errno in (errno.EACCES, errno.EPERM):
+        return FileProblem(f"permission denied ({error})", "permission", error)
+    if isinstance(error, FileNotFoundError) or error.errno == errno.ENOENT:
+        return FileProblem(f"the file disappeared ({error})", "missing", error)
+    return FileProblem(f"unreadable, not a valid HDF5 file ({error})")
+
+
+def _open_for_reading(path: Path) -> h5py.File:
+    """`h5py.File(path, "r")`, honouring `HDF5_USE_FILE_LOCKING`.
+
+    Raises:
+        FileProblem: With the `kind` of the failure (see `_open_problem`).
+    """
+    locking = _locking()
+    try:
+        return h5py.File(path, "r") if locking is None else h5py.File(path, "r", locking=locking)
+    except OSError as error:
+        raise _open_problem(path, error) from error
+
+
+def holders_of(path: Path, *, limit: int = 5) -> list[str]:
+    """"pid N (command)" of the processes of this machine that have `path` open, as far as /proc shows."""
+    try:
+        target = os.path.realpath(path)
+        stat = os.stat(target)
+    except OSError:
+        return []
+    holders = []
+    with contextlib.suppress(OSError):
+        for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+            if int(pid) == os.getpid():
+                continue
+            with contextlib.suppress(OSError):
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        opened = os.stat(f"/proc/{pid}/fd/{fd}")
+                        if (opened.st_dev, opened.st_ino) == (stat.st_dev, stat.st_ino):
+                            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                            holders.append(f"pid {pid} ({command.decode(errors='replace').strip()[:80]})")
+                            break
+            if len(holders) >= limit:
+                break
+    return holders
 
 
 def _strings(values: Iterable[str]) -> np.ndarray:
@@ -66,19 +161,29 @@ def _new_file(path: Path) -> Iterator[h5py.File]:
     Raises:
         StoreError: If it cannot be written (disk full, read-only...).
     """
-    with writing(path), atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
+    locking = _locking()
+    options = {} if locking is None else {"locking": locking}
+    with writing(path), atomic_path(path) as tmp, h5py.File(tmp, "w", **options) as handle:
         yield handle
 
 
 # --------------------------------------------------------------------------- chunks
 
 
-def write_chunk(path: Path, features: np.ndarray, sample_indices: np.ndarray, skipped: Sequence[tuple[int, str]]) -> None:
-    """Commit one chunk: its features, their sample indices, the skipped (index, reason) and a checksum."""
+def write_chunk(
+    path: Path,
+    features: np.ndarray,
+    sample_indices: np.ndarray,
+    skipped: Sequence[tuple[int, str]],
+    fingerprint: Mapping[str, Any] | None = None,
+) -> None:
+    """Commit one chunk: its features, their sample indices, the skipped (index, reason), a checksum
+    and the fingerprint (settings and numerics environment) it was computed with."""
     with _new_file(path) as handle:
         handle.attrs["encoding-type"] = CHUNK_ENCODING_TYPE
         handle.attrs["encoding-version"] = ENCODING_VERSION
         handle.attrs["features_sha256"] = array_digest(features)
+        handle.attrs["fingerprint"] = json.dumps(dict(fingerprint or {}), sort_keys=True)
         handle.create_dataset("features", data=features)
         handle.create_dataset("sample_indices", data=np.asarray(sample_indices, dtype=np.int64))
         handle.create_dataset("skipped_indices", data=np.asarray([i for i, _ in skipped], dtype=np.int64))
@@ -92,24 +197,38 @@ def chunk_layout(path: Path) -> tuple[int, tuple, np.dtype]:
         FileProblem: The file is unreadable.
     """
     try:
-        with h5py.File(path, "r") as handle:
+        with _open_for_reading(path) as handle:
             features = handle["features"]
             return features.shape[0], features.shape[1:], features.dtype
     except (OSError, KeyError) as error:
         raise FileProblem(f"unreadable ({error})") from error
 
 
-def read_chunk(path: Path) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+def read_chunk(
+    path: Path, fingerprint: Mapping[str, Any] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
     """Features, sample indices and skipped (index, reason) of a chunk, checked against its checksum.
 
+    Args:
+        path: The chunk file.
+        fingerprint: If given, the chunk must have been computed with exactly this one.
+
     Raises:
-        FileProblem: The file is unreadable, of another encoding, inconsistent or fails its checksum.
+        FileProblem: The file is unreadable, of another encoding or fingerprint, inconsistent
+            or fails its checksum.
     """
     try:
-        with h5py.File(path, "r") as handle:
+        with _open_for_reading(path) as handle:
             kind = (handle.attrs.get("encoding-type"), handle.attrs.get("encoding-version"))
             if kind != (CHUNK_ENCODING_TYPE, ENCODING_VERSION):
                 raise FileProblem(f"not a version-{ENCODING_VERSION} layerprobe chunk (encoding {kind})")
+            if fingerprint is not None:
+                try:
+                    stored = json.loads(handle.attrs.get("fingerprint", ""))
+                except (TypeError, ValueError):
+                    stored = None
+                if stored != json.loads(json.dumps(dict(fingerprint), sort_keys=True)):
+                    raise FileProblem("computed with other settings or in another numerics environment")
             checksum = handle.attrs.get("features_sha256")
             features = handle["features"][()]
             sample_indices = handle["sample_indices"][()]
@@ -151,12 +270,13 @@ class EntryWriter:
         )
         # The canonical form of `digests.array_digest` (dtype, shape, C-ordered bytes) fed one
         # chunk at a time; `FeatureStore.load` checks the result with `array_digest` itself.
-        self._sha = hashlib.sha256(f"{np.dtype(dtype).str}{(n_samples, *feature_shape)}".encode())
+        self._sha = hashlib.sha256()
+        start_array(self._sha, dtype, (n_samples, *feature_shape))
 
     def append(self, features: np.ndarray) -> None:
         """Write the next rows of features."""
         self._features[self._offset : self._offset + len(features)] = features
-        self._sha.update(np.ascontiguousarray(features).tobytes())
+        update_with_block(self._sha, features)
         self._offset += len(features)
 
     @property
@@ -174,8 +294,13 @@ class EntryWriter:
         skipped: Sequence[tuple[str, str]],
         key: Mapping[str, Any],
         metadata: Mapping[str, Any],
+        sample_ids_relative: bool = False,
     ) -> None:
-        """Write the per-sample datasets, the skipped files and the key and metadata attributes."""
+        """Write the per-sample datasets, the skipped files and the key and metadata attributes.
+
+        `sample_ids_relative`: the sample ids (kept and skipped) are paths relative to the
+        dataset root recorded in the metadata (`dataset_root`).
+        """
         handle = self._handle
         handle.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
         handle.create_dataset("sample_ids", data=_strings(sample_ids), dtype=_STRING)
@@ -186,6 +311,7 @@ class EntryWriter:
         skipped_group.create_dataset("reasons", data=_strings(r for _, r in skipped), dtype=_STRING)
         handle.attrs["encoding-type"] = ENCODING_TYPE
         handle.attrs["encoding-version"] = ENCODING_VERSION
+        handle.attrs["sample-ids"] = SAMPLE_IDS_RELATIVE if sample_ids_relative else "as-given"
         handle.attrs["key"] = json.dumps(dict(key), sort_keys=True)
         handle.attrs["metadata"] = json.dumps(dict(metadata), sort_keys=True, default=str)
         self._finished = True
@@ -214,6 +340,11 @@ class EntryReader:
     def __init__(self, handle: h5py.File):
         self._handle = handle
 
+    @property
+    def sample_ids_relative(self) -> bool:
+        """Whether sample ids are stored relative to the dataset root (version 2), not as given."""
+        return self._handle.attrs.get("sample-ids") == SAMPLE_IDS_RELATIVE
+
     def header(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The key fields and the metadata, as stored."""
         try:
@@ -238,18 +369,43 @@ class EntryReader:
         except KeyError as error:
             raise FileProblem(f"its list of skipped files is missing ({error})") from error
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
-        """Features, labels, sample ids, splits and class names."""
+    def features(self, *, digest: bool = False) -> tuple[np.ndarray, str | None]:
+        """The features, and (if `digest`) their `array_digest`, computed while reading.
+
+        Rows are read in blocks of about 16 MB straight into the returned array and hashed
+        block by block, so memory stays at the array plus one block.
+        """
+        dataset = self._handle["features"]
+        out = np.empty(dataset.shape, dtype=dataset.dtype)
+        sha = hashlib.sha256() if digest else None
+        if sha is not None:
+            start_array(sha, out.dtype, out.shape)
+        row_bytes = max(1, out[:1].nbytes if len(out) else 1)
+        step = max(1, _READ_BLOCK_BYTES // row_bytes)
+        for start in range(0, len(out), step):
+            block = out[start : start + step]
+            if block.size:
+                dataset.read_direct(block, np.s_[start : start + len(block)])
+                if sha is not None:
+                    update_with_block(sha, block)
+        return out, (None if sha is None else "sha256:" + sha.hexdigest())
+
+    def arrays(
+        self, *, verify: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...], str | None]:
+        """Features, labels, sample ids, splits, class names and (if `verify`) the features digest."""
         handle = self._handle
         try:
+            features, digest = self.features(digest=verify)
             return (
-                handle["features"][()],
+                features,
                 handle["labels"][()],
                 _read_strings(handle["sample_ids"]),
                 _read_strings(handle["splits"]),
                 tuple(_read_strings(handle["class_names"]).tolist()),
+                digest,
             )
-        except (KeyError, OSError) as error:
+        except (KeyError, OSError, TypeError, ValueError) as error:
             raise FileProblem(f"a dataset is missing or unreadable ({error})") from error
 
 
@@ -258,19 +414,18 @@ def open_entry(path: Path) -> Iterator[EntryReader]:
     """Open a committed entry for reading, after checking its encoding type and version.
 
     Raises:
-        FileProblem: Not a readable HDF5 file, not a layerprobe entry, or another encoding version.
+        FileProblem: Not a readable HDF5 file, not a layerprobe entry, or another encoding
+            version (`kind` "corrupt"); locked by another process, not readable by this
+            user, or deleted meanwhile (`kind` "locked", "permission", "missing").
     """
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as error:
-        raise FileProblem(f"not a readable HDF5 file ({error})") from error
+    handle = _open_for_reading(path)
     with handle:
         if handle.attrs.get("encoding-type") != ENCODING_TYPE:
             raise FileProblem("it is not a layerprobe feature entry")
         version = handle.attrs.get("encoding-version")
-        if version != ENCODING_VERSION:
+        if version not in READABLE_ENTRY_VERSIONS:
             raise FileProblem(
-                f"encoding-version {version!r} is not the {ENCODING_VERSION!r} this layerprobe reads "
-                f"(written by another version; upgrade layerprobe or re-extract)"
+                f"encoding-version {version!r} is not one of the versions {list(READABLE_ENTRY_VERSIONS)} "
+                f"this layerprobe reads (written by another version; upgrade layerprobe or re-extract)"
             )
         yield EntryReader(handle)

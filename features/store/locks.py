@@ -1,50 +1,164 @@
 """The per-entry lock: at most one process writes a feature key at a time.
 
-One lock file per key, `.locks/<key digest>.lock` in the store, held with
-`fcntl.flock`: the operating system releases it when its holder exits or is
-killed, so a crash never leaves a key locked. Readers take no lock: they only
-open committed files.
+One lock file per key, `.locks/<key digest>.lock` in the store (or in
+`$LAYERPROBE_LOCK_DIR` when set, for a shared store whose `.locks/` this user
+cannot write), held with `fcntl.flock`: the operating system releases it when
+its holder exits or is killed, so a crash never leaves a key locked. Readers
+take no lock: they only open committed files.
+
+The holder writes its pid, host and start time into the lock file, so that a
+process kept waiting can say who it waits for. Waiting is bounded: after
+`timeout` seconds (`LAYERPROBE_LOCK_TIMEOUT`, default 3600) it gives up with
+an `EntryLockedError` naming the holder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import json
+import os
+import socket
+import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
+from layerprobe.features.errors import EntryLockedError, StoreError
 from layerprobe.features.keys import FeatureKey
 
-__all__ = ["LOCKS_FOLDER", "hold", "hold_if_free", "lock_path"]
+__all__ = ["DEFAULT_LOCK_TIMEOUT", "LOCKS_FOLDER", "hold", "hold_if_free", "holder", "lock_path", "lock_timeout"]
 
 LOCKS_FOLDER = ".locks"
+DEFAULT_LOCK_TIMEOUT = 3600.0
+_POLL_SECONDS = (0.05, 0.1, 0.2, 0.5, 1.0)  # back-off between tries, then every second
+
+
+def lock_directory(root: Path) -> Path:
+    """Where the lock files of the store at `root` are: `$LAYERPROBE_LOCK_DIR` if set, else `root/.locks`."""
+    override = os.environ.get("LAYERPROBE_LOCK_DIR")
+    return Path(override).expanduser() if override else root / LOCKS_FOLDER
 
 
 def lock_path(root: Path, key: FeatureKey) -> Path:
     """The lock file of `key` in the store at `root`."""
-    return root / LOCKS_FOLDER / f"{key.digest}.lock"
+    return lock_directory(root) / f"{key.digest}.lock"
+
+
+def lock_timeout(timeout: float | None = None) -> float:
+    """Seconds to wait for a lock: `timeout`, else `$LAYERPROBE_LOCK_TIMEOUT`, else 3600.
+
+    Raises:
+        StoreError: If the value is not a number >= 0.
+    """
+    source = "timeout"
+    if timeout is None:
+        text = os.environ.get("LAYERPROBE_LOCK_TIMEOUT")
+        if not text:
+            return DEFAULT_LOCK_TIMEOUT
+        source, timeout = "LAYERPROBE_LOCK_TIMEOUT", text
+    try:
+        value = float(timeout)
+    except (TypeError, ValueError):
+        value = -1.0
+    if not value >= 0:
+        raise StoreError(f"The lock timeout must be a number of seconds >= 0. Received: {source}={timeout!r}")
+    return value
+
+
+def holder(path: Path) -> str:
+    """Who holds (or last held) the lock file at `path`, as recorded there: "pid N on HOST since TIME"."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8") or "null")
+        return f"pid {record['pid']} on {record['host']} since {record['since']}"
+    except (OSError, ValueError, TypeError, KeyError):
+        return "a process that did not record itself"
+
+
+def _record_holder(handle: IO[str]) -> None:
+    """Write this process's pid, host and start time into the lock file it now holds."""
+    with contextlib.suppress(OSError):
+        handle.seek(0)
+        handle.truncate()
+        handle.write(
+            json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        )
+        handle.flush()
+
+
+def _unusable(directory: Path, error: OSError) -> StoreError:
+    """The error for a lock folder this user cannot create or write (a shared store)."""
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreError(
+            f"Cannot create or open lock files in {directory}: {error}. The feature store is shared "
+            f"(made by another user, or under a umask that leaves it read-only to the group): ask its "
+            f"owner to run `chmod -R g+w {directory.parent}` (and `chmod g+s` on its folders so that "
+            f"new files keep the group), or set LAYERPROBE_LOCK_DIR to a folder every user of this "
+            f"store can write (on the same file system when several machines share the store). "
+            f"Nothing was computed."
+        )
+    return StoreError(f"Cannot create or open lock files in {directory}: {error}. Nothing was computed.")
+
+
+def _open_lock(root: Path, key: FeatureKey) -> IO[str]:
+    directory = lock_directory(root)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        return open(lock_path(root, key), "a+", encoding="utf-8")
+    except OSError as error:
+        raise _unusable(directory, error) from error
+
+
+def _wait_for(handle: IO[str], path: Path, key: FeatureKey, timeout: float) -> None:
+    """Block until the flock on `handle` is ours, or raise `EntryLockedError` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    for attempt in range(1 << 62):
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise EntryLockedError(
+                    f"Gave up after waiting {timeout:g} s for the lock of {key.entry_name}, held by "
+                    f"{holder(path)} (lock file {path}). That process is still extracting these features "
+                    f"(the lock is released when it exits, even if killed): wait and run again, raise the "
+                    f"limit (lock_timeout, or LAYERPROBE_LOCK_TIMEOUT in seconds), or stop that process."
+                ) from None
+            time.sleep(min(left, _POLL_SECONDS[min(attempt, len(_POLL_SECONDS) - 1)]))
 
 
 @contextlib.contextmanager
 def hold(
-    root: Path, keys: Iterable[FeatureKey], *, on_wait: Callable[[FeatureKey], None] | None = None
+    root: Path,
+    keys: Iterable[FeatureKey],
+    *,
+    on_wait: Callable[[FeatureKey], None] | None = None,
+    timeout: float | None = None,
 ) -> Iterator[list[FeatureKey]]:
     """Hold the exclusive locks of `keys`, taken in digest order (so two callers cannot deadlock).
 
-    `on_wait(key)` is called before blocking on a key another process holds.
+    `on_wait(key)` is called before waiting for a key another process holds (`holder`
+    of its `lock_path` says who).
     Yields the keys, in the order they were locked.
+
+    Raises:
+        EntryLockedError: If a key stays locked by another process for `timeout` seconds
+            (see `lock_timeout`); the message names the holder.
+        StoreError: If the lock files cannot be created (a shared store this user cannot write).
     """
-    (root / LOCKS_FOLDER).mkdir(exist_ok=True)
+    seconds = lock_timeout(timeout)
     ordered = sorted(set(keys), key=lambda k: k.digest)
     with contextlib.ExitStack() as stack:
         for key in ordered:
-            handle = stack.enter_context(open(lock_path(root, key), "a+"))
+            handle = stack.enter_context(_open_lock(root, key))
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 if on_wait is not None:
                     on_wait(key)
-                fcntl.flock(handle, fcntl.LOCK_EX)
+                _wait_for(handle, lock_path(root, key), key, seconds)
+            _record_holder(handle)
         yield ordered
 
 
@@ -65,4 +179,5 @@ def hold_if_free(root: Path, key: FeatureKey) -> Iterator[bool]:
         except BlockingIOError:
             yield False
             return
+        _record_holder(handle)
         yield True

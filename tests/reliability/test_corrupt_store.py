@@ -87,6 +87,20 @@ def test_chunk_copied_over_another_is_a_clear_error(harness, interrupted):
     harness.assert_matches_reference(interrupted)
 
 
+def test_foreign_files_in_a_partial_folder_are_ignored_and_reported_once(harness, interrupted):
+    folder = _chunk(harness, interrupted, FIRST, 0).parent
+    shutil.copy(folder / "chunk_000000.h5", folder / "chunk_000000.bak.h5")  # a user's backup copy
+    (folder / "chunk_1.h5").write_bytes(b"not ours")
+    (folder / "notes.txt").write_text("why this run was stopped")
+    log = []
+    report = harness.extract(interrupted, log=log.append)  # before the fix: ValueError, on every resume
+    assert report.n_forward == 8  # chunks 0 and 1 are reused; the foreign files are not chunks
+    ignoring = [line for line in log if line.startswith("ignoring")]
+    assert len(ignoring) == 1, log
+    assert all(name in ignoring[0] for name in ("chunk_000000.bak.h5", "chunk_1.h5", "notes.txt", str(folder)))
+    harness.assert_matches_reference(interrupted)
+
+
 # ---------------------------------------------------------------- committed entries
 
 

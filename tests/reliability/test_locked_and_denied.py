@@ -1,0 +1,252 @@
+""""Corrupt" means corrupt; a lock names its holder and is waited for a bounded time.
+
+Every case uses a real second process (holding HDF5's file lock, or a key's
+lock) or a real permission: the permission cases run in a child forked from
+this process that becomes user `nobody` (root reads anything, so a chmod alone
+proves nothing when the suite runs as root).
+"""
+
+import os
+import pickle
+import pwd
+import shutil
+import socket
+import stat
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from layerprobe.features.store import (
+    CorruptEntryError,
+    EntryLockedError,
+    EntryNotFoundError,
+    FeatureStore,
+    StoreError,
+)
+
+FIRST = "block1_pool"
+
+_HOLD_OPEN = """
+import sys, time, h5py
+handle = h5py.File({path!r}, "a")  # what an h5py session editing the entry does
+print("open", flush=True)
+time.sleep(120)
+"""
+
+_HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from layerprobe.features.keys import FeatureKey
+from layerprobe.features.store import FeatureStore
+key = FeatureKey(**{key!r})
+with FeatureStore({root!r}).lock([key]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _started(helpers, code):
+    process = helpers.run_python(code, background=True)
+    line = process.stdout.readline()
+    assert line.strip() in ("open", "held"), process.stderr.read()[-3000:]
+    return process
+
+
+@pytest.fixture
+def shared_dir():
+    """A folder user nobody can enter (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="layerprobe-shared-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def as_nobody(function):
+    """Run `function()` as user nobody in a forked child (as this user when not root).
+
+    Returns None, or (exception class names, message) of what it raised.
+    """
+    def call():
+        try:
+            function()
+        except BaseException as error:  # reported to the parent
+            return [cls.__name__ for cls in type(error).__mro__], str(error)
+        return None
+
+    if os.geteuid() != 0:
+        return call()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root, run, report, exit without running the parent's clean-ups
+        try:
+            os.close(read)
+            nobody = pwd.getpwnam("nobody")
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            os.write(write, pickle.dumps(call()))
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    return pickle.loads(data)
+
+
+# ------------------------------------------------------------------ entries held open, unreadable, removed
+
+
+def test_entry_open_for_writing_in_another_process_is_locked_not_corrupt(harness, helpers, tmp_path, monkeypatch):
+    monkeypatch.delenv("HDF5_USE_FILE_LOCKING", raising=False)
+    store = FeatureStore(tmp_path)
+    harness.extract(store)
+    key = harness.keys[FIRST]
+    holder = _started(helpers, _HOLD_OPEN.format(path=str(store.path_for(key))))
+    try:
+        for call in (lambda: store.load(key), lambda: store.info(key.entry_name), lambda: harness.extract(store)):
+            with pytest.raises(StoreError) as info:
+                call()
+            assert not isinstance(info.value, CorruptEntryError), info.value  # before the fix: "corrupt ... store rm"
+            assert isinstance(info.value, EntryLockedError)
+            message = str(info.value)
+            assert "is locked" in message and "not corrupt" in message and "store rm" not in message
+            assert f"pid {holder.pid}" in message  # who holds it, from /proc
+        statuses = {row["entry"]: row["status"] for row in store.entries()}
+        assert statuses[key.entry_name].startswith("locked: ")
+        assert statuses[harness.keys["block3_pool"].entry_name] == "ok"
+
+        monkeypatch.setenv("HDF5_USE_FILE_LOCKING", "FALSE")  # honoured at each open (NFS without locks)
+        harness.assert_matches_reference(store)
+    finally:
+        holder.kill()
+        holder.wait()
+    monkeypatch.delenv("HDF5_USE_FILE_LOCKING")
+    harness.assert_matches_reference(store)  # the holder is gone: readable again
+
+
+def test_entry_this_user_may_not_read_is_permission_denied_not_corrupt(harness, shared_dir):
+    store = FeatureStore(shared_dir / "store")
+    harness.extract(store)
+    key = harness.keys[FIRST]
+    for path in (store.root, *store.root.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    store.path_for(key).chmod(0)
+
+    failed = as_nobody(lambda: FeatureStore(shared_dir / "store").load(key))
+    assert failed is not None
+    classes, message = failed
+    assert "StoreError" in classes and "CorruptEntryError" not in classes, failed  # before the fix: corrupt
+    assert "permission denied" in message.lower() and "not corrupt" in message and "chmod a+r" in message
+
+    def statuses():
+        rows = FeatureStore(shared_dir / "store").entries()
+        raise RuntimeError(repr(sorted((row["entry"], row["status"][:12]) for row in rows)))
+
+    _, listed = as_nobody(statuses)
+    assert f"('{key.entry_name}', 'unreadable: ')" in listed and "'ok'" in listed and "corrupt" not in listed
+
+
+def test_entry_removed_while_being_read_is_not_found_not_corrupt(harness, tmp_path, monkeypatch):
+    store = FeatureStore(tmp_path)
+    harness.extract(store)
+    key = harness.keys[FIRST]
+    path = store.path_for(key)
+    resolve = FeatureStore.resolve
+
+    def resolve_then_remove(self, name):
+        found = resolve(self, name)
+        found.unlink()  # another process runs `layerprobe store rm` right now
+        return found
+
+    monkeypatch.setattr(FeatureStore, "resolve", resolve_then_remove)
+    with pytest.raises(EntryNotFoundError, match="disappeared"):
+        store.info(path.stem)
+
+
+# ------------------------------------------------------------------ per-key locks
+
+
+def _lock_in_thread(store, key):
+    """Try to take `key`'s lock in a thread; returns (thread, outcome list, seconds list)."""
+    outcome, seconds = [], []
+
+    def take():
+        started = time.monotonic()
+        try:
+            with store.lock([key]):
+                outcome.append("acquired")
+        except BaseException as error:  # reported to the test
+            outcome.append(error)
+        seconds.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    return thread, outcome, seconds
+
+
+def test_lock_wait_gives_up_after_the_timeout_naming_the_holder(harness, helpers, tmp_path, monkeypatch):
+    key = harness.keys[FIRST]
+    holder = _started(helpers, _HOLD_LOCK.format(key=key.to_dict(), root=str(tmp_path)))
+    try:
+        monkeypatch.setenv("LAYERPROBE_LOCK_TIMEOUT", "1")
+        thread, outcome, seconds = _lock_in_thread(FeatureStore(tmp_path), key)
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "blocked on the lock with no limit"  # before the fix: forever
+        error = outcome[0]
+        assert isinstance(error, EntryLockedError) and 1 <= seconds[0] < 10
+        message = str(error)
+        assert f"pid {holder.pid} on {socket.gethostname()} since " in message
+        assert "LAYERPROBE_LOCK_TIMEOUT" in message and key.entry_name in message
+
+        monkeypatch.delenv("LAYERPROBE_LOCK_TIMEOUT")
+        thread, outcome, seconds = _lock_in_thread(FeatureStore(tmp_path, lock_timeout=0.3), key)
+        thread.join(timeout=30)
+        assert isinstance(outcome[0], EntryLockedError) and seconds[0] < 5
+
+        log = []
+        with pytest.raises(EntryLockedError):
+            harness.extract(FeatureStore(tmp_path, lock_timeout=0.2), log=log.append)
+        assert any(line.startswith("waiting") and f"pid {holder.pid}" in line for line in log), log
+    finally:
+        holder.kill()
+        holder.wait()
+    with FeatureStore(tmp_path, lock_timeout=5).lock([key]):  # released when its holder died
+        pass
+
+
+def test_bad_lock_timeout_is_refused(tmp_path, harness, monkeypatch):
+    monkeypatch.setenv("LAYERPROBE_LOCK_TIMEOUT", "soon")
+    with pytest.raises(StoreError, match="LAYERPROBE_LOCK_TIMEOUT='soon'"):
+        with FeatureStore(tmp_path).lock([harness.keys[FIRST]]):
+            pass
+
+
+def test_shared_store_whose_lock_folder_is_not_writable(harness, shared_dir, monkeypatch):
+    # Made by another user under umask 022: the store is group/world writable, its .locks/ is not.
+    root = shared_dir / "store"
+    root.mkdir(mode=0o777)
+    root.chmod(0o777)
+    (root / ".locks").mkdir(mode=0o755)
+    key = harness.keys[FIRST]
+
+    def lock():
+        with FeatureStore(root).lock([key]):
+            pass
+
+    failed = as_nobody(lock)
+    assert failed is not None
+    classes, message = failed
+    assert "StoreError" in classes and "PermissionError" not in classes, failed  # before the fix: a raw OSError
+    assert "chmod -R g+w" in message and "LAYERPROBE_LOCK_DIR" in message and str(root / ".locks") in message
+
+    own_locks = shared_dir / "my-locks"
+    own_locks.mkdir(mode=0o777)
+    own_locks.chmod(0o777)
+    monkeypatch.setenv("LAYERPROBE_LOCK_DIR", str(own_locks))
+    assert as_nobody(lock) is None
+    assert [p.name for p in own_locks.iterdir()] == [f"{key.digest}.lock"]
+    assert stat.S_IMODE((root / ".locks").stat().st_mode) == 0o755 and not list((root / ".locks").iterdir())
