@@ -24,22 +24,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
-    CIFAR10_DIR,
-    VGG16_WEIGHTS,
-    RunLog,
-    Stopwatch,
-    bar_chart,
-    base_parser,
-    cifar_subset,
-    comma_list,
-    format_table,
-    quiet_tensorflow,
-    read_results,
-    require_path,
-    write_csv,
-    write_json,
-)
+from _args import CIFAR10_DIR, VGG16_WEIGHTS, base_parser, quiet_tensorflow, require_path  # noqa: E402
+from _data import cifar_subset  # noqa: E402
+from _measure import Stopwatch  # noqa: E402
+from _output import RunLog, bar_chart, read_results, write_csv, write_json  # noqa: E402
+from layerprobe.pipeline.cli import comma_list  # noqa: E402
+from layerprobe.pipeline.tables import format_table, significant  # noqa: E402
+
+TABLE_STYLE = {"float_format": significant, "missing": "-"}  # 3 significant digits, "-" for no value
 
 SCRIPT = "classifier_speed"
 
@@ -240,7 +232,7 @@ def main(argv=None) -> int:
     write_csv(rows, args.out / "classifier_speed.csv")
     log(f"\nfit_classifier seconds, one-candidate grid, cv={args.cv} ({args.cv} fold fits + 1 refit):")
     log(format_table(rows, ["layer", "d", "classifier", "n_samples", "candidate", "fit_classifier_s",
-                            "cv_fold_fit_s", "refit_all_s", "vs_logreg", "cv_accuracy"]))
+                            "cv_fold_fit_s", "refit_all_s", "vs_logreg", "cv_accuracy"], **TABLE_STYLE))
     plot(rows, log.info, args.out / "classifier_speed.png")
     write_json({"command": log.command, "machine": log.info, "extraction": extraction, "rows": rows},
                args.out / "results.json")

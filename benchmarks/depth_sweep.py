@@ -28,21 +28,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
-    REPO_DIR,
-    SHARED_DIR,
-    VGG16_WEIGHTS,
-    RunLog,
-    base_parser,
-    cifar_subset,
-    comma_list,
-    format_table,
-    quiet_tensorflow,
-    read_results,
-    require_path,
-    write_csv,
-    write_json,
-)
+from _args import REPO_DIR, SHARED_DIR, VGG16_WEIGHTS, base_parser, quiet_tensorflow, require_path  # noqa: E402
+from _data import cifar_subset  # noqa: E402
+from _output import RunLog, read_results, write_csv, write_json  # noqa: E402
+from layerprobe.pipeline.cli import comma_list  # noqa: E402
+from layerprobe.pipeline.tables import format_table, significant  # noqa: E402
+
+TABLE_STYLE = {"float_format": significant, "missing": "-"}  # 3 significant digits, "-" for no value
 
 SCRIPT = "depth_sweep"
 
@@ -275,8 +267,8 @@ def main(argv=None) -> int:
     log(f"\ntest accuracy by depth ({setup['n_train']} train / {setup['n_test']} test, {input_size} px, "
         f"{run.n_forward} images through a backbone, {run.n_fitted} fits, {run.n_reused} reused, "
         f"{setup['seconds']} s):")
-    log(format_table(table, list(table[0])))
-    log("\n" + format_table(table, list(table[0]), markdown=True))
+    log(format_table(table, list(table[0]), **TABLE_STYLE))
+    log("\n" + format_table(table, list(table[0]), markdown=True, **TABLE_STYLE))
     log.write(out / "log.txt")
     log(f"\nwrote {out}")
     return 0

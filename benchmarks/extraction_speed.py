@@ -27,6 +27,11 @@ images at input size 96 (VGG16, 5 block pools), each in a fresh child process.
     python benchmarks/extraction_speed.py                 # speed (about 10 min on 2 busy cores)
     python benchmarks/extraction_speed.py --parts memory  # peak RSS, 1,000 and 10,000 images at 96px
     python benchmarks/extraction_speed.py --replot        # redraw the charts from OUT/results-*.json
+
+One file of about 550 lines, on purpose: a benchmark is read top to bottom as the
+record of what was measured (its three runs, the memory children, their charts);
+what the scripts share is in the `_args`, `_data`, `_measure`, `_machine` and
+`_output` modules beside it.
 """
 
 from __future__ import annotations
@@ -45,25 +50,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
-    CIFAR10_DIR,
-    GIB,
-    VGG16_WEIGHTS,
-    RunLog,
-    Stopwatch,
-    bar_chart,
-    base_parser,
-    cifar_subset,
-    comma_list,
-    format_table,
-    quiet_tensorflow,
-    read_results,
-    read_vmhwm,
-    require_path,
-    run_child_measuring_rss,
-    write_csv,
-    write_json,
-)
+from _args import CIFAR10_DIR, VGG16_WEIGHTS, base_parser, quiet_tensorflow, require_path  # noqa: E402
+from _data import cifar_subset  # noqa: E402
+from _measure import GIB, Stopwatch, read_vmhwm, run_child_measuring_rss  # noqa: E402
+from _output import RunLog, bar_chart, read_results, write_csv, write_json  # noqa: E402
+from layerprobe.pipeline.cli import comma_list  # noqa: E402
+from layerprobe.pipeline.tables import format_table, significant  # noqa: E402
+
+TABLE_STYLE = {"float_format": significant, "missing": "-"}  # 3 significant digits, "-" for no value
 
 SCRIPT = "extraction_speed"
 MEMORY_LIMIT_BYTES = 3 * GIB
@@ -538,14 +532,14 @@ def main(argv=None) -> int:
                 "model", "layerprobe_img_s", "layerprobe_first_img_s", "naive_img_s", "limit_img_s", "cache_hit_s",
                 "layerprobe_over_naive", "layerprobe_over_limit",
                 "cpu_layerprobe_over_naive", "cpu_layerprobe_over_limit",
-            ]))
+            ], **TABLE_STYLE))
             log("\nlayerprobe time by stage (s, best run):")
             stage_columns = [
                 key for key in summary_rows[0]
                 if key.startswith("layerprobe_") and key.endswith("_s")
                 and key not in ("layerprobe_img_s", "layerprobe_first_img_s", "layerprobe_cpu_s")
             ]
-            log(format_table(summary_rows, ["model", *stage_columns, "trace_s", "trace_cpu_s"]))
+            log(format_table(summary_rows, ["model", *stage_columns, "trace_s", "trace_cpu_s"], **TABLE_STYLE))
             plot_speed(summary_rows, log.info, args.out / "speed.png")
         if "memory" in parts:
             memory_rows = memory_part(args, workdir, log)
@@ -554,7 +548,7 @@ def main(argv=None) -> int:
             log(format_table(memory_rows, [
                 "n_images", "input_size", "peak_rss_gib", "rss_after_model_build_gib", "extraction_adds_gib",
                 "vs_smallest", "under_3gib", "within_20pct", "extract_seconds", "img_s",
-            ]))
+            ], **TABLE_STYLE))
             plot_memory(memory_rows, log.info, args.out / "memory.png")
     finally:
         if args.workdir is None:

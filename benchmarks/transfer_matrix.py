@@ -36,6 +36,10 @@ stage depth, similar vs dissimilar), `results.json`, `log.txt`; caches in
     python benchmarks/transfer_matrix.py            # the full run: 42 min wall, 36 min CPU on 2 shared cores
     python benchmarks/transfer_matrix.py --quick    # smoke run on a few images, into OUT/quick
     python benchmarks/transfer_matrix.py --replot   # redraw and reprint from OUT/results.json
+
+One file of about 480 lines, on purpose: a benchmark is read top to bottom as the
+record of what was measured; what the scripts share is in the `_args`, `_data`,
+`_measure`, `_machine` and `_output` modules beside it.
 """
 
 from __future__ import annotations
@@ -54,19 +58,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
-    CIFAR10_DIR,
-    RunLog,
-    Stopwatch,
-    base_parser,
-    cpu_seconds,
-    format_table,
-    quiet_tensorflow,
-    read_results,
-    require_path,
-    write_csv,
-    write_json,
-)
+from _args import CIFAR10_DIR, base_parser, quiet_tensorflow, require_path  # noqa: E402
+from _measure import Stopwatch, cpu_seconds  # noqa: E402
+from _output import RunLog, read_results, write_csv, write_json  # noqa: E402
+from layerprobe.pipeline.tables import format_table, significant  # noqa: E402
+
+TABLE_STYLE = {"float_format": significant, "missing": "-"}  # 3 significant digits, "-" for no value
 
 SCRIPT = "transfer_matrix"
 VEHICLES = ("airplane", "automobile", "ship", "truck")
@@ -423,11 +420,12 @@ def report(data: Mapping[str, Any], out: Path, log: Callable[[str], None]) -> No
     write_csv(rows, out / "long.csv")
     write_csv(matrix, out / "matrix.csv")
     log("\nsource networks (held-out A test images, inference mode):")
-    log(format_table(data["sources"], ["similarity", "A", "n_train", "epochs", "accuracy", "chance", "train_s"]))
+    log(format_table(data["sources"], ["similarity", "A", "n_train", "epochs", "accuracy", "chance", "train_s"],
+                     **TABLE_STYLE))
     log("\nlong table (test accuracy on B):")
-    log(format_table(rows, LONG_COLUMNS))
+    log(format_table(rows, LONG_COLUMNS, **TABLE_STYLE))
     log("\nmatrix:")
-    log(format_table(matrix, MATRIX_COLUMNS))
+    log(format_table(matrix, MATRIX_COLUMNS, **TABLE_STYLE))
     log("\n" + two_by_two(matrix))
     log(f"\n{plot(rows, data['machine'], out / 'depth.png')}")
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from layerprobe.features.checks import check_positive_int
+
 __all__ = ["Advice", "SIMILARITY_TOLERANCE", "SMALL_DATASET_SAMPLES_PER_CLASS", "SimilarityVerdict", "recommend"]
 
 SMALL_DATASET_SAMPLES_PER_CLASS = 1000
@@ -201,12 +203,10 @@ def recommend(results: pd.DataFrame, *, n_train: int, n_classes: int, smallest_c
         An :class:`Advice`; `text` is markdown that cites the table's numbers.
 
     Raises:
-        ValueError: If `n_train` or `n_classes` is not positive.
+        ValueError: If `n_train` or `n_classes` is not a positive integer.
     """
-    if n_train < 1 or n_classes < 1:
-        raise ValueError(
-            f"n_train and n_classes must be positive. Received: n_train={n_train}, n_classes={n_classes}"
-        )
+    check_positive_int("n_train", n_train)
+    check_positive_int("n_classes", n_classes)
     per_class = n_train / n_classes
     small = per_class < SMALL_DATASET_SAMPLES_PER_CLASS
     lines = [_regime_text(n_train, n_classes, smallest_class)]

@@ -3,13 +3,16 @@
 The functions here only ever see the training split. Hyperparameters are chosen
 by cross-validation inside the training data; the held-out test split is scored
 once, afterwards, with :func:`layerprobe.pipeline.evaluate.evaluate`.
+
+Errors: features or labels that cannot be used raise `InputError` (a
+`ValueError`); unknown names, grid keys or parameter values raise `ValueError`,
+as scikit-learn does for its parameters.
 """
 
 from __future__ import annotations
 
-import difflib
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -24,15 +27,18 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
+from layerprobe.features.checks import did_you_mean, is_positive_int, unknown_name_message
+from layerprobe.features.errors import InputError
+
 __all__ = [
     "CLASSIFIERS",
     "PREPROCESSING",
     "ClassifierSpec",
     "FitResult",
+    "build_probe_pipeline",
     "check_features",
     "fit_classifier",
-    "make_pipeline",
-    "unknown_name_error",
+    "prefix_param_grid",
 ]
 
 ParamGrid = Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]]
@@ -140,18 +146,7 @@ class FitResult:
     fit_seconds: float
 
 
-def unknown_name_error(what: str, name: Any, valid: Iterable[str]) -> ValueError:
-    """The error for an unknown name: the closest valid one as a suggestion, and the full list."""
-    valid = sorted(valid)
-    close = difflib.get_close_matches(str(name), valid, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return ValueError(
-        f"Unknown {what} {name!r}.{hint} Valid names are: {', '.join(map(repr, valid))}. "
-        f"Received: {what}={name!r}"
-    )
-
-
-def make_pipeline(
+def build_probe_pipeline(
     classifier: str,
     *,
     preprocessing: str | Sequence[str] | None = ("standardize",),
@@ -174,18 +169,18 @@ def make_pipeline(
         ValueError: If a classifier or preprocessing name is unknown or repeated.
 
     Example:
-        >>> make_pipeline("logreg", preprocessing=("standardize", "l2")).named_steps.keys()
+        >>> build_probe_pipeline("logreg", preprocessing=("standardize", "l2")).named_steps.keys()
         dict_keys(['standardize', 'l2', 'clf'])
     """
     if classifier not in CLASSIFIERS:
-        raise unknown_name_error("classifier", classifier, CLASSIFIERS)
+        raise ValueError(unknown_name_message("classifier", classifier, CLASSIFIERS))
     if preprocessing is None:
         preprocessing = ()
     elif isinstance(preprocessing, str):
         preprocessing = (preprocessing,)
     for name in preprocessing:
         if name not in PREPROCESSING:
-            raise unknown_name_error("preprocessing", name, PREPROCESSING)
+            raise ValueError(unknown_name_message("preprocessing", name, PREPROCESSING))
     if len(set(preprocessing)) != len(preprocessing):
         raise ValueError(
             "Each preprocessing step may appear only once; remove the repeated name. "
@@ -210,22 +205,22 @@ def check_features(X: Any, *, name: str = "X", sample_ids: Sequence[Any] | None 
         ``X`` as a numpy array.
 
     Raises:
-        ValueError: If ``X`` has the wrong shape or dtype, or holds NaN or inf.
+        InputError: (a ``ValueError``) If ``X`` has the wrong shape or dtype, or holds NaN or inf.
     """
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(
+        raise InputError(
             f"{name} must be a non-empty 2-D array of shape (n_samples, n_features); "
             f"flatten pooled features to one row per sample. Received: {name} with shape {X.shape}"
         )
     if not np.issubdtype(X.dtype, np.number):
-        raise ValueError(f"{name} must hold numbers. Received: {name} with dtype {X.dtype}")
+        raise InputError(f"{name} must hold numbers. Received: {name} with dtype {X.dtype}")
     bad = ~np.isfinite(X)
     if bad.any():
         bad_rows = np.flatnonzero(bad.any(axis=1))
         bad_cols = np.flatnonzero(bad.any(axis=0))
         first = bad_rows[:5].tolist() if sample_ids is None else [str(sample_ids[i]) for i in bad_rows[:5]]
-        raise ValueError(
+        raise InputError(
             f"{name} contains {int(bad.sum())} NaN or inf values in {bad_rows.size} row(s) "
             f"and {bad_cols.size} column(s) (first bad {'rows' if sample_ids is None else 'samples'}: "
             f"{first}). No classifier can be fitted on them. Float16 storage turns values beyond "
@@ -240,19 +235,19 @@ def _check_training_data(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray, int]:
     X = check_features(X, name="X_train")
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] != X.shape[0]:
-        raise ValueError(
+        raise InputError(
             "y_train must be 1-D with one label per row of X_train. "
             f"Received: X_train with shape {X.shape}, y_train with shape {y.shape}"
         )
     classes, counts = np.unique(y, return_counts=True)
     if classes.size < 2:
-        raise ValueError(
+        raise InputError(
             "y_train must contain at least 2 classes to train a classifier. "
             f"Received: y_train with classes {classes.tolist()}"
         )
     if counts.min() < 2:
         cls, count = classes.tolist()[counts.argmin()], counts.min()
-        raise ValueError(
+        raise InputError(
             f"Class {cls!r} has {count} training sample(s); every class needs at least 2 "
             "for stratified cross-validation. Add samples or drop the class. "
             f"Received: y_train with class counts {dict(zip(classes.tolist(), counts.tolist()))}"
@@ -260,21 +255,42 @@ def _check_training_data(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray, int]:
     return X, y, int(counts.min())
 
 
-def _prefix_grid(param_grid: ParamGrid, estimator: Pipeline) -> list[dict[str, Sequence[Any]]]:
-    """Adds ``"clf__"`` to bare keys and checks every key names a pipeline parameter."""
+def prefix_param_grid(param_grid: ParamGrid, estimator: Pipeline) -> list[dict[str, Sequence[Any]]]:
+    """The grid(s) with ``"clf__"`` added to bare keys, every key checked against the pipeline.
+
+    The one check of grid keys: `fit_classifier` and the `[classifiers.grids]`
+    section of an experiment config both use it.
+
+    Args:
+        param_grid: A grid or a list of grids. Classifier keys may omit the
+            ``"clf__"`` prefix; other steps use scikit-learn's ``"pca__n_components"`` form.
+        estimator: The pipeline the grid is for (from :func:`build_probe_pipeline`).
+
+    Returns:
+        A list of grids with full keys.
+
+    Raises:
+        ValueError: Naming the unknown keys, the closest valid one and every valid key.
+    """
     grids = [param_grid] if isinstance(param_grid, Mapping) else list(param_grid)
     valid = {key for key in estimator.get_params(deep=True) if "__" in key}
-    prefixed = []
+    names = sorted(key.removeprefix("clf__") for key in valid)
+    prefixed, unknown = [], []
     for grid in grids:
         full = {}
         for key, values in grid.items():
             full_key = key if "__" in key else f"clf__{key}"
             if full_key not in valid:
-                raise unknown_name_error(
-                    "param_grid key", key, {k.removeprefix("clf__") for k in valid}
-                )
+                unknown.append(key)
             full[full_key] = values
         prefixed.append(full)
+    if unknown:
+        classifier = type(estimator.named_steps["clf"]).__name__
+        raise ValueError(
+            f"Unknown param_grid key(s) {unknown} for {classifier}.{did_you_mean(unknown[0], names)} "
+            f"Valid keys are: {', '.join(map(repr, names))} (steps other than the classifier need their "
+            f"prefix, e.g. 'pca__n_components', and that step in the pipeline). Received: param_grid={param_grid!r}"
+        )
     return prefixed
 
 
@@ -302,8 +318,8 @@ def fit_classifier(
         param_grid: Grid (or list of grids) to search. Classifier keys may omit the
             ``"clf__"`` prefix (``{"C": [0.1, 1]}``); other steps use sklearn's form
             (``{"pca__n_components": [32, 64]}``). ``None`` uses the registry default.
-        preprocessing: See :func:`make_pipeline`.
-        pca_components: See :func:`make_pipeline`.
+        preprocessing: See :func:`build_probe_pipeline`.
+        pca_components: See :func:`build_probe_pipeline`.
         cv: Number of folds, lowered to the smallest class count if needed.
         n_jobs: Parallel fits, passed to joblib through ``GridSearchCV``.
         random_state: Seed for the fold shuffle, PCA and the classifier.
@@ -312,18 +328,19 @@ def fit_classifier(
         A :class:`FitResult`; the same data and seed give the same estimator.
 
     Raises:
-        ValueError: If the data are malformed or non-finite, a class has fewer than
-            2 samples, a name or grid key is unknown, or ``cv`` is below 2.
+        InputError: (a ``ValueError``) If the data are malformed or non-finite,
+            or a class has fewer than 2 samples.
+        ValueError: If a name or grid key is unknown, or ``cv`` is below 2.
 
     Example:
         >>> result = fit_classifier(X_train, y_train, "logreg", param_grid={"C": [0.1, 1]})
         >>> sorted(result.best_params)
         ['C']
     """
-    if isinstance(cv, bool) or not isinstance(cv, int) or cv < 2:
+    if not (is_positive_int(cv) and cv >= 2):
         raise ValueError(f"cv must be an integer of at least 2. Received: cv={cv!r}")
     X, y, smallest_class = _check_training_data(X_train, y_train)
-    estimator = make_pipeline(
+    estimator = build_probe_pipeline(
         classifier,
         preprocessing=preprocessing,
         pca_components=pca_components,
@@ -333,7 +350,7 @@ def fit_classifier(
         param_grid = CLASSIFIERS[classifier].param_grid
     search = GridSearchCV(
         estimator,
-        _prefix_grid(param_grid, estimator),
+        prefix_param_grid(param_grid, estimator),
         scoring="accuracy",
         cv=StratifiedKFold(
             n_splits=min(cv, smallest_class), shuffle=True, random_state=random_state

@@ -1,23 +1,36 @@
 """The `layerprobe` command line. The only place that turns exceptions into messages.
 
+    layerprobe [--verbose] COMMAND ...
+    layerprobe init [DIR] [--force]
     layerprobe layers MODEL [--input-size N]
     layerprobe extract --model VGG16 --weights PATH|imagenet|none --layers a,b --data DIR|CSV --store STORE
     layerprobe store ls|info|rm STORE [ENTRY...]
     layerprobe run [CONFIG.toml] [--out DIR] [--store DIR]
     layerprobe finetune CONFIG.toml [--out DIR] [--store DIR]
     layerprobe predict CLASSIFIER.joblib --data DIR|CSV [--out predictions.csv]
+
+Errors a user can fix (`LayerprobeError`, and a path given on the command line
+or in the config that is missing or not writable) are printed as
+`layerprobe COMMAND: error: ...` with exit status 2. Any other exception is a
+bug and keeps its traceback.
+
+TensorFlow's C++ start-up notices are muted (Keras is imported through
+`layerprobe.features.backend.import_keras_quietly`, and TF_CPP_MIN_LOG_LEVEL
+is 2 unless set); `--verbose` shows them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable, Sequence
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "comma_list", "main", "positive_int"]
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+_MAX_SKIPPED_PRINTED = 20
 
 
 def _command(name: str):
@@ -28,8 +41,22 @@ def _command(name: str):
     return register
 
 
-def _split_list(text: str) -> list[str]:
+def comma_list(text: str) -> list[str]:
+    """An argparse type: "a, b,c" -> ["a", "b", "c"] (empty items dropped)."""
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    from layerprobe.features.checks import is_positive_int
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if not is_positive_int(value):
+        raise argparse.ArgumentTypeError(f"expected a positive integer. Received: {text!r}")
+    return value
 
 
 def _weights(text: str) -> str | None:
@@ -42,18 +69,19 @@ def _weights(text: str) -> str | None:
 
 
 def _print_table(rows: Sequence[dict], columns: Sequence[str]) -> None:
-    import pandas as pd
+    from layerprobe.pipeline.tables import format_table
 
-    frame = pd.DataFrame(list(rows), columns=list(columns))
-    print(frame.to_string(index=False) if len(frame) else "(empty)")
+    print(format_table(rows, columns) if rows else "(none)")
 
 
-def _add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="VGG16", help="backbone name (see `layerprobe layers --list`)")
-    parser.add_argument(
-        "--weights", default="imagenet", type=_weights, help="imagenet | none | PATH to .weights.h5/.h5 (default: imagenet)"
-    )
-    parser.add_argument("--input-size", type=int, default=None, help="square input side (default: the model's)")
+@_command("init")
+def _init(args: argparse.Namespace) -> int:
+    from layerprobe.pipeline.config import write_example_config
+
+    path = write_example_config(args.directory, force=args.force)
+    print(f"wrote {path}: every key with its default and a comment. Set [data] path to your images "
+          f"(a folder with one subfolder per class), then: layerprobe run {path}")
+    return 0
 
 
 @_command("layers")
@@ -89,16 +117,18 @@ def _layers(args: argparse.Namespace) -> int:
 
 @_command("extract")
 def _extract(args: argparse.Namespace) -> int:
+    from layerprobe.features.backend import import_keras_quietly
     from layerprobe.features.extract import FeatureExtractor
     from layerprobe.features.inputs import open_dataset
     from layerprobe.features.store import FeatureStore
 
     dataset = open_dataset(args.data)
     store = FeatureStore(args.store)
+    import_keras_quietly()
     extractor = FeatureExtractor(
         args.model,
         weights=args.weights,
-        layers=_split_list(args.layers),
+        layers=args.layers,
         pooling=args.pooling,
         input_size=args.input_size,
         batch_size=args.batch_size,
@@ -110,10 +140,10 @@ def _extract(args: argparse.Namespace) -> int:
     report = extractor.extract(
         dataset, store, chunk_size=args.chunk_size, n_workers=args.workers, progress=not args.no_progress, log=print
     )
-    for sample_id, reason in report.skipped[:20]:
+    for sample_id, reason in report.skipped[:_MAX_SKIPPED_PRINTED]:
         print(f"skipped  {sample_id}: {reason}")
-    if len(report.skipped) > 20:
-        print(f"skipped  ... and {len(report.skipped) - 20} more (`layerprobe store info` lists them all)")
+    if len(report.skipped) > _MAX_SKIPPED_PRINTED:
+        print(f"skipped  ... and {len(report.skipped) - _MAX_SKIPPED_PRINTED} more (`layerprobe store info` lists them all)")
     print(report.summary())
     print(f"store: {store.root}")
     return 0
@@ -121,6 +151,7 @@ def _extract(args: argparse.Namespace) -> int:
 
 @_command("store")
 def _store(args: argparse.Namespace) -> int:
+    from layerprobe.features.errors import InputError
     from layerprobe.features.store import FeatureStore
 
     store = FeatureStore(args.store)
@@ -129,7 +160,10 @@ def _store(args: argparse.Namespace) -> int:
         _print_table(rows, ["entry", "backbone", "layer", "pooling", "input_size", "n_samples", "n_skipped", "size_mb", "status"])
         return 0 if all(row["status"] == "ok" for row in rows) else 1
     if not args.entries:
-        raise ValueError(f"`layerprobe store {args.action}` needs an entry name; `layerprobe store ls {args.store}` lists them.")
+        raise InputError(
+            f"`layerprobe store {args.action}` needs an entry name; `layerprobe store ls {args.store}` lists them. "
+            f"Received: no ENTRY"
+        )
     for name in args.entries:
         if args.action == "info":
             info = store.info(name)
@@ -167,40 +201,83 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+class _FinetuneHelp(argparse.Action):
+    """`layerprobe finetune --help`: the usual help, then every [finetune] key with its default.
+
+    The keys come from `FinetuneConfig`, whose package imports Keras: they are
+    read only when this help is asked for.
+    """
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from layerprobe.pipeline.config.template import finetune_keys_help
+
+        parser.epilog = finetune_keys_help()
+        parser.print_help()
+        parser.exit()
+
+
+def _add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="VGG16", help="backbone name (see `layerprobe layers --list`)")
+    parser.add_argument(
+        "--weights", default="imagenet", type=_weights, help="imagenet | none | PATH to .weights.h5/.h5 (default: imagenet)"
+    )
+    parser.add_argument("--input-size", type=positive_int, default=None, help="square input side (default: the model's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The `layerprobe` argument parser; pooling and dtype choices come from their registries."""
+    from layerprobe.features.extract import STORAGE_DTYPES
+    from layerprobe.features.truncate import POOLINGS
+
+    verbose_help = "show TensorFlow's start-up notices (sets LAYERPROBE_VERBOSE=1)"
     parser = argparse.ArgumentParser(
         prog="layerprobe",
         description="Transfer learning from pretrained Keras applications: cached layer features, classifiers, finetuning.",
     )
+    parser.add_argument("--verbose", action="store_true", help=verbose_help)
+    common = argparse.ArgumentParser(add_help=False)  # --verbose after the command too
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    layers = commands.add_parser("layers", help="list the selectable layers of a backbone")
+    init = commands.add_parser(
+        "init", parents=[common], help="write a commented example config (layerprobe.toml) for a folder of images"
+    )
+    init.add_argument("directory", nargs="?", default=".", help="folder to write layerprobe.toml in (default: .)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing layerprobe.toml")
+
+    layers = commands.add_parser("layers", parents=[common], help="list the selectable layers of a backbone")
     layers.add_argument("model", nargs="?", help="backbone name; omit (or --list) to list backbones")
-    layers.add_argument("--input-size", type=int, default=None)
+    layers.add_argument("--input-size", type=positive_int, default=None)
     layers.add_argument("--all", action="store_true", help="show every layer, not only the cut layers")
     layers.add_argument("--list", action="store_true", help="list the registered backbones")
 
-    extract = commands.add_parser("extract", help="extract layer features into a feature store")
+    extract = commands.add_parser("extract", parents=[common], help="extract layer features into a feature store")
     _add_extraction_arguments(extract)
-    extract.add_argument("--layers", default="top", help="comma-separated names, aliases (stages, stageK, top) or depths")
-    extract.add_argument("--pooling", default="avg", choices=["avg", "max", "flatten", "none"])
+    extract.add_argument("--layers", default=["top"], type=comma_list,
+                         help="comma-separated names, aliases (stages, stageK, top) or depths")
+    extract.add_argument("--pooling", default=POOLINGS[0], choices=POOLINGS)
     extract.add_argument("--data", required=True, help="image folder (class subfolders, optionally under train/val/test) or CSV")
     extract.add_argument("--store", required=True, help="feature store directory (created if missing)")
-    extract.add_argument("--batch-size", type=int, default=32)
-    extract.add_argument("--chunk-size", type=int, default=None, help="samples per committed chunk (multiple of batch size)")
-    extract.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="storage dtype")
+    extract.add_argument("--batch-size", type=positive_int, default=32)
+    extract.add_argument("--chunk-size", type=positive_int, default=None,
+                         help="samples per committed chunk (multiple of batch size)")
+    extract.add_argument("--dtype", default=STORAGE_DTYPES[0], choices=STORAGE_DTYPES, help="storage dtype")
     extract.add_argument("--mixed-precision", action="store_true", help="mixed_float16 forward pass (GPU)")
-    extract.add_argument("--workers", type=int, default=None, help="image decoding threads")
+    extract.add_argument("--workers", type=positive_int, default=None, help="image decoding threads")
     extract.add_argument("--no-progress", action="store_true")
 
-    store = commands.add_parser("store", help="list, inspect or delete feature store entries")
+    store = commands.add_parser("store", parents=[common], help="list, inspect or delete feature store entries")
     store.add_argument("action", choices=["ls", "info", "rm"])
     store.add_argument("store", help="feature store directory")
     store.add_argument("entries", nargs="*", help="entry names (or unique digest prefixes)")
     store.add_argument("--verify", action="store_true", help="with info: check the features against their checksum")
 
     run = commands.add_parser(
-        "run", help="run an experiment config (or, without one, the embedded digits demo): features, classifiers, report"
+        "run", parents=[common],
+        help="run an experiment config (or, without one, the embedded digits demo): features, classifiers, report",
     )
     run.add_argument("config", nargs="?", help="TOML experiment config; omit to run the embedded default experiment")
     run.add_argument("--out", default=None, help="output directory (default: the config's [output] dir, or layerprobe-out)")
@@ -208,15 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true")
 
     finetune = commands.add_parser(
-        "finetune",
+        "finetune", parents=[common], add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,
         help="run only the [finetune] stage of a config; its rows replace those of its modes in the run's results table",
+        description="Run only the [finetune] stage of a config: train end to end (finetune and/or scratch), score\n"
+                    "once on the test split; the rows replace those of the same modes in the run's results table.",
     )
+    finetune.add_argument("-h", "--help", action=_FinetuneHelp, help="show this help, with every [finetune] key, and exit")
     finetune.add_argument("config", help="TOML experiment config with a [finetune] section")
     finetune.add_argument("--out", default=None, help="output directory (default: the config's [output] dir)")
     finetune.add_argument("--store", default=None, help="feature store of the kept rows (default: the config's)")
     finetune.set_defaults(no_progress=True)  # no extraction, so no progress bars
 
-    predict = commands.add_parser("predict", help="predict new images with a classifier saved by `layerprobe run`")
+    predict = commands.add_parser("predict", parents=[common], help="predict new images with a classifier saved by `layerprobe run`")
     predict.add_argument("classifier", help="a .joblib file from a run's models/ folder")
     predict.add_argument("--data", required=True, help="image folder (class subfolders, or just images: predicted unlabelled) or CSV")
     predict.add_argument("--out", default="predictions.csv", help="predictions CSV (default: predictions.csv)")
@@ -225,15 +305,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_backend(*, verbose: bool) -> None:
+    """Before any Keras import: show TensorFlow's notices with --verbose, mute its C++ logging otherwise."""
+    if verbose:
+        os.environ["LAYERPROBE_VERBOSE"] = "1"
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `layerprobe` console script."""
     args = build_parser().parse_args(argv)
-    from layerprobe.features.store import StoreError
-    from layerprobe.features.weights import WeightsUnavailableError
+    _quiet_backend(verbose=args.verbose)
+    from layerprobe.features.errors import LayerprobeError
 
     try:
         return _COMMANDS[args.command](args)
-    except (ValueError, StoreError, WeightsUnavailableError, FileNotFoundError, PermissionError) as error:
+    # A path the user gave (config, data, store, output folder, classifier file) that is missing or not
+    # writable: the OS's message names it, and the user can fix it. Everything else is a bug: traceback.
+    except (LayerprobeError, FileNotFoundError, PermissionError) as error:
         print(f"layerprobe {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -27,15 +27,15 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
+from layerprobe.features.atomic import temporary_path, write_atomically, write_text_atomically
+from layerprobe.features.backend import import_keras_quietly
 from layerprobe.features.inputs import ImageDataset, from_arrays
 from layerprobe.pipeline.config import ExperimentConfig, config_from_dict
-from layerprobe.pipeline.persistence import write_atomically
 from layerprobe.pipeline.run import RunResult, run_experiment
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def write_target_images(root: Path) -> Path:
     images, labels = _digits()
     _, target = _halves(labels)
     splits = _split_names(labels[target], TRAIN_PER_CLASS * len(CLASS_NAMES))
-    tmp = root.with_name(f".{root.name}.{uuid.uuid4().hex}.tmp")
+    tmp = temporary_path(root)  # a folder: written whole under this name, then renamed
     for index, split in zip(target, splits):
         folder = tmp / split / str(labels[index])
         folder.mkdir(parents=True, exist_ok=True)
@@ -141,8 +141,7 @@ def pretrain_source(
         RuntimeError: If the held-out accuracy is below `min_accuracy` (its
             features would be meaningless).
     """
-    import keras
-
+    keras = import_keras_quietly()
     from layerprobe.pipeline.finetune import evaluate_model, train_from_scratch
 
     model_kwargs = dict(model_kwargs or {})
@@ -176,16 +175,19 @@ def pretrain_source(
             f"or training did not converge; see {result.history_path}."
         )
     backbone = next(layer for layer in result.model.layers if isinstance(layer, keras.Model))
-    tmp = weights_path.with_name(f".{uuid.uuid4().hex}.weights.h5")  # Keras wants the suffix
-    try:
-        backbone.save_weights(tmp)
-        os.replace(tmp, weights_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def save_weights(tmp: Path) -> None:
+        staged = tmp.with_name(f"{tmp.name}.weights.h5")  # Keras wants the suffix
+        try:
+            backbone.save_weights(staged)
+            os.replace(staged, tmp)
+        finally:
+            staged.unlink(missing_ok=True)
+
+    write_atomically(weights_path, save_weights)
     facts = {"accuracy": scores["accuracy"], "n_test": scores["n_test"],
              "fit_seconds": result.fit_seconds, "settings": settings}
-    text = json.dumps(facts, indent=2)
-    write_atomically(facts_path, lambda path: path.write_text(text, encoding="utf-8"))
+    write_text_atomically(facts_path, json.dumps(facts, indent=2))
     return weights_path, facts
 
 
@@ -196,6 +198,7 @@ def train_source_weights(directory: Path, *, log: Callable[[str], None] = print)
         RuntimeError: If its held-out accuracy in inference mode is below
             `MIN_SOURCE_ACCURACY` (its features would be meaningless).
     """
+    import_keras_quietly()  # the finetune package imports Keras
     from layerprobe.pipeline.finetune import FinetuneConfig
 
     options = FinetuneConfig(

@@ -16,6 +16,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
+from layerprobe.features.errors import InputError
 from layerprobe.pipeline.classifiers import check_features
 
 __all__ = ["Scores", "check_labels", "evaluate"]
@@ -64,18 +65,19 @@ def check_labels(y: Any, class_names: Sequence[str], *, name: str = "y") -> np.n
         ``y`` as an integer numpy array.
 
     Raises:
-        ValueError: If ``y`` is not 1-D or holds anything but ``0 .. len(class_names) - 1``.
+        InputError: (a ``ValueError``) If ``y`` is not 1-D or holds anything but
+            ``0 .. len(class_names) - 1``.
     """
     y = np.asarray(y)
     n_classes = len(class_names)
     if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or y.size == 0):
-        raise ValueError(
+        raise InputError(
             f"{name} must be a 1-D array of integer class indices. "
             f"Received: {name} with shape {y.shape} and dtype {y.dtype}"
         )
     outside = np.setdiff1d(y, np.arange(n_classes))
     if outside.size:
-        raise ValueError(
+        raise InputError(
             f"{name} holds labels outside 0..{n_classes - 1}, the indices of class_names; "
             "encode labels as positions in class_names. "
             f"Received: {name} with unexpected labels {outside[:10].tolist()}"
@@ -101,18 +103,19 @@ def evaluate(
         The :class:`Scores`.
 
     Raises:
-        ValueError: If the features are malformed or non-finite, the lengths differ,
-            or a true or predicted label is not an index into ``class_names``.
+        InputError: (a ``ValueError``) If the features are malformed or
+            non-finite, the lengths differ, or a true or predicted label is not
+            an index into ``class_names``.
     """
     class_names = [str(name) for name in class_names]
     if not class_names or len(set(class_names)) != len(class_names):
-        raise ValueError(
+        raise InputError(
             f"class_names must be non-empty and unique. Received: class_names={class_names!r}"
         )
     X_test = check_features(X_test, name="X_test")
     y_test = check_labels(y_test, class_names, name="y_test")
     if y_test.shape[0] != X_test.shape[0]:
-        raise ValueError(
+        raise InputError(
             "y_test must have one label per row of X_test. "
             f"Received: X_test with shape {X_test.shape}, y_test with shape {y_test.shape}"
         )

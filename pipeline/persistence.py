@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -23,9 +22,11 @@ import numpy as np
 import pandas as pd
 import sklearn
 
+from layerprobe.features.atomic import write_atomically
+from layerprobe.features.errors import InputError
 from layerprobe.pipeline.evaluate import check_labels
 
-__all__ = ["FORMAT_VERSION", "load_classifier", "save_classifier", "write_atomically", "write_predictions"]
+__all__ = ["FORMAT_VERSION", "load_classifier", "read_sidecar", "save_classifier", "write_predictions"]
 
 FORMAT_VERSION = 1
 """Version of the saved-classifier layout; readers refuse other versions."""
@@ -37,23 +38,6 @@ _ADDED_KEYS = ("format_version", "layerprobe_version", "sklearn_version", "creat
 def _stem(path: str | os.PathLike) -> Path:
     path = Path(path)
     return path.with_suffix("") if path.suffix in _SUFFIXES else path
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Calls ``write`` on a temporary file beside ``path``, syncs it, then renames it to ``path``.
-
-    Readers see the old file or the complete new one, never a half-written one,
-    even if the process is killed; a failed ``write`` leaves ``path`` untouched.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _json_default(value: Any) -> Any:
@@ -117,20 +101,16 @@ def save_classifier(
     return model_path
 
 
-def load_classifier(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
-    """Loads an estimator saved by :func:`save_classifier`, with its sidecar.
-
-    Loading runs pickle: only load files you trust.
+def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
+    """The sidecar of a classifier saved by :func:`save_classifier`, without loading the estimator.
 
     Args:
         path: The ``.joblib`` file, the ``.json`` sidecar or their common stem.
 
-    Returns:
-        ``(estimator, sidecar)``.
-
     Raises:
         FileNotFoundError: If the estimator or the sidecar file is missing.
-        ValueError: If the sidecar is not valid JSON or has an unknown format version.
+        InputError: (a ``ValueError``) If the sidecar is not valid JSON or has
+            an unknown format version.
     """
     stem = _stem(path)
     model_path, sidecar_path = stem.with_suffix(".joblib"), stem.with_suffix(".json")
@@ -148,19 +128,39 @@ def load_classifier(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     try:
         sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(
+        raise InputError(
             f"The sidecar {sidecar_path} is corrupt ({error}). Delete both "
             f"{stem.name}.joblib and {stem.name}.json and fit and save the classifier again. "
             f"Received: path={str(path)!r}"
         ) from error
     found = sidecar.get("format_version") if isinstance(sidecar, dict) else None
     if found != FORMAT_VERSION:
-        raise ValueError(
+        raise InputError(
             f"The sidecar {sidecar_path} has format_version {found!r}; this layerprobe reads "
             f"version {FORMAT_VERSION}. Save the classifier again with this version. "
             f"Received: path={str(path)!r}"
         )
-    return joblib.load(model_path), sidecar
+    return sidecar
+
+
+def load_classifier(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+    """Loads an estimator saved by :func:`save_classifier`, with its sidecar.
+
+    Loading runs pickle: only load files you trust.
+
+    Args:
+        path: The ``.joblib`` file, the ``.json`` sidecar or their common stem.
+
+    Returns:
+        ``(estimator, sidecar)``.
+
+    Raises:
+        FileNotFoundError: If the estimator or the sidecar file is missing.
+        InputError: (a ``ValueError``) If the sidecar is not valid JSON or has
+            an unknown format version.
+    """
+    sidecar = read_sidecar(path)
+    return joblib.load(_stem(path).with_suffix(".joblib")), sidecar
 
 
 def write_predictions(
@@ -190,8 +190,8 @@ def write_predictions(
         The path written.
 
     Raises:
-        ValueError: If a label is not an index into ``class_names`` or the lengths
-            or shapes disagree.
+        InputError: (a ``ValueError``) If a label is not an index into
+            ``class_names`` or the lengths or shapes disagree.
     """
     names = np.asarray([str(name) for name in class_names], dtype=object)
     y_pred = check_labels(y_pred, class_names, name="y_pred")
@@ -208,7 +208,7 @@ def write_predictions(
     if proba is not None:
         proba = np.asarray(proba, dtype=float)
         if proba.shape != (n_samples, len(class_names)):
-            raise ValueError(
+            raise InputError(
                 "proba must have shape (n_samples, n_classes). "
                 f"Received: proba with shape {proba.shape}, {n_samples} sample_ids and "
                 f"{len(class_names)} class_names"
@@ -216,7 +216,7 @@ def write_predictions(
         columns.update({f"proba_{name}": proba[:, i] for i, name in enumerate(names)})
     lengths = {key: len(value) for key, value in columns.items()}
     if len(set(lengths.values())) != 1:
-        raise ValueError(
+        raise InputError(
             f"sample_ids, y_true and y_pred must have the same length. Received: lengths {lengths}"
         )
     path = Path(path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from layerprobe.pipeline.persistence import write_atomically
+from layerprobe.features.atomic import write_atomically
 
 __all__ = ["plot_depth"]
 

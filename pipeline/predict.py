@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from layerprobe.features.backend import import_keras_quietly
+from layerprobe.features.errors import InputError
 from layerprobe.features.extract import FeatureExtractor
 from layerprobe.features.inputs import open_images
 from layerprobe.features.store import FeatureSet, FeatureStore
@@ -49,7 +51,8 @@ def extractor_record(settings: dict[str, Any], layer: str, input_size: int) -> d
 
 
 def extractor_from_record(record: dict[str, Any]) -> FeatureExtractor:
-    """Rebuild the extractor described by :func:`extractor_record`."""
+    """Rebuild the extractor described by :func:`extractor_record` (Keras is imported quietly first)."""
+    import_keras_quietly()
     return FeatureExtractor(
         record["model"],
         weights=record["weights"],
@@ -97,13 +100,13 @@ def predict_images(
 
     Raises:
         FileNotFoundError: If the classifier or its sidecar is missing.
-        ValueError: If the sidecar was not written by a run, or the rebuilt
-            extractor makes different features than the classifier was trained on
-            (e.g. the weights file changed).
+        InputError: (a ``ValueError``) If the sidecar is corrupt or was not
+            written by a run, or the rebuilt extractor makes different features
+            than the classifier was trained on (e.g. the weights file changed).
     """
     estimator, sidecar = load_classifier(model_path)
     if "extractor" not in sidecar or "store_key" not in sidecar:
-        raise ValueError(
+        raise InputError(
             f"{model_path} was not saved by `layerprobe run`: its sidecar has no extractor record, so "
             f"its features cannot be rebuilt. Use a classifier from a run's models/ folder. "
             f"Received: sidecar keys {sorted(sidecar)}"
@@ -115,7 +118,7 @@ def predict_images(
     trained = sidecar["store_key"]
     changed = [name for name in _FEATURE_FIELDS if key.to_dict()[name] != trained[name]]
     if changed:
-        raise ValueError(
+        raise InputError(
             f"The features rebuilt for {model_path} differ from those it was trained on in {changed} "
             f"(e.g. the weights file {record['weights']} changed since). Rerun the experiment to "
             f"retrain it. Received: {({name: key.to_dict()[name] for name in changed})}"

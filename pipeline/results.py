@@ -17,9 +17,10 @@ from typing import Any
 
 import pandas as pd
 
-from layerprobe.pipeline.persistence import write_atomically
+from layerprobe.features.atomic import write_atomically, write_text_atomically
+from layerprobe.pipeline.tables import format_table
 
-__all__ = ["MODES", "RESULT_COLUMNS", "markdown_table", "results_frame", "write_results", "write_summary"]
+__all__ = ["MODES", "RESULT_COLUMNS", "ResultsTable", "results_frame", "write_results", "write_summary"]
 
 MODES = ("frozen", "finetune", "scratch")
 
@@ -93,23 +94,6 @@ def write_results(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
-def _cell(value: Any) -> str:
-    if pd.api.types.is_scalar(value) and pd.isna(value):
-        return ""
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
-    """A GitHub markdown table of `frame` (floats with 3 decimals), without extra dependencies."""
-    columns = [column for column in (columns or frame.columns) if column in frame.columns]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for values in frame[columns].itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(value) for value in values) + " |")
-    return "\n".join(lines)
-
-
 def write_summary(
     path: str | os.PathLike,
     frame: pd.DataFrame,
@@ -125,10 +109,41 @@ def write_summary(
         title: First-level heading.
         sections: Heading -> markdown body (e.g. the recommendation, skipped images).
     """
-    parts = [f"# {title}", "", "## Results", "", markdown_table(frame, _SUMMARY_COLUMNS), ""]
+    parts = [f"# {title}", "", "## Results", "", format_table(frame, _SUMMARY_COLUMNS, markdown=True), ""]
     for heading, body in sections.items():
         parts += [f"## {heading}", "", body.rstrip(), ""]
-    text = "\n".join(parts)
     path = Path(path)
-    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_text_atomically(path, "\n".join(parts))
     return path
+
+
+class ResultsTable:
+    """The rows of a run so far, rewritten to `path` (atomically) after every new row.
+
+    Attributes:
+        path: The `results.csv` file.
+        rows: Row dicts, in the order they were added.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The rows as a results table (see `results_frame`)."""
+        return results_frame(self.rows)
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        """Append a row and rewrite the file."""
+        self.rows.append(dict(row))
+        write_results(self.frame, self.path)
+
+    def keep_earlier_rows(self, *, except_modes: Sequence[str]) -> int:
+        """Start from the rows already in `path` whose mode is not in `except_modes`; returns how many.
+
+        `layerprobe finetune` replaces the rows of its modes and keeps the others.
+        """
+        if self.path.is_file():
+            self.rows = [row for row in pd.read_csv(self.path).to_dict("records") if row["mode"] not in except_modes]
+        return len(self.rows)

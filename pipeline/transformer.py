@@ -29,6 +29,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from layerprobe.features.backend import import_keras_quietly
 from layerprobe.features.errors import InputError
 from layerprobe.features.extract import FeatureExtractor
 from layerprobe.features.inputs import UNLABELLED, ImageDataset
@@ -65,6 +66,7 @@ def _shared_extractor(settings: dict[str, Any]) -> FeatureExtractor:
     if key in _extractors:
         _extractors.move_to_end(key)
         return _extractors[key]
+    import_keras_quietly()
     extractor = FeatureExtractor(**settings)
     _extractors[key] = extractor
     while len(_extractors) > _KEPT_EXTRACTORS:

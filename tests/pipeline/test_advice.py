@@ -54,8 +54,10 @@ def test_random_weights_are_a_baseline_not_a_source():
 
 
 def test_recommend_rejects_an_empty_training_split():
-    with pytest.raises(ValueError, match="n_train and n_classes must be positive"):
+    with pytest.raises(ValueError, match="`n_train` must be a positive integer. Received: n_train=0"):
         recommend(_table([0.5]), n_train=0, n_classes=2, smallest_class=0)
+    with pytest.raises(ValueError, match="`n_classes` must be a positive integer"):
+        recommend(_table([0.5]), n_train=4, n_classes=0, smallest_class=2)
 
 
 def test_plot_depth_writes_a_png_with_finetune_lines(tmp_path):

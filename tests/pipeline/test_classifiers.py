@@ -8,7 +8,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import Normalizer, StandardScaler
 
-from layerprobe.pipeline.classifiers import CLASSIFIERS, PREPROCESSING, fit_classifier, make_pipeline
+from layerprobe.features.errors import InputError
+from layerprobe.pipeline.classifiers import CLASSIFIERS, PREPROCESSING, build_probe_pipeline, fit_classifier
 
 
 @pytest.fixture
@@ -31,8 +32,8 @@ def test_registry_names_and_default_grids_are_valid():
         assert set(spec.param_grid) <= set(estimator.get_params())
 
 
-def test_make_pipeline_steps_in_order():
-    pipe = make_pipeline("logreg", preprocessing=("standardize", "l2"), pca_components=3,
+def test_build_probe_pipeline_steps_in_order():
+    pipe = build_probe_pipeline("logreg", preprocessing=("standardize", "l2"), pca_components=3,
                          random_state=7)
     assert list(pipe.named_steps) == ["standardize", "l2", "pca", "clf"]
     assert isinstance(pipe.named_steps["standardize"], StandardScaler)
@@ -40,8 +41,8 @@ def test_make_pipeline_steps_in_order():
     assert isinstance(pipe.named_steps["pca"], PCA)
     assert pipe.named_steps["pca"].random_state == 7
     assert isinstance(pipe.named_steps["clf"], LogisticRegression)
-    assert list(make_pipeline("sgd", preprocessing=None).named_steps) == ["clf"]
-    assert list(make_pipeline("sgd", preprocessing="l2").named_steps) == ["l2", "clf"]
+    assert list(build_probe_pipeline("sgd", preprocessing=None).named_steps) == ["clf"]
+    assert list(build_probe_pipeline("sgd", preprocessing="l2").named_steps) == ["l2", "clf"]
 
 
 @pytest.mark.parametrize(
@@ -54,7 +55,7 @@ def test_make_pipeline_steps_in_order():
 )
 def test_unknown_names_suggest_the_closest(kwargs, closest, valid):
     with pytest.raises(ValueError, match=f"Did you mean '{closest}'") as info:
-        make_pipeline(**kwargs)
+        build_probe_pipeline(**kwargs)
     message = str(info.value)
     assert all(repr(name) in message for name in valid)
     assert "Received:" in message
@@ -62,7 +63,7 @@ def test_unknown_names_suggest_the_closest(kwargs, closest, valid):
 
 def test_repeated_preprocessing_is_rejected():
     with pytest.raises(ValueError, match="only once"):
-        make_pipeline("logreg", preprocessing=("l2", "l2"))
+        build_probe_pipeline("logreg", preprocessing=("l2", "l2"))
 
 
 def test_grid_keys_are_prefixed_and_best_params_unprefixed(blobs):
@@ -133,7 +134,7 @@ def test_cv_sees_only_the_training_split(blobs, monkeypatch):
         assert rows <= train_rows and not rows & test_rows
     assert len(seen[-1]) == len(X_train)
 
-    manual = make_pipeline("logreg", preprocessing=())
+    manual = build_probe_pipeline("logreg", preprocessing=())
     manual.set_params(clf__C=result.best_params["C"]).fit(X_train, y_train)
     np.testing.assert_array_equal(manual.predict(X_test), result.estimator.predict(X_test))
 
@@ -152,7 +153,7 @@ def test_non_finite_features_are_rejected(blobs):
     X_bad = X_train.copy()
     X_bad[4, 1] = np.nan
     X_bad[9, 1] = np.inf
-    with pytest.raises(ValueError, match=r"2 row\(s\) and 1 column\(s\).*re-extract"):
+    with pytest.raises(InputError, match=r"2 row\(s\) and 1 column\(s\).*re-extract"):
         fit_classifier(X_bad, y_train, "logreg")
 
 
@@ -174,7 +175,7 @@ def test_too_few_samples_per_class_names_the_class(blobs):
     ],
 )
 def test_malformed_training_data_is_rejected(X, y, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match):  # a ValueError and a LayerprobeError: the CLI prints it
         fit_classifier(X, y, "logreg")
 
 

@@ -129,7 +129,8 @@ def test_unknown_classifier_backbone_and_grid_parameter_are_named(tmp_path, imag
     assert len(problems) == 4
     assert "[[backbones]] #1 model: unknown backbone (did you mean 'ResNet50'?)" in message
     assert "[classifiers] names: unknown name(s) ['rbf_svn'] (did you mean 'rbf_svm'?)" in message
-    assert "[classifiers.grids] logreg: unknown parameter(s) ['c'] (did you mean 'C'?) of logreg" in message
+    assert "[classifiers.grids] logreg: Unknown param_grid key(s) ['c'] for LogisticRegression. Did you mean 'C'?" \
+        in message
     assert "[classifiers.grids] knn: unknown classifier" in message
 
 

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import layerprobe.pipeline.run as run_module
+import layerprobe.pipeline.run.extractions as extractions_module
+import layerprobe.pipeline.run.rows as rows_module
 from layerprobe.features.extract import FeatureExtractor
 from layerprobe.features.store import FeatureStore
 from layerprobe.pipeline.cli import main
@@ -125,7 +126,7 @@ def _forbid(monkeypatch, *, forward=True, fit=True):
     if forward:
         monkeypatch.setattr(FeatureExtractor, "_forward", fail)
     if fit:
-        monkeypatch.setattr(run_module, "fit_classifier", fail)
+        monkeypatch.setattr(rows_module, "fit_classifier", fail)
 
 
 def test_results_table_has_one_row_per_layer_and_classifier(first_run):
@@ -171,13 +172,13 @@ def test_saved_classifiers_reload_and_predict_identically(first_run):
 def test_cross_validation_only_sees_the_training_split(first_run, tmp_path, monkeypatch):
     config, _ = first_run
     seen = []
-    original = run_module.fit_classifier
+    original = rows_module.fit_classifier
 
     def recording(X_train, y_train, *args, **kwargs):
         seen.append((np.array(X_train), np.array(y_train)))
         return original(X_train, y_train, *args, **kwargs)
 
-    monkeypatch.setattr(run_module, "fit_classifier", recording)
+    monkeypatch.setattr(rows_module, "fit_classifier", recording)
     result = run_experiment(config.with_paths(output_dir=tmp_path / "out"), log=_quiet, progress=False)
     assert len(seen) == 4
     store = FeatureStore(config.features.store)
@@ -220,7 +221,7 @@ def test_cached_rerun_builds_no_backbone_until_its_weights_file_changes(data_dir
     def no_build(*args, **kwargs):
         raise AssertionError("everything is cached: the backbone must not be built")
 
-    monkeypatch.setattr(run_module, "FeatureExtractor", no_build)
+    monkeypatch.setattr(extractions_module, "FeatureExtractor", no_build)
     again = run_experiment(config_from_dict(raw, tmp_path), log=_quiet, progress=False)
     assert (again.n_forward, again.n_fitted, again.n_reused) == (0, 0, 2)
     pd.testing.assert_frame_equal(again.results, first.results)
@@ -256,7 +257,7 @@ def test_changed_grid_refits_that_classifier_only(first_run, tmp_path, monkeypat
 def test_killed_run_keeps_its_completed_rows(first_run, tmp_path, monkeypatch):
     config, _ = first_run
     config = config.with_paths(output_dir=tmp_path / "out")
-    original = run_module.fit_classifier
+    original = rows_module.fit_classifier
     calls = []
 
     def dies_on_third_fit(*args, **kwargs):
@@ -265,13 +266,13 @@ def test_killed_run_keeps_its_completed_rows(first_run, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(run_module, "fit_classifier", dies_on_third_fit)
+    monkeypatch.setattr(rows_module, "fit_classifier", dies_on_third_fit)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, log=_quiet, progress=False)
     kept = pd.read_csv(tmp_path / "out" / "results.csv")
     assert list(kept["classifier"]) == ["logreg", "linear_svm"]
     assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".")]  # no temporary files
-    monkeypatch.setattr(run_module, "fit_classifier", original)
+    monkeypatch.setattr(rows_module, "fit_classifier", original)
     resumed = run_experiment(config, log=_quiet, progress=False)
     assert (resumed.n_fitted, resumed.n_reused) == (2, 2)
     pd.testing.assert_frame_equal(resumed.results.iloc[:2], kept, check_dtype=False)
@@ -288,7 +289,7 @@ def test_fit_killed_between_its_files_never_pairs_them_with_the_earlier_row(firs
 
     changed = _config(config.data.path, config.features.store, tmp_path / "out", logreg_grid=(0.5,))
     with monkeypatch.context() as patch:
-        patch.setattr(run_module, "save_classifier", save_estimator_then_die)
+        patch.setattr(rows_module, "save_classifier", save_estimator_then_die)
         with pytest.raises(KeyboardInterrupt):
             run_experiment(changed, log=_quiet, progress=False)
     # Back to the first grid: the row whose estimator was replaced is fitted again, not reused.
@@ -378,8 +379,8 @@ def test_finetune_stage_adds_rows_and_reuses_them(data_dir, tmp_path, monkeypatc
     assert "scratch" in result.summary_path.read_text()
 
     _forbid(monkeypatch)
-    monkeypatch.setattr(finetune_module, "finetune", run_module.fit_classifier)  # raises if called
-    monkeypatch.setattr(finetune_module, "train_from_scratch", run_module.fit_classifier)
+    monkeypatch.setattr(finetune_module, "finetune", rows_module.fit_classifier)  # raises if called
+    monkeypatch.setattr(finetune_module, "train_from_scratch", rows_module.fit_classifier)
     again = run_experiment(config, log=_quiet, progress=False)
     pd.testing.assert_frame_equal(pd.read_csv(again.results_path), table)
 

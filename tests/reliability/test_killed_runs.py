@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from layerprobe.features.atomic import TMP_PREFIX
 from layerprobe.features.store import FeatureStore
 from layerprobe.pipeline.config import load_config
 from layerprobe.pipeline.finetune import FinetuneConfig, finetune
@@ -36,6 +37,8 @@ from layerprobe.pipeline.cli import main
 sys.exit(main(["run", {config!r}, "--no-progress"]))
 """
 
+# persistence commits its files with the write_atomically it imports from layerprobe.features.atomic:
+# the name is looked up in persistence's namespace, so that is where it is patched.
 _KILL_BETWEEN_A_CLASSIFIERS_FILES = """
 import layerprobe.pipeline.persistence as persistence
 _write, _sidecars = persistence.write_atomically, []
@@ -90,7 +93,7 @@ def test_killed_run_keeps_finished_rows_and_ends_like_an_uninterrupted_one(unint
     out = tmp_path / "out"
     assert len(pd.read_csv(out / "results.csv")) == n_table  # the last complete table
     assert len(list(out.rglob("*.joblib"))) == n_estimators and len(list(out.rglob("*.json"))) == n_sidecars
-    assert len(list(out.rglob(".*.tmp"))) == n_temporary
+    assert len(list(out.rglob(f"{TMP_PREFIX}*"))) == n_temporary
 
     rerun = run_experiment(load_config(path), log=_quiet, progress=False)
     assert (rerun.n_forward, rerun.n_reused, rerun.n_fitted) == (0, n_reused, 4 - n_reused)

@@ -1,0 +1,82 @@
+"""Experiment configuration: TOML files in, frozen and validated dataclasses out.
+
+The only code that reads config files. Everything is checked before any
+work starts, and every problem found is reported at once in one
+:class:`ConfigError`. A config looks like::
+
+    [data]
+    path = "images/"            # folder (class folders, or train/val/test folders) or CSV
+    train_split = "train"
+    test_split = "val"          # with a single split, a stratified split is made:
+    test_size = 0.25            #   this fraction goes to the test split,
+    seed = 0                    #   drawn with this seed
+
+    [features]
+    store = "layerprobe-store"
+    input_size = 224
+    pooling = "avg"             # or a list, e.g. ["avg", "max"]
+    batch_size = 32
+    dtype = "float32"
+
+    [[backbones]]
+    model = "VGG16"
+    weights = "imagenet"        # "imagenet", "none" or a weights file
+    layers = ["stages"]         # names, aliases (stages, stageK, top) or depths in [0, 1]
+    model_kwargs = {}
+
+    [classifiers]
+    names = ["logreg", "linear_svm"]
+    cv = 5
+    preprocessing = ["standardize"]
+    [classifiers.grids]
+    logreg = { C = [0.1, 1.0, 10.0] }
+
+    [output]
+    dir = "layerprobe-out"
+
+    [finetune]                  # optional end-to-end training stage
+    modes = ["finetune", "scratch"]
+    head_epochs = 5             # the other keys go to pipeline.finetune.FinetuneConfig
+
+Relative paths are relative to the config file's folder. `layerprobe init`
+writes an example with every key, its default and a comment.
+
+Modules: `schema` (the dataclasses), `values` (checks of single values and
+the problem collector), `sections` (the accepted keys and the section
+builders), `loading` (`config_from_dict`, `load_config`), `template` (the
+example config).
+"""
+
+from layerprobe.features.errors import ConfigError
+from layerprobe.pipeline.config.loading import config_from_dict, load_config
+from layerprobe.pipeline.config.schema import (
+    DEFAULT_OUTPUT_DIR,
+    DEFAULT_STORE,
+    FINETUNE_MODES,
+    BackboneConfig,
+    ClassifiersConfig,
+    DataConfig,
+    ExperimentConfig,
+    FeaturesConfig,
+    FinetuneStageConfig,
+    OutputConfig,
+)
+from layerprobe.pipeline.config.template import example_config, write_example_config
+
+__all__ = [
+    "BackboneConfig",
+    "ClassifiersConfig",
+    "ConfigError",
+    "DEFAULT_OUTPUT_DIR",
+    "DEFAULT_STORE",
+    "DataConfig",
+    "ExperimentConfig",
+    "FINETUNE_MODES",
+    "FeaturesConfig",
+    "FinetuneStageConfig",
+    "OutputConfig",
+    "config_from_dict",
+    "example_config",
+    "load_config",
+    "write_example_config",
+]

@@ -1,0 +1,203 @@
+"""The frozen dataclasses an experiment config is parsed into, and the defaults of its paths.
+
+Built by `layerprobe.pipeline.config.sections` from a checked TOML table; no
+code here reads files or checks values. The `Attributes:` sections of these
+docstrings are also the comments of the example config `layerprobe init`
+writes (`layerprobe.pipeline.config.template`), so they are written for a
+reader of that file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from layerprobe.pipeline.classifiers import CLASSIFIERS
+
+__all__ = [
+    "BackboneConfig",
+    "ClassifiersConfig",
+    "DEFAULT_OUTPUT_DIR",
+    "DEFAULT_STORE",
+    "DataConfig",
+    "ExperimentConfig",
+    "FINETUNE_MODES",
+    "FeaturesConfig",
+    "FinetuneStageConfig",
+    "OutputConfig",
+]
+
+DEFAULT_STORE = "layerprobe-store"
+DEFAULT_OUTPUT_DIR = "layerprobe-out"
+FINETUNE_MODES = ("finetune", "scratch")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images are and which splits train and test.
+
+    Attributes:
+        path: The images: a folder with one subfolder per class (optionally
+            inside train/, val/, test/ split folders), or a CSV file with
+            path and label columns. Relative to the config file's folder
+            (absolute once parsed).
+        train_split: Split the classifiers are fitted on (hyperparameters by
+            cross-validation inside it).
+        test_split: Held-out split, scored once per classifier.
+        test_size: Fraction of each class put in the test split when the data
+            has a single split (a stratified split is then made).
+        seed: Seed of that stratified split.
+    """
+
+    path: Path
+    train_split: str = "train"
+    test_split: str = "test"
+    test_size: float = 0.25
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """How features are extracted and cached.
+
+    Attributes:
+        store: Feature store folder: extracted features are cached there and
+            reused by every later run (absolute once parsed).
+        input_size: Square input side in pixels, images are resized to it;
+            None (key left out) uses each backbone's default.
+        pooling: How each layer's output is pooled to one vector per image;
+            a name or a list of names (each is a separate set of rows).
+        batch_size: Images per forward pass.
+        dtype: Storage dtype of the cached features.
+    """
+
+    store: Path
+    input_size: int | None = None
+    pooling: tuple[str, ...] = ("avg",)
+    batch_size: int = 32
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """One backbone and the layers to probe.
+
+    Attributes:
+        model: Backbone name (`layerprobe layers --list` lists them), e.g. `"VGG16"`.
+        weights: `"imagenet"`, `"none"` (random initialisation from `seed`,
+            a baseline) or the path of a weights file (absolute once parsed).
+        layers: Layers to probe: names, aliases (`"stages"`, `"stageK"`,
+            `"top"`) or relative depths in [0, 1]; `layerprobe layers MODEL`
+            lists them.
+        model_kwargs: Extra constructor arguments, e.g. `{ alpha = 0.35 }`.
+        seed: Seed of the random initialisation when weights is `"none"`.
+    """
+
+    model: str
+    weights: str | None = "imagenet"
+    layers: tuple[str | float, ...] = ("stages",)
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    @property
+    def weights_label(self) -> str:
+        """Short name of the weights for tables: `imagenet`, `none` or the file name."""
+        if self.weights is None:
+            return "none"
+        return self.weights if self.weights == "imagenet" else Path(self.weights).name
+
+
+@dataclass(frozen=True)
+class ClassifiersConfig:
+    """Classifiers fitted on every layer's features.
+
+    Attributes:
+        names: Classifiers fitted on every layer's features.
+        cv: Cross-validation folds on the training split.
+        preprocessing: Steps before the classifier, in order (may be empty).
+        pca_components: PCA before the classifier: a number of components
+            (integer) or a fraction of variance to keep (float in (0, 1));
+            None (key left out) for no PCA.
+        n_jobs: Parallel fits in the grid search, -1 for every CPU; None (key
+            left out) for one.
+        seed: Seed of the folds, PCA and the classifiers.
+        grids: Hyperparameter grid per classifier, replacing its default grid,
+            e.g. `{ logreg = { C = [0.1, 1.0, 10.0] } }`.
+    """
+
+    names: tuple[str, ...] = ("logreg", "linear_svm")
+    cv: int = 5
+    preprocessing: tuple[str, ...] = ("standardize",)
+    pca_components: int | float | None = None
+    n_jobs: int | None = None
+    seed: int = 0
+    grids: Mapping[str, Mapping[str, tuple]] = field(default_factory=dict)
+
+    def param_grid(self, name: str) -> dict[str, list]:
+        """The grid searched for classifier `name`, as plain lists (JSON-ready)."""
+        grid = self.grids.get(name, CLASSIFIERS[name].param_grid)
+        return {key: list(values) for key, values in sorted(grid.items())}
+
+
+@dataclass(frozen=True)
+class FinetuneStageConfig:
+    """The optional `[finetune]` stage: train end to end and add the scores to the table.
+
+    Attributes:
+        modes: `"finetune"` (every backbone with weights, top blocks unfrozen)
+            and/or `"scratch"` (every architecture from random weights).
+        options: The other keys, passed to
+            `layerprobe.pipeline.finetune.FinetuneConfig.from_dict`.
+    """
+
+    modes: tuple[str, ...] = ("finetune",)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where results, models, predictions and plots go.
+
+    Attributes:
+        dir: Output folder for results.csv, summary.md, depth.png, the fitted
+            models and their predictions (absolute once parsed).
+    """
+
+    dir: Path
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole batch run.
+
+    Attributes:
+        data: Images and splits.
+        features: Extraction and store settings.
+        backbones: Backbones to probe, in order.
+        classifiers: Classifiers fitted on every layer.
+        output: Output directory.
+        finetune: The `[finetune]` stage, or None to skip it.
+        source: The config file, or a description of where the config came from.
+    """
+
+    data: DataConfig
+    features: FeaturesConfig
+    backbones: tuple[BackboneConfig, ...]
+    classifiers: ClassifiersConfig
+    output: OutputConfig
+    finetune: FinetuneStageConfig | None = None
+    source: str = "<dict>"
+
+    def with_paths(
+        self, *, output_dir: str | os.PathLike | None = None, store: str | os.PathLike | None = None
+    ) -> "ExperimentConfig":
+        """A copy with another output directory and/or feature store (relative to the current folder)."""
+        changes: dict[str, Any] = {}
+        if output_dir is not None:
+            changes["output"] = OutputConfig(dir=Path(output_dir).expanduser().resolve())
+        if store is not None:
+            changes["features"] = dataclasses.replace(self.features, store=Path(store).expanduser().resolve())
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,223 @@
+"""The sections of an experiment config: which keys each accepts, and how each is built.
+
+`SECTIONS` is the one table of accepted keys: the parser checks against it,
+and the example config (`layerprobe init`) is written from it. Each builder
+checks one section with a `Checker` (problems are collected, not raised) and
+returns its dataclass, or None when the section cannot be built.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from layerprobe.features.backbones import BACKBONES
+from layerprobe.features.errors import ConfigError
+from layerprobe.features.extract import STORAGE_DTYPES
+from layerprobe.features.truncate import POOLINGS
+from layerprobe.pipeline.classifiers import CLASSIFIERS, PREPROCESSING, build_probe_pipeline, prefix_param_grid
+from layerprobe.pipeline.config import values
+from layerprobe.pipeline.config.schema import (
+    DEFAULT_OUTPUT_DIR,
+    DEFAULT_STORE,
+    FINETUNE_MODES,
+    BackboneConfig,
+    ClassifiersConfig,
+    DataConfig,
+    FeaturesConfig,
+    FinetuneStageConfig,
+    OutputConfig,
+)
+from layerprobe.pipeline.config.values import Check, Checker, Invalid, suggestion
+
+__all__ = [
+    "REQUIRED",
+    "SECTIONS",
+    "build_backbones",
+    "build_classifiers",
+    "build_data",
+    "build_features",
+    "build_finetune",
+    "build_output",
+    "check_input_size",
+    "check_sections",
+    "finetune_config_class",
+]
+
+# Section -> key -> check. A check returns the parsed value or raises Invalid; None marks
+# paths and weights, checked by the section's builder against the config's folder. The keys
+# of [finetune] other than `modes` are FinetuneConfig's, checked by it.
+SECTIONS: Mapping[str, Mapping[str, Check | None]] = MappingProxyType(
+    {
+        "data": {
+            "path": None,
+            "train_split": values.string,
+            "test_split": values.string,
+            "test_size": values.fraction,
+            "seed": values.integer(0),
+        },
+        "features": {
+            "store": None,
+            "input_size": values.integer(1),
+            "pooling": values.choices(POOLINGS),
+            "batch_size": values.integer(1),
+            "dtype": values.one_of(STORAGE_DTYPES),
+        },
+        "backbones": {
+            "model": values.model_name,
+            "weights": None,
+            "layers": values.layers,
+            "model_kwargs": values.table,
+            "seed": values.integer(0),
+        },
+        "classifiers": {
+            "names": values.choices(CLASSIFIERS),
+            "cv": values.integer(2),
+            "preprocessing": values.choices(PREPROCESSING, allow_empty=True),
+            "pca_components": values.pca_components,
+            "n_jobs": values.n_jobs,
+            "seed": values.integer(0),
+            "grids": values.table,
+        },
+        "output": {"dir": None},
+        "finetune": {"modes": values.choices(FINETUNE_MODES)},
+    }
+)
+REQUIRED: Mapping[str, tuple[str, ...]] = MappingProxyType({"data": ("path",), "backbones": ("model",)})
+
+
+def finetune_config_class() -> type:
+    """`FinetuneConfig`, imported on first need (its package loads each name lazily: no Keras import)."""
+    from layerprobe.pipeline.finetune import FinetuneConfig
+
+    return FinetuneConfig
+
+
+def check_sections(checker: Checker, raw: Mapping[str, Any]) -> None:
+    """Report unknown sections and a missing [data] section."""
+    for name in raw:
+        if name not in SECTIONS:
+            valid = f"valid sections are {sorted(SECTIONS)}"
+            checker.report(f"[{name}]", f"unknown section{suggestion(name, SECTIONS)}; {valid}", received=False)
+    if "data" not in raw:
+        checker.report("[data]", "this section is required (at least its path key)", received=False)
+
+
+def _section(checker: Checker, name: str, raw: Any, where: str) -> dict[str, Any]:
+    return checker.section(raw, where, SECTIONS[name], REQUIRED.get(name, ()))
+
+
+def build_data(checker: Checker, raw: Any) -> DataConfig | None:
+    found = _section(checker, "data", raw, "[data]")
+    if "path" not in found:
+        return None
+    path = checker.path("[data] path", found.pop("path"), must_exist=True)
+    if path is not None and not (path.is_dir() or path.suffix.lower() == ".csv"):
+        checker.report("[data] path", "expected an image folder or a .csv file", str(path))
+    if found.get("train_split", "train") == found.get("test_split", "test"):
+        checker.report("[data] test_split", "must differ from train_split", found.get("test_split", "test"))
+    return None if path is None else DataConfig(path=path, **found)
+
+
+def build_features(checker: Checker, raw: Any) -> FeaturesConfig | None:
+    found = _section(checker, "features", raw, "[features]")
+    store = checker.path("[features] store", found.pop("store", DEFAULT_STORE), must_exist=False)
+    return None if store is None else FeaturesConfig(store=store, **found)
+
+
+def build_backbones(checker: Checker, raw: Any) -> tuple[BackboneConfig, ...]:
+    if not isinstance(raw, list) or not raw:
+        checker.report("[[backbones]]", "expected at least one [[backbones]] table with a model key", raw)
+        return ()
+    backbones = []
+    for number, table in enumerate(raw, start=1):
+        where = f"[[backbones]] #{number}"
+        found = _section(checker, "backbones", table, where)
+        if "weights" in found:
+            found["weights"] = checker.weights(f"{where} weights", found["weights"])
+        if "model" in found:
+            found["model_kwargs"] = MappingProxyType(dict(found.get("model_kwargs", {})))
+            backbones.append(BackboneConfig(**found))
+    return tuple(backbones)
+
+
+def check_input_size(checker: Checker, features: FeaturesConfig | None, backbones: tuple[BackboneConfig, ...]) -> None:
+    """An input size below a backbone's minimum is a config problem, found before any model is built."""
+    size = None if features is None else features.input_size
+    small = {
+        backbone.model: BACKBONES[backbone.model].min_input_size
+        for backbone in backbones
+        if size is not None and size < BACKBONES[backbone.model].min_input_size
+    }
+    if small:
+        minimums = ", ".join(f"{model} {minimum}" for model, minimum in small.items())
+        checker.report(
+            "[features] input_size",
+            f"below the smallest input some backbones accept ({minimums} pixels); set input_size = "
+            f"{max(small.values())} or more (images are resized to it), or leave it out for each backbone's default",
+            size,
+        )
+
+
+def _grid(checker: Checker, where: str, name: str, grid: Any, classifiers: dict) -> dict[str, tuple] | None:
+    if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
+        checker.report(where, "expected a table of non-empty lists, e.g. {C = [0.1, 1.0]}", grid)
+        return None
+    estimator = build_probe_pipeline(
+        name,
+        preprocessing=classifiers.get("preprocessing", ClassifiersConfig.preprocessing),
+        pca_components=classifiers.get("pca_components"),
+    )
+    try:
+        prefix_param_grid(grid, estimator)
+    except ValueError as error:
+        checker.report(where, str(error).rstrip("."), received=False)
+        return None
+    return {key: tuple(grid_values) for key, grid_values in grid.items()}
+
+
+def build_classifiers(checker: Checker, raw: Any) -> ClassifiersConfig:
+    found = _section(checker, "classifiers", raw, "[classifiers]")
+    grids = {}
+    for name, grid in found.pop("grids", {}).items():
+        where = f"[classifiers.grids] {name}"
+        if name not in CLASSIFIERS:
+            valid = f"valid names are {sorted(CLASSIFIERS)}"
+            checker.report(where, f"unknown classifier{suggestion(name, CLASSIFIERS)}; {valid}", received=False)
+        else:
+            parsed = _grid(checker, where, name, grid, found)
+            if parsed is not None:
+                grids[name] = MappingProxyType(parsed)
+    return ClassifiersConfig(grids=MappingProxyType(grids), **found)
+
+
+def build_output(checker: Checker, raw: Any) -> OutputConfig | None:
+    found = _section(checker, "output", raw, "[output]")
+    directory = checker.path("[output] dir", found.get("dir", DEFAULT_OUTPUT_DIR), must_exist=False)
+    return None if directory is None else OutputConfig(dir=directory)
+
+
+def build_finetune(checker: Checker, raw: Any) -> FinetuneStageConfig | None:
+    """The optional [finetune] stage: `modes` here, every other key checked by `FinetuneConfig`."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        checker.report("[finetune]", "expected a table", raw)
+        return None
+    options = dict(raw)
+    try:
+        modes = SECTIONS["finetune"]["modes"](options.pop("modes", ["finetune"]))
+    except Invalid as problem:
+        checker.report("[finetune] modes", str(problem), raw["modes"])
+        return None
+    try:
+        finetune_config_class().from_dict(options)
+    except ConfigError as error:  # one line per bad key
+        for problem in error.problems:
+            checker.report("[finetune]", str(problem).rstrip("."), received=False)
+        return None
+    except (TypeError, ValueError) as error:
+        checker.report("[finetune]", str(error).rstrip("."), received=False)
+        return None
+    return FinetuneStageConfig(modes=modes, options=MappingProxyType(options))
+

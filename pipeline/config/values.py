@@ -1,0 +1,227 @@
+"""Checks of single config values, and the `Checker` that collects every problem of a config.
+
+A check takes the raw TOML value and returns the parsed one, or raises
+`Invalid` saying what was expected; the `Checker` turns that into one problem
+line naming the section and key, so that a config's problems are all reported
+at once. Checks that accept names from a registry carry the names as
+`check.choices` (the example config lists them).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from layerprobe.features.backbones import BACKBONES
+from layerprobe.features.checks import closest_names, is_positive_int
+from layerprobe.features.weights import parse_weights
+
+__all__ = [
+    "Check",
+    "Checker",
+    "Invalid",
+    "choices",
+    "fraction",
+    "integer",
+    "layers",
+    "model_name",
+    "n_jobs",
+    "one_of",
+    "pca_components",
+    "string",
+    "string_list",
+    "suggestion",
+    "table",
+]
+
+Check = Callable[[Any], Any]
+
+
+class Invalid(Exception):
+    """A value does not fit its key; the message says what was expected."""
+
+
+def suggestion(name: Any, valid: Iterable[Any]) -> str:
+    """' (did you mean 'x'?)' for the closest valid name, or ''."""
+    close = closest_names(name, valid, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def string(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid("expected a non-empty string")
+    return value
+
+
+def integer(minimum: int) -> Check:
+    """An integer >= `minimum` (0 or more; booleans are not integers here)."""
+
+    def check(value: Any) -> int:
+        zero = minimum == 0 and type(value) is int and value == 0
+        if not (zero or (is_positive_int(value) and value >= minimum)):
+            raise Invalid(f"expected an integer >= {minimum}")
+        return int(value)
+
+    return check
+
+
+def fraction(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise Invalid("expected a number between 0 and 1 (exclusive)")
+    return float(value)
+
+
+def string_list(value: Any) -> tuple[str, ...]:
+    """A string or a list of strings -> tuple of strings."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) and item for item in items):
+        raise Invalid("expected a string or a list of strings")
+    return tuple(items)
+
+
+def choices(valid: Iterable[str], *, allow_empty: bool = False) -> Check:
+    """A name or a list of distinct names, each in `valid`."""
+    valid = tuple(valid)
+
+    def check(value: Any) -> tuple[str, ...]:
+        items = string_list(value)
+        if not items and not allow_empty:
+            raise Invalid("expected at least one name")
+        unknown = [item for item in items if item not in valid]
+        if unknown:
+            raise Invalid(f"unknown name(s) {unknown}{suggestion(unknown[0], valid)}; valid names are {sorted(valid)}")
+        if len(set(items)) != len(items):
+            raise Invalid("names must not repeat")
+        return items
+
+    check.choices = valid
+    return check
+
+
+def one_of(valid: Iterable[str]) -> Check:
+    """One name in `valid`."""
+    valid = tuple(valid)
+
+    def check(value: Any) -> str:
+        if value not in valid:
+            raise Invalid(f"expected one of {list(valid)}{suggestion(value, valid)}")
+        return value
+
+    check.choices = valid
+    return check
+
+
+def n_jobs(value: Any) -> int:
+    if not (is_positive_int(value) or (type(value) is int and value == -1)):
+        raise Invalid("expected a positive integer, or -1 for all CPUs")
+    return int(value)
+
+
+def pca_components(value: Any) -> int | float:
+    variance = isinstance(value, float) and 0 < value < 1
+    if not (is_positive_int(value) or variance):
+        raise Invalid("expected an integer >= 1 (components) or a float in (0, 1) (explained variance)")
+    return value
+
+
+def table(value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise Invalid("expected a table, e.g. {alpha = 0.35}")
+    return value
+
+
+def layers(value: Any) -> tuple[str | float, ...]:
+    items = [value] if isinstance(value, (str, int, float)) else value
+    if (
+        not isinstance(items, list)
+        or not items
+        or not all(isinstance(item, (str, int, float)) and not isinstance(item, bool) for item in items)
+    ):
+        raise Invalid('expected layer names, aliases ("stages", "stageK", "top") or depths in [0, 1]')
+    for item in items:
+        if not isinstance(item, str) and not 0 <= item <= 1:
+            raise Invalid(f"depth {item} is outside [0, 1]")
+    return tuple(items)
+
+
+def model_name(value: Any) -> str:
+    """A registered backbone, in any letter case; returns its registered spelling."""
+    name = string(value)
+    by_lower = {key.lower(): key for key in BACKBONES}
+    if name.lower() not in by_lower:
+        raise Invalid(f"unknown backbone{suggestion(name, BACKBONES)}; valid names are {sorted(BACKBONES)}")
+    return by_lower[name.lower()]
+
+
+class Checker:
+    """Collects problems while parsing; each problem names its section and key.
+
+    Attributes:
+        base_dir: The folder relative paths are relative to.
+        problems: One line per problem found so far.
+    """
+
+    def __init__(self, base_dir: Path):
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+
+    def report(self, where: str, message: str, value: Any = None, *, received: bool = True) -> None:
+        suffix = f" Received: {value!r}" if received else ""
+        self.problems.append(f"{where}: {message}.{suffix}")
+
+    def section(
+        self, raw: Any, where: str, keys: Mapping[str, Check | None], required: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """Check the keys of one table against `keys` (key -> check, None for values kept as given).
+
+        Returns:
+            The parsed values of the valid keys.
+        """
+        if not isinstance(raw, dict):
+            self.report(where, "expected a table", raw)
+            return {}
+        parsed = {}
+        for key, value in raw.items():
+            check = keys.get(key, False)
+            if check is False:
+                self.report(
+                    f"{where} {key}",
+                    f"unknown key{suggestion(key, keys)}; valid keys are {sorted(keys)}",
+                    received=False,
+                )
+            elif check is None:
+                parsed[key] = value
+            else:
+                try:
+                    parsed[key] = check(value)
+                except Invalid as problem:
+                    self.report(f"{where} {key}", str(problem), value)
+        for key in required:
+            if key not in raw:
+                self.report(f"{where} {key}", "this key is required", received=False)
+        return parsed
+
+    def path(self, where: str, value: Any, *, must_exist: bool) -> Path | None:
+        """`value` resolved against `base_dir`, or None (and a problem) if it is not a path or is missing."""
+        if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+            self.report(where, "expected a path string", value)
+            return None
+        path = (self.base_dir / Path(value).expanduser()).resolve()
+        if must_exist and not path.exists():
+            self.report(where, f"{path} does not exist (relative paths are relative to {self.base_dir})", value)
+            return None
+        return path
+
+    def weights(self, where: str, value: Any) -> str | None:
+        """"imagenet", None for "none", or the absolute path of an existing weights file."""
+        if not isinstance(value, str) or not value:
+            self.report(where, 'expected "imagenet", "none" or the path of a weights file', value)
+            return None
+        parsed = parse_weights(value)
+        if parsed in (None, "imagenet"):
+            return parsed
+        path = self.path(where, value, must_exist=True)
+        if path is not None and not path.is_file():
+            self.report(where, f"{path} is not a file", value)
+        return None if path is None else str(path)

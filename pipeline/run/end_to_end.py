@@ -1,0 +1,105 @@
+"""The `[finetune]` stage of a run: finetune and scratch rows, trained end to end or reused.
+
+"finetune" runs once per backbone that has weights; "scratch" once per
+architecture. A finished run's row is saved beside it (`row.json`, with the
+settings it was trained under) and reused when its settings match, like the
+classifier rows. An unfinished (killed) run resumes from its checkpoint if its
+settings match, and starts over if not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Callable
+
+from layerprobe.features.atomic import write_text_atomically
+from layerprobe.features.backend import import_keras_quietly
+from layerprobe.features.inputs import ImageDataset
+from layerprobe.pipeline.config import BackboneConfig, ExperimentConfig
+from layerprobe.pipeline.run.rows import jsonable
+
+__all__ = ["end_to_end_rows"]
+
+
+def _slug(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _jobs(config: ExperimentConfig) -> dict[str, tuple[str, BackboneConfig]]:
+    """Folder digest -> (mode, backbone) of every end-to-end training the stage asks for."""
+    jobs: dict[str, tuple[str, BackboneConfig]] = {}
+    for backbone in config.backbones:
+        architecture = {"model": backbone.model, "model_kwargs": dict(backbone.model_kwargs)}
+        if "finetune" in config.finetune.modes and backbone.weights is not None:
+            jobs.setdefault(_slug("finetune", architecture, backbone.weights), ("finetune", backbone))
+        if "scratch" in config.finetune.modes:
+            jobs.setdefault(_slug("scratch", architecture), ("scratch", backbone))
+    return jobs
+
+
+def end_to_end_rows(
+    config: ExperimentConfig, dataset: ImageDataset, split: dict, log: Callable[[str], None]
+) -> list[dict]:
+    """Train (or reuse) every end-to-end row of the config's `[finetune]` stage; score once on the test split."""
+    import_keras_quietly()
+    from layerprobe.pipeline.finetune import EpochLogger, FinetuneConfig, evaluate_model, finetune, train_from_scratch
+
+    options = FinetuneConfig.from_dict(config.finetune.options)
+    train, test = dataset.subset(split["train_split"]), dataset.subset(split["test_split"])
+    rows = []
+    for digest, (mode, backbone) in _jobs(config).items():
+        run_dir = config.output.dir / "finetune" / f"{mode}-{backbone.model}-{digest}"
+        settings = jsonable(
+            {
+                "mode": mode,
+                "model": backbone.model,
+                "model_kwargs": dict(backbone.model_kwargs),
+                "weights": backbone.weights if mode == "finetune" else None,
+                "input_size": config.features.input_size,
+                "options": options.to_dict(),
+                "dataset": dataset.digest(),
+                "split": split,
+            }
+        )
+        row_path = run_dir / "row.json"
+        saved = json.loads(row_path.read_text(encoding="utf-8")) if row_path.is_file() else {}
+        if saved.get("settings") == settings:
+            log(f"  reused   {mode} {backbone.model} ({run_dir})")
+            rows.append(saved["row"])
+            continue
+        started = run_dir / "settings.json"
+        resume = started.is_file() and json.loads(started.read_text(encoding="utf-8")) == settings
+        log(f"  {'resuming' if resume else 'training'} {mode} {backbone.model} ({run_dir})")
+        write_text_atomically(started, json.dumps(settings, indent=2))
+        common = dict(
+            output_dir=run_dir, input_size=config.features.input_size,
+            model_kwargs=dict(backbone.model_kwargs), config=options, resume=resume,
+            callbacks=[EpochLogger(lambda line: log(f"    {line}"))],
+        )
+        if mode == "finetune":
+            result = finetune(backbone.model, train, weights=backbone.weights, **common)
+        else:
+            result = train_from_scratch(backbone.model, train, **common)
+        scores = evaluate_model(result, test)
+        row = {
+            "mode": mode,
+            "backbone": result.backbone,
+            "weights": backbone.weights_label if mode == "finetune" else "none",
+            "layer": "(end to end)",
+            "pooling": "avg",
+            "classifier": "softmax head",
+            "n_train": len(train),
+            "n_test": scores["n_test"],
+            "test_accuracy": scores["accuracy"],
+            "test_balanced_accuracy": scores["balanced_accuracy"],
+            "test_macro_f1": scores["macro_f1"],
+            "fit_seconds": round(result.fit_seconds, 3),
+            "best_params": json.dumps({name: scores[name] for name in (
+                "head_init", "unfreeze_blocks", "learning_rate", "block_lr_decay", "epochs")}),
+            "model_path": str(result.model_path),
+        }
+        write_text_atomically(row_path, json.dumps({"settings": settings, "row": row}, indent=2))
+        log(f"  {mode} {result.backbone}: test {scores['accuracy']:.3f}")
+        rows.append(row)
+    return rows

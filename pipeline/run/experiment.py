@@ -1,0 +1,169 @@
+"""`run_experiment`: one config's run from images to recommendation, the steps in order.
+
+Each step lives in its own module: the splits (`splits`), the extraction plans
+(`extractions`), the classifier rows (`rows`), the `[finetune]` stage
+(`end_to_end`) and the closing texts (`summary`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from layerprobe.features.errors import ConfigError
+from layerprobe.features.store import FeatureStore
+from layerprobe.pipeline.advice import Advice, recommend
+from layerprobe.pipeline.config import ExperimentConfig
+from layerprobe.pipeline.plots import plot_depth
+from layerprobe.pipeline.results import ResultsTable
+from layerprobe.pipeline.run.end_to_end import end_to_end_rows
+from layerprobe.pipeline.run.extractions import plan_extractions
+from layerprobe.pipeline.run.rows import LayerToFit, fit_layer
+from layerprobe.pipeline.run.splits import open_splits
+from layerprobe.pipeline.run.summary import data_text, log_report, stored_skipped, untested_text, write_run_summary
+
+__all__ = ["RunResult", "run_experiment"]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run produced.
+
+    Attributes:
+        results: The results table (see `layerprobe.pipeline.results`).
+        advice: The mode recommendation.
+        output_dir: Where everything was written.
+        results_path: `results.csv`.
+        summary_path: `summary.md`.
+        plot_path: `depth.png`.
+        skipped: (sample id, reason) of every unreadable image.
+        n_forward: Images that went through a backbone in this run (0 when all cached).
+        n_fitted: Classifier rows fitted in this run.
+        n_reused: Classifier rows reused from an earlier run.
+    """
+
+    results: pd.DataFrame
+    advice: Advice
+    output_dir: Path
+    results_path: Path
+    summary_path: Path
+    plot_path: Path
+    skipped: tuple[tuple[str, str], ...]
+    n_forward: int
+    n_fitted: int
+    n_reused: int
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    *,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    finetune_only: bool = False,
+) -> RunResult:
+    """Run a whole experiment: extract, fit, score, save, summarise, recommend.
+
+    Args:
+        config: From `layerprobe.pipeline.config.load_config` or `config_from_dict`.
+        log: Called with one line per event (cached/computed features,
+            fitted/reused rows, the final table and advice).
+        progress: Show progress bars while extracting.
+        finetune_only: Run only the `[finetune]` stage (`layerprobe finetune`):
+            its rows replace those of the same modes in the existing results
+            table, whose other rows are kept; no extraction, no classifier fit.
+
+    Returns:
+        A :class:`RunResult`.
+
+    Raises:
+        ConfigError: Before any work, if `finetune_only` is set and the config
+            has no `[finetune]` section, if the data lack the named splits, have
+            a single class or a class with fewer than 2 training images, or a
+            backbone cannot be built as configured (unknown layer, weights file
+            that does not fit, unknown model_kwargs).
+        InputError: (a `ValueError`) If the images cannot be opened as a
+            dataset; or before fitting a layer's classifiers, if its features
+            hold NaN or inf, or unreadable images left a class with fewer than 2
+            training rows.
+    """
+    started = time.perf_counter()
+    if finetune_only and config.finetune is None:
+        raise ConfigError(
+            ["[finetune]: `layerprobe finetune` runs this section, which the config lacks. Add one, e.g. "
+             "`[finetune]` with `modes = [\"finetune\"]` and `unfreeze_blocks = 1`"],
+            config.source,
+        )
+    dataset, split, untested = open_splits(config)
+    extractions = [] if finetune_only else plan_extractions(config)
+    store = FeatureStore(config.features.store)
+    out = config.output.dir
+    out.mkdir(parents=True, exist_ok=True)
+    log(
+        f"{len(dataset)} images, {len(dataset.class_names)} classes; train split {split['train_split']!r}, "
+        f"test split {split['test_split']!r}{' (made: stratified)' if split['made'] else ''}; store {store.root}"
+    )
+    if untested:
+        log(f"warning: {untested_text(untested, split)}")
+    table = ResultsTable(out / "results.csv")
+    skipped: dict[str, str] = {}
+    n_forward = n_fitted = n_reused = 0
+    if finetune_only:
+        n_reused = table.keep_earlier_rows(except_modes=config.finetune.modes)
+        skipped.update(stored_skipped(store, table.rows))
+    dataset_digest = dataset.digest()
+    for number, extraction in enumerate(extractions, start=1):
+        plan = extraction.plan
+        log(
+            f"[{number}/{len(extractions)}] {plan.architecture}, weights {extraction.backbone.weights_label}, "
+            f"{plan.layers[0].pooling} pooling: layers {[layer.name for layer in plan.layers]}"
+        )
+        keys = plan.keys(dataset_digest)
+        if all(store.has(key) for key in keys.values()):
+            for name, key in keys.items():
+                log(f"  cached   {name} ({key.entry_name})")
+            skipped.update(store.info(next(iter(keys.values())).entry_name)["skipped"])
+        else:
+            report = extraction.build().extract(dataset, store, progress=progress, log=lambda line: log(f"  {line}"))
+            n_forward += report.n_forward
+            skipped.update(report.skipped)
+        for info in plan.layers:
+            fitted = fit_layer(LayerToFit(extraction, info, keys[info.name], store), config, split, table, log)
+            n_fitted += fitted
+            n_reused += len(config.classifiers.names) - fitted
+    if config.finetune is not None:
+        log(f"[finetune] modes {list(config.finetune.modes)}")
+        for row in end_to_end_rows(config, dataset, split, log):
+            table.add(row)
+    frame = table.frame
+    is_train = (np.asarray(dataset.splits) == split["train_split"]) & ~np.isin(dataset.sample_ids, list(skipped))
+    counts = np.bincount(dataset.labels[is_train], minlength=len(dataset.class_names))
+    advice = recommend(frame, n_train=int(counts.sum()), n_classes=len(counts), smallest_class=int(counts.min()))
+    plot_path = plot_depth(frame, out / "depth.png")
+    skipped_list = sorted(skipped.items())
+    summary_path = write_run_summary(
+        out, frame, source=config.source, advice=advice, data=data_text(config.data, dataset, split, untested),
+        skipped=skipped_list, results_path=table.path, plot_path=plot_path,
+    )
+    log_report(
+        log, frame, advice, n_skipped=len(skipped_list),
+        counts=(f"{len(frame)} rows: {n_fitted} fitted, {n_reused} reused; {n_forward} images through a backbone; "
+                f"{time.perf_counter() - started:.0f} s."),
+        paths={"results": table.path, "summary": summary_path, "plot": plot_path},
+    )
+    return RunResult(
+        results=frame,
+        advice=advice,
+        output_dir=out,
+        results_path=table.path,
+        summary_path=summary_path,
+        plot_path=plot_path,
+        skipped=tuple(skipped_list),
+        n_forward=n_forward,
+        n_fitted=n_fitted,
+        n_reused=n_reused,
+    )

@@ -1,0 +1,83 @@
+"""Extraction planning: every backbone x pooling of a config with its feature keys, known before any work.
+
+The one place a run builds a `FeatureExtractor`: a plan saved in the store
+by an earlier run with the same settings gives the keys without building the
+backbone (no Keras import when everything is cached); otherwise the
+extractor is built, Keras imported quietly first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from layerprobe.features.backend import import_keras_quietly
+from layerprobe.features.errors import ConfigError, LayerprobeError
+from layerprobe.features.extract import FeatureExtractor
+from layerprobe.features.plans import ExtractionPlan, load_plan, plan_signature, save_plan
+from layerprobe.pipeline.config import BackboneConfig, ExperimentConfig
+
+__all__ = ["Extraction", "extractor_settings", "plan_extractions"]
+
+
+@dataclass
+class Extraction:
+    """One backbone x pooling: the extractor's arguments, its plan, and the extractor once built."""
+
+    backbone: BackboneConfig
+    settings: dict
+    plan: ExtractionPlan
+    extractor: FeatureExtractor | None = None
+
+    def build(self) -> FeatureExtractor:
+        """The extractor, built on first call."""
+        if self.extractor is None:
+            import_keras_quietly()
+            self.extractor = FeatureExtractor(**self.settings)
+        return self.extractor
+
+
+def extractor_settings(config: ExperimentConfig, backbone: BackboneConfig, pooling: str) -> dict:
+    """The `FeatureExtractor` arguments of one backbone x pooling, JSON-ready."""
+    return {
+        "model": backbone.model,
+        "weights": backbone.weights,
+        "layers": list(backbone.layers),
+        "pooling": pooling,
+        "input_size": config.features.input_size,
+        "batch_size": config.features.batch_size,
+        "dtype": config.features.dtype,
+        "model_kwargs": dict(backbone.model_kwargs),
+        "seed": backbone.seed,
+    }
+
+
+def plan_extractions(config: ExperimentConfig) -> list[Extraction]:
+    """Every backbone x pooling with its feature keys; plans computed here are saved to the store.
+
+    Raises:
+        ConfigError: Listing every backbone that cannot be built as configured
+            (unknown layer, weights file that does not fit, unknown model_kwargs).
+    """
+    extractions, built, problems = [], [], []
+    for number, backbone in enumerate(config.backbones, start=1):
+        for pooling in config.features.pooling:
+            settings = extractor_settings(config, backbone, pooling)
+            signature = plan_signature(settings)
+            plan, extractor = load_plan(config.features.store, signature), None
+            if plan is None:
+                import_keras_quietly()
+                try:
+                    extractor = FeatureExtractor(**settings)
+                # FeatureExtractor raises ValueError (BackboneError and its kin) for arguments it cannot
+                # use: here they are the config's, so they are reported as config problems.
+                except (LayerprobeError, ValueError) as error:
+                    problems.append(f"[[backbones]] #{number} ({backbone.model}): {error}")
+                    break  # the other poolings would fail the same way
+                plan = extractor.plan()
+                built.append((signature, plan))
+            extractions.append(Extraction(backbone, settings, plan, extractor))
+    if problems:
+        raise ConfigError(problems, config.source)
+    for signature, plan in built:
+        save_plan(config.features.store, signature, plan)
+    return extractions

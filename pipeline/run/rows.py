@@ -1,0 +1,191 @@
+"""Classifier rows: fit one classifier on one layer's features, or reuse the row saved by an earlier run.
+
+A finished row is recognised by its saved classifier's sidecar, which
+records everything that determines the fit (`fit_settings`: store key,
+classifier, grid, preprocessing, PCA, folds, seed, split definition): a
+matching row is reused without loading features or fitting.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from layerprobe.features.errors import InputError
+from layerprobe.features.keys import FeatureKey
+from layerprobe.features.plans import PlannedLayer
+from layerprobe.features.store import FeatureSet, FeatureStore
+from layerprobe.pipeline.classifiers import check_features, fit_classifier
+from layerprobe.pipeline.config import ExperimentConfig
+from layerprobe.pipeline.evaluate import evaluate
+from layerprobe.pipeline.persistence import read_sidecar, save_classifier, write_predictions
+from layerprobe.pipeline.predict import extractor_record, flat_features
+from layerprobe.pipeline.results import ResultsTable
+from layerprobe.pipeline.run.extractions import Extraction
+from layerprobe.pipeline.run.splits import class_problems
+
+__all__ = ["LayerToFit", "fit_layer", "fit_settings", "finished_row", "jsonable"]
+
+
+def jsonable(value: Any) -> Any:
+    """`value` as it reads back from JSON (tuples become lists), so that saved and new settings compare equal."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def fit_settings(config: ExperimentConfig, key: FeatureKey, classifier: str, split: dict) -> dict:
+    """Everything that determines a fitted row; a saved row with equal settings is reused."""
+    settings = config.classifiers
+    return jsonable(
+        {
+            "store_key": key.digest,
+            "classifier": classifier,
+            "param_grid": settings.param_grid(classifier),
+            "preprocessing": list(settings.preprocessing),
+            "pca_components": settings.pca_components,
+            "cv": settings.cv,
+            "seed": settings.seed,
+            "split": split,
+        }
+    )
+
+
+def finished_row(stem: Path, settings: dict) -> dict | None:
+    """The row saved with a classifier fitted under `settings`, or None (its sidecar is read, not the estimator)."""
+    try:
+        sidecar = read_sidecar(stem)
+    except (FileNotFoundError, InputError):
+        return None
+    if sidecar.get("fit_settings") != settings or "row" not in sidecar:
+        return None
+    return {**sidecar["row"], "model_path": str(stem.with_suffix(".joblib"))}
+
+
+@dataclass(frozen=True)
+class LayerToFit:
+    """One layer's features to fit classifiers on."""
+
+    extraction: Extraction
+    info: PlannedLayer
+    key: FeatureKey
+    store: FeatureStore
+
+
+def _load_splits(layer: LayerToFit, split: dict) -> tuple[FeatureSet, FeatureSet]:
+    """The layer's train and test features, checked before any classifier sees them.
+
+    Raises:
+        InputError: If a class has fewer than 2 training rows once unreadable
+            images are left out, or the features hold NaN or inf.
+    """
+    features = layer.store.load(layer.key)
+    train, test = (features.split(split[name]) for name in ("train_split", "test_split"))
+    where = f"layer {layer.info.name} (store entry {layer.key.entry_name})"
+    problem, _ = class_problems(features.class_names, train.y, test.y, split)
+    if problem is not None:
+        raise InputError(
+            f"Unreadable images were left out of {where} (`layerprobe store info {layer.store.root} "
+            f"{layer.key.entry_name}` lists them), and now {problem}"
+        )
+    for name, part in zip(("train_split", "test_split"), (train, test)):
+        check_features(flat_features(part), name=f"{where}, split {split[name]!r},", sample_ids=part.sample_ids)
+    return train, test
+
+
+def _fit_row(
+    layer: LayerToFit,
+    classifier: str,
+    settings: dict,
+    stem: Path,
+    config: ExperimentConfig,
+    train: FeatureSet,
+    test: FeatureSet,
+) -> dict:
+    """Fit on the training split only, score once on the test split, save everything.
+
+    The old sidecar goes first: the files of a fit killed half-way are never
+    paired with the row of an earlier fit.
+    """
+    stem.with_suffix(".json").unlink(missing_ok=True)
+    options = config.classifiers
+    X_train, X_test = flat_features(train), flat_features(test)
+    fit = fit_classifier(
+        X_train,
+        train.y,
+        classifier,
+        param_grid=settings["param_grid"],
+        preprocessing=options.preprocessing,
+        pca_components=options.pca_components,
+        cv=options.cv,
+        n_jobs=options.n_jobs,
+        random_state=options.seed,
+    )
+    scores = evaluate(fit.estimator, X_test, test.y, test.class_names)
+    row = {
+        "mode": "frozen",
+        "backbone": layer.extraction.plan.architecture,
+        "weights": layer.extraction.backbone.weights_label,
+        "layer": layer.info.name,
+        "stage": layer.info.stage,
+        "depth": layer.info.depth,
+        "pooling": layer.key.pooling,
+        "classifier": classifier,
+        "feature_dim": X_train.shape[1],
+        "n_train": len(X_train),
+        "n_test": len(X_test),
+        "cv_score": fit.cv_score,
+        "test_accuracy": scores.accuracy,
+        "test_balanced_accuracy": scores.balanced_accuracy,
+        "test_macro_f1": scores.macro_f1,
+        "fit_seconds": round(fit.fit_seconds, 3),
+        "best_params": json.dumps(fit.best_params, sort_keys=True, default=str),
+        "store_entry": layer.key.entry_name,
+    }
+    proba = fit.estimator.predict_proba(X_test) if hasattr(fit.estimator, "predict_proba") else None
+    predictions_path = stem.with_name(f"{stem.name}.predictions.csv")
+    write_predictions(predictions_path, test.sample_ids, test.y, scores.y_pred, test.class_names, proba=proba)
+    sidecar = {
+        "fit_settings": settings,
+        "row": row,
+        "store_key": layer.key.to_dict(),
+        "store_entry": layer.key.entry_name,
+        "store": str(layer.store.root),
+        "extractor": extractor_record(layer.extraction.settings, layer.info.name, layer.extraction.plan.input_size),
+        "classifier": classifier,
+        "best_params": fit.best_params,
+        "cv_score": fit.cv_score,
+        "scores": scores.as_dict(),
+        "class_names": list(test.class_names),
+    }
+    model_path = save_classifier(stem, fit.estimator, sidecar)
+    return {**row, "model_path": str(model_path)}
+
+
+def fit_layer(
+    layer: LayerToFit, config: ExperimentConfig, split: dict, table: ResultsTable, log: Callable[[str], None]
+) -> int:
+    """Add one row per classifier for `layer`: reused when finished before, else fitted.
+
+    Features are loaded only if some classifier needs fitting. Returns the number fitted.
+
+    Raises:
+        InputError: Before any fit, if the layer's features hold NaN or inf, or
+            unreadable images left a class with fewer than 2 training rows.
+    """
+    jobs = []
+    for classifier in config.classifiers.names:
+        stem = config.output.dir / "models" / layer.key.entry_name / classifier
+        settings = fit_settings(config, layer.key, classifier, split)
+        jobs.append((classifier, stem, settings, finished_row(stem, settings)))
+    features = None
+    if any(finished is None for *_, finished in jobs):
+        features = _load_splits(layer, split)
+    for classifier, stem, settings, finished in jobs:
+        row = finished or _fit_row(layer, classifier, settings, stem, config, *features)
+        log(
+            f"  {'fitted' if finished is None else 'reused'} {layer.info.name} / {classifier}: "
+            f"cv {row['cv_score']:.3f}, test {row['test_accuracy']:.3f}"
+        )
+        table.add(row)
+    return sum(finished is None for *_, finished in jobs)

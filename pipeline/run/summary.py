@@ -1,0 +1,102 @@
+"""The texts a run writes into `summary.md` and its log: data, unreadable images, the closing report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from layerprobe.features.inputs import ImageDataset
+from layerprobe.features.store import FeatureStore
+from layerprobe.pipeline.advice import Advice
+from layerprobe.pipeline.config import DataConfig
+from layerprobe.pipeline.results import write_summary
+from layerprobe.pipeline.tables import format_table
+
+__all__ = ["CONSOLE_COLUMNS", "data_text", "log_report", "skipped_text", "stored_skipped", "untested_text",
+           "write_run_summary"]
+
+MAX_SKIPPED_LISTED = 20
+# Columns of the table printed at the end of a run (summary.md and results.csv have more).
+CONSOLE_COLUMNS = ("mode", "backbone", "weights", "layer", "depth", "classifier", "cv_score", "test_accuracy")
+
+
+def untested_text(untested: list[str], split: dict) -> str:
+    return (
+        f"class(es) {untested} have no images in the test split {split['test_split']!r}: the test scores "
+        f"measure the other classes only (the classifiers still learn and predict them)."
+    )
+
+
+def data_text(data: DataConfig, dataset: ImageDataset, split: dict, untested: list[str]) -> str:
+    made = f" (made: stratified, test_size {split['test_size']}, seed {split['seed']})" if split["made"] else ""
+    text = (
+        f"`{data.path}`: {len(dataset)} images, classes {list(dataset.class_names)}; "
+        f"train split {split['train_split']!r}, test split {split['test_split']!r}{made}."
+    )
+    return f"{text} Note: {untested_text(untested, split)}" if untested else text
+
+
+def skipped_text(skipped: list[tuple[str, str]]) -> str:
+    if not skipped:
+        return "None: every image decoded."
+    lines = [f"{len(skipped)} image(s) could not be decoded and were left out:", ""]
+    lines += [f"- `{sample_id}`: {reason}" for sample_id, reason in skipped[:MAX_SKIPPED_LISTED]]
+    if len(skipped) > MAX_SKIPPED_LISTED:
+        lines.append(f"- ... and {len(skipped) - MAX_SKIPPED_LISTED} more (`layerprobe store info` lists them all)")
+    return "\n".join(lines)
+
+
+def stored_skipped(store: FeatureStore, rows: list[dict]) -> dict[str, str]:
+    """Unreadable images recorded in the store entries of `rows` that the store still holds."""
+    entries = {row["store_entry"] for row in rows if isinstance(row.get("store_entry"), str)}
+    held = entries & {entry["entry"] for entry in store.entries()}
+    return {sample_id: reason for entry in held for sample_id, reason in store.info(entry)["skipped"]}
+
+
+def write_run_summary(
+    out: Path,
+    frame: pd.DataFrame,
+    *,
+    source: str,
+    advice: Advice,
+    data: str,
+    skipped: list[tuple[str, str]],
+    results_path: Path,
+    plot_path: Path,
+) -> Path:
+    """Write `out/summary.md`: the results table, the recommendation, the data, unreadable images, files."""
+    return write_summary(
+        out / "summary.md",
+        frame,
+        title=f"layerprobe run: {source}",
+        sections={
+            "Recommendation": advice.text,
+            "Data": data,
+            "Unreadable images": skipped_text(skipped),
+            "Files": (
+                f"- results: `{results_path}`\n- plot: `{plot_path}`\n- models and predictions: `{out / 'models'}`"
+            ),
+        },
+    )
+
+
+def log_report(
+    log: Callable[[str], None],
+    frame: pd.DataFrame,
+    advice: Advice,
+    *,
+    n_skipped: int,
+    counts: str,
+    paths: dict[str, Path],
+) -> None:
+    """The closing lines of a run: the table, the recommendation, the counts and where the files are."""
+    log("")
+    log(format_table(frame, CONSOLE_COLUMNS, markdown=True))
+    log("")
+    log(advice.text)
+    if n_skipped:
+        log(f"{n_skipped} unreadable image(s) left out (listed in summary.md).")
+    width = max(map(len, paths)) + 1
+    log(f"\n{counts}\n" + "\n".join(f"{f'{name}:':{width}} {path}" for name, path in paths.items()))

@@ -1,0 +1,238 @@
+"""The command line: which errors become one-line messages, --verbose, init, finetune --help, a quiet start."""
+
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import layerprobe.pipeline.config as config_module
+from layerprobe.features.errors import ConfigError, InputError
+from layerprobe.features.extract import STORAGE_DTYPES
+from layerprobe.features.truncate import POOLINGS
+from layerprobe.pipeline.cli import build_parser, comma_list, main, positive_int
+from layerprobe.pipeline.config import config_from_dict, load_config
+from layerprobe.pipeline.config.sections import SECTIONS
+from layerprobe.pipeline.finetune import FinetuneConfig
+
+NOISE = ("onednn", "cuda", "cpu_feature_guard", "cuinit")
+
+
+def _write_images(root: Path, per_class: int = 4) -> Path:
+    """32x32 images whose dominant colour is the class, in train/ and test/ folders."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", 2)):
+        for channel, name in enumerate(("red", "green")):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 90, (32, 32, 3))
+                pixels[..., channel] += 140
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:02d}.png")
+    return root
+
+
+def _tiny_config(tmp_path: Path) -> Path:
+    images = _write_images(tmp_path / "images")
+    path = tmp_path / "run.toml"
+    path.write_text(textwrap.dedent(f"""
+        [data]
+        path = "{images}"
+        [features]
+        store = "{tmp_path / 'store'}"
+        input_size = 32
+        [[backbones]]
+        model = "VGG16"
+        weights = "none"
+        layers = ["block1_pool"]
+        [classifiers]
+        names = ["logreg"]
+        cv = 2
+        [output]
+        dir = "{tmp_path / 'out'}"
+    """), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("bug", [ZeroDivisionError, ValueError, KeyError, FileExistsError])
+def test_a_bug_inside_a_command_propagates_with_its_traceback(tmp_path, monkeypatch, capsys, bug):
+    def broken(path):
+        raise bug("a bug, not the user's input")
+
+    monkeypatch.setattr(config_module, "load_config", broken)
+    with pytest.raises(bug, match="a bug"):
+        main(["run", str(tmp_path / "run.toml"), "--no-progress"])
+    assert "error:" not in capsys.readouterr().err
+
+
+def test_a_bug_shows_a_traceback_in_a_real_process(tmp_path):
+    script = (
+        "import sys, layerprobe.pipeline.config as config\n"
+        "def broken(path):\n    return 1 / 0\n"
+        "config.load_config = broken\n"
+        "from layerprobe.pipeline.cli import main\n"
+        f"sys.exit(main(['run', {str(tmp_path / 'run.toml')!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "Traceback (most recent call last)" in done.stderr and "ZeroDivisionError" in done.stderr
+    assert "layerprobe run: error:" not in done.stderr
+
+
+def test_a_config_error_is_a_message_and_exit_status_2(tmp_path, capsys):
+    path = _tiny_config(tmp_path)
+    path.write_text(path.read_text().replace("cv = 2", "cv = 2\nnmes = ['logreg']"), encoding="utf-8")
+    assert main(["run", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"layerprobe run: error: The experiment config {path} has 1 problem(s); nothing was run.")
+    assert "[classifiers] nmes: unknown key (did you mean 'names'?)" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("error", [ConfigError(["[data] path: a problem"], "run.toml"), InputError("bad images")])
+def test_every_layerprobe_error_is_caught_by_main(tmp_path, monkeypatch, capsys, error):
+    def refuse(path):
+        raise error
+
+    monkeypatch.setattr(config_module, "load_config", refuse)
+    assert main(["run", str(tmp_path / "run.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"layerprobe run: error: {error}\n"
+
+
+def test_a_missing_store_entry_argument_is_a_message(tmp_path, capsys):
+    assert main(["store", "info", str(tmp_path / "store")]) == 2
+    assert capsys.readouterr().err.startswith("layerprobe store: error: `layerprobe store info` needs an entry name")
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def test_comma_list_and_positive_int():
+    assert comma_list(" a, b,,c ,") == ["a", "b", "c"]
+    assert positive_int("3") == 3
+    for text in ("0", "-2", "1.5", "x"):
+        with pytest.raises(Exception, match="expected a positive integer"):
+            positive_int(text)
+
+
+def test_extract_choices_come_from_the_registries(capsys):
+    parser = build_parser()
+    base = ["extract", "--data", "images", "--store", "store"]
+    for pooling in POOLINGS:
+        assert parser.parse_args(base + ["--pooling", pooling]).pooling == pooling
+    for dtype in STORAGE_DTYPES:
+        assert parser.parse_args(base + ["--dtype", dtype]).dtype == dtype
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["--pooling", "mean"])
+    assert "invalid choice: 'mean'" in capsys.readouterr().err
+    assert parser.parse_args(base + ["--layers", "block1_pool, block3_pool"]).layers == ["block1_pool", "block3_pool"]
+
+
+@pytest.mark.parametrize("argv", [["--verbose", "init"], ["init", "--verbose"]])
+def test_verbose_before_or_after_the_command_sets_layerprobe_verbose(tmp_path, monkeypatch, argv):
+    monkeypatch.delenv("LAYERPROBE_VERBOSE", raising=False)
+    assert main(argv + [str(tmp_path)]) == 0
+    assert os.environ["LAYERPROBE_VERBOSE"] == "1"
+
+
+def test_without_verbose_tensorflow_logging_is_muted(tmp_path, monkeypatch):
+    monkeypatch.delenv("LAYERPROBE_VERBOSE", raising=False)
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    assert main(["init", str(tmp_path)]) == 0
+    assert "LAYERPROBE_VERBOSE" not in os.environ and os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
+
+
+# --------------------------------------------------------------------------- init and help
+
+
+def _finetune_keys():
+    return ["modes", *(field.name for field in dataclasses.fields(FinetuneConfig))]
+
+
+def test_init_writes_a_config_with_every_key_that_loads(tmp_path, capsys):
+    assert main(["init", str(tmp_path / "project")]) == 0
+    path = tmp_path / "project" / "layerprobe.toml"
+    assert str(path) in capsys.readouterr().out
+    text = path.read_text(encoding="utf-8")
+    for section, keys in SECTIONS.items():
+        header = {"backbones": "[[backbones]]", "finetune": "# [finetune]"}.get(section, f"[{section}]")
+        assert f"\n{header}\n" in text, section
+        for key in _finetune_keys() if section == "finetune" else keys:
+            assert re.search(rf"^(# )?{key} = ", text, re.MULTILINE), (section, key)
+
+    images = _write_images(tmp_path / "images")
+    path.write_text(re.sub(r'^path = ".*"$', f'path = "{images}"', text, count=1, flags=re.MULTILINE))
+    config = load_config(path)
+    assert config.data.path == images.resolve()
+    assert config.features.store == (path.parent / "layerprobe-store").resolve()
+    assert config.finetune is None and config.backbones[0].model == "VGG16"
+
+    # Uncommented, the [finetune] section holds FinetuneConfig's defaults.
+    finetune_lines = rf"^# (\[finetune\]$|(?:{'|'.join(_finetune_keys())}) = )"
+    enabled = path.with_name("enabled.toml")
+    enabled.write_text(re.sub(finetune_lines, r"\1", path.read_text(), flags=re.MULTILINE))
+    config = load_config(enabled)
+    assert config.finetune.modes == ("finetune",)
+    assert FinetuneConfig.from_dict(config.finetune.options) == FinetuneConfig()
+
+
+def test_init_refuses_to_overwrite_unless_forced(tmp_path, capsys):
+    path = tmp_path / "layerprobe.toml"
+    path.write_text("# mine\n")
+    assert main(["init", str(tmp_path)]) == 2
+    assert "exists already" in capsys.readouterr().err and path.read_text() == "# mine\n"
+    assert main(["init", str(tmp_path), "--force"]) == 0
+    assert "[classifiers]" in path.read_text()
+
+
+def test_example_config_matches_the_parsers_defaults(tmp_path):
+    text = config_module.example_config()
+    images = _write_images(tmp_path / "images")
+    text = re.sub(r'^path = ".*"$', f'path = "{images}"', text, count=1, flags=re.MULTILINE)
+    written = config_from_dict(tomllib.loads(text), tmp_path)
+    defaults = config_from_dict({"data": {"path": str(images)}, "backbones": [{"model": "VGG16"}]}, tmp_path)
+    assert written == dataclasses.replace(defaults, source=written.source)
+
+
+def test_finetune_help_lists_every_finetune_key_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: layerprobe finetune" in out
+    assert '  modes = ["finetune"]' in out
+    for field in dataclasses.fields(FinetuneConfig):
+        assert re.search(rf"^  {field.name} = ", out, re.MULTILINE), field.name
+    assert f"  head_epochs = {FinetuneConfig().head_epochs}\n" in out
+
+
+# --------------------------------------------------------------------------- quiet start
+
+
+def test_run_without_a_gpu_prints_no_tensorflow_notices(tmp_path):
+    config = _tiny_config(tmp_path)
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("TF_CPP_MIN_LOG_LEVEL", "LAYERPROBE_VERBOSE")}
+    done = subprocess.run(
+        [sys.executable, "-m", "layerprobe.pipeline.cli", "run", str(config), "--no-progress"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1 rows: 1 fitted, 0 reused; 12 images through a backbone" in done.stdout  # Keras was used
+    noise = [word for word in NOISE if word in done.stderr.lower()]
+    assert not noise, done.stderr[-3000:]
