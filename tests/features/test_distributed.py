@@ -281,6 +281,24 @@ def test_probe_rows_on_the_cluster_give_the_in_process_table(client, images, tmp
     assert again.n_fitted == 0 and again.n_reused == 4 and again.n_forward == 0
 
 
+def test_extract_command_on_a_running_scheduler(client, images, reference, tmp_path, capsys):
+    from layerprobe.pipeline.cli import main
+
+    store = tmp_path / "store"
+    status = main([
+        "extract", "--model", "VGG16", "--weights", "none", "--layers", ",".join(SETTINGS["layers"]),
+        "--input-size", "32", "--batch-size", str(SETTINGS["batch_size"]), "--chunk-size", str(CHUNK_SIZE),
+        "--data", str(images), "--store", str(store), "--scheduler", client.scheduler.address, "--no-progress",
+    ])
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert f"dask cluster at {client.scheduler.address}" in printed and "dashboard:" in printed
+    assert "submitted 5 chunk task(s)" in printed
+    expected, expected_report = reference
+    for name, key in expected_report.keys.items():
+        assert np.array_equal(FeatureStore(store).load(key).X, expected[name].X)
+
+
 def test_worker_killed_mid_chunk_still_gives_identical_features(client, images, extractor, reference, tmp_path):
     """SIGKILL the worker holding a chunk: it is computed elsewhere, and no committed chunk is computed again."""
     log_path, marker = tmp_path / "writes.log", tmp_path / "stalled"
