@@ -2,7 +2,7 @@
 
     layerprobe [--verbose] COMMAND ...
     layerprobe init [DIR] [--force]
-    layerprobe layers MODEL [--input-size N]
+    layerprobe layers MODEL|PATH.keras [--input-size N]
     layerprobe extract --model VGG16 --weights PATH|imagenet|none --layers a,b --data DIR|CSV --store STORE
     layerprobe store ls|info|rm STORE [ENTRY...]
     layerprobe run [CONFIG.toml] [--out DIR] [--store DIR]
@@ -94,8 +94,14 @@ def _layers(args: argparse.Namespace) -> int:
         for name, spec in BACKBONES.items():
             print(f"{name:20s} input {spec.default_input_size:>3d} (min {spec.min_input_size:>2d})  {spec.preprocessing}")
         return 0
-    backbone = load_backbone(args.model, weights=None, input_size=args.input_size)
-    infos = describe_layers(backbone.model, backbone.spec)
+    from layerprobe.features.model_files import is_model_file
+
+    if is_model_file(args.model):
+        model, spec, input_size, note = _model_file_layers(args)
+    else:
+        backbone = load_backbone(args.model, weights=None, input_size=args.input_size)
+        model, spec, input_size, note = backbone.model, backbone.spec, backbone.input_size, ""
+    infos = describe_layers(model, spec)
     if not args.all:
         infos = [info for info in infos if info.is_candidate or info.stage is not None or info is infos[-1]]
     rows = [
@@ -108,11 +114,27 @@ def _layers(args: argparse.Namespace) -> int:
         }
         for info in infos
     ]
-    print(f"{backbone.spec.name} at {backbone.input_size}x{backbone.input_size}: "
-          f"{'all layers' if args.all else 'cut layers (pass --all for every layer)'}")
+    print(f"{spec.name} at {input_size}x{input_size}: "
+          f"{'all layers' if args.all else 'cut layers (pass --all for every layer)'}{note}")
     _print_table(rows, ["layer", "output_shape", "alias", "depth", "key_id"])
     print("Select with --layers NAME[,NAME...], aliases 'stages', 'stageK', 'top', or depths like 0.5.")
     return 0
+
+
+def _model_file_layers(args: argparse.Namespace):
+    """(backbone part, spec, input size, note on its source and preprocessing) of a saved model file."""
+    from layerprobe.features.backbones import resolve_preprocessing
+    from layerprobe.features.model_files import open_model_file
+
+    opened = open_model_file(args.model, input_size=args.input_size)
+    if args.preprocessing is not None:
+        preprocessing, source = resolve_preprocessing(args.preprocessing), "--preprocessing"
+    else:
+        preprocessing, source = opened.preprocessing, opened.preprocessing_source
+    spec = opened.spec(preprocessing or (None, "none"))
+    told = (f"preprocessing {spec.preprocessing} ({source})" if preprocessing is not None else
+            f"preprocessing unknown ({source}): pass --preprocessing none|caffe|tf|torch|FAMILY to extract")
+    return opened.model, spec, opened.input_size, f"\n{opened.path}: {opened.label}; {told}"
 
 
 @_command("extract")
@@ -134,6 +156,7 @@ def _extract(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         dtype=args.dtype,
         mixed_precision=args.mixed_precision,
+        preprocessing=args.preprocessing,
     )
     print(f"{len(dataset)} images, {len(dataset.class_names)} classes, splits {list(dataset.split_names)}; "
           f"{extractor.backbone.architecture} at {extractor.backbone.input_size}px, layers {extractor.layer_names}")
@@ -220,11 +243,25 @@ class _FinetuneHelp(argparse.Action):
 
 
 def _add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="VGG16", help="backbone name (see `layerprobe layers --list`)")
     parser.add_argument(
-        "--weights", default="imagenet", type=_weights, help="imagenet | none | PATH to .weights.h5/.h5 (default: imagenet)"
+        "--model", default="VGG16", help="backbone name (see `layerprobe layers --list`) or PATH to a saved .keras model"
+    )
+    parser.add_argument(
+        "--weights", default="imagenet", type=_weights,
+        help="imagenet | none | PATH to .weights.h5/.h5 (default: imagenet; for a .keras model: its own)",
     )
     parser.add_argument("--input-size", type=positive_int, default=None, help="square input side (default: the model's)")
+    _add_preprocessing_argument(parser)
+
+
+def _add_preprocessing_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--preprocessing", default=None,
+        help="for a .keras model: none | caffe | tf | torch | a family name (default: from layerprobe's "
+             "metadata beside the file, or the model's graph)",
+    )
+
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,8 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="overwrite an existing layerprobe.toml")
 
     layers = commands.add_parser("layers", parents=[common], help="list the selectable layers of a backbone")
-    layers.add_argument("model", nargs="?", help="backbone name; omit (or --list) to list backbones")
+    layers.add_argument("model", nargs="?", help="backbone name or PATH to a saved .keras model; omit (or --list) to list backbones")
     layers.add_argument("--input-size", type=positive_int, default=None)
+    _add_preprocessing_argument(layers)
     layers.add_argument("--all", action="store_true", help="show every layer, not only the cut layers")
     layers.add_argument("--list", action="store_true", help="list the registered backbones")
 

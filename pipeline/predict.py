@@ -40,6 +40,7 @@ def extractor_record(settings: dict[str, Any], layer: str, input_size: int) -> d
         "model": settings["model"],
         "weights": settings["weights"],
         "model_kwargs": dict(settings.get("model_kwargs") or {}),
+        "preprocessing": settings.get("preprocessing"),
         "seed": settings["seed"],
         "layer": layer,
         "pooling": settings["pooling"],
@@ -63,6 +64,7 @@ def extractor_from_record(record: dict[str, Any]) -> FeatureExtractor:
         dtype=record["dtype"],
         mixed_precision=record["mixed_precision"],
         model_kwargs=record["model_kwargs"],
+        preprocessing=record.get("preprocessing"),
         seed=record["seed"],
     )
 

@@ -20,6 +20,7 @@ from layerprobe.pipeline.config.sections import (
     build_features,
     build_finetune,
     build_output,
+    check_finetune_backbones,
     check_input_size,
     check_sections,
 )
@@ -61,6 +62,7 @@ def config_from_dict(
     classifiers = build_classifiers(checker, raw.get("classifiers", {}))
     output = build_output(checker, raw.get("output", {}))
     finetune = build_finetune(checker, raw.get("finetune"))
+    check_finetune_backbones(checker, finetune, backbones)
     if checker.problems:
         raise ConfigError(checker.problems, source)
     return ExperimentConfig(

@@ -86,13 +86,24 @@ class BackboneConfig:
     """One backbone and the layers to probe.
 
     Attributes:
-        model: Backbone name (`layerprobe layers --list` lists them), e.g. `"VGG16"`.
+        model: Backbone name (`layerprobe layers --list` lists them), e.g.
+            `"VGG16"`, or the path of a Keras model saved with model.save (a
+            `.keras` file: your own, or a model.keras of `layerprobe finetune`;
+            a glob pattern matching exactly one file is allowed; absolute once parsed).
         weights: `"imagenet"`, `"none"` (random initialisation from `seed`,
-            a baseline) or the path of a weights file (absolute once parsed).
+            a baseline) or the path of a weights file (absolute once parsed);
+            for a model file `"saved"` (its own weights, the default), `"none"`
+            or a weights file.
         layers: Layers to probe: names, aliases (`"stages"`, `"stageK"`,
             `"top"`) or relative depths in [0, 1]; `layerprobe layers MODEL`
             lists them.
         model_kwargs: Extra constructor arguments, e.g. `{ alpha = 0.35 }`.
+        preprocessing: For a model file: `"none"` (pixels 0-255, for models that
+            rescale inside), `"caffe"`, `"tf"`, `"torch"` (the modes of Keras's
+            imagenet_utils.preprocess_input) or a family name whose
+            preprocess_input to use, e.g. `"ResNet50"`; None (key left out)
+            takes it from the metadata layerprobe saves beside its models, or
+            from the model's graph.
         seed: Seed of the random initialisation when weights is `"none"`.
     """
 
@@ -100,13 +111,18 @@ class BackboneConfig:
     weights: str | None = "imagenet"
     layers: tuple[str | float, ...] = ("stages",)
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    preprocessing: str | None = None
     seed: int = 0
 
     @property
     def weights_label(self) -> str:
-        """Short name of the weights for tables: `imagenet`, `none` or the file name."""
+        """Short name of the weights for tables: `imagenet`, `none` or the file name
+        (for a model file's own weights, its name, with its folder when it is `model.keras`)."""
         if self.weights is None:
             return "none"
+        if self.weights == "saved":
+            path = Path(self.model)
+            return f"{path.parent.name}/{path.name}" if path.name == "model.keras" else path.name
         return self.weights if self.weights == "imagenet" else Path(self.weights).name
 
 

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from layerprobe.features.backbones import BACKBONES
 from layerprobe.features.errors import ConfigError
 from layerprobe.features.extract import STORAGE_DTYPES
+from layerprobe.features.model_files import SAVED_WEIGHTS, is_model_file
 from layerprobe.features.truncate import POOLINGS
 from layerprobe.pipeline.classifiers import CLASSIFIERS, PREPROCESSING, build_probe_pipeline, prefix_param_grid
 from layerprobe.pipeline.config import values
@@ -39,6 +40,7 @@ __all__ = [
     "build_features",
     "build_finetune",
     "build_output",
+    "check_finetune_backbones",
     "check_input_size",
     "check_sections",
     "finetune_config_class",
@@ -68,6 +70,7 @@ SECTIONS: Mapping[str, Mapping[str, Check | None]] = MappingProxyType(
             "weights": None,
             "layers": values.layers,
             "model_kwargs": values.table,
+            "preprocessing": values.preprocessing,
             "seed": values.integer(0),
         },
         "classifiers": {
@@ -135,10 +138,55 @@ def build_backbones(checker: Checker, raw: Any) -> tuple[BackboneConfig, ...]:
         found = _section(checker, "backbones", table, where)
         if "weights" in found:
             found["weights"] = checker.weights(f"{where} weights", found["weights"])
+        if "model" in found and is_model_file(found["model"]):
+            _model_file_entry(checker, where, found)
+        elif "model" in found and "preprocessing" in found:
+            checker.report(
+                f"{where} preprocessing",
+                f"is chosen for model files; {found['model']}'s preprocessing belongs to its weights: remove the key",
+                found["preprocessing"],
+            )
         if "model" in found:
             found["model_kwargs"] = MappingProxyType(dict(found.get("model_kwargs", {})))
             backbones.append(BackboneConfig(**found))
     return tuple(backbones)
+
+
+def _model_file_entry(checker: Checker, where: str, found: dict[str, Any]) -> None:
+    """A [[backbones]] entry whose model is a saved file: its path resolved, its own weights by default."""
+    path = checker.model_file(f"{where} model", found["model"])
+    if path is None:
+        del found["model"]
+        return
+    found["model"] = path
+    if found.get("weights") == "imagenet":
+        checker.report(
+            f"{where} weights",
+            f'a model file carries its own weights: leave weights out (or "{SAVED_WEIGHTS}"), '
+            f'or use "none" for a random initialisation of its architecture, or a weights file',
+            "imagenet",
+        )
+    found.setdefault("weights", SAVED_WEIGHTS)
+    if found.get("model_kwargs"):
+        checker.report(
+            f"{where} model_kwargs", "are constructor arguments of a registry family; a model file is built as saved",
+            found["model_kwargs"],
+        )
+
+
+def check_finetune_backbones(
+    checker: Checker, finetune: FinetuneStageConfig | None, backbones: tuple[BackboneConfig, ...]
+) -> None:
+    """The [finetune] stage trains registry families only: a model file in a config with it is a problem."""
+    files = [number for number, backbone in enumerate(backbones, start=1) if is_model_file(backbone.model)]
+    if finetune is not None and files:
+        checker.report(
+            "[finetune]",
+            f"finetuning trains registry backbones; [[backbones]] #{', #'.join(map(str, files))} "
+            f"{'is a model file' if len(files) == 1 else 'are model files'}. Probe model files in a config "
+            f"without [finetune] (a finetuned model.keras is probed that way too)",
+            received=False,
+        )
 
 
 def check_input_size(checker: Checker, features: FeaturesConfig | None, backbones: tuple[BackboneConfig, ...]) -> None:
@@ -147,7 +195,7 @@ def check_input_size(checker: Checker, features: FeaturesConfig | None, backbone
     small = {
         backbone.model: BACKBONES[backbone.model].min_input_size
         for backbone in backbones
-        if size is not None and size < BACKBONES[backbone.model].min_input_size
+        if size is not None and backbone.model in BACKBONES and size < BACKBONES[backbone.model].min_input_size
     }
     if small:
         minimums = ", ".join(f"{model} {minimum}" for model, minimum in small.items())

@@ -56,6 +56,7 @@ _NO_FIELD_DEFAULT = {
 # Keys whose default is None (left out): an example value for the commented-out line.
 _UNSET_EXAMPLES = {
     "input_size": 224, "pca_components": 0.95, "n_jobs": -1, "scheduler": "tcp://scheduler-host:8786", "workers": 2,
+    "preprocessing": "none",
 }
 _WIDTH = 88
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -9,12 +9,15 @@ at once. Checks that accept names from a registry carry the names as
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from layerprobe.features.backbones import BACKBONES
+from layerprobe.features.backbones import BACKBONES, PREPROCESSING_MODES, resolve_preprocessing
 from layerprobe.features.checks import closest_names, is_positive_int
+from layerprobe.features.errors import BackboneError
+from layerprobe.features.model_files import SAVED_WEIGHTS, is_model_file
 from layerprobe.features.weights import parse_weights
 
 __all__ = [
@@ -29,6 +32,7 @@ __all__ = [
     "n_jobs",
     "one_of",
     "pca_components",
+    "preprocessing",
     "string",
     "string_list",
     "suggestion",
@@ -146,12 +150,33 @@ def layers(value: Any) -> tuple[str | float, ...]:
 
 
 def model_name(value: Any) -> str:
-    """A registered backbone, in any letter case; returns its registered spelling."""
+    """A registered backbone, in any letter case (returns its registered spelling), or the
+    path of a saved model (`is_model_file`; returned as given, resolved by `Checker.model_file`)."""
     name = string(value)
+    if is_model_file(name):
+        return name
     by_lower = {key.lower(): key for key in BACKBONES}
     if name.lower() not in by_lower:
-        raise Invalid(f"unknown backbone{suggestion(name, BACKBONES)}; valid names are {sorted(BACKBONES)}")
+        raise Invalid(
+            f"unknown backbone{suggestion(name, BACKBONES)}; valid names are {sorted(BACKBONES)}, "
+            f"or the path of a Keras model saved with model.save (ending in .keras)"
+        )
     return by_lower[name.lower()]
+
+
+def preprocessing(value: Any) -> str:
+    """A `preprocessing=` value of a model file: a mode or a family name."""
+    try:
+        resolve_preprocessing(string(value))
+    except BackboneError:
+        raise Invalid(
+            f"expected one of {list(PREPROCESSING_MODES)} or a backbone family name whose "
+            f"preprocess_input to use{suggestion(value, [*PREPROCESSING_MODES, *BACKBONES])}"
+        ) from None
+    return value
+
+
+preprocessing.choices = PREPROCESSING_MODES
 
 
 class Checker:
@@ -214,14 +239,35 @@ class Checker:
         return path
 
     def weights(self, where: str, value: Any) -> str | None:
-        """"imagenet", None for "none", or the absolute path of an existing weights file."""
+        """"imagenet", "saved", None for "none", or the absolute path of an existing weights file."""
         if not isinstance(value, str) or not value:
             self.report(where, 'expected "imagenet", "none" or the path of a weights file', value)
             return None
         parsed = parse_weights(value)
-        if parsed in (None, "imagenet"):
+        if parsed in (None, "imagenet", SAVED_WEIGHTS):
             return parsed
         path = self.path(where, value, must_exist=True)
         if path is not None and not path.is_file():
             self.report(where, f"{path} is not a file", value)
+        return None if path is None else str(path)
+
+    def model_file(self, where: str, value: str) -> str | None:
+        """The absolute path of a saved model file; a glob pattern (`*`, `?`, `[`) must match exactly one file."""
+        if not any(char in value for char in "*?["):
+            path = self.path(where, value, must_exist=True)
+        else:
+            matches = sorted(glob.glob(str(self.base_dir / Path(value).expanduser())))
+            if len(matches) != 1:
+                found = "no file" if not matches else f"{len(matches)} files ({', '.join(matches[:3])})"
+                self.report(
+                    where,
+                    f"the pattern must match exactly one model file, it matches {found} (relative paths are "
+                    f"relative to {self.base_dir}; a finetuned model exists once `layerprobe finetune` has run)",
+                    value,
+                )
+                return None
+            path = Path(matches[0]).resolve()
+        if path is not None and not path.is_file():
+            self.report(where, f"{path} is not a file", value)
+            return None
         return None if path is None else str(path)

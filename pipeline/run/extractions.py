@@ -48,6 +48,8 @@ def extractor_settings(config: ExperimentConfig, backbone: BackboneConfig, pooli
         "dtype": config.features.dtype,
         "model_kwargs": dict(backbone.model_kwargs),
         "seed": backbone.seed,
+        # only when set: a model file's preprocessing (registry families have theirs)
+        **({"preprocessing": backbone.preprocessing} if backbone.preprocessing is not None else {}),
     }
 
 
