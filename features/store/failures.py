@@ -9,7 +9,10 @@ from typing import Iterator
 
 from layerprobe.features.errors import StoreError
 
-__all__ = ["write_error", "writing"]
+__all__ = ["check_free_space", "write_error", "writing"]
+
+# Room left beyond a file's estimated size: HDF5's own metadata, and other writers.
+_FREE_SPACE_MARGIN = 1 << 20
 
 
 def write_error(path: Path, error: OSError) -> StoreError:
@@ -32,6 +35,28 @@ def write_error(path: Path, error: OSError) -> StoreError:
             f"store path (cached entries can still be read from this one)."
         )
     return StoreError(f"Could not write {path}: {error}")
+
+
+def check_free_space(path: Path, n_bytes: int) -> None:
+    """Refuse to start writing about `n_bytes` at `path` when its file system has less room.
+
+    Raises:
+        StoreError: "The disk is full ..." (see `write_error`), before anything is written.
+    """
+    import os
+
+    try:
+        stats = os.statvfs(path.parent)
+    except OSError:
+        return  # no statistics (or no folder yet): let the write itself tell
+    free = stats.f_bavail * stats.f_frsize
+    needed = int(n_bytes * 1.05) + _FREE_SPACE_MARGIN
+    if free < needed:
+        raise write_error(
+            path,
+            OSError(errno.ENOSPC, f"No space left on device: {free / 2**20:.1f} MiB free, about "
+                                  f"{needed / 2**20:.1f} MiB needed"),
+        )
 
 
 @contextlib.contextmanager

@@ -215,7 +215,9 @@ class FeatureStore:
         splits = np.asarray(splits, dtype=object)
         kept, skipped = [], []
         path = self.path_for(key)
-        with hdf5.new_entry(path, n_samples=n_total, feature_shape=feature_shape, dtype=dtype) as entry:
+        # Sample ids, splits, labels, skipped reasons: their size, for the free-space check.
+        extra = sum(len(str(sample_id).encode()) + 40 for sample_id in sample_ids)
+        with hdf5.new_entry(path, n_samples=n_total, feature_shape=feature_shape, dtype=dtype, extra_bytes=extra) as entry:
             for index in range(n_chunks):
                 features, indices, chunk_skipped = partial.read_chunk(index)
                 entry.append(features)

@@ -22,6 +22,14 @@ HDF5's own file locks: `HDF5_USE_FILE_LOCKING=FALSE` (or `BEST_EFFORT`) is
 honoured at every open, not only when the HDF5 library starts. Committed files
 are never written in place, so readers of a store do not need HDF5's lock; on
 NFS without lock support set it to `FALSE`.
+
+A full disk: HDF5 writes its metadata when a file is closed, and when that
+write fails (ENOSPC) h5py 3.14 / HDF5 1.14 leave the file half-closed in the
+library, which later crashes the process (a segmentation fault at an unrelated
+HDF5 call; found by the tmpfs test in tests/reliability). So a chunk is built
+in memory (the `core` driver) and reaches the disk in one plain write, which
+fails cleanly; an entry, written to disk chunk by chunk to bound memory, is
+started only when the file system has room for it (`failures.check_free_space`).
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ import errno
 import hashlib
 import json
 import os
+import re
+import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -39,7 +49,7 @@ import numpy as np
 
 from layerprobe.features.atomic import atomic_path
 from layerprobe.features.digests import array_digest, start_array, update_with_block
-from layerprobe.features.store.failures import writing
+from layerprobe.features.store.failures import check_free_space, writing
 
 __all__ = [
     "CHUNK_ENCODING_TYPE",
@@ -155,6 +165,20 @@ def _read_strings(dataset) -> np.ndarray:
 
 
 @contextlib.contextmanager
+def _write_failures_as_os_errors() -> Iterator[None]:
+    """HDF5 reports a write that fails while a file is flushed or closed (e.g. ENOSPC) as a
+    `RuntimeError` ("file write failed: ... errno = 28"): turn it into the `OSError` it is."""
+    try:
+        yield
+    except RuntimeError as error:
+        match = re.search(r"errno = (\d+)", str(error))
+        if match is None:
+            raise
+        code = int(match.group(1))
+        raise OSError(code, f"{os.strerror(code)} (HDF5: {str(error).splitlines()[0]})") from error
+
+
+@contextlib.contextmanager
 def _new_file(path: Path) -> Iterator[h5py.File]:
     """An HDF5 file written under a temporary name, committed as `path` if the block succeeds.
 
@@ -163,8 +187,45 @@ def _new_file(path: Path) -> Iterator[h5py.File]:
     """
     locking = _locking()
     options = {} if locking is None else {"locking": locking}
-    with writing(path), atomic_path(path) as tmp, h5py.File(tmp, "w", **options) as handle:
+    with (
+        writing(path),
+        atomic_path(path) as tmp,
+        _write_failures_as_os_errors(),
+        h5py.File(tmp, "w", **options) as handle,
+    ):
         yield handle
+
+
+_IMAGE_BLOCK = 1 << 20
+
+
+def _write_image(handle, image: bytes) -> None:
+    """Write a file image in 1 MiB pieces (a separate function so that tests can kill it midway)."""
+    view = memoryview(image)
+    for start in range(0, len(view), _IMAGE_BLOCK):
+        handle.write(view[start : start + _IMAGE_BLOCK])
+
+
+@contextlib.contextmanager
+def _new_file_in_memory(path: Path) -> Iterator[h5py.File]:
+    """Like `_new_file`, for small files: built in memory, then committed in one plain write.
+
+    HDF5 never writes to the disk, so a full disk is a clean `OSError` from that write
+    (see the module docstring). Memory: about twice the file.
+
+    Raises:
+        StoreError: If it cannot be written (disk full, read-only...).
+    """
+    with writing(path):
+        handle = h5py.File(f"layerprobe-{uuid.uuid4().hex}.h5", "w", driver="core", backing_store=False)
+        try:
+            yield handle
+            handle.flush()
+            image = handle.id.get_file_image()
+        finally:
+            handle.close()
+        with atomic_path(path) as tmp, open(tmp, "wb") as out:
+            _write_image(out, image)
 
 
 # --------------------------------------------------------------------------- chunks
@@ -179,7 +240,7 @@ def write_chunk(
 ) -> None:
     """Commit one chunk: its features, their sample indices, the skipped (index, reason), a checksum
     and the fingerprint (settings and numerics environment) it was computed with."""
-    with _new_file(path) as handle:
+    with _new_file_in_memory(path) as handle:
         handle.attrs["encoding-type"] = CHUNK_ENCODING_TYPE
         handle.attrs["encoding-version"] = ENCODING_VERSION
         handle.attrs["features_sha256"] = array_digest(features)
@@ -318,12 +379,19 @@ class EntryWriter:
 
 
 @contextlib.contextmanager
-def new_entry(path: Path, *, n_samples: int, feature_shape: tuple, dtype: np.dtype) -> Iterator[EntryWriter]:
+def new_entry(
+    path: Path, *, n_samples: int, feature_shape: tuple, dtype: np.dtype, extra_bytes: int = 0
+) -> Iterator[EntryWriter]:
     """Write an entry; it is committed as `path` only if the block succeeds and called `finish`.
+
+    `extra_bytes`: the size of everything but the features (sample ids...), for the
+    free-space check made before anything is written.
 
     Raises:
         StoreError: If it cannot be written (disk full, read-only...).
     """
+    features_bytes = n_samples * int(np.prod(feature_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    check_free_space(path, features_bytes + extra_bytes)
     with _new_file(path) as handle:
         writer = EntryWriter(handle, n_samples, feature_shape, dtype)
         yield writer

@@ -75,15 +75,16 @@ def holder(path: Path) -> str:
         return "a process that did not record itself"
 
 
-def _record_holder(handle: IO[str]) -> None:
-    """Write this process's pid, host and start time into the lock file it now holds."""
+def _record_holder(handle: IO[bytes]) -> None:
+    """Write this process's pid, host and start time into the lock file it now holds.
+
+    Best effort: on a full disk the record is simply missing. The file is unbuffered, so
+    nothing failed stays buffered to fail again when it is closed.
+    """
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     with contextlib.suppress(OSError):
-        handle.seek(0)
-        handle.truncate()
-        handle.write(
-            json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        )
-        handle.flush()
+        handle.truncate(0)
+        handle.write(json.dumps(record).encode())
 
 
 def _unusable(directory: Path, error: OSError) -> StoreError:
@@ -100,16 +101,16 @@ def _unusable(directory: Path, error: OSError) -> StoreError:
     return StoreError(f"Cannot create or open lock files in {directory}: {error}. Nothing was computed.")
 
 
-def _open_lock(root: Path, key: FeatureKey) -> IO[str]:
+def _open_lock(root: Path, key: FeatureKey) -> IO[bytes]:
     directory = lock_directory(root)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        return open(lock_path(root, key), "a+", encoding="utf-8")
+        return open(lock_path(root, key), "a+b", buffering=0)
     except OSError as error:
         raise _unusable(directory, error) from error
 
 
-def _wait_for(handle: IO[str], path: Path, key: FeatureKey, timeout: float) -> None:
+def _wait_for(handle: IO[bytes], path: Path, key: FeatureKey, timeout: float) -> None:
     """Block until the flock on `handle` is ours, or raise `EntryLockedError` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     for attempt in range(1 << 62):
@@ -169,7 +170,7 @@ def hold_if_free(root: Path, key: FeatureKey) -> Iterator[bool]:
     A lock file that cannot be opened (no `.locks` folder yet, read-only store) counts as not held.
     """
     try:
-        handle = open(lock_path(root, key), "a+")
+        handle = open(lock_path(root, key), "a+b", buffering=0)
     except OSError:
         yield False
         return

@@ -25,15 +25,18 @@ def _predict_or_die(self, batch):
 keras.Model.predict_on_batch = _predict_or_die
 """
 
+# A chunk is built in memory and written in one go (see store/hdf5.py): die halfway through that write.
 _KILL_IN_CHUNK_WRITE = """
-import h5py
-_create, _calls = h5py.Group.create_dataset, []
-def _create_or_die(self, *args, **kwargs):
+from layerprobe.features.store import hdf5 as hdf5_module
+_write_image, _calls = hdf5_module._write_image, []
+def _write_half_or_die(handle, image):
     _calls.append(1)
-    if len(_calls) == 10:  # chunk 1 of block1_pool: features written, sample_indices next
+    if len(_calls) == 3:  # chunk 1 of block1_pool (after chunk 0 of both layers)
+        handle.write(image[: len(image) // 2])
+        handle.flush()
         die()
-    return _create(self, *args, **kwargs)
-h5py.Group.create_dataset = _create_or_die
+    return _write_image(handle, image)
+hdf5_module._write_image = _write_half_or_die
 """
 
 _KILL_IN_COMMIT = """
@@ -104,18 +107,32 @@ def test_sigkill_then_resume_gives_identical_features(harness, helpers, tmp_path
     assert not any((tmp_path / ".partial").iterdir())
 
 
-def test_interrupted_run_releases_everything_and_resumes(harness, helpers, tmp_path, monkeypatch):
+@pytest.mark.parametrize("files", [False, True], ids=["arrays", "files"])
+def test_interrupted_run_releases_everything_and_resumes(harness, helpers, tmp_path, monkeypatch, files):
     store = FeatureStore(tmp_path)
-    harness.interrupt(store, monkeypatch)
+    harness.interrupt(store, monkeypatch, files=files)
     assert helpers.decoder_threads_stop()
     assert helpers.stray_files(tmp_path) == []
-    for key in harness.keys.values():
+    for key in (harness.file_keys if files else harness.keys).values():
         assert not store.has(key)
         with open(tmp_path / ".locks" / f"{key.digest}.lock", "a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released: does not raise
-    resumed = harness.extract(store)
+    resumed = harness.extract(store, files=files)
     assert resumed.n_forward == 8
-    harness.assert_matches_reference(store)
+    harness.assert_matches_reference(store, files=files)
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_file_extraction_then_resume_gives_identical_features(harness, tmp_path):
+    process = harness.run_script(tmp_path, _KILL_IN_FORWARD_PASS, files=True)  # decoding PNGs, stat digest
+    assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
+    store = FeatureStore(tmp_path)
+    assert not any(store.has(key) for key in harness.file_keys.values())
+    resumed = harness.extract(store, files=True)
+    assert resumed.n_forward == 8
+    harness.assert_matches_reference(store, files=True)
+    # Sample ids are stored relative to the dataset root and come back absolute.
+    assert all(sample_id.startswith(str(harness.images)) for sample_id in store.load(harness.file_keys[FIRST]).sample_ids)
 
 
 def test_what_killed_writers_leave_is_ignored_then_cleaned(harness, helpers, tmp_path):

@@ -1,112 +1,175 @@
-"""A full disk mid-extraction, and a store that cannot be written."""
+"""A disk that fills up mid-extraction, a read-only file system, a store this user may not write.
 
-import errno
+The faults are real, not mocked: the store lives on a 2 MiB tmpfs mounted for
+the test, filled to leave a chosen amount of space (ENOSPC), or remounted
+read-only (EROFS); the permission case runs as user `nobody` in a child forked
+from this process. Mounting needs root (CAP_SYS_ADMIN); where it is not
+permitted these cases skip and say so.
+"""
+
 import os
+import pickle
+import pwd
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 
-import h5py
 import pytest
 
-from layerprobe.features import atomic as atomic_module
 from layerprobe.features.extract import FeatureExtractor
-from layerprobe.features.store import feature_store as store_module
 from layerprobe.features.store import FeatureStore, IncompleteEntryError, StoreError
 
-_NO_SPACE = OSError(errno.ENOSPC, "No space left on device")
+PAGE = 4096
 
 
-def _fail_dataset(name_or_count):
-    """A create_dataset that raises ENOSPC for a dataset name, or at the n-th call."""
-    original, calls = h5py.Group.create_dataset, []
+@pytest.fixture
+def tmpfs(tmp_path):
+    """`mount(size)`: a fresh tmpfs of `size` under tmp_path; unmounted after the test."""
+    mounted = []
 
-    def create(self, name, *args, **kwargs):
-        calls.append(name)
-        if name == name_or_count or len(calls) == name_or_count:
-            raise _NO_SPACE
-        return original(self, name, *args, **kwargs)
+    def mount(size="2m"):
+        point = tmp_path / f"tmpfs{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(point)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); these cases need "
+                        f"root with CAP_SYS_ADMIN to make a real full or read-only file system")
+        mounted.append(point)
+        return point
 
-    return create
-
-
-_fsync = os.fsync
-
-
-def _fail_fsync(descriptor):
-    """An fsync that raises ENOSPC for chunk files (other files, e.g. fingerprint.json, are synced)."""
-    if ".tmp-chunk_" in os.readlink(f"/proc/self/fd/{descriptor}"):
-        raise _NO_SPACE
-    return _fsync(descriptor)
+    yield mount
+    for point in reversed(mounted):
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
 
 
-# name: (what to patch, replacement, resumed n_forward)
+def _fill(point: Path, leave_bytes: int) -> Path:
+    """A file filling the file system at `point` up to `leave_bytes` of free space."""
+    stats = os.statvfs(point)
+    free = stats.f_bavail * stats.f_frsize
+    filler = point / "filler"
+    with open(filler, "wb") as handle:
+        handle.write(b"\0" * max(0, free - leave_bytes))
+    return filler
+
+
+def _committed(store_dir: Path, key) -> set:
+    return {p.name for p in (store_dir / ".partial" / key.digest).glob("chunk_*.h5")}
+
+
+# free space left (bytes): where the disk fills up in the 24-image, 3-chunk workload
 DISK_FULL = {
-    "writing-a-chunk": (h5py.Group, "create_dataset", lambda: _fail_dataset(9), 16),  # chunk 1 of block1_pool
-    "flushing-a-chunk": (os, "fsync", lambda: _fail_fsync, 24),  # the very first chunk
-    "writing-the-entry": (h5py.Group, "create_dataset", lambda: _fail_dataset("labels"), 0),  # inside commit
+    "before-the-first-chunk": 0,  # fingerprint.json cannot be written
+    "between-chunks": 16 * PAGE,  # chunk 0 of both layers fits, chunk 1 does not
+    "in-the-commit": 31 * PAGE,  # every chunk fits, the entries do not
 }
 
 
 @pytest.mark.parametrize("case", list(DISK_FULL))
-def test_disk_full_is_a_clear_error_and_the_rerun_resumes(harness, helpers, tmp_path, monkeypatch, case):
-    target, attribute, make, n_forward = DISK_FULL[case]
-    monkeypatch.setattr(target, attribute, make())
-    store = FeatureStore(tmp_path)
+def test_disk_full_is_a_clear_error_and_the_rerun_resumes(harness, helpers, tmpfs, case):
+    point = tmpfs("2m")
+    store_dir = point / "store"
+    store = FeatureStore(store_dir)
+    filler = _fill(point, DISK_FULL[case])
     with pytest.raises(StoreError, match="disk is full") as info:
         harness.extract(store)
-    monkeypatch.undo()
-
+    assert "No space left on device" in str(info.value)
     assert "Free some space" in str(info.value) and "resumes" in str(info.value)
-    assert helpers.stray_files(tmp_path) == []
+    assert helpers.stray_files(store_dir) == []  # every temporary file was removed
     assert helpers.decoder_threads_stop()
+    committed = [_committed(store_dir, key) for key in harness.keys.values()]
+    done_everywhere = set.intersection(*committed)
+    if case == "before-the-first-chunk":
+        assert committed == [set(), set()]
+    elif case == "between-chunks":
+        assert "chunk_000000.h5" in done_everywhere and len(done_everywhere) < 3
+    else:
+        assert len(done_everywhere) == 3
     for key in harness.keys.values():
         assert not store.has(key)
         with pytest.raises(IncompleteEntryError):
             store.load(key)
     assert store.entries() == []
 
-    resumed = harness.extract(store)  # space freed
-    assert resumed.n_forward == n_forward
+    filler.unlink()  # space freed
+    resumed = harness.extract(store)
+    assert resumed.n_forward == 8 * (3 - len(done_everywhere))  # committed chunks are not recomputed
     harness.assert_matches_reference(store)
+    assert helpers.stray_files(store_dir) == []
 
 
-def test_disk_full_while_creating_the_temporary_file(harness, tmp_path, monkeypatch):
-    original = h5py.File
+def test_read_only_file_system(harness, tmpfs, monkeypatch):
+    point = tmpfs("2m")
+    store = FeatureStore(point / "store")
+    harness.extract(store)
+    done = subprocess.run(["mount", "-o", "remount,ro", str(point)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot remount read-only here: {done.stderr.strip()}")
+    with pytest.raises(OSError, match="Read-only file system"):
+        (point / "store" / "probe").write_text("")  # the fault is real
 
-    def no_inode(name, mode="r", *args, **kwargs):
-        if mode != "r":  # creating the temporary file of a chunk or entry
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return original(name, mode, *args, **kwargs)
+    # Cached features are still served, nothing is written (no lock, no clean-up).
+    report = harness.extract(FeatureStore(point / "store"))
+    assert report.cached == harness.layers and report.n_forward == 0
+    harness.assert_matches_reference(FeatureStore(point / "store"))
 
-    monkeypatch.setattr(h5py, "File", no_inode)
-    with pytest.raises(StoreError, match="disk is full"):
-        harness.extract(FeatureStore(tmp_path))
-
-
-def _denied(*args, **kwargs):
-    raise PermissionError(errno.EACCES, "Permission denied", kwargs.get("dir"))
-
-
-def test_read_only_store_fails_before_any_work(harness, tmp_path, monkeypatch):
-    # As root, chmod does not stop writes: simulate the refusal on the write probe.
-    monkeypatch.setattr(store_module.tempfile, "NamedTemporaryFile", _denied)
-
+    # A new key fails before any work, with what to do.
     def forbidden(*args, **kwargs):
         raise AssertionError("the model ran although the store is read-only")
 
     monkeypatch.setattr(FeatureExtractor, "_forward", forbidden)
-    store = FeatureStore(tmp_path)
     with pytest.raises(StoreError, match="Cannot write to the feature store") as info:
-        harness.extract(store)
+        harness.extract(FeatureStore(point / "store"), files=True)  # other data: new keys
     message = str(info.value)
-    assert str(tmp_path) in message and "Permission denied" in message
-    assert "Nothing was computed" in message and "--store" in message
-    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no lock, no partial work
+    assert "Read-only file system" in message and "Nothing was computed" in message and "--store" in message
 
 
-def test_read_only_store_still_serves_cached_features(harness, tmp_path, monkeypatch):
-    store = FeatureStore(tmp_path)
-    harness.extract(store)
-    monkeypatch.setattr(store_module.tempfile, "NamedTemporaryFile", _denied)
-    monkeypatch.setattr(atomic_module, "temporary_path", _denied)  # every committed file starts as one
-    report = harness.extract(store)
-    assert report.cached == harness.layers and report.n_forward == 0
-    harness.assert_matches_reference(store)
+def _as_nobody(function):
+    """`function()` as user nobody in a forked child (as this user when not root): None or the error."""
+    def call():
+        try:
+            function()
+        except BaseException as error:  # reported to the parent
+            return [cls.__name__ for cls in type(error).__mro__], str(error)
+        return None
+
+    if os.geteuid() != 0:
+        return call()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read)
+            nobody = pwd.getpwnam("nobody")
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            os.write(write, pickle.dumps(call()))
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    return pickle.loads(data)
+
+
+def test_store_this_user_may_not_write_fails_before_any_work(harness):
+    shared = Path(tempfile.mkdtemp(prefix="layerprobe-ro-", dir="/tmp"))
+    try:
+        shared.chmod(0o755)
+        store_dir = shared / "store"
+        store_dir.mkdir(mode=0o755)  # another user's store, under umask 022
+
+        def extract():
+            harness.extractor.extract(harness.dataset(), FeatureStore(store_dir), progress=False)
+
+        failed = _as_nobody(extract)  # a real EACCES: root would write anyway
+        assert failed is not None
+        classes, message = failed
+        assert "StoreError" in classes and "Cannot write to the feature store" in message
+        assert "Permission denied" in message and "Nothing was computed" in message
+        assert sorted(p.name for p in store_dir.iterdir()) == []  # no lock, no partial work
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
