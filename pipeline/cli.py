@@ -157,6 +157,7 @@ def _extract(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         mixed_precision=args.mixed_precision,
         preprocessing=args.preprocessing,
+        dataset_digest=args.dataset_digest,
     )
     print(f"{len(dataset)} images, {len(dataset.class_names)} classes, splits {list(dataset.split_names)}; "
           f"{extractor.backbone.architecture} at {extractor.backbone.input_size}px, layers {extractor.layer_names}")
@@ -190,6 +191,15 @@ def _store(args: argparse.Namespace) -> int:
     for name in args.entries:
         if args.action == "info":
             info = store.info(name)
+            # Where the numbers were computed (not part of the key), and what differs in this process.
+            info["environment"] = info["metadata"].get("environment", "not recorded (older layerprobe)")
+            if isinstance(info["environment"], dict):
+                from layerprobe.features.environment import environment_differences, numerics_environment
+
+                info["environment_differences_from_now"] = {
+                    field: {"then": then, "now": now}
+                    for field, (then, now) in environment_differences(info["environment"], numerics_environment()).items()
+                }
             if args.verify:
                 store.load(name, verify=True)
                 info["verified"] = "features match their checksum"
@@ -305,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--dtype", default=STORAGE_DTYPES[0], choices=STORAGE_DTYPES, help="storage dtype")
     extract.add_argument("--mixed-precision", action="store_true", help="mixed_float16 forward pass (GPU)")
     extract.add_argument("--workers", type=positive_int, default=None, help="image decoding threads")
+    extract.add_argument("--dataset-digest", default="stat", choices=["stat", "content"],
+                         help="identify image files by size and mtime (stat, fast) or by their bytes (content, "
+                              "hashed in parallel and cached per file; survives copies without -p, catches "
+                              "files rewritten in place)")
     extract.add_argument("--no-progress", action="store_true")
 
     store = commands.add_parser("store", parents=[common], help="list, inspect or delete feature store entries")

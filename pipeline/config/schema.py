@@ -50,6 +50,10 @@ class DataConfig:
         test_size: Fraction of each class put in the test split when the data
             has a single split (a stratified split is then made).
         seed: Seed of that stratified split.
+        digest: How the images are identified in the feature keys: "stat"
+            (path, size and modification time of each file: fast) or "content"
+            (the bytes of each file, hashed in parallel and cached per file:
+            for images rewritten in place or copied without keeping mtimes).
     """
 
     path: Path
@@ -57,6 +61,7 @@ class DataConfig:
     test_split: str = "test"
     test_size: float = 0.25
     seed: int = 0
+    digest: str = "stat"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from layerprobe.features.backbones import BACKBONES
 from layerprobe.features.errors import ConfigError
+from layerprobe.features.inputs import DIGEST_MODES
 from layerprobe.features.extract import STORAGE_DTYPES
 from layerprobe.features.model_files import SAVED_WEIGHTS, is_model_file
 from layerprobe.features.truncate import POOLINGS
@@ -57,6 +58,7 @@ SECTIONS: Mapping[str, Mapping[str, Check | None]] = MappingProxyType(
             "test_split": values.string,
             "test_size": values.fraction,
             "seed": values.integer(0),
+            "digest": values.one_of(DIGEST_MODES),
         },
         "features": {
             "store": None,

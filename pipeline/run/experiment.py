@@ -115,7 +115,8 @@ def run_experiment(
     if finetune_only:
         n_reused = table.keep_earlier_rows(except_modes=config.finetune.modes)
         skipped.update(stored_skipped(store, table.rows))
-    dataset_digest = dataset.digest()
+    # One digest per run, passed down: a file touched after this line cannot give extract other keys.
+    dataset_digest = dataset.digest(config.data.digest)
     for number, extraction in enumerate(extractions, start=1):
         plan = extraction.plan
         log(
@@ -126,9 +127,11 @@ def run_experiment(
         if all(store.has(key) for key in keys.values()):
             for name, key in keys.items():
                 log(f"  cached   {name} ({key.entry_name})")
-            skipped.update(store.info(next(iter(keys.values())).entry_name)["skipped"])
+            skipped.update(store.info(next(iter(keys.values())).entry_name, root=dataset.root)["skipped"])
         else:
-            report = extraction.build().extract(dataset, store, progress=progress, log=lambda line: log(f"  {line}"))
+            report = extraction.build().extract(
+                dataset, store, progress=progress, log=lambda line: log(f"  {line}"), dataset_digest=dataset_digest
+            )
             n_forward += report.n_forward
             skipped.update(report.skipped)
         for info in plan.layers:

@@ -138,3 +138,45 @@ def test_entries_of_encoding_version_1_are_still_read(tmp_path):
         del handle.attrs["sample-ids"]
     loaded = store.load(key, root="/new")
     assert list(loaded.sample_ids) == ["/old/a.png", "/old/b.png"]  # absolute ids, kept as stored
+
+
+# ---------------------------------------------------------------- one digest per run
+
+
+@pytest.mark.parametrize("digest", [None, "content"], ids=["stat-by-default", "content"])
+def test_a_file_touched_during_a_run_does_not_split_its_keys(helpers, tmp_path, monkeypatch, digest):
+    from layerprobe.pipeline.config import load_config
+    from layerprobe.pipeline.run import run_experiment
+
+    images = helpers.write_images(tmp_path / "images", {"": {"red": 4, "green": 4, "blue": 4}})
+    data = {"path": str(images), "test_size": 0.25, **({"digest": digest} if digest else {})}
+    config = load_config(helpers.write_experiment(
+        tmp_path / "run.toml", data=data, classifiers={"names": ["logreg"], "cv": 2, "grids": {"logreg": {"C": [0.1]}}},
+    ))
+    assert getattr(config.data, "digest", "stat") == (digest or "stat")
+    original = FeatureExtractor.extract
+
+    def touch_then_extract(self, dataset, store, **kwargs):
+        # Between the run's digest and the extraction, a file changes (a sync tool, an editor...).
+        touched = images / "red" / "0.png"
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(touched)
+        return original(self, dataset, store, **kwargs)
+
+    monkeypatch.setattr(FeatureExtractor, "extract", touch_then_extract)
+    result = run_experiment(config, log=lambda line: None, progress=False)  # before the fix: "never extracted"
+    assert result.n_forward == 12 and len(result.results) == 2
+
+
+def test_cli_extract_takes_the_dataset_digest(tmp_path, capsys):
+    from layerprobe.pipeline.cli import main
+
+    root = _images(tmp_path / "data")
+    arguments = ["extract", "--model", "VGG16", "--weights", "none", "--layers", "block1_pool", "--input-size", "32",
+                 "--data", str(root), "--store", str(tmp_path / "store"), "--no-progress", "--dataset-digest", "content"]
+    assert main(arguments) == 0
+    (entry,) = FeatureStore(tmp_path / "store").entries()
+    assert entry["dataset"] == from_directory(root).digest("content")
+    assert main([*arguments[:-1], "stat"]) == 0
+    assert {row["dataset"] for row in FeatureStore(tmp_path / "store").entries()} == {
+        from_directory(root).digest(mode) for mode in ("stat", "content")
+    }
