@@ -861,6 +861,8 @@ def collect_worker(run: Run, backend: str, outcome: dict[str, Any]) -> None:
                 continue  # reported through its own event
             record.update(status="error", error=f"the worker exited ({outcome['returncode']}) before reporting "
                                                 f"its device")
+        elif reported.get("device", {}).get("status") == "error":
+            record.update(status="skipped", error="Keras could not start on this backend (see device)")
         elif name in started or outcome["killed"] or outcome["returncode"]:
             why = "was killed at its time limit" if outcome["killed"] else f"exited with {outcome['returncode']}"
             record.update(status="error", error=f"the {backend} worker {why} during this stage")
