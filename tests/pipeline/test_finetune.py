@@ -24,7 +24,7 @@ from layerprobe.features.layers import UnknownLayerError, describe_layers
 from layerprobe.features.extract import FeatureExtractor
 from layerprobe.features.weights import load_backbone
 from layerprobe.pipeline import finetune as finetune_module
-from layerprobe.pipeline import run as run_module
+from layerprobe.pipeline.run import rows as run_rows
 from layerprobe.pipeline.classifiers import fit_classifier
 from layerprobe.pipeline.cli import main
 from layerprobe.pipeline.finetune import (
@@ -623,7 +623,7 @@ def test_finetune_command_adds_its_rows_beside_the_classifier_rows(tmp_path, mon
     """
     config.write_text(classifiers_only + textwrap.dedent(stage))
     monkeypatch.setattr(FeatureExtractor, "_forward", _fail)
-    monkeypatch.setattr(run_module, "fit_classifier", _fail)
+    monkeypatch.setattr(run_rows, "fit_classifier", _fail)
     capsys.readouterr()
     assert main(["finetune", str(config)]) == 0
     output = capsys.readouterr().out
