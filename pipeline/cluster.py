@@ -94,6 +94,18 @@ def _import_distributed():
     return distributed
 
 
+def _thread_limits(n_workers: int) -> dict[str, str]:
+    """OpenMP/BLAS threads of each local worker: the machine's cores shared between the workers.
+
+    dask starts workers with these set to 1, which leaves a PyTorch-backend
+    forward pass (and scikit-learn's BLAS) single-threaded in every worker.
+    """
+    from layerprobe.features.distributed import decoding_threads
+
+    threads = str(decoding_threads(n_workers))
+    return {name: threads for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+
+
 def _local_cluster(settings: ClusterConfig):
     """A local cluster of worker processes; with `gpus`, one worker per GPU that sees only its own."""
     distributed = _import_distributed()
@@ -103,6 +115,7 @@ def _local_cluster(settings: ClusterConfig):
             threads_per_worker=settings.threads_per_worker,
             processes=True,
             memory_limit=settings.memory_limit,
+            env=_thread_limits(settings.n_local_workers),
         )
     # One spec per worker, so that each worker process starts with its own CUDA_VISIBLE_DEVICES
     # (set before the process starts: nothing in it can have imported Keras yet).
@@ -113,7 +126,7 @@ def _local_cluster(settings: ClusterConfig):
                 "nthreads": settings.threads_per_worker,
                 "memory_limit": settings.memory_limit,
                 "resources": {"GPU": 1},
-                "env": {"CUDA_VISIBLE_DEVICES": str(device)},
+                "env": {"CUDA_VISIBLE_DEVICES": str(device), **_thread_limits(len(settings.gpus))},
             },
         }
         for device in settings.gpus
