@@ -5,10 +5,11 @@ Modules, one job each:
 * `feature_store`: `FeatureStore`, the store directory (list, info, load, commit, remove);
 * `feature_set`: `FeatureSet`, one entry as loaded;
 * `partial`: `PartialEntry`, the committed chunks of an unfinished extraction;
-* `locks`: the per-key lock;
+* `locks`: the per-key lock (its holder recorded, waits bounded);
 * `hdf5`: the entry and chunk files (the only module that imports h5py);
 * `failures`: how a failed write is reported;
-* `versions`: `library_versions`, recorded in every entry's metadata.
+* `versions`: `library_versions`, recorded in every entry's metadata (beside the numerics
+  environment of `layerprobe.features.environment`).
 
 Everything other code needs is importable from here.
 """

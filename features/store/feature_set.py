@@ -20,11 +20,14 @@ class FeatureSet:
     Attributes:
         X: Features, shape `(n_samples, ...)`.
         y: Integer labels, indices into `class_names`.
-        sample_ids: Path (or array id) of each sample.
+        sample_ids: Absolute file path (or "array:<i>") of each sample. Entries store
+            file paths relative to the dataset root; `FeatureStore.load` resolves them
+            against its `root` argument, else against the root at extraction.
         splits: Split name of each sample.
         class_names: Label names.
         key: The feature key.
-        metadata: Everything else recorded at extraction (versions, skipped files...).
+        metadata: Everything else recorded at extraction (library versions, the numerics
+            `environment`, `compute_dtype`, `dataset_root`, skipped count...).
     """
 
     X: np.ndarray
