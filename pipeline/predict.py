@@ -130,7 +130,7 @@ def predict_images(
     report = extractor.extract(dataset, store, progress=progress, log=log)
     for sample_id, reason in report.skipped:
         log(f"skipped  {sample_id}: {reason}")
-    features = store.load(key)
+    features = store.load(key, root=dataset.root)
     X = flat_features(features)
     class_names = sidecar["class_names"]
     known = {name: index for index, name in enumerate(class_names)}

@@ -175,7 +175,7 @@ class LayerFeatures(TransformerMixin, BaseEstimator):
         dataset, ids = self._dataset_and_rows(X)
         store = FeatureStore(self.store)
         report = extractor.extract(dataset, store, progress=self.progress)
-        features = store.load(report.keys[layer_name])
+        features = store.load(report.keys[layer_name], root=dataset.root)
         values = features.X.reshape(len(features.X), -1)
         if ids is None and len(values) == len(dataset):
             return values

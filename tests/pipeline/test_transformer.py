@@ -93,3 +93,15 @@ def test_image_paths_without_a_dataset(tmp_path):
     values = transformer.fit_transform(paths)
     assert values.shape == (4, 64)
     assert not np.allclose(values[0], values[3])
+
+
+def test_folder_dataset_rows_are_found_by_their_file_paths(tmp_path):
+    for label, value in (("dark", 20), ("bright", 220)):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((36, 36, 3), value - 5 * i, np.uint8)).save(tmp_path / "data" / label / f"{i}.png")
+    data = layerprobe.from_directory(tmp_path / "data")
+    transformer = LayerFeatures("VGG16", layer="block1_pool", store=tmp_path / "store", dataset=data, **SETTINGS)
+    everything = transformer.fit_transform(list(data.sample_ids))
+    subset = transformer.transform([data.sample_ids[4], data.sample_ids[1]])
+    np.testing.assert_array_equal(subset, everything[[4, 1]])
