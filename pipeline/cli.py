@@ -4,8 +4,9 @@
     layerprobe init [DIR] [--force]
     layerprobe layers MODEL|PATH.keras [--input-size N]
     layerprobe extract --model VGG16 --weights PATH|imagenet|none --layers a,b --data DIR|CSV --store STORE
+                       [--scheduler tcp://HOST:8786 | --workers N [--threads-per-worker N] [--memory-limit 4GB]]
     layerprobe store ls|info|rm STORE [ENTRY...]
-    layerprobe run [CONFIG.toml] [--out DIR] [--store DIR]
+    layerprobe run [CONFIG.toml] [--out DIR] [--store DIR] [--scheduler ADDRESS | --workers N | --gpus 0,1]
     layerprobe finetune CONFIG.toml [--out DIR] [--store DIR]
     layerprobe predict CLASSIFIER.joblib --data DIR|CSV [--out predictions.csv]
 
@@ -22,6 +23,7 @@ is 2 unless set); `--verbose` shows them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -143,6 +145,7 @@ def _extract(args: argparse.Namespace) -> int:
     from layerprobe.features.extract import FeatureExtractor
     from layerprobe.features.inputs import open_dataset
     from layerprobe.features.store import FeatureStore
+    from layerprobe.pipeline.cluster import open_client
 
     dataset = open_dataset(args.data)
     store = FeatureStore(args.store)
@@ -161,9 +164,11 @@ def _extract(args: argparse.Namespace) -> int:
     )
     print(f"{len(dataset)} images, {len(dataset.class_names)} classes, splits {list(dataset.split_names)}; "
           f"{extractor.backbone.architecture} at {extractor.backbone.input_size}px, layers {extractor.layer_names}")
-    report = extractor.extract(
-        dataset, store, chunk_size=args.chunk_size, n_workers=args.workers, progress=not args.no_progress, log=print
-    )
+    with open_client(_cluster_settings(args), log=print) as client:
+        report = extractor.extract(
+            dataset, store, chunk_size=args.chunk_size, n_workers=args.decode_threads, progress=not args.no_progress,
+            log=print, client=client,
+        )
     for sample_id, reason in report.skipped[:_MAX_SKIPPED_PRINTED]:
         print(f"skipped  {sample_id}: {reason}")
     if len(report.skipped) > _MAX_SKIPPED_PRINTED:
@@ -214,6 +219,14 @@ def _store(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.config is None:
         from layerprobe.pipeline.config import DEFAULT_OUTPUT_DIR, DEFAULT_STORE
+
+        if _cluster_settings(args) is not None:
+            from layerprobe.features.errors import InputError
+
+            raise InputError(
+                "The cluster options (--scheduler, --workers, --gpus...) need an experiment config; the "
+                "embedded default experiment runs in-process. Received: no CONFIG"
+            )
         from layerprobe.pipeline.default_experiment import run_default
 
         run_default(args.out or DEFAULT_OUTPUT_DIR, store=args.store or DEFAULT_STORE, progress=not args.no_progress)
@@ -222,6 +235,7 @@ def _run(args: argparse.Namespace) -> int:
     from layerprobe.pipeline.run import run_experiment
 
     config = load_config(args.config).with_paths(output_dir=args.out, store=args.store)
+    config = dataclasses.replace(config, cluster=_cluster_settings(args, config.cluster))
     run_experiment(config, progress=not args.no_progress, finetune_only=args.command == "finetune")
     return 0
 
@@ -272,6 +286,55 @@ def _add_preprocessing_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "dask cluster", "run on a dask cluster (default: in-process, or for `run` the config's [cluster]); the "
+        "workers must see the feature store at the same path",
+    )
+    group.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="a running dask scheduler, e.g. tcp://host:8786")
+    group.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                       help="start a local dask cluster of N worker processes for this command")
+    group.add_argument("--threads-per-worker", type=positive_int, default=None, metavar="N",
+                       help="tasks each local worker runs at once (default: 1)")
+    group.add_argument("--memory-limit", default=None, metavar="SIZE",
+                       help='memory limit per local worker, e.g. 4GB (default: "auto")')
+    group.add_argument("--gpus", type=comma_list, default=None, metavar="0,1",
+                       help="start one local worker per GPU, each seeing only its own")
+
+
+def _cluster_settings(args: argparse.Namespace, configured=None):
+    """The cluster of this command: the options over the config's [cluster]; None for in-process."""
+    from layerprobe.pipeline.cluster import ClusterConfig, ClusterError
+
+    options = {
+        name: getattr(args, name, None) for name in ("scheduler", "workers", "threads_per_worker", "memory_limit", "gpus")
+    }
+    options = {name: value for name, value in options.items() if value is not None}
+    if "gpus" in options:
+        try:
+            options["gpus"] = tuple(int(device) for device in options["gpus"])
+        except ValueError:
+            raise ClusterError(f"--gpus takes GPU numbers, e.g. 0,1. Received: {','.join(options['gpus'])}") from None
+    if not options:
+        return configured
+    if any(name in options for name in ("scheduler", "workers", "gpus")):  # the options choose the cluster
+        kept = {} if configured is None else {
+            "threads_per_worker": configured.threads_per_worker, "memory_limit": configured.memory_limit
+        }
+        options = {**kept, **options}
+    elif configured is not None:  # only --threads-per-worker / --memory-limit: they change the configured one
+        options = {**dataclasses.asdict(configured), **options}
+    else:
+        given = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in options.items())
+        raise ClusterError(
+            f"--threads-per-worker and --memory-limit describe a local cluster: add --workers N (or --gpus). "
+            f"Received: {given}"
+        )
+    try:
+        return ClusterConfig(**options)
+    except ValueError as error:  # scheduler with workers/gpus, or workers != number of gpus
+        raise ClusterError(str(error).replace("[cluster] takes", "The cluster options take")) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -314,7 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="samples per committed chunk (multiple of batch size)")
     extract.add_argument("--dtype", default=STORAGE_DTYPES[0], choices=STORAGE_DTYPES, help="storage dtype")
     extract.add_argument("--mixed-precision", action="store_true", help="mixed_float16 forward pass (GPU)")
-    extract.add_argument("--workers", type=positive_int, default=None, help="image decoding threads")
+    extract.add_argument("--decode-threads", type=positive_int, default=None,
+                         help="image decoding threads (per dask worker with a cluster; default: cores / workers)")
+    _add_cluster_arguments(extract)
     extract.add_argument("--dataset-digest", default="stat", choices=["stat", "content"],
                          help="identify image files by size and mtime (stat, fast) or by their bytes (content, "
                               "hashed in parallel and cached per file; survives copies without -p, catches "
@@ -335,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, help="output directory (default: the config's [output] dir, or layerprobe-out)")
     run.add_argument("--store", default=None, help="feature store (default: the config's [features] store, or layerprobe-store)")
     run.add_argument("--no-progress", action="store_true")
+    _add_cluster_arguments(run)
 
     finetune = commands.add_parser(
         "finetune", parents=[common], add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,

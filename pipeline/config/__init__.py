@@ -55,6 +55,7 @@ from layerprobe.pipeline.config.schema import (
     FINETUNE_MODES,
     BackboneConfig,
     ClassifiersConfig,
+    ClusterConfig,
     DataConfig,
     ExperimentConfig,
     FeaturesConfig,
@@ -66,6 +67,7 @@ from layerprobe.pipeline.config.template import example_config, write_example_co
 __all__ = [
     "BackboneConfig",
     "ClassifiersConfig",
+    "ClusterConfig",
     "ConfigError",
     "DEFAULT_OUTPUT_DIR",
     "DEFAULT_STORE",

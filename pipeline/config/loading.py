@@ -16,6 +16,7 @@ from layerprobe.pipeline.config.schema import ExperimentConfig
 from layerprobe.pipeline.config.sections import (
     build_backbones,
     build_classifiers,
+    build_cluster,
     build_data,
     build_features,
     build_finetune,
@@ -36,7 +37,7 @@ def config_from_dict(
 
     Args:
         raw: Sections as parsed from TOML (`data`, `features`, `backbones`,
-            `classifiers`, `output`, optional `finetune`).
+            `classifiers`, `output`, optional `finetune` and `cluster`).
         base_dir: Folder that relative paths are relative to.
         source: Where the config came from, for messages.
 
@@ -63,6 +64,7 @@ def config_from_dict(
     output = build_output(checker, raw.get("output", {}))
     finetune = build_finetune(checker, raw.get("finetune"))
     check_finetune_backbones(checker, finetune, backbones)
+    cluster = build_cluster(checker, raw.get("cluster"))
     if checker.problems:
         raise ConfigError(checker.problems, source)
     return ExperimentConfig(
@@ -72,6 +74,7 @@ def config_from_dict(
         classifiers=classifiers,
         output=output,
         finetune=finetune,
+        cluster=cluster,
         source=source,
     )
 

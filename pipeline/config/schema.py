@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from layerprobe.pipeline.classifiers import CLASSIFIERS
+from layerprobe.pipeline.cluster import ClusterConfig
 
 __all__ = [
     "BackboneConfig",
     "ClassifiersConfig",
+    "ClusterConfig",
     "DEFAULT_OUTPUT_DIR",
     "DEFAULT_STORE",
     "DataConfig",
@@ -201,6 +203,8 @@ class ExperimentConfig:
         classifiers: Classifiers fitted on every layer.
         output: Output directory.
         finetune: The `[finetune]` stage, or None to skip it.
+        cluster: The dask cluster extraction and classifier rows run on, or
+            None to run everything in-process.
         source: The config file, or a description of where the config came from.
     """
 
@@ -210,6 +214,7 @@ class ExperimentConfig:
     classifiers: ClassifiersConfig
     output: OutputConfig
     finetune: FinetuneStageConfig | None = None
+    cluster: ClusterConfig | None = None
     source: str = "<dict>"
 
     def with_paths(

@@ -18,6 +18,7 @@ from layerprobe.features.extract import STORAGE_DTYPES
 from layerprobe.features.model_files import SAVED_WEIGHTS, is_model_file
 from layerprobe.features.truncate import POOLINGS
 from layerprobe.pipeline.classifiers import CLASSIFIERS, PREPROCESSING, build_probe_pipeline, prefix_param_grid
+from layerprobe.pipeline.cluster import ClusterConfig
 from layerprobe.pipeline.config import values
 from layerprobe.pipeline.config.schema import (
     DEFAULT_OUTPUT_DIR,
@@ -37,6 +38,7 @@ __all__ = [
     "SECTIONS",
     "build_backbones",
     "build_classifiers",
+    "build_cluster",
     "build_data",
     "build_features",
     "build_finetune",
@@ -86,6 +88,13 @@ SECTIONS: Mapping[str, Mapping[str, Check | None]] = MappingProxyType(
         },
         "output": {"dir": None},
         "finetune": {"modes": values.choices(FINETUNE_MODES)},
+        "cluster": {
+            "scheduler": values.string,
+            "workers": values.integer(1),
+            "threads_per_worker": values.integer(1),
+            "memory_limit": values.memory_limit,
+            "gpus": values.device_ids,
+        },
     }
 )
 REQUIRED: Mapping[str, tuple[str, ...]] = MappingProxyType({"data": ("path",), "backbones": ("model",)})
@@ -271,3 +280,16 @@ def build_finetune(checker: Checker, raw: Any) -> FinetuneStageConfig | None:
         return None
     return FinetuneStageConfig(modes=modes, options=MappingProxyType(options))
 
+
+def build_cluster(checker: Checker, raw: Any) -> ClusterConfig | None:
+    """The optional [cluster] section: None (in-process) when absent or naming neither scheduler, workers nor gpus."""
+    if raw is None:
+        return None
+    found = _section(checker, "cluster", raw, "[cluster]")
+    if not any(key in found for key in ("scheduler", "workers", "gpus")):
+        return None
+    try:
+        return ClusterConfig(**found)
+    except ValueError as error:
+        checker.report("[cluster]", str(error).split(" Received:")[0].removeprefix("[cluster] ").rstrip("."), received=False)
+        return None

@@ -27,6 +27,7 @@ from layerprobe.pipeline.config.schema import (
     DEFAULT_STORE,
     BackboneConfig,
     ClassifiersConfig,
+    ClusterConfig,
     DataConfig,
     FeaturesConfig,
     FinetuneStageConfig,
@@ -159,7 +160,7 @@ def example_config() -> str:
         "# Relative paths are relative to this file's folder.",
     ]
     for section, keys in SECTIONS.items():
-        if section == "finetune":
+        if section in ("finetune", "cluster"):
             continue
         cls = _DATACLASSES[section]
         header = "[[backbones]]" if section == "backbones" else f"[{section}]"
@@ -183,6 +184,16 @@ def example_config() -> str:
     ]
     for key, value, description in _finetune_keys():
         lines += _key_lines(key, value, description, commented=True)
+    lines += [
+        "",
+        "# Optional: run extraction and classifier rows on a dask cluster (see the README,",
+        "# \"Scaling out with dask\"). Uncomment the section and scheduler or workers.",
+        "# [cluster]",
+    ]
+    for key, check in SECTIONS["cluster"].items():
+        value = _default(ClusterConfig, "cluster", key)
+        lines += _key_lines(key, list(value) if isinstance(value, tuple) else value,
+                            _describe(ClusterConfig, "cluster", key, check), commented=True)
     return "\n".join(lines) + "\n"
 
 

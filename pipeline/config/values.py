@@ -25,9 +25,11 @@ __all__ = [
     "Checker",
     "Invalid",
     "choices",
+    "device_ids",
     "fraction",
     "integer",
     "layers",
+    "memory_limit",
     "model_name",
     "n_jobs",
     "one_of",
@@ -127,6 +129,21 @@ def pca_components(value: Any) -> int | float:
     if not (is_positive_int(value) or variance):
         raise Invalid("expected an integer >= 1 (components) or a float in (0, 1) (explained variance)")
     return value
+
+
+def memory_limit(value: Any) -> str | int:
+    """A dask memory limit: bytes (integer), a size string ("4GB", "512MiB") or "auto"."""
+    if is_positive_int(value) or (isinstance(value, str) and value.strip()):
+        return value
+    raise Invalid('expected a size such as "4GB", a number of bytes, or "auto"')
+
+
+def device_ids(value: Any) -> tuple[int, ...]:
+    """GPU device numbers, e.g. [0, 1]: integers >= 0, each once."""
+    items = value if isinstance(value, list) else None
+    if not items or not all(type(item) is int and item >= 0 for item in items) or len(set(items)) != len(items):
+        raise Invalid("expected a non-empty list of distinct GPU numbers >= 0, e.g. [0, 1]")
+    return tuple(items)
 
 
 def table(value: Any) -> dict:

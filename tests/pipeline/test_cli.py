@@ -170,7 +170,9 @@ def test_init_writes_a_config_with_every_key_that_loads(tmp_path, capsys):
     assert str(path) in capsys.readouterr().out
     text = path.read_text(encoding="utf-8")
     for section, keys in SECTIONS.items():
-        header = {"backbones": "[[backbones]]", "finetune": "# [finetune]"}.get(section, f"[{section}]")
+        header = {"backbones": "[[backbones]]", "finetune": "# [finetune]", "cluster": "# [cluster]"}.get(
+            section, f"[{section}]"
+        )
         assert f"\n{header}\n" in text, section
         for key in _finetune_keys() if section == "finetune" else keys:
             assert re.search(rf"^(# )?{key} = ", text, re.MULTILINE), (section, key)
@@ -185,7 +187,8 @@ def test_init_writes_a_config_with_every_key_that_loads(tmp_path, capsys):
     # Uncommented, the [finetune] section holds FinetuneConfig's defaults.
     finetune_lines = rf"^# (\[finetune\]$|(?:{'|'.join(_finetune_keys())}) = )"
     enabled = path.with_name("enabled.toml")
-    enabled.write_text(re.sub(finetune_lines, r"\1", path.read_text(), flags=re.MULTILINE))
+    before, marker, cluster_block = path.read_text().partition("\n# Optional: run extraction")  # [cluster] stays commented
+    enabled.write_text(re.sub(finetune_lines, r"\1", before, flags=re.MULTILINE) + marker + cluster_block)
     config = load_config(enabled)
     assert config.finetune.modes == ("finetune",)
     assert FinetuneConfig.from_dict(config.finetune.options) == FinetuneConfig()
