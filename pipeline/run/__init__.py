@@ -22,7 +22,8 @@ Output directory layout::
 
 Modules, one job each: `splits` (train/test splits, class checks),
 `extractions` (extraction plans; builds the extractors), `rows` (fit or reuse
-a classifier row), `end_to_end` (the `[finetune]` stage's rows), `summary`
+a classifier row), `cluster_rows` (the rows as tasks on a dask cluster),
+`end_to_end` (the `[finetune]` stage's rows), `summary`
 (the texts of summary.md and the log) and `experiment` (`run_experiment`,
 the steps in order).
 """

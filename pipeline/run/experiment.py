@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,8 @@ from layerprobe.pipeline.advice import Advice, recommend
 from layerprobe.pipeline.config import ExperimentConfig
 from layerprobe.pipeline.plots import plot_depth
 from layerprobe.pipeline.results import ResultsTable
+from layerprobe.pipeline.cluster import open_client
+from layerprobe.pipeline.run.cluster_rows import fit_layers_on_cluster
 from layerprobe.pipeline.run.end_to_end import end_to_end_rows
 from layerprobe.pipeline.run.extractions import plan_extractions
 from layerprobe.pipeline.run.rows import LayerToFit, fit_layer
@@ -65,6 +67,7 @@ def run_experiment(
     log: Callable[[str], None] = print,
     progress: bool = True,
     finetune_only: bool = False,
+    client: Any = None,
 ) -> RunResult:
     """Run a whole experiment: extract, fit, score, save, summarise, recommend.
 
@@ -76,6 +79,10 @@ def run_experiment(
         finetune_only: Run only the `[finetune]` stage (`layerprobe finetune`):
             its rows replace those of the same modes in the existing results
             table, whose other rows are kept; no extraction, no classifier fit.
+        client: A `dask.distributed.Client`: extract and fit the classifier rows
+            on its workers (see `layerprobe.features.distributed`). Default: the
+            config's `[cluster]`, opened for this run (`layerprobe.pipeline.cluster`),
+            or in-process without one. The finetune stage runs in-process.
 
     Returns:
         A :class:`RunResult`.
@@ -98,6 +105,9 @@ def run_experiment(
              "`[finetune]` with `modes = [\"finetune\"]` and `unfreeze_blocks = 1`"],
             config.source,
         )
+    if client is None and config.cluster is not None and not finetune_only:
+        with open_client(config.cluster, log=log) as opened:
+            return run_experiment(config, log=log, progress=progress, finetune_only=finetune_only, client=opened)
     dataset, split, untested = open_splits(config)
     extractions = [] if finetune_only else plan_extractions(config)
     store = FeatureStore(config.features.store)
@@ -117,6 +127,7 @@ def run_experiment(
         skipped.update(stored_skipped(store, table.rows))
     # One digest per run, passed down: a file touched after this line cannot give extract other keys.
     dataset_digest = dataset.digest(config.data.digest)
+    on_cluster: list[LayerToFit] = []
     for number, extraction in enumerate(extractions, start=1):
         plan = extraction.plan
         log(
@@ -130,14 +141,23 @@ def run_experiment(
             skipped.update(store.info(next(iter(keys.values())).entry_name, root=dataset.root)["skipped"])
         else:
             report = extraction.build().extract(
-                dataset, store, progress=progress, log=lambda line: log(f"  {line}"), dataset_digest=dataset_digest
+                dataset, store, progress=progress, log=lambda line: log(f"  {line}"), client=client,
+                dataset_digest=dataset_digest,
             )
             n_forward += report.n_forward
             skipped.update(report.skipped)
-        for info in plan.layers:
-            fitted = fit_layer(LayerToFit(extraction, info, keys[info.name], store), config, split, table, log)
+        layers = [LayerToFit(extraction, info, keys[info.name], store) for info in plan.layers]
+        if client is not None:  # fitted on the cluster once every backbone is extracted
+            on_cluster += layers
+            continue
+        for layer in layers:
+            fitted = fit_layer(layer, config, split, table, log)
             n_fitted += fitted
             n_reused += len(config.classifiers.names) - fitted
+    if on_cluster:
+        fitted = fit_layers_on_cluster(on_cluster, config, split, table, log, client)
+        n_fitted += fitted
+        n_reused += len(on_cluster) * len(config.classifiers.names) - fitted
     if config.finetune is not None:
         log(f"[finetune] modes {list(config.finetune.modes)}")
         for row in end_to_end_rows(config, dataset, split, log):

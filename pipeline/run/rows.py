@@ -26,7 +26,17 @@ from layerprobe.pipeline.results import ResultsTable
 from layerprobe.pipeline.run.extractions import Extraction
 from layerprobe.pipeline.run.splits import class_problems
 
-__all__ = ["LayerToFit", "fit_layer", "fit_settings", "finished_row", "jsonable"]
+__all__ = [
+    "LayerToFit",
+    "ScoredRow",
+    "fit_layer",
+    "fit_settings",
+    "finished_row",
+    "jsonable",
+    "load_splits",
+    "save_row",
+    "score_row",
+]
 
 
 def jsonable(value: Any) -> Any:
@@ -72,7 +82,7 @@ class LayerToFit:
     store: FeatureStore
 
 
-def _load_splits(layer: LayerToFit, split: dict) -> tuple[FeatureSet, FeatureSet]:
+def load_splits(layer: LayerToFit, split: dict) -> tuple[FeatureSet, FeatureSet]:
     """The layer's train and test features, checked before any classifier sees them.
 
     Raises:
@@ -93,21 +103,35 @@ def _load_splits(layer: LayerToFit, split: dict) -> tuple[FeatureSet, FeatureSet
     return train, test
 
 
-def _fit_row(
+@dataclass(frozen=True)
+class ScoredRow:
+    """One classifier fitted on a layer's training split and scored once on its test split, not saved yet.
+
+    Small (the estimator, its test predictions): a dask worker that fitted it
+    sends it back to the client, which saves it (`save_row`).
+    """
+
+    classifier: str
+    row: dict
+    estimator: Any
+    best_params: dict
+    cv_score: float
+    scores: Any
+    proba: Any
+    test_sample_ids: Any
+    test_y: Any
+    class_names: tuple
+
+
+def score_row(
     layer: LayerToFit,
     classifier: str,
     settings: dict,
-    stem: Path,
     config: ExperimentConfig,
     train: FeatureSet,
     test: FeatureSet,
-) -> dict:
-    """Fit on the training split only, score once on the test split, save everything.
-
-    The old sidecar goes first: the files of a fit killed half-way are never
-    paired with the row of an earlier fit.
-    """
-    stem.with_suffix(".json").unlink(missing_ok=True)
+) -> ScoredRow:
+    """Fit on the training split only (hyperparameters by CV inside it) and score once on the test split."""
     options = config.classifiers
     X_train, X_test = flat_features(train), flat_features(test)
     fit = fit_classifier(
@@ -143,23 +167,52 @@ def _fit_row(
         "store_entry": layer.key.entry_name,
     }
     proba = fit.estimator.predict_proba(X_test) if hasattr(fit.estimator, "predict_proba") else None
+    return ScoredRow(
+        classifier, row, fit.estimator, fit.best_params, fit.cv_score, scores, proba,
+        test.sample_ids, test.y, tuple(test.class_names),
+    )
+
+
+def save_row(layer: LayerToFit, stem: Path, settings: dict, scored: ScoredRow) -> dict:
+    """Save a scored row's classifier, predictions and sidecar; returns the row with its `model_path`.
+
+    The old sidecar goes first: the files of a save killed half-way are never
+    paired with the row of an earlier fit.
+    """
+    stem.with_suffix(".json").unlink(missing_ok=True)
     predictions_path = stem.with_name(f"{stem.name}.predictions.csv")
-    write_predictions(predictions_path, test.sample_ids, test.y, scores.y_pred, test.class_names, proba=proba)
+    write_predictions(
+        predictions_path, scored.test_sample_ids, scored.test_y, scored.scores.y_pred, scored.class_names,
+        proba=scored.proba,
+    )
     sidecar = {
         "fit_settings": settings,
-        "row": row,
+        "row": scored.row,
         "store_key": layer.key.to_dict(),
         "store_entry": layer.key.entry_name,
         "store": str(layer.store.root),
         "extractor": extractor_record(layer.extraction.settings, layer.info.name, layer.extraction.plan.input_size),
-        "classifier": classifier,
-        "best_params": fit.best_params,
-        "cv_score": fit.cv_score,
-        "scores": scores.as_dict(),
-        "class_names": list(test.class_names),
+        "classifier": scored.classifier,
+        "best_params": scored.best_params,
+        "cv_score": scored.cv_score,
+        "scores": scored.scores.as_dict(),
+        "class_names": list(scored.class_names),
     }
-    model_path = save_classifier(stem, fit.estimator, sidecar)
-    return {**row, "model_path": str(model_path)}
+    model_path = save_classifier(stem, scored.estimator, sidecar)
+    return {**scored.row, "model_path": str(model_path)}
+
+
+def _fit_row(
+    layer: LayerToFit,
+    classifier: str,
+    settings: dict,
+    stem: Path,
+    config: ExperimentConfig,
+    train: FeatureSet,
+    test: FeatureSet,
+) -> dict:
+    """Fit on the training split only, score once on the test split, save everything."""
+    return save_row(layer, stem, settings, score_row(layer, classifier, settings, config, train, test))
 
 
 def fit_layer(
@@ -180,7 +233,7 @@ def fit_layer(
         jobs.append((classifier, stem, settings, finished_row(stem, settings)))
     features = None
     if any(finished is None for *_, finished in jobs):
-        features = _load_splits(layer, split)
+        features = load_splits(layer, split)
     for classifier, stem, settings, finished in jobs:
         row = finished or _fit_row(layer, classifier, settings, stem, config, *features)
         log(
