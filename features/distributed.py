@@ -60,8 +60,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
-
 from layerprobe.features.atomic import TMP_PREFIX, write_text_atomically
 from layerprobe.features.errors import BackboneError, InputError, StoreError
 from layerprobe.features.extract import ExtractionReport, FeatureExtractor
@@ -436,7 +434,7 @@ def extract_on_cluster(
         environment = workers_environment(client)
         with store.lock(
             [keys[name] for name in missing],
-            on_wait=lambda key: log(f"waiting  for another process extracting {key.entry_name}"),
+            on_wait=lambda key: log(f"waiting  for another process extracting {key.entry_name} ({store.lock_holder(key)})"),
         ):
             done_meanwhile = [name for name in missing if store.has(keys[name])]
             for name in done_meanwhile:

@@ -272,7 +272,8 @@ class FeatureExtractor:
             from layerprobe.features.distributed import extract_on_cluster
 
             return extract_on_cluster(
-                self, dataset, store, client, chunk_size=chunk_size, n_threads=n_workers, progress=progress, log=log
+                self, dataset, store, client, chunk_size=chunk_size, n_threads=n_workers, progress=progress, log=log,
+                dataset_digest=dataset_digest,
             )
         if len(dataset) == 0:
             raise InputError("The dataset has no samples; there is nothing to extract. Received: 0 samples")
@@ -371,8 +372,12 @@ class FeatureExtractor:
             bar.close()
         self._commit_entries(dataset, store, keys, work, report, log)
 
-    def _open_work(self, dataset, store, keys, missing, chunk_size, log) -> "_Work":
-        """The chunks of `dataset` and the work areas of the `missing` layers' keys (hold their locks)."""
+    def _open_work(self, dataset, store, keys, missing, chunk_size, log, environment=None) -> "_Work":
+        """The chunks of `dataset` and the work areas of the `missing` layers' keys (hold their locks).
+
+        `environment`: the numerics environment the chunks are computed in (default:
+        this process's; a distributed extraction passes its workers').
+        """
         layers = [info for info in self.layers if info.name in missing]
         chunks = self._chunks(len(dataset), chunk_size)
         fingerprint = {
@@ -380,7 +385,7 @@ class FeatureExtractor:
             "chunk_size": len(chunks[0]) if chunks else 0,
             "n_samples": len(dataset),
             # Chunks of another backend, device, oneDNN/XLA/TF32 setting... are never mixed in.
-            "environment": numerics_environment(),
+            "environment": numerics_environment() if environment is None else dict(environment),
         }
         partials = {name: store.partial(keys[name], fingerprint) for name in missing}
         for name, partial in partials.items():
