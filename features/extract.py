@@ -351,6 +351,13 @@ class FeatureExtractor:
         ]
 
     def _compute(self, dataset, store, keys, missing, report, chunk_size, n_workers, progress, log) -> None:
+        """Compute the missing layers' chunks in-process, then commit their entries.
+
+        Decoding and `preprocess_input` run in the loader's threads, overlapping the
+        forward pass here (on a GPU, preprocessing in this thread took a quarter of
+        the time: benchmarks/RESULTS.md). Each chunk is committed before the next
+        one's forward pass, so a crash loses at most the chunk in flight.
+        """
         work = self._open_work(dataset, store, keys, missing, chunk_size, log)
         bar = _progress_bar(total=sum(len(work.chunks[i]) for i in work.todo), enabled=progress, desc="extracting")
         try:
@@ -360,12 +367,14 @@ class FeatureExtractor:
                 self.backbone.input_size,
                 n_workers=n_workers,
                 max_pixels=self.max_pixels,
+                transform=self.backbone.spec.preprocess_input,
             )
             with contextlib.closing(decoded):
                 for chunk in decoded:
                     index = work.todo[chunk.index]
                     lacking = {name: partial for name, partial in work.partials.items() if index not in work.committed[name]}
-                    self._compute_chunk(work.layers, index, chunk, lacking)
+                    features = self._chunk_features(work.layers, chunk.images)
+                    self._write_chunk(work.layers, index, features, chunk.sample_indices, chunk.skipped, lacking)
                     report.n_forward += len(chunk.sample_indices)
                     bar.update(len(work.chunks[index]))
         finally:
@@ -406,11 +415,19 @@ class FeatureExtractor:
         The one code path of a chunk, in-process and on a dask worker
         (`layerprobe.features.distributed`): the same batches, the same numbers.
         """
-        images = self.backbone.spec.preprocess_input(chunk.images)
-        features = self._forward(self._extractor(layers), layers, images)
+        features = self._chunk_features(layers, self.backbone.spec.preprocess_input(chunk.images))
+        self._write_chunk(layers, index, features, chunk.sample_indices, chunk.skipped, partials)
+
+    def _chunk_features(self, layers: Sequence[LayerInfo], images: np.ndarray) -> list[np.ndarray]:
+        """Pooled features of `layers` for one chunk of preprocessed images."""
+        return self._forward(self._extractor(layers), layers, images)
+
+    @staticmethod
+    def _write_chunk(layers, index: int, features, sample_indices, skipped, partials: Mapping) -> None:
+        """Commit chunk `index` of each layer in `partials` (name -> `PartialEntry`)."""
         for info, values in zip(layers, features):
             if info.name in partials:
-                partials[info.name].write_chunk(index, values, chunk.sample_indices, chunk.skipped)
+                partials[info.name].write_chunk(index, values, sample_indices, skipped)
 
     def _commit_entries(self, dataset, store, keys, work: "_Work", report, log) -> None:
         """Assemble each layer's committed chunks into its store entry."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -60,6 +60,7 @@ def iter_decoded_chunks(
     prefetch: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     decode_budget: int = DEFAULT_DECODE_BUDGET,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Iterator[DecodedChunk]:
     """Decode chunks of samples in background threads, in order.
 
@@ -79,6 +80,8 @@ def iter_decoded_chunks(
         max_pixels: See `load_image`.
         decode_budget: Bytes of decoded pixels the threads may hold together (an image
             costing more is decoded alone); see `DecodeBudget`.
+        transform: Applied to each chunk's images in the producer thread (e.g. the
+            backbone's `preprocess_input`), so it overlaps the consumer's forward pass.
 
     Returns:
         An iterator of DecodedChunk, one per chunk.
@@ -98,17 +101,17 @@ def iter_decoded_chunks(
         ("decode_budget", decode_budget),
     ):
         check_positive_int(name, value, error=InputError)
-    return _consume_chunks(dataset, chunks, size, n_workers, prefetch, max_pixels, DecodeBudget(decode_budget))
+    return _consume_chunks(dataset, chunks, size, n_workers, prefetch, max_pixels, DecodeBudget(decode_budget), transform)
 
 
 def _consume_chunks(
-    dataset, chunks, size, n_workers, prefetch, max_pixels, budget
+    dataset, chunks, size, n_workers, prefetch, max_pixels, budget, transform
 ) -> Iterator[DecodedChunk]:
     ready = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
     producer = threading.Thread(
         target=_produce_chunks,
-        args=(dataset, chunks, size, n_workers, max_pixels, budget, ready, stop),
+        args=(dataset, chunks, size, n_workers, max_pixels, budget, transform, ready, stop),
         name="layerprobe-decode-producer",
         daemon=True,  # an abandoned, unclosed iterator must not block interpreter exit
     )
@@ -123,17 +126,16 @@ def _consume_chunks(
         producer.join()
 
 
-def _produce_chunks(dataset, chunks, size, n_workers, max_pixels, budget, ready, stop) -> None:
+def _produce_chunks(dataset, chunks, size, n_workers, max_pixels, budget, transform, ready, stop) -> None:
     try:
         with ThreadPoolExecutor(n_workers, thread_name_prefix="layerprobe-decode") as executor:
             for number, chunk in enumerate(chunks):
                 if stop.is_set():
                     return
-                _put_unless_stopped(
-                    ready,
-                    _decode_chunk(dataset, number, chunk, size, max_pixels, budget, executor, stop),
-                    stop,
-                )
+                decoded = _decode_chunk(dataset, number, chunk, size, max_pixels, budget, executor, stop)
+                if transform is not None:
+                    decoded.images = transform(decoded.images)
+                _put_unless_stopped(ready, decoded, stop)
         item = _DONE
     except BaseException as exc:  # handed to the consumer, which re-raises it
         item = exc
