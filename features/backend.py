@@ -47,21 +47,41 @@ def import_keras_quietly() -> Any:
 
         return keras
     if os.environ.get("LAYERPROBE_VERBOSE"):
-        import keras
-
-        return keras
+        return _import_keras()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.stderr.flush()
     saved = os.dup(2)
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
-            import keras
-
+            keras = _import_keras()
             keras.ops.zeros((1,))
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+    return keras
+
+
+_BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+
+
+def _import_keras() -> Any:
+    """`import keras`, or a `BackboneError` saying which extra installs the missing backend."""
+    from layerprobe.features.errors import BackboneError
+
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    try:
+        import keras
+    except ModuleNotFoundError as error:
+        missing = (error.name or "").split(".")[0]
+        if missing == "keras" or missing == _BACKEND_PACKAGES.get(backend):
+            raise BackboneError(
+                f"Keras cannot start: {error}. Install the backend as an extra of layerprobe, e.g. "
+                f"pip install 'layerprobe[{backend if backend in _BACKEND_PACKAGES else 'tensorflow'}]' "
+                f"(extras: tensorflow, jax, torch), or choose an installed one with KERAS_BACKEND. "
+                f"Received: KERAS_BACKEND={backend!r}"
+            ) from error
+        raise
     return keras
 
 

@@ -59,3 +59,15 @@ def test_every_public_name_resolves():
     assert issubclass(layerprobe.ConfigError, ValueError)
     with pytest.raises(AttributeError, match="no attribute"):
         layerprobe.not_a_name
+
+
+def test_a_missing_backend_is_a_one_line_error_naming_the_extra(tmp_path):
+    script = (
+        "import sys; sys.modules['torch'] = None\n"  # an import of torch now fails as if it were not installed
+        "from layerprobe.pipeline.cli import main\n"
+        "sys.exit(main(['layers', 'VGG16', '--input-size', '32']))\n"
+    )
+    env = {**__import__("os").environ, "KERAS_BACKEND": "torch"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "pip install 'layerprobe[torch]'" in done.stderr and "Traceback" not in done.stderr
