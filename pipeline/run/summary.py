@@ -18,8 +18,10 @@ __all__ = ["CONSOLE_COLUMNS", "data_text", "log_report", "skipped_text", "stored
            "write_run_summary"]
 
 MAX_SKIPPED_LISTED = 20
-# Columns of the table printed at the end of a run (summary.md and results.csv have more).
-CONSOLE_COLUMNS = ("mode", "backbone", "weights", "layer", "depth", "classifier", "cv_score", "test_accuracy")
+# Columns of the table printed at the end of a run (summary.md and results.csv have more): every score with its
+# spread (CV standard error over folds, Wilson 95 % interval of the test accuracy).
+CONSOLE_COLUMNS = ("mode", "backbone", "weights", "layer", "depth", "classifier", "cv_score", "cv_se", "test_accuracy",
+                   "test_ci_low", "test_ci_high")
 
 
 def untested_text(untested: list[str], split: dict) -> str:
@@ -72,7 +74,7 @@ def write_run_summary(
         frame,
         title=f"layerprobe run: {source}",
         sections={
-            "Recommendation": advice.text,
+            "Recommendation": advice.text,  # a few plain sentences with ± and intervals, then the evidence
             "Data": data,
             "Unreadable images": skipped_text(skipped),
             "Files": (

@@ -1,71 +1,151 @@
+import math
+
 import pandas as pd
 import pytest
 
-from layerprobe.pipeline.advice import recommend
-from layerprobe.pipeline.plots import plot_depth
-from layerprobe.pipeline.results import results_frame
+from layerprobe.pipeline.advice import FINETUNE_SAMPLES_PER_CLASS, cheapest_within_noise, recommend
+from layerprobe.pipeline.uncertainty import wilson_interval
 
 
-def _table(scores, *, weights="imagenet", classifiers=("logreg", "linear_svm")):
-    """Frozen rows over four layers; `scores[i]` is the cv and test accuracy of layer i."""
-    return results_frame(
-        {
-            "mode": "frozen",
-            "backbone": "VGG16",
-            "weights": weights,
-            "layer": f"block{i + 1}_pool",
-            "depth": (i + 1) / len(scores),
-            "pooling": "avg",
-            "classifier": classifier,
-            "cv_score": score - 0.01 * (classifier == "logreg"),
-            "test_accuracy": score,
-        }
-        for i, score in enumerate(scores)
-        for classifier in classifiers
-    )
+def _rows(scores, *, weights="imagenet", classifiers=("logreg", "linear_svm"), cv_se=0.005, n_test=400,
+          dims=(64, 128, 256, 512), logme=None, row_kind="final"):
+    """Frozen rows over four layers; `scores[i]` is the cv and test accuracy of layer i (logreg 1 point lower)."""
+    rows = []
+    for i, score in enumerate(scores):
+        for classifier in classifiers:
+            value = score - 0.01 * (classifier == "logreg")
+            low, high = wilson_interval(score, n_test)
+            rows.append({
+                "mode": "frozen", "backbone": "VGG16", "weights": weights, "layer": f"block{i + 1}_pool",
+                "depth": (i + 1) / len(scores), "pooling": "avg", "classifier": classifier,
+                "feature_dim": dims[i], "cv_score": value, "cv_se": cv_se, "n_folds": 5,
+                "test_accuracy": score, "test_ci_low": low, "test_ci_high": high, "n_train": 200,
+                "n_test": n_test, "logme": None if logme is None else logme[i], "row_kind": row_kind,
+            })
+    return rows
 
 
-def test_small_and_similar_recommends_the_top_layer():
-    advice = recommend(_table([0.6, 0.7, 0.85, 0.86]), n_train=200, n_classes=2, smallest_class=90)
-    assert advice.mode == "frozen_top" and advice.small
-    assert "Recommendation (a): linear_svm on the frozen top layer block4_pool" in advice.text
-    assert "cv 86.0%" in advice.text and "within 0.0 points" in advice.text
+def _table(*groups):
+    return pd.DataFrame([row for group in groups for row in group])
 
 
-def test_small_and_dissimilar_recommends_a_linear_svm_on_the_best_intermediate_layer():
-    advice = recommend(_table([0.6, 0.9, 0.8, 0.7]), n_train=200, n_classes=2, smallest_class=90)
-    assert advice.mode == "frozen_intermediate"
-    assert "Recommendation (b): a linear SVM on the intermediate layer block2_pool" in advice.text
-    assert "wins by 20.0 points" in advice.text and "versus cv 70.0% on the top layer block4_pool" in advice.text
+def _small(table, **kwargs):
+    return recommend(table, n_train=100, n_classes=5, smallest_class=20, **kwargs)
 
 
-def test_large_dataset_recommends_finetuning():
-    advice = recommend(_table([0.6, 0.9, 0.8, 0.7]), n_train=30_000, n_classes=10, smallest_class=2_900)
+def test_small_and_similar_recommends_the_top_layer_when_it_wins_by_more_than_noise():
+    advice = _small(_table(_rows([0.6, 0.7, 0.8, 0.9], classifiers=("linear_svm",))))
+    assert advice.mode == "frozen_top" and advice.small and advice.rule == "size"
+    assert advice.row["layer"] == "block4_pool" and advice.row["classifier"] == "linear_svm"
+    assert "CV 90.0% ± 0.5 (SE over 5 folds)" in advice.text
+    assert "beats the runner-up, linear_svm on block3_pool" in advice.text
+
+
+def test_small_and_dissimilar_recommends_the_best_intermediate_layer():
+    advice = _small(_table(_rows([0.6, 0.9, 0.8, 0.7])))
+    assert advice.mode == "frozen_intermediate" and advice.row["layer"] == "block2_pool"
+    assert "20.0 points lower" in advice.text and "dissimilar" in advice.text
+
+
+def test_two_layers_tied_within_noise_get_the_cheaper_recommendation():
+    # block3 (256-d) is 1 point under block4 (512-d) with SEs of 2 points: a tie, so the cheaper block3 wins.
+    advice = _small(_table(_rows([0.5, 0.6, 0.89, 0.9], classifiers=("logreg",), cv_se=0.02)))
+    assert advice.row["layer"] == "block3_pool" and advice.mode == "frozen_intermediate"
+    assert advice.tied and advice.runner_up["layer"] == "block4_pool"
+    assert "within noise" in advice.text and "cheaper" in advice.text
+    # The same gap with tiny SEs is real: the better layer wins.
+    sharp = _small(_table(_rows([0.5, 0.6, 0.89, 0.9], classifiers=("logreg",), cv_se=0.001)))
+    assert sharp.row["layer"] == "block4_pool" and not sharp.tied
+
+
+def test_cheapest_within_noise_orders_by_mode_then_dimensions_then_depth():
+    table = pd.DataFrame([
+        {"mode": "frozen", "layer": "a", "depth": 0.9, "feature_dim": 100, "classifier": "logreg", "cv_score": 0.80,
+         "cv_se": 0.02, "test_accuracy": 0.8},
+        {"mode": "frozen", "layer": "b", "depth": 0.3, "feature_dim": 100, "classifier": "logreg", "cv_score": 0.79,
+         "cv_se": 0.02, "test_accuracy": 0.8},
+        {"mode": "frozen", "layer": "c", "depth": 0.1, "feature_dim": 400, "classifier": "logreg", "cv_score": 0.81,
+         "cv_se": 0.02, "test_accuracy": 0.8},
+    ])
+    best, chosen, tied = cheapest_within_noise(table)
+    assert best["layer"] == "c" and chosen["layer"] == "b" and len(tied) == 3
+
+
+def test_logreg_beating_linear_svm_recommends_logreg():
+    rows = _rows([0.6, 0.7, 0.8, 0.9])
+    for row in rows:  # logreg now 3 points above the SVM everywhere, SE 0.5 point
+        row["cv_score"] += 0.04 * (row["classifier"] == "logreg")
+    advice = _small(pd.DataFrame(rows))
+    assert advice.row["classifier"] == "logreg" and advice.row["layer"] == "block4_pool"
+    assert "**Recommendation: logreg on the frozen features" in advice.text
+    assert "linear_svm" in advice.text  # cited as the runner-up classifier
+
+
+def test_finetune_rows_that_beat_frozen_rows_flip_the_advice_to_finetuning():
+    finetune = {"mode": "finetune", "backbone": "VGG16", "weights": "imagenet", "layer": "all", "depth": 1.0,
+                "classifier": "softmax", "test_accuracy": 0.97, "n_test": 400}
+    advice = _small(_table(_rows([0.6, 0.7, 0.8, 0.9]), [finetune]))
+    assert advice.mode == "finetune" and advice.rule == "measured"
+    assert "overturns the size rule" in advice.text and "test accuracy (trained rows have no CV score)" in advice.text
+    # A finetune row within noise of the frozen one keeps the cheaper frozen mode.
+    close = _small(_table(_rows([0.6, 0.7, 0.8, 0.9]), [{**finetune, "test_accuracy": 0.91}]))
+    assert close.mode == "frozen_top" and "is within noise of" in close.text
+
+
+def test_large_dataset_without_trained_rows_predicts_finetuning():
+    advice = recommend(_table(_rows([0.6, 0.9, 0.8, 0.7])), n_train=30_000, n_classes=10, smallest_class=2_900)
     assert advice.mode == "finetune" and not advice.small
-    assert "Recommendation (c): finetune the top blocks of VGG16" in advice.text
+    assert "finetune the top blocks of VGG16" in advice.text and "`layerprobe finetune`" in advice.text
+    never = recommend(_table(_rows([0.6, 0.9, 0.8, 0.7])), n_train=30_000, n_classes=10, smallest_class=2_900,
+                      finetune_samples_per_class=math.inf)
+    assert never.mode == "frozen_intermediate"
 
 
-def test_random_weights_are_a_baseline_not_a_source():
-    table = pd.concat([_table([0.6, 0.9, 0.8, 0.7]), _table([0.85, 0.89, 0.88, 0.8], weights="none")])
-    advice = recommend(table, n_train=100, n_classes=2, smallest_class=50)
-    assert "Recommendation (b)" in advice.text and "weights imagenet" in advice.text
-    assert "Random-weight baseline VGG16 [weights none, avg pooling]" in advice.text
-    assert "1.0 points above it: here the source features are no better than random ones" in advice.text
+def test_intervals_in_the_text_are_the_wilson_interval_of_a_known_example():
+    # 80% of 100 test images: Wilson 95% interval 71.1%-86.7% (Newcombe 1998's method 3).
+    row = {"mode": "frozen", "backbone": "VGG16", "weights": "imagenet", "layer": "block1_pool", "depth": 1.0,
+           "pooling": "avg", "classifier": "logreg", "cv_score": 0.8, "cv_se": 0.012, "n_folds": 5,
+           "test_accuracy": 0.8, "n_test": 100}
+    advice = _small(pd.DataFrame([row]))  # no test_ci columns: the advice computes them
+    assert "test 80.0% (95% CI 71.1–86.7%, n=100)" in advice.text
+    assert "CV 80.0% ± 1.2 (SE over 5 folds)" in advice.text
+
+
+def test_a_pretrained_backbone_no_better_than_random_is_flagged():
+    table = _table(_rows([0.6, 0.9, 0.8, 0.7], cv_se=0.02), _rows([0.85, 0.89, 0.88, 0.8], weights="none",
+                                                                  cv_se=0.02))
+    advice = _small(table)
+    assert advice.worth_transferring is False and advice.row["weights"] == "imagenet"
+    assert "not worth transferring from" in advice.text and "Random-initialisation baseline" in advice.text
+    large = recommend(table, n_train=30_000, n_classes=10, smallest_class=2_900)
+    assert large.mode == "scratch"
+    clear = _small(_table(_rows([0.6, 0.9, 0.8, 0.7]), _rows([0.4, 0.5, 0.45, 0.4], weights="none")))
+    assert clear.worth_transferring is True and "the pretrained weights help" in clear.text
+
+
+def test_logme_and_screening_rows_are_cited_as_evidence():
+    screening = _rows([0.55, 0.85, 0.8, 0.7], classifiers=("ridge",), row_kind="screening")
+    final = _rows([0.6, 0.9, 0.8, 0.7], classifiers=("logreg",), logme=[-1.0, -0.2, -0.4, -0.6])
+    advice = _small(_table(screening, final))
+    assert advice.row["classifier"] == "logreg"  # final rows decide, screening rows are the curve
+    assert "Fast probe curve (ridge, 4 layers" in advice.text and "peaks at block2_pool" in advice.text
+    assert "LogME (evidence of a linear model, higher is better) ranks block2_pool first" in advice.text
+
+
+def test_old_tables_without_the_new_columns_still_get_advice():
+    table = pd.DataFrame([{"mode": "frozen", "backbone": "VGG16", "weights": "imagenet", "layer": f"b{i}",
+                           "depth": i / 3, "pooling": "avg", "classifier": "logreg", "cv_score": s,
+                           "test_accuracy": s} for i, s in enumerate([0.7, 0.8, 0.75], start=1)])
+    advice = _small(table)
+    assert advice.row["layer"] == "b2" and "spread unknown" in advice.text
 
 
 def test_recommend_rejects_an_empty_training_split():
     with pytest.raises(ValueError, match="`n_train` must be a positive integer. Received: n_train=0"):
-        recommend(_table([0.5]), n_train=0, n_classes=2, smallest_class=0)
+        recommend(_table(_rows([0.5])), n_train=0, n_classes=2, smallest_class=0)
     with pytest.raises(ValueError, match="`n_classes` must be a positive integer"):
-        recommend(_table([0.5]), n_train=4, n_classes=0, smallest_class=2)
+        recommend(_table(_rows([0.5])), n_train=4, n_classes=0, smallest_class=2)
 
 
-def test_plot_depth_writes_a_png_with_finetune_lines(tmp_path):
-    table = pd.concat(
-        [_table([0.6, 0.9, 0.8, 0.7]), results_frame([{"mode": "finetune", "backbone": "VGG16", "test_accuracy": 0.95}])]
-    )
-    path = plot_depth(table, tmp_path / "depth.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not [p for p in tmp_path.iterdir() if p.name != "depth.png"]
-    with pytest.raises(ValueError, match="nothing to plot"):
-        plot_depth(results_frame([]), tmp_path / "empty.png")
+def test_threshold_is_a_number_of_images_per_class():
+    assert FINETUNE_SAMPLES_PER_CLASS > 0
