@@ -2,27 +2,68 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from layerprobe.features.atomic import write_atomically
 
 __all__ = ["plot_depth"]
 
+_GROUP = ["backbone", "weights", "pooling"]
 
-def plot_depth(results: pd.DataFrame, path: str | os.PathLike, *, title: str = "Test accuracy by layer depth") -> Path:
-    """Test accuracy against relative layer depth: one line per backbone, weights, pooling and classifier.
 
-    Finetune and scratch rows, which have no layer, are drawn as horizontal
-    dashed lines. The figure is drawn on a private Agg canvas (no global
-    backend change) and written as PNG, atomically.
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    """A numeric column, all NaN when the table predates it."""
+    if name not in frame:
+        return pd.Series(np.nan, index=frame.index, dtype=float)
+    return pd.to_numeric(frame[name], errors="coerce")
+
+
+def _score_and_error(rows: pd.DataFrame) -> tuple[pd.Series, np.ndarray | None, str]:
+    """(y, yerr, what): CV score ± its fold SE when the rows have CV scores, else test accuracy ± its Wilson interval."""
+    cv = _column(rows, "cv_score")
+    if cv.notna().any():
+        se = _column(rows, "cv_se")
+        return cv, (se.fillna(0).to_numpy() if se.notna().any() else None), "CV accuracy ± SE"
+    test = _column(rows, "test_accuracy")
+    low, high = _column(rows, "test_ci_low"), _column(rows, "test_ci_high")
+    if low.notna().any():
+        return test, np.vstack([(test - low).fillna(0).clip(lower=0), (high - test).fillna(0).clip(lower=0)]), \
+            "test accuracy (95% interval)"
+    return test, None, "test accuracy"
+
+
+def plot_depth(
+    results: pd.DataFrame,
+    path: str | os.PathLike,
+    *,
+    title: str = "Accuracy by layer depth",
+    recommended: pd.Series | None = None,
+) -> Path:
+    """Accuracy against relative layer depth, with error bars; LogME by depth in a second panel.
+
+    Left panel: one line per backbone, weights, pooling and classifier of the
+    final frozen rows, at their CV accuracy with error bars of ±1 fold SE
+    (`cv_se`); tables without CV scores fall back to test accuracy and its Wilson
+    interval. Screening rows (`row_kind == "screening"`, the fast probe on every
+    layer) are drawn as a lighter line over the whole depth range. Finetune and
+    scratch rows, which have no layer, are horizontal dashed lines at their test
+    accuracy, with their 95 % interval shaded when known. `recommended` (for
+    instance `Advice.row`) is marked with a star. Right panel, when the table
+    has a `logme` column with values: LogME per layer against depth. The figure is
+    drawn on a private Agg canvas (no global backend change) and written as PNG,
+    atomically.
 
     Args:
-        results: The results table (see `layerprobe.pipeline.results`).
+        results: The results table (see `layerprobe.pipeline.results`); older
+            tables without `cv_se`, `row_kind` or `logme` are drawn without them.
         path: Destination `.png` file.
         title: Figure title.
+        recommended: The results row to mark, or None.
 
     Returns:
         The path written.
@@ -33,39 +74,74 @@ def plot_depth(results: pd.DataFrame, path: str | os.PathLike, *, title: str = "
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    frozen = results[results["mode"] == "frozen"].sort_values("depth")
-    trained = results[results["mode"] != "frozen"]
-    if frozen.empty and trained.empty:
+    if results.empty or "mode" not in results:
         raise ValueError("There is nothing to plot: the results table has no rows. Received: an empty table")
-    figure = Figure(figsize=(9, 5.5), layout="constrained")
+    frozen = results[results["mode"] == "frozen"].copy()
+    frozen["depth"] = _column(frozen, "depth")
+    frozen[_GROUP] = frozen.reindex(columns=_GROUP).astype(object).fillna("-").astype(str)
+    frozen = frozen.sort_values("depth", kind="stable")
+    kind = frozen["row_kind"].fillna("final") if "row_kind" in frozen else pd.Series("final", index=frozen.index)
+    screening, final = frozen[kind == "screening"], frozen[kind != "screening"]
+    trained = results[results["mode"] != "frozen"]
+    logme = _column(frozen, "logme")
+    with_logme = bool(logme.notna().sum() >= 1)
+    figure = Figure(figsize=(14 if with_logme else 9, 5.5), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    groups = frozen.groupby(["backbone", "weights", "pooling"], sort=False)
+    axes = figure.add_subplot(1, 2, 1) if with_logme else figure.add_subplot()
     markers = "osD^v<>p*h"
-    for number, ((backbone, weights, pooling), rows) in enumerate(groups):
-        for style, (classifier, line) in zip(("-", "--", ":", "-."), rows.groupby("classifier", sort=False)):
-            axes.plot(
-                line["depth"],
-                line["test_accuracy"],
-                linestyle=style,
-                marker=markers[number % len(markers)],
-                color=f"C{number}",
-                label=f"{backbone} [{weights}] {pooling} / {classifier}",
-            )
+    groups = {key: number for number, key in enumerate(dict.fromkeys(
+        tuple(row) for row in frozen[_GROUP].itertuples(index=False)))}
+    what = "accuracy"
+    for rows, light in ((screening, True), (final, False)):
+        for key, group in rows.groupby(_GROUP, sort=False, dropna=False):
+            number = groups[tuple(key)]
+            for style, (classifier, line) in zip(("-", "--", ":", "-."), group.groupby("classifier", sort=False)):
+                y, yerr, what = _score_and_error(line)
+                axes.errorbar(
+                    line["depth"], y, yerr=yerr, linestyle=style, marker=markers[number % len(markers)],
+                    color=f"C{number}", alpha=0.35 if light else 1.0, capsize=3, markersize=4 if light else 6,
+                    label=f"{key[0]} [{key[1]}] {key[2]} / {classifier}" + (" (screening)" if light else ""),
+                )
     layers = frozen.drop_duplicates(["layer", "depth"])
-    if layers["depth"].is_unique and len(layers) <= 12:  # name the layers along the x axis
+    if layers["depth"].is_unique and 0 < len(layers) <= 12:  # name the layers along the x axis
         axes.set_xticks(layers["depth"], layers["layer"], rotation=30, ha="right", fontsize=8)
-    for number, (_, row) in enumerate(trained.iterrows(), start=groups.ngroups):
-        axes.axhline(
-            row["test_accuracy"], linestyle="--", color=f"C{number}",
-            label=f"{row['mode']}: {row['backbone']} [{row['weights']}]",
-        )
+    for number, (_, row) in enumerate(trained.iterrows(), start=len(groups)):
+        accuracy = row.get("test_accuracy")
+        if not isinstance(accuracy, (int, float)) or not math.isfinite(accuracy):
+            continue
+        axes.axhline(accuracy, linestyle="--", color=f"C{number}",
+                     label=f"{row['mode']}: {row['backbone']} [{row['weights']}] (test)")
+        low, high = row.get("test_ci_low"), row.get("test_ci_high")
+        if all(isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high)):
+            axes.axhspan(low, high, color=f"C{number}", alpha=0.12)
+    if recommended is not None and recommended.get("mode", "frozen") == "frozen":
+        y = recommended.get("cv_score")
+        if not isinstance(y, (int, float)) or not math.isfinite(y):
+            y = recommended.get("test_accuracy")
+        axes.plot([recommended["depth"]], [y], marker="*", markersize=18, color="gold", markeredgecolor="black",
+                  linestyle="none", zorder=5,
+                  label=f"recommended: {recommended.get('classifier', '')} on {recommended.get('layer', '')}")
+    elif recommended is not None:
+        axes.plot([], [], marker="*", markersize=14, color="gold", markeredgecolor="black", linestyle="none",
+                  label=f"recommended: {recommended.get('mode')} (dashed line)")
     axes.set_xlabel("relative layer depth (layer index / number of layers)")
-    axes.set_ylabel("test accuracy")
+    axes.set_ylabel(f"{what} (frozen layers); test accuracy (dashed)")
     axes.set_ylim(0, 1.02)
     axes.grid(alpha=0.3)
     axes.set_title(title)
-    axes.legend(fontsize=8, loc="lower left")
+    axes.legend(fontsize=7, loc="lower left")
+    if with_logme:
+        right = figure.add_subplot(1, 2, 2)
+        per_layer = frozen.assign(logme=logme).dropna(subset=["logme"]).drop_duplicates(_GROUP + ["layer"])
+        for key, group in per_layer.groupby(_GROUP, sort=False, dropna=False):
+            number = groups[tuple(key)]
+            right.plot(group["depth"], group["logme"], marker=markers[number % len(markers)], color=f"C{number}",
+                       label=f"{key[0]} [{key[1]}] {key[2]}")
+        right.set_xlabel("relative layer depth")
+        right.set_ylabel("LogME (higher: features fit the labels better)")
+        right.set_title("LogME by depth (training split, no fitting)")
+        right.grid(alpha=0.3)
+        right.legend(fontsize=7, loc="lower left")
     path = Path(path)
     write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
     return path
