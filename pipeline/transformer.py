@@ -86,7 +86,7 @@ class LayerFeatures(TransformerMixin, BaseEstimator):
     """Pooled features of one layer of a backbone, read from (and cached in) a feature store.
 
     Args:
-        model: Backbone name from the registry, e.g. `"VGG16"`.
+        model: Backbone name from the registry, e.g. `"VGG16"`, or a saved `.keras` file.
         weights: `"imagenet"`, `None` (random init from `seed`) or a weights file.
         layer: The layer to return: an exact name, an alias (`"top"`, `"stage3"`)
             or a relative depth in [0, 1].
@@ -103,6 +103,8 @@ class LayerFeatures(TransformerMixin, BaseEstimator):
             candidates of a search are cache hits.
         batch_size: Images per forward pass.
         model_kwargs: Extra constructor arguments of the backbone.
+        preprocessing: For a model file: `"none"`, `"caffe"`, `"tf"`, `"torch"` or a
+            family name (default: from its metadata or graph).
         seed: Seed of the random initialisation when `weights=None`.
         progress: Show a progress bar while extracting.
 
@@ -124,6 +126,7 @@ class LayerFeatures(TransformerMixin, BaseEstimator):
         cache_layers: str | Sequence | None = None,
         batch_size: int = 32,
         model_kwargs: Mapping[str, Any] | None = None,
+        preprocessing: str | None = None,
         seed: int = 0,
         progress: bool = False,
     ):
@@ -137,6 +140,7 @@ class LayerFeatures(TransformerMixin, BaseEstimator):
         self.cache_layers = cache_layers
         self.batch_size = batch_size
         self.model_kwargs = model_kwargs
+        self.preprocessing = preprocessing
         self.seed = seed
         self.progress = progress
 
@@ -146,7 +150,7 @@ class LayerFeatures(TransformerMixin, BaseEstimator):
             dict(
                 model=self.model, weights=self.weights, layers=layers, pooling=self.pooling,
                 input_size=self.input_size, batch_size=self.batch_size,
-                model_kwargs=dict(self.model_kwargs or {}), seed=self.seed,
+                model_kwargs=dict(self.model_kwargs or {}), preprocessing=self.preprocessing, seed=self.seed,
             )
         )
 
