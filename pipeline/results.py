@@ -1,7 +1,12 @@
 """The tidy results table of a run: one row per backbone x layer x pooling x classifier.
 
 Finetune and scratch rows (from the finetune stage) share the table, with
-`mode` telling them apart. The table is written as `results.csv` and as a
+`mode` telling them apart. With screening, `row_kind` tells the fast probe's
+rows on every layer ("screening") from the rows fitted on the selected layers
+and the multi-layer rows ("final"). Every score carries its spread: `cv_se`
+over `n_folds` folds (binomial for leave-one-out) and a Wilson 95 % interval
+of the test accuracy (`test_ci_low`, `test_ci_high`); `logme` is the layer's
+LogME transferability score. The table is written as `results.csv` and as a
 markdown table inside `summary.md`, always under a temporary name first and
 renamed into place, so a reader (or a run killed mid-write) never sees half a
 file.
@@ -15,14 +20,29 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import math
+import numbers
+
 import pandas as pd
 
 from layerprobe.features.atomic import write_atomically, write_text_atomically
 from layerprobe.pipeline.tables import format_table
+from layerprobe.pipeline.uncertainty import wilson_interval
 
-__all__ = ["MODES", "RESULT_COLUMNS", "ResultsTable", "results_frame", "write_results", "write_summary"]
+__all__ = [
+    "MODES",
+    "RESULT_COLUMNS",
+    "ROW_KINDS",
+    "ResultsTable",
+    "read_results",
+    "results_frame",
+    "write_results",
+    "write_summary",
+]
 
 MODES = ("frozen", "finetune", "scratch")
+ROW_KINDS = ("screening", "final")
+"""`row_kind` values: the fast probe on every layer, or a row fitted on a selected layer (or without screening)."""
 
 RESULT_COLUMNS = (
     "mode",
@@ -33,21 +53,37 @@ RESULT_COLUMNS = (
     "depth",
     "pooling",
     "classifier",
+    "row_kind",
     "feature_dim",
     "n_train",
     "n_test",
     "cv_score",
+    "cv_se",
+    "n_folds",
     "test_accuracy",
+    "test_ci_low",
+    "test_ci_high",
     "test_balanced_accuracy",
     "test_macro_f1",
+    "logme",
     "fit_seconds",
     "best_params",
     "store_entry",
     "model_path",
 )
-"""Columns of `results.csv`, in order. Rows may carry more; they come after these."""
+"""Columns of `results.csv`, in order. Rows may carry more; they come after these.
 
-_INTEGER_COLUMNS = ("stage", "feature_dim", "n_train", "n_test")
+`cv_score` is the mean CV accuracy of the chosen hyperparameters (leave-one-out
+accuracy for `ridge`), `cv_se` its standard error over the `n_folds` folds
+(binomial over the training rows for leave-one-out, where `n_folds = n_train`),
+`test_ci_low`/`test_ci_high` the Wilson 95 % interval of `test_accuracy` on
+`n_test` images, `logme` the LogME of the layer's training features (the same
+on every row of a layer; empty for multi-layer and finetune rows) and
+`row_kind` one of `ROW_KINDS`. Tables written before these columns existed
+load with them empty, the intervals computed and `row_kind` "final".
+"""
+
+_INTEGER_COLUMNS = ("stage", "feature_dim", "n_train", "n_test", "n_folds")
 
 # Columns of the markdown table in summary.md (the CSV has them all).
 _SUMMARY_COLUMNS = (
@@ -58,26 +94,50 @@ _SUMMARY_COLUMNS = (
     "depth",
     "pooling",
     "classifier",
+    "row_kind",
     "feature_dim",
     "cv_score",
+    "cv_se",
     "test_accuracy",
+    "test_ci_low",
+    "test_ci_high",
     "test_macro_f1",
+    "logme",
     "best_params",
 )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _complete(row: dict) -> None:
+    """Fill what a row (of an older table, or a finetune row) may lack: the derived columns and `row_kind`."""
+    if row.get("row_kind") is None or (isinstance(row.get("row_kind"), float) and math.isnan(row["row_kind"])):
+        row["row_kind"] = "final"
+    if not _is_number(row.get("test_ci_low")) or not _is_number(row.get("test_ci_high")):
+        accuracy, n_test = row.get("test_accuracy"), row.get("n_test")
+        if _is_number(accuracy) and _is_number(n_test) and n_test > 0:
+            row["test_ci_low"], row["test_ci_high"] = wilson_interval(float(accuracy), int(n_test))
 
 
 def results_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """The results table from row dicts: `RESULT_COLUMNS` first, in that order.
 
-    `best_params` given as a dict is stored as its JSON text.
+    `best_params` given as a dict is stored as its JSON text. Missing test
+    intervals are computed from `test_accuracy` and `n_test`, a missing
+    `row_kind` is "final", other missing columns are left empty.
 
     Raises:
-        ValueError: If a row's mode is not one of `MODES`.
+        ValueError: If a row's mode is not one of `MODES`, or its row_kind not one of `ROW_KINDS`.
     """
     rows = [dict(row) for row in rows]
     for row in rows:
         if row.get("mode") not in MODES:
             raise ValueError(f"A results row needs mode in {MODES}. Received: mode={row.get('mode')!r}")
+        _complete(row)
+        if row["row_kind"] not in ROW_KINDS:
+            raise ValueError(f"A results row needs row_kind in {ROW_KINDS}. Received: row_kind={row['row_kind']!r}")
         if isinstance(row.get("best_params"), Mapping):
             row["best_params"] = json.dumps(row["best_params"], sort_keys=True, default=str)
     extra = [column for row in rows for column in row if column not in RESULT_COLUMNS]
@@ -85,6 +145,11 @@ def results_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=columns)
     # Nullable integers: finetune rows have no stage or feature_dim, and CSV must not show "3.0".
     return frame.astype({column: "Int64" for column in _INTEGER_COLUMNS})
+
+
+def read_results(path: str | os.PathLike) -> pd.DataFrame:
+    """A `results.csv` as a results table, older tables included (see `results_frame` for what is filled)."""
+    return results_frame(pd.read_csv(path).to_dict("records"))
 
 
 def write_results(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -137,6 +202,10 @@ class ResultsTable:
     def add(self, row: Mapping[str, Any]) -> None:
         """Append a row and rewrite the file."""
         self.rows.append(dict(row))
+        write_results(self.frame, self.path)
+
+    def rewrite(self) -> None:
+        """Rewrite the file from `rows` (after they were changed in place)."""
         write_results(self.frame, self.path)
 
     def keep_earlier_rows(self, *, except_modes: Sequence[str]) -> int:
