@@ -6,6 +6,10 @@ through the model; each chunk's pooled features are committed to the store
 as soon as they are computed. A killed run resumes at the first chunk not
 committed, with the same batches, so the result is bit-identical to an
 uninterrupted run. Keys already in the store cost no forward pass.
+
+Above ~450 lines on purpose: `FeatureExtractor` is one object whose
+steps (keys, work areas, chunks, forward pass, commit) share its state; split
+apart they would pass that state around instead.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ Errors reading an entry say what is wrong: `CorruptEntryError` (remove it with
 `layerprobe store rm`) only when its content is wrong; `EntryLockedError` when
 another process holds HDF5's lock on it; `StoreError` for permission denied;
 `EntryNotFoundError` when it disappeared.
+
+Above ~450 lines on purpose: `FeatureStore` is the one public class of the
+store; its partial entries, locks and HDF5 I/O are already in their own modules.
 """
 
 from __future__ import annotations
