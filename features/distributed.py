@@ -427,28 +427,18 @@ def extract_on_cluster(
     store = FeatureStore(os.path.abspath(store.root))
     keys = extractor.keys(dataset, dataset_digest)
     report = ExtractionReport(keys=keys, n_images=len(dataset))
-    missing = [name for name, key in keys.items() if not store.has(key)]
-    report.cached = [name for name in keys if name not in missing]
-    for name in report.cached:
-        log(f"cached   {name} ({keys[name].entry_name})")
-    store.clean_up(keys[name] for name in report.cached)
-    if missing:
-        store.check_writable()
+    environment: dict = {}
+
+    def check_workers() -> None:  # up front, before any wait or work
         check_store_visible(client, store.root)
-        environment = workers_environment(client)
-        with store.lock(
-            [keys[name] for name in missing],
-            on_wait=lambda key: log(f"waiting  for another process extracting {key.entry_name} ({store.lock_holder(key)})"),
-        ):
-            done_meanwhile = [name for name in missing if store.has(keys[name])]
-            for name in done_meanwhile:
-                log(f"cached   {name} (extracted by another process)")
-            report.cached += done_meanwhile
-            missing = [name for name in missing if name not in done_meanwhile]
-            if missing:
-                work = _open_work(extractor, dataset, store, keys, missing, chunk_size, log, environment)
-                _run_chunks(extractor, dataset, store, keys, work, client, n_threads, progress, report, log)
-                _commit(extractor, dataset, store, keys, work, report, log)
+        environment.update(workers_environment(client))
+
+    def compute(missing: list[str]) -> None:
+        work = _open_work(extractor, dataset, store, keys, missing, chunk_size, log, environment)
+        _run_chunks(extractor, dataset, store, keys, work, client, n_threads, progress, report, log)
+        _commit(extractor, dataset, store, keys, work, report, log)
+
+    extractor._reuse_or_compute(store, keys, report, log, compute=compute, before_lock=check_workers)
     report.skipped = store.info(next(iter(keys.values())).entry_name, root=dataset.root)["skipped"]
     report.seconds = time.perf_counter() - started
     return report

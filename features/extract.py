@@ -285,27 +285,43 @@ class FeatureExtractor:
         started = time.perf_counter()
         keys = self.keys(dataset, dataset_digest)
         report = ExtractionReport(keys=keys, n_images=len(dataset))
+        self._reuse_or_compute(
+            store, keys, report, log,
+            compute=lambda missing: self._compute(dataset, store, keys, missing, report, chunk_size, n_workers, progress, log),
+        )
+        report.skipped = self._skipped(store, keys, dataset.root)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    @staticmethod
+    def _reuse_or_compute(store, keys, report, log, *, compute, before_lock=None) -> None:
+        """Reuse the keys already stored; `compute(missing)` the others while holding their locks.
+
+        The one protocol of both the in-process and the cluster path: keys another
+        process committed while we waited for their locks are reused, not recomputed.
+        `before_lock()` runs once there is work, before waiting (e.g. up-front checks).
+        """
         missing = [name for name, key in keys.items() if not store.has(key)]
         report.cached = [name for name in keys if name not in missing]
         for name in report.cached:
             log(f"cached   {name} ({keys[name].entry_name})")
         store.clean_up(keys[name] for name in report.cached)
-        if missing:
-            store.check_writable()
-            with store.lock(
-                [keys[name] for name in missing],
-                on_wait=lambda key: log(f"waiting  for another process extracting {key.entry_name} ({store.lock_holder(key)})"),
-            ):
-                done_meanwhile = [name for name in missing if store.has(keys[name])]
-                for name in done_meanwhile:
-                    log(f"cached   {name} (extracted by another process)")
-                report.cached += done_meanwhile
-                missing = [name for name in missing if name not in done_meanwhile]
-                if missing:
-                    self._compute(dataset, store, keys, missing, report, chunk_size, n_workers, progress, log)
-        report.skipped = self._skipped(store, keys, dataset.root)
-        report.seconds = time.perf_counter() - started
-        return report
+        if not missing:
+            return
+        store.check_writable()
+        if before_lock is not None:
+            before_lock()
+        with store.lock(
+            [keys[name] for name in missing],
+            on_wait=lambda key: log(f"waiting  for another process extracting {key.entry_name} ({store.lock_holder(key)})"),
+        ):
+            done_meanwhile = [name for name in missing if store.has(keys[name])]
+            for name in done_meanwhile:
+                log(f"cached   {name} (extracted by another process)")
+            report.cached += done_meanwhile
+            missing = [name for name in missing if name not in done_meanwhile]
+            if missing:
+                compute(missing)
 
     @staticmethod
     def _skipped(store: FeatureStore, keys, root: str | None = None) -> list[tuple[str, str]]:
