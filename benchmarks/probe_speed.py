@@ -1,0 +1,405 @@
+"""Probe speed: screen every layer with closed-form probes instead of grid-searching each one.
+
+Issue 16, "Probe every layer at every regularisation in seconds". On cached
+CIFAR-10 features of VGG16 (HED weights from ../shared, input 32×32, the five
+block pools average-pooled), in one run and on the same arrays:
+
+- **grid path** (today's default): ``fit_classifier(X, y, "logreg", cv=CV)`` with the
+  registry's grid (C in 0.01, 0.1, 1, 10; ``cv`` 5 as in the run config, 3 with ``--quick``)
+  on every layer;
+  the best layer is the one with the highest CV accuracy;
+- **screening sweep**: ``screen_layers`` (``RidgeProbeCV``, exact LOO accuracy for 15
+  penalties, plus LogME) on every layer, keeping the top-k (2) layers;
+- **screening path, end to end**: the screening sweep, then the same logreg grid on
+  the top-k layers only (their grid times are those measured in the grid path: the
+  same call on the same arrays), the final layer being the best of them by CV.
+
+Reported: (a) the screening speed-up = grid sweep seconds / screening sweep seconds;
+(b) the end-to-end speed-up = grid sweep seconds / (screening sweep + grid on the
+top-k); whether the ridge probe's rank-1 layer is the grid's best layer; and the
+test accuracy (``evaluate``, once) of each path's final model. A multi-layer
+ridge probe (greedy layer selection) is fitted too, for reference.
+
+``--alternatives LAYER`` measures cheaper grid settings on one layer instead
+(logreg float32/float64, warm-started C path, tol; LinearSVC primal/dual; SGD).
+
+Outputs under ``benchmarks/out/probe_speed/<quick|full>/``: ``results.json`` and
+``results.md`` (``alternatives.json``/``.md`` for ``--alternatives``). The feature
+store ``benchmarks/out/probe_speed/store`` is a cache shared by the runs.
+
+    python benchmarks/probe_speed.py --quick    # 300/class train, 100/class test, grid cv=3; < 2 min once cached
+    python benchmarks/probe_speed.py            # 50,000 train, 10,000 test
+    python benchmarks/probe_speed.py --alternatives block4_pool [--quick]
+
+The last line printed is ``screening speed-up: N.N× (same best layer: yes|no)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_DIR.parent / "shared"
+OUT_DIR = REPO_DIR / "benchmarks" / "out" / "probe_speed"
+LAYERS = ["block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool"]
+BACKBONE = "VGG16"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="300/class train and 100/class test images")
+    parser.add_argument("--data", type=Path, default=SHARED_DIR / "datasets" / "cifar10", help="CIFAR-10 folder (train/, test/)")
+    parser.add_argument("--weights", type=Path, default=SHARED_DIR / "weights" / "vgg16_hed_bsds500_notop.weights.h5")
+    parser.add_argument("--store", type=Path, default=OUT_DIR / "store", help="feature store (a cache)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: OUT/quick or OUT/full)")
+    parser.add_argument("--layers", default=",".join(LAYERS), help="comma-separated layer names")
+    parser.add_argument("--input-size", type=int, default=32)
+    parser.add_argument("--cv", type=int, default=None,
+                        help="grid folds (default: 5, the run config's default; 3 with --quick)")
+    parser.add_argument("--top-k", type=int, default=2, help="layers kept by the screening")
+    parser.add_argument("--train-per-class", type=int, default=None, help="override the subset size")
+    parser.add_argument("--test-per-class", type=int, default=None, help="override the subset size")
+    parser.add_argument("--no-multi", action="store_true", help="skip the multi-layer probe")
+    parser.add_argument("--alternatives", metavar="LAYER", default=None, help="measure grid alternatives on LAYER")
+    parser.add_argument(
+        "--blas-threads", type=int, default=1,
+        help="BLAS threads for both paths (threadpoolctl; 0: the libraries' default). On a loaded 2-core "
+        "machine two OpenBLAS threads made small lbfgs fits up to 50x slower, so the default is 1.",
+    )
+    return parser
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def machine() -> dict:
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        commit = ""
+    import sklearn
+
+    return {
+        "cpus": os.cpu_count(),
+        "load_average_start": os.getloadavg()[0],
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "sklearn": sklearn.__version__,
+        "commit": commit,
+        "utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def first_per_class(dataset, split: str, per_class: int | None) -> np.ndarray:
+    """Indices of the first `per_class` samples of each class in `split` (all of them for None)."""
+    in_split = np.flatnonzero(np.asarray(dataset.splits) == split)
+    if per_class is None:
+        return in_split
+    labels = dataset.labels[in_split]
+    return np.concatenate([in_split[labels == k][:per_class] for k in range(len(dataset.class_names))])
+
+
+def load_features(args, layers: list[str]):
+    """Extracts (or reads from the cache) every layer; returns {layer: (train FeatureSet, test FeatureSet)}."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from layerprobe.features.extract import FeatureExtractor
+    from layerprobe.features.inputs import from_directory
+    from layerprobe.features.store import FeatureStore
+
+    for path, what in ((args.data, "--data"), (args.weights, "--weights")):
+        if not path.exists():
+            raise SystemExit(f"{what} {path} does not exist; pass {what} or put ../shared beside the repository.")
+    dataset = from_directory(args.data)
+    train_per_class = args.train_per_class or (300 if args.quick else None)
+    test_per_class = args.test_per_class or (100 if args.quick else None)
+    if train_per_class or test_per_class:
+        dataset = dataset.select(np.concatenate([
+            first_per_class(dataset, "train", train_per_class), first_per_class(dataset, "test", test_per_class)
+        ]))
+    store = FeatureStore(args.store)
+    started = time.perf_counter()
+    extractor = FeatureExtractor(BACKBONE, weights=str(args.weights), layers=layers, pooling="avg",
+                                 input_size=args.input_size)
+    report = extractor.extract(dataset, store, progress=False)
+    log(f"features: {report.summary()} ({time.perf_counter() - started:.1f} s with the model build)")
+    features = {
+        layer: (store.load(report.keys[layer], split="train"), store.load(report.keys[layer], split="test"))
+        for layer in layers
+    }
+    return features, list(dataset.class_names), time.perf_counter() - started
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(row.get(column, "")) for column in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_outputs(out: Path, name: str, payload: dict, markdown: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for path, text in ((out / f"{name}.json", json.dumps(payload, indent=2, default=float)),
+                       (out / f"{name}.md", markdown)):
+        temporary = path.with_suffix(path.suffix + ".tmp")
+        temporary.write_text(text)
+        temporary.replace(path)
+
+
+# --------------------------------------------------------------------------- screening vs grid
+
+
+def compare(args, features, class_names, meta) -> dict:
+    from layerprobe.pipeline.classifiers import fit_classifier
+    from layerprobe.pipeline.evaluate import evaluate
+    from layerprobe.pipeline.probes import MultiLayerProbe, RidgeProbeCV, screen_layers
+
+    out = args.out
+    layers = list(features)
+    train = {layer: features[layer][0] for layer in layers}
+    test = {layer: features[layer][1] for layer in layers}
+    n_train, n_test = len(train[layers[0]].y), len(test[layers[0]].y)
+    log(f"{n_train} train / {n_test} test samples, layers {layers}, grid cv={args.cv}, top_k={args.top_k}")
+
+    started = time.perf_counter()
+    table = screen_layers({(BACKBONE, layer): (train[layer].X, train[layer].y) for layer in layers}, top_k=args.top_k)
+    screening_seconds = time.perf_counter() - started
+    log(f"screening sweep (ridge LOO + LogME, {len(layers)} layers): {screening_seconds:.2f} s")
+    rows = {row.layer: dict(row._asdict()) for row in table.drop(columns="backbone").itertuples(index=False)}
+
+    # The ridge probes' own test accuracy (screen_layers keeps only the table: refit at the chosen alpha).
+    for layer in layers:
+        probe = RidgeProbeCV(alphas=[rows[layer]["alpha"]]).fit(train[layer].X, train[layer].y)
+        rows[layer]["ridge_test_accuracy"] = evaluate(probe, test[layer].X, test[layer].y, class_names).accuracy
+
+    grid = {}
+    grid_started = time.perf_counter()
+    for layer in layers:
+        result = fit_classifier(train[layer].X, train[layer].y, "logreg", cv=args.cv, random_state=0)
+        scores = evaluate(result.estimator, test[layer].X, test[layer].y, class_names)
+        grid[layer] = {"grid_seconds": result.fit_seconds, "grid_cv_score": result.cv_score,
+                       "grid_C": result.best_params["C"], "grid_test_accuracy": scores.accuracy}
+        rows[layer].update(grid[layer])
+        log(f"grid {layer}: {result.fit_seconds:.1f} s, C={result.best_params['C']}, "
+            f"CV {result.cv_score:.4f}, test {scores.accuracy:.4f}")
+        write_outputs(out, "results.partial", {"meta": meta, "rows": rows}, "")
+    grid_sweep_seconds = sum(entry["grid_seconds"] for entry in grid.values())
+    grid_wall_seconds = time.perf_counter() - grid_started
+
+    grid_best = max(layers, key=lambda layer: grid[layer]["grid_cv_score"])
+    ridge_best = table.loc[table["rank"] == 1, "layer"].item()
+    top_k = table.loc[table.selected].sort_values("rank")["layer"].tolist()
+    screening_final = max(top_k, key=lambda layer: grid[layer]["grid_cv_score"])
+    end_to_end_seconds = screening_seconds + sum(grid[layer]["grid_seconds"] for layer in top_k)
+    summary = {
+        "n_train": n_train,
+        "n_test": n_test,
+        "cv": args.cv,
+        "top_k": args.top_k,
+        "screening_seconds": screening_seconds,
+        "ridge_seconds": float(table.fit_seconds.sum()),
+        "logme_seconds": float(table.logme_seconds.sum()),
+        "grid_sweep_seconds": grid_sweep_seconds,
+        "grid_sweep_wall_seconds": grid_wall_seconds,
+        "screening_speedup": grid_sweep_seconds / screening_seconds,
+        "end_to_end_seconds": end_to_end_seconds,
+        "end_to_end_speedup": grid_sweep_seconds / end_to_end_seconds,
+        "grid_best_layer": grid_best,
+        "ridge_best_layer": ridge_best,
+        "logme_best_layer": table.loc[table.logme.idxmax(), "layer"],
+        "screening_top_k": top_k,
+        "screening_final_layer": screening_final,
+        "same_best_layer": ridge_best == grid_best,
+        "same_final_layer": screening_final == grid_best,
+        "grid_path_test_accuracy": grid[grid_best]["grid_test_accuracy"],
+        "screening_path_test_accuracy": grid[screening_final]["grid_test_accuracy"],
+        "ridge_best_test_accuracy": rows[ridge_best]["ridge_test_accuracy"],
+    }
+    if not args.no_multi:
+        started = time.perf_counter()
+        multi = MultiLayerProbe().fit({layer: train[layer].X for layer in layers}, train[layers[0]].y)
+        multi_seconds = time.perf_counter() - started
+        multi_test = evaluate(multi.estimator_, multi.transform({layer: test[layer].X for layer in layers}),
+                              test[layers[0]].y, class_names)
+        summary["multi_layer"] = {"name": multi.name_, "cv_score": multi.cv_score_, "alpha": multi.alpha_,
+                                  "test_accuracy": multi_test.accuracy, "fit_seconds": multi_seconds,
+                                  "path": multi.selection_path_}
+        log(f"multi-layer probe {multi.name_}: LOO {multi.cv_score_:.4f}, test {multi_test.accuracy:.4f}, {multi_seconds:.1f} s")
+    meta["load_average_end"] = os.getloadavg()[0]
+    payload = {"meta": meta, "summary": summary, "rows": rows}
+    columns = ["layer", "feature_dim", "cv_score", "cv_se", "alpha", "logme", "fit_seconds", "logme_seconds", "rank",
+               "selected", "ridge_test_accuracy", "grid_seconds", "grid_C", "grid_cv_score", "grid_test_accuracy"]
+    lines = [
+        f"# probe_speed ({'quick' if args.quick else 'full'})",
+        "",
+        f"{n_train} train / {n_test} test CIFAR-10 images, VGG16 HED weights, input {args.input_size}, avg pooling; "
+        f"grid = fit_classifier(logreg, cv={args.cv}, C in 0.01..10); screening = screen_layers (RidgeProbeCV + LogME), "
+        f"top_k={args.top_k}. BLAS threads: {meta['blas_threads']}. {meta['cpus']} CPUs, load average {meta['load_average_start']:.1f} at start, "
+        f"{meta['load_average_end']:.1f} at end (shared machine: rely on the ratios), {meta['utc']}, commit {meta['commit']}.",
+        "",
+        markdown_table(list(rows.values()), columns),
+        "",
+        markdown_table([{
+            "screening sweep (s)": screening_seconds, "grid sweep (s)": grid_sweep_seconds,
+            "(a) screening speed-up": f"{summary['screening_speedup']:.1f}×",
+            "end to end (s)": end_to_end_seconds, "(b) end-to-end speed-up": f"{summary['end_to_end_speedup']:.1f}×",
+        }], ["screening sweep (s)", "grid sweep (s)", "(a) screening speed-up", "end to end (s)", "(b) end-to-end speed-up"]),
+        "",
+        f"- grid path best layer: **{grid_best}** (test accuracy {summary['grid_path_test_accuracy']:.4f})",
+        f"- ridge rank-1 layer: **{ridge_best}** (same: {'yes' if summary['same_best_layer'] else 'no'}); "
+        f"ridge probe test accuracy {summary['ridge_best_test_accuracy']:.4f}; LogME best: {summary['logme_best_layer']}",
+        f"- screening path: top-{args.top_k} {top_k} → final **{screening_final}** "
+        f"(test accuracy {summary['screening_path_test_accuracy']:.4f})",
+    ]
+    if "multi_layer" in summary:
+        multi = summary["multi_layer"]
+        lines.append(f"- multi-layer ridge probe: {multi['name']} LOO {multi['cv_score']:.4f}, "
+                     f"test {multi['test_accuracy']:.4f}, {multi['fit_seconds']:.1f} s")
+    write_outputs(out, "results", payload, "\n".join(lines) + "\n")
+    (out / "results.partial.json").unlink(missing_ok=True)
+    (out / "results.partial.md").unlink(missing_ok=True)
+    print("\n".join(lines))
+    return summary
+
+
+# --------------------------------------------------------------------------- grid alternatives
+
+
+def alternatives(args, features, class_names, meta) -> None:
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression, SGDClassifier
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    from layerprobe.pipeline.classifiers import fit_classifier
+    from layerprobe.pipeline.probes import RidgeProbeCV, logreg_path_search
+
+    layer = args.alternatives
+    if layer not in features:
+        raise SystemExit(f"--alternatives {layer!r} is not among the extracted layers {list(features)}")
+    train, test = features[layer]
+    scaler = StandardScaler().fit(train.X)
+    Xtr64, Xte64 = scaler.transform(train.X.astype(np.float64)), scaler.transform(test.X.astype(np.float64))
+    Xtr32, Xte32 = Xtr64.astype(np.float32), Xte64.astype(np.float32)
+    ytr, yte = train.y, test.y
+    log(f"alternatives on {layer}: {Xtr32.shape} train, {Xte32.shape[0]} test")
+    rows = []
+
+    def record(setting, seconds, model=None, accuracy=None, **extra):
+        if accuracy is None:  # pipelines standardize themselves: give them raw features
+            X_eval = test.X if hasattr(model, "named_steps") else Xte32
+            accuracy = float(np.mean(model.predict(X_eval) == yte))
+        rows.append({"setting": setting, "seconds": seconds, "test_accuracy": accuracy, **extra})
+        log(f"{setting}: {seconds:.2f} s, test {accuracy:.4f} {extra}")
+        write_outputs(args.out, "alternatives", {"meta": meta, "layer": layer, "rows": rows}, "")
+
+    Cs = [0.01, 0.1, 1.0, 10.0]
+    n = len(ytr)
+
+    def c_path(dtype, tol, warm):
+        Xtr, Xte = (Xtr32, Xte32) if dtype == "float32" else (Xtr64, Xte64)
+        model = LogisticRegression(max_iter=2000, tol=tol, warm_start=warm, random_state=0)
+        seconds, accuracies, iterations = [], [], []
+        for C in Cs:
+            started = time.perf_counter()
+            model.set_params(C=C).fit(Xtr, ytr)
+            seconds.append(time.perf_counter() - started)
+            accuracies.append(round(float(np.mean(model.predict(Xte) == yte)), 4))
+            iterations.append(int(np.max(model.n_iter_)))
+        record(f"logreg lbfgs {dtype} tol={tol:g}, {'warm-started C path' if warm else 'independent fits'}",
+               sum(seconds), accuracy=accuracies[Cs.index(1.0)], per_C_seconds=[round(t, 2) for t in seconds],
+               per_C_test_accuracy=accuracies, n_iter=iterations)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        # 4 C values fitted on all training rows: today's settings first (float64, tol 1e-4, cold).
+        for dtype, tol, warm in (("float64", 1e-4, False), ("float32", 1e-4, False), ("float64", 1e-4, True),
+                                 ("float32", 1e-4, True), ("float32", 1e-3, True)):
+            c_path(dtype, tol, warm)
+        # The whole search, side by side: GridSearchCV (fit_classifier) vs the warm-started path.
+        started = time.perf_counter()
+        grid = fit_classifier(train.X, ytr, "logreg", cv=args.cv, random_state=0)
+        record(f"fit_classifier logreg cv={args.cv} (GridSearchCV, 4 C, search + refit)", time.perf_counter() - started,
+               grid.estimator, best_C=grid.best_params["C"], cv_score=grid.cv_score)
+        started = time.perf_counter()
+        path = logreg_path_search(train.X, ytr, Cs=Cs, cv=args.cv, dtype="float32", warm_start=True)
+        record(f"logreg_path_search cv={args.cv} float32 warm (search + refit)", time.perf_counter() - started,
+               path.estimator, best_C=path.best_C, cv_score=path.best_score)
+        for dual in (False, True):
+            started = time.perf_counter()
+            model = LinearSVC(C=1.0, dual=dual, max_iter=1000, random_state=0).fit(Xtr32, ytr)
+            record(f"LinearSVC C=1 dual={dual} (max_iter 1000)", time.perf_counter() - started, model,
+                   n_iter=int(model.n_iter_))
+        for loss in ("hinge", "squared_hinge"):
+            for alpha in (1e-4, 1.0 / n):
+                started = time.perf_counter()
+                model = SGDClassifier(loss=loss, alpha=alpha, average=True, max_iter=20, tol=1e-3, random_state=0)
+                model.fit(Xtr32, ytr)
+                record(f"SGDClassifier {loss} average=True alpha={alpha:.2g} (max 20 epochs)",
+                       time.perf_counter() - started, model, n_iter=int(model.n_iter_))
+        started = time.perf_counter()
+        model = RidgeProbeCV().fit(train.X, ytr)
+        record("RidgeProbeCV (15 alphas, exact LOO)", time.perf_counter() - started, accuracy=model.score(test.X, yte),
+               best_C=f"alpha={model.alpha_:.2g}", cv_score=model.best_score_)
+    meta["load_average_end"] = os.getloadavg()[0]
+    text = "\n".join([
+        f"# probe_speed alternatives on {layer} ({'quick' if args.quick else 'full'})",
+        "",
+        f"{Xtr32.shape[0]} × {Xtr32.shape[1]} standardized train features, {Xte32.shape[0]} test; {meta['cpus']} CPUs, "
+        f"load average {meta['load_average_start']:.1f} → {meta['load_average_end']:.1f} (shared machine).",
+        "",
+        markdown_table(rows, ["setting", "seconds", "test_accuracy", "per_C_seconds", "per_C_test_accuracy", "n_iter",
+                              "best_C", "cv_score"]),
+        "",
+        "test_accuracy: at C=1 for the C paths, of the chosen model for the searches.",
+        "",
+    ])
+    write_outputs(args.out, "alternatives", {"meta": meta, "layer": layer, "rows": rows}, text)
+    print(text)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    args.out = args.out or OUT_DIR / ("quick" if args.quick else "full")
+    args.cv = args.cv or (3 if args.quick else 5)
+    layers = [name.strip() for name in args.layers.split(",") if name.strip()]
+    if args.top_k < 1 or args.top_k > len(layers):
+        raise SystemExit(f"--top-k must be between 1 and the number of layers ({len(layers)}). Received: {args.top_k}")
+    started = time.perf_counter()
+    meta = machine()
+    features, class_names, extraction_seconds = load_features(args, layers)
+    meta["extraction_seconds"] = extraction_seconds
+    meta["blas_threads"] = args.blas_threads or "default"
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=args.blas_threads or None, user_api="blas"):
+        if args.alternatives:
+            alternatives(args, features, class_names, meta)
+            log(f"total {time.perf_counter() - started:.1f} s")
+            return 0
+        summary = compare(args, features, class_names, meta)
+    log(f"total {time.perf_counter() - started:.1f} s")
+    print(f"screening speed-up: {summary['screening_speedup']:.1f}× "
+          f"(same best layer: {'yes' if summary['same_best_layer'] else 'no'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
