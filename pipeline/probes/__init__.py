@@ -4,7 +4,8 @@
 - :mod:`.logme`: :func:`logme_score`, the LogME transferability score (You et al., ICML 2021).
 - :mod:`.multilayer`: :class:`MultiLayerProbe`, greedy layer (group) selection on concatenated layers.
 - :mod:`.screening`: :func:`screen_layers`, rank every layer and keep the top-k per backbone.
-- :mod:`.grids`: :func:`logreg_path_search` (warm-started C path) and :func:`recommended_linear_svm`.
+- :mod:`.grids`: :func:`logreg_path_search` (warm-started C path), :func:`recommended_linear_svm`,
+  :func:`recommended_sgd_svm`.
 
 Names are loaded on first use, so importing this package imports nothing heavy.
 """
@@ -33,6 +34,7 @@ _EXPORTS = {
     "logreg_path_search": "grids",
     "recommended_linear_svm": "grids",
     "recommended_logreg": "grids",
+    "recommended_sgd_svm": "grids",
 }
 
 __all__ = list(_EXPORTS)

@@ -20,6 +20,7 @@ from layerprobe.pipeline.probes import (
     logme_score,
     logreg_path_search,
     recommended_linear_svm,
+    recommended_sgd_svm,
     screen_layers,
     selected_layers,
 )
@@ -410,7 +411,18 @@ def test_warm_path_search(seed):
 
 def test_recommended_linear_svm():
     assert recommended_linear_svm(50_000, 512, 0).dual is False
-    assert recommended_linear_svm(100, 25_088, 0).dual is True
+    assert recommended_linear_svm(3_000, 512, 0).dual is True
+    assert recommended_linear_svm(100, 25_088, 7).dual is True
     assert recommended_linear_svm(100, 25_088, 7).random_state == 7
     with pytest.raises(ValueError, match="n_samples must be a positive integer"):
         recommended_linear_svm(0, 5)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_recommended_sgd_svm_fits():
+    X, y = _clustered(np.random.default_rng(0), 200, 5, 3, separation=3.0)
+    model = recommended_sgd_svm(200, random_state=0)
+    assert model.alpha == pytest.approx(1 / 200) and model.average is True
+    assert model.fit(X, y).score(X, y) > 0.9
+    with pytest.raises(ValueError, match="n_samples must be a positive integer"):
+        recommended_sgd_svm(0)
