@@ -23,8 +23,9 @@ The advice recommends what the table measured best, not a fixed recipe:
   else `frozen_intermediate`).
 * **Random features.** A pretrained backbone whose best layer does not beat the
   random-initialisation baseline (`weights == "none"`, same backbone) by more
-  than noise is flagged as not worth transferring from; with enough data the
-  advice is then to train from scratch.
+  than noise is flagged as not worth transferring from (compared best row
+  against best row). The flag does not change the mode by itself: in the
+  calibration table finetuning still beat training from scratch in such cells.
 * **LogME** per layer (the `logme` column) is cited as a second opinion on the
   best layer.
 
@@ -268,6 +269,7 @@ def _screening_evidence(screening: pd.DataFrame) -> list[str]:
 
 
 def _baseline_evidence(chosen: pd.Series, random_rows: pd.DataFrame) -> tuple[bool | None, list[str]]:
+    """The best transferred row (`chosen`) against the best random-features row of the same backbone."""
     same = random_rows[random_rows["backbone"] == chosen["backbone"]]
     if same.empty or chosen["weights"] == "none":
         return None, []
@@ -279,8 +281,9 @@ def _baseline_evidence(chosen: pd.Series, random_rows: pd.DataFrame) -> tuple[bo
     if worth:
         return True, [line + ", more than noise: the pretrained weights help."]
     return False, [line + f", **not more than noise ({NOISE_SE:g} SE): this pretrained backbone is not worth "
-                   f"transferring from** (its features are no better than random ones). A source closer to the "
-                   f"target, or training from scratch, would serve better."]
+                   f"transferring from** as frozen features (they are no better than random ones). A source closer "
+                   f"to the target would serve better; with enough data, compare finetuning with training from "
+                   f"scratch."]
 
 
 # --------------------------------------------------------------------------- recommend
@@ -354,7 +357,7 @@ def recommend(
         evidence += _layer_evidence(group, best, chosen, tied)
         if len(screening) and not final.empty:
             evidence += _screening_evidence(screening)
-        worth, lines = _baseline_evidence(chosen, random_rows)
+        worth, lines = _baseline_evidence(best, random_rows)
         evidence += lines
     predicted = _predicted(per_class, finetune_samples_per_class)
     frozen_mode = None if chosen is None else (
@@ -365,7 +368,7 @@ def recommend(
         if chosen is None:
             mode = "none"
         elif predicted == "finetune":
-            mode = "scratch" if worth is False else "finetune"
+            mode = "finetune"
         else:
             mode = frozen_mode
         runner_up = _runner_up(tied, pool, chosen)
@@ -398,8 +401,10 @@ def _size_sentences(mode, chosen, runner_up, per_class, threshold, worth, n_se) 
             f"`layerprobe finetune` to confirm.",
             f"The frozen result to beat is {_name(chosen)}: {_scores(chosen)}.",
         ]
-        if mode == "scratch":
-            sentences.append("The pretrained features were no better than random ones, hence scratch.")
+        if worth is False:
+            sentences.append("Caution: the pretrained features were no better than random ones here; training "
+                             "from scratch is the alternative to measure (in the calibration benchmark finetuning "
+                             "still won such cells).")
         return sentences
     where = "the top layer" if mode == "frozen_top" else "an intermediate layer"
     sentences = [
