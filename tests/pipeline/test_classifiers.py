@@ -5,11 +5,19 @@ import pytest
 from sklearn.datasets import make_blobs, make_classification
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
 from sklearn.preprocessing import Normalizer, StandardScaler
 
 from layerprobe.features.errors import InputError
-from layerprobe.pipeline.classifiers import CLASSIFIERS, PREPROCESSING, build_probe_pipeline, fit_classifier
+from layerprobe.pipeline.classifiers import (
+    CLASSIFIERS,
+    PREPROCESSING,
+    build_probe_pipeline,
+    fit_classifier,
+    search_method,
+)
+from layerprobe.pipeline.probes import RidgeProbeCV
+from layerprobe.pipeline.uncertainty import binomial_se, fold_se
 
 
 @pytest.fixture
@@ -24,7 +32,7 @@ def _n_splits(result):
 
 
 def test_registry_names_and_default_grids_are_valid():
-    assert set(CLASSIFIERS) == {"logreg", "linear_svm", "rbf_svm", "sgd"}
+    assert set(CLASSIFIERS) == {"logreg", "linear_svm", "rbf_svm", "sgd", "ridge"}
     for name, spec in CLASSIFIERS.items():
         assert spec.name == name and spec.description
         estimator = spec.build(0)
@@ -206,3 +214,80 @@ def test_same_data_and_seed_give_identical_predictions(classifier):
         first.cv_results["mean_test_score"], second.cv_results["mean_test_score"]
     )
     np.testing.assert_array_equal(first.estimator.predict(X), second.estimator.predict(X))
+
+
+def test_ridge_chooses_its_penalty_by_leave_one_out_without_a_grid_search(blobs, monkeypatch):
+    X_train, X_test, y_train, y_test = blobs
+    import layerprobe.pipeline.classifiers as classifiers_module
+
+    def no_grid_search(*args, **kwargs):
+        raise AssertionError("ridge validates its penalties itself")
+
+    monkeypatch.setattr(classifiers_module, "GridSearchCV", no_grid_search)
+    result = fit_classifier(X_train, y_train, "ridge", param_grid={"alphas": [1e-3, 1e-1, 10.0]}, cv=3)
+    probe = result.estimator.named_steps["clf"]
+    assert isinstance(probe, RidgeProbeCV) and probe.alphas == (1e-3, 1e-1, 10.0)
+    assert result.best_params == {"alpha": probe.alpha_} and result.cv_score == probe.best_score_
+    assert result.n_folds == len(X_train)  # leave-one-out
+    assert result.cv_se == pytest.approx(binomial_se(result.cv_score, len(X_train)))
+    assert list(result.cv_results["param_clf__alphas"]) == [1e-3, 1e-1, 10.0]
+    np.testing.assert_array_equal(result.cv_results["mean_test_score"], probe.cv_scores_)
+    assert (result.estimator.predict(X_test) == y_test).mean() > 0.9
+
+
+def test_ridge_grid_must_be_one_table_searching_only_its_penalties(blobs):
+    X_train, _, y_train, _ = blobs
+    with pytest.raises(ValueError, match="give one grid"):
+        fit_classifier(X_train, y_train, "ridge", param_grid=[{"alphas": [1.0]}, {"alphas": [0.1]}])
+    with pytest.raises(ValueError, match="exactly one value"):
+        fit_classifier(X_train, y_train, "ridge", param_grid={"pca__n_components": [2, 3]}, pca_components=2)
+    result = fit_classifier(X_train, y_train, "ridge", param_grid={"pca__n_components": [3]}, pca_components=2)
+    assert result.estimator.named_steps["pca"].n_components == 3
+
+
+def test_search_methods():
+    assert search_method("ridge", {"alphas": [1.0, 2.0]}) == "internal"
+    assert search_method("logreg", {"C": [0.1, 1.0]}) == "warm_path"
+    assert search_method("logreg", {"clf__C": [0.1, 1.0], "pca__n_components": [3]}) == "warm_path"
+    assert search_method("logreg", {"C": [0.1, 1.0], "pca__n_components": [2, 3]}) == "grid"
+    assert search_method("logreg", [{"C": [0.1]}, {"C": [1.0]}]) == "grid"
+    assert search_method("logreg", {"C": [1.0]}) == "grid"
+    assert search_method("linear_svm", {"C": [0.1, 1.0]}) == "grid"
+
+
+def test_warm_started_path_scores_like_the_grid_search():
+    X, y = make_classification(n_samples=120, n_features=10, n_informative=5, n_classes=3, random_state=2)
+    Cs = [10.0, 0.01, 1.0]  # any order: fitted in increasing order, reported in the grid's
+    path = fit_classifier(X, y, "logreg", param_grid={"C": Cs}, cv=3)
+    grid = GridSearchCV(build_probe_pipeline("logreg"), {"clf__C": Cs},
+                        cv=StratifiedKFold(3, shuffle=True, random_state=0)).fit(X, y)
+    assert search_method("logreg", {"C": Cs}) == "warm_path"
+    assert list(path.cv_results["param_clf__C"]) == Cs == list(grid.cv_results_["param_clf__C"])
+    np.testing.assert_allclose(path.cv_results["mean_test_score"], grid.cv_results_["mean_test_score"], atol=0.02)
+    assert _n_splits(path) == 3 == path.n_folds
+    best = int(np.argmax(path.cv_results["mean_test_score"]))
+    assert path.best_params == {"C": Cs[best]} and path.cv_score == path.cv_results["mean_test_score"][best]
+    folds = [path.cv_results[f"split{i}_test_score"][best] for i in range(3)]
+    assert path.cv_se == pytest.approx(fold_se(folds))
+    assert path.estimator.named_steps["clf"].warm_start is False  # the refit is an ordinary fit
+    again = fit_classifier(X, y, "logreg", param_grid={"C": Cs}, cv=3)
+    np.testing.assert_array_equal(again.cv_results["mean_test_score"], path.cv_results["mean_test_score"])
+    np.testing.assert_array_equal(again.estimator.predict(X), path.estimator.predict(X))
+
+
+def test_grid_search_reports_the_fold_standard_error(blobs):
+    X_train, _, y_train, _ = blobs
+    result = fit_classifier(X_train, y_train, "linear_svm", param_grid={"C": [0.01, 1.0]}, cv=4)
+    best = int(np.argmax(result.cv_results["mean_test_score"]))
+    folds = [result.cv_results[f"split{i}_test_score"][best] for i in range(4)]
+    assert result.n_folds == 4 and result.cv_se == pytest.approx(fold_se(folds))
+
+
+def test_linear_svm_solver_follows_the_samples_per_feature():
+    X, y = make_classification(n_samples=300, n_features=20, n_informative=5, n_classes=3, random_state=0)
+    many = fit_classifier(X, y, "linear_svm", param_grid={"C": [0.1]}, cv=3)  # 15 samples per feature
+    few = fit_classifier(X[:, :10].repeat(4, axis=1)[:100], y[:100], "linear_svm", param_grid={"C": [0.1]}, cv=3)
+    assert many.estimator.named_steps["clf"].dual is False
+    assert few.estimator.named_steps["clf"].dual is True  # 100 samples, 40 features
+    chosen = fit_classifier(X, y, "linear_svm", param_grid={"C": [0.1], "dual": [True]}, cv=3)
+    assert chosen.estimator.named_steps["clf"].dual is True  # a grid's choice wins
