@@ -135,10 +135,11 @@ class BackboneConfig:
 
 @dataclass(frozen=True)
 class ClassifiersConfig:
-    """Classifiers fitted on every layer's features.
+    """Classifiers fitted on the layers' features.
 
     Attributes:
-        names: Classifiers fitted on every layer's features.
+        names: Classifiers fitted on every layer's features (with screening,
+            all but ridge only on the best layers).
         cv: Cross-validation folds on the training split.
         preprocessing: Steps before the classifier, in order (may be empty).
         pca_components: PCA before the classifier: a number of components
@@ -149,6 +150,18 @@ class ClassifiersConfig:
         seed: Seed of the folds, PCA and the classifiers.
         grids: Hyperparameter grid per classifier, replacing its default grid,
             e.g. `{ logreg = { C = [0.1, 1.0, 10.0] } }`.
+        screening: For depth sweeps: the ridge probe (every penalty by exact
+            leave-one-out, seconds per layer) makes a "screening" row on every
+            layer, and the other classifiers are fitted only on the
+            screening_top_k best layers of each backbone by its leave-one-out
+            accuracy ("final" rows). "auto" screens backbones with more than 3
+            layers; false fits every classifier on every layer.
+        screening_top_k: Layers per backbone (and pooling) that the other
+            classifiers are fitted on when screening.
+        multi_layer: Add a row per backbone (and pooling) with 2 or more layers:
+            a ridge probe on the concatenation of its layers chosen by greedy
+            selection, its layer named e.g. "multi:block3_pool+block4_pool".
+            "auto" adds it where screening is on.
     """
 
     names: tuple[str, ...] = ("logreg", "linear_svm")
@@ -158,6 +171,9 @@ class ClassifiersConfig:
     n_jobs: int | None = None
     seed: int = 0
     grids: Mapping[str, Mapping[str, tuple]] = field(default_factory=dict)
+    screening: str | bool = "auto"
+    screening_top_k: int = 2
+    multi_layer: str | bool = "auto"
 
     def param_grid(self, name: str) -> dict[str, list]:
         """The grid searched for classifier `name`, as plain lists (JSON-ready)."""

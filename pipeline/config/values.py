@@ -24,6 +24,7 @@ __all__ = [
     "Check",
     "Checker",
     "Invalid",
+    "auto_or_bool",
     "choices",
     "device_ids",
     "fraction",
@@ -116,6 +117,16 @@ def one_of(valid: Iterable[str]) -> Check:
 
     check.choices = valid
     return check
+
+
+def auto_or_bool(value: Any) -> str | bool:
+    """`"auto"`, `true` or `false`."""
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise Invalid('expected "auto", true or false')
+
+
+auto_or_bool.choices = ("auto", "true", "false")
 
 
 def n_jobs(value: Any) -> int:

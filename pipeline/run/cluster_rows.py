@@ -19,7 +19,9 @@ from typing import Any, Callable, Sequence
 from layerprobe.features.distributed import check_store_visible
 from layerprobe.pipeline.config import ExperimentConfig
 from layerprobe.pipeline.results import ResultsTable
-from layerprobe.pipeline.run.rows import LayerToFit, ScoredRow, finished_row, fit_settings, load_splits, save_row, score_row
+from layerprobe.pipeline.run.rows import (
+    LayerToFit, RowJob, ScoredRow, finished_row, fit_settings, load_splits, save_row, score_row,
+)
 
 __all__ = ["fit_layers_on_cluster"]
 
@@ -37,36 +39,42 @@ def fit_layers_on_cluster(
     table: ResultsTable,
     log: Callable[[str], None],
     client: Any,
+    *,
+    row_jobs: Sequence[RowJob] | None = None,
 ) -> int:
     """Add one row per layer x classifier, fitting the unfinished ones on the cluster; returns how many were fitted.
+
+    `row_jobs` replaces the layers x the config's classifiers by these rows (with
+    their `row_kind`), e.g. the screening rows, then the rows on the selected layers.
 
     Raises:
         StoreError: Before any task, if some worker cannot see the feature store.
         InputError: If a layer's features hold NaN or inf, or unreadable images
             left a class with fewer than 2 training rows (raised by its task).
     """
+    if row_jobs is None:
+        row_jobs = [RowJob(layer, classifier) for layer in layers for classifier in config.classifiers.names]
     jobs = []
-    for layer in layers:
+    for layer, classifier, row_kind in row_jobs:
         # The built extractor (a Keras model) stays here: a worker needs only the store path and key.
         portable = dataclasses.replace(layer, extraction=dataclasses.replace(layer.extraction, extractor=None))
-        for classifier in config.classifiers.names:
-            stem = config.output.dir / "models" / layer.key.entry_name / classifier
-            settings = fit_settings(config, layer.key, classifier, split)
-            jobs.append([layer, portable, classifier, stem, settings, finished_row(stem, settings), None])
+        stem = config.output.dir / "models" / layer.key.entry_name / classifier
+        settings = fit_settings(config, layer.key, classifier, split)
+        jobs.append([layer, portable, classifier, stem, settings, finished_row(stem, settings), None, row_kind])
     to_fit = [job for job in jobs if job[5] is None]
     if to_fit:
         for root in sorted({str(job[1].store.root) for job in to_fit}):
             check_store_visible(client, root)
         for job in to_fit:
-            _, portable, classifier, _, settings, _, _ = job
+            _, portable, classifier, _, settings, _, _, _ = job
             name = hashlib.sha256(json.dumps([settings, str(portable.store.root)], sort_keys=True).encode()).hexdigest()
             job[6] = client.submit(
                 _score_on_worker, portable, classifier, settings, config, split, key=f"layerprobe-row-{name[:16]}"
             )
         log(f"  submitted {len(to_fit)} classifier row(s) to the dask cluster at {client.scheduler.address}")
     try:
-        for layer, _, classifier, stem, settings, finished, future in jobs:
-            row = finished or save_row(layer, stem, settings, future.result())
+        for layer, _, classifier, stem, settings, finished, future, row_kind in jobs:
+            row = {**(finished or save_row(layer, stem, settings, future.result())), "row_kind": row_kind}
             if future is not None:
                 future.release()
             log(

@@ -22,10 +22,12 @@ from layerprobe.pipeline.config import ExperimentConfig
 from layerprobe.pipeline.plots import plot_depth
 from layerprobe.pipeline.results import ResultsTable
 from layerprobe.pipeline.cluster import open_client
-from layerprobe.pipeline.run.cluster_rows import fit_layers_on_cluster
 from layerprobe.pipeline.run.end_to_end import end_to_end_rows
 from layerprobe.pipeline.run.extractions import plan_extractions
-from layerprobe.pipeline.run.rows import LayerToFit, fit_layer
+from layerprobe.pipeline.run.rows import LayerToFit, RowJob
+from layerprobe.pipeline.run.screening import (
+    adds_multi_layer, fill_layer_logme, final_jobs, first_jobs, fit_jobs, multi_layer_row,
+)
 from layerprobe.pipeline.run.splits import open_splits
 from layerprobe.pipeline.run.summary import data_text, log_report, stored_skipped, untested_text, write_run_summary
 
@@ -127,7 +129,8 @@ def run_experiment(
         skipped.update(stored_skipped(store, table.rows))
     # One digest per run, passed down: a file touched after this line cannot give extract other keys.
     dataset_digest = dataset.digest(config.data.digest)
-    on_cluster: list[LayerToFit] = []
+    on_cluster: list[RowJob] = []
+    backbones: list[list[LayerToFit]] = []  # each extraction's layers
     for number, extraction in enumerate(extractions, start=1):
         plan = extraction.plan
         log(
@@ -147,17 +150,24 @@ def run_experiment(
             n_forward += report.n_forward
             skipped.update(report.skipped)
         layers = [LayerToFit(extraction, info, keys[info.name], store) for info in plan.layers]
+        backbones.append(layers)
+        jobs = first_jobs(layers, config)  # the screening rows, or every row without screening
         if client is not None:  # fitted on the cluster once every backbone is extracted
-            on_cluster += layers
+            on_cluster += jobs
             continue
-        for layer in layers:
-            fitted = fit_layer(layer, config, split, table, log)
-            n_fitted += fitted
-            n_reused += len(config.classifiers.names) - fitted
-    if on_cluster:
-        fitted = fit_layers_on_cluster(on_cluster, config, split, table, log, client)
-        n_fitted += fitted
-        n_reused += len(on_cluster) * len(config.classifiers.names) - fitted
+        fitted = fit_jobs(jobs, config, split, table, log)
+        n_fitted, n_reused = n_fitted + fitted, n_reused + len(jobs) - fitted
+    fitted = fit_jobs(on_cluster, config, split, table, log, client=client)
+    n_fitted, n_reused = n_fitted + fitted, n_reused + len(on_cluster) - fitted
+    # Then, in one order in-process and on a cluster: the rows on the screened layers, the multi-layer rows.
+    jobs = [job for layers in backbones for job in final_jobs(layers, config, table, log)]
+    fitted = fit_jobs(jobs, config, split, table, log, client=client)
+    n_fitted, n_reused = n_fitted + fitted, n_reused + len(jobs) - fitted
+    for layers in backbones:
+        if adds_multi_layer(config, len(layers)):
+            fitted = multi_layer_row(layers, config, split, table, log)
+            n_fitted, n_reused = n_fitted + fitted, n_reused + 1 - fitted
+    fill_layer_logme(table)
     if config.finetune is not None:
         log(f"[finetune] modes {list(config.finetune.modes)}")
         for row in end_to_end_rows(config, dataset, split, log):
@@ -166,7 +176,7 @@ def run_experiment(
     is_train = (np.asarray(dataset.splits) == split["train_split"]) & ~np.isin(dataset.sample_ids, list(skipped))
     counts = np.bincount(dataset.labels[is_train], minlength=len(dataset.class_names))
     advice = recommend(frame, n_train=int(counts.sum()), n_classes=len(counts), smallest_class=int(counts.min()))
-    plot_path = plot_depth(frame, out / "depth.png")
+    plot_path = plot_depth(frame, out / "depth.png", recommended=advice.row)
     skipped_list = sorted(skipped.items())
     summary_path = write_run_summary(
         out, frame, source=config.source, advice=advice, data=data_text(config.data, dataset, split, untested),

@@ -2,8 +2,10 @@
 
 A finished row is recognised by its saved classifier's sidecar, which
 records everything that determines the fit (`fit_settings`: store key,
-classifier, grid, preprocessing, PCA, folds, seed, split definition): a
-matching row is reused without loading features or fitting.
+classifier, grid, preprocessing, PCA, folds, seed, split definition, and the
+search method where it is not a plain grid search): a matching row is reused
+without loading features or fitting. Every row carries the LogME of its
+layer's training features, computed once per layer when they are loaded.
 """
 
 from __future__ import annotations
@@ -11,25 +13,28 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Sequence
 
 from layerprobe.features.errors import InputError
 from layerprobe.features.keys import FeatureKey
 from layerprobe.features.plans import PlannedLayer
 from layerprobe.features.store import FeatureSet, FeatureStore
-from layerprobe.pipeline.classifiers import check_features, fit_classifier
+from layerprobe.pipeline.classifiers import CLASSIFIERS, check_features, fit_classifier, search_method
 from layerprobe.pipeline.config import ExperimentConfig
 from layerprobe.pipeline.evaluate import evaluate
 from layerprobe.pipeline.persistence import read_sidecar, save_classifier, write_predictions
 from layerprobe.pipeline.predict import extractor_record, flat_features
+from layerprobe.pipeline.probes.logme import logme_score
 from layerprobe.pipeline.results import ResultsTable
 from layerprobe.pipeline.run.extractions import Extraction
 from layerprobe.pipeline.run.splits import class_problems
 
 __all__ = [
     "LayerToFit",
+    "RowJob",
     "ScoredRow",
     "fit_layer",
+    "layer_logme",
     "fit_settings",
     "finished_row",
     "jsonable",
@@ -47,18 +52,24 @@ def jsonable(value: Any) -> Any:
 def fit_settings(config: ExperimentConfig, key: FeatureKey, classifier: str, split: dict) -> dict:
     """Everything that determines a fitted row; a saved row with equal settings is reused."""
     settings = config.classifiers
-    return jsonable(
-        {
-            "store_key": key.digest,
-            "classifier": classifier,
-            "param_grid": settings.param_grid(classifier),
-            "preprocessing": list(settings.preprocessing),
-            "pca_components": settings.pca_components,
-            "cv": settings.cv,
-            "seed": settings.seed,
-            "split": split,
-        }
-    )
+    grid = settings.param_grid(classifier)
+    fitted = {
+        "store_key": key.digest,
+        "classifier": classifier,
+        "param_grid": grid,
+        "preprocessing": list(settings.preprocessing),
+        "pca_components": settings.pca_components,
+        "cv": settings.cv,
+        "seed": settings.seed,
+        "split": split,
+    }
+    # Recorded where they differ from the first registry's, so that older rows of the others stay reusable.
+    method = search_method(classifier, grid)
+    if method != "grid":
+        fitted["search"] = method
+    if CLASSIFIERS[classifier].revision:
+        fitted["revision"] = CLASSIFIERS[classifier].revision
+    return jsonable(fitted)
 
 
 def finished_row(stem: Path, settings: dict) -> dict | None:
@@ -82,6 +93,14 @@ class LayerToFit:
     store: FeatureStore
 
 
+class RowJob(NamedTuple):
+    """One classifier row on one layer, and its `row_kind` ("screening" or "final")."""
+
+    layer: LayerToFit
+    classifier: str
+    row_kind: str = "final"
+
+
 def load_splits(layer: LayerToFit, split: dict) -> tuple[FeatureSet, FeatureSet]:
     """The layer's train and test features, checked before any classifier sees them.
 
@@ -101,6 +120,15 @@ def load_splits(layer: LayerToFit, split: dict) -> tuple[FeatureSet, FeatureSet]
     for name, part in zip(("train_split", "test_split"), (train, test)):
         check_features(flat_features(part), name=f"{where}, split {split[name]!r},", sample_ids=part.sample_ids)
     return train, test
+
+
+def layer_logme(train: FeatureSet) -> float:
+    """LogME of a layer's training features (`layerprobe.pipeline.probes.logme`): under a second per layer.
+
+    Rounded to 6 significant digits, the precision of its float32 Gram matrix, so
+    that machines (or dask workers) with other BLAS threads give the same value.
+    """
+    return float(f"{logme_score(flat_features(train), train.y):.6g}")
 
 
 @dataclass(frozen=True)
@@ -130,8 +158,13 @@ def score_row(
     config: ExperimentConfig,
     train: FeatureSet,
     test: FeatureSet,
+    *,
+    logme: float | None = None,
 ) -> ScoredRow:
-    """Fit on the training split only (hyperparameters by CV inside it) and score once on the test split."""
+    """Fit on the training split only (hyperparameters by CV inside it) and score once on the test split.
+
+    `logme` is the layer's LogME (`layer_logme`), computed here when not given.
+    """
     options = config.classifiers
     X_train, X_test = flat_features(train), flat_features(test)
     fit = fit_classifier(
@@ -159,9 +192,12 @@ def score_row(
         "n_train": len(X_train),
         "n_test": len(X_test),
         "cv_score": fit.cv_score,
+        "cv_se": fit.cv_se,
+        "n_folds": fit.n_folds,
         "test_accuracy": scores.accuracy,
         "test_balanced_accuracy": scores.balanced_accuracy,
         "test_macro_f1": scores.macro_f1,
+        "logme": layer_logme(train) if logme is None else logme,
         "fit_seconds": round(fit.fit_seconds, 3),
         "best_params": json.dumps(fit.best_params, sort_keys=True, default=str),
         "store_entry": layer.key.entry_name,
@@ -210,32 +246,47 @@ def _fit_row(
     config: ExperimentConfig,
     train: FeatureSet,
     test: FeatureSet,
+    logme: float,
 ) -> dict:
     """Fit on the training split only, score once on the test split, save everything."""
-    return save_row(layer, stem, settings, score_row(layer, classifier, settings, config, train, test))
+    return save_row(layer, stem, settings, score_row(layer, classifier, settings, config, train, test, logme=logme))
 
 
 def fit_layer(
-    layer: LayerToFit, config: ExperimentConfig, split: dict, table: ResultsTable, log: Callable[[str], None]
+    layer: LayerToFit,
+    config: ExperimentConfig,
+    split: dict,
+    table: ResultsTable,
+    log: Callable[[str], None],
+    *,
+    classifiers: Sequence[str] | None = None,
+    row_kind: str = "final",
 ) -> int:
     """Add one row per classifier for `layer`: reused when finished before, else fitted.
 
-    Features are loaded only if some classifier needs fitting. Returns the number fitted.
+    Features are loaded only if some classifier needs fitting (and then the
+    layer's LogME is computed once for its rows). Returns the number fitted.
+
+    Args:
+        classifiers: The classifiers of the rows; default: the config's names.
+        row_kind: The rows' `row_kind`, "screening" or "final".
 
     Raises:
         InputError: Before any fit, if the layer's features hold NaN or inf, or
             unreadable images left a class with fewer than 2 training rows.
     """
     jobs = []
-    for classifier in config.classifiers.names:
+    for classifier in config.classifiers.names if classifiers is None else classifiers:
         stem = config.output.dir / "models" / layer.key.entry_name / classifier
         settings = fit_settings(config, layer.key, classifier, split)
         jobs.append((classifier, stem, settings, finished_row(stem, settings)))
-    features = None
+    features, logme = None, None
     if any(finished is None for *_, finished in jobs):
         features = load_splits(layer, split)
+        logme = layer_logme(features[0])
     for classifier, stem, settings, finished in jobs:
-        row = finished or _fit_row(layer, classifier, settings, stem, config, *features)
+        row = finished or _fit_row(layer, classifier, settings, stem, config, *features, logme)
+        row = {**row, "row_kind": row_kind}
         log(
             f"  {'fitted' if finished is None else 'reused'} {layer.info.name} / {classifier}: "
             f"cv {row['cv_score']:.3f}, test {row['test_accuracy']:.3f}"

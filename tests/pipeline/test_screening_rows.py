@@ -1,0 +1,253 @@
+"""Screening in a depth sweep: ridge rows on every layer, grid-searched rows on the best few, a multi-layer row."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import layerprobe.pipeline.run.rows as rows_module
+import layerprobe.pipeline.run.screening as screening_module
+from layerprobe.features.extract import FeatureExtractor
+from layerprobe.features.store import FeatureStore
+from layerprobe.pipeline.config import config_from_dict
+from layerprobe.pipeline.persistence import load_classifier
+from layerprobe.pipeline.results import RESULT_COLUMNS, read_results
+from layerprobe.pipeline.run import run_experiment
+
+CLASSES = ("blue", "green", "red")
+LAYERS = ["block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool"]
+DIMS = {"block1_pool": 64, "block2_pool": 128, "block3_pool": 256, "block4_pool": 512, "block5_pool": 512}
+EXPENSIVE = ("logreg", "linear_svm")
+N_TRAIN, N_TEST = 8, 4  # per class
+
+
+def _write_images(root: Path) -> Path:
+    """Noisy 32x32 images whose dominant colour is the class."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", N_TRAIN), ("test", N_TEST)):
+        for channel, name in enumerate(CLASSES[::-1]):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 90, (32, 32, 3))
+                pixels[..., channel] += 140
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:02d}.png")
+    return root
+
+
+def _config(data, store, out, **classifiers):
+    return config_from_dict(
+        {
+            "data": {"path": str(data), "train_split": "train", "test_split": "test"},
+            "features": {"store": str(store), "input_size": 32, "batch_size": 16},
+            "backbones": [{"model": "VGG16", "weights": "none", "layers": LAYERS}],
+            "classifiers": {
+                "names": list(EXPENSIVE),
+                "cv": 2,
+                "grids": {"logreg": {"C": [0.1, 1.0]}, "linear_svm": {"C": [0.1]}},
+                **classifiers,
+            },
+            "output": {"dir": str(out)},
+        },
+        "/",
+    )
+
+
+def _quiet(line):
+    pass
+
+
+def _digest(X) -> str:
+    return hashlib.sha256(np.ascontiguousarray(X, dtype=np.float32).tobytes()).hexdigest()
+
+
+def _recording_run(config, monkeypatch):
+    """Runs `config`, recording (classifier, digest of X_train) of every fit_classifier call."""
+    calls = []
+    original = rows_module.fit_classifier
+
+    def recording(X_train, y_train, classifier, **kwargs):
+        calls.append((classifier, _digest(X_train)))
+        return original(X_train, y_train, classifier, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rows_module, "fit_classifier", recording)
+        result = run_experiment(config, log=_quiet, progress=False)
+    return result, calls
+
+
+def _layer_of_digest(config, table):
+    """Digest of each layer's training features -> layer name."""
+    store = FeatureStore(config.features.store)
+    single = table[~table["layer"].str.startswith("multi:")].drop_duplicates("layer")
+    return {_digest(store.load(row.store_entry, split="train").X): row.layer for row in single.itertuples()}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return _write_images(tmp_path_factory.mktemp("data") / "images")
+
+
+@pytest.fixture(scope="module")
+def screened(data_dir, tmp_path_factory):
+    """A run with screening on ("auto": 5 layers), top-2, and the fit_classifier calls it made."""
+    root = tmp_path_factory.mktemp("screened")
+    config = _config(data_dir, root / "store", root / "out")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        result, calls = _recording_run(config, monkeypatch)
+    return config, result, calls
+
+
+def test_screening_fits_the_expensive_classifiers_only_on_the_top_k_layers(screened):
+    config, result, calls = screened
+    table = result.results
+    layer_of = _layer_of_digest(config, table)
+    per_layer = {layer: sorted(c for c, digest in calls if layer_of[digest] == layer) for layer in LAYERS}
+    ridge = table[table["classifier"].eq("ridge") & ~table["layer"].str.startswith("multi:")]
+    assert list(ridge["layer"]) == LAYERS and set(ridge["row_kind"]) == {"screening"}
+    # Best ridge leave-one-out accuracy first; ties by LogME, then depth order.
+    ranked = ridge.assign(position=range(len(ridge))).sort_values(
+        ["cv_score", "logme", "position"], ascending=[False, False, True]
+    )
+    top = set(ranked["layer"].iloc[:2])
+    for layer in LAYERS:
+        expected = sorted(["ridge", *EXPENSIVE]) if layer in top else ["ridge"]
+        assert per_layer[layer] == expected, per_layer
+    final = table[table["row_kind"].eq("final") & ~table["layer"].str.startswith("multi:")]
+    assert set(final["layer"]) == top
+    assert sorted(final["classifier"]) == sorted(EXPENSIVE * 2)
+    assert len(table) == 5 + 2 * 2 + 1 and result.n_fitted == 10 and result.n_reused == 0
+
+
+def test_every_layer_gets_a_logme_value_shared_by_its_rows(screened):
+    _, result, _ = screened
+    table = result.results
+    single = table[~table["layer"].str.startswith("multi:")]
+    assert np.isfinite(single["logme"]).all()
+    assert (single.groupby("layer")["logme"].nunique() == 1).all()
+    assert single.groupby("layer")["logme"].first().nunique() == len(LAYERS)
+    assert table.loc[table["layer"].str.startswith("multi:"), "logme"].isna().all()
+
+
+def test_multi_layer_row_names_its_selected_layers_and_sums_their_widths(screened):
+    config, result, _ = screened
+    table = result.results
+    multi = table[table["layer"].str.startswith("multi:")]
+    assert len(multi) == 1
+    row = multi.iloc[0]
+    selected = row["layer"].removeprefix("multi:").split("+")
+    assert selected and set(selected) <= set(LAYERS) and selected == [name for name in LAYERS if name in selected]
+    assert row["feature_dim"] == sum(DIMS[name] for name in selected)
+    assert json.loads(row["best_params"])["layers"] == selected
+    assert row["row_kind"] == "final" and row["classifier"] == "ridge" and row["n_folds"] == row["n_train"]
+    # The saved probe takes a dict of layers and predicts what the predictions file says.
+    probe, sidecar = load_classifier(row["model_path"])
+    store = FeatureStore(config.features.store)
+    entries = dict(zip(table["layer"], table["store_entry"]))
+    test = {name: store.load(entries[name], split="test") for name in selected}
+    predicted = np.asarray(next(iter(test.values())).class_names)[probe.predict({n: s.X for n, s in test.items()})]
+    predictions = pd.read_csv(Path(row["model_path"]).with_name("ridge.predictions.csv"))
+    np.testing.assert_array_equal(predicted, predictions["predicted_label"])
+    assert sidecar["store_entries"] == row["store_entry"].split("+")
+
+
+def test_the_contract_columns_exist_and_intervals_hold_the_estimates(screened):
+    config, result, _ = screened
+    table = pd.read_csv(result.results_path)
+    assert list(table.columns[: len(RESULT_COLUMNS)]) == list(RESULT_COLUMNS)
+    for column in ("cv_se", "n_folds", "test_ci_low", "test_ci_high", "logme", "row_kind"):
+        assert column in table.columns
+    assert (table["test_ci_low"] <= table["test_accuracy"]).all()
+    assert (table["test_accuracy"] <= table["test_ci_high"]).all()
+    assert table["test_ci_low"].between(0, 1).all() and table["test_ci_high"].between(0, 1).all()
+    assert (table["cv_se"] >= 0).all()
+    grid_rows = table[table["classifier"].isin(EXPENSIVE)]
+    assert set(grid_rows["n_folds"]) == {config.classifiers.cv}
+    ridge_rows = table[table["classifier"] == "ridge"]
+    assert (ridge_rows["n_folds"] == ridge_rows["n_train"]).all()
+    assert all(json.loads(params).keys() == {"alpha"} for params in table.loc[
+        (table["classifier"] == "ridge") & ~table["layer"].str.startswith("multi:"), "best_params"])
+    summary = result.summary_path.read_text()
+    assert "| row_kind |" in summary and "| logme |" in summary and "| screening |" in summary
+
+
+def test_rerun_reuses_every_row_without_a_fit(screened, monkeypatch):
+    config, first, _ = screened
+
+    def fail(*args, **kwargs):
+        raise AssertionError("this run must reuse its rows, not fit them")
+
+    monkeypatch.setattr(rows_module, "fit_classifier", fail)
+    monkeypatch.setattr(screening_module.MultiLayerProbe, "fit", fail)
+    monkeypatch.setattr(FeatureExtractor, "_forward", fail)
+    again = run_experiment(config, log=_quiet, progress=False)
+    assert (again.n_forward, again.n_fitted, again.n_reused) == (0, 0, 10)
+    pd.testing.assert_frame_equal(pd.read_csv(again.results_path), pd.read_csv(first.results_path))
+
+
+def test_screening_off_fits_every_classifier_on_every_layer(screened, tmp_path, monkeypatch):
+    config, _, _ = screened
+    off = _config(config.data.path, config.features.store, tmp_path / "out", screening=False)
+    result, calls = _recording_run(off, monkeypatch)
+    table = result.results
+    layer_of = _layer_of_digest(off, table)
+    for layer in LAYERS:
+        assert sorted(c for c, digest in calls if layer_of[digest] == layer) == sorted(EXPENSIVE)
+    assert len(table) == 10 and set(table["row_kind"]) == {"final"}
+    assert not table["layer"].str.startswith("multi:").any()  # multi_layer "auto" follows screening
+    assert np.isfinite(table["logme"]).all()
+
+
+def test_multi_layer_can_be_asked_for_without_screening(screened, tmp_path, monkeypatch):
+    config, first, _ = screened
+    both = _config(config.data.path, config.features.store, tmp_path / "out", screening=False, multi_layer=True,
+                   names=["ridge"])
+    result, calls = _recording_run(both, monkeypatch)
+    table = result.results
+    assert len(calls) == 5 and set(table["row_kind"]) == {"final"}
+    assert list(table["layer"].iloc[:5]) == LAYERS and table["layer"].iloc[5].startswith("multi:")
+    same = first.results.set_index("layer").loc[LAYERS]
+    screened_ridge = same[same["classifier"] == "ridge"]["cv_score"].to_numpy()
+    np.testing.assert_array_equal(table["cv_score"].iloc[:5].to_numpy(), screened_ridge)
+
+
+def test_results_written_before_the_new_columns_still_load(tmp_path):
+    old = tmp_path / "results.csv"
+    old.write_text(
+        "mode,backbone,weights,layer,stage,depth,pooling,classifier,feature_dim,n_train,n_test,cv_score,"
+        "test_accuracy,test_balanced_accuracy,test_macro_f1,fit_seconds,best_params,store_entry,model_path\n"
+        'frozen,VGG16,none,block1_pool,1,0.1,avg,logreg,64,24,12,0.5,0.75,0.75,0.7,0.1,"{""C"": 1}",e,m.joblib\n'
+    )
+    table = read_results(old)
+    assert list(table.columns[: len(RESULT_COLUMNS)]) == list(RESULT_COLUMNS)
+    row = table.iloc[0]
+    assert row["row_kind"] == "final" and np.isnan(row["logme"]) and np.isnan(row["cv_se"])
+    assert row["test_ci_low"] < 0.75 < row["test_ci_high"]
+
+
+def test_bad_screening_options_are_config_problems(data_dir, tmp_path):
+    from layerprobe.pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"screening.*auto") as info:
+        _config(data_dir, tmp_path / "store", tmp_path / "out", screening="yes", screening_top_k=0)
+    assert "screening_top_k" in str(info.value)
+
+
+def test_screening_on_a_dask_cluster_gives_the_in_process_table(screened, tmp_path):
+    """The screening decision is made on the client between the two batches of tasks; the table is the same."""
+    distributed = pytest.importorskip("distributed")
+    config, local, _ = screened
+    remote_config = config.with_paths(output_dir=tmp_path / "out")
+    lines = []
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
+                                  silence_logs=50) as cluster, distributed.Client(cluster) as client:
+        remote = run_experiment(remote_config, log=lines.append, progress=False, client=client)
+    submitted = [line for line in lines if "to the dask cluster" in line]
+    assert len(submitted) == 2 and "submitted 5 classifier row(s)" in submitted[0], submitted  # ridge, then top-k
+    assert "submitted 4 classifier row(s)" in submitted[1]
+    compared = [column for column in local.results.columns if column not in ("fit_seconds", "model_path")]
+    pd.testing.assert_frame_equal(local.results[compared], remote.results[compared])
