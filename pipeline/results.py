@@ -15,13 +15,12 @@ file.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import math
-import numbers
 
 import pandas as pd
 
@@ -159,6 +158,32 @@ def write_results(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
+def _with_spread(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The summary's table: `cv_score` as "mean ± SE", `test_accuracy` as "acc [95% CI]" (plain when unknown)."""
+
+    def number(value: Any) -> float | None:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return None
+        return value if math.isfinite(value) else None
+
+    shown = frame.copy()
+    cv = [None if number(row.get("cv_score")) is None else f"{number(row.get('cv_score')):.3f}"
+          + ("" if number(row.get("cv_se")) is None else f" ± {number(row.get('cv_se')):.3f}")
+          for row in frame.to_dict("records")]
+    test = [None if number(row.get("test_accuracy")) is None else f"{number(row.get('test_accuracy')):.3f}"
+            + ("" if number(row.get("test_ci_low")) is None or number(row.get("test_ci_high")) is None else
+               f" [{number(row.get('test_ci_low')):.3f}, {number(row.get('test_ci_high')):.3f}]")
+            for row in frame.to_dict("records")]
+    shown["cv (± SE)"] = pd.Series(cv, index=frame.index, dtype=object)
+    shown["test (95% CI)"] = pd.Series(test, index=frame.index, dtype=object)
+    rename = {"cv_score": "cv (± SE)", "test_accuracy": "test (95% CI)"}
+    columns = [rename.get(column, column) for column in _SUMMARY_COLUMNS
+               if column not in ("cv_se", "test_ci_low", "test_ci_high")]
+    return shown, columns
+
+
 def write_summary(
     path: str | os.PathLike,
     frame: pd.DataFrame,
@@ -174,7 +199,8 @@ def write_summary(
         title: First-level heading.
         sections: Heading -> markdown body (e.g. the recommendation, skipped images).
     """
-    parts = [f"# {title}", "", "## Results", "", format_table(frame, _SUMMARY_COLUMNS, markdown=True), ""]
+    shown, columns = _with_spread(frame)
+    parts = [f"# {title}", "", "## Results", "", format_table(shown, columns, markdown=True), ""]
     for heading, body in sections.items():
         parts += [f"## {heading}", "", body.rstrip(), ""]
     path = Path(path)
