@@ -7,6 +7,10 @@ once, afterwards, with :func:`layerprobe.pipeline.evaluate.evaluate`.
 Errors: features or labels that cannot be used raise `InputError` (a
 `ValueError`); unknown names, grid keys or parameter values raise `ValueError`,
 as scikit-learn does for its parameters.
+
+Above ~450 lines on purpose: the registry and `fit_classifier` are one
+contract (each spec's search method, grid and cv reporting); the probes
+themselves live in `layerprobe.pipeline.probes`.
 """
 
 from __future__ import annotations
