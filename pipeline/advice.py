@@ -143,10 +143,15 @@ def _test_text(row: pd.Series) -> str:
     return f"test {_pct(row['test_accuracy'])}"
 
 
+def _depth_text(row, before: str = "", after: str = "") -> str:
+    """"depth 0.77" for one layer; nothing for a multi-layer row, which has no single depth."""
+    return f"{before}depth {float(row['depth']):.2f}{after}" if _finite(row.get("depth")) else ""
+
+
 def _name(row: pd.Series) -> str:
     if row["mode"] != "frozen":
         return f"{row['mode']} {row['backbone']} (weights {row['weights']})"
-    return f"{row['classifier']} on {row['layer']} of {row['backbone']} (weights {row['weights']}, depth {row['depth']:.2f})"
+    return f"{row['classifier']} on {row['layer']} of {row['backbone']} (weights {row['weights']}{_depth_text(row, ', ')})"
 
 
 def _scores(row: pd.Series) -> str:
@@ -235,7 +240,7 @@ def _layer_evidence(group: pd.DataFrame, best: pd.Series, chosen: pd.Series, tie
     else:
         noise = within_noise(*_score_and_se(best, "cv_score"), *_score_and_se(top, "cv_score"))
         lines.append(
-            f"The best layer is {best['layer']} (depth {best['depth']:.2f}, {_cv_text(best)}); the top layer "
+            f"The best layer is {best['layer']} ({_depth_text(best, '', ', ')}{_cv_text(best)}); the top layer "
             f"{top['layer']} scores {_cv_text(top)}, {100 * gap:.1f} points lower"
             + (", within noise." if noise else
                ": the top features are too specific to the source, a sign that the target is dissimilar.")
@@ -267,7 +272,7 @@ def _screening_evidence(screening: pd.DataFrame) -> list[str]:
             continue
         peak = group.loc[group["cv_score"].idxmax()]
         lines.append(f"Fast probe curve ({peak['classifier']}, {group['layer'].nunique()} layers of "
-                     f"{peak['backbone']} [{peak['weights']}]): peaks at {peak['layer']} (depth {peak['depth']:.2f}, "
+                     f"{peak['backbone']} [{peak['weights']}]): peaks at {peak['layer']} ({_depth_text(peak, '', ', ')}"
                      f"{_cv_text(peak)}).")
     return lines
 

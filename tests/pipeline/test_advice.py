@@ -149,3 +149,12 @@ def test_recommend_rejects_an_empty_training_split():
 
 def test_threshold_is_a_number_of_images_per_class():
     assert FINETUNE_SAMPLES_PER_CLASS > 0
+
+
+def test_a_multi_layer_row_has_no_depth_in_the_text():
+    rows = _rows([0.6, 0.7, 0.8, 0.85], classifiers=("logreg",), cv_se=0.02)
+    multi = {**rows[-1], "layer": "multi:block3_pool+block4_pool", "depth": float("nan"), "classifier": "ridge",
+             "feature_dim": 768, "cv_score": 0.86}
+    advice = _small(_table(rows, [multi]))
+    assert "multi:block3_pool+block4_pool" in advice.text
+    assert "depth nan" not in advice.text
