@@ -1,6 +1,8 @@
 """Shared test fixtures: quiet, deterministic Keras, and the optional ../shared data."""
 
 import os
+import pickle
+import pwd
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -17,6 +19,46 @@ def shared_dir():
     if not (SHARED_DIR / "datasets").is_dir():
         pytest.skip(f"../shared is absent ({SHARED_DIR}); shared-data tests are skipped")
     return SHARED_DIR
+
+
+def _run_as_nobody(function):
+    """`function()` in a child forked from this process that becomes user nobody (root writes
+    and reads anywhere, so a permission test proves nothing as root); as this user when not root.
+
+    Returns None, or (exception class names, message) of what it raised.
+    """
+    def call():
+        try:
+            function()
+        except BaseException as error:  # reported to the parent
+            return [cls.__name__ for cls in type(error).__mro__], str(error)
+        return None
+
+    if os.geteuid() != 0:
+        return call()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root, run, report, exit without running the parent's clean-ups
+        try:
+            os.close(read)
+            nobody = pwd.getpwnam("nobody")
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            os.write(write, pickle.dumps(call()))
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    return pickle.loads(data)
+
+
+@pytest.fixture
+def as_nobody():
+    """Runs a function as user nobody (see `_run_as_nobody`); for real permission errors as root."""
+    return _run_as_nobody
 
 
 def pytest_collection_modifyitems(config, items):

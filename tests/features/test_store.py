@@ -144,44 +144,7 @@ def test_store_path_that_is_a_file_is_refused(tmp_path):
         FeatureStore(tmp_path / "file.h5")
 
 
-def _as_nobody(function):
-    """`function()` in a child forked from this process that becomes user nobody (root writes
-    anywhere, so a read-only folder proves nothing as root); as this user when not root.
-
-    Returns None, or (exception class names, message).
-    """
-    import pickle
-    import pwd
-
-    def call():
-        try:
-            function()
-        except BaseException as error:  # reported to the parent
-            return [cls.__name__ for cls in type(error).__mro__], str(error)
-        return None
-
-    if os.geteuid() != 0:
-        return call()
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read)
-            nobody = pwd.getpwnam("nobody")
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            os.write(write, pickle.dumps(call()))
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        data = pipe.read()
-    os.waitpid(pid, 0)
-    return pickle.loads(data)
-
-
-def test_read_only_store_fails_before_any_work():
+def test_read_only_store_fails_before_any_work(as_nobody):
     import shutil
     import tempfile
 
@@ -193,7 +156,7 @@ def test_read_only_store_fails_before_any_work():
         os.chmod(store_dir, 0o555)
         X = np.zeros((4, 32, 32, 3), dtype=np.uint8)
         extractor = FeatureExtractor("VGG16", weights=None, layers=["block1_pool"], input_size=32)
-        failed = _as_nobody(lambda: extractor.extract(from_arrays(X, [0, 1, 0, 1]), FeatureStore(store_dir), progress=False))
+        failed = as_nobody(lambda: extractor.extract(from_arrays(X, [0, 1, 0, 1]), FeatureStore(store_dir), progress=False))
         assert failed is not None and "StoreError" in failed[0], failed
         assert "Cannot write" in failed[1] and "Permission denied" in failed[1]
         assert os.listdir(store_dir) == []

@@ -8,8 +8,6 @@ permitted these cases skip and say so.
 """
 
 import os
-import pickle
-import pwd
 import shutil
 import subprocess
 import tempfile
@@ -125,37 +123,7 @@ def test_read_only_file_system(harness, tmpfs, monkeypatch):
     assert "Read-only file system" in message and "Nothing was computed" in message and "--store" in message
 
 
-def _as_nobody(function):
-    """`function()` as user nobody in a forked child (as this user when not root): None or the error."""
-    def call():
-        try:
-            function()
-        except BaseException as error:  # reported to the parent
-            return [cls.__name__ for cls in type(error).__mro__], str(error)
-        return None
-
-    if os.geteuid() != 0:
-        return call()
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read)
-            nobody = pwd.getpwnam("nobody")
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            os.write(write, pickle.dumps(call()))
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        data = pipe.read()
-    os.waitpid(pid, 0)
-    return pickle.loads(data)
-
-
-def test_store_this_user_may_not_write_fails_before_any_work(harness):
+def test_store_this_user_may_not_write_fails_before_any_work(harness, as_nobody):
     shared = Path(tempfile.mkdtemp(prefix="layerprobe-ro-", dir="/tmp"))
     try:
         shared.chmod(0o755)
@@ -165,7 +133,7 @@ def test_store_this_user_may_not_write_fails_before_any_work(harness):
         def extract():
             harness.extractor.extract(harness.dataset(), FeatureStore(store_dir), progress=False)
 
-        failed = _as_nobody(extract)  # a real EACCES: root would write anyway
+        failed = as_nobody(extract)  # a real EACCES: root would write anyway
         assert failed is not None
         classes, message = failed
         assert "StoreError" in classes and "Cannot write to the feature store" in message

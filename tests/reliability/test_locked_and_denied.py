@@ -7,8 +7,6 @@ proves nothing when the suite runs as root).
 """
 
 import os
-import pickle
-import pwd
 import shutil
 import socket
 import stat
@@ -64,39 +62,6 @@ def shared_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def as_nobody(function):
-    """Run `function()` as user nobody in a forked child (as this user when not root).
-
-    Returns None, or (exception class names, message) of what it raised.
-    """
-    def call():
-        try:
-            function()
-        except BaseException as error:  # reported to the parent
-            return [cls.__name__ for cls in type(error).__mro__], str(error)
-        return None
-
-    if os.geteuid() != 0:
-        return call()
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: drop root, run, report, exit without running the parent's clean-ups
-        try:
-            os.close(read)
-            nobody = pwd.getpwnam("nobody")
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            os.write(write, pickle.dumps(call()))
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        data = pipe.read()
-    os.waitpid(pid, 0)
-    return pickle.loads(data)
-
-
 # ------------------------------------------------------------------ entries held open, unreadable, removed
 
 
@@ -128,7 +93,7 @@ def test_entry_open_for_writing_in_another_process_is_locked_not_corrupt(harness
     harness.assert_matches_reference(store)  # the holder is gone: readable again
 
 
-def test_entry_this_user_may_not_read_is_permission_denied_not_corrupt(harness, shared_dir):
+def test_entry_this_user_may_not_read_is_permission_denied_not_corrupt(harness, shared_dir, as_nobody):
     store = FeatureStore(shared_dir / "store")
     harness.extract(store)
     key = harness.keys[FIRST]
@@ -225,7 +190,7 @@ def test_bad_lock_timeout_is_refused(tmp_path, harness, monkeypatch):
             pass
 
 
-def test_shared_store_whose_lock_folder_is_not_writable(harness, shared_dir, monkeypatch):
+def test_shared_store_whose_lock_folder_is_not_writable(harness, shared_dir, monkeypatch, as_nobody):
     # Made by another user under umask 022: the store is group/world writable, its .locks/ is not.
     root = shared_dir / "store"
     root.mkdir(mode=0o777)
