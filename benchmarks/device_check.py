@@ -70,6 +70,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import timing_waits  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 BACKEND_TESTS = "tests/features/test_backend_neutral.py"
 RERUN_ENV = "LAYERPROBE_BACKEND_RERUN"  # tells test_backend_neutral.py not to start children
@@ -408,26 +411,7 @@ def stage_timer(times: dict[str, float]):
             patches.append((owner, attribute, original, make(original)))
 
     def timed_iterator(original):
-        def replacement(*args, **kwargs):
-            iterator = original(*args, **kwargs)
-
-            def generate():
-                try:
-                    while True:
-                        started = time.perf_counter()
-                        try:
-                            item = next(iterator)
-                        except StopIteration:
-                            return
-                        finally:
-                            times["decode_wait"] += time.perf_counter() - started
-                        yield item
-                finally:
-                    iterator.close()
-
-            return generate()
-
-        return replacement
+        return timing_waits(original, times, "decode_wait")
 
     add("layerprobe.features.extract", "iter_decoded_chunks", timed_iterator)
     add("layerprobe.features.backbones:BackboneSpec", "preprocess_input", lambda f: timed("preprocess", f))

@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _args import CIFAR10_DIR, VGG16_WEIGHTS, base_parser, quiet_tensorflow, require_path  # noqa: E402
 from _data import cifar_subset  # noqa: E402
-from _measure import GIB, Stopwatch, read_vmhwm, run_child_measuring_rss  # noqa: E402
+from _measure import GIB, Stopwatch, read_vmhwm, run_child_measuring_rss, timing_waits  # noqa: E402
 from _output import RunLog, bar_chart, read_results, write_csv, write_json  # noqa: E402
 from layerprobe.pipeline.cli import comma_list  # noqa: E402
 from layerprobe.pipeline.tables import format_table, significant  # noqa: E402
@@ -139,26 +139,7 @@ def instrument_layerprobe(times: dict[str, float]):
 
         return wrapper
 
-    original_iter = extract_module.iter_decoded_chunks
-
-    def timed_iter(*args, **kwargs):
-        iterator = original_iter(*args, **kwargs)
-
-        def generate():
-            try:
-                while True:
-                    started = time.perf_counter()
-                    try:
-                        item = next(iterator)
-                    except StopIteration:
-                        return
-                    finally:
-                        times["decode_wait"] += time.perf_counter() - started
-                    yield item
-            finally:
-                iterator.close()
-
-        return generate()
+    timed_iter = timing_waits(extract_module.iter_decoded_chunks, times, "decode_wait")
 
     patches = [
         (extract_module, "iter_decoded_chunks", timed_iter),
