@@ -36,7 +36,7 @@ recomputed for several candidate finetuning thresholds (samples per class), whic
 how the advice's threshold is set.
 
 Real-data points (`--real`, frozen modes only): EfficientNet-Lite0 with its ImageNet
-weights (`/work/shared/weights/efficientnet_lite0_imagenet.keras`, `preprocessing="none"`)
+weights (`../shared/weights/efficientnet_lite0_imagenet.keras`, `preprocessing="none"`)
 on hymenoptera (train -> val) and on CIFAR-10 at 32x32 with 10/100/1,000 images per class.
 
 Reductions against the brief's full design, to fit about an hour on 2 shared cores:
@@ -76,7 +76,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _args import BENCHMARKS_DIR, CIFAR10_DIR, base_parser, quiet_tensorflow, require_path  # noqa: E402
+from _args import CIFAR10_DIR, SHARED_DIR, base_parser, quiet_tensorflow, require_path  # noqa: E402
 from _measure import Stopwatch, cpu_seconds  # noqa: E402
 from _output import RunLog, read_results, write_csv, write_json  # noqa: E402
 from layerprobe.pipeline.tables import format_table, significant  # noqa: E402
@@ -93,8 +93,10 @@ ADVICE_MODES = {"frozen_top": "frozen_top", "frozen_intermediate": "frozen_stage
 # Candidate finetuning thresholds (training samples per class) the calibration compares; inf = never finetune.
 CANDIDATE_THRESHOLDS = (10, 30, 100, 300, 1000, math.inf)
 C_GRID = {"C": [0.01, 0.1, 1.0]}
-HYMENOPTERA_DIR = Path("/work/shared/datasets/hymenoptera")
-LITE0 = Path("/work/shared/weights/efficientnet_lite0_imagenet.keras")
+# Datasets are identified by their bytes, so the caches survive a copy of ../shared that does not keep mtimes.
+DIGEST = "content"
+HYMENOPTERA_DIR = SHARED_DIR / "datasets" / "hymenoptera"
+LITE0 = SHARED_DIR / "weights" / "efficientnet_lite0_imagenet.keras"
 # Smoke-run settings: every code path on a few images (the source check is off).
 QUICK = {
     "source_per_class": 40, "source_test_per_class": 10, "source_epochs": 1, "sizes": [4, 8],
@@ -326,7 +328,8 @@ def pretrain(similarity: str, a_classes, full, args, log) -> tuple[Path, dict]:
     with Stopwatch() as watch:
         weights, facts = pretrain_source(
             args.model, source, args.out / "source", name=f"cifar10-{similarity}-A", options=options,
-            input_size=args.input_size, model_kwargs=args.model_kwargs, min_accuracy=0.0, log=log,
+            input_size=args.input_size, model_kwargs=args.model_kwargs, min_accuracy=0.0, dataset_digest=DIGEST,
+            log=log,
         )
     row = {
         "similarity": similarity, "A": " ".join(a_classes), "n_train": len(source.subset("train")),
@@ -356,9 +359,10 @@ def prepare_split(similarity: str, a_classes, b_classes, full, store, args, log)
     target = target.select(np.flatnonzero(np.isin(target.sample_ids, union)))
     extractors = {
         "A": FeatureExtractor(args.model, weights=weights, layers="stages", pooling="avg", input_size=args.input_size,
-                              model_kwargs=args.model_kwargs, batch_size=256),
+                              model_kwargs=args.model_kwargs, batch_size=256, dataset_digest=DIGEST),
         "none": FeatureExtractor(args.model, weights=None, layers="stages", pooling="avg", input_size=args.input_size,
-                                 model_kwargs=args.model_kwargs, batch_size=256, seed=0),
+                                 model_kwargs=args.model_kwargs, batch_size=256, seed=0,
+                                 dataset_digest=DIGEST),
     }
     features, depth = {}, {}
     for name, extractor in extractors.items():
@@ -384,7 +388,7 @@ def run_cells(context: dict, seed: int, args, log) -> list[dict]:
         cell = {"similarity": similarity, "seed": seed, "n_per_class": n, "n_train": len(train),
                 "n_classes": len(context["b_classes"])}
         base = {"model": args.model, "model_kwargs": args.model_kwargs, "input_size": args.input_size,
-                "train": train.digest(), "test": test.digest(), "seed": seed, "cv": args.cv, "grid": C_GRID}
+                "train": train.digest(DIGEST), "test": test.digest(DIGEST), "seed": seed, "cv": args.cv, "grid": C_GRID}
 
         def stages(weights_name: str, mode: str):
             def compute():
@@ -438,7 +442,7 @@ def run_real(store, args, log) -> list[dict]:
                      32, sorted(args.real_sizes)))
     for name, dataset, size, sizes in datasets:
         extractor = FeatureExtractor(str(LITE0), layers="stages", pooling="avg", input_size=size,
-                                     preprocessing="none", batch_size=64)
+                                     preprocessing="none", batch_size=64, dataset_digest=DIGEST)
         with Stopwatch() as watch:
             report = extractor.extract(dataset, store, progress=False)
         log(f"  {name}: EfficientNet-Lite0 features ({len(dataset)} images at {size}px, {len(report.keys)} stages): "

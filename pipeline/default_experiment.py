@@ -126,6 +126,7 @@ def pretrain_source(
     input_size: int,
     model_kwargs: Mapping[str, Any] | None = None,
     min_accuracy: float = 0.0,
+    dataset_digest: str = "stat",
     log: Callable[[str], None] = print,
 ) -> tuple[Path, dict[str, Any]]:
     """Train a source network from scratch (or reuse it); return its headless weights file and facts.
@@ -134,8 +135,9 @@ def pretrain_source(
     scores its "test" split in inference mode (`training=False`). The backbone
     without its head is saved as `directory/<name>-<settings digest>.weights.h5`
     beside a JSON of the facts (`accuracy`, `n_test`, `fit_seconds`, `settings`),
-    and the same settings and data reuse them. A killed training resumes at its
-    last finished epoch.
+    and the same settings and data reuse them (the data identified by
+    `source.digest(dataset_digest)`: `"content"` survives a copy of the images that
+    does not keep their mtimes). A killed training resumes at its last finished epoch.
 
     Raises:
         RuntimeError: If the held-out accuracy is below `min_accuracy` (its
@@ -147,7 +149,7 @@ def pretrain_source(
     model_kwargs = dict(model_kwargs or {})
     settings = {
         "model": model, "model_kwargs": model_kwargs, "input_size": input_size,
-        "options": options.to_dict(), "data": source.digest(),
+        "options": options.to_dict(), "data": source.digest(dataset_digest),
     }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     weights_path = directory / f"{name}-{digest}.weights.h5"
