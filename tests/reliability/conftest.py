@@ -37,7 +37,6 @@ from layerprobe.features.extract import FeatureExtractor
 from layerprobe.features.inputs import from_arrays, from_directory
 from layerprobe.features.store import FeatureStore
 
-REPO = Path(__file__).resolve().parents[2]
 
 SETTINGS = dict(model="VGG16", weights=None, layers=["block1_pool", "block3_pool"], input_size=32, batch_size=4)
 CHUNK_SIZE = 8
@@ -46,7 +45,6 @@ N_SAMPLES = 24
 _SCRIPT = textwrap.dedent(
     """
     import json, os, signal, sys
-    sys.path.insert(0, {repo!r})
     import numpy as np
     from layerprobe.features import store as store_module
     from layerprobe.features.extract import FeatureExtractor
@@ -134,7 +132,6 @@ class Harness:
         Returns the CompletedProcess, or the Popen when `background`.
         """
         script = _SCRIPT.format(
-            repo=str(REPO),
             store=str(store_dir),
             data=str(self.data_path),
             images=str(self.images) if files else "",
@@ -174,14 +171,12 @@ class Crash(BaseException):
 
 
 def run_python(code: str, *, background: bool = False, env: Mapping[str, str] | None = None):
-    """`code` in a fresh Python process with the repository importable (after any PYTHONPATH
-    already set, so that a checkout of another commit can run these tests too).
+    """`code` in a fresh process of this interpreter, which imports the installed layerprobe.
 
     Returns the CompletedProcess (text output), or the Popen when `background`.
     """
     command = [sys.executable, "-c", code]
-    path = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)]))
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": path, **(env or {})}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     if background:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
