@@ -2,16 +2,18 @@
 
 A classifier saved by a run records in its sidecar how its features were
 made (`extractor`: backbone, weights, layer, pooling, input size, ...) and
-the store key they had. Prediction rebuilds that extractor, checks that it
-still produces the same kind of features (same weights digest, layer,
-pooling, preprocessing), extracts the new images into the store and predicts.
+the store key they had; a multi-layer probe records one of each per selected
+layer (`extractors`, `store_keys`). Prediction rebuilds the extractor (one
+forward pass for all the layers), checks that it still produces the same kind
+of features (same weights digest, layer, pooling, preprocessing), extracts the
+new images into the store and predicts.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -51,13 +53,16 @@ def extractor_record(settings: dict[str, Any], layer: str, input_size: int) -> d
     }
 
 
-def extractor_from_record(record: dict[str, Any]) -> FeatureExtractor:
-    """Rebuild the extractor described by :func:`extractor_record` (Keras is imported quietly first)."""
+def extractor_from_record(record: dict[str, Any], layers: Sequence[str] | None = None) -> FeatureExtractor:
+    """Rebuild the extractor described by :func:`extractor_record` (Keras is imported quietly first).
+
+    `layers`: every layer to extract in the one forward pass (default: the record's layer).
+    """
     import_keras_quietly()
     return FeatureExtractor(
         record["model"],
         weights=record["weights"],
-        layers=[record["layer"]],
+        layers=list(layers or [record["layer"]]),
         pooling=record["pooling"],
         input_size=record["input_size"],
         batch_size=record["batch_size"],
@@ -83,7 +88,7 @@ def predict_images(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Predict the images of a folder or CSV file with a classifier saved by a run.
+    """Predict the images of a folder or CSV file with a classifier saved by a run (one layer, or multi-layer).
 
     Args:
         model_path: The classifier's `.joblib` file (its `.json` sidecar beside it).
@@ -107,37 +112,68 @@ def predict_images(
             than the classifier was trained on (e.g. the weights file changed).
     """
     estimator, sidecar = load_classifier(model_path)
-    if "extractor" not in sidecar or "store_key" not in sidecar:
+    trained = _trained_layers(sidecar, model_path)
+    layers = [record["layer"] for record, _ in trained]
+    extractor = extractor_from_record(trained[0][0], layers)
+    dataset = open_images(data)
+    keys = extractor.keys(dataset)
+    for record, trained_key in trained:
+        _check_same_features(model_path, record, keys[record["layer"]].to_dict(), trained_key)
+    store = FeatureStore(sidecar["store"] if store is None else store)
+    log(f"{len(dataset)} images; {extractor.backbone.architecture} layer{'s' if len(layers) > 1 else ''} "
+        f"{', '.join(layers)} ({trained[0][0]['pooling']})")
+    report = extractor.extract(dataset, store, progress=progress, log=log)
+    for sample_id, reason in report.skipped:
+        log(f"skipped  {sample_id}: {reason}")
+    features = {layer: store.load(keys[layer], root=dataset.root) for layer in layers}
+    first = features[layers[0]]
+    if "extractors" in sidecar:  # a multi-layer probe reads a dict of layers, even of one selected layer
+        X = {layer: flat_features(part) for layer, part in features.items()}
+    else:
+        X = flat_features(first)
+    class_names = sidecar["class_names"]
+    known = {name: index for index, name in enumerate(class_names)}
+    y_true = None
+    if set(first.class_names) <= set(known):
+        y_true = np.array([known[first.class_names[label]] for label in first.y], dtype=np.int64)
+    proba = estimator.predict_proba(X) if hasattr(estimator, "predict_proba") else None
+    path = write_predictions(out, first.sample_ids, y_true, estimator.predict(X), class_names, proba=proba)
+    log(f"predictions: {path} ({len(first.sample_ids)} images)")
+    return path
+
+
+def _trained_layers(sidecar: dict[str, Any], model_path: Any) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(extractor record, store key at training) of each layer the classifier reads: one, or a multi-layer selection.
+
+    Raises:
+        InputError: If the sidecar has neither form (not saved by a run), or the
+            layers of a multi-layer probe were not made by one extractor.
+    """
+    if "extractors" in sidecar and "store_keys" in sidecar:
+        trained = list(zip(sidecar["extractors"], sidecar["store_keys"], strict=True))
+    elif "extractor" in sidecar and "store_key" in sidecar:
+        trained = [(sidecar["extractor"], sidecar["store_key"])]
+    else:
         raise InputError(
             f"{model_path} was not saved by `layerprobe run`: its sidecar has no extractor record, so "
             f"its features cannot be rebuilt. Use a classifier from a run's models/ folder. "
             f"Received: sidecar keys {sorted(sidecar)}"
         )
-    record = sidecar["extractor"]
-    extractor = extractor_from_record(record)
-    dataset = open_images(data)
-    key = extractor.keys(dataset)[record["layer"]]
-    trained = sidecar["store_key"]
-    changed = [name for name in _FEATURE_FIELDS if key.to_dict()[name] != trained[name]]
+    shared = [{name: value for name, value in record.items() if name != "layer"} for record, _ in trained]
+    if any(other != shared[0] for other in shared[1:]):
+        raise InputError(
+            f"The layers of {model_path} were made by different extractors, so one forward pass cannot "
+            f"rebuild them; its sidecar is not one a run writes. Received: extractors {[r for r, _ in trained]}"
+        )
+    return trained
+
+
+def _check_same_features(model_path: Any, record: dict[str, Any], key: dict[str, Any], trained: dict[str, Any]) -> None:
+    """Raise InputError if the rebuilt extractor makes other features of `record`'s layer than at training."""
+    changed = [name for name in _FEATURE_FIELDS if key[name] != trained[name]]
     if changed:
         raise InputError(
             f"The features rebuilt for {model_path} differ from those it was trained on in {changed} "
             f"(e.g. the weights file {record['weights']} changed since). Rerun the experiment to "
-            f"retrain it. Received: {({name: key.to_dict()[name] for name in changed})}"
+            f"retrain it. Received: {({name: key[name] for name in changed})}"
         )
-    store = FeatureStore(sidecar["store"] if store is None else store)
-    log(f"{len(dataset)} images; {extractor.backbone.architecture} layer {record['layer']} ({record['pooling']})")
-    report = extractor.extract(dataset, store, progress=progress, log=log)
-    for sample_id, reason in report.skipped:
-        log(f"skipped  {sample_id}: {reason}")
-    features = store.load(key, root=dataset.root)
-    X = flat_features(features)
-    class_names = sidecar["class_names"]
-    known = {name: index for index, name in enumerate(class_names)}
-    y_true = None
-    if set(features.class_names) <= set(known):
-        y_true = np.array([known[features.class_names[label]] for label in features.y], dtype=np.int64)
-    proba = estimator.predict_proba(X) if hasattr(estimator, "predict_proba") else None
-    path = write_predictions(out, features.sample_ids, y_true, estimator.predict(X), class_names, proba=proba)
-    log(f"predictions: {path} ({len(X)} images)")
-    return path

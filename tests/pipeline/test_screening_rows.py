@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,13 @@ from PIL import Image
 
 import layerprobe.pipeline.run.rows as rows_module
 import layerprobe.pipeline.run.screening as screening_module
+from layerprobe.features.errors import InputError
 from layerprobe.features.extract import FeatureExtractor
 from layerprobe.features.store import FeatureStore
+from layerprobe.pipeline.cli import main
 from layerprobe.pipeline.config import config_from_dict
 from layerprobe.pipeline.persistence import load_classifier
+from layerprobe.pipeline.predict import predict_images
 from layerprobe.pipeline.results import RESULT_COLUMNS, read_results
 from layerprobe.pipeline.run import run_experiment
 
@@ -153,6 +157,35 @@ def test_multi_layer_row_names_its_selected_layers_and_sums_their_widths(screene
     predictions = pd.read_csv(Path(row["model_path"]).with_name("ridge.predictions.csv"))
     np.testing.assert_array_equal(predicted, predictions["predicted_label"])
     assert sidecar["store_entries"] == row["store_entry"].split("+")
+
+
+def test_predict_command_applies_the_multi_layer_probe_to_new_images(screened, tmp_path):
+    config, result, _ = screened
+    row = result.results[result.results["layer"].str.startswith("multi:")].iloc[0]
+    out = tmp_path / "predictions.csv"
+    argv = ["predict", row["model_path"], "--data", str(config.data.path), "--out", str(out),
+            "--store", str(tmp_path / "new-store"), "--no-progress"]  # a new store: every layer extracted again
+    assert main(argv) == 0
+    predicted = pd.read_csv(out).set_index("sample_id")
+    from_run = pd.read_csv(Path(row["model_path"]).with_name("ridge.predictions.csv")).set_index("sample_id")
+    assert len(predicted) == len(CLASSES) * (N_TRAIN + N_TEST)
+    pd.testing.assert_series_equal(predicted.loc[from_run.index, "predicted_label"], from_run["predicted_label"])
+    assert predicted["true_label"].notna().all()
+
+
+def test_predict_refuses_a_multi_layer_sidecar_whose_layers_need_two_extractors(screened, tmp_path):
+    config, result, _ = screened
+    row = result.results[result.results["layer"].str.startswith("multi:")].iloc[0]
+    model = Path(row["model_path"])
+    sidecar = json.loads(model.with_suffix(".json").read_text())
+    first, key = sidecar["extractors"][0], sidecar["store_keys"][0]
+    sidecar["extractors"] = [first, {**first, "layer": "block5_pool", "pooling": "max"}]
+    sidecar["store_keys"] = [key, key]
+    shutil.copy(model, tmp_path / "edited.joblib")
+    (tmp_path / "edited.json").write_text(json.dumps(sidecar))
+    with pytest.raises(InputError, match="made by different extractors"):
+        predict_images(tmp_path / "edited.joblib", config.data.path, out=tmp_path / "p.csv", progress=False,
+                       log=_quiet)
 
 
 def test_the_contract_columns_exist_and_intervals_hold_the_estimates(screened):
