@@ -10,8 +10,11 @@ import numpy as np
 import pandas as pd
 
 from layerprobe.features.atomic import write_atomically
+from layerprobe.pipeline.probes.multilayer import multi_layer_name
 
-__all__ = ["plot_depth"]
+__all__ = ["depth_figure", "plot_depth"]
+
+_MULTI_PREFIX = multi_layer_name([])  # "multi:"
 
 _GROUP = ["backbone", "weights", "pooling"]
 
@@ -37,6 +40,16 @@ def _score_and_error(rows: pd.DataFrame) -> tuple[pd.Series, np.ndarray | None, 
     return test, None, "test accuracy"
 
 
+def _multi_layer_span(row: pd.Series, frozen: pd.DataFrame) -> tuple[float, float]:
+    """The depths of the shallowest and deepest layers a multi-layer row combines (0, 1 when unknown)."""
+    key = ["-" if pd.isna(value) else str(value) for value in row.reindex(_GROUP)]  # as `frozen[_GROUP]` holds it
+    same = frozen[(frozen[_GROUP] == key).all(axis=1)]
+    depth_of = dict(zip(same["layer"].astype(str), same["depth"]))
+    depths = [depth_of.get(name, math.nan) for name in str(row["layer"]).removeprefix(_MULTI_PREFIX).split("+")]
+    depths = [depth for depth in depths if math.isfinite(depth)]
+    return (min(depths), max(depths)) if depths else (0.0, 1.0)
+
+
 def plot_depth(
     results: pd.DataFrame,
     path: str | os.PathLike,
@@ -44,6 +57,20 @@ def plot_depth(
     title: str = "Accuracy by layer depth",
     recommended: pd.Series | None = None,
 ) -> Path:
+    """Write :func:`depth_figure` of `results` as a PNG, atomically; returns the path.
+
+    Raises:
+        ValueError: If the table has no rows to plot.
+    """
+    figure = depth_figure(results, title=title, recommended=recommended)
+    path = Path(path)
+    write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
+    return path
+
+
+def depth_figure(
+    results: pd.DataFrame, *, title: str = "Accuracy by layer depth", recommended: pd.Series | None = None
+):
     """Accuracy against relative layer depth, with error bars; LogME by depth in a second panel.
 
     Left panel: one line per backbone, weights, pooling and classifier of the
@@ -52,21 +79,22 @@ def plot_depth(
     interval. Screening rows (`row_kind == "screening"`, the fast probe on every
     layer) are drawn as a lighter line over the whole depth range. Finetune and
     scratch rows, which have no layer, are horizontal dashed lines at their test
-    accuracy, with their 95 % interval shaded when known. `recommended` (for
-    instance `Advice.row`) is marked with a star. Right panel, when the table
-    has a `logme` column with values: LogME per layer against depth. The figure is
-    drawn on a private Agg canvas (no global backend change) and written as PNG,
-    atomically.
+    accuracy, with their 95 % interval shaded when known. A multi-layer row
+    ("multi:a+b", no single depth) is a dash-dot segment at its CV accuracy from
+    the shallowest to the deepest layer it combines, its ±SE shaded. `recommended`
+    (for instance `Advice.row`) is marked with a star (a multi-layer row's at the
+    middle of its segment). Right panel, when the table has a `logme` column with
+    values: LogME per layer against depth. The figure is drawn on a private Agg
+    canvas (no global backend change).
 
     Args:
         results: The results table (see `layerprobe.pipeline.results`); older
             tables without `cv_se`, `row_kind` or `logme` are drawn without them.
-        path: Destination `.png` file.
         title: Figure title.
         recommended: The results row to mark, or None.
 
     Returns:
-        The path written.
+        The matplotlib `Figure`.
 
     Raises:
         ValueError: If the table has no rows to plot.
@@ -81,7 +109,9 @@ def plot_depth(
     frozen[_GROUP] = frozen.reindex(columns=_GROUP).astype(object).fillna("-").astype(str)
     frozen = frozen.sort_values("depth", kind="stable")
     kind = frozen["row_kind"].fillna("final") if "row_kind" in frozen else pd.Series("final", index=frozen.index)
-    screening, final = frozen[kind == "screening"], frozen[kind != "screening"]
+    is_multi = frozen["layer"].astype(str).str.startswith(_MULTI_PREFIX)
+    screening, final = frozen[(kind == "screening") & ~is_multi], frozen[(kind != "screening") & ~is_multi]
+    multi = frozen[is_multi]
     trained = results[results["mode"] != "frozen"]
     logme = _column(frozen, "logme")
     with_logme = bool(logme.notna().sum() >= 1)
@@ -102,7 +132,15 @@ def plot_depth(
                     color=f"C{number}", alpha=0.35 if light else 1.0, capsize=3, markersize=4 if light else 6,
                     label=f"{key[0]} [{key[1]}] {key[2]} / {classifier}" + (" (screening)" if light else ""),
                 )
-    layers = frozen.drop_duplicates(["layer", "depth"])
+    for _, row in multi.iterrows():
+        number = groups[tuple(row[_GROUP])]
+        (low_depth, high_depth), (y, yerr, _) = _multi_layer_span(row, frozen), _score_and_error(row.to_frame().T)
+        y = float(y.iloc[0])
+        axes.plot([low_depth, high_depth], [y, y], linestyle="-.", marker="|", markersize=12, color=f"C{number}",
+                  linewidth=2, label=f"{row['layer']} / {row['classifier']} (cv chose the layers: optimistic)")
+        if yerr is not None and yerr.ndim == 1 and yerr[0] > 0:
+            axes.fill_between([low_depth, high_depth], y - yerr[0], y + yerr[0], color=f"C{number}", alpha=0.12)
+    layers = frozen[~is_multi].drop_duplicates(["layer", "depth"])
     if layers["depth"].is_unique and 0 < len(layers) <= 12:  # name the layers along the x axis
         axes.set_xticks(layers["depth"], layers["layer"], rotation=30, ha="right", fontsize=8)
     for number, (_, row) in enumerate(trained.iterrows(), start=len(groups)):
@@ -118,7 +156,10 @@ def plot_depth(
         y = recommended.get("cv_score")
         if not isinstance(y, (int, float)) or not math.isfinite(y):
             y = recommended.get("test_accuracy")
-        axes.plot([recommended["depth"]], [y], marker="*", markersize=18, color="gold", markeredgecolor="black",
+        x = recommended.get("depth")
+        if str(recommended.get("layer", "")).startswith(_MULTI_PREFIX):
+            x = float(np.mean(_multi_layer_span(recommended, frozen)))
+        axes.plot([x], [y], marker="*", markersize=18, color="gold", markeredgecolor="black",
                   linestyle="none", zorder=5,
                   label=f"recommended: {recommended.get('classifier', '')} on {recommended.get('layer', '')}")
     elif recommended is not None:
@@ -142,6 +183,4 @@ def plot_depth(
         right.set_title("LogME by depth (training split, no fitting)")
         right.grid(alpha=0.3)
         right.legend(fontsize=7, loc="lower left")
-    path = Path(path)
-    write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
-    return path
+    return figure

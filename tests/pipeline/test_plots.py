@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from layerprobe.pipeline.advice import recommend
-from layerprobe.pipeline.plots import plot_depth
+from layerprobe.pipeline.plots import depth_figure, plot_depth
 from layerprobe.pipeline.results import results_frame
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -50,3 +50,18 @@ def test_plot_without_the_new_columns(tmp_path):
 def test_plot_of_an_empty_table_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="nothing to plot"):
         plot_depth(results_frame([]), tmp_path / "empty.png")
+
+
+def test_a_multi_layer_row_spans_the_depths_of_its_layers_and_carries_the_star(tmp_path):
+    multi = {**_rows([0.6])[0], "layer": "multi:block2_pool+block4_pool", "depth": float("nan"), "cv_score": 0.93,
+             "cv_se": 0.01, "classifier": "ridge", "feature_dim": 640}
+    table = pd.DataFrame(_rows([0.6, 0.9, 0.8, 0.7]) + [multi])
+    figure = depth_figure(table, recommended=table.iloc[-1])
+    axes = figure.axes[0]
+    segment = next(line for line in axes.get_lines() if line.get_label().startswith("multi:block2_pool+block4_pool"))
+    assert list(segment.get_xdata()) == [0.5, 1.0] and list(segment.get_ydata()) == [0.93, 0.93]
+    star = next(line for line in axes.get_lines() if line.get_label().startswith("recommended"))
+    assert list(star.get_xdata()) == [0.75] and list(star.get_ydata()) == [0.93]
+    ticks = [tick.get_text() for tick in axes.get_xticklabels()]
+    assert ticks == ["block1_pool", "block2_pool", "block3_pool", "block4_pool"]  # no tick for the multi row
+    assert _is_png(plot_depth(table, tmp_path / "multi.png", recommended=table.iloc[-1]))
