@@ -65,6 +65,7 @@ __all__ = [
 FINETUNE_SAMPLES_PER_CLASS = 100
 SMALL_DATASET_SAMPLES_PER_CLASS = FINETUNE_SAMPLES_PER_CLASS  # the former name, kept for imports
 NOISE_SE = 2.0  # two scores within this many combined standard errors are a tie
+LOGME_TIE = 1e-3  # LogME values this close (relative) do not rank layers
 
 _GROUP = ["backbone", "weights", "pooling"]
 _MODE_COST = {"frozen": 0, "finetune": 1, "scratch": 2}
@@ -230,7 +231,8 @@ def _same_group(rows: pd.DataFrame, row: pd.Series, columns=_GROUP) -> pd.DataFr
 # --------------------------------------------------------------------------- evidence
 
 
-def _layer_evidence(group: pd.DataFrame, best: pd.Series, chosen: pd.Series, tied: pd.DataFrame) -> list[str]:
+def _layer_evidence(group: pd.DataFrame, best: pd.Series, chosen: pd.Series, tied: pd.DataFrame,
+                    n_se: float) -> list[str]:
     lines = []
     top = group[group["depth"] == group["depth"].max()].sort_values("cv_score", ascending=False).iloc[0]
     gap = best["cv_score"] - top["cv_score"]
@@ -238,7 +240,7 @@ def _layer_evidence(group: pd.DataFrame, best: pd.Series, chosen: pd.Series, tie
         lines.append(f"The top layer {top['layer']} scores best ({_cv_text(best)}): the source's most specific "
                      f"features fit the target, a sign that it is similar to the source.")
     else:
-        noise = within_noise(*_score_and_se(best, "cv_score"), *_score_and_se(top, "cv_score"))
+        noise = within_noise(*_score_and_se(best, "cv_score"), *_score_and_se(top, "cv_score"), n_se=n_se)
         lines.append(
             f"The best layer is {best['layer']} ({_depth_text(best, '', ', ')}{_cv_text(best)}); the top layer "
             f"{top['layer']} scores {_cv_text(top)}, {100 * gap:.1f} points lower"
@@ -247,7 +249,7 @@ def _layer_evidence(group: pd.DataFrame, best: pd.Series, chosen: pd.Series, tie
         )
     others = tied[tied.index != chosen.name]
     if best.name != chosen.name:
-        lines.append(f"{len(tied)} configurations are within {NOISE_SE:g} SE of the best ({_name(best)}); the "
+        lines.append(f"{len(tied)} configurations are within {n_se:g} SE of the best ({_name(best)}); the "
                      f"cheapest of them is chosen: {_name(chosen)}.")
     elif len(others):
         lines.append(f"{len(others)} other configuration(s) are within noise of it; it is also the cheapest.")
@@ -259,9 +261,15 @@ def _layer_evidence(group: pd.DataFrame, best: pd.Series, chosen: pd.Series, tie
     if group["logme"].notna().sum() >= 2:
         per_layer = group.dropna(subset=["logme"]).drop_duplicates("layer").sort_values("depth")
         leader = per_layer.loc[per_layer["logme"].idxmax()]
-        agree = "agrees with" if leader["layer"] == best["layer"] else "differs from"
-        lines.append(f"LogME (evidence of a linear model, higher is better) ranks {leader['layer']} first "
-                     f"({leader['logme']:.3f}); that {agree} cross-validation's best layer {best['layer']}.")
+        spread = per_layer["logme"].max() - per_layer["logme"].min()
+        if spread <= LOGME_TIE * max(1.0, abs(leader["logme"])):
+            lines.append(f"LogME is the same for every layer ({leader['logme']:.3f}): on this training set it does "
+                         f"not tell the layers apart (the evidence is at its no-signal value), so it is no evidence "
+                         f"either way.")
+        else:
+            agree = "agrees with" if leader["layer"] == best["layer"] else "differs from"
+            lines.append(f"LogME (evidence of a linear model, higher is better) ranks {leader['layer']} first "
+                         f"({leader['logme']:.3f}); that {agree} cross-validation's best layer {best['layer']}.")
     return lines
 
 
@@ -277,19 +285,19 @@ def _screening_evidence(screening: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _baseline_evidence(chosen: pd.Series, random_rows: pd.DataFrame) -> tuple[bool | None, list[str]]:
+def _baseline_evidence(chosen: pd.Series, random_rows: pd.DataFrame, n_se: float) -> tuple[bool | None, list[str]]:
     """The best transferred row (`chosen`) against the best random-features row of the same backbone."""
     same = random_rows[random_rows["backbone"] == chosen["backbone"]]
     if same.empty or chosen["weights"] == "none":
         return None, []
     baseline = same.sort_values("cv_score", ascending=False).iloc[0]
-    worth = not within_noise(*_score_and_se(chosen, "cv_score"), *_score_and_se(baseline, "cv_score"))
+    worth = not within_noise(*_score_and_se(chosen, "cv_score"), *_score_and_se(baseline, "cv_score"), n_se=n_se)
     gain = chosen["cv_score"] - baseline["cv_score"]
     line = (f"Random-initialisation baseline (same backbone, weights none): best {baseline['layer']} "
             f"{_cv_text(baseline)}; the {chosen['weights']} features are {100 * gain:+.1f} points from it")
     if worth:
         return True, [line + ", more than noise: the pretrained weights help."]
-    return False, [line + f", **not more than noise ({NOISE_SE:g} SE): this pretrained backbone is not worth "
+    return False, [line + f", **not more than noise ({n_se:g} SE): this pretrained backbone is not worth "
                    f"transferring from** as frozen features (they are no better than random ones). A source closer "
                    f"to the target would serve better; with enough data, compare finetuning with training from "
                    f"scratch."]
@@ -363,10 +371,10 @@ def recommend(
     if not pool.empty:
         best, chosen, tied = cheapest_within_noise(pool, n_se=n_se)
         group = _same_group(pool, best)
-        evidence += _layer_evidence(group, best, chosen, tied)
+        evidence += _layer_evidence(group, best, chosen, tied, n_se)
         if len(screening) and not final.empty:
             evidence += _screening_evidence(screening)
-        worth, lines = _baseline_evidence(best, random_rows)
+        worth, lines = _baseline_evidence(best, random_rows, n_se)
         evidence += lines
     predicted = _predicted(per_class, finetune_samples_per_class)
     frozen_mode = None if chosen is None else (

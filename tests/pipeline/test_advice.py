@@ -132,6 +132,22 @@ def test_logme_and_screening_rows_are_cited_as_evidence():
     assert "LogME (evidence of a linear model, higher is better) ranks block2_pool first" in advice.text
 
 
+def test_logme_equal_on_every_layer_is_no_evidence_either_way():
+    advice = _small(_table(_rows([0.6, 0.9, 0.8, 0.7], classifiers=("logreg",), logme=[-0.6267] * 4)))
+    assert "LogME is the same for every layer (-0.627)" in advice.text and "ranks" not in advice.text
+
+
+def test_the_tie_width_in_the_text_is_the_one_used():
+    # block3 best by 1 point over block2 and over the random features' best: 1.4 combined SE.
+    table = _table(_rows([0.6, 0.89, 0.9, 0.7], classifiers=("logreg",), cv_se=0.005),
+                   _rows([0.6, 0.89, 0.8, 0.7], classifiers=("logreg",), weights="none"))
+    wide, narrow = _small(table, n_se=2.0), _small(table, n_se=0.5)
+    assert wide.row["layer"] == "block2_pool" and "2 configurations are within 2 SE of the best" in wide.text
+    assert narrow.row["layer"] == "block3_pool" and "within 2 SE" not in narrow.text
+    assert wide.worth_transferring is False and "not more than noise (2 SE)" in wide.text
+    assert narrow.worth_transferring is True and "not more than noise" not in narrow.text
+
+
 def test_old_tables_without_the_new_columns_still_get_advice():
     table = pd.DataFrame([{"mode": "frozen", "backbone": "VGG16", "weights": "imagenet", "layer": f"b{i}",
                            "depth": i / 3, "pooling": "avg", "classifier": "logreg", "cv_score": s,
