@@ -32,8 +32,10 @@ its CV mean and fold SE, LogME, and test accuracy; each cell's frozen rows are g
 `layerprobe.pipeline.advice.recommend`, as a user's run would be, and its mode is
 compared with the measured winner: "agrees" when the advised mode's test accuracy is
 within 2 combined binomial SE (`within_noise`) of the winner's. The agreement rate is
-recomputed for several candidate finetuning thresholds (samples per class), which is
-how the advice's threshold is set.
+recomputed for several candidate finetuning thresholds (samples per class) and tie
+widths (`n_se`: how many combined SE make two CV scores a tie, after which the cheaper
+row is chosen), which is how the advice's `FINETUNE_SAMPLES_PER_CLASS` and `NOISE_SE`
+are set.
 
 Real-data points (`--real`, frozen modes only): EfficientNet-Lite0 with its ImageNet
 weights (`../shared/weights/efficientnet_lite0_imagenet.keras`, `preprocessing="none"`)
@@ -92,6 +94,8 @@ ADVICE_MODES = {"frozen_top": "frozen_top", "frozen_intermediate": "frozen_stage
                 "scratch": "scratch"}
 # Candidate finetuning thresholds (training samples per class) the calibration compares; inf = never finetune.
 CANDIDATE_THRESHOLDS = (10, 30, 100, 300, 1000, math.inf)
+# Candidate tie widths (combined SE) of the advice's cheaper-option rule; 0 = always the best CV score.
+CANDIDATE_NOISE_SE = (0.0, 1.0, 2.0)
 C_GRID = {"C": [0.01, 0.1, 1.0]}
 # Datasets are identified by their bytes, so the caches survive a copy of ../shared that does not keep mtimes.
 DIGEST = "content"
@@ -501,14 +505,14 @@ def mode_scores(cell: list[dict]) -> dict[str, dict]:
     return chosen
 
 
-def advised(cell: list[dict], threshold: float) -> tuple[str, dict]:
+def advised(cell: list[dict], threshold: float, n_se: float) -> tuple[str, dict]:
     """The advice's mode for one cell (from its frozen rows only, as a user would run it) and the row it names."""
     from layerprobe.pipeline.advice import recommend
 
     first = cell[0]
     table = advice_table(cell)
     advice = recommend(table, n_train=first["n_train"], n_classes=first["n_classes"],
-                       smallest_class=first["n_per_class"], finetune_samples_per_class=threshold)
+                       smallest_class=first["n_per_class"], finetune_samples_per_class=threshold, n_se=n_se)
     mode = ADVICE_MODES.get(advice.mode, advice.mode)
     if mode in ("frozen_top", "frozen_stage") and advice.row is not None:
         row = next(r for r in cell if r["mode"] == "frozen_stage" and r["layer"] == advice.row["layer"])
@@ -523,7 +527,7 @@ def cells_of(rows: list[dict]) -> dict[tuple, list[dict]]:
     return cells
 
 
-def matrix_rows(rows: list[dict], threshold: float) -> list[dict]:
+def matrix_rows(rows: list[dict], threshold: float, n_se: float) -> list[dict]:
     """One row per (split, size, seed) with all four modes: accuracies, winner, margin, SE, advice, agreement.
 
     `se` is the binomial standard error of the winner's test accuracy; the advice agrees when its
@@ -539,7 +543,7 @@ def matrix_rows(rows: list[dict], threshold: float) -> list[dict]:
         ranked = sorted(MODES, key=lambda mode: chosen[mode]["accuracy"], reverse=True)
         best, runner_up = chosen[ranked[0]], chosen[ranked[1]]
         se = binomial_se(best["accuracy"], best["n_test"])
-        mode, row = advised(cell, threshold)
+        mode, row = advised(cell, threshold, n_se)
         accuracy = row["accuracy"] if row else math.nan
         agrees = ("yes" if mode == ranked[0] or accuracy >= best["accuracy"] else
                   "within 2 SE" if within_noise(best["accuracy"], se, accuracy, binomial_se(accuracy, best["n_test"]))
@@ -558,14 +562,15 @@ def matrix_rows(rows: list[dict], threshold: float) -> list[dict]:
 
 
 def calibration_rows(rows: list[dict]) -> list[dict]:
-    """Agreement of the advice with the measured winners, per candidate finetuning threshold."""
+    """Agreement of the advice with the measured winners, per candidate finetuning threshold and tie width."""
     out = []
-    for threshold in CANDIDATE_THRESHOLDS:
-        matrix = matrix_rows(rows, threshold)
-        agree = sum(row["agrees"] != "no" for row in matrix)
-        out.append({"finetune_samples_per_class": threshold, "cells": len(matrix), "agree": agree,
-                    "agreement": round(agree / len(matrix), 3) if matrix else None,
-                    "exact_winner": sum(row["agrees"] == "yes" for row in matrix)})
+    for n_se in CANDIDATE_NOISE_SE:
+        for threshold in CANDIDATE_THRESHOLDS:
+            matrix = matrix_rows(rows, threshold, n_se)
+            agree = sum(row["agrees"] != "no" for row in matrix)
+            out.append({"n_se": n_se, "finetune_samples_per_class": threshold, "cells": len(matrix), "agree": agree,
+                        "agreement": round(agree / len(matrix), 3) if matrix else None,
+                        "exact_winner": sum(row["agrees"] == "yes" for row in matrix)})
     return out
 
 
@@ -639,10 +644,10 @@ MATRIX_COLUMNS = ["similarity", "n_per_class", "seed", *MODES, "stage", "random"
 
 def report(data: Mapping[str, Any], out: Path, log: Callable[[str], None], *, verbose: bool = True) -> None:
     """Write the CSVs and the plot, and print the tables."""
-    from layerprobe.pipeline.advice import FINETUNE_SAMPLES_PER_CLASS
+    from layerprobe.pipeline.advice import FINETUNE_SAMPLES_PER_CLASS, NOISE_SE
 
     rows = data["rows"]
-    matrix = matrix_rows(rows, FINETUNE_SAMPLES_PER_CLASS)
+    matrix = matrix_rows(rows, FINETUNE_SAMPLES_PER_CLASS, NOISE_SE)
     calibration = calibration_rows(rows)
     write_csv(rows, out / "long.csv")
     if matrix:
@@ -655,13 +660,14 @@ def report(data: Mapping[str, Any], out: Path, log: Callable[[str], None], *, ve
                                        "train_s"], **TABLE_STYLE))
     log("\nlong table (test accuracy on B):")
     log(format_table(rows, LONG_COLUMNS, **TABLE_STYLE))
-    log(f"\nmatrix (advice with its finetuning threshold {FINETUNE_SAMPLES_PER_CLASS} per class):")
+    log(f"\nmatrix (the advice as shipped: finetuning from {FINETUNE_SAMPLES_PER_CLASS} per class, ties within "
+        f"{NOISE_SE:g} SE):")
     log(format_table(matrix, MATRIX_COLUMNS, **TABLE_STYLE))
     log("\nper split and size, mean over seeds ± SE over seeds:")
     log(format_table(summary_rows(matrix), ["similarity", "n_per_class", "seeds", *MODES, "winners", "advice",
                                             "agrees"], **TABLE_STYLE))
     log("\nagreement per candidate finetuning threshold (samples per class):")
-    log(format_table(calibration, ["finetune_samples_per_class", "cells", "agree", "agreement", "exact_winner"],
+    log(format_table(calibration, ["n_se", "finetune_samples_per_class", "cells", "agree", "agreement", "exact_winner"],
                      **TABLE_STYLE))
     log(f"\n{plot(rows, data['machine'], out / 'depth.png')}")
 
