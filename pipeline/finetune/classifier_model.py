@@ -1,6 +1,7 @@
 """The classifier that is finetuned: augmentation, preprocessing, backbone, a softmax head.
 
-`build_classifier_model` stacks the layers; `fit_head_inputs` sets the head's
+`feature_map_backbone` cuts a whole classifier (a model file with its own head)
+at its last feature map; `build_classifier_model` stacks the layers; `fit_head_inputs` sets the head's
 feature standardization from the training images (and can fit a logistic
 regression on the standardized features); `set_head` starts the softmax from a
 scikit-learn logistic regression.
@@ -8,6 +9,7 @@ scikit-learn logistic regression.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +17,8 @@ import keras
 import numpy as np
 
 from layerprobe.features.checks import is_positive_int
-from layerprobe.features.errors import ConfigError, InputError
+from layerprobe.features.errors import BackboneError, ConfigError, InputError
+from layerprobe.features.layers import describe_layers
 from layerprobe.features.seeding import keras_seed
 from layerprobe.features.weights import Backbone
 from layerprobe.pipeline.classifiers import fit_classifier
@@ -25,7 +28,7 @@ from layerprobe.pipeline.finetune.custom_objects import BackbonePreprocessing, F
 if TYPE_CHECKING:
     from layerprobe.pipeline.finetune.batches import ImageBatches
 
-__all__ = ["build_classifier_model", "fit_head_inputs", "set_head"]
+__all__ = ["build_classifier_model", "feature_map_backbone", "fit_head_inputs", "set_head"]
 
 _HEAD_INIT_CS = (1e-3, 1e-2, 1e-1, 1.0)  # C of head_init="logreg", picked by cross-validation
 
@@ -59,6 +62,33 @@ def _head_weights(init_head_from, n_features: int, n_classes: int) -> list[np.nd
         coef = np.concatenate([np.zeros_like(coef), coef])
         intercept = np.concatenate([np.zeros_like(intercept), intercept])
     return [coef.T, intercept]
+
+
+def feature_map_backbone(backbone: Backbone) -> Backbone:
+    """`backbone` as it is when it ends in a feature map; else cut at its last stage (its own head dropped).
+
+    A registry backbone is built with `include_top=False` and ends in a
+    `(h, w, c)` map, but a model file may be a whole classifier (e.g.
+    EfficientNet-Lite0 with its pooling and 1,000-class softmax). Finetuning puts
+    a new head on a feature map, so such a model is cut where its last stage ends
+    (`layerprobe.features.layers`: the last layer at the smallest resolution),
+    as `include_top=False` would; the layers are shared, not copied.
+
+    Raises:
+        BackboneError: If the model has no 4-D (spatial) stage output to cut at.
+    """
+    model = backbone.model
+    if len(model.output.shape) == 4:
+        return backbone
+    stages = [info for info in describe_layers(model, backbone.spec)
+              if info.stage is not None and len(info.output_shape) == 3]
+    if not stages:
+        raise BackboneError(
+            f"{model.name!r} has no spatial feature map (a (height, width, channels) stage output) to put a "
+            f"finetuning head on; finetune a convolutional model. Received: output shape {tuple(model.output.shape)}"
+        )
+    cut = model.get_layer(stages[-1].name).output
+    return dataclasses.replace(backbone, model=keras.Model(model.inputs, cut, name=model.name))
 
 
 def build_classifier_model(

@@ -30,7 +30,12 @@ from layerprobe.pipeline.finetune.batches import ImageBatches, validation_split
 from layerprobe.pipeline.finetune.checkpoints import (
     Checkpoint, backbone_metadata, read_state, save_checkpoint, save_model, truncate_history,
 )
-from layerprobe.pipeline.finetune.classifier_model import build_classifier_model, fit_head_inputs, set_head
+from layerprobe.pipeline.finetune.classifier_model import (
+    build_classifier_model,
+    feature_map_backbone,
+    fit_head_inputs,
+    set_head,
+)
 from layerprobe.pipeline.finetune.config import FinetuneConfig
 from layerprobe.pipeline.finetune.custom_objects import BlockwiseAdam
 from layerprobe.pipeline.finetune.epoch_logs import PhaseLogs
@@ -99,8 +104,8 @@ def _run_phases(
     started = time.perf_counter()
     policy = dtype_policy("mixed_float16") if config.mixed_precision else contextlib.nullcontext()
     with keras_seed(config.seed), policy:
-        backbone = load_backbone(model, weights=weights, input_size=input_size,
-                                 model_kwargs=model_kwargs, seed=config.seed)
+        backbone = feature_map_backbone(load_backbone(model, weights=weights, input_size=input_size,
+                                                      model_kwargs=model_kwargs, seed=config.seed))
         if mode == "scratch" and config.scratch_batchnorm_momentum is not None:
             set_batchnorm_momentum(backbone.model, config.scratch_batchnorm_momentum)
         classifier = build_classifier_model(

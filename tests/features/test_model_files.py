@@ -240,3 +240,30 @@ def test_a_finetuned_classifier_file_is_probed_inside_its_backbone(tmp_path):
     assert bare.layer_names == [
         "block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3", "block4_pool", "block5_conv3", "block5_pool"
     ]
+
+
+def test_a_whole_classifier_file_is_finetuned_on_its_last_feature_map(tmp_path):
+    from layerprobe.pipeline.finetune import FinetuneConfig, evaluate_model, finetune
+
+    path = _save(_small_cnn(rescale=True), tmp_path / "classifier.keras")
+    X, y = _images(24)
+    data = from_arrays(X, y, class_names=["a", "b", "c"])
+    config = FinetuneConfig(head_epochs=1, finetune_epochs=1, unfreeze_blocks=1, val_fraction=0.0,
+                            early_stopping_patience=None, batch_size=8, augmentation=None)
+    result = finetune(str(path), data, output_dir=tmp_path / "run", weights="saved", config=config)
+    backbone = result.model.get_layer("small_cnn")
+    assert backbone.layers[-1].name == "pool3" and len(backbone.output.shape) == 4  # its gap and logits dropped
+    assert evaluate_model(result, data)["n_test"] == 24
+    assert FeatureExtractor(str(result.model_path), layers="stages").layer_names == STAGES
+
+
+def test_finetuning_a_model_without_a_feature_map_is_a_clear_error(tmp_path):
+    from layerprobe.pipeline.finetune import FinetuneConfig, finetune
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Flatten(name="flat")(keras.layers.Rescaling(1 / 255, name="rescale")(inputs))
+    path = _save(keras.Model(inputs, keras.layers.Dense(3, name="logits")(x), name="mlp"), tmp_path / "mlp.keras")
+    X, y = _images(12)
+    with pytest.raises(BackboneError, match="'mlp' has no spatial feature map"):
+        finetune(str(path), from_arrays(X, y), output_dir=tmp_path / "run", weights="saved",
+                 config=FinetuneConfig(head_epochs=1, finetune_epochs=0, val_fraction=0.0))
