@@ -138,8 +138,8 @@ def _run_phases(
         if state is None and mode == "finetune":  # a resumed run has these in its checkpoint
             in_order = ImageBatches(train.dataset, backbone.input_size, config.batch_size,
                                     workers=config.workers)
-            logreg = fit_head_inputs(classifier, in_order, logreg_seed=(
-                config.seed if config.head_init == "logreg" else None))
+            fits_logreg = init_head_from is None and config.resolved_head_init == "logreg"
+            logreg = fit_head_inputs(classifier, in_order, logreg_seed=config.seed if fits_logreg else None)
             if init_head_from is not None or logreg is not None:
                 set_head(classifier, init_head_from or logreg)
         epoch = state["epoch"] if state else 0
@@ -227,7 +227,10 @@ def finetune(
     """Trains a head on a frozen backbone, then finetunes the backbone's top blocks.
 
     First one pass over the training images sets the head's feature
-    standardization (and, with `head_init="logreg"`, its softmax). Phase 1 trains
+    standardization and (`head_init` "auto" or "logreg", the default) starts the
+    softmax from a logistic regression on them: linear probing, then finetuning
+    (LP-FT, Kumar et al. 2022), so finetuning starts from the frozen probe's
+    accuracy instead of a random head's. Phase 1 trains
     the head (`head_epochs`, Adam at `head_learning_rate`); phase 2 unfreezes
     `unfreeze_blocks` top blocks (`unfreeze_top`) and continues at `learning_rate`
     (lower for lower blocks with `block_lr_decay`). Each phase stops early on the
@@ -243,7 +246,8 @@ def finetune(
         model_kwargs: Extra constructor arguments, e.g. `{"alpha": 0.35}`.
         config: Hyperparameters; `FinetuneConfig()` by default.
         init_head_from: `(coef, intercept)` to start the softmax from (see
-            `build_classifier_model`); `config.head_init="logreg"` fits one instead.
+            `build_classifier_model`), instead of the one `config.head_init`
+            ("auto", "logreg") would fit; an explicit "logreg" with it is an error.
         resume: Continue from the checkpoint in `output_dir` if there is one
             (finished phases are skipped, the interrupted one goes on at its next
             epoch); False starts over and deletes it. Optimizer moments and

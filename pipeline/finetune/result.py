@@ -59,7 +59,7 @@ class FinetuneResult:
             "unfreeze_blocks": "all" if self.mode == "scratch" else self.config.unfreeze_blocks,
             "learning_rate": self.learning_rate,
             "block_lr_decay": 1.0 if self.mode == "scratch" else self.config.block_lr_decay,
-            "head_init": "glorot" if self.mode == "scratch" else self.config.head_init,
+            "head_init": "glorot" if self.mode == "scratch" else self.config.resolved_head_init,
             "epochs": self.epochs_run,
             "fit_seconds": self.fit_seconds,
             "model_path": str(self.model_path),

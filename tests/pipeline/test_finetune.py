@@ -157,7 +157,7 @@ def test_config_defaults_round_trip_through_a_dict():
         ({"learning_rte": 1e-4}, "Did you mean 'learning_rate'"),
         ({"block_lr_decay": 0}, r"`block_lr_decay` must be a float in \(0, 1\]"),
         ({"block_lr_decay": 1.5}, "block_lr_decay"),
-        ({"head_init": "zeros"}, r"`head_init` must be one of \('glorot', 'logreg'\)"),
+        ({"head_init": "zeros"}, r"`head_init` must be one of \('auto', 'glorot', 'logreg'\)"),
         ({"head_init": "logreg", "hidden_units": [8]}, r"\(\) with head_init='logreg'"),
     ],
 )
@@ -244,7 +244,7 @@ def test_head_initialised_from_logistic_regression_predicts_like_it(data, n_clas
                                atol=1e-4)
 
 
-@pytest.mark.parametrize("head_init", ["init_head_from", "logreg"])
+@pytest.mark.parametrize("head_init", ["init_head_from", "logreg", "auto"])
 def test_finetune_standardizes_the_features_and_starts_the_head_from_a_logistic_regression(
         data, tmp_path, head_init):
     X = data.images.astype("float32")
@@ -253,7 +253,7 @@ def test_finetune_standardizes_the_features_and_starts_the_head_from_a_logistic_
     features = raw.astype("float64")
     std = features.std(axis=0)
     expected_scale = np.where(std > 1e-6 * std.max(), std, 1.0)  # dead features keep 1
-    if head_init == "logreg":  # fitted by finetune on the standardized features, C by CV
+    if head_init != "init_head_from":  # fitted by finetune on the standardized features, C by CV
         features = (features - features.mean(axis=0)) / expected_scale
         logreg = fit_classifier(features, data.labels, "logreg", preprocessing=(),
                                 param_grid={"C": [1e-3, 1e-2, 1e-1, 1.0]}).estimator[-1]
@@ -261,7 +261,7 @@ def test_finetune_standardizes_the_features_and_starts_the_head_from_a_logistic_
         logreg = LogisticRegression(max_iter=1000).fit(features, data.labels)
     config = FinetuneConfig(head_epochs=0, finetune_epochs=1, unfreeze_blocks=0, learning_rate=1e-12,
                             val_fraction=0.0, augmentation=None, batch_size=8,
-                            head_init="glorot" if head_init == "init_head_from" else "logreg")
+                            head_init="glorot" if head_init == "init_head_from" else head_init)
     given = (logreg.coef_, logreg.intercept_) if head_init == "init_head_from" else None
     result = finetune(TINY, data, output_dir=tmp_path, weights=None, config=config,
                       init_head_from=given)
@@ -275,6 +275,12 @@ def test_finetune_standardizes_the_features_and_starts_the_head_from_a_logistic_
         with pytest.raises(ValueError, match="not both"):
             finetune(TINY, data, output_dir=tmp_path, weights=None, config=config,
                      init_head_from=(logreg.coef_, logreg.intercept_))
+
+
+def test_head_init_auto_is_a_logistic_regression_unless_the_head_has_hidden_units():
+    assert FinetuneConfig().head_init == "auto" and FinetuneConfig().resolved_head_init == "logreg"
+    assert FinetuneConfig(hidden_units=(16,)).resolved_head_init == "glorot"  # valid: auto adapts
+    assert FinetuneConfig(head_init="glorot").resolved_head_init == "glorot"
 
 
 def test_head_initialisation_errors_name_the_expected_shapes():
@@ -633,7 +639,7 @@ def test_finetune_command_adds_its_rows_beside_the_classifier_rows(tmp_path, mon
     pd.testing.assert_frame_equal(table.iloc[:1][frozen.columns], frozen, check_dtype=False)  # kept
     row = table.iloc[1]
     assert row["weights"] == "start.weights.h5" and row["n_test"] == 12
-    assert json.loads(row["best_params"]) == {"head_init": "glorot", "unfreeze_blocks": 2,
+    assert json.loads(row["best_params"]) == {"head_init": "logreg", "unfreeze_blocks": 2,
                                               "learning_rate": 1e-5, "block_lr_decay": 0.5,
                                               "epochs": 2}
     keras.saving.load_model(row["model_path"])
