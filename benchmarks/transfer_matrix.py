@@ -132,6 +132,10 @@ def build_parser():
                         help="epochs of finetune and scratch at the smallest and the largest size (log-interpolated)")
     parser.add_argument("--finetune-blocks", type=int, default=2, help="top blocks unfrozen in finetune's phase 2")
     parser.add_argument("--finetune-lr", type=float, default=3e-4, help="Adam learning rate of finetune's phase 2")
+    parser.add_argument("--head-init", choices=["glorot", "logreg"], default="logreg",
+                        help="how finetune starts its softmax: from a logistic regression on the frozen features "
+                             "(logreg, the library's default: linear probing then finetuning, LP-FT) or random "
+                             "(glorot, the ablation)")
     parser.add_argument("--cv", type=int, default=3, help="CV folds choosing C of logreg")
     parser.add_argument("--real", action="store_true",
                         help="also the real-data points (EfficientNet-Lite0 ImageNet on hymenoptera and CIFAR-10)")
@@ -298,9 +302,11 @@ def keras_config(mode: str, epochs: int, seed: int, args):
     head = max(1, epochs // 3)
     phases = {"head_epochs": head, "finetune_epochs": max(1, epochs - head)} if mode == "finetune" else {
         "head_epochs": epochs, "finetune_epochs": 0}
+    # Explicit, so that cache keys do not follow the library's default (scratch has no head to start from).
+    head_init = args.head_init if mode == "finetune" else "glorot"
     return FinetuneConfig(**phases, unfreeze_blocks=args.finetune_blocks, learning_rate=args.finetune_lr,
                           augmentation={"flip": "horizontal"}, val_fraction=0.0, batch_size=32,
-                          early_stopping_patience=None, seed=seed)
+                          early_stopping_patience=None, seed=seed, head_init=head_init)
 
 
 def train_and_score(mode: str, train, test, *, model: str, weights, input_size: int, model_kwargs, config,
@@ -334,7 +340,7 @@ def pretrain(similarity: str, a_classes, full, args, log) -> tuple[Path, dict]:
     source = pick(full, a_classes, {"train": args.source_per_class, "test": args.source_test_per_class})
     options = FinetuneConfig(
         head_epochs=args.source_epochs, finetune_epochs=0, batch_size=64, augmentation={"flip": "horizontal"},
-        dropout=0.0, val_fraction=0.0, early_stopping_patience=None, seed=0,
+        dropout=0.0, val_fraction=0.0, early_stopping_patience=None, seed=0, head_init="glorot",  # key as before
     )
     with Stopwatch() as watch:
         weights, facts = pretrain_source(
