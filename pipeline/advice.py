@@ -19,8 +19,11 @@ The advice recommends what the table measured best, not a fixed recipe:
   accuracy (binomial SEs) unless every compared row has a `cv_score`. Without
   trained rows the mode is predicted from the training set's size: at least
   `FINETUNE_SAMPLES_PER_CLASS` images per class advises finetuning the top
-  blocks; fewer, the frozen choice (`frozen_top` when it is the deepest layer,
-  else `frozen_intermediate`).
+  blocks, provided the top layer is the best frozen layer or within noise of
+  it (finetuning starts from the top features; when an intermediate layer beats
+  them by more than noise, as for an ImageNet network read at 32x32 pixels, the
+  frozen intermediate layer is advised); otherwise the frozen choice
+  (`frozen_top` when it is the deepest layer, else `frozen_intermediate`).
 * **Random features.** A pretrained backbone whose best layer does not beat the
   random-initialisation baseline (`weights == "none"`, same backbone) by more
   than noise is flagged as not worth transferring from (compared best row
@@ -224,6 +227,20 @@ def _is_top(row: pd.Series, group: pd.DataFrame) -> bool:
     return not str(row["layer"]).startswith("multi:") and row["depth"] >= group["depth"].max()
 
 
+def _top_row(group: pd.DataFrame) -> pd.Series:
+    """The best-scoring row (by CV) of the group's deepest single layer."""
+    single = group[~group["layer"].astype(str).str.startswith("multi:")]
+    single = single if not single.empty else group
+    return single[single["depth"] == single["depth"].max()].sort_values("cv_score", ascending=False).iloc[0]
+
+
+def _top_is_competitive(group: pd.DataFrame, best: pd.Series, n_se: float) -> bool:
+    """Whether the top layer is the best frozen layer or within noise of it: a good start for finetuning."""
+    top = _top_row(group)
+    return top.name == best.name or within_noise(*_score_and_se(best, "cv_score"), *_score_and_se(top, "cv_score"),
+                                                 n_se=n_se)
+
+
 def _same_group(rows: pd.DataFrame, row: pd.Series, columns=_GROUP) -> pd.DataFrame:
     return rows[(rows[columns] == row[columns]).all(axis=1)]
 
@@ -234,7 +251,7 @@ def _same_group(rows: pd.DataFrame, row: pd.Series, columns=_GROUP) -> pd.DataFr
 def _layer_evidence(group: pd.DataFrame, best: pd.Series, chosen: pd.Series, tied: pd.DataFrame,
                     n_se: float) -> list[str]:
     lines = []
-    top = group[group["depth"] == group["depth"].max()].sort_values("cv_score", ascending=False).iloc[0]
+    top = _top_row(group)
     gap = best["cv_score"] - top["cv_score"]
     if top["layer"] == best["layer"]:
         lines.append(f"The top layer {top['layer']} scores best ({_cv_text(best)}): the source's most specific "
@@ -377,6 +394,9 @@ def recommend(
         worth, lines = _baseline_evidence(best, random_rows, n_se)
         evidence += lines
     predicted = _predicted(per_class, finetune_samples_per_class)
+    top_too_weak = best is not None and not _top_is_competitive(_same_group(pool, best), best, n_se)
+    if predicted == "finetune" and top_too_weak:
+        predicted = "frozen"  # finetuning starts from the top features, which lose to an intermediate layer
     frozen_mode = None if chosen is None else (
         "frozen_top" if _is_top(chosen, _same_group(pool, chosen)) else "frozen_intermediate")
     runner_up = None
@@ -389,7 +409,8 @@ def recommend(
         else:
             mode = frozen_mode
         runner_up = _runner_up(tied, pool, chosen)
-        sentences = _size_sentences(mode, chosen, runner_up, per_class, finetune_samples_per_class, worth, n_se)
+        sentences = _size_sentences(mode, chosen, runner_up, per_class, finetune_samples_per_class, worth, n_se,
+                                    top_too_weak)
     else:
         rule = "measured"
         mode, chosen_row, runner_up, sentences = _measured(trained, chosen, frozen_mode, predicted, n_se)
@@ -406,7 +427,7 @@ def _runner_up(tied: pd.DataFrame, pool: pd.DataFrame, chosen: pd.Series) -> pd.
     return None if others.empty else others.iloc[0]
 
 
-def _size_sentences(mode, chosen, runner_up, per_class, threshold, worth, n_se) -> list[str]:
+def _size_sentences(mode, chosen, runner_up, per_class, threshold, worth, n_se, top_too_weak) -> list[str]:
     if mode == "none":
         return ["**No recommendation:** the table has no comparable rows."]
     if mode in ("finetune", "scratch"):
@@ -438,8 +459,14 @@ def _size_sentences(mode, chosen, runner_up, per_class, threshold, worth, n_se) 
                              f"cheaper of the two (fewer dimensions, earlier layer) is recommended.")
         else:
             sentences.append(f"It beats the runner-up, {_name(runner_up)} ({_cv_text(runner_up)}), by more than noise.")
-    sentences.append(f"With {per_class:.0f} images per class (under {threshold:g}), frozen features beat finetuning "
-                     f"or training from scratch in the calibration benchmark.")
+    if per_class >= threshold and top_too_weak:
+        sentences.append(f"With {per_class:.0f} images per class (at least {threshold:g}) finetuning would be advised, "
+                         f"but the top layer scores more than noise below {chosen['layer']}, and finetuning starts "
+                         f"from the top features; finetuning a network cut at {chosen['layer']} is the alternative "
+                         f"to measure.")
+    else:
+        sentences.append(f"With {per_class:.0f} images per class (under {threshold:g}), frozen features beat "
+                         f"finetuning or training from scratch in the calibration benchmark.")
     if worth is False:
         sentences.append("Caution: these pretrained features are no better than random ones (see the evidence).")
     return sentences

@@ -92,13 +92,22 @@ def test_finetune_rows_that_beat_frozen_rows_flip_the_advice_to_finetuning():
     assert close.mode == "frozen_top" and "is within noise of" in close.text
 
 
+def test_finetuning_is_not_predicted_when_an_intermediate_layer_beats_the_top_by_more_than_noise():
+    weak_top = _table(_rows([0.6, 0.9, 0.8, 0.5], classifiers=("logreg",)))
+    advice = recommend(weak_top, n_train=5_000, n_classes=5, smallest_class=1_000)
+    assert advice.mode == "frozen_intermediate" and advice.row["layer"] == "block2_pool" and advice.rule == "size"
+    assert "finetuning would be advised, but the top layer scores more than noise below block2_pool" in advice.text
+    close_top = _table(_rows([0.6, 0.9, 0.8, 0.895], classifiers=("logreg",)))  # top within noise of the best
+    assert recommend(close_top, n_train=5_000, n_classes=5, smallest_class=1_000).mode == "finetune"
+
+
 def test_large_dataset_without_trained_rows_predicts_finetuning():
-    advice = recommend(_table(_rows([0.6, 0.9, 0.8, 0.7])), n_train=30_000, n_classes=10, smallest_class=2_900)
+    advice = recommend(_table(_rows([0.6, 0.8, 0.85, 0.9])), n_train=30_000, n_classes=10, smallest_class=2_900)
     assert advice.mode == "finetune" and not advice.small
     assert "finetune the top blocks of VGG16" in advice.text and "`layerprobe finetune`" in advice.text
-    never = recommend(_table(_rows([0.6, 0.9, 0.8, 0.7])), n_train=30_000, n_classes=10, smallest_class=2_900,
+    never = recommend(_table(_rows([0.6, 0.8, 0.85, 0.9])), n_train=30_000, n_classes=10, smallest_class=2_900,
                       finetune_samples_per_class=math.inf)
-    assert never.mode == "frozen_intermediate"
+    assert never.mode == "frozen_top"
 
 
 def test_intervals_in_the_text_are_the_wilson_interval_of_a_known_example():
@@ -117,7 +126,9 @@ def test_a_pretrained_backbone_no_better_than_random_is_flagged():
     advice = _small(table)
     assert advice.worth_transferring is False and advice.row["weights"] == "imagenet"
     assert "not worth transferring from" in advice.text and "Random-initialisation baseline" in advice.text
-    large = recommend(table, n_train=30_000, n_classes=10, smallest_class=2_900)
+    top_best = _table(_rows([0.6, 0.8, 0.85, 0.9], cv_se=0.02), _rows([0.85, 0.89, 0.88, 0.8], weights="none",
+                                                                      cv_se=0.02))
+    large = recommend(top_best, n_train=30_000, n_classes=10, smallest_class=2_900)
     assert large.mode == "finetune" and "training from scratch is the alternative to measure" in large.text
     clear = _small(_table(_rows([0.6, 0.9, 0.8, 0.7]), _rows([0.4, 0.5, 0.45, 0.4], weights="none")))
     assert clear.worth_transferring is True and "the pretrained weights help" in clear.text
