@@ -64,8 +64,9 @@ __all__ = [
     "recommend",
 ]
 
-# Training images per class from which finetuning the top blocks is advised when no trained rows were measured.
-FINETUNE_SAMPLES_PER_CLASS = 100
+# Training images per class from which finetuning the top blocks (LP-FT) is advised when no trained rows were
+# measured: the smallest size of the calibration, where finetuning already won every cell (benchmarks/RESULTS.md).
+FINETUNE_SAMPLES_PER_CLASS = 10
 SMALL_DATASET_SAMPLES_PER_CLASS = FINETUNE_SAMPLES_PER_CLASS  # the former name, kept for imports
 NOISE_SE = 2.0  # two scores within this many combined standard errors are a tie
 LOGME_TIE = 1e-3  # LogME values this close (relative) do not rank layers

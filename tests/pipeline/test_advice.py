@@ -30,7 +30,8 @@ def _table(*groups):
 
 
 def _small(table, **kwargs):
-    return recommend(table, n_train=100, n_classes=5, smallest_class=20, **kwargs)
+    """Advice for 5 images per class: below the finetuning threshold."""
+    return recommend(table, n_train=25, n_classes=5, smallest_class=5, **kwargs)
 
 
 def test_small_and_similar_recommends_the_top_layer_when_it_wins_by_more_than_noise():
