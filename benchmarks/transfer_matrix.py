@@ -39,8 +39,8 @@ are set.
 
 Real-data points (`--real`): EfficientNet-Lite0 with its ImageNet weights
 (`../shared/weights/efficientnet_lite0_imagenet.keras`, `preprocessing="none"`) on
-hymenoptera (train -> val, 224 px) and on CIFAR-10 at 32x32 with 10/100/1,000 images per
-class: logistic regression on each of its 5 stages, finetune (the file cut at its last
+hymenoptera (train -> val, 224 px; 10 per class and all 122) and on CIFAR-10 at 32x32 with
+10/100/1,000 images per class: logistic regression on each of its 5 stages, finetune (the file cut at its last
 feature map, a new head, then the top 2 blocks) and scratch (its architecture from random
 weights), one seed. They are not used to set the thresholds: they check them.
 
@@ -458,7 +458,7 @@ def run_real(store, args, log) -> list[dict]:
         k = args.real_hymenoptera_per_class
         hymenoptera = pick(hymenoptera, list(hymenoptera.class_names), {"train": k, "test": k})
     cifar = from_directory(args.cifar10)
-    datasets = [("hymenoptera", hymenoptera, 224, [None])]
+    datasets = [("hymenoptera", hymenoptera, 224, [min(args.real_sizes), None])]  # 10 per class, and all
     datasets.append(("cifar10-32px", pick(cifar, list(cifar.class_names),
                                           {"train": max(args.real_sizes), "test": args.real_test_per_class}, seed=0),
                      32, sorted(args.real_sizes)))
