@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["build_classifier_model", "feature_map_backbone", "fit_head_inputs", "set_head"]
 
 _HEAD_INIT_CS = (1e-3, 1e-2, 1e-1, 1.0)  # C of head_init="logreg", picked by cross-validation
+_ABSENT_CLASS_GAP = 5.0  # logits below the least likely present class, for classes absent from training
 
 
 def _augmentation_layers(augmentation: Mapping[str, Any] | None) -> list:
@@ -208,6 +209,25 @@ def fit_head_inputs(model: keras.Model, batches: ImageBatches, *, logreg_seed: i
     fit = fit_classifier((X - mean) / scale, np.concatenate(labels), "logreg",
                          param_grid={"C": list(_HEAD_INIT_CS)}, preprocessing=(),
                          random_state=logreg_seed)
-    logreg = fit.estimator[-1]
-    coef = logreg.coef_ / scale
-    return coef, logreg.intercept_ - coef @ mean
+    coef, intercept = _all_classes(fit.estimator[-1], int(model.output.shape[-1]))
+    coef = coef / scale
+    return coef, intercept - coef @ mean
+
+
+def _all_classes(logreg, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(coef, intercept) of `logreg` with a row for each of the model's classes.
+
+    A class absent from the training images (a small or filtered training split)
+    gets a zero weight row and a bias `_ABSENT_CLASS_GAP` below the lowest present
+    one: the head starts out almost never predicting it, as the regression would.
+    """
+    coef, intercept = logreg.coef_, logreg.intercept_
+    present = np.asarray(logreg.classes_, dtype=int)
+    if len(present) == n_classes:
+        return coef, intercept
+    if coef.shape[0] == 1:  # binary: the logit of present[1] against present[0]
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.array([0.0, intercept[0]])
+    full_coef = np.zeros((n_classes, coef.shape[1]))
+    full_intercept = np.full(n_classes, intercept.min() - _ABSENT_CLASS_GAP)
+    full_coef[present], full_intercept[present] = coef, intercept
+    return full_coef, full_intercept

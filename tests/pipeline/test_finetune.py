@@ -283,6 +283,17 @@ def test_head_init_auto_is_a_logistic_regression_unless_the_head_has_hidden_unit
     assert FinetuneConfig(head_init="glorot").resolved_head_init == "glorot"
 
 
+def test_default_head_init_handles_classes_absent_from_the_training_images(data, tmp_path):
+    present = data.select(np.flatnonzero(data.labels != 1))  # "green" has no training image
+    config = FinetuneConfig(head_epochs=0, finetune_epochs=1, unfreeze_blocks=0, learning_rate=1e-12,
+                            val_fraction=0.0, augmentation=None, batch_size=8)
+    result = finetune(TINY, present, output_dir=tmp_path, weights=None, config=config)
+    kernel, bias = result.model.get_layer("predictions").get_weights()
+    assert kernel.shape[1] == 3 and np.abs(kernel[:, 1]).max() < 1e-9 and bias[1] < bias[[0, 2]].min() - 4
+    predicted = result.model.predict(present.images.astype("float32"), verbose=0).argmax(axis=1)
+    assert 1 not in predicted and (predicted == present.labels).mean() > 0.9
+
+
 def test_head_initialisation_errors_name_the_expected_shapes():
     backbone = load_backbone(TINY, weights=None)
     expected = r"shapes \(3, 32\) and \(3,\).*Received: coef with shape \(3, 5\)"
