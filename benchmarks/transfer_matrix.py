@@ -29,9 +29,10 @@ four modes are scored on the same B test images:
 plus `random_stage` (the same probes on a randomly initialised TinyConvNet: the
 random-features baseline of the advice, not a competing mode). Every frozen row carries
 its CV mean and fold SE, LogME, and test accuracy; each cell's frozen rows are given to
-`layerprobe.pipeline.advice.recommend`, as a user's run would be, and its mode is
-compared with the measured winner: "agrees" when the advised mode's test accuracy is
-within 2 combined binomial SE (`within_noise`) of the winner's. The agreement rate is
+`layerprobe.pipeline.advice.recommend`, as a user's run would be, and what it names is
+compared with the measured winner: "agrees" when the test accuracy of the advised row (the
+advised layer of a frozen mode, or the finetune/scratch result) is at least the winner's or
+within 2 combined binomial SE (`within_noise`) of it. The agreement rate is
 recomputed for several candidate finetuning thresholds (samples per class) and tie
 widths (`n_se`: how many combined SE make two CV scores a tie, after which the cheaper
 row is chosen), which is how the advice's `FINETUNE_SAMPLES_PER_CLASS` and `NOISE_SE`
@@ -563,8 +564,9 @@ def cells_of(rows: list[dict]) -> dict[tuple, list[dict]]:
 def matrix_rows(rows: list[dict], threshold: float, n_se: float) -> list[dict]:
     """One row per (split, size, seed) with all four modes: accuracies, winner, margin, SE, advice, agreement.
 
-    `se` is the binomial standard error of the winner's test accuracy; the advice agrees when its
-    mode wins or when its accuracy is within 2 combined SE of the winner's (`within_noise`).
+    `se` is the binomial standard error of the winner's test accuracy; the advice agrees when the
+    row it names (the advised layer, or the trained mode) scores at least the winner's accuracy
+    ("yes") or within 2 combined SE of it (`within_noise`).
     """
     from layerprobe.pipeline.uncertainty import binomial_se, within_noise
 
@@ -578,7 +580,9 @@ def matrix_rows(rows: list[dict], threshold: float, n_se: float) -> list[dict]:
         se = binomial_se(best["accuracy"], best["n_test"])
         mode, row = advised(cell, threshold, n_se)
         accuracy = row["accuracy"] if row else math.nan
-        agrees = ("yes" if mode == ranked[0] or accuracy >= best["accuracy"] else
+        # Judged by the advised row's accuracy, not the mode's name: a frozen layer other than the best one
+        # is not a win because the winning mode is also frozen.
+        agrees = ("yes" if accuracy >= best["accuracy"] else
                   "within 2 SE" if within_noise(best["accuracy"], se, accuracy, binomial_se(accuracy, best["n_test"]))
                   else "no")
         random_best = max((r for r in cell if r["mode"] == "random_stage"), key=lambda r: r["cv_score"], default=None)
