@@ -45,7 +45,7 @@ hymenoptera (train -> val, 224 px; 10 per class and all 122) and on CIFAR-10 at 
 feature map, a new head, then the top 2 blocks) and scratch (its architecture from random
 weights), one seed. They are not used to set the thresholds: they check them.
 
-Reductions against the brief's full design, to fit about an hour on 2 shared cores:
+Reductions against the brief's full design, to fit about 2 hours on 2 shared cores:
 one source network per split (seed 0) shared by the 3 seeds (the seeds redraw B's
 training images, the initialisation, CV folds and shuffles); a small network at 32x32;
 few epochs (`--source-epochs`, `--epochs`); 500 B test images per class; logistic
@@ -61,7 +61,7 @@ winner, margin, SE, advice, agreement), `calibration.csv` (agreement per candida
 threshold), `long.csv` (every score), `depth.png`, `results.json`, `log.txt`; caches in
 `source/`, `store/`, `cells/`, `runs/`.
 
-    python benchmarks/transfer_matrix.py            # the full run (about an hour on 2 shared cores)
+    python benchmarks/transfer_matrix.py --real     # the full run with the real-data points (about 1 h 45 on 2 shared cores)
     python benchmarks/transfer_matrix.py --quick    # smoke run on a few images, into OUT/quick (< 3 min)
     python benchmarks/transfer_matrix.py --replot   # redraw and reprint from OUT/results.json
 """

@@ -120,8 +120,8 @@ class FinetuneConfig:
             needs `hidden_units=()`); `"glorot"` (random); or `"auto"` (default):
             `"logreg"` without hidden units, else `"glorot"`. In the calibration
             benchmark (benchmarks/RESULTS.md, transfer matrix) starting from the
-            logistic regression won 10 to 15 points at 10 images per class over
-            a random head, and about the same from 1,000 on.
+            logistic regression scored 6-8 points above a random head on average
+            at 10 images per class, 4 at 100 and about the same from 1,000 on.
         dropout: Dropout rate before each dense layer of the head.
         l2: L2 penalty on the output layer's kernel.
         augmentation: Training-time augmentation, keys among `AUGMENTATIONS`
