@@ -224,8 +224,15 @@ def cheapest_within_noise(rows: pd.DataFrame, *, score: str = "cv_score",
     return best, chosen, tied
 
 
+def _layers_of(row: pd.Series) -> list[str]:
+    """The layers a row reads: one, or those a multi-layer row ("multi:a+b") combines."""
+    layer = str(row["layer"])
+    return layer.removeprefix("multi:").split("+") if layer.startswith("multi:") else [layer]
+
+
 def _is_top(row: pd.Series, group: pd.DataFrame) -> bool:
-    return not str(row["layer"]).startswith("multi:") and row["depth"] >= group["depth"].max()
+    """Whether `row` reads the top layer alone (a multi-layer row that selected only it counts)."""
+    return _layers_of(row) == [_top_row(group)["layer"]]
 
 
 def _top_row(group: pd.DataFrame) -> pd.Series:
@@ -238,7 +245,7 @@ def _top_row(group: pd.DataFrame) -> pd.Series:
 def _top_is_competitive(group: pd.DataFrame, best: pd.Series, n_se: float) -> bool:
     """Whether the top layer is the best frozen layer or within noise of it: a good start for finetuning."""
     top = _top_row(group)
-    return top.name == best.name or within_noise(*_score_and_se(best, "cv_score"), *_score_and_se(top, "cv_score"),
+    return _is_top(best, group) or within_noise(*_score_and_se(best, "cv_score"), *_score_and_se(top, "cv_score"),
                                                  n_se=n_se)
 
 
@@ -254,7 +261,7 @@ def _layer_evidence(group: pd.DataFrame, best: pd.Series, chosen: pd.Series, tie
     lines = []
     top = _top_row(group)
     gap = best["cv_score"] - top["cv_score"]
-    if top["layer"] == best["layer"]:
+    if _is_top(best, group):
         lines.append(f"The top layer {top['layer']} scores best ({_cv_text(best)}): the source's most specific "
                      f"features fit the target, a sign that it is similar to the source.")
     else:
@@ -285,7 +292,7 @@ def _layer_evidence(group: pd.DataFrame, best: pd.Series, chosen: pd.Series, tie
                          f"not tell the layers apart (the evidence is at its no-signal value), so it is no evidence "
                          f"either way.")
         else:
-            agree = "agrees with" if leader["layer"] == best["layer"] else "differs from"
+            agree = "agrees with" if leader["layer"] in _layers_of(best) else "differs from"
             lines.append(f"LogME (evidence of a linear model, higher is better) ranks {leader['layer']} first "
                          f"({leader['logme']:.3f}); that {agree} cross-validation's best layer {best['layer']}.")
     return lines
@@ -435,9 +442,11 @@ def _size_sentences(mode, chosen, runner_up, per_class, threshold, worth, n_se, 
         verb = "finetune the top blocks of" if mode == "finetune" else "train from scratch (not transfer from)"
         sentences = [
             f"**Recommendation: {verb} {chosen['backbone']}.**",
-            f"With {per_class:.0f} training images per class (at least {threshold:g}), adapting the network "
-            f"beat frozen features in the calibration benchmark, but this run measured no finetune rows: run "
-            f"`layerprobe finetune` to confirm.",
+            f"With {per_class:.0f} training images per class (at least {threshold:g}), finetuning (its head "
+            f"started from the logistic regression on the frozen features) beat or tied frozen features in every "
+            f"cell of the calibration benchmark; it costs a training run and on data similar to the source it may "
+            f"only tie the frozen top layer. This run measured no finetune rows: run `layerprobe finetune` to "
+            f"confirm.",
             f"The frozen result to beat is {_name(chosen)}: {_scores(chosen)}.",
         ]
         if worth is False:

@@ -186,3 +186,13 @@ def test_a_multi_layer_row_has_no_depth_in_the_text():
     advice = _small(_table(rows, [multi]))
     assert "multi:block3_pool+block4_pool" in advice.text
     assert "depth nan" not in advice.text
+
+
+def test_a_multi_layer_row_that_selected_only_the_top_layer_counts_as_the_top_layer():
+    table = _table(_rows([0.6, 0.7, 0.8, 0.9], classifiers=("logreg",), logme=[-1.0, -0.8, -0.6, -0.2]))
+    multi = {**table.iloc[-1].to_dict(), "layer": "multi:block4_pool", "depth": math.nan, "classifier": "ridge",
+             "cv_score": 0.91, "logme": None}
+    advice = _small(pd.concat([table, pd.DataFrame([multi])], ignore_index=True))
+    assert advice.mode == "frozen_top"
+    assert "The top layer block4_pool scores best" in advice.text
+    assert "ranks block4_pool first (-0.200); that agrees with" in advice.text
