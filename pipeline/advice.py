@@ -475,8 +475,10 @@ def _size_sentences(mode, chosen, runner_up, per_class, threshold, worth, n_se, 
                          f"from the top features; finetuning a network cut at {chosen['layer']} is the alternative "
                          f"to measure.")
     else:
-        sentences.append(f"With {per_class:.0f} images per class (under {threshold:g}), frozen features beat "
-                         f"finetuning or training from scratch in the calibration benchmark.")
+        sentences.append(f"With {per_class:.0f} images per class (under {threshold:g}, from which finetuning is "
+                         f"advised), frozen features are recommended: they need no training run, and the "
+                         f"calibration benchmark measured nothing smaller; `layerprobe finetune` measures whether "
+                         f"finetuning does better here.")
     if worth is False:
         sentences.append("Caution: these pretrained features are no better than random ones (see the evidence).")
     return sentences

@@ -36,6 +36,7 @@ def _small(table, **kwargs):
 
 def test_small_and_similar_recommends_the_top_layer_when_it_wins_by_more_than_noise():
     advice = _small(_table(_rows([0.6, 0.7, 0.8, 0.9], classifiers=("linear_svm",))))
+    assert "under 10, from which finetuning is advised), frozen features are recommended" in advice.text
     assert advice.mode == "frozen_top" and advice.small and advice.rule == "size"
     assert advice.row["layer"] == "block4_pool" and advice.row["classifier"] == "linear_svm"
     assert "CV 90.0% ± 0.5 (SE over 5 folds)" in advice.text
