@@ -7,6 +7,8 @@
   the private attribute is still there and otherwise raises a `RuntimeError`
   naming the installed Keras version and the range layerprobe was tested with,
   instead of an `AttributeError` deep inside a run.
+* `load_weights_strictly`: Keras 3's `load_weights` only warns when parts of a
+  file do not match the model; layerprobe treats that as an error.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ __all__ = [
     "import_keras_quietly",
     "inbound_layers",
     "is_functional_model",
+    "load_weights_strictly",
     "isolated_default_seeds",
     "optimizer_variable_index",
     "set_global_seed_state",
@@ -93,6 +96,26 @@ def _internals_error(what: str, error: Exception) -> RuntimeError:
         f"no longer provides ({type(error).__name__}: {error}). layerprobe is tested with keras{TESTED_KERAS}: "
         f"install a tested version (pip install 'keras{TESTED_KERAS}') or report this at layerprobe's tracker."
     )
+
+
+def load_weights_strictly(model, path: str | os.PathLike) -> None:
+    """`model.load_weights(path)`, raising where Keras 3 only warns that parts did not match.
+
+    Keras leaves the unmatched layers randomly initialised; features from them
+    would be silently wrong.
+
+    Raises:
+        ValueError: If Keras skipped or mismatched any part of the file; any
+            error `load_weights` itself raises passes through.
+    """
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.load_weights(path)
+    skipped = [str(w.message) for w in caught if "Skipping" in str(w.message) or "mismatch" in str(w.message)]
+    if skipped:
+        raise ValueError(f"{len(skipped)} part(s) of the file did not match the model, e.g. {skipped[0]}")
 
 
 def inbound_layers(layer) -> Iterator[Any]:

@@ -52,7 +52,7 @@ from typing import Any, Mapping
 
 from layerprobe.features.atomic import write_text_atomically
 from layerprobe.features.backbones import BACKBONES, BackboneSpec, preprocessing_choices, resolve_preprocessing
-from layerprobe.features.backend import import_keras_quietly, is_functional_model
+from layerprobe.features.backend import import_keras_quietly, is_functional_model, load_weights_strictly
 from layerprobe.features.checks import check_positive_int
 from layerprobe.features.digests import arrays_digest
 from layerprobe.features.errors import BackboneError, WeightsUnavailableError
@@ -448,15 +448,8 @@ def open_model_file(
 
 
 def _load_weights_file(model, weights: str, path: Path) -> None:
-    import warnings
-
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            model.load_weights(weights)
-        skipped = [str(w.message) for w in caught if "Skipping" in str(w.message) or "mismatch" in str(w.message)]
-        if skipped:
-            raise ValueError(f"{len(skipped)} part(s) of the file did not match the model, e.g. {skipped[0]}")
+        load_weights_strictly(model, weights)
     except Exception as error:
         raise WeightsUnavailableError(
             f"Could not load weights from {weights} into the backbone part of {path} ({model.name}): {error}. "

@@ -20,7 +20,6 @@ from __future__ import annotations
 import operator
 import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,7 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from layerprobe.features.backbones import BackboneSpec, get_backbone_spec
-from layerprobe.features.backend import import_keras_quietly
+from layerprobe.features.backend import import_keras_quietly, load_weights_strictly
 from layerprobe.features.digests import arrays_digest, file_digest
 from layerprobe.features.errors import BackboneError, WeightsUnavailableError
 from layerprobe.features.model_files import SAVED_WEIGHTS, is_model_file
@@ -235,14 +234,7 @@ def load_backbone(
             raise
     if resolved not in (None, "imagenet"):
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                keras_model.load_weights(resolved)
-            # Keras 3 only warns when parts of a file do not match the model and
-            # leaves those layers randomly initialised: treat that as an error.
-            skipped = [str(w.message) for w in caught if "Skipping" in str(w.message) or "mismatch" in str(w.message)]
-            if skipped:
-                raise ValueError(f"{len(skipped)} part(s) of the file did not match the model, e.g. {skipped[0]}")
+            load_weights_strictly(keras_model, resolved)
         except Exception as error:
             raise WeightsUnavailableError(
                 f"Could not load weights from {resolved} into {spec.name}"
