@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import resource
 import subprocess
+import functools
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -125,6 +126,20 @@ def run_child_measuring_rss(command: Sequence[str], *, poll_seconds: float = 0.2
         ru_maxrss=usage.ru_maxrss * 1024,  # KiB on Linux
         output=b"".join(chunks).decode("utf-8", "replace"),
     )
+
+
+def timing_calls(function, times: dict, key: str):
+    """`function`, wrapped so that the time spent in each call adds to `times[key]`."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            times[key] += time.perf_counter() - started
+
+    return wrapper
 
 
 def timing_waits(iterator_function, times: dict, key: str):

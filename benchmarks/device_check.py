@@ -71,7 +71,7 @@ from typing import Any, Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import timing_waits  # noqa: E402
+from _measure import timing_calls, timing_waits  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BACKEND_TESTS = "tests/features/test_backend_neutral.py"
@@ -391,16 +391,6 @@ def stage_timer(times: dict[str, float]):
     """
     patches = []
 
-    def timed(name, function):
-        def wrapper(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                times[name] += time.perf_counter() - started
-
-        return wrapper
-
     def add(owner_path: str, attribute: str, make: Callable):
         with contextlib.suppress(Exception):
             module_name, _, class_name = owner_path.partition(":")
@@ -414,10 +404,10 @@ def stage_timer(times: dict[str, float]):
         return timing_waits(original, times, "decode_wait")
 
     add("layerprobe.features.extract", "iter_decoded_chunks", timed_iterator)
-    add("layerprobe.features.backbones:BackboneSpec", "preprocess_input", lambda f: timed("preprocess", f))
-    add("layerprobe.features.extract:FeatureExtractor", "_forward", lambda f: timed("forward", f))
-    add("layerprobe.features.store:PartialEntry", "write_chunk", lambda f: timed("write_chunks", f))
-    add("layerprobe.features.store:FeatureStore", "commit", lambda f: timed("commit", f))
+    add("layerprobe.features.backbones:BackboneSpec", "preprocess_input", lambda f: timing_calls(f, times, "preprocess"))
+    add("layerprobe.features.extract:FeatureExtractor", "_forward", lambda f: timing_calls(f, times, "forward"))
+    add("layerprobe.features.store:PartialEntry", "write_chunk", lambda f: timing_calls(f, times, "write_chunks"))
+    add("layerprobe.features.store:FeatureStore", "commit", lambda f: timing_calls(f, times, "commit"))
     try:
         for owner, attribute, _, replacement in patches:
             setattr(owner, attribute, replacement)

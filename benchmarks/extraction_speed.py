@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _args import CIFAR10_DIR, VGG16_WEIGHTS, base_parser, quiet_tensorflow, require_path  # noqa: E402
 from _data import cifar_subset  # noqa: E402
-from _measure import GIB, Stopwatch, read_vmhwm, run_child_measuring_rss, timing_waits  # noqa: E402
+from _measure import GIB, Stopwatch, read_vmhwm, run_child_measuring_rss, timing_calls, timing_waits  # noqa: E402
 from _output import RunLog, bar_chart, read_results, write_csv, write_json  # noqa: E402
 from layerprobe.pipeline.cli import comma_list  # noqa: E402
 from layerprobe.pipeline.tables import format_table, significant  # noqa: E402
@@ -129,25 +129,15 @@ def instrument_layerprobe(times: dict[str, float]):
     from layerprobe.features.backbones import BackboneSpec
     from layerprobe.features.store import FeatureStore, PartialEntry
 
-    def timed(name, function):
-        def wrapper(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                times[name] += time.perf_counter() - started
-
-        return wrapper
-
     timed_iter = timing_waits(extract_module.iter_decoded_chunks, times, "decode_wait")
 
     patches = [
         (extract_module, "iter_decoded_chunks", timed_iter),
-        (extract_module, "build_extractor", timed("build_model", extract_module.build_extractor)),
-        (extract_module.FeatureExtractor, "_forward", timed("forward", extract_module.FeatureExtractor._forward)),
-        (BackboneSpec, "preprocess_input", timed("preprocess", BackboneSpec.preprocess_input)),
-        (PartialEntry, "write_chunk", timed("write_chunks", PartialEntry.write_chunk)),
-        (FeatureStore, "commit", timed("commit", FeatureStore.commit)),
+        (extract_module, "build_extractor", timing_calls(extract_module.build_extractor, times, "build_model")),
+        (extract_module.FeatureExtractor, "_forward", timing_calls(extract_module.FeatureExtractor._forward, times, "forward")),
+        (BackboneSpec, "preprocess_input", timing_calls(BackboneSpec.preprocess_input, times, "preprocess")),
+        (PartialEntry, "write_chunk", timing_calls(PartialEntry.write_chunk, times, "write_chunks")),
+        (FeatureStore, "commit", timing_calls(FeatureStore.commit, times, "commit")),
     ]
     saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
     try:
