@@ -55,6 +55,32 @@ def _run_as_nobody(function):
     return pickle.loads(data)
 
 
+def _write_colour_images(root: Path, counts, *, size: int = 32, seed: int = 0) -> Path:
+    """`counts[split][class]` noisy PNGs in `root/split/class/` (`root/class/` for split ""), returns `root`.
+
+    The class at position k brightens channel k % 3, so the classes are easy to tell apart.
+    """
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, classes in counts.items():
+        for position, (name, count) in enumerate(classes.items()):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 90, (size, size, 3))
+                pixels[..., position % 3] += 140
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def write_colour_images():
+    """Writes class-coloured PNG folders (see `_write_colour_images`); usable in fixtures of any scope."""
+    return _write_colour_images
+
+
 @pytest.fixture
 def as_nobody():
     """Runs a function as user nobody (see `_run_as_nobody`); for real permission errors as root."""

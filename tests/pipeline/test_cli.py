@@ -13,9 +13,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-import numpy as np
 import pytest
-from PIL import Image
 
 import layerprobe.pipeline.config as config_module
 from layerprobe.features.errors import ConfigError, InputError
@@ -29,22 +27,11 @@ from layerprobe.pipeline.finetune import FinetuneConfig
 NOISE = ("onednn", "cuda", "cpu_feature_guard", "cuinit")
 
 
-def _write_images(root: Path, per_class: int = 4) -> Path:
-    """32x32 images whose dominant colour is the class, in train/ and test/ folders."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", per_class), ("test", 2)):
-        for channel, name in enumerate(("red", "green")):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                pixels = rng.integers(0, 90, (32, 32, 3))
-                pixels[..., channel] += 140
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:02d}.png")
-    return root
+IMAGES = {"train": {"red": 4, "green": 4}, "test": {"red": 2, "green": 2}}
 
 
-def _tiny_config(tmp_path: Path) -> Path:
-    images = _write_images(tmp_path / "images")
+def _tiny_config(tmp_path: Path, write_images) -> Path:
+    images = write_images(tmp_path / "images", IMAGES)
     path = tmp_path / "run.toml"
     path.write_text(textwrap.dedent(f"""
         [data]
@@ -93,8 +80,8 @@ def test_a_bug_shows_a_traceback_in_a_real_process(tmp_path):
     assert "layerprobe run: error:" not in done.stderr
 
 
-def test_a_config_error_is_a_message_and_exit_status_2(tmp_path, capsys):
-    path = _tiny_config(tmp_path)
+def test_a_config_error_is_a_message_and_exit_status_2(tmp_path, capsys, write_colour_images):
+    path = _tiny_config(tmp_path, write_colour_images)
     path.write_text(path.read_text().replace("cv = 2", "cv = 2\nnmes = ['logreg']"), encoding="utf-8")
     assert main(["run", str(path), "--no-progress"]) == 2
     err = capsys.readouterr().err
@@ -164,7 +151,7 @@ def _finetune_keys():
     return ["modes", *(field.name for field in dataclasses.fields(FinetuneConfig))]
 
 
-def test_init_writes_a_config_with_every_key_that_loads(tmp_path, capsys):
+def test_init_writes_a_config_with_every_key_that_loads(tmp_path, capsys, write_colour_images):
     assert main(["init", str(tmp_path / "project")]) == 0
     path = tmp_path / "project" / "layerprobe.toml"
     assert str(path) in capsys.readouterr().out
@@ -177,7 +164,7 @@ def test_init_writes_a_config_with_every_key_that_loads(tmp_path, capsys):
         for key in _finetune_keys() if section == "finetune" else keys:
             assert re.search(rf"^(# )?{key} = ", text, re.MULTILINE), (section, key)
 
-    images = _write_images(tmp_path / "images")
+    images = write_colour_images(tmp_path / "images", IMAGES)
     path.write_text(re.sub(r'^path = ".*"$', f'path = "{images}"', text, count=1, flags=re.MULTILINE))
     config = load_config(path)
     assert config.data.path == images.resolve()
@@ -203,9 +190,9 @@ def test_init_refuses_to_overwrite_unless_forced(tmp_path, capsys):
     assert "[classifiers]" in path.read_text()
 
 
-def test_example_config_matches_the_parsers_defaults(tmp_path):
+def test_example_config_matches_the_parsers_defaults(tmp_path, write_colour_images):
     text = config_module.example_config()
-    images = _write_images(tmp_path / "images")
+    images = write_colour_images(tmp_path / "images", IMAGES)
     text = re.sub(r'^path = ".*"$', f'path = "{images}"', text, count=1, flags=re.MULTILINE)
     written = config_from_dict(tomllib.loads(text), tmp_path)
     defaults = config_from_dict({"data": {"path": str(images)}, "backbones": [{"model": "VGG16"}]}, tmp_path)
@@ -227,8 +214,8 @@ def test_finetune_help_lists_every_finetune_key_with_its_default(capsys):
 # --------------------------------------------------------------------------- quiet start
 
 
-def test_run_without_a_gpu_prints_no_tensorflow_notices(tmp_path):
-    config = _tiny_config(tmp_path)
+def test_run_without_a_gpu_prints_no_tensorflow_notices(tmp_path, write_colour_images):
+    config = _tiny_config(tmp_path, write_colour_images)
     env = {name: value for name, value in os.environ.items()
            if name not in ("TF_CPP_MIN_LOG_LEVEL", "LAYERPROBE_VERBOSE")}
     done = subprocess.run(

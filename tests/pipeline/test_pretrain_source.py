@@ -38,18 +38,10 @@ def tiny_net():
 
 
 @pytest.fixture
-def source(tmp_path):
-    """A folder dataset of red and blue PNGs with train and test splits."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for channel, name in ((0, "red"), (2, "blue")):
-            folder = tmp_path / "data" / split / name
-            folder.mkdir(parents=True)
-            for i in range(6):
-                pixels = rng.integers(0, 80, (SIZE, SIZE, 3), dtype=np.uint8)
-                pixels[..., channel] += 150
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return tmp_path / "data"
+def source(tmp_path, write_colour_images):
+    """A folder dataset of red and green PNGs with train and test splits."""
+    return write_colour_images(tmp_path / "data", {split: {"red": 6, "green": 6} for split in ("train", "test")},
+                               size=SIZE)
 
 
 def _pretrain(source_dir, out, **kwargs):

@@ -10,7 +10,6 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 import layerprobe.pipeline.run.extractions as extractions_module
 import layerprobe.pipeline.run.rows as rows_module
@@ -27,18 +26,9 @@ LAYERS = ["block1_pool", "block3_pool"]
 N_TRAIN, N_TEST = 8, 4  # per class
 
 
-def _write_images(root: Path, *, splits=(("train", N_TRAIN), ("test", N_TEST)), seed=0) -> Path:
-    """Noisy 32x32 images whose dominant colour is the class; split folders unless splits is None."""
-    rng = np.random.default_rng(seed)
-    for split, count in splits:
-        for channel, name in enumerate(CLASSES[::-1]):  # red, green, blue -> channels 0, 1, 2
-            folder = root / split / name if split else root / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                pixels = rng.integers(0, 90, (32, 32, 3))
-                pixels[..., channel] += 140
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:02d}.png")
-    return root
+def _images(per_split=(("train", N_TRAIN), ("test", N_TEST))) -> dict:
+    """Image counts for `write_colour_images`: every class (red, green, blue) in every split."""
+    return {split: {name: count for name in CLASSES[::-1]} for split, count in per_split}
 
 
 def _raw(data, store, out, *, names=("logreg", "linear_svm"), layers=LAYERS, logreg_grid=(0.1, 1.0), **data_options):
@@ -94,8 +84,8 @@ def _quiet(line):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return _write_images(tmp_path_factory.mktemp("data") / "images")
+def data_dir(tmp_path_factory, write_colour_images):
+    return write_colour_images(tmp_path_factory.mktemp("data") / "images", _images())
 
 
 @pytest.fixture(scope="module")
@@ -321,8 +311,9 @@ def test_two_concurrent_runs_on_one_store_and_output_both_finish(data_dir, tmp_p
         load_classifier(path)
 
 
-def test_single_split_data_is_split_stratified_and_unreadable_images_are_reported(tmp_path):
-    data = _write_images(tmp_path / "images", splits=((None, 8),))
+def test_single_split_data_is_split_stratified_and_unreadable_images_are_reported(
+        tmp_path, write_colour_images):
+    data = write_colour_images(tmp_path / "images", _images((("", 8),)))
     (data / "red" / "broken.png").write_bytes(b"not a png")
     raw = _raw(data, tmp_path / "store", tmp_path / "out", names=["logreg"], layers=["block1_pool"], test_size=0.25)
     result = run_experiment(config_from_dict(raw, "/"), log=_quiet, progress=False)

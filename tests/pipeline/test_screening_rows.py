@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 import layerprobe.pipeline.run.rows as rows_module
 import layerprobe.pipeline.run.screening as screening_module
@@ -27,20 +26,6 @@ LAYERS = ["block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_po
 DIMS = {"block1_pool": 64, "block2_pool": 128, "block3_pool": 256, "block4_pool": 512, "block5_pool": 512}
 EXPENSIVE = ("logreg", "linear_svm")
 N_TRAIN, N_TEST = 8, 4  # per class
-
-
-def _write_images(root: Path) -> Path:
-    """Noisy 32x32 images whose dominant colour is the class."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", N_TRAIN), ("test", N_TEST)):
-        for channel, name in enumerate(CLASSES[::-1]):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                pixels = rng.integers(0, 90, (32, 32, 3))
-                pixels[..., channel] += 140
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:02d}.png")
-    return root
 
 
 def _config(data, store, out, **classifiers):
@@ -92,8 +77,10 @@ def _layer_of_digest(config, table):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return _write_images(tmp_path_factory.mktemp("data") / "images")
+def data_dir(tmp_path_factory, write_colour_images):
+    counts = {"train": N_TRAIN, "test": N_TEST}  # per class; classes red, green, blue brighten channels 0, 1, 2
+    return write_colour_images(tmp_path_factory.mktemp("data") / "images",
+                               {split: {name: n for name in CLASSES[::-1]} for split, n in counts.items()})
 
 
 @pytest.fixture(scope="module")
