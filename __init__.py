@@ -18,15 +18,12 @@ The repository root is this package (setup.cfg maps ``layerprobe`` to ``.``,
 
 from __future__ import annotations
 
-from importlib import metadata
 from typing import TYPE_CHECKING
 
-from .features.lazy import lazy_exports
+from .features.core.lazy import lazy_exports
+from .features.core.versions import layerprobe_version
 
-try:
-    __version__ = metadata.version("layerprobe")
-except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
-    __version__ = "0+unknown"
+__version__ = layerprobe_version()
 
 # public name -> module that defines it (relative to this package)
 _EXPORTS = {
@@ -39,26 +36,26 @@ _EXPORTS = {
     "from_directory": "features.inputs",
     "from_csv": "features.inputs",
     "from_arrays": "features.inputs",
-    "register_backbone": "features.backbones",
-    "BackboneSpec": "features.backbones",
+    "register_backbone": "features.registry",
+    "BackboneSpec": "features.registry",
     "fit_classifier": "pipeline.classifiers",
     "evaluate": "pipeline.evaluate",
     "run_experiment": "pipeline.run",
     "load_config": "pipeline.config",
     "config_from_dict": "pipeline.config",
-    "LayerFeatures": "pipeline.transformer",
-    "LayerprobeError": "features.errors",
-    "ConfigError": "features.errors",
-    "StoreError": "features.errors",
-    "CorruptEntryError": "features.errors",
-    "IncompleteEntryError": "features.errors",
-    "EntryNotFoundError": "features.errors",
-    "EntryLockedError": "features.errors",
-    "InputError": "features.errors",
-    "UnreadableImageError": "features.errors",
-    "BackboneError": "features.errors",
-    "UnknownLayerError": "features.errors",
-    "WeightsUnavailableError": "features.errors",
+    "LayerFeatures": "pipeline.layer_features",
+    "LayerprobeError": "features.core.errors",
+    "ConfigError": "features.core.errors",
+    "StoreError": "features.core.errors",
+    "CorruptEntryError": "features.core.errors",
+    "IncompleteEntryError": "features.core.errors",
+    "EntryNotFoundError": "features.core.errors",
+    "EntryLockedError": "features.core.errors",
+    "InputError": "features.core.errors",
+    "UnreadableImageError": "features.core.errors",
+    "BackboneError": "features.core.errors",
+    "UnknownLayerError": "features.core.errors",
+    "WeightsUnavailableError": "features.core.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -68,18 +65,27 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed
-    from .features.errors import (  # noqa: F401
-        BackboneError, ConfigError, CorruptEntryError, EntryLockedError, EntryNotFoundError,
-        IncompleteEntryError, InputError, LayerprobeError, StoreError, UnknownLayerError,
-        UnreadableImageError, WeightsUnavailableError,
+    from .features.core.errors import (  # noqa: F401
+        BackboneError,
+        ConfigError,
+        CorruptEntryError,
+        EntryLockedError,
+        EntryNotFoundError,
+        IncompleteEntryError,
+        InputError,
+        LayerprobeError,
+        StoreError,
+        UnknownLayerError,
+        UnreadableImageError,
+        WeightsUnavailableError,
     )
-    from .features.backbones import BackboneSpec, register_backbone  # noqa: F401
     from .features.extract import ExtractionReport, FeatureExtractor  # noqa: F401
     from .features.inputs import ImageDataset, from_arrays, from_csv, from_directory  # noqa: F401
     from .features.keys import FeatureKey  # noqa: F401
+    from .features.registry import BackboneSpec, register_backbone  # noqa: F401
     from .features.store import FeatureSet, FeatureStore  # noqa: F401
     from .pipeline.classifiers import fit_classifier  # noqa: F401
     from .pipeline.config import config_from_dict, load_config  # noqa: F401
     from .pipeline.evaluate import evaluate  # noqa: F401
+    from .pipeline.layer_features import LayerFeatures  # noqa: F401
     from .pipeline.run import run_experiment  # noqa: F401
-    from .pipeline.transformer import LayerFeatures  # noqa: F401

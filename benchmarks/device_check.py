@@ -114,7 +114,7 @@ def _tiny_net(include_top=False, weights=None, input_shape=(32, 32, 3), **kwargs
 
 
 def register_tiny_net() -> None:
-    from layerprobe.features.backbones import BackboneSpec, register_backbone
+    from layerprobe.features.registry import BackboneSpec, register_backbone
 
     register_backbone(BackboneSpec(name=TINY_NET, constructor=_tiny_net, preprocess_module="keras.applications.vgg16",
                                    default_input_size=32, min_input_size=32, stage_pattern=r"stage\d+_pool$"),
@@ -404,7 +404,7 @@ def stage_timer(times: dict[str, float]):
         return timing_waits(original, times, "decode_wait")
 
     add("layerprobe.features.extract", "iter_decoded_chunks", timed_iterator)
-    add("layerprobe.features.backbones:BackboneSpec", "preprocess_input", lambda f: timing_calls(f, times, "preprocess"))
+    add("layerprobe.features.registry:BackboneSpec", "preprocess_input", lambda f: timing_calls(f, times, "preprocess"))
     add("layerprobe.features.extract:FeatureExtractor", "_forward", lambda f: timing_calls(f, times, "forward"))
     add("layerprobe.features.store:PartialEntry", "write_chunk", lambda f: timing_calls(f, times, "write_chunks"))
     add("layerprobe.features.store:FeatureStore", "commit", lambda f: timing_calls(f, times, "commit"))

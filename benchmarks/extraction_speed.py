@@ -126,7 +126,7 @@ def instrument_layerprobe(times: dict[str, float]):
     wrappers cost a few microseconds per chunk.
     """
     import layerprobe.features.extract as extract_module
-    from layerprobe.features.backbones import BackboneSpec
+    from layerprobe.features.registry import BackboneSpec
     from layerprobe.features.store import FeatureStore, PartialEntry
 
     timed_iter = timing_waits(extract_module.iter_decoded_chunks, times, "decode_wait")

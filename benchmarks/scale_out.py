@@ -129,7 +129,7 @@ def _workers_cpu(client):
 
 def run(args: argparse.Namespace) -> dict:
     from layerprobe.features.backend import import_keras_quietly
-    from layerprobe.features.distributed import check_store_visible, workers_environment
+    from layerprobe.features.cluster_extraction import check_store_visible, workers_environment
     from layerprobe.features.extract import FeatureExtractor
     from layerprobe.features.inputs import from_directory
 

@@ -173,7 +173,7 @@ def tiny_convnet(include_top: bool = False, weights=None, input_shape=(32, 32, 3
 
 
 def register_tiny_convnet() -> None:
-    from layerprobe.features.backbones import BackboneSpec, register_backbone
+    from layerprobe.features.registry import BackboneSpec, register_backbone
 
     register_backbone(BackboneSpec(name="TinyConvNet", constructor=tiny_convnet, preprocess_module=None,
                                    preprocess_mode="tf", default_input_size=32, min_input_size=32,

@@ -26,9 +26,10 @@ import contextlib
 import json
 import os
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
+
+from .core.versions import installed_version
 
 __all__ = ["ENVIRONMENT_FLAGS", "environment_differences", "numerics_environment"]
 
@@ -51,13 +52,6 @@ _BACKEND_DISTRIBUTIONS = {
     "torch": ("torch",),
     "numpy": ("numpy",),
 }
-
-
-def _version(*distributions: str) -> str | None:
-    for name in distributions:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            return metadata.version(name)
-    return None
 
 
 def _backend_name() -> str:
@@ -154,10 +148,10 @@ def numerics_environment(*, probe_device: bool = False) -> dict[str, Any]:
     backend = _backend_name()
     environment: dict[str, Any] = {
         "backend": backend,
-        "backend_version": _version(*_BACKEND_DISTRIBUTIONS.get(backend, (backend,))),
-        "keras_version": _version("keras"),
-        "numpy_version": _version("numpy"),
-        "pillow_version": _version("pillow", "Pillow"),
+        "backend_version": installed_version(*_BACKEND_DISTRIBUTIONS.get(backend, (backend,))),
+        "keras_version": installed_version("keras"),
+        "numpy_version": installed_version("numpy"),
+        "pillow_version": installed_version("pillow", "Pillow"),
         "device": _device(backend, probe=probe_device),
         "cpu": _cpu_name(),
         "env": {name: os.environ.get(name) for name in ENVIRONMENT_FLAGS},

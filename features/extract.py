@@ -23,17 +23,22 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from layerprobe.features.checks import check_positive_int
-from layerprobe.features.environment import numerics_environment
-from layerprobe.features.errors import BackboneError, InputError
-from layerprobe.features.inputs import DEFAULT_MAX_PIXELS, DecodedChunk, ImageDataset, iter_decoded_chunks
-from layerprobe.features.inputs.dataset import DIGEST_MODES, resolve_dataset_digest
-from layerprobe.features.keys import FeatureKey
-from layerprobe.features.layers import LayerInfo, resolve_layers
-from layerprobe.features.plans import ExtractionPlan, PlannedLayer
-from layerprobe.features.store import FeatureStore, library_versions
-from layerprobe.features.truncate import DEFAULT_MAX_FLATTEN_DIM, build_extractor, per_layer_pooling, pooled_shape
-from layerprobe.features.weights import Backbone, load_backbone
+from .backbone import Backbone, load_backbone
+from .core.checks import check_positive_int
+from .core.errors import BackboneError, InputError
+from .environment import numerics_environment
+from .inputs import DEFAULT_MAX_PIXELS, DecodedChunk, ImageDataset, iter_decoded_chunks
+from .inputs.dataset import DIGEST_MODES, resolve_dataset_digest
+from .keys import FeatureKey
+from .layers import LayerInfo, resolve_layers
+from .plans import ExtractionPlan, PlannedLayer
+from .store import FeatureStore, library_versions
+from .truncate import (
+    DEFAULT_MAX_FLATTEN_DIM,
+    build_extractor,
+    per_layer_pooling,
+    pooled_shape,
+)
 
 __all__ = ["FeatureExtractor", "ExtractionReport", "dtype_policy"]
 
@@ -242,7 +247,7 @@ class FeatureExtractor:
         are computed together, one forward pass per batch, under per-key locks
         (a concurrent extraction of the same key waits, then reuses it).
         With a dask `client`, the chunks are computed on the cluster's workers
-        (see `layerprobe.features.distributed`), with bit-identical results.
+        (see `layerprobe.features.cluster_extraction`), with bit-identical results.
 
         Args:
             dataset: Images to extract (see `layerprobe.features.inputs`).
@@ -273,7 +278,7 @@ class FeatureExtractor:
                 (the message says how to remove it).
         """
         if client is not None:
-            from layerprobe.features.distributed import extract_on_cluster
+            from .cluster_extraction import extract_on_cluster
 
             return extract_on_cluster(
                 self, dataset, store, client, chunk_size=chunk_size, n_threads=n_workers, progress=progress, log=log,
@@ -433,7 +438,7 @@ class FeatureExtractor:
         """Preprocess, run and commit one decoded chunk, for each layer in `partials` (name -> `PartialEntry`).
 
         The one code path of a chunk, in-process and on a dask worker
-        (`layerprobe.features.distributed`): the same batches, the same numbers.
+        (`layerprobe.features.cluster_extraction`): the same batches, the same numbers.
         """
         features = self._chunk_features(layers, self.backbone.spec.preprocess_input(chunk.images))
         self._write_chunk(layers, index, features, chunk.sample_indices, chunk.skipped, partials)

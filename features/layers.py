@@ -27,10 +27,10 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from layerprobe.features.backbones import BackboneSpec
-from layerprobe.features.backend import inbound_layers
-from layerprobe.features.checks import closest_names
-from layerprobe.features.errors import UnknownLayerError
+from .backend import inbound_layers
+from .core.checks import closest_names
+from .core.errors import UnknownLayerError
+from .registry import BackboneSpec
 
 __all__ = [
     "LayerInfo",

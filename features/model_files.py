@@ -2,7 +2,7 @@
 
 `load_backbone("path/to/model.keras", ...)` (and so `FeatureExtractor`, the
 config's `model = "..."` and `layerprobe extract --model PATH`) goes through
-`load_file_backbone` here. A file is any Keras 3 functional or Sequential
+`layerprobe.features.backbone`, which opens it here (`open_model_file`). A file is any Keras 3 functional or Sequential
 model saved with `model.save` (a `.keras` archive, or a legacy `.h5` model):
 
 * **Backbone part.** A model that nests exactly one functional model behind
@@ -18,14 +18,14 @@ model saved with `model.save` (a `.keras` archive, or a legacy `.h5` model):
   `keras.Input`, weights copied). The default size is the metadata's, else the
   model's fixed size, else 224.
 * **Preprocessing.** `preprocessing=` is `"none"`, `"caffe"`, `"tf"`,
-  `"torch"` or a family name (`layerprobe.features.backbones.resolve_preprocessing`).
+  `"torch"` or a family name (`layerprobe.features.registry.resolve_preprocessing`).
   Left out, it comes from the metadata, else from the graph: a
   `BackbonePreprocessing` layer before the backbone part, or a leading
   `Rescaling` layer (the model takes 0-255 pixels: `"none"`). Otherwise
   loading stops with an error listing the choices.
 * **Identity.** The cache key's weights field is a digest of the backbone
   part's architecture (its config, canonical JSON) and its weight values
-  (`layerprobe.features.digests.arrays_digest`): two copies of a file share
+  (`layerprobe.features.core.digests.arrays_digest`): two copies of a file share
   cached features, a retrained file is a miss. The file's name and path are
   not part of it.
 
@@ -50,13 +50,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from layerprobe.features.atomic import write_text_atomically
-from layerprobe.features.backbones import BACKBONES, BackboneSpec, preprocessing_choices, resolve_preprocessing
-from layerprobe.features.backend import import_keras_quietly, is_functional_model, load_weights_strictly
-from layerprobe.features.checks import check_positive_int
-from layerprobe.features.digests import arrays_digest
-from layerprobe.features.errors import BackboneError, WeightsUnavailableError
-from layerprobe.features.seeding import keras_seed
+from .backend import import_keras_quietly, is_functional_model, load_weights_strictly
+from .core.atomic import write_text_atomically
+from .core.checks import check_positive_int
+from .core.errors import BackboneError, WeightsUnavailableError
+from .registry import (
+    BACKBONES,
+    BackboneSpec,
+    resolve_preprocessing,
+)
+from .seeding import keras_seed
 
 __all__ = [
     "DEFAULT_FILE_INPUT_SIZE",
@@ -65,7 +68,6 @@ __all__ = [
     "SAVED_WEIGHTS",
     "architecture_digest",
     "is_model_file",
-    "load_file_backbone",
     "metadata_path",
     "open_model_file",
     "read_model_metadata",
@@ -199,7 +201,7 @@ class ModelFile:
 def _not_a_constructor(**kwargs):
     raise BackboneError(
         "A BackboneSpec made for a model file has no constructor: load the file with "
-        "layerprobe.features.weights.load_backbone(path). Received: a call of its constructor"
+        "layerprobe.features.backbone.load_backbone(path). Received: a call of its constructor"
     )
 
 
@@ -456,53 +458,3 @@ def _load_weights_file(model, weights: str, path: Path) -> None:
             f"The file must hold weights of exactly this architecture (saved with save_weights). "
             f"Received: weights={weights!r}"
         ) from error
-
-
-def load_file_backbone(
-    path: str | os.PathLike,
-    *,
-    weights: str | os.PathLike | None = SAVED_WEIGHTS,
-    input_size: int | None = None,
-    preprocessing: str | None = None,
-    seed: int = 0,
-):
-    """A `Backbone` from a saved Keras model file; see the module docstring.
-
-    Args:
-        path: The `.keras` file.
-        weights: `"saved"` (the file's own), None (fresh initialisation from
-            `seed`, a random baseline of the same architecture) or a weights file.
-        input_size: Square input side (see `open_model_file`).
-        preprocessing: `"none"`, `"caffe"`, `"tf"`, `"torch"` or a family name;
-            None takes it from the metadata or the graph.
-        seed: Seed of the initialisation when `weights=None`.
-
-    Returns:
-        A `layerprobe.features.weights.Backbone` whose `weights_digest` digests
-        the part's architecture and weight values.
-
-    Raises:
-        BackboneError: As `open_model_file`, an unknown `preprocessing`, or
-            none given where neither the metadata nor the graph tells it.
-    """
-    from layerprobe.features.weights import Backbone, values_digest
-
-    chosen = None if preprocessing is None else resolve_preprocessing(preprocessing)
-    opened = open_model_file(path, input_size=input_size, weights=weights, seed=seed)
-    if chosen is None and opened.preprocessing is None:
-        raise BackboneError(
-            f"Cannot tell which preprocessing {opened.path} expects: {opened.preprocessing_source}. Pass "
-            f"preprocessing= one of 'none' (pixels 0-255 as they are, for a model that rescales inside), "
-            f"'caffe', 'tf', 'torch' (the modes of keras.applications.imagenet_utils.preprocess_input) or a "
-            f"family name whose preprocess_input to use ({', '.join(list(BACKBONES)[:6])}, ...; "
-            f"all: {', '.join(preprocessing_choices())}). In a config: preprocessing = \"...\" in its "
-            f"[[backbones]] entry; on the command line: --preprocessing. Received: preprocessing=None"
-        )
-    combined = hashlib.sha256(f"{opened.architecture_digest}\n{values_digest(opened.model)}".encode())
-    return Backbone(
-        spec=opened.spec(chosen or opened.preprocessing),
-        model=opened.model,
-        input_size=opened.input_size,
-        weights=None if weights is None else (SAVED_WEIGHTS if weights == SAVED_WEIGHTS else os.fspath(weights)),
-        weights_digest="sha256:" + combined.hexdigest(),
-    )

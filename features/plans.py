@@ -24,14 +24,14 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
-from layerprobe.features.atomic import write_text_atomically
-from layerprobe.features.inputs import DEFAULT_MAX_PIXELS
-from layerprobe.features.keys import FORMAT_VERSION, FeatureKey
-from layerprobe.features.model_files import is_model_file, metadata_path
+from .core.atomic import write_text_atomically
+from .core.versions import installed_version
+from .inputs import DEFAULT_MAX_PIXELS
+from .keys import FORMAT_VERSION, FeatureKey
+from .model_files import is_model_file, metadata_path
 
 __all__ = ["ExtractionPlan", "PlannedLayer", "load_plan", "plan_signature", "save_plan"]
 
@@ -104,13 +104,6 @@ class ExtractionPlan:
         return cls(**fields)
 
 
-def _installed_version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def plan_signature(settings: Mapping[str, Any]) -> str | None:
     """Digest of everything a plan is derived from, or None when it cannot be told without Keras.
 
@@ -142,7 +135,7 @@ def plan_signature(settings: Mapping[str, Any]) -> str | None:
         except (OSError, TypeError, ValueError):
             return None
         identity[name] = [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
-    identity["versions"] = {name: _installed_version(name) for name in _BACKEND_PACKAGES}
+    identity["versions"] = {name: installed_version(name) for name in _BACKEND_PACKAGES}
     identity["keras_backend"] = os.environ.get("KERAS_BACKEND")
     try:
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))

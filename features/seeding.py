@@ -8,7 +8,11 @@ from typing import Iterator
 
 import numpy as np
 
-from layerprobe.features.backend import get_global_seed_state, isolated_default_seeds, set_global_seed_state
+from .backend import (
+    get_global_seed_state,
+    isolated_default_seeds,
+    set_global_seed_state,
+)
 
 __all__ = ["keras_seed"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-from layerprobe.features.errors import BackboneError
-from layerprobe.features.layers import LayerInfo
+from .core.errors import BackboneError
+from .layers import LayerInfo
 
 __all__ = ["POOLINGS", "DEFAULT_MAX_FLATTEN_DIM", "build_extractor", "pooled_shape", "per_layer_pooling"]
 

@@ -52,8 +52,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from layerprobe.features.checks import check_positive_int
-from layerprobe.pipeline.uncertainty import binomial_se, within_noise, wilson_interval
+from ..features.core.checks import check_positive_int
+from .uncertainty import binomial_se, wilson_interval, within_noise
 
 __all__ = [
     "Advice",

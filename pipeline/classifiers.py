@@ -33,11 +33,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
-from layerprobe.features.checks import did_you_mean, is_positive_int, unknown_name_message
-from layerprobe.features.errors import InputError
-from layerprobe.pipeline.probes.grids import recommended_linear_svm
-from layerprobe.pipeline.probes.ridge import DEFAULT_ALPHAS, RidgeProbeCV
-from layerprobe.pipeline.uncertainty import binomial_se, fold_se
+from ..features.core.checks import did_you_mean, is_positive_int, unknown_name_message
+from ..features.core.errors import InputError
+from .probes.grids import recommended_linear_svm
+from .probes.ridge import DEFAULT_ALPHAS, RidgeProbeCV
+from .uncertainty import binomial_se, fold_se
 
 __all__ = [
     "CLASSIFIERS",

@@ -53,7 +53,7 @@ def comma_list(text: str) -> list[str]:
 
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1."""
-    from layerprobe.features.checks import is_positive_int
+    from ..features.core.checks import is_positive_int
 
     try:
         value = int(text)
@@ -65,7 +65,7 @@ def positive_int(text: str) -> int:
 
 
 def _weights(text: str) -> str | None:
-    from layerprobe.features.weights import parse_weights
+    from ..features.backbone import parse_weights
 
     try:
         return parse_weights(text)
@@ -74,14 +74,14 @@ def _weights(text: str) -> str | None:
 
 
 def _print_table(rows: Sequence[dict], columns: Sequence[str]) -> None:
-    from layerprobe.pipeline.tables import format_table
+    from .tables import format_table
 
     print(format_table(rows, columns) if rows else "(none)")
 
 
 @_command("init")
 def _init(args: argparse.Namespace) -> int:
-    from layerprobe.pipeline.config import write_example_config
+    from .config import write_example_config
 
     path = write_example_config(args.directory, force=args.force)
     print(f"wrote {path}: every key with its default and a comment. Set [data] path to your images "
@@ -91,15 +91,15 @@ def _init(args: argparse.Namespace) -> int:
 
 @_command("layers")
 def _layers(args: argparse.Namespace) -> int:
-    from layerprobe.features.backbones import BACKBONES
-    from layerprobe.features.layers import describe_layers
-    from layerprobe.features.weights import load_backbone
+    from ..features.backbone import load_backbone
+    from ..features.layers import describe_layers
+    from ..features.registry import BACKBONES
 
     if args.list or not args.model:
         for name, spec in BACKBONES.items():
             print(f"{name:20s} input {spec.default_input_size:>3d} (min {spec.min_input_size:>2d})  {spec.preprocessing}")
         return 0
-    from layerprobe.features.model_files import is_model_file
+    from ..features.model_files import is_model_file
 
     if is_model_file(args.model):
         model, spec, input_size, note = _model_file_layers(args)
@@ -128,8 +128,8 @@ def _layers(args: argparse.Namespace) -> int:
 
 def _model_file_layers(args: argparse.Namespace):
     """(backbone part, spec, input size, note on its source and preprocessing) of a saved model file."""
-    from layerprobe.features.backbones import resolve_preprocessing
-    from layerprobe.features.model_files import open_model_file
+    from ..features.model_files import open_model_file
+    from ..features.registry import resolve_preprocessing
 
     opened = open_model_file(args.model, input_size=args.input_size)
     if args.preprocessing is not None:
@@ -144,11 +144,11 @@ def _model_file_layers(args: argparse.Namespace):
 
 @_command("extract")
 def _extract(args: argparse.Namespace) -> int:
-    from layerprobe.features.backend import import_keras_quietly
-    from layerprobe.features.extract import FeatureExtractor
-    from layerprobe.features.inputs import open_dataset
-    from layerprobe.features.store import FeatureStore
-    from layerprobe.pipeline.cluster import open_client
+    from ..features.backend import import_keras_quietly
+    from ..features.extract import FeatureExtractor
+    from ..features.inputs import open_dataset
+    from ..features.store import FeatureStore
+    from .cluster import open_client
 
     dataset = open_dataset(args.data)
     store = FeatureStore(args.store)
@@ -183,8 +183,8 @@ def _extract(args: argparse.Namespace) -> int:
 
 @_command("store")
 def _store(args: argparse.Namespace) -> int:
-    from layerprobe.features.errors import InputError
-    from layerprobe.features.store import FeatureStore
+    from ..features.core.errors import InputError
+    from ..features.store import FeatureStore
 
     store = FeatureStore(args.store)
     if args.action == "ls":
@@ -202,7 +202,10 @@ def _store(args: argparse.Namespace) -> int:
             # Where the numbers were computed (not part of the key), and what differs in this process.
             info["environment"] = info["metadata"].get("environment", "not recorded (older layerprobe)")
             if isinstance(info["environment"], dict):
-                from layerprobe.features.environment import environment_differences, numerics_environment
+                from ..features.environment import (
+                    environment_differences,
+                    numerics_environment,
+                )
 
                 info["environment_differences_from_now"] = {
                     field: {"then": then, "now": now}
@@ -221,21 +224,21 @@ def _store(args: argparse.Namespace) -> int:
 @_command("finetune")
 def _run(args: argparse.Namespace) -> int:
     if args.config is None:
-        from layerprobe.pipeline.config import DEFAULT_OUTPUT_DIR, DEFAULT_STORE
+        from .config import DEFAULT_OUTPUT_DIR, DEFAULT_STORE
 
         if _cluster_settings(args) is not None:
-            from layerprobe.features.errors import InputError
+            from ..features.core.errors import InputError
 
             raise InputError(
                 "The cluster options (--scheduler, --workers, --gpus...) need an experiment config; the "
                 "embedded default experiment runs in-process. Received: no CONFIG"
             )
-        from layerprobe.pipeline.default_experiment import run_default
+        from .default_experiment import run_default
 
         run_default(args.out or DEFAULT_OUTPUT_DIR, store=args.store or DEFAULT_STORE, progress=not args.no_progress)
         return 0
-    from layerprobe.pipeline.config import load_config
-    from layerprobe.pipeline.run import run_experiment
+    from .config import load_config
+    from .run import run_experiment
 
     config = load_config(args.config).with_paths(output_dir=args.out, store=args.store)
     config = dataclasses.replace(config, cluster=_cluster_settings(args, config.cluster))
@@ -245,7 +248,7 @@ def _run(args: argparse.Namespace) -> int:
 
 @_command("predict")
 def _predict(args: argparse.Namespace) -> int:
-    from layerprobe.pipeline.predict import predict_images
+    from .predict import predict_images
 
     predict_images(args.classifier, args.data, out=args.out, store=args.store, progress=not args.no_progress)
     return 0
@@ -262,7 +265,7 @@ class _FinetuneHelp(argparse.Action):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from layerprobe.pipeline.config.template import finetune_keys_help
+        from .config.template import finetune_keys_help
 
         parser.epilog = finetune_keys_help()
         parser.print_help()
@@ -308,7 +311,7 @@ def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _cluster_settings(args: argparse.Namespace, configured=None):
     """The cluster of this command: the options over the config's [cluster]; None for in-process."""
-    from layerprobe.pipeline.cluster import ClusterConfig, ClusterError
+    from .cluster import ClusterConfig, ClusterError
 
     options = {
         name: getattr(args, name, None) for name in ("scheduler", "workers", "threads_per_worker", "memory_limit", "gpus")
@@ -342,8 +345,8 @@ def _cluster_settings(args: argparse.Namespace, configured=None):
 
 def build_parser() -> argparse.ArgumentParser:
     """The `layerprobe` argument parser; pooling and dtype choices come from their registries."""
-    from layerprobe.features.extract import STORAGE_DTYPES
-    from layerprobe.features.truncate import POOLINGS
+    from ..features.extract import STORAGE_DTYPES
+    from ..features.truncate import POOLINGS
 
     verbose_help = "show TensorFlow's start-up notices (sets LAYERPROBE_VERBOSE=1)"
     parser = argparse.ArgumentParser(
@@ -438,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `layerprobe` console script."""
     args = build_parser().parse_args(argv)
     _quiet_backend(verbose=args.verbose)
-    from layerprobe.features.errors import LayerprobeError
+    from ..features.core.errors import LayerprobeError
 
     try:
         return _COMMANDS[args.command](args)

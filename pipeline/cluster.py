@@ -23,7 +23,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from layerprobe.features.errors import LayerprobeError
+from ..features.core.errors import LayerprobeError
 
 __all__ = ["ClusterConfig", "ClusterError", "open_client"]
 
@@ -100,7 +100,7 @@ def _thread_limits(n_workers: int) -> dict[str, str]:
     dask starts workers with these set to 1, which leaves a PyTorch-backend
     forward pass (and scikit-learn's BLAS) single-threaded in every worker.
     """
-    from layerprobe.features.distributed import decoding_threads
+    from ..features.cluster_extraction import decoding_threads
 
     threads = str(decoding_threads(n_workers))
     return {name: threads for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}

@@ -32,14 +32,18 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
-from layerprobe.features.atomic import temporary_path, write_atomically, write_text_atomically
-from layerprobe.features.backend import import_keras_quietly
-from layerprobe.features.inputs import ImageDataset, from_arrays
-from layerprobe.pipeline.config import ExperimentConfig, config_from_dict
-from layerprobe.pipeline.run import RunResult, run_experiment
+from ..features.backend import import_keras_quietly
+from ..features.core.atomic import (
+    temporary_path,
+    write_atomically,
+    write_text_atomically,
+)
+from ..features.inputs import ImageDataset, from_arrays
+from .config import ExperimentConfig, config_from_dict
+from .run import RunResult, run_experiment
 
 if TYPE_CHECKING:
-    from layerprobe.pipeline.finetune import FinetuneConfig
+    from .finetune import FinetuneConfig
 
 __all__ = ["default_config", "pretrain_source", "run_default", "train_source_weights", "write_target_images"]
 
@@ -144,7 +148,7 @@ def pretrain_source(
             features would be meaningless).
     """
     keras = import_keras_quietly()
-    from layerprobe.pipeline.finetune import evaluate_model, train_from_scratch
+    from .finetune import evaluate_model, train_from_scratch
 
     model_kwargs = dict(model_kwargs or {})
     settings = {
@@ -201,7 +205,7 @@ def train_source_weights(directory: Path, *, log: Callable[[str], None] = print)
             `MIN_SOURCE_ACCURACY` (its features would be meaningless).
     """
     import_keras_quietly()  # the finetune package imports Keras
-    from layerprobe.pipeline.finetune import FinetuneConfig
+    from .finetune import FinetuneConfig
 
     options = FinetuneConfig(
         head_epochs=SOURCE_EPOCHS, finetune_epochs=0, augmentation=None, dropout=0.0,

@@ -16,8 +16,8 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from layerprobe.features.errors import InputError
-from layerprobe.pipeline.classifiers import check_features
+from ..features.core.errors import InputError
+from .classifiers import check_features
 
 __all__ = ["Scores", "check_labels", "evaluate"]
 

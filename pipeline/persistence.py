@@ -13,7 +13,6 @@ import json
 import os
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,10 @@ import numpy as np
 import pandas as pd
 import sklearn
 
-from layerprobe.features.atomic import write_atomically
-from layerprobe.features.errors import InputError
-from layerprobe.pipeline.evaluate import check_labels
+from ..features.core.atomic import write_atomically
+from ..features.core.errors import InputError
+from ..features.core.versions import layerprobe_version
+from .evaluate import check_labels
 
 __all__ = ["FORMAT_VERSION", "load_classifier", "read_sidecar", "save_classifier", "write_predictions"]
 
@@ -46,13 +46,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-def _layerprobe_version() -> str:
-    try:
-        return version("layerprobe")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def save_classifier(
@@ -83,7 +76,7 @@ def save_classifier(
     full_sidecar = {
         **sidecar,
         "format_version": FORMAT_VERSION,
-        "layerprobe_version": _layerprobe_version(),
+        "layerprobe_version": layerprobe_version(),
         "sklearn_version": sklearn.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

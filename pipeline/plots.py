@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from layerprobe.features.atomic import write_atomically
-from layerprobe.pipeline.probes.multilayer import multi_layer_name
+from ..features.core.atomic import write_atomically
+from .probes.multilayer import multi_layer_name
 
 __all__ = ["depth_figure", "plot_depth"]
 

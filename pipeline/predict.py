@@ -17,12 +17,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from layerprobe.features.backend import import_keras_quietly
-from layerprobe.features.errors import InputError
-from layerprobe.features.extract import FeatureExtractor
-from layerprobe.features.inputs import open_images
-from layerprobe.features.store import FeatureSet, FeatureStore
-from layerprobe.pipeline.persistence import load_classifier, write_predictions
+from ..features.backend import import_keras_quietly
+from ..features.core.errors import InputError
+from ..features.extract import FeatureExtractor
+from ..features.inputs import open_images
+from ..features.store import FeatureSet, FeatureStore
+from .persistence import load_classifier, write_predictions
 
 __all__ = ["extractor_record", "extractor_from_record", "flat_features", "predict_images"]
 

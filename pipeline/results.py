@@ -24,9 +24,9 @@ from typing import Any
 
 import pandas as pd
 
-from layerprobe.features.atomic import write_atomically, write_text_atomically
-from layerprobe.pipeline.tables import format_table
-from layerprobe.pipeline.uncertainty import wilson_interval
+from ..features.core.atomic import write_atomically, write_text_atomically
+from .tables import format_table
+from .uncertainty import wilson_interval
 
 __all__ = [
     "MODES",

@@ -12,11 +12,16 @@ Modules, one job each:
 Everything other code needs is importable from here.
 """
 
-from layerprobe.features.errors import ImageReadError, InputError, UnreadableImageError
-from layerprobe.features.inputs.dataset import DIGEST_MODES, ImageDataset
-from layerprobe.features.inputs.decoding import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_PIXELS, DecodeBudget, load_image
-from layerprobe.features.inputs.loader import DecodedChunk, iter_decoded_chunks
-from layerprobe.features.inputs.sources import (
+from ..core.errors import ImageReadError, InputError, UnreadableImageError
+from .dataset import DIGEST_MODES, ImageDataset
+from .decoding import (
+    DEFAULT_DECODE_BUDGET,
+    DEFAULT_MAX_PIXELS,
+    DecodeBudget,
+    load_image,
+)
+from .loader import DecodedChunk, iter_decoded_chunks
+from .sources import (
     IMAGE_EXTENSIONS,
     UNLABELLED,
     from_arrays,

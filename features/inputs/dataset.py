@@ -12,8 +12,8 @@ from pathlib import PurePath
 
 import numpy as np
 
-from layerprobe.features.errors import InputError
-from layerprobe.features.inputs.decoding import DEFAULT_MAX_PIXELS, DecodeBudget, array_to_rgb, load_image
+from ..core.errors import InputError
+from .decoding import DEFAULT_MAX_PIXELS, DecodeBudget, array_to_rgb, load_image
 
 __all__ = ["DIGEST_MODES", "ImageDataset", "resolve_dataset_digest"]
 
@@ -145,7 +145,7 @@ class ImageDataset:
             raise InputError(f"The digest mode must be one of {DIGEST_MODES}. Received: mode={mode!r}")
         label_names = [self.class_names[label] for label in self.labels]
         if self.images is None and mode == "content":
-            from layerprobe.features.inputs.file_digests import file_digests
+            from .file_digests import file_digests
 
             contents = file_digests(self.sample_ids, root=self.root, n_workers=n_workers, cache=cache)
             samples = [

@@ -36,8 +36,8 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from layerprobe.features.checks import check_positive_int
-from layerprobe.features.errors import ImageReadError, InputError, UnreadableImageError
+from ..core.checks import check_positive_int
+from ..core.errors import ImageReadError, InputError, UnreadableImageError
 
 __all__ = [
     "DEFAULT_DECODE_BUDGET",

@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-from layerprobe.features.atomic import write_text_atomically
-from layerprobe.features.digests import file_digest
-from layerprobe.features.inputs.decoding import with_io_retries
+from ..core.atomic import write_text_atomically
+from ..core.digests import file_digest
+from .decoding import with_io_retries
 
 __all__ = ["cache_directory", "errno_name", "file_digests"]
 

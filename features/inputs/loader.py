@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from layerprobe.features.checks import check_positive_int
-from layerprobe.features.errors import ImageReadError, InputError, UnreadableImageError
-from layerprobe.features.inputs.dataset import ImageDataset
-from layerprobe.features.inputs.decoding import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_PIXELS, DecodeBudget
+from ..core.checks import check_positive_int
+from ..core.errors import ImageReadError, InputError, UnreadableImageError
+from .dataset import ImageDataset
+from .decoding import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_PIXELS, DecodeBudget
 
 __all__ = ["DecodedChunk", "iter_decoded_chunks"]
 

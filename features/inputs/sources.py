@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from layerprobe.features.errors import InputError
-from layerprobe.features.inputs.dataset import ImageDataset
+from ..core.errors import InputError
+from .dataset import ImageDataset
 
 __all__ = [
     "IMAGE_EXTENSIONS",

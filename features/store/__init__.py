@@ -14,19 +14,19 @@ Modules, one job each:
 Everything other code needs is importable from here.
 """
 
-from layerprobe.features.digests import array_digest
-from layerprobe.features.errors import (
+from ..core.digests import array_digest
+from ..core.errors import (
     CorruptEntryError,
     EntryLockedError,
     EntryNotFoundError,
     IncompleteEntryError,
     StoreError,
 )
-from layerprobe.features.store.feature_set import FeatureSet
-from layerprobe.features.store.feature_store import FeatureStore
-from layerprobe.features.store.hdf5 import CHUNK_ENCODING_TYPE, ENCODING_TYPE, ENCODING_VERSION
-from layerprobe.features.store.partial import PartialEntry
-from layerprobe.features.store.versions import library_versions
+from ..core.versions import library_versions
+from .feature_set import FeatureSet
+from .feature_store import FeatureStore
+from .hdf5 import CHUNK_ENCODING_TYPE, ENCODING_TYPE, ENCODING_VERSION
+from .partial import PartialEntry
 
 __all__ = [
     "CHUNK_ENCODING_TYPE",

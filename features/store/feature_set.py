@@ -7,8 +7,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from layerprobe.features.errors import InputError
-from layerprobe.features.keys import FeatureKey
+from ..core.errors import InputError
+from ..keys import FeatureKey
 
 __all__ = ["FeatureSet"]
 

@@ -8,7 +8,7 @@ Layout of a store directory::
       .locks/<digest>.lock       per-key lock, naming its holder (`locks.py`)
 
 Every file is written under a temporary name (`.tmp-<final name>.<random>`,
-see `layerprobe.features.atomic`) and committed by atomic rename, so a killed
+see `layerprobe.features.core.atomic`) and committed by atomic rename, so a killed
 extraction leaves committed chunks, perhaps a stray temporary file (ignored,
 and deleted by the next holder of the key's lock), but never a file that
 reads as a complete entry. Readers need no lock: they only open committed files.
@@ -35,19 +35,19 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from layerprobe.features.atomic import TMP_PREFIX
-from layerprobe.features.environment import environment_differences, numerics_environment
-from layerprobe.features.errors import (
+from ..core.atomic import TMP_PREFIX
+from ..core.errors import (
     CorruptEntryError,
     EntryLockedError,
     EntryNotFoundError,
     IncompleteEntryError,
     StoreError,
 )
-from layerprobe.features.keys import FeatureKey
-from layerprobe.features.store import hdf5, locks
-from layerprobe.features.store.feature_set import FeatureSet
-from layerprobe.features.store.partial import PARTIAL_FOLDER, PartialEntry
+from ..environment import environment_differences, numerics_environment
+from ..keys import FeatureKey
+from . import hdf5, locks
+from .feature_set import FeatureSet
+from .partial import PARTIAL_FOLDER, PartialEntry
 
 __all__ = ["FeatureStore"]
 

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
-from layerprobe.features.errors import EntryLockedError, StoreError
-from layerprobe.features.keys import FeatureKey
+from ..core.errors import EntryLockedError, StoreError
+from ..keys import FeatureKey
 
 __all__ = ["DEFAULT_LOCK_TIMEOUT", "LOCKS_FOLDER", "hold", "hold_if_free", "holder", "lock_path", "lock_timeout"]
 

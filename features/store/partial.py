@@ -24,11 +24,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from layerprobe.features.atomic import TMP_PREFIX, write_text_atomically
-from layerprobe.features.environment import environment_differences
-from layerprobe.features.errors import CorruptEntryError, EntryLockedError, StoreError
-from layerprobe.features.store import hdf5
-from layerprobe.features.store.failures import writing
+from ..core.atomic import TMP_PREFIX, write_text_atomically
+from ..core.errors import CorruptEntryError, EntryLockedError, StoreError
+from ..environment import environment_differences
+from . import hdf5
+from .failures import writing
 
 __all__ = ["PARTIAL_FOLDER", "PartialEntry"]
 

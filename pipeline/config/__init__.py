@@ -47,9 +47,9 @@ builders), `loading` (`config_from_dict`, `load_config`), `template` (the
 example config).
 """
 
-from layerprobe.features.errors import ConfigError
-from layerprobe.pipeline.config.loading import config_from_dict, load_config
-from layerprobe.pipeline.config.schema import (
+from ...features.core.errors import ConfigError
+from .loading import config_from_dict, load_config
+from .schema import (
     DEFAULT_OUTPUT_DIR,
     DEFAULT_STORE,
     FINETUNE_MODES,
@@ -62,7 +62,7 @@ from layerprobe.pipeline.config.schema import (
     FinetuneStageConfig,
     OutputConfig,
 )
-from layerprobe.pipeline.config.template import example_config, write_example_config
+from .template import example_config, write_example_config
 
 __all__ = [
     "BackboneConfig",

@@ -11,9 +11,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from layerprobe.features.errors import ConfigError
-from layerprobe.pipeline.config.schema import ExperimentConfig
-from layerprobe.pipeline.config.sections import (
+from ...features.core.errors import ConfigError
+from .schema import ExperimentConfig
+from .sections import (
     build_backbones,
     build_classifiers,
     build_cluster,
@@ -25,7 +25,7 @@ from layerprobe.pipeline.config.sections import (
     check_input_size,
     check_sections,
 )
-from layerprobe.pipeline.config.values import Checker
+from .values import Checker
 
 __all__ = ["config_from_dict", "load_config"]
 

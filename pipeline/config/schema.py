@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from layerprobe.pipeline.classifiers import CLASSIFIERS
-from layerprobe.pipeline.cluster import ClusterConfig
+from ..classifiers import CLASSIFIERS
+from ..cluster import ClusterConfig
 
 __all__ = [
     "BackboneConfig",

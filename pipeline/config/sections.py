@@ -11,16 +11,21 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from layerprobe.features.backbones import BACKBONES
-from layerprobe.features.errors import ConfigError
-from layerprobe.features.inputs import DIGEST_MODES
-from layerprobe.features.extract import STORAGE_DTYPES
-from layerprobe.features.model_files import SAVED_WEIGHTS, is_model_file
-from layerprobe.features.truncate import POOLINGS
-from layerprobe.pipeline.classifiers import CLASSIFIERS, PREPROCESSING, build_probe_pipeline, prefix_param_grid
-from layerprobe.pipeline.cluster import ClusterConfig
-from layerprobe.pipeline.config import values
-from layerprobe.pipeline.config.schema import (
+from ...features.core.errors import ConfigError
+from ...features.extract import STORAGE_DTYPES
+from ...features.inputs import DIGEST_MODES
+from ...features.model_files import SAVED_WEIGHTS, is_model_file
+from ...features.registry import BACKBONES
+from ...features.truncate import POOLINGS
+from ..classifiers import (
+    CLASSIFIERS,
+    PREPROCESSING,
+    build_probe_pipeline,
+    prefix_param_grid,
+)
+from ..cluster import ClusterConfig
+from . import values
+from .schema import (
     DEFAULT_OUTPUT_DIR,
     DEFAULT_STORE,
     FINETUNE_MODES,
@@ -31,7 +36,7 @@ from layerprobe.pipeline.config.schema import (
     FinetuneStageConfig,
     OutputConfig,
 )
-from layerprobe.pipeline.config.values import Check, Checker, Invalid, suggestion
+from .values import Check, Checker, Invalid, suggestion
 
 __all__ = [
     "REQUIRED",
@@ -105,7 +110,7 @@ REQUIRED: Mapping[str, tuple[str, ...]] = MappingProxyType({"data": ("path",), "
 
 def finetune_config_class() -> type:
     """`FinetuneConfig`, imported on first need (its package loads each name lazily: no Keras import)."""
-    from layerprobe.pipeline.finetune import FinetuneConfig
+    from ..finetune import FinetuneConfig
 
     return FinetuneConfig
 

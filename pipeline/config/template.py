@@ -19,10 +19,10 @@ import textwrap
 from pathlib import Path
 from typing import Any, Mapping
 
-from layerprobe.features.atomic import write_text_atomically
-from layerprobe.features.errors import InputError
-from layerprobe.pipeline.classifiers import CLASSIFIERS
-from layerprobe.pipeline.config.schema import (
+from ...features.core.atomic import write_text_atomically
+from ...features.core.errors import InputError
+from ..classifiers import CLASSIFIERS
+from .schema import (
     DEFAULT_OUTPUT_DIR,
     DEFAULT_STORE,
     BackboneConfig,
@@ -33,7 +33,7 @@ from layerprobe.pipeline.config.schema import (
     FinetuneStageConfig,
     OutputConfig,
 )
-from layerprobe.pipeline.config.sections import REQUIRED, SECTIONS, finetune_config_class
+from .sections import REQUIRED, SECTIONS, finetune_config_class
 
 __all__ = ["CONFIG_FILE_NAME", "attribute_docs", "example_config", "finetune_keys_help", "toml_value",
            "write_example_config"]

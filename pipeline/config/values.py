@@ -14,11 +14,11 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from layerprobe.features.backbones import BACKBONES, PREPROCESSING_MODES, resolve_preprocessing
-from layerprobe.features.checks import closest_names, is_positive_int
-from layerprobe.features.errors import BackboneError
-from layerprobe.features.model_files import SAVED_WEIGHTS, is_model_file
-from layerprobe.features.weights import parse_weights
+from ...features.backbone import parse_weights
+from ...features.core.checks import closest_names, is_positive_int
+from ...features.core.errors import BackboneError
+from ...features.model_files import SAVED_WEIGHTS, is_model_file
+from ...features.registry import BACKBONES, PREPROCESSING_MODES, resolve_preprocessing
 
 __all__ = [
     "Check",

@@ -26,10 +26,10 @@ layer-wise decay of timm and BEiT) through `BlockwiseAdam`, an Adam that scales
 the rate per variable in `update_step`, which every backend calls per variable.
 
 One module per job; each public name is imported on first use, so
-`from layerprobe.pipeline.finetune import FinetuneConfig` (from `config`)
+`from layerprobe.pipeline.finetune import FinetuneConfig` (from `settings`)
 imports neither Keras nor TensorFlow:
 
-  * `config`: `FinetuneConfig` and its checks (no Keras);
+  * `settings`: `FinetuneConfig` and its checks (no Keras);
   * `custom_objects`: the registered Keras layers and optimizer of a saved model;
   * `classifier_model`: `build_classifier_model` and starting the head;
   * `freezing`: `unfreeze_top`, per-block rates, BatchNorm momentum;
@@ -38,19 +38,19 @@ imports neither Keras nor TensorFlow:
   * `epoch_logs`: per-epoch history columns and progress lines;
   * `phases`: the phase loop, `finetune` and `train_from_scratch`;
   * `result`: `FinetuneResult`;
-  * `evaluation`: `evaluate_model`.
+  * `model_scores`: `evaluate_model`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from layerprobe.features.lazy import lazy_exports
+from ...features.core.lazy import lazy_exports
 
 # public name -> module that defines it (relative to this package)
 _EXPORTS = {
-    "AUGMENTATIONS": "config",
-    "FinetuneConfig": "config",
+    "AUGMENTATIONS": "settings",
+    "FinetuneConfig": "settings",
     "BackbonePreprocessing": "custom_objects",
     "BlockwiseAdam": "custom_objects",
     "FeatureStandardization": "custom_objects",
@@ -62,7 +62,7 @@ _EXPORTS = {
     "finetune": "phases",
     "train_from_scratch": "phases",
     "FinetuneResult": "result",
-    "evaluate_model": "evaluation",
+    "evaluate_model": "model_scores",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -74,10 +74,14 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from .batches import ImageBatches  # noqa: F401
     from .classifier_model import build_classifier_model  # noqa: F401
-    from .config import AUGMENTATIONS, FinetuneConfig  # noqa: F401
-    from .custom_objects import BackbonePreprocessing, BlockwiseAdam, FeatureStandardization  # noqa: F401
+    from .custom_objects import (  # noqa: F401
+        BackbonePreprocessing,
+        BlockwiseAdam,
+        FeatureStandardization,
+    )
     from .epoch_logs import EpochLogger  # noqa: F401
-    from .evaluation import evaluate_model  # noqa: F401
     from .freezing import set_batchnorm_momentum, unfreeze_top  # noqa: F401
+    from .model_scores import evaluate_model  # noqa: F401
     from .phases import finetune, train_from_scratch  # noqa: F401
     from .result import FinetuneResult  # noqa: F401
+    from .settings import AUGMENTATIONS, FinetuneConfig  # noqa: F401

@@ -12,8 +12,8 @@ import keras
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from layerprobe.features.errors import InputError, UnreadableImageError
-from layerprobe.features.inputs import ImageDataset
+from ...features.core.errors import InputError, UnreadableImageError
+from ...features.inputs import ImageDataset
 
 __all__ = ["ImageBatches", "validation_split"]
 

@@ -5,7 +5,7 @@
 The state is committed atomically after its weights are complete, and only then
 are older weights deleted, so a killed run leaves its previous checkpoint
 intact. `read_state` refuses a checkpoint written by a run with other settings.
-Files are committed with `layerprobe.features.atomic`. Beside the final model,
+Files are committed with `layerprobe.features.core.atomic`. Beside the final model,
 `model.layerprobe.json` (`backbone_metadata`) tells `layerprobe.features.model_files`
 which nested model is the backbone, its family, preprocessing and input size, so
 the saved file can be probed as a backbone (`model = "…/model.keras"`).
@@ -21,11 +21,11 @@ from typing import Any
 import keras
 import pandas as pd
 
-from layerprobe.features.atomic import atomic_path, write_atomically, write_text_atomically
-from layerprobe.features.backbones import BACKBONES
-from layerprobe.features.errors import ConfigError
-from layerprobe.features.model_files import metadata_path, write_model_metadata
-from layerprobe.features.weights import Backbone
+from ...features.backbone import Backbone
+from ...features.core.atomic import atomic_path, write_atomically, write_text_atomically
+from ...features.core.errors import ConfigError
+from ...features.model_files import metadata_path, write_model_metadata
+from ...features.registry import BACKBONES
 
 __all__ = ["Checkpoint", "backbone_metadata", "read_state", "save_checkpoint", "save_model", "truncate_history"]
 
@@ -99,7 +99,7 @@ def backbone_metadata(backbone: Backbone, *, mode: str) -> dict[str, Any]:
     """What a classifier built on `backbone` records beside its saved file (see `save_model`).
 
     `preprocessing` is the family name (or the spec's mode) that
-    `layerprobe.features.backbones.resolve_preprocessing` maps back to the same
+    `layerprobe.features.registry.resolve_preprocessing` maps back to the same
     function; `backbone_layer` names the nested backbone model in the classifier.
     """
     spec = backbone.spec

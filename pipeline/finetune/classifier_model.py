@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
-from layerprobe.features.checks import is_positive_int
-from layerprobe.features.errors import BackboneError, ConfigError, InputError
-from layerprobe.features.layers import describe_layers
-from layerprobe.features.seeding import keras_seed
-from layerprobe.features.weights import Backbone
-from layerprobe.pipeline.classifiers import fit_classifier
-from layerprobe.pipeline.finetune.config import AUGMENTATIONS, augmentation_problems
-from layerprobe.pipeline.finetune.custom_objects import BackbonePreprocessing, FeatureStandardization
+from ...features.backbone import Backbone
+from ...features.core.checks import is_positive_int
+from ...features.core.errors import BackboneError, ConfigError, InputError
+from ...features.layers import describe_layers
+from ...features.seeding import keras_seed
+from ..classifiers import fit_classifier
+from .custom_objects import BackbonePreprocessing, FeatureStandardization
+from .settings import AUGMENTATIONS, augmentation_problems
 
 if TYPE_CHECKING:
-    from layerprobe.pipeline.finetune.batches import ImageBatches
+    from .batches import ImageBatches
 
 __all__ = ["build_classifier_model", "feature_map_backbone", "fit_head_inputs", "set_head"]
 
@@ -113,7 +113,7 @@ def build_classifier_model(
     scratch leaves it the identity) before the head.
 
     Args:
-        backbone: From `layerprobe.features.weights.load_backbone`.
+        backbone: From `layerprobe.features.backbone.load_backbone`.
         n_classes: Number of output classes (>= 2).
         hidden_units: Dense ReLU layers (He init) between pooling and the softmax.
         dropout: Dropout rate before each dense layer; 0 for none.

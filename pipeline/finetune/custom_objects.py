@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import keras
 
-from layerprobe.features.backend import optimizer_variable_index
+from ...features.backend import optimizer_variable_index
 
 __all__ = ["BackbonePreprocessing", "BlockwiseAdam", "FeatureStandardization"]
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import keras
 
-from layerprobe.features.backbones import BackboneSpec
-from layerprobe.features.errors import BackboneError
-from layerprobe.features.layers import describe_layers, resolve_layers
-from layerprobe.features.weights import Backbone
-from layerprobe.pipeline.finetune.config import unfreeze_blocks_problem
+from ...features.backbone import Backbone
+from ...features.core.errors import BackboneError
+from ...features.layers import describe_layers, resolve_layers
+from ...features.registry import BackboneSpec
+from .settings import unfreeze_blocks_problem
 
 __all__ = ["backbone_model", "block_lr_scales", "set_batchnorm_momentum", "unfreeze_top"]
 

@@ -20,29 +20,37 @@ from typing import Any
 
 import keras
 
-from layerprobe.features.backbones import BackboneSpec
-from layerprobe.features.errors import InputError
-from layerprobe.features.extract import dtype_policy
-from layerprobe.features.inputs import ImageDataset
-from layerprobe.features.seeding import keras_seed
-from layerprobe.features.weights import load_backbone
-from layerprobe.pipeline.finetune.batches import ImageBatches, validation_split
-from layerprobe.pipeline.finetune.checkpoints import (
-    Checkpoint, backbone_metadata, read_state, save_checkpoint, save_model, truncate_history,
+from ...features.backbone import load_backbone
+from ...features.core.errors import InputError
+from ...features.extract import dtype_policy
+from ...features.inputs import ImageDataset
+from ...features.registry import BackboneSpec
+from ...features.seeding import keras_seed
+from .batches import ImageBatches, validation_split
+from .checkpoints import (
+    Checkpoint,
+    backbone_metadata,
+    read_state,
+    save_checkpoint,
+    save_model,
+    truncate_history,
 )
-from layerprobe.pipeline.finetune.classifier_model import (
+from .classifier_model import (
     build_classifier_model,
     feature_map_backbone,
     fit_head_inputs,
     set_head,
 )
-from layerprobe.pipeline.finetune.config import FinetuneConfig
-from layerprobe.pipeline.finetune.custom_objects import BlockwiseAdam
-from layerprobe.pipeline.finetune.epoch_logs import PhaseLogs
-from layerprobe.pipeline.finetune.freezing import (
-    backbone_model, block_lr_scales, set_batchnorm_momentum, unfreeze_top,
+from .custom_objects import BlockwiseAdam
+from .epoch_logs import PhaseLogs
+from .freezing import (
+    backbone_model,
+    block_lr_scales,
+    set_batchnorm_momentum,
+    unfreeze_top,
 )
-from layerprobe.pipeline.finetune.result import FinetuneResult
+from .result import FinetuneResult
+from .settings import FinetuneConfig
 
 __all__ = ["finetune", "train_from_scratch"]
 

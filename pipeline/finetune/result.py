@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layerprobe.pipeline.finetune.config import FinetuneConfig
+from .settings import FinetuneConfig
 
 __all__ = ["FinetuneResult"]
 

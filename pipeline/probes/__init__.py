@@ -12,8 +12,7 @@ Names are loaded on first use, so importing this package imports nothing heavy.
 
 from __future__ import annotations
 
-
-from layerprobe.features.lazy import lazy_exports
+from ...features.core.lazy import lazy_exports
 
 _EXPORTS = {
     "DEFAULT_ALPHAS": "ridge",

@@ -26,7 +26,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
-from layerprobe.pipeline.probes.ridge import DEFAULT_ALPHAS, RidgeProbeCV, loo_standard_error
+from .ridge import DEFAULT_ALPHAS, RidgeProbeCV, loo_standard_error
 
 __all__ = ["MultiLayerProbe", "multi_layer_name"]
 

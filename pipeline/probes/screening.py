@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
-from layerprobe.pipeline.probes.logme import logme_score
-from layerprobe.pipeline.probes.ridge import DEFAULT_ALPHAS, RidgeProbeCV
+from .logme import logme_score
+from .ridge import DEFAULT_ALPHAS, RidgeProbeCV
 
 __all__ = ["COLUMNS", "LayerProbe", "fit_layer_probes", "screen_layers", "selected_layers"]
 

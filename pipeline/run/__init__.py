@@ -32,7 +32,7 @@ a classifier row), `cluster_rows` (the rows as tasks on a dask cluster),
 the steps in order).
 """
 
-from layerprobe.pipeline.run.experiment import RunResult, run_experiment
-from layerprobe.pipeline.run.splits import split_dataset
+from .experiment import RunResult, run_experiment
+from .splits import split_dataset
 
 __all__ = ["RunResult", "run_experiment", "split_dataset"]

@@ -16,11 +16,18 @@ import hashlib
 import json
 from typing import Any, Callable, Sequence
 
-from layerprobe.features.distributed import check_store_visible
-from layerprobe.pipeline.config import ExperimentConfig
-from layerprobe.pipeline.results import ResultsTable
-from layerprobe.pipeline.run.rows import (
-    LayerToFit, RowJob, ScoredRow, finished_row, fit_settings, load_splits, save_row, score_row,
+from ...features.cluster_extraction import check_store_visible
+from ..config import ExperimentConfig
+from ..results import ResultsTable
+from .rows import (
+    LayerToFit,
+    RowJob,
+    ScoredRow,
+    finished_row,
+    fit_settings,
+    load_splits,
+    save_row,
+    score_row,
 )
 
 __all__ = ["fit_layers_on_cluster"]

@@ -15,21 +15,32 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from layerprobe.features.errors import ConfigError
-from layerprobe.features.store import FeatureStore
-from layerprobe.pipeline.advice import Advice, recommend
-from layerprobe.pipeline.config import ExperimentConfig
-from layerprobe.pipeline.plots import plot_depth
-from layerprobe.pipeline.results import ResultsTable
-from layerprobe.pipeline.cluster import open_client
-from layerprobe.pipeline.run.end_to_end import end_to_end_rows
-from layerprobe.pipeline.run.extractions import plan_extractions
-from layerprobe.pipeline.run.rows import LayerToFit, RowJob
-from layerprobe.pipeline.run.screening import (
-    adds_multi_layer, fill_layer_logme, final_jobs, first_jobs, fit_jobs, multi_layer_row,
+from ...features.core.errors import ConfigError
+from ...features.store import FeatureStore
+from ..advice import Advice, recommend
+from ..cluster import open_client
+from ..config import ExperimentConfig
+from ..plots import plot_depth
+from ..results import ResultsTable
+from .extractions import plan_extractions
+from .finetune_rows import end_to_end_rows
+from .rows import LayerToFit, RowJob
+from .screening import (
+    adds_multi_layer,
+    fill_layer_logme,
+    final_jobs,
+    first_jobs,
+    fit_jobs,
+    multi_layer_row,
 )
-from layerprobe.pipeline.run.splits import open_splits
-from layerprobe.pipeline.run.summary import data_text, log_report, stored_skipped, untested_text, write_run_summary
+from .splits import open_splits
+from .summary import (
+    data_text,
+    log_report,
+    stored_skipped,
+    untested_text,
+    write_run_summary,
+)
 
 __all__ = ["RunResult", "run_experiment"]
 
@@ -82,7 +93,7 @@ def run_experiment(
             its rows replace those of the same modes in the existing results
             table, whose other rows are kept; no extraction, no classifier fit.
         client: A `dask.distributed.Client`: extract and fit the classifier rows
-            on its workers (see `layerprobe.features.distributed`). Default: the
+            on its workers (see `layerprobe.features.cluster_extraction`). Default: the
             config's `[cluster]`, opened for this run (`layerprobe.pipeline.cluster`),
             or in-process without one. The finetune stage runs in-process.
 

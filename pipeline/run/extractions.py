@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from layerprobe.features.backend import import_keras_quietly
-from layerprobe.features.errors import ConfigError, LayerprobeError
-from layerprobe.features.extract import FeatureExtractor
-from layerprobe.features.plans import ExtractionPlan, load_plan, plan_signature, save_plan
-from layerprobe.pipeline.config import BackboneConfig, ExperimentConfig
+from ...features.backend import import_keras_quietly
+from ...features.core.errors import ConfigError, LayerprobeError
+from ...features.extract import FeatureExtractor
+from ...features.plans import ExtractionPlan, load_plan, plan_signature, save_plan
+from ..config import BackboneConfig, ExperimentConfig
 
 __all__ = ["Extraction", "extractor_settings", "plan_extractions"]
 

@@ -15,19 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
-from layerprobe.features.errors import InputError
-from layerprobe.features.keys import FeatureKey
-from layerprobe.features.plans import PlannedLayer
-from layerprobe.features.store import FeatureSet, FeatureStore
-from layerprobe.pipeline.classifiers import CLASSIFIERS, check_features, fit_classifier, search_method
-from layerprobe.pipeline.config import ExperimentConfig
-from layerprobe.pipeline.evaluate import evaluate
-from layerprobe.pipeline.persistence import read_sidecar, save_classifier, write_predictions
-from layerprobe.pipeline.predict import extractor_record, flat_features
-from layerprobe.pipeline.probes.logme import logme_score
-from layerprobe.pipeline.results import ResultsTable
-from layerprobe.pipeline.run.extractions import Extraction
-from layerprobe.pipeline.run.splits import class_problems
+from ...features.core.errors import InputError
+from ...features.keys import FeatureKey
+from ...features.plans import PlannedLayer
+from ...features.store import FeatureSet, FeatureStore
+from ..classifiers import CLASSIFIERS, check_features, fit_classifier, search_method
+from ..config import ExperimentConfig
+from ..evaluate import evaluate
+from ..persistence import read_sidecar, save_classifier, write_predictions
+from ..predict import extractor_record, flat_features
+from ..probes.logme import logme_score
+from ..results import ResultsTable
+from .extractions import Extraction
+from .splits import class_problems
 
 __all__ = [
     "LayerToFit",

@@ -32,16 +32,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from layerprobe.features.errors import InputError
-from layerprobe.pipeline.config import ExperimentConfig
-from layerprobe.pipeline.evaluate import evaluate
-from layerprobe.pipeline.persistence import save_classifier, write_predictions
-from layerprobe.pipeline.predict import extractor_record, flat_features
-from layerprobe.pipeline.probes.multilayer import MultiLayerProbe, multi_layer_name
-from layerprobe.pipeline.results import ResultsTable
-from layerprobe.pipeline.run.cluster_rows import fit_layers_on_cluster
-from layerprobe.pipeline.run.rows import LayerToFit, RowJob, finished_row, fit_layer, jsonable, load_splits
-from layerprobe.pipeline.uncertainty import binomial_se
+from ...features.core.errors import InputError
+from ..config import ExperimentConfig
+from ..evaluate import evaluate
+from ..persistence import save_classifier, write_predictions
+from ..predict import extractor_record, flat_features
+from ..probes.multilayer import MultiLayerProbe, multi_layer_name
+from ..results import ResultsTable
+from ..uncertainty import binomial_se
+from .cluster_rows import fit_layers_on_cluster
+from .rows import LayerToFit, RowJob, finished_row, fit_layer, jsonable, load_splits
 
 __all__ = [
     "AUTO_SCREENING_MIN_LAYERS",

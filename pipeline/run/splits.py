@@ -8,9 +8,9 @@ from typing import Sequence
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from layerprobe.features.errors import ConfigError
-from layerprobe.features.inputs import ImageDataset, open_dataset
-from layerprobe.pipeline.config import DataConfig, ExperimentConfig
+from ...features.core.errors import ConfigError
+from ...features.inputs import ImageDataset, open_dataset
+from ..config import DataConfig, ExperimentConfig
 
 __all__ = ["check_classes", "class_problems", "open_splits", "split_dataset"]
 

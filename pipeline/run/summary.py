@@ -7,12 +7,12 @@ from typing import Callable
 
 import pandas as pd
 
-from layerprobe.features.inputs import ImageDataset
-from layerprobe.features.store import FeatureStore
-from layerprobe.pipeline.advice import Advice
-from layerprobe.pipeline.config import DataConfig
-from layerprobe.pipeline.results import write_summary
-from layerprobe.pipeline.tables import format_table
+from ...features.inputs import ImageDataset
+from ...features.store import FeatureStore
+from ..advice import Advice
+from ..config import DataConfig
+from ..results import write_summary
+from ..tables import format_table
 
 __all__ = ["CONSOLE_COLUMNS", "data_text", "log_report", "skipped_text", "stored_skipped", "untested_text",
            "write_run_summary"]

@@ -6,10 +6,10 @@ import keras
 import numpy as np
 import pytest
 
-from layerprobe.features.backbones import BACKBONES, BackboneSpec, get_backbone_spec, resolve_preprocessing
-from layerprobe.features.digests import file_digest
+from layerprobe.features.registry import BACKBONES, BackboneSpec, get_backbone_spec, resolve_preprocessing
+from layerprobe.features.core.digests import file_digest
 from layerprobe.features.layers import UnknownLayerError, describe_layers, resolve_layers
-from layerprobe.features.weights import WeightsUnavailableError, load_backbone, parse_weights
+from layerprobe.features.backbone import WeightsUnavailableError, load_backbone, parse_weights
 
 
 def test_registry_covers_every_keras_application():

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import pytest
 
-from layerprobe.features.backbones import BACKBONES, BackboneSpec, register_backbone
+from layerprobe.features.registry import BACKBONES, BackboneSpec, register_backbone
 from layerprobe.features.extract import FeatureExtractor
 from layerprobe.features.inputs import ImageDataset, from_arrays
 from layerprobe.features.store import FeatureStore, IncompleteEntryError

@@ -6,14 +6,14 @@ import keras
 import numpy as np
 import pytest
 
-from layerprobe.features.errors import BackboneError
+from layerprobe.features.core.errors import BackboneError
 from layerprobe.features.extract import FeatureExtractor
 from layerprobe.features.inputs import from_arrays
 from layerprobe.features.layers import describe_layers
 from layerprobe.features.model_files import is_model_file, metadata_path, read_model_metadata
 from layerprobe.features.plans import plan_signature
 from layerprobe.features.store import FeatureStore
-from layerprobe.features.weights import load_backbone
+from layerprobe.features.backbone import load_backbone
 
 STAGES = ["act1", "act2", "act3", "pool3"]  # the last layer before each downsampling, then the deepest
 

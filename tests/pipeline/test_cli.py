@@ -16,7 +16,7 @@ except ModuleNotFoundError:  # Python 3.10
 import pytest
 
 import layerprobe.pipeline.config as config_module
-from layerprobe.features.errors import ConfigError, InputError
+from layerprobe.features.core.errors import ConfigError, InputError
 from layerprobe.features.extract import STORAGE_DTYPES
 from layerprobe.features.truncate import POOLINGS
 from layerprobe.pipeline.cli import build_parser, comma_list, main, positive_int

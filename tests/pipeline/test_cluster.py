@@ -96,7 +96,7 @@ def test_unreachable_scheduler_is_a_clear_error(monkeypatch):
 def test_one_local_worker_per_gpu_sees_only_its_own():
     """Without GPUs too: each worker process starts with its own CUDA_VISIBLE_DEVICES and a GPU resource."""
     pytest.importorskip("distributed")
-    from layerprobe.features.distributed import decoding_threads, gpu_resources
+    from layerprobe.features.cluster_extraction import decoding_threads, gpu_resources
 
     lines = []
     with open_client(ClusterConfig(gpus=(0, 1)), log=lines.append) as client:

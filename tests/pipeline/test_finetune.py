@@ -17,12 +17,12 @@ import pytest
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
-from layerprobe.features.backbones import BackboneSpec, get_backbone_spec
-from layerprobe.features.errors import BackboneError, ConfigError, InputError
+from layerprobe.features.registry import BackboneSpec, get_backbone_spec
+from layerprobe.features.core.errors import BackboneError, ConfigError, InputError
 from layerprobe.features.inputs import from_arrays, from_csv
 from layerprobe.features.layers import UnknownLayerError, describe_layers
 from layerprobe.features.extract import FeatureExtractor
-from layerprobe.features.weights import load_backbone
+from layerprobe.features.backbone import load_backbone
 from layerprobe.pipeline import finetune as finetune_module
 from layerprobe.pipeline.run import rows as run_rows
 from layerprobe.pipeline.classifiers import fit_classifier
@@ -178,7 +178,7 @@ def test_config_lists_every_problem_at_once():
 
 _CONFIG_ONLY = """
 import json, sys
-from layerprobe.pipeline.finetune.config import FinetuneConfig
+from layerprobe.pipeline.finetune.settings import FinetuneConfig
 FinetuneConfig.from_dict({"head_epochs": 2, "unfreeze_blocks": "all", "augmentation": {"flip": "vertical"}})
 from layerprobe.pipeline.finetune import FinetuneConfig as public  # through the lazy package
 assert public is FinetuneConfig

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from layerprobe.features.backbones import BACKBONES, BackboneSpec, register_backbone
+from layerprobe.features.registry import BACKBONES, BackboneSpec, register_backbone
 from layerprobe.features.inputs import from_directory
 from layerprobe.pipeline.default_experiment import pretrain_source
 from layerprobe.pipeline.finetune import FinetuneConfig

@@ -350,7 +350,7 @@ def test_predict_command_rebuilds_the_extractor_and_matches_the_run(first_run, t
 @pytest.mark.slow  # trains VGG16 end to end three times
 def test_finetune_stage_adds_rows_and_reuses_them(data_dir, tmp_path, monkeypatch):
     import layerprobe.pipeline.finetune as finetune_module
-    from layerprobe.features.weights import load_backbone
+    from layerprobe.features.backbone import load_backbone
 
     weights = tmp_path / "start.weights.h5"
     load_backbone("VGG16", weights=None, input_size=32, seed=1).model.save_weights(weights)

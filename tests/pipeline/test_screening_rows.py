@@ -11,7 +11,7 @@ import pytest
 
 import layerprobe.pipeline.run.rows as rows_module
 import layerprobe.pipeline.run.screening as screening_module
-from layerprobe.features.errors import InputError
+from layerprobe.features.core.errors import InputError
 from layerprobe.features.extract import FeatureExtractor
 from layerprobe.features.store import FeatureStore
 from layerprobe.pipeline.cli import main

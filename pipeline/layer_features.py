@@ -29,11 +29,11 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from layerprobe.features.backend import import_keras_quietly
-from layerprobe.features.errors import InputError
-from layerprobe.features.extract import FeatureExtractor
-from layerprobe.features.inputs import UNLABELLED, ImageDataset
-from layerprobe.features.store import FeatureStore
+from ..features.backend import import_keras_quietly
+from ..features.core.errors import InputError
+from ..features.extract import FeatureExtractor
+from ..features.inputs import UNLABELLED, ImageDataset
+from ..features.store import FeatureStore
 
 __all__ = ["LayerFeatures"]
 
@@ -155,7 +155,7 @@ class LayerFeatures(TransformerMixin, BaseEstimator):
         )
 
     def _resolved_layer(self, extractor: FeatureExtractor) -> str:
-        from layerprobe.features.layers import resolve_layers
+        from ..features.layers import resolve_layers
 
         return resolve_layers(extractor.backbone.model, extractor.backbone.spec, [self.layer])[0].name
 

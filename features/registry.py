@@ -11,8 +11,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
-from layerprobe.features.checks import unknown_name_message
-from layerprobe.features.errors import BackboneError
+from .core.checks import unknown_name_message
+from .core.errors import BackboneError
 
 __all__ = [
     "BackboneSpec",

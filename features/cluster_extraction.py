@@ -64,11 +64,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from layerprobe.features.atomic import TMP_PREFIX, write_text_atomically
-from layerprobe.features.errors import BackboneError, InputError, StoreError
-from layerprobe.features.extract import ExtractionReport, FeatureExtractor
-from layerprobe.features.inputs import DecodedChunk, ImageDataset, iter_decoded_chunks
-from layerprobe.features.store import FeatureStore
+from .core.atomic import TMP_PREFIX, write_text_atomically
+from .core.errors import BackboneError, InputError, StoreError
+from .extract import ExtractionReport, FeatureExtractor
+from .inputs import DecodedChunk, ImageDataset, iter_decoded_chunks
+from .store import FeatureStore
 
 __all__ = [
     "CHUNK_RETRIES",
@@ -108,7 +108,7 @@ def _cached_extractor(config: Mapping[str, Any]) -> tuple[FeatureExtractor, thre
         if token in _cache:
             _cache.move_to_end(token)
         else:
-            from layerprobe.features.backend import import_keras_quietly
+            from .backend import import_keras_quietly
 
             import_keras_quietly()
             _cache[token] = (FeatureExtractor(**config), threading.Lock())
@@ -198,7 +198,7 @@ def _check_worker_environment(partials: Mapping[str, Any]) -> None:
     recorded = next((getattr(p, "fingerprint", {}) or {} for p in partials.values()), {}).get("environment")
     if not recorded:
         return
-    from layerprobe.features.environment import environment_differences, numerics_environment
+    from .environment import environment_differences, numerics_environment
 
     differences = environment_differences(recorded, numerics_environment())
     if differences:
@@ -337,8 +337,8 @@ def check_store_visible(client, root: str | os.PathLike, *, timeout: float = 60.
 
 def _environment_on_worker() -> dict[str, Any]:
     """This worker's numerics environment, as a chunk task will compute in it (Keras and the backend imported)."""
-    from layerprobe.features.backend import import_keras_quietly
-    from layerprobe.features.environment import numerics_environment
+    from .backend import import_keras_quietly
+    from .environment import numerics_environment
 
     import_keras_quietly()
     return numerics_environment(probe_device=True)
@@ -351,7 +351,7 @@ def workers_environment(client) -> dict[str, Any]:
         StoreError: If the workers do not all compute in the same environment (one
             entry must not mix two: its features would not be reproducible).
     """
-    from layerprobe.features.environment import environment_differences
+    from .environment import environment_differences
 
     environments = client.run(_environment_on_worker)
     addresses = sorted(environments)

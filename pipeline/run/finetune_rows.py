@@ -13,11 +13,11 @@ import hashlib
 import json
 from typing import Any, Callable
 
-from layerprobe.features.atomic import write_text_atomically
-from layerprobe.features.backend import import_keras_quietly
-from layerprobe.features.inputs import ImageDataset
-from layerprobe.pipeline.config import BackboneConfig, ExperimentConfig
-from layerprobe.pipeline.run.rows import jsonable
+from ...features.backend import import_keras_quietly
+from ...features.core.atomic import write_text_atomically
+from ...features.inputs import ImageDataset
+from ..config import BackboneConfig, ExperimentConfig
+from .rows import jsonable
 
 __all__ = ["end_to_end_rows"]
 
@@ -43,7 +43,13 @@ def end_to_end_rows(
 ) -> list[dict]:
     """Train (or reuse) every end-to-end row of the config's `[finetune]` stage; score once on the test split."""
     import_keras_quietly()
-    from layerprobe.pipeline.finetune import EpochLogger, FinetuneConfig, evaluate_model, finetune, train_from_scratch
+    from ..finetune import (
+        EpochLogger,
+        FinetuneConfig,
+        evaluate_model,
+        finetune,
+        train_from_scratch,
+    )
 
     options = FinetuneConfig.from_dict(config.finetune.options)
     train, test = dataset.subset(split["train_split"]), dataset.subset(split["test_split"])

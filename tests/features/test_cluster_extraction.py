@@ -23,8 +23,8 @@ cloudpickle = pytest.importorskip("cloudpickle")
 from distributed import Client, LocalCluster  # noqa: E402
 from distributed.diagnostics.plugin import WorkerPlugin  # noqa: E402
 
-from layerprobe.features.distributed import extractor_cache_info  # noqa: E402
-from layerprobe.features.errors import StoreError  # noqa: E402
+from layerprobe.features.cluster_extraction import extractor_cache_info  # noqa: E402
+from layerprobe.features.core.errors import StoreError  # noqa: E402
 from layerprobe.features.extract import FeatureExtractor  # noqa: E402
 from layerprobe.features.inputs import from_directory  # noqa: E402
 from layerprobe.features.store import FeatureStore  # noqa: E402
@@ -139,7 +139,7 @@ def _writes(log_path):
 
 def test_seeded_random_init_ignores_other_threads_using_random():
     """dask's event loop draws from Python's `random`; a seeded backbone must not change with it."""
-    from layerprobe.features.weights import load_backbone
+    from layerprobe.features.backbone import load_backbone
 
     quiet = load_backbone("VGG16", weights=None, input_size=32, seed=3).weights_digest
     stop = threading.Event()

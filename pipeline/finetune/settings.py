@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from layerprobe.features.checks import is_positive_int, unknown_name_message
-from layerprobe.features.errors import ConfigError
+from ...features.core.checks import is_positive_int, unknown_name_message
+from ...features.core.errors import ConfigError
 
 __all__ = [
     "AUGMENTATIONS",

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from layerprobe.features.errors import InputError
-from layerprobe.features.inputs import ImageDataset, iter_decoded_chunks
-from layerprobe.pipeline.evaluate import evaluate
-from layerprobe.pipeline.finetune.result import FinetuneResult
+from ...features.core.errors import InputError
+from ...features.inputs import ImageDataset, iter_decoded_chunks
+from ..evaluate import evaluate
+from .result import FinetuneResult
 
 if TYPE_CHECKING:
     import keras

@@ -17,6 +17,7 @@ same numbers share features and any change of numbers is a cache miss.
 
 from __future__ import annotations
 
+import hashlib
 import operator
 import os
 import re
@@ -26,12 +27,18 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from layerprobe.features.backbones import BackboneSpec, get_backbone_spec
-from layerprobe.features.backend import import_keras_quietly, load_weights_strictly
-from layerprobe.features.digests import arrays_digest, file_digest
-from layerprobe.features.errors import BackboneError, WeightsUnavailableError
-from layerprobe.features.model_files import SAVED_WEIGHTS, is_model_file
-from layerprobe.features.seeding import keras_seed
+from .backend import import_keras_quietly, load_weights_strictly
+from .core.digests import arrays_digest, file_digest
+from .core.errors import BackboneError, WeightsUnavailableError
+from .model_files import SAVED_WEIGHTS, is_model_file, open_model_file
+from .registry import (
+    BACKBONES,
+    BackboneSpec,
+    get_backbone_spec,
+    preprocessing_choices,
+    resolve_preprocessing,
+)
+from .seeding import keras_seed
 
 __all__ = ["Backbone", "WeightsUnavailableError", "load_backbone", "parse_weights", "values_digest"]
 
@@ -144,8 +151,6 @@ def _offline_error(spec: BackboneSpec, error: Exception) -> WeightsUnavailableEr
 
 
 def _load_file(model, weights, input_size, model_kwargs, preprocessing, seed) -> Backbone:
-    from layerprobe.features.model_files import load_file_backbone
-
     if model_kwargs:
         raise BackboneError(
             f"model_kwargs are constructor arguments of a registry family; {os.fspath(model)} is a saved "
@@ -154,7 +159,7 @@ def _load_file(model, weights, input_size, model_kwargs, preprocessing, seed) ->
     resolved = _resolve_weights(weights)
     # A file carries its weights: the default "imagenet" means them too.
     resolved = SAVED_WEIGHTS if resolved == "imagenet" else resolved
-    return load_file_backbone(model, weights=resolved, input_size=input_size, preprocessing=preprocessing, seed=seed)
+    return _file_backbone(model, weights=resolved, input_size=input_size, preprocessing=preprocessing, seed=seed)
 
 
 def load_backbone(
@@ -253,4 +258,52 @@ def load_backbone(
         weights=resolved,
         weights_digest=digest,
         model_kwargs=kwargs,
+    )
+
+
+def _file_backbone(
+    path: str | os.PathLike,
+    *,
+    weights: str | os.PathLike | None = SAVED_WEIGHTS,
+    input_size: int | None = None,
+    preprocessing: str | None = None,
+    seed: int = 0,
+):
+    """A `Backbone` from a saved Keras model file; see `layerprobe.features.model_files`.
+
+    Args:
+        path: The `.keras` file.
+        weights: `"saved"` (the file's own), None (fresh initialisation from
+            `seed`, a random baseline of the same architecture) or a weights file.
+        input_size: Square input side (see `open_model_file`).
+        preprocessing: `"none"`, `"caffe"`, `"tf"`, `"torch"` or a family name;
+            None takes it from the metadata or the graph.
+        seed: Seed of the initialisation when `weights=None`.
+
+    Returns:
+        A `layerprobe.features.backbone.Backbone` whose `weights_digest` digests
+        the part's architecture and weight values.
+
+    Raises:
+        BackboneError: As `open_model_file`, an unknown `preprocessing`, or
+            none given where neither the metadata nor the graph tells it.
+    """
+    chosen = None if preprocessing is None else resolve_preprocessing(preprocessing)
+    opened = open_model_file(path, input_size=input_size, weights=weights, seed=seed)
+    if chosen is None and opened.preprocessing is None:
+        raise BackboneError(
+            f"Cannot tell which preprocessing {opened.path} expects: {opened.preprocessing_source}. Pass "
+            f"preprocessing= one of 'none' (pixels 0-255 as they are, for a model that rescales inside), "
+            f"'caffe', 'tf', 'torch' (the modes of keras.applications.imagenet_utils.preprocess_input) or a "
+            f"family name whose preprocess_input to use ({', '.join(list(BACKBONES)[:6])}, ...; "
+            f"all: {', '.join(preprocessing_choices())}). In a config: preprocessing = \"...\" in its "
+            f"[[backbones]] entry; on the command line: --preprocessing. Received: preprocessing=None"
+        )
+    combined = hashlib.sha256(f"{opened.architecture_digest}\n{values_digest(opened.model)}".encode())
+    return Backbone(
+        spec=opened.spec(chosen or opened.preprocessing),
+        model=opened.model,
+        input_size=opened.input_size,
+        weights=None if weights is None else (SAVED_WEIGHTS if weights == SAVED_WEIGHTS else os.fspath(weights)),
+        weights_digest="sha256:" + combined.hexdigest(),
     )
