@@ -23,6 +23,7 @@ from ..features.extract import FeatureExtractor
 from ..features.inputs import open_images
 from ..features.store import FeatureSet, FeatureStore
 from .persistence import load_classifier, write_predictions
+from .threads import native_threads
 
 __all__ = ["extractor_record", "extractor_from_record", "flat_features", "predict_images"]
 
@@ -136,8 +137,10 @@ def predict_images(
     y_true = None
     if set(first.class_names) <= set(known):
         y_true = np.array([known[first.class_names[label]] for label in first.y], dtype=np.int64)
-    proba = estimator.predict_proba(X) if hasattr(estimator, "predict_proba") else None
-    path = write_predictions(out, first.sample_ids, y_true, estimator.predict(X), class_names, proba=proba)
+    with native_threads(X):
+        proba = estimator.predict_proba(X) if hasattr(estimator, "predict_proba") else None
+        y_pred = estimator.predict(X)
+    path = write_predictions(out, first.sample_ids, y_true, y_pred, class_names, proba=proba)
     log(f"predictions: {path} ({len(first.sample_ids)} images)")
     return path
 

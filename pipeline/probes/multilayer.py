@@ -26,6 +26,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
+from ..threads import with_native_threads
 from .ridge import DEFAULT_ALPHAS, RidgeProbeCV, loo_standard_error
 
 __all__ = ["MultiLayerProbe", "multi_layer_name"]
@@ -156,6 +157,7 @@ class MultiLayerProbe(ClassifierMixin, BaseEstimator):
         block *= (self.weight_[name] / self.scale_[name]).astype(self.dtype)
         return block
 
+    @with_native_threads("features")
     def fit(self, features: Mapping[str, Any], y: Any) -> "MultiLayerProbe":
         """Selects layers greedily by ridge LOO accuracy and fits the final probe.
 

@@ -38,6 +38,8 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ..threads import with_native_threads
+
 __all__ = ["DEFAULT_ALPHAS", "RidgeProbeCV", "loo_standard_error"]
 
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-6, 1, 15))
@@ -223,6 +225,7 @@ class RidgeProbeCV(ClassifierMixin, BaseEstimator):
         self.fit_intercept = fit_intercept
         self.store_cv_results = store_cv_results
 
+    @with_native_threads("X")
     def fit(self, X: Any, y: Any) -> "RidgeProbeCV":
         """Fits the probe for every penalty, keeps the one with the best LOO accuracy.
 

@@ -26,6 +26,7 @@ from ..persistence import read_sidecar, save_classifier, write_predictions
 from ..predict import extractor_record, flat_features
 from ..probes.logme import logme_score
 from ..results import ResultsTable
+from ..threads import with_native_threads
 from .extractions import Extraction
 from .splits import class_problems
 
@@ -151,6 +152,7 @@ class ScoredRow:
     class_names: tuple
 
 
+@with_native_threads("train.X", n_jobs="config.classifiers.n_jobs")
 def score_row(
     layer: LayerToFit,
     classifier: str,
