@@ -31,11 +31,11 @@ from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
-from sklearn.svm import SVC, LinearSVC
+from sklearn.svm import SVC
 
 from ..features.core.checks import did_you_mean, is_positive_int, unknown_name_message
 from ..features.core.errors import InputError
-from .probes.grids import recommended_linear_svm
+from .probes.svm import LinearSVM, linear_svm_solver
 from .probes.ridge import DEFAULT_ALPHAS, RidgeProbeCV
 from .uncertainty import binomial_se, fold_se
 
@@ -97,14 +97,13 @@ def _build_logreg(random_state: int | None) -> BaseEstimator:
 
 
 def _build_linear_svm(random_state: int | None) -> BaseEstimator:
-    return LinearSVC(dual="auto", max_iter=10_000, random_state=random_state)
+    return LinearSVM(random_state=random_state)
 
 
 def _linear_svm_solver(n_samples: int, n_features: int) -> dict[str, Any]:
-    # liblinear's primal from 10 samples per feature on, the dual below (probes.grids, measured on
-    # CIFAR-10 block4_pool: 50,000 x 512 primal 664 s vs dual 1,671 s unconverged; 3,000 x 512 dual faster).
-    chosen = recommended_linear_svm(n_samples, n_features)
-    return {"dual": chosen.dual, "max_iter": chosen.max_iter}
+    # Newton steps on the Gram matrix up to 2,048 features, liblinear beyond (probes.svm; measured in
+    # benchmarks/RESULTS.md, "A linear SVM that is not the slowest row").
+    return {"solver": linear_svm_solver(n_samples, n_features)}
 
 
 def _build_rbf_svm(random_state: int | None) -> BaseEstimator:
@@ -147,11 +146,13 @@ CLASSIFIERS: Mapping[str, ClassifierSpec] = MappingProxyType(
             ),
             _spec(
                 "linear_svm",
-                "Linear support vector machine (liblinear, one-vs-rest; primal from 10 samples per feature).",
+                "Linear support vector machine (squared hinge, one-vs-rest; Newton steps on the Gram matrix, "
+                "C along a warm-started path; liblinear beyond 2,048 features).",
                 _build_linear_svm,
                 {"C": (0.01, 0.1, 1.0, 10.0)},
+                warm_start_param="C",
                 shape_params=_linear_svm_solver,
-                revision=1,
+                revision=2,
             ),
             _spec(
                 "rbf_svm",

@@ -6,6 +6,7 @@
 - :mod:`.screening`: :func:`screen_layers`, rank every layer and keep the top-k per backbone.
 - :mod:`.grids`: :func:`logreg_path_search` (warm-started C path), :func:`recommended_linear_svm`,
   :func:`recommended_sgd_svm`.
+- :mod:`.svm`: :class:`LinearSVM`, LinearSVC's model by Newton steps on the Gram matrix.
 
 Names are loaded on first use, so importing this package imports nothing heavy.
 """
@@ -34,6 +35,8 @@ _EXPORTS = {
     "recommended_linear_svm": "grids",
     "recommended_logreg": "grids",
     "recommended_sgd_svm": "grids",
+    "LinearSVM": "svm",
+    "linear_svm_solver": "svm",
 }
 
 __all__ = list(_EXPORTS)
