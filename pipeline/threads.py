@@ -3,7 +3,7 @@
 Native thread pools (OpenBLAS, MKL, OpenMP) start one thread per core they
 see, which is every core of the machine, even on a Slurm or Kubernetes node
 that lends this process two of them, and on small matrices several threads
-only spin-wait: a logistic regression on a few thousand rows then takes ten
+only spin-wait: a logistic regression on a few thousand rows then takes many
 times longer with two threads than with one. :func:`native_threads` limits
 the pools (with ``threadpoolctl``) around the entry points that fit or apply
 classifiers (the classifier rows, the ridge probe, LogME, the multi-layer probe,
@@ -28,6 +28,7 @@ import functools
 import inspect
 import math
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,6 +63,12 @@ ONE_THREAD_BELOW = 32_000_000
 faster with one (benchmarks/RESULTS.md, "BLAS threads that fit the cores"); above, the cores per job."""
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# The outermost native_threads of the process sets the pools and the last one to leave restores them:
+# the pools are process-wide (OpenBLAS's pthreads pool), so a nested or concurrent entry (the probes
+# inside a classifier row, joblib threads) keeps the limit already set instead of racing to restore it.
+_LOCK = threading.Lock()
+_ACTIVE: dict[str, Any] = {"depth": 0, "threads": None}
 
 
 def _read(path: Path) -> str | None:
@@ -189,6 +196,8 @@ def native_threads(data: Any, *, n_jobs: int | None = None) -> Iterator[int | No
 
     Changes nothing when the user set a variable of :data:`THREAD_VARIABLES`, or
     when `data` has no 2-D shape (the function called inside then reports it).
+    Inside another ``native_threads`` (of this thread or another), the limit
+    already set stays: the outermost entry point decides.
 
     Args:
         data: The features: an array-like of shape (n_samples, ...), or a mapping
@@ -207,8 +216,20 @@ def native_threads(data: Any, *, n_jobs: int | None = None) -> Iterator[int | No
         yield None
         return
     threads = threads_for(*shape, n_jobs=n_jobs)
-    with threadpool_limits(limits=threads, user_api="blas"), threadpool_limits(limits=threads, user_api="openmp"):
+    with _LOCK:
+        if _ACTIVE["depth"] == 0:
+            _ACTIVE["threads"] = threads
+            _ACTIVE["limits"] = [threadpool_limits(limits=threads, user_api=api) for api in ("blas", "openmp")]
+        _ACTIVE["depth"] += 1
+        threads = _ACTIVE["threads"]
+    try:
         yield threads
+    finally:
+        with _LOCK:
+            _ACTIVE["depth"] -= 1
+            if _ACTIVE["depth"] == 0:
+                for limits in reversed(_ACTIVE.pop("limits")):
+                    limits.restore_original_limits()
 
 
 def _lookup(arguments: Mapping[str, Any], dotted: str) -> Any:

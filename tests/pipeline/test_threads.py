@@ -130,6 +130,22 @@ def test_native_threads_limits_the_pools_and_restores_them(monkeypatch):
     assert _pools() == before
 
 
+def test_nested_and_concurrent_entries_keep_the_outer_limit_and_restore_once(monkeypatch):
+    """The probes inside a row, or joblib threads, enter again: the first entry decides, the last one restores."""
+    _without_thread_variables(monkeypatch)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 1)
+    before = _pools()
+    outer = native_threads(np.zeros((50, 4)))
+    assert outer.__enter__() == 1
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)  # an inner entry would choose otherwise
+    inner = native_threads(np.zeros((50, 4)))
+    assert inner.__enter__() == 1
+    outer.__exit__(None, None, None)  # a concurrent entry leaves first: the pools stay limited
+    assert _pools() == [1]
+    inner.__exit__(None, None, None)
+    assert _pools() == before
+
+
 def test_native_threads_changes_nothing_for_data_without_a_2d_shape(monkeypatch):
     _without_thread_variables(monkeypatch)
     monkeypatch.setattr(threads, "usable_cores", lambda: 1)
