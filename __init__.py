@@ -28,7 +28,7 @@ __version__ = layerprobe_version()
 # public name -> module that defines it (relative to this package)
 _EXPORTS = {
     "FeatureExtractor": "features.extract",
-    "ExtractionReport": "features.extract",
+    "ExtractionReport": "features.chunks",
     "FeatureStore": "features.store",
     "FeatureSet": "features.store",
     "FeatureKey": "features.keys",
@@ -79,7 +79,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
         UnreadableImageError,
         WeightsUnavailableError,
     )
-    from .features.extract import ExtractionReport, FeatureExtractor  # noqa: F401
+    from .features.chunks import ExtractionReport  # noqa: F401
+    from .features.extract import FeatureExtractor  # noqa: F401
     from .features.inputs import ImageDataset, from_arrays, from_csv, from_directory  # noqa: F401
     from .features.keys import FeatureKey  # noqa: F401
     from .features.registry import BackboneSpec, register_backbone  # noqa: F401

@@ -99,13 +99,13 @@ def first_run(tmp_path_factory, data_dir):
 def forward_calls(monkeypatch):
     """Counts the forward passes of every extractor."""
     calls = []
-    original = FeatureExtractor._forward
+    original = FeatureExtractor.iter_features
 
     def counting(self, *args, **kwargs):
         calls.append(1)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(FeatureExtractor, "_forward", counting)
+    monkeypatch.setattr(FeatureExtractor, "iter_features", counting)
     return calls
 
 
@@ -114,7 +114,7 @@ def _forbid(monkeypatch, *, forward=True, fit=True):
         raise AssertionError("this run must reuse its results, not compute them")
 
     if forward:
-        monkeypatch.setattr(FeatureExtractor, "_forward", fail)
+        monkeypatch.setattr(FeatureExtractor, "iter_features", fail)
     if fit:
         monkeypatch.setattr(rows_module, "fit_classifier", fail)
 

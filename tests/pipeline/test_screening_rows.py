@@ -203,7 +203,7 @@ def test_rerun_reuses_every_row_without_a_fit(screened, monkeypatch):
 
     monkeypatch.setattr(rows_module, "fit_classifier", fail)
     monkeypatch.setattr(screening_module.MultiLayerProbe, "fit", fail)
-    monkeypatch.setattr(FeatureExtractor, "_forward", fail)
+    monkeypatch.setattr(FeatureExtractor, "iter_features", fail)
     again = run_experiment(config, log=_quiet, progress=False)
     assert (again.n_forward, again.n_fitted, again.n_reused) == (0, 0, 10)
     pd.testing.assert_frame_equal(pd.read_csv(again.results_path), pd.read_csv(first.results_path))
