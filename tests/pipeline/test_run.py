@@ -152,7 +152,7 @@ def test_saved_classifiers_reload_and_predict_identically(first_run):
         predicted = np.asarray(test.class_names)[estimator.predict(test.X)]
         np.testing.assert_array_equal(predicted, predictions["predicted_label"])
         assert list(predictions["sample_id"]) == list(test.sample_ids)
-        assert sidecar["store_entry"] == row.store_entry
+        assert sidecar["store_entries"] == [row.store_entry] and sidecar["layers"] == [row.layer]
         assert sidecar["classifier"] == row.classifier
         assert sidecar["class_names"] == list(CLASSES)
         assert sidecar["scores"]["accuracy"] == pytest.approx(row.test_accuracy)
