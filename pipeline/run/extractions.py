@@ -8,6 +8,8 @@ extractor is built, Keras imported quietly first.
 
 from __future__ import annotations
 
+import copy
+import inspect
 from dataclasses import dataclass
 
 from ...features.backend import import_keras_quietly
@@ -17,6 +19,12 @@ from ...features.plans import ExtractionPlan, load_plan, plan_signature, save_pl
 from ..config import BackboneConfig, ExperimentConfig
 
 __all__ = ["Extraction", "extractor_settings", "plan_extractions"]
+
+_CONSTRUCTOR_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(FeatureExtractor).parameters.items()
+    if parameter.default is not parameter.empty
+}
 
 
 @dataclass
@@ -34,6 +42,16 @@ class Extraction:
             import_keras_quietly()
             self.extractor = FeatureExtractor(**self.settings)
         return self.extractor
+
+    def get_config(self) -> dict:
+        """The extractor's `FeatureExtractor.get_config()`, without building it when it is not built yet.
+
+        Unbuilt, that is `settings` completed with the constructor's defaults,
+        which is what `get_config()` of `FeatureExtractor(**settings)` returns.
+        """
+        if self.extractor is not None:
+            return self.extractor.get_config()
+        return {**_CONSTRUCTOR_DEFAULTS, **copy.deepcopy(self.settings)}
 
 
 def extractor_settings(config: ExperimentConfig, backbone: BackboneConfig, pooling: str) -> dict:

@@ -123,7 +123,7 @@ def _fit_multi_layer(layers: Sequence[LayerToFit], record: RowRecord, split: dic
     )
     sidecar = {
         # The probe reads every layer of the backbone (its columns side by side) and uses the selected ones.
-        **features_record(extraction.settings, [layer.info.name for layer in layers], layers[0].store.root,
+        **features_record(extraction.get_config(), [layer.info.name for layer in layers], layers[0].store.root,
                           [layer.key for layer in layers]),
         "classifier": "multi_layer",
         "best_params": {"alpha": probe.alpha_, "layers": probe.selected_layers_},

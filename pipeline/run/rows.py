@@ -206,7 +206,7 @@ def save_row(layer: LayerToFit, stem: Path, scored: ScoredRow) -> tuple[dict, Pa
         scored.class_names, proba=scored.proba,
     )
     sidecar = {
-        **features_record(layer.extraction.settings, [layer.info.name], layer.store.root, [layer.key]),
+        **features_record(layer.extraction.get_config(), [layer.info.name], layer.store.root, [layer.key]),
         "classifier": scored.classifier,
         "best_params": scored.best_params,
         "cv_score": scored.cv_score,

@@ -398,3 +398,17 @@ def test_default_experiment_end_to_end(tmp_path, monkeypatch):
     again = run_default(tmp_path / "out", store=tmp_path / "store", log=lines.append, progress=False)
     assert (again.n_forward, again.n_fitted) == (0, 0)
     assert any("source network: reused" in line for line in lines)
+
+
+def test_sidecars_record_the_extractors_get_config(first_run):
+    from layerprobe.pipeline.persistence import read_sidecar
+
+    config, result = first_run
+    extraction = extractions_module.plan_extractions(config)[0]
+    assert extraction.extractor is None  # the plan is in the store: nothing built
+    built = FeatureExtractor(**extraction.settings)
+    assert extraction.get_config() == built.get_config()
+    for path in result.results["model_path"]:
+        sidecar = read_sidecar(path)
+        assert sidecar["extractor"] == json.loads(json.dumps(built.get_config()))
+        assert sidecar["layers"] == [sidecar["store_keys"][0]["layer"]]
