@@ -60,7 +60,7 @@ class RowRecord:
     legacy_sidecar: Path | None = None
 
     def saved(self) -> dict | None:
-        """The row saved under equal settings, with its `model_path`; None if there is none."""
+        """The row saved under equal settings, with its `model_path`; None if there is none or its model is gone."""
         try:
             record = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -69,7 +69,10 @@ class RowRecord:
             return self._legacy()
         if "model" not in record:  # a [finetune] row of an older layerprobe: its row holds model_path
             return dict(record["row"])
-        return {**record["row"], "model_path": os.path.normpath(self.path.parent / record["model"])}
+        model_path = os.path.normpath(self.path.parent / record["model"])
+        if not os.path.exists(model_path):  # the model was deleted: fit again
+            return None
+        return {**record["row"], "model_path": model_path}
 
     def _legacy(self) -> dict | None:
         if self.legacy_sidecar is None:

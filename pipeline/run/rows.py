@@ -1,6 +1,6 @@
 """Classifier rows: fit one classifier on one layer's features, or reuse the row saved by an earlier run.
 
-A row's settings (`fit_settings`: store key, classifier, grid, preprocessing,
+A row's settings (`_fit_settings`: store key, classifier, grid, preprocessing,
 PCA, folds, seed, split definition, and the search method where it is not a
 plain grid search) key its record (`records.fit_or_reuse`): a matching row is
 reused without loading features or fitting. Every row carries the LogME of its
@@ -13,7 +13,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
-
 
 from ...features.core.errors import InputError
 from ...features.keys import FeatureKey

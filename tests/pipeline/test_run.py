@@ -412,3 +412,14 @@ def test_sidecars_record_the_extractors_get_config(first_run):
         sidecar = read_sidecar(path)
         assert sidecar["extractor"] == json.loads(json.dumps(built.get_config()))
         assert sidecar["layers"] == [sidecar["store_keys"][0]["layer"]]
+
+
+def test_a_row_whose_model_was_deleted_is_fitted_again(first_run, tmp_path):
+    config, _ = first_run
+    shutil.copytree(config.output.dir, tmp_path / "out")
+    config = config.with_paths(output_dir=tmp_path / "out")
+    deleted = Path(pd.read_csv(tmp_path / "out" / "results.csv")["model_path"].iloc[0].replace(
+        str(first_run[0].output.dir), str(tmp_path / "out")))
+    deleted.unlink()
+    again = run_experiment(config, log=_quiet, progress=False)
+    assert (again.n_fitted, again.n_reused) == (1, 3) and deleted.is_file()
