@@ -75,6 +75,24 @@ class Backbone:
         return f"{self.spec.name}({args})"
 
 
+_TOP_ARGUMENTS = frozenset({"input_tensor", "pooling", "classes", "classifier_activation", "name"})
+
+
+def _architecture_arguments(spec: BackboneSpec) -> list[str] | None:
+    """The model_kwargs a registry family takes (its constructor's arguments less layerprobe's and the top's),
+    or None when its constructor does not say (it takes **kwargs)."""
+    import inspect
+
+    import keras
+
+    function = getattr(keras.applications, spec.constructor.__name__, spec.constructor)
+    parameters = inspect.signature(function).parameters.values()
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+        return None
+    taken = {"include_top", "weights", "input_shape"} | _TOP_ARGUMENTS
+    return [parameter.name for parameter in parameters if parameter.name not in taken]
+
+
 def values_digest(model) -> str:
     """sha256 over every weight's dtype, shape and values, in model order (see `digests.arrays_digest`)."""
     return arrays_digest(np.asarray(variable) for variable in model.weights)
@@ -223,6 +241,18 @@ def load_backbone(
         raise BackboneError(
             f"model_kwargs must not set {reserved}: layerprobe sets them (use the weights and "
             f"input_size arguments). Received: model_kwargs={kwargs!r}"
+        )
+    # Arguments of the classification top layerprobe leaves out, which Keras accepts and ignores (or, for
+    # pooling, adds a layer layerprobe's own pooling replaces): refused rather than silently ignored.
+    ignored = sorted(_TOP_ARGUMENTS & set(kwargs))
+    if ignored:
+        valid = _architecture_arguments(spec)
+        takes = ("the keyword arguments of its constructor" if valid is None
+                 else f"only these model_kwargs: {valid}" if valid else "no model_kwargs")
+        raise BackboneError(
+            f"model_kwargs must not set {ignored}: layerprobe sets them, or they act only on the classification "
+            f"top it leaves out (pooling is layerprobe's `pooling` argument, [features] pooling in a config). "
+            f"{spec.name} takes {takes}. Received: model_kwargs={kwargs!r}"
         )
     build_args = dict(include_top=False, input_shape=(size, size, 3), **kwargs)
     with keras_seed(seed):

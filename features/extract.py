@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import inspect
 import json
 import os
 import threading
@@ -183,24 +184,13 @@ class FeatureExtractor:
         self.dataset_digest = dataset_digest
         if dtype not in STORAGE_DTYPES:
             raise BackboneError(f"dtype must be one of {STORAGE_DTYPES}. Received: dtype={dtype!r}")
-        # The constructor arguments, as given: `get_config()` rebuilds this extractor elsewhere (a dask worker).
-        self._config = {
-            "model": os.fspath(model) if isinstance(model, os.PathLike) else model,
-            "weights": os.fspath(weights) if isinstance(weights, os.PathLike) else weights,
-            "layers": layers if isinstance(layers, (str, float, int)) else list(layers),
-            "pooling": pooling if isinstance(pooling, str) else dict(pooling),
-            "input_size": input_size,
-            "batch_size": batch_size,
-            "dtype": dtype,
-            "mixed_precision": mixed_precision,
-            "model_kwargs": dict(model_kwargs or {}),
-            "preprocessing": preprocessing,
-            "seed": seed,
-            "max_flatten_dim": max_flatten_dim,
-            "max_pixels": max_pixels,
-            "dataset_digest": dataset_digest,
-            "decoder": decoder,
-        }
+        # The constructor arguments: `get_config()` rebuilds this extractor elsewhere (a dask worker).
+        self._config = self.config_of(
+            model=model, weights=weights, layers=layers, pooling=pooling, input_size=input_size,
+            batch_size=batch_size, dtype=dtype, mixed_precision=mixed_precision, model_kwargs=model_kwargs,
+            preprocessing=preprocessing, seed=seed, max_flatten_dim=max_flatten_dim, max_pixels=max_pixels,
+            dataset_digest=dataset_digest, decoder=decoder,
+        )
         self.decoder = resolve_decoder(decoder)
         self._auto_batch = batch_size == "auto"
         self.batch_size = DEFAULT_BATCH_SIZE if self._auto_batch else check_positive_int(
@@ -232,6 +222,30 @@ class FeatureExtractor:
         return copy.deepcopy(self._config)
 
     @classmethod
+    def config_of(cls, **arguments: Any) -> dict[str, Any]:
+        """What `get_config()` of `FeatureExtractor(**arguments)` returns, without building it.
+
+        Every constructor argument, defaults filled in, as JSON-ready values (paths as
+        strings, lists and dicts for sequences and mappings): the one form in which
+        sidecars, plans and dask tasks describe an extractor.
+
+        Raises:
+            TypeError: For an argument the constructor does not take.
+        """
+        bound = inspect.signature(cls.__init__).bind(None, **arguments)
+        bound.apply_defaults()
+        config = {name: value for name, value in bound.arguments.items() if name != "self"}
+        for name in ("model", "weights"):
+            if isinstance(config[name], os.PathLike):
+                config[name] = os.fspath(config[name])
+        if not isinstance(config["layers"], (str, float, int)):
+            config["layers"] = list(config["layers"])
+        if not isinstance(config["pooling"], str):
+            config["pooling"] = dict(config["pooling"])
+        config["model_kwargs"] = dict(config["model_kwargs"] or {})
+        return copy.deepcopy(config)
+
+    @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> FeatureExtractor:
         """A new extractor from `get_config()`'s output (Keras is imported quietly first)."""
         import_keras_quietly()
@@ -245,6 +259,7 @@ class FeatureExtractor:
         first), so scikit-learn clones of a `LayerFeatures` and the chunk tasks of a
         dask worker reuse one built (and compiled) backbone per settings.
         """
+        config = cls.config_of(**config)
         token = json.dumps(config, sort_keys=True, default=str)
         with _shared_lock:
             if token in _shared:

@@ -25,13 +25,21 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["FORMAT_VERSION", "FeatureKey"]
+__all__ = ["FORMAT_VERSION", "FeatureKey", "safe_name"]
 
 # Bump when the extraction output changes for the same key fields.
 # 2: 16-bit grey levels scaled from their bit depth (not 65535); JPEGs decoded at reduced scale (draft).
 FORMAT_VERSION = 2
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_name(*parts: str) -> str:
+    """One file-system-safe path component: `parts` joined by ".", every run of other characters than
+    letters, digits, `_`, `.` and `-` replaced by `_` (no separator survives), e.g. `MobileNetV2_alpha_0.35_`.
+    """
+    name = ".".join(_UNSAFE.sub("_", str(part)) for part in parts)
+    return "_" if name in ("", ".", "..") else name
 
 
 @dataclass(frozen=True)
@@ -79,5 +87,4 @@ class FeatureKey:
     @property
     def entry_name(self) -> str:
         """File-system-safe, human-readable and unique name of the stored entry."""
-        readable = ".".join(_UNSAFE.sub("_", part) for part in (self.backbone, self.layer, self.pooling))
-        return f"{readable}.{self.digest[:16]}"
+        return f"{safe_name(self.backbone, self.layer, self.pooling)}.{self.digest[:16]}"

@@ -8,9 +8,8 @@ Errors: features or labels that cannot be used raise `InputError` (a
 `ValueError`); unknown names, grid keys or parameter values raise `ValueError`,
 as scikit-learn does for its parameters.
 
-Above ~450 lines on purpose: the registry and `fit_classifier` are one
-contract (each spec's search method, grid and cv reporting); the probes
-themselves live in `layerprobe.pipeline.probes`.
+The probes themselves (the ridge probe, LogME, the multi-layer probe) live in
+`layerprobe.pipeline.probes`.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ from sklearn.svm import SVC, LinearSVC
 
 from ..features.core.checks import did_you_mean, is_positive_int, unknown_name_message
 from ..features.core.errors import InputError
-from .probes.grids import recommended_linear_svm
 from .probes.ridge import DEFAULT_ALPHAS, RidgeProbeCV
 from .uncertainty import binomial_se, fold_se
 
@@ -47,6 +45,7 @@ __all__ = [
     "build_probe_pipeline",
     "check_features",
     "fit_classifier",
+    "flat_features",
     "prefix_param_grid",
     "search_method",
 ]
@@ -101,10 +100,10 @@ def _build_linear_svm(random_state: int | None) -> BaseEstimator:
 
 
 def _linear_svm_solver(n_samples: int, n_features: int) -> dict[str, Any]:
-    # liblinear's primal from 10 samples per feature on, the dual below (probes.grids, measured on
-    # CIFAR-10 block4_pool: 50,000 x 512 primal 664 s vs dual 1,671 s unconverged; 3,000 x 512 dual faster).
-    chosen = recommended_linear_svm(n_samples, n_features)
-    return {"dual": chosen.dual, "max_iter": chosen.max_iter}
+    # liblinear's primal (a few Newton steps) from 10 samples per feature on; below, the dual
+    # coordinate descent is the faster (benchmarks/RESULTS.md, probe_speed --alternatives).
+    dual = bool(n_samples < 10 * n_features)
+    return {"dual": dual, "max_iter": 10_000 if dual else 1_000}
 
 
 def _build_rbf_svm(random_state: int | None) -> BaseEstimator:
@@ -293,6 +292,11 @@ def check_features(X: Any, *, name: str = "X", sample_ids: Sequence[Any] | None 
             f"other weights, or drop those samples. Received: {name} with shape {X.shape}"
         )
     return X
+
+
+def flat_features(features: Any) -> np.ndarray:
+    """The ``X`` of a stored ``FeatureSet`` with one row per sample: pooled features as they are, maps flattened."""
+    return features.X.reshape(len(features.X), -1)
 
 
 def _check_training_data(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray, int]:
@@ -550,8 +554,8 @@ def _fit_warm_path(
     """The grid of `spec.warm_start_param` searched along a warm-started path in each fold, then a cold refit.
 
     Each fold fits the values in increasing order, each from the previous solution
-    (on 50,000 x 512 CIFAR-10 features, lbfgs needed 3.3x less time for the four C
-    values than independent fits: `benchmarks/probe_speed.py --alternatives`).
+    (fewer lbfgs iterations than cold starts at large C: benchmarks/RESULTS.md,
+    probe_speed --alternatives).
     Scores are reported in the grid's order and the first best candidate wins, as
     in ``GridSearchCV``; the refit on all rows is an ordinary (cold) fit at the
     best value, so the estimator equals ``build_probe_pipeline(...).set_params(...).fit``.

@@ -8,7 +8,7 @@
     layerprobe store ls|info|rm STORE [ENTRY...]
     layerprobe run [CONFIG.toml] [--out DIR] [--store DIR] [--scheduler ADDRESS | --workers N | --gpus 0,1]
     layerprobe finetune CONFIG.toml [--out DIR] [--store DIR]
-    layerprobe predict CLASSIFIER.joblib --data DIR|CSV [--out predictions.csv]
+    layerprobe predict CLASSIFIER.skops --data DIR|CSV [--out predictions.csv] [--trust]
 
 Errors a user can fix (`LayerprobeError`, and a path given on the command line
 or in the config that is missing or not writable) are printed as
@@ -250,7 +250,8 @@ def _run(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from .predict import predict_images
 
-    predict_images(args.classifier, args.data, out=args.out, store=args.store, progress=not args.no_progress)
+    predict_images(args.classifier, args.data, out=args.out, store=args.store, progress=not args.no_progress,
+                   trust=args.trust)
     return 0
 
 
@@ -421,11 +422,16 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.set_defaults(no_progress=True)  # no extraction, so no progress bars
 
     predict = commands.add_parser("predict", parents=[common], help="predict new images with a classifier saved by `layerprobe run`")
-    predict.add_argument("classifier", help="a .joblib file from a run's models/ folder")
+    predict.add_argument("classifier", help="a .skops file from a run's models/ folder (or an older run's .joblib, with --trust)")
     predict.add_argument("--data", required=True, help="image folder (class subfolders, or just images: predicted unlabelled) or CSV")
     predict.add_argument("--out", default="predictions.csv", help="predictions CSV (default: predictions.csv)")
     predict.add_argument("--store", default=None, help="feature store (default: the one the classifier was trained from)")
     predict.add_argument("--no-progress", action="store_true")
+    predict.add_argument(
+        "--trust", action="store_true",
+        help="load a .joblib classifier saved by an older layerprobe: a pickle, which runs any code it holds, so "
+             "only for files from a source you trust (.skops files load without it and run no code)",
+    )
     return parser
 
 
