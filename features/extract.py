@@ -29,7 +29,7 @@ from .core.errors import BackboneError, InputError
 from .environment import numerics_environment
 from .inputs import DEFAULT_MAX_PIXELS, DecodedChunk, ImageDataset, iter_decoded_chunks
 from .inputs.dataset import DIGEST_MODES, resolve_dataset_digest
-from .keys import FeatureKey
+from .keys import STORAGE_DTYPES, FeatureKey
 from .layers import LayerInfo, resolve_layers
 from .plans import ExtractionPlan, PlannedLayer
 from .store import FeatureStore, library_versions
@@ -41,8 +41,6 @@ from .truncate import (
 )
 
 __all__ = ["FeatureExtractor", "ExtractionReport", "dtype_policy"]
-
-STORAGE_DTYPES = ("float32", "float16")
 
 
 @dataclass

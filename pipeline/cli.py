@@ -345,7 +345,7 @@ def _cluster_settings(args: argparse.Namespace, configured=None):
 
 def build_parser() -> argparse.ArgumentParser:
     """The `layerprobe` argument parser; pooling and dtype choices come from their registries."""
-    from ..features.extract import STORAGE_DTYPES
+    from ..features.keys import STORAGE_DTYPES
     from ..features.truncate import POOLINGS
 
     verbose_help = "show TensorFlow's start-up notices (sets LAYERPROBE_VERBOSE=1)"

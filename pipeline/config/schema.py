@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..classifiers import CLASSIFIERS
+from ..classifier_grids import CLASSIFIER_GRIDS
 from ..cluster import ClusterConfig
 
 __all__ = [
@@ -177,7 +177,7 @@ class ClassifiersConfig:
 
     def param_grid(self, name: str) -> dict[str, list]:
         """The grid searched for classifier `name`, as plain lists (JSON-ready)."""
-        grid = self.grids.get(name, CLASSIFIERS[name].param_grid)
+        grid = self.grids.get(name, CLASSIFIER_GRIDS[name].default_grid)
         return {key: list(values) for key, values in sorted(grid.items())}
 
 
