@@ -18,9 +18,6 @@ bug and keeps its traceback.
 TensorFlow's C++ start-up notices are muted (Keras is imported through
 `layerprobe.features.backend.import_keras_quietly`, and TF_CPP_MIN_LOG_LEVEL
 is 2 unless set); `--verbose` shows them.
-
-Above ~450 lines on purpose: argparse definitions of every command are
-long but flat; each command's work lives in the library.
 """
 
 from __future__ import annotations
