@@ -149,7 +149,9 @@ class ClassifiersConfig:
             left out) for one.
         seed: Seed of the folds, PCA and the classifiers.
         grids: Hyperparameter grid per classifier, replacing its default grid,
-            e.g. `{ logreg = { C = [0.1, 1.0, 10.0] } }`.
+            e.g. `{ logreg = { C = [0.1, 1.0, 10.0] } }`; a preprocessing step's
+            or PCA's parameter is named with its step, e.g. `pca__n_components`
+            (an unknown key is reported with the valid ones).
         screening: For depth sweeps: the ridge probe (every penalty by exact
             leave-one-out, seconds per layer) makes a "screening" row on every
             layer, and the other classifiers are fitted only on the
