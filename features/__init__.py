@@ -12,7 +12,9 @@ Data flows one way, and nothing here imports `layerprobe.pipeline`:
   and digest modes it names), `plans` (a run's keys without building a backbone),
   `environment` (the numerics environment recorded beside each entry);
 * `extract` (`FeatureExtractor`: every layer in one forward pass, into the store),
-  `cluster_extraction` (the same chunks as tasks on a dask cluster);
+  `chunks` (the chunk protocol it shares with the cluster path), `device` (the
+  compiled forward pass per Keras backend), `cluster_extraction` (the same
+  chunks as tasks on a dask cluster);
 * `store/`: the HDF5 feature store, one committed file per key, safe against
   killed writers;
 * `backend` (the one contact with Keras internals), `seeding` (scoped seeding);
