@@ -44,7 +44,7 @@ from .device import DeviceForward, accelerator_name, is_out_of_memory, pad_batch
 from .inputs import DEFAULT_MAX_PIXELS, DecodedChunk, ImageDataset, iter_decoded_chunks
 from .inputs.dataset import DIGEST_MODES, resolve_dataset_digest
 from .inputs.decoding import resolve_decoder
-from .keys import FeatureKey
+from .keys import STORAGE_DTYPES, FeatureKey
 from .layers import LayerInfo, resolve_layers
 from .plans import ExtractionPlan, PlannedLayer
 from .store import FeatureStore, library_versions
@@ -56,8 +56,6 @@ from .truncate import (
 )
 
 __all__ = ["FeatureExtractor", "ExtractionReport", "dtype_policy"]
-
-STORAGE_DTYPES = ("float32", "float16")
 
 DEFAULT_BATCH_SIZE = 32
 """The batch size of `batch_size="auto"` on a CPU."""

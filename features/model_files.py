@@ -32,10 +32,6 @@ model saved with `model.save` (a `.keras` archive, or a legacy `.h5` model):
 Subclassed models (a `call` written in Python) have no graph whose
 intermediate outputs could be tapped; they get a `BackboneError` saying how to
 save a functional one instead.
-
-Above ~450 lines on purpose: loading, finding the backbone part, rebuilding
-at an input size and digesting a file are steps of one job, each needing the
-others' view of the same graph.
 """
 
 from __future__ import annotations

@@ -18,9 +18,6 @@ bug and keeps its traceback.
 TensorFlow's C++ start-up notices are muted (Keras is imported through
 `layerprobe.features.backend.import_keras_quietly`, and TF_CPP_MIN_LOG_LEVEL
 is 2 unless set); `--verbose` shows them.
-
-Above ~450 lines on purpose: argparse definitions of every command are
-long but flat; each command's work lives in the library.
 """
 
 from __future__ import annotations
@@ -346,7 +343,7 @@ def _cluster_settings(args: argparse.Namespace, configured=None):
 
 def build_parser() -> argparse.ArgumentParser:
     """The `layerprobe` argument parser; pooling and dtype choices come from their registries."""
-    from ..features.extract import STORAGE_DTYPES
+    from ..features.keys import STORAGE_DTYPES
     from ..features.truncate import POOLINGS
 
     verbose_help = "show TensorFlow's start-up notices (sets LAYERPROBE_VERBOSE=1)"

@@ -45,6 +45,13 @@ Modules: `schema` (the dataclasses), `values` (checks of single values and
 the problem collector), `sections` (the accepted keys and the section
 builders), `loading` (`config_from_dict`, `load_config`), `template` (the
 example config).
+
+The names a config may use come from their one home, not from the heavy
+modules that use them: classifiers, preprocessing steps and grid parameters
+from `layerprobe.pipeline.classifier_grids`, storage dtypes and digest modes
+from `layerprobe.features.keys`, poolings from `layerprobe.features.truncate`,
+backbones from `layerprobe.features.registry`. So reading a config imports no
+scikit-learn, h5py, Keras or dask.
 """
 
 from ...features.core.errors import ConfigError

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..classifiers import CLASSIFIERS
+from ..classifier_grids import CLASSIFIER_GRIDS
 from ..cluster import ClusterConfig
 
 __all__ = [
@@ -149,7 +149,9 @@ class ClassifiersConfig:
             left out) for one.
         seed: Seed of the folds, PCA and the classifiers.
         grids: Hyperparameter grid per classifier, replacing its default grid,
-            e.g. `{ logreg = { C = [0.1, 1.0, 10.0] } }`.
+            e.g. `{ logreg = { C = [0.1, 1.0, 10.0] } }`; a preprocessing step's
+            or PCA's parameter is named with its step, e.g. `pca__n_components`
+            (an unknown key is reported with the valid ones).
         screening: For depth sweeps: the ridge probe (every penalty by exact
             leave-one-out, seconds per layer) makes a "screening" row on every
             layer, and the other classifiers are fitted only on the
@@ -177,7 +179,7 @@ class ClassifiersConfig:
 
     def param_grid(self, name: str) -> dict[str, list]:
         """The grid searched for classifier `name`, as plain lists (JSON-ready)."""
-        grid = self.grids.get(name, CLASSIFIERS[name].param_grid)
+        grid = self.grids.get(name, CLASSIFIER_GRIDS[name].default_grid)
         return {key: list(values) for key, values in sorted(grid.items())}
 
 

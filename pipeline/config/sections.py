@@ -12,18 +12,18 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from ...features.core.errors import ConfigError
-from ...features.extract import STORAGE_DTYPES
-from ...features.inputs import DIGEST_MODES
+from ...features.keys import DIGEST_MODES, STORAGE_DTYPES
 from ...features.model_files import SAVED_WEIGHTS, is_model_file
 from ...features.registry import BACKBONES
 from ...features.truncate import POOLINGS
-from ..classifiers import (
-    CLASSIFIERS,
-    PREPROCESSING,
-    build_probe_pipeline,
-    prefix_param_grid,
+from ..classifier_grids import (
+    CLASSIFIER_GRIDS,
+    PREPROCESSING_GRIDS,
+    grid_keys,
+    prefix_grid_keys,
 )
 from ..cluster import ClusterConfig
+from ..finetune.settings import FinetuneConfig
 from . import values
 from .schema import (
     DEFAULT_OUTPUT_DIR,
@@ -51,7 +51,6 @@ __all__ = [
     "check_finetune_backbones",
     "check_input_size",
     "check_sections",
-    "finetune_config_class",
 ]
 
 # Section -> key -> check. A check returns the parsed value or raises Invalid; None marks
@@ -83,9 +82,9 @@ SECTIONS: Mapping[str, Mapping[str, Check | None]] = MappingProxyType(
             "seed": values.integer(0),
         },
         "classifiers": {
-            "names": values.choices(CLASSIFIERS),
+            "names": values.choices(CLASSIFIER_GRIDS),
             "cv": values.integer(2),
-            "preprocessing": values.choices(PREPROCESSING, allow_empty=True),
+            "preprocessing": values.choices(PREPROCESSING_GRIDS, allow_empty=True),
             "pca_components": values.pca_components,
             "n_jobs": values.n_jobs,
             "seed": values.integer(0),
@@ -106,13 +105,6 @@ SECTIONS: Mapping[str, Mapping[str, Check | None]] = MappingProxyType(
     }
 )
 REQUIRED: Mapping[str, tuple[str, ...]] = MappingProxyType({"data": ("path",), "backbones": ("model",)})
-
-
-def finetune_config_class() -> type:
-    """`FinetuneConfig`, imported on first need (its package loads each name lazily: no Keras import)."""
-    from ..finetune import FinetuneConfig
-
-    return FinetuneConfig
 
 
 def check_sections(checker: Checker, raw: Mapping[str, Any]) -> None:
@@ -230,13 +222,13 @@ def _grid(checker: Checker, where: str, name: str, grid: Any, classifiers: dict)
     if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
         checker.report(where, "expected a table of non-empty lists, e.g. {C = [0.1, 1.0]}", grid)
         return None
-    estimator = build_probe_pipeline(
+    valid = grid_keys(
         name,
-        preprocessing=classifiers.get("preprocessing", ClassifiersConfig.preprocessing),
-        pca_components=classifiers.get("pca_components"),
+        classifiers.get("preprocessing", ClassifiersConfig.preprocessing),
+        pca=classifiers.get("pca_components") is not None,
     )
     try:
-        prefix_param_grid(grid, estimator)
+        prefix_grid_keys(grid, valid, CLASSIFIER_GRIDS[name].estimator)
     except ValueError as error:
         checker.report(where, str(error).rstrip("."), received=False)
         return None
@@ -248,9 +240,9 @@ def build_classifiers(checker: Checker, raw: Any) -> ClassifiersConfig:
     grids = {}
     for name, grid in found.pop("grids", {}).items():
         where = f"[classifiers.grids] {name}"
-        if name not in CLASSIFIERS:
-            valid = f"valid names are {sorted(CLASSIFIERS)}"
-            checker.report(where, f"unknown classifier{suggestion(name, CLASSIFIERS)}; {valid}", received=False)
+        if name not in CLASSIFIER_GRIDS:
+            valid = f"valid names are {sorted(CLASSIFIER_GRIDS)}"
+            checker.report(where, f"unknown classifier{suggestion(name, CLASSIFIER_GRIDS)}; {valid}", received=False)
         else:
             parsed = _grid(checker, where, name, grid, found)
             if parsed is not None:
@@ -278,7 +270,7 @@ def build_finetune(checker: Checker, raw: Any) -> FinetuneStageConfig | None:
         checker.report("[finetune] modes", str(problem), raw["modes"])
         return None
     try:
-        finetune_config_class().from_dict(options)
+        FinetuneConfig.from_dict(options)
     except ConfigError as error:  # one line per bad key
         for problem in error.problems:
             checker.report("[finetune]", str(problem).rstrip("."), received=False)

@@ -29,7 +29,13 @@ from .finetune_rows import end_to_end_rows
 from .multi_layer import multi_layer_row
 from .records import RunRows
 from .rows import LayerToFit, RowJob
-from .screening import adds_multi_layer, fill_layer_logme, final_jobs, first_jobs, fit_jobs
+from .screening import (
+    adds_multi_layer,
+    fill_layer_logme,
+    final_jobs,
+    first_jobs,
+    fit_jobs,
+)
 from .splits import open_splits
 from .summary import (
     data_text,

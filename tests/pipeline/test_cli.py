@@ -17,7 +17,7 @@ import pytest
 
 import layerprobe.pipeline.config as config_module
 from layerprobe.features.core.errors import ConfigError, InputError
-from layerprobe.features.extract import STORAGE_DTYPES
+from layerprobe.features.keys import STORAGE_DTYPES
 from layerprobe.features.truncate import POOLINGS
 from layerprobe.pipeline.cli import build_parser, comma_list, main, positive_int
 from layerprobe.pipeline.config import config_from_dict, load_config
