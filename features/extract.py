@@ -166,7 +166,7 @@ class FeatureExtractor:
         layers: Sequence | str | float = ("top",),
         pooling: str | Mapping[str, str] = "avg",
         input_size: int | None = None,
-        batch_size: int | str = 32,
+        batch_size: int | str = "auto",
         dtype: str = "float32",
         mixed_precision: bool | str = False,
         model_kwargs: Mapping[str, Any] | None = None,

@@ -61,6 +61,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _batch_size(text: str) -> int | str:
+    """An argparse type: "auto" or an integer >= 1."""
+    return text if text == "auto" else positive_int(text)
+
+
 def _weights(text: str) -> str | None:
     from ..features.backbone import parse_weights
 
@@ -161,6 +166,7 @@ def _extract(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision,
         preprocessing=args.preprocessing,
         dataset_digest=args.dataset_digest,
+        decoder=args.decoder,
     )
     print(f"{len(dataset)} images, {len(dataset.class_names)} classes, splits {list(dataset.split_names)}; "
           f"{extractor.backbone.architecture} at {extractor.backbone.input_size}px, layers {extractor.layer_names}")
@@ -343,7 +349,7 @@ def _cluster_settings(args: argparse.Namespace, configured=None):
 
 def build_parser() -> argparse.ArgumentParser:
     """The `layerprobe` argument parser; pooling and dtype choices come from their registries."""
-    from ..features.keys import STORAGE_DTYPES
+    from ..features.keys import COMPUTE_PRECISIONS, DECODERS, STORAGE_DTYPES
     from ..features.truncate import POOLINGS
 
     verbose_help = "show TensorFlow's start-up notices (sets LAYERPROBE_VERBOSE=1)"
@@ -376,11 +382,16 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--pooling", default=POOLINGS[0], choices=POOLINGS)
     extract.add_argument("--data", required=True, help="image folder (class subfolders, optionally under train/val/test) or CSV")
     extract.add_argument("--store", required=True, help="feature store directory (created if missing)")
-    extract.add_argument("--batch-size", type=positive_int, default=32)
+    extract.add_argument("--batch-size", type=_batch_size, default="auto",
+                         help='images per forward pass, or "auto": 32 on a CPU, the largest that fits on a GPU')
     extract.add_argument("--chunk-size", type=positive_int, default=None,
                          help="samples per committed chunk (multiple of batch size)")
     extract.add_argument("--dtype", default=STORAGE_DTYPES[0], choices=STORAGE_DTYPES, help="storage dtype")
-    extract.add_argument("--mixed-precision", action="store_true", help="mixed_float16 forward pass (GPU)")
+    extract.add_argument("--mixed-precision", nargs="?", const="float16", default=False, choices=COMPUTE_PRECISIONS,
+                         help="compute precision of the forward pass on a GPU: bfloat16, or float16 (the default "
+                              "when given without a value); part of the feature keys")
+    extract.add_argument("--decoder", default="auto", choices=DECODERS,
+                         help="JPEG decoder (the same pixels; simplejpeg is faster where installed)")
     extract.add_argument("--decode-threads", type=positive_int, default=None,
                          help="image decoding threads (per dask worker with a cluster; default: cores / workers)")
     _add_cluster_arguments(extract)

@@ -15,8 +15,8 @@ work starts, and every problem found is reported at once in one
     store = "layerprobe-store"
     input_size = 224
     pooling = "avg"             # or a list, e.g. ["avg", "max"]
-    batch_size = 32
-    dtype = "float32"
+    batch_size = "auto"         # or an integer; "auto": 32 on a CPU, the largest that fits on a GPU
+    dtype = "float32"           # storage; mixed_precision = "bfloat16" for the compute on a GPU
 
     [[backbones]]
     model = "VGG16"

@@ -77,15 +77,23 @@ class FeaturesConfig:
             None (key left out) uses each backbone's default.
         pooling: How each layer's output is pooled to one vector per image;
             a name or a list of names (each is a separate set of rows).
-        batch_size: Images per forward pass.
+        batch_size: Images per forward pass, or "auto" (32 on a CPU; on a GPU the
+            largest power of two up to 512 that fits in its memory).
         dtype: Storage dtype of the cached features.
+        mixed_precision: Compute precision of the forward pass: false (float32),
+            "bfloat16" (fast on recent GPUs), "float16" or true (mixed_float16);
+            part of the feature keys.
+        decoder: JPEG decoder: "auto" (simplejpeg where installed, else Pillow),
+            "pillow" or "simplejpeg"; the same pixels either way.
     """
 
     store: Path
     input_size: int | None = None
     pooling: tuple[str, ...] = ("avg",)
-    batch_size: int = 32
+    batch_size: int | str = "auto"
     dtype: str = "float32"
+    mixed_precision: bool | str = False
+    decoder: str = "auto"
 
 
 @dataclass(frozen=True)

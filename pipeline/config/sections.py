@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from ...features.core.errors import ConfigError
-from ...features.keys import DIGEST_MODES, STORAGE_DTYPES
+from ...features.keys import COMPUTE_PRECISIONS, DECODERS, DIGEST_MODES, STORAGE_DTYPES
 from ...features.model_files import SAVED_WEIGHTS, is_model_file
 from ...features.registry import BACKBONES
 from ...features.truncate import POOLINGS
@@ -70,8 +70,10 @@ SECTIONS: Mapping[str, Mapping[str, Check | None]] = MappingProxyType(
             "store": None,
             "input_size": values.integer(1),
             "pooling": values.choices(POOLINGS),
-            "batch_size": values.integer(1),
+            "batch_size": values.auto_or_integer(1),
             "dtype": values.one_of(STORAGE_DTYPES),
+            "mixed_precision": values.bool_or_one_of(COMPUTE_PRECISIONS),
+            "decoder": values.one_of(DECODERS),
         },
         "backbones": {
             "model": values.model_name,

@@ -119,6 +119,34 @@ def one_of(valid: Iterable[str]) -> Check:
     return check
 
 
+def auto_or_integer(minimum: int) -> Check:
+    """`"auto"` or an integer >= `minimum`."""
+    as_integer = integer(minimum)
+
+    def check(value: Any) -> str | int:
+        if value == "auto":
+            return value
+        try:
+            return as_integer(value)
+        except Invalid:
+            raise Invalid(f'expected "auto" or an integer >= {minimum}') from None
+
+    return check
+
+
+def bool_or_one_of(valid: Iterable[str]) -> Check:
+    """`true`, `false` or one name in `valid`."""
+    valid = tuple(valid)
+
+    def check(value: Any) -> bool | str:
+        if isinstance(value, bool) or value in valid:
+            return value
+        raise Invalid(f"expected true, false or one of {list(valid)}{suggestion(value, valid)}")
+
+    check.choices = ("true", "false", *valid)
+    return check
+
+
 def auto_or_bool(value: Any) -> str | bool:
     """`"auto"`, `true` or `false`."""
     if value == "auto" or isinstance(value, bool):

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 from layerprobe.features.device import DeviceForward
+from layerprobe.features.core.errors import BackboneError
 from layerprobe.features.extract import FeatureExtractor
 from layerprobe.features.inputs import from_arrays, from_directory
 from layerprobe.features.keys import FeatureKey
@@ -330,3 +331,27 @@ def test_device_loop_features_equal_the_host_preprocessed_forward_pass(tmp_path,
             np.testing.assert_array_equal(stored, np.concatenate(parts))
         else:
             np.testing.assert_allclose(stored, np.concatenate(parts), rtol=1e-6, atol=1e-7)
+
+
+def test_batch_size_auto_is_32_on_a_cpu_and_recorded(tmp_path):
+    X, y = _images(n=12)
+    extractor = FeatureExtractor("VGG16", weights=None, layers=["block1_pool"], input_size=32)
+    assert extractor.get_config()["batch_size"] == "auto"
+    store = FeatureStore(tmp_path)
+    report = extractor.extract(from_arrays(X, y), store, progress=False)
+    assert extractor.batch_size == 32
+    assert store.load(report.keys["block1_pool"]).metadata["batch_size"] == 32
+
+
+@pytest.mark.parametrize("value, policy", [(False, "float32"), (True, "mixed_float16"), ("float16", "mixed_float16"),
+                                           ("bfloat16", "mixed_bfloat16")])
+def test_mixed_precision_names_the_compute_policy_which_is_part_of_the_key(value, policy):
+    X, y = _images(n=4)
+    extractor = FeatureExtractor("VGG16", weights=None, layers=["block1_pool"], input_size=32, mixed_precision=value)
+    assert extractor.compute_dtype == policy
+    assert extractor.keys(from_arrays(X, y))["block1_pool"].compute_dtype == policy
+
+
+def test_unknown_mixed_precision_is_refused():
+    with pytest.raises(BackboneError, match="mixed_precision must be"):
+        FeatureExtractor("VGG16", weights=None, input_size=32, mixed_precision="float8")

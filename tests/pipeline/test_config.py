@@ -234,7 +234,7 @@ def test_wrong_types_and_ranges_are_all_reported(tmp_path, images):
     for expected in (
         "[data] test_size: expected a number between 0 and 1",
         "[data] test_split: must differ from train_split",
-        "[features] batch_size: expected an integer >= 1. Received: 0",
+        "[features] batch_size: expected \"auto\" or an integer >= 1. Received: 0",
         "[features] pooling: unknown name(s) ['mean']",
         "[features] dtype: expected one of ['float32', 'float16']",
         "[[backbones]] #1 layers: depth 2.0 is outside [0, 1]",
@@ -306,3 +306,24 @@ def test_example_config_loads(shared_dir):
     config = load_config(REPO / "benchmarks" / "configs" / "hymenoptera_vgg16.toml")
     assert config.data.path == (shared_dir / "datasets" / "hymenoptera").resolve()
     assert Path(config.backbones[0].weights).is_file()
+
+
+def test_gpu_settings_of_the_features_section(tmp_path):
+    """batch_size "auto", mixed_precision and decoder reach the extractor's settings; wrong values are refused."""
+    from layerprobe.pipeline.run.extractions import extractor_settings
+
+    raw = {
+        "data": {"path": str(tmp_path)},
+        "features": {"store": "store", "batch_size": "auto", "mixed_precision": "bfloat16", "decoder": "pillow"},
+        "backbones": [{"model": "VGG16", "weights": "none"}],
+    }
+    (tmp_path / "a").mkdir()
+    config = config_from_dict(raw, tmp_path)
+    settings = extractor_settings(config, config.backbones[0], "avg")
+    assert (settings["batch_size"], settings["mixed_precision"], settings["decoder"]) == ("auto", "bfloat16", "pillow")
+    raw["features"].update(batch_size="many", mixed_precision="float8", decoder="nvjpeg")
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(raw, tmp_path)
+    for expected in ('batch_size: expected "auto" or an integer >= 1', "mixed_precision: expected true, false or one of",
+                     "decoder: expected one of"):
+        assert expected in str(error.value)
