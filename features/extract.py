@@ -96,21 +96,26 @@ class FeatureExtractor:
     """A truncated backbone that extracts and caches pooled layer features.
 
     Args:
-        model: Backbone name from the registry (e.g. `"VGG16"`), or the path of a
+        model: Backbone name from the registry (e.g. `"VGG16"`), the path of a
             Keras model saved with `model.save` (`"model.keras"`; see
-            `layerprobe.features.model_files`).
+            `layerprobe.features.model_files`), or a keras-hub vision transformer
+            (`"keras_hub:preset:dinov2_small"`, `"keras_hub:DINOV2Backbone"` with
+            `model_kwargs`, a preset folder; see `layerprobe.features.hub`).
         weights: `"imagenet"`, `None` (random init from `seed`) or a weights file;
             for a model file, its own weights (`"saved"`; the default means the same).
         layers: Layer names, aliases (`"stages"`, `"stage2"`, `"top"`) or
             relative depths in [0, 1].
-        pooling: `"avg"`, `"max"`, `"flatten"` or `"none"`, or a layer -> pooling map.
+        pooling: `"avg"`, `"max"`, `"flatten"` or `"none"`, or a layer -> pooling map;
+            for a transformer's (tokens, width) outputs also `"cls"`, `"mean"` and
+            `"cls+mean"` (see `layerprobe.features.truncate`).
         input_size: Square input side (default: the family's).
         batch_size: Images per forward pass.
         dtype: Storage dtype, `"float32"` or `"float16"`.
         mixed_precision: Run the forward pass in `mixed_float16` (for GPUs).
         model_kwargs: Extra constructor arguments, e.g. `{"alpha": 0.35}`.
-        preprocessing: For a model file: `"none"`, `"caffe"`, `"tf"`, `"torch"` or
-            a family name; None takes it from layerprobe's metadata or the graph.
+        preprocessing: For a model file or keras-hub model: `"none"`, `"caffe"`, `"tf"`,
+            `"torch"` or a family name; None takes it from layerprobe's metadata or the
+            graph (a keras-hub preset: its image converter).
         seed: Seed of the random initialisation when `weights=None`.
         max_flatten_dim: Refuse `flatten` pooling above this many values per image.
         max_pixels: Skip (and record) image files larger than this many pixels,
@@ -187,9 +192,10 @@ class FeatureExtractor:
                 preprocessing=preprocessing, seed=seed,
             )
         self.layers: list[LayerInfo] = resolve_layers(self.backbone.model, self.backbone.spec, layers)
-        self.pooling = per_layer_pooling(self.layers, pooling)
+        tokens = self.backbone.spec.tokens
+        self.pooling = per_layer_pooling(self.layers, pooling, tokens)
         self.feature_shapes = {
-            info.name: pooled_shape(info, self.pooling[info.name], max_flatten_dim=max_flatten_dim)
+            info.name: pooled_shape(info, self.pooling[info.name], tokens=tokens, max_flatten_dim=max_flatten_dim)
             for info in self.layers
         }
         # (layer, pooling) tuple -> built multi-output model; Keras keeps each model's
@@ -206,7 +212,6 @@ class FeatureExtractor:
 
     def plan(self) -> ExtractionPlan:
         """How this extractor's feature keys are made (see `layerprobe.features.plans`)."""
-        last = len(self.backbone.model.layers) - 1
         return ExtractionPlan(
             architecture=self.backbone.architecture,
             weights_digest=self.backbone.weights_digest,
@@ -216,7 +221,7 @@ class FeatureExtractor:
             compute_dtype=self.compute_dtype,
             max_pixels=self.max_pixels,
             layers=tuple(
-                PlannedLayer(info.name, info.stable_id, self.pooling[info.name], round(info.index / last, 4), info.stage)
+                PlannedLayer(info.name, info.stable_id, self.pooling[info.name], round(info.depth, 4), info.stage)
                 for info in self.layers
             ),
         )
@@ -347,7 +352,9 @@ class FeatureExtractor:
         key = tuple((info.name, self.pooling[info.name]) for info in layers)
         if key not in self._extractors:
             with dtype_policy(self.compute_dtype):
-                self._extractors[key] = build_extractor(self.backbone.model, layers, self.pooling)
+                self._extractors[key] = build_extractor(
+                    self.backbone.model, layers, self.pooling, tokens=self.backbone.spec.tokens
+                )
         return self._extractors[key]
 
     def _forward(self, model, layers: Sequence[LayerInfo], images: np.ndarray) -> list[np.ndarray]:

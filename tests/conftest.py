@@ -91,3 +91,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "shared_dir" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.shared)
+
+
+@pytest.fixture
+def forward_passes(monkeypatch):
+    """Records each `keras.Model.predict_on_batch` call as the number of outputs it returned."""
+    import keras
+
+    calls = []
+    original = keras.Model.predict_on_batch
+
+    def counting(self, batch):
+        outputs = original(self, batch)
+        calls.append(len(outputs))
+        return outputs
+
+    monkeypatch.setattr(keras.Model, "predict_on_batch", counting)
+    return calls

@@ -1,9 +1,12 @@
 """Which backbone layers train, and how: unfreezing top blocks, per-block rates, BatchNorm momentum.
 
 Blocks end at the stage outputs of `layerprobe.features.layers` (VGG's
-`blockN_pool`, else the last layer at each resolution). `unfreeze_top` counts
-blocks down from the top; `block_lr_scales` gives each unfrozen block below the
-top one a lower rate (the layer-wise decay of timm and BEiT) for `BlockwiseAdam`.
+`blockN_pool`, else the last layer at each resolution; a keras-hub vision
+transformer's transformer blocks, `layerprobe.features.hub`). `unfreeze_top`
+counts blocks down from the top, the layers above the last block (a
+transformer's final norm) going with the top one; `block_lr_scales` gives each
+unfrozen block below the top one a lower rate (the layer-wise decay of timm
+and BEiT) for `BlockwiseAdam`.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from pathlib import Path
 from typing import Any, Callable
 
 from ...features.backend import import_keras_quietly
@@ -55,7 +57,8 @@ def end_to_end_rows(
     train, test = dataset.subset(split["train_split"]), dataset.subset(split["test_split"])
     rows = []
     for digest, (mode, backbone) in _jobs(config).items():
-        run_dir = config.output.dir / "finetune" / f"{mode}-{backbone.model}-{digest}"
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(backbone.model).name)  # a preset folder, keras_hub:...
+        run_dir = config.output.dir / "finetune" / f"{mode}-{name}-{digest}"
         settings = jsonable(
             {
                 "mode": mode,
