@@ -243,8 +243,9 @@ def _architecture_name(backbone) -> str:
 def _copy(layer, name: str):
     """A fresh layer of `layer`'s class and config under `name` (weights set after it is built).
 
-    Config entries that neither the class nor `keras.layers.Layer` take are dropped:
-    some keras-hub layers report derived values (ViT's `num_patches`) they cannot be built from.
+    Config entries that neither the class nor `keras.layers.Layer` take are dropped, here
+    and in the copy's own `get_config` (so that a saved model loads again): some keras-hub
+    layers report derived values (ViT's `num_patches`) they cannot be built from.
     """
     import keras
 
@@ -252,7 +253,10 @@ def _copy(layer, name: str):
                 *inspect.signature(keras.layers.Layer.__init__).parameters}
     config = {key: value for key, value in layer.get_config().items() if key in accepted}
     config["name"] = name
-    return type(layer).from_config(config)
+    copy = type(layer).from_config(config)
+    reported = copy.get_config
+    copy.get_config = lambda: {key: value for key, value in reported().items() if key in accepted}
+    return copy
 
 
 def _rebuild(backbone, parts: _Parts, size: int):
@@ -278,7 +282,27 @@ def _rebuild(backbone, parts: _Parts, size: int):
     rebuilt = keras.Model(inputs, x, name=re.sub(r"(?<!^)(?=[A-Z][a-z])", "_", type(backbone).__name__).lower())
     for layer, copy in copies:
         copy.set_weights(layer.get_weights())
-    return rebuilt
+    return rebuilt, copies
+
+
+def _load_weights_file(rebuilt, backbone, copies, weights: str) -> None:
+    """Load a weights file saved from the rebuilt model (layerprobe's `Backbone.model`, e.g. a finetuned
+    or source network) or, failing that, from the keras-hub model itself (`backbone.save_weights`)."""
+    try:
+        load_weights_strictly(rebuilt, weights)
+        return
+    except Exception as error:
+        first_error = error
+    try:
+        load_weights_strictly(backbone, weights)
+    except Exception:
+        raise WeightsUnavailableError(
+            f"Could not load weights from {weights} into {type(backbone).__name__}: {_first_line(first_error)}. "
+            f"The file must hold this architecture's weights, saved from layerprobe's Backbone.model or from the "
+            f"keras-hub model (save_weights). Received: weights={weights!r}"
+        ) from first_error
+    for layer, copy in copies:
+        copy.set_weights(layer.get_weights())
 
 
 def _check_size(input_size: int | None, model_kwargs: Mapping[str, Any], model: str) -> int | None:
@@ -359,18 +383,11 @@ def open_hub_model(
                     f"The preset {preset!r} is a {type(backbone).__name__}; layerprobe cuts these keras-hub "
                     f"vision transformers into blocks: {', '.join(HUB_CLASSES)}. Received: model={model!r}"
                 )
-        if weights not in (None, "imagenet", "saved"):
-            try:
-                load_weights_strictly(backbone, weights)
-            except Exception as error:
-                raise WeightsUnavailableError(
-                    f"Could not load weights from {weights} into {type(backbone).__name__}: {_first_line(error)}. "
-                    f"The file must hold this architecture's weights (backbone.save_weights(...)). "
-                    f"Received: weights={weights!r}"
-                ) from error
         parts = HUB_CLASSES[type(backbone).__name__](backbone)
         built_size = int(backbone.image_shape[0])
-        rebuilt = _rebuild(backbone, parts, built_size)
+        rebuilt, copies = _rebuild(backbone, parts, built_size)
+        if weights not in (None, "imagenet", "saved"):
+            _load_weights_file(rebuilt, backbone, copies, weights)
     if chosen is None and preset is None:
         chosen = resolve_preprocessing(_CLASS_DEFAULT_PREPROCESSING)
     rescaling = _converter_rescaling(keras_hub, preset, model) if chosen is None else None

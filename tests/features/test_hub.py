@@ -256,3 +256,19 @@ def test_unknown_classes_presets_and_bad_arguments_are_one_line_errors(keras_hub
         FeatureExtractor(VIT, weights=None, input_size=30, model_kwargs=VIT_KWARGS)
     with pytest.raises(BackboneError, match="must not set image_shape"):
         FeatureExtractor(VIT, weights=None, model_kwargs={**VIT_KWARGS, "image_shape": (32, 32, 3)})
+
+
+def test_weights_files_of_the_rebuilt_or_the_keras_hub_model_load(tmp_path, keras_hub):
+    source = _dino(layers="top").backbone
+    source.model.save_weights(tmp_path / "rebuilt.weights.h5")
+    backbone, _ = _reference_dinov2(keras_hub, seed=3)
+    backbone.save_weights(tmp_path / "hub.weights.h5")
+    for name in ("rebuilt", "hub"):
+        loaded = FeatureExtractor(DINO, weights=str(tmp_path / f"{name}.weights.h5"), input_size=SIZE,
+                                  model_kwargs=DINO_KWARGS, layers="top", seed=9).backbone
+        assert loaded.weights_digest == source.weights_digest  # seed 9's random values all replaced
+    deeper = {**DINO_KWARGS, "num_layers": 4}  # the 3-block files lack a block
+    for name in ("rebuilt", "hub"):
+        with pytest.raises(WeightsUnavailableError, match="Could not load weights.*Received: weights="):
+            FeatureExtractor(DINO, weights=str(tmp_path / f"{name}.weights.h5"), input_size=SIZE,
+                             model_kwargs=deeper, layers="top")

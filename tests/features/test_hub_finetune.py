@@ -8,13 +8,12 @@ import pytest
 
 pytest.importorskip("keras_hub")
 
-import keras  # noqa: E402
-
-from layerprobe.features.backbone import load_backbone  # noqa: E402
-from layerprobe.features.inputs import from_arrays  # noqa: E402
-from layerprobe.pipeline.finetune import FinetuneConfig, finetune  # noqa: E402
-from layerprobe.pipeline.finetune.classifier_model import build_classifier_model  # noqa: E402
-from layerprobe.pipeline.finetune.freezing import block_lr_scales, unfreeze_top  # noqa: E402
+import keras
+from layerprobe.features.backbone import load_backbone
+from layerprobe.features.inputs import from_arrays
+from layerprobe.pipeline.finetune import FinetuneConfig, finetune
+from layerprobe.pipeline.finetune.classifier_model import build_classifier_model
+from layerprobe.pipeline.finetune.freezing import block_lr_scales, unfreeze_top
 
 SIZE = 32
 VIT = "keras_hub:ViTBackbone"
@@ -73,3 +72,11 @@ def test_finetune_trains_a_transformer_end_to_end(tmp_path):
     reloaded = keras.saving.load_model(result.model_path)
     np.testing.assert_allclose(reloaded.predict_on_batch(X[:4].astype("float32")),
                                result.model.predict_on_batch(X[:4].astype("float32")), rtol=1e-4, atol=1e-5)
+
+
+def test_a_saved_vit_loads_again(tmp_path, vit):
+    classifier = build_classifier_model(vit, 2)
+    classifier.save(tmp_path / "vit.keras")
+    x = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
+    reloaded = keras.saving.load_model(tmp_path / "vit.keras")
+    np.testing.assert_allclose(reloaded.predict_on_batch(x), classifier.predict_on_batch(x), rtol=1e-5, atol=1e-6)
