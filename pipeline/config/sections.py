@@ -201,7 +201,7 @@ def _model_file_entry(checker: Checker, where: str, found: dict[str, Any]) -> No
 def check_finetune_backbones(
     checker: Checker, finetune: FinetuneStageConfig | None, backbones: tuple[BackboneConfig, ...]
 ) -> None:
-    """The [finetune] stage trains registry families only: a model file in a config with it is a problem."""
+    """The [finetune] stage trains registry families and keras-hub models: a model file with it is a problem."""
     files = [number for number, backbone in enumerate(backbones, start=1) if is_model_file(backbone.model)]
     if finetune is not None and files:
         checker.report(

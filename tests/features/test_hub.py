@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -272,3 +273,24 @@ def test_weights_files_of_the_rebuilt_or_the_keras_hub_model_load(tmp_path, kera
         with pytest.raises(WeightsUnavailableError, match="Could not load weights.*Received: weights="):
             FeatureExtractor(DINO, weights=str(tmp_path / f"{name}.weights.h5"), input_size=SIZE,
                              model_kwargs=deeper, layers="top")
+
+
+def test_the_readme_dinov2_config_and_a_relative_preset_folder_parse(tmp_path):
+    from layerprobe.pipeline.config import load_config
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Vision transformers (keras-hub)"):]
+    block = section[section.index("```toml") + len("```toml"):section.index("```", section.index("```toml") + 7)]
+    (tmp_path / "images").mkdir()
+    (tmp_path / "presets" / "tiny").mkdir(parents=True)
+    (tmp_path / "presets" / "tiny" / "config.json").write_text("{}")
+    (tmp_path / "dino.toml").write_text(block.replace('"path/to/images"', '"images"'))
+    config = load_config(tmp_path / "dino.toml")
+    backbone = config.backbones[0]
+    assert (backbone.model, backbone.layers, config.features.pooling) == (
+        "keras_hub:preset:dinov2_small", ("last:4",), ("cls+mean",))
+    assert config.classifiers.multi_layer is True
+    (tmp_path / "folder.toml").write_text(
+        '[data]\npath = "images"\n[[backbones]]\nmodel = "presets/tiny"\npreprocessing = "tf"\n[finetune]\n')
+    folder = load_config(tmp_path / "folder.toml").backbones[0]
+    assert folder.model == str((tmp_path / "presets" / "tiny").resolve()) and folder.preprocessing == "tf"
