@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import keras
 
-__all__ = ["TOKEN_POOLINGS", "TokenPooling"]
+from .truncate import TOKEN_POOLINGS
 
-TOKEN_POOLINGS = ("cls", "mean", "cls+mean")
+__all__ = ["TokenPooling"]
+
 _MODES = (*TOKEN_POOLINGS, "max")
 
 

@@ -29,7 +29,7 @@ __all__ = [
     "per_layer_pooling",
 ]
 
-TOKEN_POOLINGS = ("cls", "mean", "cls+mean")  # as `layerprobe.features.token_pooling` (which imports Keras)
+TOKEN_POOLINGS = ("cls", "mean", "cls+mean")  # `layerprobe.features.token_pooling.TokenPooling` computes them
 POOLINGS = ("avg", "max", "flatten", "none", *TOKEN_POOLINGS)
 DEFAULT_MAX_FLATTEN_DIM = 1 << 17
 

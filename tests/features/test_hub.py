@@ -294,3 +294,17 @@ def test_the_readme_dinov2_config_and_a_relative_preset_folder_parse(tmp_path):
         '[data]\npath = "images"\n[[backbones]]\nmodel = "presets/tiny"\npreprocessing = "tf"\n[finetune]\n')
     folder = load_config(tmp_path / "folder.toml").backbones[0]
     assert folder.model == str((tmp_path / "presets" / "tiny").resolve()) and folder.preprocessing == "tf"
+
+
+def test_a_changed_preset_folder_changes_the_plan_signature(tmp_path):
+    from layerprobe.features.plans import plan_signature
+
+    folder = tmp_path / "preset"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.weights.h5").write_bytes(b"1234")
+    settings = {"model": str(folder), "weights": "imagenet", "layers": ["last:4"], "pooling": "cls+mean"}
+    before = plan_signature(settings)
+    assert before is not None and before == plan_signature(dict(settings))
+    (folder / "model.weights.h5").write_bytes(b"12345")  # new weights
+    assert plan_signature(settings) != before
