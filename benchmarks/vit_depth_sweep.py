@@ -2,7 +2,7 @@
 
 Design (the "dissimilar" split of benchmarks/transfer_matrix.py, for a ViT): CIFAR-10's
 six animals are the source A, its four vehicles the target B. A small keras-hub
-`ViTBackbone` (default: patch 4, 6 blocks, width 128, 4 heads, MLP 256, about 1.2 M
+`ViTBackbone` (default: patch 4, 6 blocks, width 64, 2 heads, MLP 128, about 0.2 M
 weights, at CIFAR's 32 px: 64 patch tokens and a class token) is trained from scratch
 on A (`layerprobe.pipeline.default_experiment.pretrain_source`; its held-out accuracy on
 A's test images is reported). On B, one `layerprobe run` probes every block
@@ -20,7 +20,7 @@ rebuilt ViT alone, on the same images decoded and preprocessed in memory,
 Outputs under OUT: `results.json`, `depth.csv`, `speed.csv`, `log.txt`, the run's own
 folder `run/` (results table, `depth.png`, summary); caches in `source/` and `store/`.
 
-    python benchmarks/vit_depth_sweep.py            # about 40 min on 2 shared cores
+    python benchmarks/vit_depth_sweep.py            # about 30 min on 2 busy cores (load 10)
     python benchmarks/vit_depth_sweep.py --quick    # smoke run into OUT/quick (a few minutes)
 """
 
@@ -49,7 +49,7 @@ from layerprobe.pipeline.tables import format_table, significant  # noqa: E402
 TABLE_STYLE = {"float_format": significant, "missing": "-"}  # 3 significant digits, "-" for no value
 SCRIPT = "vit_depth_sweep"
 MODEL = "keras_hub:ViTBackbone"
-VIT_KWARGS = {"patch_size": 4, "num_layers": 6, "hidden_dim": 128, "num_heads": 4, "mlp_dim": 256}
+VIT_KWARGS = {"patch_size": 4, "num_layers": 6, "hidden_dim": 64, "num_heads": 2, "mlp_dim": 128}
 POOLINGS = ["cls", "mean", "cls+mean"]
 DIGEST = "content"  # datasets identified by their bytes: the caches survive a copy of ../shared
 QUICK = {"source_per_class": 40, "source_test_per_class": 10, "source_epochs": 1, "n_train_per_class": 10,
@@ -61,11 +61,11 @@ def build_parser():
     parser.add_argument("--cifar10", type=Path, default=CIFAR10_DIR, help="CIFAR-10 folder ({train,test}/<class>/*.jpg)")
     parser.add_argument("--model-kwargs", type=json.loads, default=VIT_KWARGS, help="ViTBackbone arguments, JSON")
     parser.add_argument("--input-size", type=int, default=32, help="square input side")
-    parser.add_argument("--source-per-class", type=int, default=500, help="A training images per class")
-    parser.add_argument("--source-test-per-class", type=int, default=200, help="A test images per class (the check)")
-    parser.add_argument("--source-epochs", type=int, default=15, help="epochs of the source training")
-    parser.add_argument("--n-train-per-class", type=int, default=250, help="B training images per class")
-    parser.add_argument("--n-test-per-class", type=int, default=250, help="B test images per class")
+    parser.add_argument("--source-per-class", type=int, default=300, help="A training images per class")
+    parser.add_argument("--source-test-per-class", type=int, default=100, help="A test images per class (the check)")
+    parser.add_argument("--source-epochs", type=int, default=8, help="epochs of the source training")
+    parser.add_argument("--n-train-per-class", type=int, default=100, help="B training images per class")
+    parser.add_argument("--n-test-per-class", type=int, default=100, help="B test images per class")
     parser.add_argument("--cv", type=int, default=3, help="CV folds choosing C")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random-init control, folds and fits")
     parser.add_argument("--batch-size", type=int, default=64)
