@@ -20,6 +20,7 @@ __all__ = [
     "BackboneSpec",
     "BACKBONES",
     "PREPROCESSING_MODES",
+    "TOKEN_POOLINGS",
     "TokenLayout",
     "get_backbone_spec",
     "preprocessing_choices",
@@ -31,6 +32,11 @@ __all__ = [
 # `preprocessing=` values besides the family names: "none", and the modes of
 # keras.applications.imagenet_utils.preprocess_input.
 PREPROCESSING_MODES = ("none", "caffe", "tf", "torch")
+
+
+# Poolings of a transformer's (tokens, width) outputs (`layerprobe.features.truncate`),
+# computed by `layerprobe.features.token_pooling.TokenPooling`.
+TOKEN_POOLINGS = ("cls", "mean", "cls+mean")
 
 
 @dataclass(frozen=True)

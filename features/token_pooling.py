@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import keras
 
-from .truncate import TOKEN_POOLINGS
+from .registry import TOKEN_POOLINGS
 
 __all__ = ["TokenPooling"]
 

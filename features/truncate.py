@@ -18,18 +18,16 @@ from typing import Mapping, Sequence
 
 from .core.errors import BackboneError
 from .layers import LayerInfo
-from .registry import TokenLayout
+from .registry import TOKEN_POOLINGS, TokenLayout
 
 __all__ = [
     "POOLINGS",
-    "TOKEN_POOLINGS",
     "DEFAULT_MAX_FLATTEN_DIM",
     "build_extractor",
     "pooled_shape",
     "per_layer_pooling",
 ]
 
-TOKEN_POOLINGS = ("cls", "mean", "cls+mean")  # `layerprobe.features.token_pooling.TokenPooling` computes them
 POOLINGS = ("avg", "max", "flatten", "none", *TOKEN_POOLINGS)
 DEFAULT_MAX_FLATTEN_DIM = 1 << 17
 
