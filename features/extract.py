@@ -108,14 +108,18 @@ class FeatureExtractor:
     """A truncated backbone that extracts and caches pooled layer features.
 
     Args:
-        model: Backbone name from the registry (e.g. `"VGG16"`), or the path of a
+        model: Backbone name from the registry (e.g. `"VGG16"`), the path of a
             Keras model saved with `model.save` (`"model.keras"`; see
-            `layerprobe.features.model_files`).
+            `layerprobe.features.model_files`), or a keras-hub vision transformer
+            (`"keras_hub:preset:dinov2_small"`, `"keras_hub:DINOV2Backbone"` with
+            `model_kwargs`, a preset folder; see `layerprobe.features.hub`).
         weights: `"imagenet"`, `None` (random init from `seed`) or a weights file;
             for a model file, its own weights (`"saved"`; the default means the same).
         layers: Layer names, aliases (`"stages"`, `"stage2"`, `"top"`) or
             relative depths in [0, 1].
-        pooling: `"avg"`, `"max"`, `"flatten"` or `"none"`, or a layer -> pooling map.
+        pooling: `"avg"`, `"max"`, `"flatten"` or `"none"`, or a layer -> pooling map;
+            for a transformer's (tokens, width) outputs also `"cls"`, `"mean"` and
+            `"cls+mean"` (see `layerprobe.features.truncate`).
         input_size: Square input side (default: the family's).
         batch_size: Images per forward pass, or `"auto"`: 32 on a CPU; on an
             accelerator the largest power of two up to `MAX_AUTO_BATCH_SIZE` whose
@@ -127,8 +131,9 @@ class FeatureExtractor:
             choice on recent GPUs and TPUs), `"float16"` or True (mixed_float16).
             Part of the feature key (the numbers differ), independent of `dtype`.
         model_kwargs: Extra constructor arguments, e.g. `{"alpha": 0.35}`.
-        preprocessing: For a model file: `"none"`, `"caffe"`, `"tf"`, `"torch"` or
-            a family name; None takes it from layerprobe's metadata or the graph.
+        preprocessing: For a model file or keras-hub model: `"none"`, `"caffe"`, `"tf"`,
+            `"torch"` or a family name; None takes it from layerprobe's metadata or the
+            graph (a keras-hub preset: its image converter).
         seed: Seed of the random initialisation when `weights=None`.
         max_flatten_dim: Refuse `flatten` pooling above this many values per image.
         max_pixels: Skip (and record) image files larger than this many pixels,
@@ -203,9 +208,10 @@ class FeatureExtractor:
                 preprocessing=preprocessing, seed=seed,
             )
         self.layers: list[LayerInfo] = resolve_layers(self.backbone.model, self.backbone.spec, layers)
-        self.pooling = per_layer_pooling(self.layers, pooling)
+        tokens = self.backbone.spec.tokens
+        self.pooling = per_layer_pooling(self.layers, pooling, tokens)
         self.feature_shapes = {
-            info.name: pooled_shape(info, self.pooling[info.name], max_flatten_dim=max_flatten_dim)
+            info.name: pooled_shape(info, self.pooling[info.name], tokens=tokens, max_flatten_dim=max_flatten_dim)
             for info in self.layers
         }
         # (layer, pooling) tuple -> compiled forward pass (see `device_forward`).
@@ -281,7 +287,6 @@ class FeatureExtractor:
 
     def plan(self) -> ExtractionPlan:
         """How this extractor's feature keys are made (see `layerprobe.features.plans`)."""
-        last = len(self.backbone.model.layers) - 1
         return ExtractionPlan(
             architecture=self.backbone.architecture,
             weights_digest=self.backbone.weights_digest,
@@ -291,7 +296,7 @@ class FeatureExtractor:
             compute_dtype=self.compute_dtype,
             max_pixels=self.max_pixels,
             layers=tuple(
-                PlannedLayer(info.name, info.stable_id, self.pooling[info.name], round(info.index / last, 4), info.stage)
+                PlannedLayer(info.name, info.stable_id, self.pooling[info.name], round(info.depth, 4), info.stage)
                 for info in self.layers
             ),
         )
@@ -430,7 +435,7 @@ class FeatureExtractor:
         key = tuple((info.name, self.pooling[info.name]) for info in layers)
         if key not in self._forwards:
             with dtype_policy(self.compute_dtype):
-                model = build_extractor(self.backbone.model, layers, self.pooling)
+                model = build_extractor(self.backbone.model, layers, self.pooling, tokens=self.backbone.spec.tokens)
             self._forwards[key] = DeviceForward(model, self.backbone.spec.preprocess_input)
         return self._forwards[key]
 

@@ -75,6 +75,17 @@ def _weights(text: str) -> str | None:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _model_kwargs(text: str) -> dict:
+    """An argparse type: a JSON object of constructor arguments, e.g. '{"num_layers": 4}'."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f'expected a JSON object, e.g. \'{{"alpha": 0.35}}\'. Received: {text!r}')
+    return value
+
+
 def _print_table(rows: Sequence[dict], columns: Sequence[str]) -> None:
     from .tables import format_table
 
@@ -106,7 +117,8 @@ def _layers(args: argparse.Namespace) -> int:
     if is_model_file(args.model):
         model, spec, input_size, note = _model_file_layers(args)
     else:
-        backbone = load_backbone(args.model, weights=None, input_size=args.input_size)
+        backbone = load_backbone(args.model, weights=None, input_size=args.input_size,
+                                 model_kwargs=args.model_kwargs, preprocessing=args.preprocessing)
         model, spec, input_size, note = backbone.model, backbone.spec, backbone.input_size, ""
     infos = describe_layers(model, spec)
     if not args.all:
@@ -116,7 +128,7 @@ def _layers(args: argparse.Namespace) -> int:
             "layer": info.name,
             "output_shape": "x".join(map(str, info.output_shape)),
             "alias": " ".join(info.aliases + (("top",) if info is infos[-1] else ())),
-            "depth": f"{info.index / infos[-1].index:.2f}",
+            "depth": f"{info.depth:.2f}",
             "key_id": info.stable_id if info.stable_id != info.name else "",
         }
         for info in infos
@@ -124,7 +136,8 @@ def _layers(args: argparse.Namespace) -> int:
     print(f"{spec.name} at {input_size}x{input_size}: "
           f"{'all layers' if args.all else 'cut layers (pass --all for every layer)'}{note}")
     _print_table(rows, ["layer", "output_shape", "alias", "depth", "key_id"])
-    print("Select with --layers NAME[,NAME...], aliases 'stages', 'stageK', 'top', or depths like 0.5.")
+    print("Select with --layers NAME[,NAME...], aliases 'stages', 'stages:K' (every K-th), 'stageK', 'last:N', "
+          "'top', or depths like 0.5.")
     return 0
 
 
@@ -164,6 +177,7 @@ def _extract(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         dtype=args.dtype,
         mixed_precision=args.mixed_precision,
+        model_kwargs=args.model_kwargs,
         preprocessing=args.preprocessing,
         dataset_digest=args.dataset_digest,
         decoder=args.decoder,
@@ -278,21 +292,31 @@ class _FinetuneHelp(argparse.Action):
 
 def _add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default="VGG16", help="backbone name (see `layerprobe layers --list`) or PATH to a saved .keras model"
+        "--model", default="VGG16", help="backbone name (see `layerprobe layers --list`), PATH to a saved .keras model, "
+        "or a keras-hub model (keras_hub:CLASS with --model-kwargs, keras_hub:preset:NAME, a preset folder)"
     )
     parser.add_argument(
         "--weights", default="imagenet", type=_weights,
         help="imagenet | none | PATH to .weights.h5/.h5 (default: imagenet; for a .keras model: its own)",
     )
     parser.add_argument("--input-size", type=positive_int, default=None, help="square input side (default: the model's)")
+    _add_model_kwargs_argument(parser)
     _add_preprocessing_argument(parser)
+
+
+def _add_model_kwargs_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model-kwargs", default=None, type=_model_kwargs, metavar="JSON",
+        help='constructor arguments as a JSON object, e.g. \'{"alpha": 0.35}\' or, for keras_hub:DINOV2Backbone, '
+             '\'{"patch_size": 8, "num_layers": 4, "hidden_dim": 64, "num_heads": 2, "intermediate_dim": 128}\'',
+    )
 
 
 def _add_preprocessing_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preprocessing", default=None,
-        help="for a .keras model: none | caffe | tf | torch | a family name (default: from layerprobe's "
-             "metadata beside the file, or the model's graph)",
+        help="for a .keras model or keras-hub model: none | caffe | tf | torch | a family name (default: from "
+             "layerprobe's metadata beside the file or the model's graph; a keras-hub preset's image converter)",
     )
 
 
@@ -369,8 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="overwrite an existing layerprobe.toml")
 
     layers = commands.add_parser("layers", parents=[common], help="list the selectable layers of a backbone")
-    layers.add_argument("model", nargs="?", help="backbone name or PATH to a saved .keras model; omit (or --list) to list backbones")
+    layers.add_argument("model", nargs="?", help="backbone name, PATH to a saved .keras model, or a keras-hub model "
+                        "(keras_hub:CLASS, keras_hub:preset:NAME, a preset folder); omit (or --list) to list backbones")
     layers.add_argument("--input-size", type=positive_int, default=None)
+    _add_model_kwargs_argument(layers)
     _add_preprocessing_argument(layers)
     layers.add_argument("--all", action="store_true", help="show every layer, not only the cut layers")
     layers.add_argument("--list", action="store_true", help="list the registered backbones")
@@ -378,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract = commands.add_parser("extract", parents=[common], help="extract layer features into a feature store")
     _add_extraction_arguments(extract)
     extract.add_argument("--layers", default=["top"], type=comma_list,
-                         help="comma-separated names, aliases (stages, stageK, top) or depths")
+                         help="comma-separated names, aliases (stages, stages:K, stageK, last:N, top) or depths")
     extract.add_argument("--pooling", default=POOLINGS[0], choices=POOLINGS)
     extract.add_argument("--data", required=True, help="image folder (class subfolders, optionally under train/val/test) or CSV")
     extract.add_argument("--store", required=True, help="feature store directory (created if missing)")

@@ -104,16 +104,20 @@ class BackboneConfig:
         model: Backbone name (`layerprobe layers --list` lists them), e.g.
             `"VGG16"`, or the path of a Keras model saved with model.save (a
             `.keras` file: your own, or a model.keras of `layerprobe finetune`;
-            a glob pattern matching exactly one file is allowed; absolute once parsed).
+            a glob pattern matching exactly one file is allowed; absolute once parsed),
+            or a keras-hub vision transformer: `"keras_hub:preset:dinov2_small"`,
+            `"keras_hub:DINOV2Backbone"` (built from model_kwargs, weights `"none"`)
+            or a preset folder (`layerprobe.features.hub`).
         weights: `"imagenet"`, `"none"` (random initialisation from `seed`,
             a baseline) or the path of a weights file (absolute once parsed);
             for a model file `"saved"` (its own weights, the default), `"none"`
             or a weights file.
-        layers: Layers to probe: names, aliases (`"stages"`, `"stageK"`,
-            `"top"`) or relative depths in [0, 1]; `layerprobe layers MODEL`
-            lists them.
+        layers: Layers to probe: names, aliases (`"stages"`, `"stages:K"`,
+            `"stageK"`, `"last:N"`, `"top"`) or relative depths in [0, 1];
+            `layerprobe layers MODEL` lists them (a transformer's stages are its blocks).
         model_kwargs: Extra constructor arguments, e.g. `{ alpha = 0.35 }`.
-        preprocessing: For a model file: `"none"` (pixels 0-255, for models that
+        preprocessing: For a model file or keras-hub model (default: a preset's
+            image converter): `"none"` (pixels 0-255, for models that
             rescale inside), `"caffe"`, `"tf"`, `"torch"` (the modes of Keras's
             imagenet_utils.preprocess_input) or a family name whose
             preprocess_input to use, e.g. `"ResNet50"`; None (key left out)

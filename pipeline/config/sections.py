@@ -8,10 +8,12 @@ returns its dataclass, or None when the section cannot be built.
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
 from ...features.core.errors import ConfigError
+from ...features.hub import is_hub_model
 from ...features.keys import COMPUTE_PRECISIONS, DECODERS, DIGEST_MODES, STORAGE_DTYPES
 from ...features.model_files import SAVED_WEIGHTS, is_model_file
 from ...features.registry import BACKBONES
@@ -151,9 +153,12 @@ def build_backbones(checker: Checker, raw: Any) -> tuple[BackboneConfig, ...]:
         found = _section(checker, "backbones", table, where)
         if "weights" in found:
             found["weights"] = checker.weights(f"{where} weights", found["weights"])
+        if "model" in found and is_model_file(found["model"]):  # or a keras-hub preset folder, relative to the config
+            folder = str((checker.base_dir / Path(found["model"]).expanduser()).resolve())
+            found["model"] = folder if is_hub_model(folder) else found["model"]
         if "model" in found and is_model_file(found["model"]):
             _model_file_entry(checker, where, found)
-        elif "model" in found and "preprocessing" in found:
+        elif "model" in found and "preprocessing" in found and not is_hub_model(found["model"]):
             checker.report(
                 f"{where} preprocessing",
                 f"is chosen for model files; {found['model']}'s preprocessing belongs to its weights: remove the key",
@@ -190,7 +195,7 @@ def _model_file_entry(checker: Checker, where: str, found: dict[str, Any]) -> No
 def check_finetune_backbones(
     checker: Checker, finetune: FinetuneStageConfig | None, backbones: tuple[BackboneConfig, ...]
 ) -> None:
-    """The [finetune] stage trains registry families only: a model file in a config with it is a problem."""
+    """The [finetune] stage trains registry families and keras-hub models: a model file with it is a problem."""
     files = [number for number, backbone in enumerate(backbones, start=1) if is_model_file(backbone.model)]
     if finetune is not None and files:
         checker.report(

@@ -104,7 +104,8 @@ class FinetuneConfig:
         head_epochs: Epochs of phase 1 (head only, backbone frozen); 0 skips it.
         finetune_epochs: Epochs of phase 2 (top blocks unfrozen); 0 skips it.
         unfreeze_blocks: Top blocks unfrozen in phase 2: an integer, `"all"`,
-            or `"from:LAYER_NAME"` (see `unfreeze_top`).
+            or `"from:LAYER_NAME"` (see `unfreeze_top`). For a keras-hub vision
+            transformer, `n` unfreezes its last n transformer blocks and the final norm.
         learning_rate: Adam learning rate of phase 2 (of its top unfrozen block).
         block_lr_decay: Factor on the rate per block down from the top in
             phase 2: the block below the top one trains at

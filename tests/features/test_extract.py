@@ -11,8 +11,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from layerprobe.features.device import DeviceForward
 from layerprobe.features.core.errors import BackboneError
+from layerprobe.features.device import DeviceForward
 from layerprobe.features.extract import FeatureExtractor
 from layerprobe.features.inputs import from_arrays, from_directory
 from layerprobe.features.keys import FeatureKey
@@ -63,20 +63,11 @@ def test_stored_features_equal_a_direct_keras_call(tmp_path, model, model_kwargs
         np.testing.assert_array_equal(stored.y, y)
 
 
-def test_all_layers_come_from_one_forward_pass_per_batch(tmp_path, monkeypatch):
+def test_all_layers_come_from_one_forward_pass_per_batch(tmp_path, forward_passes):
     X, y = _images(n=20)
     extractor = FeatureExtractor("VGG16", weights=None, layers="stages", input_size=32, batch_size=8)
-    calls = []
-    original = DeviceForward.fetch
-
-    def counting(self, pending):
-        outputs = original(self, pending)
-        calls.append(len(outputs))
-        return outputs
-
-    monkeypatch.setattr(DeviceForward, "fetch", counting)
     extractor.extract(from_arrays(X, y), FeatureStore(tmp_path), progress=False)
-    assert calls == [5, 5, 5]  # ceil(20 / 8) batches, each returning all five block pools
+    assert forward_passes == [5, 5, 5]  # ceil(20 / 8) batches, each returning all five block pools
 
 
 def test_cached_features_cost_no_forward_pass(tmp_path, monkeypatch):
@@ -113,9 +104,9 @@ def _count_builds_and_traces(monkeypatch) -> tuple[list, list]:
     builds, traces = [], []
     build = extract_module.build_extractor
 
-    def counting_build(model, layers, pooling):
+    def counting_build(model, layers, pooling, **kwargs):
         builds.append(tuple(info.name for info in layers))
-        return build(model, layers, pooling)
+        return build(model, layers, pooling, **kwargs)
 
     make = DeviceForward.__init__
 

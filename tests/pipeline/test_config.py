@@ -225,7 +225,7 @@ def test_wrong_types_and_ranges_are_all_reported(tmp_path, images):
     problems, message = _problems(
         {
             "data": {"path": "images", "test_size": 1.5, "test_split": "train"},
-            "features": {"batch_size": 0, "pooling": "mean", "dtype": "float64"},
+            "features": {"batch_size": 0, "pooling": "median", "dtype": "float64"},
             "backbones": [{"model": "VGG16", "layers": [2.0], "model_kwargs": "alpha=1"}],
             "classifiers": {"cv": "5", "n_jobs": 0, "pca_components": 1.5},
         },
@@ -235,7 +235,7 @@ def test_wrong_types_and_ranges_are_all_reported(tmp_path, images):
         "[data] test_size: expected a number between 0 and 1",
         "[data] test_split: must differ from train_split",
         "[features] batch_size: expected \"auto\" or an integer >= 1. Received: 0",
-        "[features] pooling: unknown name(s) ['mean']",
+        "[features] pooling: unknown name(s) ['median']",
         "[features] dtype: expected one of ['float32', 'float16']",
         "[[backbones]] #1 layers: depth 2.0 is outside [0, 1]",
         "[[backbones]] #1 model_kwargs: expected a table",
