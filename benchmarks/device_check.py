@@ -9,20 +9,31 @@ result, so that one failing stage does not stop the others:
                 shapes, so that decoding costs what real photos cost), written by
                 one process per core.
   decode        decode-only images/s: decode + resize to the input size, no model,
-                with layerprobe's decoding threads (as many as cores, and the
-                default), and in one thread (what the naive way does).
+                per decoder (Pillow; simplejpeg where installed; torchvision's
+                nvJPEG on the GPU, `decode_jpeg(device="cuda")` + resize, where
+                torch sees a GPU), in layerprobe's decoding threads and in one
+                thread (what the naive way does); with each CPU decoder's largest
+                pixel difference from Pillow.
   tests[B]      the `backend`-marked tests (tests/features/test_backend_neutral.py:
                 values against a direct Keras call, one forward pass for all layers,
                 resume bit-identical, mixed precision) with KERAS_BACKEND=B.
-  bench[B]      per model and precision (float32, mixed_float16), images/s of
-                  limit       the multi-output model on images already decoded and
-                              preprocessed in host memory (fixed batches through
-                              predict_on_batch, traced before timing);
+  bench[B]      per model and precision (float32, bfloat16, mixed_float16), images/s of
+                  device      the honest limit: layerprobe's compiled multi-output
+                              forward pass (uint8 in, preprocessing inside) on
+                              batches already on the device, dispatched back to
+                              back, synchronised once at the end; at the bench
+                              batch size and at each of --limit-batches;
+                  host        the old limit: the multi-output model on pixels
+                              decoded and preprocessed in host memory (float32),
+                              fixed batches through predict_on_batch;
                   layerprobe  `FeatureExtractor(model, weights=None, layers="stages",
                               pooling="avg", ...).extract(dataset, fresh store,
-                              n_workers=cores)`, end to end (decoding threads ->
-                              one forward pass for 5 layers -> HDF5), after a
-                              warm-up extraction of one batch (no tracing timed);
+                              n_workers=cores)`, end to end from the JPEG files
+                              (decoding threads -> device loop -> writer thread ->
+                              HDF5), after a warm-up extraction of one batch (no
+                              compilation timed), with the report's per-phase timings;
+                  arrays      the same extraction of the pixels already decoded in
+                              memory (what the pipeline reaches without decoding);
                   naive       decode every image in one thread, preprocess, then one
                               truncated model (+ GlobalAveragePooling2D) per layer,
                               `model.predict` over all images each (each model
@@ -62,7 +73,6 @@ import sys
 import tempfile
 import time
 import traceback
-from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
@@ -71,7 +81,6 @@ from typing import Any, Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import timing_calls, timing_waits  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BACKEND_TESTS = "tests/features/test_backend_neutral.py"
@@ -80,7 +89,7 @@ PACKAGES = (
     "keras", "jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "torch", "tensorflow",
     "numpy", "h5py", "pillow", "scikit-learn", "scipy", "optree", "namex", "ml-dtypes", "layerprobe",
 )
-PRECISIONS = {"float32": False, "mixed_float16": True}
+PRECISIONS = {"float32": False, "bfloat16": "bfloat16", "mixed_float16": "float16"}
 
 
 # --------------------------------------------------------------------------- arguments
@@ -159,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"bench backbones, NAME or NAME:key=value;... (default ResNet50,VGG16; smoke: {TINY_NET}, "
              f"a 5-stage conv net registered here)")
     add("--precisions", type=_model_list, default=None,
-        help="float32 and/or mixed_float16 (default both)")
+        help="float32, bfloat16 and/or mixed_float16 (default float32,bfloat16)")
+    add("--limit-batches", type=lambda text: [int(v) for v in _model_list(text)], default=None,
+        help="batch sizes of the device-resident limit besides --batch-size (default 64,256,512; smoke: 4)")
     add("--batch-size", type=int, default=None, help="bench batch size (default 128; smoke: 8)")
     add("--workers", type=int, default=None, help="decoding threads (default: the number of cores)")
     add("--finetune-model", default=None,
@@ -190,7 +201,8 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         "image_size": (256, 48),
         "input_size": (224, 32),
         "models": (["ResNet50", "VGG16"], [TINY_NET]),
-        "precisions": (list(PRECISIONS), list(PRECISIONS)),
+        "precisions": (["float32", "bfloat16"], ["float32", "bfloat16"]),
+        "limit_batches": ([64, 256, 512], [4]),
         "batch_size": (128, 8),
         "workers": (_cores(), min(2, _cores())),
         "finetune_model": ("MobileNetV2:alpha=0.35", TINY_NET),
@@ -303,30 +315,72 @@ def make_images(folder: Path, n_images: int, n_classes: int, side: int, processe
 
 
 def decode_rates(images_dir: Path, size: int, workers: int) -> dict[str, Any]:
-    """Decode + resize to `size`, no model: threaded as layerprobe does, and serial."""
+    """Decode + resize to `size`, no model, per decoder: threaded as layerprobe does, and serial."""
     from layerprobe.features.inputs import from_directory, iter_decoded_chunks
+    from layerprobe.features.inputs.decoding import load_image, resolve_decoder
 
     dataset = from_directory(images_dir)
     n = len(dataset)
     chunks = [range(start, min(start + 256, n)) for start in range(0, n, 256)]
-    result: dict[str, Any] = {"n_images": n, "size": size}
-    default_workers = min(8, _cores())
-    for threads in dict.fromkeys([workers, default_workers]):
+    result: dict[str, Any] = {"n_images": n, "size": size, "workers": workers, "decoders": {}}
+    decoders = ["pillow"] + (["simplejpeg"] if resolve_decoder("auto") == "simplejpeg" else [])
+    n_serial = min(n, 256)
+    reference = [load_image(dataset.sample_ids[i], size, decoder="pillow") for i in range(n_serial)]
+    for decoder in decoders:
+        entry: dict[str, Any] = {}
+        for threads in dict.fromkeys([workers, min(8, _cores())]):
+            started = time.perf_counter()
+            decoded = sum(
+                len(chunk.sample_indices)
+                for chunk in iter_decoded_chunks(dataset, chunks, size, n_workers=threads, dtype="uint8", decoder=decoder)
+            )
+            entry[f"threads_{threads}_img_s"] = _round(decoded / (time.perf_counter() - started))
         started = time.perf_counter()
-        decoded = 0
-        for chunk in iter_decoded_chunks(dataset, chunks, size, n_workers=threads):
-            decoded += len(chunk.sample_indices)
-        seconds = time.perf_counter() - started
-        result[f"threads_{threads}_img_s"] = _round(decoded / seconds)
-    n_serial = min(n, 512)
-    started = time.perf_counter()
-    for index in range(n_serial):
-        dataset.load(index, size)
-    result["serial_img_s"] = _round(n_serial / (time.perf_counter() - started))
-    result["serial_images"] = n_serial
-    result["workers"] = workers
-    result["img_s"] = result[f"threads_{workers}_img_s"]
+        pixels = [load_image(dataset.sample_ids[i], size, decoder=decoder) for i in range(n_serial)]
+        entry["serial_img_s"] = _round(n_serial / (time.perf_counter() - started))
+        entry["max_abs_diff_vs_pillow"] = int(max(np.abs(a.astype(int) - b).max() for a, b in zip(pixels, reference)))
+        entry["img_s"] = entry[f"threads_{workers}_img_s"]
+        result["decoders"][decoder] = entry
+    with contextlib.suppress(ImportError):
+        result["decoders"]["nvjpeg (torchvision, GPU)"] = gpu_decode_rate(dataset, size, reference)
+    best = max(result["decoders"].values(), key=lambda entry: entry.get("img_s") or 0)
+    result["img_s"] = best.get("img_s")
+    result["serial_img_s"] = result["decoders"]["pillow"]["serial_img_s"]
     return result
+
+
+def gpu_decode_rate(dataset, size: int, reference: list[np.ndarray], batch: int = 128) -> dict[str, Any]:
+    """torchvision's nvJPEG decoding on the GPU + bilinear resize there: images/s from the files, pixel difference."""
+    import torch
+    import torch.nn.functional as functional
+    from torchvision.io import decode_jpeg, read_file
+
+    if not torch.cuda.is_available():
+        return {"status": "skipped", "error": "torch sees no GPU"}
+    paths = list(dataset.sample_ids)
+
+    def decode(group: list[str]) -> torch.Tensor:
+        images = decode_jpeg([read_file(path) for path in group], device="cuda")
+        resized = [
+            functional.interpolate(image[None].float(), size=(size, size), mode="bilinear", align_corners=False)[0]
+            for image in images
+        ]
+        return torch.stack(resized).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+    decode(paths[:8])  # initialises nvJPEG
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for start in range(0, len(paths), batch):
+        decode(paths[start : start + batch])
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    pixels = decode(paths[: len(reference)]).cpu().numpy()
+    differences = [np.abs(a.astype(int) - b) for a, b in zip(pixels, reference)]
+    return {
+        "img_s": _round(len(paths) / seconds), "batch": batch,
+        "max_abs_diff_vs_pillow": int(max(d.max() for d in differences)),
+        "mean_abs_diff_vs_pillow": _round(float(np.mean([d.mean() for d in differences])), 3),
+    }
 
 
 # --------------------------------------------------------------------------- worker (one backend)
@@ -381,42 +435,6 @@ def device_info() -> dict[str, Any]:
     return info
 
 
-@contextlib.contextmanager
-def stage_timer(times: dict[str, float]):
-    """Seconds spent in the parts of `FeatureExtractor.extract`, by wrapping what exists.
-
-    Wraps (and restores) the decode iterator (time waiting for the next decoded
-    chunk), preprocess_input, the per-chunk forward pass and the HDF5 writes. A
-    part whose function is not found in this version of layerprobe is left out.
-    """
-    patches = []
-
-    def add(owner_path: str, attribute: str, make: Callable):
-        with contextlib.suppress(Exception):
-            module_name, _, class_name = owner_path.partition(":")
-            owner = importlib.import_module(module_name)
-            if class_name:
-                owner = getattr(owner, class_name)
-            original = owner.__dict__[attribute] if class_name else getattr(owner, attribute)
-            patches.append((owner, attribute, original, make(original)))
-
-    def timed_iterator(original):
-        return timing_waits(original, times, "decode_wait")
-
-    add("layerprobe.features.extract", "iter_decoded_chunks", timed_iterator)
-    add("layerprobe.features.registry:BackboneSpec", "preprocess_input", lambda f: timing_calls(f, times, "preprocess"))
-    add("layerprobe.features.extract:FeatureExtractor", "_forward", lambda f: timing_calls(f, times, "forward"))
-    add("layerprobe.features.store:PartialEntry", "write_chunk", lambda f: timing_calls(f, times, "write_chunks"))
-    add("layerprobe.features.store:FeatureStore", "commit", lambda f: timing_calls(f, times, "commit"))
-    try:
-        for owner, attribute, _, replacement in patches:
-            setattr(owner, attribute, replacement)
-        yield
-    finally:
-        for owner, attribute, original, _ in patches:
-            setattr(owner, attribute, original)
-
-
 def _predict_batches(model, x: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Fixed-size batches (the last one zero-padded) through `predict_on_batch`."""
     outputs: list[list[np.ndarray]] = []
@@ -459,9 +477,9 @@ def bench(args, log: WorkerLog, deadline: float) -> None:
     n, size = len(dataset), args.input_size
     scratch = Path(tempfile.mkdtemp(prefix=f"bench-{backend}-", dir=args.workdir))
     started = time.perf_counter()
-    decoded = np.empty((n, size, size, 3), np.float32)
+    decoded = np.empty((n, size, size, 3), np.uint8)
     chunks = [range(start, min(start + 256, n)) for start in range(0, n, 256)]
-    for chunk in iter_decoded_chunks(dataset, chunks, size, n_workers=args.workers):
+    for chunk in iter_decoded_chunks(dataset, chunks, size, n_workers=args.workers, dtype="uint8"):
         decoded[chunk.sample_indices] = chunk.images
     log.write("note", text=f"pre-decoded {n} images in {time.perf_counter() - started:.1f} s (not timed)")
     for model_text in args.models:
@@ -472,6 +490,7 @@ def bench(args, log: WorkerLog, deadline: float) -> None:
             if _now() > deadline - 20:
                 log.write("row", **row, status="skipped", error="time budget exhausted")
                 continue
+            row["first_of_backend"] = model_text == args.models[0] and precision == args.precisions[0]
             try:
                 bench_configuration(args, row, dataset, decoded, pixels, scratch, log, deadline)
             except Exception as error:  # the model could not be built: the next configuration still runs
@@ -487,15 +506,42 @@ def bench(args, log: WorkerLog, deadline: float) -> None:
     shutil.rmtree(scratch, ignore_errors=True)
 
 
-def bench_configuration(args, row, dataset, decoded, pixels, scratch: Path, log: WorkerLog, deadline: float) -> None:
-    """layerprobe, limit and naive images/s of one model and precision, into `row`.
+def device_limit(forward, decoded: np.ndarray, batch_size: int) -> dict[str, Any]:
+    """The compiled forward pass on uint8 batches already on the device, back to back, synchronised once.
 
-    Each of the three is measured even when another fails; a failure is recorded
-    as `<part>_error`.
+    Only whole batches; the first one compiles (untimed). Returns images/s and the seconds.
+    """
+    import keras
+
+    from layerprobe.features.device import synchronize
+
+    n_batches = max(1, len(decoded) // batch_size)
+    batches = [keras.ops.convert_to_tensor(decoded[i * batch_size : (i + 1) * batch_size]) for i in range(n_batches)]
+    if len(batches[0]) < batch_size:
+        batches = [keras.ops.convert_to_tensor(np.resize(decoded, (batch_size, *decoded.shape[1:])))]
+    started = time.perf_counter()
+    forward.fetch(forward.dispatch(batches[0]))
+    compile_s = time.perf_counter() - started
+    synchronize()
+    started = time.perf_counter()
+    pending = [forward.dispatch(batch) for batch in batches]
+    for handle in pending:
+        forward.fetch(handle)
+    synchronize()
+    seconds = time.perf_counter() - started
+    return {"img_s": _round(n_batches * batch_size / seconds), "seconds": _round(seconds, 3),
+            "images": n_batches * batch_size, "compile_s": _round(compile_s, 2)}
+
+
+def bench_configuration(args, row, dataset, decoded, pixels, scratch: Path, log: WorkerLog, deadline: float) -> None:
+    """Device limit, host limit, layerprobe (files and arrays) and naive images/s of one model and precision.
+
+    Each part is measured even when another fails; a failure is recorded as `<part>_error`.
     """
     import keras
 
     from layerprobe.features.extract import FeatureExtractor, dtype_policy
+    from layerprobe.features.inputs import from_arrays
     from layerprobe.features.store import FeatureStore
     from layerprobe.features.truncate import build_extractor
 
@@ -508,6 +554,7 @@ def bench_configuration(args, row, dataset, decoded, pixels, scratch: Path, log:
         mixed_precision=PRECISIONS[row["precision"]], model_kwargs=kwargs or None,
     )
     row["layers"] = extractor.layer_names
+    row["decoder"] = extractor.decoder
     row["build_s"] = _round(time.perf_counter() - build_started, 2)
     stored: dict[str, np.ndarray] = {}
 
@@ -520,54 +567,85 @@ def bench_configuration(args, row, dataset, decoded, pixels, scratch: Path, log:
             row[f"{label}_traceback"] = _tail(traceback.format_exc(), 1500)
         log.write("partial", **row)
 
-    with part("layerprobe"):
-        # A warm-up extraction of one batch builds and traces the model; the timed one does not.
+    if row.get("first_of_backend"):
+        with part("auto_batch"):  # what batch_size="auto" picks here (compiles the largest size that fits)
+            started = time.perf_counter()
+            auto = FeatureExtractor(
+                name, weights=None, layers="stages", pooling="avg", input_size=row["input_size"], batch_size="auto",
+                mixed_precision=PRECISIONS[row["precision"]], model_kwargs=kwargs or None,
+            )
+            row["auto_batch_size"] = auto.resolve_batch_size()
+            row["auto_batch_s"] = _round(time.perf_counter() - started, 1)
+            if auto.batch_size not in args.limit_batches + [batch_size]:  # compiled already: measure it too
+                row["device_auto_img_s"] = device_limit(auto.device_forward(), decoded, auto.batch_size)["img_s"]
+            del auto
+
+    with part("device"):  # the honest limit: layerprobe's compiled function, inputs resident on the device
+        forward = extractor.device_forward()
+        limits = {batch_size: device_limit(forward, decoded, batch_size)}
+        row["device_img_s"] = limits[batch_size]["img_s"]
+        row["device_compile_s"] = limits[batch_size]["compile_s"]
+        for size in args.limit_batches:
+            if size != batch_size and _now() < deadline - 60:
+                with part(f"device_{size}"):
+                    limits[size] = device_limit(extractor.device_forward(), decoded, size)
+        row["device_by_batch"] = {str(size): limit["img_s"] for size, limit in sorted(limits.items())}
+        if row.get("device_auto_img_s"):
+            row["device_by_batch"][str(row["auto_batch_size"])] = row["device_auto_img_s"]
+
+    with part("layerprobe"):  # end to end from the JPEG files
         warm_started = time.perf_counter()
         extractor.extract(dataset.select(np.arange(min(n, batch_size))), FeatureStore(scratch / f"warm-{tag}"),
                           n_workers=workers, progress=False)
         row["layerprobe_warmup_s"] = _round(time.perf_counter() - warm_started, 2)
-        times: dict[str, float] = defaultdict(float)
         store = FeatureStore(scratch / f"run-{tag}")
-        with stage_timer(times):
-            report = extractor.extract(dataset, store, n_workers=workers, progress=False)
+        report = extractor.extract(dataset, store, n_workers=workers, progress=False)
         row["layerprobe_s"] = _round(report.seconds, 3)
         row["layerprobe_img_s"] = _round(report.n_forward / report.seconds)
-        times["other"] = report.seconds - sum(times.values())  # keys, locks, digests, commit bookkeeping
-        row["layerprobe_parts_s"] = {key: _round(value, 3) for key, value in times.items()}
+        row["layerprobe_parts_s"] = {key: _round(value, 3) for key, value in report.timings.items()}
         if report.n_forward != n:
             raise RuntimeError(f"layerprobe extracted {report.n_forward} of {n} images: {report.summary()}")
         stored.update({layer: store.load(report.keys[layer]).X for layer in extractor.layer_names})
         if not (args.workdir / "features.npz").exists():
             np.savez(args.workdir / "features.npz", labels=dataset.labels, **stored)
 
+    with part("arrays"):  # the same pipeline on pixels already decoded: no decoder in the way
+        arrays = from_arrays(decoded, dataset.labels)
+        digest = arrays.digest()
+        report = extractor.extract(arrays, FeatureStore(scratch / f"arrays-{tag}"), n_workers=workers,
+                                   progress=False, dataset_digest=digest)
+        row["arrays_img_s"] = _round(report.n_forward / report.seconds)
+        row["arrays_loop_img_s"] = _round(report.n_forward / report.timings["forward"])
+        row["arrays_parts_s"] = {key: _round(value, 3) for key, value in report.timings.items()}
+
     with part("preprocess"):
         if "x" not in pixels:
             started = time.perf_counter()
-            pixels["x"] = extractor.backbone.spec.preprocess_input(decoded.copy())
+            pixels["x"] = extractor.backbone.spec.preprocess_input(decoded.astype(np.float32))
             pixels["seconds"] = time.perf_counter() - started
         row["preprocess_s"] = _round(pixels["seconds"], 3)
     x = pixels.get("x")
     if x is None:
         return
 
-    with part("limit"):  # the same multi-output model on pixels already in memory
+    with part("host"):  # the old limit: float32 pixels preprocessed in host memory, predict_on_batch
         with dtype_policy(extractor.compute_dtype):
             limit_model = build_extractor(extractor.backbone.model, extractor.layers, extractor.pooling)
         warm_started = time.perf_counter()
         _predict_batches(limit_model, x[:batch_size], batch_size)
-        row["limit_warmup_s"] = _round(time.perf_counter() - warm_started, 2)
+        row["host_warmup_s"] = _round(time.perf_counter() - warm_started, 2)
         started = time.perf_counter()
         outputs = _predict_batches(limit_model, x, batch_size)
-        row["limit_s"] = _round(time.perf_counter() - started, 3)
-        row["limit_img_s"] = _round(n / row["limit_s"])
+        row["host_s"] = _round(time.perf_counter() - started, 3)
+        row["host_img_s"] = _round(n / row["host_s"])
         if stored:
-            row["max_rel_diff_layerprobe_vs_limit"] = max(
+            row["max_rel_diff_layerprobe_vs_host"] = max(
                 _max_relative_difference(stored[layer], output)
                 for layer, output in zip(extractor.layer_names, outputs)
             )
 
-    if _now() > deadline - 10:
-        row["naive_skipped"] = "time budget exhausted"
+    if _now() > deadline - 10 or row["precision"] != "float32":
+        row["naive_skipped"] = "time budget exhausted" if _now() > deadline - 10 else "measured in float32 only"
         return
     with part("naive"):  # one truncated model per layer, model.predict over all images each
         predict_s = warm_s = 0.0
@@ -788,6 +866,7 @@ def run_worker_process(run: Run, backend: str, share: float) -> dict[str, Any]:
                "--workdir", str(args.workdir), "--input-size", str(args.input_size),
                "--models", ",".join(args.models), "--precisions", ",".join(args.precisions),
                "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+               "--limit-batches", ",".join(map(str, args.limit_batches)),
                "--finetune-model", args.finetune_model, "--finetune-size", str(args.finetune_size),
                "--finetune-images", str(args.finetune_images),
                "--finetune-batch-size", str(args.finetune_batch_size), "--skip", ",".join(args.skip) or ","]
@@ -906,19 +985,18 @@ def _ratio(a, b) -> str:
 
 
 def bottleneck(row: dict[str, Any], decode_img_s: float | None) -> str:
-    """Which of decoding and the forward pass limits layerprobe's rate."""
-    limit, ours = row.get("limit_img_s"), row.get("layerprobe_img_s")
+    """Which of decoding and the device limits layerprobe's rate from files."""
+    limit, ours = row.get("device_img_s"), row.get("layerprobe_img_s")
     if not ours:
         return "–"
-    parts = row.get("layerprobe_parts_s") or {}
-    wait, forward = parts.get("decode_wait"), parts.get("forward")
     if decode_img_s and limit:
-        slower = "decode" if decode_img_s < limit else "forward"
+        slower = "decode" if decode_img_s < limit else "device"
         text = f"{slower} ({_fmt(min(decode_img_s, limit))} < {_fmt(max(decode_img_s, limit))} img/s)"
     else:
-        text = "forward" if limit else "?"
-    if wait is not None and forward is not None and row.get("layerprobe_s"):
-        text += f"; waits {wait / row['layerprobe_s']:.0%} on decode, {forward / row['layerprobe_s']:.0%} in forward"
+        text = "device" if limit else "?"
+    parts = row.get("layerprobe_parts_s") or {}
+    if parts.get("decode_wait") is not None and row.get("layerprobe_s"):
+        text += f"; the loop waited {parts['decode_wait'] / row['layerprobe_s']:.0%} of the time for decoded chunks"
     return text
 
 
@@ -935,11 +1013,12 @@ def markdown(run: Run, report: dict[str, Any]) -> str:
                      f"devices {info.get('devices')}{warning}  ")
     decode = run.results.get("decode") or {}
     decode_rate = decode.get("img_s")
-    if decode:
-        threads = ", ".join(f"{k.split('_')[1]} threads {_fmt(v)}" for k, v in decode.items()
-                            if k.startswith("threads_"))
-        lines.append(f"Decode-only (JPEG {run.args.image_size}px -> {decode.get('size')}px, no model): {threads}, "
-                     f"1 thread {_fmt(decode.get('serial_img_s'))} img/s  ")
+    for decoder, entry in (decode.get("decoders") or {}).items():
+        rates = ", ".join(f"{k.split('_')[1]} threads {_fmt(v)}" for k, v in entry.items() if k.startswith("threads_"))
+        rates = rates or f"batch {entry.get('batch')}: {_fmt(entry.get('img_s'))}"
+        lines.append(f"Decode-only {decoder} (JPEG {run.args.image_size}px -> {decode.get('size')}px, no model): "
+                     f"{rates}; 1 thread {_fmt(entry.get('serial_img_s'))} img/s; max pixel difference from Pillow "
+                     f"{entry.get('max_abs_diff_vs_pillow', entry.get('error', '–'))}  ")
     lines += ["", f"Total {report['seconds']:.0f} s of a {run.args.budget_seconds:.0f} s budget.", ""]
     lines += ["## Stages", "", "| stage | status | seconds | note |", "| --- | --- | ---: | --- |"]
     for stage in run.stages:
@@ -947,31 +1026,41 @@ def markdown(run: Run, report: dict[str, Any]) -> str:
         lines.append(f"| {stage['stage']} | {stage['status']} | {_fmt(stage.get('seconds'), 1)} | {note} |")
     if run.bench_rows:
         lines += ["", "## Extraction images/s (5 stage layers, avg-pooled, random weights)", "",
-                  "| backend | model | precision | batch | limit | layerprobe | naive | layerprobe/limit "
-                  "| layerprobe/naive | decode-only | bottleneck |",
-                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+                  "| backend | model | precision | batch | device limit | host limit | layerprobe (files) "
+                  "| layerprobe (arrays) | naive | files/device | arrays/device | layerprobe/naive | bottleneck |",
+                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         for row in run.bench_rows:
             if row.get("status") == "skipped":
                 lines.append(f"| {row['backend']} | {row['model']} | {row['precision']} | {row['batch_size']} "
-                             f"| skipped: {row.get('error')} | | | | | | |")
+                             f"| skipped: {row.get('error')} | | | | | | | | |")
                 continue
-            ours, limit, naive = row.get("layerprobe_img_s"), row.get("limit_img_s"), row.get("naive_img_s")
+            device, host = row.get("device_img_s"), row.get("host_img_s")
+            ours, arrays, naive = row.get("layerprobe_img_s"), row.get("arrays_img_s"), row.get("naive_img_s")
             note = bottleneck(row, decode_rate)
-            if row.get("naive_skipped"):
-                note += f"; naive skipped: {row['naive_skipped']}"
-            if row.get("status") == "error":
-                note = f"error: {(row.get('error') or '')[:120]}".replace("|", "/").replace("\n", " ")
+            errors = [f"{key[:-6]}: {value}" for key, value in row.items() if key.endswith("_error")]
+            if errors:
+                note += "; errors: " + "; ".join(errors)[:200].replace("|", "/").replace("\n", " ")
             lines.append(
-                f"| {row['backend']} | {row['model']} | {row['precision']} | {row['batch_size']} | {_fmt(limit)} "
-                f"| {_fmt(ours)} | {_fmt(naive)} | {_ratio(ours, limit)} | {_ratio(ours, naive)} "
-                f"| {_fmt(decode_rate)} | {note} |"
+                f"| {row['backend']} | {row['model']} | {row['precision']} | {row['batch_size']} | {_fmt(device)} "
+                f"| {_fmt(host)} | {_fmt(ours)} | {_fmt(arrays)} | {_fmt(naive)} | {_ratio(ours, device)} "
+                f"| {_ratio(arrays, device)} | {_ratio(ours, naive)} | {note} |"
             )
-        lines += ["", "Limit: the multi-output model on preprocessed pixels in host memory. Naive: one-thread "
-                  "decode + preprocess + one truncated model per layer (`model.predict`). Tracing/compiling is "
-                  "outside every timing. layerprobe parts (s): "
-                  + "; ".join(f"{r['backend']} {r['model']} {r['precision']}: "
-                              + ", ".join(f"{k} {v}" for k, v in (r.get("layerprobe_parts_s") or {}).items())
-                              for r in run.bench_rows if r.get("layerprobe_parts_s"))]
+        lines += ["", "Device limit: layerprobe's compiled multi-output forward pass (uint8 in, preprocessing inside) "
+                  "on batches already on the device, back to back. Host limit (the old one): the same model on "
+                  "float32 pixels preprocessed in host memory, `predict_on_batch` per batch. layerprobe (files): "
+                  "`extract` end to end from the JPEG files; (arrays): the same on the pixels already decoded. "
+                  "Naive: one-thread decode + preprocess + one truncated model per layer (`model.predict`), "
+                  "float32 only. Compilation is outside every timing.", "",
+                  "batch_size='auto' picked: " + ("; ".join(
+                      f"{r['backend']} {r['model']} {r['precision']}: {r['auto_batch_size']} ({r.get('auto_batch_s')} s)"
+                      for r in run.bench_rows if r.get("auto_batch_size")) or "–"), "",
+                  "Device limit by batch size: " + "; ".join(
+                      f"{r['backend']} {r['model']} {r['precision']}: "
+                      + ", ".join(f"{b}: {_fmt(v)}" for b, v in (r.get("device_by_batch") or {}).items())
+                      for r in run.bench_rows if r.get("device_by_batch")), "",
+                  "layerprobe phases (s, files | arrays): " + "; ".join(
+                      f"{r['backend']} {r['model']} {r['precision']}: {r.get('layerprobe_parts_s')} | "
+                      f"{r.get('arrays_parts_s')}" for r in run.bench_rows if r.get("layerprobe_parts_s"))]
     if run.finetune_rows:
         lines += ["", "## Finetune (one epoch, whole backbone trainable, random init)", "",
                   "| backend | model | input | images | batch | epoch img/s | after-first-step img/s | epoch s "
@@ -1014,12 +1103,11 @@ def driver_main(args) -> int:
         if images["status"] != "ok":
             _log("no images: the decode, bench, finetune and probes stages cannot run")
         run.stage("decode", lambda: decode_rates(args.workdir / "images", args.input_size, args.workers))
-        for backend in args.backends:
-            run.stage(f"tests[{backend}]", lambda b=backend: run_tests(run, b), min_seconds=20, skip_key="tests")
         pending = list(args.backends)
         for backend in args.backends:
             pending.remove(backend)
-            share = 1.0 if not pending else 0.6
+            # the first backends leave time for the ones after them and for the tests
+            share = (1.0 if "tests" in args.skip else 0.7) if not pending else 0.6
             if run.remaining() < 30:
                 for name in ("bench", "finetune"):
                     run.stages.append({"stage": f"{name}[{backend}]", "status": "skipped",
@@ -1034,6 +1122,9 @@ def driver_main(args) -> int:
                  f"(exit {outcome['returncode']}{', killed' if outcome['killed'] else ''})")
             if backend == args.backends[0]:
                 run.stage("probes", lambda: run_probes(run), min_seconds=5)
+        # The backend tests last: the measurements come first in the time budget.
+        for backend in args.backends:
+            run.stage(f"tests[{backend}]", lambda b=backend: run_tests(run, b), min_seconds=20, skip_key="tests")
     finally:
         report = {
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

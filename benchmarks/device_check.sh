@@ -6,7 +6,8 @@
 #
 # 1. If Keras is not installed, installs from .whl/ the wheels of keras and of its
 #    requirements that this Python lacks (keras 3.15.1, namex, optree, typing_extensions
-#    for CPython 3.12 manylinux x86_64) into a temporary folder, offline:
+#    for CPython 3.12 manylinux x86_64), and simplejpeg (the optional JPEG decoder),
+#    into a temporary folder, offline:
 #    pip --no-index --no-deps --no-compile --target (or unzip, without pip). Nothing is built.
 # 2. If `import layerprobe` does not give this checkout, makes it importable through
 #    a symlink named layerprobe (the repository root is the package).
@@ -27,7 +28,8 @@ if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('ke
     # Keras and what it requires (Requires-Dist of its wheel), only those this Python lacks.
     missing=$("$PY" - "$WHEELS" <<'EOF'
 import glob, importlib.metadata, os, sys
-needed = {"keras", "namex", "optree", "typing_extensions", "absl_py", "rich", "h5py", "ml_dtypes", "packaging"}
+needed = {"keras", "namex", "optree", "typing_extensions", "absl_py", "rich", "h5py", "ml_dtypes", "packaging",
+          "simplejpeg"}
 for wheel in sorted(glob.glob(os.path.join(sys.argv[1], "*.whl"))):
     name = os.path.basename(wheel).split("-")[0]
     if name.lower().replace(".", "_") not in needed:

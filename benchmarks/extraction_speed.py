@@ -4,7 +4,9 @@ Same images, same backbone, same layers (the 5 stage outputs, average-pooled), s
 batch size, measured side by side in one process:
 
   (a) layerprobe   `FeatureExtractor.extract` end to end into a fresh store:
-                   threaded decode -> one multi-output forward pass -> chunked HDF5 writes.
+                   threaded decode -> one multi-output forward pass (uint8 in, preprocessing
+                   inside) -> chunk files written by a writer thread; its stages are the
+                   report's `timings`.
                    The extractor keeps its built model, so its first call also builds
                    and traces it and later calls do not: the best run is a later one,
                    and the first is reported beside it.
@@ -27,17 +29,11 @@ images at input size 96 (VGG16, 5 block pools), each in a fresh child process.
     python benchmarks/extraction_speed.py                 # speed (about 10 min on 2 busy cores)
     python benchmarks/extraction_speed.py --parts memory  # peak RSS, 1,000 and 10,000 images at 96px
     python benchmarks/extraction_speed.py --replot        # redraw the charts from OUT/results-*.json
-
-One file of about 550 lines, on purpose: a benchmark is read top to bottom as the
-record of what was measured (its three runs, the memory children, their charts);
-what the scripts share is in the `_args`, `_data`, `_measure`, `_machine` and
-`_output` modules beside it.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import shutil
 import sys
@@ -50,14 +46,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _args import CIFAR10_DIR, VGG16_WEIGHTS, base_parser, quiet_tensorflow, require_path  # noqa: E402
+from _args import (  # noqa: E402
+    CIFAR10_DIR,
+    VGG16_WEIGHTS,
+    base_parser,
+    quiet_tensorflow,
+    require_path,
+)
 from _data import cifar_subset  # noqa: E402
-from _measure import GIB, Stopwatch, read_vmhwm, run_child_measuring_rss, timing_calls, timing_waits  # noqa: E402
-from _output import RunLog, bar_chart, read_results, write_csv, write_json  # noqa: E402
+from _measure import GIB, Stopwatch, read_vmhwm, run_child_measuring_rss  # noqa: E402
+from _output import TABLE_STYLE, RunLog, bar_chart, read_results, write_csv, write_json  # noqa: E402
 from layerprobe.pipeline.cli import comma_list  # noqa: E402
-from layerprobe.pipeline.tables import format_table, significant  # noqa: E402
-
-TABLE_STYLE = {"float_format": significant, "missing": "-"}  # 3 significant digits, "-" for no value
+from layerprobe.pipeline.tables import format_table  # noqa: E402
 
 SCRIPT = "extraction_speed"
 MEMORY_LIMIT_BYTES = 3 * GIB
@@ -116,49 +116,18 @@ def _check_n_images(n_images: int) -> int:
 # --------------------------------------------------------------------------- (a) instrumented layerprobe
 
 
-@contextlib.contextmanager
-def instrument_layerprobe(times: dict[str, float]):
-    """Time the stages of `FeatureExtractor.extract` by wrapping library functions.
-
-    Wraps (and restores afterwards) the decode iterator (time the consumer waits for
-    the next decoded chunk), preprocess_input, the multi-output model build, the
-    per-chunk forward pass, the per-chunk HDF5 writes and the final commit. The
-    wrappers cost a few microseconds per chunk.
-    """
-    import layerprobe.features.extract as extract_module
-    from layerprobe.features.registry import BackboneSpec
-    from layerprobe.features.store import FeatureStore, PartialEntry
-
-    timed_iter = timing_waits(extract_module.iter_decoded_chunks, times, "decode_wait")
-
-    patches = [
-        (extract_module, "iter_decoded_chunks", timed_iter),
-        (extract_module, "build_extractor", timing_calls(extract_module.build_extractor, times, "build_model")),
-        (extract_module.FeatureExtractor, "_forward", timing_calls(extract_module.FeatureExtractor._forward, times, "forward")),
-        (BackboneSpec, "preprocess_input", timing_calls(BackboneSpec.preprocess_input, times, "preprocess")),
-        (PartialEntry, "write_chunk", timing_calls(PartialEntry.write_chunk, times, "write_chunks")),
-        (FeatureStore, "commit", timing_calls(FeatureStore.commit, times, "commit")),
-    ]
-    saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
-    try:
-        for owner, name, replacement in patches:
-            setattr(owner, name, replacement)
-        yield
-    finally:
-        for owner, name, value in saved:
-            setattr(owner, name, value)
-
-
 def run_layerprobe(extractor, dataset, store_dir: Path):
+    """`extract` into a fresh store; the stages' times are the report's own `timings`."""
     from layerprobe.features.store import FeatureStore
 
-    times: dict[str, float] = defaultdict(float)
-    with instrument_layerprobe(times), Stopwatch() as watch:
+    with Stopwatch() as watch:
         report = extractor.extract(dataset, FeatureStore(store_dir), progress=False)
     if report.n_forward != len(dataset) or report.skipped:
         raise RuntimeError(f"layerprobe extraction did not process every image: {report.summary()}")
-    times["other"] = watch.wall - sum(times.values())
-    return watch, dict(times), report
+    times = dict(report.timings)
+    # dispatch and fetch happen inside the device loop (`forward`); the writer thread overlaps it
+    times["other"] = watch.wall - sum(times.get(phase, 0.0) for phase in ("decode_wait", "forward", "write_wait", "commit"))
+    return watch, times, report
 
 
 def run_cache_hit(extractor, dataset, store_dir: Path):

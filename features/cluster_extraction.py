@@ -6,13 +6,13 @@ chunks, the same work areas in the store) and submits one task per chunk not
 yet committed. A worker:
 
 * builds the truncated backbone once per process, from the extractor's
-  `get_config()`, and keeps it (`_cached_extractor`: a small per-process cache
-  keyed by those settings), and checks that its feature keys (weights digest
-  included) are the client's: a worker with other weights or code refuses;
+  `get_config()`, and keeps it (`FeatureExtractor.shared`), and checks that
+  its feature keys (weights digest included) are the client's: a worker with
+  other weights or code refuses;
 * decodes the chunk's images itself (only the chunk's samples travel: file
   paths, or the rows of an in-memory array);
-* runs `FeatureExtractor._compute_chunk`, the one code path of a chunk, so the
-  features are bit-identical to an in-process run with the same batch and
+* runs `FeatureExtractor.iter_features`, the one forward path of a chunk, so
+  the features are bit-identical to an in-process run with the same batch and
   chunk sizes;
 * writes each layer's chunk file into the store under a temporary name and
   renames it into place (as in-process), skipping chunks already there.
@@ -42,17 +42,12 @@ The store must be on a file system every worker sees at the same path. It is
 checked up front (`check_store_visible`): the client writes a file with a
 random token into the store, and every worker must read the token back and
 write a file there; otherwise a `StoreError` names the workers that cannot.
-
-Above ~450 lines on purpose: the client side (plan, probe, submit, commit)
-and the worker side (cached extractor, one chunk) of one protocol read best
-together.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
@@ -62,31 +57,35 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from .chunks import (
+    ExtractionReport,
+    commit_entries,
+    reuse_or_compute,
+    write_chunk,
+)
 from .core.atomic import TMP_PREFIX, write_text_atomically
 from .core.errors import BackboneError, InputError, StoreError
-from .extract import ExtractionReport, FeatureExtractor
+from .environment import environment_differences, numerics_environment
 from .inputs import DecodedChunk, ImageDataset, iter_decoded_chunks
 from .store import FeatureStore
 
+if TYPE_CHECKING:
+    from .extract import FeatureExtractor
+
 __all__ = [
     "CHUNK_RETRIES",
-    "WORKER_CACHE_SIZE",
     "ChunkOutcome",
     "check_store_visible",
     "decoding_threads",
     "extract_on_cluster",
-    "extractor_cache_info",
     "gpu_resources",
     "workers_environment",
 ]
 
 CHUNK_RETRIES = 2
 """Times a chunk task that raised is run again (a task on a worker that died is rescheduled regardless)."""
-
-WORKER_CACHE_SIZE = 4
-"""Extractors (built backbones) a worker process keeps, least recently used dropped first."""
 
 _PROBE_PREFIX = f"{TMP_PREFIX}dask-probe-"
 _OPEN_TRIES = 3
@@ -95,37 +94,14 @@ _OPEN_TRIES = 3
 # --------------------------------------------------------------------------- worker side
 
 
-_cache: collections.OrderedDict[str, tuple[FeatureExtractor, threading.Lock]] = collections.OrderedDict()
-_cache_lock = threading.Lock()
-_builds = 0
+_forward_locks: dict[int, threading.Lock] = {}
+_forward_locks_guard = threading.Lock()
 
 
-def _cached_extractor(config: Mapping[str, Any]) -> tuple[FeatureExtractor, threading.Lock]:
-    """This process's extractor for `config` (built on first use, then kept) and the lock of its forward passes."""
-    global _builds
-    token = json.dumps(config, sort_keys=True, default=str)
-    with _cache_lock:
-        if token in _cache:
-            _cache.move_to_end(token)
-        else:
-            from .backend import import_keras_quietly
-
-            import_keras_quietly()
-            _cache[token] = (FeatureExtractor(**config), threading.Lock())
-            _builds += 1
-            while len(_cache) > WORKER_CACHE_SIZE:
-                _cache.popitem(last=False)
-        return _cache[token]
-
-
-def extractor_cache_info() -> dict[str, int]:
-    """This process's extractor cache: `builds` (backbones built so far), `cached` (kept now), `pid`.
-
-    Run it on the workers with `client.run(extractor_cache_info)`: each worker
-    builds a backbone once per settings, however many chunks it computes.
-    """
-    with _cache_lock:
-        return {"builds": _builds, "cached": len(_cache), "pid": os.getpid()}
+def _forward_lock(extractor) -> threading.Lock:
+    """One lock per shared extractor: a worker running several tasks in threads computes one chunk at a time."""
+    with _forward_locks_guard:
+        return _forward_locks.setdefault(id(extractor), threading.Lock())
 
 
 def _worker_name() -> str:
@@ -167,6 +143,7 @@ class ChunkOutcome:
 class _ChunkTask:
     """Everything a worker needs for one chunk; small (only the chunk's samples travel)."""
 
+    extractor_class: type  # pickled by reference: the worker imports it
     config: dict
     layer_names: tuple[str, ...]  # the layers computed together (the client's multi-output model)
     expected_keys: dict  # layer name -> key digest, as the client computed it
@@ -180,7 +157,7 @@ class _ChunkTask:
     workers_per_host: dict
 
 
-def _check_worker_keys(extractor: FeatureExtractor, task: _ChunkTask) -> None:
+def _check_worker_keys(extractor, task: _ChunkTask) -> None:
     keys = extractor.plan().keys(task.dataset_digest)
     differing = sorted(name for name, digest in task.expected_keys.items() if keys[name].digest != digest)
     if differing:
@@ -198,8 +175,6 @@ def _check_worker_environment(partials: Mapping[str, Any]) -> None:
     recorded = next((getattr(p, "fingerprint", {}) or {} for p in partials.values()), {}).get("environment")
     if not recorded:
         return
-    from .environment import environment_differences, numerics_environment
-
     differences = environment_differences(recorded, numerics_environment())
     if differences:
         changed = ", ".join(f"{name} {then!r} -> {now!r}" for name, (then, now) in differences.items())
@@ -210,7 +185,7 @@ def _check_worker_environment(partials: Mapping[str, Any]) -> None:
         )
 
 
-def _decode(task: _ChunkTask, extractor: FeatureExtractor) -> DecodedChunk:
+def _decode(task: _ChunkTask, extractor) -> DecodedChunk:
     """The chunk's images, decoded on this worker; sample indices are the dataset's, as in-process."""
     host = socket.gethostname()
     threads = task.n_threads or decoding_threads(task.workers_per_host.get(host, 1))
@@ -221,6 +196,8 @@ def _decode(task: _ChunkTask, extractor: FeatureExtractor) -> DecodedChunk:
         n_workers=threads,
         prefetch=1,
         max_pixels=extractor.max_pixels,
+        dtype=task.samples.pixel_dtype,
+        decoder=extractor.decoder,
     )
     with contextlib.closing(chunks):
         decoded = next(iter(chunks))
@@ -250,12 +227,13 @@ def _run_chunk(task: _ChunkTask) -> ChunkOutcome:
                 f"the same path. Nothing was written by this worker."
             )
     _check_worker_environment(lacking)
-    extractor, forward_lock = _cached_extractor(task.config)
+    extractor = task.extractor_class.shared(task.config)
     _check_worker_keys(extractor, task)
     chunk = _decode(task, extractor)
     layers = [info for info in extractor.layers if info.name in task.layer_names]
-    with forward_lock:
-        extractor._compute_chunk(layers, task.index, chunk, lacking)
+    with _forward_lock(extractor):
+        _, features = next(extractor.iter_features([chunk], layers))
+    write_chunk(layers, task.index, features, chunk.sample_indices, chunk.skipped, lacking)
     return ChunkOutcome(task.index, len(chunk.sample_indices), _worker_name(), time.perf_counter() - started)
 
 
@@ -338,7 +316,6 @@ def check_store_visible(client, root: str | os.PathLike, *, timeout: float = 60.
 def _environment_on_worker() -> dict[str, Any]:
     """This worker's numerics environment, as a chunk task will compute in it (Keras and the backend imported)."""
     from .backend import import_keras_quietly
-    from .environment import numerics_environment
 
     import_keras_quietly()
     return numerics_environment(probe_device=True)
@@ -351,8 +328,6 @@ def workers_environment(client) -> dict[str, Any]:
         StoreError: If the workers do not all compute in the same environment (one
             entry must not mix two: its features would not be reproducible).
     """
-    from .environment import environment_differences
-
     environments = client.run(_environment_on_worker)
     addresses = sorted(environments)
     first = environments[addresses[0]]
@@ -438,7 +413,7 @@ def extract_on_cluster(
         _run_chunks(extractor, dataset, store, keys, work, client, n_threads, progress, report, log)
         _commit(extractor, dataset, store, keys, work, report, log)
 
-    extractor._reuse_or_compute(store, keys, report, log, compute=compute, before_lock=check_workers)
+    reuse_or_compute(store, keys, report, log, compute=compute, before_lock=check_workers)
     report.skipped = store.info(next(iter(keys.values())).entry_name, root=dataset.root)["skipped"]
     report.seconds = time.perf_counter() - started
     return report
@@ -453,7 +428,7 @@ def _open_work(extractor, dataset, store, keys, missing, chunk_size, log, enviro
     """
     for attempt in range(_OPEN_TRIES):
         try:
-            return extractor._open_work(dataset, store, keys, missing, chunk_size, log, environment=environment)
+            return extractor.open_work(dataset, store, keys, missing, chunk_size=chunk_size, log=log, environment=environment)
         except StoreError:
             if attempt == _OPEN_TRIES - 1:
                 raise
@@ -470,7 +445,9 @@ def _run_chunks(extractor, dataset, store, keys, work, client, n_threads, progre
     prefix = _task_prefix(store, work, expected)
     resources = gpu_resources(client)
     common = dict(
-        config=extractor.get_config(),
+        extractor_class=type(extractor),
+        # the batch size the client planned the chunks with ("auto" resolved on the client)
+        config={**extractor.get_config(), "batch_size": extractor.batch_size},
         layer_names=tuple(info.name for info in work.layers),
         expected_keys=expected,
         dataset_digest=next(iter(keys.values())).dataset,
@@ -519,7 +496,8 @@ def _commit(extractor, dataset, store, keys, work, report, log) -> None:
         key = keys[info.name]
         if not store.has(key):
             try:
-                extractor._commit_entries(dataset, store, keys, dataclasses.replace(work, layers=[info]), report, log)
+                metadata = {**extractor.entry_metadata(), "n_dataset_samples": len(dataset)}
+                commit_entries(store, keys, work, dataset, metadata, report, log, layers=[info])
                 continue
             except StoreError:
                 # Another client (on a file system without working locks) committed it and removed the chunks.

@@ -1,35 +1,50 @@
 """Extract features of several layers in one forward pass, into the store.
 
-The work is cut into fixed chunks of samples. A background thread pool
-decodes and resizes the images of the next chunks while the current one goes
-through the model; each chunk's pooled features are committed to the store
-as soon as they are computed. A killed run resumes at the first chunk not
-committed, with the same batches, so the result is bit-identical to an
-uninterrupted run. Keys already in the store cost no forward pass.
-
-Above ~450 lines on purpose: `FeatureExtractor` is one object whose
-steps (keys, work areas, chunks, forward pass, commit) share its state; split
-apart they would pass that state around instead.
+`FeatureExtractor` is a truncated backbone with its settings. Its `extract`
+cuts the dataset into fixed chunks (`layerprobe.features.chunks`, the protocol
+shared with the cluster path): background threads decode the next chunks
+while the device computes the current ones, a few batches in flight
+(`layerprobe.features.device`: raw uint8 pixels to the device, preprocessing
+and pooling inside one compiled function), and a writer thread commits each
+finished chunk. A killed run resumes at the first chunk not committed, with
+the same batches, so the result is bit-identical to an uninterrupted run.
+Keys already in the store cost no forward pass.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
+import inspect
+import json
 import os
+import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .backbone import Backbone, load_backbone
+from .backend import import_keras_quietly
+from .chunks import (
+    ChunkWork,
+    ChunkWriter,
+    ExtractionReport,
+    commit_entries,
+    open_work,
+    reuse_or_compute,
+    write_chunk,
+)
 from .core.checks import check_positive_int
 from .core.errors import BackboneError, InputError
-from .environment import numerics_environment
+from .device import DeviceForward, accelerator_name, is_out_of_memory, pad_batch
 from .inputs import DEFAULT_MAX_PIXELS, DecodedChunk, ImageDataset, iter_decoded_chunks
 from .inputs.dataset import DIGEST_MODES, resolve_dataset_digest
-from .keys import FeatureKey
+from .inputs.decoding import resolve_decoder
+from .keys import STORAGE_DTYPES, FeatureKey
 from .layers import LayerInfo, resolve_layers
 from .plans import ExtractionPlan, PlannedLayer
 from .store import FeatureStore, library_versions
@@ -42,41 +57,23 @@ from .truncate import (
 
 __all__ = ["FeatureExtractor", "ExtractionReport", "dtype_policy"]
 
-STORAGE_DTYPES = ("float32", "float16")
+DEFAULT_BATCH_SIZE = 32
+"""The batch size of `batch_size="auto"` on a CPU."""
 
+MAX_AUTO_BATCH_SIZE = 512
+"""The largest batch `batch_size="auto"` tries on an accelerator (larger ones do not run faster)."""
 
-@dataclass
-class ExtractionReport:
-    """What an extraction did.
+_COMPUTE_POLICIES = {False: "float32", "float32": "float32", True: "mixed_float16", "float16": "mixed_float16",
+                     "mixed_float16": "mixed_float16", "bfloat16": "mixed_bfloat16", "mixed_bfloat16": "mixed_bfloat16"}
 
-    Attributes:
-        keys: Layer name -> key of its stored features.
-        cached: Layer names whose features were already stored (no forward pass).
-        computed: Layer names computed by this call.
-        n_images: Samples in the dataset.
-        n_forward: Images that went through the model in this call.
-        skipped: (sample id, reason) of every unreadable sample.
-        seconds: Wall time of the call.
-    """
+SHARED_EXTRACTORS = 4
+"""Extractors (built backbones) `FeatureExtractor.shared` keeps per process."""
 
-    keys: dict[str, FeatureKey]
-    cached: list[str] = field(default_factory=list)
-    computed: list[str] = field(default_factory=list)
-    n_images: int = 0
-    n_forward: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
+IN_FLIGHT_BATCHES = 4
+"""Batches dispatched to the device ahead of the one whose outputs are being fetched."""
 
-    @property
-    def images_per_second(self) -> float:
-        return self.n_forward / self.seconds if self.seconds else 0.0
-
-    def summary(self) -> str:
-        parts = [f"{len(self.keys)} layer(s): {len(self.computed)} computed, {len(self.cached)} cached"]
-        if self.n_forward:
-            parts.append(f"{self.n_forward} images in {self.seconds:.1f} s ({self.images_per_second:.1f} img/s)")
-        parts.append(f"{len(self.skipped)} unreadable image(s) skipped")
-        return "; ".join(parts)
+WRITE_QUEUE_CHUNKS = 2
+"""Computed chunks that may wait for the writer thread (lost, with the one being computed, if the process dies)."""
 
 
 @contextlib.contextmanager
@@ -92,30 +89,59 @@ def dtype_policy(name: str) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
+def compute_dtype_policy(mixed_precision: bool | str) -> str:
+    """The Keras dtype policy of a `mixed_precision=` value (see `FeatureExtractor`).
+
+    Raises:
+        BackboneError: For another value.
+    """
+    key = mixed_precision.lower() if isinstance(mixed_precision, str) else mixed_precision
+    if isinstance(key, (bool, str)) and key in _COMPUTE_POLICIES:
+        return _COMPUTE_POLICIES[key]
+    raise BackboneError(
+        f"mixed_precision must be False (float32 compute), 'bfloat16', 'float16' or True (mixed_float16). "
+        f"Received: mixed_precision={mixed_precision!r}"
+    )
+
+
 class FeatureExtractor:
     """A truncated backbone that extracts and caches pooled layer features.
 
     Args:
-        model: Backbone name from the registry (e.g. `"VGG16"`), or the path of a
+        model: Backbone name from the registry (e.g. `"VGG16"`), the path of a
             Keras model saved with `model.save` (`"model.keras"`; see
-            `layerprobe.features.model_files`).
+            `layerprobe.features.model_files`), or a keras-hub vision transformer
+            (`"keras_hub:preset:dinov2_small"`, `"keras_hub:DINOV2Backbone"` with
+            `model_kwargs`, a preset folder; see `layerprobe.features.hub`).
         weights: `"imagenet"`, `None` (random init from `seed`) or a weights file;
             for a model file, its own weights (`"saved"`; the default means the same).
         layers: Layer names, aliases (`"stages"`, `"stage2"`, `"top"`) or
             relative depths in [0, 1].
-        pooling: `"avg"`, `"max"`, `"flatten"` or `"none"`, or a layer -> pooling map.
+        pooling: `"avg"`, `"max"`, `"flatten"` or `"none"`, or a layer -> pooling map;
+            for a transformer's (tokens, width) outputs also `"cls"`, `"mean"` and
+            `"cls+mean"` (see `layerprobe.features.truncate`).
         input_size: Square input side (default: the family's).
-        batch_size: Images per forward pass.
-        dtype: Storage dtype, `"float32"` or `"float16"`.
-        mixed_precision: Run the forward pass in `mixed_float16` (for GPUs).
+        batch_size: Images per forward pass, or `"auto"`: 32 on a CPU; on an
+            accelerator the largest power of two up to `MAX_AUTO_BATCH_SIZE` whose
+            forward pass fits in its memory, found on the first extraction that
+            computes (`resolve_batch_size`) and recorded in each entry's metadata.
+        dtype: Storage dtype, `"float32"` or `"float16"` (the features on disk).
+        mixed_precision: Compute precision of the forward pass: False (float32),
+            `"bfloat16"` (mixed_bfloat16: float32 weights, bfloat16 compute; the fast
+            choice on recent GPUs and TPUs), `"float16"` or True (mixed_float16).
+            Part of the feature key (the numbers differ), independent of `dtype`.
         model_kwargs: Extra constructor arguments, e.g. `{"alpha": 0.35}`.
-        preprocessing: For a model file: `"none"`, `"caffe"`, `"tf"`, `"torch"` or
-            a family name; None takes it from layerprobe's metadata or the graph.
+        preprocessing: For a model file or keras-hub model: `"none"`, `"caffe"`, `"tf"`,
+            `"torch"` or a family name; None takes it from layerprobe's metadata or the
+            graph (a keras-hub preset: its image converter).
         seed: Seed of the random initialisation when `weights=None`.
         max_flatten_dim: Refuse `flatten` pooling above this many values per image.
         max_pixels: Skip (and record) image files larger than this many pixels,
             checked from the header before decoding. It decides which samples
             are kept, so a value other than the default changes the keys.
+        decoder: JPEG decoder of image files: `"auto"` (simplejpeg where installed,
+            else Pillow), `"pillow"` or `"simplejpeg"`. They give the same pixels, so
+            it is not part of the keys (see `layerprobe.features.inputs.decoding`).
         dataset_digest: How a dataset of files is identified in the keys:
             `"stat"` (paths, sizes and modification times: fast; new pixels
             written with the same size and a restored mtime go unnoticed, and a
@@ -145,68 +171,122 @@ class FeatureExtractor:
         layers: Sequence | str | float = ("top",),
         pooling: str | Mapping[str, str] = "avg",
         input_size: int | None = None,
-        batch_size: int = 32,
+        batch_size: int | str = "auto",
         dtype: str = "float32",
-        mixed_precision: bool = False,
+        mixed_precision: bool | str = False,
         model_kwargs: Mapping[str, Any] | None = None,
         preprocessing: str | None = None,
         seed: int = 0,
         max_flatten_dim: int = DEFAULT_MAX_FLATTEN_DIM,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         dataset_digest: str = "stat",
+        decoder: str = "auto",
     ):
         if dataset_digest not in DIGEST_MODES:
             raise InputError(f"dataset_digest must be one of {DIGEST_MODES}. Received: dataset_digest={dataset_digest!r}")
         self.dataset_digest = dataset_digest
         if dtype not in STORAGE_DTYPES:
             raise BackboneError(f"dtype must be one of {STORAGE_DTYPES}. Received: dtype={dtype!r}")
-        # The constructor arguments, as given: `get_config()` rebuilds this extractor elsewhere (a dask worker).
-        self._config = {
-            "model": os.fspath(model) if isinstance(model, os.PathLike) else model,
-            "weights": os.fspath(weights) if isinstance(weights, os.PathLike) else weights,
-            "layers": layers if isinstance(layers, (str, float, int)) else list(layers),
-            "pooling": pooling if isinstance(pooling, str) else dict(pooling),
-            "input_size": input_size,
-            "batch_size": batch_size,
-            "dtype": dtype,
-            "mixed_precision": mixed_precision,
-            "model_kwargs": dict(model_kwargs or {}),
-            "preprocessing": preprocessing,
-            "seed": seed,
-            "max_flatten_dim": max_flatten_dim,
-            "max_pixels": max_pixels,
-            "dataset_digest": dataset_digest,
-        }
-        self.batch_size = check_positive_int("batch_size", batch_size, error=BackboneError)
+        # The constructor arguments: `get_config()` rebuilds this extractor elsewhere (a dask worker).
+        self._config = self.config_of(
+            model=model, weights=weights, layers=layers, pooling=pooling, input_size=input_size,
+            batch_size=batch_size, dtype=dtype, mixed_precision=mixed_precision, model_kwargs=model_kwargs,
+            preprocessing=preprocessing, seed=seed, max_flatten_dim=max_flatten_dim, max_pixels=max_pixels,
+            dataset_digest=dataset_digest, decoder=decoder,
+        )
+        self.decoder = resolve_decoder(decoder)
+        self._auto_batch = batch_size == "auto"
+        self.batch_size = DEFAULT_BATCH_SIZE if self._auto_batch else check_positive_int(
+            "batch_size", batch_size, error=BackboneError
+        )
         self.dtype = dtype
         self.max_pixels = check_positive_int("max_pixels", max_pixels, error=InputError)
-        self.compute_dtype = "mixed_float16" if mixed_precision else "float32"
+        self.compute_dtype = compute_dtype_policy(mixed_precision)
         with dtype_policy(self.compute_dtype):
             self.backbone: Backbone = load_backbone(
                 model, weights=weights, input_size=input_size, model_kwargs=model_kwargs,
                 preprocessing=preprocessing, seed=seed,
             )
         self.layers: list[LayerInfo] = resolve_layers(self.backbone.model, self.backbone.spec, layers)
-        self.pooling = per_layer_pooling(self.layers, pooling)
+        tokens = self.backbone.spec.tokens
+        self.pooling = per_layer_pooling(self.layers, pooling, tokens)
         self.feature_shapes = {
-            info.name: pooled_shape(info, self.pooling[info.name], max_flatten_dim=max_flatten_dim)
+            info.name: pooled_shape(info, self.pooling[info.name], tokens=tokens, max_flatten_dim=max_flatten_dim)
             for info in self.layers
         }
-        # (layer, pooling) tuple -> built multi-output model; Keras keeps each model's
-        # traced predict function, so a later extract() on new data neither rebuilds nor retraces.
-        self._extractors: dict[tuple[tuple[str, str], ...], Any] = {}
+        # (layer, pooling) tuple -> compiled forward pass (see `device_forward`).
+        self._forwards: dict[tuple[tuple[str, str], ...], DeviceForward] = {}
 
     @property
     def layer_names(self) -> list[str]:
         return [info.name for info in self.layers]
 
     def get_config(self) -> dict[str, Any]:
-        """The constructor arguments: `FeatureExtractor(**extractor.get_config())` builds the same extractor."""
+        """The constructor arguments: `FeatureExtractor.from_config(extractor.get_config())` builds the same extractor."""
         return copy.deepcopy(self._config)
+
+    @classmethod
+    def config_of(cls, **arguments: Any) -> dict[str, Any]:
+        """What `get_config()` of `FeatureExtractor(**arguments)` returns, without building it.
+
+        Every constructor argument, defaults filled in, as JSON-ready values (paths as
+        strings, lists and dicts for sequences and mappings): the one form in which
+        sidecars, plans and dask tasks describe an extractor.
+
+        Raises:
+            TypeError: For an argument the constructor does not take.
+        """
+        bound = inspect.signature(cls.__init__).bind(None, **arguments)
+        bound.apply_defaults()
+        config = {name: value for name, value in bound.arguments.items() if name != "self"}
+        for name in ("model", "weights"):
+            if isinstance(config[name], os.PathLike):
+                config[name] = os.fspath(config[name])
+        if not isinstance(config["layers"], (str, float, int)):
+            config["layers"] = list(config["layers"])
+        if not isinstance(config["pooling"], str):
+            config["pooling"] = dict(config["pooling"])
+        config["model_kwargs"] = dict(config["model_kwargs"] or {})
+        return copy.deepcopy(config)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> FeatureExtractor:
+        """A new extractor from `get_config()`'s output (Keras is imported quietly first)."""
+        import_keras_quietly()
+        return cls(**config)
+
+    @classmethod
+    def shared(cls, config: Mapping[str, Any]) -> FeatureExtractor:
+        """This process's extractor for `config`, built on first use and kept.
+
+        A few are kept per process (`SHARED_EXTRACTORS`, least recently used dropped
+        first), so scikit-learn clones of a `LayerFeatures` and the chunk tasks of a
+        dask worker reuse one built (and compiled) backbone per settings.
+        """
+        config = cls.config_of(**config)
+        token = json.dumps(config, sort_keys=True, default=str)
+        with _shared_lock:
+            if token in _shared:
+                _shared.move_to_end(token)
+            else:
+                _shared[token] = cls.from_config(config)
+                _shared_builds[0] += 1
+                while len(_shared) > SHARED_EXTRACTORS:
+                    _shared.popitem(last=False)
+            return _shared[token]
+
+    @staticmethod
+    def shared_info() -> dict[str, int]:
+        """This process's shared extractors: `builds` (so far), `kept` (now) and `pid`.
+
+        On a dask cluster, `client.run(FeatureExtractor.shared_info)` shows that each
+        worker built a backbone once per settings, however many chunks it computed.
+        """
+        with _shared_lock:
+            return {"builds": _shared_builds[0], "kept": len(_shared), "pid": os.getpid()}
 
     def plan(self) -> ExtractionPlan:
         """How this extractor's feature keys are made (see `layerprobe.features.plans`)."""
-        last = len(self.backbone.model.layers) - 1
         return ExtractionPlan(
             architecture=self.backbone.architecture,
             weights_digest=self.backbone.weights_digest,
@@ -216,7 +296,7 @@ class FeatureExtractor:
             compute_dtype=self.compute_dtype,
             max_pixels=self.max_pixels,
             layers=tuple(
-                PlannedLayer(info.name, info.stable_id, self.pooling[info.name], round(info.index / last, 4), info.stage)
+                PlannedLayer(info.name, info.stable_id, self.pooling[info.name], round(info.depth, 4), info.stage)
                 for info in self.layers
             ),
         )
@@ -290,209 +370,218 @@ class FeatureExtractor:
         started = time.perf_counter()
         keys = self.keys(dataset, dataset_digest)
         report = ExtractionReport(keys=keys, n_images=len(dataset))
-        self._reuse_or_compute(
+        reuse_or_compute(
             store, keys, report, log,
             compute=lambda missing: self._compute(dataset, store, keys, missing, report, chunk_size, n_workers, progress, log),
         )
-        report.skipped = self._skipped(store, keys, dataset.root)
+        report.skipped = store.info(next(iter(keys.values())).entry_name, root=dataset.root)["skipped"]
         report.seconds = time.perf_counter() - started
         return report
 
-    @staticmethod
-    def _reuse_or_compute(store, keys, report, log, *, compute, before_lock=None) -> None:
-        """Reuse the keys already stored; `compute(missing)` the others while holding their locks.
+    def entry_metadata(self) -> dict[str, Any]:
+        """What every entry this extractor commits records beside its features (not part of the key)."""
+        return {
+            "backbone": self.backbone.architecture,
+            "weights_source": self.backbone.weights or "random init",
+            "batch_size": self.batch_size,
+            "max_pixels": self.max_pixels,
+            "compute_dtype": self.compute_dtype,
+            "decoder": self.decoder,
+            "versions": library_versions(),
+        }
 
-        The one protocol of both the in-process and the cluster path: keys another
-        process committed while we waited for their locks are reused, not recomputed.
-        `before_lock()` runs once there is work, before waiting (e.g. up-front checks).
+    def resolve_batch_size(self, log: Callable[[str], None] | None = None) -> int:
+        """The batch size, with `"auto"` resolved once (see the `batch_size` argument).
+
+        On an accelerator, batches of `MAX_AUTO_BATCH_SIZE`, then half as many..., go
+        through the forward pass until one fits in the device's memory (each size tried
+        is compiled once). On a CPU, `DEFAULT_BATCH_SIZE`.
         """
-        missing = [name for name, key in keys.items() if not store.has(key)]
-        report.cached = [name for name in keys if name not in missing]
-        for name in report.cached:
-            log(f"cached   {name} ({keys[name].entry_name})")
-        store.clean_up(keys[name] for name in report.cached)
-        if not missing:
-            return
-        store.check_writable()
-        if before_lock is not None:
-            before_lock()
-        with store.lock(
-            [keys[name] for name in missing],
-            on_wait=lambda key: log(f"waiting  for another process extracting {key.entry_name} ({store.lock_holder(key)})"),
-        ):
-            done_meanwhile = [name for name in missing if store.has(keys[name])]
-            for name in done_meanwhile:
-                log(f"cached   {name} (extracted by another process)")
-            report.cached += done_meanwhile
-            missing = [name for name in missing if name not in done_meanwhile]
-            if missing:
-                compute(missing)
+        if not self._auto_batch:
+            return self.batch_size
+        self._auto_batch = False
+        device = accelerator_name()
+        if device is None:
+            return self.batch_size
+        forward, size = self.device_forward(), MAX_AUTO_BATCH_SIZE
+        shape = (self.backbone.input_size, self.backbone.input_size, 3)
+        while size > DEFAULT_BATCH_SIZE:
+            try:
+                forward(np.zeros((size, *shape), np.uint8))
+                break
+            except Exception as error:  # the backends' out-of-memory errors have no common type
+                if not is_out_of_memory(error):
+                    raise
+                size //= 2
+        self.batch_size = size
+        (log or (lambda message: None))(f"batch size {size} (auto, the largest that fits on {device})")
+        return size
 
-    @staticmethod
-    def _skipped(store: FeatureStore, keys, root: str | None = None) -> list[tuple[str, str]]:
-        first = next(iter(keys.values()))
-        return store.info(first.entry_name, root=root)["skipped"]
+    def open_work(self, dataset, store, keys, missing, *, chunk_size=None, log=None, environment=None) -> ChunkWork:
+        """The chunks of `dataset` and the work areas of the `missing` layers' keys (whose locks the caller holds)."""
+        self.resolve_batch_size(log)
+        layers = [info for info in self.layers if info.name in missing]
+        return open_work(
+            store, keys, layers, len(dataset), batch_size=self.batch_size, chunk_size=chunk_size,
+            log=log or (lambda message: None), environment=environment,
+        )
 
-    def _chunks(self, n_samples: int, chunk_size: int | None) -> list[range]:
-        size = chunk_size or self.batch_size * max(1, 256 // self.batch_size)
-        if size % self.batch_size:
-            raise BackboneError(
-                f"chunk_size must be a multiple of batch_size={self.batch_size} so that a resumed run "
-                f"sees the same batches. Received: chunk_size={chunk_size!r}"
-            )
-        return [range(start, min(start + size, n_samples)) for start in range(0, n_samples, size)]
+    def device_forward(self, layers: Sequence[LayerInfo] | None = None) -> DeviceForward:
+        """The compiled forward pass of `layers` (default: all selected) on raw pixels, built once and kept.
 
-    def _extractor(self, layers: Sequence[LayerInfo]):
-        """The multi-output model for `layers`, built on first use and kept for later calls."""
+        Keeping it means a later `extract` on new data neither rebuilds nor recompiles.
+        """
+        layers = self.layers if layers is None else layers
         key = tuple((info.name, self.pooling[info.name]) for info in layers)
-        if key not in self._extractors:
+        if key not in self._forwards:
             with dtype_policy(self.compute_dtype):
-                self._extractors[key] = build_extractor(self.backbone.model, layers, self.pooling)
-        return self._extractors[key]
+                model = build_extractor(self.backbone.model, layers, self.pooling, tokens=self.backbone.spec.tokens)
+            self._forwards[key] = DeviceForward(model, self.backbone.spec.preprocess_input)
+        return self._forwards[key]
 
-    def _forward(self, model, layers: Sequence[LayerInfo], images: np.ndarray) -> list[np.ndarray]:
-        """Pooled outputs for a chunk, in fixed-size batches (the last one zero-padded).
+    def iter_features(
+        self,
+        chunks: Iterable[DecodedChunk],
+        layers: Sequence[LayerInfo] | None = None,
+        *,
+        report: ExtractionReport | None = None,
+        in_flight: int = IN_FLIGHT_BATCHES,
+    ) -> Iterator[tuple[DecodedChunk, list[np.ndarray]]]:
+        """Each decoded chunk with its pooled features of `layers` (default: all selected), in order.
 
-        Fixed shapes mean one compiled function and identical numerics for a batch
-        wherever it falls, which makes resumed runs bit-identical.
+        Batches of `batch_size` (the last one of a chunk zero-padded: one shape, one
+        compilation, and the same numbers for a batch wherever it falls, which makes
+        resumed runs bit-identical) are dispatched to the device up to `in_flight`
+        ahead of the one whose outputs are fetched, across chunk boundaries, so the
+        device never waits for the host between batches.
+
+        Args:
+            chunks: Decoded chunks (`iter_decoded_chunks`), raw pixels in 0-255.
+            layers: Layers to compute, in the order of the returned features.
+            report: Receives the `decode_wait`, `dispatch`, `fetch` and `forward` timings.
+            in_flight: Batches dispatched ahead of the one being fetched.
+
+        Yields:
+            (chunk, features): one float array (n_decoded, *shape) per layer, in the
+            storage dtype.
         """
-        outputs: list[list[np.ndarray]] = [[] for _ in layers]
-        for start in range(0, len(images), self.batch_size):
-            batch = images[start : start + self.batch_size]
-            n_real = len(batch)
-            if n_real < self.batch_size:
-                padding = np.zeros((self.batch_size - n_real, *batch.shape[1:]), dtype=batch.dtype)
-                batch = np.concatenate([batch, padding])
-            results = model.predict_on_batch(batch)
-            if not isinstance(results, (list, tuple)):
-                results = [results]
-            for collected, result in zip(outputs, results):
-                collected.append(np.asarray(result)[:n_real])
+        layers = self.layers if layers is None else list(layers)
+        forward = self.device_forward(layers)
+        before = dict(forward.timings)
+        in_progress: collections.deque[_ChunkInFlight] = collections.deque()  # in order, until all fetched
+        pending: collections.deque = collections.deque()  # (chunk in flight, real rows, handle), dispatch order
+        first_dispatch = None
+
+        def fetch_oldest() -> None:
+            entry, rows, handle = pending.popleft()
+            for parts, output in zip(entry.parts, forward.fetch(handle)):
+                parts.append(output[:rows])
+            entry.unfetched -= 1
+
+        def finished_chunks() -> Iterator[tuple[DecodedChunk, list[np.ndarray]]]:
+            while in_progress and not in_progress[0].unfetched:
+                entry = in_progress.popleft()
+                yield entry.chunk, self._assemble(entry.parts, layers)
+
+        iterator = iter(chunks)
+        while True:
+            started = time.perf_counter()
+            try:
+                chunk = next(iterator, None)
+            except BaseException:
+                # The input failed (an unreadable disk...): the chunks already on the device are
+                # finished and handed out first, so that they are committed.
+                while pending:
+                    fetch_oldest()
+                yield from finished_chunks()
+                raise
+            if report is not None:
+                report.add_time("decode_wait", time.perf_counter() - started)
+            if chunk is None:
+                break
+            starts = range(0, len(chunk.images), self.batch_size)
+            entry = _ChunkInFlight(chunk, [[] for _ in layers], len(starts))
+            in_progress.append(entry)
+            for start in starts:
+                batch = chunk.images[start : start + self.batch_size]
+                first_dispatch = first_dispatch or time.perf_counter()
+                pending.append((entry, len(batch), forward.dispatch(pad_batch(batch, self.batch_size))))
+                while len(pending) > in_flight:
+                    fetch_oldest()
+            yield from finished_chunks()
+        while pending:
+            fetch_oldest()
+        yield from finished_chunks()
+        if report is not None:
+            for phase in ("dispatch", "fetch"):
+                report.add_time(phase, forward.timings[phase] - before[phase])
+            if first_dispatch is not None:
+                report.add_time("forward", time.perf_counter() - first_dispatch)
+
+    def features(self, images: np.ndarray, layers: Sequence[LayerInfo] | None = None) -> list[np.ndarray]:
+        """Pooled features of `layers` (default: all selected) for a batch of raw pixels (n, size, size, 3) in 0-255."""
+        chunk = DecodedChunk(0, np.arange(len(images)), images, [])
+        return next(self.iter_features([chunk], layers))[1]
+
+    def _assemble(self, parts: list[list[np.ndarray]], layers: Sequence[LayerInfo]) -> list[np.ndarray]:
         return [
-            np.concatenate(parts).astype(self.dtype, copy=False)
-            if parts
+            np.concatenate(layer_parts).astype(self.dtype, copy=False)
+            if layer_parts
             else np.zeros((0, *self.feature_shapes[info.name]), self.dtype)
-            for parts, info in zip(outputs, layers)
+            for layer_parts, info in zip(parts, layers)
         ]
 
     def _compute(self, dataset, store, keys, missing, report, chunk_size, n_workers, progress, log) -> None:
         """Compute the missing layers' chunks in-process, then commit their entries.
 
-        Decoding and `preprocess_input` run in the loader's threads, overlapping the
-        forward pass here (on a GPU, preprocessing in this thread took a quarter of
-        the time: benchmarks/RESULTS.md). Each chunk is committed before the next
-        one's forward pass, so a crash loses at most the chunk in flight.
+        Decoding runs in the loader's threads, the forward passes on the device a few
+        batches ahead, and chunk files are written by a writer thread: a crash loses at
+        most the chunks in flight (being computed, or waiting to be written).
         """
-        work = self._open_work(dataset, store, keys, missing, chunk_size, log)
+        work = self.open_work(dataset, store, keys, missing, chunk_size=chunk_size, log=log)
         bar = _progress_bar(total=sum(len(work.chunks[i]) for i in work.todo), enabled=progress, desc="extracting")
+
+        def write(chunk: DecodedChunk, features: list[np.ndarray]) -> None:
+            index = work.todo[chunk.index]
+            write_chunk(work.layers, index, features, chunk.sample_indices, chunk.skipped, work.lacking(index))
+            bar.update(len(work.chunks[index]))
+
+        decoded = iter_decoded_chunks(
+            dataset,
+            [work.chunks[i] for i in work.todo],
+            self.backbone.input_size,
+            n_workers=n_workers,
+            max_pixels=self.max_pixels,
+            dtype=dataset.pixel_dtype,
+            decoder=self.decoder,
+        )
         try:
-            decoded = iter_decoded_chunks(
-                dataset,
-                [work.chunks[i] for i in work.todo],
-                self.backbone.input_size,
-                n_workers=n_workers,
-                max_pixels=self.max_pixels,
-                transform=self.backbone.spec.preprocess_input,
-            )
-            with contextlib.closing(decoded):
-                for chunk in decoded:
-                    index = work.todo[chunk.index]
-                    lacking = {name: partial for name, partial in work.partials.items() if index not in work.committed[name]}
-                    features = self._chunk_features(work.layers, chunk.images)
-                    self._write_chunk(work.layers, index, features, chunk.sample_indices, chunk.skipped, lacking)
+            with contextlib.closing(decoded), ChunkWriter(write, depth=WRITE_QUEUE_CHUNKS, report=report) as writer:
+                # at most one chunk's batches ahead: a crash then loses at most the chunks in flight
+                in_flight = min(IN_FLIGHT_BATCHES, max(1, len(work.chunks[0]) // self.batch_size))
+                for chunk, features in self.iter_features(decoded, work.layers, report=report, in_flight=in_flight):
+                    writer.put(chunk, features)
                     report.n_forward += len(chunk.sample_indices)
-                    bar.update(len(work.chunks[index]))
         finally:
             bar.close()
-        self._commit_entries(dataset, store, keys, work, report, log)
+        commit_entries(store, keys, work, dataset, {**self.entry_metadata(), "n_dataset_samples": len(dataset)}, report, log)
 
-    def _open_work(self, dataset, store, keys, missing, chunk_size, log, environment=None) -> "_Work":
-        """The chunks of `dataset` and the work areas of the `missing` layers' keys (hold their locks).
 
-        `environment`: the numerics environment the chunks are computed in (default:
-        this process's; a distributed extraction passes its workers').
-        """
-        layers = [info for info in self.layers if info.name in missing]
-        chunks = self._chunks(len(dataset), chunk_size)
-        fingerprint = {
-            "batch_size": self.batch_size,
-            "chunk_size": len(chunks[0]) if chunks else 0,
-            "n_samples": len(dataset),
-            # Chunks of another backend, device, oneDNN/XLA/TF32 setting... are never mixed in.
-            "environment": numerics_environment() if environment is None else dict(environment),
-        }
-        partials = {name: store.partial(keys[name], fingerprint) for name in missing}
-        for name, partial in partials.items():
-            for problem in partial.discarded:
-                log(f"discarded {name} {problem}; recomputing")
-            if partial.ignored:
-                log(f"ignoring {name} foreign file(s) {partial.ignored} in {partial.directory}: not chunks")
-        committed = {name: partial.committed() for name, partial in partials.items()}
-        todo = sorted(set(range(len(chunks))) - set.intersection(*committed.values()))
-        resumed = len(chunks) - len(todo)
-        if resumed:
-            log(f"resuming after {resumed} committed chunk(s) of {len(chunks)}")
-        return _Work(layers, chunks, partials, committed, todo)
-
-    def _compute_chunk(self, layers: Sequence[LayerInfo], index: int, chunk: DecodedChunk, partials: Mapping) -> None:
-        """Preprocess, run and commit one decoded chunk, for each layer in `partials` (name -> `PartialEntry`).
-
-        The one code path of a chunk, in-process and on a dask worker
-        (`layerprobe.features.cluster_extraction`): the same batches, the same numbers.
-        """
-        features = self._chunk_features(layers, self.backbone.spec.preprocess_input(chunk.images))
-        self._write_chunk(layers, index, features, chunk.sample_indices, chunk.skipped, partials)
-
-    def _chunk_features(self, layers: Sequence[LayerInfo], images: np.ndarray) -> list[np.ndarray]:
-        """Pooled features of `layers` for one chunk of preprocessed images."""
-        return self._forward(self._extractor(layers), layers, images)
-
-    @staticmethod
-    def _write_chunk(layers, index: int, features, sample_indices, skipped, partials: Mapping) -> None:
-        """Commit chunk `index` of each layer in `partials` (name -> `PartialEntry`)."""
-        for info, values in zip(layers, features):
-            if info.name in partials:
-                partials[info.name].write_chunk(index, values, sample_indices, skipped)
-
-    def _commit_entries(self, dataset, store, keys, work: "_Work", report, log) -> None:
-        """Assemble each layer's committed chunks into its store entry."""
-        metadata = {
-            "backbone": self.backbone.architecture,
-            "weights_source": self.backbone.weights or "random init",
-            "batch_size": self.batch_size,
-            "n_dataset_samples": len(dataset),
-            "max_pixels": self.max_pixels,
-            "compute_dtype": self.compute_dtype,
-            "versions": library_versions(),
-        }
-        for info in work.layers:
-            store.commit(
-                keys[info.name],
-                work.partials[info.name],
-                len(work.chunks),
-                sample_ids=dataset.sample_ids,
-                labels=dataset.labels,
-                splits=dataset.splits,
-                class_names=dataset.class_names,
-                metadata={**metadata, "layer_name": info.name},
-                root=dataset.root,
-            )
-            report.computed.append(info.name)
-            log(f"computed {info.name} ({keys[info.name].entry_name})")
+_shared: collections.OrderedDict[str, FeatureExtractor] = collections.OrderedDict()
+_shared_lock = threading.Lock()
+_shared_builds = [0]
 
 
 @dataclass
-class _Work:
-    """An extraction's chunks (sample ranges), the work area of each layer to compute, and what is done."""
+class _ChunkInFlight:
+    """A chunk whose batches are on the device: the outputs fetched so far, per layer."""
 
-    layers: list[LayerInfo]
-    chunks: list[range]
-    partials: dict[str, Any]
-    committed: dict[str, set[int]]
-    todo: list[int]
+    chunk: DecodedChunk
+    parts: list[list[np.ndarray]]
+    unfetched: int
+
 
 def _progress_bar(*, total: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, desc=desc, unit="img", dynamic_ncols=True)
-

@@ -15,21 +15,19 @@ its `"array:<i>"` ids) or an `ImageDataset`. Features come from the feature
 store: on a miss, the whole `dataset` is extracted once, with every layer of
 `cache_layers` in the same forward pass, so a search over layers and folds costs
 one forward pass per image, not one per candidate; every later call only reads
-the store. Built extractors are kept per process (a few, least recently used
+the store. Built extractors are shared per process (`FeatureExtractor.shared`: a few, least recently used
 first out), so clones made by `GridSearchCV` do not rebuild the backbone.
 """
 
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ..features.backend import import_keras_quietly
 from ..features.core.errors import InputError
 from ..features.extract import FeatureExtractor
 from ..features.inputs import UNLABELLED, ImageDataset
@@ -37,41 +35,12 @@ from ..features.store import FeatureStore
 
 __all__ = ["LayerFeatures"]
 
-_KEPT_EXTRACTORS = 4
-_extractors: OrderedDict[tuple, FeatureExtractor] = OrderedDict()
-
-
-def _frozen(value: Any) -> Any:
-    """A hashable form of a parameter value (lists, dicts, paths)."""
-    if isinstance(value, Mapping):
-        return tuple(sorted((str(k), _frozen(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return tuple(_frozen(v) for v in value)
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return value
-
-
 def _as_list(layers: Any) -> list:
     if layers is None:
         return []
     if isinstance(layers, (str, int, float)):
         return [layers]
     return list(layers)
-
-
-def _shared_extractor(settings: dict[str, Any]) -> FeatureExtractor:
-    """The process's extractor for these settings, built on first use."""
-    key = _frozen(settings)
-    if key in _extractors:
-        _extractors.move_to_end(key)
-        return _extractors[key]
-    import_keras_quietly()
-    extractor = FeatureExtractor(**settings)
-    _extractors[key] = extractor
-    while len(_extractors) > _KEPT_EXTRACTORS:
-        _extractors.popitem(last=False)
-    return extractor
 
 
 def _paths_dataset(sample_ids: Sequence[str]) -> ImageDataset:
@@ -146,7 +115,7 @@ class LayerFeatures(TransformerMixin, BaseEstimator):
 
     def _extractor(self) -> FeatureExtractor:
         layers = list(dict.fromkeys([self.layer, *_as_list(self.cache_layers)]))
-        return _shared_extractor(
+        return FeatureExtractor.shared(
             dict(
                 model=self.model, weights=self.weights, layers=layers, pooling=self.pooling,
                 input_size=self.input_size, batch_size=self.batch_size,

@@ -13,11 +13,11 @@ from pathlib import PurePath
 import numpy as np
 
 from ..core.errors import InputError
+from ..keys import DIGEST_MODES
 from .decoding import DEFAULT_MAX_PIXELS, DecodeBudget, array_to_rgb, load_image
 
 __all__ = ["DIGEST_MODES", "ImageDataset", "resolve_dataset_digest"]
 
-DIGEST_MODES = ("stat", "content")
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
@@ -86,6 +86,11 @@ class ImageDataset:
 
     def __len__(self) -> int:
         return len(self.sample_ids)
+
+    @property
+    def pixel_dtype(self) -> str:
+        """The dtype `load` returns: `"uint8"` for files and integer arrays, `"float32"` for float arrays."""
+        return "float32" if self.images is not None and self.images.dtype.kind == "f" else "uint8"
 
     @property
     def split_names(self) -> tuple[str, ...]:
@@ -177,7 +182,13 @@ class ImageDataset:
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     def load(
-        self, index: int, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS, budget: DecodeBudget | None = None
+        self,
+        index: int,
+        size: int,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        budget: DecodeBudget | None = None,
+        decoder: str = "pillow",
     ) -> np.ndarray:
         """Decode one sample to (size, size, 3).
 
@@ -190,7 +201,7 @@ class ImageDataset:
             ImageReadError: If an I/O error persists after retries (see `load_image`).
         """
         if self.images is None:
-            return load_image(self.sample_ids[index], size, max_pixels=max_pixels, budget=budget)
+            return load_image(self.sample_ids[index], size, max_pixels=max_pixels, budget=budget, decoder=decoder)
         return array_to_rgb(self.images[index], size)
 
     def _relative_path(self, path: str) -> str:

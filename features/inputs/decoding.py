@@ -14,6 +14,14 @@ path, or a `MemoryError`) says nothing about the image: it is retried
 (`IO_ATTEMPTS` tries, backing off from `IO_BACKOFF_SECONDS`), then raised as
 `ImageReadError`, which stops the run instead of recording a good image as bad.
 
+Decoders: `"pillow"`, or `"simplejpeg"` (libjpeg-turbo through the optional
+`simplejpeg` package, faster on JPEG files: no Pillow image objects). Both
+decode JPEGs with libjpeg-turbo's exact integer IDCT at the same reduced
+scale, so they give the same pixels (tested; that is why the decoder is not
+part of feature keys); anything that is not a plain JPEG, or that simplejpeg
+refuses (CMYK...), goes through Pillow. `"auto"` (the default) takes
+simplejpeg where it is installed.
+
 Memory: a JPEG larger than needed is decoded at 1/2, 1/4 or 1/8 scale
 (`Image.draft`, still at least `size` pixels a side); high-depth grey levels are
 converted to 8 bits with integer arithmetic, in blocks of rows, and resized
@@ -38,8 +46,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..core.checks import check_positive_int
 from ..core.errors import ImageReadError, InputError, UnreadableImageError
+from ..keys import DECODERS
 
 __all__ = [
+    "DECODERS",
     "DEFAULT_DECODE_BUDGET",
     "DEFAULT_MAX_PIXELS",
     "IO_ATTEMPTS",
@@ -48,10 +58,13 @@ __all__ = [
     "decode_cost",
     "grey_bit_depth",
     "load_image",
+    "resolve_decoder",
     "with_io_retries",
 ]
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default for Image.MAX_IMAGE_PIXELS
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_DRAFT_SCALES = (8, 4, 2, 1)  # the reductions Pillow's JPEG draft mode uses
 DEFAULT_DECODE_BUDGET = 512 * 2**20  # bytes of decoded pixels all decoding threads may hold at once
 
 # I/O errors: retried, then raised as ImageReadError (the run stops; nothing is recorded as unreadable).
@@ -145,12 +158,35 @@ def decode_cost(image: Image.Image) -> int:
     return width * height * per_pixel
 
 
+def resolve_decoder(decoder: str = "auto") -> str:
+    """`"pillow"` or `"simplejpeg"`: `"auto"` is simplejpeg where it is installed.
+
+    Raises:
+        InputError: For an unknown decoder, or `"simplejpeg"` when it is not installed.
+    """
+    if decoder not in DECODERS:
+        raise InputError(f"decoder must be one of {DECODERS}. Received: decoder={decoder!r}")
+    if decoder == "pillow":
+        return decoder
+    try:
+        import simplejpeg  # noqa: F401
+    except ImportError:
+        if decoder == "simplejpeg":
+            raise InputError(
+                "decoder='simplejpeg' needs the simplejpeg package: pip install simplejpeg "
+                "(or use decoder='pillow'). Received: decoder='simplejpeg'"
+            ) from None
+        return "pillow"
+    return "simplejpeg"
+
+
 def load_image(
     path: str | os.PathLike,
     size: int,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     budget: DecodeBudget | None = None,
+    decoder: str = "pillow",
 ) -> np.ndarray:
     """Decode an image file to a square RGB array.
 
@@ -171,6 +207,7 @@ def load_image(
             decoding (decompression-bomb guard). Pillow's own refusal above
             2 x `Image.MAX_IMAGE_PIXELS` still applies.
         budget: Shared by the threads of one decoder, to bound what they hold together.
+        decoder: `"pillow"` or `"simplejpeg"` (same pixels; see the module docstring).
 
     Returns:
         A uint8 array of shape (size, size, 3).
@@ -184,7 +221,44 @@ def load_image(
     check_positive_int("size", size, error=InputError)
     check_positive_int("max_pixels", max_pixels, error=InputError)
     path = os.fspath(path)
-    return with_io_retries(lambda: _load(path, size, max_pixels, budget), path)
+    load = _load_jpeg_turbo if decoder == "simplejpeg" else _load
+    return with_io_retries(lambda: load(path, size, max_pixels, budget), path)
+
+
+def _load_jpeg_turbo(path: str, size: int, max_pixels: int, budget: DecodeBudget | None) -> np.ndarray:
+    """A plain JPEG through simplejpeg, at Pillow's draft scale (the same pixels); anything else through Pillow."""
+    import simplejpeg
+
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        if not data.startswith(_JPEG_MAGIC) or _has_orientation(data):
+            return _load(path, size, max_pixels, budget)
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if colorspace not in ("Gray", "YCbCr") or width * height > max_pixels:
+            return _load(path, size, max_pixels, budget)  # Pillow converts, or refuses with its reason
+        scale = next(a for a in _DRAFT_SCALES if min(width // size, height // size) >= a)
+        out_height, out_width = -(-height // scale), -(-width // scale)
+        with budget.reserve(out_height * out_width * 8) if budget is not None else contextlib.nullcontext():
+            pixels = simplejpeg.decode_jpeg(
+                data, colorspace="GRAY" if colorspace == "Gray" else "RGB",
+                min_height=out_height, min_width=out_width, min_factor=scale,
+            )
+            image = Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels)
+            return _square_rgb(image, size)
+    except (ValueError, IndexError, StopIteration):  # simplejpeg refuses it: Pillow says why, or decodes it
+        return _load(path, size, max_pixels, budget)
+    except FileNotFoundError:
+        raise UnreadableImageError("file not found", path) from None
+    except OSError as exc:
+        if _is_io_error(exc):
+            raise
+        raise UnreadableImageError(f"cannot open file: {exc.strerror}", path) from None
+
+
+def _has_orientation(data: bytes) -> bool:
+    """Whether a JPEG may carry an EXIF orientation (an APP1 Exif segment): Pillow applies it."""
+    return b"Exif\x00\x00" in data[:65536]
 
 
 def _load(path: str, size: int, max_pixels: int, budget: DecodeBudget | None) -> np.ndarray:

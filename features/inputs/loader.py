@@ -7,7 +7,7 @@ iteration (`ImageReadError`), so its chunk is never handed out, let alone
 committed; closing the iterator stops the threads.
 
 Memory: besides the `prefetch` + 2 chunks of output pixels (`size` x `size` x 3
-float32 per sample), the decoding threads together hold at most
+values per sample, uint8 for files), the decoding threads together hold at most
 max(`decode_budget`, one image's `decode_cost`) bytes of decoded pixels.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -25,7 +25,12 @@ import numpy as np
 from ..core.checks import check_positive_int
 from ..core.errors import ImageReadError, InputError, UnreadableImageError
 from .dataset import ImageDataset
-from .decoding import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_PIXELS, DecodeBudget
+from .decoding import (
+    DEFAULT_DECODE_BUDGET,
+    DEFAULT_MAX_PIXELS,
+    DecodeBudget,
+    resolve_decoder,
+)
 
 __all__ = ["DecodedChunk", "iter_decoded_chunks"]
 
@@ -40,8 +45,10 @@ class DecodedChunk:
     Attributes:
         index: Chunk number, counting from 0.
         sample_indices: int64 dataset indices of the samples that decoded, in order.
-        images: float32 pixels (n_decoded, size, size, 3) in 0-255; the consumer owns
-            them and may modify them in place.
+        images: Pixels (n_decoded, size, size, 3) in 0-255, of the dtype asked for
+            (uint8 for files, float32 for float arrays: `ImageDataset.pixel_dtype`).
+            Rows of an in-memory dataset already at the size and dtype are a read-only
+            view of its array; otherwise the consumer owns them.
         skipped: (sample index, reason) for each sample that could not be decoded.
     """
 
@@ -60,7 +67,8 @@ def iter_decoded_chunks(
     prefetch: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     decode_budget: int = DEFAULT_DECODE_BUDGET,
-    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    dtype: str | np.dtype = "float32",
+    decoder: str = "auto",
 ) -> Iterator[DecodedChunk]:
     """Decode chunks of samples in background threads, in order.
 
@@ -80,8 +88,10 @@ def iter_decoded_chunks(
         max_pixels: See `load_image`.
         decode_budget: Bytes of decoded pixels the threads may hold together (an image
             costing more is decoded alone); see `DecodeBudget`.
-        transform: Applied to each chunk's images in the producer thread (e.g. the
-            backbone's `preprocess_input`), so it overlaps the consumer's forward pass.
+        dtype: The pixels' dtype: `"uint8"` (a quarter of the memory and of the bytes sent to
+            a device; exact for files and integer arrays) or `"float32"`.
+        decoder: JPEG decoder, `"auto"`, `"pillow"` or `"simplejpeg"` (same pixels; see
+            `layerprobe.features.inputs.decoding`).
 
     Returns:
         An iterator of DecodedChunk, one per chunk.
@@ -101,17 +111,30 @@ def iter_decoded_chunks(
         ("decode_budget", decode_budget),
     ):
         check_positive_int(name, value, error=InputError)
-    return _consume_chunks(dataset, chunks, size, n_workers, prefetch, max_pixels, DecodeBudget(decode_budget), transform)
+    dtype = np.dtype(dtype)
+    if dtype not in (np.uint8, np.float32):
+        raise InputError(f"dtype must be 'uint8' or 'float32'. Received: dtype={dtype.name!r}")
+    decode = _Decode(size, max_pixels, DecodeBudget(decode_budget), dtype, resolve_decoder(decoder))
+    return _consume_chunks(dataset, chunks, n_workers, prefetch, decode)
 
 
-def _consume_chunks(
-    dataset, chunks, size, n_workers, prefetch, max_pixels, budget, transform
-) -> Iterator[DecodedChunk]:
+@dataclass(frozen=True)
+class _Decode:
+    """How every sample is decoded: output side and dtype, the size guard, the shared budget, the decoder."""
+
+    size: int
+    max_pixels: int
+    budget: DecodeBudget
+    dtype: np.dtype
+    decoder: str
+
+
+def _consume_chunks(dataset, chunks, n_workers, prefetch, decode: _Decode) -> Iterator[DecodedChunk]:
     ready = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
     producer = threading.Thread(
         target=_produce_chunks,
-        args=(dataset, chunks, size, n_workers, max_pixels, budget, transform, ready, stop),
+        args=(dataset, chunks, n_workers, decode, ready, stop),
         name="layerprobe-decode-producer",
         daemon=True,  # an abandoned, unclosed iterator must not block interpreter exit
     )
@@ -126,15 +149,13 @@ def _consume_chunks(
         producer.join()
 
 
-def _produce_chunks(dataset, chunks, size, n_workers, max_pixels, budget, transform, ready, stop) -> None:
+def _produce_chunks(dataset, chunks, n_workers, decode: _Decode, ready, stop) -> None:
     try:
         with ThreadPoolExecutor(n_workers, thread_name_prefix="layerprobe-decode") as executor:
             for number, chunk in enumerate(chunks):
                 if stop.is_set():
                     return
-                decoded = _decode_chunk(dataset, number, chunk, size, max_pixels, budget, executor, stop)
-                if transform is not None:
-                    decoded.images = transform(decoded.images)
+                decoded = _decode_chunk(dataset, number, chunk, decode, executor, stop)
                 _put_unless_stopped(ready, decoded, stop)
         item = _DONE
     except BaseException as exc:  # handed to the consumer, which re-raises it
@@ -151,7 +172,7 @@ def _put_unless_stopped(ready: queue.Queue, item, stop: threading.Event) -> None
             pass
 
 
-def _decode_chunk(dataset, number, chunk, size, max_pixels, budget, executor, stop) -> DecodedChunk:
+def _decode_chunk(dataset, number, chunk, decode: _Decode, executor, stop) -> DecodedChunk:
     indices = np.asarray(chunk, dtype=np.int64).reshape(-1)
     out_of_range = indices[(indices < 0) | (indices >= len(dataset))]
     if out_of_range.size:
@@ -159,19 +180,26 @@ def _decode_chunk(dataset, number, chunk, size, max_pixels, budget, executor, st
             f"Chunk {number} holds sample indices outside [0, {len(dataset)}). "
             f"Received: indices {out_of_range[:5].tolist()}"
         )
-    images = np.empty((len(indices), size, size, 3), dtype=np.float32)
+    size = decode.size
+    pixels = getattr(dataset, "images", None)
+    if pixels is not None and pixels.shape[1:] == (size, size, 3):
+        # In-memory pixels already at the input size: `load` would give the same values.
+        return DecodedChunk(number, indices, _rows(pixels, indices, decode.dtype), [])
+    images = np.empty((len(indices), size, size, 3), dtype=decode.dtype)
 
-    def decode(position: int) -> str | None:
+    def decode_one(position: int) -> str | None:
         if stop.is_set():  # the consumer has gone; this chunk is discarded
             return None
         try:
-            images[position] = dataset.load(int(indices[position]), size, max_pixels=max_pixels, budget=budget)
+            images[position] = dataset.load(
+                int(indices[position]), size, max_pixels=decode.max_pixels, budget=decode.budget, decoder=decode.decoder
+            )
         except UnreadableImageError as exc:
             return exc.reason
         return None
 
     try:
-        reasons = list(executor.map(decode, range(len(indices))))
+        reasons = list(executor.map(decode_one, range(len(indices))))
     except ImageReadError as exc:
         samples = f"samples {indices.min()}-{indices.max()}" if len(indices) else "no samples"
         raise ImageReadError(
@@ -190,3 +218,13 @@ def _decode_chunk(dataset, number, chunk, size, max_pixels, budget, executor, st
     return DecodedChunk(
         number, indices[decoded], images if decoded.all() else images[decoded], skipped
     )
+
+
+def _rows(images: np.ndarray, indices: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """`images[indices]` as `dtype`: a read-only view for consecutive rows of that dtype, else a copy."""
+    consecutive = len(indices) and indices[-1] - indices[0] == len(indices) - 1 and (np.diff(indices) == 1).all()
+    if consecutive and images.dtype == dtype:
+        view = images[indices[0] : indices[-1] + 1]
+        view.flags.writeable = False
+        return view
+    return images[indices].astype(dtype, copy=False)

@@ -30,9 +30,6 @@ HDF5 call; found by the tmpfs test in tests/reliability). So a chunk is built
 in memory (the `core` driver) and reaches the disk in one plain write, which
 fails cleanly; an entry, written to disk chunk by chunk to bound memory, is
 started only when the file system has room for it (`failures.check_free_space`).
-
-Above ~450 lines on purpose: it is the h5py boundary (STYLE.md: one module
-imports h5py), so every file format and its checks live here together.
 """
 
 from __future__ import annotations
@@ -210,11 +207,11 @@ def _write_image(handle, image: bytes) -> None:
 
 
 @contextlib.contextmanager
-def _new_file_in_memory(path: Path) -> Iterator[h5py.File]:
+def _new_file_in_memory(path: Path, *, durable: bool = True) -> Iterator[h5py.File]:
     """Like `_new_file`, for small files: built in memory, then committed in one plain write.
 
     HDF5 never writes to the disk, so a full disk is a clean `OSError` from that write
-    (see the module docstring). Memory: about twice the file.
+    (see the module docstring). Memory: about twice the file. `durable`: see `atomic_path`.
 
     Raises:
         StoreError: If it cannot be written (disk full, read-only...).
@@ -227,7 +224,7 @@ def _new_file_in_memory(path: Path) -> Iterator[h5py.File]:
             image = handle.id.get_file_image()
         finally:
             handle.close()
-        with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        with atomic_path(path, durable=durable) as tmp, open(tmp, "wb") as out:
             _write_image(out, image)
 
 
@@ -242,8 +239,12 @@ def write_chunk(
     fingerprint: Mapping[str, Any] | None = None,
 ) -> None:
     """Commit one chunk: its features, their sample indices, the skipped (index, reason), a checksum
-    and the fingerprint (settings and numerics environment) it was computed with."""
-    with _new_file_in_memory(path) as handle:
+    and the fingerprint (settings and numerics environment) it was computed with.
+
+    Not synced to the disk: a chunk lost or torn by a power failure fails its check
+    when the extraction resumes and is computed again (`PartialEntry`).
+    """
+    with _new_file_in_memory(path, durable=False) as handle:
         handle.attrs["encoding-type"] = CHUNK_ENCODING_TYPE
         handle.attrs["encoding-version"] = ENCODING_VERSION
         handle.attrs["features_sha256"] = array_digest(features)

@@ -10,7 +10,7 @@ and updated by the few samples that enter or leave ``S`` from one step to the
 next; the step length is exact (a piecewise quadratic in one variable). A few
 steps reach the optimum, and with ``warm_start`` the next C of a grid starts
 from the last solution. Wider features go to liblinear (``LinearSVC``: primal
-from 10 samples per feature, dual below, `grids.recommended_linear_svm`).
+from 10 samples per feature, dual below).
 Timings and accuracies against liblinear: benchmarks/RESULTS.md, "A linear SVM
 that is not the slowest row".
 """
@@ -29,7 +29,6 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
 from ...features.core.checks import is_positive_int
-from .grids import recommended_linear_svm
 
 __all__ = ["NEWTON_MAX_FEATURES", "SOLVERS", "LinearSVM", "linear_svm_solver"]
 
@@ -50,7 +49,7 @@ def linear_svm_solver(n_samples: int, n_features: int) -> str:
     """
     if n_features <= NEWTON_MAX_FEATURES:
         return "newton"
-    return "dual" if recommended_linear_svm(n_samples, n_features).dual else "primal"
+    return "dual" if n_samples < 10 * n_features else "primal"
 
 
 def _line_search(w: np.ndarray, p: np.ndarray, o: np.ndarray, q: np.ndarray, y: np.ndarray, C: float) -> float:

@@ -23,10 +23,9 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-
-from layerprobe.features.registry import BACKBONES, BackboneSpec, register_backbone
 from layerprobe.features.extract import FeatureExtractor
 from layerprobe.features.inputs import ImageDataset, from_arrays
+from layerprobe.features.registry import BACKBONES, BackboneSpec, register_backbone
 from layerprobe.features.store import FeatureStore, IncompleteEntryError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -136,21 +135,12 @@ def test_stored_features_equal_a_direct_keras_call(tmp_path, tiny_net, model, mo
 
 
 @pytest.mark.backend
-def test_all_layers_come_from_one_forward_pass_per_batch(tmp_path, tiny_net, monkeypatch):
+def test_all_layers_come_from_one_forward_pass_per_batch(tmp_path, tiny_net, forward_passes):
     X, y = _images(n=20)
     extractor = FeatureExtractor(TINY, weights=None, layers="stages", input_size=32, batch_size=8)
     assert extractor.layer_names == ["stage1_pool", "stage2_pool", "stage3_pool"]
-    calls = []
-    original = keras.Model.predict_on_batch
-
-    def counting(self, batch):
-        outputs = original(self, batch)
-        calls.append(len(outputs))
-        return outputs
-
-    monkeypatch.setattr(keras.Model, "predict_on_batch", counting)
     report = extractor.extract(from_arrays(X, y), FeatureStore(tmp_path), progress=False)
-    assert calls == [3, 3, 3]  # ceil(20 / 8) batches, each returning all three stage pools
+    assert forward_passes == [3, 3, 3]  # ceil(20 / 8) batches, each returning all three stage pools
     assert report.n_forward == 20
 
 
@@ -167,7 +157,7 @@ class _CrashingDataset(ImageDataset):
 
 @pytest.mark.backend
 def test_an_interrupted_extraction_resumes_to_identical_features(tmp_path, tiny_net):
-    X, y = _images(n=40)
+    X, y = _images(n=40, size=40)  # resized to 32 per sample, so every sample goes through `load`
     dataset = from_arrays(X, y)
     crashing = _CrashingDataset(**{f.name: getattr(dataset, f.name) for f in dataclasses.fields(dataset)})
     settings = dict(weights=None, layers=["stage1_pool", "stage3_pool"], input_size=32, batch_size=4)

@@ -23,7 +23,6 @@ cloudpickle = pytest.importorskip("cloudpickle")
 from distributed import Client, LocalCluster  # noqa: E402
 from distributed.diagnostics.plugin import WorkerPlugin  # noqa: E402
 
-from layerprobe.features.cluster_extraction import extractor_cache_info  # noqa: E402
 from layerprobe.features.core.errors import StoreError  # noqa: E402
 from layerprobe.features.extract import FeatureExtractor  # noqa: E402
 from layerprobe.features.inputs import from_directory  # noqa: E402
@@ -101,7 +100,7 @@ class ChunkHooks(WorkerPlugin):
         from layerprobe.features.extract import FeatureExtractor
         from layerprobe.features.store import PartialEntry
 
-        self.saved = (PartialEntry.write_chunk, FeatureExtractor._compute_chunk)
+        self.saved = (PartialEntry.write_chunk, FeatureExtractor.iter_features)
         write, compute = self.saved
         log_path, marker = self.log_path, self.stall_marker
 
@@ -110,7 +109,9 @@ class ChunkHooks(WorkerPlugin):
             with open(log_path, "a") as handle:
                 handle.write(f"{partial.directory.name} {index} {os.getpid()}\n")
 
-        def stalled_compute(extractor, layers, index, chunk, partials):
+        def stalled_compute(extractor, chunks, *args, **kwargs):
+            chunks = list(chunks)  # a worker computes one chunk per task
+            index = chunks[0].index
             if marker is not None:
                 try:
                     fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -120,16 +121,16 @@ class ChunkHooks(WorkerPlugin):
                     os.write(fd, f"{os.getpid()} {index}".encode())
                     os.close(fd)
                     time.sleep(300)  # the test kills this process meanwhile
-            return compute(extractor, layers, index, chunk, partials)
+            return compute(extractor, chunks, *args, **kwargs)
 
         PartialEntry.write_chunk = logged_write
-        FeatureExtractor._compute_chunk = stalled_compute
+        FeatureExtractor.iter_features = stalled_compute
 
     def teardown(self, worker):
         from layerprobe.features.extract import FeatureExtractor
         from layerprobe.features.store import PartialEntry
 
-        PartialEntry.write_chunk, FeatureExtractor._compute_chunk = self.saved
+        PartialEntry.write_chunk, FeatureExtractor.iter_features = self.saved
 
 
 def _writes(log_path):
@@ -167,7 +168,7 @@ def test_extraction_on_two_workers_is_bit_identical_to_in_process(client, images
     _assert_same_features(store, report, reference)
     assert any("submitted 5 chunk task(s) to 2 dask worker(s)" in line for line in lines), lines
     # Each worker process built the backbone once, however many chunks it computed.
-    assert all(info["builds"] == 1 for info in client.run(extractor_cache_info).values())
+    assert all(info["builds"] == 1 for info in client.run(FeatureExtractor.shared_info).values())
     assert not any((store.root / ".partial").glob("*/chunk_*")), "chunks are removed once the entry is committed"
 
     again = extractor.extract(dataset, store, chunk_size=CHUNK_SIZE, progress=False, client=client)

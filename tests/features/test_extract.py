@@ -11,13 +11,15 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from PIL import Image
-
+from layerprobe.features.core.errors import BackboneError
+from layerprobe.features.device import DeviceForward
 from layerprobe.features.extract import FeatureExtractor
 from layerprobe.features.inputs import from_arrays, from_directory
 from layerprobe.features.keys import FeatureKey
 from layerprobe.features.layers import UnknownLayerError
 from layerprobe.features.store import FeatureStore, IncompleteEntryError
+from layerprobe.features.truncate import build_extractor
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,20 +63,11 @@ def test_stored_features_equal_a_direct_keras_call(tmp_path, model, model_kwargs
         np.testing.assert_array_equal(stored.y, y)
 
 
-def test_all_layers_come_from_one_forward_pass_per_batch(tmp_path, monkeypatch):
+def test_all_layers_come_from_one_forward_pass_per_batch(tmp_path, forward_passes):
     X, y = _images(n=20)
     extractor = FeatureExtractor("VGG16", weights=None, layers="stages", input_size=32, batch_size=8)
-    calls = []
-    original = keras.Model.predict_on_batch
-
-    def counting(self, batch):
-        outputs = original(self, batch)
-        calls.append(len(outputs))
-        return outputs
-
-    monkeypatch.setattr(keras.Model, "predict_on_batch", counting)
     extractor.extract(from_arrays(X, y), FeatureStore(tmp_path), progress=False)
-    assert calls == [5, 5, 5]  # ceil(20 / 8) batches, each returning all five block pools
+    assert forward_passes == [5, 5, 5]  # ceil(20 / 8) batches, each returning all five block pools
 
 
 def test_cached_features_cost_no_forward_pass(tmp_path, monkeypatch):
@@ -86,7 +79,7 @@ def test_cached_features_cost_no_forward_pass(tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the model was called for cached features")
 
-    monkeypatch.setattr(FeatureExtractor, "_forward", forbidden)
+    monkeypatch.setattr(FeatureExtractor, "iter_features", forbidden)
     report = extractor.extract(from_arrays(X, y), store, progress=False)
     assert report.cached == ["block1_pool", "block3_pool"] and report.computed == []
     assert report.n_forward == 0
@@ -105,25 +98,24 @@ def test_only_missing_layers_are_computed(tmp_path):
 
 
 def _count_builds_and_traces(monkeypatch) -> tuple[list, list]:
-    """Record every multi-output model built and every predict function made."""
+    """Record every multi-output model built and every compiled forward pass made."""
     import layerprobe.features.extract as extract_module
 
     builds, traces = [], []
     build = extract_module.build_extractor
 
-    def counting_build(model, layers, pooling):
+    def counting_build(model, layers, pooling, **kwargs):
         builds.append(tuple(info.name for info in layers))
-        return build(model, layers, pooling)
+        return build(model, layers, pooling, **kwargs)
 
-    make = keras.Model.make_predict_function
+    make = DeviceForward.__init__
 
-    def counting_make(self, force=False):
-        if force or self.predict_function is None:
-            traces.append(self.name)
-        return make(self, force)
+    def counting_make(self, model, preprocess):
+        traces.append(model.name)
+        return make(self, model, preprocess)
 
     monkeypatch.setattr(extract_module, "build_extractor", counting_build)
-    monkeypatch.setattr(keras.Model, "make_predict_function", counting_make)
+    monkeypatch.setattr(DeviceForward, "__init__", counting_make)
     return builds, traces
 
 
@@ -304,3 +296,53 @@ def test_killed_extraction_resumes_to_identical_features(tmp_path):
     for name in extractor.layer_names:
         np.testing.assert_array_equal(store.load(resumed.keys[name]).X, reference_store.load(reference.keys[name]).X)
     assert not (killed_store / ".partial").exists() or not any((killed_store / ".partial").iterdir())
+
+
+@pytest.mark.parametrize("model, exact", [("VGG16", True), ("MobileNetV2", False)])
+def test_device_loop_features_equal_the_host_preprocessed_forward_pass(tmp_path, model, exact):
+    """The loop (uint8 to the device, preprocessing compiled in, batches in flight) against what the
+    extractor did before: `preprocess_input` on the host, `predict_on_batch` per padded batch.
+    Caffe-mode preprocessing (VGG16) gives the same bits; 'tf' mode (MobileNetV2) a division that the
+    compiler may turn into a multiplication: the same up to the last bit."""
+    X, y = _images(n=20)
+    extractor = FeatureExtractor(model, weights=None, layers="stages", input_size=32, batch_size=8)
+    store = FeatureStore(tmp_path)
+    report = extractor.extract(from_arrays(X, y), store, chunk_size=16, progress=False)
+    host = build_extractor(extractor.backbone.model, extractor.layers, extractor.pooling)
+    expected = [[] for _ in extractor.layers]
+    for start in range(0, len(X), 8):
+        batch = X[start : start + 8]
+        padded = np.concatenate([batch, np.zeros((8 - len(batch), *batch.shape[1:]), batch.dtype)])
+        outputs = host.predict_on_batch(extractor.backbone.spec.preprocess_input(padded.astype("float32")))
+        for parts, output in zip(expected, outputs):
+            parts.append(np.asarray(output)[: len(batch)])
+    for name, parts in zip(extractor.layer_names, expected):
+        stored = store.load(report.keys[name]).X
+        if exact:
+            np.testing.assert_array_equal(stored, np.concatenate(parts))
+        else:
+            np.testing.assert_allclose(stored, np.concatenate(parts), rtol=1e-6, atol=1e-7)
+
+
+def test_batch_size_auto_is_32_on_a_cpu_and_recorded(tmp_path):
+    X, y = _images(n=12)
+    extractor = FeatureExtractor("VGG16", weights=None, layers=["block1_pool"], input_size=32)
+    assert extractor.get_config()["batch_size"] == "auto"
+    store = FeatureStore(tmp_path)
+    report = extractor.extract(from_arrays(X, y), store, progress=False)
+    assert extractor.batch_size == 32
+    assert store.load(report.keys["block1_pool"]).metadata["batch_size"] == 32
+
+
+@pytest.mark.parametrize("value, policy", [(False, "float32"), (True, "mixed_float16"), ("float16", "mixed_float16"),
+                                           ("bfloat16", "mixed_bfloat16")])
+def test_mixed_precision_names_the_compute_policy_which_is_part_of_the_key(value, policy):
+    X, y = _images(n=4)
+    extractor = FeatureExtractor("VGG16", weights=None, layers=["block1_pool"], input_size=32, mixed_precision=value)
+    assert extractor.compute_dtype == policy
+    assert extractor.keys(from_arrays(X, y))["block1_pool"].compute_dtype == policy
+
+
+def test_unknown_mixed_precision_is_refused():
+    with pytest.raises(BackboneError, match="mixed_precision must be"):
+        FeatureExtractor("VGG16", weights=None, input_size=32, mixed_precision="float8")

@@ -639,7 +639,7 @@ def test_finetune_command_adds_its_rows_beside_the_classifier_rows(tmp_path, mon
         unfreeze_blocks = 2
     """
     config.write_text(classifiers_only + textwrap.dedent(stage))
-    monkeypatch.setattr(FeatureExtractor, "_forward", _fail)
+    monkeypatch.setattr(FeatureExtractor, "iter_features", _fail)
     monkeypatch.setattr(run_rows, "fit_classifier", _fail)
     capsys.readouterr()
     assert main(["finetune", str(config)]) == 0

@@ -1,16 +1,15 @@
 """LayerFeatures: a scikit-learn transformer over the feature store."""
 
-import keras
+import layerprobe
 import numpy as np
 import pytest
+from layerprobe import FeatureExtractor, FeatureStore, LayerFeatures, from_arrays
+from layerprobe.features.device import DeviceForward
 from PIL import Image
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
-
-import layerprobe
-from layerprobe import FeatureExtractor, FeatureStore, LayerFeatures, from_arrays
 
 SETTINGS = dict(weights=None, input_size=32, batch_size=8, pooling="avg")
 
@@ -25,15 +24,15 @@ def _dataset(n=24, seed=0):
 
 @pytest.fixture
 def forward_images(monkeypatch):
-    """Counts images that go through any Keras model's predict_on_batch (padding excluded by batch size)."""
+    """Counts the images (padding rows included) dispatched to any extractor's device."""
     counted = []
-    original = keras.Model.predict_on_batch
+    original = DeviceForward.dispatch
 
     def counting(self, batch):
         counted.append(len(batch))
         return original(self, batch)
 
-    monkeypatch.setattr(keras.Model, "predict_on_batch", counting)
+    monkeypatch.setattr(DeviceForward, "dispatch", counting)
     return counted
 
 

@@ -11,6 +11,7 @@ import pytest
 from sklearn.datasets import make_classification
 from threadpoolctl import threadpool_info
 
+import layerprobe
 from layerprobe.pipeline import threads
 from layerprobe.pipeline.classifiers import fit_classifier
 from layerprobe.pipeline.threads import (
@@ -222,7 +223,9 @@ print(json.dumps({"before": before, "inside": inside, "limit": limit}))
 def _child(extra_env):
     env = {key: value for key, value in os.environ.items() if key not in THREAD_VARIABLES}
     env.update(extra_env)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH", ""), *sys.path]))
+    # The folder holding the layerprobe under test, not all of sys.path (pytest adds the folder above the checkout).
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(layerprobe.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])

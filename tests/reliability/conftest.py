@@ -33,9 +33,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from layerprobe.features.device import DeviceForward
 from layerprobe.features.extract import FeatureExtractor
 from layerprobe.features.inputs import from_arrays, from_directory
-from layerprobe.features.store import FeatureStore
+from layerprobe.features.store import FeatureStore, PartialEntry
 
 
 SETTINGS = dict(model="VGG16", weights=None, layers=["block1_pool", "block3_pool"], input_size=32, batch_size=4)
@@ -56,6 +57,24 @@ _SCRIPT = textwrap.dedent(
 
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_batch(action, number=None):
+        # Call `action()` as the forward pass of batch `number` (1-based; None: every batch) is dispatched.
+        from layerprobe.features.device import DeviceForward
+        dispatch, calls = DeviceForward.dispatch, []
+        def hooked(self, batch):
+            calls.append(1)
+            if number is None or len(calls) == number:
+                action()
+            return dispatch(self, batch)
+        DeviceForward.dispatch = hooked
+
+    def wait_for_chunk_files(n, timeout=60):
+        # Wait until the writer thread has committed `n` chunk files (over all layers).
+        import glob, time
+        deadline = time.time() + timeout
+        while len(glob.glob(os.path.join(STORE, ".partial", "*", "chunk_*.h5"))) < n and time.time() < deadline:
+            time.sleep(0.01)
 
     def log(message):
         LOG.append(message)
@@ -141,18 +160,34 @@ class Harness:
         )
         return run_python(script, background=background, env=env)
 
-    def interrupt(self, store: FeatureStore, monkeypatch, *, files: bool = False) -> None:
-        """The workload, stopped like Ctrl-C in batch 5: chunks 0 and 1 of both layers are committed."""
-        original, calls = keras.Model.predict_on_batch, []
+    def interrupt(self, store: FeatureStore, monkeypatch, *, files: bool = False, at: str = "write") -> None:
+        """The workload, stopped like Ctrl-C.
 
-        def predict_or_crash(model, batch):
-            calls.append(1)
-            if len(calls) == 5:
-                raise Crash()
-            return original(model, batch)
+        `at="write"`: as chunk 2 is written, so chunks 0 and 1 of both layers are
+        committed. `at="dispatch"`: as batch 5 (the first of chunk 2) is dispatched;
+        chunk 0 is committed (the writer finishes what it was given), chunk 1's
+        batches were still on the device and are lost with it: a crash loses at most
+        the chunks in flight.
+        """
+        calls = []
+        if at == "write":
+            original, target = PartialEntry.write_chunk, (PartialEntry, "write_chunk")
+
+            def crash_at(entry, index, *args):
+                if index == 2:
+                    raise Crash()
+                return original(entry, index, *args)
+        else:
+            original, target = DeviceForward.dispatch, (DeviceForward, "dispatch")
+
+            def crash_at(forward, batch):
+                calls.append(1)
+                if len(calls) == 5:
+                    raise Crash()
+                return original(forward, batch)
 
         with monkeypatch.context() as patch:
-            patch.setattr(keras.Model, "predict_on_batch", predict_or_crash)
+            patch.setattr(*target, crash_at)
             with pytest.raises(Crash):
                 self.extract(store, files=files)
 

@@ -147,17 +147,16 @@ def test_nan_in_test_features_is_found_before_fitting_and_names_the_layer_and_sa
     dataset = open_dataset(images)
     last = len(dataset) - 1
     assert dataset.splits[last] == "test"  # the training features are clean: only the test split has NaN
-    original, seen = FeatureExtractor._forward, []
+    original = FeatureExtractor.iter_features
 
-    def forward_with_nan(self, *args, **kwargs):
-        outputs = original(self, *args, **kwargs)
-        start = sum(seen)
-        seen.append(len(outputs[1]))
-        if start <= last < start + len(outputs[1]):
-            outputs[1][last - start, 3] = np.nan  # one value of block2_pool for the last image
-        return outputs
+    def features_with_nan(self, *args, **kwargs):
+        for chunk, features in original(self, *args, **kwargs):
+            rows = np.flatnonzero(chunk.sample_indices == last)
+            if rows.size:
+                features[1][rows[0], 3] = np.nan  # one value of block2_pool for the last image
+            yield chunk, features
 
-    monkeypatch.setattr(FeatureExtractor, "_forward", forward_with_nan)
+    monkeypatch.setattr(FeatureExtractor, "iter_features", features_with_nan)
     code, out, err = _run(helpers.write_experiment(tmp_path / "run.toml"), capsys)
     assert code == 2
     assert "fitted block1_pool / sgd" in out and "block2_pool /" not in out  # block1_pool is fine

@@ -10,18 +10,14 @@ from layerprobe.features.store import FeatureStore, IncompleteEntryError
 # The process that gets the lock stops in its first batch until the other one says it waits,
 # so the two always overlap, whichever starts first.
 _RENDEZVOUS = """
-import time, keras
+import time
 MARKERS = {markers!r}
-_predict, _calls = keras.Model.predict_on_batch, []
-def _predict_after_rendezvous(self, batch):
-    _calls.append(1)
-    if len(_calls) == 1:
-        open(os.path.join(MARKERS, "computing-{me}"), "w").close()
-        deadline = time.time() + 120
-        while not any(n.startswith("waiting-") for n in os.listdir(MARKERS)) and time.time() < deadline:
-            time.sleep(0.05)
-    return _predict(self, batch)
-keras.Model.predict_on_batch = _predict_after_rendezvous
+def _rendezvous():
+    open(os.path.join(MARKERS, "computing-{me}"), "w").close()
+    deadline = time.time() + 120
+    while not any(n.startswith("waiting-") for n in os.listdir(MARKERS)) and time.time() < deadline:
+        time.sleep(0.05)
+on_batch(_rendezvous, 1)
 def log(message, _log=log):
     if message.startswith("waiting"):
         open(os.path.join(MARKERS, "waiting-{me}"), "w").close()
@@ -54,13 +50,11 @@ def test_two_processes_extracting_one_key_compute_it_once(harness, helpers, tmp_
 
 
 _SLOW_WRITER = """
-import time, keras
-_predict = keras.Model.predict_on_batch
-def _predict_slowly(self, batch):
+import time
+def _slowly():
     open(os.path.join(STORE, "..", "writing"), "w").close()
     time.sleep(0.2)
-    return _predict(self, batch)
-keras.Model.predict_on_batch = _predict_slowly
+on_batch(_slowly)
 _discard = store_module.PartialEntry.discard
 def _discard_then_pause(self):
     _discard(self)

@@ -14,15 +14,22 @@ from layerprobe.features.store import FeatureStore, IncompleteEntryError, Partia
 
 FIRST = "block1_pool"
 
+# Batch 5 is the first of chunk 2: chunk 0 is committed (waited for, the writer is a thread),
+# chunk 1's batches are on the device. Resuming computes chunks 1 and 2.
 _KILL_IN_FORWARD_PASS = """
-import keras
-_predict, _calls = keras.Model.predict_on_batch, []
-def _predict_or_die(self, batch):
-    _calls.append(1)
-    if len(_calls) == 5:  # first batch of chunk 2: chunks 0 and 1 are committed for both layers
-        die()
-    return _predict(self, batch)
-keras.Model.predict_on_batch = _predict_or_die
+on_batch(lambda: (wait_for_chunk_files(2), die()), 5)
+"""
+
+# A slow writer: chunks wait in the writer's queue when the process is killed in the last batch.
+_KILL_WITH_CHUNKS_QUEUED = """
+from layerprobe.features.store import PartialEntry
+_write_chunk = PartialEntry.write_chunk
+def _write_slowly(self, *args):
+    import time
+    time.sleep(0.5)
+    _write_chunk(self, *args)
+PartialEntry.write_chunk = _write_slowly
+on_batch(die, 6)
 """
 
 # A chunk is built in memory and written in one go (see store/hdf5.py): die halfway through that write.
@@ -65,7 +72,8 @@ store_module.PartialEntry.discard = lambda self: die()  # block1_pool's entry is
 
 # name: (fault, layers complete after the kill, where the killed writer left a temporary file, resumed n_forward)
 KILLS = {
-    "forward-pass": (_KILL_IN_FORWARD_PASS, [], None, 8),
+    "forward-pass": (_KILL_IN_FORWARD_PASS, [], None, 16),
+    "chunks-queued-for-the-writer": (_KILL_WITH_CHUNKS_QUEUED, [], None, None),
     "chunk-write": (_KILL_IN_CHUNK_WRITE, [], "chunk", 16),
     "commit-after-1-chunk-copied": (_KILL_IN_COMMIT.replace("{n}", "2"), [], "entry", 0),
     "commit-of-second-layer": (_KILL_IN_COMMIT.replace("{n}", "5"), [FIRST], "entry", 0),
@@ -99,8 +107,12 @@ def test_sigkill_then_resume_gives_identical_features(harness, helpers, tmp_path
     assert [row["entry"] for row in store.entries()] == sorted(keys[name].entry_name for name in complete)
     assert all(row["status"] == "ok" for row in store.entries())
 
+    committed = [len(list((tmp_path / ".partial" / keys[name].digest).glob("chunk_*.h5"))) for name in incomplete]
     resumed = harness.extract(store)
-    assert resumed.n_forward == n_forward  # nothing committed is computed again
+    if n_forward is None:  # as many chunks as the writer managed: none computed again, the others were lost
+        assert resumed.n_forward == 8 * (3 - min(committed)) and min(committed) < 2
+    else:
+        assert resumed.n_forward == n_forward  # nothing committed is computed again
     assert resumed.cached == complete and resumed.computed == incomplete
     harness.assert_matches_reference(store)
     assert helpers.stray_files(tmp_path) == []
@@ -110,7 +122,7 @@ def test_sigkill_then_resume_gives_identical_features(harness, helpers, tmp_path
 @pytest.mark.parametrize("files", [False, True], ids=["arrays", "files"])
 def test_interrupted_run_releases_everything_and_resumes(harness, helpers, tmp_path, monkeypatch, files):
     store = FeatureStore(tmp_path)
-    harness.interrupt(store, monkeypatch, files=files)
+    harness.interrupt(store, monkeypatch, files=files, at="dispatch")
     assert helpers.decoder_threads_stop()
     assert helpers.stray_files(tmp_path) == []
     for key in (harness.file_keys if files else harness.keys).values():
@@ -118,7 +130,7 @@ def test_interrupted_run_releases_everything_and_resumes(harness, helpers, tmp_p
         with open(tmp_path / ".locks" / f"{key.digest}.lock", "a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released: does not raise
     resumed = harness.extract(store, files=files)
-    assert resumed.n_forward == 8
+    assert resumed.n_forward == 16  # chunk 0 was committed; chunk 1 was in flight
     harness.assert_matches_reference(store, files=files)
 
 
@@ -129,7 +141,7 @@ def test_sigkill_of_a_file_extraction_then_resume_gives_identical_features(harne
     store = FeatureStore(tmp_path)
     assert not any(store.has(key) for key in harness.file_keys.values())
     resumed = harness.extract(store, files=True)
-    assert resumed.n_forward == 8
+    assert resumed.n_forward == 16
     harness.assert_matches_reference(store, files=True)
     # Sample ids are stored relative to the dataset root and come back absolute.
     assert all(sample_id.startswith(str(harness.images)) for sample_id in store.load(harness.file_keys[FIRST]).sample_ids)

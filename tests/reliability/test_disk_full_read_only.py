@@ -116,7 +116,7 @@ def test_read_only_file_system(harness, tmpfs, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the model ran although the store is read-only")
 
-    monkeypatch.setattr(FeatureExtractor, "_forward", forbidden)
+    monkeypatch.setattr(FeatureExtractor, "iter_features", forbidden)
     with pytest.raises(StoreError, match="Cannot write to the feature store") as info:
         harness.extract(FeatureStore(point / "store"), files=True)  # other data: new keys
     message = str(info.value)

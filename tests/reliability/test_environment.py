@@ -34,16 +34,7 @@ def test_resume_in_another_environment_recomputes_instead_of_mixing(harness, tmp
 
 @pytest.mark.slow
 def test_killed_run_resumed_in_another_environment_recomputes(harness, helpers, tmp_path, monkeypatch):
-    kill = """
-import keras
-_predict, _calls = keras.Model.predict_on_batch, []
-def _predict_or_die(self, batch):
-    _calls.append(1)
-    if len(_calls) == 5:
-        die()
-    return _predict(self, batch)
-keras.Model.predict_on_batch = _predict_or_die
-"""
+    kill = "on_batch(lambda: (wait_for_chunk_files(2), die()), 5)"
     process = harness.run_script(tmp_path, kill, env={ONEDNN: "1"})
     assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
     fingerprint = json.loads((tmp_path / ".partial" / harness.keys[FIRST].digest / "fingerprint.json").read_text())
