@@ -42,6 +42,7 @@ __all__ = [
     "THREAD_VARIABLES",
     "cgroup_cpu_quota",
     "native_threads",
+    "parallel_jobs",
     "threads_for",
     "usable_cores",
     "user_thread_variables",
@@ -173,10 +174,16 @@ def threads_for(n_samples: int, n_features: int, *, n_jobs: int | None = None, c
         1 below :data:`ONE_THREAD_BELOW` elements, else the cores per job (at least 1).
     """
     cores = usable_cores() if cores is None else max(1, int(cores))
-    jobs = 1 if n_jobs is None else (max(1, cores + 1 + n_jobs) if n_jobs < 0 else max(1, n_jobs))
     if n_samples * n_features < ONE_THREAD_BELOW:
         return 1
-    return max(1, cores // jobs)
+    return max(1, cores // parallel_jobs(n_jobs, cores))
+
+
+def parallel_jobs(n_jobs: int | None, cores: int) -> int:
+    """The jobs joblib runs at once for ``n_jobs`` on `cores` cores: None is 1, -1 every core, -2 all but one."""
+    if n_jobs is None:
+        return 1
+    return max(1, cores + 1 + n_jobs) if n_jobs < 0 else max(1, n_jobs)
 
 
 def _shape(data: Any) -> tuple[int, int] | None:
