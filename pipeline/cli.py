@@ -436,10 +436,18 @@ def _quiet_backend(*, verbose: bool) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _escape_unprintable() -> None:
+    """File names that are not UTF-8 (surrogate escapes, `os.fsdecode`) print as escapes, not a crash."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `layerprobe` console script."""
     args = build_parser().parse_args(argv)
     _quiet_backend(verbose=args.verbose)
+    _escape_unprintable()
     from ..features.core.errors import LayerprobeError
 
     try:

@@ -129,7 +129,7 @@ def from_directory(
     for split, split_folder in splits:
         for class_folder in _visible_subfolders(split_folder):
             linked_names: list[str] = []
-            files = _image_files(class_folder, suffixes, symlinks=linked_names)
+            files = _image_files(class_folder, suffixes, symlinks=linked_names, root=root)
             image_counts[class_folder.name] = image_counts.get(class_folder.name, 0) + len(files)
             linked.extend(len(paths) + files.index(name) for name in linked_names)
             paths.extend(os.path.abspath(class_folder / name) for name in files)
@@ -160,12 +160,28 @@ def from_directory(
     return ImageDataset(paths, labels, class_names, split_names, root=os.path.abspath(root_path))
 
 
-def _image_files(folder: Path, suffixes: tuple[str, ...], *, symlinks: list[str] | None = None) -> list[str]:
+def _image_files(
+    folder: Path, suffixes: tuple[str, ...], *, symlinks: list[str] | None = None, root: str | os.PathLike = ""
+) -> list[str]:
     """Sorted names of the visible image files directly in `folder`; names that are symbolic
-    links are appended to `symlinks` when given."""
+    links are appended to `symlinks` when given.
+
+    Raises:
+        InputError: If an image name cannot be looked at (a symbolic link loop), naming it.
+    """
     names = []
     for entry in os.scandir(folder):
-        if entry.is_file() and not entry.name.startswith(".") and entry.name.lower().endswith(suffixes):
+        if entry.name.startswith(".") or not entry.name.lower().endswith(suffixes):
+            continue
+        try:
+            is_file = entry.is_file()
+        except OSError as error:  # ELOOP: a link that leads back to itself
+            link = " (a symbolic link)" if entry.is_symlink() else ""
+            raise InputError(
+                f"Cannot read {entry.path}{link}: {error.strerror}. Point the link at an image file or remove it. "
+                f"Received: root={os.fspath(root or folder)!r}"
+            ) from None
+        if is_file:
             names.append(entry.name)
             if symlinks is not None and entry.is_symlink():
                 symlinks.append(entry.name)

@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..core.atomic import TMP_PREFIX
+from ..core.digests import encode_text
 from ..core.errors import (
     CorruptEntryError,
     EntryLockedError,
@@ -220,7 +221,7 @@ class FeatureStore:
         kept, skipped = [], []
         path = self.path_for(key)
         # Sample ids, splits, labels, skipped reasons: their size, for the free-space check.
-        extra = sum(len(str(sample_id).encode()) + 40 for sample_id in sample_ids)
+        extra = sum(len(encode_text(str(sample_id))) + 40 for sample_id in sample_ids)
         with hdf5.new_entry(path, n_samples=n_total, feature_shape=feature_shape, dtype=dtype, extra_bytes=extra) as entry:
             for index in range(n_chunks):
                 features, indices, chunk_skipped = partial.read_chunk(index)

@@ -6,13 +6,14 @@ the pipeline's concern, extraction works with one.
 """
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from layerprobe.features.extract import FeatureExtractor
-from layerprobe.features.inputs import from_arrays, from_csv, from_directory
+from layerprobe.features.inputs import InputError, from_arrays, from_csv, from_directory
 from layerprobe.features.layers import UnknownLayerError
 from layerprobe.features.store import FeatureStore
 
@@ -105,3 +106,44 @@ def test_layer_of_another_family_lists_the_closest_names():
     assert "ResNet50 has no layer 'block3_pool'" in message
     assert "Closest valid names: " in message and "conv3_block3_out" in message
     assert "`layerprobe layers ResNet50`" in message and "Received: layers='block3_pool'" in message
+
+
+# ---------------------------------------------------------------- file names (issue 24, items 6 and 7)
+
+
+def test_a_symbolic_link_loop_in_a_class_folder_is_a_one_line_error(tmp_path):
+    _image(tmp_path / "images" / "cat" / "a.png")
+    _image(tmp_path / "images" / "dog" / "b.png", 1)
+    loop = tmp_path / "images" / "dog" / "loop.png"
+    os.symlink("loop.png", loop)  # a real loop: ELOOP on every stat
+    with pytest.raises(InputError) as info:  # before the fix: a bare OSError [Errno 40] from the listing
+        from_directory(tmp_path / "images")
+    message = str(info.value)
+    assert "\n" not in message and str(loop) in message and "symbolic link" in message
+    assert "Too many levels of symbolic links" in message and f"Received: root={str(tmp_path / 'images')!r}" in message
+    os.symlink("gone.txt", tmp_path / "images" / "dog" / "notes")  # not an image name: never looked at
+    loop.unlink()
+    assert len(from_directory(tmp_path / "images")) == 2
+
+
+NOT_UTF8 = b"caf\xe9"  # Latin-1 "cafe" with an accent: not valid UTF-8
+
+
+def test_file_and_class_names_that_are_not_utf8_are_stored_losslessly_and_a_rerun_finishes(extractor, tmp_path):
+    root = os.fsencode(tmp_path / "images")
+    good = os.path.join(root, NOT_UTF8, NOT_UTF8 + b".png")  # a class folder and a file, both not UTF-8
+    broken = os.path.join(root, b"plain", b"\xff\xfe.png")
+    for index, path in enumerate([good, os.path.join(root, b"plain", b"a.png")]):
+        _image(Path(os.fsdecode(path)), index)
+    open(broken, "wb").close()  # an empty file: skipped, and its name recorded
+    store = FeatureStore(tmp_path / "store")
+    dataset = from_directory(tmp_path / "images")
+    report = extractor.extract(dataset, store, progress=False)  # before the fix: UnicodeEncodeError at the commit
+    stored = store.load(report.keys[LAYER])
+    assert stored.sample_ids.tolist() == [os.fsdecode(good), os.fsdecode(os.path.join(root, b"plain", b"a.png"))]
+    assert os.fsencode(stored.sample_ids[0]) == good and os.path.isfile(stored.sample_ids[0])
+    assert stored.class_names == (os.fsdecode(NOT_UTF8), "plain")
+    assert report.skipped == [(os.fsdecode(broken), "empty file")]
+    assert store.verify(report.keys[LAYER].entry_name).endswith("match their checksums")
+    again = extractor.extract(from_directory(tmp_path / "images"), store, progress=False)
+    assert again.cached == [LAYER] and again.n_forward == 0  # the rerun finishes (before: died the same way)

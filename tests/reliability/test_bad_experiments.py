@@ -166,3 +166,30 @@ def test_nan_in_test_features_is_found_before_fitting_and_names_the_layer_and_sa
            f"[{dataset.sample_ids[last]!r}])" in err
     assert "re-extract with float32 storage or other weights" in err
     assert not list((tmp_path / "out" / "models").glob("VGG16.block2_pool*"))
+
+
+def test_run_and_extract_with_file_and_class_names_that_are_not_utf8_finish_and_rerun(helpers, tmp_path, capsys):
+    import os
+
+    images = helpers.write_images(tmp_path / "images", SPLITS)
+    for split in ("train", "test"):  # a class folder and its files named in Latin-1 bytes, not UTF-8
+        folder = os.fsencode(images / split / "green")
+        renamed = os.path.join(os.fsencode(images / split), b"caf\xe9")
+        os.rename(folder, renamed)
+        for name in os.listdir(renamed):
+            os.rename(os.path.join(renamed, name), os.path.join(renamed, b"\xe9t\xe9-" + name))
+    open(os.path.join(os.fsencode(images / "test" / "red"), b"\xff.png"), "wb").close()  # skipped
+    config = helpers.write_experiment(tmp_path / "run.toml", backbones={"layers": ["block1_pool"]},
+                                      classifiers={"names": ["logreg"]})
+    code, out, err = _run(config, capsys)  # before the fix: UnicodeEncodeError at the commit, on every rerun
+    assert code == 0, err
+    predictions = next((tmp_path / "out" / "models").rglob("logreg.predictions.csv")).read_bytes()
+    assert b"/test/caf\xe9/\xe9t\xe9-0.png,caf\xe9,caf\xe9," in predictions  # the names' own bytes
+    assert b"/test/red/\xff.png`: empty file" in (tmp_path / "out" / "summary.md").read_bytes()
+    code, out, err = _run(config, capsys)
+    assert code == 0 and "1 rows: 0 fitted, 1 reused; 0 images through a backbone" in out
+
+    code = main(["extract", "--model", "VGG16", "--weights", "none", "--layers", "block1_pool", "--input-size", "32",
+                 "--data", str(images), "--store", str(tmp_path / "store"), "--no-progress"])
+    out = capsys.readouterr().out  # a strict UTF-8 stream: the name is printed escaped, not a crash
+    assert code == 0 and "cached   block1_pool" in out and "/test/red/\\udcff.png: empty file" in out
