@@ -150,7 +150,7 @@ def _extract(args: argparse.Namespace) -> int:
     from ..features.store import FeatureStore
     from .cluster import open_client
 
-    dataset = open_dataset(args.data)
+    dataset = open_dataset(args.data, encoding=args.encoding)
     store = FeatureStore(args.store)
     import_keras_quietly()
     extractor = FeatureExtractor(
@@ -376,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="comma-separated names, aliases (stages, stageK, top) or depths")
     extract.add_argument("--pooling", default=POOLINGS[0], choices=POOLINGS)
     extract.add_argument("--data", required=True, help="image folder (class subfolders, optionally under train/val/test) or CSV")
+    extract.add_argument("--encoding", default="utf-8",
+                         help="text encoding of a CSV --data file, e.g. latin-1 or cp1252 (default: utf-8)")
     extract.add_argument("--store", required=True, help="feature store directory (created if missing)")
     extract.add_argument("--batch-size", type=positive_int, default=32)
     extract.add_argument("--chunk-size", type=positive_int, default=None,

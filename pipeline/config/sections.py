@@ -66,6 +66,7 @@ SECTIONS: Mapping[str, Mapping[str, Check | None]] = MappingProxyType(
             "test_size": values.fraction,
             "seed": values.integer(0),
             "digest": values.one_of(DIGEST_MODES),
+            "encoding": values.text_encoding,
         },
         "features": {
             "store": None,

@@ -147,3 +147,52 @@ def test_file_and_class_names_that_are_not_utf8_are_stored_losslessly_and_a_reru
     assert store.verify(report.keys[LAYER].entry_name).endswith("match their checksums")
     again = extractor.extract(from_directory(tmp_path / "images"), store, progress=False)
     assert again.cached == [LAYER] and again.n_forward == 0  # the rerun finishes (before: died the same way)
+
+
+# ---------------------------------------------------------------- CSV text (issue 24, items 8 and 9)
+
+
+def _latin1_csv(folder):
+    _image(folder / "img" / "été.png")
+    _image(folder / "img" / "b.png", 1)
+    csv = folder / "labels.csv"
+    csv.write_bytes("path,label\nimg/été.png,café\nimg/b.png,thé\n".encode("latin-1"))  # a spreadsheet's export
+    return csv
+
+
+def test_a_latin1_csv_says_which_encoding_was_expected_and_how_to_give_another(tmp_path):
+    csv = _latin1_csv(tmp_path)
+    with pytest.raises(InputError) as info:  # before the fix: a bare UnicodeDecodeError
+        from_csv(csv)
+    message = str(info.value)
+    assert "\n" not in message and f"Received: path={str(csv)!r}, encoding='utf-8'" in message
+    assert "is not utf-8 text: byte 0xe9 in line 2" in message
+    assert "encoding='latin-1'" in message and "[data] encoding" in message and "--encoding" in message
+    dataset = from_csv(csv, encoding="latin-1")
+    assert dataset.class_names == ("café", "thé") and os.path.isfile(dataset.sample_ids[0])
+    with pytest.raises(InputError, match=r"Unknown text encoding 'latin-9x'.*Received: encoding='latin-9x'"):
+        from_csv(csv, encoding="latin-9x")
+
+
+@pytest.mark.parametrize("column", ["path", "label"])
+def test_a_nul_byte_in_a_csv_cell_is_a_one_line_error_naming_the_row(tmp_path, column):
+    _image(tmp_path / "img" / "a.png")
+    _image(tmp_path / "img" / "b.png", 1)
+    cells = {"path": "img/b\0.png", "label": "dog"} if column == "path" else {"path": "img/b.png", "label": "d\0g"}
+    csv = tmp_path / "labels.csv"
+    csv.write_text(f"path,label\nimg/a.png,cat\n{cells['path']},{cells['label']}\n")
+    with pytest.raises(InputError) as info:  # before the fix: "ValueError: embedded null byte" (path) or a
+        from_csv(csv)                       # label silently cut at the NUL by HDF5
+    message = str(info.value)
+    assert "\n" not in message and f"The CSV column {column!r} holds a NUL byte" in message
+    assert "rows 3 (row 1 is the header)" in message and f"Received: path={str(csv)!r}" in message
+
+
+def test_the_missing_column_message_says_what_to_do_from_the_command_line_too(tmp_path):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("file,label\nimg/a.png,cat\n")
+    with pytest.raises(InputError) as info:
+        from_csv(csv)
+    message = str(info.value)
+    assert "Rename the column(s) to ['path']" in message  # what a `layerprobe` user can do
+    assert "from Python, `from_csv(path_column=..., label_column=...)`" in message

@@ -193,3 +193,27 @@ def test_run_and_extract_with_file_and_class_names_that_are_not_utf8_finish_and_
                  "--data", str(images), "--store", str(tmp_path / "store"), "--no-progress"])
     out = capsys.readouterr().out  # a strict UTF-8 stream: the name is printed escaped, not a crash
     assert code == 0 and "cached   block1_pool" in out and "/test/red/\\udcff.png: empty file" in out
+
+
+def test_a_latin1_csv_is_refused_with_the_config_key_and_read_with_it(helpers, tmp_path, capsys):
+    images = helpers.write_images(tmp_path / "images", {"": {"red": 6, "green": 6}})
+    rows = [f"images/{name}/{i}.png,{'rouge' if name == 'red' else 'vert clair é'}"
+            for name in ("red", "green") for i in range(6)]
+    (tmp_path / "labels.csv").write_bytes(("path,label\n" + "\n".join(rows) + "\n").encode("latin-1"))
+    config = helpers.write_experiment(tmp_path / "run.toml", data={"path": "labels.csv"},
+                                      backbones={"layers": ["block1_pool"]}, classifiers={"names": ["logreg"]})
+    code, _, err = _run(config, capsys)  # before the fix: a UnicodeDecodeError traceback
+    assert code == 2 and "Traceback" not in err and _nothing_written(tmp_path)
+    assert "is not utf-8 text: byte 0xe9 in line 8" in err and "[data] encoding" in err
+    config = helpers.write_experiment(tmp_path / "run.toml", data={"path": "labels.csv", "encoding": "latin-1"},
+                                      backbones={"layers": ["block1_pool"]}, classifiers={"names": ["logreg"]})
+    code, out, err = _run(config, capsys)
+    assert code == 0, err
+    code = main(["extract", "--model", "VGG16", "--weights", "none", "--layers", "block1_pool", "--input-size",
+                 "32", "--data", str(tmp_path / "labels.csv"), "--encoding", "latin-1", "--store",
+                 str(tmp_path / "store"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "12 images, 2 classes" in out and "computed block1_pool" in out
+    config = helpers.write_experiment(tmp_path / "run.toml", data={"path": "labels.csv", "encoding": "latin-9x"})
+    code, _, err = _run(config, capsys)
+    assert code == 2 and "[data] encoding: unknown text encoding (a Python codec name such as 'utf-8', " in err
