@@ -29,6 +29,7 @@ from .core.errors import BackboneError, InputError
 from .environment import numerics_environment
 from .inputs import DEFAULT_MAX_PIXELS, DecodedChunk, ImageDataset, iter_decoded_chunks
 from .inputs.dataset import DIGEST_MODES, resolve_dataset_digest
+from .inputs.loader import check_decoded_memory
 from .keys import FeatureKey
 from .layers import LayerInfo, resolve_layers
 from .plans import ExtractionPlan, PlannedLayer
@@ -270,8 +271,9 @@ class FeatureExtractor:
             An `ExtractionReport`.
 
         Raises:
-            InputError: If `dataset` has no samples.
-            BackboneError: If `chunk_size` is not a multiple of `batch_size`.
+            InputError: If `dataset` has no samples, or (before any work) one chunk of
+                decoded images cannot fit in the memory available.
+            BackboneError: If `chunk_size` is not a multiple of `batch_size` (before any work).
             StoreError: If the store cannot be written (read-only, disk full);
                 committed chunks are kept and the next call resumes from them.
             CorruptEntryError: If a stored entry of a selected layer is unreadable
@@ -286,6 +288,7 @@ class FeatureExtractor:
             )
         if len(dataset) == 0:
             raise InputError("The dataset has no samples; there is nothing to extract. Received: 0 samples")
+        first_chunk = len(self._chunks(len(dataset), chunk_size)[0])  # a bad chunk_size fails before any lock
         log = log or (lambda message: None)
         started = time.perf_counter()
         keys = self.keys(dataset, dataset_digest)
@@ -293,6 +296,7 @@ class FeatureExtractor:
         self._reuse_or_compute(
             store, keys, report, log,
             compute=lambda missing: self._compute(dataset, store, keys, missing, report, chunk_size, n_workers, progress, log),
+            before_lock=lambda: check_decoded_memory(first_chunk, self.backbone.input_size, what="chunk_size"),
         )
         report.skipped = self._skipped(store, keys, dataset.root)
         report.seconds = time.perf_counter() - started

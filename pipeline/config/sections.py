@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from ...features.core.errors import ConfigError
 from ...features.extract import STORAGE_DTYPES
 from ...features.inputs import DIGEST_MODES
+from ...features.inputs.loader import decoded_memory_problem
 from ...features.model_files import SAVED_WEIGHTS, is_model_file
 from ...features.registry import BACKBONES
 from ...features.truncate import POOLINGS
@@ -210,7 +211,8 @@ def check_finetune_backbones(
 
 
 def check_input_size(checker: Checker, features: FeaturesConfig | None, backbones: tuple[BackboneConfig, ...]) -> None:
-    """An input size below a backbone's minimum is a config problem, found before any model is built."""
+    """An input size below a backbone's minimum, or so large that one batch of images cannot fit in
+    memory, is a config problem, found before any model is built."""
     size = None if features is None else features.input_size
     small = {
         backbone.model: BACKBONES[backbone.model].min_input_size
@@ -225,6 +227,9 @@ def check_input_size(checker: Checker, features: FeaturesConfig | None, backbone
             f"{max(small.values())} or more (images are resized to it), or leave it out for each backbone's default",
             size,
         )
+    memory = size and decoded_memory_problem(features.batch_size, size, what="batch_size")
+    if memory:
+        checker.report("[features] input_size", memory, size)
 
 
 def _grid(checker: Checker, where: str, name: str, grid: Any, classifiers: dict) -> dict[str, tuple] | None:

@@ -196,3 +196,33 @@ def test_the_missing_column_message_says_what_to_do_from_the_command_line_too(tm
     message = str(info.value)
     assert "Rename the column(s) to ['path']" in message  # what a `layerprobe` user can do
     assert "from Python, `from_csv(path_column=..., label_column=...)`" in message
+
+
+# ---------------------------------------------------------------- sizes that cannot work (issue 24, item 10 and chunk_size)
+
+
+def test_an_input_size_no_memory_holds_is_refused_before_any_work(tmp_path):
+    from layerprobe.features.inputs.loader import available_memory, decoded_bytes
+
+    huge = FeatureExtractor("VGG16", weights=None, layers=["block1_pool"], input_size=100_000, batch_size=4)
+    available = available_memory()
+    if available is None or available > decoded_bytes(8, 100_000):
+        pytest.skip(f"this machine has {available} bytes available: 8 images of 100000x100000 pixels would fit")
+    X = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    store = FeatureStore(tmp_path / "store")
+    with pytest.raises(InputError) as info:  # before the fix: MemoryError allocating the first chunk
+        huge.extract(from_arrays(X, np.arange(8) % 2), store, chunk_size=8, progress=False)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(
+        "Decoding 8 images of 100000x100000 pixels at once (chunk_size) needs at least 894 GiB")
+    assert "GiB of memory are available: at most input_size=" in message and "fits 8 images" in message
+    assert "Nothing was computed. Received: input_size=100000, chunk_size=8" in message
+    assert list(store.root.iterdir()) == []  # no lock, no partial work
+
+
+def test_a_chunk_size_that_is_not_a_multiple_of_the_batch_size_leaves_nothing_behind(extractor, tmp_path):
+    X = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    store = FeatureStore(tmp_path / "store")
+    with pytest.raises(ValueError, match=r"chunk_size must be a multiple of batch_size=4.*Received: chunk_size=6"):
+        extractor.extract(from_arrays(X, np.arange(8) % 2), store, chunk_size=6, progress=False)
+    assert list(store.root.iterdir()) == []  # before the fix: .locks/<digest>.lock was left behind

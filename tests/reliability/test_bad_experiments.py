@@ -217,3 +217,14 @@ def test_a_latin1_csv_is_refused_with_the_config_key_and_read_with_it(helpers, t
     config = helpers.write_experiment(tmp_path / "run.toml", data={"path": "labels.csv", "encoding": "latin-9x"})
     code, _, err = _run(config, capsys)
     assert code == 2 and "[data] encoding: unknown text encoding (a Python codec name such as 'utf-8', " in err
+
+
+def test_an_input_size_no_memory_holds_is_a_config_problem_before_any_work(helpers, tmp_path, capsys):
+    helpers.write_images(tmp_path / "images", SPLITS)
+    code, _, err = _run(helpers.write_experiment(tmp_path / "run.toml", features={"input_size": 100_000}), capsys)
+    assert code == 2 and "Traceback" not in err  # before the fix: MemoryError after .plans and out/ were written
+    assert "has 1 problem(s); nothing was run" in err
+    assert ("[features] input_size: decoding 8 images of 100000x100000 pixels at once (batch_size) needs at "
+            "least 894 GiB") in err
+    assert "at most input_size=" in err and "Received: 100000" in err
+    assert _nothing_written(tmp_path)
