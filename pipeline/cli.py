@@ -222,6 +222,8 @@ def _store(args: argparse.Namespace) -> int:
 @_command("run")
 @_command("finetune")
 def _run(args: argparse.Namespace) -> int:
+    from .results import output_errors
+
     if args.config is None:
         from .config import DEFAULT_OUTPUT_DIR, DEFAULT_STORE
 
@@ -234,14 +236,16 @@ def _run(args: argparse.Namespace) -> int:
             )
         from .default_experiment import run_default
 
-        run_default(args.out or DEFAULT_OUTPUT_DIR, store=args.store or DEFAULT_STORE, progress=not args.no_progress)
+        with output_errors(args.out or DEFAULT_OUTPUT_DIR):
+            run_default(args.out or DEFAULT_OUTPUT_DIR, store=args.store or DEFAULT_STORE, progress=not args.no_progress)
         return 0
     from .config import load_config
     from .run import run_experiment
 
     config = load_config(args.config).with_paths(output_dir=args.out, store=args.store)
     config = dataclasses.replace(config, cluster=_cluster_settings(args, config.cluster))
-    run_experiment(config, progress=not args.no_progress, finetune_only=args.command == "finetune")
+    with output_errors(config.output.dir):
+        run_experiment(config, progress=not args.no_progress, finetune_only=args.command == "finetune")
     return 0
 
 

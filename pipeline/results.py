@@ -14,17 +14,21 @@ file.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import numbers
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..features.core.atomic import write_atomically, write_text_atomically
+from ..features.core.atomic import TMP_PREFIX, write_atomically, write_text_atomically
+from ..features.core.errors import OutputError
 from .tables import format_table
 from .uncertainty import wilson_interval
 
@@ -33,6 +37,8 @@ __all__ = [
     "RESULT_COLUMNS",
     "ROW_KINDS",
     "ResultsTable",
+    "check_output_folder",
+    "output_errors",
     "read_results",
     "results_frame",
     "write_results",
@@ -104,6 +110,65 @@ _SUMMARY_COLUMNS = (
     "logme",
     "best_params",
 )
+
+
+_CHOOSE_ANOTHER = "choose another folder (`[output] dir` in the config, or --out)"
+# OSErrors of writing a file or folder: the disk, its permissions or the path, which the user can fix.
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                           errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG})
+
+
+def check_output_folder(directory: str | os.PathLike) -> None:
+    """Fail before any work if `directory` cannot become a run's output folder; creates nothing.
+
+    Raises:
+        OutputError: It (or a folder above it) is a file, or it cannot be written
+            (read-only file system, permission).
+    """
+    directory = Path(directory)
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == directory else f": {existing} is a file, so {directory} cannot be made"
+        raise OutputError(
+            f"The output folder {directory} is a file, not a folder{where}. Remove or rename it, or "
+            f"{_CHOOSE_ANOTHER}. Nothing was run."
+        )
+    try:  # a real write, as the run will do (os.access cannot tell a read-only file system to root)
+        os.rmdir(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}probe-", dir=existing))
+    except OSError as error:
+        raise OutputError(
+            f"Cannot write the output folder {directory}: {error}. Make it writable, or {_CHOOSE_ANOTHER}. "
+            f"Nothing was run."
+        ) from error
+
+
+@contextlib.contextmanager
+def output_errors(directory: str | os.PathLike) -> Iterator[None]:
+    """Turn an `OSError` of writing (disk full, read-only, permission, a path in the way) raised inside
+    the block into an `OutputError` saying what to do; nothing written before it is lost.
+
+    Every file of a run is written under a temporary name and renamed into place, so the
+    rows, classifiers and features finished before the error are complete, and the rerun
+    reuses them.
+    """
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in _WRITE_ERRNOS:
+            raise
+        resume = ("the rows, classifiers and features finished so far are kept, and running again resumes "
+                  "from them")
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OutputError(
+                f"The disk is full while writing the run's outputs in {directory}: {error}. Free some space "
+                f"(or {_CHOOSE_ANOTHER}) and run again: {resume}."
+            ) from error
+        raise OutputError(
+            f"Could not write the run's outputs in {directory}: {error}. Fix the path or its permissions "
+            f"(or {_CHOOSE_ANOTHER}) and run again: {resume}."
+        ) from error
 
 
 def _is_number(value: Any) -> bool:

@@ -228,3 +228,20 @@ def test_an_input_size_no_memory_holds_is_a_config_problem_before_any_work(helpe
             "least 894 GiB") in err
     assert "at most input_size=" in err and "Received: 100000" in err
     assert _nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("how", ["config", "--out"])
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(helpers, tmp_path, capsys, how):
+    helpers.write_images(tmp_path / "images", SPLITS)
+    taken = tmp_path / "results.txt"
+    taken.write_text("someone's notes")
+    if how == "config":
+        config = helpers.write_experiment(tmp_path / "run.toml", output={"dir": "results.txt"})
+        code = main(["run", str(config), "--no-progress"])
+    else:
+        code = main(["run", str(helpers.write_experiment(tmp_path / "run.toml")), "--out", str(taken), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err  # before the fix: FileExistsError after .plans was written
+    assert err.startswith(f"layerprobe run: error: The output folder {taken} is a file, not a folder")
+    assert "[output] dir" in err and "--out" in err and "Nothing was run" in err
+    assert taken.read_text() == "someone's notes" and not (tmp_path / "store").exists()
