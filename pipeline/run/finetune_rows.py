@@ -4,17 +4,22 @@
 architecture. A finished run's row is saved beside it (`row.json`, with the
 settings it was trained under) and reused when its settings match, like the
 classifier rows. An unfinished (killed) run resumes from its checkpoint if its
-settings match, and starts over if not.
+settings match, and starts over if not. One process at a time owns a
+training's folder (a lock beside it, `.<folder>.lock`): another run of the same
+config waits for it, then reuses its row.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from typing import Any, Callable
 
 from ...features.backend import import_keras_quietly
 from ...features.core.atomic import write_text_atomically
+from ...features.core.errors import OutputError
+from ...features.core.lock_files import hold_lock_file
 from ...features.inputs import ImageDataset
 from ..config import BackboneConfig, ExperimentConfig
 from .rows import jsonable
@@ -54,58 +59,64 @@ def end_to_end_rows(
     options = FinetuneConfig.from_dict(config.finetune.options)
     train, test = dataset.subset(split["train_split"]), dataset.subset(split["test_split"])
     rows = []
-    for digest, (mode, backbone) in _jobs(config).items():
-        run_dir = config.output.dir / "finetune" / f"{mode}-{backbone.model}-{digest}"
-        settings = jsonable(
-            {
+    with contextlib.ExitStack() as owner:  # the lock of the training in hand, released at the next one
+        for digest, (mode, backbone) in _jobs(config).items():
+            owner.close()
+            run_dir = config.output.dir / "finetune" / f"{mode}-{backbone.model}-{digest}"
+            owner.enter_context(hold_lock_file(
+                run_dir.with_name(f".{run_dir.name}.lock"), doing=f"training {mode} {backbone.model} in {run_dir}",
+                error=OutputError, on_wait=lambda: log(f"  waiting  for another process training {mode} {backbone.model}"),
+            ))
+            settings = jsonable(
+                {
+                    "mode": mode,
+                    "model": backbone.model,
+                    "model_kwargs": dict(backbone.model_kwargs),
+                    "weights": backbone.weights if mode == "finetune" else None,
+                    "input_size": config.features.input_size,
+                    "options": options.to_dict(),
+                    "dataset": dataset.digest(),
+                    "split": split,
+                }
+            )
+            row_path = run_dir / "row.json"
+            saved = json.loads(row_path.read_text(encoding="utf-8")) if row_path.is_file() else {}
+            if saved.get("settings") == settings:
+                log(f"  reused   {mode} {backbone.model} ({run_dir})")
+                rows.append(saved["row"])
+                continue
+            started = run_dir / "settings.json"
+            resume = started.is_file() and json.loads(started.read_text(encoding="utf-8")) == settings
+            log(f"  {'resuming' if resume else 'training'} {mode} {backbone.model} ({run_dir})")
+            write_text_atomically(started, json.dumps(settings, indent=2))
+            common = dict(
+                output_dir=run_dir, input_size=config.features.input_size,
+                model_kwargs=dict(backbone.model_kwargs), config=options, resume=resume,
+                callbacks=[EpochLogger(lambda line: log(f"    {line}"))],
+            )
+            if mode == "finetune":
+                result = finetune(backbone.model, train, weights=backbone.weights, **common)
+            else:
+                result = train_from_scratch(backbone.model, train, **common)
+            scores = evaluate_model(result, test)
+            row = {
                 "mode": mode,
-                "model": backbone.model,
-                "model_kwargs": dict(backbone.model_kwargs),
-                "weights": backbone.weights if mode == "finetune" else None,
-                "input_size": config.features.input_size,
-                "options": options.to_dict(),
-                "dataset": dataset.digest(),
-                "split": split,
+                "backbone": result.backbone,
+                "weights": backbone.weights_label if mode == "finetune" else "none",
+                "layer": "(end to end)",
+                "pooling": "avg",
+                "classifier": "softmax head",
+                "n_train": len(train),
+                "n_test": scores["n_test"],
+                "test_accuracy": scores["accuracy"],
+                "test_balanced_accuracy": scores["balanced_accuracy"],
+                "test_macro_f1": scores["macro_f1"],
+                "fit_seconds": round(result.fit_seconds, 3),
+                "best_params": json.dumps({name: scores[name] for name in (
+                    "head_init", "unfreeze_blocks", "learning_rate", "block_lr_decay", "epochs")}),
+                "model_path": str(result.model_path),
             }
-        )
-        row_path = run_dir / "row.json"
-        saved = json.loads(row_path.read_text(encoding="utf-8")) if row_path.is_file() else {}
-        if saved.get("settings") == settings:
-            log(f"  reused   {mode} {backbone.model} ({run_dir})")
-            rows.append(saved["row"])
-            continue
-        started = run_dir / "settings.json"
-        resume = started.is_file() and json.loads(started.read_text(encoding="utf-8")) == settings
-        log(f"  {'resuming' if resume else 'training'} {mode} {backbone.model} ({run_dir})")
-        write_text_atomically(started, json.dumps(settings, indent=2))
-        common = dict(
-            output_dir=run_dir, input_size=config.features.input_size,
-            model_kwargs=dict(backbone.model_kwargs), config=options, resume=resume,
-            callbacks=[EpochLogger(lambda line: log(f"    {line}"))],
-        )
-        if mode == "finetune":
-            result = finetune(backbone.model, train, weights=backbone.weights, **common)
-        else:
-            result = train_from_scratch(backbone.model, train, **common)
-        scores = evaluate_model(result, test)
-        row = {
-            "mode": mode,
-            "backbone": result.backbone,
-            "weights": backbone.weights_label if mode == "finetune" else "none",
-            "layer": "(end to end)",
-            "pooling": "avg",
-            "classifier": "softmax head",
-            "n_train": len(train),
-            "n_test": scores["n_test"],
-            "test_accuracy": scores["accuracy"],
-            "test_balanced_accuracy": scores["balanced_accuracy"],
-            "test_macro_f1": scores["macro_f1"],
-            "fit_seconds": round(result.fit_seconds, 3),
-            "best_params": json.dumps({name: scores[name] for name in (
-                "head_init", "unfreeze_blocks", "learning_rate", "block_lr_decay", "epochs")}),
-            "model_path": str(result.model_path),
-        }
-        write_text_atomically(row_path, json.dumps({"settings": settings, "row": row}, indent=2))
-        log(f"  {mode} {result.backbone}: test {scores['accuracy']:.3f}")
-        rows.append(row)
+            write_text_atomically(row_path, json.dumps({"settings": settings, "row": row}, indent=2))
+            log(f"  {mode} {result.backbone}: test {scores['accuracy']:.3f}")
+            rows.append(row)
     return rows
