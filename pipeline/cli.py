@@ -423,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("config", help="TOML experiment config with a [finetune] section")
     finetune.add_argument("--out", default=None, help="output directory (default: the config's [output] dir)")
     finetune.add_argument("--store", default=None, help="feature store of the kept rows (default: the config's)")
+    finetune.add_argument("--no-progress", action="store_true",
+                          help="accepted as by `run`; finetune extracts nothing, so it never shows progress bars")
     finetune.set_defaults(no_progress=True)  # no extraction, so no progress bars
 
     predict = commands.add_parser("predict", parents=[common], help="predict new images with a classifier saved by `layerprobe run`")

@@ -245,3 +245,12 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(helpers, tmp
     assert err.startswith(f"layerprobe run: error: The output folder {taken} is a file, not a folder")
     assert "[output] dir" in err and "--out" in err and "Nothing was run" in err
     assert taken.read_text() == "someone's notes" and not (tmp_path / "store").exists()
+
+
+def test_finetune_takes_no_progress_like_run(helpers, tmp_path, capsys):
+    helpers.write_images(tmp_path / "images", SPLITS)
+    config = helpers.write_experiment(tmp_path / "run.toml")  # no [finetune]: refused, but by the config check
+    code = main(["finetune", str(config), "--no-progress"])  # before the fix: "unrecognized arguments"
+    err = capsys.readouterr().err
+    assert code == 2 and "unrecognized arguments" not in err
+    assert "[finetune]: `layerprobe finetune` runs this section, which the config lacks" in err
