@@ -61,9 +61,9 @@ class DecodedChunk:
     skipped: list[tuple[int, str]]
 
 
-def decoded_bytes(n_images: int, size: int) -> int:
-    """Bytes of `n_images` decoded images of `size` x `size` pixels as handed out (`DecodedChunk.images`)."""
-    return n_images * size * size * 3 * np.dtype(np.float32).itemsize
+def decoded_bytes(n_images: int, size: int, dtype: str | np.dtype = "float32") -> int:
+    """Bytes of `n_images` decoded RGB images of `size` x `size` pixels of `dtype` (`DecodedChunk.images`)."""
+    return n_images * size * size * 3 * np.dtype(dtype).itemsize
 
 
 def available_memory() -> int | None:
@@ -85,36 +85,36 @@ def available_memory() -> int | None:
     return min(found) if found else None
 
 
-def decoded_memory_problem(n_images: int, size: int, *, what: str) -> str | None:
+def decoded_memory_problem(n_images: int, size: int, *, what: str, dtype: str | np.dtype = "float32") -> str | None:
     """Why `n_images` decoded images of `size` pixels cannot be held at once, and what fits; None if they can.
 
-    A lower bound: the pixels of one `what` (`"batch_size"`, `"chunk_size"`) alone, against
-    `available_memory()`; the model's own activations come on top.
+    A lower bound: the `dtype` pixels of one `what` (`"batch_size"`, `"chunk_size"`) alone,
+    against `available_memory()`; the model's own activations come on top.
     """
     available = available_memory()
-    needed = decoded_bytes(n_images, size)
+    needed = decoded_bytes(n_images, size, dtype)
     if available is None or needed <= available:
         return None
-    per_pixel = decoded_bytes(1, 1)
+    per_pixel = decoded_bytes(1, 1, dtype)
     fit_size = math.isqrt(available // (n_images * per_pixel))
-    fit_images = available // decoded_bytes(1, size)
+    fit_images = available // decoded_bytes(1, size, dtype)
     fewer = (f", or {what}={fit_images} at this input_size" if fit_images
              else "; at this input_size not even one image fits")
     return (
         f"decoding {n_images} images of {size}x{size} pixels at once ({what}) needs at least "
-        f"{needed / 2**30:,.0f} GiB for their float32 pixels alone ({n_images} x {size} x {size} x 3 x "
+        f"{needed / 2**30:,.0f} GiB for their {np.dtype(dtype).name} pixels alone ({n_images} x {size} x {size} x 3 x "
         f"{per_pixel // 3} bytes), but {available / 2**30:,.1f} GiB of memory are available: at most "
         f"input_size={fit_size} fits {n_images} images{fewer} (the model needs more on top)"
     )
 
 
-def check_decoded_memory(n_images: int, size: int, *, what: str) -> None:
+def check_decoded_memory(n_images: int, size: int, *, what: str, dtype: str | np.dtype = "float32") -> None:
     """Raise if `n_images` decoded images of `size` pixels cannot be held at once (`decoded_memory_problem`).
 
     Raises:
         InputError: Saying what was needed, what is available and what fits.
     """
-    problem = decoded_memory_problem(n_images, size, what=what)
+    problem = decoded_memory_problem(n_images, size, what=what, dtype=dtype)
     if problem is not None:
         raise InputError(
             f"{problem[:1].upper()}{problem[1:]}. Nothing was computed. Received: input_size={size}, {what}={n_images}"
