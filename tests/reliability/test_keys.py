@@ -85,10 +85,20 @@ def test_labels_reach_the_key(data):
 # ---------------------------------------------------------------- the plan shortcut of `layerprobe run` (issue 24, item 2)
 
 
-def _save_weights(path, seed):
+@pytest.fixture(scope="module")
+def two_weights(tmp_path_factory):
+    """Two VGG16 weights files of the same size (random weights of seeds 1 and 2)."""
     from layerprobe.features.backbone import load_backbone
 
-    load_backbone("VGG16", weights=None, input_size=32, seed=seed).model.save_weights(path)
+    folder = tmp_path_factory.mktemp("weights")
+    for seed in (1, 2):
+        load_backbone("VGG16", weights=None, input_size=32, seed=seed).model.save_weights(folder / f"{seed}.weights.h5")
+    return folder / "1.weights.h5", folder / "2.weights.h5"
+
+
+def _copies(two_weights, folder):
+    """Fresh copies of both weights files in `folder` (each test replaces one)."""
+    return [shutil.copy2(source, folder / name) for source, name in zip(two_weights, ["w.weights.h5", "other.weights.h5"])]
 
 
 def _swap_keeping_size_and_mtime(path, replacement, how):
@@ -104,12 +114,10 @@ def _swap_keeping_size_and_mtime(path, replacement, how):
 
 
 @pytest.mark.parametrize("how", ["replaced", "rewritten-in-place"])
-def test_a_weights_file_swapped_with_its_size_and_mtime_kept_is_a_plan_miss(tmp_path, how):
+def test_a_weights_file_swapped_with_its_size_and_mtime_kept_is_a_plan_miss(two_weights, tmp_path, how):
     from layerprobe.features.plans import plan_signature
 
-    weights, other = tmp_path / "w.weights.h5", tmp_path / "other.weights.h5"
-    _save_weights(weights, seed=1)
-    _save_weights(other, seed=2)
+    weights, other = _copies(two_weights, tmp_path)
     settings = {"model": "VGG16", "weights": str(weights), "layers": ["block1_pool"], "input_size": 32}
     before = plan_signature(settings)
     assert plan_signature(settings) == before  # nothing changed: the shortcut holds
@@ -117,14 +125,13 @@ def test_a_weights_file_swapped_with_its_size_and_mtime_kept_is_a_plan_miss(tmp_
     assert plan_signature(settings) != before  # before the fix: path, size and mtime only, so equal
 
 
-def test_layerprobe_run_with_a_swapped_weights_file_extracts_and_fits_again(helpers, tmp_path):
+@pytest.mark.slow  # two runs; test_a_weights_file_swapped_... checks the signature itself
+def test_layerprobe_run_with_a_swapped_weights_file_extracts_and_fits_again(helpers, two_weights, tmp_path):
     from layerprobe.pipeline.config import load_config
     from layerprobe.pipeline.run import run_experiment
 
     helpers.write_images(tmp_path / "images", {"train": {"red": 4, "green": 4}, "test": {"red": 2, "green": 2}})
-    weights, other = tmp_path / "w.weights.h5", tmp_path / "other.weights.h5"
-    _save_weights(weights, seed=1)
-    _save_weights(other, seed=2)
+    weights, other = _copies(two_weights, tmp_path)
     config = load_config(helpers.write_experiment(
         tmp_path / "run.toml", backbones={"model": "VGG16", "weights": "w.weights.h5", "layers": ["block1_pool"]},
         classifiers={"names": ["logreg"]},
