@@ -33,7 +33,7 @@ def test_smoke_device_check_runs_every_stage(tmp_path):
     assert done.returncode == 0, output[-3000:]
 
     rows = report["bench"]
-    assert {row["precision"] for row in rows} == {"float32", "mixed_float16"}
+    assert {row["precision"] for row in rows} == {"float32", "bfloat16"}
     for row in rows:
         assert row["status"] == "ok" and row["backend"] == backend
         assert row["limit_img_s"] > 0 and row["layerprobe_img_s"] > 0 and row["naive_img_s"] > 0
