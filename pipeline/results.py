@@ -84,7 +84,8 @@ load with them empty, the intervals computed and `row_kind` "final".
 
 _INTEGER_COLUMNS = ("stage", "feature_dim", "n_train", "n_test", "n_folds")
 
-# Columns of the markdown table in summary.md (the CSV has them all).
+# Columns of the markdown table in summary.md (the CSV has them all but `flag`, which the run summary adds from the
+# advice: rows at or below the majority-class rate).
 _SUMMARY_COLUMNS = (
     "mode",
     "backbone",
@@ -103,6 +104,7 @@ _SUMMARY_COLUMNS = (
     "test_macro_f1",
     "logme",
     "best_params",
+    "flag",
 )
 
 
