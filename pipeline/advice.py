@@ -246,6 +246,9 @@ def cheapest_within_noise(rows: pd.DataFrame, *, score: str = "cv_score",
                           n_se: float = NOISE_SE) -> tuple[pd.Series, pd.Series, pd.DataFrame]:
     """The best row by `score`, the cheapest row that ties it, and all rows that tie it.
 
+    The best row, which sets the bar, is the best that reads one layer when there
+    is one: a multi-layer row's CV chose its layers, so it is optimistic; such a
+    row ties (and may then be the cheapest) but does not raise the bar.
     A row ties the best when it scores at most `n_se` of the best row's standard
     errors below it (`ties_with_best`, the one-standard-error rule; SE: `cv_se`
     for `"cv_score"`, the binomial SE on `n_test` for `"test_accuracy"`; unknown:
@@ -261,7 +264,8 @@ def cheapest_within_noise(rows: pd.DataFrame, *, score: str = "cv_score",
     if scored.empty:
         raise ValueError(f"No row has a {score}; cannot compare. Received: {len(rows)} row(s)")
     ordered = scored.sort_values([score, "test_accuracy"], ascending=False, kind="stable")
-    best = ordered.iloc[0]
+    single = ordered[~ordered["layer"].astype(str).str.startswith(_MULTI_PREFIX)] if "layer" in ordered else ordered
+    best = (single if not single.empty else ordered).iloc[0]
     tied = ordered[[_ties(best, row, n_se, score) for _, row in ordered.iterrows()]]
     chosen = min((row for _, row in tied.iterrows()), key=_cost)
     return best, chosen, tied
@@ -339,9 +343,10 @@ def _layer_evidence(group: pd.DataFrame, logme_rows: pd.DataFrame, best: pd.Seri
             + (f", within noise ({n_se:g} SE of the best)." if _ties(single, top, n_se) else
                ": the top features are too specific to the source, a sign that the target is dissimilar.")
         )
-    if _is_multi(best):
-        lines.append(f"{best['classifier']} on {_layer_text(best)} scores {_scores(best)}; its layers were chosen on "
-                     f"the same leave-one-out scores, so its CV is optimistic and it does not decide the mode.")
+    for _, multi in group[[_is_multi(row) for _, row in group.iterrows()]].iterrows():
+        lines.append(f"{multi['classifier']} on {_layer_text(multi)} scores {_scores(multi)}; its layers were chosen "
+                     f"on the same leave-one-out scores, so its CV is optimistic: it ties where it reaches the bar "
+                     f"but does not set it, nor decide the mode.")
     others = tied[tied.index != chosen.name]
     if best.name != chosen.name:
         lines.append(f"{len(tied)} configurations are within {n_se:g} SE of the best's score ({_name(best)}); the "

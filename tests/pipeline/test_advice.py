@@ -306,3 +306,13 @@ def test_the_run_summary_and_the_printed_table_flag_the_rows_at_the_majority_rat
     path = write_run_summary(tmp_path, table, source="test", advice=advice, data="", skipped=[],
                              results_path=tmp_path / "results.csv", plot_path=tmp_path / "depth.png")
     assert f"| {note} |" in path.read_text(encoding="utf-8")
+
+
+def test_a_multi_layer_rows_optimistic_cv_does_not_set_the_bar_for_ties():
+    rows = _rows([0.6, 0.7, 0.82, 0.85], classifiers=("logreg",), cv_se=0.02)
+    multi = {**rows[-1], "layer": "multi:block3_pool+block4_pool", "depth": float("nan"), "classifier": "ridge",
+             "feature_dim": 768, "cv_score": 0.95, "cv_se": 0.01, "logme": None}
+    advice = _small(_table(rows, [multi]))
+    # The bar is block4's 85% - 2 x 2.0: block3 ties it and is cheaper; the combination's 95% does not raise it.
+    assert advice.row["layer"] == "block3_pool" and advice.mode == "frozen_intermediate"
+    assert "its CV is optimistic: it ties where it reaches the bar but does not set it" in advice.text
