@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import resource
 import subprocess
-import functools
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -127,45 +126,3 @@ def run_child_measuring_rss(command: Sequence[str], *, poll_seconds: float = 0.2
         output=b"".join(chunks).decode("utf-8", "replace"),
     )
 
-
-def timing_calls(function, times: dict, key: str):
-    """`function`, wrapped so that the time spent in each call adds to `times[key]`."""
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            times[key] += time.perf_counter() - started
-
-    return wrapper
-
-
-def timing_waits(iterator_function, times: dict, key: str):
-    """`iterator_function`, wrapped so that the time spent waiting in `next()` adds to `times[key]`.
-
-    Used to tell how long extraction waits for decoded chunks; closing the
-    wrapper closes the wrapped iterator (and so stops its threads).
-    """
-
-    def replacement(*args, **kwargs):
-        iterator = iterator_function(*args, **kwargs)
-
-        def generate():
-            try:
-                while True:
-                    started = time.perf_counter()
-                    try:
-                        item = next(iterator)
-                    except StopIteration:
-                        return
-                    finally:
-                        times[key] += time.perf_counter() - started
-                    yield item
-            finally:
-                iterator.close()
-
-        return generate()
-
-    return replacement

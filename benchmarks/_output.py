@@ -1,7 +1,7 @@
 """Benchmark output: CSV and JSON files (written atomically), the run log, bar charts.
 
-Tables are laid out by `layerprobe.pipeline.tables.format_table` (with
-`float_format=significant` for timings), the same function as the command line's.
+Tables are laid out by `layerprobe.pipeline.tables.format_table`, the same function
+as the command line's, in `TABLE_STYLE` (3 significant digits, "-" for no value).
 """
 
 from __future__ import annotations
@@ -18,7 +18,16 @@ import numpy as np
 from _machine import machine_description, machine_info
 from layerprobe.features.core.atomic import atomic_path, write_atomically, write_text_atomically
 
-__all__ = ["RunLog", "bar_chart", "read_results", "write_csv", "write_json"]
+__all__ = ["TABLE_STYLE", "RunLog", "bar_chart", "read_results", "significant", "write_csv", "write_json"]
+
+
+def significant(value: float) -> str:
+    """Three significant digits, or a whole number from 100 up (`0.0123`, `4.56`, `1234`)."""
+    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+
+
+TABLE_STYLE = {"float_format": significant, "missing": "-"}
+"""`format_table` keyword arguments of every benchmark table."""
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
@@ -115,7 +124,7 @@ def bar_chart(
         if annotate:
             for bar, value in zip(bars, values):
                 if np.isfinite(value):
-                    label = f"{value:.3g}" if value < 100 else f"{value:.0f}"
+                    label = significant(value)
                     ax.annotate(
                         label,
                         (bar.get_x() + bar.get_width() / 2, bar.get_height()),

@@ -30,11 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _args import REPO_DIR, SHARED_DIR, VGG16_WEIGHTS, base_parser, quiet_tensorflow, require_path  # noqa: E402
 from _data import cifar_subset  # noqa: E402
-from _output import RunLog, read_results, write_csv, write_json  # noqa: E402
+from _output import TABLE_STYLE, RunLog, read_results, write_csv, write_json  # noqa: E402
 from layerprobe.pipeline.cli import comma_list  # noqa: E402
-from layerprobe.pipeline.tables import format_table, significant  # noqa: E402
+from layerprobe.pipeline.tables import format_table  # noqa: E402
 
-TABLE_STYLE = {"float_format": significant, "missing": "-"}  # 3 significant digits, "-" for no value
 
 SCRIPT = "depth_sweep"
 

@@ -54,17 +54,10 @@ from _args import (  # noqa: E402
     require_path,
 )
 from _data import cifar_subset  # noqa: E402
-from _measure import (  # noqa: E402
-    GIB,
-    Stopwatch,
-    read_vmhwm,
-    run_child_measuring_rss,
-)
-from _output import RunLog, bar_chart, read_results, write_csv, write_json  # noqa: E402
+from _measure import GIB, Stopwatch, read_vmhwm, run_child_measuring_rss  # noqa: E402
+from _output import TABLE_STYLE, RunLog, bar_chart, read_results, write_csv, write_json  # noqa: E402
 from layerprobe.pipeline.cli import comma_list  # noqa: E402
-from layerprobe.pipeline.tables import format_table, significant  # noqa: E402
-
-TABLE_STYLE = {"float_format": significant, "missing": "-"}  # 3 significant digits, "-" for no value
+from layerprobe.pipeline.tables import format_table  # noqa: E402
 
 SCRIPT = "extraction_speed"
 MEMORY_LIMIT_BYTES = 3 * GIB

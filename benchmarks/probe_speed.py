@@ -8,7 +8,7 @@ block pools average-pooled), in one run and on the same arrays:
   registry's grid (C in 0.01, 0.1, 1, 10; ``cv`` 5 as in the run config, 3 with ``--quick``)
   on every layer;
   the best layer is the one with the highest CV accuracy;
-- **screening sweep**: ``screen_layers`` (``RidgeProbeCV``, exact LOO accuracy for 15
+- **screening sweep**: ``screen`` (``RidgeProbeCV``, exact LOO accuracy for 15
   penalties, plus LogME) on every layer, keeping the top-k (2) layers;
 - **screening path, end to end**: the screening sweep, then the same logreg grid on
   the top-k layers only (their grid times are those measured in the grid path: the
@@ -164,10 +164,38 @@ def write_outputs(out: Path, name: str, payload: dict, markdown: str) -> None:
 # --------------------------------------------------------------------------- screening vs grid
 
 
+def screen(train, layers, top_k):
+    """The ridge probe (every penalty's exact LOO accuracy) and LogME on every layer, ranked by the run's rule.
+
+    Returns one row per layer (layer, n_samples, feature_dim, cv_score, cv_se, alpha, logme,
+    fit_seconds, logme_seconds, rank, selected) and the fitted probes.
+    """
+    from layerprobe.pipeline.probes import RidgeProbeCV, logme_score
+    from layerprobe.pipeline.run.screening import screening_order
+
+    rows, probes = {}, {}
+    for layer in layers:
+        X, y = train[layer].X, train[layer].y
+        started = time.perf_counter()
+        probes[layer] = probe = RidgeProbeCV().fit(X, y)
+        fit_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        logme = logme_score(X, y)
+        rows[layer] = {"layer": layer, "n_samples": len(y), "feature_dim": int(probe.n_features_in_),
+                       "cv_score": float(probe.best_score_), "cv_se": float(probe.cv_se_), "alpha": probe.alpha_,
+                       "logme": logme, "fit_seconds": fit_seconds, "logme_seconds": time.perf_counter() - started}
+    order = screening_order([rows[layer]["cv_score"] for layer in layers], [rows[layer]["logme"] for layer in layers])
+    for rank, position in enumerate(order, start=1):
+        rows[layers[position]].update(rank=rank, selected=rank <= top_k)
+    return rows, probes
+
+
 def compare(args, features, class_names, meta) -> dict:
+    import pandas as pd
+
     from layerprobe.pipeline.classifiers import fit_classifier
     from layerprobe.pipeline.evaluate import evaluate
-    from layerprobe.pipeline.probes import MultiLayerProbe, RidgeProbeCV, screen_layers
+    from layerprobe.pipeline.probes import MultiLayerProbe
 
     out = args.out
     layers = list(features)
@@ -177,21 +205,18 @@ def compare(args, features, class_names, meta) -> dict:
     log(f"{n_train} train / {n_test} test samples, layers {layers}, grid cv={args.cv}, top_k={args.top_k}")
 
     started = time.perf_counter()
-    table = screen_layers({(BACKBONE, layer): (train[layer].X, train[layer].y) for layer in layers}, top_k=args.top_k)
+    rows, probes = screen(train, layers, args.top_k)
     screening_seconds = time.perf_counter() - started
     log(f"screening sweep (ridge LOO + LogME, {len(layers)} layers): {screening_seconds:.2f} s")
-    rows = {row.layer: dict(row._asdict()) for row in table.drop(columns="backbone").itertuples(index=False)}
-
-    # The ridge probes' own test accuracy (screen_layers keeps only the table: refit at the chosen alpha).
+    table = pd.DataFrame(rows.values())
     for layer in layers:
-        probe = RidgeProbeCV(alphas=[rows[layer]["alpha"]]).fit(train[layer].X, train[layer].y)
-        rows[layer]["ridge_test_accuracy"] = evaluate(probe, test[layer].X, test[layer].y, class_names).accuracy
+        rows[layer]["ridge_test_accuracy"] = evaluate(test[layer].y, probes[layer].predict(test[layer].X), class_names).accuracy
 
     grid = {}
     grid_started = time.perf_counter()
     for layer in layers:
         result = fit_classifier(train[layer].X, train[layer].y, "logreg", cv=args.cv, random_state=0)
-        scores = evaluate(result.estimator, test[layer].X, test[layer].y, class_names)
+        scores = evaluate(test[layer].y, result.estimator.predict(test[layer].X), class_names)
         grid[layer] = {"grid_seconds": result.fit_seconds, "grid_cv_score": result.cv_score,
                        "grid_C": result.best_params["C"], "grid_test_accuracy": scores.accuracy}
         rows[layer].update(grid[layer])
@@ -234,8 +259,7 @@ def compare(args, features, class_names, meta) -> dict:
         started = time.perf_counter()
         multi = MultiLayerProbe().fit({layer: train[layer].X for layer in layers}, train[layers[0]].y)
         multi_seconds = time.perf_counter() - started
-        multi_test = evaluate(multi.estimator_, multi.transform({layer: test[layer].X for layer in layers}),
-                              test[layers[0]].y, class_names)
+        multi_test = evaluate(test[layers[0]].y, multi.predict({layer: test[layer].X for layer in layers}), class_names)
         summary["multi_layer"] = {"name": multi.name_, "cv_score": multi.cv_score_, "alpha": multi.alpha_,
                                   "test_accuracy": multi_test.accuracy, "fit_seconds": multi_seconds,
                                   "path": multi.selection_path_}
@@ -248,7 +272,7 @@ def compare(args, features, class_names, meta) -> dict:
         f"# probe_speed ({'quick' if args.quick else 'full'})",
         "",
         f"{n_train} train / {n_test} test CIFAR-10 images, VGG16 HED weights, input {args.input_size}, avg pooling; "
-        f"grid = fit_classifier(logreg, cv={args.cv}, C in 0.01..10); screening = screen_layers (RidgeProbeCV + LogME), "
+        f"grid = fit_classifier(logreg, cv={args.cv}, C in 0.01..10); screening = RidgeProbeCV + LogME ranked by the run's screening_order, "
         f"top_k={args.top_k}. BLAS threads: {meta['blas_threads']}. {meta['cpus']} CPUs, load average {meta['load_average_start']:.1f} at start, "
         f"{meta['load_average_end']:.1f} at end (shared machine: rely on the ratios), {meta['utc']}, commit {meta['commit']}.",
         "",
@@ -288,8 +312,10 @@ def alternatives(args, features, class_names, meta) -> None:
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
 
-    from layerprobe.pipeline.classifiers import fit_classifier
-    from layerprobe.pipeline.probes import RidgeProbeCV, logreg_path_search
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    from layerprobe.pipeline.classifiers import build_probe_pipeline, fit_classifier
+    from layerprobe.pipeline.probes import RidgeProbeCV
 
     layer = args.alternatives
     if layer not in features:
@@ -333,15 +359,17 @@ def alternatives(args, features, class_names, meta) -> None:
         for dtype, tol, warm in (("float64", 1e-4, False), ("float32", 1e-4, False), ("float64", 1e-4, True),
                                  ("float32", 1e-4, True), ("float32", 1e-3, True)):
             c_path(dtype, tol, warm)
-        # The whole search, side by side: GridSearchCV (fit_classifier) vs the warm-started path.
+        # The whole search, side by side: GridSearchCV vs fit_classifier's warm-started path, same folds.
         started = time.perf_counter()
-        grid = fit_classifier(train.X, ytr, "logreg", cv=args.cv, random_state=0)
-        record(f"fit_classifier logreg cv={args.cv} (GridSearchCV, 4 C, search + refit)", time.perf_counter() - started,
-               grid.estimator, best_C=grid.best_params["C"], cv_score=grid.cv_score)
+        folds = StratifiedKFold(n_splits=args.cv, shuffle=True, random_state=0)
+        search = GridSearchCV(build_probe_pipeline("logreg"), {"clf__C": Cs}, scoring="accuracy", cv=folds)
+        search.fit(train.X, ytr)
+        record(f"GridSearchCV logreg cv={args.cv} (4 C, search + refit)", time.perf_counter() - started,
+               search.best_estimator_, best_C=search.best_params_["clf__C"], cv_score=search.best_score_)
         started = time.perf_counter()
-        path = logreg_path_search(train.X, ytr, Cs=Cs, cv=args.cv, dtype="float32", warm_start=True)
-        record(f"logreg_path_search cv={args.cv} float32 warm (search + refit)", time.perf_counter() - started,
-               path.estimator, best_C=path.best_C, cv_score=path.best_score)
+        path = fit_classifier(train.X, ytr, "logreg", param_grid={"C": Cs}, cv=args.cv, random_state=0)
+        record(f"fit_classifier logreg cv={args.cv} (warm-started C path, search + refit)",
+               time.perf_counter() - started, path.estimator, best_C=path.best_params["C"], cv_score=path.cv_score)
         for dual in (False, True):
             started = time.perf_counter()
             model = LinearSVC(C=1.0, dual=dual, max_iter=1000, random_state=0).fit(Xtr32, ytr)

@@ -85,10 +85,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _args import CIFAR10_DIR, SHARED_DIR, base_parser, quiet_tensorflow, require_path  # noqa: E402
 from _measure import Stopwatch, cpu_seconds  # noqa: E402
-from _output import RunLog, read_results, write_csv, write_json  # noqa: E402
-from layerprobe.pipeline.tables import format_table, significant  # noqa: E402
+from _output import TABLE_STYLE, RunLog, read_results, write_csv, write_json  # noqa: E402
+from layerprobe.pipeline.tables import format_table  # noqa: E402
 
-TABLE_STYLE = {"float_format": significant, "missing": "-"}  # 3 significant digits, "-" for no value
 
 SCRIPT = "transfer_matrix"
 VEHICLES = ("airplane", "automobile", "ship", "truck")
@@ -265,7 +264,7 @@ def probe(features, train_ids, seed: int, cv: int) -> dict:
     with Stopwatch() as watch:
         fit = fit_classifier(features.X[train], features.y[train], "logreg", param_grid=C_GRID, cv=cv,
                              random_state=seed)
-        scores = evaluate(fit.estimator, features.X[test], features.y[test], features.class_names).as_dict()
+        scores = evaluate(features.y[test], fit.estimator.predict(features.X[test]), features.class_names).as_dict()
         try:
             logme = float(logme_score(features.X[train], features.y[train]))
         except Exception as error:  # noqa: BLE001 - LogME is evidence, not a result: record why it is missing

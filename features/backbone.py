@@ -7,8 +7,10 @@
     the Keras applications publish them;
   * `"saved"`, for a model file: the weights saved in it.
 
-`model` is a registry name, a `BackboneSpec`, or the path of a saved Keras
-model (`.keras`), loaded by `layerprobe.features.model_files`.
+`model` is a registry name, a `BackboneSpec`, the path of a saved Keras
+model (`.keras`), loaded by `layerprobe.features.model_files`, or a keras-hub
+vision transformer (`"keras_hub:CLASS"`, `"keras_hub:preset:NAME"` or a preset
+folder), loaded by `layerprobe.features.hub`.
 
 The digest that goes into cache keys is the sha256 of the weights file when
 there is one, else of the weight values themselves, so two runs that use the
@@ -30,6 +32,7 @@ import numpy as np
 from .backend import import_keras_quietly, load_weights_strictly
 from .core.digests import arrays_digest, file_digest
 from .core.errors import BackboneError, WeightsUnavailableError
+from .hub import is_hub_model, open_hub_model
 from .model_files import SAVED_WEIGHTS, is_model_file, open_model_file
 from .registry import (
     BACKBONES,
@@ -53,7 +56,7 @@ class Backbone:
             file's backbone part (`layerprobe.features.model_files`).
         input_size: Side of the square input it was built for.
         weights: What the user asked for (`"imagenet"`, `None` or a path; for a
-            model file `"saved"`, `None` or a path).
+            model file `"saved"`, `None` or a path; for a keras-hub preset `"preset"`).
         weights_digest: `"sha256:..."` of the weights file or values; for a model
             file, of its architecture and weight values together.
         model_kwargs: Extra constructor arguments (e.g. `{"alpha": 0.35}`).
@@ -73,6 +76,24 @@ class Backbone:
             return self.spec.name
         args = ", ".join(f"{k}={v!r}" for k, v in sorted(self.model_kwargs.items()))
         return f"{self.spec.name}({args})"
+
+
+_TOP_ARGUMENTS = frozenset({"input_tensor", "pooling", "classes", "classifier_activation", "name"})
+
+
+def _architecture_arguments(spec: BackboneSpec) -> list[str] | None:
+    """The model_kwargs a registry family takes (its constructor's arguments less layerprobe's and the top's),
+    or None when its constructor does not say (it takes **kwargs)."""
+    import inspect
+
+    import keras
+
+    function = getattr(keras.applications, spec.constructor.__name__, spec.constructor)
+    parameters = inspect.signature(function).parameters.values()
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+        return None
+    taken = {"include_top", "weights", "input_shape"} | _TOP_ARGUMENTS
+    return [parameter.name for parameter in parameters if parameter.name not in taken]
 
 
 def values_digest(model) -> str:
@@ -174,18 +195,20 @@ def load_backbone(
     """Build a headless backbone (`include_top=False`) with the given weights, or load a model file.
 
     Args:
-        model: Registry name (e.g. `"ResNet50"`), a `BackboneSpec`, or the path
+        model: Registry name (e.g. `"ResNet50"`), a `BackboneSpec`, the path
             of a Keras model saved with `model.save` (`"path/to/model.keras"`,
-            see `layerprobe.features.model_files`).
+            see `layerprobe.features.model_files`), or a keras-hub transformer
+            (`"keras_hub:DINOV2Backbone"`, `"keras_hub:preset:dinov2_small"`, a
+            preset folder; see `layerprobe.features.hub`).
         weights: `"imagenet"`, `None` (random init from `seed`) or a file path;
             for a model file, `"saved"` (its own weights; the default
             `"imagenet"` means the same), None or a weights file.
         input_size: Square input side; defaults to the family's default (for a
             model file: its metadata's, its fixed input size, else 224).
         model_kwargs: Extra constructor arguments, e.g. `{"alpha": 0.35}`.
-        preprocessing: For a model file only: `"none"`, `"caffe"`, `"tf"`,
-            `"torch"` or a family name; None takes it from layerprobe's
-            metadata or the model's graph. A family's preprocessing belongs to
+        preprocessing: For a model file or keras-hub model only: `"none"`,
+            `"caffe"`, `"tf"`, `"torch"` or a family name; None takes it from
+            layerprobe's metadata or the model's graph (a preset: its image converter). A family's preprocessing belongs to
             its weights and is not changed.
         seed: Seed of the random initialisation (used when `weights=None`).
 
@@ -201,6 +224,8 @@ def load_backbone(
             file is missing, or the file does not fit the architecture.
     """
     import_keras_quietly()
+    if not isinstance(model, BackboneSpec) and is_hub_model(model):
+        return _hub_backbone(model, weights, input_size, model_kwargs, preprocessing, seed)
     if not isinstance(model, BackboneSpec) and is_model_file(model):
         return _load_file(model, weights, input_size, model_kwargs, preprocessing, seed)
     spec = model if isinstance(model, BackboneSpec) else get_backbone_spec(model)
@@ -223,6 +248,18 @@ def load_backbone(
         raise BackboneError(
             f"model_kwargs must not set {reserved}: layerprobe sets them (use the weights and "
             f"input_size arguments). Received: model_kwargs={kwargs!r}"
+        )
+    # Arguments of the classification top layerprobe leaves out, which Keras accepts and ignores (or, for
+    # pooling, adds a layer layerprobe's own pooling replaces): refused rather than silently ignored.
+    ignored = sorted(_TOP_ARGUMENTS & set(kwargs))
+    if ignored:
+        valid = _architecture_arguments(spec)
+        takes = ("the keyword arguments of its constructor" if valid is None
+                 else f"only these model_kwargs: {valid}" if valid else "no model_kwargs")
+        raise BackboneError(
+            f"model_kwargs must not set {ignored}: layerprobe sets them, or they act only on the classification "
+            f"top it leaves out (pooling is layerprobe's `pooling` argument, [features] pooling in a config). "
+            f"{spec.name} takes {takes}. Received: model_kwargs={kwargs!r}"
         )
     build_args = dict(include_top=False, input_shape=(size, size, 3), **kwargs)
     with keras_seed(seed):
@@ -258,6 +295,20 @@ def load_backbone(
         weights=resolved,
         weights_digest=digest,
         model_kwargs=kwargs,
+    )
+
+
+def _hub_backbone(model, weights, input_size, model_kwargs, preprocessing, seed) -> Backbone:
+    """A `Backbone` from a keras-hub transformer (`layerprobe.features.hub`); its digest digests the weight values."""
+    resolved = _resolve_weights(weights)
+    opened = open_hub_model(model, weights=resolved, input_size=input_size, model_kwargs=model_kwargs,
+                            preprocessing=preprocessing, seed=seed)
+    return Backbone(
+        spec=opened.spec,
+        model=opened.model,
+        input_size=opened.input_size,
+        weights=opened.weights,
+        weights_digest=values_digest(opened.model),
     )
 
 

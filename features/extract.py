@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import inspect
 import json
 import os
 import threading
@@ -43,7 +44,7 @@ from .device import DeviceForward, accelerator_name, is_out_of_memory, pad_batch
 from .inputs import DEFAULT_MAX_PIXELS, DecodedChunk, ImageDataset, iter_decoded_chunks
 from .inputs.dataset import DIGEST_MODES, resolve_dataset_digest
 from .inputs.decoding import resolve_decoder
-from .keys import FeatureKey
+from .keys import STORAGE_DTYPES, FeatureKey
 from .layers import LayerInfo, resolve_layers
 from .plans import ExtractionPlan, PlannedLayer
 from .store import FeatureStore, library_versions
@@ -55,8 +56,6 @@ from .truncate import (
 )
 
 __all__ = ["FeatureExtractor", "ExtractionReport", "dtype_policy"]
-
-STORAGE_DTYPES = ("float32", "float16")
 
 DEFAULT_BATCH_SIZE = 32
 """The batch size of `batch_size="auto"` on a CPU."""
@@ -109,14 +108,18 @@ class FeatureExtractor:
     """A truncated backbone that extracts and caches pooled layer features.
 
     Args:
-        model: Backbone name from the registry (e.g. `"VGG16"`), or the path of a
+        model: Backbone name from the registry (e.g. `"VGG16"`), the path of a
             Keras model saved with `model.save` (`"model.keras"`; see
-            `layerprobe.features.model_files`).
+            `layerprobe.features.model_files`), or a keras-hub vision transformer
+            (`"keras_hub:preset:dinov2_small"`, `"keras_hub:DINOV2Backbone"` with
+            `model_kwargs`, a preset folder; see `layerprobe.features.hub`).
         weights: `"imagenet"`, `None` (random init from `seed`) or a weights file;
             for a model file, its own weights (`"saved"`; the default means the same).
         layers: Layer names, aliases (`"stages"`, `"stage2"`, `"top"`) or
             relative depths in [0, 1].
-        pooling: `"avg"`, `"max"`, `"flatten"` or `"none"`, or a layer -> pooling map.
+        pooling: `"avg"`, `"max"`, `"flatten"` or `"none"`, or a layer -> pooling map;
+            for a transformer's (tokens, width) outputs also `"cls"`, `"mean"` and
+            `"cls+mean"` (see `layerprobe.features.truncate`).
         input_size: Square input side (default: the family's).
         batch_size: Images per forward pass, or `"auto"`: 32 on a CPU; on an
             accelerator the largest power of two up to `MAX_AUTO_BATCH_SIZE` whose
@@ -128,8 +131,9 @@ class FeatureExtractor:
             choice on recent GPUs and TPUs), `"float16"` or True (mixed_float16).
             Part of the feature key (the numbers differ), independent of `dtype`.
         model_kwargs: Extra constructor arguments, e.g. `{"alpha": 0.35}`.
-        preprocessing: For a model file: `"none"`, `"caffe"`, `"tf"`, `"torch"` or
-            a family name; None takes it from layerprobe's metadata or the graph.
+        preprocessing: For a model file or keras-hub model: `"none"`, `"caffe"`, `"tf"`,
+            `"torch"` or a family name; None takes it from layerprobe's metadata or the
+            graph (a keras-hub preset: its image converter).
         seed: Seed of the random initialisation when `weights=None`.
         max_flatten_dim: Refuse `flatten` pooling above this many values per image.
         max_pixels: Skip (and record) image files larger than this many pixels,
@@ -167,7 +171,7 @@ class FeatureExtractor:
         layers: Sequence | str | float = ("top",),
         pooling: str | Mapping[str, str] = "avg",
         input_size: int | None = None,
-        batch_size: int | str = 32,
+        batch_size: int | str = "auto",
         dtype: str = "float32",
         mixed_precision: bool | str = False,
         model_kwargs: Mapping[str, Any] | None = None,
@@ -183,24 +187,13 @@ class FeatureExtractor:
         self.dataset_digest = dataset_digest
         if dtype not in STORAGE_DTYPES:
             raise BackboneError(f"dtype must be one of {STORAGE_DTYPES}. Received: dtype={dtype!r}")
-        # The constructor arguments, as given: `get_config()` rebuilds this extractor elsewhere (a dask worker).
-        self._config = {
-            "model": os.fspath(model) if isinstance(model, os.PathLike) else model,
-            "weights": os.fspath(weights) if isinstance(weights, os.PathLike) else weights,
-            "layers": layers if isinstance(layers, (str, float, int)) else list(layers),
-            "pooling": pooling if isinstance(pooling, str) else dict(pooling),
-            "input_size": input_size,
-            "batch_size": batch_size,
-            "dtype": dtype,
-            "mixed_precision": mixed_precision,
-            "model_kwargs": dict(model_kwargs or {}),
-            "preprocessing": preprocessing,
-            "seed": seed,
-            "max_flatten_dim": max_flatten_dim,
-            "max_pixels": max_pixels,
-            "dataset_digest": dataset_digest,
-            "decoder": decoder,
-        }
+        # The constructor arguments: `get_config()` rebuilds this extractor elsewhere (a dask worker).
+        self._config = self.config_of(
+            model=model, weights=weights, layers=layers, pooling=pooling, input_size=input_size,
+            batch_size=batch_size, dtype=dtype, mixed_precision=mixed_precision, model_kwargs=model_kwargs,
+            preprocessing=preprocessing, seed=seed, max_flatten_dim=max_flatten_dim, max_pixels=max_pixels,
+            dataset_digest=dataset_digest, decoder=decoder,
+        )
         self.decoder = resolve_decoder(decoder)
         self._auto_batch = batch_size == "auto"
         self.batch_size = DEFAULT_BATCH_SIZE if self._auto_batch else check_positive_int(
@@ -215,9 +208,10 @@ class FeatureExtractor:
                 preprocessing=preprocessing, seed=seed,
             )
         self.layers: list[LayerInfo] = resolve_layers(self.backbone.model, self.backbone.spec, layers)
-        self.pooling = per_layer_pooling(self.layers, pooling)
+        tokens = self.backbone.spec.tokens
+        self.pooling = per_layer_pooling(self.layers, pooling, tokens)
         self.feature_shapes = {
-            info.name: pooled_shape(info, self.pooling[info.name], max_flatten_dim=max_flatten_dim)
+            info.name: pooled_shape(info, self.pooling[info.name], tokens=tokens, max_flatten_dim=max_flatten_dim)
             for info in self.layers
         }
         # (layer, pooling) tuple -> compiled forward pass (see `device_forward`).
@@ -230,6 +224,30 @@ class FeatureExtractor:
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments: `FeatureExtractor.from_config(extractor.get_config())` builds the same extractor."""
         return copy.deepcopy(self._config)
+
+    @classmethod
+    def config_of(cls, **arguments: Any) -> dict[str, Any]:
+        """What `get_config()` of `FeatureExtractor(**arguments)` returns, without building it.
+
+        Every constructor argument, defaults filled in, as JSON-ready values (paths as
+        strings, lists and dicts for sequences and mappings): the one form in which
+        sidecars, plans and dask tasks describe an extractor.
+
+        Raises:
+            TypeError: For an argument the constructor does not take.
+        """
+        bound = inspect.signature(cls.__init__).bind(None, **arguments)
+        bound.apply_defaults()
+        config = {name: value for name, value in bound.arguments.items() if name != "self"}
+        for name in ("model", "weights"):
+            if isinstance(config[name], os.PathLike):
+                config[name] = os.fspath(config[name])
+        if not isinstance(config["layers"], (str, float, int)):
+            config["layers"] = list(config["layers"])
+        if not isinstance(config["pooling"], str):
+            config["pooling"] = dict(config["pooling"])
+        config["model_kwargs"] = dict(config["model_kwargs"] or {})
+        return copy.deepcopy(config)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> FeatureExtractor:
@@ -245,6 +263,7 @@ class FeatureExtractor:
         first), so scikit-learn clones of a `LayerFeatures` and the chunk tasks of a
         dask worker reuse one built (and compiled) backbone per settings.
         """
+        config = cls.config_of(**config)
         token = json.dumps(config, sort_keys=True, default=str)
         with _shared_lock:
             if token in _shared:
@@ -268,7 +287,6 @@ class FeatureExtractor:
 
     def plan(self) -> ExtractionPlan:
         """How this extractor's feature keys are made (see `layerprobe.features.plans`)."""
-        last = len(self.backbone.model.layers) - 1
         return ExtractionPlan(
             architecture=self.backbone.architecture,
             weights_digest=self.backbone.weights_digest,
@@ -278,7 +296,7 @@ class FeatureExtractor:
             compute_dtype=self.compute_dtype,
             max_pixels=self.max_pixels,
             layers=tuple(
-                PlannedLayer(info.name, info.stable_id, self.pooling[info.name], round(info.index / last, 4), info.stage)
+                PlannedLayer(info.name, info.stable_id, self.pooling[info.name], round(info.depth, 4), info.stage)
                 for info in self.layers
             ),
         )
@@ -417,7 +435,7 @@ class FeatureExtractor:
         key = tuple((info.name, self.pooling[info.name]) for info in layers)
         if key not in self._forwards:
             with dtype_policy(self.compute_dtype):
-                model = build_extractor(self.backbone.model, layers, self.pooling)
+                model = build_extractor(self.backbone.model, layers, self.pooling, tokens=self.backbone.spec.tokens)
             self._forwards[key] = DeviceForward(model, self.backbone.spec.preprocess_input)
         return self._forwards[key]
 

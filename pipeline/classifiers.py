@@ -8,9 +8,8 @@ Errors: features or labels that cannot be used raise `InputError` (a
 `ValueError`); unknown names, grid keys or parameter values raise `ValueError`,
 as scikit-learn does for its parameters.
 
-Above ~450 lines on purpose: the registry and `fit_classifier` are one
-contract (each spec's search method, grid and cv reporting); the probes
-themselves live in `layerprobe.pipeline.probes`.
+The probes themselves (the ridge probe, LogME, the multi-layer probe) live in
+`layerprobe.pipeline.probes`.
 """
 
 from __future__ import annotations
@@ -33,10 +32,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
-from ..features.core.checks import did_you_mean, is_positive_int, unknown_name_message
+from ..features.core.checks import is_positive_int, unknown_name_message
 from ..features.core.errors import InputError
-from .probes.grids import recommended_linear_svm
-from .probes.ridge import DEFAULT_ALPHAS, RidgeProbeCV
+from .classifier_grids import CLASSIFIER_GRIDS, ParamGrid, prefix_grid_keys
+from .probes.ridge import RidgeProbeCV
 from .uncertainty import binomial_se, fold_se
 
 __all__ = [
@@ -47,12 +46,10 @@ __all__ = [
     "build_probe_pipeline",
     "check_features",
     "fit_classifier",
+    "flat_features",
     "prefix_param_grid",
     "search_method",
 ]
-
-ParamGrid = Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]]
-
 
 @dataclass(frozen=True)
 class ClassifierSpec:
@@ -101,10 +98,10 @@ def _build_linear_svm(random_state: int | None) -> BaseEstimator:
 
 
 def _linear_svm_solver(n_samples: int, n_features: int) -> dict[str, Any]:
-    # liblinear's primal from 10 samples per feature on, the dual below (probes.grids, measured on
-    # CIFAR-10 block4_pool: 50,000 x 512 primal 664 s vs dual 1,671 s unconverged; 3,000 x 512 dual faster).
-    chosen = recommended_linear_svm(n_samples, n_features)
-    return {"dual": chosen.dual, "max_iter": chosen.max_iter}
+    # liblinear's primal (a few Newton steps) from 10 samples per feature on; below, the dual
+    # coordinate descent is the faster (benchmarks/RESULTS.md, probe_speed --alternatives).
+    dual = bool(n_samples < 10 * n_features)
+    return {"dual": dual, "max_iter": 10_000 if dual else 1_000}
 
 
 def _build_rbf_svm(random_state: int | None) -> BaseEstimator:
@@ -115,23 +112,14 @@ def _build_sgd(random_state: int | None) -> BaseEstimator:
     return SGDClassifier(early_stopping=False, random_state=random_state)
 
 
-# RidgeProbeCV's default penalties (log-spaced, 1e-6 to 10) to 3 significant digits, as a config shows them.
-_RIDGE_ALPHAS = tuple(float(f"{alpha:.3g}") for alpha in DEFAULT_ALPHAS)
-
-
 def _build_ridge(random_state: int | None) -> BaseEstimator:
     # Deterministic: no randomness to seed. float32 products, float64 eigendecomposition.
-    return RidgeProbeCV(alphas=_RIDGE_ALPHAS, standardize=True, dtype="float32")
+    return RidgeProbeCV(alphas=CLASSIFIER_GRIDS["ridge"].default_grid["alphas"], standardize=True, dtype="float32")
 
 
-def _spec(
-    name: str,
-    description: str,
-    build: Callable[[int | None], BaseEstimator],
-    param_grid: dict[str, tuple[Any, ...]],
-    **options: Any,
-) -> ClassifierSpec:
-    return ClassifierSpec(name, description, build, MappingProxyType(param_grid), **options)
+def _spec(name: str, description: str, build: Callable[[int | None], BaseEstimator], **options: Any) -> ClassifierSpec:
+    # The name and its default grid come from the one list of classifiers (classifier_grids).
+    return ClassifierSpec(name, description, build, CLASSIFIER_GRIDS[name].default_grid, **options)
 
 
 CLASSIFIERS: Mapping[str, ClassifierSpec] = MappingProxyType(
@@ -142,14 +130,12 @@ CLASSIFIERS: Mapping[str, ClassifierSpec] = MappingProxyType(
                 "logreg",
                 "Multinomial logistic regression (lbfgs); C searched along a warm-started path.",
                 _build_logreg,
-                {"C": (0.01, 0.1, 1.0, 10.0)},
                 warm_start_param="C",
             ),
             _spec(
                 "linear_svm",
                 "Linear support vector machine (liblinear, one-vs-rest; primal from 10 samples per feature).",
                 _build_linear_svm,
-                {"C": (0.01, 0.1, 1.0, 10.0)},
                 shape_params=_linear_svm_solver,
                 revision=1,
             ),
@@ -157,20 +143,17 @@ CLASSIFIERS: Mapping[str, ClassifierSpec] = MappingProxyType(
                 "rbf_svm",
                 "Kernel support vector machine with an RBF kernel.",
                 _build_rbf_svm,
-                {"C": (0.1, 1.0, 10.0, 100.0), "gamma": ("scale", 1e-4, 1e-3, 1e-2)},
             ),
             _spec(
                 "sgd",
                 "Linear model trained by SGD; for feature sets too large for the others.",
                 _build_sgd,
-                {"loss": ("hinge", "log_loss"), "alpha": (1e-5, 1e-4, 1e-3, 1e-2)},
             ),
             _spec(
                 "ridge",
                 "One-vs-all ridge probe on standardized features; every penalty's exact "
                 "leave-one-out accuracy from one eigendecomposition (seconds per layer).",
                 _build_ridge,
-                {"alphas": _RIDGE_ALPHAS},
                 internal_cv=True,
             ),
         )
@@ -295,6 +278,11 @@ def check_features(X: Any, *, name: str = "X", sample_ids: Sequence[Any] | None 
     return X
 
 
+def flat_features(features: Any) -> np.ndarray:
+    """The ``X`` of a stored ``FeatureSet`` with one row per sample: pooled features as they are, maps flattened."""
+    return features.X.reshape(len(features.X), -1)
+
+
 def _check_training_data(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray, int]:
     """Validates the training split; returns X, y and the smallest class count."""
     X = check_features(X, name="X_train")
@@ -321,10 +309,7 @@ def _check_training_data(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def prefix_param_grid(param_grid: ParamGrid, estimator: Pipeline) -> list[dict[str, Sequence[Any]]]:
-    """The grid(s) with ``"clf__"`` added to bare keys, every key checked against the pipeline.
-
-    The one check of grid keys: `fit_classifier` and the `[classifiers.grids]`
-    section of an experiment config both use it.
+    """The grid(s) with ``"clf__"`` added to bare keys, every key checked against the pipeline's parameters.
 
     Args:
         param_grid: A grid or a list of grids. Classifier keys may omit the
@@ -335,28 +320,11 @@ def prefix_param_grid(param_grid: ParamGrid, estimator: Pipeline) -> list[dict[s
         A list of grids with full keys.
 
     Raises:
-        ValueError: Naming the unknown keys, the closest valid one and every valid key.
+        ValueError: Naming the unknown keys, the closest valid one and every valid key
+            (`layerprobe.pipeline.classifier_grids.prefix_grid_keys`).
     """
-    grids = [param_grid] if isinstance(param_grid, Mapping) else list(param_grid)
-    valid = {key for key in estimator.get_params(deep=True) if "__" in key}
-    names = sorted(key.removeprefix("clf__") for key in valid)
-    prefixed, unknown = [], []
-    for grid in grids:
-        full = {}
-        for key, values in grid.items():
-            full_key = key if "__" in key else f"clf__{key}"
-            if full_key not in valid:
-                unknown.append(key)
-            full[full_key] = values
-        prefixed.append(full)
-    if unknown:
-        classifier = type(estimator.named_steps["clf"]).__name__
-        raise ValueError(
-            f"Unknown param_grid key(s) {unknown} for {classifier}.{did_you_mean(unknown[0], names)} "
-            f"Valid keys are: {', '.join(map(repr, names))} (steps other than the classifier need their "
-            f"prefix, e.g. 'pca__n_components', and that step in the pipeline). Received: param_grid={param_grid!r}"
-        )
-    return prefixed
+    valid = [key for key in estimator.get_params(deep=True) if "__" in key]
+    return prefix_grid_keys(param_grid, valid, type(estimator.named_steps["clf"]).__name__)
 
 
 def fit_classifier(
@@ -550,8 +518,8 @@ def _fit_warm_path(
     """The grid of `spec.warm_start_param` searched along a warm-started path in each fold, then a cold refit.
 
     Each fold fits the values in increasing order, each from the previous solution
-    (on 50,000 x 512 CIFAR-10 features, lbfgs needed 3.3x less time for the four C
-    values than independent fits: `benchmarks/probe_speed.py --alternatives`).
+    (fewer lbfgs iterations than cold starts at large C: benchmarks/RESULTS.md,
+    probe_speed --alternatives).
     Scores are reported in the grid's order and the first best candidate wins, as
     in ``GridSearchCV``; the refit on all rows is an ordinary (cold) fit at the
     best value, so the estimator equals ``build_probe_pipeline(...).set_params(...).fit``.

@@ -8,7 +8,7 @@
     layerprobe store ls|info|rm STORE [ENTRY...]
     layerprobe run [CONFIG.toml] [--out DIR] [--store DIR] [--scheduler ADDRESS | --workers N | --gpus 0,1]
     layerprobe finetune CONFIG.toml [--out DIR] [--store DIR]
-    layerprobe predict CLASSIFIER.joblib --data DIR|CSV [--out predictions.csv]
+    layerprobe predict CLASSIFIER.skops --data DIR|CSV [--out predictions.csv] [--trust]
 
 Errors a user can fix (`LayerprobeError`, and a path given on the command line
 or in the config that is missing or not writable) are printed as
@@ -18,9 +18,6 @@ bug and keeps its traceback.
 TensorFlow's C++ start-up notices are muted (Keras is imported through
 `layerprobe.features.backend.import_keras_quietly`, and TF_CPP_MIN_LOG_LEVEL
 is 2 unless set); `--verbose` shows them.
-
-Above ~450 lines on purpose: argparse definitions of every command are
-long but flat; each command's work lives in the library.
 """
 
 from __future__ import annotations
@@ -64,6 +61,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _batch_size(text: str) -> int | str:
+    """An argparse type: "auto" or an integer >= 1."""
+    return text if text == "auto" else positive_int(text)
+
+
 def _weights(text: str) -> str | None:
     from ..features.backbone import parse_weights
 
@@ -71,6 +73,17 @@ def _weights(text: str) -> str | None:
         return parse_weights(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _model_kwargs(text: str) -> dict:
+    """An argparse type: a JSON object of constructor arguments, e.g. '{"num_layers": 4}'."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f'expected a JSON object, e.g. \'{{"alpha": 0.35}}\'. Received: {text!r}')
+    return value
 
 
 def _print_table(rows: Sequence[dict], columns: Sequence[str]) -> None:
@@ -104,7 +117,8 @@ def _layers(args: argparse.Namespace) -> int:
     if is_model_file(args.model):
         model, spec, input_size, note = _model_file_layers(args)
     else:
-        backbone = load_backbone(args.model, weights=None, input_size=args.input_size)
+        backbone = load_backbone(args.model, weights=None, input_size=args.input_size,
+                                 model_kwargs=args.model_kwargs, preprocessing=args.preprocessing)
         model, spec, input_size, note = backbone.model, backbone.spec, backbone.input_size, ""
     infos = describe_layers(model, spec)
     if not args.all:
@@ -114,7 +128,7 @@ def _layers(args: argparse.Namespace) -> int:
             "layer": info.name,
             "output_shape": "x".join(map(str, info.output_shape)),
             "alias": " ".join(info.aliases + (("top",) if info is infos[-1] else ())),
-            "depth": f"{info.index / infos[-1].index:.2f}",
+            "depth": f"{info.depth:.2f}",
             "key_id": info.stable_id if info.stable_id != info.name else "",
         }
         for info in infos
@@ -122,7 +136,8 @@ def _layers(args: argparse.Namespace) -> int:
     print(f"{spec.name} at {input_size}x{input_size}: "
           f"{'all layers' if args.all else 'cut layers (pass --all for every layer)'}{note}")
     _print_table(rows, ["layer", "output_shape", "alias", "depth", "key_id"])
-    print("Select with --layers NAME[,NAME...], aliases 'stages', 'stageK', 'top', or depths like 0.5.")
+    print("Select with --layers NAME[,NAME...], aliases 'stages', 'stages:K' (every K-th), 'stageK', 'last:N', "
+          "'top', or depths like 0.5.")
     return 0
 
 
@@ -162,8 +177,10 @@ def _extract(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         dtype=args.dtype,
         mixed_precision=args.mixed_precision,
+        model_kwargs=args.model_kwargs,
         preprocessing=args.preprocessing,
         dataset_digest=args.dataset_digest,
+        decoder=args.decoder,
     )
     print(f"{len(dataset)} images, {len(dataset.class_names)} classes, splits {list(dataset.split_names)}; "
           f"{extractor.backbone.architecture} at {extractor.backbone.input_size}px, layers {extractor.layer_names}")
@@ -250,7 +267,8 @@ def _run(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from .predict import predict_images
 
-    predict_images(args.classifier, args.data, out=args.out, store=args.store, progress=not args.no_progress)
+    predict_images(args.classifier, args.data, out=args.out, store=args.store, progress=not args.no_progress,
+                   trust=args.trust)
     return 0
 
 
@@ -274,21 +292,31 @@ class _FinetuneHelp(argparse.Action):
 
 def _add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default="VGG16", help="backbone name (see `layerprobe layers --list`) or PATH to a saved .keras model"
+        "--model", default="VGG16", help="backbone name (see `layerprobe layers --list`), PATH to a saved .keras model, "
+        "or a keras-hub model (keras_hub:CLASS with --model-kwargs, keras_hub:preset:NAME, a preset folder)"
     )
     parser.add_argument(
         "--weights", default="imagenet", type=_weights,
         help="imagenet | none | PATH to .weights.h5/.h5 (default: imagenet; for a .keras model: its own)",
     )
     parser.add_argument("--input-size", type=positive_int, default=None, help="square input side (default: the model's)")
+    _add_model_kwargs_argument(parser)
     _add_preprocessing_argument(parser)
+
+
+def _add_model_kwargs_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model-kwargs", default=None, type=_model_kwargs, metavar="JSON",
+        help='constructor arguments as a JSON object, e.g. \'{"alpha": 0.35}\' or, for keras_hub:DINOV2Backbone, '
+             '\'{"patch_size": 8, "num_layers": 4, "hidden_dim": 64, "num_heads": 2, "intermediate_dim": 128}\'',
+    )
 
 
 def _add_preprocessing_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preprocessing", default=None,
-        help="for a .keras model: none | caffe | tf | torch | a family name (default: from layerprobe's "
-             "metadata beside the file, or the model's graph)",
+        help="for a .keras model or keras-hub model: none | caffe | tf | torch | a family name (default: from "
+             "layerprobe's metadata beside the file or the model's graph; a keras-hub preset's image converter)",
     )
 
 
@@ -345,7 +373,7 @@ def _cluster_settings(args: argparse.Namespace, configured=None):
 
 def build_parser() -> argparse.ArgumentParser:
     """The `layerprobe` argument parser; pooling and dtype choices come from their registries."""
-    from ..features.extract import STORAGE_DTYPES
+    from ..features.keys import COMPUTE_PRECISIONS, DECODERS, STORAGE_DTYPES
     from ..features.truncate import POOLINGS
 
     verbose_help = "show TensorFlow's start-up notices (sets LAYERPROBE_VERBOSE=1)"
@@ -365,8 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="overwrite an existing layerprobe.toml")
 
     layers = commands.add_parser("layers", parents=[common], help="list the selectable layers of a backbone")
-    layers.add_argument("model", nargs="?", help="backbone name or PATH to a saved .keras model; omit (or --list) to list backbones")
+    layers.add_argument("model", nargs="?", help="backbone name, PATH to a saved .keras model, or a keras-hub model "
+                        "(keras_hub:CLASS, keras_hub:preset:NAME, a preset folder); omit (or --list) to list backbones")
     layers.add_argument("--input-size", type=positive_int, default=None)
+    _add_model_kwargs_argument(layers)
     _add_preprocessing_argument(layers)
     layers.add_argument("--all", action="store_true", help="show every layer, not only the cut layers")
     layers.add_argument("--list", action="store_true", help="list the registered backbones")
@@ -374,15 +404,20 @@ def build_parser() -> argparse.ArgumentParser:
     extract = commands.add_parser("extract", parents=[common], help="extract layer features into a feature store")
     _add_extraction_arguments(extract)
     extract.add_argument("--layers", default=["top"], type=comma_list,
-                         help="comma-separated names, aliases (stages, stageK, top) or depths")
+                         help="comma-separated names, aliases (stages, stages:K, stageK, last:N, top) or depths")
     extract.add_argument("--pooling", default=POOLINGS[0], choices=POOLINGS)
     extract.add_argument("--data", required=True, help="image folder (class subfolders, optionally under train/val/test) or CSV")
     extract.add_argument("--store", required=True, help="feature store directory (created if missing)")
-    extract.add_argument("--batch-size", type=positive_int, default=32)
+    extract.add_argument("--batch-size", type=_batch_size, default="auto",
+                         help='images per forward pass, or "auto": 32 on a CPU, the largest that fits on a GPU')
     extract.add_argument("--chunk-size", type=positive_int, default=None,
                          help="samples per committed chunk (multiple of batch size)")
     extract.add_argument("--dtype", default=STORAGE_DTYPES[0], choices=STORAGE_DTYPES, help="storage dtype")
-    extract.add_argument("--mixed-precision", action="store_true", help="mixed_float16 forward pass (GPU)")
+    extract.add_argument("--mixed-precision", nargs="?", const="float16", default=False, choices=COMPUTE_PRECISIONS,
+                         help="compute precision of the forward pass on a GPU: bfloat16, or float16 (the default "
+                              "when given without a value); part of the feature keys")
+    extract.add_argument("--decoder", default="auto", choices=DECODERS,
+                         help="JPEG decoder (the same pixels; simplejpeg is faster where installed)")
     extract.add_argument("--decode-threads", type=positive_int, default=None,
                          help="image decoding threads (per dask worker with a cluster; default: cores / workers)")
     _add_cluster_arguments(extract)
@@ -421,11 +456,16 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.set_defaults(no_progress=True)  # no extraction, so no progress bars
 
     predict = commands.add_parser("predict", parents=[common], help="predict new images with a classifier saved by `layerprobe run`")
-    predict.add_argument("classifier", help="a .joblib file from a run's models/ folder")
+    predict.add_argument("classifier", help="a .skops file from a run's models/ folder (or an older run's .joblib, with --trust)")
     predict.add_argument("--data", required=True, help="image folder (class subfolders, or just images: predicted unlabelled) or CSV")
     predict.add_argument("--out", default="predictions.csv", help="predictions CSV (default: predictions.csv)")
     predict.add_argument("--store", default=None, help="feature store (default: the one the classifier was trained from)")
     predict.add_argument("--no-progress", action="store_true")
+    predict.add_argument(
+        "--trust", action="store_true",
+        help="load a .joblib classifier saved by an older layerprobe: a pickle, which runs any code it holds, so "
+             "only for files from a source you trust (.skops files load without it and run no code)",
+    )
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Scores a fitted classifier on the held-out test split, once."""
+"""Scores of the held-out test split, once per classifier: accuracy, balanced accuracy, macro F1, report, confusion."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from sklearn.metrics import (
 )
 
 from ..features.core.errors import InputError
-from .classifiers import check_features
 
 __all__ = ["Scores", "check_labels", "evaluate"]
 
@@ -28,8 +27,8 @@ class Scores:
 
     Attributes:
         accuracy: Fraction of correct predictions.
-        balanced_accuracy: Mean recall over the classes present in ``y_test``.
-        macro_f1: Mean F1 over the classes present in ``y_test`` or predicted.
+        balanced_accuracy: Mean recall over the classes present in ``y_true``.
+        macro_f1: Mean F1 over the classes present in ``y_true`` or predicted.
         report: ``classification_report`` as a DataFrame: one row per class name
             (absent classes have support 0), then the "macro avg" and "weighted avg"
             rows, which average over all ``class_names``.
@@ -85,44 +84,43 @@ def check_labels(y: Any, class_names: Sequence[str], *, name: str = "y") -> np.n
     return y.astype(np.int64, copy=False)
 
 
-def evaluate(
-    estimator: Any, X_test: Any, y_test: Any, class_names: Sequence[str]
-) -> Scores:
-    """Predicts the test split and scores the predictions.
+def evaluate(y_true: Any, y_pred: Any, class_names: Sequence[str]) -> Scores:
+    """Scores predictions of the held-out test split, as scikit-learn metrics do: ``(y_true, y_pred)``.
 
     Call this once per classifier, after hyperparameters were chosen on the
-    training split. Classes missing from ``y_test`` are handled without warnings.
+    training split. Classes missing from ``y_true`` are handled without warnings.
 
     Args:
-        estimator: A fitted estimator predicting integer class indices.
-        X_test: Test features, shape ``(n_samples, n_features)``.
-        y_test: True labels, integer indices into ``class_names``.
+        y_true: True labels, integer indices into ``class_names``.
+        y_pred: Predicted labels, integer indices into ``class_names``.
         class_names: Names of all classes, in label order.
 
     Returns:
         The :class:`Scores`.
 
     Raises:
-        InputError: (a ``ValueError``) If the features are malformed or
-            non-finite, the lengths differ, or a true or predicted label is not
-            an index into ``class_names``.
+        InputError: (a ``ValueError``) If the lengths differ, or a true or
+            predicted label is not an index into ``class_names``.
+
+    Example:
+        >>> evaluate([0, 1, 1], [0, 1, 0], ["cat", "dog"]).accuracy
+        0.6666666666666666
     """
     class_names = [str(name) for name in class_names]
     if not class_names or len(set(class_names)) != len(class_names):
         raise InputError(
             f"class_names must be non-empty and unique. Received: class_names={class_names!r}"
         )
-    X_test = check_features(X_test, name="X_test")
-    y_test = check_labels(y_test, class_names, name="y_test")
-    if y_test.shape[0] != X_test.shape[0]:
+    y_true = check_labels(y_true, class_names, name="y_true")
+    y_pred = check_labels(y_pred, class_names, name="y_pred")
+    if y_true.shape != y_pred.shape:
         raise InputError(
-            "y_test must have one label per row of X_test. "
-            f"Received: X_test with shape {X_test.shape}, y_test with shape {y_test.shape}"
+            "y_pred must have one label per label of y_true. "
+            f"Received: y_true with shape {y_true.shape}, y_pred with shape {y_pred.shape}"
         )
-    y_pred = check_labels(estimator.predict(X_test), class_names, name="predicted labels")
     labels = np.arange(len(class_names))
     report = classification_report(
-        y_test,
+        y_true,
         y_pred,
         labels=labels,
         target_names=class_names,
@@ -130,18 +128,18 @@ def evaluate(
         zero_division=0,
     )
     return Scores(
-        accuracy=float(accuracy_score(y_test, y_pred)),
+        accuracy=float(accuracy_score(y_true, y_pred)),
         # Mean recall over the true classes: sklearn's balanced accuracy, minus its
         # warning when a class is predicted but absent from the test split.
         balanced_accuracy=float(
             recall_score(
-                y_test, y_pred, labels=np.unique(y_test), average="macro", zero_division=0
+                y_true, y_pred, labels=np.unique(y_true), average="macro", zero_division=0
             )
         ),
-        macro_f1=float(f1_score(y_test, y_pred, average="macro", zero_division=0)),
+        macro_f1=float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
         report=pd.DataFrame({k: v for k, v in report.items() if isinstance(v, dict)}).T,
         confusion=pd.DataFrame(
-            confusion_matrix(y_test, y_pred, labels=labels),
+            confusion_matrix(y_true, y_pred, labels=labels),
             index=pd.Index(class_names, name="true"),
             columns=pd.Index(class_names, name="predicted"),
         ),

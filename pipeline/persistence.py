@@ -1,10 +1,21 @@
-"""Fitted classifiers and their predictions on disk.
+"""Fitted classifiers and their predictions on disk: one model format, one sidecar format.
 
-A saved classifier is two files beside each other: ``<stem>.joblib`` (the
-estimator) and ``<stem>.json`` (a sidecar with what the caller knows about it,
-plus library versions and the creation time). Every file is written under a
-temporary name and committed by ``os.replace``, and the sidecar is written last,
-so a crash leaves either the previous complete files or no sidecar at all.
+A saved classifier is two files beside each other: ``<stem>.skops`` (the
+estimator, written by ``skops.io``, whose loader builds only the types it is
+told to trust and runs no code from the file) and ``<stem>.json`` (a sidecar:
+what the caller knows about it, plus library versions and the creation time).
+A classifier saved by a run describes its features in the sidecar
+(:func:`features_record`): the extractor's settings as
+``FeatureExtractor.get_config()`` gives them, the layer(s) it reads and their
+store keys, so that `layerprobe predict` can rebuild them.
+
+Every file is written under a temporary name and committed by ``os.replace``,
+and the sidecar is written last, so a crash leaves either the previous complete
+files or no sidecar at all.
+
+Older layerprobe versions saved the estimator as a ``.joblib`` pickle (sidecar
+format 1). Their sidecars are still read; their estimators load only with
+``trust=True``, because unpickling runs whatever code the file holds.
 """
 
 from __future__ import annotations
@@ -16,7 +27,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import pandas as pd
 import sklearn
@@ -26,13 +36,30 @@ from ..features.core.errors import InputError
 from ..features.core.versions import layerprobe_version
 from .evaluate import check_labels
 
-__all__ = ["FORMAT_VERSION", "load_classifier", "read_sidecar", "save_classifier", "write_predictions"]
+__all__ = [
+    "FORMAT_VERSION",
+    "TRUSTED_TYPES",
+    "features_record",
+    "load_classifier",
+    "read_features_record",
+    "read_sidecar",
+    "save_classifier",
+    "write_predictions",
+]
 
-FORMAT_VERSION = 1
-"""Version of the saved-classifier layout; readers refuse other versions."""
+FORMAT_VERSION = 2
+"""Version of the saved-classifier layout; readers refuse versions other than this one and 1 (pickled estimators)."""
 
-_SUFFIXES = (".joblib", ".json")
-_ADDED_KEYS = ("format_version", "layerprobe_version", "sklearn_version", "created")
+MODEL_SUFFIX = ".skops"
+_PICKLE_SUFFIX = ".joblib"  # format 1
+_SUFFIXES = (MODEL_SUFFIX, _PICKLE_SUFFIX, ".json")
+_ADDED_KEYS = ("format_version", "model_file", "layerprobe_version", "sklearn_version", "created")
+
+TRUSTED_TYPES = (
+    "layerprobe.pipeline.probes.multilayer.MultiLayerProbe",
+    "layerprobe.pipeline.probes.ridge.RidgeProbeCV",
+)
+"""Types a ``.skops`` file may hold beyond those ``skops.io`` trusts itself (scikit-learn's, numpy's)."""
 
 
 def _stem(path: str | os.PathLike) -> Path:
@@ -48,34 +75,85 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def save_classifier(
-    path_stem: str | os.PathLike, estimator: Any, sidecar: dict[str, Any]
-) -> Path:
-    """Saves a fitted estimator and its JSON sidecar, atomically.
+def features_record(
+    extractor: dict[str, Any], layers: Sequence[str], store: str | os.PathLike, keys: Sequence[Any]
+) -> dict[str, Any]:
+    """The sidecar entries that say how a classifier's features are made, for :func:`save_classifier`.
 
     Args:
-        path_stem: Destination without suffix; ``.joblib`` and ``.json`` are added
-            (a given ``.joblib`` or ``.json`` suffix is replaced).
+        extractor: The extractor's settings, ``FeatureExtractor.get_config()``
+            (``FeatureExtractor(**extractor)`` builds it again).
+        layers: The layers the classifier reads, in the order of its columns.
+        store: The feature store the training features came from.
+        keys: The ``FeatureKey`` of each layer's training features.
+    """
+    return {
+        "extractor": dict(extractor),
+        "layers": list(layers),
+        "store": str(store),
+        "store_keys": [key.to_dict() for key in keys],
+        "store_entries": [key.entry_name for key in keys],
+    }
+
+
+def read_features_record(sidecar: dict[str, Any], path: Any) -> tuple[dict[str, Any], list[str], list[dict]]:
+    """``(extractor settings, layers, store keys)`` of a sidecar written by a run (format 1 or 2).
+
+    Raises:
+        InputError: If the sidecar has no features record (it was not saved by
+            a run), or is a format-1 multi-layer probe (whose class changed).
+    """
+    if {"extractor", "layers", "store_keys"} <= set(sidecar):
+        return dict(sidecar["extractor"]), list(sidecar["layers"]), list(sidecar["store_keys"])
+    if "extractors" in sidecar:  # format 1, multi-layer probe
+        raise InputError(
+            f"{path} is a multi-layer probe saved by an older layerprobe, whose probe read a dict of layers; "
+            f"this one reads one array. Delete its folder and rerun the experiment to fit it again. "
+            f"Received: sidecar format_version {sidecar.get('format_version')!r}"
+        )
+    if "extractor" in sidecar and "store_key" in sidecar:  # format 1, one layer: the record named its layer
+        record = dict(sidecar["extractor"])
+        return {name: value for name, value in record.items() if name != "layer"}, [record["layer"]], [
+            sidecar["store_key"]]
+    raise InputError(
+        f"{path} was not saved by `layerprobe run`: its sidecar has no extractor record, so "
+        f"its features cannot be rebuilt. Use a classifier from a run's models/ folder. "
+        f"Received: sidecar keys {sorted(sidecar)}"
+    )
+
+
+def save_classifier(path_stem: str | os.PathLike, estimator: Any, sidecar: dict[str, Any]) -> Path:
+    """Saves a fitted estimator (``skops.io``) and its JSON sidecar, atomically.
+
+    Args:
+        path_stem: Destination without suffix; ``.skops`` and ``.json`` are added
+            (a given ``.skops``, ``.joblib`` or ``.json`` suffix is replaced).
         estimator: The fitted estimator, e.g. ``FitResult.estimator``.
-        sidecar: JSON-serializable facts to keep with it (store key, hyperparameters,
-            scores, class_names, ...). Numpy scalars and arrays are converted.
+        sidecar: JSON-serializable facts to keep with it (:func:`features_record`,
+            hyperparameters, scores, class_names, ...). Numpy scalars and arrays
+            are converted.
 
     Returns:
-        The path of the ``.joblib`` file.
+        The path of the ``.skops`` file.
 
     Raises:
         ValueError: If ``sidecar`` is not JSON-serializable or uses a key this
             function adds itself. Nothing is written then.
     """
+    import skops.io
+
     clashes = sorted(set(sidecar) & set(_ADDED_KEYS))
     if clashes:
         raise ValueError(
             f"sidecar keys {clashes} are added by save_classifier; rename them. "
             f"Received: sidecar keys {sorted(sidecar)}"
         )
+    stem = _stem(path_stem)
+    model_path, sidecar_path = stem.with_suffix(MODEL_SUFFIX), stem.with_suffix(".json")
     full_sidecar = {
         **sidecar,
         "format_version": FORMAT_VERSION,
+        "model_file": model_path.name,
         "layerprobe_version": layerprobe_version(),
         "sklearn_version": sklearn.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -87,62 +165,78 @@ def save_classifier(
             "sidecar must hold only JSON-serializable values (str, numbers, lists, dicts); "
             f"convert the others before saving. Received: {error}"
         ) from error
-    stem = _stem(path_stem)
-    model_path, sidecar_path = stem.with_suffix(".joblib"), stem.with_suffix(".json")
-    write_atomically(model_path, lambda tmp: joblib.dump(estimator, tmp))
+    write_atomically(model_path, lambda tmp: skops.io.dump(estimator, tmp))
     write_atomically(sidecar_path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    stem.with_suffix(_PICKLE_SUFFIX).unlink(missing_ok=True)  # a format-1 estimator this save replaces
     return model_path
+
+
+def _model_path(stem: Path, sidecar: dict[str, Any]) -> Path:
+    if sidecar.get("format_version") == 1:
+        return stem.with_suffix(_PICKLE_SUFFIX)
+    return stem.with_name(Path(str(sidecar.get("model_file", ""))).name or stem.name + MODEL_SUFFIX)
 
 
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     """The sidecar of a classifier saved by :func:`save_classifier`, without loading the estimator.
 
     Args:
-        path: The ``.joblib`` file, the ``.json`` sidecar or their common stem.
+        path: The model file (``.skops``, or ``.joblib`` of format 1), the
+            ``.json`` sidecar or their common stem.
 
     Raises:
-        FileNotFoundError: If the estimator or the sidecar file is missing.
+        FileNotFoundError: If the sidecar or the estimator it names is missing.
         InputError: (a ``ValueError``) If the sidecar is not valid JSON or has
             an unknown format version.
     """
     stem = _stem(path)
-    model_path, sidecar_path = stem.with_suffix(".joblib"), stem.with_suffix(".json")
-    if not model_path.is_file():
-        raise FileNotFoundError(
-            f"No saved classifier at {model_path}. Check the path, or fit and save the "
-            f"classifier with save_classifier. Received: path={str(path)!r}"
-        )
+    sidecar_path = stem.with_suffix(".json")
     if not sidecar_path.is_file():
+        models = [stem.with_suffix(suffix) for suffix in (MODEL_SUFFIX, _PICKLE_SUFFIX)]
+        found = next((model for model in models if model.is_file()), None)
+        if found is None:
+            raise FileNotFoundError(
+                f"No saved classifier at {stem.with_suffix(MODEL_SUFFIX)}. Check the path, or fit and save the "
+                f"classifier with save_classifier. Received: path={str(path)!r}"
+            )
         raise FileNotFoundError(
-            f"{model_path} has no sidecar {sidecar_path.name}, so its save did not finish. "
-            f"Delete {model_path.name} and fit and save the classifier again. "
-            f"Received: path={str(path)!r}"
+            f"{found} has no sidecar {sidecar_path.name}, so its save did not finish. "
+            f"Delete {found.name} and fit and save the classifier again. Received: path={str(path)!r}"
         )
     try:
         sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(
-            f"The sidecar {sidecar_path} is corrupt ({error}). Delete both "
-            f"{stem.name}.joblib and {stem.name}.json and fit and save the classifier again. "
-            f"Received: path={str(path)!r}"
+            f"The sidecar {sidecar_path} is corrupt ({error}). Delete {stem.name}.json and its model file "
+            f"and fit and save the classifier again. Received: path={str(path)!r}"
         ) from error
     found = sidecar.get("format_version") if isinstance(sidecar, dict) else None
-    if found != FORMAT_VERSION:
+    if found not in (1, FORMAT_VERSION):
         raise InputError(
             f"The sidecar {sidecar_path} has format_version {found!r}; this layerprobe reads "
-            f"version {FORMAT_VERSION}. Save the classifier again with this version. "
+            f"versions 1 and {FORMAT_VERSION}. Save the classifier again with this version. "
             f"Received: path={str(path)!r}"
+        )
+    model_path = _model_path(stem, sidecar)
+    if not model_path.is_file():
+        raise FileNotFoundError(
+            f"No saved classifier at {model_path}: the sidecar {sidecar_path.name} names it. Fit and save the "
+            f"classifier again. Received: path={str(path)!r}"
         )
     return sidecar
 
 
-def load_classifier(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+def load_classifier(path: str | os.PathLike, *, trust: bool = False) -> tuple[Any, dict[str, Any]]:
     """Loads an estimator saved by :func:`save_classifier`, with its sidecar.
 
-    Loading runs pickle: only load files you trust.
+    A ``.skops`` file is loaded by ``skops.io``, which builds only scikit-learn's
+    and numpy's types and :data:`TRUSTED_TYPES`, and runs no code from the file.
+    A ``.joblib`` file (format 1, older layerprobe) is a pickle: loading it runs
+    any code it holds, so it is loaded only with ``trust=True``.
 
     Args:
-        path: The ``.joblib`` file, the ``.json`` sidecar or their common stem.
+        path: The model file, the ``.json`` sidecar or their common stem.
+        trust: Load a format-1 pickle. Only for files from a source you trust.
 
     Returns:
         ``(estimator, sidecar)``.
@@ -150,10 +244,32 @@ def load_classifier(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     Raises:
         FileNotFoundError: If the estimator or the sidecar file is missing.
         InputError: (a ``ValueError``) If the sidecar is not valid JSON or has
-            an unknown format version.
+            an unknown format version; if the model is a pickle and ``trust`` is
+            false; if a ``.skops`` file holds types outside the trusted ones.
     """
+    import skops.io
+
     sidecar = read_sidecar(path)
-    return joblib.load(_stem(path).with_suffix(".joblib")), sidecar
+    model_path = _model_path(_stem(path), sidecar)
+    if model_path.suffix == _PICKLE_SUFFIX:
+        if not trust:
+            raise InputError(
+                f"{model_path} is a pickle saved by an older layerprobe; loading it runs any code it holds. "
+                f"Load it only if you trust where it came from: `layerprobe predict --trust` (trust=True in the "
+                f"API), or rerun the experiment after deleting it to save the classifier as .skops. "
+                f"Received: path={str(path)!r}"
+            )
+        import joblib
+
+        return joblib.load(model_path), sidecar
+    untrusted = sorted(set(skops.io.get_untrusted_types(file=model_path)) - set(TRUSTED_TYPES))
+    if untrusted:
+        raise InputError(
+            f"{model_path} holds types layerprobe does not trust to build: {untrusted}. A run saves only "
+            f"scikit-learn and layerprobe estimators; if you made this file yourself and trust it, load it "
+            f"with skops.io.load(path, trusted=[...]). Received: path={str(path)!r}"
+        )
+    return skops.io.load(model_path, trusted=list(TRUSTED_TYPES)), sidecar
 
 
 def write_predictions(

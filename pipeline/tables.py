@@ -9,12 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["format_table", "significant"]
-
-
-def significant(value: float) -> str:
-    """Three significant digits, or a whole number from 100 up (`0.0123`, `4.56`, `1234`)."""
-    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+__all__ = ["format_table"]
 
 
 def _is_missing(value: Any) -> bool:
@@ -42,8 +37,7 @@ def format_table(
             (unless there are no rows). Default: every column, in first-seen order.
         markdown: A markdown table (`|` in cells escaped, newlines flattened)
             instead of right-aligned columns.
-        float_format: A format string or a function for floats (`significant`
-            gives 3 significant digits).
+        float_format: A format string or a function for floats.
         missing: Text of empty cells (None, NaN, pandas.NA).
 
     Returns:

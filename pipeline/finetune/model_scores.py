@@ -18,14 +18,6 @@ if TYPE_CHECKING:
 __all__ = ["evaluate_model"]
 
 
-class _Argmax:
-    """Predicts the most probable class: class probabilities as features for `evaluate`."""
-
-    @staticmethod
-    def predict(proba: np.ndarray) -> np.ndarray:
-        return np.argmax(proba, axis=1)
-
-
 def evaluate_model(
     model: keras.Model | FinetuneResult,
     dataset: ImageDataset,
@@ -77,5 +69,5 @@ def evaluate_model(
             f"given; pass the class names the model was trained with. "
             f"Received: class_names={list(class_names)}"
         )
-    scores = evaluate(_Argmax(), proba, np.concatenate(y_true), class_names)
+    scores = evaluate(np.concatenate(y_true), np.argmax(proba, axis=1), class_names)
     return {**row, **scores.as_dict(), "n_test": len(proba), "n_unreadable": n_unreadable}

@@ -14,19 +14,24 @@ closed-form ridge probe's exact leave-one-out accuracy:
    ``max_layers``);
 4. the final probe is the ridge probe of the selected concatenation (or a clone of
    ``estimator`` fitted on it).
+
+The layers come as one array, their features side by side, with the width of
+each (``layer_widths``), so the probe is an ordinary scikit-learn classifier:
+it works with ``clone``, ``cross_val_score`` and ``Pipeline``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .ridge import DEFAULT_ALPHAS, RidgeProbeCV, loo_standard_error
+from ..uncertainty import binomial_se
+from .ridge import DEFAULT_ALPHAS, RidgeProbeCV
 
 __all__ = ["MultiLayerProbe", "multi_layer_name"]
 
@@ -36,41 +41,19 @@ def multi_layer_name(layers: Sequence[str]) -> str:
     return "multi:" + "+".join(layers)
 
 
-def _check_features(features: Any, where: str) -> dict[str, np.ndarray]:
-    if not isinstance(features, Mapping) or not features:
-        raise ValueError(
-            f"{where} expects a non-empty dict of layer name -> feature array of shape "
-            f"(n_samples, n_features). Received: {type(features).__name__}"
-        )
-    arrays, n_rows = {}, set()
-    for name, X in features.items():
-        X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] == 0 or not np.issubdtype(X.dtype, np.number):
-            raise ValueError(
-                f"Features of layer {name!r} must be a numeric 2-D array (n_samples, n_features); "
-                f"flatten pooled features to one row per sample. Received: shape {X.shape}, dtype {X.dtype}"
-            )
-        if not np.all(np.isfinite(X)):
-            raise ValueError(
-                f"Features of layer {name!r} hold NaN or inf values; drop those samples or re-extract "
-                f"with float32 storage. Received: {int((~np.isfinite(X)).sum())} non-finite values"
-            )
-        arrays[str(name)] = X
-        n_rows.add(X.shape[0])
-    if len(n_rows) != 1:
-        raise ValueError(
-            "Every layer must have one row per sample, the same samples in the same order. "
-            f"Received: rows per layer {({name: X.shape[0] for name, X in arrays.items()})}"
-        )
-    return arrays
+def _is_int(value: Any, minimum: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= minimum
 
 
 class MultiLayerProbe(ClassifierMixin, BaseEstimator):
     """Ridge probe on a greedily selected concatenation of layers (Head2Toe-style group selection).
 
     Args:
-        layers: Layer names to consider, in the order used for names and
-            concatenation. ``None``: every layer passed to ``fit``, in dict order.
+        layer_widths: Number of features of each layer, in column order: ``X``
+            holds the layers side by side and its width is their sum. ``None``:
+            ``X`` is one layer.
+        layer_names: One name per layer, for ``selected_layers_`` and ``name_``.
+            ``None``: ``"layer0"``, ``"layer1"``, ...
         max_layers: Select at most this many layers (``None``: no limit).
         tol: Add a layer only if it raises the LOO accuracy by at least this much
             (0.002: 0.2 points).
@@ -81,12 +64,12 @@ class MultiLayerProbe(ClassifierMixin, BaseEstimator):
             e.g. ``LogisticRegression(C=1)``; ``None`` keeps the ridge probe.
 
     Attributes:
-        layer_names_: The layers considered, in order.
+        layer_names_: The layers' names, in column order.
         feature_dims_: Layer name -> number of features.
         layer_scores_: Layer name -> LOO accuracy of the ridge probe on that layer alone.
         selection_path_: One dict per greedy step: ``layers`` (selected after the
             step), ``added``, ``cv_score``, ``gain`` and the best ``alpha``.
-        selected_layers_: The selected layers, in ``layer_names_`` order.
+        selected_layers_: The selected layers, in column order.
         name_: ``"multi:" + "+".join(selected_layers_)``.
         cv_score_: LOO accuracy of the ridge probe on the selected concatenation.
         cv_se_: Its binomial standard error.
@@ -94,19 +77,21 @@ class MultiLayerProbe(ClassifierMixin, BaseEstimator):
         probe_: That fitted :class:`RidgeProbeCV` (on the scaled concatenation).
         estimator_: The final fitted classifier (``probe_`` when ``estimator=None``).
         classes_: Class labels.
-        n_features_in_: Width of the selected concatenation (sum of selected dims).
+        n_features_in_: Width of ``X`` (every layer).
         fit_seconds_: Wall-clock time of ``fit``.
 
     Example:
-        >>> probe = MultiLayerProbe().fit({"block3_pool": X3, "block4_pool": X4, "block5_pool": X5}, y)
+        >>> X = np.hstack([X3, X4, X5])  # block3_pool, block4_pool, block5_pool side by side
+        >>> probe = MultiLayerProbe([256, 512, 512], ["block3_pool", "block4_pool", "block5_pool"]).fit(X, y)
         >>> probe.name_, probe.cv_score_
         ('multi:block3_pool+block4_pool', 0.61)
-        >>> probe.predict({"block3_pool": X3_test, "block4_pool": X4_test})
+        >>> cross_val_score(MultiLayerProbe([256, 512, 512]), X, y)
     """
 
     def __init__(
         self,
-        layers: Sequence[str] | None = None,
+        layer_widths: Sequence[int] | None = None,
+        layer_names: Sequence[str] | None = None,
         *,
         max_layers: int | None = None,
         tol: float = 0.002,
@@ -115,7 +100,8 @@ class MultiLayerProbe(ClassifierMixin, BaseEstimator):
         group_scaling: bool = True,
         estimator: Any = None,
     ):
-        self.layers = layers
+        self.layer_widths = layer_widths
+        self.layer_names = layer_names
         self.max_layers = max_layers
         self.tol = tol
         self.alphas = alphas
@@ -123,10 +109,9 @@ class MultiLayerProbe(ClassifierMixin, BaseEstimator):
         self.group_scaling = group_scaling
         self.estimator = estimator
 
-    def _check_params(self, available: Sequence[str]) -> list[str]:
-        if self.max_layers is not None and (
-            isinstance(self.max_layers, bool) or not isinstance(self.max_layers, (int, np.integer)) or self.max_layers < 1
-        ):
+    def _check_params(self, n_features: int) -> dict[str, slice]:
+        """Layer name -> its columns of ``X``."""
+        if self.max_layers is not None and not _is_int(self.max_layers, 1):
             raise ValueError(
                 "The 'max_layers' parameter of MultiLayerProbe must be None or an int >= 1. "
                 f"Got {self.max_layers!r} instead."
@@ -135,62 +120,60 @@ class MultiLayerProbe(ClassifierMixin, BaseEstimator):
             raise ValueError(
                 f"The 'tol' parameter of MultiLayerProbe must be a float >= 0. Got {self.tol!r} instead."
             )
-        if self.layers is None:
-            return list(available)
-        layers = [str(name) for name in self.layers]
-        missing = [name for name in layers if name not in available]
-        if not layers or missing or len(set(layers)) != len(layers):
+        widths = [n_features] if self.layer_widths is None else list(self.layer_widths)
+        if not widths or not all(_is_int(width, 1) for width in widths) or sum(widths) != n_features:
             raise ValueError(
-                "The 'layers' parameter of MultiLayerProbe must name distinct layers present in the "
-                f"features passed to fit (available: {list(available)}). Got {self.layers!r} instead"
-                + (f"; missing: {missing}." if missing else ".")
+                "The 'layer_widths' parameter of MultiLayerProbe must be None or positive ints, one per layer, "
+                f"that add up to the number of features of X ({n_features}). Got {self.layer_widths!r} instead."
             )
-        return layers
+        names = [f"layer{i}" for i in range(len(widths))] if self.layer_names is None else [str(n) for n in self.layer_names]
+        if len(names) != len(widths) or len(set(names)) != len(names):
+            raise ValueError(
+                "The 'layer_names' parameter of MultiLayerProbe must be None or distinct names, one per layer of "
+                f"layer_widths ({len(widths)}). Got {self.layer_names!r} instead."
+            )
+        ends = np.cumsum(widths).tolist()
+        return {name: slice(end - width, end) for name, width, end in zip(names, widths, ends)}
 
     def _probe(self) -> RidgeProbeCV:
         # The blocks are already standardized and scaled; centring stays (it is exact for the intercept).
         return RidgeProbeCV(alphas=self.alphas, standardize=False, dtype=self.dtype, fit_intercept=True)
 
     def _scaled(self, name: str, X: np.ndarray) -> np.ndarray:
-        block = np.asarray(X, dtype=self.dtype) - self.mean_[name].astype(self.dtype)
+        block = np.asarray(X[:, self.columns_[name]], dtype=self.dtype) - self.mean_[name].astype(self.dtype)
         block *= (self.weight_[name] / self.scale_[name]).astype(self.dtype)
         return block
 
-    def fit(self, features: Mapping[str, Any], y: Any) -> "MultiLayerProbe":
+    def fit(self, X: Any, y: Any) -> "MultiLayerProbe":
         """Selects layers greedily by ridge LOO accuracy and fits the final probe.
 
         Args:
-            features: Layer name -> training features of shape (n_samples, d_layer),
-                the same samples in the same order for every layer.
+            X: Features of shape (n_samples, sum(layer_widths)), the layers side by side.
             y: Class labels, shape (n_samples,).
 
         Returns:
             self.
 
         Raises:
-            ValueError: For invalid parameters, mismatched rows or non-finite features.
+            ValueError: For invalid parameters or data (non-finite features, widths
+                that do not add up to the width of ``X``).
         """
         started = time.perf_counter()
-        arrays = _check_features(features, "MultiLayerProbe.fit")
-        names = self._check_params(list(arrays))
-        y = np.asarray(y)
-        if y.ndim != 1 or y.shape[0] != next(iter(arrays.values())).shape[0]:
-            raise ValueError(
-                "y must be 1-D with one label per row of the features. "
-                f"Received: y with shape {y.shape}, {next(iter(arrays.values())).shape[0]} feature rows"
-            )
+        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], ensure_min_samples=3)
+        self.columns_ = self._check_params(X.shape[1])
+        names = list(self.columns_)
         self.layer_names_ = names
-        self.feature_dims_ = {name: int(arrays[name].shape[1]) for name in names}
+        self.feature_dims_ = {name: int(columns.stop - columns.start) for name, columns in self.columns_.items()}
         self.mean_, self.scale_, self.weight_ = {}, {}, {}
         blocks = {}
         for name in names:
-            X = np.asarray(arrays[name], dtype=self.dtype)
-            mean = X.mean(axis=0, dtype=np.float64)
-            centred = X - mean.astype(self.dtype)
-            scale = np.sqrt(np.einsum("ij,ij->j", centred, centred, dtype=np.float64) / X.shape[0])
+            block = np.ascontiguousarray(X[:, self.columns_[name]], dtype=self.dtype)
+            mean = block.mean(axis=0, dtype=np.float64)
+            centred = block - mean.astype(self.dtype)
+            scale = np.sqrt(np.einsum("ij,ij->j", centred, centred, dtype=np.float64) / block.shape[0])
             scale[scale <= 10 * np.finfo(np.float64).eps * np.maximum(1.0, np.abs(mean))] = 1.0
             self.mean_[name], self.scale_[name] = mean, scale
-            self.weight_[name] = 1.0 / np.sqrt(X.shape[1]) if self.group_scaling else 1.0
+            self.weight_[name] = 1.0 / np.sqrt(block.shape[1]) if self.group_scaling else 1.0
             centred *= (self.weight_[name] / scale).astype(self.dtype)
             blocks[name] = centred
 
@@ -224,10 +207,9 @@ class MultiLayerProbe(ClassifierMixin, BaseEstimator):
         self.name_ = multi_layer_name(self.selected_layers_)
         self.probe_ = best_probe
         self.cv_score_ = float(best_probe.best_score_)
-        self.cv_se_ = loo_standard_error(self.cv_score_, y.shape[0])
+        self.cv_se_ = binomial_se(self.cv_score_, y.shape[0])
         self.alpha_ = best_probe.alpha_
         self.classes_ = best_probe.classes_
-        self.n_features_in_ = int(sum(self.feature_dims_[name] for name in self.selected_layers_))
         if self.estimator is None:
             self.estimator_ = best_probe
         else:
@@ -237,37 +219,22 @@ class MultiLayerProbe(ClassifierMixin, BaseEstimator):
         self.fit_seconds_ = time.perf_counter() - started
         return self
 
-    def transform(self, features: Mapping[str, Any]) -> np.ndarray:
-        """The scaled concatenation of the selected layers, shape (n_samples, n_features_in_).
+    def selected_features(self, X: Any) -> np.ndarray:
+        """The scaled concatenation of the selected layers, shape (n_samples, their total width).
 
         Raises:
-            ValueError: If a selected layer is missing from ``features`` or has the wrong width.
+            ValueError: If ``X`` does not have the width it had in ``fit``, or holds NaN or inf.
         """
         check_is_fitted(self)
-        if not isinstance(features, Mapping):
-            raise ValueError(
-                "MultiLayerProbe expects a dict of layer name -> features, with every selected layer "
-                f"({self.selected_layers_}). Received: {type(features).__name__}"
-            )
-        missing = [name for name in self.selected_layers_ if name not in features]
-        if missing:
-            raise ValueError(
-                f"The features lack selected layer(s) {missing}; pass every layer of {self.selected_layers_}. "
-                f"Received: layers {list(features)}"
-            )
-        arrays = _check_features({name: features[name] for name in self.selected_layers_}, "MultiLayerProbe")
-        for name, X in arrays.items():
-            if X.shape[1] != self.feature_dims_[name]:
-                raise ValueError(
-                    f"Layer {name!r} had {self.feature_dims_[name]} features in fit. "
-                    f"Received: {X.shape[1]} features"
-                )
-        return np.hstack([self._scaled(name, arrays[name]) for name in self.selected_layers_])
+        X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
+        return np.hstack([self._scaled(name, X) for name in self.selected_layers_])
 
-    def decision_function(self, features: Mapping[str, Any]) -> np.ndarray:
-        """Decision values of the final classifier for a dict of layer features."""
-        return self.estimator_.decision_function(self.transform(features))
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Decision values of the final classifier (``X``: every layer, as in ``fit``)."""
+        X = self.selected_features(X)
+        return self.estimator_.decision_function(X)
 
-    def predict(self, features: Mapping[str, Any]) -> np.ndarray:
-        """Predicted class labels for a dict of layer features (only the selected layers are read)."""
-        return self.estimator_.predict(self.transform(features))
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted class labels (``X``: every layer, as in ``fit``; only the selected layers are read)."""
+        X = self.selected_features(X)
+        return self.estimator_.predict(X)

@@ -38,7 +38,9 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-__all__ = ["DEFAULT_ALPHAS", "RidgeProbeCV", "loo_standard_error"]
+from ..uncertainty import binomial_se
+
+__all__ = ["DEFAULT_ALPHAS", "RidgeProbeCV"]
 
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-6, 1, 15))
 """Default relative penalties: 15 log-spaced values from 1e-6 to 10 (see the module docstring).
@@ -49,13 +51,6 @@ unpenalised, 10 shrinks hard.
 """
 
 _DTYPES = ("float32", "float64")
-
-
-def loo_standard_error(accuracy: Any, n_samples: int) -> np.ndarray | float:
-    """The binomial standard error ``sqrt(p (1 - p) / n)`` of an accuracy measured on ``n_samples``."""
-    p = np.asarray(accuracy, dtype=np.float64)
-    se = np.sqrt(np.clip(p * (1.0 - p), 0.0, None) / max(int(n_samples), 1))
-    return float(se) if se.ndim == 0 else se
 
 
 def _check_alphas(alphas: Any) -> np.ndarray:
@@ -265,7 +260,7 @@ class RidgeProbeCV(ClassifierMixin, BaseEstimator):
         self.penalty_ = float(penalties[chosen])
         self.best_score_ = best
         self.best_params_ = {"alpha": self.alpha_}
-        self.cv_se_ = loo_standard_error(best, X.shape[0])
+        self.cv_se_ = binomial_se(best, X.shape[0])
         self.solver_ = spectrum.form
         if self.store_cv_results:
             self.cv_results_ = np.transpose(loo, (0, 2, 1)).copy()

@@ -9,27 +9,28 @@ split, and saved with its predictions. With screening (depth sweeps, see
 are fitted on the best few, and a multi-layer row joins them. The results
 table is rewritten (atomically) after every row.
 
-A finished row is recognised on rerun by its saved classifier's sidecar,
-which records everything that determines the fit (store key, classifier,
-grid, preprocessing, PCA, folds, seed, split definition): a matching row is
-reused without loading features or fitting. So a killed run keeps its rows,
-rerunning a config does no forward pass and no fit, and changing only the
-classifiers reuses every feature.
+Every row (single-layer, multi-layer, `[finetune]`) is computed or reused by
+one mechanism (`records.fit_or_reuse`): its record holds everything that
+determines it (store keys, classifier, grid, preprocessing, PCA, folds, seed,
+split definition), and a matching record is reused without loading features or
+fitting. So a killed run keeps its rows, rerunning a config does no forward pass
+and no fit, and changing only the classifiers reuses every feature.
 
-Output directory layout::
+Output directory layout (every name made safe as store entry names are)::
 
     OUT/results.csv  summary.md  depth.png
-    OUT/models/<store entry>/<classifier>.joblib|.json|.predictions.csv
-    OUT/models/<backbone>.multi.<pooling>.<digest>/ridge.joblib|...   (the multi-layer row)
-    OUT/finetune/<mode>-<backbone>-<digest>/   (the [finetune] stage)
+    OUT/models/<store entry>/<classifier>.skops|.json|.predictions.csv|.row.json
+    OUT/models/<backbone>.multi.<pooling>.<digest>/ridge.skops|...   (the multi-layer row)
+    OUT/finetune/<mode>-<backbone>-<digest>/   (the [finetune] stage; row.json)
 
 Modules, one job each: `splits` (train/test splits, class checks),
-`extractions` (extraction plans; builds the extractors), `rows` (fit or reuse
-a classifier row), `cluster_rows` (the rows as tasks on a dask cluster),
-`screening` (which rows: screening and final rows, the multi-layer row),
-`end_to_end` (the `[finetune]` stage's rows), `summary`
-(the texts of summary.md and the log) and `experiment` (`run_experiment`,
-the steps in order).
+`extractions` (extraction plans; builds the extractors), `records` (a row
+fitted or reused by its settings; the fitted/reused tally), `rows` (a
+classifier row on one layer), `cluster_rows` (those rows as tasks on a dask
+cluster), `screening` (which rows: screening and final rows), `multi_layer`
+(the multi-layer row), `finetune_rows` (the `[finetune]` stage's rows),
+`summary` (the texts of summary.md and the log) and `experiment`
+(`run_experiment`, the steps in order).
 """
 
 from .experiment import RunResult, run_experiment

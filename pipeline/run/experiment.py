@@ -1,8 +1,10 @@
 """`run_experiment`: one config's run from images to recommendation, the steps in order.
 
 Each step lives in its own module: the splits (`splits`), the extraction plans
-(`extractions`), the classifier rows (`rows`), the `[finetune]` stage
-(`end_to_end`) and the closing texts (`summary`).
+(`extractions`), which rows to fit (`screening`), the classifier rows (`rows`,
+`cluster_rows`), the multi-layer rows (`multi_layer`), the `[finetune]` stage
+(`finetune_rows`) and the closing texts (`summary`); every row is fitted or
+reused through `records`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from ..plots import plot_depth
 from ..results import ResultsTable
 from .extractions import plan_extractions
 from .finetune_rows import end_to_end_rows
+from .multi_layer import multi_layer_row
+from .records import RunRows
 from .rows import LayerToFit, RowJob
 from .screening import (
     adds_multi_layer,
@@ -31,7 +35,6 @@ from .screening import (
     final_jobs,
     first_jobs,
     fit_jobs,
-    multi_layer_row,
 )
 from .splits import open_splits
 from .summary import (
@@ -58,8 +61,8 @@ class RunResult:
         plot_path: `depth.png`.
         skipped: (sample id, reason) of every unreadable image.
         n_forward: Images that went through a backbone in this run (0 when all cached).
-        n_fitted: Classifier rows fitted in this run.
-        n_reused: Classifier rows reused from an earlier run.
+        n_fitted: Rows fitted (or trained) in this run.
+        n_reused: Rows reused from an earlier run (or kept from its table by `finetune_only`).
     """
 
     results: pd.DataFrame
@@ -133,10 +136,11 @@ def run_experiment(
     if untested:
         log(f"warning: {untested_text(untested, split)}")
     table = ResultsTable(out / "results.csv")
+    rows = RunRows(table, log)
     skipped: dict[str, str] = {}
-    n_forward = n_fitted = n_reused = 0
+    n_forward = 0
     if finetune_only:
-        n_reused = table.keep_earlier_rows(except_modes=config.finetune.modes)
+        rows.count_kept(table.keep_earlier_rows(except_modes=config.finetune.modes))
         skipped.update(stored_skipped(store, table.rows))
     # One digest per run, passed down: a file touched after this line cannot give extract other keys.
     dataset_digest = dataset.digest(config.data.digest)
@@ -166,23 +170,23 @@ def run_experiment(
         if client is not None:  # fitted on the cluster once every backbone is extracted
             on_cluster += jobs
             continue
-        fitted = fit_jobs(jobs, config, split, table, log)
-        n_fitted, n_reused = n_fitted + fitted, n_reused + len(jobs) - fitted
-    fitted = fit_jobs(on_cluster, config, split, table, log, client=client)
-    n_fitted, n_reused = n_fitted + fitted, n_reused + len(on_cluster) - fitted
+        fit_jobs(jobs, config, split, rows)
+    fit_jobs(on_cluster, config, split, rows, client=client)
     # Then, in one order in-process and on a cluster: the rows on the screened layers, the multi-layer rows.
     jobs = [job for layers in backbones for job in final_jobs(layers, config, table, log)]
-    fitted = fit_jobs(jobs, config, split, table, log, client=client)
-    n_fitted, n_reused = n_fitted + fitted, n_reused + len(jobs) - fitted
+    fit_jobs(jobs, config, split, rows, client=client)
     for layers in backbones:
         if adds_multi_layer(config, len(layers)):
-            fitted = multi_layer_row(layers, config, split, table, log)
-            n_fitted, n_reused = n_fitted + fitted, n_reused + 1 - fitted
+            multi_layer_row(layers, config, split, rows)
     fill_layer_logme(table)
     if config.finetune is not None:
         log(f"[finetune] modes {list(config.finetune.modes)}")
-        for row in end_to_end_rows(config, dataset, split, log):
-            table.add(row)
+        end_to_end_rows(config, dataset, split, rows)
+    pickled = sum(str(row.get("model_path", "")).endswith(".joblib") for row in table.rows)
+    if pickled:
+        log(f"note: {pickled} reused row(s) keep the pickled model (.joblib) an older layerprobe saved; "
+            f"`layerprobe predict` loads those only with --trust. Delete their folders under {out / 'models'} "
+            f"and rerun to save them as .skops.")
     frame = table.frame
     read = ~np.isin(dataset.sample_ids, list(skipped))
     counts, test_counts = (np.bincount(dataset.labels[(np.asarray(dataset.splits) == split[name]) & read],
@@ -198,7 +202,7 @@ def run_experiment(
     )
     log_report(
         log, frame, advice, n_skipped=len(skipped_list),
-        counts=(f"{len(frame)} rows: {n_fitted} fitted, {n_reused} reused; {n_forward} images through a backbone; "
+        counts=(f"{len(frame)} rows: {rows.fitted} fitted, {rows.reused} reused; {n_forward} images through a backbone; "
                 f"{time.perf_counter() - started:.0f} s."),
         paths={"results": table.path, "summary": summary_path, "plot": plot_path},
     )
@@ -211,6 +215,6 @@ def run_experiment(
         plot_path=plot_path,
         skipped=tuple(skipped_list),
         n_forward=n_forward,
-        n_fitted=n_fitted,
-        n_reused=n_reused,
+        n_fitted=rows.fitted,
+        n_reused=rows.reused,
     )

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...features.backend import import_keras_quietly
 from ...features.core.errors import ConfigError, LayerprobeError
 from ...features.extract import FeatureExtractor
 from ...features.plans import ExtractionPlan, load_plan, plan_signature, save_plan
 from ..config import BackboneConfig, ExperimentConfig
 
 __all__ = ["Extraction", "extractor_settings", "plan_extractions"]
-
 
 @dataclass
 class Extraction:
@@ -31,9 +29,17 @@ class Extraction:
     def build(self) -> FeatureExtractor:
         """The extractor, built on first call."""
         if self.extractor is None:
-            import_keras_quietly()
-            self.extractor = FeatureExtractor(**self.settings)
+            self.extractor = FeatureExtractor.from_config(self.settings)
         return self.extractor
+
+    def get_config(self) -> dict:
+        """The extractor's `FeatureExtractor.get_config()`, without building it when it is not built yet.
+
+        Unbuilt, that is `FeatureExtractor.config_of(**settings)`.
+        """
+        if self.extractor is not None:
+            return self.extractor.get_config()
+        return FeatureExtractor.config_of(**self.settings)
 
 
 def extractor_settings(config: ExperimentConfig, backbone: BackboneConfig, pooling: str) -> dict:
@@ -46,6 +52,8 @@ def extractor_settings(config: ExperimentConfig, backbone: BackboneConfig, pooli
         "input_size": config.features.input_size,
         "batch_size": config.features.batch_size,
         "dtype": config.features.dtype,
+        "mixed_precision": config.features.mixed_precision,
+        "decoder": config.features.decoder,
         "model_kwargs": dict(backbone.model_kwargs),
         "seed": backbone.seed,
         # only when set: a model file's preprocessing (registry families have theirs)
@@ -67,9 +75,8 @@ def plan_extractions(config: ExperimentConfig) -> list[Extraction]:
             signature = plan_signature(settings)
             plan, extractor = load_plan(config.features.store, signature), None
             if plan is None:
-                import_keras_quietly()
                 try:
-                    extractor = FeatureExtractor(**settings)
+                    extractor = FeatureExtractor.from_config(settings)
                 # FeatureExtractor raises ValueError (BackboneError and its kin) for arguments it cannot
                 # use: here they are the config's, so they are reported as config problems.
                 except (LayerprobeError, ValueError) as error:

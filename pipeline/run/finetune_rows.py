@@ -1,23 +1,24 @@
 """The `[finetune]` stage of a run: finetune and scratch rows, trained end to end or reused.
 
 "finetune" runs once per backbone that has weights; "scratch" once per
-architecture. A finished run's row is saved beside it (`row.json`, with the
-settings it was trained under) and reused when its settings match, like the
-classifier rows. An unfinished (killed) run resumes from its checkpoint if its
-settings match, and starts over if not.
+architecture. A finished training's row is recorded beside it (`row.json`) and
+reused when its settings match, like every row (`records.fit_or_reuse`). An
+unfinished (killed) training resumes from its checkpoint if its settings match
+(`settings.json`, written when it starts), and starts over if not.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Callable
+from typing import Any
 
 from ...features.backend import import_keras_quietly
 from ...features.core.atomic import write_text_atomically
 from ...features.inputs import ImageDataset
+from ...features.keys import safe_name
 from ..config import BackboneConfig, ExperimentConfig
-from .rows import jsonable
+from .records import RowRecord, RunRows, fit_or_reuse, jsonable
 
 __all__ = ["end_to_end_rows"]
 
@@ -38,10 +39,8 @@ def _jobs(config: ExperimentConfig) -> dict[str, tuple[str, BackboneConfig]]:
     return jobs
 
 
-def end_to_end_rows(
-    config: ExperimentConfig, dataset: ImageDataset, split: dict, log: Callable[[str], None]
-) -> list[dict]:
-    """Train (or reuse) every end-to-end row of the config's `[finetune]` stage; score once on the test split."""
+def end_to_end_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict, rows: RunRows) -> None:
+    """Train (or reuse) every end-to-end row of the config's `[finetune]` stage, scored once on the test split."""
     import_keras_quietly()
     from ..finetune import (
         EpochLogger,
@@ -53,10 +52,10 @@ def end_to_end_rows(
 
     options = FinetuneConfig.from_dict(config.finetune.options)
     train, test = dataset.subset(split["train_split"]), dataset.subset(split["test_split"])
-    rows = []
+    log = rows.log
     for digest, (mode, backbone) in _jobs(config).items():
-        run_dir = config.output.dir / "finetune" / f"{mode}-{backbone.model}-{digest}"
-        settings = jsonable(
+        run_dir = config.output.dir / "finetune" / safe_name(f"{mode}-{backbone.model}-{digest}")
+        record = RowRecord(run_dir / "row.json", jsonable(
             {
                 "mode": mode,
                 "model": backbone.model,
@@ -67,45 +66,40 @@ def end_to_end_rows(
                 "dataset": dataset.digest(),
                 "split": split,
             }
-        )
-        row_path = run_dir / "row.json"
-        saved = json.loads(row_path.read_text(encoding="utf-8")) if row_path.is_file() else {}
-        if saved.get("settings") == settings:
-            log(f"  reused   {mode} {backbone.model} ({run_dir})")
-            rows.append(saved["row"])
-            continue
-        started = run_dir / "settings.json"
-        resume = started.is_file() and json.loads(started.read_text(encoding="utf-8")) == settings
-        log(f"  {'resuming' if resume else 'training'} {mode} {backbone.model} ({run_dir})")
-        write_text_atomically(started, json.dumps(settings, indent=2))
-        common = dict(
-            output_dir=run_dir, input_size=config.features.input_size,
-            model_kwargs=dict(backbone.model_kwargs), config=options, resume=resume,
-            callbacks=[EpochLogger(lambda line: log(f"    {line}"))],
-        )
-        if mode == "finetune":
-            result = finetune(backbone.model, train, weights=backbone.weights, **common)
-        else:
-            result = train_from_scratch(backbone.model, train, **common)
-        scores = evaluate_model(result, test)
-        row = {
-            "mode": mode,
-            "backbone": result.backbone,
-            "weights": backbone.weights_label if mode == "finetune" else "none",
-            "layer": "(end to end)",
-            "pooling": "avg",
-            "classifier": "softmax head",
-            "n_train": len(train),
-            "n_test": scores["n_test"],
-            "test_accuracy": scores["accuracy"],
-            "test_balanced_accuracy": scores["balanced_accuracy"],
-            "test_macro_f1": scores["macro_f1"],
-            "fit_seconds": round(result.fit_seconds, 3),
-            "best_params": json.dumps({name: scores[name] for name in (
-                "head_init", "unfreeze_blocks", "learning_rate", "block_lr_decay", "epochs")}),
-            "model_path": str(result.model_path),
-        }
-        write_text_atomically(row_path, json.dumps({"settings": settings, "row": row}, indent=2))
-        log(f"  {mode} {result.backbone}: test {scores['accuracy']:.3f}")
-        rows.append(row)
-    return rows
+        ))
+
+        def train_row() -> tuple[dict, Any]:
+            started = run_dir / "settings.json"
+            resume = started.is_file() and json.loads(started.read_text(encoding="utf-8")) == record.settings
+            log(f"  {'resuming' if resume else 'training'} {mode} {backbone.model} ({run_dir})")
+            write_text_atomically(started, json.dumps(record.settings, indent=2))
+            common = dict(
+                output_dir=run_dir, input_size=config.features.input_size,
+                model_kwargs=dict(backbone.model_kwargs), config=options, resume=resume,
+                callbacks=[EpochLogger(lambda line: log(f"    {line}"))],
+            )
+            if mode == "finetune":
+                result = finetune(backbone.model, train, weights=backbone.weights, **common)
+            else:
+                result = train_from_scratch(backbone.model, train, **common)
+            scores = evaluate_model(result, test)
+            row = {
+                "mode": mode,
+                "backbone": result.backbone,
+                "weights": backbone.weights_label if mode == "finetune" else "none",
+                "layer": "(end to end)",
+                "pooling": "avg",
+                "classifier": "softmax head",
+                "n_train": len(train),
+                "n_test": scores["n_test"],
+                "test_accuracy": scores["accuracy"],
+                "test_balanced_accuracy": scores["balanced_accuracy"],
+                "test_macro_f1": scores["macro_f1"],
+                "fit_seconds": round(result.fit_seconds, 3),
+                "best_params": json.dumps({name: scores[name] for name in (
+                    "head_init", "unfreeze_blocks", "learning_rate", "block_lr_decay", "epochs")}),
+            }
+            return row, result.model_path
+
+        row, fitted = fit_or_reuse(record, train_row)
+        rows.add(row, fitted=fitted, what=f"{mode} {row['backbone']} ({run_dir})")

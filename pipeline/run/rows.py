@@ -1,10 +1,9 @@
 """Classifier rows: fit one classifier on one layer's features, or reuse the row saved by an earlier run.
 
-A finished row is recognised by its saved classifier's sidecar, which
-records everything that determines the fit (`fit_settings`: store key,
-classifier, grid, preprocessing, PCA, folds, seed, split definition, and the
-search method where it is not a plain grid search): a matching row is reused
-without loading features or fitting. Every row carries the LogME of its
+A row's settings (`_fit_settings`: store key, classifier, grid, preprocessing,
+PCA, folds, seed, split definition, and the search method where it is not a
+plain grid search) key its record (`records.fit_or_reuse`): a matching row is
+reused without loading features or fitting. Every row carries the LogME of its
 layer's training features, computed once per layer when they are loaded.
 """
 
@@ -13,20 +12,25 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from ...features.core.errors import InputError
 from ...features.keys import FeatureKey
 from ...features.plans import PlannedLayer
 from ...features.store import FeatureSet, FeatureStore
-from ..classifiers import CLASSIFIERS, check_features, fit_classifier, search_method
+from ..classifiers import (
+    CLASSIFIERS,
+    check_features,
+    fit_classifier,
+    flat_features,
+    search_method,
+)
 from ..config import ExperimentConfig
 from ..evaluate import evaluate
-from ..persistence import read_sidecar, save_classifier, write_predictions
-from ..predict import extractor_record, flat_features
+from ..persistence import features_record, save_classifier, write_predictions
 from ..probes.logme import logme_score
-from ..results import ResultsTable
 from .extractions import Extraction
+from .records import RowRecord, RunRows, fit_or_reuse, jsonable
 from .splits import class_problems
 
 __all__ = [
@@ -35,21 +39,14 @@ __all__ = [
     "ScoredRow",
     "fit_layer",
     "layer_logme",
-    "fit_settings",
-    "finished_row",
-    "jsonable",
     "load_splits",
+    "row_record",
     "save_row",
     "score_row",
 ]
 
 
-def jsonable(value: Any) -> Any:
-    """`value` as it reads back from JSON (tuples become lists), so that saved and new settings compare equal."""
-    return json.loads(json.dumps(value, sort_keys=True))
-
-
-def fit_settings(config: ExperimentConfig, key: FeatureKey, classifier: str, split: dict) -> dict:
+def _fit_settings(config: ExperimentConfig, key: FeatureKey, classifier: str, split: dict) -> dict:
     """Everything that determines a fitted row; a saved row with equal settings is reused."""
     settings = config.classifiers
     grid = settings.param_grid(classifier)
@@ -72,17 +69,6 @@ def fit_settings(config: ExperimentConfig, key: FeatureKey, classifier: str, spl
     return jsonable(fitted)
 
 
-def finished_row(stem: Path, settings: dict) -> dict | None:
-    """The row saved with a classifier fitted under `settings`, or None (its sidecar is read, not the estimator)."""
-    try:
-        sidecar = read_sidecar(stem)
-    except (FileNotFoundError, InputError):
-        return None
-    if sidecar.get("fit_settings") != settings or "row" not in sidecar:
-        return None
-    return {**sidecar["row"], "model_path": str(stem.with_suffix(".joblib"))}
-
-
 @dataclass(frozen=True)
 class LayerToFit:
     """One layer's features to fit classifiers on."""
@@ -99,6 +85,15 @@ class RowJob(NamedTuple):
     layer: LayerToFit
     classifier: str
     row_kind: str = "final"
+
+
+def row_record(config: ExperimentConfig, layer: LayerToFit, classifier: str, split: dict) -> RowRecord:
+    """The record of one classifier row on `layer`: `models/<store entry>/<classifier>.row.json`."""
+    stem = config.output.dir / "models" / layer.key.entry_name / classifier
+    return RowRecord(
+        stem.with_name(f"{classifier}.row.json"), _fit_settings(config, layer.key, classifier, split),
+        legacy_sidecar=stem.with_suffix(".json"),
+    )
 
 
 def load_splits(layer: LayerToFit, split: dict) -> tuple[FeatureSet, FeatureSet]:
@@ -178,7 +173,7 @@ def score_row(
         n_jobs=options.n_jobs,
         random_state=options.seed,
     )
-    scores = evaluate(fit.estimator, X_test, test.y, test.class_names)
+    scores = evaluate(test.y, fit.estimator.predict(X_test), test.class_names)
     row = {
         "mode": "frozen",
         "backbone": layer.extraction.plan.architecture,
@@ -209,63 +204,36 @@ def score_row(
     )
 
 
-def save_row(layer: LayerToFit, stem: Path, settings: dict, scored: ScoredRow) -> dict:
-    """Save a scored row's classifier, predictions and sidecar; returns the row with its `model_path`.
-
-    The old sidecar goes first: the files of a save killed half-way are never
-    paired with the row of an earlier fit.
-    """
-    stem.with_suffix(".json").unlink(missing_ok=True)
-    predictions_path = stem.with_name(f"{stem.name}.predictions.csv")
+def save_row(layer: LayerToFit, stem: Path, scored: ScoredRow) -> tuple[dict, Path]:
+    """Save a scored row's predictions and classifier (its sidecar last); returns the row and the model's path."""
     write_predictions(
-        predictions_path, scored.test_sample_ids, scored.test_y, scored.scores.y_pred, scored.class_names,
-        proba=scored.proba,
+        stem.with_name(f"{stem.name}.predictions.csv"), scored.test_sample_ids, scored.test_y, scored.scores.y_pred,
+        scored.class_names, proba=scored.proba,
     )
     sidecar = {
-        "fit_settings": settings,
-        "row": scored.row,
-        "store_key": layer.key.to_dict(),
-        "store_entry": layer.key.entry_name,
-        "store": str(layer.store.root),
-        "extractor": extractor_record(layer.extraction.settings, layer.info.name, layer.extraction.plan.input_size),
+        **features_record(layer.extraction.get_config(), [layer.info.name], layer.store.root, [layer.key]),
         "classifier": scored.classifier,
         "best_params": scored.best_params,
         "cv_score": scored.cv_score,
         "scores": scored.scores.as_dict(),
         "class_names": list(scored.class_names),
     }
-    model_path = save_classifier(stem, scored.estimator, sidecar)
-    return {**scored.row, "model_path": str(model_path)}
-
-
-def _fit_row(
-    layer: LayerToFit,
-    classifier: str,
-    settings: dict,
-    stem: Path,
-    config: ExperimentConfig,
-    train: FeatureSet,
-    test: FeatureSet,
-    logme: float,
-) -> dict:
-    """Fit on the training split only, score once on the test split, save everything."""
-    return save_row(layer, stem, settings, score_row(layer, classifier, settings, config, train, test, logme=logme))
+    return scored.row, save_classifier(stem, scored.estimator, sidecar)
 
 
 def fit_layer(
     layer: LayerToFit,
     config: ExperimentConfig,
     split: dict,
-    table: ResultsTable,
-    log: Callable[[str], None],
+    rows: RunRows,
     *,
     classifiers: Sequence[str] | None = None,
     row_kind: str = "final",
-) -> int:
-    """Add one row per classifier for `layer`: reused when finished before, else fitted.
+) -> None:
+    """Add one row per classifier for `layer` to `rows`: reused when finished before, else fitted.
 
     Features are loaded only if some classifier needs fitting (and then the
-    layer's LogME is computed once for its rows). Returns the number fitted.
+    layer's LogME is computed once for its rows).
 
     Args:
         classifiers: The classifiers of the rows; default: the config's names.
@@ -275,21 +243,18 @@ def fit_layer(
         InputError: Before any fit, if the layer's features hold NaN or inf, or
             unreadable images left a class with fewer than 2 training rows.
     """
-    jobs = []
-    for classifier in config.classifiers.names if classifiers is None else classifiers:
-        stem = config.output.dir / "models" / layer.key.entry_name / classifier
-        settings = fit_settings(config, layer.key, classifier, split)
-        jobs.append((classifier, stem, settings, finished_row(stem, settings)))
-    features, logme = None, None
-    if any(finished is None for *_, finished in jobs):
-        features = load_splits(layer, split)
-        logme = layer_logme(features[0])
-    for classifier, stem, settings, finished in jobs:
-        row = finished or _fit_row(layer, classifier, settings, stem, config, *features, logme)
-        row = {**row, "row_kind": row_kind}
-        log(
-            f"  {'fitted' if finished is None else 'reused'} {layer.info.name} / {classifier}: "
-            f"cv {row['cv_score']:.3f}, test {row['test_accuracy']:.3f}"
-        )
-        table.add(row)
-    return sum(finished is None for *_, finished in jobs)
+    names = config.classifiers.names if classifiers is None else classifiers
+    records = {classifier: row_record(config, layer, classifier, split) for classifier in names}
+    features = None
+    if any(record.saved() is None for record in records.values()):
+        train, test = load_splits(layer, split)
+        features = train, test, layer_logme(train)
+
+    def fit(classifier: str, record: RowRecord) -> tuple[dict, Path]:
+        train, test, logme = features
+        scored = score_row(layer, classifier, record.settings, config, train, test, logme=logme)
+        return save_row(layer, record.path.with_name(classifier), scored)
+
+    for classifier, record in records.items():
+        row, fitted = fit_or_reuse(record, lambda: fit(classifier, record))
+        rows.add({**row, "row_kind": row_kind}, fitted=fitted, what=f"{layer.info.name} / {classifier}")

@@ -8,40 +8,30 @@ layer, and the other (grid-searched) classifiers are fitted only on the
 `screening_top_k` best layers of each backbone by the ridge rows' `cv_score`
 (ties: the higher LogME, then the shallower layer): "final" rows.
 
-The multi-layer row (`[classifiers] multi_layer`; "auto" where screening is
-on) is a `MultiLayerProbe` on all of a backbone's layers: greedy selection of
-whole layers by ridge leave-one-out accuracy, its layer named
-"multi:block3_pool+block4_pool". Its `cv_score` is the LOO accuracy of the
-selected concatenation, which chose the layers too, so it is optimistic;
-`test_accuracy` is the fair comparison with the single-layer rows.
+A backbone also gets a multi-layer row (`[classifiers] multi_layer`; "auto"
+where screening is on; see `multi_layer`).
 
 Rows come in one order, in-process and on a dask cluster: the first rows of
 each backbone (its screening rows, or all its rows without screening) as it is
 extracted, then the final rows of the screened backbones, then the multi-layer
-rows. Every row finished by an earlier run is reused (its sidecar), so the
+rows. Every row finished by an earlier run is reused (its record), so the
 screening decision of a rerun is the same and nothing is refitted.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from itertools import groupby
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ...features.core.errors import InputError
 from ..config import ExperimentConfig
-from ..evaluate import evaluate
-from ..persistence import save_classifier, write_predictions
-from ..predict import extractor_record, flat_features
-from ..probes.multilayer import MultiLayerProbe, multi_layer_name
+from ..probes.multilayer import multi_layer_name
 from ..results import ResultsTable
-from ..uncertainty import binomial_se
-from .cluster_rows import fit_layers_on_cluster
-from .rows import LayerToFit, RowJob, finished_row, fit_layer, jsonable, load_splits
+from .cluster_rows import fit_rows_on_cluster
+from .records import RunRows
+from .rows import LayerToFit, RowJob, fit_layer
 
 __all__ = [
     "AUTO_SCREENING_MIN_LAYERS",
@@ -51,21 +41,18 @@ __all__ = [
     "final_jobs",
     "first_jobs",
     "fit_jobs",
-    "multi_layer_row",
     "rank_layers",
+    "screening_order",
     "screens",
 ]
 
 SCREENING_CLASSIFIER = "ridge"
-"""The fast probe of the screening rows (and of the multi-layer row)."""
+"""The fast probe of the screening rows (and of the multi-layer row, `multi_layer`)."""
 
 AUTO_SCREENING_MIN_LAYERS = 4
 """`screening = "auto"` screens a backbone with at least this many layers."""
 
 _MULTI_PREFIX = multi_layer_name([])  # "multi:"
-
-MULTI_LAYER_TOL = 0.002
-"""A layer joins the multi-layer probe if it raises the LOO accuracy by at least this (0.2 points)."""
 
 
 def screens(config: ExperimentConfig, n_layers: int) -> bool:
@@ -88,23 +75,29 @@ def first_jobs(layers: Sequence[LayerToFit], config: ExperimentConfig) -> list[R
     return [RowJob(layer, classifier, "final") for layer in layers for classifier in config.classifiers.names]
 
 
-def rank_layers(layers: Sequence[LayerToFit], table: ResultsTable) -> list[LayerToFit]:
-    """`layers`, best first by the cv_score of their screening rows in `table` (then LogME, then depth order)."""
-    screened = {}
-    for row in table.rows:
-        if row.get("classifier") == SCREENING_CLASSIFIER and row.get("row_kind") == "screening":
-            screened[row.get("store_entry")] = row
+def screening_order(cv_scores: Sequence[float], logmes: Sequence[float]) -> list[int]:
+    """The screening rule: positions best first by cv_score, then LogME, then position (non-finite values last)."""
 
     def order(position: int) -> tuple[float, float, int]:
-        row = screened.get(layers[position].key.entry_name, {})
-        cv_score, logme = row.get("cv_score", math.nan), row.get("logme", math.nan)
+        cv_score, logme = cv_scores[position], logmes[position]
         return (
             -cv_score if _finite(cv_score) else math.inf,
             -logme if _finite(logme) else math.inf,
             position,
         )
 
-    return [layers[position] for position in sorted(range(len(layers)), key=order)]
+    return sorted(range(len(cv_scores)), key=order)
+
+
+def rank_layers(layers: Sequence[LayerToFit], table: ResultsTable) -> list[LayerToFit]:
+    """`layers`, best first by the `screening_order` of their screening rows in `table`."""
+    screened = {}
+    for row in table.rows:
+        if row.get("classifier") == SCREENING_CLASSIFIER and row.get("row_kind") == "screening":
+            screened[row.get("store_entry")] = row
+    rows = [screened.get(layer.key.entry_name, {}) for layer in layers]
+    order = screening_order([row.get("cv_score", math.nan) for row in rows], [row.get("logme", math.nan) for row in rows])
+    return [layers[position] for position in order]
 
 
 def _finite(value: Any) -> bool:
@@ -130,131 +123,17 @@ def final_jobs(
     return [RowJob(layer, classifier, "final") for layer in layers if id(layer) in chosen for classifier in classifiers]
 
 
-def fit_jobs(
-    jobs: Sequence[RowJob],
-    config: ExperimentConfig,
-    split: dict,
-    table: ResultsTable,
-    log: Callable[[str], None],
-    *,
-    client: Any = None,
-) -> int:
-    """Add the rows of `jobs` in order, reused or fitted (on the cluster of `client` if given); returns the fits."""
+def fit_jobs(jobs: Sequence[RowJob], config: ExperimentConfig, split: dict, rows: RunRows, *, client: Any = None) -> None:
+    """Add the rows of `jobs` to `rows` in order, reused or fitted (on the cluster of `client` if given)."""
     if not jobs:
-        return 0
+        return
     if client is not None:
-        return fit_layers_on_cluster([], config, split, table, log, client, row_jobs=jobs)
-    fitted = 0
+        fit_rows_on_cluster(jobs, config, split, rows, client)
+        return
     for _, group in groupby(jobs, key=lambda job: (id(job.layer), job.row_kind)):
         group = list(group)
-        fitted += fit_layer(
-            group[0].layer, config, split, table, log,
-            classifiers=[job.classifier for job in group], row_kind=group[0].row_kind,
-        )
-    return fitted
-
-
-def multi_layer_row(
-    layers: Sequence[LayerToFit], config: ExperimentConfig, split: dict, table: ResultsTable, log: Callable[[str], None]
-) -> int:
-    """Add the multi-layer row of one backbone's layers, reused or fitted; returns 1 if fitted, else 0.
-
-    Raises:
-        InputError: Before the fit, if a layer's features hold NaN or inf, its
-            classes are too small, or the layers do not hold the same samples.
-    """
-    extraction = layers[0].extraction
-    alphas = config.classifiers.param_grid(SCREENING_CLASSIFIER).get("alphas")
-    settings = jsonable({
-        "store_keys": [layer.key.digest for layer in layers],
-        "classifier": "multi_layer",
-        "alphas": alphas,
-        "tol": MULTI_LAYER_TOL,
-        "split": split,
-    })
-    digest = hashlib.sha256(json.dumps(settings["store_keys"]).encode()).hexdigest()[:16]
-    folder = f"{extraction.plan.architecture}.multi.{layers[0].key.pooling}.{digest}"
-    stem = config.output.dir / "models" / folder / SCREENING_CLASSIFIER
-    finished = finished_row(stem, settings)
-    row = finished or _fit_multi_layer(layers, alphas, settings, stem, split)
-    log(
-        f"  {'fitted' if finished is None else 'reused'} {row['layer']} / {SCREENING_CLASSIFIER}: "
-        f"cv {row['cv_score']:.3f}, test {row['test_accuracy']:.3f}"
-    )
-    table.add({**row, "row_kind": "final"})
-    return int(finished is None)
-
-
-def _fit_multi_layer(
-    layers: Sequence[LayerToFit], alphas: Any, settings: dict, stem: Any, split: dict
-) -> dict:
-    """Select layers greedily on the training split, score once on the test split, save the probe."""
-    extraction = layers[0].extraction
-    splits = [load_splits(layer, split) for layer in layers]
-    train, test = splits[0]
-    for layer, (other_train, other_test) in zip(layers[1:], splits[1:]):
-        if not (np.array_equal(other_train.sample_ids, train.sample_ids)
-                and np.array_equal(other_test.sample_ids, test.sample_ids)):
-            raise InputError(
-                f"The layers of {extraction.plan.architecture} hold different samples ({layers[0].info.name} and "
-                f"{layer.info.name}), so they cannot be concatenated; extract them together (one backbone entry) "
-                f"or set [classifiers] multi_layer = false. Received: store entries {layers[0].key.entry_name}, "
-                f"{layer.key.entry_name}"
-            )
-    names = [layer.info.name for layer in layers]
-    kwargs = {} if alphas is None else {"alphas": tuple(alphas)}
-    probe = MultiLayerProbe(**kwargs, tol=MULTI_LAYER_TOL).fit(
-        {name: flat_features(part) for name, (part, _) in zip(names, splits)}, train.y
-    )
-    X_test = probe.transform({name: flat_features(part) for name, (_, part) in zip(names, splits)})
-    scores = evaluate(probe.estimator_, X_test, test.y, test.class_names)
-    selected = [layer for layer in layers if layer.info.name in probe.selected_layers_]
-    n_train, n_test = len(train.y), len(test.y)
-    row = {
-        "mode": "frozen",
-        "backbone": extraction.plan.architecture,
-        "weights": extraction.backbone.weights_label,
-        "layer": probe.name_,
-        "stage": None,
-        "depth": math.nan,
-        "pooling": layers[0].key.pooling,
-        "classifier": SCREENING_CLASSIFIER,
-        "feature_dim": int(probe.n_features_in_),
-        "n_train": n_train,
-        "n_test": n_test,
-        "cv_score": probe.cv_score_,
-        "cv_se": binomial_se(probe.cv_score_, n_train),
-        "n_folds": n_train,
-        "test_accuracy": scores.accuracy,
-        "test_balanced_accuracy": scores.balanced_accuracy,
-        "test_macro_f1": scores.macro_f1,
-        "logme": math.nan,
-        "fit_seconds": round(probe.fit_seconds_, 3),
-        "best_params": json.dumps({"alpha": probe.alpha_, "layers": probe.selected_layers_}, sort_keys=True),
-        "store_entry": "+".join(layer.key.entry_name for layer in selected),
-    }
-    stem.with_suffix(".json").unlink(missing_ok=True)
-    write_predictions(
-        stem.with_name(f"{stem.name}.predictions.csv"), test.sample_ids, test.y, scores.y_pred, test.class_names
-    )
-    sidecar = {
-        "fit_settings": settings,
-        "row": row,
-        "store_keys": [layer.key.to_dict() for layer in selected],
-        "store_entries": [layer.key.entry_name for layer in selected],
-        "store": str(layers[0].store.root),
-        "extractors": [
-            extractor_record(extraction.settings, layer.info.name, extraction.plan.input_size) for layer in selected
-        ],
-        "classifier": "multi_layer",
-        "best_params": {"alpha": probe.alpha_, "layers": probe.selected_layers_},
-        "cv_score": probe.cv_score_,
-        "selection_path": probe.selection_path_,
-        "scores": scores.as_dict(),
-        "class_names": list(test.class_names),
-    }
-    model_path = save_classifier(stem, probe, sidecar)
-    return {**row, "model_path": str(model_path)}
+        fit_layer(group[0].layer, config, split, rows, classifiers=[job.classifier for job in group],
+                  row_kind=group[0].row_kind)
 
 
 def fill_layer_logme(table: ResultsTable) -> None:

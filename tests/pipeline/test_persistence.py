@@ -1,12 +1,19 @@
+import json
+import os
+import subprocess
+import sys
+
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
+import skops.io
 import sklearn
 from sklearn.datasets import make_blobs
 
-from layerprobe.pipeline import persistence
+from layerprobe.features.core.errors import InputError
 from layerprobe.pipeline.classifiers import fit_classifier
-from layerprobe.pipeline.persistence import load_classifier, save_classifier, write_predictions
+from layerprobe.pipeline.persistence import load_classifier, read_sidecar, save_classifier, write_predictions
 
 CLASS_NAMES = ["cat", "dog", "fox"]
 
@@ -28,11 +35,11 @@ def _sidecar(result):
     }
 
 
-@pytest.mark.parametrize("suffix", [".joblib", ".json", ""])
+@pytest.mark.parametrize("suffix", [".skops", ".json", ""])
 def test_saved_classifier_reloads_and_predicts_identically(tmp_path, fitted, suffix):
     result, X = fitted
     model_path = save_classifier(tmp_path / "runs" / "clf", result.estimator, _sidecar(result))
-    assert model_path == tmp_path / "runs" / "clf.joblib"
+    assert model_path == tmp_path / "runs" / "clf.skops"
 
     estimator, sidecar = load_classifier(tmp_path / "runs" / f"clf{suffix}")
     np.testing.assert_array_equal(estimator.predict(X), result.estimator.predict(X))
@@ -45,9 +52,9 @@ def test_saved_classifier_reloads_and_predicts_identically(tmp_path, fitted, suf
 
 def test_save_leaves_no_temporary_files(tmp_path, fitted):
     result, _ = fitted
-    save_classifier(tmp_path / "clf.joblib", result.estimator, _sidecar(result))
+    save_classifier(tmp_path / "clf.skops", result.estimator, _sidecar(result))
     save_classifier(tmp_path / "clf", result.estimator, _sidecar(result))  # overwrite
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clf.joblib", "clf.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clf.json", "clf.skops"]
 
 
 def test_crash_while_writing_keeps_the_previous_save(tmp_path, fitted, monkeypatch):
@@ -59,12 +66,12 @@ def test_crash_while_writing_keeps_the_previous_save(tmp_path, fitted, monkeypat
             f.write(b"half a pickle")
         raise OSError("disk full")
 
-    monkeypatch.setattr(persistence.joblib, "dump", crashing_dump)
+    monkeypatch.setattr(skops.io, "dump", crashing_dump)
     with pytest.raises(OSError, match="disk full"):
         save_classifier(tmp_path / "clf", result.estimator, {"store_key": "new"})
     monkeypatch.undo()
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clf.joblib", "clf.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clf.json", "clf.skops"]
     estimator, sidecar = load_classifier(tmp_path / "clf")
     assert sidecar["store_key"] == "old"
     np.testing.assert_array_equal(estimator.predict(X), result.estimator.predict(X))
@@ -81,7 +88,7 @@ def test_bad_sidecar_writes_nothing(tmp_path, fitted):
 
 def test_missing_classifier(tmp_path):
     with pytest.raises(FileNotFoundError, match="No saved classifier.*save_classifier"):
-        load_classifier(tmp_path / "nothing.joblib")
+        load_classifier(tmp_path / "nothing.skops")
 
 
 def test_missing_sidecar_means_an_unfinished_save(tmp_path, fitted):
@@ -89,7 +96,7 @@ def test_missing_sidecar_means_an_unfinished_save(tmp_path, fitted):
     save_classifier(tmp_path / "clf", result.estimator, {})
     (tmp_path / "clf.json").unlink()
     with pytest.raises(FileNotFoundError, match="did not finish.*save the classifier again"):
-        load_classifier(tmp_path / "clf.joblib")
+        load_classifier(tmp_path / "clf.skops")
 
 
 @pytest.mark.parametrize(
@@ -102,6 +109,63 @@ def test_corrupt_or_unknown_sidecar(tmp_path, fitted, content, match):
     (tmp_path / "clf.json").write_text(content)
     with pytest.raises(ValueError, match=match):
         load_classifier(tmp_path / "clf")
+
+
+class _WritesAFile:
+    """Unpickling this calls os.system: what a crafted model file can do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _old_format(tmp_path, estimator):
+    """A classifier as an older layerprobe saved it: a .joblib pickle and a format-1 sidecar."""
+    joblib.dump(estimator, tmp_path / "clf.joblib")
+    extractor = {"model": "VGG16", "weights": None, "model_kwargs": {}, "preprocessing": None, "seed": 0,
+                 "layer": "block1_pool", "pooling": "avg", "input_size": 32, "batch_size": 8, "dtype": "float32",
+                 "mixed_precision": False}
+    sidecar = {"format_version": 1, "extractor": extractor, "store_key": {}, "store": str(tmp_path / "store"),
+               "class_names": CLASS_NAMES}
+    (tmp_path / "clf.json").write_text(json.dumps(sidecar))
+    return tmp_path / "clf.joblib"
+
+
+def test_old_pickles_load_only_when_trusted(tmp_path, fitted):
+    result, X = fitted
+    path = _old_format(tmp_path, result.estimator)
+    with pytest.raises(InputError, match=r"pickle saved by an older layerprobe.*--trust"):
+        load_classifier(path)
+    estimator, sidecar = load_classifier(path, trust=True)
+    np.testing.assert_array_equal(estimator.predict(X), result.estimator.predict(X))
+    assert sidecar["class_names"] == CLASS_NAMES and read_sidecar(tmp_path / "clf")["format_version"] == 1
+
+
+def test_a_crafted_pickle_runs_no_code_without_trust(tmp_path):
+    marker = tmp_path / "pwned"
+    path = _old_format(tmp_path, _WritesAFile(marker))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "layerprobe.pipeline.cli", "predict", str(path), "--data", str(tmp_path),
+               "--out", str(tmp_path / "p.csv")]
+    refused = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert refused.returncode == 2 and "--trust" in refused.stderr, refused.stderr
+    assert not marker.exists()
+    with pytest.raises(InputError, match="--trust"):
+        load_classifier(path)
+    assert not marker.exists()
+    load_classifier(path, trust=True)  # the payload is real: trusting the file runs it
+    assert marker.exists()
+
+
+def test_a_skops_file_with_untrusted_types_is_refused(tmp_path, fitted):
+    result, _ = fitted
+    save_classifier(tmp_path / "clf", result.estimator, {})
+    skops.io.dump({"payload": _WritesAFile(tmp_path / "pwned")}, tmp_path / "clf.skops")
+    with pytest.raises(InputError, match="does not trust"):
+        load_classifier(tmp_path / "clf")
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_predictions_csv_round_trips(tmp_path):

@@ -1,29 +1,17 @@
-"""Fast probes: closed-form ridge LOO, LogME, multi-layer selection, screening and the C path."""
+"""Fast probes: closed-form ridge LOO, LogME, multi-layer selection."""
 
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
-from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils.estimator_checks import check_estimator
+from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.utils.estimator_checks import check_estimator, parametrize_with_checks
 from threadpoolctl import threadpool_limits
 
-from layerprobe.pipeline.probes import (
-    COLUMNS,
-    MultiLayerProbe,
-    RidgeProbeCV,
-    fit_logme,
-    logme_score,
-    logreg_path_search,
-    recommended_linear_svm,
-    recommended_sgd_svm,
-    screen_layers,
-    selected_layers,
-)
+from layerprobe.pipeline.probes import MultiLayerProbe, RidgeProbeCV, fit_logme, logme_score
 
 SEEDS = [0, 1, 2]
 ALPHAS = [1e-4, 1e-2, 0.3, 3.0]
@@ -268,26 +256,23 @@ def test_logme_rejects_bad_input():
 
 
 def _layers(seed, n=240):
-    """One informative layer and two noise layers of different widths."""
+    """One informative layer and two noise layers of different widths, side by side: X, widths, names, y."""
     rng = np.random.default_rng(seed)
     informative, y = _clustered(rng, n, 8, 3, separation=3.0, noise=0.5)
-    return {
-        "noise_a": rng.normal(size=(n, 16)),
-        "informative": informative,
-        "noise_b": rng.normal(size=(n, 32)),
-    }, y
+    layers = {"noise_a": rng.normal(size=(n, 16)), "informative": informative, "noise_b": rng.normal(size=(n, 32))}
+    return np.hstack(list(layers.values())), [16, 8, 32], list(layers), y
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_multilayer_selects_the_informative_layer(seed):
-    features, y = _layers(seed)
-    probe = MultiLayerProbe(tol=0.02).fit(features, y)
+    X, widths, names, y = _layers(seed)
+    probe = MultiLayerProbe(widths, names, tol=0.02).fit(X, y)
     assert probe.selected_layers_ == ["informative"]
     assert probe.name_ == "multi:informative"
-    assert set(probe.layer_scores_) == set(features)
+    assert set(probe.layer_scores_) == set(names)
     assert probe.layer_scores_["informative"] > max(probe.layer_scores_["noise_a"], probe.layer_scores_["noise_b"])
-    assert probe.transform(features).shape == (240, 8) and probe.n_features_in_ == 8
-    assert probe.score(features, y) > 0.9
+    assert probe.selected_features(X).shape == (240, 8) and probe.n_features_in_ == 56
+    assert probe.score(X, y) > 0.9
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -299,130 +284,60 @@ def test_multilayer_combines_complementary_layers(seed):
     a = np.c_[np.where(y < 2, 2.0, -2.0)] + 0.3 * rng.normal(size=(n, 3))
     b = np.c_[np.where(y % 2 == 0, 2.0, -2.0)] + 0.3 * rng.normal(size=(n, 5))
     noise = rng.normal(size=(n, 4))
-    features = {"block3_pool": a, "block4_pool": b, "block5_pool": noise}
-    probe = MultiLayerProbe().fit(features, y)
+    X = np.hstack([a, b, noise])
+    probe = MultiLayerProbe([3, 5, 4], ["block3_pool", "block4_pool", "block5_pool"]).fit(X, y)
     assert probe.selected_layers_ == ["block3_pool", "block4_pool"]
     assert probe.name_ == "multi:block3_pool+block4_pool"
-    assert set(probe.selected_layers_) <= set(features)
-    assert probe.n_features_in_ == 3 + 5 == probe.transform(features).shape[1]
+    assert probe.selected_features(X).shape[1] == 3 + 5
     assert probe.cv_score_ > max(probe.layer_scores_.values()) + 0.3
     assert [step["added"] for step in probe.selection_path_][-1] in probe.selected_layers_
     # Prediction reads only the selected layers.
-    only_selected = {name: features[name] for name in probe.selected_layers_}
-    np.testing.assert_array_equal(probe.predict(only_selected), probe.predict(features))
-    with pytest.raises(ValueError, match="lack selected layer"):
-        probe.predict({"block3_pool": a})
+    scrambled = X.copy()
+    scrambled[:, 8:] = rng.normal(size=(n, 4))
+    np.testing.assert_array_equal(probe.predict(scrambled), probe.predict(X))
+    with pytest.raises(ValueError, match="features"):
+        probe.predict(X[:, :8])
 
 
 def test_multilayer_limits_and_final_estimator():
-    features, y = _layers(0)
-    probe = MultiLayerProbe(max_layers=1, tol=0.0, estimator=LogisticRegression(C=1.0)).fit(features, y)
+    X, widths, names, y = _layers(0)
+    probe = MultiLayerProbe(widths, names, max_layers=1, tol=0.0, estimator=LogisticRegression(C=1.0)).fit(X, y)
     assert len(probe.selected_layers_) == 1
     assert isinstance(probe.estimator_, LogisticRegression)
-    assert probe.predict(features).shape == (240,)
-    with pytest.raises(ValueError, match="'layers' parameter"):
-        MultiLayerProbe(layers=["missing"]).fit(features, y)
-    with pytest.raises(ValueError, match="one row per sample"):
-        MultiLayerProbe().fit({"a": np.ones((5, 2)), "b": np.ones((6, 2))}, np.zeros(5))
+    assert probe.predict(X).shape == (240,)
+    with pytest.raises(ValueError, match="'layer_widths' parameter"):
+        MultiLayerProbe([16, 8]).fit(X, y)
+    with pytest.raises(ValueError, match="'layer_names' parameter"):
+        MultiLayerProbe(widths, ["a", "a", "b"]).fit(X, y)
+    with pytest.raises(ValueError, match="'max_layers' parameter"):
+        MultiLayerProbe(widths, max_layers=0).fit(X, y)
 
 
-# --------------------------------------------------------------------------- screening
+def test_multilayer_works_with_clone_cross_validation_and_pipelines():
+    X, widths, names, y = _layers(1)
+    probe = MultiLayerProbe(widths, names, tol=0.02)
+    scores = cross_val_score(probe, X, y, cv=3)
+    assert scores.shape == (3,) and scores.min() > 0.8
+    assert clone(probe).get_params() == probe.get_params()
+    pipeline = make_pipeline(StandardScaler(), clone(probe)).fit(X, y)
+    assert pipeline[-1].selected_layers_ == ["informative"]
 
 
-def _backbone_layers(seed):
-    rng = np.random.default_rng(seed)
-    y = np.arange(150) % 3
-    features = {}
-    for backbone in ("VGG16", "ResNet50"):
-        for layer, separation in (("early", 0.0), ("middle", 1.0), ("late", 3.0)):
-            X = rng.normal(size=(3, 6))[y] * separation + rng.normal(size=(150, 6))
-            features[(backbone, layer)] = (X, y)
-    return features
+_FIXED_WIDTH_CHECKS = (
+    "check_classifiers_one_label", "check_classifiers_regression_target", "check_dict_unchanged",
+    "check_dont_overwrite_parameters", "check_dtype_object", "check_estimators_dtypes", "check_estimators_nan_inf",
+    "check_estimators_pickle", "check_f_contiguous_array_estimator", "check_fit2d_1feature", "check_fit2d_predict1d",
+    "check_fit_score_takes_y", "check_methods_sample_order_invariance", "check_methods_subset_invariance",
+    "check_n_features_in_after_fitting", "check_pipeline_consistency", "check_positive_only_tag_during_fit",
+    "check_supervised_y_2d",
+)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_screening_selects_top_k_per_backbone(seed):
-    features = _backbone_layers(seed)
-    table = screen_layers(features, top_k=2)
-    assert tuple(table.columns) == COLUMNS
-    assert len(table) == 6
-    assert table.dtypes["selected"] == bool
-    for backbone, group in table.groupby("backbone"):
-        assert sorted(group["rank"]) == [1, 2, 3]
-        assert group["selected"].sum() == 2
-        assert set(group.loc[group.selected, "layer"]) == {"middle", "late"}
-        assert group.loc[group["rank"] == 1, "layer"].item() == "late"
-        assert (group.loc[group.selected, "cv_score"].min() >= group.loc[~group.selected, "cv_score"].max())
-    np.testing.assert_allclose(table.cv_se, np.sqrt(table.cv_score * (1 - table.cv_score) / 150))
-    assert (table.feature_dim == 6).all() and (table.n_samples == 150).all()
-    assert table.logme.notna().all() and (table.fit_seconds > 0).all()
-    assert selected_layers(table) == {"ResNet50": ["late", "middle"], "VGG16": ["late", "middle"]}
-
-
-def test_screening_accepts_layer_keys_and_feature_sets():
-    features = _backbone_layers(0)
-    by_layer = {layer: SimpleNamespace(X=X, y=y) for (backbone, layer), (X, y) in features.items() if backbone == "VGG16"}
-    table = screen_layers(by_layer, top_k=1, logme=False, n_jobs=2)
-    assert list(table.layer) == ["early", "middle", "late"]
-    assert (table.backbone == "").all()
-    assert table.loc[table.selected, "layer"].tolist() == ["late"]
-    assert table.logme.isna().all()
-    with pytest.raises(ValueError, match="top_k must be a positive integer"):
-        screen_layers(by_layer, top_k=0)
-    with pytest.raises(ValueError, match="2-D"):
-        screen_layers({"layer": (np.ones((4, 2, 2)), np.arange(4))})
-
-
-# --------------------------------------------------------------------------- grids
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_cold_path_search_equals_grid_search(seed):
-    X, y = _clustered(np.random.default_rng(seed), 120, 6, 3, separation=0.6)
-    Cs = [0.01, 0.1, 1.0]
-    result = logreg_path_search(X, y, Cs=Cs, cv=3, warm_start=False, dtype="float64", random_state=seed)
-    grid = GridSearchCV(
-        Pipeline([("standardize", StandardScaler()), ("clf", LogisticRegression(max_iter=2000, random_state=seed))]),
-        {"clf__C": Cs},
-        cv=StratifiedKFold(3, shuffle=True, random_state=seed),
-    ).fit(X, y)
-    np.testing.assert_allclose(result.cv_results["mean_test_score"], grid.cv_results_["mean_test_score"])
-    assert result.best_C == grid.best_params_["clf__C"]
-    assert result.best_params == {"C": result.best_C}
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_warm_path_search(seed):
-    X, y = _clustered(np.random.default_rng(seed), 150, 6, 3, separation=0.6)
-    cold = logreg_path_search(X, y, Cs=[10.0, 0.1, 1.0], cv=3, warm_start=False, random_state=seed)
-    warm = logreg_path_search(X, y, Cs=[10.0, 0.1, 1.0], cv=3, warm_start=True, random_state=seed)
-    assert list(warm.cv_results["C"]) == [0.1, 1.0, 10.0]
-    # Both solve the same convex problems; they differ only within the lbfgs tolerance.
-    assert np.abs(warm.cv_results["mean_test_score"] - cold.cv_results["mean_test_score"]).max() <= 2 / 150
-    p = warm.cv_results["mean_test_score"]
-    assert {"std_test_score", "se_test_score", "split0_test_score", "mean_fit_time"} <= set(warm.cv_results)
-    assert (warm.cv_results["se_test_score"] > 0).all() and (warm.cv_results["se_test_score"] < 0.1).all()
-    assert warm.best_score == p.max() and warm.best_C in (0.1, 1.0, 10.0)
-    assert warm.estimator.named_steps["clf"].C == warm.best_C
-    assert warm.estimator.score(X, y) > 0.5
-    with pytest.raises(ValueError, match="Cs must be"):
-        logreg_path_search(X, y, Cs=[0.0])
-
-
-def test_recommended_linear_svm():
-    assert recommended_linear_svm(50_000, 512, 0).dual is False
-    assert recommended_linear_svm(3_000, 512, 0).dual is True
-    assert recommended_linear_svm(100, 25_088, 7).dual is True
-    assert recommended_linear_svm(100, 25_088, 7).random_state == 7
-    with pytest.raises(ValueError, match="n_samples must be a positive integer"):
-        recommended_linear_svm(0, 5)
-
-
-@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-def test_recommended_sgd_svm_fits():
-    X, y = _clustered(np.random.default_rng(0), 200, 5, 3, separation=3.0)
-    model = recommended_sgd_svm(200, random_state=0)
-    assert model.alpha == pytest.approx(1 / 200) and model.average is True
-    assert model.fit(X, y).score(X, y) > 0.9
-    with pytest.raises(ValueError, match="n_samples must be a positive integer"):
-        recommended_sgd_svm(0)
+@parametrize_with_checks(
+    [MultiLayerProbe(), MultiLayerProbe([1, 1], ["a", "b"])],
+    expected_failed_checks=lambda estimator: {} if estimator.layer_widths is None else dict.fromkeys(
+        _FIXED_WIDTH_CHECKS, "layer_widths fixes the width of X (2 layers of 1 feature); these checks fit other widths"
+    ),
+)
+def test_multilayer_passes_sklearn_estimator_checks(estimator, check):
+    check(estimator)

@@ -152,7 +152,7 @@ def test_saved_classifiers_reload_and_predict_identically(first_run):
         predicted = np.asarray(test.class_names)[estimator.predict(test.X)]
         np.testing.assert_array_equal(predicted, predictions["predicted_label"])
         assert list(predictions["sample_id"]) == list(test.sample_ids)
-        assert sidecar["store_entry"] == row.store_entry
+        assert sidecar["store_entries"] == [row.store_entry] and sidecar["layers"] == [row.layer]
         assert sidecar["classifier"] == row.classifier
         assert sidecar["class_names"] == list(CLASSES)
         assert sidecar["scores"]["accuracy"] == pytest.approx(row.test_accuracy)
@@ -211,7 +211,7 @@ def test_cached_rerun_builds_no_backbone_until_its_weights_file_changes(data_dir
     def no_build(*args, **kwargs):
         raise AssertionError("everything is cached: the backbone must not be built")
 
-    monkeypatch.setattr(extractions_module, "FeatureExtractor", no_build)
+    monkeypatch.setattr(extractions_module.FeatureExtractor, "from_config", classmethod(no_build))
     again = run_experiment(config_from_dict(raw, tmp_path), log=_quiet, progress=False)
     assert (again.n_forward, again.n_fitted, again.n_reused) == (0, 0, 2)
     pd.testing.assert_frame_equal(again.results, first.results)
@@ -398,3 +398,28 @@ def test_default_experiment_end_to_end(tmp_path, monkeypatch):
     again = run_default(tmp_path / "out", store=tmp_path / "store", log=lines.append, progress=False)
     assert (again.n_forward, again.n_fitted) == (0, 0)
     assert any("source network: reused" in line for line in lines)
+
+
+def test_sidecars_record_the_extractors_get_config(first_run):
+    from layerprobe.pipeline.persistence import read_sidecar
+
+    config, result = first_run
+    extraction = extractions_module.plan_extractions(config)[0]
+    assert extraction.extractor is None  # the plan is in the store: nothing built
+    built = FeatureExtractor(**extraction.settings)
+    assert extraction.get_config() == built.get_config()
+    for path in result.results["model_path"]:
+        sidecar = read_sidecar(path)
+        assert sidecar["extractor"] == json.loads(json.dumps(built.get_config()))
+        assert sidecar["layers"] == [sidecar["store_keys"][0]["layer"]]
+
+
+def test_a_row_whose_model_was_deleted_is_fitted_again(first_run, tmp_path):
+    config, _ = first_run
+    shutil.copytree(config.output.dir, tmp_path / "out")
+    config = config.with_paths(output_dir=tmp_path / "out")
+    deleted = Path(pd.read_csv(tmp_path / "out" / "results.csv")["model_path"].iloc[0].replace(
+        str(first_run[0].output.dir), str(tmp_path / "out")))
+    deleted.unlink()
+    again = run_experiment(config, log=_quiet, progress=False)
+    assert (again.n_fitted, again.n_reused) == (1, 3) and deleted.is_file()

@@ -2,15 +2,14 @@
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
+import layerprobe.pipeline.run.multi_layer as multi_layer_module
+import layerprobe.pipeline.run.rows as rows_module
+import layerprobe.pipeline.run.screening as screening_module
 import numpy as np
 import pandas as pd
 import pytest
-
-import layerprobe.pipeline.run.rows as rows_module
-import layerprobe.pipeline.run.screening as screening_module
 from layerprobe.features.core.errors import InputError
 from layerprobe.features.extract import FeatureExtractor
 from layerprobe.features.store import FeatureStore
@@ -135,15 +134,16 @@ def test_multi_layer_row_names_its_selected_layers_and_sums_their_widths(screene
     assert row["feature_dim"] == sum(DIMS[name] for name in selected)
     assert json.loads(row["best_params"])["layers"] == selected
     assert row["row_kind"] == "final" and row["classifier"] == "ridge" and row["n_folds"] == row["n_train"]
-    # The saved probe takes a dict of layers and predicts what the predictions file says.
+    # The saved probe reads every layer side by side and predicts what the predictions file says.
     probe, sidecar = load_classifier(row["model_path"])
     store = FeatureStore(config.features.store)
     entries = dict(zip(table["layer"], table["store_entry"]))
-    test = {name: store.load(entries[name], split="test") for name in selected}
-    predicted = np.asarray(next(iter(test.values())).class_names)[probe.predict({n: s.X for n, s in test.items()})]
+    assert sidecar["layers"] == LAYERS and sidecar["store_entries"] == [entries[name] for name in LAYERS]
+    test = [store.load(entries[name], split="test") for name in LAYERS]
+    predicted = np.asarray(test[0].class_names)[probe.predict(np.hstack([part.X for part in test]))]
     predictions = pd.read_csv(Path(row["model_path"]).with_name("ridge.predictions.csv"))
     np.testing.assert_array_equal(predicted, predictions["predicted_label"])
-    assert sidecar["store_entries"] == row["store_entry"].split("+")
+    assert row["store_entry"].split("+") == [entries[name] for name in selected]
 
 
 def test_predict_command_applies_the_multi_layer_probe_to_new_images(screened, tmp_path):
@@ -160,19 +160,18 @@ def test_predict_command_applies_the_multi_layer_probe_to_new_images(screened, t
     assert predicted["true_label"].notna().all()
 
 
-def test_predict_refuses_a_multi_layer_sidecar_whose_layers_need_two_extractors(screened, tmp_path):
+def test_predict_refuses_a_multi_layer_probe_of_an_older_layerprobe(screened, tmp_path):
     config, result, _ = screened
     row = result.results[result.results["layer"].str.startswith("multi:")].iloc[0]
-    model = Path(row["model_path"])
-    sidecar = json.loads(model.with_suffix(".json").read_text())
-    first, key = sidecar["extractors"][0], sidecar["store_keys"][0]
-    sidecar["extractors"] = [first, {**first, "layer": "block5_pool", "pooling": "max"}]
-    sidecar["store_keys"] = [key, key]
-    shutil.copy(model, tmp_path / "edited.joblib")
-    (tmp_path / "edited.json").write_text(json.dumps(sidecar))
-    with pytest.raises(InputError, match="made by different extractors"):
-        predict_images(tmp_path / "edited.joblib", config.data.path, out=tmp_path / "p.csv", progress=False,
-                       log=_quiet)
+    sidecar = json.loads(Path(row["model_path"]).with_suffix(".json").read_text())
+    record = {**sidecar["extractor"], "layer": LAYERS[0]}
+    old = {"format_version": 1, "classifier": "multi_layer", "extractors": [record], "store_keys": sidecar["store_keys"][:1],
+           "store": sidecar["store"], "class_names": sidecar["class_names"]}
+    (tmp_path / "ridge.json").write_text(json.dumps(old))
+    (tmp_path / "ridge.joblib").write_bytes(b"never unpickled")
+    with pytest.raises(InputError, match="multi-layer probe saved by an older layerprobe.*rerun"):
+        predict_images(tmp_path / "ridge.joblib", config.data.path, out=tmp_path / "p.csv", progress=False,
+                       log=_quiet, trust=True)
 
 
 def test_the_contract_columns_exist_and_intervals_hold_the_estimates(screened):
@@ -202,7 +201,7 @@ def test_rerun_reuses_every_row_without_a_fit(screened, monkeypatch):
         raise AssertionError("this run must reuse its rows, not fit them")
 
     monkeypatch.setattr(rows_module, "fit_classifier", fail)
-    monkeypatch.setattr(screening_module.MultiLayerProbe, "fit", fail)
+    monkeypatch.setattr(multi_layer_module.MultiLayerProbe, "fit", fail)
     monkeypatch.setattr(FeatureExtractor, "iter_features", fail)
     again = run_experiment(config, log=_quiet, progress=False)
     assert (again.n_forward, again.n_fitted, again.n_reused) == (0, 0, 10)
@@ -271,3 +270,60 @@ def test_screening_on_a_dask_cluster_gives_the_in_process_table(screened, tmp_pa
     assert "submitted 4 classifier row(s)" in submitted[1]
     compared = [column for column in local.results.columns if column not in ("fit_seconds", "model_path")]
     pd.testing.assert_frame_equal(local.results[compared], remote.results[compared])
+
+
+def test_screening_order_ranks_by_cv_score_then_logme_then_position():
+    cv_scores = [0.5, 0.8, 0.8, float("nan"), 0.8]
+    logmes = [0.1, -0.2, 0.3, 0.9, 0.3]
+    assert screening_module.screening_order(cv_scores, logmes) == [2, 4, 1, 0, 3]
+
+
+def _quick_config(data, root, backbone):
+    raw = {
+        "data": {"path": str(data), "train_split": "train", "test_split": "test"},
+        "features": {"store": str(root / "store"), "input_size": 32, "batch_size": 16},
+        "backbones": [{"layers": ["block1_pool", "block2_pool"], **backbone}],
+        "classifiers": {"names": ["ridge"], "multi_layer": True},
+        "output": {"dir": str(root / "out")},
+    }
+    return config_from_dict(raw, "/")
+
+
+def _outside(root):
+    """Files and folders under `root` but outside its out/ and store/."""
+    return [path for path in root.rglob("*") if path.parts[len(root.parts)] not in ("out", "store")]
+
+
+def test_model_kwargs_that_keras_ignores_are_refused(data_dir, tmp_path):
+    """The issue's config: `pooling` in model_kwargs with a path in it, and a multi-layer row."""
+    from layerprobe.pipeline.config import ConfigError
+
+    config = _quick_config(data_dir, tmp_path, {"model": "VGG16", "weights": "none",
+                                                 "model_kwargs": {"pooling": "x/../../../ESCAPED"}})
+    with pytest.raises(ConfigError, match=r"model_kwargs must not set \['pooling'\].*VGG16 takes no model_kwargs"):
+        run_experiment(config, log=_quiet, progress=False)
+    assert _outside(tmp_path) == []
+
+
+def test_every_output_path_component_is_sanitized(data_dir, tmp_path):
+    """A constructor argument with a path in it names the multi-layer folder without leaving out/."""
+    import keras
+    from layerprobe.features.registry import BACKBONES, BackboneSpec, register_backbone
+
+    def tagged(tag=None, **kwargs):
+        return keras.applications.VGG16(**kwargs)
+
+    register_backbone(BackboneSpec("TaggedVGG16", tagged, "keras.applications.vgg16", stage_pattern=r"block\d+_pool$"))
+    try:
+        config = _quick_config(data_dir, tmp_path, {"model": "TaggedVGG16", "weights": "none",
+                                                     "model_kwargs": {"tag": "x/../../../ESCAPED"}})
+        result = run_experiment(config, log=_quiet, progress=False)
+    finally:
+        BACKBONES.pop("TaggedVGG16")
+    assert _outside(tmp_path) == []
+    models = tmp_path / "out" / "models"
+    folders = sorted(path.name for path in models.iterdir())
+    assert len(folders) == 3 and all("/" not in name for name in folders)
+    multi = [name for name in folders if ".multi." in name]
+    assert multi and multi[0].startswith("TaggedVGG16_tag_x_.._.._.._ESCAPED_.multi.avg.")
+    assert all(Path(path).parent.parent == models for path in result.results["model_path"])

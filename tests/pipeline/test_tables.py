@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 
 from layerprobe.pipeline.results import results_frame
-from layerprobe.pipeline.tables import format_table, significant
+from layerprobe.pipeline.tables import format_table
 
 ROWS = [
     {"layer": "block1_pool", "depth": 0.25, "n": 3, "note": "a|b"},
@@ -24,12 +24,12 @@ def test_text_table_is_right_aligned_and_keeps_only_known_columns():
     assert lines == ["      layer  n", "block1_pool  3", "block3_pool  -"]
 
 
-def test_dataframe_rows_with_nullable_integers_and_significant_digits():
+def test_dataframe_rows_with_nullable_integers_and_a_float_function():
     frame = results_frame([{"mode": "frozen", "layer": "top", "stage": None, "fit_seconds": 1234.5},
                            {"mode": "frozen", "layer": "mid", "stage": 2, "fit_seconds": 0.01234}])
     assert frame["stage"].dtype == "Int64"
-    text = format_table(frame, ["layer", "stage", "fit_seconds"], float_format=significant, missing="-")
-    assert text.splitlines()[1:] == ["  top      -         1234", "  mid      2       0.0123"]
+    text = format_table(frame, ["layer", "stage", "fit_seconds"], float_format=lambda value: f"{value:.3g}", missing="-")
+    assert text.splitlines()[1:] == ["  top      -     1.23e+03", "  mid      2       0.0123"]
 
 
 def test_no_rows_gives_the_header_and_default_columns_are_first_seen_order():

@@ -59,7 +59,7 @@ def test_same_config_and_seeds_give_identical_result_tables(helpers, tmp_path):
         first.results.drop(columns=times_and_places), second.results.drop(columns=times_and_places), check_exact=True
     )
     for a, b in zip(first.results["model_path"], second.results["model_path"]):
-        predictions = [pd.read_csv(path.replace(".joblib", ".predictions.csv")) for path in (a, b)]
+        predictions = [pd.read_csv(path.replace(".skops", ".predictions.csv")) for path in (a, b)]
         pd.testing.assert_frame_equal(*predictions, check_exact=True)
     # The split seed is used: another seed puts other images in the test split.
     dataset, data = open_dataset(images), config.data

@@ -92,7 +92,8 @@ def test_killed_run_keeps_finished_rows_and_ends_like_an_uninterrupted_one(unint
 
     out = tmp_path / "out"
     assert len(pd.read_csv(out / "results.csv")) == n_table  # the last complete table
-    assert len(list(out.rglob("*.joblib"))) == n_estimators and len(list(out.rglob("*.json"))) == n_sidecars
+    sidecars = [path for path in out.rglob("*.json") if not path.name.endswith(".row.json")]
+    assert len(list(out.rglob("*.skops"))) == n_estimators and len(sidecars) == n_sidecars
     assert len(list(out.rglob(f"{TMP_PREFIX}*"))) == n_temporary
 
     rerun = run_experiment(load_config(path), log=_quiet, progress=False)
@@ -103,12 +104,12 @@ def test_killed_run_keeps_finished_rows_and_ends_like_an_uninterrupted_one(unint
     # Each row's estimator, sidecar and predictions belong together and equal the uninterrupted run's.
     for row, reference in zip(rerun.results.itertuples(), expected.results["model_path"]):
         estimator, sidecar = load_classifier(row.model_path)
-        assert sidecar["row"]["test_accuracy"] == row.test_accuracy
+        assert sidecar["scores"]["accuracy"] == row.test_accuracy
         test = FeatureStore(store).load(row.store_entry, split="test")
-        predictions = pd.read_csv(row.model_path.replace(".joblib", ".predictions.csv"))
+        predictions = pd.read_csv(row.model_path.replace(".skops", ".predictions.csv"))
         np.testing.assert_array_equal(np.asarray(test.class_names)[estimator.predict(test.X)],
                                       predictions["predicted_label"])
-        pd.testing.assert_frame_equal(predictions, pd.read_csv(reference.replace(".joblib", ".predictions.csv")))
+        pd.testing.assert_frame_equal(predictions, pd.read_csv(reference.replace(".skops", ".predictions.csv")))
 
 
 def _test_finetune():

@@ -1,0 +1,137 @@
+"""One memo for every kind of row: a row is computed, or reused by its settings (joblib.Memory's idea).
+
+Every row of a run (a classifier on one layer, the multi-layer probe, a
+`[finetune]` training) is saved as a record, ``{"settings": ..., "row": ...,
+"model": ...}``, written last and atomically, after the row's model and
+predictions. The settings hold everything that determines the row (store keys,
+classifier, grid, folds, seed, split definition, ...). A later run that asks for
+equal settings reuses the row without loading features or fitting, so a killed
+run keeps its rows and a rerun fits nothing. `RunRows` adds each row to the
+results table, logs it and counts it as fitted or reused, in one place.
+
+Rows saved by an older layerprobe, whose classifier sidecar (format 1) held the
+settings and the row, are reused the same way; their models stay pickles
+(`layerprobe predict --trust`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ...features.core.atomic import write_text_atomically
+from ...features.core.errors import InputError
+from ..persistence import read_sidecar
+from ..results import ResultsTable
+
+__all__ = ["RowRecord", "RunRows", "fit_or_reuse", "jsonable"]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def jsonable(value: Any) -> Any:
+    """`value` as it reads back from JSON (tuples become lists), so that saved and new settings compare equal."""
+    return json.loads(json.dumps(value, sort_keys=True, default=_plain))
+
+
+@dataclass(frozen=True)
+class RowRecord:
+    """Where one row is saved, and the settings that determine it.
+
+    Attributes:
+        path: The record file (JSON).
+        settings: Everything that determines the row, JSON-ready (`jsonable`).
+        legacy_sidecar: The format-1 classifier sidecar that held this row's
+            settings and row before records existed, if any.
+    """
+
+    path: Path
+    settings: dict
+    legacy_sidecar: Path | None = None
+
+    def saved(self) -> dict | None:
+        """The row saved under equal settings, with its `model_path`; None if there is none or its model is gone."""
+        try:
+            record = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return self._legacy()
+        if not isinstance(record, dict) or record.get("settings") != self.settings or "row" not in record:
+            return self._legacy()
+        if "model" not in record:  # a [finetune] row of an older layerprobe: its row holds model_path
+            return dict(record["row"])
+        model_path = os.path.normpath(self.path.parent / record["model"])
+        if not os.path.exists(model_path):  # the model was deleted: fit again
+            return None
+        return {**record["row"], "model_path": model_path}
+
+    def _legacy(self) -> dict | None:
+        if self.legacy_sidecar is None:
+            return None
+        try:
+            sidecar = read_sidecar(self.legacy_sidecar)
+        except (FileNotFoundError, InputError):
+            return None
+        if sidecar.get("format_version") != 1 or sidecar.get("fit_settings") != self.settings or "row" not in sidecar:
+            return None
+        return {**sidecar["row"], "model_path": str(self.legacy_sidecar.with_suffix(".joblib"))}
+
+    def save(self, row: dict, model_path: str | os.PathLike) -> dict:
+        """Write the record of a finished row (last, atomically); returns the row with its `model_path`."""
+        model = os.path.relpath(model_path, self.path.parent)
+        record = {"settings": self.settings, "row": row, "model": model}
+        write_text_atomically(self.path, json.dumps(record, indent=2, sort_keys=True, default=_plain) + "\n")
+        return {**row, "model_path": str(model_path)}
+
+
+def fit_or_reuse(record: RowRecord, fit: Callable[[], tuple[dict, Path]]) -> tuple[dict, bool]:
+    """The row saved under `record`'s settings, or `fit()`'s (which saves the model and returns the row and
+    its path), recorded; returns ``(row, fitted)``.
+
+    The old record goes first: the files of a fit killed half-way are never
+    paired with the row of an earlier one.
+    """
+    saved = record.saved()
+    if saved is not None:
+        return saved, False
+    record.path.unlink(missing_ok=True)
+    row, model_path = fit()
+    return record.save(row, model_path), True
+
+
+class RunRows:
+    """The rows of a run as they come: each added to the results table, logged, and counted as fitted or reused.
+
+    Attributes:
+        table: The results table.
+        fitted: Rows fitted (or trained) by this run.
+        reused: Rows reused from an earlier run.
+    """
+
+    def __init__(self, table: ResultsTable, log: Callable[[str], None]):
+        self.table = table
+        self.log = log
+        self.fitted = 0
+        self.reused = 0
+
+    def add(self, row: dict, *, fitted: bool, what: str) -> None:
+        """Add `row` (about `what`, e.g. "block3_pool / logreg") and log its scores."""
+        cv_score = row.get("cv_score")
+        scores = f"cv {cv_score:.3f}, " if isinstance(cv_score, float) and math.isfinite(cv_score) else ""
+        self.log(f"  {'fitted' if fitted else 'reused'} {what}: {scores}test {row['test_accuracy']:.3f}")
+        self.table.add(row)
+        self.fitted += fitted
+        self.reused += not fitted
+
+    def count_kept(self, n_rows: int) -> None:
+        """Count rows kept from the table of an earlier run (`layerprobe finetune`) as reused."""
+        self.reused += n_rows
