@@ -19,11 +19,14 @@ The advice recommends what the table measured best, not a fixed recipe:
 * **The top layer** is the backbone's deepest layer in the table, screening
   rows included, whichever layers screening kept; its score is the best of its
   rows.
-* **Mode.** When the table has finetune or scratch rows, measured results
-  decide: the best trained row replaces the frozen choice only if the frozen
-  one does not tie it. Those rows have no CV score, so modes are compared on
-  test accuracy (binomial SEs) unless every compared row has a `cv_score`.
-  Without trained rows the mode is predicted from the training set's size: at
+* **Mode.** When the table has finetune or scratch rows with a validation
+  score, measured results decide: the best trained row replaces the frozen
+  choice only if the frozen one does not tie it. Modes are compared on
+  training-split evidence only: a frozen row's CV score, a trained row's
+  accuracy on the validation part of the training split that its training held
+  out (`val_accuracy` on `n_val` images, binomial SE). Test scores are reported,
+  never compared; trained rows without a validation score (`val_fraction = 0`)
+  are reported and do not decide. Without such trained rows the mode is predicted from the training set's size: at
   least `FINETUNE_SAMPLES_PER_CLASS` images per class advises finetuning the
   top blocks, provided the top layer ties the best single layer (finetuning
   starts from the top features; when an intermediate layer beats them by more
@@ -33,10 +36,11 @@ The advice recommends what the table measured best, not a fixed recipe:
   CV is optimistic. Otherwise the frozen choice (`frozen_top` when it reads
   the top layer alone, else `frozen_intermediate`).
 * **Failed rows.** A row whose test accuracy is at or below the test split's
-  majority-class rate, or whose CV score is at or below the training split's,
-  does no better than answering the most frequent class for every image
-  (for a trained row: its training failed). It is flagged (`Advice.flags`),
-  named in the evidence and never recommended.
+  majority-class rate, or whose CV or validation score is at or below the
+  training split's, does no better than answering the most frequent class for
+  every image (for a trained row: its training failed). It is flagged
+  (`Advice.flags`) and named in the evidence; a row flagged on training-split
+  evidence is never recommended (the test flag alone changes no decision).
 * **Random features.** A pretrained backbone whose best row does not beat the
   random-initialisation baseline (`weights == "none"`, same backbone) by more
   than noise (the baseline ties it) is flagged as not worth transferring from.
@@ -88,8 +92,8 @@ _GROUP = ["backbone", "weights", "pooling"]
 _MULTI_PREFIX = "multi:"
 _MODE_COST = {"frozen": 0, "finetune": 1, "scratch": 2}
 _CLASSIFIER_COST = {"ridge": 0, "logreg": 1, "linear_svm": 1}
-_NUMERIC = ["depth", "feature_dim", "cv_score", "cv_se", "n_folds", "test_accuracy", "test_ci_low", "test_ci_high",
-            "n_train", "n_test", "logme"]
+_NUMERIC = ["depth", "feature_dim", "cv_score", "cv_se", "n_folds", "val_accuracy", "n_val", "test_accuracy",
+            "test_ci_low", "test_ci_high", "n_train", "n_test", "logme"]
 _TEXT = {"mode": "frozen", "backbone": "?", "weights": "?", "pooling": "-", "layer": "-", "classifier": "-",
          "row_kind": "final", "stage": None}
 _AT_CHANCE = 1e-9  # "at or below" the majority-class rate, allowing for float rounding
@@ -166,6 +170,13 @@ def _test_text(row: pd.Series) -> str:
     return f"test {_pct(row['test_accuracy'])}"
 
 
+def _val_text(row: pd.Series) -> str:
+    """`validation 85.0% ± 3.2 (binomial SE, n=40)`: a trained row's score on the held-out part of the training split."""
+    value, se = _score_and_se(row, "val_accuracy")
+    spread = f" ± {100 * se:.1f} (binomial SE, n={int(row['n_val'])})" if _finite(se) else ""
+    return f"validation {_pct(value)}{spread}"
+
+
 def _depth_text(row, before: str = "", after: str = "") -> str:
     """"depth 0.77" for one layer; nothing for a multi-layer row, which has no single depth."""
     return f"{before}depth {float(row['depth']):.2f}{after}" if _finite(row.get("depth")) else ""
@@ -193,7 +204,9 @@ def _name(row: pd.Series) -> str:
 
 
 def _scores(row: pd.Series) -> str:
-    return f"{_cv_text(row)}, {_test_text(row)}" if _finite(row.get("cv_score")) else _test_text(row)
+    if _finite(row.get("cv_score")):
+        return f"{_cv_text(row)}, {_test_text(row)}"
+    return f"{_val_text(row)}, {_test_text(row)}" if _finite(row.get("val_accuracy")) else _test_text(row)
 
 
 def _setting(key: str, value) -> str:
@@ -221,10 +234,12 @@ def _prepare(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _score_and_se(row: pd.Series, score: str) -> tuple[float, float]:
+    """`score` of a row and its SE: `cv_se` for `cv_score`, else binomial over `n_val` or `n_test`."""
     if score == "cv_score":
         return float(row["cv_score"]), float(row["cv_se"]) if _finite(row["cv_se"]) else math.nan
-    value = float(row["test_accuracy"])
-    return value, binomial_se(value, int(row["n_test"])) if _finite(row["n_test"]) else math.nan
+    value = float(row[score])
+    n = row["n_val" if score == "val_accuracy" else "n_test"]
+    return value, binomial_se(value, int(n)) if _finite(n) and n > 0 else math.nan
 
 
 def _ties(best: pd.Series, other: pd.Series, n_se: float, score: str = "cv_score") -> bool:
@@ -251,11 +266,13 @@ def cheapest_within_noise(rows: pd.DataFrame, *, score: str = "cv_score",
     row ties (and may then be the cheapest) but does not raise the bar.
     A row ties the best when it scores at most `n_se` of the best row's standard
     errors below it (`ties_with_best`, the one-standard-error rule; SE: `cv_se`
-    for `"cv_score"`, the binomial SE on `n_test` for `"test_accuracy"`; unknown:
-    exact ties only). The row's own SE plays no part, so noise does not buy a
-    place in the tie. The cheapest is the first in this order: frozen, then
-    finetune, then scratch; fewer `feature_dim`; smaller `depth`; ridge before
-    logreg and linear_svm before other classifiers; ties keep the better score.
+    for `"cv_score"`, the binomial SE on `n_val` for `"val_accuracy"`, on
+    `n_test` for `"test_accuracy"`; unknown: exact ties only). The row's own SE
+    plays no part, so noise does not buy a place in the tie. The cheapest is the
+    first in this order: frozen, then finetune, then scratch; fewer
+    `feature_dim`; smaller `depth`; ridge before logreg and linear_svm before
+    other classifiers; ties keep the better score (then the smaller SE: no
+    other column, the test scores least of all, takes part).
 
     Raises:
         ValueError: If no row has a finite `score`.
@@ -263,7 +280,9 @@ def cheapest_within_noise(rows: pd.DataFrame, *, score: str = "cv_score",
     scored = rows[pd.to_numeric(rows[score], errors="coerce").notna()]
     if scored.empty:
         raise ValueError(f"No row has a {score}; cannot compare. Received: {len(rows)} row(s)")
-    ordered = scored.sort_values([score, "test_accuracy"], ascending=False, kind="stable")
+    spread = [_score_and_se(row, score)[1] for _, row in scored.iterrows()]
+    ordered = (scored.assign(_spread=np.nan_to_num(spread, nan=np.inf))
+               .sort_values([score, "_spread"], ascending=[False, True], kind="stable").drop(columns="_spread"))
     single = ordered[~ordered["layer"].astype(str).str.startswith(_MULTI_PREFIX)] if "layer" in ordered else ordered
     best = (single if not single.empty else ordered).iloc[0]
     tied = ordered[[_ties(best, row, n_se, score) for _, row in ordered.iterrows()]]
@@ -276,9 +295,10 @@ def majority_flags(results: pd.DataFrame, *, cv_majority_rate: float | None = No
     """Rows no better than answering the most frequent class for every image, with a note for the table.
 
     A row is flagged when its `test_accuracy` is at or below `test_majority_rate`
-    (the test split's largest class over its size) or its `cv_score` at or below
-    `cv_majority_rate` (the same on the training split). A finetune or scratch
-    row so flagged failed to train.
+    (the test split's largest class over its size) or its `cv_score` or
+    `val_accuracy` at or below `cv_majority_rate` (the same on the training
+    split, whose validation part is stratified). A finetune or scratch row so
+    flagged failed to train.
 
     Returns:
         Index label -> note, only for flagged rows; empty when both rates are None.
@@ -286,7 +306,8 @@ def majority_flags(results: pd.DataFrame, *, cv_majority_rate: float | None = No
     flags = {}
     for index, row in _prepare(results).iterrows():
         low = [f"{name} {_pct(row[column])} ≤ {_pct(rate)}" for name, column, rate in
-               (("test", "test_accuracy", test_majority_rate), ("CV", "cv_score", cv_majority_rate))
+               (("test", "test_accuracy", test_majority_rate), ("CV", "cv_score", cv_majority_rate),
+                ("validation", "val_accuracy", cv_majority_rate))
                if rate is not None and _finite(row[column]) and row[column] <= rate + _AT_CHANCE]
         if low:
             failed = "failed training: " if row["mode"] in ("finetune", "scratch") else ""
@@ -409,9 +430,12 @@ def _baseline_evidence(best: pd.Series, random_rows: pd.DataFrame, n_se: float) 
                    f"scratch ({_setting('modes', ['finetune', 'scratch'])} in `[finetune]`)."]
 
 
-def _flag_evidence(table: pd.DataFrame, flags: Mapping[Hashable, str]) -> list[str]:
+def _flag_evidence(table: pd.DataFrame, flags: Mapping[Hashable, str], failed: Mapping[Hashable, str]) -> list[str]:
+    """A line per flagged row; only rows `failed` on training-split evidence are left out of the choice."""
     return [f"**{_name(table.loc[index])}**: {note}: no better than answering the most frequent class for every "
-            f"image, so it is not a result." for index, note in flags.items()]
+            + ("image, so it is not a result." if index in failed else
+               "test image; the choice is made on training-split evidence, so this is a warning about the row.")
+            for index, note in flags.items()]
 
 
 # --------------------------------------------------------------------------- recommend
@@ -466,23 +490,29 @@ def recommend(
     per_class = n_train / n_classes
     small = per_class < finetune_samples_per_class
     table = _prepare(results)
-    flags = majority_flags(table, cv_majority_rate=None if largest_class is None else largest_class / n_train,
-                           test_majority_rate=test_majority_rate)
+    train_rate = None if largest_class is None else largest_class / n_train
+    flags = majority_flags(table, cv_majority_rate=train_rate, test_majority_rate=test_majority_rate)
+    failed = majority_flags(table, cv_majority_rate=train_rate)  # training-split evidence: these are left out
     regime = (f"Training split: {n_train} samples in {n_classes} classes ({per_class:.0f} per class, smallest class "
               f"{smallest_class}); from {finetune_samples_per_class:g} per class finetuning is advised "
               f"(threshold calibrated in benchmarks/RESULTS.md, transfer matrix).")
-    usable = table[~table.index.isin(list(flags))]
+    usable = table[~table.index.isin(list(failed))]
     frozen = table[(table["mode"] == "frozen") & table["cv_score"].notna()]
     screening = frozen[frozen["row_kind"] == "screening"]
     final = usable[(usable["mode"] == "frozen") & usable["cv_score"].notna() & (usable["row_kind"] != "screening")]
     candidates = final if not final.empty else usable[usable.index.isin(screening.index)]
     pool = candidates[candidates["weights"] != "none"]
     pool = pool if not pool.empty else candidates
-    trained = usable[usable["mode"].isin(["finetune", "scratch"]) & usable["test_accuracy"].notna()]
-    evidence = [regime] + _flag_evidence(table, flags)
+    all_trained = usable[usable["mode"].isin(["finetune", "scratch"])]
+    trained = all_trained[all_trained["val_accuracy"].notna()]
+    evidence = [regime] + _flag_evidence(table, flags, failed)
+    evidence += [f"{_name(row)}: {_scores(row)}; it has no validation score (`val_fraction = 0` or an older "
+                 f"layerprobe), so it is reported but not compared (test scores choose nothing). To compare it, "
+                 f"set `val_fraction` above 0 in `[finetune]` and delete {row.get('model_path') or 'its folder'}."
+                 for index, row in all_trained[all_trained["val_accuracy"].isna()].iterrows() if index not in flags]
     if pool.empty and trained.empty:
-        evidence.append("The table has no usable frozen rows with a CV score and no finetune or scratch rows: "
-                        "nothing to compare.")
+        evidence.append("The table has no usable frozen rows with a CV score and no finetune or scratch rows with "
+                        "a validation score: nothing to compare.")
         text = "**No recommendation:** the table has no comparable rows.\n\nEvidence:\n\n" + "\n".join(
             f"- {line}" for line in evidence)
         return Advice("none", per_class, small, None, None, False, None, "none", tuple(evidence), text, flags)
@@ -584,17 +614,21 @@ def _size_sentences(mode, chosen, runner_up, tied, per_class, threshold, worth, 
 
 
 def _measured(trained, chosen, frozen_mode, predicted, n_se):
-    """Measured trained rows against the frozen choice: (mode, row, runner-up, sentences)."""
-    scored_cv = chosen is not None and trained["cv_score"].notna().all()
-    score = "cv_score" if scored_cv else "test_accuracy"
-    best_trained, cheapest_trained, _ = cheapest_within_noise(trained, score=score, n_se=n_se)
-    basis = "cross-validation" if scored_cv else "test accuracy (trained rows have no CV score)"
+    """Trained rows (by `val_accuracy`) against the frozen choice (by `cv_score`): (mode, row, runner-up, sentences).
+
+    Both scores come from the training split; the test split decides nothing.
+    """
+    best_trained, cheapest_trained, _ = cheapest_within_noise(trained, score="val_accuracy", n_se=n_se)
+    basis = ("training-split evidence (the frozen row's cross-validation, the trained row's accuracy on the "
+             "validation part of the training split)")
     if chosen is None:
         mode, row, other = cheapest_trained["mode"], cheapest_trained, None
         beats = True
     else:
-        beats = _score_and_se(best_trained, score)[0] > _score_and_se(chosen, score)[0] and not _ties(
-            best_trained, chosen, n_se, score)
+        trained_score, trained_se = _score_and_se(best_trained, "val_accuracy")
+        frozen_score = _score_and_se(chosen, "cv_score")[0]
+        beats = trained_score > frozen_score and not ties_with_best(trained_score, trained_se, frozen_score,
+                                                                     n_se=n_se)
         mode, row, other = ((best_trained["mode"], best_trained, chosen) if beats
                             else (frozen_mode, chosen, best_trained))
     rule_mode = "finetune" if predicted == "finetune" else "frozen"
@@ -605,7 +639,8 @@ def _measured(trained, chosen, frozen_mode, predicted, n_se):
                  f"It scores {_scores(row)}."]
     if other is not None:
         relation = "beats" if beats else ("is within noise of" if mode.startswith("frozen") and
-                                          _score_and_se(other, score)[0] >= _score_and_se(row, score)[0] else "beats")
+                                          _score_and_se(other, "val_accuracy")[0] >= _score_and_se(row, "cv_score")[0]
+                                          else "beats")
         sentences.append(f"Compared by {basis}, it {relation} {_name(other)} ({_scores(other)})"
                          + ("; the cheaper frozen option is kept." if relation == "is within noise of" else "."))
     sentences.append(f"This {outcome} the size rule, which predicts "

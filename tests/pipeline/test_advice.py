@@ -85,13 +85,35 @@ def test_logreg_beating_linear_svm_recommends_logreg():
 
 def test_finetune_rows_that_beat_frozen_rows_flip_the_advice_to_finetuning():
     finetune = {"mode": "finetune", "backbone": "VGG16", "weights": "imagenet", "layer": "all", "depth": 1.0,
-                "classifier": "softmax", "test_accuracy": 0.97, "n_test": 400}
+                "classifier": "softmax", "val_accuracy": 0.97, "n_val": 400, "test_accuracy": 0.97, "n_test": 400}
     advice = _small(_table(_rows([0.6, 0.7, 0.8, 0.9]), [finetune]))
     assert advice.mode == "finetune" and advice.rule == "measured"
-    assert "overturns the size rule" in advice.text and "test accuracy (trained rows have no CV score)" in advice.text
-    # A finetune row within noise of the frozen one keeps the cheaper frozen mode.
-    close = _small(_table(_rows([0.6, 0.7, 0.8, 0.9]), [{**finetune, "test_accuracy": 0.91}]))
+    assert "overturns the size rule" in advice.text and "Compared by training-split evidence" in advice.text
+    assert "validation 97.0% ± 0.9 (binomial SE, n=400)" in advice.text
+    # A finetune row within noise of the frozen one (2 of its binomial SEs, 2.9 points) keeps the cheaper frozen mode.
+    close = _small(_table(_rows([0.6, 0.7, 0.8, 0.9]), [{**finetune, "val_accuracy": 0.91}]))
     assert close.mode == "frozen_top" and "is within noise of" in close.text
+
+
+def test_frozen_and_trained_rows_are_compared_on_training_split_evidence_never_on_test_scores():
+    frozen = _rows([0.6, 0.7, 0.8, 0.9], cv_se=0.01)
+    trained = [{"mode": mode, "backbone": "VGG16", "weights": weights, "layer": "(end to end)",
+                "classifier": "softmax head", "val_accuracy": val, "n_val": 100, "test_accuracy": 0.8, "n_test": 400}
+               for mode, weights, val in (("finetune", "imagenet", 0.97), ("scratch", "none", 0.6))]
+    table = _table(frozen, trained)
+    kwargs = dict(n_train=200, n_classes=5, smallest_class=40, largest_class=40, test_majority_rate=0.2)
+    advice = recommend(table, **kwargs)
+    assert advice.mode == "finetune" and advice.row["mode"] == "finetune"
+    # Any test scores, even a finetune test score at the majority rate: the same decision, the same rows.
+    for tests in ([0.99, 0.98, 0.97, 0.3, 0.95, 0.9, 0.5, 0.1, 0.1, 0.99], [0.1] * 8 + [0.15, 0.99]):
+        shuffled = recommend(table.assign(test_accuracy=tests), **kwargs)
+        assert (shuffled.mode, shuffled.row.name, shuffled.runner_up.name, shuffled.tied) == (
+            advice.mode, advice.row.name, advice.runner_up.name, advice.tied)
+        assert "by test accuracy" not in shuffled.text
+    # Without a validation score a trained row is reported, not compared.
+    blind = recommend(table.assign(val_accuracy=float("nan")), **kwargs)
+    assert blind.rule == "size" and blind.row["mode"] == "frozen"
+    assert "it has no validation score (`val_fraction = 0` or an older layerprobe)" in blind.text
 
 
 def test_finetuning_is_not_predicted_when_an_intermediate_layer_beats_the_top_by_more_than_noise():
@@ -256,18 +278,20 @@ def test_a_noisier_row_cannot_enter_a_tie_that_a_steadier_row_at_the_same_mean_l
 def test_rows_at_or_below_the_majority_class_rate_are_flagged_and_never_recommended():
     frozen = _rows([0.60, 0.70, 0.75, 0.80], classifiers=("logreg",), n_test=153)
     scratch = {"mode": "scratch", "backbone": "VGG16", "weights": "none", "layer": "(end to end)",
-               "classifier": "softmax head", "test_accuracy": 70 / 153, "n_test": 153}
-    finetune = {**scratch, "mode": "finetune", "weights": "imagenet", "test_accuracy": 0.86}
+               "classifier": "softmax head", "val_accuracy": 0.48, "n_val": 25, "test_accuracy": 70 / 153,
+               "n_test": 153}
+    finetune = {**scratch, "mode": "finetune", "weights": "imagenet", "val_accuracy": 0.96, "test_accuracy": 0.86}
     table = _table(frozen, [scratch, finetune])
     advice = recommend(table, n_train=245, n_classes=2, smallest_class=121, largest_class=124,
                        test_majority_rate=83 / 153)
     scratch_index = table.index[table["mode"] == "scratch"][0]
     assert list(advice.flags) == [scratch_index]
-    assert advice.flags[scratch_index] == "failed training: at or below the majority class (test 45.8% ≤ 54.2%)"
+    assert advice.flags[scratch_index] == ("failed training: at or below the majority class (test 45.8% ≤ 54.2%, "
+                                           "validation 48.0% ≤ 50.6%)")
     assert "**scratch VGG16 (weights none)**: failed training" in advice.text
     assert advice.mode == "finetune" and advice.row["mode"] == "finetune"
     # A failed row is not a result even when it is the only trained row: the size rule decides, as without it.
-    alone = recommend(_table(frozen, [scratch]), n_train=245, n_classes=2, smallest_class=121,
+    alone = recommend(_table(frozen, [scratch]), n_train=245, n_classes=2, smallest_class=121, largest_class=124,
                       test_majority_rate=83 / 153)
     assert alone.rule == "size" and alone.row["mode"] == "frozen"
     assert "scratch VGG16 (weights none): test" not in alone.text  # not quoted as a measured result
