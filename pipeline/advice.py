@@ -31,7 +31,9 @@ The advice recommends what the table measured best, not a fixed recipe:
   top blocks, provided the top layer ties the best single layer (finetuning
   starts from the top features; when an intermediate layer beats them by more
   than noise, as for an ImageNet network read at 32x32 pixels, the frozen
-  intermediate layer is advised). Multi-layer rows do not take part in this
+  intermediate layer is advised; nor when the best row has no pretrained
+  weights, `weights == "none"`, which the `[finetune]` stage does not finetune:
+  the advice never names a mode the config cannot run). Multi-layer rows do not take part in this
   check: their layers were chosen on the same leave-one-out scores, so their
   CV is optimistic. Otherwise the frozen choice (`frozen_top` when it reads
   the top layer alone, else `frozen_intermediate`).
@@ -535,15 +537,23 @@ def recommend(
         top_too_weak = not _top_is_competitive(group, n_se)
         frozen_mode = "frozen_top" if _is_top(chosen, group) else "frozen_intermediate"
     predicted = _predicted(per_class, finetune_samples_per_class)
+    why_not = None  # why finetuning, predicted by size, is not advised: it would start badly, or cannot run
     if predicted == "finetune" and top_too_weak:
-        predicted = "frozen"  # finetuning starts from the top features, which lose to an intermediate layer
+        why_not = ("the top layer scores more than noise below the best single layer, and finetuning starts from the "
+                   "top features; finetuning a network cut at that layer is the alternative to measure")
+    elif predicted == "finetune" and chosen is not None and chosen["weights"] == "none":
+        why_not = (f"the table has no pretrained backbone to finetune (only {_setting('weights', 'none')}, which "
+                   f"`[finetune]` does not finetune); training from scratch "
+                   f"({_setting('modes', ['scratch'])} in `[finetune]`) is the alternative to measure")
+    if why_not is not None:
+        predicted = "frozen"
     runner_up = None
     if trained.empty:
         rule = "size"
         mode = "finetune" if predicted == "finetune" else frozen_mode
         runner_up = _runner_up(pool, chosen)
         sentences = _size_sentences(mode, chosen, runner_up, tied, per_class, finetune_samples_per_class, worth,
-                                    top_too_weak)
+                                    why_not)
     else:
         rule = "measured"
         mode, chosen_row, runner_up, sentences = _measured(trained, chosen, frozen_mode, predicted, n_se)
@@ -564,7 +574,7 @@ def _confirm_with_finetune(modes: list[str]) -> str:
     return f"add a `[finetune]` section with {_setting('modes', modes)} and run `layerprobe finetune CONFIG.toml`"
 
 
-def _size_sentences(mode, chosen, runner_up, tied, per_class, threshold, worth, top_too_weak) -> list[str]:
+def _size_sentences(mode, chosen, runner_up, tied, per_class, threshold, worth, why_not) -> list[str]:
     if mode in ("finetune", "scratch"):
         verb = "finetune the top blocks of" if mode == "finetune" else "train from scratch (not transfer from)"
         sentences = [
@@ -598,11 +608,9 @@ def _size_sentences(mode, chosen, runner_up, tied, per_class, threshold, worth, 
                              f"recommended.")
         else:
             sentences.append(f"It beats the runner-up, {_name(runner_up)} ({_cv_text(runner_up)}), by more than noise.")
-    if per_class >= threshold and top_too_weak:
+    if why_not is not None:
         sentences.append(f"With {per_class:.0f} images per class (at least {threshold:g}) finetuning would be advised, "
-                         f"but the top layer scores more than noise below the best single layer, and finetuning "
-                         f"starts from the top features; finetuning a network cut at that layer is the alternative "
-                         f"to measure.")
+                         f"but {why_not}.")
     else:
         sentences.append(f"With {per_class:.0f} images per class (under {threshold:g}, from which finetuning is "
                          f"advised), frozen features are recommended: they need no training run, and the "

@@ -340,3 +340,12 @@ def test_a_multi_layer_rows_optimistic_cv_does_not_set_the_bar_for_ties():
     # The bar is block4's 85% - 2 x 2.0: block3 ties it and is cheaper; the combination's 95% does not raise it.
     assert advice.row["layer"] == "block3_pool" and advice.mode == "frozen_intermediate"
     assert "its CV is optimistic: it ties where it reaches the bar but does not set it" in advice.text
+
+
+def test_finetuning_is_never_advised_for_a_backbone_the_finetune_stage_cannot_finetune():
+    # Only random-initialisation rows: [finetune] finetunes backbones with weights, so the size rule keeps frozen.
+    random_only = _table(_rows([0.6, 0.8, 0.85, 0.9], weights="none"))
+    advice = recommend(random_only, n_train=30_000, n_classes=10, smallest_class=2_900)
+    assert advice.mode == "frozen_top" and advice.row["weights"] == "none"
+    assert "the table has no pretrained backbone to finetune" in advice.text
+    assert "finetune the top blocks" not in advice.text
