@@ -24,19 +24,21 @@ The advice recommends what the table measured best, not a fixed recipe:
   choice only if the frozen one does not tie it. Modes are compared on
   training-split evidence only: a frozen row's CV score, a trained row's
   accuracy on the validation part of the training split that its training held
-  out (`val_accuracy` on `n_val` images, binomial SE). Test scores are reported,
-  never compared; trained rows without a validation score (`val_fraction = 0`)
-  are reported and do not decide. Without such trained rows the mode is predicted from the training set's size: at
-  least `FINETUNE_SAMPLES_PER_CLASS` images per class advises finetuning the
-  top blocks, provided the top layer ties the best single layer (finetuning
-  starts from the top features; when an intermediate layer beats them by more
-  than noise, as for an ImageNet network read at 32x32 pixels, the frozen
+  out (`val_accuracy` on `n_val` images, binomial SE). Test scores are
+  reported, never compared; trained rows without a validation score
+  (`val_fraction = 0`) are reported and do not decide. Without such trained
+  rows the mode is predicted from the training set's size: at least
+  `FINETUNE_SAMPLES_PER_CLASS` images per class advises finetuning the top
+  blocks, provided the top layer ties the best single layer (finetuning starts
+  from the top features; when an intermediate layer beats them by more than
+  noise, as for an ImageNet network read at 32x32 pixels, the frozen
   intermediate layer is advised; nor when the best row has no pretrained
-  weights, `weights == "none"`, which the `[finetune]` stage does not finetune:
-  the advice never names a mode the config cannot run). Multi-layer rows do not take part in this
-  check: their layers were chosen on the same leave-one-out scores, so their
-  CV is optimistic. Otherwise the frozen choice (`frozen_top` when it reads
-  the top layer alone, else `frozen_intermediate`).
+  weights, `weights == "none"`, which the `[finetune]` stage does not
+  finetune: the advice never names a mode the config cannot run). Multi-layer
+  rows do not take part in this check: their layers were chosen on the same
+  leave-one-out scores, so their CV is optimistic. Otherwise the frozen choice
+  (`frozen_top` when it reads the top layer alone, else
+  `frozen_intermediate`).
 * **Failed rows.** A row whose test accuracy is at or below the test split's
   majority-class rate, or whose CV or validation score is at or below the
   training split's, does no better than answering the most frequent class for
