@@ -165,7 +165,7 @@ def _extract(args: argparse.Namespace) -> int:
     from ..features.store import FeatureStore
     from .cluster import open_client
 
-    dataset = open_dataset(args.data)
+    dataset = open_dataset(args.data, encoding=args.encoding)
     store = FeatureStore(args.store)
     import_keras_quietly()
     extractor = FeatureExtractor(
@@ -229,8 +229,7 @@ def _store(args: argparse.Namespace) -> int:
                     for field, (then, now) in environment_differences(info["environment"], numerics_environment()).items()
                 }
             if args.verify:
-                store.load(name, verify=True)
-                info["verified"] = "features match their checksum"
+                info["verified"] = store.verify(name)
             print(json.dumps(info, indent=2, default=str))
         else:
             print(f"removed {store.remove(name)}")
@@ -240,6 +239,8 @@ def _store(args: argparse.Namespace) -> int:
 @_command("run")
 @_command("finetune")
 def _run(args: argparse.Namespace) -> int:
+    from .results import output_errors
+
     if args.config is None:
         from .config import DEFAULT_OUTPUT_DIR, DEFAULT_STORE
 
@@ -252,14 +253,16 @@ def _run(args: argparse.Namespace) -> int:
             )
         from .default_experiment import run_default
 
-        run_default(args.out or DEFAULT_OUTPUT_DIR, store=args.store or DEFAULT_STORE, progress=not args.no_progress)
+        with output_errors(args.out or DEFAULT_OUTPUT_DIR):
+            run_default(args.out or DEFAULT_OUTPUT_DIR, store=args.store or DEFAULT_STORE, progress=not args.no_progress)
         return 0
     from .config import load_config
     from .run import run_experiment
 
     config = load_config(args.config).with_paths(output_dir=args.out, store=args.store)
     config = dataclasses.replace(config, cluster=_cluster_settings(args, config.cluster))
-    run_experiment(config, progress=not args.no_progress, finetune_only=args.command == "finetune")
+    with output_errors(config.output.dir):
+        run_experiment(config, progress=not args.no_progress, finetune_only=args.command == "finetune")
     return 0
 
 
@@ -407,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="comma-separated names, aliases (stages, stages:K, stageK, last:N, top) or depths")
     extract.add_argument("--pooling", default=POOLINGS[0], choices=POOLINGS)
     extract.add_argument("--data", required=True, help="image folder (class subfolders, optionally under train/val/test) or CSV")
+    extract.add_argument("--encoding", default="utf-8",
+                         help="text encoding of a CSV --data file, e.g. latin-1 or cp1252 (default: utf-8)")
     extract.add_argument("--store", required=True, help="feature store directory (created if missing)")
     extract.add_argument("--batch-size", type=_batch_size, default="auto",
                          help='images per forward pass, or "auto": 32 on a CPU, the largest that fits on a GPU')
@@ -431,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("action", choices=["ls", "info", "rm"])
     store.add_argument("store", help="feature store directory")
     store.add_argument("entries", nargs="*", help="entry names (or unique digest prefixes)")
-    store.add_argument("--verify", action="store_true", help="with info: check the features against their checksum")
+    store.add_argument("--verify", action="store_true", help="with info: check everything the entry holds against the checksums recorded at commit")
 
     run = commands.add_parser(
         "run", parents=[common],
@@ -453,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("config", help="TOML experiment config with a [finetune] section")
     finetune.add_argument("--out", default=None, help="output directory (default: the config's [output] dir)")
     finetune.add_argument("--store", default=None, help="feature store of the kept rows (default: the config's)")
+    finetune.add_argument("--no-progress", action="store_true",
+                          help="accepted as by `run`; finetune extracts nothing, so it never shows progress bars")
     finetune.set_defaults(no_progress=True)  # no extraction, so no progress bars
 
     predict = commands.add_parser("predict", parents=[common], help="predict new images with a classifier saved by `layerprobe run`")
@@ -477,10 +484,18 @@ def _quiet_backend(*, verbose: bool) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _escape_unprintable() -> None:
+    """File names that are not UTF-8 (surrogate escapes, `os.fsdecode`) print as escapes, not a crash."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `layerprobe` console script."""
     args = build_parser().parse_args(argv)
     _quiet_backend(verbose=args.verbose)
+    _escape_unprintable()
     from ..features.core.errors import LayerprobeError
 
     try:
