@@ -27,6 +27,7 @@ from .persistence import (
     read_sidecar,
     write_predictions,
 )
+from .threads import native_threads
 
 __all__ = ["predict_images"]
 
@@ -92,8 +93,10 @@ def predict_images(
     y_true = None
     if set(first.class_names) <= set(known):
         y_true = np.array([known[first.class_names[label]] for label in first.y], dtype=np.int64)
-    proba = estimator.predict_proba(X) if hasattr(estimator, "predict_proba") else None
-    path = write_predictions(out, first.sample_ids, y_true, estimator.predict(X), class_names, proba=proba)
+    with native_threads(X):
+        proba = estimator.predict_proba(X) if hasattr(estimator, "predict_proba") else None
+        y_pred = estimator.predict(X)
+    path = write_predictions(out, first.sample_ids, y_true, y_pred, class_names, proba=proba)
     log(f"predictions: {path} ({len(first.sample_ids)} images)")
     return path
 
