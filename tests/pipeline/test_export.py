@@ -1,0 +1,226 @@
+"""`layerprobe export`: a row's classifier as one Keras model, loaded without layerprobe, predicting as the pipeline."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import Normalizer, StandardScaler
+from sklearn.svm import SVC, LinearSVC
+
+import layerprobe.pipeline.run.multi_layer as multi_layer_module
+from layerprobe.features.core.errors import InputError
+from layerprobe.features.inputs import from_directory
+from layerprobe.features.model_files import read_model_metadata
+from layerprobe.features.store import FeatureStore
+from layerprobe.pipeline.classifiers import flat_features
+from layerprobe.pipeline.cli import main
+from layerprobe.pipeline.config import config_from_dict
+from layerprobe.pipeline.export import export_model, linear_head
+from layerprobe.pipeline.persistence import load_classifier
+from layerprobe.pipeline.predict import class_scores, predict_images
+from layerprobe.pipeline.probes.ridge import RidgeProbeCV
+from layerprobe.pipeline.run import run_experiment
+
+CLASSES = {"red": 6, "green": 6, "blue": 6}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, write_colour_images):
+    """A tiny run: logreg, ridge and linear_svm on two VGG16 layers, and the multi-layer row on both."""
+    tmp = tmp_path_factory.mktemp("export")
+    images = write_colour_images(tmp / "images", {"train": CLASSES, "test": {name: 3 for name in CLASSES}})
+    config = config_from_dict({
+        "data": {"path": str(images), "train_split": "train", "test_split": "test"},
+        "features": {"store": str(tmp / "store"), "input_size": 32, "batch_size": 16},
+        "backbones": [{"model": "VGG16", "weights": "none", "layers": ["block1_pool", "block2_pool"]}],
+        "classifiers": {"names": ["logreg", "ridge", "linear_svm"], "cv": 2, "screening": False, "multi_layer": True,
+                        "grids": {"logreg": {"C": [1.0]}, "linear_svm": {"C": [0.1]}}},
+        "output": {"dir": str(tmp / "out")},
+    }, "/")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(multi_layer_module, "MULTI_LAYER_TOL", 0.0)  # both layers join: the concatenation is exported
+        result = run_experiment(config, log=lambda line: None, progress=False)
+    return tmp, images, result.results
+
+
+def _test_split(tmp, row):
+    """(test pixels as the loader decodes them, the row's class scores on its stored test features)."""
+    estimator, sidecar = load_classifier(row["model_path"])
+    store = FeatureStore(tmp / "store")
+    parts = [store.load(entry, split="test") for entry in sidecar["store_entries"]]
+    data = from_directory(tmp / "images").subset("test")
+    assert list(data.sample_ids) == list(parts[0].sample_ids)
+    pixels = np.stack([data.load(i, 32) for i in range(len(data))])
+    return pixels, class_scores(estimator, np.hstack([flat_features(part) for part in parts]))
+
+
+_LOAD = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import keras
+    for path, pixels, out in json.loads(sys.argv[1]):
+        model = keras.saving.load_model(path)
+        np.save(out, np.asarray(model.predict(np.load(pixels), verbose=0)))
+    assert "layerprobe" not in sys.modules
+    print(keras.backend.backend())
+""")
+
+
+@pytest.fixture(scope="module")
+def exported(run):
+    """Every row exported; the test pixels and the pipeline's scores beside each model."""
+    tmp, _, frame = run
+    rows = []
+    for number, row in frame.iterrows():
+        path = tmp / "exported" / f"row{number}.keras"
+        export_model(row["model_path"], path)
+        pixels, (kind, reference) = _test_split(tmp, row)
+        np.save(tmp / "exported" / f"row{number}.pixels.npy", pixels)
+        rows.append((row, path, pixels, kind, reference))
+    return rows
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_exported_models_load_without_layerprobe_and_predict_as_the_pipeline(run, exported, backend):
+    tmp, _, frame = run
+    assert set(frame["classifier"]) == {"logreg", "ridge", "linear_svm"}
+    multi = frame[frame["layer"].str.startswith("multi:")]
+    assert list(multi["layer"]) == ["multi:block1_pool+block2_pool"]
+    jobs = [(str(path), str(path.with_suffix(".pixels.npy")), str(path.with_suffix(f".{backend}.npy")))
+            for _, path, *_ in exported]
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", _LOAD, json.dumps(jobs)], capture_output=True, text=True, timeout=600,
+                          cwd=tmp, env={**env, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == backend
+    for (row, path, pixels, kind, reference), (_, _, out) in zip(exported, jobs):
+        got = np.load(out)
+        assert kind == ("probabilities" if row["classifier"] == "logreg" else "scores")
+        assert got.shape == reference.shape == (9, 3)
+        np.testing.assert_array_equal(got.argmax(axis=1), reference.argmax(axis=1))
+        np.testing.assert_allclose(got, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+
+
+def test_the_exported_model_takes_uint8_and_float_pixels(exported):
+    import keras
+
+    _, path, pixels, _, reference = exported[0]
+    model = keras.saving.load_model(path)
+    as_uint8 = np.asarray(model.predict(pixels, verbose=0))
+    np.testing.assert_array_equal(as_uint8, np.asarray(model.predict(pixels.astype(np.float32), verbose=0)))
+    assert model.input_shape == (None, 32, 32, 3)
+    assert {type(layer).__module__.split(".")[0] for layer in model.layers} == {"keras"}
+
+
+def test_metadata_beside_the_model_and_predict_reads_it(run, exported, tmp_path, capsys):
+    tmp, images, _ = run
+    row, path, *_ = exported[0]
+    metadata = read_model_metadata(path)
+    assert metadata["class_names"] == ["blue", "green", "red"] and metadata["input_size"] == 32
+    assert metadata["outputs"] == "probabilities" and metadata["preprocessing"] == "none"
+    lines = []
+    from_keras = predict_images(path, images / "test", out=tmp_path / "keras.csv", log=lines.append)
+    from_skops = predict_images(row["model_path"], images / "test", out=tmp_path / "skops.csv", progress=False,
+                                log=lines.append)
+    keras_frame, skops_frame = pd.read_csv(from_keras), pd.read_csv(from_skops)
+    assert list(keras_frame.columns) == list(skops_frame.columns)
+    assert keras_frame["predicted_label"].tolist() == skops_frame["predicted_label"].tolist()
+    np.testing.assert_allclose(keras_frame.filter(like="proba_"), skops_frame.filter(like="proba_"), atol=1e-4)
+    accuracy = [line for line in lines if line.startswith("accuracy ")]
+    assert len(accuracy) == 2 and accuracy[0] == accuracy[1] and accuracy[0].endswith("of 9 labelled images)")
+
+
+def test_cli_export_and_its_errors(run, tmp_path, capsys):
+    tmp, _, frame = run
+    model_path = frame[frame["classifier"] == "ridge"]["model_path"].iloc[0]
+    assert main(["export", model_path, "--out", str(tmp_path / "ridge.keras")]) == 0
+    assert "exported" in capsys.readouterr().out and (tmp_path / "ridge.layerprobe.json").is_file()
+    assert main(["export", model_path, "--out", str(tmp_path / "ridge.h5")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("layerprobe export: error: The exported model is saved in Keras's format") and err.count("\n") == 1
+    assert main(["predict", str(tmp_path / "other.keras"), "--data", str(tmp / "images" / "test")]) == 2
+    assert "No model file at" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- predict (issue 26 item 4)
+
+
+def test_predict_prints_accuracy_scores_linear_svm_and_says_where_features_go(run, tmp_path, capsys):
+    tmp, images, frame = run
+    model_path = frame[(frame["classifier"] == "linear_svm") & (frame["layer"] == "block2_pool")]["model_path"].iloc[0]
+    out = tmp_path / "svm.csv"
+    assert main(["predict", model_path, "--data", str(images / "test"), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"features cached in {tmp / 'store'} (the classifier's training store; --store for another)" in printed
+    assert re.search(r"^accuracy \d\.\d{3} \(\d of 9 labelled images\)$", printed, re.MULTILINE), printed
+    predicted = pd.read_csv(out)
+    assert [column for column in predicted.columns if column.startswith("score_")] == [
+        "score_blue", "score_green", "score_red"]  # before: no score column for linear_svm
+    estimator, _ = load_classifier(model_path)
+    assert (predicted[["score_blue", "score_green", "score_red"]].to_numpy().argmax(axis=1)
+            == pd.Series(predicted["predicted_label"]).map({"blue": 0, "green": 1, "red": 2}).to_numpy()).all()
+    separate = tmp_path / "new-store"
+    assert main(["predict", model_path, "--data", str(images / "test"), "--out", str(out), "--no-progress",
+                 "--store", str(separate)]) == 0
+    assert f"features cached in {separate}\n" in capsys.readouterr().out and any(separate.glob("*.h5"))
+
+
+def test_predict_unlabelled_images_prints_no_accuracy(run, tmp_path):
+    tmp, images, frame = run
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    for path in sorted((images / "test" / "red").glob("*.png")):
+        (folder / path.name).write_bytes(path.read_bytes())
+    lines = []
+    predict_images(frame["model_path"].iloc[0], folder, out=tmp_path / "p.csv", progress=False, log=lines.append)
+    assert not [line for line in lines if line.startswith("accuracy")]
+    assert pd.read_csv(tmp_path / "p.csv")["true_label"].isna().all()
+
+
+# --------------------------------------------------------------------------- folding, without Keras
+
+
+def _data(n_classes, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(3.0, 2.0, (60, 8)) * rng.uniform(0.1, 10, 8)
+    return X, np.arange(60) % n_classes
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+@pytest.mark.parametrize("estimator", [
+    lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)),
+    lambda: make_pipeline(StandardScaler(), PCA(4, whiten=True, random_state=0), LinearSVC()),
+    lambda: make_pipeline(StandardScaler(), Normalizer(), PCA(5, random_state=0), LogisticRegression(max_iter=1000)),
+    lambda: make_pipeline(StandardScaler(with_mean=False), RidgeProbeCV()),
+    lambda: make_pipeline(StandardScaler(), SGDClassifier(random_state=0)),
+])
+def test_linear_head_reproduces_the_pipeline(estimator, n_classes):
+    X, y = _data(n_classes)
+    fitted = estimator().fit(X, y)
+    head = linear_head(fitted)
+    kind, reference = class_scores(fitted, X)
+    assert head.kind == kind and reference.shape == (60, n_classes)
+    np.testing.assert_allclose(head(X), reference, rtol=1e-9, atol=1e-9)
+    assert [step[0] for step in head.steps].count("affine") <= 2  # the scaler folded into the next affine map
+
+
+@pytest.mark.parametrize("estimator, match", [
+    (make_pipeline(StandardScaler(), SVC()), r"row.skops \(step 'svc'\) cannot be exported as a Keras model: SVC is not "
+                                             r"a linear model\. layerprobe exports pipelines of .* Received: SVC$"),
+    (make_pipeline(Normalizer(norm="l1"), LogisticRegression()), r"\(step 'normalizer'\) cannot be exported as a Keras "
+                                                                 r"model: Normalizer\(norm='l1'\) is not an L2 normalization"),
+])
+def test_what_cannot_be_exported_is_a_one_line_error(estimator, match):
+    X, y = _data(3)
+    with pytest.raises(InputError, match=match) as error:
+        linear_head(estimator.fit(X, y), what="row.skops")
+    assert "\n" not in str(error.value)
