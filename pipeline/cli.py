@@ -236,31 +236,34 @@ def _store(args: argparse.Namespace) -> int:
 @_command("run")
 @_command("finetune")
 def _run(args: argparse.Namespace) -> int:
-    if args.config is None:
-        from .config import DEFAULT_OUTPUT_DIR, DEFAULT_STORE
+    result = _run_default(args) if args.config is None else _run_config(args)
+    if getattr(args, "json", False):  # `run --json`; the log went to stderr
+        print(result.json_path.read_text(encoding="utf-8"), end="")
+    return 0
 
-        if _cluster_settings(args) is not None:
-            from ..features.core.errors import InputError
 
-            raise InputError(
-                "The cluster options (--scheduler, --workers, --gpus...) need an experiment config; the "
-                "embedded default experiment runs in-process. Received: no CONFIG"
-            )
-        from .default_experiment import run_default
+def _run_default(args: argparse.Namespace):
+    from .config import DEFAULT_OUTPUT_DIR, DEFAULT_STORE
 
-        result = run_default(args.out or DEFAULT_OUTPUT_DIR, store=args.store or DEFAULT_STORE, progress=not args.no_progress)
-        if getattr(args, "json", False):
-            print(result.json_path.read_text(encoding="utf-8"), end="")
-        return 0
+    if _cluster_settings(args) is not None:
+        from ..features.core.errors import InputError
+
+        raise InputError(
+            "The cluster options (--scheduler, --workers, --gpus...) need an experiment config; the "
+            "embedded default experiment runs in-process. Received: no CONFIG"
+        )
+    from .default_experiment import run_default
+
+    return run_default(args.out or DEFAULT_OUTPUT_DIR, store=args.store or DEFAULT_STORE, progress=not args.no_progress)
+
+
+def _run_config(args: argparse.Namespace):
     from .config import load_config
     from .run import run_experiment
 
     config = load_config(args.config).with_paths(output_dir=args.out, store=args.store)
     config = dataclasses.replace(config, cluster=_cluster_settings(args, config.cluster))
-    result = run_experiment(config, progress=not args.no_progress, finetune_only=args.command == "finetune")
-    if getattr(args, "json", False):
-        print(result.json_path.read_text(encoding="utf-8"), end="")
-    return 0
+    return run_experiment(config, progress=not args.no_progress, finetune_only=args.command == "finetune")
 
 
 @_command("predict")
@@ -268,7 +271,7 @@ def _predict(args: argparse.Namespace) -> int:
     from .predict import predict_images
 
     predict_images(args.classifier, args.data, out=args.out, store=args.store, progress=not args.no_progress,
-                   trust=args.trust, log=_log)
+                   trust=args.trust)
     return 0
 
 
@@ -276,12 +279,8 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .export import export_model
 
-    export_model(args.classifier, args.out, trust=args.trust, log=_log)
+    export_model(args.classifier, args.out, trust=args.trust)
     return 0
-
-
-def _log(message: str) -> None:
-    logging.getLogger("layerprobe").info(message)
 
 
 def _short_digest(digest: str | None) -> str:

@@ -15,8 +15,9 @@ transfer-learning guide ends with one model to save, serve and convert:
 4. the probe as one `Dense` layer: every affine step of the estimator
    (`StandardScaler`, `PCA`, the multi-layer probe's per-layer scaling, the
    linear classifier) folded into its weights in float64 (`linear_head`), with a
-   `UnitNormalization` where the pipeline has `Normalizer(norm="l2")`; a softmax
-   after it for logistic regression.
+   `UnitNormalization` where the pipeline has `Normalizer(norm="l2")` (and a
+   `Rescaling` for a standardization just before it); a softmax after it for
+   logistic regression.
 
 The output has one column per class, and its argmax is the prediction:
 probabilities for logistic regression, decision values otherwise (for two
@@ -29,6 +30,7 @@ names, the input size and what the output holds (`layerprobe predict` reads it).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -57,8 +59,10 @@ class LinearHead:
     Attributes:
         columns: Indices of the estimator's input columns the head reads (a
             multi-layer probe reads only its selected layers); None: all of them.
-        steps: `("affine", W, b)` with `W` of shape (d_in, d_out) and `b` (d_out,),
-            float64; or `("l2",)`: divide each row by its L2 norm.
+        steps: `("affine", W, b)`: `x @ W + b`, `W` of shape (d_in, d_out), `b` (d_out,);
+            `("diagonal", s, b)`: `x * s + b` per feature (a standardization, kept
+            as vectors: a diagonal matrix of 25,088 flattened features would
+            not fit in memory); or `("l2",)`: divide each row by its L2 norm. All float64.
         kind: `"probabilities"` (a softmax follows the last step) or `"scores"`.
         layers: The layers a multi-layer probe selected, in column order; None
             for a one-layer classifier.
@@ -77,6 +81,8 @@ class LinearHead:
         for step in self.steps:
             if step[0] == "affine":
                 values = values @ step[1] + step[2]
+            elif step[0] == "diagonal":
+                values = values * step[1] + step[2]
             else:
                 norms = np.linalg.norm(values, axis=1, keepdims=True)
                 values = values / np.where(norms > 0, norms, 1.0)
@@ -85,9 +91,37 @@ class LinearHead:
             values /= values.sum(axis=1, keepdims=True)
         return values
 
+    def keras_layers(self, x):
+        """The head as built-in Keras layers (float32) applied to the feature tensor `x`; returns the class scores.
+
+        Affine steps are `Dense` layers (the last one named "probe"), L2 steps
+        `UnitNormalization`, diagonal steps `Rescaling` (only before an L2
+        normalization: elsewhere they are folded), a softmax for probabilities.
+        """
+        import keras
+
+        for number, step in enumerate(self.steps):
+            if step[0] == "l2":
+                x = keras.layers.UnitNormalization(name=f"l2_{number}", dtype="float32")(x)
+            elif step[0] == "diagonal":
+                x = keras.layers.Rescaling(step[1].astype(np.float32), step[2].astype(np.float32),
+                                           name=f"standardize_{number}", dtype="float32")(x)
+            else:
+                name = "probe" if number == len(self.steps) - 1 else f"affine_{number}"
+                dense = keras.layers.Dense(step[1].shape[1], name=name, dtype="float32")
+                x = dense(x)  # builds it
+                dense.set_weights([step[1].astype(np.float32), step[2].astype(np.float32)])
+        if self.kind == "probabilities":
+            x = keras.layers.Softmax(name="probabilities", dtype="float32")(x)
+        return x
+
 
 def _affine(W: np.ndarray, b: np.ndarray) -> tuple:
     return ("affine", np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64).reshape(-1))
+
+
+def _diagonal(scale: np.ndarray, offset: np.ndarray) -> tuple:
+    return ("diagonal", np.asarray(scale, dtype=np.float64), np.asarray(offset, dtype=np.float64))
 
 
 def _not_exportable(what: str, estimator: Any, why: str) -> InputError:
@@ -99,14 +133,13 @@ def _not_exportable(what: str, estimator: Any, why: str) -> InputError:
 
 def _steps(estimator: Any, what: str) -> tuple[list[tuple], str, np.ndarray | None, tuple[str, ...] | None]:
     """(steps, output kind, input columns read, selected layers) of `estimator`; see `LinearHead`."""
+    from sklearn.base import ClassifierMixin
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
-    from sklearn.linear_model._base import LinearClassifierMixin
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import Normalizer, StandardScaler
 
     from .probes.multilayer import MultiLayerProbe
-    from .probes.ridge import RidgeProbeCV
 
     if isinstance(estimator, Pipeline):
         steps, kind, columns, layers = [], None, None, None
@@ -125,7 +158,7 @@ def _steps(estimator: Any, what: str) -> tuple[list[tuple], str, np.ndarray | No
         n = estimator.n_features_in_
         mean = estimator.mean_ if estimator.with_mean else np.zeros(n)
         scale = estimator.scale_ if estimator.with_std else np.ones(n)
-        return [_affine(np.diag(1.0 / scale), -mean / scale)], None, None, None
+        return [_diagonal(1.0 / scale, -mean / scale)], None, None, None
     if isinstance(estimator, PCA):
         W = estimator.components_.T.astype(np.float64)
         b = -estimator.mean_ @ W
@@ -147,8 +180,10 @@ def _steps(estimator: Any, what: str) -> tuple[list[tuple], str, np.ndarray | No
         if kind is None or inner_columns is not None:
             raise _not_exportable(what, estimator.estimator_, "the multi-layer probe's final estimator is not a "
                                                               "classifier layerprobe can fold")
-        return [_affine(np.diag(scale), -mean * scale), *inner], kind, columns, tuple(names)
-    if isinstance(estimator, (LinearClassifierMixin, RidgeProbeCV)):
+        return [_diagonal(scale, -mean * scale), *inner], kind, columns, tuple(names)
+    if isinstance(estimator, ClassifierMixin) and hasattr(estimator, "coef_") and hasattr(estimator, "intercept_"):
+        # A linear classifier (logreg, linear_svm, sgd, ridge...); one whose decision function is not x @ coef.T +
+        # intercept (SVC(kernel="linear"): one-vs-one) fails the check of `linear_head`.
         coef = np.atleast_2d(np.asarray(estimator.coef_, dtype=np.float64))
         intercept = np.broadcast_to(np.asarray(estimator.intercept_, dtype=np.float64), (coef.shape[0],))
         if coef.shape[0] == 1:  # two classes, one decision value: the scores [0, d], softmax([0, d]) = [1 - p, p]
@@ -159,13 +194,24 @@ def _steps(estimator: Any, what: str) -> tuple[list[tuple], str, np.ndarray | No
     raise _not_exportable(what, estimator, f"{type(estimator).__name__} is not a linear model")
 
 
+def _fold(first: tuple, second: tuple) -> tuple:
+    """One affine or diagonal step computing `second(first(x))`."""
+    (kind1, A, a), (kind2, B, b) = first, second
+    if kind1 == kind2 == "diagonal":
+        return _diagonal(A * B, a * B + b)
+    if kind1 == "diagonal":
+        return _affine(A[:, None] * B, a @ B + b)
+    if kind2 == "diagonal":
+        return _affine(A * B[None, :], a * B + b)
+    return _affine(A @ B, a @ B + b)
+
+
 def _folded(steps: Sequence[tuple]) -> tuple:
-    """Consecutive affine maps multiplied into one (in float64)."""
+    """Consecutive affine and diagonal steps multiplied into one (in float64)."""
     folded: list[tuple] = []
     for step in steps:
-        if step[0] == "affine" and folded and folded[-1][0] == "affine":
-            _, W, b = folded.pop()
-            step = _affine(W @ step[1], b @ step[1] + step[2])
+        if step[0] != "l2" and folded and folded[-1][0] != "l2":
+            step = _fold(folded.pop(), step)
         folded.append(step)
     return tuple(folded)
 
@@ -226,7 +272,7 @@ def export_model(
         out: The `.keras` file to write; `model.layerprobe.json` goes beside it.
         trust: Load a `.joblib` pickle of an older layerprobe (runs any code it
             holds: only for files from a source you trust).
-        log: Called with one line per step.
+        log: Called with one line per step. Default: the logger "layerprobe.export" at INFO.
 
     Returns:
         The path of the `.keras` file.
@@ -243,7 +289,7 @@ def export_model(
         >>> model = keras.saving.load_model("ants_bees.keras")  # no layerprobe needed
         >>> model.predict(images)  # (n, 224, 224, 3) pixels 0-255 -> (n, n_classes) probabilities
     """
-    log = log or (lambda message: None)
+    log = log or logging.getLogger("layerprobe.export").info
     out = Path(out)
     _check_out(out)
     _, all_layers, _ = read_features_record(read_sidecar(model_path), model_path)  # before any unpickling
@@ -308,20 +354,7 @@ def _keras_model(extractor: Any, layers: Sequence[str], head: LinearHead, class_
             output = keras.layers.Flatten(dtype="float32")(output)
         parts.append(output)
     x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(name="features", dtype="float32")(parts)
-    dense_layers = []
-    for number, step in enumerate(head.steps):
-        if step[0] == "l2":
-            x = keras.layers.UnitNormalization(name=f"l2_{number}", dtype="float32")(x)
-            continue
-        last = number == len(head.steps) - 1
-        dense = keras.layers.Dense(step[1].shape[1], name="probe" if last else f"affine_{number}", dtype="float32")
-        x = dense(x)
-        dense_layers.append((dense, step))
-    if head.kind == "probabilities":
-        x = keras.layers.Softmax(name="probabilities", dtype="float32")(x)
-    model = keras.Model(pixels, x, name="layerprobe_export")
-    for dense, (_, W, b) in dense_layers:
-        dense.set_weights([W.astype(np.float32), b.astype(np.float32)])
+    model = keras.Model(pixels, head.keras_layers(x), name="layerprobe_export")
     if int(model.output.shape[-1]) != len(class_names):
         raise InputError(
             f"The exported model gives {model.output.shape[-1]} scores, but the classifier has {len(class_names)} "

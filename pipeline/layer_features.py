@@ -209,14 +209,14 @@ class LayerFeatures(TransformerMixin, BaseEstimator):
         else:
             dataset, ids = self.dataset, _sample_ids(X)
         known = set(dataset.sample_ids) if dataset is not None else set()
-        given = {i: os.path.abspath(os.path.expanduser(i)) for i in ids if i not in known}
-        ids = [given.get(i, i) for i in ids]
-        new = list(dict.fromkeys(given.values()))
+        resolved = [i if i in known else os.path.abspath(os.path.expanduser(i)) for i in ids]
+        outside = {given: path for given, path in zip(ids, resolved) if path not in known}  # as given -> absolute
+        ids, new = resolved, list(dict.fromkeys(outside.values()))
         parts = []  # (values, row of id, skipped)
         if any(i in known for i in ids):
             parts.append(self._extracted(extractor, layer, dataset))
         if new:
-            self._check_files(given, dataset)
+            self._check_files(outside, dataset)
             # keyed by the files' content: the same images under another name or in another call are cache hits
             parts.append(self._extracted(extractor, layer, _paths_dataset(new), dataset_digest="content"))
         width = int(np.prod(extractor.feature_shapes[layer]))

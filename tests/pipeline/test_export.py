@@ -1,5 +1,6 @@
 """`layerprobe export`: a row's classifier as one Keras model, loaded without layerprobe, predicting as the pipeline."""
 
+import importlib.util
 import json
 import os
 import re
@@ -53,14 +54,14 @@ def run(tmp_path_factory, write_colour_images):
 
 
 def _test_split(tmp, row):
-    """(test pixels as the loader decodes them, the row's class scores on its stored test features)."""
+    """(test sample ids, their pixels as the loader decodes them, the row's class scores on its stored features)."""
     estimator, sidecar = load_classifier(row["model_path"])
     store = FeatureStore(tmp / "store")
     parts = [store.load(entry, split="test") for entry in sidecar["store_entries"]]
     data = from_directory(tmp / "images").subset("test")
     assert list(data.sample_ids) == list(parts[0].sample_ids)
     pixels = np.stack([data.load(i, 32) for i in range(len(data))])
-    return pixels, class_scores(estimator, np.hstack([flat_features(part) for part in parts]))
+    return list(data.sample_ids), pixels, class_scores(estimator, np.hstack([flat_features(part) for part in parts]))
 
 
 _LOAD = textwrap.dedent("""
@@ -83,14 +84,16 @@ def exported(run):
     for number, row in frame.iterrows():
         path = tmp / "exported" / f"row{number}.keras"
         export_model(row["model_path"], path)
-        pixels, (kind, reference) = _test_split(tmp, row)
+        _, pixels, (kind, reference) = _test_split(tmp, row)
         np.save(tmp / "exported" / f"row{number}.pixels.npy", pixels)
         rows.append((row, path, pixels, kind, reference))
     return rows
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
 def test_exported_models_load_without_layerprobe_and_predict_as_the_pipeline(run, exported, backend):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
     tmp, _, frame = run
     assert set(frame["classifier"]) == {"logreg", "ridge", "linear_svm"}
     multi = frame[frame["layer"].str.startswith("multi:")]
@@ -113,7 +116,7 @@ def test_exported_models_load_without_layerprobe_and_predict_as_the_pipeline(run
 def test_the_exported_model_takes_uint8_and_float_pixels(exported):
     import keras
 
-    _, path, pixels, _, reference = exported[0]
+    _, path, pixels, *_ = exported[0]
     model = keras.saving.load_model(path)
     as_uint8 = np.asarray(model.predict(pixels, verbose=0))
     np.testing.assert_array_equal(as_uint8, np.asarray(model.predict(pixels.astype(np.float32), verbose=0)))
@@ -121,8 +124,8 @@ def test_the_exported_model_takes_uint8_and_float_pixels(exported):
     assert {type(layer).__module__.split(".")[0] for layer in model.layers} == {"keras"}
 
 
-def test_metadata_beside_the_model_and_predict_reads_it(run, exported, tmp_path, capsys):
-    tmp, images, _ = run
+def test_metadata_beside_the_model_and_predict_reads_it(run, exported, tmp_path):
+    _, images, _ = run
     row, path, *_ = exported[0]
     metadata = read_model_metadata(path)
     assert metadata["class_names"] == ["blue", "green", "red"] and metadata["input_size"] == 32
@@ -156,7 +159,8 @@ def test_cli_export_and_its_errors(run, tmp_path, capsys):
 
 def test_predict_prints_accuracy_scores_linear_svm_and_says_where_features_go(run, tmp_path, capsys):
     tmp, images, frame = run
-    model_path = frame[(frame["classifier"] == "linear_svm") & (frame["layer"] == "block2_pool")]["model_path"].iloc[0]
+    row = frame[(frame["classifier"] == "linear_svm") & (frame["layer"] == "block2_pool")].iloc[0]
+    model_path = row["model_path"]
     out = tmp_path / "svm.csv"
     assert main(["predict", model_path, "--data", str(images / "test"), "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
@@ -165,9 +169,10 @@ def test_predict_prints_accuracy_scores_linear_svm_and_says_where_features_go(ru
     predicted = pd.read_csv(out)
     assert [column for column in predicted.columns if column.startswith("score_")] == [
         "score_blue", "score_green", "score_red"]  # before: no score column for linear_svm
-    estimator, _ = load_classifier(model_path)
-    assert (predicted[["score_blue", "score_green", "score_red"]].to_numpy().argmax(axis=1)
-            == pd.Series(predicted["predicted_label"]).map({"blue": 0, "green": 1, "red": 2}).to_numpy()).all()
+    ids, _, (kind, reference) = _test_split(tmp, row)  # the decision function on the run's test features
+    assert kind == "scores" and predicted["sample_id"].tolist() == ids
+    np.testing.assert_allclose(predicted[["score_blue", "score_green", "score_red"]], reference, rtol=1e-5, atol=1e-6)
+    assert predicted["predicted_label"].tolist() == [["blue", "green", "red"][i] for i in reference.argmax(axis=1)]
     separate = tmp_path / "new-store"
     assert main(["predict", model_path, "--data", str(images / "test"), "--out", str(out), "--no-progress",
                  "--store", str(separate)]) == 0
@@ -175,7 +180,7 @@ def test_predict_prints_accuracy_scores_linear_svm_and_says_where_features_go(ru
 
 
 def test_predict_unlabelled_images_prints_no_accuracy(run, tmp_path):
-    tmp, images, frame = run
+    _, images, frame = run
     folder = tmp_path / "unlabelled"
     folder.mkdir()
     for path in sorted((images / "test" / "red").glob("*.png")):
@@ -203,14 +208,27 @@ def _data(n_classes, seed=0):
     lambda: make_pipeline(StandardScaler(with_mean=False), RidgeProbeCV()),
     lambda: make_pipeline(StandardScaler(), SGDClassifier(random_state=0)),
 ])
-def test_linear_head_reproduces_the_pipeline(estimator, n_classes):
+def test_linear_head_reproduces_the_pipeline_in_numpy_and_as_keras_layers(estimator, n_classes):
+    import keras
+
     X, y = _data(n_classes)
     fitted = estimator().fit(X, y)
     head = linear_head(fitted)
     kind, reference = class_scores(fitted, X)
     assert head.kind == kind and reference.shape == (60, n_classes)
     np.testing.assert_allclose(head(X), reference, rtol=1e-9, atol=1e-9)
-    assert [step[0] for step in head.steps].count("affine") <= 2  # the scaler folded into the next affine map
+    assert len(head.steps) in (1, 3)  # everything folded into one Dense, but around an L2 normalization
+    features = keras.Input((X.shape[1],))
+    layers = keras.Model(features, head.keras_layers(features))
+    got = np.asarray(layers.predict(X.astype(np.float32), verbose=0))
+    np.testing.assert_allclose(got, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+
+
+def test_a_wide_standardization_folds_without_a_square_matrix():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(20, 30_000)), np.arange(20) % 2  # flatten pooling: block5_pool at 224 px gives 25,088
+    head = linear_head(make_pipeline(StandardScaler(), RidgeProbeCV()).fit(X, y))  # before: a 30,000² diagonal matrix
+    assert [step[0] for step in head.steps] == ["affine"] and head.steps[0][1].shape == (30_000, 2)
 
 
 @pytest.mark.parametrize("estimator, match", [

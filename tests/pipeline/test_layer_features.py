@@ -1,5 +1,7 @@
 """LayerFeatures: a scikit-learn transformer over the feature store."""
 
+import os
+
 import layerprobe
 import numpy as np
 import pytest
@@ -107,6 +109,15 @@ def test_folder_dataset_rows_are_found_by_their_file_paths(tmp_path):
     everything = transformer.fit_transform(list(data.sample_ids))
     subset = transformer.transform([data.sample_ids[4], data.sample_ids[1]])
     np.testing.assert_array_equal(subset, everything[[4, 1]])
+
+
+def test_a_relative_path_to_a_dataset_file_is_that_row(fitted_on_folder, forward_images, monkeypatch):
+    tmp, data, pipeline, _ = fitted_on_folder
+    monkeypatch.chdir(tmp)
+    features = pipeline.named_steps["features"]
+    relative = os.path.relpath(data.sample_ids[2])
+    np.testing.assert_array_equal(features.transform([relative]), features.transform([data.sample_ids[2]]))
+    assert forward_images == []  # not extracted again as a new image
 
 
 def _folder(root, counts, seed=0):
