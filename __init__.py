@@ -11,6 +11,16 @@ work that only reads cached features stays fast.
     >>> import layerprobe
     >>> store = layerprobe.FeatureStore("layerprobe-store")
 
+Where each idea lives (each package's docstring maps its own modules):
+
+* ``features/``: images in, cached layer features out (inputs, backbones,
+  extraction, the store); ``features/core/`` is the common core every module
+  uses (errors, checks, atomic writes, lazy exports, digests, versions);
+* ``pipeline/``: what is done with cached features (configs, classifiers and
+  probes, finetuning, batch runs, results, advice, the command line);
+* ``benchmarks/`` (with the figures, ``benchmarks/RESULTS.md``) and ``tests/``
+  are not installed.
+
 The repository root is this package (setup.cfg maps ``layerprobe`` to ``.``,
 ``layerprobe.features`` to ``features/`` and ``layerprobe.pipeline`` to
 ``pipeline/``): an install provides exactly one top-level name, ``layerprobe``.
@@ -67,6 +77,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed
+    from .features.chunks import ExtractionReport  # noqa: F401
     from .features.core.errors import (  # noqa: F401
         BackboneError,
         ConfigError,
@@ -81,7 +92,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
         UnreadableImageError,
         WeightsUnavailableError,
     )
-    from .features.chunks import ExtractionReport  # noqa: F401
     from .features.extract import FeatureExtractor  # noqa: F401
     from .features.inputs import ImageDataset, from_arrays, from_csv, from_directory  # noqa: F401
     from .features.keys import FeatureKey  # noqa: F401

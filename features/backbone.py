@@ -7,8 +7,10 @@
     the Keras applications publish them;
   * `"saved"`, for a model file: the weights saved in it.
 
-`model` is a registry name, a `BackboneSpec`, or the path of a saved Keras
-model (`.keras`), loaded by `layerprobe.features.model_files`.
+`model` is a registry name, a `BackboneSpec`, the path of a saved Keras
+model (`.keras`), loaded by `layerprobe.features.model_files`, or a keras-hub
+vision transformer (`"keras_hub:CLASS"`, `"keras_hub:preset:NAME"` or a preset
+folder), loaded by `layerprobe.features.hub`.
 
 The digest that goes into cache keys is the sha256 of the weights file when
 there is one, else of the weight values themselves, so two runs that use the
@@ -30,6 +32,7 @@ import numpy as np
 from .backend import import_keras_quietly, load_weights_strictly
 from .core.digests import arrays_digest, file_digest
 from .core.errors import BackboneError, WeightsUnavailableError
+from .hub import is_hub_model, open_hub_model
 from .model_files import SAVED_WEIGHTS, is_model_file, open_model_file
 from .registry import (
     BACKBONES,
@@ -53,7 +56,7 @@ class Backbone:
             file's backbone part (`layerprobe.features.model_files`).
         input_size: Side of the square input it was built for.
         weights: What the user asked for (`"imagenet"`, `None` or a path; for a
-            model file `"saved"`, `None` or a path).
+            model file `"saved"`, `None` or a path; for a keras-hub preset `"preset"`).
         weights_digest: `"sha256:..."` of the weights file or values; for a model
             file, of its architecture and weight values together.
         model_kwargs: Extra constructor arguments (e.g. `{"alpha": 0.35}`).
@@ -192,18 +195,20 @@ def load_backbone(
     """Build a headless backbone (`include_top=False`) with the given weights, or load a model file.
 
     Args:
-        model: Registry name (e.g. `"ResNet50"`), a `BackboneSpec`, or the path
+        model: Registry name (e.g. `"ResNet50"`), a `BackboneSpec`, the path
             of a Keras model saved with `model.save` (`"path/to/model.keras"`,
-            see `layerprobe.features.model_files`).
+            see `layerprobe.features.model_files`), or a keras-hub transformer
+            (`"keras_hub:DINOV2Backbone"`, `"keras_hub:preset:dinov2_small"`, a
+            preset folder; see `layerprobe.features.hub`).
         weights: `"imagenet"`, `None` (random init from `seed`) or a file path;
             for a model file, `"saved"` (its own weights; the default
             `"imagenet"` means the same), None or a weights file.
         input_size: Square input side; defaults to the family's default (for a
             model file: its metadata's, its fixed input size, else 224).
         model_kwargs: Extra constructor arguments, e.g. `{"alpha": 0.35}`.
-        preprocessing: For a model file only: `"none"`, `"caffe"`, `"tf"`,
-            `"torch"` or a family name; None takes it from layerprobe's
-            metadata or the model's graph. A family's preprocessing belongs to
+        preprocessing: For a model file or keras-hub model only: `"none"`,
+            `"caffe"`, `"tf"`, `"torch"` or a family name; None takes it from
+            layerprobe's metadata or the model's graph (a preset: its image converter). A family's preprocessing belongs to
             its weights and is not changed.
         seed: Seed of the random initialisation (used when `weights=None`).
 
@@ -219,6 +224,8 @@ def load_backbone(
             file is missing, or the file does not fit the architecture.
     """
     import_keras_quietly()
+    if not isinstance(model, BackboneSpec) and is_hub_model(model):
+        return _hub_backbone(model, weights, input_size, model_kwargs, preprocessing, seed)
     if not isinstance(model, BackboneSpec) and is_model_file(model):
         return _load_file(model, weights, input_size, model_kwargs, preprocessing, seed)
     spec = model if isinstance(model, BackboneSpec) else get_backbone_spec(model)
@@ -288,6 +295,20 @@ def load_backbone(
         weights=resolved,
         weights_digest=digest,
         model_kwargs=kwargs,
+    )
+
+
+def _hub_backbone(model, weights, input_size, model_kwargs, preprocessing, seed) -> Backbone:
+    """A `Backbone` from a keras-hub transformer (`layerprobe.features.hub`); its digest digests the weight values."""
+    resolved = _resolve_weights(weights)
+    opened = open_hub_model(model, weights=resolved, input_size=input_size, model_kwargs=model_kwargs,
+                            preprocessing=preprocessing, seed=seed)
+    return Backbone(
+        spec=opened.spec,
+        model=opened.model,
+        input_size=opened.input_size,
+        weights=opened.weights,
+        weights_digest=values_digest(opened.model),
     )
 
 

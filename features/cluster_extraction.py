@@ -42,10 +42,6 @@ The store must be on a file system every worker sees at the same path. It is
 checked up front (`check_store_visible`): the client writes a file with a
 random token into the store, and every worker must read the token back and
 write a file there; otherwise a `StoreError` names the workers that cannot.
-
-Above ~450 lines on purpose: the client side (plan, probe, submit, commit)
-and the worker side (cached extractor, one chunk) of one protocol read best
-together.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ from .device import DeviceForward, accelerator_name, is_out_of_memory, pad_batch
 from .inputs import DEFAULT_MAX_PIXELS, DecodedChunk, ImageDataset, iter_decoded_chunks
 from .inputs.dataset import DIGEST_MODES, resolve_dataset_digest
 from .inputs.decoding import resolve_decoder
-from .keys import FeatureKey
+from .keys import STORAGE_DTYPES, FeatureKey
 from .layers import LayerInfo, resolve_layers
 from .plans import ExtractionPlan, PlannedLayer
 from .store import FeatureStore, library_versions
@@ -56,8 +56,6 @@ from .truncate import (
 )
 
 __all__ = ["FeatureExtractor", "ExtractionReport", "dtype_policy"]
-
-STORAGE_DTYPES = ("float32", "float16")
 
 DEFAULT_BATCH_SIZE = 32
 """The batch size of `batch_size="auto"` on a CPU."""
@@ -109,14 +107,18 @@ class FeatureExtractor:
     """A truncated backbone that extracts and caches pooled layer features.
 
     Args:
-        model: Backbone name from the registry (e.g. `"VGG16"`), or the path of a
+        model: Backbone name from the registry (e.g. `"VGG16"`), the path of a
             Keras model saved with `model.save` (`"model.keras"`; see
-            `layerprobe.features.model_files`).
+            `layerprobe.features.model_files`), or a keras-hub vision transformer
+            (`"keras_hub:preset:dinov2_small"`, `"keras_hub:DINOV2Backbone"` with
+            `model_kwargs`, a preset folder; see `layerprobe.features.hub`).
         weights: `"imagenet"`, `None` (random init from `seed`) or a weights file;
             for a model file, its own weights (`"saved"`; the default means the same).
         layers: Layer names, aliases (`"stages"`, `"stage2"`, `"top"`) or
             relative depths in [0, 1].
-        pooling: `"avg"`, `"max"`, `"flatten"` or `"none"`, or a layer -> pooling map.
+        pooling: `"avg"`, `"max"`, `"flatten"` or `"none"`, or a layer -> pooling map;
+            for a transformer's (tokens, width) outputs also `"cls"`, `"mean"` and
+            `"cls+mean"` (see `layerprobe.features.truncate`).
         input_size: Square input side (default: the family's).
         batch_size: Images per forward pass, or `"auto"`: 32 on a CPU; on an
             accelerator the largest power of two up to `MAX_AUTO_BATCH_SIZE` whose
@@ -128,8 +130,9 @@ class FeatureExtractor:
             choice on recent GPUs and TPUs), `"float16"` or True (mixed_float16).
             Part of the feature key (the numbers differ), independent of `dtype`.
         model_kwargs: Extra constructor arguments, e.g. `{"alpha": 0.35}`.
-        preprocessing: For a model file: `"none"`, `"caffe"`, `"tf"`, `"torch"` or
-            a family name; None takes it from layerprobe's metadata or the graph.
+        preprocessing: For a model file or keras-hub model: `"none"`, `"caffe"`, `"tf"`,
+            `"torch"` or a family name; None takes it from layerprobe's metadata or the
+            graph (a keras-hub preset: its image converter).
         seed: Seed of the random initialisation when `weights=None`.
         max_flatten_dim: Refuse `flatten` pooling above this many values per image.
         max_pixels: Skip (and record) image files larger than this many pixels,
@@ -167,7 +170,7 @@ class FeatureExtractor:
         layers: Sequence | str | float = ("top",),
         pooling: str | Mapping[str, str] = "avg",
         input_size: int | None = None,
-        batch_size: int | str = 32,
+        batch_size: int | str = "auto",
         dtype: str = "float32",
         mixed_precision: bool | str = False,
         model_kwargs: Mapping[str, Any] | None = None,
@@ -204,9 +207,10 @@ class FeatureExtractor:
                 preprocessing=preprocessing, seed=seed,
             )
         self.layers: list[LayerInfo] = resolve_layers(self.backbone.model, self.backbone.spec, layers)
-        self.pooling = per_layer_pooling(self.layers, pooling)
+        tokens = self.backbone.spec.tokens
+        self.pooling = per_layer_pooling(self.layers, pooling, tokens)
         self.feature_shapes = {
-            info.name: pooled_shape(info, self.pooling[info.name], max_flatten_dim=max_flatten_dim)
+            info.name: pooled_shape(info, self.pooling[info.name], tokens=tokens, max_flatten_dim=max_flatten_dim)
             for info in self.layers
         }
         # (layer, pooling) tuple -> compiled forward pass (see `device_forward`).
@@ -282,7 +286,6 @@ class FeatureExtractor:
 
     def plan(self) -> ExtractionPlan:
         """How this extractor's feature keys are made (see `layerprobe.features.plans`)."""
-        last = len(self.backbone.model.layers) - 1
         return ExtractionPlan(
             architecture=self.backbone.architecture,
             weights_digest=self.backbone.weights_digest,
@@ -292,7 +295,7 @@ class FeatureExtractor:
             compute_dtype=self.compute_dtype,
             max_pixels=self.max_pixels,
             layers=tuple(
-                PlannedLayer(info.name, info.stable_id, self.pooling[info.name], round(info.index / last, 4), info.stage)
+                PlannedLayer(info.name, info.stable_id, self.pooling[info.name], round(info.depth, 4), info.stage)
                 for info in self.layers
             ),
         )
@@ -431,7 +434,7 @@ class FeatureExtractor:
         key = tuple((info.name, self.pooling[info.name]) for info in layers)
         if key not in self._forwards:
             with dtype_policy(self.compute_dtype):
-                model = build_extractor(self.backbone.model, layers, self.pooling)
+                model = build_extractor(self.backbone.model, layers, self.pooling, tokens=self.backbone.spec.tokens)
             self._forwards[key] = DeviceForward(model, self.backbone.spec.preprocess_input)
         return self._forwards[key]
 

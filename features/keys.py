@@ -25,11 +25,23 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["FORMAT_VERSION", "FeatureKey", "safe_name"]
+__all__ = ["COMPUTE_PRECISIONS", "DECODERS", "DIGEST_MODES", "FORMAT_VERSION", "STORAGE_DTYPES", "FeatureKey", "safe_name"]
 
 # Bump when the extraction output changes for the same key fields.
 # 2: 16-bit grey levels scaled from their bit depth (not 65535); JPEGs decoded at reduced scale (draft).
 FORMAT_VERSION = 2
+
+STORAGE_DTYPES = ("float32", "float16")
+"""The dtypes features are stored in (a key's `dtype`)."""
+
+DIGEST_MODES = ("stat", "content")
+
+DECODERS = ("auto", "pillow", "simplejpeg")
+"""JPEG decoders of image files; they give the same pixels, so the decoder is not part of keys."""
+
+COMPUTE_PRECISIONS = ("bfloat16", "float16")
+"""`mixed_precision=` names besides false/true; the compute dtype policy is part of keys."""
+"""How a key's `dataset` digest identifies the images: file stats or file contents (`ImageDataset.digest`)."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -53,7 +65,7 @@ class FeatureKey:
         pooling: `"avg"`, `"max"`, `"flatten"` or `"none"`.
         input_size: Side of the square input images.
         preprocessing: Name of the preprocessing function applied.
-        dtype: Storage dtype, `"float32"` or `"float16"`.
+        dtype: Storage dtype, one of `STORAGE_DTYPES`.
         compute_dtype: `"float32"` or `"mixed_float16"` forward pass.
         dataset: Digest of the dataset manifest (relative paths, sizes and mtimes or
             contents, labels, splits; see `ImageDataset.digest`).

@@ -3,9 +3,16 @@
 A layer can be selected by:
   * its exact name (`"block3_pool"`, `"conv4_block6_out"`);
   * a stage alias that works across families: `"stages"` (every stage
-    output, shallow to deep), `"stage3"` (the third), `"top"` (the last layer);
+    output, shallow to deep), `"stages:k"` (every k-th, counted down from the
+    deepest, which is always in), `"stage3"` (the third), `"last:n"` (the
+    last n stages), `"top"` (the last layer);
   * a relative depth, a float in [0, 1] (`0.5` or `"0.5"`): the cut layer
     nearest that fraction of the network's depth.
+
+A vision transformer's (`BackboneSpec.tokens`, `layerprobe.features.hub`) stages
+are its blocks, and its depth counts blocks: block k of n is at depth k/n,
+the embeddings at 0 and the final norm (`"top"`) at 1; a depth selects the
+nearest block.
 
 Stage outputs come from the family's `stage_pattern` when it has one (VGG's
 `blockN_pool`), else from a generic rule: the last *cut* layer (one through
@@ -56,6 +63,8 @@ class LayerInfo:
         stage: 1-based stage number if the layer is a stage output, else None.
         stable_id: Identifier used in cache keys (name, or `layer#index`).
         kind: Layer class name, e.g. `"Conv2D"`.
+        depth: Relative depth in [0, 1]: the layer's position over the last
+            layer's, or for a vision transformer the blocks up to it over all blocks.
     """
 
     name: str
@@ -65,6 +74,7 @@ class LayerInfo:
     stage: int | None
     stable_id: str
     kind: str
+    depth: float = 0.0
 
     @property
     def is_candidate(self) -> bool:
@@ -139,8 +149,16 @@ def describe_layers(model, spec: BackboneSpec) -> list[LayerInfo]:
         for i, layer in enumerate(model.layers)
         if type(layer).__name__ != "InputLayer"
     ]
-    stage_of = {index: number for number, index in enumerate(_stage_indices(spec, infos), start=1)}
-    return [dataclasses.replace(info, stage=stage_of.get(info.index)) for info in infos]
+    ends = _stage_indices(spec, infos)
+    stage_of = {index: number for number, index in enumerate(ends, start=1)}
+    last = infos[-1].index if infos else 1
+
+    def depth(index: int) -> float:
+        if spec.tokens is not None and ends:
+            return sum(end <= index for end in ends) / len(ends)
+        return index / last
+
+    return [dataclasses.replace(info, stage=stage_of.get(info.index), depth=depth(info.index)) for info in infos]
 
 
 def _parse_depth(selector) -> float | None:
@@ -155,7 +173,7 @@ def _parse_depth(selector) -> float | None:
 def _unknown(selector, infos: Sequence[LayerInfo], spec: BackboneSpec) -> UnknownLayerError:
     names = [info.name for info in infos]
     stage_count = sum(info.stage is not None for info in infos)
-    aliases = ["stages", "top"] + [f"stage{k}" for k in range(1, stage_count + 1)]
+    aliases = ["stages", "stages:K", "last:N", "top"] + [f"stage{k}" for k in range(1, stage_count + 1)]
     close = closest_names(selector, names + aliases, n=5)
     hint = f" Closest valid names: {', '.join(close)}." if close else ""
     return UnknownLayerError(
@@ -175,7 +193,18 @@ def resolve_layers(model, spec: BackboneSpec, selectors: Iterable) -> list[Layer
     infos = describe_layers(model, spec)
     by_name = {info.name: info for info in infos}
     stages = [info for info in infos if info.stage is not None]
-    cuts = [info for info in infos if info.is_candidate] or infos
+    if spec.tokens is not None and stages:  # depth counts blocks
+
+        def nearest(info: LayerInfo, depth: float):
+            return abs(info.stage - depth * len(stages)), -info.index
+
+        cuts = stages
+    else:
+
+        def nearest(info: LayerInfo, depth: float):
+            return abs(info.index - depth * infos[-1].index), -info.index
+
+        cuts = [info for info in infos if info.is_candidate] or infos
     if isinstance(selectors, (str, float, int)):
         selectors = [selectors]
     chosen: dict[int, LayerInfo] = {}
@@ -186,13 +215,16 @@ def resolve_layers(model, spec: BackboneSpec, selectors: Iterable) -> list[Layer
             picked = [by_name[text]]
         elif text in ("stages", "blocks"):
             picked = stages
+        elif re.fullmatch(r"(stages|blocks):[1-9]\d*", text):
+            picked = stages[::-1][:: int(text.split(":")[1])][::-1]
+        elif re.fullmatch(r"last:[1-9]\d*", text) and int(text[5:]) <= len(stages):
+            picked = stages[-int(text[5:]) :]
         elif text == "top":
             picked = [infos[-1]]
         elif re.fullmatch(r"stage\d+", text) and 1 <= int(text[5:]) <= len(stages):
             picked = [stages[int(text[5:]) - 1]]
         elif depth is not None and 0.0 <= depth <= 1.0:
-            target = depth * infos[-1].index
-            picked = [min(cuts, key=lambda info: (abs(info.index - target), -info.index))]
+            picked = [min(cuts, key=lambda info: nearest(info, depth))]
         else:
             raise _unknown(selector, infos, spec)
         chosen.update((info.index, info) for info in picked)

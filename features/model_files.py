@@ -32,10 +32,6 @@ model saved with `model.save` (a `.keras` archive, or a legacy `.h5` model):
 Subclassed models (a `call` written in Python) have no graph whose
 intermediate outputs could be tapped; they get a `BackboneError` saying how to
 save a functional one instead.
-
-Above ~450 lines on purpose: loading, finding the backbone part, rebuilding
-at an input size and digesting a file are steps of one job, each needing the
-others' view of the same graph.
 """
 
 from __future__ import annotations
@@ -54,6 +50,7 @@ from .backend import import_keras_quietly, is_functional_model, load_weights_str
 from .core.atomic import write_text_atomically
 from .core.checks import check_positive_int
 from .core.errors import BackboneError, WeightsUnavailableError
+from .hub import is_hub_model
 from .registry import (
     BACKBONES,
     BackboneSpec,
@@ -89,8 +86,11 @@ def is_model_file(model: Any) -> bool:
     """Whether a `model` argument names a saved model file rather than a registry family.
 
     A path-like object, or text ending in `.keras`/`.h5` or holding a path
-    separator, is a file (registry names have neither).
+    separator, is a file (registry names have neither); a keras-hub model
+    (`layerprobe.features.hub.is_hub_model`: `keras_hub:...` or a preset folder) is not.
     """
+    if is_hub_model(model):
+        return False
     if isinstance(model, os.PathLike):
         return True
     if not isinstance(model, str):
@@ -375,13 +375,16 @@ def _preprocessing_from_metadata(metadata: Mapping[str, Any]) -> tuple[str | Non
 
 def _infer_preprocessing(part, preprocessing_layer, metadata, path: Path):
     """((module, mode), source) from the metadata or the graph; (None, reason) when neither tells."""
+    layer_config = {} if preprocessing_layer is None else preprocessing_layer.get_config()
+    if (metadata or {}).get("rescaling") is not None or layer_config.get("rescaling") is not None:
+        return None, "it rescales by a keras-hub image converter's per-channel x * scale + offset, not a mode"
     if metadata is not None:
         found = _preprocessing_from_metadata(metadata)
         if found is not None:
             return found, f"layerprobe metadata ({metadata_path(path).name})"
     if preprocessing_layer is not None:
-        module = preprocessing_layer.get_config().get("preprocess_module")
-        return ((None, "none") if module is None else (module, None)), f"its {_PREPROCESSING_LAYER} layer"
+        module, mode = layer_config.get("preprocess_module"), layer_config.get("preprocess_mode")
+        return ((None, mode or "none") if module is None else (module, None)), f"its {_PREPROCESSING_LAYER} layer"
     first = [layer for layer in part.layers if _class_name(layer) != "InputLayer"][:1]
     if first and _class_name(first[0]) == "Rescaling":
         return (None, "none"), "it rescales inside: its first layer is Rescaling"

@@ -11,8 +11,8 @@ back without Keras.
 
 A plan is reused only while everything it was derived from is unchanged: the
 extractor's settings, the weights file and a model file with its layerprobe
-metadata (path, size and modification time, as the dataset digest does for
-images) and the installed Keras and backend versions. A copied or retrained
+metadata or a keras-hub preset folder's files (path, size and modification
+time, as the dataset digest does for images) and the installed Keras and backend versions. A copied or retrained
 model file thus gets a new plan; its keys digest the model's content, so a
 copy still finds the features its original stored. A missing, unreadable or mismatching plan only means building the
 backbone as before.
@@ -29,6 +29,7 @@ from typing import Any, Mapping
 
 from .core.atomic import write_text_atomically
 from .core.versions import installed_version
+from .hub import hub_preset_files, is_hub_model
 from .inputs import DEFAULT_MAX_PIXELS
 from .keys import FORMAT_VERSION, FeatureKey
 from .model_files import is_model_file, metadata_path
@@ -123,6 +124,8 @@ def plan_signature(settings: Mapping[str, Any]) -> str | None:
     if is_model_file(settings.get("model")):
         files["model_file"] = settings["model"]
         files["model_metadata"] = metadata_path(settings["model"])
+    for path in hub_preset_files(settings.get("model")):  # a keras-hub preset folder
+        files[f"preset_{path.name}"] = path
     for name, path in files.items():
         if path in (None, "imagenet", "saved"):
             continue
@@ -136,6 +139,8 @@ def plan_signature(settings: Mapping[str, Any]) -> str | None:
             return None
         identity[name] = [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
     identity["versions"] = {name: installed_version(name) for name in _BACKEND_PACKAGES}
+    if is_hub_model(settings.get("model")):
+        identity["versions"]["keras-hub"] = installed_version("keras-hub")
     identity["keras_backend"] = os.environ.get("KERAS_BACKEND")
     try:
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))

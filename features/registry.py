@@ -11,6 +11,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 from .core.checks import unknown_name_message
 from .core.errors import BackboneError
 
@@ -18,15 +20,37 @@ __all__ = [
     "BackboneSpec",
     "BACKBONES",
     "PREPROCESSING_MODES",
+    "TOKEN_POOLINGS",
+    "TokenLayout",
     "get_backbone_spec",
     "preprocessing_choices",
     "register_backbone",
+    "rescale",
     "resolve_preprocessing",
 ]
 
 # `preprocessing=` values besides the family names: "none", and the modes of
 # keras.applications.imagenet_utils.preprocess_input.
 PREPROCESSING_MODES = ("none", "caffe", "tf", "torch")
+
+
+# Poolings of a transformer's (tokens, width) outputs (`layerprobe.features.truncate`),
+# computed by `layerprobe.features.token_pooling.TokenPooling`.
+TOKEN_POOLINGS = ("cls", "mean", "cls+mean")
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """How a vision transformer lays out the tokens of its (tokens, width) outputs.
+
+    Attributes:
+        prefix_tokens: Tokens before the patch tokens (the class token and any
+            register tokens); `mean` pooling averages the tokens after them.
+        class_token: Whether token 0 is a class token (what `cls` pooling reads).
+    """
+
+    prefix_tokens: int
+    class_token: bool
 
 
 @dataclass(frozen=True)
@@ -49,6 +73,12 @@ class BackboneSpec:
             used instead of `preprocess_module`; for models loaded from files.
         source: The `.keras` file a spec was made for (`layerprobe.features.model_files`),
             else None; messages point to it.
+        rescaling: `(scale, offset)`, three floats each: `x * scale + offset` per
+            channel on 0-255 pixels (a keras-hub image converter's rescaling), used
+            instead of `preprocess_module` and `preprocess_mode`.
+        tokens: For a vision transformer (`layerprobe.features.hub`), its token
+            layout: its stages are its blocks, depth counts blocks, and token
+            poolings (`cls`, `mean`) apply to its outputs. None for CNNs.
     """
 
     name: str
@@ -59,6 +89,8 @@ class BackboneSpec:
     stage_pattern: str | None = None
     preprocess_mode: str | None = None
     source: str | None = None
+    rescaling: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    tokens: TokenLayout | None = None
 
     def __post_init__(self):
         if self.preprocess_mode is not None and self.preprocess_mode not in PREPROCESSING_MODES:
@@ -71,6 +103,9 @@ class BackboneSpec:
     @property
     def preprocessing(self) -> str:
         """Stable name of the preprocessing, part of every cache key."""
+        if self.rescaling is not None:
+            scale, offset = (", ".join(f"{value:.9g}" for value in part) for part in self.rescaling)
+            return f"x * [{scale}] + [{offset}]"
         if self.preprocess_mode == "none":
             return "none"
         if self.preprocess_mode is not None:
@@ -83,7 +118,10 @@ class BackboneSpec:
         """Apply the family's `preprocess_input` to a float32 batch in 0-255.
 
         Keras modifies float numpy inputs in place; callers pass a batch they own.
+        Takes numpy arrays and backend tensors alike.
         """
+        if self.rescaling is not None:
+            return rescale(x, self.rescaling)
         if self.preprocess_mode == "none":
             return x
         if self.preprocess_mode is not None:
@@ -93,6 +131,19 @@ class BackboneSpec:
         if self.preprocess_module is None:
             return x
         return importlib.import_module(self.preprocess_module).preprocess_input(x)
+
+
+def rescale(x, rescaling: tuple[tuple[float, ...], tuple[float, ...]]):
+    """`x * scale + offset` per channel (last axis), in float32: a `BackboneSpec.rescaling`.
+
+    Takes a numpy array (returns a new one) or a backend tensor (computed with `keras.ops`).
+    """
+    scale, offset = (np.asarray(part, dtype="float32") for part in rescaling)
+    if isinstance(x, np.ndarray):
+        return x * scale + offset
+    import keras
+
+    return keras.ops.add(keras.ops.multiply(x, scale), offset)
 
 
 BACKBONES: dict[str, BackboneSpec] = {}

@@ -38,10 +38,6 @@ four modes): see the transfer-matrix section of `benchmarks/RESULTS.md` for the
 table and the agreement rate. Older tables without `cv_se`, `n_test`,
 `feature_dim`, `logme` or `row_kind` still work: missing spreads are reported
 as unknown and only exact ties are then ties.
-
-Above ~450 lines on purpose: the rules, the evidence they weigh and the text
-that explains them change together; split apart, a rule and its explanation
-could drift.
 """
 
 from __future__ import annotations

@@ -32,9 +32,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
-from ..features.core.checks import did_you_mean, is_positive_int, unknown_name_message
+from ..features.core.checks import is_positive_int, unknown_name_message
 from ..features.core.errors import InputError
-from .probes.ridge import DEFAULT_ALPHAS, RidgeProbeCV
+from .classifier_grids import CLASSIFIER_GRIDS, ParamGrid, prefix_grid_keys
+from .probes.ridge import RidgeProbeCV
 from .uncertainty import binomial_se, fold_se
 
 __all__ = [
@@ -49,9 +50,6 @@ __all__ = [
     "prefix_param_grid",
     "search_method",
 ]
-
-ParamGrid = Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]]
-
 
 @dataclass(frozen=True)
 class ClassifierSpec:
@@ -114,23 +112,14 @@ def _build_sgd(random_state: int | None) -> BaseEstimator:
     return SGDClassifier(early_stopping=False, random_state=random_state)
 
 
-# RidgeProbeCV's default penalties (log-spaced, 1e-6 to 10) to 3 significant digits, as a config shows them.
-_RIDGE_ALPHAS = tuple(float(f"{alpha:.3g}") for alpha in DEFAULT_ALPHAS)
-
-
 def _build_ridge(random_state: int | None) -> BaseEstimator:
     # Deterministic: no randomness to seed. float32 products, float64 eigendecomposition.
-    return RidgeProbeCV(alphas=_RIDGE_ALPHAS, standardize=True, dtype="float32")
+    return RidgeProbeCV(alphas=CLASSIFIER_GRIDS["ridge"].default_grid["alphas"], standardize=True, dtype="float32")
 
 
-def _spec(
-    name: str,
-    description: str,
-    build: Callable[[int | None], BaseEstimator],
-    param_grid: dict[str, tuple[Any, ...]],
-    **options: Any,
-) -> ClassifierSpec:
-    return ClassifierSpec(name, description, build, MappingProxyType(param_grid), **options)
+def _spec(name: str, description: str, build: Callable[[int | None], BaseEstimator], **options: Any) -> ClassifierSpec:
+    # The name and its default grid come from the one list of classifiers (classifier_grids).
+    return ClassifierSpec(name, description, build, CLASSIFIER_GRIDS[name].default_grid, **options)
 
 
 CLASSIFIERS: Mapping[str, ClassifierSpec] = MappingProxyType(
@@ -141,14 +130,12 @@ CLASSIFIERS: Mapping[str, ClassifierSpec] = MappingProxyType(
                 "logreg",
                 "Multinomial logistic regression (lbfgs); C searched along a warm-started path.",
                 _build_logreg,
-                {"C": (0.01, 0.1, 1.0, 10.0)},
                 warm_start_param="C",
             ),
             _spec(
                 "linear_svm",
                 "Linear support vector machine (liblinear, one-vs-rest; primal from 10 samples per feature).",
                 _build_linear_svm,
-                {"C": (0.01, 0.1, 1.0, 10.0)},
                 shape_params=_linear_svm_solver,
                 revision=1,
             ),
@@ -156,20 +143,17 @@ CLASSIFIERS: Mapping[str, ClassifierSpec] = MappingProxyType(
                 "rbf_svm",
                 "Kernel support vector machine with an RBF kernel.",
                 _build_rbf_svm,
-                {"C": (0.1, 1.0, 10.0, 100.0), "gamma": ("scale", 1e-4, 1e-3, 1e-2)},
             ),
             _spec(
                 "sgd",
                 "Linear model trained by SGD; for feature sets too large for the others.",
                 _build_sgd,
-                {"loss": ("hinge", "log_loss"), "alpha": (1e-5, 1e-4, 1e-3, 1e-2)},
             ),
             _spec(
                 "ridge",
                 "One-vs-all ridge probe on standardized features; every penalty's exact "
                 "leave-one-out accuracy from one eigendecomposition (seconds per layer).",
                 _build_ridge,
-                {"alphas": _RIDGE_ALPHAS},
                 internal_cv=True,
             ),
         )
@@ -325,10 +309,7 @@ def _check_training_data(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def prefix_param_grid(param_grid: ParamGrid, estimator: Pipeline) -> list[dict[str, Sequence[Any]]]:
-    """The grid(s) with ``"clf__"`` added to bare keys, every key checked against the pipeline.
-
-    The one check of grid keys: `fit_classifier` and the `[classifiers.grids]`
-    section of an experiment config both use it.
+    """The grid(s) with ``"clf__"`` added to bare keys, every key checked against the pipeline's parameters.
 
     Args:
         param_grid: A grid or a list of grids. Classifier keys may omit the
@@ -339,28 +320,11 @@ def prefix_param_grid(param_grid: ParamGrid, estimator: Pipeline) -> list[dict[s
         A list of grids with full keys.
 
     Raises:
-        ValueError: Naming the unknown keys, the closest valid one and every valid key.
+        ValueError: Naming the unknown keys, the closest valid one and every valid key
+            (`layerprobe.pipeline.classifier_grids.prefix_grid_keys`).
     """
-    grids = [param_grid] if isinstance(param_grid, Mapping) else list(param_grid)
-    valid = {key for key in estimator.get_params(deep=True) if "__" in key}
-    names = sorted(key.removeprefix("clf__") for key in valid)
-    prefixed, unknown = [], []
-    for grid in grids:
-        full = {}
-        for key, values in grid.items():
-            full_key = key if "__" in key else f"clf__{key}"
-            if full_key not in valid:
-                unknown.append(key)
-            full[full_key] = values
-        prefixed.append(full)
-    if unknown:
-        classifier = type(estimator.named_steps["clf"]).__name__
-        raise ValueError(
-            f"Unknown param_grid key(s) {unknown} for {classifier}.{did_you_mean(unknown[0], names)} "
-            f"Valid keys are: {', '.join(map(repr, names))} (steps other than the classifier need their "
-            f"prefix, e.g. 'pca__n_components', and that step in the pipeline). Received: param_grid={param_grid!r}"
-        )
-    return prefixed
+    valid = [key for key in estimator.get_params(deep=True) if "__" in key]
+    return prefix_grid_keys(param_grid, valid, type(estimator.named_steps["clf"]).__name__)
 
 
 def fit_classifier(

@@ -21,9 +21,6 @@ TensorFlow's C++ start-up notices are muted (Keras is imported through
 is 2 unless set); `--verbose` shows them. The library logs through `logging`
 (logger "layerprobe", silent unless configured); the CLI prints its INFO
 lines on stdout (stderr with `run --json`, whose stdout is the JSON).
-
-Above ~450 lines on purpose: argparse definitions of every command are
-long but flat; each command's work lives in the library.
 """
 
 from __future__ import annotations
@@ -69,6 +66,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _batch_size(text: str) -> int | str:
+    """An argparse type: "auto" or an integer >= 1."""
+    return text if text == "auto" else positive_int(text)
+
+
 def _weights(text: str) -> str | None:
     from ..features.backbone import parse_weights
 
@@ -76,6 +78,17 @@ def _weights(text: str) -> str | None:
         return parse_weights(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _model_kwargs(text: str) -> dict:
+    """An argparse type: a JSON object of constructor arguments, e.g. '{"num_layers": 4}'."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f'expected a JSON object, e.g. \'{{"alpha": 0.35}}\'. Received: {text!r}')
+    return value
 
 
 def _print_table(rows: Sequence[dict], columns: Sequence[str]) -> None:
@@ -109,7 +122,8 @@ def _layers(args: argparse.Namespace) -> int:
     if is_model_file(args.model):
         model, spec, input_size, note = _model_file_layers(args)
     else:
-        backbone = load_backbone(args.model, weights=None, input_size=args.input_size)
+        backbone = load_backbone(args.model, weights=None, input_size=args.input_size,
+                                 model_kwargs=args.model_kwargs, preprocessing=args.preprocessing)
         model, spec, input_size, note = backbone.model, backbone.spec, backbone.input_size, ""
     infos = describe_layers(model, spec)
     if not args.all:
@@ -119,7 +133,7 @@ def _layers(args: argparse.Namespace) -> int:
             "layer": info.name,
             "output_shape": "x".join(map(str, info.output_shape)),
             "alias": " ".join(info.aliases + (("top",) if info is infos[-1] else ())),
-            "depth": f"{info.index / infos[-1].index:.2f}",
+            "depth": f"{info.depth:.2f}",
             "key_id": info.stable_id if info.stable_id != info.name else "",
         }
         for info in infos
@@ -127,7 +141,8 @@ def _layers(args: argparse.Namespace) -> int:
     print(f"{spec.name} at {input_size}x{input_size}: "
           f"{'all layers' if args.all else 'cut layers (pass --all for every layer)'}{note}")
     _print_table(rows, ["layer", "output_shape", "alias", "depth", "key_id"])
-    print("Select with --layers NAME[,NAME...], aliases 'stages', 'stageK', 'top', or depths like 0.5.")
+    print("Select with --layers NAME[,NAME...], aliases 'stages', 'stages:K' (every K-th), 'stageK', 'last:N', "
+          "'top', or depths like 0.5.")
     return 0
 
 
@@ -167,9 +182,11 @@ def _extract(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         dtype=args.dtype,
         mixed_precision=args.mixed_precision,
+        model_kwargs=args.model_kwargs,
         preprocessing=args.preprocessing,
         dataset_digest=args.dataset_digest,
         max_flatten_dim=args.max_flatten_dim,
+        decoder=args.decoder,
     )
     print(f"{len(dataset)} images, {len(dataset.class_names)} classes, splits {list(dataset.split_names)}; "
           f"{extractor.backbone.architecture} at {extractor.backbone.input_size}px, layers {extractor.layer_names}")
@@ -322,13 +339,15 @@ class _FinetuneHelp(argparse.Action):
 
 def _add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", required=True, help="backbone name (see `layerprobe layers --list`) or PATH to a saved .keras model"
+        "--model", required=True, help="backbone name (see `layerprobe layers --list`), PATH to a saved .keras model, "
+        "or a keras-hub model (keras_hub:CLASS with --model-kwargs, keras_hub:preset:NAME, a preset folder)"
     )
     parser.add_argument(
         "--weights", default="imagenet", type=_weights,
         help="imagenet | none | PATH to .weights.h5/.h5 (default: imagenet; for a .keras model: its own)",
     )
     parser.add_argument("--input-size", type=positive_int, default=None, metavar="N", help=_INPUT_SIZE_HELP)
+    _add_model_kwargs_argument(parser)
     _add_preprocessing_argument(parser)
 
 
@@ -336,11 +355,19 @@ _INPUT_SIZE_HELP = ("side in pixels of the square images fed to the model; image
                     "(default: the model's, e.g. 224 for VGG16)")
 
 
+def _add_model_kwargs_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model-kwargs", default=None, type=_model_kwargs, metavar="JSON",
+        help='constructor arguments as a JSON object, e.g. \'{"alpha": 0.35}\' or, for keras_hub:DINOV2Backbone, '
+             '\'{"patch_size": 8, "num_layers": 4, "hidden_dim": 64, "num_heads": 2, "intermediate_dim": 128}\'',
+    )
+
+
 def _add_preprocessing_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preprocessing", default=None,
-        help="for a .keras model: none | caffe | tf | torch | a family name (default: from layerprobe's "
-             "metadata beside the file, or the model's graph)",
+        help="for a .keras model or keras-hub model: none | caffe | tf | torch | a family name (default: from "
+             "layerprobe's metadata beside the file or the model's graph; a keras-hub preset's image converter)",
     )
 
 
@@ -398,7 +425,7 @@ def _cluster_settings(args: argparse.Namespace, configured=None):
 def build_parser() -> argparse.ArgumentParser:
     """The `layerprobe` argument parser; pooling and dtype choices come from their registries."""
     from ..features.core.versions import layerprobe_version
-    from ..features.extract import STORAGE_DTYPES
+    from ..features.keys import COMPUTE_PRECISIONS, DECODERS, STORAGE_DTYPES
     from ..features.truncate import DEFAULT_MAX_FLATTEN_DIM, POOLINGS
 
     verbose_help = "show TensorFlow's start-up notices (sets LAYERPROBE_VERBOSE=1)"
@@ -419,8 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="overwrite an existing layerprobe.toml")
 
     layers = commands.add_parser("layers", parents=[common], help="list the selectable layers of a backbone")
-    layers.add_argument("model", nargs="?", help="backbone name or PATH to a saved .keras model; omit (or --list) to list backbones")
+    layers.add_argument("model", nargs="?", help="backbone name, PATH to a saved .keras model, or a keras-hub model "
+                        "(keras_hub:CLASS, keras_hub:preset:NAME, a preset folder); omit (or --list) to list backbones")
     layers.add_argument("--input-size", type=positive_int, default=None, metavar="N", help=_INPUT_SIZE_HELP)
+    _add_model_kwargs_argument(layers)
     _add_preprocessing_argument(layers)
     layers.add_argument("--all", action="store_true", help="show every layer, not only the cut layers")
     layers.add_argument("--list", action="store_true", help="list the registered backbones")
@@ -428,21 +457,27 @@ def build_parser() -> argparse.ArgumentParser:
     extract = commands.add_parser("extract", parents=[common], help="extract layer features into a feature store")
     _add_extraction_arguments(extract)
     extract.add_argument("--layers", default=["top"], type=comma_list,
-                         help="comma-separated names, aliases (stages, stageK, top) or depths")
+                         help="comma-separated names, aliases (stages, stages:K, stageK, last:N, top) or depths")
     extract.add_argument("--pooling", default=POOLINGS[0], choices=POOLINGS,
-                         help="how a layer's feature map becomes one vector per image: avg or max over positions, "
-                              "flatten (every value; large), none (the map as it is) (default: avg)")
+                         help="how a layer's output becomes one vector per image: avg or max over positions, "
+                              "flatten (every value; large), none (the output as it is); for a vision transformer's "
+                              "tokens also cls (the class token), mean (the patch tokens' mean), cls+mean (default: avg)")
     extract.add_argument("--data", required=True, help="image folder (class subfolders, optionally under train/val/test) or CSV")
     extract.add_argument("--store", required=True, help="feature store directory (created if missing)")
-    extract.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
-                         help="images per forward pass; lower it if the device runs out of memory (default: 32)")
+    extract.add_argument("--batch-size", type=_batch_size, default="auto", metavar="N|auto",
+                         help='images per forward pass; lower it if the device runs out of memory, or "auto": 32 on '
+                              'a CPU, the largest that fits on a GPU (default: auto)')
     extract.add_argument("--max-flatten-dim", type=positive_int, default=DEFAULT_MAX_FLATTEN_DIM, metavar="N",
                          help=f"with --pooling flatten: refuse layers giving more values per image than this "
                               f"(default: {DEFAULT_MAX_FLATTEN_DIM:,})")
     extract.add_argument("--chunk-size", type=positive_int, default=None,
                          help="samples per committed chunk (multiple of batch size)")
     extract.add_argument("--dtype", default=STORAGE_DTYPES[0], choices=STORAGE_DTYPES, help="storage dtype")
-    extract.add_argument("--mixed-precision", action="store_true", help="mixed_float16 forward pass (GPU)")
+    extract.add_argument("--mixed-precision", nargs="?", const="float16", default=False, choices=COMPUTE_PRECISIONS,
+                         help="compute precision of the forward pass on a GPU: bfloat16, or float16 (the default "
+                              "when given without a value); part of the feature keys")
+    extract.add_argument("--decoder", default="auto", choices=DECODERS,
+                         help="JPEG decoder (the same pixels; simplejpeg is faster where installed)")
     extract.add_argument("--decode-threads", type=positive_int, default=None,
                          help="image decoding threads (per dask worker with a cluster; default: cores / workers)")
     _add_cluster_arguments(extract)

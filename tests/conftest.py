@@ -91,3 +91,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "shared_dir" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.shared)
+
+
+@pytest.fixture
+def forward_passes(monkeypatch):
+    """Records each batch's forward pass (any extractor's device loop) as the number of outputs it returned."""
+    from layerprobe.features.device import DeviceForward
+
+    calls = []
+    original = DeviceForward.fetch
+
+    def counting(self, pending):
+        outputs = original(self, pending)
+        calls.append(len(outputs))
+        return outputs
+
+    monkeypatch.setattr(DeviceForward, "fetch", counting)
+    return calls

@@ -1,0 +1,11 @@
+"""The common core of layerprobe: small pieces every other module uses.
+
+* `errors`: the `LayerprobeError` tree, for problems a user can fix;
+* `checks`: argument checks and "did you mean" suggestions;
+* `atomic`: atomic file writes (a temporary name, then a rename);
+* `lazy`: lazy package exports (PEP 562), so packages import nothing heavy;
+* `digests`: the canonical content digests of arrays and files;
+* `versions`: installed library versions, from the distributions' metadata.
+
+They import nothing else of layerprobe, so any module may import them.
+"""

@@ -13,11 +13,11 @@ from pathlib import PurePath
 import numpy as np
 
 from ..core.errors import InputError
+from ..keys import DIGEST_MODES
 from .decoding import DEFAULT_MAX_PIXELS, DecodeBudget, array_to_rgb, load_image
 
 __all__ = ["DIGEST_MODES", "ImageDataset", "resolve_dataset_digest"]
 
-DIGEST_MODES = ("stat", "content")
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 

@@ -46,6 +46,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..core.checks import check_positive_int
 from ..core.errors import ImageReadError, InputError, UnreadableImageError
+from ..keys import DECODERS
 
 __all__ = [
     "DECODERS",
@@ -62,7 +63,6 @@ __all__ = [
 ]
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default for Image.MAX_IMAGE_PIXELS
-DECODERS = ("auto", "pillow", "simplejpeg")
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _DRAFT_SCALES = (8, 4, 2, 1)  # the reductions Pillow's JPEG draft mode uses
 DEFAULT_DECODE_BUDGET = 512 * 2**20  # bytes of decoded pixels all decoding threads may hold at once

@@ -7,9 +7,10 @@ Modules, one job each:
 * `partial`: `PartialEntry`, the committed chunks of an unfinished extraction;
 * `locks`: the per-key lock (its holder recorded, waits bounded);
 * `hdf5`: the entry and chunk files (the only module that imports h5py);
-* `failures`: how a failed write is reported;
-* `versions`: `library_versions`, recorded in every entry's metadata (beside the numerics
-  environment of `layerprobe.features.environment`).
+* `failures`: how a failed write is reported.
+
+Every entry's metadata records `library_versions` (`layerprobe.features.core.versions`)
+beside the numerics environment (`layerprobe.features.environment`).
 
 Everything other code needs is importable from here.
 """

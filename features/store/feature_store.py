@@ -17,9 +17,6 @@ Errors reading an entry say what is wrong: `CorruptEntryError` (remove it with
 `layerprobe store rm`) only when its content is wrong; `EntryLockedError` when
 another process holds HDF5's lock on it; `StoreError` for permission denied;
 `EntryNotFoundError` when it disappeared.
-
-Above ~450 lines on purpose: `FeatureStore` is the one public class of the
-store; its partial entries, locks and HDF5 I/O are already in their own modules.
 """
 
 from __future__ import annotations
@@ -426,8 +423,8 @@ class FeatureStore:
             key: A `FeatureKey` or an entry name / digest prefix.
             split: Only this split, e.g. `"train"`.
             verify: Recompute the features checksum and compare it with the
-                one recorded at commit (about 1 s per GB), while reading: memory
-                stays at the features plus one 16 MB block.
+                one recorded at commit (one sha256 pass over the features), while
+                reading: memory stays at the features plus one 16 MB block.
             strict_environment: Refuse an entry computed in another numerics
                 environment (backend, its version, Keras, device, oneDNN/XLA/TF32
                 flags, Pillow... see `layerprobe.features.environment`) than this

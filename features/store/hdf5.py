@@ -30,9 +30,6 @@ HDF5 call; found by the tmpfs test in tests/reliability). So a chunk is built
 in memory (the `core` driver) and reaches the disk in one plain write, which
 fails cleanly; an entry, written to disk chunk by chunk to bound memory, is
 started only when the file system has room for it (`failures.check_free_space`).
-
-Above ~450 lines on purpose: it is the h5py boundary (STYLE.md: one module
-imports h5py), so every file format and its checks live here together.
 """
 
 from __future__ import annotations

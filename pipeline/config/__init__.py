@@ -15,8 +15,8 @@ work starts, and every problem found is reported at once in one
     store = "layerprobe-store"
     input_size = 224
     pooling = "avg"             # or a list, e.g. ["avg", "max"]
-    batch_size = 32
-    dtype = "float32"
+    batch_size = "auto"         # or an integer; "auto": 32 on a CPU, the largest that fits on a GPU
+    dtype = "float32"           # storage; mixed_precision = "bfloat16" for the compute on a GPU
 
     [[backbones]]
     model = "VGG16"
@@ -45,6 +45,13 @@ Modules: `schema` (the dataclasses), `values` (checks of single values and
 the problem collector), `sections` (the accepted keys and the section
 builders), `loading` (`config_from_dict`, `load_config`), `template` (the
 example config).
+
+The names a config may use come from their one home, not from the heavy
+modules that use them: classifiers, preprocessing steps and grid parameters
+from `layerprobe.pipeline.classifier_grids`, storage dtypes and digest modes
+from `layerprobe.features.keys`, poolings from `layerprobe.features.truncate`,
+backbones from `layerprobe.features.registry`. So reading a config imports no
+scikit-learn, h5py, Keras or dask.
 """
 
 from ...features.core.errors import ConfigError

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..classifiers import CLASSIFIERS
+from ..classifier_grids import CLASSIFIER_GRIDS
 from ..cluster import ClusterConfig
 
 __all__ = [
@@ -77,15 +77,23 @@ class FeaturesConfig:
             None (key left out) uses each backbone's default.
         pooling: How each layer's output is pooled to one vector per image;
             a name or a list of names (each is a separate set of rows).
-        batch_size: Images per forward pass.
+        batch_size: Images per forward pass, or "auto" (32 on a CPU; on a GPU the
+            largest power of two up to 512 that fits in its memory).
         dtype: Storage dtype of the cached features.
+        mixed_precision: Compute precision of the forward pass: false (float32),
+            "bfloat16" (fast on recent GPUs), "float16" or true (mixed_float16);
+            part of the feature keys.
+        decoder: JPEG decoder: "auto" (simplejpeg where installed, else Pillow),
+            "pillow" or "simplejpeg"; the same pixels either way.
     """
 
     store: Path
     input_size: int | None = None
     pooling: tuple[str, ...] = ("avg",)
-    batch_size: int = 32
+    batch_size: int | str = "auto"
     dtype: str = "float32"
+    mixed_precision: bool | str = False
+    decoder: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -96,16 +104,20 @@ class BackboneConfig:
         model: Backbone name (`layerprobe layers --list` lists them), e.g.
             `"VGG16"`, or the path of a Keras model saved with model.save (a
             `.keras` file: your own, or a model.keras of `layerprobe finetune`;
-            a glob pattern matching exactly one file is allowed; absolute once parsed).
+            a glob pattern matching exactly one file is allowed; absolute once parsed),
+            or a keras-hub vision transformer: `"keras_hub:preset:dinov2_small"`,
+            `"keras_hub:DINOV2Backbone"` (built from model_kwargs, weights `"none"`)
+            or a preset folder (`layerprobe.features.hub`).
         weights: `"imagenet"`, `"none"` (random initialisation from `seed`,
             a baseline) or the path of a weights file (absolute once parsed);
             for a model file `"saved"` (its own weights, the default), `"none"`
             or a weights file.
-        layers: Layers to probe: names, aliases (`"stages"`, `"stageK"`,
-            `"top"`) or relative depths in [0, 1]; `layerprobe layers MODEL`
-            lists them.
+        layers: Layers to probe: names, aliases (`"stages"`, `"stages:K"`,
+            `"stageK"`, `"last:N"`, `"top"`) or relative depths in [0, 1];
+            `layerprobe layers MODEL` lists them (a transformer's stages are its blocks).
         model_kwargs: Extra constructor arguments, e.g. `{ alpha = 0.35 }`.
-        preprocessing: For a model file: `"none"` (pixels 0-255, for models that
+        preprocessing: For a model file or keras-hub model (default: a preset's
+            image converter): `"none"` (pixels 0-255, for models that
             rescale inside), `"caffe"`, `"tf"`, `"torch"` (the modes of Keras's
             imagenet_utils.preprocess_input) or a family name whose
             preprocess_input to use, e.g. `"ResNet50"`; None (key left out)
@@ -149,7 +161,9 @@ class ClassifiersConfig:
             left out) for one.
         seed: Seed of the folds, PCA and the classifiers.
         grids: Hyperparameter grid per classifier, replacing its default grid,
-            e.g. `{ logreg = { C = [0.1, 1.0, 10.0] } }`.
+            e.g. `{ logreg = { C = [0.1, 1.0, 10.0] } }`; a preprocessing step's
+            or PCA's parameter is named with its step, e.g. `pca__n_components`
+            (an unknown key is reported with the valid ones).
         screening: For depth sweeps: the ridge probe (every penalty by exact
             leave-one-out, seconds per layer) makes a "screening" row on every
             layer, and the other classifiers are fitted only on the
@@ -177,7 +191,7 @@ class ClassifiersConfig:
 
     def param_grid(self, name: str) -> dict[str, list]:
         """The grid searched for classifier `name`, as plain lists (JSON-ready)."""
-        grid = self.grids.get(name, CLASSIFIERS[name].param_grid)
+        grid = self.grids.get(name, CLASSIFIER_GRIDS[name].default_grid)
         return {key: list(values) for key, values in sorted(grid.items())}
 
 

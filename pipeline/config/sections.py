@@ -8,22 +8,24 @@ returns its dataclass, or None when the section cannot be built.
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
 from ...features.core.errors import ConfigError
-from ...features.extract import STORAGE_DTYPES
-from ...features.inputs import DIGEST_MODES
+from ...features.hub import is_hub_model
+from ...features.keys import COMPUTE_PRECISIONS, DECODERS, DIGEST_MODES, STORAGE_DTYPES
 from ...features.model_files import SAVED_WEIGHTS, is_model_file
 from ...features.registry import BACKBONES
 from ...features.truncate import POOLINGS
-from ..classifiers import (
-    CLASSIFIERS,
-    PREPROCESSING,
-    build_probe_pipeline,
-    prefix_param_grid,
+from ..classifier_grids import (
+    CLASSIFIER_GRIDS,
+    PREPROCESSING_GRIDS,
+    grid_keys,
+    prefix_grid_keys,
 )
 from ..cluster import ClusterConfig
+from ..finetune.settings import FinetuneConfig
 from . import values
 from .schema import (
     DEFAULT_OUTPUT_DIR,
@@ -51,7 +53,6 @@ __all__ = [
     "check_finetune_backbones",
     "check_input_size",
     "check_sections",
-    "finetune_config_class",
 ]
 
 # Section -> key -> check. A check returns the parsed value or raises Invalid; None marks
@@ -71,8 +72,10 @@ SECTIONS: Mapping[str, Mapping[str, Check | None]] = MappingProxyType(
             "store": None,
             "input_size": values.integer(1),
             "pooling": values.choices(POOLINGS),
-            "batch_size": values.integer(1),
+            "batch_size": values.auto_or_integer(1),
             "dtype": values.one_of(STORAGE_DTYPES),
+            "mixed_precision": values.bool_or_one_of(COMPUTE_PRECISIONS),
+            "decoder": values.one_of(DECODERS),
         },
         "backbones": {
             "model": values.model_name,
@@ -83,9 +86,9 @@ SECTIONS: Mapping[str, Mapping[str, Check | None]] = MappingProxyType(
             "seed": values.integer(0),
         },
         "classifiers": {
-            "names": values.choices(CLASSIFIERS),
+            "names": values.choices(CLASSIFIER_GRIDS),
             "cv": values.integer(2),
-            "preprocessing": values.choices(PREPROCESSING, allow_empty=True),
+            "preprocessing": values.choices(PREPROCESSING_GRIDS, allow_empty=True),
             "pca_components": values.pca_components,
             "n_jobs": values.n_jobs,
             "seed": values.integer(0),
@@ -106,13 +109,6 @@ SECTIONS: Mapping[str, Mapping[str, Check | None]] = MappingProxyType(
     }
 )
 REQUIRED: Mapping[str, tuple[str, ...]] = MappingProxyType({"data": ("path",), "backbones": ("model",)})
-
-
-def finetune_config_class() -> type:
-    """`FinetuneConfig`, imported on first need (its package loads each name lazily: no Keras import)."""
-    from ..finetune import FinetuneConfig
-
-    return FinetuneConfig
 
 
 def check_sections(checker: Checker, raw: Mapping[str, Any]) -> None:
@@ -157,9 +153,12 @@ def build_backbones(checker: Checker, raw: Any) -> tuple[BackboneConfig, ...]:
         found = _section(checker, "backbones", table, where)
         if "weights" in found:
             found["weights"] = checker.weights(f"{where} weights", found["weights"])
+        if "model" in found and is_model_file(found["model"]):  # or a keras-hub preset folder, relative to the config
+            folder = str((checker.base_dir / Path(found["model"]).expanduser()).resolve())
+            found["model"] = folder if is_hub_model(folder) else found["model"]
         if "model" in found and is_model_file(found["model"]):
             _model_file_entry(checker, where, found)
-        elif "model" in found and "preprocessing" in found:
+        elif "model" in found and "preprocessing" in found and not is_hub_model(found["model"]):
             checker.report(
                 f"{where} preprocessing",
                 f"is chosen for model files; {found['model']}'s preprocessing belongs to its weights: remove the key",
@@ -196,7 +195,7 @@ def _model_file_entry(checker: Checker, where: str, found: dict[str, Any]) -> No
 def check_finetune_backbones(
     checker: Checker, finetune: FinetuneStageConfig | None, backbones: tuple[BackboneConfig, ...]
 ) -> None:
-    """The [finetune] stage trains registry families only: a model file in a config with it is a problem."""
+    """The [finetune] stage trains registry families and keras-hub models: a model file with it is a problem."""
     files = [number for number, backbone in enumerate(backbones, start=1) if is_model_file(backbone.model)]
     if finetune is not None and files:
         checker.report(
@@ -230,13 +229,13 @@ def _grid(checker: Checker, where: str, name: str, grid: Any, classifiers: dict)
     if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
         checker.report(where, "expected a table of non-empty lists, e.g. {C = [0.1, 1.0]}", grid)
         return None
-    estimator = build_probe_pipeline(
+    valid = grid_keys(
         name,
-        preprocessing=classifiers.get("preprocessing", ClassifiersConfig.preprocessing),
-        pca_components=classifiers.get("pca_components"),
+        classifiers.get("preprocessing", ClassifiersConfig.preprocessing),
+        pca=classifiers.get("pca_components") is not None,
     )
     try:
-        prefix_param_grid(grid, estimator)
+        prefix_grid_keys(grid, valid, CLASSIFIER_GRIDS[name].estimator)
     except ValueError as error:
         checker.report(where, str(error).rstrip("."), received=False)
         return None
@@ -248,9 +247,9 @@ def build_classifiers(checker: Checker, raw: Any) -> ClassifiersConfig:
     grids = {}
     for name, grid in found.pop("grids", {}).items():
         where = f"[classifiers.grids] {name}"
-        if name not in CLASSIFIERS:
-            valid = f"valid names are {sorted(CLASSIFIERS)}"
-            checker.report(where, f"unknown classifier{suggestion(name, CLASSIFIERS)}; {valid}", received=False)
+        if name not in CLASSIFIER_GRIDS:
+            valid = f"valid names are {sorted(CLASSIFIER_GRIDS)}"
+            checker.report(where, f"unknown classifier{suggestion(name, CLASSIFIER_GRIDS)}; {valid}", received=False)
         else:
             parsed = _grid(checker, where, name, grid, found)
             if parsed is not None:
@@ -278,7 +277,7 @@ def build_finetune(checker: Checker, raw: Any) -> FinetuneStageConfig | None:
         checker.report("[finetune] modes", str(problem), raw["modes"])
         return None
     try:
-        finetune_config_class().from_dict(options)
+        FinetuneConfig.from_dict(options)
     except ConfigError as error:  # one line per bad key
         for problem in error.problems:
             checker.report("[finetune]", str(problem).rstrip("."), received=False)

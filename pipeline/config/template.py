@@ -21,7 +21,8 @@ from typing import Any, Mapping
 
 from ...features.core.atomic import write_text_atomically
 from ...features.core.errors import InputError
-from ..classifiers import CLASSIFIERS
+from ..classifier_grids import CLASSIFIER_GRIDS
+from ..finetune.settings import FinetuneConfig
 from .schema import (
     DEFAULT_OUTPUT_DIR,
     DEFAULT_STORE,
@@ -33,7 +34,7 @@ from .schema import (
     FinetuneStageConfig,
     OutputConfig,
 )
-from .sections import REQUIRED, SECTIONS, finetune_config_class
+from .sections import REQUIRED, SECTIONS
 
 __all__ = ["CONFIG_FILE_NAME", "attribute_docs", "example_config", "finetune_keys_help", "toml_value",
            "write_example_config"]
@@ -144,10 +145,9 @@ def _finetune_keys() -> list[tuple[str, Any, str]]:
     modes_check = SECTIONS["finetune"]["modes"]
     keys = [("modes", list(_default(FinetuneStageConfig, "finetune", "modes")),
              _describe(FinetuneStageConfig, "finetune", "modes", modes_check))]
-    options = finetune_config_class()
-    for field in dataclasses.fields(options):
-        keys.append((field.name, _default(options, "finetune", field.name),
-                     _describe(options, "finetune", field.name, None)))
+    for field in dataclasses.fields(FinetuneConfig):
+        keys.append((field.name, _default(FinetuneConfig, "finetune", field.name),
+                     _describe(FinetuneConfig, "finetune", field.name, None)))
     return keys
 
 
@@ -171,7 +171,9 @@ def example_config() -> str:
             value = _default(cls, section, key)
             description = _describe(cls, section, key, check)
             if key == "grids":
-                defaults = "; ".join(f"{name} {toml_value(dict(spec.param_grid))}" for name, spec in CLASSIFIERS.items())
+                defaults = "; ".join(
+                    f"{name} {toml_value(dict(grid.default_grid))}" for name, grid in CLASSIFIER_GRIDS.items()
+                )
                 description += f" The defaults: {defaults}."
             if isinstance(value, Mapping):
                 value = dict(value)

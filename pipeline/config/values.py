@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 from ...features.backbone import parse_weights
 from ...features.core.checks import closest_names, is_positive_int
 from ...features.core.errors import BackboneError
+from ...features.hub import HUB_PREFIX
 from ...features.model_files import SAVED_WEIGHTS, is_model_file
 from ...features.registry import BACKBONES, PREPROCESSING_MODES, resolve_preprocessing
 
@@ -119,6 +120,34 @@ def one_of(valid: Iterable[str]) -> Check:
     return check
 
 
+def auto_or_integer(minimum: int) -> Check:
+    """`"auto"` or an integer >= `minimum`."""
+    as_integer = integer(minimum)
+
+    def check(value: Any) -> str | int:
+        if value == "auto":
+            return value
+        try:
+            return as_integer(value)
+        except Invalid:
+            raise Invalid(f'expected "auto" or an integer >= {minimum}') from None
+
+    return check
+
+
+def bool_or_one_of(valid: Iterable[str]) -> Check:
+    """`true`, `false` or one name in `valid`."""
+    valid = tuple(valid)
+
+    def check(value: Any) -> bool | str:
+        if isinstance(value, bool) or value in valid:
+            return value
+        raise Invalid(f"expected true, false or one of {list(valid)}{suggestion(value, valid)}")
+
+    check.choices = ("true", "false", *valid)
+    return check
+
+
 def auto_or_bool(value: Any) -> str | bool:
     """`"auto"`, `true` or `false`."""
     if value == "auto" or isinstance(value, bool):
@@ -170,7 +199,7 @@ def layers(value: Any) -> tuple[str | float, ...]:
         or not items
         or not all(isinstance(item, (str, int, float)) and not isinstance(item, bool) for item in items)
     ):
-        raise Invalid('expected layer names, aliases ("stages", "stageK", "top") or depths in [0, 1]')
+        raise Invalid('expected layer names, aliases ("stages", "stages:K", "stageK", "last:N", "top") or depths in [0, 1]')
     for item in items:
         if not isinstance(item, str) and not 0 <= item <= 1:
             raise Invalid(f"depth {item} is outside [0, 1]")
@@ -178,16 +207,18 @@ def layers(value: Any) -> tuple[str | float, ...]:
 
 
 def model_name(value: Any) -> str:
-    """A registered backbone, in any letter case (returns its registered spelling), or the
-    path of a saved model (`is_model_file`; returned as given, resolved by `Checker.model_file`)."""
+    """A registered backbone, in any letter case (returns its registered spelling), the
+    path of a saved model (`is_model_file`; returned as given, resolved by `Checker.model_file`),
+    or a keras-hub model (`keras_hub:...`, or a preset folder resolved by `build_backbones`)."""
     name = string(value)
-    if is_model_file(name):
+    if is_model_file(name) or name.startswith(HUB_PREFIX):
         return name
     by_lower = {key.lower(): key for key in BACKBONES}
     if name.lower() not in by_lower:
         raise Invalid(
             f"unknown backbone{suggestion(name, BACKBONES)}; valid names are {sorted(BACKBONES)}, "
-            f"or the path of a Keras model saved with model.save (ending in .keras)"
+            f"the path of a Keras model saved with model.save (ending in .keras), or a keras-hub vision "
+            f"transformer ({HUB_PREFIX}preset:NAME, {HUB_PREFIX}CLASS, a preset folder)"
         )
     return by_lower[name.lower()]
 

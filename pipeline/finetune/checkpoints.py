@@ -114,7 +114,8 @@ def backbone_metadata(backbone: Backbone, *, mode: str) -> dict[str, Any]:
         "input_size": backbone.input_size,
         "backbone_layer": backbone.model.name,
         "backbone_output": backbone.model.layers[-1].name,
-        "head_input": "avg_pool",
+        "head_input": "avg_pool" if spec.tokens is None else "token_pool",
+        **({} if spec.rescaling is None else {"rescaling": [list(part) for part in spec.rescaling]}),
     }
 
 

@@ -21,6 +21,7 @@ from ...features.core.checks import is_positive_int
 from ...features.core.errors import BackboneError, ConfigError, InputError
 from ...features.layers import describe_layers
 from ...features.seeding import keras_seed
+from ...features.token_pooling import TokenPooling
 from ..classifiers import fit_classifier
 from .custom_objects import BackbonePreprocessing, FeatureStandardization
 from .settings import AUGMENTATIONS, augmentation_problems
@@ -66,7 +67,10 @@ def _head_weights(init_head_from, n_features: int, n_classes: int) -> list[np.nd
 
 
 def feature_map_backbone(backbone: Backbone) -> Backbone:
-    """`backbone` as it is when it ends in a feature map; else cut at its last stage (its own head dropped).
+    """`backbone` as it is when it ends in a feature map (or tokens); else cut at its last stage (its own head dropped).
+
+    A vision transformer (`BackboneSpec.tokens`) ends in its final norm's tokens,
+    which the head pools (`build_classifier_model`); it is returned as it is.
 
     A registry backbone is built with `include_top=False` and ends in a
     `(h, w, c)` map, but a model file may be a whole classifier (e.g.
@@ -79,7 +83,7 @@ def feature_map_backbone(backbone: Backbone) -> Backbone:
         BackboneError: If the model has no 4-D (spatial) stage output to cut at.
     """
     model = backbone.model
-    if len(model.output.shape) == 4:
+    if len(model.output.shape) == 4 or backbone.spec.tokens is not None:
         return backbone
     stages = [info for info in describe_layers(model, backbone.spec)
               if info.stage is not None and len(info.output_shape) == 3]
@@ -108,9 +112,11 @@ def build_classifier_model(
 
     The model takes `(input_size, input_size, 3)` float pixels in 0-255, so it
     needs no outside preprocessing. Augmentation is active in training only.
-    The pooled features pass a `FeatureStandardization` layer (named
-    `standardize`; `finetune` sets it from the training images, training from
-    scratch leaves it the identity) before the head.
+    A feature map is average-pooled (`avg_pool`); a vision transformer's tokens
+    are pooled by `token_pool` (`TokenPooling`: its class token, or the mean of
+    the patch tokens for a model without one). The pooled features pass a
+    `FeatureStandardization` layer (named `standardize`; `finetune` sets it from
+    the training images, training from scratch leaves it the identity) before the head.
 
     Args:
         backbone: From `layerprobe.features.backbone.load_backbone`.
@@ -150,9 +156,14 @@ def build_classifier_model(
         x = inputs
         for layer in _augmentation_layers(augmentation):
             x = layer(x)
-        x = BackbonePreprocessing(backbone.spec.preprocess_module, name="preprocess")(x)
+        spec = backbone.spec
+        x = BackbonePreprocessing(spec.preprocess_module, spec.preprocess_mode, spec.rescaling, name="preprocess")(x)
         x = backbone.model(x, training=False) if freeze_batchnorm else backbone.model(x)
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        if spec.tokens is None:
+            x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        else:
+            mode = "cls" if spec.tokens.class_token else "mean"
+            x = TokenPooling(mode, spec.tokens.prefix_tokens, name="token_pool")(x)
         x = FeatureStandardization(name="standardize")(x)
         for k, units in enumerate(hidden_units, start=1):
             if dropout:
@@ -194,7 +205,7 @@ def fit_head_inputs(model: keras.Model, batches: ImageBatches, *, logreg_seed: i
     (`layerprobe.pipeline.classifiers.fit_classifier`, C by cross-validation) and returns its
     (coef, intercept) for the raw features (see `set_head`).
     """
-    pooled = keras.Model(model.input, model.get_layer("avg_pool").output)
+    pooled = keras.Model(model.input, model.get_layer("standardize").input)
     features, labels = [], []
     for index in range(len(batches)):  # batch by batch: the images are never all in memory
         images, batch_labels = batches[index]

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import keras
 
 from ...features.backend import optimizer_variable_index
+from ...features.registry import rescale
 
 __all__ = ["BackbonePreprocessing", "BlockwiseAdam", "FeatureStandardization"]
 
@@ -36,15 +37,29 @@ class BackbonePreprocessing(keras.layers.Layer):
         preprocess_module: Module holding `preprocess_input`, e.g.
             `"keras.applications.vgg16"` (a `BackboneSpec.preprocess_module`);
             None passes pixels through (models that rescale inside).
+        preprocess_mode: Instead, a mode of `keras.applications.imagenet_utils.preprocess_input`
+            (`"caffe"`, `"tf"`, `"torch"`) or `"none"` (a `BackboneSpec.preprocess_mode`).
+        rescaling: Instead, `(scale, offset)` per channel (a `BackboneSpec.rescaling`:
+            a keras-hub image converter's `x * scale + offset`).
     """
 
-    def __init__(self, preprocess_module: str | None, **kwargs):
+    def __init__(self, preprocess_module: str | None, preprocess_mode: str | None = None, rescaling=None,
+                 **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.preprocess_module = preprocess_module
+        self.preprocess_mode = preprocess_mode
+        self.rescaling = None if rescaling is None else tuple(tuple(float(v) for v in part) for part in rescaling)
 
     def call(self, inputs):
-        if self.preprocess_module is None:
+        if self.rescaling is not None:
+            return rescale(inputs, self.rescaling)
+        if self.preprocess_mode not in (None, "none"):
+            from keras.applications import imagenet_utils
+
+            return imagenet_utils.preprocess_input(keras.ops.add(inputs, 0.0), data_format="channels_last",
+                                                   mode=self.preprocess_mode)
+        if self.preprocess_module is None or self.preprocess_mode == "none":
             return inputs
         preprocess_input = importlib.import_module(self.preprocess_module).preprocess_input
         # A fresh tensor: the Keras function divides in place, which on torch would
@@ -55,7 +70,12 @@ class BackbonePreprocessing(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "preprocess_module": self.preprocess_module}
+        config = {**super().get_config(), "preprocess_module": self.preprocess_module}
+        if self.preprocess_mode is not None:
+            config["preprocess_mode"] = self.preprocess_mode
+        if self.rescaling is not None:
+            config["rescaling"] = [list(part) for part in self.rescaling]
+        return config
 
 
 @keras.saving.register_keras_serializable(package="layerprobe")

@@ -1,9 +1,12 @@
 """Which backbone layers train, and how: unfreezing top blocks, per-block rates, BatchNorm momentum.
 
 Blocks end at the stage outputs of `layerprobe.features.layers` (VGG's
-`blockN_pool`, else the last layer at each resolution). `unfreeze_top` counts
-blocks down from the top; `block_lr_scales` gives each unfrozen block below the
-top one a lower rate (the layer-wise decay of timm and BEiT) for `BlockwiseAdam`.
+`blockN_pool`, else the last layer at each resolution; a keras-hub vision
+transformer's transformer blocks, `layerprobe.features.hub`). `unfreeze_top`
+counts blocks down from the top, the layers above the last block (a
+transformer's final norm) going with the top one; `block_lr_scales` gives each
+unfrozen block below the top one a lower rate (the layer-wise decay of timm
+and BEiT) for `BlockwiseAdam`.
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ def _first_unfrozen(model, spec: BackboneSpec, blocks: int | str) -> int:
         )
     if blocks == 0:
         return len(model.layers)
+    if spec.tokens is not None:  # a transformer's blocks are layers of their own; the embeddings are no block
+        return stages[-blocks]
     return 0 if blocks == len(stages) else stages[-(blocks + 1)] + 1
 
 
@@ -85,7 +90,8 @@ def unfreeze_top(model: Any, spec: BackboneSpec, blocks: int | str) -> list[str]
             alone), a headless backbone model, or a `Backbone`.
         spec: The backbone's family spec.
         blocks: `N` unfreezes the layers above the (N+1)-th-to-last stage
-            output, i.e. the last N blocks (0: none); `"all"` the whole backbone;
+            output, i.e. the last N blocks (0: none; for a transformer its last
+            N blocks and the final norm, never the embeddings); `"all"` the whole backbone;
             `"from:LAYER_NAME"` that layer and all above it (aliases such as
             `"from:stage4"` work too).
 

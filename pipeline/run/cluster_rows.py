@@ -19,7 +19,15 @@ from typing import Any, Sequence
 from ...features.cluster_extraction import check_store_visible
 from ..config import ExperimentConfig
 from .records import RunRows, fit_or_reuse
-from .rows import LayerToFit, RowJob, ScoredRow, load_splits, row_record, save_row, score_row
+from .rows import (
+    LayerToFit,
+    RowJob,
+    ScoredRow,
+    load_splits,
+    row_record,
+    save_row,
+    score_row,
+)
 
 __all__ = ["fit_rows_on_cluster"]
 

@@ -31,7 +31,13 @@ from .multi_layer import multi_layer_row
 from .records import RunRows
 from .results_json import results_document, write_results_json
 from .rows import LayerToFit, RowJob
-from .screening import adds_multi_layer, fill_layer_logme, final_jobs, first_jobs, fit_jobs
+from .screening import (
+    adds_multi_layer,
+    fill_layer_logme,
+    final_jobs,
+    first_jobs,
+    fit_jobs,
+)
 from .splits import open_splits
 from .summary import (
     data_text,

@@ -52,6 +52,8 @@ def extractor_settings(config: ExperimentConfig, backbone: BackboneConfig, pooli
         "input_size": config.features.input_size,
         "batch_size": config.features.batch_size,
         "dtype": config.features.dtype,
+        "mixed_precision": config.features.mixed_precision,
+        "decoder": config.features.decoder,
         "model_kwargs": dict(backbone.model_kwargs),
         "seed": backbone.seed,
         # only when set: a model file's preprocessing (registry families have theirs)

@@ -21,7 +21,13 @@ from ...features.core.errors import InputError
 from ...features.keys import FeatureKey
 from ...features.plans import PlannedLayer
 from ...features.store import FeatureSet, FeatureStore
-from ..classifiers import CLASSIFIERS, check_features, fit_classifier, flat_features, search_method
+from ..classifiers import (
+    CLASSIFIERS,
+    check_features,
+    fit_classifier,
+    flat_features,
+    search_method,
+)
 from ..config import ExperimentConfig
 from ..evaluate import evaluate
 from ..persistence import features_record, save_classifier, write_predictions

@@ -11,6 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from layerprobe.features.core.errors import BackboneError
 from layerprobe.features.device import DeviceForward
 from layerprobe.features.extract import FeatureExtractor
 from layerprobe.features.inputs import from_arrays, from_directory
@@ -62,20 +63,11 @@ def test_stored_features_equal_a_direct_keras_call(tmp_path, model, model_kwargs
         np.testing.assert_array_equal(stored.y, y)
 
 
-def test_all_layers_come_from_one_forward_pass_per_batch(tmp_path, monkeypatch):
+def test_all_layers_come_from_one_forward_pass_per_batch(tmp_path, forward_passes):
     X, y = _images(n=20)
     extractor = FeatureExtractor("VGG16", weights=None, layers="stages", input_size=32, batch_size=8)
-    calls = []
-    original = DeviceForward.fetch
-
-    def counting(self, pending):
-        outputs = original(self, pending)
-        calls.append(len(outputs))
-        return outputs
-
-    monkeypatch.setattr(DeviceForward, "fetch", counting)
     extractor.extract(from_arrays(X, y), FeatureStore(tmp_path), progress=False)
-    assert calls == [5, 5, 5]  # ceil(20 / 8) batches, each returning all five block pools
+    assert forward_passes == [5, 5, 5]  # ceil(20 / 8) batches, each returning all five block pools
 
 
 def test_cached_features_cost_no_forward_pass(tmp_path, monkeypatch):
@@ -112,9 +104,9 @@ def _count_builds_and_traces(monkeypatch) -> tuple[list, list]:
     builds, traces = [], []
     build = extract_module.build_extractor
 
-    def counting_build(model, layers, pooling):
+    def counting_build(model, layers, pooling, **kwargs):
         builds.append(tuple(info.name for info in layers))
-        return build(model, layers, pooling)
+        return build(model, layers, pooling, **kwargs)
 
     make = DeviceForward.__init__
 
@@ -330,3 +322,27 @@ def test_device_loop_features_equal_the_host_preprocessed_forward_pass(tmp_path,
             np.testing.assert_array_equal(stored, np.concatenate(parts))
         else:
             np.testing.assert_allclose(stored, np.concatenate(parts), rtol=1e-6, atol=1e-7)
+
+
+def test_batch_size_auto_is_32_on_a_cpu_and_recorded(tmp_path):
+    X, y = _images(n=12)
+    extractor = FeatureExtractor("VGG16", weights=None, layers=["block1_pool"], input_size=32)
+    assert extractor.get_config()["batch_size"] == "auto"
+    store = FeatureStore(tmp_path)
+    report = extractor.extract(from_arrays(X, y), store, progress=False)
+    assert extractor.batch_size == 32
+    assert store.load(report.keys["block1_pool"]).metadata["batch_size"] == 32
+
+
+@pytest.mark.parametrize("value, policy", [(False, "float32"), (True, "mixed_float16"), ("float16", "mixed_float16"),
+                                           ("bfloat16", "mixed_bfloat16")])
+def test_mixed_precision_names_the_compute_policy_which_is_part_of_the_key(value, policy):
+    X, y = _images(n=4)
+    extractor = FeatureExtractor("VGG16", weights=None, layers=["block1_pool"], input_size=32, mixed_precision=value)
+    assert extractor.compute_dtype == policy
+    assert extractor.keys(from_arrays(X, y))["block1_pool"].compute_dtype == policy
+
+
+def test_unknown_mixed_precision_is_refused():
+    with pytest.raises(BackboneError, match="mixed_precision must be"):
+        FeatureExtractor("VGG16", weights=None, input_size=32, mixed_precision="float8")

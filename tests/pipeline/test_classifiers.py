@@ -9,6 +9,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_sp
 from sklearn.preprocessing import Normalizer, StandardScaler
 
 from layerprobe.features.core.errors import InputError
+from layerprobe.pipeline.classifier_grids import CLASSIFIER_GRIDS, PREPROCESSING_GRIDS, RIDGE_ALPHAS, grid_keys
 from layerprobe.pipeline.classifiers import (
     CLASSIFIERS,
     PREPROCESSING,
@@ -16,7 +17,7 @@ from layerprobe.pipeline.classifiers import (
     fit_classifier,
     search_method,
 )
-from layerprobe.pipeline.probes import RidgeProbeCV
+from layerprobe.pipeline.probes import DEFAULT_ALPHAS, RidgeProbeCV
 from layerprobe.pipeline.uncertainty import binomial_se, fold_se
 
 
@@ -38,6 +39,26 @@ def test_registry_names_and_default_grids_are_valid():
         estimator = spec.build(0)
         assert not hasattr(estimator, "classes_")
         assert set(spec.param_grid) <= set(estimator.get_params())
+
+
+@pytest.mark.parametrize("classifier", sorted(CLASSIFIER_GRIDS))
+def test_the_light_grid_lists_name_what_the_pipelines_build(classifier):
+    """classifier_grids (what a config may name and search, without scikit-learn) matches the estimators:
+    the same names, the same classes, and every searchable key is a parameter of the built pipeline."""
+    assert list(CLASSIFIERS) == list(CLASSIFIER_GRIDS) and list(PREPROCESSING) == list(PREPROCESSING_GRIDS)
+    pipeline = build_probe_pipeline(classifier, preprocessing=tuple(PREPROCESSING), pca_components=2)
+    assert type(pipeline.named_steps["clf"]).__name__ == CLASSIFIER_GRIDS[classifier].estimator
+    assert [type(pipeline.named_steps[name]).__name__ for name in PREPROCESSING] == [
+        grid.estimator for grid in PREPROCESSING_GRIDS.values()
+    ]
+    assert CLASSIFIERS[classifier].param_grid == CLASSIFIER_GRIDS[classifier].default_grid
+    searchable = grid_keys(classifier, tuple(PREPROCESSING), pca=True)
+    assert searchable <= set(pipeline.get_params(deep=True))
+    assert {f"clf__{key}" for key in CLASSIFIER_GRIDS[classifier].default_grid} <= searchable
+
+
+def test_the_ridge_grid_is_the_probe_defaults_rounded_for_configs():
+    assert RIDGE_ALPHAS == tuple(float(f"{alpha:.3g}") for alpha in DEFAULT_ALPHAS)
 
 
 def test_build_probe_pipeline_steps_in_order():

@@ -19,7 +19,7 @@ import pytest
 
 import layerprobe.pipeline.config as config_module
 from layerprobe.features.core.errors import ConfigError, InputError
-from layerprobe.features.extract import STORAGE_DTYPES
+from layerprobe.features.keys import STORAGE_DTYPES
 from layerprobe.features.truncate import POOLINGS
 from layerprobe.pipeline.cli import build_parser, comma_list, main, positive_int
 from layerprobe.pipeline.config import config_from_dict, load_config
@@ -128,8 +128,8 @@ def test_extract_choices_come_from_the_registries(capsys):
     for dtype in STORAGE_DTYPES:
         assert parser.parse_args(base + ["--dtype", dtype]).dtype == dtype
     with pytest.raises(SystemExit):
-        parser.parse_args(base + ["--pooling", "mean"])
-    assert "invalid choice: 'mean'" in capsys.readouterr().err
+        parser.parse_args(base + ["--pooling", "median"])
+    assert "invalid choice: 'median'" in capsys.readouterr().err
     assert parser.parse_args(base + ["--layers", "block1_pool, block3_pool"]).layers == ["block1_pool", "block3_pool"]
 
 

@@ -1,3 +1,6 @@
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,6 +120,66 @@ def test_unknown_section_suggests_the_closest(tmp_path, images):
     assert "[classifier]: unknown section (did you mean 'classifiers'?)" in message
 
 
+# A config with every section (grids of the classifier, a preprocessing step and PCA; a weights
+# file), and one whose backbone is a model file (not allowed with [finetune]).
+_EVERY_SECTION = """
+[data]
+path = "images"
+digest = "content"
+[features]
+store = "store"
+pooling = ["avg", "max"]
+dtype = "float16"
+input_size = 64
+[[backbones]]
+model = "VGG16"
+weights = "net.weights.h5"
+layers = ["stages", 0.5]
+[classifiers]
+names = ["logreg", "ridge"]
+preprocessing = ["standardize", "l2"]
+pca_components = 8
+[classifiers.grids]
+logreg = { C = [0.1, 1.0], pca__n_components = [4, 8], l2__norm = ["l2"] }
+[output]
+dir = "out"
+[finetune]
+modes = ["finetune", "scratch"]
+head_epochs = 2
+[cluster]
+workers = 2
+"""
+_MODEL_FILE = """
+[data]
+path = "images"
+[[backbones]]
+model = "model.keras"
+preprocessing = "caffe"
+"""
+_LOAD_ONLY = """
+import json, sys
+from layerprobe.pipeline.config import example_config, load_config
+load_config(sys.argv[1]).classifiers.param_grid("ridge")
+load_config(sys.argv[2])
+example_config()
+heavy = ("sklearn", "h5py", "keras", "tensorflow", "jax", "torch", "dask", "distributed")
+print(json.dumps(sorted(name for name in heavy if name in sys.modules)))
+"""
+
+
+def test_loading_a_config_imports_no_heavy_library(tmp_path, images):
+    """Reading and checking a config (every section) and writing the example imports neither
+    scikit-learn, h5py, Keras, a Keras backend nor dask: the schema needs only their names."""
+    _write(tmp_path / "net.weights.h5", "placeholder")
+    _write(tmp_path / "model.keras", "placeholder")
+    every = _write(tmp_path / "every.toml", _EVERY_SECTION)
+    model_file = _write(tmp_path / "model_file.toml", _MODEL_FILE)
+    done = subprocess.run([sys.executable, "-c", _LOAD_ONLY, str(every), str(model_file)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == []
+
+
 def test_unknown_classifier_backbone_and_grid_parameter_are_named(tmp_path, images):
     problems, message = _problems(
         {
@@ -134,6 +197,20 @@ def test_unknown_classifier_backbone_and_grid_parameter_are_named(tmp_path, imag
     assert "[classifiers.grids] knn: unknown classifier" in message
 
 
+def test_a_grid_sets_the_searchable_parameters_of_the_steps_it_has(tmp_path, images):
+    base = {"data": {"path": "images"}, "backbones": [{"model": "VGG16"}]}
+    grids = {"logreg": {"C": [1.0], "standardize__with_mean": [False]}, "rbf_svm": {"gamma": [0.1]}}
+    config = config_from_dict({**base, "classifiers": {"grids": grids}}, tmp_path)
+    assert config.classifiers.param_grid("logreg") == {"C": [1.0], "standardize__with_mean": [False]}
+    _, message = _problems({**base, "classifiers": {"grids": {"logreg": {"pca__n_components": [2], "verbose": [1]}}}},
+                           tmp_path)
+    assert "[classifiers.grids] logreg: Unknown param_grid key(s) ['pca__n_components', 'verbose'] " \
+           "for LogisticRegression" in message  # no PCA step without pca_components; verbose is no hyperparameter
+    config = config_from_dict({**base, "classifiers": {"pca_components": 4, "grids": {"sgd": {"pca__n_components": [2]}}}},
+                              tmp_path)
+    assert config.classifiers.param_grid("sgd") == {"pca__n_components": [2]}
+
+
 def test_missing_data_path_and_weights_file_are_reported_together(tmp_path):
     problems, message = _problems(
         {"data": {"path": "nowhere"}, "backbones": [{"model": "VGG16", "weights": "missing.weights.h5"}]}, tmp_path
@@ -148,7 +225,7 @@ def test_wrong_types_and_ranges_are_all_reported(tmp_path, images):
     problems, message = _problems(
         {
             "data": {"path": "images", "test_size": 1.5, "test_split": "train"},
-            "features": {"batch_size": 0, "pooling": "mean", "dtype": "float64"},
+            "features": {"batch_size": 0, "pooling": "median", "dtype": "float64"},
             "backbones": [{"model": "VGG16", "layers": [2.0], "model_kwargs": "alpha=1"}],
             "classifiers": {"cv": "5", "n_jobs": 0, "pca_components": 1.5},
         },
@@ -157,8 +234,8 @@ def test_wrong_types_and_ranges_are_all_reported(tmp_path, images):
     for expected in (
         "[data] test_size: expected a number between 0 and 1",
         "[data] test_split: must differ from train_split",
-        "[features] batch_size: expected an integer >= 1. Received: 0",
-        "[features] pooling: unknown name(s) ['mean']",
+        "[features] batch_size: expected \"auto\" or an integer >= 1. Received: 0",
+        "[features] pooling: unknown name(s) ['median']",
         "[features] dtype: expected one of ['float32', 'float16']",
         "[[backbones]] #1 layers: depth 2.0 is outside [0, 1]",
         "[[backbones]] #1 model_kwargs: expected a table",
@@ -229,3 +306,24 @@ def test_example_config_loads(shared_dir):
     config = load_config(REPO / "benchmarks" / "configs" / "hymenoptera_vgg16.toml")
     assert config.data.path == (shared_dir / "datasets" / "hymenoptera").resolve()
     assert Path(config.backbones[0].weights).is_file()
+
+
+def test_gpu_settings_of_the_features_section(tmp_path):
+    """batch_size "auto", mixed_precision and decoder reach the extractor's settings; wrong values are refused."""
+    from layerprobe.pipeline.run.extractions import extractor_settings
+
+    raw = {
+        "data": {"path": str(tmp_path)},
+        "features": {"store": "store", "batch_size": "auto", "mixed_precision": "bfloat16", "decoder": "pillow"},
+        "backbones": [{"model": "VGG16", "weights": "none"}],
+    }
+    (tmp_path / "a").mkdir()
+    config = config_from_dict(raw, tmp_path)
+    settings = extractor_settings(config, config.backbones[0], "avg")
+    assert (settings["batch_size"], settings["mixed_precision"], settings["decoder"]) == ("auto", "bfloat16", "pillow")
+    raw["features"].update(batch_size="many", mixed_precision="float8", decoder="nvjpeg")
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(raw, tmp_path)
+    for expected in ('batch_size: expected "auto" or an integer >= 1', "mixed_precision: expected true, false or one of",
+                     "decoder: expected one of"):
+        assert expected in str(error.value)
