@@ -12,9 +12,11 @@ transfer-learning guide ends with one model to save, serve and convert:
 3. the backbone cut at the row's layer(s) with their pooling
    (`layerprobe.features.truncate.build_extractor`, built under the row's compute
    dtype), flattened and concatenated for a multi-layer row (its selected layers);
+   a vision transformer's token poolings (cls, mean, cls+mean, max) as Keras's
+   own layers (`token_pooling`);
 4. the probe as one `Dense` layer: every affine step of the estimator
    (`StandardScaler`, `PCA`, the multi-layer probe's per-layer scaling, the
-   linear classifier) folded into its weights in float64 (`linear_head`), with a
+   linear classifier, read from its `coef_` and `intercept_`) folded into its weights in float64 (`linear_head`), with a
    `UnitNormalization` where the pipeline has `Normalizer(norm="l2")` (and a
    `Rescaling` for a standardization just before it); a softmax after it for
    logistic regression.
@@ -24,7 +26,8 @@ probabilities for logistic regression, decision values otherwise (for two
 classes, 0 for the first class and the decision value for the second; see
 `layerprobe.pipeline.predict.class_scores`). Only built-in Keras layers and
 operations are used, so `keras.saving.load_model` loads the file without
-importing layerprobe. Beside it, `model.layerprobe.json` records the class
+importing layerprobe (a keras-hub backbone's layers need keras_hub installed:
+the metadata's "requires" lists it). Beside it, `model.layerprobe.json` records the class
 names, the input size and what the output holds (`layerprobe predict` reads it).
 """
 
@@ -44,7 +47,7 @@ from ..features.core.versions import layerprobe_version
 from .persistence import load_classifier, read_features_record, read_sidecar
 from .predict import class_scores, rebuild_extractor
 
-__all__ = ["LinearHead", "export_model", "linear_head"]
+__all__ = ["LinearHead", "export_model", "linear_head", "required_packages", "token_pooling"]
 
 _EXPORTABLE = (
     "pipelines of StandardScaler, Normalizer(norm='l2'), PCA and a linear classifier (logreg, ridge, linear_svm, "
@@ -320,6 +323,7 @@ def export_model(
         "layers": layers,
         "pooling": {name: extractor.pooling[name] for name in layers},
         "source": str(Path(model_path).resolve()),
+        "requires": ["keras", *required_packages(model)],  # to load it: keras_hub too for a keras-hub backbone
     }
     from .finetune.checkpoints import save_model
 
@@ -336,18 +340,27 @@ def _keras_model(extractor: Any, layers: Sequence[str], head: LinearHead, class_
     import keras
 
     from ..features.extract import dtype_policy
+    from ..features.registry import TOKEN_POOLINGS
     from ..features.truncate import build_extractor
 
     infos = {info.name: info for info in extractor.layers}
+    tokens = extractor.backbone.spec.tokens
+    # A transformer's token poolings are built below from Keras layers, not layerprobe's TokenPooling.
+    token_pooled = {name: extractor.pooling[name] for name in layers
+                    if tokens is not None and len(infos[name].output_shape) == 2
+                    and extractor.pooling[name] in (*TOKEN_POOLINGS, "max")}
+    pooling = {name: "none" if name in token_pooled else mode for name, mode in extractor.pooling.items()}
     with dtype_policy(extractor.compute_dtype):
-        features = build_extractor(extractor.backbone.model, [infos[name] for name in layers], extractor.pooling)
+        features = build_extractor(extractor.backbone.model, [infos[name] for name in layers], pooling, tokens=tokens)
     size = extractor.backbone.input_size
     pixels = keras.Input((size, size, 3), name="pixels")
     x = extractor.backbone.spec.preprocess_input(keras.ops.cast(pixels, "float32"))
     outputs = features(x)
     outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
     parts = []
-    for output in outputs:
+    for name, output in zip(layers, outputs):
+        if name in token_pooled:
+            output = token_pooling(output, token_pooled[name], tokens.prefix_tokens, name=name)
         if extractor.dtype != "float32":  # the classifier was trained on features stored in this dtype
             output = keras.ops.cast(keras.ops.cast(output, extractor.dtype), "float32")
         if len(output.shape) > 2:
@@ -355,9 +368,47 @@ def _keras_model(extractor: Any, layers: Sequence[str], head: LinearHead, class_
         parts.append(output)
     x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(name="features", dtype="float32")(parts)
     model = keras.Model(pixels, head.keras_layers(x), name="layerprobe_export")
+    if "layerprobe" in required_packages(model):
+        raise InputError(
+            f"The exported model would need layerprobe to load: its backbone has layerprobe's own layers. "
+            f"Received: {sorted(type(layer).__name__ for layer in model._flatten_layers() if _package(layer) == 'layerprobe')}"
+        )
     if int(model.output.shape[-1]) != len(class_names):
         raise InputError(
             f"The exported model gives {model.output.shape[-1]} scores, but the classifier has {len(class_names)} "
             f"class names. Rerun the experiment to fit it again. Received: class_names {list(class_names)}"
         )
     return model
+
+
+def token_pooling(tokens, mode: str, prefix_tokens: int, *, name: str):
+    """`TokenPooling(mode, prefix_tokens)` of a `(batch, tokens, width)` tensor, from Keras's own layers.
+
+    `layerprobe.features.token_pooling.TokenPooling` is layerprobe's layer;
+    these built-in layers compute the same in float32 so that the exported
+    model loads without layerprobe: `Cropping1D` drops the prefix tokens (or
+    keeps token 0, the class token), `GlobalAveragePooling1D` /
+    `GlobalMaxPooling1D` pool the patch tokens.
+    """
+    import keras
+
+    n_tokens = int(tokens.shape[1])
+    label = f"{name}__{mode.replace('+', '_')}"
+    patches = keras.layers.Cropping1D((prefix_tokens, 0), name=f"{label}_patches", dtype="float32")(tokens)
+    if mode == "max":
+        return keras.layers.GlobalMaxPooling1D(name=label, dtype="float32")(patches)
+    mean = keras.layers.GlobalAveragePooling1D(name=f"{label}_mean", dtype="float32")(patches)
+    if mode == "mean":
+        return mean
+    cls = keras.layers.Cropping1D((0, n_tokens - 1), name=f"{label}_class_token", dtype="float32")(tokens)
+    cls = keras.layers.Flatten(name=f"{label}_cls", dtype="float32")(cls)
+    return cls if mode == "cls" else keras.layers.Concatenate(name=label, dtype="float32")([cls, mean])
+
+
+def _package(layer: Any) -> str:
+    return type(layer).__module__.split(".")[0]
+
+
+def required_packages(model: Any) -> list[str]:
+    """The packages besides Keras whose layers `model` holds (keras_hub for a keras-hub backbone), sorted."""
+    return sorted({_package(layer) for layer in model._flatten_layers()} - {"keras"})

@@ -11,8 +11,10 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import BaseEstimator
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.linear_model._base import LinearClassifierMixin
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
@@ -25,7 +27,7 @@ from layerprobe.features.store import FeatureStore
 from layerprobe.pipeline.classifiers import flat_features
 from layerprobe.pipeline.cli import main
 from layerprobe.pipeline.config import config_from_dict
-from layerprobe.pipeline.export import export_model, linear_head
+from layerprobe.pipeline.export import export_model, linear_head, required_packages, token_pooling
 from layerprobe.pipeline.persistence import load_classifier
 from layerprobe.pipeline.predict import class_scores, predict_images
 from layerprobe.pipeline.probes.ridge import RidgeProbeCV
@@ -200,6 +202,15 @@ def _data(n_classes, seed=0):
     return X, np.arange(60) % n_classes
 
 
+class _UnknownLinearClassifier(LinearClassifierMixin, BaseEstimator):
+    """A linear classifier export knows by its coef_ and intercept_ only (as layerprobe's own LinearSVM)."""
+
+    def fit(self, X, y):
+        fitted = LinearSVC().fit(X, y)
+        self.coef_, self.intercept_, self.classes_ = fitted.coef_ * 2.0, fitted.intercept_ - 0.5, fitted.classes_
+        return self
+
+
 @pytest.mark.parametrize("n_classes", [2, 3])
 @pytest.mark.parametrize("estimator", [
     lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)),
@@ -207,6 +218,8 @@ def _data(n_classes, seed=0):
     lambda: make_pipeline(StandardScaler(), Normalizer(), PCA(5, random_state=0), LogisticRegression(max_iter=1000)),
     lambda: make_pipeline(StandardScaler(with_mean=False), RidgeProbeCV()),
     lambda: make_pipeline(StandardScaler(), SGDClassifier(random_state=0)),
+    lambda: make_pipeline(StandardScaler(), _UnknownLinearClassifier()),
+    lambda: make_pipeline(StandardScaler(), pytest.importorskip("layerprobe.pipeline.probes.svm").LinearSVM()),
 ])
 def test_linear_head_reproduces_the_pipeline_in_numpy_and_as_keras_layers(estimator, n_classes):
     import keras
@@ -242,3 +255,19 @@ def test_what_cannot_be_exported_is_a_one_line_error(estimator, match):
     with pytest.raises(InputError, match=match) as error:
         linear_head(estimator.fit(X, y), what="row.skops")
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("mode, prefix_tokens", [("cls", 1), ("mean", 1), ("cls+mean", 5), ("max", 5), ("mean", 0)])
+def test_token_poolings_from_keras_layers_equal_layerprobes_token_pooling(mode, prefix_tokens):
+    import keras
+
+    from layerprobe.features.token_pooling import TokenPooling
+
+    tokens = np.random.default_rng(0).normal(size=(4, 17, 6)).astype(np.float32)
+    reference = np.asarray(TokenPooling(mode, prefix_tokens)(tokens))
+    inputs = keras.Input((17, 6))
+    model = keras.Model(inputs, token_pooling(inputs, mode, prefix_tokens, name="block2"))
+    np.testing.assert_allclose(np.asarray(model.predict(tokens, verbose=0)), reference, rtol=1e-6, atol=1e-6)
+    assert required_packages(model) == []  # loads without layerprobe
+    with_layerprobes = keras.Model(inputs, TokenPooling(mode, prefix_tokens)(inputs))
+    assert required_packages(with_layerprobes) == ["layerprobe"]  # what export_model refuses to write
