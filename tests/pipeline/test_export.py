@@ -271,3 +271,32 @@ def test_token_poolings_from_keras_layers_equal_layerprobes_token_pooling(mode, 
     assert required_packages(model) == []  # loads without layerprobe
     with_layerprobes = keras.Model(inputs, TokenPooling(mode, prefix_tokens)(inputs))
     assert required_packages(with_layerprobes) == ["layerprobe"]  # what export_model refuses to write
+
+
+def test_a_transformers_token_layers_export_as_the_extractor_pools_them(tmp_path):
+    """A backbone with (tokens, width) outputs, as keras-hub ViTs have: the exported graph equals build_extractor's."""
+    from types import SimpleNamespace
+
+    import keras
+
+    from layerprobe.features.layers import LayerInfo
+    from layerprobe.features.registry import TokenLayout
+    from layerprobe.features.truncate import build_extractor
+    from layerprobe.pipeline.export import LinearHead, _keras_model
+
+    pixels = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(6, 2, strides=2, name="patchify")(pixels)
+    x = keras.layers.Reshape((16, 6), name="block1")(x)  # 16 tokens; token 0 plays the class token
+    backbone = keras.Model(pixels, keras.layers.Dense(6, name="block2")(x))
+    tokens = TokenLayout(prefix_tokens=1, class_token=True)
+    infos = [LayerInfo(name, k, (16, 6), True, k, name, "Dense") for k, name in enumerate(["block1", "block2"], 1)]
+    pooling = {"block1": "cls+mean", "block2": "max"}
+    spec = SimpleNamespace(tokens=tokens, preprocess_input=lambda x: x / 127.5 - 1.0)
+    extractor = SimpleNamespace(layers=infos, pooling=pooling, compute_dtype="float32", dtype="float32",
+                                backbone=SimpleNamespace(model=backbone, spec=spec, input_size=8))
+    identity = LinearHead(None, (("affine", np.eye(18), np.zeros(18)),), "scores")
+    model = _keras_model(extractor, ["block1", "block2"], identity, [str(k) for k in range(18)])
+    assert required_packages(model) == []  # before: layerprobe's TokenPooling layers in the graph
+    images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3)).astype(np.uint8)
+    reference = build_extractor(backbone, infos, pooling, tokens=tokens).predict(images / 127.5 - 1.0, verbose=0)
+    np.testing.assert_allclose(model.predict(images, verbose=0), np.hstack(reference), rtol=1e-5, atol=1e-5)
