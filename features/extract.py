@@ -33,6 +33,7 @@ from .chunks import (
     ChunkWork,
     ChunkWriter,
     ExtractionReport,
+    chunk_ranges,
     commit_entries,
     open_work,
     reuse_or_compute,
@@ -44,7 +45,8 @@ from .device import DeviceForward, accelerator_name, is_out_of_memory, pad_batch
 from .inputs import DEFAULT_MAX_PIXELS, DecodedChunk, ImageDataset, iter_decoded_chunks
 from .inputs.dataset import DIGEST_MODES, resolve_dataset_digest
 from .inputs.decoding import resolve_decoder
-from .keys import STORAGE_DTYPES, FeatureKey
+from .inputs.loader import check_decoded_memory
+from .keys import DEFAULT_BATCH_SIZE, STORAGE_DTYPES, FeatureKey
 from .layers import LayerInfo, resolve_layers
 from .plans import ExtractionPlan, PlannedLayer
 from .store import FeatureStore, library_versions
@@ -57,8 +59,6 @@ from .truncate import (
 
 __all__ = ["FeatureExtractor", "ExtractionReport", "dtype_policy"]
 
-DEFAULT_BATCH_SIZE = 32
-"""The batch size of `batch_size="auto"` on a CPU."""
 
 MAX_AUTO_BATCH_SIZE = 512
 """The largest batch `batch_size="auto"` tries on an accelerator (larger ones do not run faster)."""
@@ -349,8 +349,9 @@ class FeatureExtractor:
             An `ExtractionReport`.
 
         Raises:
-            InputError: If `dataset` has no samples.
-            BackboneError: If `chunk_size` is not a multiple of `batch_size`.
+            InputError: If `dataset` has no samples, or (before any work) one chunk of
+                decoded images cannot fit in the memory available.
+            BackboneError: If `chunk_size` is not a multiple of `batch_size` (before any work).
             StoreError: If the store cannot be written (read-only, disk full);
                 committed chunks are kept and the next call resumes from them.
             CorruptEntryError: If a stored entry of a selected layer is unreadable
@@ -365,6 +366,9 @@ class FeatureExtractor:
             )
         if len(dataset) == 0:
             raise InputError("The dataset has no samples; there is nothing to extract. Received: 0 samples")
+        # a bad chunk_size fails before any lock ("auto" batches are resolved to a divisor of chunk_size)
+        first_chunk = len(chunk_ranges(len(dataset), DEFAULT_BATCH_SIZE if self._auto_batch else self.batch_size,
+                                       chunk_size)[0])
         log = log or (lambda message: None)
         started = time.perf_counter()
         keys = self.keys(dataset, dataset_digest)
@@ -372,6 +376,9 @@ class FeatureExtractor:
         reuse_or_compute(
             store, keys, report, log,
             compute=lambda missing: self._compute(dataset, store, keys, missing, report, chunk_size, n_workers, progress, log),
+            before_lock=lambda: check_decoded_memory(
+                first_chunk, self.backbone.input_size, what="chunk_size", dtype=dataset.pixel_dtype
+            ),
         )
         report.skipped = store.info(next(iter(keys.values())).entry_name, root=dataset.root)["skipped"]
         report.seconds = time.perf_counter() - started
@@ -389,12 +396,13 @@ class FeatureExtractor:
             "versions": library_versions(),
         }
 
-    def resolve_batch_size(self, log: Callable[[str], None] | None = None) -> int:
+    def resolve_batch_size(self, log: Callable[[str], None] | None = None, *, chunk_size: int | None = None) -> int:
         """The batch size, with `"auto"` resolved once (see the `batch_size` argument).
 
         On an accelerator, batches of `MAX_AUTO_BATCH_SIZE`, then half as many..., go
         through the forward pass until one fits in the device's memory (each size tried
-        is compiled once). On a CPU, `DEFAULT_BATCH_SIZE`.
+        is compiled once), never more than divides `chunk_size` when one is given. On a
+        CPU, `DEFAULT_BATCH_SIZE`.
         """
         if not self._auto_batch:
             return self.batch_size
@@ -403,6 +411,8 @@ class FeatureExtractor:
         if device is None:
             return self.batch_size
         forward, size = self.device_forward(), MAX_AUTO_BATCH_SIZE
+        while chunk_size and size > DEFAULT_BATCH_SIZE and chunk_size % size:
+            size //= 2  # a chunk holds whole batches
         shape = (self.backbone.input_size, self.backbone.input_size, 3)
         while size > DEFAULT_BATCH_SIZE:
             try:
@@ -418,7 +428,7 @@ class FeatureExtractor:
 
     def open_work(self, dataset, store, keys, missing, *, chunk_size=None, log=None, environment=None) -> ChunkWork:
         """The chunks of `dataset` and the work areas of the `missing` layers' keys (whose locks the caller holds)."""
-        self.resolve_batch_size(log)
+        self.resolve_batch_size(log, chunk_size=chunk_size)
         layers = [info for info in self.layers if info.name in missing]
         return open_work(
             store, keys, layers, len(dataset), batch_size=self.batch_size, chunk_size=chunk_size,

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["COMPUTE_PRECISIONS", "DECODERS", "DIGEST_MODES", "FORMAT_VERSION", "STORAGE_DTYPES", "FeatureKey", "safe_name"]
+__all__ = ["COMPUTE_PRECISIONS", "DECODERS", "DEFAULT_BATCH_SIZE", "DIGEST_MODES", "FORMAT_VERSION", "STORAGE_DTYPES", "FeatureKey", "safe_name"]
 
 # Bump when the extraction output changes for the same key fields.
 # 2: 16-bit grey levels scaled from their bit depth (not 65535); JPEGs decoded at reduced scale (draft).
@@ -35,6 +35,9 @@ STORAGE_DTYPES = ("float32", "float16")
 """The dtypes features are stored in (a key's `dtype`)."""
 
 DIGEST_MODES = ("stat", "content")
+
+DEFAULT_BATCH_SIZE = 32
+"""The batch size of `batch_size="auto"` on a CPU (and where an accelerator's is not known yet)."""
 
 DECODERS = ("auto", "pillow", "simplejpeg")
 """JPEG decoders of image files; they give the same pixels, so the decoder is not part of keys."""

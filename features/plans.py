@@ -11,11 +11,16 @@ back without Keras.
 
 A plan is reused only while everything it was derived from is unchanged: the
 extractor's settings, the weights file and a model file with its layerprobe
-metadata or a keras-hub preset folder's files (path, size and modification
-time, as the dataset digest does for images) and the installed Keras and backend versions. A copied or retrained
-model file thus gets a new plan; its keys digest the model's content, so a
-copy still finds the features its original stored. A missing, unreadable or mismatching plan only means building the
-backbone as before.
+metadata or a keras-hub preset folder's files, and the installed Keras and
+backend versions. A file is identified as the content-digest cache identifies
+images (`layerprobe.features.inputs.file_digests`): path, device, inode, size,
+modification time and change time. A file replaced by another of the same
+size with its mtime set back (`touch -d`) has another inode, and one rewritten
+in place has a new ctime, which no user can set back, so neither is trusted.
+A copied or retrained model file thus gets a new plan; its keys digest the
+model's content, so a copy still finds the features its original stored. A
+missing, unreadable or mismatching plan only means building the backbone as
+before.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from .core.atomic import write_text_atomically
 from .core.versions import installed_version
 from .hub import hub_preset_files, is_hub_model
 from .inputs import DEFAULT_MAX_PIXELS
+from .inputs.file_digests import file_identity
 from .keys import FORMAT_VERSION, FeatureKey
 from .model_files import is_model_file, metadata_path
 
@@ -137,7 +143,7 @@ def plan_signature(settings: Mapping[str, Any]) -> str | None:
             return None
         except (OSError, TypeError, ValueError):
             return None
-        identity[name] = [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
+        identity[name] = [os.path.abspath(path), *file_identity(stat)]
     identity["versions"] = {name: installed_version(name) for name in _BACKEND_PACKAGES}
     if is_hub_model(settings.get("model")):
         identity["versions"]["keras-hub"] = installed_version("keras-hub")

@@ -170,7 +170,7 @@ def _extract(args: argparse.Namespace) -> int:
     from ..features.store import FeatureStore
     from .cluster import open_client
 
-    dataset = open_dataset(args.data)
+    dataset = open_dataset(args.data, encoding=args.encoding)
     store = FeatureStore(args.store)
     import_keras_quietly()
     extractor = FeatureExtractor(
@@ -242,8 +242,7 @@ def _store(args: argparse.Namespace) -> int:
                     for field, (then, now) in environment_differences(info["environment"], numerics_environment()).items()
                 }
             if args.verify:
-                store.load(name, verify=True)
-                info["verified"] = "features match their checksum"
+                info["verified"] = store.verify(name)
             print(json.dumps(info, indent=2, default=str))
         else:
             print(f"removed {store.remove(name)}")
@@ -261,6 +260,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_default(args: argparse.Namespace):
     from .config import DEFAULT_OUTPUT_DIR, DEFAULT_STORE
+    from .results import output_errors
 
     if _cluster_settings(args) is not None:
         from ..features.core.errors import InputError
@@ -271,16 +271,20 @@ def _run_default(args: argparse.Namespace):
         )
     from .default_experiment import run_default
 
-    return run_default(args.out or DEFAULT_OUTPUT_DIR, store=args.store or DEFAULT_STORE, progress=not args.no_progress)
+    with output_errors(args.out or DEFAULT_OUTPUT_DIR):
+        return run_default(args.out or DEFAULT_OUTPUT_DIR, store=args.store or DEFAULT_STORE,
+                           progress=not args.no_progress)
 
 
 def _run_config(args: argparse.Namespace):
     from .config import load_config
+    from .results import output_errors
     from .run import run_experiment
 
     config = load_config(args.config).with_paths(output_dir=args.out, store=args.store)
     config = dataclasses.replace(config, cluster=_cluster_settings(args, config.cluster))
-    return run_experiment(config, progress=not args.no_progress, finetune_only=args.command == "finetune")
+    with output_errors(config.output.dir):
+        return run_experiment(config, progress=not args.no_progress, finetune_only=args.command == "finetune")
 
 
 @_command("predict")
@@ -463,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "flatten (every value; large), none (the output as it is); for a vision transformer's "
                               "tokens also cls (the class token), mean (the patch tokens' mean), cls+mean (default: avg)")
     extract.add_argument("--data", required=True, help="image folder (class subfolders, optionally under train/val/test) or CSV")
+    extract.add_argument("--encoding", default="utf-8",
+                         help="text encoding of a CSV --data file, e.g. latin-1 or cp1252 (default: utf-8)")
     extract.add_argument("--store", required=True, help="feature store directory (created if missing)")
     extract.add_argument("--batch-size", type=_batch_size, default="auto", metavar="N|auto",
                          help='images per forward pass; lower it if the device runs out of memory, or "auto": 32 on '
@@ -491,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("action", choices=["ls", "info", "rm"])
     store.add_argument("store", help="feature store directory")
     store.add_argument("entries", nargs="*", help="entry names (or unique digest prefixes)")
-    store.add_argument("--verify", action="store_true", help="with info: check the features against their checksum")
+    store.add_argument("--verify", action="store_true", help="with info: check everything the entry holds against the checksums recorded at commit")
 
     run = commands.add_parser(
         "run", parents=[common],
@@ -516,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("config", help="TOML experiment config with a [finetune] section")
     finetune.add_argument("--out", default=None, help="output directory (default: the config's [output] dir)")
     finetune.add_argument("--store", default=None, help="feature store of the kept rows (default: the config's)")
+    finetune.add_argument("--no-progress", action="store_true",
+                          help="accepted as by `run`; finetune extracts nothing, so it never shows progress bars")
     finetune.set_defaults(no_progress=True)  # no extraction, so no progress bars
 
     predict = commands.add_parser(
@@ -598,6 +606,13 @@ def _check_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None
                      f"Commands: {', '.join(sorted(_COMMANDS))}")
 
 
+def _escape_unprintable() -> None:
+    """File names that are not UTF-8 (surrogate escapes, `os.fsdecode`) print as escapes, not a crash."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `layerprobe` console script."""
     parser = build_parser()
@@ -605,6 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_command(parser, argv)
     args = parser.parse_args(argv)
     _quiet_backend(verbose=args.verbose)
+    _escape_unprintable()
     from ..features.core.errors import LayerprobeError
 
     try:

@@ -337,5 +337,6 @@ def write_predictions(
         )
     path = Path(path)
     frame = pd.DataFrame(columns)
-    write_atomically(path, lambda tmp: frame.to_csv(tmp, index=False))
+    # File and class names that are not UTF-8 are written as their own bytes (see `encode_text`).
+    write_atomically(path, lambda tmp: frame.to_csv(tmp, index=False, errors="surrogateescape"))
     return path

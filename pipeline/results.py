@@ -9,22 +9,29 @@ of the test accuracy (`test_ci_low`, `test_ci_high`); `logme` is the layer's
 LogME transferability score. The table is written as `results.csv` and as a
 markdown table inside `summary.md`, always under a temporary name first and
 renamed into place, so a reader (or a run killed mid-write) never sees half a
-file.
+file. Processes that share an output folder (`layerprobe run` and
+`layerprobe finetune` of one config at once) write `results.csv` under its
+lock, each merging its rows into what the file holds (`ResultsTable`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import numbers
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..features.core.atomic import write_atomically, write_text_atomically
+from ..features.core.atomic import TMP_PREFIX, write_atomically, write_text_atomically
+from ..features.core.errors import OutputError
+from ..features.core.lock_files import hold_lock_file
 from .tables import format_table
 from .uncertainty import wilson_interval
 
@@ -33,6 +40,8 @@ __all__ = [
     "RESULT_COLUMNS",
     "ROW_KINDS",
     "ResultsTable",
+    "check_output_folder",
+    "output_errors",
     "read_results",
     "results_frame",
     "write_results",
@@ -104,6 +113,65 @@ _SUMMARY_COLUMNS = (
     "logme",
     "best_params",
 )
+
+
+_CHOOSE_ANOTHER = "choose another folder (`[output] dir` in the config, or --out)"
+# OSErrors of writing a file or folder: the disk, its permissions or the path, which the user can fix.
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                           errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG})
+
+
+def check_output_folder(directory: str | os.PathLike) -> None:
+    """Fail before any work if `directory` cannot become a run's output folder; creates nothing.
+
+    Raises:
+        OutputError: It (or a folder above it) is a file, or it cannot be written
+            (read-only file system, permission).
+    """
+    directory = Path(directory)
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == directory else f": {existing} is a file, so {directory} cannot be made"
+        raise OutputError(
+            f"The output folder {directory} is a file, not a folder{where}. Remove or rename it, or "
+            f"{_CHOOSE_ANOTHER}. Nothing was run."
+        )
+    try:  # a real write, as the run will do (os.access cannot tell a read-only file system to root)
+        os.rmdir(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}probe-", dir=existing))
+    except OSError as error:
+        raise OutputError(
+            f"Cannot write the output folder {directory}: {error}. Make it writable, or {_CHOOSE_ANOTHER}. "
+            f"Nothing was run."
+        ) from error
+
+
+@contextlib.contextmanager
+def output_errors(directory: str | os.PathLike) -> Iterator[None]:
+    """Turn an `OSError` of writing (disk full, read-only, permission, a path in the way) raised inside
+    the block into an `OutputError` saying what to do; nothing written before it is lost.
+
+    Every file of a run is written under a temporary name and renamed into place, so the
+    rows, classifiers and features finished before the error are complete, and the rerun
+    reuses them.
+    """
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in _WRITE_ERRNOS:
+            raise
+        resume = ("the rows, classifiers and features finished so far are kept, and running again resumes "
+                  "from them")
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OutputError(
+                f"The disk is full while writing the run's outputs in {directory}: {error}. Free some space "
+                f"(or {_CHOOSE_ANOTHER}) and run again: {resume}."
+            ) from error
+        raise OutputError(
+            f"Could not write the run's outputs in {directory}: {error}. Fix the path or its permissions "
+            f"(or {_CHOOSE_ANOTHER}) and run again: {resume}."
+        ) from error
 
 
 def _is_number(value: Any) -> bool:
@@ -209,16 +277,25 @@ def write_summary(
 
 
 class ResultsTable:
-    """The rows of a run so far, rewritten to `path` (atomically) after every new row.
+    """The rows of a run so far, merged into `path` (atomically, under its lock) after every new row.
+
+    The table *owns* some modes: all of them for `layerprobe run`, whose table is its
+    own rows; only its own for `layerprobe finetune` (`keep_earlier_rows`). Every
+    write takes the table's lock (`.results.csv.lock` beside it), reads the file,
+    keeps its rows of the modes this table does not own, replaces the others by this
+    table's rows, and writes the result, so that rows another process added meanwhile
+    are never lost, whichever process writes last.
 
     Attributes:
         path: The `results.csv` file.
-        rows: Row dicts, in the order they were added.
+        rows: Row dicts: this table's, in the order they were added, with the rows of
+            other modes found in the file at the last write (modes in `MODES` order).
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.rows: list[dict] = []
+        self._modes: frozenset[str] = frozenset(MODES)
 
     @property
     def frame(self) -> pd.DataFrame:
@@ -226,19 +303,32 @@ class ResultsTable:
         return results_frame(self.rows)
 
     def add(self, row: Mapping[str, Any]) -> None:
-        """Append a row and rewrite the file."""
+        """Append a row and merge the table into the file."""
         self.rows.append(dict(row))
-        write_results(self.frame, self.path)
+        self._merge(write=True)
 
     def rewrite(self) -> None:
-        """Rewrite the file from `rows` (after they were changed in place)."""
-        write_results(self.frame, self.path)
+        """Merge the table into the file again (after rows were changed in place)."""
+        self._merge(write=True)
 
     def keep_earlier_rows(self, *, except_modes: Sequence[str]) -> int:
-        """Start from the rows already in `path` whose mode is not in `except_modes`; returns how many.
+        """Own only `except_modes`: start from the rows of the other modes in `path`; returns how many.
 
-        `layerprobe finetune` replaces the rows of its modes and keeps the others.
+        `layerprobe finetune` replaces the rows of its modes and keeps the others, also
+        those another process adds while it runs.
         """
-        if self.path.is_file():
-            self.rows = [row for row in pd.read_csv(self.path).to_dict("records") if row["mode"] not in except_modes]
+        self._modes = frozenset(except_modes)
+        self._merge(write=False)
         return len(self.rows)
+
+    def _merge(self, *, write: bool) -> None:
+        """Under the table's lock: the file's rows of the modes not owned, then ours (by mode); written if `write`."""
+        lock = self.path.with_name(f".{self.path.name}.lock")
+        with hold_lock_file(lock, doing=f"writing the results table {self.path}", error=OutputError):
+            found = pd.read_csv(self.path).to_dict("records") if self.path.is_file() else []
+            ours = [row for row in self.rows if row.get("mode") in self._modes]
+            others = [row for row in found if row.get("mode") not in self._modes]
+            order = {mode: position for position, mode in enumerate(MODES)}
+            self.rows = sorted(others + ours, key=lambda row: order.get(row.get("mode"), len(order)))
+            if write:
+                write_results(self.frame, self.path)

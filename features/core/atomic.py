@@ -82,5 +82,6 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> 
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
-    """Commit `text` (UTF-8) as the whole content of `path`."""
-    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    """Commit `text` (UTF-8) as the whole content of `path`; the undecodable bytes of a file name
+    (surrogate escapes, `os.fsdecode`) are written back as they were."""
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8", errors="surrogateescape"))

@@ -2,7 +2,9 @@
 
 An array is hashed as its dtype (`dtype.str`, byte order included), its shape
 and its C-ordered bytes, in that order and in blocks (constant extra memory);
-a file as its bytes. Every digest is the text `sha256:<hex>`.
+a sequence of strings as its length and each string's length and UTF-8 bytes
+(file names that are not UTF-8 as their own bytes, see `encode_text`); a file
+as its bytes. Every digest is the text `sha256:<hex>`.
 """
 
 from __future__ import annotations
@@ -57,6 +59,23 @@ def arrays_digest(arrays: Iterable[np.ndarray]) -> str:
     sha = hashlib.sha256()
     for array in arrays:
         update_with_array(sha, array)
+    return "sha256:" + sha.hexdigest()
+
+
+def encode_text(text: str | bytes) -> bytes:
+    """A string's bytes, losslessly: UTF-8, with the undecodable bytes of a file name (which Python
+    holds as surrogate escapes, `os.fsdecode`) given back as they were."""
+    return text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
+
+
+def strings_digest(values: Iterable[str | bytes]) -> str:
+    """sha256 of a sequence of strings (or their bytes, see `encode_text`): the count, then each one's
+    length and bytes, so that no two sequences share a digest."""
+    values = [encode_text(value) for value in values]
+    sha = hashlib.sha256(f"strings{len(values)}".encode())
+    for value in values:
+        sha.update(len(value).to_bytes(8, "little"))
+        sha.update(value)
     return "sha256:" + sha.hexdigest()
 
 

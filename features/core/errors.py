@@ -91,6 +91,10 @@ class WeightsUnavailableError(BackboneError, RuntimeError):
     """The requested weights cannot be obtained (offline, missing or wrong file)."""
 
 
+class OutputError(LayerprobeError):
+    """A run's output folder cannot be used or written (a file in its place, read-only, disk full)."""
+
+
 class StoreError(LayerprobeError):
     """A feature store cannot be used as asked (unwritable, full, bad name)."""
 

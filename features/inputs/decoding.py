@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -268,11 +269,7 @@ def _load(path: str, size: int, max_pixels: int, budget: DecodeBudget | None) ->
         with Image.open(path) as image:
             width, height = image.size
             if width * height > max_pixels:
-                raise UnreadableImageError(
-                    f"too large: {width}x{height} pixels > max_pixels={max_pixels} "
-                    "(decompression-bomb guard)",
-                    path,
-                )
+                raise _too_large(image.size, max_pixels, path)
             if image.format == "JPEG":
                 image.draft("RGB", (size, size))  # DCT scaling: never below `size` a side
             with budget.reserve(decode_cost(image)) if budget is not None else contextlib.nullcontext():
@@ -283,7 +280,8 @@ def _load(path: str, size: int, max_pixels: int, budget: DecodeBudget | None) ->
     except FileNotFoundError:
         raise UnreadableImageError("file not found", path) from None
     except Image.DecompressionBombError as exc:
-        raise UnreadableImageError(f"too large: {exc}", path) from None
+        size = _claimed_size(path)  # Pillow refused to open it: above twice its MAX_IMAGE_PIXELS
+        raise (_too_large(size, max_pixels, path) if size else UnreadableImageError(f"too large: {exc}", path)) from None
     except UnidentifiedImageError:
         raise UnreadableImageError(
             "not an image: no known image format matches the content", path
@@ -297,6 +295,39 @@ def _load(path: str, size: int, max_pixels: int, budget: DecodeBudget | None) ->
         raise UnreadableImageError(f"truncated or corrupt image: {exc}", path) from None
     except _CONTENT_ERRORS as exc:  # Pillow's plugins on malformed headers and data
         raise UnreadableImageError(f"truncated or corrupt image: {exc!r}", path) from None
+
+
+def _too_large(size: tuple[int, int], max_pixels: int, path: str) -> UnreadableImageError:
+    """The skip of an image above `max_pixels`, or above Pillow's own limit, which `max_pixels` cannot raise."""
+    width, height = size
+    if width * height > max_pixels:
+        return UnreadableImageError(
+            f"too large: {width}x{height} pixels > max_pixels={max_pixels} (decompression-bomb guard)", path
+        )
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    return UnreadableImageError(
+        f"too large: {width}x{height} pixels > {limit}, Pillow's own limit (2 x PIL.Image.MAX_IMAGE_PIXELS), "
+        f"which max_pixels={max_pixels} does not raise",
+        path,
+    )
+
+
+def _claimed_size(path: str) -> tuple[int, int] | None:
+    """The width and height a file's header claims, read by Pillow's format plugins as `Image.open`
+    reads them, but without its own decompression-bomb refusal, whose error does not say them."""
+    with open(path, "rb") as handle:
+        prefix = handle.read(16)
+        for format_id in Image.ID:
+            factory, accept = Image.OPEN[format_id]
+            accepted = accept is None or accept(prefix)
+            if not accepted or isinstance(accepted, str):
+                continue
+            handle.seek(0)
+            try:
+                return factory(handle, path).size
+            except (SyntaxError, IndexError, TypeError, ValueError, EOFError, OSError, struct.error):
+                continue
+    return None
 
 
 def _square_rgb(image: Image.Image, size: int) -> np.ndarray:

@@ -29,7 +29,7 @@ from ..core.atomic import write_text_atomically
 from ..core.digests import file_digest
 from .decoding import with_io_retries
 
-__all__ = ["cache_directory", "errno_name", "file_digests"]
+__all__ = ["cache_directory", "errno_name", "file_digests", "file_identity"]
 
 _CACHE_VERSION = 1
 
@@ -58,6 +58,12 @@ def _read_cache(path: Path) -> dict[str, list]:
 
 def _stamp(stat: os.stat_result) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+
+
+def file_identity(stat: os.stat_result) -> list[int]:
+    """What tells a file from any other and from its own earlier content without reading it:
+    device, inode, size, mtime and ctime (see the module docstring)."""
+    return [stat.st_dev, stat.st_ino, *_stamp(stat)]
 
 
 def file_digests(

@@ -7,12 +7,15 @@ iteration (`ImageReadError`), so its chunk is never handed out, let alone
 committed; closing the iterator stops the threads.
 
 Memory: besides the `prefetch` + 2 chunks of output pixels (`size` x `size` x 3
-values per sample, uint8 for files), the decoding threads together hold at most
-max(`decode_budget`, one image's `decode_cost`) bytes of decoded pixels.
+values per sample, uint8 for files: `decoded_bytes`), the decoding threads together hold at
+most max(`decode_budget`, one image's `decode_cost`) bytes of decoded pixels. A
+size at which even one chunk (or one batch) cannot fit in the memory available
+(`decoded_memory_problem`) is refused before any work, saying what fits.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
@@ -32,7 +35,14 @@ from .decoding import (
     resolve_decoder,
 )
 
-__all__ = ["DecodedChunk", "iter_decoded_chunks"]
+__all__ = [
+    "DecodedChunk",
+    "available_memory",
+    "check_decoded_memory",
+    "decoded_bytes",
+    "decoded_memory_problem",
+    "iter_decoded_chunks",
+]
 
 _QUEUE_POLL_SECONDS = 0.1
 _DONE = object()
@@ -56,6 +66,66 @@ class DecodedChunk:
     sample_indices: np.ndarray
     images: np.ndarray
     skipped: list[tuple[int, str]]
+
+
+def decoded_bytes(n_images: int, size: int, dtype: str | np.dtype = "uint8") -> int:
+    """Bytes of `n_images` decoded RGB images of `size` x `size` pixels of `dtype` (`DecodedChunk.images`)."""
+    return n_images * size * size * 3 * np.dtype(dtype).itemsize
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still get: the kernel's MemAvailable, less where a cgroup
+    (a container) allows less; None where neither can be read."""
+    found = []
+    try:
+        with open("/proc/meminfo") as meminfo:
+            found += [int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as limit, open("/sys/fs/cgroup/memory.current") as used:
+            maximum = limit.read().strip()
+            if maximum != "max":
+                found.append(max(0, int(maximum) - int(used.read().strip())))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def decoded_memory_problem(n_images: int, size: int, *, what: str, dtype: str | np.dtype = "uint8") -> str | None:
+    """Why `n_images` decoded images of `size` pixels cannot be held at once, and what fits; None if they can.
+
+    A lower bound: the `dtype` pixels of one `what` (`"batch_size"`, `"chunk_size"`) alone,
+    against `available_memory()`; the model's own activations come on top.
+    """
+    available = available_memory()
+    needed = decoded_bytes(n_images, size, dtype)
+    if available is None or needed <= available:
+        return None
+    per_pixel = decoded_bytes(1, 1, dtype)
+    fit_size = math.isqrt(available // (n_images * per_pixel))
+    fit_images = available // decoded_bytes(1, size, dtype)
+    fewer = (f", or {what}={fit_images} at this input_size" if fit_images
+             else "; at this input_size not even one image fits")
+    return (
+        f"decoding {n_images} images of {size}x{size} pixels at once ({what}) needs at least "
+        f"{needed / 2**30:,.0f} GiB for their {np.dtype(dtype).name} pixels alone ({n_images} x {size} x {size} x 3 x "
+        f"{per_pixel // 3} bytes), but {available / 2**30:,.1f} GiB of memory are available: at most "
+        f"input_size={fit_size} fits {n_images} images{fewer} (the model needs more on top)"
+    )
+
+
+def check_decoded_memory(n_images: int, size: int, *, what: str, dtype: str | np.dtype = "uint8") -> None:
+    """Raise if `n_images` decoded images of `size` pixels cannot be held at once (`decoded_memory_problem`).
+
+    Raises:
+        InputError: Saying what was needed, what is available and what fits.
+    """
+    problem = decoded_memory_problem(n_images, size, what=what, dtype=dtype)
+    if problem is not None:
+        raise InputError(
+            f"{problem[:1].upper()}{problem[1:]}. Nothing was computed. Received: input_size={size}, {what}={n_images}"
+        )
 
 
 def iter_decoded_chunks(

@@ -7,6 +7,7 @@ list and check the samples (nothing is decoded here); `open_dataset` and
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import warnings
@@ -22,6 +23,7 @@ from .dataset import ImageDataset
 __all__ = [
     "IMAGE_EXTENSIONS",
     "UNLABELLED",
+    "check_encoding",
     "from_arrays",
     "from_csv",
     "from_directory",
@@ -129,7 +131,7 @@ def from_directory(
     for split, split_folder in splits:
         for class_folder in _visible_subfolders(split_folder):
             linked_names: list[str] = []
-            files = _image_files(class_folder, suffixes, symlinks=linked_names)
+            files = _image_files(class_folder, suffixes, symlinks=linked_names, root=root)
             image_counts[class_folder.name] = image_counts.get(class_folder.name, 0) + len(files)
             linked.extend(len(paths) + files.index(name) for name in linked_names)
             paths.extend(os.path.abspath(class_folder / name) for name in files)
@@ -160,12 +162,28 @@ def from_directory(
     return ImageDataset(paths, labels, class_names, split_names, root=os.path.abspath(root_path))
 
 
-def _image_files(folder: Path, suffixes: tuple[str, ...], *, symlinks: list[str] | None = None) -> list[str]:
+def _image_files(
+    folder: Path, suffixes: tuple[str, ...], *, symlinks: list[str] | None = None, root: str | os.PathLike = ""
+) -> list[str]:
     """Sorted names of the visible image files directly in `folder`; names that are symbolic
-    links are appended to `symlinks` when given."""
+    links are appended to `symlinks` when given.
+
+    Raises:
+        InputError: If an image name cannot be looked at (a symbolic link loop), naming it.
+    """
     names = []
     for entry in os.scandir(folder):
-        if entry.is_file() and not entry.name.startswith(".") and entry.name.lower().endswith(suffixes):
+        if entry.name.startswith(".") or not entry.name.lower().endswith(suffixes):
+            continue
+        try:
+            is_file = entry.is_file()
+        except OSError as error:  # ELOOP: a link that leads back to itself
+            link = " (a symbolic link)" if entry.is_symlink() else ""
+            raise InputError(
+                f"Cannot read {entry.path}{link}: {error.strerror}. Point the link at an image file or remove it. "
+                f"Received: root={os.fspath(root or folder)!r}"
+            ) from None
+        if is_file:
             names.append(entry.name)
             if symlinks is not None and entry.is_symlink():
                 symlinks.append(entry.name)
@@ -202,12 +220,44 @@ def _row_numbers(positions: Sequence[int], limit: int = 5) -> str:
     return f"rows {shown}{more} (row 1 is the header)"
 
 
+def check_encoding(encoding: str) -> str:
+    """The codec name of a text encoding (`"latin-1"` -> `"iso8859-1"`).
+
+    Raises:
+        InputError: For a name Python does not know.
+    """
+    try:
+        return codecs.lookup(encoding).name
+    except (LookupError, TypeError):
+        raise InputError(
+            f"Unknown text encoding {encoding!r}: expected a Python codec name such as 'utf-8', 'latin-1' or "
+            f"'cp1252'. Received: encoding={encoding!r}"
+        ) from None
+
+
+def _not_text(csv_path: Path, encoding: str, received: str) -> InputError:
+    """The error for a CSV file that is not text in `encoding`, naming the first bad byte and its line."""
+    data = csv_path.read_bytes()
+    try:
+        data.decode(encoding)
+        where = ""
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        where = f": byte 0x{data[error.start]:02x} in line {line} ({error.reason})"
+    return InputError(
+        f"The CSV file is not {encoding} text{where}. Save it as UTF-8, or give its encoding: "
+        f"`from_csv(..., encoding='latin-1')` (or 'cp1252', any Python codec name), `[data] encoding = "
+        f"\"latin-1\"` in an experiment config, `--encoding latin-1` for `layerprobe extract`. Received: {received}"
+    )
+
+
 def from_csv(
     path: str | os.PathLike,
     *,
     path_column: str = "path",
     label_column: str = "label",
     split_column: str = "split",
+    encoding: str = "utf-8",
 ) -> ImageDataset:
     """List the images named in a CSV file.
 
@@ -222,35 +272,45 @@ def from_csv(
         path_column: Column of image paths.
         label_column: Column of class names.
         split_column: Column of split names, if present.
+        encoding: The file's text encoding, a Python codec name (`"latin-1"`,
+            `"cp1252"`...). UTF-8 by default, with or without a byte-order mark.
 
     Returns:
         An ImageDataset of absolute file paths; `class_names` are the sorted labels.
 
     Raises:
-        InputError: If the file is missing or empty, a column is missing, a cell is
-            blank, a path is a URL (download the images first), or one image is listed
-            twice (by the same path, or by two paths that resolve to the same file
-            through `..` or symbolic links: a train/test leak).
+        InputError: If the file is missing, empty or not text in `encoding`, a column
+            is missing, a cell is blank or holds a NUL byte, a path is a URL (download
+            the images first), or one image is listed twice (by the same path, or by
+            two paths that resolve to the same file through `..` or symbolic links: a
+            train/test leak).
     """
     csv_path = Path(path)
+    received = f"path={os.fspath(path)!r}"
     if not csv_path.is_file():
-        raise InputError(f"The CSV file does not exist. Check the path. Received: path={path!r}")
+        raise InputError(f"The CSV file does not exist. Check the path. Received: {received}")
+    codec = check_encoding(encoding)
     try:
-        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        table = pd.read_csv(
+            csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig" if codec == "utf-8" else encoding
+        )
     except pd.errors.EmptyDataError:
         raise InputError(
             "The CSV file is empty. Expected a header row and one row per image. "
-            f"Received: path={path!r}"
+            f"Received: {received}"
         ) from None
+    except UnicodeDecodeError:
+        raise _not_text(csv_path, encoding, f"{received}, encoding={encoding!r}") from None
     missing = [column for column in (path_column, label_column) if column not in table.columns]
     if missing:
         raise InputError(
-            f"The CSV file has no column(s) {missing}; found columns {list(table.columns)}. "
-            f"Rename the columns or pass `path_column` and `label_column`. Received: path={path!r}"
+            f"The CSV file has no column(s) {missing}; found columns {list(table.columns)}. Rename the column(s) "
+            f"to {missing} (or, from Python, `from_csv(path_column=..., label_column=...)` names other columns). "
+            f"Received: {received}"
         )
     if table.empty:
         raise InputError(
-            f"The CSV file has a header but no rows. Add one row per image. Received: path={path!r}"
+            f"The CSV file has a header but no rows. Add one row per image. Received: {received}"
         )
     columns = [
         column for column in (path_column, label_column, split_column) if column in table.columns
@@ -260,7 +320,14 @@ def from_csv(
         if blank.size:
             raise InputError(
                 f"The CSV column {column!r} has empty cells in {_row_numbers(blank)}. Fill them "
-                f"in or remove those rows. Received: path={path!r}"
+                f"in or remove those rows. Received: {received}"
+            )
+        nul = np.flatnonzero(table[column].str.contains("\0", regex=False).to_numpy())
+        if nul.size:  # no file name holds one, and HDF5 would cut a label there
+            raise InputError(
+                f"The CSV column {column!r} holds a NUL byte (\\x00) in {_row_numbers(nul)}: no file name or "
+                f"label may contain one. Is the file binary, or UTF-16 text (then save it as UTF-8)? "
+                f"Received: {received}"
             )
     urls = np.flatnonzero(table[path_column].str.match(_URL).to_numpy())
     if urls.size:
@@ -268,7 +335,7 @@ def from_csv(
         raise InputError(
             f"The CSV column {path_column!r} holds URLs, not file paths: {examples} in {_row_numbers(urls)}. "
             f"layerprobe reads local files only: download the images (e.g. `aws s3 sync`, `gsutil rsync`, "
-            f"`wget`) and list their local paths. Received: path={path!r}"
+            f"`wget`) and list their local paths. Received: {received}"
         )
     for column in columns[1:]:  # labels and splits: "dog " is not a new class
         padded = np.flatnonzero((table[column] != table[column].str.strip()).to_numpy())
@@ -276,7 +343,7 @@ def from_csv(
             warnings.warn(
                 f"The CSV column {column!r} has values with spaces around them in {_row_numbers(padded)} "
                 f"(e.g. {table[column].iloc[padded[0]]!r}); they were removed, so that they do not make "
-                f"new classes or splits. Received: path={path!r}",
+                f"new classes or splits. Received: {received}",
                 UserWarning,
                 stacklevel=2,
             )
@@ -290,7 +357,7 @@ def from_csv(
         examples = list(dict.fromkeys(table[path_column].iloc[duplicated]))[:3]
         raise InputError(
             f"The CSV file lists the same image more than once: {examples} in "
-            f"{_row_numbers(duplicated)}. Keep one row per image. Received: path={path!r}"
+            f"{_row_numbers(duplicated)}. Keep one row per image. Received: {received}"
         )
     doubles = _same_files(list(paths))
     if doubles:
@@ -299,7 +366,7 @@ def from_csv(
             f"The CSV file lists the same image file twice through a symbolic link: "
             f"{[table[path_column].iloc[i] for i in found]} in {_row_numbers(found)} are both {next(iter(doubles))}. "
             f"One image in two rows (e.g. in both the train and test splits) makes the evaluation "
-            f"meaningless; keep one row per image. Received: path={path!r}"
+            f"meaningless; keep one row per image. Received: {received}"
         )
     labels, class_names = _encode_labels(list(table[label_column]))
     splits = table[split_column] if split_column in table.columns else ["all"] * len(table)
@@ -386,8 +453,8 @@ def from_arrays(
     )
 
 
-def open_dataset(source: str | os.PathLike) -> ImageDataset:
-    """Open a dataset folder (see `from_directory`) or CSV file (see `from_csv`).
+def open_dataset(source: str | os.PathLike, *, encoding: str = "utf-8") -> ImageDataset:
+    """Open a dataset folder (see `from_directory`) or CSV file (see `from_csv`, which reads it as `encoding`).
 
     Raises:
         InputError: If `source` is neither a folder nor a .csv file.
@@ -397,7 +464,7 @@ def open_dataset(source: str | os.PathLike) -> ImageDataset:
         if path.is_dir():
             return from_directory(path)
         if path.is_file() and path.suffix.lower() == ".csv":
-            return from_csv(path)
+            return from_csv(path, encoding=encoding)
     raise InputError(
         f"Cannot open a dataset from this source. Expected a folder laid out as {_LAYOUTS}, or "
         f"a .csv file with path and label columns. Received: source={source!r}"

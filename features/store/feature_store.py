@@ -27,12 +27,14 @@ import posixpath
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ..core.atomic import TMP_PREFIX
+from ..core.digests import encode_text
 from ..core.errors import (
     CorruptEntryError,
     EntryLockedError,
@@ -216,7 +218,7 @@ class FeatureStore:
         kept, skipped = [], []
         path = self.path_for(key)
         # Sample ids, splits, labels, skipped reasons: their size, for the free-space check.
-        extra = sum(len(str(sample_id).encode()) + 40 for sample_id in sample_ids)
+        extra = sum(len(encode_text(str(sample_id))) + 40 for sample_id in sample_ids)
         with hdf5.new_entry(path, n_samples=n_total, feature_shape=feature_shape, dtype=dtype, extra_bytes=extra) as entry:
             for index in range(n_chunks):
                 features, indices, chunk_skipped = partial.read_chunk(index)
@@ -390,12 +392,14 @@ class FeatureStore:
             shapes = entry.shapes()
             skipped = entry.skipped()
             relative = entry.sample_ids_relative
+            version = entry.version
         if relative:
             base = _base(root, metadata)
             skipped = [(_absolute(sample_id, base), reason) for sample_id, reason in skipped]
         return {
             "entry": path.stem,
             "path": str(path),
+            "encoding_version": version,
             "key": key.to_dict(),
             "metadata": metadata,
             "datasets": shapes,
@@ -422,9 +426,12 @@ class FeatureStore:
         Args:
             key: A `FeatureKey` or an entry name / digest prefix.
             split: Only this split, e.g. `"train"`.
-            verify: Recompute the features checksum and compare it with the
-                one recorded at commit (one sha256 pass over the features), while
-                reading: memory stays at the features plus one 16 MB block.
+            verify: Check everything read (features, labels, sample ids, splits,
+                class names, skipped files, key and metadata) against the checksums
+                recorded at commit; the features are hashed while they are read (one
+                sha256 pass; memory stays at the features plus one 16 MB block). An
+                entry written before every part was checksummed (encoding version 1
+                or 2) has only its features checked, with a `UserWarning` saying so.
             strict_environment: Refuse an entry computed in another numerics
                 environment (backend, its version, Keras, device, oneDNN/XLA/TF32
                 flags, Pillow... see `layerprobe.features.environment`) than this
@@ -437,7 +444,8 @@ class FeatureStore:
         Raises:
             IncompleteEntryError: No committed entry for this key (not extracted,
                 or an extraction was interrupted: run it again to resume).
-            CorruptEntryError: The file's content is wrong or inconsistent.
+            CorruptEntryError: The file's content is wrong or inconsistent, or (with
+                `verify`) a part does not match its checksum; the message names it.
             EntryLockedError: Another process holds HDF5's lock on the file.
             StoreError: This user may not read the file; or, with `strict_environment`,
                 the entry was computed in another environment (the message lists
@@ -461,10 +469,38 @@ class FeatureStore:
             with self._reading(path) as entry:
                 _, recorded = self._header(path, entry)
             self._check_environment(path, recorded)
+        features, unchecked = self._read(path, verify=verify, root=root)
+        if unchecked:
+            warnings.warn(f"Store entry {path.stem!r}: {unchecked}", UserWarning, stacklevel=2)
+        return features.split(split) if split is not None else features
+
+    def verify(self, name: str) -> str:
+        """Check one entry against every checksum it records; says what was checked.
+
+        Returns:
+            "features, labels, ... match their checksums", or for an entry written before
+            every part was checksummed (encoding version 1 or 2), that only its features
+            match and what it has no checksum of.
+
+        Raises:
+            CorruptEntryError: If a part does not match its checksum (the message names it),
+                or the entry is otherwise inconsistent.
+            EntryNotFoundError, EntryLockedError, StoreError: As `info`.
+        """
+        _, unchecked = self._read(self.resolve(name), verify=True)
+        if unchecked:
+            return f"features match their checksum; {unchecked}"
+        return f"{', '.join(hdf5.CHECKSUMS[:-2])}, key and metadata match their checksums"
+
+    def _read(self, path: Path, *, verify: bool, root=None) -> tuple[FeatureSet, str | None]:
+        """The entry at `path`, checked (see `load`), and None or, for an entry that records no
+        checksum of its other parts, a note saying so."""
         with self._reading(path) as entry:
             stored_key, metadata = self._header(path, entry)
-            X, y, sample_ids, splits, class_names, digest = entry.arrays(verify=verify)
+            X, y, sample_ids, splits, class_names, digests = entry.arrays(verify=verify)
+            recorded = entry.checksums() if verify else None
             relative = entry.sample_ids_relative
+            version = entry.version
         if relative:
             base = _base(root, metadata)
             sample_ids = np.asarray([_absolute(sample_id, base) for sample_id in sample_ids], dtype=object)
@@ -479,12 +515,24 @@ class FeatureStore:
             raise self._corrupt(path, f"feature shape {X.shape[1:]} differs from metadata {metadata.get('feature_shape')}")
         if len(y) and (y.min() < 0 or y.max() >= len(class_names)):
             raise self._corrupt(path, f"labels outside [0, {len(class_names)})")
-        if verify and digest != metadata.get("features_sha256"):
-            raise self._corrupt(path, "its features do not match the checksum recorded at commit")
+        unchecked = None
+        if verify and recorded is not None:
+            wrong = [name for name in hdf5.CHECKSUMS if digests[name] != recorded[name]]
+            if wrong:
+                raise self._corrupt(path, f"its {', '.join(wrong)} do not match the checksums recorded at commit")
+        elif verify:
+            if digests["features"] != metadata.get("features_sha256"):
+                raise self._corrupt(path, "its features do not match the checksum recorded at commit")
+            others = ", ".join(hdf5.CHECKSUMS[1:-1])
+            unchecked = (
+                f"this entry (encoding version {version}) has no checksum of its {others} and metadata, so only "
+                f"its features are verified: it was written by an older layerprobe. To have all of it verified, "
+                f"remove it (`layerprobe store rm {self.root} {path.stem}`) and extract again."
+            )
         features = FeatureSet(
             X=X, y=y, sample_ids=sample_ids, splits=splits, class_names=class_names, key=stored_key, metadata=metadata
         )
-        return features.split(split) if split is not None else features
+        return features, unchecked
 
     def _check_environment(self, path: Path, metadata: Mapping[str, Any]) -> None:
         """Raise a `StoreError` listing the fields where the entry's environment differs from this process's."""

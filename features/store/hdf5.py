@@ -11,12 +11,22 @@ and versions. A file that cannot be read as what it should be raises
 `"locked"` (another process holds HDF5's lock on it), `"permission"` or
 `"missing"`; callers turn it into the matching `StoreError` that says what to do.
 
-Encoding versions: entries and chunks are version 2. Version-2 entries store
-each file sample's id relative to the dataset root (`sample-ids` attribute
-`"relative-to-dataset-root"`, the root at extraction in the metadata's
-`dataset_root`); version-1 entries, whose ids are absolute paths, are still
-read. Version-2 chunks carry the fingerprint (settings and numerics
-environment) they were computed with; version-1 chunks are recomputed.
+Encoding versions: entries are version 3, chunks version 2. Version-3
+entries carry a `checksums` attribute: the digest of every part `load`
+returns (features, labels, sample ids, splits, class names, skipped files,
+key and metadata; `CHECKSUMS`), so that no stored byte is read unchecked.
+Version-2 entries (only the features checksummed, in the metadata's
+`features_sha256`) and version-1 entries are still read. Since version 2,
+entries store each file sample's id relative to the dataset root (`sample-ids`
+attribute `"relative-to-dataset-root"`, the root at extraction in the
+metadata's `dataset_root`); version-1 ids are absolute paths. Version-2 chunks
+carry the fingerprint (settings and numerics environment) they were computed
+with; version-1 chunks are recomputed.
+
+Strings (sample ids, class names, splits, reasons) are stored as UTF-8; a
+file name that is not UTF-8 keeps its own bytes (`digests.encode_text`) and
+reads back as the same Python string, so any name the file system allows
+round-trips.
 
 HDF5's own file locks: `HDF5_USE_FILE_LOCKING=FALSE` (or `BEST_EFFORT`) is
 honoured at every open, not only when the HDF5 library starts. Committed files
@@ -48,11 +58,19 @@ import h5py
 import numpy as np
 
 from ..core.atomic import atomic_path
-from ..core.digests import array_digest, start_array, update_with_block
+from ..core.digests import (
+    array_digest,
+    encode_text,
+    start_array,
+    strings_digest,
+    update_with_block,
+)
 from .failures import check_free_space, writing
 
 __all__ = [
+    "CHECKSUMS",
     "CHUNK_ENCODING_TYPE",
+    "CHUNK_ENCODING_VERSION",
     "ENCODING_TYPE",
     "ENCODING_VERSION",
     "H5PY_VERSION",
@@ -70,9 +88,13 @@ __all__ = [
 ]
 
 ENCODING_TYPE = "layerprobe.feature-entry"
-ENCODING_VERSION = "2"
-READABLE_ENTRY_VERSIONS = ("1", "2")  # 1: sample ids stored as given (absolute paths)
+ENCODING_VERSION = "3"
+# 1: sample ids stored as given (absolute paths); 1 and 2: only the features checksummed.
+READABLE_ENTRY_VERSIONS = ("1", "2", "3")
+CHECKSUMS = ("features", "labels", "sample_ids", "splits", "class_names", "skipped", "key", "metadata")
+"""The parts of a version-3 entry that each carry a checksum, in the order a report names them."""
 CHUNK_ENCODING_TYPE = "layerprobe.feature-chunk"
+CHUNK_ENCODING_VERSION = "2"
 SAMPLE_IDS_RELATIVE = "relative-to-dataset-root"
 H5PY_VERSION = h5py.__version__
 _STRING = h5py.string_dtype(encoding="utf-8")
@@ -157,11 +179,42 @@ def holders_of(path: Path, *, limit: int = 5) -> list[str]:
 
 
 def _strings(values: Iterable[str]) -> np.ndarray:
-    return np.asarray(list(values), dtype=object)
+    """Strings as the bytes to store (`encode_text`: lossless for file names that are not UTF-8)."""
+    return np.asarray([encode_text(value) for value in values], dtype=object)
+
+
+def _raw_strings(dataset) -> list[bytes]:
+    """The stored bytes of a string dataset, as written (what its checksum covers)."""
+    return [value if isinstance(value, bytes) else encode_text(value) for value in dataset[()].tolist()]
+
+
+def _decode(raw: Sequence[bytes]) -> np.ndarray:
+    return np.asarray([value.decode("utf-8", "surrogateescape") for value in raw], dtype=object)
 
 
 def _read_strings(dataset) -> np.ndarray:
-    return np.asarray(dataset.asstr()[()], dtype=object)
+    return _decode(_raw_strings(dataset))
+
+
+def _entry_checksums(
+    *, features: str, labels: np.ndarray, sample_ids: Sequence, sample_ids_kind: str, splits: Sequence,
+    class_names: Sequence, skipped: Sequence[tuple], key: str, metadata: str,
+) -> dict[str, str]:
+    """The digest of each part of an entry (`CHECKSUMS`), from what is (or was) stored.
+
+    `sample_ids_kind` (relative or as given) decides what the ids mean, so it is covered
+    with them; the key and metadata are covered as their stored JSON text.
+    """
+    return {
+        "features": features,
+        "labels": array_digest(np.asarray(labels, dtype=np.int64)),
+        "sample_ids": strings_digest([sample_ids_kind, *sample_ids]),
+        "splits": strings_digest(splits),
+        "class_names": strings_digest(class_names),
+        "skipped": strings_digest([part for pair in skipped for part in pair]),
+        "key": strings_digest([key]),
+        "metadata": strings_digest([metadata]),
+    }
 
 
 @contextlib.contextmanager
@@ -246,7 +299,7 @@ def write_chunk(
     """
     with _new_file_in_memory(path, durable=False) as handle:
         handle.attrs["encoding-type"] = CHUNK_ENCODING_TYPE
-        handle.attrs["encoding-version"] = ENCODING_VERSION
+        handle.attrs["encoding-version"] = CHUNK_ENCODING_VERSION
         handle.attrs["features_sha256"] = array_digest(features)
         handle.attrs["fingerprint"] = json.dumps(dict(fingerprint or {}), sort_keys=True)
         handle.create_dataset("features", data=features)
@@ -285,8 +338,8 @@ def read_chunk(
     try:
         with _open_for_reading(path) as handle:
             kind = (handle.attrs.get("encoding-type"), handle.attrs.get("encoding-version"))
-            if kind != (CHUNK_ENCODING_TYPE, ENCODING_VERSION):
-                raise FileProblem(f"not a version-{ENCODING_VERSION} layerprobe chunk (encoding {kind})")
+            if kind != (CHUNK_ENCODING_TYPE, CHUNK_ENCODING_VERSION):
+                raise FileProblem(f"not a version-{CHUNK_ENCODING_VERSION} layerprobe chunk (encoding {kind})")
             if fingerprint is not None:
                 try:
                     stored = json.loads(handle.attrs.get("fingerprint", ""))
@@ -361,24 +414,39 @@ class EntryWriter:
         metadata: Mapping[str, Any],
         sample_ids_relative: bool = False,
     ) -> None:
-        """Write the per-sample datasets, the skipped files and the key and metadata attributes.
+        """Write the per-sample datasets, the skipped files, the key and metadata attributes, and
+        the checksum of each (`CHECKSUMS`).
 
         `sample_ids_relative`: the sample ids (kept and skipped) are paths relative to the
         dataset root recorded in the metadata (`dataset_root`).
         """
         handle = self._handle
-        handle.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
-        handle.create_dataset("sample_ids", data=_strings(sample_ids), dtype=_STRING)
-        handle.create_dataset("splits", data=_strings(splits), dtype=_STRING)
-        handle.create_dataset("class_names", data=_strings(class_names), dtype=_STRING)
-        skipped_group = handle.create_group("skipped")
-        skipped_group.create_dataset("sample_ids", data=_strings(s for s, _ in skipped), dtype=_STRING)
-        skipped_group.create_dataset("reasons", data=_strings(r for _, r in skipped), dtype=_STRING)
+        labels = np.asarray(labels, dtype=np.int64)
+        strings = {
+            "sample_ids": _strings(sample_ids),
+            "splits": _strings(splits),
+            "class_names": _strings(class_names),
+            "skipped/sample_ids": _strings(s for s, _ in skipped),
+            "skipped/reasons": _strings(r for _, r in skipped),
+        }
+        handle.create_dataset("labels", data=labels)
+        for name, values in strings.items():
+            handle.create_dataset(name, data=values, dtype=_STRING)
+        kind = SAMPLE_IDS_RELATIVE if sample_ids_relative else "as-given"
+        key_text = json.dumps(dict(key), sort_keys=True)
+        metadata_text = json.dumps(dict(metadata), sort_keys=True, default=str)
+        checksums = _entry_checksums(
+            features=self.features_digest, labels=labels, sample_ids=strings["sample_ids"], sample_ids_kind=kind,
+            splits=strings["splits"], class_names=strings["class_names"],
+            skipped=list(zip(strings["skipped/sample_ids"], strings["skipped/reasons"])),
+            key=key_text, metadata=metadata_text,
+        )
         handle.attrs["encoding-type"] = ENCODING_TYPE
         handle.attrs["encoding-version"] = ENCODING_VERSION
-        handle.attrs["sample-ids"] = SAMPLE_IDS_RELATIVE if sample_ids_relative else "as-given"
-        handle.attrs["key"] = json.dumps(dict(key), sort_keys=True)
-        handle.attrs["metadata"] = json.dumps(dict(metadata), sort_keys=True, default=str)
+        handle.attrs["sample-ids"] = kind
+        handle.attrs["key"] = key_text
+        handle.attrs["metadata"] = metadata_text
+        handle.attrs["checksums"] = json.dumps(checksums, sort_keys=True)
         self._finished = True
 
 
@@ -413,6 +481,11 @@ class EntryReader:
         self._handle = handle
 
     @property
+    def version(self) -> str:
+        """The entry's encoding version (see the module docstring)."""
+        return str(self._handle.attrs.get("encoding-version"))
+
+    @property
     def sample_ids_relative(self) -> bool:
         """Whether sample ids are stored relative to the dataset root (version 2), not as given."""
         return self._handle.attrs.get("sample-ids") == SAMPLE_IDS_RELATIVE
@@ -424,22 +497,35 @@ class EntryReader:
         except (KeyError, TypeError, ValueError) as error:
             raise FileProblem(f"its key/metadata attributes are unreadable ({error})") from error
 
+    def checksums(self) -> dict[str, str] | None:
+        """The checksum of each part (`CHECKSUMS`) recorded at commit; None for an entry older than version 3."""
+        if self.version not in ("1", "2"):
+            try:
+                recorded = json.loads(self._handle.attrs["checksums"])
+            except (KeyError, TypeError, ValueError) as error:
+                raise FileProblem(f"its checksums attribute is missing or unreadable ({error})") from error
+            missing = [name for name in CHECKSUMS if not isinstance(recorded, dict) or name not in recorded]
+            if missing:
+                raise FileProblem(f"its checksums attribute lacks {missing}")
+            return recorded
+        return None
+
     def shapes(self) -> dict[str, list[int]]:
         """Shape of each per-sample dataset present."""
         names = ("features", "labels", "sample_ids", "splits")
         return {name: list(self._handle[name].shape) for name in names if name in self._handle}
 
-    def skipped(self) -> list[tuple[str, str]]:
-        """(sample id, reason) of each sample that could not be decoded."""
+    def _raw_skipped(self) -> list[tuple[bytes, bytes]]:
         try:
             return list(
-                zip(
-                    _read_strings(self._handle["skipped/sample_ids"]).tolist(),
-                    _read_strings(self._handle["skipped/reasons"]).tolist(),
-                )
+                zip(_raw_strings(self._handle["skipped/sample_ids"]), _raw_strings(self._handle["skipped/reasons"]))
             )
         except KeyError as error:
             raise FileProblem(f"its list of skipped files is missing ({error})") from error
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """(sample id, reason) of each sample that could not be decoded."""
+        return [tuple(_decode(pair).tolist()) for pair in self._raw_skipped()]
 
     def features(self, *, digest: bool = False) -> tuple[np.ndarray, str | None]:
         """The features, and (if `digest`) their `array_digest`, computed while reading.
@@ -464,18 +550,29 @@ class EntryReader:
 
     def arrays(
         self, *, verify: bool = False
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...], str | None]:
-        """Features, labels, sample ids, splits, class names and (if `verify`) the features digest."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...], dict[str, str]]:
+        """Features, labels, sample ids, splits, class names and (if `verify`) the digest of each part
+        (`CHECKSUMS`) as read, to compare with `checksums()`; an empty dict without `verify`."""
         handle = self._handle
         try:
-            features, digest = self.features(digest=verify)
+            features, features_digest = self.features(digest=verify)
+            labels = handle["labels"][()]
+            raw = {name: _raw_strings(handle[name]) for name in ("sample_ids", "splits", "class_names")}
+            digests = {}
+            if verify:
+                digests = _entry_checksums(
+                    features=features_digest, labels=labels, sample_ids=raw["sample_ids"],
+                    sample_ids_kind=str(handle.attrs.get("sample-ids", "")), splits=raw["splits"],
+                    class_names=raw["class_names"], skipped=self._raw_skipped(),
+                    key=str(handle.attrs.get("key", "")), metadata=str(handle.attrs.get("metadata", "")),
+                )
             return (
                 features,
-                handle["labels"][()],
-                _read_strings(handle["sample_ids"]),
-                _read_strings(handle["splits"]),
-                tuple(_read_strings(handle["class_names"]).tolist()),
-                digest,
+                labels,
+                _decode(raw["sample_ids"]),
+                _decode(raw["splits"]),
+                tuple(_decode(raw["class_names"]).tolist()),
+                digests,
             )
         except (KeyError, OSError, TypeError, ValueError) as error:
             raise FileProblem(f"a dataset is missing or unreadable ({error})") from error

@@ -2,36 +2,37 @@
 
 One lock file per key, `.locks/<key digest>.lock` in the store (or in
 `$LAYERPROBE_LOCK_DIR` when set, for a shared store whose `.locks/` this user
-cannot write), held with `fcntl.flock`: the operating system releases it when
-its holder exits or is killed, so a crash never leaves a key locked. Readers
-take no lock: they only open committed files.
-
-The holder writes its pid, host and start time into the lock file, so that a
-process kept waiting can say who it waits for. Waiting is bounded: after
-`timeout` seconds (`LAYERPROBE_LOCK_TIMEOUT`, default 3600) it gives up with
-an `EntryLockedError` naming the holder.
+cannot write), held as `layerprobe.features.core.lock_files` holds any lock
+file: released by the operating system when its holder exits or is killed,
+its holder named, waits bounded (`LAYERPROBE_LOCK_TIMEOUT`, default 3600 s,
+then an `EntryLockedError` naming the holder), and opened safely in a folder
+other users may write (no symbolic links, hard links, other owners, or a
+world-writable folder without the sticky bit). Readers take no lock: they only
+open committed files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
-import json
 import os
-import socket
-import time
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
 from ..core.errors import EntryLockedError, StoreError
+from ..core.lock_files import (
+    DEFAULT_LOCK_TIMEOUT,
+    check_lock_folder,
+    holder,
+    lock_timeout,
+    open_lock_file,
+    take,
+)
 from ..keys import FeatureKey
 
 __all__ = ["DEFAULT_LOCK_TIMEOUT", "LOCKS_FOLDER", "hold", "hold_if_free", "holder", "lock_path", "lock_timeout"]
 
 LOCKS_FOLDER = ".locks"
-DEFAULT_LOCK_TIMEOUT = 3600.0
-_POLL_SECONDS = (0.05, 0.1, 0.2, 0.5, 1.0)  # back-off between tries, then every second
 
 
 def lock_directory(root: Path) -> Path:
@@ -43,48 +44,6 @@ def lock_directory(root: Path) -> Path:
 def lock_path(root: Path, key: FeatureKey) -> Path:
     """The lock file of `key` in the store at `root`."""
     return lock_directory(root) / f"{key.digest}.lock"
-
-
-def lock_timeout(timeout: float | None = None) -> float:
-    """Seconds to wait for a lock: `timeout`, else `$LAYERPROBE_LOCK_TIMEOUT`, else 3600.
-
-    Raises:
-        StoreError: If the value is not a number >= 0.
-    """
-    source = "timeout"
-    if timeout is None:
-        text = os.environ.get("LAYERPROBE_LOCK_TIMEOUT")
-        if not text:
-            return DEFAULT_LOCK_TIMEOUT
-        source, timeout = "LAYERPROBE_LOCK_TIMEOUT", text
-    try:
-        value = float(timeout)
-    except (TypeError, ValueError):
-        value = -1.0
-    if not value >= 0:
-        raise StoreError(f"The lock timeout must be a number of seconds >= 0. Received: {source}={timeout!r}")
-    return value
-
-
-def holder(path: Path) -> str:
-    """Who holds (or last held) the lock file at `path`, as recorded there: "pid N on HOST since TIME"."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8") or "null")
-        return f"pid {record['pid']} on {record['host']} since {record['since']}"
-    except (OSError, ValueError, TypeError, KeyError):
-        return "a process that did not record itself"
-
-
-def _record_holder(handle: IO[bytes]) -> None:
-    """Write this process's pid, host and start time into the lock file it now holds.
-
-    Best effort: on a full disk the record is simply missing. The file is unbuffered, so
-    nothing failed stays buffered to fail again when it is closed.
-    """
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    with contextlib.suppress(OSError):
-        handle.truncate(0)
-        handle.write(json.dumps(record).encode())
 
 
 def _unusable(directory: Path, error: OSError) -> StoreError:
@@ -104,29 +63,11 @@ def _unusable(directory: Path, error: OSError) -> StoreError:
 def _open_lock(root: Path, key: FeatureKey) -> IO[bytes]:
     directory = lock_directory(root)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        return open(lock_path(root, key), "a+b", buffering=0)
+        directory.mkdir(mode=0o775, parents=True, exist_ok=True)
+        check_lock_folder(directory, error=StoreError)
+        return open_lock_file(lock_path(root, key), error=StoreError)
     except OSError as error:
         raise _unusable(directory, error) from error
-
-
-def _wait_for(handle: IO[bytes], path: Path, key: FeatureKey, timeout: float) -> None:
-    """Block until the flock on `handle` is ours, or raise `EntryLockedError` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    for attempt in range(1 << 62):
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise EntryLockedError(
-                    f"Gave up after waiting {timeout:g} s for the lock of {key.entry_name}, held by "
-                    f"{holder(path)} (lock file {path}). That process is still extracting these features "
-                    f"(the lock is released when it exits, even if killed): wait and run again, raise the "
-                    f"limit (lock_timeout, or LAYERPROBE_LOCK_TIMEOUT in seconds), or stop that process."
-                ) from None
-            time.sleep(min(left, _POLL_SECONDS[min(attempt, len(_POLL_SECONDS) - 1)]))
 
 
 @contextlib.contextmanager
@@ -146,20 +87,24 @@ def hold(
     Raises:
         EntryLockedError: If a key stays locked by another process for `timeout` seconds
             (see `lock_timeout`); the message names the holder.
-        StoreError: If the lock files cannot be created (a shared store this user cannot write).
+        StoreError: If the lock files cannot be created (a shared store this user cannot write),
+            or one is not safe to use (see `layerprobe.features.core.lock_files`).
     """
-    seconds = lock_timeout(timeout)
+    seconds = lock_timeout(timeout, error=StoreError)
     ordered = sorted(set(keys), key=lambda k: k.digest)
     with contextlib.ExitStack() as stack:
         for key in ordered:
-            handle = stack.enter_context(_open_lock(root, key))
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait is not None:
-                    on_wait(key)
-                _wait_for(handle, lock_path(root, key), key, seconds)
-            _record_holder(handle)
+            path = lock_path(root, key)
+            take(
+                stack.enter_context(_open_lock(root, key)), path, seconds,
+                on_wait=None if on_wait is None else (lambda key=key: on_wait(key)),
+                gave_up=lambda who, key=key, path=path: EntryLockedError(
+                    f"Gave up after waiting {seconds:g} s for the lock of {key.entry_name}, held by "
+                    f"{who} (lock file {path}). That process is still extracting these features "
+                    f"(the lock is released when it exits, even if killed): wait and run again, raise the "
+                    f"limit (lock_timeout, or LAYERPROBE_LOCK_TIMEOUT in seconds), or stop that process."
+                ),
+            )
         yield ordered
 
 
@@ -167,18 +112,20 @@ def hold(
 def hold_if_free(root: Path, key: FeatureKey) -> Iterator[bool]:
     """Hold `key`'s lock if no process does, without waiting; yields whether it is held.
 
-    A lock file that cannot be opened (no `.locks` folder yet, read-only store) counts as not held.
+    A lock file that cannot be opened (no `.locks` folder yet, read-only store) or is not safe to
+    use counts as not held.
     """
+    path = lock_path(root, key)
     try:
-        handle = open(lock_path(root, key), "a+b", buffering=0)
-    except OSError:
+        check_lock_folder(path.parent, error=StoreError)
+        handle = open_lock_file(path, error=StoreError)
+    except (OSError, StoreError):
         yield False
         return
     with handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            take(handle, path, 0, gave_up=EntryLockedError)
+        except EntryLockedError:
             yield False
             return
-        _record_holder(handle)
         yield True

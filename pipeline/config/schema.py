@@ -56,6 +56,8 @@ class DataConfig:
             (path, size and modification time of each file: fast) or "content"
             (the bytes of each file, hashed in parallel and cached per file:
             for images rewritten in place or copied without keeping mtimes).
+        encoding: The text encoding of a CSV file `path` (a Python codec name
+            such as "latin-1" or "cp1252"; UTF-8 by default).
     """
 
     path: Path
@@ -64,6 +66,7 @@ class DataConfig:
     test_size: float = 0.25
     seed: int = 0
     digest: str = "stat"
+    encoding: str = "utf-8"
 
 
 @dataclass(frozen=True)

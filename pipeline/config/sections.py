@@ -14,7 +14,8 @@ from typing import Any, Mapping
 
 from ...features.core.errors import ConfigError
 from ...features.hub import is_hub_model
-from ...features.keys import COMPUTE_PRECISIONS, DECODERS, DIGEST_MODES, STORAGE_DTYPES
+from ...features.inputs.loader import decoded_memory_problem
+from ...features.keys import COMPUTE_PRECISIONS, DECODERS, DEFAULT_BATCH_SIZE, DIGEST_MODES, STORAGE_DTYPES
 from ...features.model_files import SAVED_WEIGHTS, is_model_file
 from ...features.registry import BACKBONES
 from ...features.truncate import POOLINGS
@@ -67,6 +68,7 @@ SECTIONS: Mapping[str, Mapping[str, Check | None]] = MappingProxyType(
             "test_size": values.fraction,
             "seed": values.integer(0),
             "digest": values.one_of(DIGEST_MODES),
+            "encoding": values.text_encoding,
         },
         "features": {
             "store": None,
@@ -208,7 +210,8 @@ def check_finetune_backbones(
 
 
 def check_input_size(checker: Checker, features: FeaturesConfig | None, backbones: tuple[BackboneConfig, ...]) -> None:
-    """An input size below a backbone's minimum is a config problem, found before any model is built."""
+    """An input size below a backbone's minimum, or so large that one batch of images cannot fit in
+    memory, is a config problem, found before any model is built."""
     size = None if features is None else features.input_size
     small = {
         backbone.model: BACKBONES[backbone.model].min_input_size
@@ -223,6 +226,11 @@ def check_input_size(checker: Checker, features: FeaturesConfig | None, backbone
             f"{max(small.values())} or more (images are resized to it), or leave it out for each backbone's default",
             size,
         )
+    # "auto" batches start at 32 on a CPU; on a GPU they shrink to what fits
+    batch = DEFAULT_BATCH_SIZE if features is None or features.batch_size == "auto" else features.batch_size
+    memory = size and decoded_memory_problem(batch, size, what="batch_size", dtype="uint8")
+    if memory:
+        checker.report("[features] input_size", memory, size)
 
 
 def _grid(checker: Checker, where: str, name: str, grid: Any, classifiers: dict) -> dict[str, tuple] | None:

@@ -16,8 +16,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 from ...features.backbone import parse_weights
 from ...features.core.checks import closest_names, is_positive_int
-from ...features.core.errors import BackboneError
+from ...features.core.errors import BackboneError, InputError
 from ...features.hub import HUB_PREFIX
+from ...features.inputs.sources import check_encoding
 from ...features.model_files import SAVED_WEIGHTS, is_model_file
 from ...features.registry import BACKBONES, PREPROCESSING_MODES, resolve_preprocessing
 
@@ -38,6 +39,7 @@ __all__ = [
     "pca_components",
     "preprocessing",
     "string",
+    "text_encoding",
     "string_list",
     "suggestion",
     "table",
@@ -59,6 +61,15 @@ def suggestion(name: Any, valid: Iterable[Any]) -> str:
 def string(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise Invalid("expected a non-empty string")
+    return value
+
+
+def text_encoding(value: Any) -> str:
+    """A text encoding Python knows (`features.inputs.check_encoding`), as given."""
+    try:
+        check_encoding(string(value))
+    except InputError:
+        raise Invalid("unknown text encoding (a Python codec name such as 'utf-8', 'latin-1' or 'cp1252')") from None
     return value
 
 

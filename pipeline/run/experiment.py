@@ -24,7 +24,7 @@ from ..advice import Advice, recommend
 from ..cluster import open_client
 from ..config import ExperimentConfig
 from ..plots import plot_depth
-from ..results import ResultsTable
+from ..results import ResultsTable, check_output_folder
 from .extractions import plan_extractions
 from .finetune_rows import end_to_end_rows
 from .multi_layer import multi_layer_row
@@ -132,6 +132,7 @@ def run_experiment(
         with open_client(config.cluster, log=log) as opened:
             return run_experiment(config, log=log, progress=progress, finetune_only=finetune_only, client=opened)
     dataset, split, untested = open_splits(config)
+    check_output_folder(config.output.dir)
     extractions = [] if finetune_only else plan_extractions(config)
     store = FeatureStore(config.features.store)
     out = config.output.dir

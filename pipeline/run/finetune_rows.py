@@ -4,7 +4,9 @@
 architecture. A finished training's row is recorded beside it (`row.json`) and
 reused when its settings match, like every row (`records.fit_or_reuse`). An
 unfinished (killed) training resumes from its checkpoint if its settings match
-(`settings.json`, written when it starts), and starts over if not.
+(`settings.json`, written when it starts), and starts over if not. One process
+at a time owns a training's folder (a lock beside it, `.<folder>.lock`): another
+run of the same config waits for it, then reuses its row.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 from ...features.backend import import_keras_quietly
 from ...features.core.atomic import write_text_atomically
+from ...features.core.errors import OutputError
+from ...features.core.lock_files import hold_lock_file
 from ...features.inputs import ImageDataset
 from ...features.keys import safe_name
 from ..config import BackboneConfig, ExperimentConfig
@@ -101,5 +105,10 @@ def end_to_end_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict
             }
             return row, result.model_path
 
-        row, fitted = fit_or_reuse(record, train_row)
+        # One process at a time owns a training's folder: another run of the config waits, then reuses its row.
+        with hold_lock_file(
+            run_dir.with_name(f".{run_dir.name}.lock"), doing=f"training {mode} {backbone.model} in {run_dir}",
+            error=OutputError, on_wait=lambda: log(f"  waiting  for another process training {mode} {backbone.model}"),
+        ):
+            row, fitted = fit_or_reuse(record, train_row)
         rows.add(row, fitted=fitted, what=f"{mode} {row['backbone']} ({run_dir})")

@@ -117,5 +117,5 @@ def open_splits(config: ExperimentConfig) -> tuple[ImageDataset, dict, list[str]
         ConfigError: See `split_dataset` and `check_classes`.
         InputError: If the images cannot be opened as a dataset.
     """
-    dataset, split = split_dataset(open_dataset(config.data.path), config.data, source=config.source)
+    dataset, split = split_dataset(open_dataset(config.data.path, encoding=config.data.encoding), config.data, source=config.source)
     return dataset, split, check_classes(dataset, split, config)

@@ -212,9 +212,9 @@ def test_two_clients_without_working_locks_share_the_chunks(client, images, extr
     commits second reuses the entry.
     """
 
-    from layerprobe.features.store import locks
+    from layerprobe.features.core import lock_files
 
-    monkeypatch.setattr(locks.fcntl, "flock", lambda handle, operation: None, raising=True)
+    monkeypatch.setattr(lock_files.fcntl, "flock", lambda handle, operation: None, raising=True)
     store_path = tmp_path / "store"
     dataset = from_directory(images)
     second = Client(client.scheduler.address)

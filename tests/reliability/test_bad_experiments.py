@@ -43,7 +43,7 @@ BAD_CONFIGS = {
     ),
     "wrong-type": (
         {"features": {"batch_size": "8"}},
-        ["[features] batch_size: expected an integer >= 1. Received: '8'"],
+        ["[features] batch_size: expected \"auto\" or an integer >= 1. Received: '8'"],
     ),
     "layer-of-another-family": (
         {"backbones": {"model": "ResNet50", "layers": ["block5_pool"]}},
@@ -165,3 +165,91 @@ def test_nan_in_test_features_is_found_before_fitting_and_names_the_layer_and_sa
            f"[{dataset.sample_ids[last]!r}])" in err
     assert "re-extract with float32 storage or other weights" in err
     assert not list((tmp_path / "out" / "models").glob("VGG16.block2_pool*"))
+
+
+def test_run_and_extract_with_file_and_class_names_that_are_not_utf8_finish_and_rerun(helpers, tmp_path, capsys):
+    import os
+
+    images = helpers.write_images(tmp_path / "images", SPLITS)
+    for split in ("train", "test"):  # a class folder and its files named in Latin-1 bytes, not UTF-8
+        folder = os.fsencode(images / split / "green")
+        renamed = os.path.join(os.fsencode(images / split), b"caf\xe9")
+        os.rename(folder, renamed)
+        for name in os.listdir(renamed):
+            os.rename(os.path.join(renamed, name), os.path.join(renamed, b"\xe9t\xe9-" + name))
+    open(os.path.join(os.fsencode(images / "test" / "red"), b"\xff.png"), "wb").close()  # skipped
+    config = helpers.write_experiment(tmp_path / "run.toml", backbones={"layers": ["block1_pool"]},
+                                      classifiers={"names": ["logreg"]})
+    code, out, err = _run(config, capsys)  # before the fix: UnicodeEncodeError at the commit, on every rerun
+    assert code == 0, err
+    predictions = next((tmp_path / "out" / "models").rglob("logreg.predictions.csv")).read_bytes()
+    assert b"/test/caf\xe9/\xe9t\xe9-0.png,caf\xe9,caf\xe9," in predictions  # the names' own bytes
+    assert b"/test/red/\xff.png`: empty file" in (tmp_path / "out" / "summary.md").read_bytes()
+    code, out, err = _run(config, capsys)
+    assert code == 0 and "1 rows: 0 fitted, 1 reused; 0 images through a backbone" in out
+
+    code = main(["extract", "--model", "VGG16", "--weights", "none", "--layers", "block1_pool", "--input-size", "32",
+                 "--data", str(images), "--store", str(tmp_path / "store"), "--no-progress"])
+    out = capsys.readouterr().out  # a strict UTF-8 stream: the name is printed escaped, not a crash
+    assert code == 0 and "cached   block1_pool" in out and "/test/red/\\udcff.png: empty file" in out
+
+
+def test_a_latin1_csv_is_refused_with_the_config_key_and_read_with_it(helpers, tmp_path, capsys):
+    images = helpers.write_images(tmp_path / "images", {"": {"red": 6, "green": 6}})
+    rows = [f"images/{name}/{i}.png,{'rouge' if name == 'red' else 'vert clair é'}"
+            for name in ("red", "green") for i in range(6)]
+    (tmp_path / "labels.csv").write_bytes(("path,label\n" + "\n".join(rows) + "\n").encode("latin-1"))
+    config = helpers.write_experiment(tmp_path / "run.toml", data={"path": "labels.csv"},
+                                      backbones={"layers": ["block1_pool"]}, classifiers={"names": ["logreg"]})
+    code, _, err = _run(config, capsys)  # before the fix: a UnicodeDecodeError traceback
+    assert code == 2 and "Traceback" not in err and _nothing_written(tmp_path)
+    assert "is not utf-8 text: byte 0xe9 in line 8" in err and "[data] encoding" in err
+    config = helpers.write_experiment(tmp_path / "run.toml", data={"path": "labels.csv", "encoding": "latin-1"},
+                                      backbones={"layers": ["block1_pool"]}, classifiers={"names": ["logreg"]})
+    code, out, err = _run(config, capsys)
+    assert code == 0, err
+    code = main(["extract", "--model", "VGG16", "--weights", "none", "--layers", "block1_pool", "--input-size",
+                 "32", "--data", str(tmp_path / "labels.csv"), "--encoding", "latin-1", "--store",
+                 str(tmp_path / "store"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "12 images, 2 classes" in out and "computed block1_pool" in out
+    config = helpers.write_experiment(tmp_path / "run.toml", data={"path": "labels.csv", "encoding": "latin-9x"})
+    code, _, err = _run(config, capsys)
+    assert code == 2 and "[data] encoding: unknown text encoding (a Python codec name such as 'utf-8', " in err
+
+
+def test_an_input_size_no_memory_holds_is_a_config_problem_before_any_work(helpers, tmp_path, capsys):
+    helpers.write_images(tmp_path / "images", SPLITS)
+    code, _, err = _run(helpers.write_experiment(tmp_path / "run.toml", features={"input_size": 100_000}), capsys)
+    assert code == 2 and "Traceback" not in err  # before the fix: MemoryError after .plans and out/ were written
+    assert "has 1 problem(s); nothing was run" in err
+    assert ("[features] input_size: decoding 8 images of 100000x100000 pixels at once (batch_size) needs at "
+            "least 224 GiB") in err
+    assert "at most input_size=" in err and "Received: 100000" in err
+    assert _nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("how", ["config", "--out"])
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(helpers, tmp_path, capsys, how):
+    helpers.write_images(tmp_path / "images", SPLITS)
+    taken = tmp_path / "results.txt"
+    taken.write_text("someone's notes")
+    if how == "config":
+        config = helpers.write_experiment(tmp_path / "run.toml", output={"dir": "results.txt"})
+        code = main(["run", str(config), "--no-progress"])
+    else:
+        code = main(["run", str(helpers.write_experiment(tmp_path / "run.toml")), "--out", str(taken), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err  # before the fix: FileExistsError after .plans was written
+    assert err.startswith(f"layerprobe run: error: The output folder {taken} is a file, not a folder")
+    assert "[output] dir" in err and "--out" in err and "Nothing was run" in err
+    assert taken.read_text() == "someone's notes" and not (tmp_path / "store").exists()
+
+
+def test_finetune_takes_no_progress_like_run(helpers, tmp_path, capsys):
+    helpers.write_images(tmp_path / "images", SPLITS)
+    config = helpers.write_experiment(tmp_path / "run.toml")  # no [finetune]: refused, but by the config check
+    code = main(["finetune", str(config), "--no-progress"])  # before the fix: "unrecognized arguments"
+    err = capsys.readouterr().err
+    assert code == 2 and "unrecognized arguments" not in err
+    assert "[finetune]: `layerprobe finetune` runs this section, which the config lacks" in err

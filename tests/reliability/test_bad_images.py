@@ -127,3 +127,18 @@ def test_every_file_unreadable_gives_an_empty_entry_with_the_reasons(tmp_path):
     stored = store.load(report.keys[LAYER])
     assert stored.X.shape == (0, 128) and stored.class_names == ("a", "b")
     assert len(report.skipped) == 2 and report.n_forward == 0
+
+
+def test_an_image_above_pillows_own_limit_gets_the_max_pixels_message(tmp_path):
+    from layerprobe.features.inputs import UnreadableImageError
+
+    huge = tmp_path / "huge.png"
+    _png_header(huge, 30_000, 30_000)  # 9e8 pixels: above 2 x Image.MAX_IMAGE_PIXELS, where Pillow refuses to open
+    with pytest.raises(UnreadableImageError) as info:
+        load_image(huge, 32)
+    # Before the fix: "too large: Image size (900000000 pixels) exceeds limit of 178956970 pixels, could be ..."
+    assert info.value.reason == "too large: 30000x30000 pixels > max_pixels=89478485 (decompression-bomb guard)"
+    with pytest.raises(UnreadableImageError) as info:
+        load_image(huge, 32, max_pixels=10**9)  # layerprobe's guard would take it; Pillow's own limit does not
+    assert info.value.reason == ("too large: 30000x30000 pixels > 178956970, Pillow's own limit (2 x "
+                                 "PIL.Image.MAX_IMAGE_PIXELS), which max_pixels=1000000000 does not raise")

@@ -192,3 +192,124 @@ def test_broken_entry_stops_extract_with_a_clear_error_until_removed(harness, tm
     report = harness.extract(store)
     assert report.computed == [FIRST] and report.cached == [SECOND]
     harness.assert_matches_reference(store)
+
+
+# ---------------------------------------------------------------- bytes edited in a committed entry (issue 24, item 1)
+
+
+def _heap_string(data: bytes, text: str) -> int:
+    """Offset of the HDF5 global-heap object holding exactly `text` (its 8-byte size comes first)."""
+    raw = text.encode()
+    found = data.find(len(raw).to_bytes(8, "little") + raw)
+    assert found >= 0, text
+    return found + 8
+
+
+def _overwrite(path, offset: int, new: bytes) -> None:
+    with open(path, "r+b") as handle:  # bytes changed in place, as a bad disk or a careless edit would
+        handle.seek(offset)
+        handle.write(new)
+
+
+def _edit_label(path):
+    with h5py.File(path, "r") as handle:
+        offset = handle["labels"].id.get_offset()  # the first label's 8 bytes (int64)
+        first = int(handle["labels"][0])
+    _overwrite(path, offset, ((first + 1) % 3).to_bytes(8, "little"))
+
+
+def _edit_string(old: str, new: str):
+    def edit(path):
+        _overwrite(path, _heap_string(path.read_bytes(), old), new.encode())
+
+    return edit
+
+
+def _edit_metadata_bytes(path):
+    data = path.read_bytes()
+    offset = data.find(b'"max_pixels": 89478485')
+    assert offset >= 0
+    _overwrite(path, offset, b'"max_pixels": 99999999')
+
+
+ENTRY_BYTE_EDITS = {
+    "a-label": (_edit_label, "labels"),
+    "a-sample-id": (_edit_string("class1/04.png", "class1/05.png"), "sample_ids"),
+    "a-class-name": (_edit_string("class2", "class9"), "class_names"),
+    "a-split": (_edit_string("all", "alt"), "splits"),
+    "a-skipped-reason": (_edit_string("empty file", "EMPTY FILE"), "skipped"),
+    "the-metadata": (_edit_metadata_bytes, "metadata"),
+}
+
+
+@pytest.fixture(scope="module")
+def file_entry(harness, tmp_path_factory):
+    """A committed entry of the PNG files plus one empty file (a skipped sample): the pristine bytes."""
+    from layerprobe.features.extract import FeatureExtractor
+    from layerprobe.features.inputs import from_directory
+
+    root = tmp_path_factory.mktemp("entry-bytes")
+    images = root / "images"
+    shutil.copytree(harness.images, images)
+    (images / "class0" / "empty.png").write_bytes(b"")
+    extractor = FeatureExtractor(**{**harness.extractor.get_config(), "layers": [FIRST]})
+    store = FeatureStore(root / "store")
+    dataset = from_directory(images)
+    extractor.extract(dataset, store, chunk_size=8, progress=False)
+    key = extractor.keys(dataset)[FIRST]
+    return store.path_for(key), store.path_for(key).read_bytes(), key
+
+
+@pytest.mark.parametrize("case", list(ENTRY_BYTE_EDITS))
+def test_bytes_edited_in_anything_load_returns_are_caught(file_entry, tmp_path, capsys, case):
+    from layerprobe.pipeline.cli import main
+
+    committed, pristine, key = file_entry
+    store = FeatureStore(tmp_path)
+    path = store.path_for(key)
+    path.write_bytes(pristine)
+    assert store.load(key).metadata["n_skipped"] == 1  # the copy loads, with its one skipped file
+    edit, part = ENTRY_BYTE_EDITS[case]
+    edit(path)
+    with pytest.raises(CorruptEntryError, match=f"its {part} do not match the checksums recorded at commit") as info:
+        store.load(key)  # before the fix only the features were checked: these loaded silently
+    assert f"layerprobe store rm {tmp_path} {key.entry_name}" in str(info.value)
+    assert main(["store", "info", str(tmp_path), key.entry_name, "--verify"]) == 2
+    captured = capsys.readouterr()
+    assert "features match" not in captured.out and "do not match the checksums" in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_verify_names_everything_it_checked(file_entry, tmp_path, capsys):
+    from layerprobe.pipeline.cli import main
+
+    _, pristine, key = file_entry
+    FeatureStore(tmp_path).path_for(key).write_bytes(pristine)
+    assert main(["store", "info", str(tmp_path), key.entry_name, "--verify"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["encoding_version"] == "3"
+    assert info["verified"] == (
+        "features, labels, sample_ids, splits, class_names, skipped, key and metadata match their checksums"
+    )
+
+
+def test_entries_written_before_all_checksums_load_with_a_note(file_entry, tmp_path, capsys):
+    from layerprobe.pipeline.cli import main
+
+    _, pristine, key = file_entry
+    store = FeatureStore(tmp_path)
+    path = store.path_for(key)
+    path.write_bytes(pristine)
+    with h5py.File(path, "r+") as handle:  # as layerprobe wrote it before version 3
+        handle.attrs["encoding-version"] = "2"
+        del handle.attrs["checksums"]
+    _edit_label(path)  # not detectable in such an entry: it loads, and says what was not checked
+    with pytest.warns(UserWarning, match="only its features are verified") as caught:
+        loaded = store.load(key)
+    assert "encoding version 2" in str(caught[0].message) and "store rm" in str(caught[0].message)
+    assert len(loaded.y) == 24
+    assert main(["store", "info", str(tmp_path), key.entry_name, "--verify"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["verified"].startswith("features match their checksum; this entry (encoding version 2) has no "
+                                       "checksum of its labels, sample_ids, splits, class_names, skipped, key "
+                                       "and metadata")

@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from layerprobe.features.extract import FeatureExtractor
@@ -141,3 +142,43 @@ def test_store_this_user_may_not_write_fails_before_any_work(harness, as_nobody)
         assert sorted(p.name for p in store_dir.iterdir()) == []  # no lock, no partial work
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the output folder of `layerprobe run` (issue 24, item 11)
+
+
+def test_a_full_disk_under_the_output_folder_is_one_line_and_the_rerun_resumes(helpers, tmpfs, tmp_path, capsys):
+    from layerprobe.pipeline.cli import main
+
+    point = tmpfs("12k")  # room for the folders and a file or two, not for a fitted row
+    helpers.write_images(tmp_path / "images", {"train": {"red": 4, "green": 4}, "test": {"red": 2, "green": 2}})
+    config = helpers.write_experiment(tmp_path / "run.toml", output={"dir": str(point / "out")})
+    assert main(["run", str(config), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1  # before the fix: a chained OSError traceback
+    assert err.startswith(f"layerprobe run: error: The disk is full while writing the run's outputs in {point / 'out'}")
+    assert "No space left on device" in err and "Free some space" in err and "resumes" in err
+
+    done = subprocess.run(["mount", "-o", "remount,size=8m", str(point)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert main(["run", str(config), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "0 images through a backbone" in out  # the features committed before the failure were kept
+    assert len(pd.read_csv(point / "out" / "results.csv")) == 4
+
+
+def test_a_read_only_output_folder_is_one_line(helpers, tmpfs, tmp_path, capsys):
+    from layerprobe.pipeline.cli import main
+
+    point = tmpfs("2m")
+    (point / "out").mkdir()
+    done = subprocess.run(["mount", "-o", "remount,ro", str(point)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot remount read-only here: {done.stderr.strip()}")
+    helpers.write_images(tmp_path / "images", {"train": {"red": 4, "green": 4}, "test": {"red": 2, "green": 2}})
+    config = helpers.write_experiment(tmp_path / "run.toml", output={"dir": str(point / "out")})
+    assert main(["run", str(config), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"layerprobe run: error: Cannot write the output folder {point / 'out'}")
+    assert "Read-only file system" in err and "--out" in err and "Nothing was run" in err
+    assert not (tmp_path / "store").exists()  # found before any work

@@ -7,6 +7,9 @@ new features (a cache miss, not a silent reuse), and for `mixed_precision`,
 which no other test extracts with, that the numbers and the metadata differ.
 """
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 
@@ -77,3 +80,66 @@ def test_labels_reach_the_key(data):
     extractor = FeatureExtractor("VGG16", **BASE)
     keys = [extractor.keys(from_arrays(X, labels))["block1_pool"] for labels in ([0, 1, 0, 1], [1, 0, 1, 0])]
     assert keys[0].dataset != keys[1].dataset
+
+
+# ---------------------------------------------------------------- the plan shortcut of `layerprobe run` (issue 24, item 2)
+
+
+@pytest.fixture(scope="module")
+def two_weights(tmp_path_factory):
+    """Two VGG16 weights files of the same size (random weights of seeds 1 and 2)."""
+    from layerprobe.features.backbone import load_backbone
+
+    folder = tmp_path_factory.mktemp("weights")
+    for seed in (1, 2):
+        load_backbone("VGG16", weights=None, input_size=32, seed=seed).model.save_weights(folder / f"{seed}.weights.h5")
+    return folder / "1.weights.h5", folder / "2.weights.h5"
+
+
+def _copies(two_weights, folder):
+    """Fresh copies of both weights files in `folder` (each test replaces one)."""
+    return [shutil.copy2(source, folder / name) for source, name in zip(two_weights, ["w.weights.h5", "other.weights.h5"])]
+
+
+def _swap_keeping_size_and_mtime(path, replacement, how):
+    """Put `replacement`'s bytes at `path` (same size), then set the old atime and mtime back."""
+    before = os.stat(path)
+    assert os.path.getsize(replacement) == before.st_size
+    if how == "replaced":  # a new file renamed over the old one (a new inode)
+        os.replace(replacement, path)
+    else:  # rewritten in place (the same inode; only its ctime tells)
+        shutil.copyfile(replacement, path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(path).st_mtime_ns == before.st_mtime_ns and os.path.getsize(path) == before.st_size
+
+
+@pytest.mark.parametrize("how", ["replaced", "rewritten-in-place"])
+def test_a_weights_file_swapped_with_its_size_and_mtime_kept_is_a_plan_miss(two_weights, tmp_path, how):
+    from layerprobe.features.plans import plan_signature
+
+    weights, other = _copies(two_weights, tmp_path)
+    settings = {"model": "VGG16", "weights": str(weights), "layers": ["block1_pool"], "input_size": 32}
+    before = plan_signature(settings)
+    assert plan_signature(settings) == before  # nothing changed: the shortcut holds
+    _swap_keeping_size_and_mtime(weights, other, how)
+    assert plan_signature(settings) != before  # before the fix: path, size and mtime only, so equal
+
+
+@pytest.mark.slow  # two runs; test_a_weights_file_swapped_... checks the signature itself
+def test_layerprobe_run_with_a_swapped_weights_file_extracts_and_fits_again(helpers, two_weights, tmp_path):
+    from layerprobe.pipeline.config import load_config
+    from layerprobe.pipeline.run import run_experiment
+
+    helpers.write_images(tmp_path / "images", {"train": {"red": 4, "green": 4}, "test": {"red": 2, "green": 2}})
+    weights, other = _copies(two_weights, tmp_path)
+    config = load_config(helpers.write_experiment(
+        tmp_path / "run.toml", backbones={"model": "VGG16", "weights": "w.weights.h5", "layers": ["block1_pool"]},
+        classifiers={"names": ["logreg"]},
+    ))
+    first = run_experiment(config, log=lambda line: None, progress=False)
+    assert first.n_forward == 12
+    _swap_keeping_size_and_mtime(weights, other, "replaced")
+    second = run_experiment(config, log=lambda line: None, progress=False)
+    # Before the fix: the plan of the old file was trusted, so its features and rows were reused.
+    assert second.n_forward == 12 and second.n_fitted == 1 and second.n_reused == 0
+    assert second.results["store_entry"][0] != first.results["store_entry"][0]

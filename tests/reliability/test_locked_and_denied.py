@@ -210,8 +210,109 @@ def test_shared_store_whose_lock_folder_is_not_writable(harness, shared_dir, mon
 
     own_locks = shared_dir / "my-locks"
     own_locks.mkdir(mode=0o777)
-    own_locks.chmod(0o777)
+    own_locks.chmod(0o1777)  # every user may write, only a file's owner may remove it (as /tmp)
     monkeypatch.setenv("LAYERPROBE_LOCK_DIR", str(own_locks))
     assert as_nobody(lock) is None
     assert [p.name for p in own_locks.iterdir()] == [f"{key.digest}.lock"]
     assert stat.S_IMODE((root / ".locks").stat().st_mode) == 0o755 and not list((root / ".locks").iterdir())
+
+
+# ------------------------------------------------------------------ lock files planted by others (issue 24, item 4)
+
+VICTIM_TEXT = "a file of this user that a lock must never write\n"
+
+
+def _lock_file(store, key):
+    folder = store.root / ".locks"
+    folder.mkdir(exist_ok=True)
+    return folder / f"{key.digest}.lock"
+
+
+def _symlink(path, victim):
+    path.symlink_to(victim)
+
+
+def _hard_link(path, victim):
+    os.link(victim, path)
+
+
+def _fifo(path, victim):
+    os.mkfifo(path)
+
+
+def _owned_by_nobody(path, victim):
+    path.write_text("")
+    os.chown(path, 65534, 65534)
+
+
+PLANTED = {
+    "symbolic-link": (_symlink, "is a symbolic link"),
+    "hard-link": (_hard_link, "has 2 hard links"),
+    "fifo": (_fifo, "is not a regular file"),
+    "other-owner": (_owned_by_nobody, "is owned by uid 65534 and gid 65534"),
+}
+
+
+@pytest.mark.parametrize("case", list(PLANTED))
+def test_a_lock_path_planted_by_someone_else_is_refused_and_nothing_is_written(harness, tmp_path, case):
+    if case == "other-owner" and os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    plant, problem = PLANTED[case]
+    victim = tmp_path / "victim.txt"
+    victim.write_text(VICTIM_TEXT)
+    store = FeatureStore(tmp_path / "store")
+    key = harness.keys[FIRST]
+    lock_path = _lock_file(store, key)
+    plant(lock_path, victim)
+    with pytest.raises(StoreError, match=problem) as info:
+        harness.extract(store)  # before the fix: the holder record overwrote the victim (symlink, hard link)
+    message = str(info.value)
+    assert str(lock_path) in message and "Nothing was computed" in message and f"rm {lock_path}" in message
+    assert victim.read_text() == VICTIM_TEXT
+    assert not store.has(key) and not (store.root / ".partial").exists()
+    assert "did not record itself" in store.lock_holder(key)  # read without following it (a FIFO would block)
+    lock_path.unlink()
+    harness.extract(store)
+    harness.assert_matches_reference(store)
+
+
+def test_clean_up_never_writes_through_a_planted_symbolic_link(harness, tmp_path):
+    store = FeatureStore(tmp_path / "store")
+    harness.extract(store)
+    key = harness.keys[FIRST]
+    (store.root / f".tmp-{store.path_for(key).name}.0123").write_bytes(b"left by a killed writer")
+    victim = tmp_path / "victim.txt"
+    victim.write_text(VICTIM_TEXT)
+    lock_path = _lock_file(store, key)
+    lock_path.unlink()
+    lock_path.symlink_to(victim)
+    report = harness.extract(store)  # cached keys: leftovers are removed only under a lock taken safely
+    assert report.n_forward == 0 and victim.read_text() == VICTIM_TEXT
+
+
+def test_lock_files_are_never_writable_by_every_user(harness, tmp_path):
+    store = FeatureStore(tmp_path / "store")
+    previous = os.umask(0)
+    try:
+        with store.lock([harness.keys[FIRST]]):
+            pass
+    finally:
+        os.umask(previous)
+    mode = stat.S_IMODE(_lock_file(store, harness.keys[FIRST]).stat().st_mode)
+    assert mode == 0o664  # before the fix: 0o666 under umask 0
+
+
+def test_a_lock_folder_anyone_may_write_needs_the_sticky_bit(harness, tmp_path, monkeypatch):
+    folder = tmp_path / "locks"
+    folder.mkdir()
+    folder.chmod(0o777)  # any user may delete or replace a lock file another user holds
+    monkeypatch.setenv("LAYERPROBE_LOCK_DIR", str(folder))
+    key = harness.keys[FIRST]
+    with pytest.raises(StoreError, match=r"writable by every user and lacks the sticky bit.*chmod \+t") as info:
+        with FeatureStore(tmp_path / "store").lock([key]):
+            pass
+    assert str(folder) in str(info.value) and "LAYERPROBE_LOCK_DIR" in str(info.value)
+    assert not list(folder.iterdir())
+    folder.chmod(0o1777)  # as /tmp: only a file's owner may delete or rename it
+    with FeatureStore(tmp_path / "store").lock([key]):
+        pass
