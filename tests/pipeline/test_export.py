@@ -300,3 +300,36 @@ def test_a_transformers_token_layers_export_as_the_extractor_pools_them(tmp_path
     images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3)).astype(np.uint8)
     reference = build_extractor(backbone, infos, pooling, tokens=tokens).predict(images / 127.5 - 1.0, verbose=0)
     np.testing.assert_allclose(model.predict(images, verbose=0), np.hstack(reference), rtol=1e-5, atol=1e-5)
+
+
+def test_a_keras_hub_vit_row_exports_and_loads_with_keras_hub_but_without_layerprobe(tmp_path, write_colour_images):
+    pytest.importorskip("keras_hub")
+    images = write_colour_images(tmp_path / "images", {"train": CLASSES, "test": {name: 3 for name in CLASSES}})
+    dino = {"patch_size": 8, "num_layers": 2, "hidden_dim": 16, "num_heads": 2, "intermediate_dim": 32,
+            "num_register_tokens": 2, "position_embedding_shape": [32, 32, 3]}
+    config = config_from_dict({
+        "data": {"path": str(images), "train_split": "train", "test_split": "test"},
+        "features": {"store": str(tmp_path / "store"), "input_size": 32, "batch_size": 16, "pooling": ["cls+mean", "max"]},
+        "backbones": [{"model": "keras_hub:DINOV2Backbone", "weights": "none", "model_kwargs": dino,
+                       "layers": ["block2"]}],
+        "classifiers": {"names": ["logreg"], "cv": 2, "screening": False, "grids": {"logreg": {"C": [1.0]}}},
+        "output": {"dir": str(tmp_path / "out")},
+    }, "/")
+    frame = run_experiment(config, log=lambda line: None, progress=False).results
+    assert sorted(frame["pooling"]) == ["cls+mean", "max"]
+    jobs, references = [], []
+    for number, row in frame.iterrows():
+        path = export_model(row["model_path"], tmp_path / f"vit{number}.keras")
+        assert read_model_metadata(path)["requires"] == ["keras", "keras_hub"]
+        _, pixels, (_, reference) = _test_split(tmp_path, row)
+        np.save(tmp_path / f"vit{number}.pixels.npy", pixels)
+        jobs.append((str(path), str(tmp_path / f"vit{number}.pixels.npy"), str(tmp_path / f"vit{number}.out.npy")))
+        references.append(reference)
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", _LOAD, json.dumps(jobs)], capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path, env={**env, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    for (_, _, out), reference in zip(jobs, references):
+        got = np.load(out)
+        np.testing.assert_array_equal(got.argmax(axis=1), reference.argmax(axis=1))
+        np.testing.assert_allclose(got, reference, rtol=1e-4, atol=1e-4)
