@@ -12,11 +12,20 @@ import pandas as pd
 from ..features.core.atomic import write_atomically
 from .probes.multilayer import multi_layer_name
 
-__all__ = ["depth_figure", "plot_depth"]
+__all__ = ["CV_SCORE", "LOGME_MIN_SPAN", "TEST_SCORE", "depth_figure", "plot_depth"]
 
 _MULTI_PREFIX = multi_layer_name([])  # "multi:"
-
 _GROUP = ["backbone", "weights", "pooling"]
+_STYLES = ("-", "--", "-.", ":")
+_MARKERS = "osD^v<>ph"
+
+CV_SCORE = "CV ± SE"
+"""What a frozen row's point shows: its cross-validation accuracy on the training split, ± its fold SE."""
+TEST_SCORE = "test, 95% CI"
+"""What a row without a CV score shows (finetune and scratch rows, old tables): test accuracy and its Wilson interval."""
+LOGME_MIN_SPAN = 0.25
+"""The LogME panel spans at least this much, so that differences of a few hundredths, which do not rank layers
+on small training sets, look as small as they are."""
 
 
 def _column(frame: pd.DataFrame, name: str) -> pd.Series:
@@ -26,18 +35,16 @@ def _column(frame: pd.DataFrame, name: str) -> pd.Series:
     return pd.to_numeric(frame[name], errors="coerce")
 
 
-def _score_and_error(rows: pd.DataFrame) -> tuple[pd.Series, np.ndarray | None, str]:
-    """(y, yerr, what): CV score ± its fold SE when the rows have CV scores, else test accuracy ± its Wilson interval."""
+def _score_and_error(rows: pd.DataFrame) -> tuple[pd.Series, np.ndarray, str]:
+    """(y, yerr as a 2 x n array, what): CV ± fold SE when the rows have CV scores, else test accuracy and its
+    Wilson interval (zero-width where unknown)."""
     cv = _column(rows, "cv_score")
     if cv.notna().any():
-        se = _column(rows, "cv_se")
-        return cv, (se.fillna(0).to_numpy() if se.notna().any() else None), "CV accuracy ± SE"
+        se = _column(rows, "cv_se").fillna(0).to_numpy()
+        return cv, np.vstack([se, se]), CV_SCORE
     test = _column(rows, "test_accuracy")
     low, high = _column(rows, "test_ci_low"), _column(rows, "test_ci_high")
-    if low.notna().any():
-        return test, np.vstack([(test - low).fillna(0).clip(lower=0), (high - test).fillna(0).clip(lower=0)]), \
-            "test accuracy (95% interval)"
-    return test, None, "test accuracy"
+    return test, np.vstack([(test - low).fillna(0).clip(lower=0), (high - test).fillna(0).clip(lower=0)]), TEST_SCORE
 
 
 def _multi_layer_span(row: pd.Series, frozen: pd.DataFrame) -> tuple[float, float]:
@@ -50,48 +57,128 @@ def _multi_layer_span(row: pd.Series, frozen: pd.DataFrame) -> tuple[float, floa
     return (min(depths), max(depths)) if depths else (0.0, 1.0)
 
 
+def _group_label(key: tuple) -> str:
+    backbone, weights, pooling = key
+    return f"{backbone} [{'random init' if weights == 'none' else weights}] {pooling}"
+
+
+def _limits(values: list[tuple[float, float]], chance: float | None) -> tuple[tuple[float, float], bool]:
+    """The y range: the drawn values with their error bars, padded, inside [0, 1]; and whether `chance` is in it.
+
+    The chance level joins the range when it lies less than the data's span below them (it is then a floor
+    worth seeing); further below, it would squeeze the data into a thin band.
+    """
+    lows = [low for low, _ in values if math.isfinite(low)]
+    highs = [high for _, high in values if math.isfinite(high)]
+    if not lows:
+        return (0.0, 1.02), chance is not None
+    low, high = min(lows), max(highs)
+    span = max(high - low, 0.02)
+    shown = chance is not None and low - span <= chance <= high
+    if shown:
+        low = min(low, chance)
+        span = max(high - low, 0.02)
+    pad = 0.06 * span
+    return (max(0.0, low - pad), min(1.02, high + pad)), shown
+
+
+def _series(single: pd.DataFrame, kind: pd.Series):
+    """(group key, classifier, rows, style number, screening?) of each line: one per group, classifier and row kind."""
+    styles: dict[str, int] = {}
+    for screening in (True, False):
+        rows = single[(kind.reindex(single.index) == "screening") == screening]
+        for (*key, classifier), line in rows.groupby([*_GROUP, "classifier"], sort=False, dropna=False):
+            yield tuple(key), classifier, line, styles.setdefault(classifier, len(styles)), screening
+
+
+def _mark(axes, recommended: pd.Series, frozen: pd.DataFrame) -> None:
+    """The recommendation's star: on its curve, in the middle of a multi-layer segment, or at a trained row's line."""
+    y, _, _ = _score_and_error(recommended.to_frame().T)
+    y = float(y.iloc[0])
+    layer = str(recommended.get("layer", ""))
+    if recommended.get("mode", "frozen") != "frozen":
+        x, what = 1.0, f"{recommended.get('mode')} {recommended.get('backbone')}"
+    elif layer.startswith(_MULTI_PREFIX):
+        x, what = float(np.mean(_multi_layer_span(recommended, frozen))), f"{recommended.get('classifier')} on " \
+            f"layers {layer.removeprefix(_MULTI_PREFIX)}"
+    else:
+        x, what = float(recommended.get("depth")), f"{recommended.get('classifier')} on {layer}"
+    axes.plot([x], [y], marker="*", markersize=18, color="gold", markeredgecolor="black", linestyle="none",
+              zorder=5, label=f"recommended: {what}")
+
+
+def _logme_panel(axes, frozen: pd.DataFrame, groups: dict) -> None:
+    """LogME per layer by depth, one line per group, on a range at least `LOGME_MIN_SPAN` wide."""
+    per_layer = frozen.dropna(subset=["logme"]).drop_duplicates([*_GROUP, "layer"])
+    for key, group in per_layer.groupby(_GROUP, sort=False, dropna=False):
+        number = groups[tuple(key)]
+        axes.plot(group["depth"], group["logme"], marker=_MARKERS[number % len(_MARKERS)], color=f"C{number}")
+    low, high = per_layer["logme"].min(), per_layer["logme"].max()
+    middle, half = (low + high) / 2, max(high - low, LOGME_MIN_SPAN) / 2 * 1.1
+    axes.set_ylim(middle - half, middle + half)
+    axes.set_xlabel("relative layer depth")
+    axes.set_ylabel("LogME (higher: features fit the labels better)")
+    axes.set_title("LogME by depth (training split; colours as on the left)")
+    axes.grid(alpha=0.3)
+
+
 def plot_depth(
     results: pd.DataFrame,
     path: str | os.PathLike,
     *,
     title: str = "Accuracy by layer depth",
     recommended: pd.Series | None = None,
+    chance: float | None = None,
 ) -> Path:
     """Write :func:`depth_figure` of `results` as a PNG, atomically; returns the path.
 
     Raises:
         ValueError: If the table has no rows to plot.
     """
-    figure = depth_figure(results, title=title, recommended=recommended)
+    figure = depth_figure(results, title=title, recommended=recommended, chance=chance)
     path = Path(path)
     write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
     return path
 
 
 def depth_figure(
-    results: pd.DataFrame, *, title: str = "Accuracy by layer depth", recommended: pd.Series | None = None
+    results: pd.DataFrame,
+    *,
+    title: str = "Accuracy by layer depth",
+    recommended: pd.Series | None = None,
+    chance: float | None = None,
 ):
-    """Accuracy against relative layer depth, with error bars; LogME by depth in a second panel.
+    """Accuracy against relative layer depth per backbone, the trained levels and the recommendation; LogME beside.
 
-    Left panel: one line per backbone, weights, pooling and classifier of the
-    final frozen rows, at their CV accuracy with error bars of ±1 fold SE
-    (`cv_se`); tables without CV scores fall back to test accuracy and its Wilson
-    interval. Screening rows (`row_kind == "screening"`, the fast probe on every
-    layer) are drawn as a lighter line over the whole depth range. Finetune and
-    scratch rows, which have no layer, are horizontal dashed lines at their test
-    accuracy, with their 95 % interval shaded when known. A multi-layer row
-    ("multi:a+b", no single depth) is a dash-dot segment at its CV accuracy from
-    the shallowest to the deepest layer it combines, its ±SE shaded. `recommended`
-    (for instance `Advice.row`) is marked with a star (a multi-layer row's at the
-    middle of its segment). Right panel, when the table has a `logme` column with
-    values: LogME per layer against depth. The figure is drawn on a private Agg
-    canvas (no global backend change).
+    Left panel: per backbone, weights and pooling (one colour; random-init
+    weights, the baseline, say so) and classifier (one line style), the frozen
+    rows' CV accuracy with error bars of ±1 fold SE (`cv_se`) by depth.
+    Screening rows (`row_kind == "screening"`, the fast probe on every layer)
+    are the thinner line over the whole depth range. A multi-layer row
+    ("multi:a+b", no single depth) is a dash-dot segment at its CV from the
+    shallowest to the deepest layer it combines, its ±SE shaded. Finetune and
+    scratch rows, which have no layer, are horizontal lines at their test
+    accuracy with its 95 % interval shaded. Tables without CV scores fall back to
+    test accuracy and its Wilson interval. The y label names the scores drawn,
+    and every series' legend entry says which score it shows. `recommended`
+    (for instance `Advice.row`) is marked with a star: on its curve, in the
+    middle of a multi-layer segment, or at the right end of a trained row's line.
+    `chance` (the majority-class rate) is a dotted line. The y range fits the
+    drawn values and their error bars (and the chance level when it is close
+    below them). The legend sits below the panels, outside the data.
+
+    Right panel, when the table has LogME values: LogME per layer against depth
+    (every row that has one, screening rows included), on a range at least
+    `LOGME_MIN_SPAN` wide.
+
+    The figure is drawn on a private Agg canvas (no global backend change).
 
     Args:
         results: The results table (see `layerprobe.pipeline.results`); older
             tables without `cv_se`, `row_kind` or `logme` are drawn without them.
         title: Figure title.
         recommended: The results row to mark, or None.
+        chance: Accuracy of always answering the most frequent class, or None.
 
     Returns:
         The matplotlib `Figure`.
@@ -100,6 +187,7 @@ def depth_figure(
         ValueError: If the table has no rows to plot.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.container import ErrorbarContainer
     from matplotlib.figure import Figure
 
     if results.empty or "mode" not in results:
@@ -110,77 +198,77 @@ def depth_figure(
     frozen = frozen.sort_values("depth", kind="stable")
     kind = frozen["row_kind"].fillna("final") if "row_kind" in frozen else pd.Series("final", index=frozen.index)
     is_multi = frozen["layer"].astype(str).str.startswith(_MULTI_PREFIX)
-    screening, final = frozen[(kind == "screening") & ~is_multi], frozen[(kind != "screening") & ~is_multi]
-    multi = frozen[is_multi]
+    single, multi = frozen[~is_multi], frozen[is_multi]
     trained = results[results["mode"] != "frozen"]
     logme = _column(frozen, "logme")
-    with_logme = bool(logme.notna().sum() >= 1)
-    figure = Figure(figsize=(14 if with_logme else 9, 5.5), layout="constrained")
+    with_logme = bool(logme.notna().any())
+    figure = Figure(figsize=(13 if with_logme else 8.5, 5.5), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 2, 1) if with_logme else figure.add_subplot()
-    markers = "osD^v<>p*h"
     groups = {key: number for number, key in enumerate(dict.fromkeys(
         tuple(row) for row in frozen[_GROUP].itertuples(index=False)))}
-    what = "accuracy"
-    for rows, light in ((screening, True), (final, False)):
-        for key, group in rows.groupby(_GROUP, sort=False, dropna=False):
-            number = groups[tuple(key)]
-            for style, (classifier, line) in zip(("-", "--", ":", "-."), group.groupby("classifier", sort=False)):
-                y, yerr, what = _score_and_error(line)
-                axes.errorbar(
-                    line["depth"], y, yerr=yerr, linestyle=style, marker=markers[number % len(markers)],
-                    color=f"C{number}", alpha=0.35 if light else 1.0, capsize=3, markersize=4 if light else 6,
-                    label=f"{key[0]} [{key[1]}] {key[2]} / {classifier}" + (" (screening)" if light else ""),
-                )
+    drawn: list[tuple[float, float]] = []  # (low, high) of every value drawn: the y range
+    kinds: dict[str, list[str]] = {}  # score kind -> what shows it: the y label
+
+    def note(what: str, who: str, y, yerr) -> None:
+        kinds.setdefault(what, [])
+        if who not in kinds[what]:
+            kinds[what].append(who)
+        drawn.extend(zip(np.asarray(y, dtype=float) - yerr[0], np.asarray(y, dtype=float) + yerr[1]))
+
+    for key, classifier, rows, style, screening in _series(single, kind):
+        number, (y, yerr, what) = groups[key], _score_and_error(rows)
+        note(what, "frozen layers", y, yerr)
+        axes.errorbar(
+            rows["depth"], y, yerr=yerr, linestyle=_STYLES[style % len(_STYLES)],
+            marker=_MARKERS[number % len(_MARKERS)], color=f"C{number}", capsize=3,
+            linewidth=1.0 if screening else 1.8, markersize=4 if screening else 6, alpha=0.6 if screening else 1.0,
+            label=f"{_group_label(key)} / {classifier}{', screening' if screening else ''} ({what})",
+        )
     for _, row in multi.iterrows():
         number = groups[tuple(row[_GROUP])]
-        (low_depth, high_depth), (y, yerr, _) = _multi_layer_span(row, frozen), _score_and_error(row.to_frame().T)
-        y = float(y.iloc[0])
+        (low_depth, high_depth), (y, yerr, what) = _multi_layer_span(row, frozen), _score_and_error(row.to_frame().T)
+        if high_depth - low_depth < 0.02:  # one layer selected: a short segment, still visible
+            low_depth, high_depth = low_depth - 0.01, high_depth + 0.01
+        y, below, above = float(y.iloc[0]), float(yerr[0][0]), float(yerr[1][0])
+        note(what, "layer combinations", [y], np.array([[below], [above]]))
+        layers = str(row["layer"]).removeprefix(_MULTI_PREFIX)
         axes.plot([low_depth, high_depth], [y, y], linestyle="-.", marker="|", markersize=12, color=f"C{number}",
-                  linewidth=2, label=f"{row['layer']} / {row['classifier']} (cv chose the layers: optimistic)")
-        if yerr is not None and yerr.ndim == 1 and yerr[0] > 0:
-            axes.fill_between([low_depth, high_depth], y - yerr[0], y + yerr[0], color=f"C{number}", alpha=0.12)
-    layers = frozen[~is_multi].drop_duplicates(["layer", "depth"])
-    if layers["depth"].is_unique and 0 < len(layers) <= 12:  # name the layers along the x axis
-        axes.set_xticks(layers["depth"], layers["layer"], rotation=30, ha="right", fontsize=8)
+                  linewidth=2.5, label=f"{_group_label(tuple(row[_GROUP]))} / {row['classifier']} on layers {layers} "
+                                       f"({what}; layers chosen on this CV: optimistic)")
+        if below > 0 or above > 0:
+            axes.fill_between([low_depth, high_depth], y - below, y + above, color=f"C{number}", alpha=0.12)
+    names = single.drop_duplicates(["layer", "depth"])
+    if names["depth"].is_unique and 0 < len(names) <= 12:  # name the layers along the x axis
+        axes.set_xticks(names["depth"], names["layer"], rotation=30, ha="right", fontsize=8)
     for number, (_, row) in enumerate(trained.iterrows(), start=len(groups)):
-        accuracy = row.get("test_accuracy")
-        if not isinstance(accuracy, (int, float)) or not math.isfinite(accuracy):
+        y, yerr, what = _score_and_error(row.to_frame().T)
+        if not math.isfinite(float(y.iloc[0])):
             continue
-        axes.axhline(accuracy, linestyle="--", color=f"C{number}",
-                     label=f"{row['mode']}: {row['backbone']} [{row['weights']}] (test)")
-        low, high = row.get("test_ci_low"), row.get("test_ci_high")
-        if all(isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high)):
-            axes.axhspan(low, high, color=f"C{number}", alpha=0.12)
-    if recommended is not None and recommended.get("mode", "frozen") == "frozen":
-        y = recommended.get("cv_score")
-        if not isinstance(y, (int, float)) or not math.isfinite(y):
-            y = recommended.get("test_accuracy")
-        x = recommended.get("depth")
-        if str(recommended.get("layer", "")).startswith(_MULTI_PREFIX):
-            x = float(np.mean(_multi_layer_span(recommended, frozen)))
-        axes.plot([x], [y], marker="*", markersize=18, color="gold", markeredgecolor="black",
-                  linestyle="none", zorder=5,
-                  label=f"recommended: {recommended.get('classifier', '')} on {recommended.get('layer', '')}")
-    elif recommended is not None:
-        axes.plot([], [], marker="*", markersize=14, color="gold", markeredgecolor="black", linestyle="none",
-                  label=f"recommended: {recommended.get('mode')} (dashed line)")
+        y, below, above = float(y.iloc[0]), float(yerr[0][0]), float(yerr[1][0])
+        note(what, str(row["mode"]), [y], np.array([[below], [above]]))
+        axes.axhline(y, linestyle=(0, (5, 2)), linewidth=2, color=f"C{number}",
+                     label=f"{row['mode']} {row['backbone']} [{row['weights']}], end to end ({what})")
+        if below > 0 or above > 0:
+            axes.axhspan(y - below, y + above, color=f"C{number}", alpha=0.1)
+    if recommended is not None:
+        _mark(axes, recommended, frozen)
+    (bottom, top), chance_shown = _limits(drawn, chance)
+    if chance is not None:
+        axes.axhline(chance, color="0.4", linestyle=":", linewidth=1.2,
+                     label=f"majority class ({100 * chance:.1f}%)" + ("" if chance_shown else ", below the range shown"))
+    axes.set_ylim(bottom, top)
     axes.set_xlabel("relative layer depth (layer index / number of layers)")
-    axes.set_ylabel(f"{what} (frozen layers); test accuracy (dashed)")
-    axes.set_ylim(0, 1.02)
+    axes.set_ylabel("accuracy: " + "\n".join(f"{what} ({', '.join(who)})" for what, who in kinds.items())
+                    if kinds else "accuracy")
     axes.grid(alpha=0.3)
     axes.set_title(title)
-    axes.legend(fontsize=7, loc="lower left")
     if with_logme:
-        right = figure.add_subplot(1, 2, 2)
-        per_layer = frozen.assign(logme=logme).dropna(subset=["logme"]).drop_duplicates(_GROUP + ["layer"])
-        for key, group in per_layer.groupby(_GROUP, sort=False, dropna=False):
-            number = groups[tuple(key)]
-            right.plot(group["depth"], group["logme"], marker=markers[number % len(markers)], color=f"C{number}",
-                       label=f"{key[0]} [{key[1]}] {key[2]}")
-        right.set_xlabel("relative layer depth")
-        right.set_ylabel("LogME (higher: features fit the labels better)")
-        right.set_title("LogME by depth (training split, no fitting)")
-        right.grid(alpha=0.3)
-        right.legend(fontsize=7, loc="lower left")
+        _logme_panel(figure.add_subplot(1, 2, 2), frozen.assign(logme=logme), groups)
+    handles, labels = axes.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: (not isinstance(handles[i], ErrorbarContainer),
+                                                       labels[i].startswith(("recommended", "majority class"))))
+    handles, labels = [handles[i] for i in order], [labels[i] for i in order]  # the curves first
+    figure.set_size_inches(figure.get_size_inches()[0], 5.5 + 0.16 * len(labels))  # room for the legend below
+    figure.legend(handles, labels, loc="outside lower center", fontsize=7, frameon=False)
     return figure

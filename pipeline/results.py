@@ -68,6 +68,8 @@ RESULT_COLUMNS = (
     "cv_score",
     "cv_se",
     "n_folds",
+    "val_accuracy",
+    "n_val",
     "test_accuracy",
     "test_ci_low",
     "test_ci_high",
@@ -84,16 +86,19 @@ RESULT_COLUMNS = (
 `cv_score` is the mean CV accuracy of the chosen hyperparameters (leave-one-out
 accuracy for `ridge`), `cv_se` its standard error over the `n_folds` folds
 (binomial over the training rows for leave-one-out, where `n_folds = n_train`),
-`test_ci_low`/`test_ci_high` the Wilson 95 % interval of `test_accuracy` on
+`val_accuracy` a finetune or scratch row's accuracy on the `n_val` images of the
+training split that its training held out (its training-split evidence; empty
+for frozen rows and with `val_fraction = 0`), `test_ci_low`/`test_ci_high` the Wilson 95 % interval of `test_accuracy` on
 `n_test` images, `logme` the LogME of the layer's training features (the same
 on every row of a layer; empty for multi-layer and finetune rows) and
 `row_kind` one of `ROW_KINDS`. Tables written before these columns existed
 load with them empty, the intervals computed and `row_kind` "final".
 """
 
-_INTEGER_COLUMNS = ("stage", "feature_dim", "n_train", "n_test", "n_folds")
+_INTEGER_COLUMNS = ("stage", "feature_dim", "n_train", "n_test", "n_folds", "n_val")
 
-# Columns of the markdown table in summary.md (the CSV has them all).
+# Columns of the markdown table in summary.md (the CSV has them all but `flag`, which the run summary adds from the
+# advice: rows at or below the majority-class rate).
 _SUMMARY_COLUMNS = (
     "mode",
     "backbone",
@@ -106,12 +111,14 @@ _SUMMARY_COLUMNS = (
     "feature_dim",
     "cv_score",
     "cv_se",
+    "val_accuracy",
     "test_accuracy",
     "test_ci_low",
     "test_ci_high",
     "test_macro_f1",
     "logme",
     "best_params",
+    "flag",
 )
 
 
@@ -247,8 +254,10 @@ def _with_spread(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     shown["cv (± SE)"] = pd.Series(cv, index=frame.index, dtype=object)
     shown["test (95% CI)"] = pd.Series(test, index=frame.index, dtype=object)
     rename = {"cv_score": "cv (± SE)", "test_accuracy": "test (95% CI)"}
-    columns = [rename.get(column, column) for column in _SUMMARY_COLUMNS
-               if column not in ("cv_se", "test_ci_low", "test_ci_high")]
+    hidden = {"cv_se", "test_ci_low", "test_ci_high"}
+    if pd.to_numeric(frame.get("val_accuracy", pd.Series(dtype=float)), errors="coerce").isna().all():
+        hidden.add("val_accuracy")  # only finetune and scratch rows have one
+    columns = [rename.get(column, column) for column in _SUMMARY_COLUMNS if column not in hidden]
     return shown, columns
 
 

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["Z_95", "binomial_se", "fold_se", "within_noise", "wilson_interval"]
+__all__ = ["Z_95", "binomial_se", "fold_se", "ties_with_best", "within_noise", "wilson_interval"]
 
 Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
 
@@ -54,6 +54,28 @@ def wilson_interval(accuracy: float, n: int, *, z: float = Z_95) -> tuple[float,
 
 
 def within_noise(best: float, best_se: float, other: float, other_se: float, *, n_se: float = 2.0) -> bool:
-    """Whether `other` is within `n_se` combined standard errors of `best` (unknown SEs: exact ties only)."""
+    """Whether `other` is within `n_se` combined standard errors of `best` (unknown SEs: exact ties only).
+
+    For judging two independent measurements against each other (e.g. a benchmark's
+    test accuracies). To choose among rows, use `ties_with_best`: here a noisier
+    `other` is more likely to count as tied.
+    """
     spread = math.sqrt(sum(se * se for se in (best_se, other_se) if math.isfinite(se)))
     return best - other <= n_se * spread
+
+
+def ties_with_best(best: float, best_se: float, other: float, *, n_se: float = 1.0) -> bool:
+    """Whether `other` scores at most `n_se` of the best's standard errors below `best`.
+
+    The one-standard-error rule (Breiman et al. 1984; Hastie, Tibshirani &
+    Friedman, *Elements of Statistical Learning*, 7.10): the tie's width is set
+    by the best score's uncertainty alone, so a noisier row cannot enter a tie
+    that a steadier row with the same mean leaves. An unknown `best_se` makes
+    only exact ties (and better scores) ties.
+
+    Example:
+        >>> ties_with_best(0.80, 0.02, 0.79), ties_with_best(0.80, 0.02, 0.75)
+        (True, False)
+    """
+    width = n_se * (best_se if math.isfinite(best_se) else 0.0)
+    return best - other <= width + 1e-12  # float rounding: 0.90 - 0.89 is a hair above 0.01

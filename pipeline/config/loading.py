@@ -21,7 +21,6 @@ from .sections import (
     build_features,
     build_finetune,
     build_output,
-    check_finetune_backbones,
     check_input_size,
     check_sections,
 )
@@ -63,7 +62,6 @@ def config_from_dict(
     classifiers = build_classifiers(checker, raw.get("classifiers", {}))
     output = build_output(checker, raw.get("output", {}))
     finetune = build_finetune(checker, raw.get("finetune"))
-    check_finetune_backbones(checker, finetune, backbones)
     cluster = build_cluster(checker, raw.get("cluster"))
     if checker.problems:
         raise ConfigError(checker.problems, source)

@@ -51,7 +51,6 @@ __all__ = [
     "build_features",
     "build_finetune",
     "build_output",
-    "check_finetune_backbones",
     "check_input_size",
     "check_sections",
 ]
@@ -191,21 +190,6 @@ def _model_file_entry(checker: Checker, where: str, found: dict[str, Any]) -> No
         checker.report(
             f"{where} model_kwargs", "are constructor arguments of a registry family; a model file is built as saved",
             found["model_kwargs"],
-        )
-
-
-def check_finetune_backbones(
-    checker: Checker, finetune: FinetuneStageConfig | None, backbones: tuple[BackboneConfig, ...]
-) -> None:
-    """The [finetune] stage trains registry families and keras-hub models: a model file with it is a problem."""
-    files = [number for number, backbone in enumerate(backbones, start=1) if is_model_file(backbone.model)]
-    if finetune is not None and files:
-        checker.report(
-            "[finetune]",
-            f"finetuning trains registry backbones; [[backbones]] #{', #'.join(map(str, files))} "
-            f"{'is a model file' if len(files) == 1 else 'are model files'}. Probe model files in a config "
-            f"without [finetune] (a finetuned model.keras is probed that way too)",
-            received=False,
         )
 
 

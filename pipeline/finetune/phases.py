@@ -84,6 +84,7 @@ def _run_phases(
     weights: str | os.PathLike | None,
     input_size: int | None,
     model_kwargs: Mapping[str, Any] | None,
+    preprocessing: str | None,
     config: FinetuneConfig,
     output_dir: str | os.PathLike,
     resume: bool,
@@ -113,7 +114,8 @@ def _run_phases(
     policy = dtype_policy("mixed_float16") if config.mixed_precision else contextlib.nullcontext()
     with keras_seed(config.seed), policy:
         backbone = feature_map_backbone(load_backbone(model, weights=weights, input_size=input_size,
-                                                      model_kwargs=model_kwargs, seed=config.seed))
+                                                      model_kwargs=model_kwargs, preprocessing=preprocessing,
+                                                      seed=config.seed))
         if mode == "scratch" and config.scratch_batchnorm_momentum is not None:
             set_batchnorm_momentum(backbone.model, config.scratch_batchnorm_momentum)
         classifier = build_classifier_model(
@@ -226,6 +228,7 @@ def finetune(
     weights: str | os.PathLike | None = "imagenet",
     input_size: int | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    preprocessing: str | None = None,
     config: FinetuneConfig | None = None,
     init_head_from: tuple[Any, Any] | None = None,
     resume: bool = False,
@@ -246,12 +249,18 @@ def finetune(
     `train_data` is held out.
 
     Args:
-        model: Backbone name from the registry (e.g. `"MobileNetV2"`) or a spec.
+        model: Backbone name from the registry (e.g. `"MobileNetV2"`), a spec, a
+            model file (`"path/model.keras"`, weights `"saved"`: its own; a
+            whole classifier is cut at its last feature map, and its blocks end
+            at the stages its graph defines, as on the features side) or a
+            keras-hub model (see `load_backbone`).
         train_data: Training samples (all of them are used; pass `ds.subset("train")`).
         output_dir: Receives `history.csv`, `checkpoints/` and `model.keras`.
         weights: Initial backbone weights, as for `load_backbone`.
         input_size: Image side; defaults to the family's.
         model_kwargs: Extra constructor arguments, e.g. `{"alpha": 0.35}`.
+        preprocessing: For a model file or keras-hub model, as for `load_backbone`
+            (None: from its metadata or graph).
         config: Hyperparameters; `FinetuneConfig()` by default.
         init_head_from: `(coef, intercept)` to start the softmax from (see
             `build_classifier_model`), instead of the one `config.head_init`
@@ -280,7 +289,7 @@ def finetune(
     """
     return _run_phases(
         "finetune", model, train_data, weights=weights, input_size=input_size,
-        model_kwargs=model_kwargs, config=config or FinetuneConfig(), output_dir=output_dir,
+        model_kwargs=model_kwargs, preprocessing=preprocessing, config=config or FinetuneConfig(), output_dir=output_dir,
         resume=resume, init_head_from=init_head_from, callbacks=callbacks, verbose=verbose,
     )
 
@@ -292,6 +301,7 @@ def train_from_scratch(
     output_dir: str | os.PathLike,
     input_size: int | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    preprocessing: str | None = None,
     config: FinetuneConfig | None = None,
     resume: bool = False,
     callbacks: Sequence[keras.callbacks.Callback] = (),
@@ -312,6 +322,6 @@ def train_from_scratch(
     """
     return _run_phases(
         "scratch", model, train_data, weights=None, input_size=input_size,
-        model_kwargs=model_kwargs, config=config or FinetuneConfig(), output_dir=output_dir,
+        model_kwargs=model_kwargs, preprocessing=preprocessing, config=config or FinetuneConfig(), output_dir=output_dir,
         resume=resume, init_head_from=None, callbacks=callbacks, verbose=verbose,
     )

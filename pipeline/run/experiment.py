@@ -197,10 +197,13 @@ def run_experiment(
             f"and rerun to save them as .skops.")
     rows.log_convergence()
     frame = table.frame
-    is_train = (np.asarray(dataset.splits) == split["train_split"]) & ~np.isin(dataset.sample_ids, list(skipped))
-    counts = np.bincount(dataset.labels[is_train], minlength=len(dataset.class_names))
-    advice = recommend(frame, n_train=int(counts.sum()), n_classes=len(counts), smallest_class=int(counts.min()))
-    plot_path = plot_depth(frame, out / "depth.png", recommended=advice.row)
+    read = ~np.isin(dataset.sample_ids, list(skipped))
+    counts, test_counts = (np.bincount(dataset.labels[(np.asarray(dataset.splits) == split[name]) & read],
+                                       minlength=len(dataset.class_names)) for name in ("train_split", "test_split"))
+    majority = float(test_counts.max() / test_counts.sum()) if test_counts.sum() else None  # always the commonest
+    advice = recommend(frame, n_train=int(counts.sum()), n_classes=len(counts), smallest_class=int(counts.min()),
+                       largest_class=int(counts.max()), test_majority_rate=majority)
+    plot_path = plot_depth(frame, out / "depth.png", recommended=advice.row, chance=majority)
     skipped_list = sorted(skipped.items())
     summary_path = write_run_summary(
         out, frame, source=config.source, advice=advice, data=data_text(config.data, dataset, split, untested),

@@ -1,7 +1,13 @@
 """The `[finetune]` stage of a run: finetune and scratch rows, trained end to end or reused.
 
-"finetune" runs once per backbone that has weights; "scratch" once per
-architecture. A finished training's row is recorded beside it (`row.json`) and
+Each row carries `val_accuracy` on `n_val` images, the trained network scored on
+the validation part of the training split that training held out
+(`val_fraction`): the training-split evidence on which the advice compares it
+with frozen rows (their CV). Its test accuracy is reported, never compared.
+
+"finetune" runs once per backbone that has weights (a model file's own ones
+included: it is cut at its last feature map, its blocks the stages its graph
+defines); "scratch" once per architecture. A finished training's row is recorded beside it (`row.json`) and
 reused when its settings match, like every row (`records.fit_or_reuse`). An
 unfinished (killed) training resumes from its checkpoint if its settings match
 (`settings.json`, written when it starts), and starts over if not. One process
@@ -53,10 +59,12 @@ def end_to_end_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict
         finetune,
         train_from_scratch,
     )
+    from ..finetune.batches import validation_split
 
     options = FinetuneConfig.from_dict(config.finetune.options)
     train, test = dataset.subset(split["train_split"]), dataset.subset(split["test_split"])
     log = rows.log
+    _, val_idx = validation_split(train.labels, options.val_fraction, options.seed)  # the part training held out
     for digest, (mode, backbone) in _jobs(config).items():
         run_dir = config.output.dir / "finetune" / safe_name(f"{mode}-{backbone.model}-{digest}")
         record = RowRecord(run_dir / "row.json", jsonable(
@@ -66,6 +74,7 @@ def end_to_end_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict
                 "model_kwargs": dict(backbone.model_kwargs),
                 "weights": backbone.weights if mode == "finetune" else None,
                 "input_size": config.features.input_size,
+                **({"preprocessing": backbone.preprocessing} if backbone.preprocessing is not None else {}),
                 "options": options.to_dict(),
                 "dataset": dataset.digest(),
                 "split": split,
@@ -79,7 +88,8 @@ def end_to_end_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict
             write_text_atomically(started, json.dumps(record.settings, indent=2))
             common = dict(
                 output_dir=run_dir, input_size=config.features.input_size,
-                model_kwargs=dict(backbone.model_kwargs), config=options, resume=resume,
+                model_kwargs=dict(backbone.model_kwargs), preprocessing=backbone.preprocessing, config=options,
+                resume=resume,
                 callbacks=[EpochLogger(lambda line: log(f"    {line}"))],
             )
             if mode == "finetune":
@@ -87,6 +97,7 @@ def end_to_end_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict
             else:
                 result = train_from_scratch(backbone.model, train, **common)
             scores = evaluate_model(result, test)
+            val = evaluate_model(result, train.select(val_idx)) if len(val_idx) else {"accuracy": None, "n_test": 0}
             row = {
                 "mode": mode,
                 "backbone": result.backbone,
@@ -96,6 +107,8 @@ def end_to_end_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict
                 "classifier": "softmax head",
                 "n_train": len(train),
                 "n_test": scores["n_test"],
+                "val_accuracy": val["accuracy"],
+                "n_val": val["n_test"],
                 "test_accuracy": scores["accuracy"],
                 "test_balanced_accuracy": scores["balanced_accuracy"],
                 "test_macro_f1": scores["macro_f1"],

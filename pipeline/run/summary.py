@@ -14,14 +14,14 @@ from ..config import DataConfig
 from ..results import write_summary
 from ..tables import format_table
 
-__all__ = ["CONSOLE_COLUMNS", "data_text", "log_report", "skipped_text", "stored_skipped", "untested_text",
-           "write_run_summary"]
+__all__ = ["CONSOLE_COLUMNS", "data_text", "flagged", "log_report", "skipped_text", "stored_skipped",
+           "untested_text", "write_run_summary"]
 
 MAX_SKIPPED_LISTED = 20
 # Columns of the table printed at the end of a run (summary.md and results.csv have more): every score with its
 # spread (CV standard error over folds, Wilson 95 % interval of the test accuracy).
 CONSOLE_COLUMNS = ("mode", "backbone", "weights", "layer", "depth", "classifier", "cv_score", "cv_se", "test_accuracy",
-                   "test_ci_low", "test_ci_high")
+                   "test_ci_low", "test_ci_high", "flag")
 
 
 def untested_text(untested: list[str], split: dict) -> str:
@@ -57,6 +57,13 @@ def stored_skipped(store: FeatureStore, rows: list[dict]) -> dict[str, str]:
     return {sample_id: reason for entry in held for sample_id, reason in store.info(entry)["skipped"]}
 
 
+def flagged(frame: pd.DataFrame, advice: Advice) -> pd.DataFrame:
+    """The table to show: with a `flag` column naming the rows at or below the majority class, when there are any."""
+    if not advice.flags:
+        return frame
+    return frame.assign(flag=[advice.flags.get(index, "") for index in frame.index])
+
+
 def write_run_summary(
     out: Path,
     frame: pd.DataFrame,
@@ -71,7 +78,7 @@ def write_run_summary(
     """Write `out/summary.md`: the results table, the recommendation, the data, unreadable images, files."""
     return write_summary(
         out / "summary.md",
-        frame,
+        flagged(frame, advice),
         title=f"layerprobe run: {source}",
         sections={
             "Recommendation": advice.text,  # a few plain sentences with ± and intervals, then the evidence
@@ -95,7 +102,7 @@ def log_report(
 ) -> None:
     """The closing lines of a run: the table, the recommendation, the counts and where the files are."""
     log("")
-    log(format_table(frame, CONSOLE_COLUMNS, markdown=True))
+    log(format_table(flagged(frame, advice), CONSOLE_COLUMNS, markdown=True))
     log("")
     log(advice.text)
     if n_skipped:

@@ -121,7 +121,7 @@ def test_unknown_section_suggests_the_closest(tmp_path, images):
 
 
 # A config with every section (grids of the classifier, a preprocessing step and PCA; a weights
-# file), and one whose backbone is a model file (not allowed with [finetune]).
+# file), and one whose backbone is a model file.
 _EVERY_SECTION = """
 [data]
 path = "images"

@@ -650,12 +650,14 @@ def test_finetune_command_adds_its_rows_beside_the_classifier_rows(tmp_path, mon
     pd.testing.assert_frame_equal(table.iloc[:1][frozen.columns], frozen, check_dtype=False)  # kept
     row = table.iloc[1]
     assert row["weights"] == "start.weights.h5" and row["n_test"] == 12
+    # Scored on the quarter of the training split that training held out: the advice compares that, not the test.
+    assert row["n_val"] == 6 and 0 <= row["val_accuracy"] <= 1
     assert json.loads(row["best_params"]) == {"head_init": "logreg", "unfreeze_blocks": 2,
                                               "learning_rate": 1e-5, "block_lr_decay": 0.5,
                                               "epochs": 2}
     keras.saving.load_model(row["model_path"])
     summary = (tmp_path / "out" / "summary.md").read_text()
-    assert "| frozen | VGG16 |" in summary and "| finetune | VGG16 |" in summary
+    assert "| frozen | VGG16 |" in summary and "| finetune | VGG16 |" in summary and "| val_accuracy |" in summary
 
     # A second call replaces the rows of its modes: the finished finetune row is reused, once.
     config.write_text(classifiers_only + textwrap.dedent(stage).replace(

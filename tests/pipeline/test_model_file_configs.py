@@ -69,11 +69,26 @@ def test_bad_model_file_entries_are_config_problems(tmp_path, images, entry, pro
         config_from_dict(_raw(images, entry), tmp_path)
 
 
-def test_finetune_with_a_model_file_is_a_config_problem(tmp_path, images):
-    _cnn(tmp_path / "m.keras")
-    raw = {**_raw(images, {"model": "m.keras"}), "finetune": {"modes": ["finetune"]}}
-    with pytest.raises(ConfigError, match=r"\[finetune\]: finetuning trains registry backbones; \[\[backbones\]\] #1 is a model file"):
-        config_from_dict(raw, tmp_path)
+def test_a_model_file_is_finetuned_in_a_run_its_top_stage_unfrozen(tmp_path, images):
+    from layerprobe.pipeline.run import run_experiment
+
+    path = _cnn(tmp_path / "m.keras")  # stages: conv1 (16x16), conv2 (8x8)
+    raw = {**_raw(images, {"model": "m.keras", "layers": ["stages"]}),
+           "features": {"store": str(tmp_path / "store"), "input_size": 16},
+           "classifiers": {"names": ["logreg"], "cv": 2}, "output": {"dir": str(tmp_path / "out")},
+           "finetune": {"modes": ["finetune", "scratch"], "head_epochs": 1, "finetune_epochs": 1,
+                        "unfreeze_blocks": 1, "learning_rate": 0.1, "val_fraction": 0.5, "batch_size": 4,
+                        "augmentation": {}}}
+    result = run_experiment(config_from_dict(raw, tmp_path), log=lambda line: None, progress=False)
+    table = result.results.set_index("mode")
+    assert list(result.results["mode"]) == ["frozen", "frozen", "finetune", "scratch"]
+    assert table.loc["finetune", "weights"] == "m.keras" and table.loc["scratch", "weights"] == "none"
+    assert table.loc[["finetune", "scratch"], "n_val"].tolist() == [6, 6]
+    original = keras.saving.load_model(path)
+    tuned = keras.saving.load_model(table.loc["finetune", "model_path"]).get_layer("tiny")
+    # unfreeze_blocks = 1: the top stage (conv2) trained, the stage below (conv1) kept its saved weights.
+    np.testing.assert_array_equal(tuned.get_layer("conv1").get_weights()[0], original.get_layer("conv1").get_weights()[0])
+    assert not np.allclose(tuned.get_layer("conv2").get_weights()[0], original.get_layer("conv2").get_weights()[0])
 
 
 def test_benchmark_configs_with_model_files_parse():

@@ -91,3 +91,16 @@ def test_changed_pixels_train_again_under_the_content_digest(source, tmp_path):
 def test_a_source_below_the_minimum_accuracy_is_refused(source, tmp_path):
     with pytest.raises(RuntimeError, match="below 1.01; its features would not mean anything"):
         _pretrain(source, tmp_path / "out", min_accuracy=1.01)
+
+
+def test_training_stops_at_the_first_epoch_that_reaches_the_target_accuracy(source, tmp_path):
+    options = FinetuneConfig(head_epochs=3, finetune_epochs=0, batch_size=8, augmentation=None, val_fraction=0.0,
+                             early_stopping_patience=None, seed=0)
+    messages = []
+    weights, facts = pretrain_source(TINY.name, from_directory(source), tmp_path / "out", name="A", options=options,
+                                     input_size=SIZE, target_accuracy=0.0, log=messages.append)
+    assert "3 epochs at most, until 0.0 held-out accuracy" in messages[0] and "after 1 epochs" in messages[1]
+    assert facts["settings"]["target_accuracy"] == 0.0
+    untargeted, _ = pretrain_source(TINY.name, from_directory(source), tmp_path / "out", name="A", options=options,
+                                    input_size=SIZE, log=messages.append)
+    assert untargeted != weights and "after 3 epochs" in messages[-1]  # its own key: no target, every epoch

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from layerprobe.pipeline.uncertainty import binomial_se, fold_se, within_noise, wilson_interval
+from layerprobe.pipeline.uncertainty import binomial_se, fold_se, ties_with_best, within_noise, wilson_interval
 
 
 def test_wilson_interval_matches_the_published_example():
@@ -30,3 +30,10 @@ def test_within_noise():
     assert within_noise(0.80, 0.02, 0.77, 0.02)  # 3 points < 2 * 2.8
     assert not within_noise(0.80, 0.01, 0.70, 0.01)
     assert within_noise(0.8, math.nan, 0.8, math.nan) and not within_noise(0.8, math.nan, 0.79, math.nan)
+
+
+def test_ties_with_best_uses_the_best_rows_spread_only():
+    assert ties_with_best(0.80, 0.02, 0.77, n_se=2.0) and not ties_with_best(0.80, 0.02, 0.75, n_se=2.0)
+    assert ties_with_best(0.90, 0.005, 0.89, n_se=2.0)  # exactly 2 SE below, despite float rounding
+    assert ties_with_best(0.8, math.nan, 0.8) and not ties_with_best(0.8, math.nan, 0.79)
+    assert ties_with_best(0.8, 0.01, 0.85)  # a better score always ties
