@@ -28,13 +28,15 @@ ENCODING = {"encoding-type": "layerprobe-results", "encoding-version": 1}
 
 
 def _plain(value: Any) -> Any:
-    """`value` as JSON: a pandas row as an object, tuples as lists, NaN and NA as null."""
+    """`value` as JSON: a pandas row or a mapping as an object, tuples as lists, NaN and NA as null."""
     if isinstance(value, pd.Series):
         return json.loads(value.to_json(double_precision=15, default_handler=str))
     if isinstance(value, pd.DataFrame):
         return json.loads(value.to_json(orient="records", double_precision=15, default_handler=str))
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
+    if isinstance(value, Mapping):  # e.g. the advice's flags, keyed by row label: JSON keys are strings
+        return {str(_plain(key)): _plain(item) for key, item in value.items()}
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and math.isnan(value):

@@ -15,6 +15,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+import numpy as np
+import pandas as pd
 import pytest
 
 import layerprobe.pipeline.config as config_module
@@ -365,3 +367,16 @@ def test_the_first_extraction_from_python_prints_no_tensorflow_notices(tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     noise = [word for word in NOISE if word in done.stderr.lower()]
     assert not noise, done.stderr[-3000:]  # before: cudart_stub, cpu_feature_guard and cuInit lines
+
+
+def test_results_json_writes_the_advice_flags_keyed_by_row_label(tmp_path):
+    from layerprobe.pipeline.advice import Advice
+    from layerprobe.pipeline.run.results_json import results_document, write_results_json
+
+    advice = Advice(mode="frozen_top", samples_per_class=5.0, small=True, row=None, runner_up=None, tied=False,
+                    worth_transferring=None, rule="measured", evidence=(), text="",
+                    flags={np.int64(1): "at or below the majority class"})
+    document = results_document(pd.DataFrame({"test_accuracy": [0.9, np.nan]}), advice, source="x", data={}, files={})
+    written = json.loads(write_results_json(tmp_path / "results.json", document).read_text())  # before: TypeError
+    assert written["recommendation"]["flags"] == {"1": "at or below the majority class"}
+    assert written["rows"] == [{"test_accuracy": 0.9}, {"test_accuracy": None}]
