@@ -13,6 +13,13 @@ class-balanced subset.
     python benchmarks/classifier_speed.py                         # real features, input 32
     python benchmarks/classifier_speed.py --synthetic             # random features of the same shapes
     python benchmarks/classifier_speed.py --layers block4_pool --classifiers logreg,sgd
+    python benchmarks/classifier_speed.py --threads                # 1 vs all usable BLAS threads per size
+
+`--threads` measures the rule of `layerprobe.pipeline.threads` instead: for
+each layer width and each training size (first n/10 per class), the time of
+one lbfgs iteration of logistic regression, a `RidgeProbeCV` fit, LogME and a
+`predict_proba`, with the BLAS and OpenMP pools limited to one thread and to
+every usable core, alternately, the median of `--repeats`.
 """
 
 from __future__ import annotations
@@ -67,6 +74,12 @@ def build_parser():
     )
     parser.add_argument("--replot", action="store_true", help="only redraw the chart from OUT/results.json")
     parser.add_argument("--extract-only", action="store_true", help="only fill the feature cache, fit nothing")
+    parser.add_argument("--threads", action="store_true",
+                        help="measure 1 vs all usable BLAS/OpenMP threads per problem size instead")
+    parser.add_argument("--thread-sizes", type=comma_list, default=["300", "1000", "3000", "10000", "50000"],
+                        help="--threads: training sizes (first n/10 per class)")
+    parser.add_argument("--repeats", type=int, default=3, help="--threads: timings per setting (median)")
+    parser.add_argument("--lbfgs-steps", type=int, default=30, help="--threads: lbfgs iterations per timed fit")
     return parser
 
 
@@ -166,6 +179,76 @@ def plot(rows: list[dict], info: dict, path: Path) -> Path:
     )
 
 
+def thread_rule(args, features: dict[str, np.ndarray], labels: np.ndarray, log: RunLog) -> int:
+    """1 vs every usable thread for each workload, layer width and training size: the figures behind the rule."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    from layerprobe.pipeline.probes import RidgeProbeCV, logme_score
+    from layerprobe.pipeline.threads import ONE_THREAD_BELOW, threads_for, usable_cores
+
+    many = usable_cores()
+    if many < 2:
+        raise SystemExit("error: --threads compares 1 thread with several; this process may use only 1 core.")
+    log(f"--threads: 1 vs {many} BLAS/OpenMP threads, median of {args.repeats}, alternating order; "
+        f"logreg timed per lbfgs iteration ({args.lbfgs_steps} at most per fit)")
+    rows = []
+    for layer, X_all in features.items():
+        for n in map(int, args.thread_sizes):
+            picked = first_per_class(labels, n)
+            X = StandardScaler().fit_transform(X_all[picked]).astype(np.float32)
+            y = labels[picked]
+            with threadpool_limits(1, "blas"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                fitted = LogisticRegression(max_iter=args.lbfgs_steps).fit(X, y)
+
+            def lbfgs_iteration():
+                model = LogisticRegression(max_iter=args.lbfgs_steps, tol=1e-12).fit(X, y)
+                return int(np.max(model.n_iter_))
+
+            workloads = {
+                "logreg (per lbfgs iteration)": lbfgs_iteration,
+                "RidgeProbeCV fit": lambda: RidgeProbeCV().fit(X, y),
+                "LogME": lambda: logme_score(X, y),
+                "predict_proba": lambda: fitted.predict_proba(X),
+            }
+            for name, work in workloads.items():
+                with threadpool_limits(1, "blas"), warnings.catch_warnings():  # warm-up: first-call costs
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    work()
+                seconds: dict[int, list[float]] = {1: [], many: []}
+                for repeat in range(args.repeats):
+                    for threads in (1, many) if repeat % 2 == 0 else (many, 1):
+                        with threadpool_limits(threads, "blas"), threadpool_limits(threads, "openmp"), \
+                                warnings.catch_warnings(), Stopwatch() as watch:
+                            warnings.simplefilter("ignore", ConvergenceWarning)
+                            iterations = work()
+                        per = iterations if name.startswith("logreg") else 1
+                        seconds[threads].append(watch.wall / max(1, per))
+                one, several = float(np.median(seconds[1])), float(np.median(seconds[many]))
+                row = {
+                    "workload": name, "layer": layer, "n_samples": n, "d": X.shape[1], "elements": n * X.shape[1],
+                    "one_thread_s": round(one, 5), f"{many}_threads_s": round(several, 5),
+                    "ratio": round(several / one, 2), "faster": "1" if one <= several else str(many),
+                    "rule": threads_for(n, X.shape[1], cores=many),
+                }
+                rows.append(row)
+                log(f"  {name:28s} {layer:12s} {n:6d} x {X.shape[1]:3d}: 1 thread {one:.4f} s, "
+                    f"{many} threads {several:.4f} s ({row['ratio']:.2f}x), rule {row['rule']}")
+    write_csv(rows, args.out / "threads.csv")
+    log(f"\nmedian seconds with 1 and {many} threads (ratio = {many} threads / 1 thread; rule: "
+        f"threads_for with ONE_THREAD_BELOW = {ONE_THREAD_BELOW:,} elements):")
+    log(format_table(rows, ["workload", "n_samples", "d", "elements", "one_thread_s", f"{many}_threads_s", "ratio",
+                            "faster", "rule"], **TABLE_STYLE))
+    write_json({"command": log.command, "machine": log.info, "rows": rows}, args.out / "threads.json")
+    log.write(args.out / "threads_log.txt")
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     quiet_tensorflow()
@@ -186,6 +269,8 @@ def main(argv=None) -> int:
 
     log = RunLog(SCRIPT, argv)
     features, labels, extraction = (synthetic_features if args.synthetic else extracted_features)(args, log)
+    if args.threads:
+        return thread_rule(args, features, labels, log)
     if args.extract_only:
         log("--extract-only: features are cached; no classifier fitted")
         return 0

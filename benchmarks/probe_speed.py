@@ -23,6 +23,15 @@ ridge probe (greedy layer selection) is fitted too, for reference.
 ``--alternatives LAYER`` measures cheaper grid settings on one layer instead
 (logreg float32/float64, warm-started C path, tol; LinearSVC primal/dual; SGD).
 
+``--threads`` (issue 22) fits the classifier stage's rows (``--classifiers``,
+default logreg, linear_svm, ridge; ``cv`` 3) on every layer of hymenoptera
+(``--hymenoptera``, input 128) and of the CIFAR-10 subset of ``--quick``, each
+row twice in alternating order: with the native thread pools at their default
+size (what a user got before) and under `layerprobe.pipeline.threads.native_threads`
+(what the classifier stage now does); its last line is
+``classifier stage: N.N× faster than default threads (same choices: yes|no)``.
+Outputs ``threads.json``/``.md`` under ``benchmarks/out/probe_speed/threads``.
+
 Outputs under ``benchmarks/out/probe_speed/<quick|full>/``: ``results.json`` and
 ``results.md`` (``alternatives.json``/``.md`` for ``--alternatives``). The feature
 store ``benchmarks/out/probe_speed/store`` is a cache shared by the runs.
@@ -30,6 +39,7 @@ store ``benchmarks/out/probe_speed/store`` is a cache shared by the runs.
     python benchmarks/probe_speed.py --quick    # 300/class train, 100/class test, grid cv=3; < 2 min once cached
     python benchmarks/probe_speed.py            # 50,000 train, 10,000 test
     python benchmarks/probe_speed.py --alternatives block4_pool [--quick]
+    python benchmarks/probe_speed.py --threads  # hymenoptera + 3,000 CIFAR-10 rows, default threads vs the rule
 
 The last line printed is ``screening speed-up: N.N× (same best layer: yes|no)``.
 """
@@ -43,6 +53,7 @@ import platform
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +63,7 @@ SHARED_DIR = REPO_DIR.parent / "shared"
 OUT_DIR = REPO_DIR / "benchmarks" / "out" / "probe_speed"
 LAYERS = ["block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool"]
 BACKBONE = "VGG16"
+SVM_SETTINGS = ("primal", "dual", "dual_tol1e-3", "newton", "newton_warm", "sgd", "rows")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-per-class", type=int, default=None, help="override the subset size")
     parser.add_argument("--no-multi", action="store_true", help="skip the multi-layer probe")
     parser.add_argument("--alternatives", metavar="LAYER", default=None, help="measure grid alternatives on LAYER")
+    parser.add_argument("--linear-svm", metavar="LAYER", default=None,
+                        help="measure linear SVM solvers at each C, and the row before/now, on LAYER")
+    parser.add_argument("--svm-settings", default=",".join(SVM_SETTINGS),
+                        help=f"--linear-svm: comma-separated subset of {','.join(SVM_SETTINGS)}")
+    parser.add_argument("--threads", action="store_true",
+                        help="the classifier rows with default threads and with the rule, side by side (implies --quick)")
+    parser.add_argument("--hymenoptera", type=Path, default=SHARED_DIR / "datasets" / "hymenoptera",
+                        help="--threads: hymenoptera folder (train/, val/)")
+    parser.add_argument("--hymenoptera-size", type=int, default=128, help="--threads: input size for hymenoptera")
+    parser.add_argument("--classifiers", default="logreg,linear_svm,ridge", help="--threads: comma-separated names")
     parser.add_argument(
         "--blas-threads", type=int, default=1,
         help="BLAS threads for both paths (threadpoolctl; 0: the libraries' default). On a loaded 2-core "
@@ -111,31 +133,37 @@ def first_per_class(dataset, split: str, per_class: int | None) -> np.ndarray:
     return np.concatenate([in_split[labels == k][:per_class] for k in range(len(dataset.class_names))])
 
 
-def load_features(args, layers: list[str]):
-    """Extracts (or reads from the cache) every layer; returns {layer: (train FeatureSet, test FeatureSet)}."""
+def load_features(args, layers: list[str], *, data: Path | None = None, input_size: int | None = None,
+                  test_split: str = "test"):
+    """Extracts (or reads from the cache) every layer; returns {layer: (train FeatureSet, test FeatureSet)}.
+
+    `data` and `input_size` default to ``--data`` and ``--input-size``; the training
+    split is "train", the test split `test_split`.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from layerprobe.features.extract import FeatureExtractor
     from layerprobe.features.inputs import from_directory
     from layerprobe.features.store import FeatureStore
 
-    for path, what in ((args.data, "--data"), (args.weights, "--weights")):
+    data = args.data if data is None else data
+    for path, what in ((data, "--data or --hymenoptera"), (args.weights, "--weights")):
         if not path.exists():
             raise SystemExit(f"{what} {path} does not exist; pass {what} or put ../shared beside the repository.")
-    dataset = from_directory(args.data)
+    dataset = from_directory(data)
     train_per_class = args.train_per_class or (300 if args.quick else None)
     test_per_class = args.test_per_class or (100 if args.quick else None)
     if train_per_class or test_per_class:
         dataset = dataset.select(np.concatenate([
-            first_per_class(dataset, "train", train_per_class), first_per_class(dataset, "test", test_per_class)
+            first_per_class(dataset, "train", train_per_class), first_per_class(dataset, test_split, test_per_class)
         ]))
     store = FeatureStore(args.store)
     started = time.perf_counter()
     extractor = FeatureExtractor(BACKBONE, weights=str(args.weights), layers=layers, pooling="avg",
-                                 input_size=args.input_size)
+                                 input_size=input_size or args.input_size)
     report = extractor.extract(dataset, store, progress=False)
     log(f"features: {report.summary()} ({time.perf_counter() - started:.1f} s with the model build)")
     features = {
-        layer: (store.load(report.keys[layer], split="train"), store.load(report.keys[layer], split="test"))
+        layer: (store.load(report.keys[layer], split="train"), store.load(report.keys[layer], split=test_split))
         for layer in layers
     }
     return features, list(dataset.class_names), time.perf_counter() - started
@@ -301,6 +329,111 @@ def compare(args, features, class_names, meta) -> dict:
     return summary
 
 
+# --------------------------------------------------------------------------- default threads vs the rule
+
+
+@contextmanager
+def default_threads():
+    """What a user got before the rule: the native pools at their default size (every core they see).
+
+    A set thread variable makes `layerprobe.pipeline.threads` step aside; the pools
+    themselves read the variables only when they load, so they keep their size.
+    """
+    from layerprobe.pipeline.threads import user_thread_variables
+
+    saved = os.environ.get("OMP_NUM_THREADS")
+    if not user_thread_variables():
+        os.environ["OMP_NUM_THREADS"] = str(os.cpu_count())
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+
+
+def threads_comparison(args, datasets: dict, meta: dict) -> dict:
+    """Every (dataset, layer, classifier) row fitted twice, default threads and the rule, in alternating order.
+
+    A row is what the classifier stage does for it (`pipeline.run.rows.score_row`):
+    ``fit_classifier`` (``cv`` folds, the registry's grid, standardized) on the
+    training split and one prediction of the test split, under
+    ``native_threads(X_train)`` for the rule.
+    """
+    from threadpoolctl import threadpool_info
+
+    from layerprobe.pipeline.classifiers import fit_classifier
+    from layerprobe.pipeline.threads import native_threads, usable_cores
+
+    def fit_row(train, test, classifier):
+        started = time.perf_counter()
+        result = fit_classifier(train.X, train.y, classifier, cv=args.cv, random_state=0)
+        accuracy = float(np.mean(result.estimator.predict(test.X) == test.y))
+        return time.perf_counter() - started, result, accuracy
+
+    pools = sorted({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] in ("blas", "openmp")})
+    meta.update({"default_pool_threads": pools, "usable_cores": usable_cores(), "classifiers": args.classifiers})
+    log(f"default native pools: {pools} threads; usable cores: {meta['usable_cores']}; cv={args.cv}")
+    rows, order = [], 0
+    for dataset_name, features in datasets.items():
+        for layer, (train, test) in features.items():
+            for classifier in args.classifiers:
+                arms = {}
+                for arm in (("default", "rule") if order % 2 == 0 else ("rule", "default")):
+                    context = default_threads() if arm == "default" else native_threads(train.X)
+                    with context as limit:
+                        arms[arm] = fit_row(train, test, classifier)
+                    if arm == "rule":
+                        rule_threads = limit
+                order += 1
+                (default_s, default_fit, default_acc), (rule_s, rule_fit, rule_acc) = arms["default"], arms["rule"]
+                row = {
+                    "dataset": dataset_name, "layer": layer, "shape": f"{train.X.shape[0]} x {train.X.shape[1]}",
+                    "classifier": classifier, "default_s": default_s, "rule_s": rule_s,
+                    "rule_threads": rule_threads, "speedup": default_s / rule_s,
+                    "default_params": json.dumps(default_fit.best_params, sort_keys=True, default=str),
+                    "rule_params": json.dumps(rule_fit.best_params, sort_keys=True, default=str),
+                    "same_choice": default_fit.best_params == rule_fit.best_params,
+                    "default_cv": default_fit.cv_score, "rule_cv": rule_fit.cv_score,
+                    "default_test": default_acc, "rule_test": rule_acc,
+                }
+                rows.append(row)
+                log(f"{dataset_name} {layer} {classifier}: default {default_s:.2f} s, rule ({rule_threads} thread(s)) "
+                    f"{rule_s:.2f} s ({row['speedup']:.1f}x); {row['default_params']} vs {row['rule_params']}")
+                write_outputs(args.out, "threads.partial", {"meta": meta, "rows": rows}, "")
+    meta["load_average_end"] = os.getloadavg()[0]
+    summary = {"by_dataset": {}}
+    for dataset_name in datasets:
+        picked = [row for row in rows if row["dataset"] == dataset_name]
+        default_s, rule_s = sum(row["default_s"] for row in picked), sum(row["rule_s"] for row in picked)
+        summary["by_dataset"][dataset_name] = {"default_s": default_s, "rule_s": rule_s, "speedup": default_s / rule_s,
+                                               "same_choices": all(row["same_choice"] for row in picked)}
+    summary["default_s"] = sum(row["default_s"] for row in rows)
+    summary["rule_s"] = sum(row["rule_s"] for row in rows)
+    summary["speedup"] = summary["default_s"] / summary["rule_s"]
+    summary["same_choices"] = all(row["same_choice"] for row in rows)
+    lines = [
+        "# probe_speed --threads: the classifier stage with default threads and with the rule",
+        "",
+        f"VGG16 HED weights, avg pooling; fit_classifier(cv={args.cv}, registry grids) + one test prediction per row; "
+        f"default = native pools at their default ({pools} threads), rule = `native_threads(X_train)`. "
+        f"{meta['cpus']} CPUs ({meta['usable_cores']} usable), load average {meta['load_average_start']:.1f} at start, "
+        f"{meta['load_average_end']:.1f} at end (shared machine: rely on the ratios), {meta['utc']}, commit {meta['commit']}.",
+        "",
+        markdown_table(rows, ["dataset", "layer", "shape", "classifier", "default_s", "rule_s", "rule_threads", "speedup",
+                              "default_params", "rule_params", "default_test", "rule_test"]),
+        "",
+        markdown_table([{"dataset": name, **values} for name, values in summary["by_dataset"].items()],
+                       ["dataset", "default_s", "rule_s", "speedup", "same_choices"]),
+    ]
+    write_outputs(args.out, "threads", {"meta": meta, "summary": summary, "rows": rows}, "\n".join(lines) + "\n")
+    for suffix in ("json", "md"):
+        (args.out / f"threads.partial.{suffix}").unlink(missing_ok=True)
+    print("\n".join(lines))
+    return summary
+
+
 # --------------------------------------------------------------------------- grid alternatives
 
 
@@ -403,21 +536,142 @@ def alternatives(args, features, class_names, meta) -> None:
     print(text)
 
 
+def linear_svm_alternatives(args, features, meta) -> None:
+    """Linear SVM solvers at each C of the registry's grid on one layer, then the whole row before and after.
+
+    Per C, fitted on all standardized training rows and scored once on the test
+    split: liblinear primal and dual (``LinearSVC``), the dual with ``tol=1e-3``,
+    `LinearSVM`'s Newton solver cold and along the C path (warm starts), and
+    averaged SGD on the hinge loss with ``alpha = 1 / (n C)`` (20 epochs). Then
+    the row as the classifier stage fits it (``cv`` folds, grid, refit): before
+    (``GridSearchCV`` over ``LinearSVC``, dual below 10 samples per feature) and
+    now (``fit_classifier(..., "linear_svm")``).
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    from layerprobe.pipeline.classifiers import fit_classifier
+    from layerprobe.pipeline.probes.svm import LinearSVM
+
+    layer = args.linear_svm
+    if layer not in features:
+        raise SystemExit(f"--linear-svm {layer!r} is not among the extracted layers {list(features)}")
+    train, test = features[layer]
+    scaler = StandardScaler().fit(train.X)
+    Xtr, Xte = scaler.transform(train.X), scaler.transform(test.X)
+    ytr, yte = train.y, test.y
+    n = len(ytr)
+    Cs = (0.01, 0.1, 1.0, 10.0)
+    settings = [name for name in args.svm_settings if name in SVM_SETTINGS]
+    log(f"linear SVM on {layer}: {Xtr.shape} train, {Xte.shape[0]} test; settings {settings}")
+    rows = []
+
+    def record(setting, C, seconds, model, **extra):
+        accuracy = float(np.mean(model.predict(test.X if hasattr(model, "named_steps") else Xte) == yte))
+        rows.append({"setting": setting, "C": C, "seconds": seconds, "test_accuracy": accuracy, **extra})
+        log(f"{setting} C={C}: {seconds:.2f} s, test {accuracy:.4f} {extra}")
+        write_outputs(args.out, "linear_svm", {"meta": meta, "layer": layer, "rows": rows}, "")
+
+    def timed(build, C):
+        started = time.perf_counter()
+        model = build(C).fit(Xtr, ytr)
+        return time.perf_counter() - started, model
+
+    builders = {
+        "primal": lambda C: LinearSVC(C=C, dual=False, max_iter=1000, random_state=0),
+        "dual": lambda C: LinearSVC(C=C, dual=True, max_iter=10_000, random_state=0),
+        "dual_tol1e-3": lambda C: LinearSVC(C=C, dual=True, tol=1e-3, max_iter=10_000, random_state=0),
+        "newton": lambda C: LinearSVM(C=C, solver="newton"),
+        "sgd": lambda C: SGDClassifier(loss="hinge", alpha=1.0 / (n * C), average=True, max_iter=20, tol=None,
+                                       random_state=0),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for name in settings:
+            if name in builders:
+                for C in Cs:
+                    seconds, model = timed(builders[name], C)
+                    record(name, C, seconds, model, n_iter=int(np.max(model.n_iter_)))
+            elif name == "newton_warm":
+                model = LinearSVM(solver="newton", warm_start=True)
+                for C in Cs:
+                    started = time.perf_counter()
+                    model.set_params(C=C).fit(Xtr, ytr)
+                    record(name, C, time.perf_counter() - started, model, n_iter=model.n_iter_)
+            elif name == "rows":
+                dual = bool(train.X.shape[0] < 10 * train.X.shape[1])  # the row's liblinear choice before
+                before = LinearSVC(dual=dual, tol=1e-4, max_iter=10_000 if dual else 1_000, random_state=0)
+                folds = StratifiedKFold(n_splits=args.cv, shuffle=True, random_state=0)
+                search = GridSearchCV(
+                    Pipeline([("standardize", StandardScaler()), ("clf", before)]), {"clf__C": list(Cs)},
+                    scoring="accuracy", cv=folds,
+                )
+                started = time.perf_counter()
+                search.fit(train.X, ytr)
+                record(f"row before: GridSearchCV LinearSVC dual={before.dual} cv={args.cv}", "grid",
+                       time.perf_counter() - started, search.best_estimator_, best_C=search.best_params_["clf__C"],
+                       cv_score=search.best_score_)
+                started = time.perf_counter()
+                result = fit_classifier(train.X, ytr, "linear_svm", cv=args.cv, random_state=0)
+                record(f"row now: fit_classifier linear_svm cv={args.cv} "
+                       f"({result.estimator.named_steps['clf'].solver_})", "grid",
+                       time.perf_counter() - started, result.estimator, best_C=result.best_params["C"],
+                       cv_score=result.cv_score)
+    meta["load_average_end"] = os.getloadavg()[0]
+    text = "\n".join([
+        f"# probe_speed linear SVM on {layer} ({'quick' if args.quick else 'full'})",
+        "",
+        f"{Xtr.shape[0]} × {Xtr.shape[1]} standardized train features, {Xte.shape[0]} test; BLAS threads "
+        f"{meta['blas_threads']}; {meta['cpus']} CPUs, load average {meta['load_average_start']:.1f} → "
+        f"{meta['load_average_end']:.1f} (shared machine: rely on the ratios), {meta['utc']}, commit {meta['commit']}.",
+        "",
+        markdown_table(rows, ["setting", "C", "seconds", "test_accuracy", "n_iter", "best_C", "cv_score"]),
+        "",
+    ])
+    write_outputs(args.out, "linear_svm", {"meta": meta, "layer": layer, "rows": rows}, text)
+    print(text)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.out = args.out or OUT_DIR / ("quick" if args.quick else "full")
+    args.quick = args.quick or args.threads
     args.cv = args.cv or (3 if args.quick else 5)
+    args.classifiers = [name.strip() for name in args.classifiers.split(",") if name.strip()]
+    args.svm_settings = [name.strip() for name in args.svm_settings.split(",") if name.strip()]
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
     if args.top_k < 1 or args.top_k > len(layers):
         raise SystemExit(f"--top-k must be between 1 and the number of layers ({len(layers)}). Received: {args.top_k}")
     started = time.perf_counter()
     meta = machine()
+    if args.threads:
+        args.out = args.out if args.out != OUT_DIR / "quick" else OUT_DIR / "threads"
+        datasets = {
+            "hymenoptera": load_features(args, layers, data=args.hymenoptera, input_size=args.hymenoptera_size,
+                                         test_split="val")[0],
+            "cifar10": load_features(args, layers)[0],
+        }
+        summary = threads_comparison(args, datasets, meta)
+        log(f"total {time.perf_counter() - started:.1f} s")
+        print(f"classifier stage: {summary['speedup']:.1f}× faster than default threads "
+              f"(same choices: {'yes' if summary['same_choices'] else 'no'})")
+        return 0
     features, class_names, extraction_seconds = load_features(args, layers)
     meta["extraction_seconds"] = extraction_seconds
     meta["blas_threads"] = args.blas_threads or "default"
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=args.blas_threads or None, user_api="blas"):
+        if args.linear_svm:
+            linear_svm_alternatives(args, features, meta)
+            log(f"total {time.perf_counter() - started:.1f} s")
+            return 0
         if args.alternatives:
             alternatives(args, features, class_names, meta)
             log(f"total {time.perf_counter() - started:.1f} s")

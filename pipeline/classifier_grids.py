@@ -63,8 +63,8 @@ CLASSIFIER_GRIDS: Mapping[str, StepGrid] = MappingProxyType(
             MappingProxyType({"C": _C}),
         ),
         "linear_svm": StepGrid(
-            "LinearSVC",
-            ("C", "class_weight", "dual", "fit_intercept", "intercept_scaling", "loss", "max_iter", "penalty", "tol"),
+            "LinearSVM",
+            ("C", "max_iter", "solver", "tol"),
             MappingProxyType({"C": _C}),
         ),
         "rbf_svm": StepGrid(

@@ -30,12 +30,13 @@ from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
-from sklearn.svm import SVC, LinearSVC
+from sklearn.svm import SVC
 
 from ..features.core.checks import is_positive_int, unknown_name_message
 from ..features.core.errors import InputError
 from .classifier_grids import CLASSIFIER_GRIDS, ParamGrid, prefix_grid_keys
 from .probes.ridge import RidgeProbeCV
+from .probes.svm import LinearSVM, linear_svm_solver
 from .uncertainty import binomial_se, fold_se
 
 __all__ = [
@@ -94,14 +95,13 @@ def _build_logreg(random_state: int | None) -> BaseEstimator:
 
 
 def _build_linear_svm(random_state: int | None) -> BaseEstimator:
-    return LinearSVC(dual="auto", max_iter=10_000, random_state=random_state)
+    return LinearSVM(random_state=random_state)
 
 
 def _linear_svm_solver(n_samples: int, n_features: int) -> dict[str, Any]:
-    # liblinear's primal (a few Newton steps) from 10 samples per feature on; below, the dual
-    # coordinate descent is the faster (benchmarks/RESULTS.md, probe_speed --alternatives).
-    dual = bool(n_samples < 10 * n_features)
-    return {"dual": dual, "max_iter": 10_000 if dual else 1_000}
+    # Newton steps on the Gram matrix up to 2,048 features, liblinear beyond (probes.svm; measured in
+    # benchmarks/RESULTS.md, "A linear SVM that is not the slowest row").
+    return {"solver": linear_svm_solver(n_samples, n_features)}
 
 
 def _build_rbf_svm(random_state: int | None) -> BaseEstimator:
@@ -134,10 +134,12 @@ CLASSIFIERS: Mapping[str, ClassifierSpec] = MappingProxyType(
             ),
             _spec(
                 "linear_svm",
-                "Linear support vector machine (liblinear, one-vs-rest; primal from 10 samples per feature).",
+                "Linear support vector machine (squared hinge, one-vs-rest; Newton steps on the Gram matrix, "
+                "C along a warm-started path; liblinear beyond 2,048 features).",
                 _build_linear_svm,
+                warm_start_param="C",
                 shape_params=_linear_svm_solver,
-                revision=1,
+                revision=2,
             ),
             _spec(
                 "rbf_svm",

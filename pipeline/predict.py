@@ -34,6 +34,7 @@ from .persistence import (
     read_sidecar,
     write_predictions,
 )
+from .threads import native_threads
 
 __all__ = ["class_scores", "predict_images", "rebuild_extractor"]
 
@@ -149,7 +150,8 @@ def predict_images(
         features = [store.load(report.keys[layer], root=dataset.root) for layer in layers]
         X = np.hstack([flat_features(part) for part in features])
         class_names, sample_ids, labels = sidecar["class_names"], features[0].sample_ids, features[0].y
-        kind, values = class_scores(estimator, X)
+        with native_threads(X):
+            kind, values = class_scores(estimator, X)
     y_pred = values.argmax(axis=1)
     y_true = _true_labels(dataset.class_names, labels, class_names)
     path = write_predictions(out, sample_ids, y_true, y_pred, class_names,

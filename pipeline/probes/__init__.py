@@ -3,6 +3,7 @@
 - :mod:`.ridge`: :class:`RidgeProbeCV`, every penalty's LOO accuracy from one eigendecomposition.
 - :mod:`.logme`: :func:`logme_score`, the LogME transferability score (You et al., ICML 2021).
 - :mod:`.multilayer`: :class:`MultiLayerProbe`, greedy layer (group) selection on concatenated layers.
+- :mod:`.svm`: :class:`LinearSVM`, LinearSVC's model by Newton steps on the Gram matrix.
 
 Which layers a run screens and how they are ranked is `layerprobe.pipeline.run.screening`;
 the warm-started C path of logistic regression is `layerprobe.pipeline.classifiers`.
@@ -22,6 +23,8 @@ _EXPORTS = {
     "logme_score": "logme",
     "MultiLayerProbe": "multilayer",
     "multi_layer_name": "multilayer",
+    "LinearSVM": "svm",
+    "linear_svm_solver": "svm",
 }
 
 __all__ = list(_EXPORTS)

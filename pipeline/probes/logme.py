@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
+from ..threads import with_native_threads
+
 __all__ = ["LogMEResult", "fit_logme", "logme_score"]
 
 _DTYPES = ("float32", "float64")
@@ -83,6 +85,7 @@ def _check_inputs(X: Any, y: Any, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
+@with_native_threads("X")
 def fit_logme(X: Any, y: Any, *, dtype: str = "float32", tol: float = 1e-7, max_iter: int = 100) -> LogMEResult:
     """LogME of features ``X`` for labels ``y``, with the per-class evidences and precisions.
 

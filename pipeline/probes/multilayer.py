@@ -30,6 +30,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ..threads import with_native_threads
 from ..uncertainty import binomial_se
 from .ridge import DEFAULT_ALPHAS, RidgeProbeCV
 
@@ -144,6 +145,7 @@ class MultiLayerProbe(ClassifierMixin, BaseEstimator):
         block *= (self.weight_[name] / self.scale_[name]).astype(self.dtype)
         return block
 
+    @with_native_threads("X")
     def fit(self, X: Any, y: Any) -> "MultiLayerProbe":
         """Selects layers greedily by ridge LOO accuracy and fits the final probe.
 

@@ -38,6 +38,7 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ..threads import with_native_threads
 from ..uncertainty import binomial_se
 
 __all__ = ["DEFAULT_ALPHAS", "RidgeProbeCV"]
@@ -218,6 +219,7 @@ class RidgeProbeCV(ClassifierMixin, BaseEstimator):
         self.fit_intercept = fit_intercept
         self.store_cv_results = store_cv_results
 
+    @with_native_threads("X")
     def fit(self, X: Any, y: Any) -> "RidgeProbeCV":
         """Fits the probe for every penalty, keeps the one with the best LOO accuracy.
 

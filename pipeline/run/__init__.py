@@ -27,7 +27,7 @@ Modules, one job each: `splits` (train/test splits, class checks),
 `extractions` (extraction plans; builds the extractors), `records` (a row
 fitted or reused by its settings; the fitted/reused tally), `rows` (a
 classifier row on one layer), `cluster_rows` (those rows as tasks on a dask
-cluster), `screening` (which rows: screening and final rows), `multi_layer`
+cluster), `parallel_rows` (those rows side by side on free cores), `screening` (which rows: screening and final rows), `multi_layer`
 (the multi-layer row), `finetune_rows` (the `[finetune]` stage's rows),
 `summary` (the texts of summary.md and the log) and `experiment`
 (`run_experiment`, the steps in order).

@@ -32,6 +32,7 @@ from ..config import ExperimentConfig
 from ..evaluate import evaluate
 from ..persistence import features_record, save_classifier, write_predictions
 from ..probes.logme import logme_score
+from ..threads import with_native_threads
 from .extractions import Extraction
 from .records import RowRecord, RunRows, fit_or_reuse, jsonable
 from .splits import class_problems
@@ -149,6 +150,7 @@ class ScoredRow:
     class_names: tuple
 
 
+@with_native_threads("train.X", n_jobs="config.classifiers.n_jobs")
 def score_row(
     layer: LayerToFit,
     classifier: str,

@@ -30,6 +30,7 @@ from ..config import ExperimentConfig
 from ..probes.multilayer import multi_layer_name
 from ..results import ResultsTable
 from .cluster_rows import fit_rows_on_cluster
+from .parallel_rows import fit_rows_in_parallel, row_workers
 from .records import RunRows
 from .rows import LayerToFit, RowJob, fit_layer
 
@@ -124,11 +125,16 @@ def final_jobs(
 
 
 def fit_jobs(jobs: Sequence[RowJob], config: ExperimentConfig, split: dict, rows: RunRows, *, client: Any = None) -> None:
-    """Add the rows of `jobs` to `rows` in order, reused or fitted (on the cluster of `client` if given)."""
+    """Add the rows of `jobs` to `rows` in order, reused or fitted: on the cluster of `client` if given, else
+    side by side where cores are free (`parallel_rows`), else one after another."""
     if not jobs:
         return
     if client is not None:
         fit_rows_on_cluster(jobs, config, split, rows, client)
+        return
+    workers = row_workers(config, len(jobs))
+    if workers > 1:  # free cores: rows side by side, the table in this order all the same
+        fit_rows_in_parallel(jobs, config, split, rows, workers)
         return
     for _, group in groupby(jobs, key=lambda job: (id(job.layer), job.row_kind)):
         group = list(group)

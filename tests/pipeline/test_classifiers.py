@@ -273,7 +273,8 @@ def test_search_methods():
     assert search_method("logreg", {"C": [0.1, 1.0], "pca__n_components": [2, 3]}) == "grid"
     assert search_method("logreg", [{"C": [0.1]}, {"C": [1.0]}]) == "grid"
     assert search_method("logreg", {"C": [1.0]}) == "grid"
-    assert search_method("linear_svm", {"C": [0.1, 1.0]}) == "grid"
+    assert search_method("linear_svm", {"C": [0.1, 1.0]}) == "warm_path"
+    assert search_method("rbf_svm", {"C": [0.1, 1.0]}) == "grid"
 
 
 def test_warm_started_path_scores_like_the_grid_search():
@@ -298,17 +299,23 @@ def test_warm_started_path_scores_like_the_grid_search():
 
 def test_grid_search_reports_the_fold_standard_error(blobs):
     X_train, _, y_train, _ = blobs
-    result = fit_classifier(X_train, y_train, "linear_svm", param_grid={"C": [0.01, 1.0]}, cv=4)
+    result = fit_classifier(X_train, y_train, "rbf_svm", param_grid={"C": [0.01, 1.0], "gamma": ["scale"]}, cv=4)
+    assert search_method("rbf_svm", {"C": [0.01, 1.0], "gamma": ["scale"]}) == "grid"
     best = int(np.argmax(result.cv_results["mean_test_score"]))
     folds = [result.cv_results[f"split{i}_test_score"][best] for i in range(4)]
     assert result.n_folds == 4 and result.cv_se == pytest.approx(fold_se(folds))
 
 
-def test_linear_svm_solver_follows_the_samples_per_feature():
+def test_linear_svm_solver_follows_the_shape(monkeypatch):
+    from layerprobe.pipeline.probes import svm
+
     X, y = make_classification(n_samples=300, n_features=20, n_informative=5, n_classes=3, random_state=0)
+    narrow = fit_classifier(X, y, "linear_svm", param_grid={"C": [0.1]}, cv=3)
+    assert narrow.estimator.named_steps["clf"].solver_ == "newton"
+    monkeypatch.setattr(svm, "NEWTON_MAX_FEATURES", 8)  # wider features go to liblinear
     many = fit_classifier(X, y, "linear_svm", param_grid={"C": [0.1]}, cv=3)  # 15 samples per feature
     few = fit_classifier(X[:, :10].repeat(4, axis=1)[:100], y[:100], "linear_svm", param_grid={"C": [0.1]}, cv=3)
-    assert many.estimator.named_steps["clf"].dual is False
-    assert few.estimator.named_steps["clf"].dual is True  # 100 samples, 40 features
-    chosen = fit_classifier(X, y, "linear_svm", param_grid={"C": [0.1], "dual": [True]}, cv=3)
-    assert chosen.estimator.named_steps["clf"].dual is True  # a grid's choice wins
+    assert many.estimator.named_steps["clf"].solver_ == "primal"
+    assert few.estimator.named_steps["clf"].solver_ == "dual"  # 100 samples, 40 features
+    chosen = fit_classifier(X, y, "linear_svm", param_grid={"C": [0.1], "solver": ["dual"]}, cv=3)
+    assert chosen.estimator.named_steps["clf"].solver_ == "dual"  # a grid's choice wins

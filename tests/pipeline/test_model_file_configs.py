@@ -121,9 +121,9 @@ def test_cli_layers_and_extract_and_run_with_a_model_file(tmp_path, images, caps
 
     config = tmp_path / "run.toml"
     config.write_text(
-        f'[data]\npath = "images"\ntest_split = "test"\n[features]\nstore = "store"\ninput_size = 16\n'
-        f'[[backbones]]\nmodel = "tiny.keras"\npreprocessing = "none"\nlayers = ["stages"]\n'
-        f'[classifiers]\nnames = ["logreg"]\ncv = 2\n[output]\ndir = "out"\n',
+        '[data]\npath = "images"\ntest_split = "test"\n[features]\nstore = "store"\ninput_size = 16\n'
+        '[[backbones]]\nmodel = "tiny.keras"\npreprocessing = "none"\nlayers = ["stages"]\n'
+        '[classifiers]\nnames = ["logreg"]\ncv = 2\n[output]\ndir = "out"\n',
         encoding="utf-8",
     )
     assert main(["run", str(config), "--no-progress"]) == 0

@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import joblib
@@ -266,6 +267,60 @@ def test_killed_run_keeps_its_completed_rows(first_run, tmp_path, monkeypatch):
     resumed = run_experiment(config, log=_quiet, progress=False)
     assert (resumed.n_fitted, resumed.n_reused) == (2, 2)
     pd.testing.assert_frame_equal(resumed.results.iloc[:2], kept, check_dtype=False)
+
+
+def _cores(monkeypatch, cores):
+    """This run's usable cores as `cores` (rows side by side from 2 on), whatever the machine has."""
+    import layerprobe.pipeline.run.parallel_rows as parallel_rows
+
+    monkeypatch.setattr(parallel_rows, "usable_cores", lambda: cores)
+
+
+def test_rows_in_parallel_give_the_serial_table(first_run, tmp_path, monkeypatch):
+    config, _ = first_run
+    _cores(monkeypatch, 1)
+    serial = run_experiment(config.with_paths(output_dir=tmp_path / "serial"), log=_quiet, progress=False)
+    _cores(monkeypatch, 2)
+    original, both_started = rows_module.fit_classifier, threading.Barrier(2, timeout=120)
+    calls = []
+
+    def two_at_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= 2:
+            both_started.wait()  # the first two rows are fitted at the same time, or this fails
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rows_module, "fit_classifier", two_at_once)
+    lines = []
+    parallel = run_experiment(config.with_paths(output_dir=tmp_path / "parallel"), log=lines.append, progress=False)
+    assert "  fitting 4 classifier rows, 2 at a time" in lines and len(calls) == 4
+    assert parallel.n_fitted == serial.n_fitted == 4
+    same = [column for column in serial.results.columns if column not in ("fit_seconds", "model_path")]
+    pd.testing.assert_frame_equal(parallel.results[same], serial.results[same])  # same numbers, same order
+    assert [Path(path).parent.name for path in parallel.results["model_path"]] == [
+        Path(path).parent.name for path in serial.results["model_path"]
+    ]
+    monkeypatch.setattr(rows_module, "fit_classifier", original)
+    again = run_experiment(config.with_paths(output_dir=tmp_path / "parallel"), log=_quiet, progress=False)
+    assert (again.n_fitted, again.n_reused) == (0, 4)  # the rows' records were written as before
+
+
+def test_a_row_failing_in_parallel_keeps_the_rows_before_it(first_run, tmp_path, monkeypatch):
+    config, _ = first_run
+    config = config.with_paths(output_dir=tmp_path / "out")
+    _cores(monkeypatch, 2)
+    original = rows_module.fit_classifier
+
+    def fails_on_the_second_layer(X, *args, **kwargs):
+        if X.shape[1] == 256:  # block3_pool, rows 3 and 4
+            raise KeyboardInterrupt
+        return original(X, *args, **kwargs)
+
+    monkeypatch.setattr(rows_module, "fit_classifier", fails_on_the_second_layer)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, log=_quiet, progress=False)
+    kept = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert list(kept["layer"]) == ["block1_pool", "block1_pool"]  # saved before the error, as a serial run
 
 
 def test_fit_killed_between_its_files_never_pairs_them_with_the_earlier_row(first_run, tmp_path, monkeypatch):

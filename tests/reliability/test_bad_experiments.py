@@ -195,7 +195,7 @@ def test_run_and_extract_with_file_and_class_names_that_are_not_utf8_finish_and_
 
 
 def test_a_latin1_csv_is_refused_with_the_config_key_and_read_with_it(helpers, tmp_path, capsys):
-    images = helpers.write_images(tmp_path / "images", {"": {"red": 6, "green": 6}})
+    helpers.write_images(tmp_path / "images", {"": {"red": 6, "green": 6}})
     rows = [f"images/{name}/{i}.png,{'rouge' if name == 'red' else 'vert clair é'}"
             for name in ("red", "green") for i in range(6)]
     (tmp_path / "labels.csv").write_bytes(("path,label\n" + "\n".join(rows) + "\n").encode("latin-1"))
