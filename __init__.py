@@ -54,6 +54,8 @@ _EXPORTS = {
     "load_config": "pipeline.config",
     "config_from_dict": "pipeline.config",
     "LayerFeatures": "pipeline.layer_features",
+    "export_model": "pipeline.export",
+    "predict_images": "pipeline.predict",
     "LayerprobeError": "features.core.errors",
     "ConfigError": "features.core.errors",
     "StoreError": "features.core.errors",
@@ -98,5 +100,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from .pipeline.classifiers import fit_classifier  # noqa: F401
     from .pipeline.config import config_from_dict, load_config  # noqa: F401
     from .pipeline.evaluate import evaluate  # noqa: F401
+    from .pipeline.export import export_model  # noqa: F401
     from .pipeline.layer_features import LayerFeatures  # noqa: F401
+    from .pipeline.predict import predict_images  # noqa: F401
     from .pipeline.run import run_experiment  # noqa: F401

@@ -79,8 +79,7 @@ WRITE_QUEUE_CHUNKS = 2
 @contextlib.contextmanager
 def dtype_policy(name: str) -> Iterator[None]:
     """Set Keras's global dtype policy inside the block only."""
-    import keras
-
+    keras = import_keras_quietly()  # the first Keras import of a `FeatureExtractor(...)`: muted
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(name)
     try:

@@ -119,7 +119,8 @@ def pooled_shape(
             f"Flattening layer {info.name!r} gives {size:,} values per image "
             f"({'x'.join(map(str, shape))}), more than max_flatten_dim={max_flatten_dim:,} "
             f"({size * 4 / 2**20:.1f} MiB per image in float32). Use pooling='avg' or 'max', "
-            f"a deeper layer, a smaller input size, or raise max_flatten_dim. "
+            f"a deeper layer, a smaller input size, or raise the limit (max_flatten_dim=N in the Python API, "
+            f"--max-flatten-dim N for `layerprobe extract`). "
             f"Received: pooling='flatten'"
         )
     return (size,)

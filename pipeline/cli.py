@@ -1,14 +1,15 @@
 """The `layerprobe` command line. The only place that turns exceptions into messages.
 
-    layerprobe [--verbose] COMMAND ...
+    layerprobe [--verbose] [--version] COMMAND ...
     layerprobe init [DIR] [--force]
     layerprobe layers MODEL|PATH.keras [--input-size N]
     layerprobe extract --model VGG16 --weights PATH|imagenet|none --layers a,b --data DIR|CSV --store STORE
                        [--scheduler tcp://HOST:8786 | --workers N [--threads-per-worker N] [--memory-limit 4GB]]
     layerprobe store ls|info|rm STORE [ENTRY...]
-    layerprobe run [CONFIG.toml] [--out DIR] [--store DIR] [--scheduler ADDRESS | --workers N | --gpus 0,1]
+    layerprobe run [CONFIG.toml] [--out DIR] [--store DIR] [--json] [--scheduler ADDRESS | --workers N | --gpus 0,1]
     layerprobe finetune CONFIG.toml [--out DIR] [--store DIR]
-    layerprobe predict CLASSIFIER.skops --data DIR|CSV [--out predictions.csv] [--trust]
+    layerprobe predict CLASSIFIER.skops|MODEL.keras --data DIR|CSV [--out predictions.csv] [--trust]
+    layerprobe export CLASSIFIER.skops --out MODEL.keras [--trust]
 
 Errors a user can fix (`LayerprobeError`, and a path given on the command line
 or in the config that is missing or not writable) are printed as
@@ -17,14 +18,18 @@ bug and keeps its traceback.
 
 TensorFlow's C++ start-up notices are muted (Keras is imported through
 `layerprobe.features.backend.import_keras_quietly`, and TF_CPP_MIN_LOG_LEVEL
-is 2 unless set); `--verbose` shows them.
+is 2 unless set); `--verbose` shows them. The library logs through `logging`
+(logger "layerprobe", silent unless configured); the CLI prints its INFO
+lines on stdout (stderr with `run --json`, whose stdout is the JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import sys
 from typing import Callable, Sequence
@@ -180,6 +185,7 @@ def _extract(args: argparse.Namespace) -> int:
         model_kwargs=args.model_kwargs,
         preprocessing=args.preprocessing,
         dataset_digest=args.dataset_digest,
+        max_flatten_dim=args.max_flatten_dim,
         decoder=args.decoder,
     )
     print(f"{len(dataset)} images, {len(dataset.class_names)} classes, splits {list(dataset.split_names)}; "
@@ -203,10 +209,17 @@ def _store(args: argparse.Namespace) -> int:
     from ..features.core.errors import InputError
     from ..features.store import FeatureStore
 
+    if not os.path.isdir(args.store):
+        raise InputError(
+            f"No feature store at {args.store}: {'it is a file' if os.path.exists(args.store) else 'the folder does not exist'}. "
+            f"Give the folder passed as --store to `layerprobe extract` or [features] store of a run. "
+            f"Received: STORE={args.store!r}"
+        )
     store = FeatureStore(args.store)
     if args.action == "ls":
-        rows = store.entries()
-        _print_table(rows, ["entry", "backbone", "layer", "pooling", "input_size", "n_samples", "n_skipped", "size_mb", "status"])
+        rows = [_store_row(row) for row in store.entries()]
+        _print_table(rows, ["entry", "backbone", "weights", "layer", "pooling", "input_size", "dataset", "n_samples",
+                            "n_skipped", "size_mb", "status"])
         return 0 if all(row["status"] == "ok" for row in rows) else 1
     if not args.entries:
         raise InputError(
@@ -217,7 +230,7 @@ def _store(args: argparse.Namespace) -> int:
         if args.action == "info":
             info = store.info(name)
             # Where the numbers were computed (not part of the key), and what differs in this process.
-            info["environment"] = info["metadata"].get("environment", "not recorded (older layerprobe)")
+            info["environment"] = info["metadata"].pop("environment", "not recorded (older layerprobe)")
             if isinstance(info["environment"], dict):
                 from ..features.environment import (
                     environment_differences,
@@ -239,31 +252,39 @@ def _store(args: argparse.Namespace) -> int:
 @_command("run")
 @_command("finetune")
 def _run(args: argparse.Namespace) -> int:
+    result = _run_default(args) if args.config is None else _run_config(args)
+    if getattr(args, "json", False):  # `run --json`; the log went to stderr
+        print(result.json_path.read_text(encoding="utf-8"), end="")
+    return 0
+
+
+def _run_default(args: argparse.Namespace):
+    from .config import DEFAULT_OUTPUT_DIR, DEFAULT_STORE
     from .results import output_errors
 
-    if args.config is None:
-        from .config import DEFAULT_OUTPUT_DIR, DEFAULT_STORE
+    if _cluster_settings(args) is not None:
+        from ..features.core.errors import InputError
 
-        if _cluster_settings(args) is not None:
-            from ..features.core.errors import InputError
+        raise InputError(
+            "The cluster options (--scheduler, --workers, --gpus...) need an experiment config; the "
+            "embedded default experiment runs in-process. Received: no CONFIG"
+        )
+    from .default_experiment import run_default
 
-            raise InputError(
-                "The cluster options (--scheduler, --workers, --gpus...) need an experiment config; the "
-                "embedded default experiment runs in-process. Received: no CONFIG"
-            )
-        from .default_experiment import run_default
+    with output_errors(args.out or DEFAULT_OUTPUT_DIR):
+        return run_default(args.out or DEFAULT_OUTPUT_DIR, store=args.store or DEFAULT_STORE,
+                           progress=not args.no_progress)
 
-        with output_errors(args.out or DEFAULT_OUTPUT_DIR):
-            run_default(args.out or DEFAULT_OUTPUT_DIR, store=args.store or DEFAULT_STORE, progress=not args.no_progress)
-        return 0
+
+def _run_config(args: argparse.Namespace):
     from .config import load_config
+    from .results import output_errors
     from .run import run_experiment
 
     config = load_config(args.config).with_paths(output_dir=args.out, store=args.store)
     config = dataclasses.replace(config, cluster=_cluster_settings(args, config.cluster))
     with output_errors(config.output.dir):
-        run_experiment(config, progress=not args.no_progress, finetune_only=args.command == "finetune")
-    return 0
+        return run_experiment(config, progress=not args.no_progress, finetune_only=args.command == "finetune")
 
 
 @_command("predict")
@@ -273,6 +294,33 @@ def _predict(args: argparse.Namespace) -> int:
     predict_images(args.classifier, args.data, out=args.out, store=args.store, progress=not args.no_progress,
                    trust=args.trust)
     return 0
+
+
+@_command("export")
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    export_model(args.classifier, args.out, trust=args.trust)
+    return 0
+
+
+def _short_digest(digest: str | None) -> str:
+    return "" if not digest else str(digest).removeprefix("sha256:")[:8]
+
+
+def _store_row(row: dict) -> dict:
+    """An entry of `FeatureStore.entries` as `store ls` shows it: what tells entries apart, briefly."""
+    if row.get("status") != "ok":
+        return row
+    source = row.get("weights_source") or "?"
+    if source not in ("imagenet", "random init", "saved"):
+        source = os.path.basename(str(source))
+    root = row.get("dataset_root")
+    return {
+        **row,
+        "weights": f"{source} {_short_digest(row.get('weights'))}",
+        "dataset": f"{os.path.basename(str(root).rstrip('/')) if root else 'arrays'} {_short_digest(row.get('dataset'))}",
+    }
 
 
 class _FinetuneHelp(argparse.Action):
@@ -295,16 +343,20 @@ class _FinetuneHelp(argparse.Action):
 
 def _add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default="VGG16", help="backbone name (see `layerprobe layers --list`), PATH to a saved .keras model, "
+        "--model", required=True, help="backbone name (see `layerprobe layers --list`), PATH to a saved .keras model, "
         "or a keras-hub model (keras_hub:CLASS with --model-kwargs, keras_hub:preset:NAME, a preset folder)"
     )
     parser.add_argument(
         "--weights", default="imagenet", type=_weights,
         help="imagenet | none | PATH to .weights.h5/.h5 (default: imagenet; for a .keras model: its own)",
     )
-    parser.add_argument("--input-size", type=positive_int, default=None, help="square input side (default: the model's)")
+    parser.add_argument("--input-size", type=positive_int, default=None, metavar="N", help=_INPUT_SIZE_HELP)
     _add_model_kwargs_argument(parser)
     _add_preprocessing_argument(parser)
+
+
+_INPUT_SIZE_HELP = ("side in pixels of the square images fed to the model; images are resized to it "
+                    "(default: the model's, e.g. 224 for VGG16)")
 
 
 def _add_model_kwargs_argument(parser: argparse.ArgumentParser) -> None:
@@ -376,8 +428,9 @@ def _cluster_settings(args: argparse.Namespace, configured=None):
 
 def build_parser() -> argparse.ArgumentParser:
     """The `layerprobe` argument parser; pooling and dtype choices come from their registries."""
+    from ..features.core.versions import layerprobe_version
     from ..features.keys import COMPUTE_PRECISIONS, DECODERS, STORAGE_DTYPES
-    from ..features.truncate import POOLINGS
+    from ..features.truncate import DEFAULT_MAX_FLATTEN_DIM, POOLINGS
 
     verbose_help = "show TensorFlow's start-up notices (sets LAYERPROBE_VERBOSE=1)"
     parser = argparse.ArgumentParser(
@@ -385,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Transfer learning from pretrained Keras applications: cached layer features, classifiers, finetuning.",
     )
     parser.add_argument("--verbose", action="store_true", help=verbose_help)
+    parser.add_argument("--version", action="version", version=f"layerprobe {layerprobe_version()}")
     common = argparse.ArgumentParser(add_help=False)  # --verbose after the command too
     common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -398,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     layers = commands.add_parser("layers", parents=[common], help="list the selectable layers of a backbone")
     layers.add_argument("model", nargs="?", help="backbone name, PATH to a saved .keras model, or a keras-hub model "
                         "(keras_hub:CLASS, keras_hub:preset:NAME, a preset folder); omit (or --list) to list backbones")
-    layers.add_argument("--input-size", type=positive_int, default=None)
+    layers.add_argument("--input-size", type=positive_int, default=None, metavar="N", help=_INPUT_SIZE_HELP)
     _add_model_kwargs_argument(layers)
     _add_preprocessing_argument(layers)
     layers.add_argument("--all", action="store_true", help="show every layer, not only the cut layers")
@@ -408,13 +462,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extraction_arguments(extract)
     extract.add_argument("--layers", default=["top"], type=comma_list,
                          help="comma-separated names, aliases (stages, stages:K, stageK, last:N, top) or depths")
-    extract.add_argument("--pooling", default=POOLINGS[0], choices=POOLINGS)
+    extract.add_argument("--pooling", default=POOLINGS[0], choices=POOLINGS,
+                         help="how a layer's output becomes one vector per image: avg or max over positions, "
+                              "flatten (every value; large), none (the output as it is); for a vision transformer's "
+                              "tokens also cls (the class token), mean (the patch tokens' mean), cls+mean (default: avg)")
     extract.add_argument("--data", required=True, help="image folder (class subfolders, optionally under train/val/test) or CSV")
     extract.add_argument("--encoding", default="utf-8",
                          help="text encoding of a CSV --data file, e.g. latin-1 or cp1252 (default: utf-8)")
     extract.add_argument("--store", required=True, help="feature store directory (created if missing)")
-    extract.add_argument("--batch-size", type=_batch_size, default="auto",
-                         help='images per forward pass, or "auto": 32 on a CPU, the largest that fits on a GPU')
+    extract.add_argument("--batch-size", type=_batch_size, default="auto", metavar="N|auto",
+                         help='images per forward pass; lower it if the device runs out of memory, or "auto": 32 on '
+                              'a CPU, the largest that fits on a GPU (default: auto)')
+    extract.add_argument("--max-flatten-dim", type=positive_int, default=DEFAULT_MAX_FLATTEN_DIM, metavar="N",
+                         help=f"with --pooling flatten: refuse layers giving more values per image than this "
+                              f"(default: {DEFAULT_MAX_FLATTEN_DIM:,})")
     extract.add_argument("--chunk-size", type=positive_int, default=None,
                          help="samples per committed chunk (multiple of batch size)")
     extract.add_argument("--dtype", default=STORAGE_DTYPES[0], choices=STORAGE_DTYPES, help="storage dtype")
@@ -446,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, help="output directory (default: the config's [output] dir, or layerprobe-out)")
     run.add_argument("--store", default=None, help="feature store (default: the config's [features] store, or layerprobe-store)")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--json", action="store_true",
+                     help="print results.json (the rows, the recommendation and its evidence) on stdout, the log on "
+                          "stderr; the file is written beside results.csv either way")
     _add_cluster_arguments(run)
 
     finetune = commands.add_parser(
@@ -462,17 +526,31 @@ def build_parser() -> argparse.ArgumentParser:
                           help="accepted as by `run`; finetune extracts nothing, so it never shows progress bars")
     finetune.set_defaults(no_progress=True)  # no extraction, so no progress bars
 
-    predict = commands.add_parser("predict", parents=[common], help="predict new images with a classifier saved by `layerprobe run`")
-    predict.add_argument("classifier", help="a .skops file from a run's models/ folder (or an older run's .joblib, with --trust)")
+    predict = commands.add_parser(
+        "predict", parents=[common],
+        help="predict new images with a classifier saved by `layerprobe run` or a model `layerprobe export` wrote",
+    )
+    predict.add_argument("classifier", help="a .skops file from a run's models/ folder (or an older run's .joblib, "
+                                            "with --trust), or a .keras file written by `layerprobe export`")
     predict.add_argument("--data", required=True, help="image folder (class subfolders, or just images: predicted unlabelled) or CSV")
     predict.add_argument("--out", default="predictions.csv", help="predictions CSV (default: predictions.csv)")
-    predict.add_argument("--store", default=None, help="feature store (default: the one the classifier was trained from)")
+    predict.add_argument("--store", default=None,
+                         help="feature store to cache the new images' features in (default: the one the classifier "
+                              "was trained from)")
     predict.add_argument("--no-progress", action="store_true")
     predict.add_argument(
         "--trust", action="store_true",
         help="load a .joblib classifier saved by an older layerprobe: a pickle, which runs any code it holds, so "
              "only for files from a source you trust (.skops files load without it and run no code)",
     )
+
+    export = commands.add_parser(
+        "export", parents=[common],
+        help="save a row's classifier as one Keras model: raw pixels in, class scores out (no layerprobe needed to use it)",
+    )
+    export.add_argument("classifier", help="the row's .skops file (the model_path column of results.csv)")
+    export.add_argument("--out", required=True, help="the .keras file to write (model.layerprobe.json goes beside it)")
+    export.add_argument("--trust", action="store_true", help="load a .joblib classifier of an older layerprobe (see predict)")
     return parser
 
 
@@ -484,6 +562,50 @@ def _quiet_backend(*, verbose: bool) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+class _StdHandler(logging.StreamHandler):
+    """Writes to the current `sys.stdout` (or `sys.stderr`), looked up at each record (pytest swaps them)."""
+
+    def __init__(self, to_stderr: bool):
+        super().__init__()
+        self.to_stderr = to_stderr
+
+    @property
+    def stream(self):
+        return sys.stderr if self.to_stderr else sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+@contextlib.contextmanager
+def _showing_logs(*, to_stderr: bool):
+    """Print the library's INFO lines (logger "layerprobe") during the command; restore the logger after."""
+    logger = logging.getLogger("layerprobe")
+    saved = logger.level, logger.propagate
+    handler = _StdHandler(to_stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def _check_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """A misspelled command: argparse's error, with the closest command suggested."""
+    from ..features.core.checks import did_you_mean
+
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command is not None and command not in _COMMANDS:
+        parser.error(f"unknown command {command!r}.{did_you_mean(command, sorted(_COMMANDS))} "
+                     f"Commands: {', '.join(sorted(_COMMANDS))}")
+
+
 def _escape_unprintable() -> None:
     """File names that are not UTF-8 (surrogate escapes, `os.fsdecode`) print as escapes, not a crash."""
     for stream in (sys.stdout, sys.stderr):
@@ -493,13 +615,17 @@ def _escape_unprintable() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `layerprobe` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _check_command(parser, argv)
+    args = parser.parse_args(argv)
     _quiet_backend(verbose=args.verbose)
     _escape_unprintable()
     from ..features.core.errors import LayerprobeError
 
     try:
-        return _COMMANDS[args.command](args)
+        with _showing_logs(to_stderr=getattr(args, "json", False)):
+            return _COMMANDS[args.command](args)
     # A path the user gave (config, data, store, output folder, classifier file) that is missing or not
     # writable: the OS's message names it, and the user can fix it. Everything else is a bug: traceback.
     except (LayerprobeError, FileNotFoundError, PermissionError) as error:

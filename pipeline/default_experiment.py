@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -264,10 +265,14 @@ def run_default(
     output_dir: str | os.PathLike,
     *,
     store: str | os.PathLike,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
     progress: bool = True,
 ) -> RunResult:
-    """Run the default experiment (see the module docstring) into `output_dir`."""
+    """Run the default experiment (see the module docstring) into `output_dir`.
+
+    `log` defaults to the logger "layerprobe.run" at INFO, as `run_experiment`'s.
+    """
+    log = log or logging.getLogger("layerprobe.run").info
     output_dir = Path(output_dir).resolve()
     write_target_images(output_dir / "data" / "digits-B")
     weights = train_source_weights(output_dir / "source", log=log)

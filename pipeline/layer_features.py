@@ -8,10 +8,12 @@
     ...                                          cache_layers="stages")),
     ...               ("clf", LogisticRegression(max_iter=1000))]),
     ...     param_grid={"features__layer": ["block3_pool", "block4_pool"]}, cv=3)
-    >>> search.fit(data.sample_ids, data.labels)
+    >>> train, test = data.subset("train"), data.subset("val")
+    >>> search.fit(train.sample_ids, train.labels).score(test.sample_ids, test.labels)
+    >>> search.predict(["new/photo1.jpg", "new/photo2.jpg"])  # extracted on the fly
 
 The transformer's input is sample ids (the file paths of an `ImageDataset`, or
-its `"array:<i>"` ids) or an `ImageDataset`. Features come from the feature
+its `"array:<i>"` ids), image files outside it, or an `ImageDataset`. Features come from the feature
 store: on a miss, the whole `dataset` is extracted once, with every layer of
 `cache_layers` in the same forward pass, so a search over layers and folds costs
 one forward pass per image, not one per candidate; every later call only reads
@@ -35,6 +37,9 @@ from ..features.store import FeatureStore
 
 __all__ = ["LayerFeatures"]
 
+_UNREADABLE = ("error", "nan")
+
+
 def _as_list(layers: Any) -> list:
     if layers is None:
         return []
@@ -43,12 +48,41 @@ def _as_list(layers: Any) -> list:
     return list(layers)
 
 
-def _paths_dataset(sample_ids: Sequence[str]) -> ImageDataset:
-    """An unlabelled dataset of exactly these image files."""
-    paths = [os.path.abspath(os.path.expanduser(str(path))) for path in sample_ids]
+def _paths_dataset(paths: Sequence[str]) -> ImageDataset:
+    """An unlabelled dataset of exactly these image files (absolute paths)."""
     return ImageDataset(
         sample_ids=paths, labels=np.zeros(len(paths), np.int64), class_names=(UNLABELLED,), splits=("all",) * len(paths)
     )
+
+
+def _describe(X: Any) -> str:
+    dtype = getattr(X, "dtype", None)
+    try:
+        shape = f" with shape {np.shape(X)}"
+    except ValueError:  # ragged nested lists
+        shape = ""
+    return f"X of type {type(X).__name__}{f' and dtype {dtype}' if dtype is not None else ''}{shape}"
+
+
+def _sample_ids(X: Any) -> list[str]:
+    """`X` as a list of sample ids (strings), or an InputError saying what LayerFeatures takes."""
+    ids = None
+    try:
+        array = None if isinstance(X, (str, bytes, os.PathLike)) else np.asarray(X, dtype=object)
+    except ValueError:  # ragged nested lists
+        array = None
+    if array is not None and array.ndim in (1, 2):
+        if array.ndim == 2 and array.shape[1] == 1:
+            array = array[:, 0]
+        if array.ndim == 1 and all(isinstance(value, (str, os.PathLike)) for value in array):
+            ids = [os.fspath(value) for value in array]
+    if ids is None:
+        raise InputError(
+            "LayerFeatures takes sample ids, one per row: image file paths, or ids of its `dataset` "
+            "(\"array:<i>\" for in-memory images), or an ImageDataset. For pixel arrays, pass "
+            f"layerprobe.from_arrays(images, labels) as `dataset` and its sample_ids as X. Received: {_describe(X)}"
+        )
+    return ids
 
 
 class LayerFeatures(TransformerMixin, BaseEstimator):
@@ -76,10 +110,19 @@ class LayerFeatures(TransformerMixin, BaseEstimator):
             family name (default: from its metadata or graph).
         seed: Seed of the random initialisation when `weights=None`.
         progress: Show a progress bar while extracting.
+        unreadable: What `transform` does with a sample whose image cannot be
+            decoded: `"error"` (an `InputError` naming it and why) or `"nan"`
+            (its row is NaN, for a downstream imputer or filter).
 
     Attributes:
         layer_name_: The resolved name of `layer`.
+        n_features_in_: 1: the input is one column of sample ids.
         n_features_out_: Feature columns returned by `transform`.
+
+    Sample ids that are not in `dataset` (or any, without it) are image files:
+    they are extracted on the fly, with the same backbone, into the same
+    store, keyed by their content, so predicting new images works as
+    transforming the fitted ones does.
     """
 
     def __init__(
@@ -98,6 +141,7 @@ class LayerFeatures(TransformerMixin, BaseEstimator):
         preprocessing: str | None = None,
         seed: int = 0,
         progress: bool = False,
+        unreadable: str = "error",
     ):
         self.model = model
         self.weights = weights
@@ -112,6 +156,14 @@ class LayerFeatures(TransformerMixin, BaseEstimator):
         self.preprocessing = preprocessing
         self.seed = seed
         self.progress = progress
+        self.unreadable = unreadable
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False  # one column of sample ids
+        tags.input_tags.one_d_array = True
+        tags.input_tags.string = True
+        return tags
 
     def _extractor(self) -> FeatureExtractor:
         layers = list(dict.fromkeys([self.layer, *_as_list(self.cache_layers)]))
@@ -128,59 +180,92 @@ class LayerFeatures(TransformerMixin, BaseEstimator):
 
         return resolve_layers(extractor.backbone.model, extractor.backbone.spec, [self.layer])[0].name
 
-    def _dataset_and_rows(self, X: Any) -> tuple[ImageDataset, np.ndarray | None]:
-        """The dataset to extract, and the rows of its features that `X` asks for (None: all)."""
-        if isinstance(X, ImageDataset):
-            return X, None
-        ids = np.asarray(X, dtype=object).reshape(-1)
-        if self.dataset is None:
-            return _paths_dataset([str(i) for i in ids]), None
-        if not isinstance(self.dataset, ImageDataset):
+    def _check_params(self) -> None:
+        if self.unreadable not in _UNREADABLE:
+            raise ValueError(
+                f"The 'unreadable' parameter of LayerFeatures must be one of {_UNREADABLE}. Got {self.unreadable!r} instead."
+            )
+        if self.dataset is not None and not isinstance(self.dataset, ImageDataset):
             raise InputError(
                 "`dataset` must be an ImageDataset (from layerprobe.from_directory, from_csv or from_arrays). "
                 f"Received: dataset of type {type(self.dataset).__name__}"
             )
-        return self.dataset, ids
+
+    def _extracted(self, extractor: FeatureExtractor, layer: str, dataset: ImageDataset, **options: Any):
+        """(features of `layer` for `dataset`, row of each sample id, skipped id -> reason), extracted if missing."""
+        store = FeatureStore(self.store)
+        report = extractor.extract(dataset, store, progress=self.progress, **options)
+        features = store.load(report.keys[layer], root=dataset.root)
+        values = features.X.reshape(len(features.X), int(np.prod(features.X.shape[1:])))
+        return values, {sample_id: row for row, sample_id in enumerate(features.sample_ids)}, dict(report.skipped)
 
     def _features(self, X: Any) -> np.ndarray:
+        """One row of features per sample of `X`, in order (see the class docstring for new images)."""
+        self._check_params()
         extractor = self._extractor()
-        layer_name = self._resolved_layer(extractor)
-        dataset, ids = self._dataset_and_rows(X)
-        store = FeatureStore(self.store)
-        report = extractor.extract(dataset, store, progress=self.progress)
-        features = store.load(report.keys[layer_name], root=dataset.root)
-        values = features.X.reshape(len(features.X), -1)
-        if ids is None and len(values) == len(dataset):
-            return values
-        wanted = ids if ids is not None else np.asarray(dataset.sample_ids, dtype=object)
-        row_of = {sample_id: row for row, sample_id in enumerate(features.sample_ids)}
-        missing = [str(i) for i in wanted if i not in row_of]
-        if missing:
-            skipped = dict(report.skipped)
-            reasons = [f"{i} ({skipped.get(i, 'not in the dataset')})" for i in missing[:5]]
+        layer = self._resolved_layer(extractor)
+        if isinstance(X, ImageDataset):
+            dataset, ids = X, list(X.sample_ids)
+        else:
+            dataset, ids = self.dataset, _sample_ids(X)
+        known = set(dataset.sample_ids) if dataset is not None else set()
+        resolved = [i if i in known else os.path.abspath(os.path.expanduser(i)) for i in ids]
+        outside = {given: path for given, path in zip(ids, resolved) if path not in known}  # as given -> absolute
+        ids, new = resolved, list(dict.fromkeys(outside.values()))
+        parts = []  # (values, row of id, skipped)
+        if any(i in known for i in ids):
+            parts.append(self._extracted(extractor, layer, dataset))
+        if new:
+            self._check_files(outside, dataset)
+            # keyed by the files' content: the same images under another name or in another call are cache hits
+            parts.append(self._extracted(extractor, layer, _paths_dataset(new), dataset_digest="content"))
+        width = int(np.prod(extractor.feature_shapes[layer]))
+        out = np.full((len(ids), width), np.nan, dtype=extractor.dtype)
+        unreadable = []
+        for position, sample_id in enumerate(ids):
+            found = next(((values, rows) for values, rows, _ in parts if sample_id in rows), None)
+            if found is None:
+                reason = next((skipped[sample_id] for _, _, skipped in parts if sample_id in skipped), "not decoded")
+                unreadable.append(f"{sample_id} ({reason})")
+            else:
+                out[position] = found[0][found[1][sample_id]]
+        if unreadable and self.unreadable == "error":
             raise InputError(
-                f"{len(missing)} sample(s) have no features: {'; '.join(reasons)}"
-                f"{' ...' if len(missing) > 5 else ''}. Pass only ids of readable samples of `dataset` "
-                f"(unreadable images are skipped at extraction; see `layerprobe store info`)."
+                f"{len(unreadable)} image(s) could not be read: {'; '.join(unreadable[:5])}"
+                f"{' ...' if len(unreadable) > 5 else ''}. Remove or fix them, or pass unreadable='nan' to get NaN "
+                f"rows for them. Received: {len(ids)} sample ids"
             )
-        return values[[row_of[i] for i in wanted]]
+        return out
+
+    @staticmethod
+    def _check_files(paths: Mapping[str, str], dataset: ImageDataset | None) -> None:
+        """Raise if an id outside `dataset` (given -> absolute path) is not a file."""
+        missing = [given for given, path in paths.items() if not os.path.isfile(path)]
+        if missing:
+            where = "neither ids of `dataset` nor image files" if dataset is not None else "not image files"
+            raise InputError(
+                f"{len(missing)} sample id(s) are {where}: {', '.join(map(repr, missing[:5]))}"
+                f"{' ...' if len(missing) > 5 else ''}. Pass image file paths, or the sample_ids of `dataset`. "
+                f"Received: {len(paths)} id(s) outside the dataset"
+            )
+
+    def _fitted(self, values: np.ndarray) -> np.ndarray:
+        self.layer_name_ = self._resolved_layer(self._extractor())
+        self.n_features_in_ = 1
+        self.n_features_out_ = values.shape[1]
+        return values
 
     def fit(self, X: Any, y: Any = None) -> "LayerFeatures":
         """Extract what is missing from the store and record the output width."""
-        values = self._features(X)
-        self.layer_name_ = self._resolved_layer(self._extractor())
-        self.n_features_out_ = values.shape[1]
+        self._fitted(self._features(X))
         return self
 
     def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> np.ndarray:
         """`fit` and `transform` with one read of the store."""
-        values = self._features(X)
-        self.layer_name_ = self._resolved_layer(self._extractor())
-        self.n_features_out_ = values.shape[1]
-        return values
+        return self._fitted(self._features(X))
 
     def transform(self, X: Any) -> np.ndarray:
-        """The cached features of the samples in `X`, one row each, in order."""
+        """The features of the samples in `X`, one row each, in order; new image files are extracted first."""
         check_is_fitted(self, "n_features_out_")
         return self._features(X)
 

@@ -281,12 +281,14 @@ def write_predictions(
     class_names: Sequence[str],
     *,
     proba: Any | None = None,
+    scores: Any | None = None,
 ) -> Path:
     """Writes one row per sample to a CSV file, atomically.
 
     Columns are ``sample_id``, ``true_label`` and ``predicted_label`` (class names;
     ``true_label`` is empty when ``y_true`` is None), then ``proba_<class name>``
-    per class when ``proba`` is given.
+    per class when ``proba`` is given, or ``score_<class name>`` per class when
+    ``scores`` (decision values) are.
 
     Args:
         path: Destination ``.csv`` file.
@@ -295,6 +297,8 @@ def write_predictions(
         y_pred: Predicted integer labels.
         class_names: Names of the classes, in label order.
         proba: Optional class probabilities, shape ``(n_samples, len(class_names))``.
+        scores: Optional decision values of that shape, for classifiers without
+            probabilities (see `layerprobe.pipeline.predict.class_scores`).
 
     Returns:
         The path written.
@@ -315,15 +319,18 @@ def write_predictions(
         ),
         "predicted_label": names[y_pred],
     }
-    if proba is not None:
-        proba = np.asarray(proba, dtype=float)
-        if proba.shape != (n_samples, len(class_names)):
+    if proba is not None and scores is not None:
+        raise InputError("Give proba or scores, not both. Received: both")
+    for prefix, values in (("proba", proba), ("score", scores)):
+        if values is None:
+            continue
+        values = np.asarray(values, dtype=float)
+        if values.shape != (n_samples, len(class_names)):
             raise InputError(
-                "proba must have shape (n_samples, n_classes). "
-                f"Received: proba with shape {proba.shape}, {n_samples} sample_ids and "
-                f"{len(class_names)} class_names"
+                f"{prefix if prefix == 'proba' else 'scores'} must have shape (n_samples, n_classes). "
+                f"Received: shape {values.shape}, {n_samples} sample_ids and {len(class_names)} class_names"
             )
-        columns.update({f"proba_{name}": proba[:, i] for i, name in enumerate(names)})
+        columns.update({f"{prefix}_{name}": values[:, i] for i, name in enumerate(names)})
     lengths = {key: len(value) for key, value in columns.items()}
     if len(set(lengths.values())) != 1:
         raise InputError(

@@ -1,16 +1,24 @@
-"""Apply a saved classifier to new images.
+"""Apply a saved classifier, or a model `layerprobe export` wrote, to new images.
 
 A classifier saved by a run records in its sidecar how its features were made
 (`persistence.features_record`: the extractor's settings, the layer(s) it reads
 and their store keys at training). Prediction rebuilds the extractor (one
 forward pass for all the layers), checks that it still produces the same kind
 of features (same weights digest, layer, pooling, preprocessing), extracts the
-new images into the store and predicts.
+new images into a feature store and predicts. An exported `.keras` model takes
+the decoded pixels directly (`layerprobe.pipeline.export`).
+
+Both write the same CSV: the predicted class, the true class where the images'
+class folders are among the classifier's (and then the accuracy is logged), and
+one column per class of probabilities (`proba_<class>`) or decision values
+(`score_<class>`): `class_scores`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +27,6 @@ import numpy as np
 from ..features.core.errors import InputError
 from ..features.extract import FeatureExtractor
 from ..features.inputs import open_images
-from ..features.store import FeatureStore
 from .classifiers import flat_features
 from .persistence import (
     load_classifier,
@@ -29,10 +36,57 @@ from .persistence import (
 )
 from .threads import native_threads
 
-__all__ = ["predict_images"]
+__all__ = ["class_scores", "predict_images", "rebuild_extractor"]
 
 # Key fields that must match between training and prediction (all but the dataset).
 _FEATURE_FIELDS = ("backbone", "weights", "layer", "pooling", "input_size", "preprocessing", "dtype", "compute_dtype")
+_ANY_DATASET = "0" * 64  # the dataset field is not compared
+
+
+def class_scores(estimator: Any, X: Any) -> tuple[str, np.ndarray]:
+    """`("probabilities", P)` where `estimator` has `predict_proba`, else `("scores", decision values)`.
+
+    Either way one column per class, whose argmax is the prediction: a
+    two-class decision function (one value, positive for the second class)
+    becomes the columns `[0, value]`, as an exported model gives them.
+    """
+    if hasattr(estimator, "predict_proba"):
+        return "probabilities", np.asarray(estimator.predict_proba(X), dtype=np.float64)
+    scores = np.asarray(estimator.decision_function(X), dtype=np.float64)
+    if scores.ndim == 1:
+        scores = np.column_stack([np.zeros_like(scores), scores])
+    return "scores", scores
+
+
+def rebuild_extractor(
+    model_path: Any, sidecar: dict[str, Any], layers: Sequence[str] | None = None
+) -> FeatureExtractor:
+    """The extractor of a saved classifier's features (of `layers`, default all it reads), checked.
+
+    Raises:
+        InputError: If the sidecar was not written by a run, or the rebuilt
+            extractor makes other features than at training (e.g. the weights
+            file changed).
+    """
+    settings, all_layers, trained_keys = read_features_record(sidecar, model_path)
+    layers = all_layers if layers is None else list(layers)
+    extractor = FeatureExtractor.from_config({**settings, "layers": layers})
+    keys = extractor.plan().keys(_ANY_DATASET)
+    trained = dict(zip(all_layers, trained_keys))
+    for layer in layers:
+        key = keys[layer].to_dict()
+        changed = [name for name in _FEATURE_FIELDS if key[name] != trained[layer][name]]
+        if changed:
+            raise InputError(
+                f"The features rebuilt for {model_path} differ from those it was trained on in {changed} "
+                f"(e.g. the weights file {settings['weights']} changed since). Rerun the experiment to "
+                f"retrain it. Received: {({name: key[name] for name in changed})}"
+            )
+    return extractor
+
+
+def _is_exported(model_path: Any) -> bool:
+    return Path(model_path).suffix == ".keras"
 
 
 def predict_images(
@@ -43,24 +97,29 @@ def predict_images(
     store: str | os.PathLike | None = None,
     progress: bool = True,
     trust: bool = False,
-    log: Callable[[str], None] = print,
+    batch_size: int = 32,
+    log: Callable[[str], None] | None = None,
 ) -> Path:
-    """Predict the images of a folder or CSV file with a classifier saved by a run (one layer, or multi-layer).
+    """Predict the images of a folder or CSV file with a classifier saved by a run, or an exported model.
 
     Args:
         model_path: The classifier's `.skops` file (its `.json` sidecar beside it),
-            or the `.joblib` pickle an older layerprobe saved.
+            the `.joblib` pickle an older layerprobe saved, or a `.keras` model
+            written by `layerprobe export` (its `model.layerprobe.json` beside it).
         data: Image folder (class subfolders, or just images: unlabelled) or
             CSV file (see `layerprobe.features.inputs.open_images`).
         out: Destination CSV: sample_id, true_label (when the data's class names
-            are among the classifier's), predicted_label, and class probabilities
-            when the classifier has them.
-        store: Feature store for the new features; by default the one the
-            classifier's features came from.
+            are among the classifier's), predicted_label, and `proba_<class>` or
+            `score_<class>` columns (`class_scores`).
+        store: Feature store for the new images' features; by default the one
+            the classifier's features came from (the log says which). Not used
+            by an exported model, which computes its features itself.
         progress: Show a progress bar while extracting.
         trust: Load a `.joblib` pickle of an older layerprobe, which runs any
             code it holds: only for files from a source you trust.
-        log: Called with one line per event.
+        batch_size: Images per forward pass of an exported model.
+        log: Called with one line per event; with labelled images, one says the
+            accuracy. Default: the logger "layerprobe.predict" at INFO (the CLI prints it).
 
     Returns:
         The path of the predictions CSV.
@@ -68,45 +127,86 @@ def predict_images(
     Raises:
         FileNotFoundError: If the classifier or its sidecar is missing.
         InputError: (a ``ValueError``) If the sidecar is corrupt or was not
-            written by a run; the model is a pickle and `trust` is false; or the
-            rebuilt extractor makes different features than the classifier was
-            trained on (e.g. the weights file changed).
+            written by a run (or an exported model has no layerprobe metadata);
+            the model is a pickle and `trust` is false; or the rebuilt extractor
+            makes different features than the classifier was trained on.
     """
-    settings, layers, trained_keys = read_features_record(read_sidecar(model_path), model_path)
-    estimator, sidecar = load_classifier(model_path, trust=trust)
-    extractor = FeatureExtractor.from_config({**settings, "layers": layers})
-    dataset = open_images(data)
-    keys = extractor.keys(dataset)
-    for layer, trained in zip(layers, trained_keys):
-        _check_same_features(model_path, settings, keys[layer].to_dict(), trained)
-    store = FeatureStore(sidecar["store"] if store is None else store)
-    log(f"{len(dataset)} images; {extractor.backbone.architecture} layer{'s' if len(layers) > 1 else ''} "
-        f"{', '.join(layers)} ({settings['pooling']})")
-    report = extractor.extract(dataset, store, progress=progress, log=log)
-    for sample_id, reason in report.skipped:
-        log(f"skipped  {sample_id}: {reason}")
-    features = [store.load(keys[layer], root=dataset.root) for layer in layers]
-    first = features[0]
-    X = np.hstack([flat_features(part) for part in features]) if len(features) > 1 else flat_features(first)
-    class_names = sidecar["class_names"]
-    known = {name: index for index, name in enumerate(class_names)}
-    y_true = None
-    if set(first.class_names) <= set(known):
-        y_true = np.array([known[first.class_names[label]] for label in first.y], dtype=np.int64)
-    with native_threads(X):
-        proba = estimator.predict_proba(X) if hasattr(estimator, "predict_proba") else None
-        y_pred = estimator.predict(X)
-    path = write_predictions(out, first.sample_ids, y_true, y_pred, class_names, proba=proba)
-    log(f"predictions: {path} ({len(first.sample_ids)} images)")
+    log = log or logging.getLogger("layerprobe.predict").info
+    if _is_exported(model_path):
+        dataset, (class_names, sample_ids, labels, kind, values) = _exported_scores(model_path, data, batch_size, log)
+    else:
+        _, layers, _ = read_features_record(read_sidecar(model_path), model_path)  # before any unpickling
+        estimator, sidecar = load_classifier(model_path, trust=trust)
+        dataset = open_images(data)
+        extractor = rebuild_extractor(model_path, sidecar)
+        from ..features.store import FeatureStore
+
+        where = " (the classifier's training store; --store for another)" if store is None else ""
+        store = FeatureStore(sidecar["store"] if store is None else store)
+        log(f"{len(dataset)} images; {extractor.backbone.architecture} layer{'s' if len(layers) > 1 else ''} "
+            f"{', '.join(layers)} ({extractor.get_config()['pooling']}); features cached in {store.root}{where}")
+        report = extractor.extract(dataset, store, progress=progress, log=log)
+        _log_skipped(log, report.skipped)
+        features = [store.load(report.keys[layer], root=dataset.root) for layer in layers]
+        X = np.hstack([flat_features(part) for part in features])
+        class_names, sample_ids, labels = sidecar["class_names"], features[0].sample_ids, features[0].y
+        with native_threads(X):
+            kind, values = class_scores(estimator, X)
+    y_pred = values.argmax(axis=1)
+    y_true = _true_labels(dataset.class_names, labels, class_names)
+    path = write_predictions(out, sample_ids, y_true, y_pred, class_names,
+                             **{"proba" if kind == "probabilities" else "scores": values})
+    if y_true is not None:
+        log(f"accuracy {np.mean(y_true == y_pred):.3f} ({int(np.sum(y_true == y_pred))} of {len(y_true)} labelled images)")
+    log(f"predictions: {path} ({len(sample_ids)} images)")
     return path
 
 
-def _check_same_features(model_path: Any, settings: dict[str, Any], key: dict[str, Any], trained: dict[str, Any]) -> None:
-    """Raise InputError if the rebuilt extractor makes other features of a layer than at training."""
-    changed = [name for name in _FEATURE_FIELDS if key[name] != trained[name]]
-    if changed:
+def _true_labels(data_classes: Sequence[str], labels: np.ndarray, class_names: Sequence[str]) -> np.ndarray | None:
+    """The images' labels as indices into `class_names`, or None if their classes are not all among them."""
+    known = {name: index for index, name in enumerate(class_names)}
+    if not set(data_classes) <= set(known):
+        return None
+    return np.array([known[data_classes[label]] for label in labels], dtype=np.int64)
+
+
+def _log_skipped(log: Callable[[str], None], skipped: Sequence[tuple[str, str]]) -> None:
+    for sample_id, reason in skipped:
+        log(f"skipped  {sample_id}: {reason}")
+
+
+def _exported_scores(model_path: Any, data: Any, batch_size: int, log: Callable[[str], None]):
+    """The images of `data`, and (class names, sample ids, labels, kind, class scores) of the readable ones."""
+    from ..features.backend import import_keras_quietly
+    from ..features.inputs import iter_decoded_chunks
+    from ..features.model_files import metadata_path, read_model_metadata
+
+    metadata = read_model_metadata(model_path)
+    if metadata is None or "class_names" not in metadata:
+        if not Path(model_path).is_file():
+            raise FileNotFoundError(f"No model file at {model_path}. Check the path. Received: {str(model_path)!r}")
         raise InputError(
-            f"The features rebuilt for {model_path} differ from those it was trained on in {changed} "
-            f"(e.g. the weights file {settings['weights']} changed since). Rerun the experiment to "
-            f"retrain it. Received: {({name: key[name] for name in changed})}"
+            f"{model_path} has no metadata from `layerprobe export` beside it ({metadata_path(model_path).name}), so "
+            f"its class names and input are unknown. Predict with a model `layerprobe export` wrote, or with the "
+            f"row's .skops classifier. Received: {str(model_path)!r}"
         )
+    keras = import_keras_quietly()
+    model = keras.saving.load_model(model_path)
+    dataset = open_images(data)
+    size = int(metadata["input_size"])
+    log(f"{len(dataset)} images; exported model {model_path} ({size}x{size} pixels, {metadata.get('backbone')} "
+        f"{'+'.join(metadata.get('layers', []))})")
+    chunks = [range(start, min(start + batch_size, len(dataset))) for start in range(0, len(dataset), batch_size)]
+    rows, indices, skipped = [], [], []
+    for chunk in iter_decoded_chunks(dataset, chunks, size, dtype=dataset.pixel_dtype):
+        skipped += [(dataset.sample_ids[index], reason) for index, reason in chunk.skipped]
+        if len(chunk.sample_indices):
+            rows.append(np.asarray(model.predict_on_batch(chunk.images), dtype=np.float64))
+            indices.append(chunk.sample_indices)
+    _log_skipped(log, skipped)
+    if not rows:
+        raise InputError(f"None of the {len(dataset)} images could be decoded; nothing was predicted. Received: data with "
+                         f"{len(skipped)} unreadable images")
+    kept = np.concatenate(indices)
+    return dataset, (list(metadata["class_names"]), [dataset.sample_ids[i] for i in kept], dataset.labels[kept],
+                     metadata.get("outputs", "scores"), np.vstack(rows))

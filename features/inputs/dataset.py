@@ -87,6 +87,14 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self.sample_ids)
 
+    def __repr__(self) -> str:
+        """A short summary (the sample ids can be thousands), e.g. in a scikit-learn estimator's repr."""
+        splits = {name: self.splits.count(name) for name in self.split_names}
+        source = f"root={self.root!r}" if self.root is not None else (
+            "images in memory" if self.images is not None else "files")
+        return (f"ImageDataset({len(self)} samples, {len(self.class_names)} classes {list(self.class_names)[:5]}"
+                f"{'...' if len(self.class_names) > 5 else ''}, splits {splits}, {source})")
+
     @property
     def pixel_dtype(self) -> str:
         """The dtype `load` returns: `"uint8"` for files and integer arrays, `"float32"` for float arrays."""

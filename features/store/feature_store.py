@@ -357,6 +357,8 @@ class FeatureStore:
                     feature_shape=metadata.get("feature_shape"),
                     n_skipped=metadata.get("n_skipped"),
                     created=metadata.get("created"),
+                    weights_source=metadata.get("weights_source"),
+                    dataset_root=metadata.get("dataset_root"),
                     status="ok",
                 )
             except CorruptEntryError as error:

@@ -9,6 +9,7 @@ reused through `records`.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from .extractions import plan_extractions
 from .finetune_rows import end_to_end_rows
 from .multi_layer import multi_layer_row
 from .records import RunRows
+from .results_json import results_document, write_results_json
 from .rows import LayerToFit, RowJob
 from .screening import (
     adds_multi_layer,
@@ -59,6 +61,7 @@ class RunResult:
         results_path: `results.csv`.
         summary_path: `summary.md`.
         plot_path: `depth.png`.
+        json_path: `results.json`: the rows, the recommendation and its evidence.
         skipped: (sample id, reason) of every unreadable image.
         n_forward: Images that went through a backbone in this run (0 when all cached).
         n_fitted: Rows fitted (or trained) in this run.
@@ -71,6 +74,7 @@ class RunResult:
     results_path: Path
     summary_path: Path
     plot_path: Path
+    json_path: Path
     skipped: tuple[tuple[str, str], ...]
     n_forward: int
     n_fitted: int
@@ -80,7 +84,7 @@ class RunResult:
 def run_experiment(
     config: ExperimentConfig,
     *,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
     progress: bool = True,
     finetune_only: bool = False,
     client: Any = None,
@@ -90,7 +94,9 @@ def run_experiment(
     Args:
         config: From `layerprobe.pipeline.config.load_config` or `config_from_dict`.
         log: Called with one line per event (cached/computed features,
-            fitted/reused rows, the final table and advice).
+            fitted/reused rows, the final table and advice). Default: the
+            logger "layerprobe.run" at INFO, silent unless logging is
+            configured (the CLI prints it).
         progress: Show progress bars while extracting.
         finetune_only: Run only the `[finetune]` stage (`layerprobe finetune`):
             its rows replace those of the same modes in the existing results
@@ -115,6 +121,7 @@ def run_experiment(
             training rows.
     """
     started = time.perf_counter()
+    log = log or logging.getLogger("layerprobe.run").info
     if finetune_only and config.finetune is None:
         raise ConfigError(
             ["[finetune]: `layerprobe finetune` runs this section, which the config lacks. Add one, e.g. "
@@ -188,6 +195,7 @@ def run_experiment(
         log(f"note: {pickled} reused row(s) keep the pickled model (.joblib) an older layerprobe saved; "
             f"`layerprobe predict` loads those only with --trust. Delete their folders under {out / 'models'} "
             f"and rerun to save them as .skops.")
+    rows.log_convergence()
     frame = table.frame
     read = ~np.isin(dataset.sample_ids, list(skipped))
     counts, test_counts = (np.bincount(dataset.labels[(np.asarray(dataset.splits) == split[name]) & read],
@@ -201,11 +209,16 @@ def run_experiment(
         out, frame, source=config.source, advice=advice, data=data_text(config.data, dataset, split, untested),
         skipped=skipped_list, results_path=table.path, plot_path=plot_path,
     )
+    files = {"results": table.path, "summary": summary_path, "plot": plot_path, "json": out / "results.json"}
+    data = {"path": str(config.data.path), "n_images": len(dataset), "class_names": list(dataset.class_names),
+            "train_split": split["train_split"], "test_split": split["test_split"], "n_skipped": len(skipped_list)}
+    json_path = write_results_json(files["json"], results_document(frame, advice, source=config.source, data=data,
+                                                                   files=files))
     log_report(
         log, frame, advice, n_skipped=len(skipped_list),
         counts=(f"{len(frame)} rows: {rows.fitted} fitted, {rows.reused} reused; {n_forward} images through a backbone; "
                 f"{time.perf_counter() - started:.0f} s."),
-        paths={"results": table.path, "summary": summary_path, "plot": plot_path},
+        paths=files,
     )
     return RunResult(
         results=frame,
@@ -214,6 +227,7 @@ def run_experiment(
         results_path=table.path,
         summary_path=summary_path,
         plot_path=plot_path,
+        json_path=json_path,
         skipped=tuple(skipped_list),
         n_forward=n_forward,
         n_fitted=rows.fitted,

@@ -115,6 +115,7 @@ class RunRows:
         table: The results table.
         fitted: Rows fitted (or trained) by this run.
         reused: Rows reused from an earlier run.
+        not_converged: (row, count) of the rows whose fits warned that they did not converge.
     """
 
     def __init__(self, table: ResultsTable, log: Callable[[str], None]):
@@ -122,6 +123,7 @@ class RunRows:
         self.log = log
         self.fitted = 0
         self.reused = 0
+        self.not_converged: list[tuple[str, int]] = []
 
     def add(self, row: dict, *, fitted: bool, what: str) -> None:
         """Add `row` (about `what`, e.g. "block3_pool / logreg") and log its scores."""
@@ -131,6 +133,20 @@ class RunRows:
         self.table.add(row)
         self.fitted += fitted
         self.reused += not fitted
+        count = row.get("convergence_warnings")
+        if isinstance(count, (int, float)) and math.isfinite(count) and count > 0:
+            self.not_converged.append((what, int(count)))
+
+    def log_convergence(self) -> None:
+        """Say once which rows had fits that did not converge (counted in their `convergence_warnings`)."""
+        if not self.not_converged:
+            return
+        total = sum(count for _, count in self.not_converged)
+        listed = ", ".join(f"{what} ({count})" for what, count in self.not_converged[:5])
+        more = f" and {len(self.not_converged) - 5} more" if len(self.not_converged) > 5 else ""
+        self.log(f"note: {total} fit(s) stopped at their iteration limit before converging (ConvergenceWarning) in "
+                 f"{len(self.not_converged)} row(s): {listed}{more}. Their scores are still measured; the "
+                 f"`convergence_warnings` column counts them.")
 
     def count_kept(self, n_rows: int) -> None:
         """Count rows kept from the table of an earlier run (`layerprobe finetune`) as reused."""

@@ -10,9 +10,12 @@ layer's training features, computed once per layer when they are loaded.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
+
+from sklearn.exceptions import ConvergenceWarning
 
 from ...features.core.errors import InputError
 from ...features.keys import FeatureKey
@@ -164,17 +167,23 @@ def score_row(
     """
     options = config.classifiers
     X_train, X_test = flat_features(train), flat_features(test)
-    fit = fit_classifier(
-        X_train,
-        train.y,
-        classifier,
-        param_grid=settings["param_grid"],
-        preprocessing=options.preprocessing,
-        pca_components=options.pca_components,
-        cv=options.cv,
-        n_jobs=options.n_jobs,
-        random_state=options.seed,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        # Counted into the row and said once by the run (`RunRows.log_convergence`), not printed per fit.
+        warnings.simplefilter("always", ConvergenceWarning)
+        fit = fit_classifier(
+            X_train,
+            train.y,
+            classifier,
+            param_grid=settings["param_grid"],
+            preprocessing=options.preprocessing,
+            pca_components=options.pca_components,
+            cv=options.cv,
+            n_jobs=options.n_jobs,
+            random_state=options.seed,
+        )
+    for warning in caught:
+        if not issubclass(warning.category, ConvergenceWarning):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     scores = evaluate(test.y, fit.estimator.predict(X_test), test.class_names)
     row = {
         "mode": "frozen",
@@ -198,6 +207,7 @@ def score_row(
         "fit_seconds": round(fit.fit_seconds, 3),
         "best_params": json.dumps(fit.best_params, sort_keys=True, default=str),
         "store_entry": layer.key.entry_name,
+        "convergence_warnings": sum(issubclass(warning.category, ConvergenceWarning) for warning in caught),
     }
     proba = fit.estimator.predict_proba(X_test) if hasattr(fit.estimator, "predict_proba") else None
     return ScoredRow(

@@ -1,6 +1,8 @@
 """The command line: which errors become one-line messages, --verbose, init, finetune --help, a quiet start."""
 
+import argparse
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -13,6 +15,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+import numpy as np
+import pandas as pd
 import pytest
 
 import layerprobe.pipeline.config as config_module
@@ -102,6 +106,7 @@ def test_every_layerprobe_error_is_caught_by_main(tmp_path, monkeypatch, capsys,
 
 
 def test_a_missing_store_entry_argument_is_a_message(tmp_path, capsys):
+    (tmp_path / "store").mkdir()
     assert main(["store", "info", str(tmp_path / "store")]) == 2
     assert capsys.readouterr().err.startswith("layerprobe store: error: `layerprobe store info` needs an entry name")
 
@@ -119,7 +124,7 @@ def test_comma_list_and_positive_int():
 
 def test_extract_choices_come_from_the_registries(capsys):
     parser = build_parser()
-    base = ["extract", "--data", "images", "--store", "store"]
+    base = ["extract", "--model", "VGG16", "--data", "images", "--store", "store"]
     for pooling in POOLINGS:
         assert parser.parse_args(base + ["--pooling", pooling]).pooling == pooling
     for dtype in STORAGE_DTYPES:
@@ -226,3 +231,152 @@ def test_run_without_a_gpu_prints_no_tensorflow_notices(tmp_path, write_colour_i
     assert "1 rows: 1 fitted, 0 reused; 12 images through a backbone" in done.stdout  # Keras was used
     noise = [word for word in NOISE if word in done.stderr.lower()]
     assert not noise, done.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------- habits (issue 26 item 6)
+
+
+def test_version(capsys):
+    from layerprobe.features.core.versions import layerprobe_version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out == f"layerprobe {layerprobe_version()}\n"
+
+
+def test_extract_requires_a_model(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # before: VGG16, silently
+        main(["extract", "--data", str(tmp_path), "--store", str(tmp_path / "store")])
+    assert exit_info.value.code == 2
+    assert "the following arguments are required: --model" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
+
+
+def _subcommand(name):
+    subparsers = next(action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction))
+    return subparsers.choices[name]
+
+
+@pytest.mark.parametrize("command, option", [
+    ("extract", "--input-size"), ("extract", "--batch-size"), ("extract", "--pooling"), ("layers", "--input-size"),
+])
+def test_options_have_help(command, option):
+    action = next(action for action in _subcommand(command)._actions if option in action.option_strings)
+    assert action.help and len(action.help) > 20
+
+
+@pytest.mark.parametrize("typo, suggestion", [("rnu", "run"), ("exprot", "export"), ("--verbose stroe", "store")])
+def test_a_misspelled_command_gets_a_suggestion(capsys, typo, suggestion):
+    with pytest.raises(SystemExit) as exit_info:
+        main(typo.split())
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"layerprobe: error: unknown command {typo.split()[-1]!r}. Did you mean {suggestion!r}?" in err
+
+
+def test_the_flatten_limit_is_an_option_and_its_error_says_so(tmp_path, capsys, write_colour_images):
+    images = write_colour_images(tmp_path / "images", {"": {"a": 1, "b": 1}})
+    argv = ["extract", "--model", "VGG16", "--weights", "none", "--input-size", "32", "--layers", "block1_pool",
+            "--pooling", "flatten", "--data", str(images), "--store", str(tmp_path / "store"), "--no-progress"]
+    assert main(argv + ["--max-flatten-dim", "1000"]) == 2  # block1_pool at 32 px: 16x16x64 = 16,384 values
+    err = capsys.readouterr().err
+    assert "more than max_flatten_dim=1,000" in err and "--max-flatten-dim N for `layerprobe extract`" in err
+    assert main(argv + ["--max-flatten-dim", "16384"]) == 0
+
+
+def test_store_ls_tells_entries_apart_and_info_shows_the_environment_once(tmp_path, capsys, write_colour_images):
+    import keras
+
+    images = write_colour_images(tmp_path / "images", {"": {"a": 2, "b": 2}})
+    weights = tmp_path / "my_vgg16_notop.weights.h5"
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
+    base = ["extract", "--model", "VGG16", "--input-size", "32", "--layers", "block1_pool", "--data", str(images),
+            "--store", str(tmp_path / "store"), "--no-progress"]
+    assert main(base + ["--weights", "none"]) == 0 and main(base + ["--weights", str(weights)]) == 0
+    capsys.readouterr()
+    assert main(["store", "ls", str(tmp_path / "store")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header, rows = lines[0].split(), lines[1:]
+    assert header[:8] == ["entry", "backbone", "weights", "layer", "pooling", "input_size", "dataset", "n_samples"]
+    assert "size_mb" in header and len(rows) == 2
+    assert any("random init" in row for row in rows) and any("my_vgg16_notop.weights.h5" in row for row in rows)
+    assert all(" images " in row and " 32 " in row for row in rows)
+    entry = rows[0].split()[0]
+    assert main(["store", "info", str(tmp_path / "store"), entry]) == 0
+    info = capsys.readouterr().out
+    assert info.count('"environment"') == 1 and '"environment_differences_from_now"' in info
+
+
+@pytest.mark.parametrize("action", ["ls", "info", "rm"])
+def test_store_commands_refuse_a_missing_folder(tmp_path, capsys, action):
+    assert main(["store", action, str(tmp_path / "nowhere"), "entry"][: 3 if action == "ls" else 4]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"layerprobe store: error: No feature store at {tmp_path / 'nowhere'}: the folder does not "
+                          f"exist.") and err.count("\n") == 1
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_run_json_and_convergence_warnings_said_once(tmp_path, capsys, write_colour_images):
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    path = _tiny_config(tmp_path, write_colour_images)
+    text = path.read_text().replace('names = ["logreg"]', 'names = ["linear_svm"]')
+    path.write_text(text + '\n[classifiers.grids]\nlinear_svm = { C = [100.0], max_iter = [1] }\n', encoding="utf-8")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["run", str(path), "--no-progress", "--json"]) == 0
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)  # stdout is the JSON alone; the log went to stderr
+    assert document["encoding-type"] == "layerprobe-results" and len(document["rows"]) == 1
+    row = document["rows"][0]
+    assert row["classifier"] == "linear_svm" and row["convergence_warnings"] == 3  # 2 folds and the refit
+    assert document["recommendation"]["mode"] and document["recommendation"]["evidence"]
+    assert document["recommendation"]["row"]["layer"] == "block1_pool"
+    assert json.loads((tmp_path / "out" / "results.json").read_text()) == document
+    assert "1 rows: 1 fitted, 0 reused" in captured.err
+    notes = [line for line in captured.err.splitlines() if "ConvergenceWarning" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: 3 fit(s) stopped at their iteration limit")
+    assert not [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+
+
+def test_run_experiment_is_quiet_by_default_and_logs_through_logging(tmp_path, capsys, caplog, write_colour_images):
+    import logging
+
+    from layerprobe.pipeline.run import run_experiment
+
+    config = load_config(_tiny_config(tmp_path, write_colour_images))
+    with caplog.at_level(logging.INFO, logger="layerprobe"):
+        run_experiment(config, progress=False)
+    assert capsys.readouterr().out == ""  # before: the whole report on stdout
+    messages = [record.getMessage() for record in caplog.records if record.name == "layerprobe.run"]
+    assert any("1 rows: 1 fitted" in message for message in messages)
+
+
+def test_the_first_extraction_from_python_prints_no_tensorflow_notices(tmp_path):
+    script = textwrap.dedent(f"""
+        import numpy as np, layerprobe
+        data = layerprobe.from_arrays(np.zeros((2, 32, 32, 3), np.uint8), np.array([0, 1]))
+        extractor = layerprobe.FeatureExtractor("VGG16", weights=None, layers=["block1_pool"], input_size=32)
+        extractor.extract(data, layerprobe.FeatureStore({str(tmp_path / "store")!r}), progress=False)
+    """)
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("TF_CPP_MIN_LOG_LEVEL", "LAYERPROBE_VERBOSE")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    noise = [word for word in NOISE if word in done.stderr.lower()]
+    assert not noise, done.stderr[-3000:]  # before: cudart_stub, cpu_feature_guard and cuInit lines
+
+
+def test_results_json_writes_the_advice_flags_keyed_by_row_label(tmp_path):
+    from layerprobe.pipeline.advice import Advice
+    from layerprobe.pipeline.run.results_json import results_document, write_results_json
+
+    advice = Advice(mode="frozen_top", samples_per_class=5.0, small=True, row=None, runner_up=None, tied=False,
+                    worth_transferring=None, rule="measured", evidence=(), text="",
+                    flags={np.int64(1): "at or below the majority class"})
+    document = results_document(pd.DataFrame({"test_accuracy": [0.9, np.nan]}), advice, source="x", data={}, files={})
+    written = json.loads(write_results_json(tmp_path / "results.json", document).read_text())  # before: TypeError
+    assert written["recommendation"]["flags"] == {"1": "at or below the majority class"}
+    assert written["rows"] == [{"test_accuracy": 0.9}, {"test_accuracy": None}]

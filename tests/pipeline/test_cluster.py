@@ -73,7 +73,7 @@ def test_command_line_cluster_options_override_the_config(argv, configured, expe
     ],
 )
 def test_command_line_cluster_options_that_do_not_fit(argv, message):
-    args = build_parser().parse_args(["extract", "--data", "d", "--store", "s", *argv])
+    args = build_parser().parse_args(["extract", "--model", "VGG16", "--data", "d", "--store", "s", *argv])
     with pytest.raises(ClusterError, match=message):
         _cluster_settings(args)
 

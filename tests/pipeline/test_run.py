@@ -347,7 +347,8 @@ def test_fit_killed_between_its_files_never_pairs_them_with_the_earlier_row(firs
 
 def test_two_concurrent_runs_on_one_store_and_output_both_finish(data_dir, tmp_path):
     config_path = _toml(tmp_path / "run.toml", data_dir, tmp_path / "store", tmp_path / "out")
-    script = "import sys; from layerprobe.pipeline.config import load_config; from layerprobe.pipeline.run import run_experiment; " \
+    script = "import logging, sys; from layerprobe.pipeline.config import load_config; " \
+             "from layerprobe.pipeline.run import run_experiment; logging.basicConfig(level=logging.INFO); " \
              "run_experiment(load_config(sys.argv[1]), progress=False)"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     processes = [

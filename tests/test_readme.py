@@ -1,0 +1,91 @@
+"""The README's Python code runs as written, on ../shared's hymenoptera with local weights.
+
+The ```python blocks of the sections "Python API" and "One Keras model from a
+probe" run in order in one process, in a folder where `hymenoptera` is the
+shared dataset, `vgg16_notop.weights.h5` a local VGG16 weights file (../shared's
+HED weights) and `experiment.toml` a small config over them. A block that never
+names `layerprobe` (loading the exported model) runs in a fresh process that
+cannot import layerprobe, as the README promises.
+"""
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SECTIONS = ("## Python API", "## One Keras model from a probe")
+
+
+def _python_blocks() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    blocks = []
+    for heading in SECTIONS:
+        start = text.index(f"\n{heading}\n")
+        end = text.find("\n## ", start + 1)
+        section = text[start:end if end != -1 else len(text)]
+        blocks += re.findall(r"^```python\n(.*?)^```$", section, flags=re.MULTILINE | re.DOTALL)
+    return blocks
+
+
+def _uses_layerprobe(block: str) -> bool:
+    tree = ast.parse(block)
+    return any(
+        (isinstance(node, ast.Name) and node.id == "layerprobe")
+        or (isinstance(node, (ast.Import, ast.ImportFrom)) and "layerprobe" in ast.dump(node))
+        for node in ast.walk(tree)
+    )
+
+
+def test_the_readme_sections_have_the_blocks_this_test_runs():
+    blocks = _python_blocks()
+    assert len(blocks) == 4
+    assert [_uses_layerprobe(block) for block in blocks] == [True, True, True, False]
+    assert "search.fit(train.sample_ids, train.labels)" in blocks[1]  # not every id: the test split stays out
+
+
+@pytest.mark.slow
+def test_the_readme_python_blocks_run_as_written(shared_dir, tmp_path):
+    (tmp_path / "hymenoptera").symlink_to(shared_dir / "datasets" / "hymenoptera")
+    (tmp_path / "vgg16_notop.weights.h5").symlink_to(shared_dir / "weights" / "vgg16_hed_bsds500_notop.weights.h5")
+    (tmp_path / "experiment.toml").write_text(textwrap.dedent("""
+        [data]
+        path = "hymenoptera"
+        train_split = "train"
+        test_split = "val"
+        [features]
+        store = "layerprobe-store"
+        input_size = 224
+        [[backbones]]
+        model = "VGG16"
+        weights = "vgg16_notop.weights.h5"
+        layers = ["block3_pool", "block4_pool", "block5_pool"]
+        [classifiers]
+        names = ["logreg"]
+        cv = 3
+        [classifiers.grids]
+        logreg = { C = [0.1, 1.0] }
+        [output]
+        dir = "layerprobe-out"
+    """), encoding="utf-8")
+    blocks = _python_blocks()
+    session = "\n".join(block for block in blocks if _uses_layerprobe(block))
+    alone = [block for block in blocks if not _uses_layerprobe(block)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", session], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=3000)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert re.search(r"\{'features__layer': 'block\d_pool'\} 0\.\d+", done.stdout), done.stdout[-2000:]
+    assert (tmp_path / "ants_bees.keras").is_file() and (tmp_path / "layerprobe-out" / "results.json").is_file()
+    without_layerprobe = {name: value for name, value in env.items() if name != "PYTHONPATH"}
+    for block in alone:
+        check = block + "\nimport sys\nassert 'layerprobe' not in sys.modules\n"
+        done = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=without_layerprobe,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-4000:]
+        assert re.fullmatch(r"(ants|bees) \[\[[0-9. e-]+\]\]\n", done.stdout), done.stdout
