@@ -9,7 +9,9 @@ layer's training features, computed once per layer when they are loaded.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +152,47 @@ class ScoredRow:
     class_names: tuple
 
 
+_thread_rows = threading.local()
+_recorder_lock = threading.Lock()
+_recorder: dict[str, Any] = {"users": 0, "guard": None}
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    caught = getattr(_thread_rows, "caught", None)
+    if caught is not None and issubclass(category, ConvergenceWarning):
+        caught.append(message)
+    else:
+        _recorder["show"](message, category, filename, lineno, file, line)
+
+
+@contextlib.contextmanager
+def convergence_warnings_of_this_thread():
+    """Record the `ConvergenceWarning`s raised in this thread into a list; show every other warning.
+
+    They are counted into the row and said once by the run (`RunRows.log_convergence`), not
+    printed per fit. Rows are fitted side by side in threads and `warnings.catch_warnings` is
+    process-wide, so one recorder is installed while any row fits and routes each warning to
+    the list of the thread that raised it: each row counts its own.
+    """
+    with _recorder_lock:
+        if _recorder["users"] == 0:
+            guard = warnings.catch_warnings()
+            guard.__enter__()
+            warnings.simplefilter("always", ConvergenceWarning)
+            _recorder.update(guard=guard, show=warnings.showwarning)
+            warnings.showwarning = _show_warning
+        _recorder["users"] += 1
+    _thread_rows.caught = caught = []
+    try:
+        yield caught
+    finally:
+        _thread_rows.caught = None
+        with _recorder_lock:
+            _recorder["users"] -= 1
+            if _recorder["users"] == 0:
+                _recorder["guard"].__exit__(None, None, None)
+
+
 @with_native_threads("train.X", n_jobs="config.classifiers.n_jobs")
 def score_row(
     layer: LayerToFit,
@@ -167,9 +210,7 @@ def score_row(
     """
     options = config.classifiers
     X_train, X_test = flat_features(train), flat_features(test)
-    with warnings.catch_warnings(record=True) as caught:
-        # Counted into the row and said once by the run (`RunRows.log_convergence`), not printed per fit.
-        warnings.simplefilter("always", ConvergenceWarning)
+    with convergence_warnings_of_this_thread() as caught:
         fit = fit_classifier(
             X_train,
             train.y,
@@ -181,9 +222,6 @@ def score_row(
             n_jobs=options.n_jobs,
             random_state=options.seed,
         )
-    for warning in caught:
-        if not issubclass(warning.category, ConvergenceWarning):
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     scores = evaluate(test.y, fit.estimator.predict(X_test), test.class_names)
     row = {
         "mode": "frozen",
@@ -207,7 +245,7 @@ def score_row(
         "fit_seconds": round(fit.fit_seconds, 3),
         "best_params": json.dumps(fit.best_params, sort_keys=True, default=str),
         "store_entry": layer.key.entry_name,
-        "convergence_warnings": sum(issubclass(warning.category, ConvergenceWarning) for warning in caught),
+        "convergence_warnings": len(caught),
     }
     proba = fit.estimator.predict_proba(X_test) if hasattr(fit.estimator, "predict_proba") else None
     return ScoredRow(
