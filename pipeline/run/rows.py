@@ -179,7 +179,11 @@ def convergence_warnings_of_this_thread():
             guard = warnings.catch_warnings()
             guard.__enter__()
             warnings.simplefilter("always", ConvergenceWarning)
-            _recorder.update(guard=guard, show=warnings.showwarning)
+            # Another thread's catch_warnings (scikit-learn uses them inside fits) can restore ours
+            # after we left: never keep ourselves as the function to show warnings with.
+            if warnings.showwarning is not _show_warning:
+                _recorder["show"] = warnings.showwarning
+            _recorder["guard"] = guard
             warnings.showwarning = _show_warning
         _recorder["users"] += 1
     _thread_rows.caught = caught = []

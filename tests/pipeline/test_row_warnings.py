@@ -37,3 +37,16 @@ def test_other_warnings_are_shown_and_the_filters_restored():
         warnings.warn("after", ConvergenceWarning)
     assert [str(w.message) for w in shown] == ["kept", "after"] and len(caught) == 1
     assert warnings.filters == before
+
+
+def test_a_recorder_restored_by_another_threads_catch_warnings_does_not_call_itself():
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with convergence_warnings_of_this_thread():
+            leaked = warnings.catch_warnings()  # entered while ours is installed, left after (as in another thread)
+            leaked.__enter__()
+        leaked.__exit__(None, None, None)  # puts our recorder back as warnings.showwarning
+        with convergence_warnings_of_this_thread() as caught:
+            warnings.warn("shown", UserWarning)  # before the fix: RecursionError
+            warnings.warn("counted", ConvergenceWarning)
+    assert [str(w.message) for w in shown] == ["shown"] and len(caught) == 1
