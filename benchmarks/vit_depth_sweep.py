@@ -40,11 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _args import CIFAR10_DIR, REPO_DIR, SHARED_DIR, base_parser, quiet_tensorflow, require_path  # noqa: E402
 from _data import cifar_subset  # noqa: E402
 from _measure import Stopwatch  # noqa: E402
-from _output import RunLog, write_csv, write_json  # noqa: E402
+from _output import RunLog, significant, write_csv, write_json  # noqa: E402
 from extraction_speed import decode_in_memory  # noqa: E402
 from transfer_matrix import VEHICLES, pick  # noqa: E402
 
-from layerprobe.pipeline.tables import format_table, significant  # noqa: E402
+from layerprobe.pipeline.tables import format_table  # noqa: E402
 
 TABLE_STYLE = {"float_format": significant, "missing": "-"}  # 3 significant digits, "-" for no value
 SCRIPT = "vit_depth_sweep"
