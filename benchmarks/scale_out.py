@@ -44,6 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _args import base_parser, quiet_tensorflow  # noqa: E402
+from layerprobe.features.core.cores import usable_cores  # noqa: E402
 
 quiet_tensorflow()
 
@@ -51,10 +52,6 @@ quiet_tensorflow()
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _write_images(folder: Path, n_images: int, size: int) -> Path:
@@ -149,7 +146,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     scratch = out / "stores"
     print(f"{n_images} images ({args.image_size} px files), VGG16 at {args.input_size} px, layers {extractor.layer_names}, "
-          f"batch {args.batch_size}, chunk {args.chunk_size} ({settings['n_chunks']} chunks); {_usable_cores()} usable cores; "
+          f"batch {args.batch_size}, chunk {args.chunk_size} ({settings['n_chunks']} chunks); {usable_cores()} usable cores; "
           f"Keras backend {keras.backend.backend()}; load average {os.getloadavg()[0]:.1f}", flush=True)
 
     def in_process(store):
@@ -205,7 +202,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "settings": settings,
         "machine": {
-            "cpu_count": os.cpu_count(), "usable_cores": _usable_cores(), "keras_backend": keras.backend.backend(),
+            "cpu_count": os.cpu_count(), "usable_cores": usable_cores(), "keras_backend": keras.backend.backend(),
             "load_average_end": [round(value, 2) for value in os.getloadavg()],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "date": time.strftime("%Y-%m-%d %H:%M %Z"),
@@ -242,7 +239,7 @@ def main(argv=None) -> None:
     args.gpus = [int(device) for device in args.gpus.split(",")] if args.gpus else None
     if args.workers_for_cores:
         counts, n = [], 1
-        while n <= _usable_cores():
+        while n <= usable_cores():
             counts.append(n)
             n *= 2
         args.workers = counts

@@ -66,6 +66,7 @@ from .chunks import (
     write_chunk,
 )
 from .core.atomic import TMP_PREFIX, write_text_atomically
+from .core.cores import usable_cores
 from .core.errors import BackboneError, InputError, StoreError
 from .environment import environment_differences, numerics_environment
 from .inputs import DecodedChunk, ImageDataset, iter_decoded_chunks
@@ -117,8 +118,7 @@ def _worker_name() -> str:
 
 def decoding_threads(workers_on_host: int, *, cores: int | None = None) -> int:
     """Decoding threads per worker: the host's cores shared between its workers, at least 1."""
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores() if cores is None else cores
     return max(1, cores // max(1, workers_on_host))
 
 

@@ -5,7 +5,9 @@
 * `atomic`: atomic file writes (a temporary name, then a rename);
 * `lazy`: lazy package exports (PEP 562), so packages import nothing heavy;
 * `digests`: the canonical content digests of arrays and files;
-* `versions`: installed library versions, from the distributions' metadata.
+* `versions`: installed library versions, from the distributions' metadata;
+* `cores`: the cores this process may use (affinity mask, cgroup CPU quota);
+* `lock_files`: lock files opened without following links, with their holder.
 
 They import nothing else of layerprobe, so any module may import them.
 """

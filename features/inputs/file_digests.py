@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..core.atomic import write_text_atomically
+from ..core.cores import usable_cores
 from ..core.digests import file_digest
 from .decoding import with_io_retries
 
@@ -113,7 +114,7 @@ def file_digests(
         except OSError as error:  # EACCES, EISDIR...: about the file itself
             return f"unreadable:{errno_name(error)}"
 
-    workers = n_workers or min(8, os.cpu_count() or 1)
+    workers = n_workers or min(8, usable_cores())
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="layerprobe-digest") as executor:
         digests = list(executor.map(read, todo))
     fresh = {}

@@ -16,7 +16,6 @@ size at which even one chunk (or one batch) cannot fit in the memory available
 from __future__ import annotations
 
 import math
-import os
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.checks import check_positive_int
+from ..core.cores import usable_cores
 from ..core.errors import ImageReadError, InputError, UnreadableImageError
 from .dataset import ImageDataset
 from .decoding import (
@@ -172,7 +172,7 @@ def iter_decoded_chunks(
         ImageReadError: (While iterating) a file could not be read because of a
             persistent I/O error; the message names the file and the chunk's samples.
     """
-    n_workers = min(8, os.cpu_count() or 1) if n_workers is None else n_workers
+    n_workers = min(8, usable_cores()) if n_workers is None else n_workers
     for name, value in (
         ("size", size),
         ("n_workers", n_workers),
