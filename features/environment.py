@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+from .backend import apply_backend_defaults
 from .core.versions import installed_version
 
 __all__ = ["ENVIRONMENT_FLAGS", "environment_differences", "numerics_environment"]
@@ -145,6 +146,7 @@ def numerics_environment(*, probe_device: bool = False) -> dict[str, Any]:
     Args:
         probe_device: Import the backend module (not Keras) if needed to name the device.
     """
+    apply_backend_defaults()  # the flags a backend layerprobe imports later will start with
     backend = _backend_name()
     environment: dict[str, Any] = {
         "backend": backend,

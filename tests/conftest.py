@@ -7,6 +7,9 @@ from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# layerprobe's own default (features/backend.py), set before any test module imports TensorFlow
+# itself, so that this process and the dask workers it starts compute with the same kernels.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import pytest  # noqa: E402
 

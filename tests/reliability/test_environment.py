@@ -7,7 +7,10 @@ and `load(strict_environment=True)` refuses an entry from another environment.
 """
 
 import json
+import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -74,7 +77,8 @@ def test_complete_entry_is_reused_in_another_environment_unless_strict(harness, 
     with pytest.raises(StoreError, match="another numerics environment") as info:
         store.load(harness.keys[FIRST], strict_environment=True)
     message = str(info.value)
-    assert f"env.{ONEDNN}: None then, '0' now" in message and "env.XLA_FLAGS" in message
+    # unset, the flag is recorded as the imported TensorFlow runs (conftest: oneDNN on)
+    assert f"env.{ONEDNN}: '1' then, '0' now" in message and "env.XLA_FLAGS" in message
     assert "strict_environment=False" in message and "store rm" in message
 
 
@@ -130,4 +134,33 @@ def test_store_info_shows_the_environment(harness, tmp_path, capsys, monkeypatch
     assert main(["store", "info", str(tmp_path), harness.keys[FIRST].entry_name]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["environment"]["backend"] == "tensorflow"
-    assert shown["environment_differences_from_now"] == {f"env.{ONEDNN}": {"then": None, "now": "0"}}
+    assert shown["environment_differences_from_now"] == {f"env.{ONEDNN}": {"then": "1", "now": "0"}}
+
+
+def _onednn_in_fresh_process(code: str, user_setting: str | None) -> tuple[str, str]:
+    """(TF_ENABLE_ONEDNN_OPTS, whether TensorFlow runs oneDNN) after `code` in a new interpreter."""
+    env = {name: value for name, value in os.environ.items() if name != ONEDNN}
+    if user_setting is not None:
+        env[ONEDNN] = user_setting
+    report = (
+        "\nimport os\nfrom tensorflow.python.util import _pywrap_util_port"
+        f"\nprint(os.environ.get({ONEDNN!r}), _pywrap_util_port.IsMklEnabled())"
+    )
+    done = subprocess.run([sys.executable, "-c", code + report], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    flag, enabled = done.stdout.split()[-2:]
+    return flag, enabled
+
+
+@pytest.mark.parametrize(("user_setting", "expected"), [(None, ("1", "True")), ("0", ("0", "False"))])
+def test_tensorflow_runs_onednn_unless_the_user_says_otherwise(user_setting, expected):
+    start = "from layerprobe.features.backend import import_keras_quietly\nimport_keras_quietly()"
+    assert _onednn_in_fresh_process(start, user_setting) == expected
+
+
+def test_tensorflow_imported_before_layerprobe_is_recorded_as_it_runs():
+    # TensorFlow read the (unset) flag at import; the recorded flag must say what it chose,
+    # so that the environment is truthful and dask workers started later compute like it.
+    start = "import tensorflow\nfrom layerprobe.features.environment import numerics_environment\nnumerics_environment()"
+    flag, enabled = _onednn_in_fresh_process(start, None)
+    assert flag == ("1" if enabled == "True" else "0")
