@@ -556,10 +556,20 @@ class FeatureStore:
 
 
 def _relative(sample_id: str, root: str) -> str:
-    """A file sample id as a POSIX path relative to the dataset root (array ids are kept)."""
+    """A file sample id as a POSIX path relative to the dataset root (array ids are kept).
+
+    A normalised path under `root` loses its prefix; only others go through
+    `os.path.relpath`, 20 µs a call, which cost a commit of 5,000 images and 6 layers
+    a second of the extraction's 8 (benchmarks/RESULTS.md, vit_depth_sweep).
+    """
     if sample_id.startswith("array:") or not os.path.isabs(sample_id):
         return sample_id
-    return Path(os.path.relpath(sample_id, root)).as_posix()
+    prefix = root.rstrip(os.sep) + os.sep
+    if sample_id.startswith(prefix) and os.path.normpath(sample_id) == sample_id:
+        relative = sample_id[len(prefix):]
+    else:
+        relative = os.path.relpath(sample_id, root)
+    return relative.replace(os.sep, "/")
 
 
 def _base(root: str | os.PathLike | None, metadata: Mapping[str, Any]) -> str | None:

@@ -181,3 +181,16 @@ def test_cli_extract_takes_the_dataset_digest(tmp_path, capsys):
     assert {row["dataset"] for row in FeatureStore(tmp_path / "store").entries()} == {
         from_directory(root).digest(mode) for mode in ("stat", "content")
     }
+
+
+@pytest.mark.parametrize("root", ["/data/set", "/data/set/", "/"])
+@pytest.mark.parametrize(
+    "sample_id",
+    ["/data/set/cat/1.jpg", "/data/set/../other/2.jpg", "/data/setx/3.jpg", "/data//set/cat/4.jpg", "/elsewhere/5.jpg",
+     "array:7", "relative/6.jpg"],
+)
+def test_stored_sample_ids_are_relpaths_of_the_root(root, sample_id):
+    from layerprobe.features.store.feature_store import _relative
+
+    expected = sample_id if sample_id.startswith("array:") or not os.path.isabs(sample_id) else os.path.relpath(sample_id, root)
+    assert _relative(sample_id, root) == expected
