@@ -245,6 +245,8 @@ def _load_jpeg_turbo(path: str, size: int, max_pixels: int, budget: DecodeBudget
                 data, colorspace="GRAY" if colorspace == "Gray" else "RGB",
                 min_height=out_height, min_width=out_width, min_factor=scale,
             )
+            if pixels.shape == (size, size, 3):
+                return pixels  # already what `_square_rgb` would return, without two copies through Pillow
             image = Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels)
             return _square_rgb(image, size)
     except (ValueError, IndexError, StopIteration):  # simplejpeg refuses it: Pillow says why, or decodes it

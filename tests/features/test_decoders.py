@@ -31,6 +31,7 @@ def jpegs(tmp_path):
         "subsampled": ((640, 480), {"subsampling": 2}),
         "quality": ((512, 512), {"quality": 40}),
         "progressive": ((600, 400), {"progressive": True}),
+        "at_size": ((32, 32), {}),  # CIFAR-like: already the input size at 32 px (no resize)
     }
     for seed, (name, ((w, h), options)) in enumerate(cases.items()):
         path = folder / f"{name}.jpg"
@@ -53,7 +54,7 @@ def jpegs(tmp_path):
     return made
 
 
-@pytest.mark.parametrize("size", [224, 96, 32])
+@pytest.mark.parametrize("size", [224, 96, 64, 32])  # 64: "quality" drafted at 1/8 to exactly the size
 def test_simplejpeg_gives_pillows_pixels(jpegs, size):
     for name, path in jpegs.items():
         pillow = load_image(path, size, decoder="pillow")
