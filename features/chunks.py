@@ -32,6 +32,7 @@ __all__ = [
     "ExtractionReport",
     "chunk_ranges",
     "commit_entries",
+    "default_chunk_size",
     "open_work",
     "reuse_or_compute",
     "write_chunk",
@@ -39,6 +40,9 @@ __all__ = [
 
 _DEFAULT_CHUNK_SAMPLES = 256
 _DEFAULT_CHUNK_BATCHES = 8
+# Small images: chunks grow to this many bytes of decoded uint8 pixels, at most _MAX_DEFAULT_CHUNK_SAMPLES.
+_DEFAULT_CHUNK_PIXEL_BYTES = 8 * 2**20
+_MAX_DEFAULT_CHUNK_SAMPLES = 2048
 
 
 @dataclass
@@ -108,24 +112,41 @@ class ChunkWork:
         return {name: partial for name, partial in self.partials.items() if index not in self.committed[name]}
 
 
-def chunk_ranges(n_samples: int, batch_size: int, chunk_size: int | None = None) -> list[range]:
+def chunk_ranges(
+    n_samples: int, batch_size: int, chunk_size: int | None = None, *, image_side: int | None = None
+) -> list[range]:
     """Fixed chunks of `n_samples`: `chunk_size` samples each, batch-aligned.
 
-    The default is at least 256 samples and 8 batches: few enough files that
-    writing and committing them stays a small part of a fast device's time, small
-    enough that a crash loses little.
+    The default (`default_chunk_size`) keeps writing and committing chunk files a small
+    part of the extraction's time, and a crash's loss small.
 
     Raises:
         BackboneError: If `chunk_size` is not a multiple of `batch_size` (a resumed run
             must see the same batches).
     """
-    size = chunk_size or batch_size * max(_DEFAULT_CHUNK_BATCHES, _DEFAULT_CHUNK_SAMPLES // batch_size)
+    size = chunk_size or default_chunk_size(batch_size, image_side)
     if size % batch_size:
         raise BackboneError(
             f"chunk_size must be a multiple of batch_size={batch_size} so that a resumed run "
             f"sees the same batches. Received: chunk_size={chunk_size!r}"
         )
     return [range(start, min(start + size, n_samples)) for start in range(0, n_samples, size)]
+
+
+def default_chunk_size(batch_size: int, image_side: int | None = None) -> int:
+    """Samples per chunk: at least 256 and 8 batches; for small `image_side` x `image_side` inputs, more.
+
+    Each chunk file costs about 10 ms to write and read back per layer whatever its size,
+    which for a cheap model on 32 px images was a tenth of the extraction (benchmarks/
+    RESULTS.md, vit_depth_sweep). So chunks of small images grow to 8 MiB of decoded
+    pixels (2,048 samples at 32 px, about 680 at 64 px; unchanged from 128 px up), at most
+    2,048 samples: memory stays small and a crash still loses seconds of work.
+    """
+    batches = max(_DEFAULT_CHUNK_BATCHES, _DEFAULT_CHUNK_SAMPLES // batch_size)
+    if image_side:
+        by_bytes = _DEFAULT_CHUNK_PIXEL_BYTES // (image_side * image_side * 3) // batch_size
+        batches = max(batches, min(by_bytes, _MAX_DEFAULT_CHUNK_SAMPLES // batch_size))
+    return batch_size * batches
 
 
 def reuse_or_compute(store, keys: Mapping[str, FeatureKey], report: ExtractionReport, log, *, compute, before_lock=None) -> None:
@@ -168,13 +189,15 @@ def open_work(
     chunk_size: int | None,
     log: Callable[[str], None],
     environment: Mapping[str, Any] | None = None,
+    image_side: int | None = None,
 ) -> ChunkWork:
     """The chunks and the work areas of `layers` (whose keys' locks the caller holds).
 
     `environment`: the numerics environment the chunks are computed in (default:
-    this process's; a cluster extraction passes its workers').
+    this process's; a cluster extraction passes its workers'). `image_side`: the
+    input size, which sets the default chunk size (`default_chunk_size`).
     """
-    chunks = chunk_ranges(n_samples, batch_size, chunk_size)
+    chunks = chunk_ranges(n_samples, batch_size, chunk_size, image_side=image_side)
     fingerprint = {
         "batch_size": batch_size,
         "chunk_size": len(chunks[0]) if chunks else 0,

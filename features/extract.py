@@ -332,7 +332,8 @@ class FeatureExtractor:
             dataset: Images to extract (see `layerprobe.features.inputs`).
             store: Where features are cached.
             chunk_size: Samples per committed chunk (a multiple of `batch_size`;
-                default: about 256). Work lost to a crash is at most one chunk.
+                default: at least 256, up to 2,048 for small images: `default_chunk_size`).
+                Work lost to a crash is at most one chunk.
             n_workers: Decoding threads (default: min(8, CPUs)).
             progress: Show a tqdm progress bar with images/s.
             log: Called with one line per event (cached/computed/waiting).
@@ -368,7 +369,7 @@ class FeatureExtractor:
             raise InputError("The dataset has no samples; there is nothing to extract. Received: 0 samples")
         # a bad chunk_size fails before any lock ("auto" batches are resolved to a divisor of chunk_size)
         first_chunk = len(chunk_ranges(len(dataset), DEFAULT_BATCH_SIZE if self._auto_batch else self.batch_size,
-                                       chunk_size)[0])
+                                       chunk_size, image_side=self.backbone.input_size)[0])
         log = log or (lambda message: None)
         started = time.perf_counter()
         keys = self.keys(dataset, dataset_digest)
@@ -432,7 +433,7 @@ class FeatureExtractor:
         layers = [info for info in self.layers if info.name in missing]
         return open_work(
             store, keys, layers, len(dataset), batch_size=self.batch_size, chunk_size=chunk_size,
-            log=log or (lambda message: None), environment=environment,
+            log=log or (lambda message: None), environment=environment, image_side=self.backbone.input_size,
         )
 
     def device_forward(self, layers: Sequence[LayerInfo] | None = None) -> DeviceForward:

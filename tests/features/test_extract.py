@@ -346,3 +346,17 @@ def test_mixed_precision_names_the_compute_policy_which_is_part_of_the_key(value
 def test_unknown_mixed_precision_is_refused():
     with pytest.raises(BackboneError, match="mixed_precision must be"):
         FeatureExtractor("VGG16", weights=None, input_size=32, mixed_precision="float8")
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "image_side", "expected"),
+    [(128, 32, 2048), (32, 64, 672), (64, 64, 640), (32, 224, 256), (8, 224, 256), (512, 32, 4096), (32, None, 256)],
+)
+def test_default_chunks_grow_for_small_images_only(batch_size, image_side, expected):
+    from layerprobe.features.chunks import chunk_ranges, default_chunk_size
+
+    assert default_chunk_size(batch_size, image_side) == expected
+    assert expected % batch_size == 0 and expected >= max(256, 8 * batch_size)
+    if image_side and expected > max(256, 8 * batch_size):  # grown: at most 8 MiB of pixels and 2,048 samples
+        assert expected * image_side**2 * 3 <= 8 * 2**20 and expected <= 2048
+    assert len(chunk_ranges(10_000, batch_size, image_side=image_side)[0]) == min(expected, 10_000)
