@@ -165,5 +165,5 @@ def test_run_and_finetune_of_one_config_at_once_lose_no_row_and_train_once(helpe
     logs = outputs["run"][0] + outputs["finetune"][0]
     # One owner per checkpoint: one process trained, the other waited and reused its row (before: both trained
     # into the same folder at once).
-    assert logs.count("  training scratch VGG16") == 1 and logs.count("  reused   scratch VGG16") == 1, logs
+    assert logs.count("  training scratch VGG16") == 1 and logs.count("  reused scratch VGG16") == 1, logs
     assert "  waiting  for another process training scratch VGG16" in logs
