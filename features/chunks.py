@@ -24,6 +24,7 @@ import numpy as np
 
 from .core.errors import BackboneError
 from .environment import numerics_environment
+from .inputs.loader import decoded_bytes
 from .keys import FeatureKey
 
 __all__ = [
@@ -144,7 +145,7 @@ def default_chunk_size(batch_size: int, image_side: int | None = None) -> int:
     """
     batches = max(_DEFAULT_CHUNK_BATCHES, _DEFAULT_CHUNK_SAMPLES // batch_size)
     if image_side:
-        by_bytes = _DEFAULT_CHUNK_PIXEL_BYTES // (image_side * image_side * 3) // batch_size
+        by_bytes = _DEFAULT_CHUNK_PIXEL_BYTES // decoded_bytes(1, image_side) // batch_size
         batches = max(batches, min(by_bytes, _MAX_DEFAULT_CHUNK_SAMPLES // batch_size))
     return batch_size * batches
 
