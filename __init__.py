@@ -14,7 +14,7 @@ work that only reads cached features stays fast.
 Where each idea lives (each package's docstring maps its own modules):
 
 * ``features/``: images in, cached layer features out (inputs, backbones,
-  extraction, the store); ``features/core/`` is the common core every module
+  extraction, the store); ``core/`` is the common core every module
   uses (errors, checks, atomic writes, lazy exports, digests, versions);
 * ``pipeline/``: what is done with cached features (configs, classifiers and
   probes, finetuning, batch runs, results, advice, the command line);
@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .features.core.lazy import lazy_exports
-from .features.core.versions import layerprobe_version
+from .core.lazy import lazy_exports
+from .core.versions import layerprobe_version
 
 __version__ = layerprobe_version()
 
@@ -56,18 +56,18 @@ _EXPORTS = {
     "LayerFeatures": "pipeline.layer_features",
     "export_model": "pipeline.export",
     "predict_images": "pipeline.predict",
-    "LayerprobeError": "features.core.errors",
-    "ConfigError": "features.core.errors",
-    "StoreError": "features.core.errors",
-    "CorruptEntryError": "features.core.errors",
-    "IncompleteEntryError": "features.core.errors",
-    "EntryNotFoundError": "features.core.errors",
-    "EntryLockedError": "features.core.errors",
-    "InputError": "features.core.errors",
-    "UnreadableImageError": "features.core.errors",
-    "BackboneError": "features.core.errors",
-    "UnknownLayerError": "features.core.errors",
-    "WeightsUnavailableError": "features.core.errors",
+    "LayerprobeError": "core.errors",
+    "ConfigError": "core.errors",
+    "StoreError": "core.errors",
+    "CorruptEntryError": "core.errors",
+    "IncompleteEntryError": "core.errors",
+    "EntryNotFoundError": "core.errors",
+    "EntryLockedError": "core.errors",
+    "InputError": "core.errors",
+    "UnreadableImageError": "core.errors",
+    "BackboneError": "core.errors",
+    "UnknownLayerError": "core.errors",
+    "WeightsUnavailableError": "core.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -78,7 +78,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from .features.chunks import ExtractionReport  # noqa: F401
-    from .features.core.errors import (  # noqa: F401
+    from .core.errors import (  # noqa: F401
         BackboneError,
         ConfigError,
         CorruptEntryError,

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from _machine import machine_description, machine_info
-from layerprobe.features.core.atomic import atomic_path, write_atomically, write_text_atomically
+from layerprobe.core.atomic import atomic_path, write_atomically, write_text_atomically
 
 __all__ = ["TABLE_STYLE", "RunLog", "bar_chart", "read_results", "significant", "write_csv", "write_json"]
 

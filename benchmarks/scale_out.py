@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _args import base_parser, quiet_tensorflow  # noqa: E402
-from layerprobe.features.core.cores import usable_cores  # noqa: E402
+from layerprobe.core.cores import usable_cores  # noqa: E402
 
 quiet_tensorflow()
 

@@ -30,8 +30,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from .backend import import_keras_quietly, load_weights_strictly
-from .core.digests import arrays_digest, file_digest
-from .core.errors import BackboneError, WeightsUnavailableError
+from ..core.digests import arrays_digest, file_digest
+from ..core.errors import BackboneError, WeightsUnavailableError
 from .hub import is_hub_model, open_hub_model
 from .model_files import SAVED_WEIGHTS, is_model_file, open_model_file
 from .registry import (

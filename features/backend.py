@@ -106,7 +106,7 @@ _BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 
 def _import_keras() -> Any:
     """`import keras`, or a `BackboneError` saying which extra installs the missing backend."""
-    from .core.errors import BackboneError
+    from ..core.errors import BackboneError
 
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     apply_backend_defaults()

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .core.errors import BackboneError
+from ..core.errors import BackboneError
 from .environment import numerics_environment
 from .inputs.loader import decoded_bytes
 from .keys import FeatureKey

@@ -65,9 +65,9 @@ from .chunks import (
     reuse_or_compute,
     write_chunk,
 )
-from .core.atomic import TMP_PREFIX, write_text_atomically
-from .core.cores import usable_cores
-from .core.errors import BackboneError, InputError, StoreError
+from ..core.atomic import TMP_PREFIX, write_text_atomically
+from ..core.cores import usable_cores
+from ..core.errors import BackboneError, InputError, StoreError
 from .environment import environment_differences, numerics_environment
 from .inputs import DecodedChunk, ImageDataset, iter_decoded_chunks
 from .store import FeatureStore

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .backend import apply_backend_defaults
-from .core.versions import installed_version
+from ..core.versions import installed_version
 
 __all__ = ["ENVIRONMENT_FLAGS", "environment_differences", "numerics_environment"]
 

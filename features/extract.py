@@ -39,8 +39,8 @@ from .chunks import (
     reuse_or_compute,
     write_chunk,
 )
-from .core.checks import check_positive_int
-from .core.errors import BackboneError, InputError
+from ..core.checks import check_positive_int
+from ..core.errors import BackboneError, InputError
 from .device import DeviceForward, accelerator_name, is_out_of_memory, pad_batch
 from .inputs import DEFAULT_MAX_PIXELS, DecodedChunk, ImageDataset, iter_decoded_chunks
 from .inputs.dataset import DIGEST_MODES, resolve_dataset_digest

@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from .backend import import_keras_quietly, load_weights_strictly
-from .core.checks import unknown_name_message
-from .core.errors import BackboneError, WeightsUnavailableError
+from ..core.checks import unknown_name_message
+from ..core.errors import BackboneError, WeightsUnavailableError
 from .registry import BackboneSpec, TokenLayout, resolve_preprocessing
 from .seeding import keras_seed
 

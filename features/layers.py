@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from .backend import inbound_layers
-from .core.checks import closest_names
-from .core.errors import UnknownLayerError
+from ..core.checks import closest_names
+from ..core.errors import UnknownLayerError
 from .registry import BackboneSpec
 
 __all__ = [

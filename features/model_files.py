@@ -25,7 +25,7 @@ model saved with `model.save` (a `.keras` archive, or a legacy `.h5` model):
   loading stops with an error listing the choices.
 * **Identity.** The cache key's weights field is a digest of the backbone
   part's architecture (its config, canonical JSON) and its weight values
-  (`layerprobe.features.core.digests.arrays_digest`): two copies of a file share
+  (`layerprobe.core.digests.arrays_digest`): two copies of a file share
   cached features, a retrained file is a miss. The file's name and path are
   not part of it.
 
@@ -47,9 +47,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .backend import import_keras_quietly, is_functional_model, load_weights_strictly
-from .core.atomic import write_text_atomically
-from .core.checks import check_positive_int
-from .core.errors import BackboneError, WeightsUnavailableError
+from ..core.atomic import write_text_atomically
+from ..core.checks import check_positive_int
+from ..core.errors import BackboneError, WeightsUnavailableError
 from .hub import is_hub_model
 from .registry import (
     BACKBONES,

@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .core.atomic import write_text_atomically
-from .core.versions import installed_version
+from ..core.atomic import write_text_atomically
+from ..core.versions import installed_version
 from .hub import hub_preset_files, is_hub_model
 from .inputs import DEFAULT_MAX_PIXELS
 from .inputs.file_digests import file_identity

@@ -13,8 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from .core.checks import unknown_name_message
-from .core.errors import BackboneError
+from ..core.checks import unknown_name_message
+from ..core.errors import BackboneError
 
 __all__ = [
     "BackboneSpec",

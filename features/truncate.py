@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-from .core.errors import BackboneError
+from ..core.errors import BackboneError
 from .layers import LayerInfo
 from .registry import TOKEN_POOLINGS, TokenLayout
 

@@ -71,7 +71,7 @@ from typing import Hashable, Mapping
 import numpy as np
 import pandas as pd
 
-from ..features.core.checks import check_positive_int
+from ..core.checks import check_positive_int
 from .config.template import toml_value
 from .uncertainty import binomial_se, ties_with_best, wilson_interval
 

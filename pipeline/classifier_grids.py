@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ..features.core.checks import did_you_mean
+from ..core.checks import did_you_mean
 
 __all__ = [
     "CLASSIFIER_GRIDS",

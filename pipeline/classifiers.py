@@ -32,8 +32,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC
 
-from ..features.core.checks import is_positive_int, unknown_name_message
-from ..features.core.errors import InputError
+from ..core.checks import is_positive_int, unknown_name_message
+from ..core.errors import InputError
 from .classifier_grids import CLASSIFIER_GRIDS, ParamGrid, prefix_grid_keys
 from .probes.ridge import RidgeProbeCV
 from .probes.svm import LinearSVM, linear_svm_solver

@@ -55,7 +55,7 @@ def comma_list(text: str) -> list[str]:
 
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1."""
-    from ..features.core.checks import is_positive_int
+    from ..core.checks import is_positive_int
 
     try:
         value = int(text)
@@ -206,7 +206,7 @@ def _extract(args: argparse.Namespace) -> int:
 
 @_command("store")
 def _store(args: argparse.Namespace) -> int:
-    from ..features.core.errors import InputError
+    from ..core.errors import InputError
     from ..features.store import FeatureStore
 
     if not os.path.isdir(args.store):
@@ -263,7 +263,7 @@ def _run_default(args: argparse.Namespace):
     from .results import output_errors
 
     if _cluster_settings(args) is not None:
-        from ..features.core.errors import InputError
+        from ..core.errors import InputError
 
         raise InputError(
             "The cluster options (--scheduler, --workers, --gpus...) need an experiment config; the "
@@ -428,7 +428,7 @@ def _cluster_settings(args: argparse.Namespace, configured=None):
 
 def build_parser() -> argparse.ArgumentParser:
     """The `layerprobe` argument parser; pooling and dtype choices come from their registries."""
-    from ..features.core.versions import layerprobe_version
+    from ..core.versions import layerprobe_version
     from ..features.keys import COMPUTE_PRECISIONS, DECODERS, STORAGE_DTYPES
     from ..features.truncate import DEFAULT_MAX_FLATTEN_DIM, POOLINGS
 
@@ -598,7 +598,7 @@ def _showing_logs(*, to_stderr: bool):
 
 def _check_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     """A misspelled command: argparse's error, with the closest command suggested."""
-    from ..features.core.checks import did_you_mean
+    from ..core.checks import did_you_mean
 
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     if command is not None and command not in _COMMANDS:
@@ -621,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _quiet_backend(verbose=args.verbose)
     _escape_unprintable()
-    from ..features.core.errors import LayerprobeError
+    from ..core.errors import LayerprobeError
 
     try:
         with _showing_logs(to_stderr=getattr(args, "json", False)):

@@ -23,7 +23,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from ..features.core.errors import LayerprobeError
+from ..core.errors import LayerprobeError
 
 __all__ = ["ClusterConfig", "ClusterError", "open_client"]
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 
 from ..features.backend import import_keras_quietly
-from ..features.core.atomic import (
+from ..core.atomic import (
     temporary_path,
     write_atomically,
     write_text_atomically,

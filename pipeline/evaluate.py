@@ -16,7 +16,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from ..features.core.errors import InputError
+from ..core.errors import InputError
 
 __all__ = ["Scores", "check_labels", "evaluate"]
 

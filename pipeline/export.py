@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from ..features.core.errors import InputError
-from ..features.core.versions import layerprobe_version
+from ..core.errors import InputError
+from ..core.versions import layerprobe_version
 from .persistence import load_classifier, read_features_record, read_sidecar
 from .predict import class_scores, rebuild_extractor
 

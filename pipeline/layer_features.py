@@ -30,7 +30,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ..features.core.errors import InputError
+from ..core.errors import InputError
 from ..features.extract import FeatureExtractor
 from ..features.inputs import UNLABELLED, ImageDataset
 from ..features.store import FeatureStore

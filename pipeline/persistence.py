@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 import sklearn
 
-from ..features.core.atomic import write_atomically
-from ..features.core.errors import InputError
-from ..features.core.versions import layerprobe_version
+from ..core.atomic import write_atomically
+from ..core.errors import InputError
+from ..core.versions import layerprobe_version
 from .evaluate import check_labels
 
 __all__ = [

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..features.core.atomic import write_atomically
+from ..core.atomic import write_atomically
 from .probes.multilayer import multi_layer_name
 
 __all__ = ["CV_SCORE", "LOGME_MIN_SPAN", "TEST_SCORE", "depth_figure", "plot_depth"]

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..features.core.errors import InputError
+from ..core.errors import InputError
 from ..features.extract import FeatureExtractor
 from ..features.inputs import open_images
 from .classifiers import flat_features

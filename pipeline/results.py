@@ -29,9 +29,9 @@ from typing import Any
 
 import pandas as pd
 
-from ..features.core.atomic import TMP_PREFIX, write_atomically, write_text_atomically
-from ..features.core.errors import OutputError
-from ..features.core.lock_files import hold_lock_file
+from ..core.atomic import TMP_PREFIX, write_atomically, write_text_atomically
+from ..core.errors import OutputError
+from ..core.lock_files import hold_lock_file
 from .tables import format_table
 from .uncertainty import wilson_interval
 

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ..features.core.cores import cgroup_cpu_quota, usable_cores
+from ..core.cores import cgroup_cpu_quota, usable_cores
 
 __all__ = [
     "ONE_THREAD_BELOW",

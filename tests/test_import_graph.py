@@ -1,7 +1,8 @@
 """The package's import graph, read from the source tree: every internal import resolves to a file, no circles.
 
-Function-level imports count (a circle hidden inside a function is still a circle);
-imports under `if TYPE_CHECKING:` do not (they never run). An import of a package
+Function-level imports count (a circle hidden inside a function is still a circle),
+and so do imports under `if TYPE_CHECKING:` (a circle that only type hints close is
+still two modules that need each other). An import of a package
 reaches its `__init__`; `from package import submodule` reaches the submodule.
 """
 
@@ -17,9 +18,9 @@ PACKAGE = "layerprobe"
 
 
 def _modules() -> dict[str, Path]:
-    """Dotted module name -> file, for the root package and its subpackages (features/, pipeline/)."""
+    """Dotted module name -> file, for the root package and its subpackages (core/, features/, pipeline/)."""
     modules = {PACKAGE: ROOT / "__init__.py"}
-    for top in ("features", "pipeline"):
+    for top in ("core", "features", "pipeline"):
         for path in sorted((ROOT / top).rglob("*.py")):
             parts = path.relative_to(ROOT).with_suffix("").parts
             if parts[-1] == "__init__":
@@ -28,21 +29,11 @@ def _modules() -> dict[str, Path]:
     return modules
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def _imports(tree: ast.AST):
-    """Every import statement that can run (anywhere in the file, not under `if TYPE_CHECKING:`)."""
+    """Every import statement anywhere in the file (inside functions and under `if TYPE_CHECKING:` too)."""
     stack = [tree]
     while stack:
         node = stack.pop()
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            stack.extend(node.orelse)
-            continue
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node
         stack.extend(ast.iter_child_nodes(node))
@@ -122,6 +113,18 @@ def test_no_module_imports_one_that_imports_it_back():
     assert _cycles(graph) == []
 
 
+def test_core_imports_neither_features_nor_pipeline():
+    graph, _ = _graph()
+    upward = sorted(
+        f"{name} -> {target}"
+        for name, targets in graph.items()
+        if name.startswith(f"{PACKAGE}.core")
+        for target in targets
+        if not target.startswith(f"{PACKAGE}.core")
+    )
+    assert upward == []
+
+
 def test_features_never_imports_pipeline():
     graph, _ = _graph()
     upward = sorted(
@@ -135,14 +138,14 @@ def test_features_never_imports_pipeline():
 
 
 def test_the_checker_finds_a_function_level_circle(tmp_path, monkeypatch):
-    """The check itself: a circle through an import inside a function is found."""
+    """The check itself: a circle through an import inside a function or under TYPE_CHECKING is found."""
     graph = {"a": {"b"}, "b": {"a"}, "c": set()}
     assert _cycles(graph) == [["a", "b"]]
     tree = ast.parse("def f():\n    from .b import x\nif TYPE_CHECKING:\n    from .c import y\n")
-    assert [node.module for node in _imports(tree)] == ["b"]
+    assert sorted(node.module for node in _imports(tree)) == ["b", "c"]
 
 
 @pytest.mark.parametrize("core", ["errors", "checks", "atomic", "lazy", "digests", "versions"])
-def test_the_common_core_imports_nothing_else_of_the_package(core):
+def test_each_core_module_is_standalone_within_the_core(core):
     graph, _ = _graph()
-    assert {t for t in graph[f"{PACKAGE}.features.core.{core}"] if not t.startswith(f"{PACKAGE}.features.core")} == set()
+    assert {t for t in graph[f"{PACKAGE}.core.{core}"] if not t.startswith(f"{PACKAGE}.core")} == set()

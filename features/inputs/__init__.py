@@ -12,7 +12,7 @@ Modules, one job each:
 Everything other code needs is importable from here.
 """
 
-from ..core.errors import ImageReadError, InputError, UnreadableImageError
+from ...core.errors import ImageReadError, InputError, UnreadableImageError
 from .dataset import DIGEST_MODES, ImageDataset
 from .decoding import (
     DEFAULT_DECODE_BUDGET,

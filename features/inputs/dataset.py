@@ -12,7 +12,7 @@ from pathlib import PurePath
 
 import numpy as np
 
-from ..core.errors import InputError
+from ...core.errors import InputError
 from ..keys import DIGEST_MODES
 from .decoding import DEFAULT_MAX_PIXELS, DecodeBudget, array_to_rgb, load_image
 

@@ -45,8 +45,8 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..core.checks import check_positive_int
-from ..core.errors import ImageReadError, InputError, UnreadableImageError
+from ...core.checks import check_positive_int
+from ...core.errors import ImageReadError, InputError, UnreadableImageError
 from ..keys import DECODERS
 
 __all__ = [

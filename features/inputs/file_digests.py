@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-from ..core.atomic import write_text_atomically
-from ..core.cores import usable_cores
-from ..core.digests import file_digest
+from ...core.atomic import write_text_atomically
+from ...core.cores import usable_cores
+from ...core.digests import file_digest
 from .decoding import with_io_retries
 
 __all__ = ["cache_directory", "errno_name", "file_digests", "file_identity"]

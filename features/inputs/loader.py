@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.checks import check_positive_int
-from ..core.cores import usable_cores
-from ..core.errors import ImageReadError, InputError, UnreadableImageError
+from ...core.checks import check_positive_int
+from ...core.cores import usable_cores
+from ...core.errors import ImageReadError, InputError, UnreadableImageError
 from .dataset import ImageDataset
 from .decoding import (
     DEFAULT_DECODE_BUDGET,

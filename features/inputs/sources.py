@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core.errors import InputError
+from ...core.errors import InputError
 from .dataset import ImageDataset
 
 __all__ = [

@@ -9,21 +9,21 @@ Modules, one job each:
 * `hdf5`: the entry and chunk files (the only module that imports h5py);
 * `failures`: how a failed write is reported.
 
-Every entry's metadata records `library_versions` (`layerprobe.features.core.versions`)
+Every entry's metadata records `library_versions` (`layerprobe.core.versions`)
 beside the numerics environment (`layerprobe.features.environment`).
 
 Everything other code needs is importable from here.
 """
 
-from ..core.digests import array_digest
-from ..core.errors import (
+from ...core.digests import array_digest
+from ...core.errors import (
     CorruptEntryError,
     EntryLockedError,
     EntryNotFoundError,
     IncompleteEntryError,
     StoreError,
 )
-from ..core.versions import library_versions
+from ...core.versions import library_versions
 from .feature_set import FeatureSet
 from .feature_store import FeatureStore
 from .hdf5 import CHUNK_ENCODING_TYPE, ENCODING_TYPE, ENCODING_VERSION

@@ -7,7 +7,7 @@ import errno
 from pathlib import Path
 from typing import Iterator
 
-from ..core.errors import StoreError
+from ...core.errors import StoreError
 
 __all__ = ["check_free_space", "write_error", "writing"]
 

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..core.errors import InputError
+from ...core.errors import InputError
 from ..keys import FeatureKey
 
 __all__ = ["FeatureSet"]

@@ -8,7 +8,7 @@ Layout of a store directory::
       .locks/<digest>.lock       per-key lock, naming its holder (`locks.py`)
 
 Every file is written under a temporary name (`.tmp-<final name>.<random>`,
-see `layerprobe.features.core.atomic`) and committed by atomic rename, so a killed
+see `layerprobe.core.atomic`) and committed by atomic rename, so a killed
 extraction leaves committed chunks, perhaps a stray temporary file (ignored,
 and deleted by the next holder of the key's lock), but never a file that
 reads as a complete entry. Readers need no lock: they only open committed files.
@@ -33,9 +33,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..core.atomic import TMP_PREFIX
-from ..core.digests import encode_text
-from ..core.errors import (
+from ...core.atomic import TMP_PREFIX
+from ...core.digests import encode_text
+from ...core.errors import (
     CorruptEntryError,
     EntryLockedError,
     EntryNotFoundError,

@@ -3,7 +3,7 @@
 Two kinds of file: an *entry* (the features of one key, committed whole) and a
 *chunk* (the features of some samples of an unfinished extraction). Each is
 written under a temporary name and committed by atomic rename
-(`layerprobe.features.core.atomic`): HDF5 cannot survive a writer killed while the
+(`layerprobe.core.atomic`): HDF5 cannot survive a writer killed while the
 file is open, so nothing is ever written in place. Each carries
 `encoding-type`/`encoding-version` attributes, and readers refuse other types
 and versions. A file that cannot be read as what it should be raises
@@ -57,8 +57,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import h5py
 import numpy as np
 
-from ..core.atomic import atomic_path
-from ..core.digests import (
+from ...core.atomic import atomic_path
+from ...core.digests import (
     array_digest,
     encode_text,
     start_array,

@@ -2,7 +2,7 @@
 
 One lock file per key, `.locks/<key digest>.lock` in the store (or in
 `$LAYERPROBE_LOCK_DIR` when set, for a shared store whose `.locks/` this user
-cannot write), held as `layerprobe.features.core.lock_files` holds any lock
+cannot write), held as `layerprobe.core.lock_files` holds any lock
 file: released by the operating system when its holder exits or is killed,
 its holder named, waits bounded (`LAYERPROBE_LOCK_TIMEOUT`, default 3600 s,
 then an `EntryLockedError` naming the holder), and opened safely in a folder
@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
-from ..core.errors import EntryLockedError, StoreError
-from ..core.lock_files import (
+from ...core.errors import EntryLockedError, StoreError
+from ...core.lock_files import (
     DEFAULT_LOCK_TIMEOUT,
     check_lock_folder,
     holder,
@@ -88,7 +88,7 @@ def hold(
         EntryLockedError: If a key stays locked by another process for `timeout` seconds
             (see `lock_timeout`); the message names the holder.
         StoreError: If the lock files cannot be created (a shared store this user cannot write),
-            or one is not safe to use (see `layerprobe.features.core.lock_files`).
+            or one is not safe to use (see `layerprobe.core.lock_files`).
     """
     seconds = lock_timeout(timeout, error=StoreError)
     ordered = sorted(set(keys), key=lambda k: k.digest)

@@ -24,8 +24,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..core.atomic import TMP_PREFIX, write_text_atomically
-from ..core.errors import CorruptEntryError, EntryLockedError, StoreError
+from ...core.atomic import TMP_PREFIX, write_text_atomically
+from ...core.errors import CorruptEntryError, EntryLockedError, StoreError
 from ..environment import environment_differences
 from . import hdf5
 from .failures import writing

@@ -54,7 +54,7 @@ backbones from `layerprobe.features.registry`. So reading a config imports no
 scikit-learn, h5py, Keras or dask.
 """
 
-from ...features.core.errors import ConfigError
+from ...core.errors import ConfigError
 from .loading import config_from_dict, load_config
 from .schema import (
     DEFAULT_OUTPUT_DIR,

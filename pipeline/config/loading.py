@@ -11,7 +11,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from ...features.core.errors import ConfigError
+from ...core.errors import ConfigError
 from .schema import ExperimentConfig
 from .sections import (
     build_backbones,

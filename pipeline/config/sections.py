@@ -12,7 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from ...features.core.errors import ConfigError
+from ...core.errors import ConfigError
 from ...features.hub import is_hub_model
 from ...features.inputs.loader import decoded_memory_problem
 from ...features.keys import COMPUTE_PRECISIONS, DECODERS, DEFAULT_BATCH_SIZE, DIGEST_MODES, STORAGE_DTYPES

@@ -19,8 +19,8 @@ import textwrap
 from pathlib import Path
 from typing import Any, Mapping
 
-from ...features.core.atomic import write_text_atomically
-from ...features.core.errors import InputError
+from ...core.atomic import write_text_atomically
+from ...core.errors import InputError
 from ..classifier_grids import CLASSIFIER_GRIDS
 from ..finetune.settings import FinetuneConfig
 from .schema import (

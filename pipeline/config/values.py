@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from ...features.backbone import parse_weights
-from ...features.core.checks import closest_names, is_positive_int
-from ...features.core.errors import BackboneError, InputError
+from ...core.checks import closest_names, is_positive_int
+from ...core.errors import BackboneError, InputError
 from ...features.hub import HUB_PREFIX
 from ...features.inputs.sources import check_encoding
 from ...features.model_files import SAVED_WEIGHTS, is_model_file

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...features.core.lazy import lazy_exports
+from ...core.lazy import lazy_exports
 
 # public name -> module that defines it (relative to this package)
 _EXPORTS = {

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from ...features.core.errors import InputError, UnreadableImageError
+from ...core.errors import InputError, UnreadableImageError
 from ...features.inputs import ImageDataset
 
 __all__ = ["ImageBatches", "validation_split"]

@@ -5,7 +5,7 @@
 The state is committed atomically after its weights are complete, and only then
 are older weights deleted, so a killed run leaves its previous checkpoint
 intact. `read_state` refuses a checkpoint written by a run with other settings.
-Files are committed with `layerprobe.features.core.atomic`. Beside the final model,
+Files are committed with `layerprobe.core.atomic`. Beside the final model,
 `model.layerprobe.json` (`backbone_metadata`) tells `layerprobe.features.model_files`
 which nested model is the backbone, its family, preprocessing and input size, so
 the saved file can be probed as a backbone (`model = "…/model.keras"`).
@@ -22,8 +22,8 @@ import keras
 import pandas as pd
 
 from ...features.backbone import Backbone
-from ...features.core.atomic import atomic_path, write_atomically, write_text_atomically
-from ...features.core.errors import ConfigError
+from ...core.atomic import atomic_path, write_atomically, write_text_atomically
+from ...core.errors import ConfigError
 from ...features.model_files import metadata_path, write_model_metadata
 from ...features.registry import BACKBONES
 

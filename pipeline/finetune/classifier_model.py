@@ -17,8 +17,8 @@ import keras
 import numpy as np
 
 from ...features.backbone import Backbone
-from ...features.core.checks import is_positive_int
-from ...features.core.errors import BackboneError, ConfigError, InputError
+from ...core.checks import is_positive_int
+from ...core.errors import BackboneError, ConfigError, InputError
 from ...features.layers import describe_layers
 from ...features.seeding import keras_seed
 from ...features.token_pooling import TokenPooling

@@ -16,7 +16,7 @@ from typing import Any
 import keras
 
 from ...features.backbone import Backbone
-from ...features.core.errors import BackboneError
+from ...core.errors import BackboneError
 from ...features.layers import describe_layers, resolve_layers
 from ...features.registry import BackboneSpec
 from .settings import unfreeze_blocks_problem

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...features.core.errors import InputError
+from ...core.errors import InputError
 from ...features.inputs import ImageDataset, iter_decoded_chunks
 from ..evaluate import evaluate
 from .result import FinetuneResult

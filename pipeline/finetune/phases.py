@@ -21,7 +21,7 @@ from typing import Any
 import keras
 
 from ...features.backbone import load_backbone
-from ...features.core.errors import InputError
+from ...core.errors import InputError
 from ...features.extract import dtype_policy
 from ...features.inputs import ImageDataset
 from ...features.registry import BackboneSpec

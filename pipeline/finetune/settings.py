@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ...features.core.checks import is_positive_int, unknown_name_message
-from ...features.core.errors import ConfigError
+from ...core.checks import is_positive_int, unknown_name_message
+from ...core.errors import ConfigError
 
 __all__ = [
     "AUGMENTATIONS",

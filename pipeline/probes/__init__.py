@@ -13,7 +13,7 @@ Names are loaded on first use, so importing this package imports nothing heavy.
 
 from __future__ import annotations
 
-from ...features.core.lazy import lazy_exports
+from ...core.lazy import lazy_exports
 
 _EXPORTS = {
     "DEFAULT_ALPHAS": "ridge",

@@ -28,7 +28,7 @@ from sklearn.linear_model._base import LinearClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
-from ...features.core.checks import is_positive_int
+from ...core.checks import is_positive_int
 
 __all__ = ["NEWTON_MAX_FEATURES", "SOLVERS", "LinearSVM", "linear_svm_solver"]
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from ...features.core.errors import ConfigError
+from ...core.errors import ConfigError
 from ...features.store import FeatureStore
 from ..advice import Advice, recommend
 from ..cluster import open_client

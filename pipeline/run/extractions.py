@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...features.core.errors import ConfigError, LayerprobeError
+from ...core.errors import ConfigError, LayerprobeError
 from ...features.extract import FeatureExtractor
 from ...features.plans import ExtractionPlan, load_plan, plan_signature, save_plan
 from ..config import BackboneConfig, ExperimentConfig

@@ -22,9 +22,9 @@ import json
 from typing import Any
 
 from ...features.backend import import_keras_quietly
-from ...features.core.atomic import write_text_atomically
-from ...features.core.errors import OutputError
-from ...features.core.lock_files import hold_lock_file
+from ...core.atomic import write_text_atomically
+from ...core.errors import OutputError
+from ...core.lock_files import hold_lock_file
 from ...features.inputs import ImageDataset
 from ...features.keys import safe_name
 from ..config import BackboneConfig, ExperimentConfig

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ...features.core.errors import InputError
+from ...core.errors import InputError
 from ...features.keys import safe_name
 from ..classifiers import flat_features
 from ..config import ExperimentConfig

@@ -25,8 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ...features.core.atomic import write_text_atomically
-from ...features.core.errors import InputError
+from ...core.atomic import write_text_atomically
+from ...core.errors import InputError
 from ..persistence import read_sidecar
 from ..results import ResultsTable
 

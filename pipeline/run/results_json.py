@@ -18,8 +18,8 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from ...features.core.atomic import write_text_atomically
-from ...features.core.versions import layerprobe_version
+from ...core.atomic import write_text_atomically
+from ...core.versions import layerprobe_version
 from ..advice import Advice
 
 __all__ = ["ENCODING", "results_document", "write_results_json"]

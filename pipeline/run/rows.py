@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Sequence
 
 from sklearn.exceptions import ConvergenceWarning
 
-from ...features.core.errors import InputError
+from ...core.errors import InputError
 from ...features.keys import FeatureKey
 from ...features.plans import PlannedLayer
 from ...features.store import FeatureSet, FeatureStore

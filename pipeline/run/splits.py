@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from ...features.core.errors import ConfigError
+from ...core.errors import ConfigError
 from ...features.inputs import ImageDataset, open_dataset
 from ..config import DataConfig, ExperimentConfig
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from layerprobe.features.registry import BACKBONES, BackboneSpec, get_backbone_spec, resolve_preprocessing
-from layerprobe.features.core.digests import file_digest
+from layerprobe.core.digests import file_digest
 from layerprobe.features.layers import UnknownLayerError, describe_layers, resolve_layers
 from layerprobe.features.backbone import WeightsUnavailableError, load_backbone, parse_weights
 

@@ -23,7 +23,7 @@ cloudpickle = pytest.importorskip("cloudpickle")
 from distributed import Client, LocalCluster  # noqa: E402
 from distributed.diagnostics.plugin import WorkerPlugin  # noqa: E402
 
-from layerprobe.features.core.errors import StoreError  # noqa: E402
+from layerprobe.core.errors import StoreError  # noqa: E402
 from layerprobe.features.extract import FeatureExtractor  # noqa: E402
 from layerprobe.features.inputs import from_directory  # noqa: E402
 from layerprobe.features.store import FeatureStore  # noqa: E402
@@ -212,7 +212,7 @@ def test_two_clients_without_working_locks_share_the_chunks(client, images, extr
     commits second reuses the entry.
     """
 
-    from layerprobe.features.core import lock_files
+    from layerprobe.core import lock_files
 
     monkeypatch.setattr(lock_files.fcntl, "flock", lambda handle, operation: None, raising=True)
     store_path = tmp_path / "store"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from layerprobe.features.core.errors import InputError, UnreadableImageError
+from layerprobe.core.errors import InputError, UnreadableImageError
 from layerprobe.features.inputs import from_directory, iter_decoded_chunks
 from layerprobe.features.inputs.decoding import load_image, resolve_decoder
 

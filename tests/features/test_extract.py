@@ -11,7 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from layerprobe.features.core.errors import BackboneError
+from layerprobe.core.errors import BackboneError
 from layerprobe.features.device import DeviceForward
 from layerprobe.features.extract import FeatureExtractor
 from layerprobe.features.inputs import from_arrays, from_directory

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from layerprobe.features.core.errors import BackboneError, WeightsUnavailableError
+from layerprobe.core.errors import BackboneError, WeightsUnavailableError
 from layerprobe.features.chunks import write_chunk
 from layerprobe.features.extract import FeatureExtractor
 from layerprobe.features.inputs import from_arrays

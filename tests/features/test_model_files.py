@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from layerprobe.features.core.errors import BackboneError
+from layerprobe.core.errors import BackboneError
 from layerprobe.features.extract import FeatureExtractor
 from layerprobe.features.inputs import from_arrays
 from layerprobe.features.layers import describe_layers

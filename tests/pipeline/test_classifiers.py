@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
 from sklearn.preprocessing import Normalizer, StandardScaler
 
-from layerprobe.features.core.errors import InputError
+from layerprobe.core.errors import InputError
 from layerprobe.pipeline.classifier_grids import CLASSIFIER_GRIDS, PREPROCESSING_GRIDS, RIDGE_ALPHAS, grid_keys
 from layerprobe.pipeline.classifiers import (
     CLASSIFIERS,

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 import layerprobe.pipeline.config as config_module
-from layerprobe.features.core.errors import ConfigError, InputError
+from layerprobe.core.errors import ConfigError, InputError
 from layerprobe.features.keys import STORAGE_DTYPES
 from layerprobe.features.truncate import POOLINGS
 from layerprobe.pipeline.cli import build_parser, comma_list, main, positive_int
@@ -237,7 +237,7 @@ def test_run_without_a_gpu_prints_no_tensorflow_notices(tmp_path, write_colour_i
 
 
 def test_version(capsys):
-    from layerprobe.features.core.versions import layerprobe_version
+    from layerprobe.core.versions import layerprobe_version
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])

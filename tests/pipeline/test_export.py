@@ -20,7 +20,7 @@ from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 import layerprobe.pipeline.run.multi_layer as multi_layer_module
-from layerprobe.features.core.errors import InputError
+from layerprobe.core.errors import InputError
 from layerprobe.features.inputs import from_directory
 from layerprobe.features.model_files import read_model_metadata
 from layerprobe.features.store import FeatureStore

@@ -18,7 +18,7 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
 from layerprobe.features.registry import BackboneSpec, get_backbone_spec
-from layerprobe.features.core.errors import BackboneError, ConfigError, InputError
+from layerprobe.core.errors import BackboneError, ConfigError, InputError
 from layerprobe.features.inputs import from_arrays, from_csv
 from layerprobe.features.layers import UnknownLayerError, describe_layers
 from layerprobe.features.extract import FeatureExtractor

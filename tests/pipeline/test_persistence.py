@@ -11,7 +11,7 @@ import skops.io
 import sklearn
 from sklearn.datasets import make_blobs
 
-from layerprobe.features.core.errors import InputError
+from layerprobe.core.errors import InputError
 from layerprobe.pipeline.classifiers import fit_classifier
 from layerprobe.pipeline.persistence import load_classifier, read_sidecar, save_classifier, write_predictions
 

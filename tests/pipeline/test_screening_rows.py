@@ -10,7 +10,7 @@ import layerprobe.pipeline.run.screening as screening_module
 import numpy as np
 import pandas as pd
 import pytest
-from layerprobe.features.core.errors import InputError
+from layerprobe.core.errors import InputError
 from layerprobe.features.extract import FeatureExtractor
 from layerprobe.features.store import FeatureStore
 from layerprobe.pipeline.cli import main

@@ -92,7 +92,7 @@ def test_cgroup_unreadable_or_malformed_means_no_quota(tmp_path, cpu_max):
 ])
 def test_usable_cores_is_the_affinity_mask_lowered_to_the_quota(monkeypatch, affinity, quota, expected):
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: affinity, raising=False)
-    monkeypatch.setattr("layerprobe.features.core.cores.cgroup_cpu_quota", lambda: quota)
+    monkeypatch.setattr("layerprobe.core.cores.cgroup_cpu_quota", lambda: quota)
     assert usable_cores() == expected
 
 

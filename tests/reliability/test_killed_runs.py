@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from layerprobe.features.core.atomic import TMP_PREFIX
+from layerprobe.core.atomic import TMP_PREFIX
 from layerprobe.features.store import FeatureStore
 from layerprobe.pipeline.config import load_config
 from layerprobe.pipeline.finetune import FinetuneConfig, finetune
@@ -37,7 +37,7 @@ from layerprobe.pipeline.cli import main
 sys.exit(main(["run", {config!r}, "--no-progress"]))
 """
 
-# persistence commits its files with the write_atomically it imports from layerprobe.features.core.atomic:
+# persistence commits its files with the write_atomically it imports from layerprobe.core.atomic:
 # the name is looked up in persistence's namespace, so that is where it is patched.
 _KILL_BETWEEN_A_CLASSIFIERS_FILES = """
 import layerprobe.pipeline.persistence as persistence

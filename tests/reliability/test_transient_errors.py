@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from layerprobe.features.core.errors import InputError, LayerprobeError
+from layerprobe.core.errors import InputError, LayerprobeError
 from layerprobe.features.inputs import decoding
 from layerprobe.features.store import FeatureStore
 
