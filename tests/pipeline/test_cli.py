@@ -183,7 +183,7 @@ def test_init_writes_a_config_with_every_key_that_loads(tmp_path, capsys, write_
     enabled.write_text(re.sub(finetune_lines, r"\1", before, flags=re.MULTILINE) + marker + cluster_block)
     config = load_config(enabled)
     assert config.finetune.modes == ("finetune",)
-    assert FinetuneConfig.from_dict(config.finetune.options) == FinetuneConfig()
+    assert config.finetune.training == FinetuneConfig()
 
 
 def test_init_refuses_to_overwrite_unless_forced(tmp_path, capsys):

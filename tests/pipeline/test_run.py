@@ -271,9 +271,9 @@ def test_killed_run_keeps_its_completed_rows(first_run, tmp_path, monkeypatch):
 
 def _cores(monkeypatch, cores):
     """This run's usable cores as `cores` (rows side by side from 2 on), whatever the machine has."""
-    import layerprobe.pipeline.run.parallel_rows as parallel_rows
+    import layerprobe.pipeline.run.fitting as fitting
 
-    monkeypatch.setattr(parallel_rows, "usable_cores", lambda: cores)
+    monkeypatch.setattr(fitting, "usable_cores", lambda: cores)
 
 
 def test_rows_in_parallel_give_the_serial_table(first_run, tmp_path, monkeypatch):
