@@ -479,3 +479,26 @@ def test_a_row_whose_model_was_deleted_is_fitted_again(first_run, tmp_path):
     deleted.unlink()
     again = run_experiment(config, log=_quiet, progress=False)
     assert (again.n_fitted, again.n_reused) == (1, 3) and deleted.is_file()
+
+
+def test_a_finetune_row_is_trained_again_when_its_weights_file_is_replaced_in_place(data_dir, tmp_path):
+    """Issue 32, item 1: the finetune row and its folder key on the weights file's content, not its path."""
+    from layerprobe.features.backbone import load_backbone
+
+    weights = tmp_path / "start.weights.h5"
+    load_backbone("VGG16", weights=None, input_size=32, seed=1).model.save_weights(weights)
+    raw = _raw(data_dir, tmp_path / "store", tmp_path / "out", names=["logreg"], layers=["top"])
+    raw["backbones"][0]["weights"] = str(weights)
+    raw["finetune"] = {"modes": ["finetune"], "head_epochs": 1, "finetune_epochs": 0, "val_fraction": 0,
+                       "augmentation": {}, "batch_size": 8, "head_init": "glorot"}
+    config = config_from_dict(raw, "/")
+    first = run_experiment(config, log=_quiet, progress=False, finetune_only=True)
+    assert first.n_fitted == 1
+    assert run_experiment(config, log=_quiet, progress=False, finetune_only=True).n_fitted == 0
+    before = weights.stat()
+    load_backbone("VGG16", weights=None, input_size=32, seed=2).model.save_weights(weights)  # same path, new weights
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))  # even with its time set back
+    replaced = run_experiment(config, log=_quiet, progress=False, finetune_only=True)
+    assert replaced.n_fitted == 1  # before the fix: the row of the old weights, reused
+    old, new = (Path(run.results["model_path"].iloc[0]).parent for run in (first, replaced))
+    assert old != new and old.is_dir()  # a training of other weights gets its own folder
