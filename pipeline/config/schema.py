@@ -163,7 +163,7 @@ class ClassifiersConfig:
             None (key left out) for no PCA.
         n_jobs: Parallel fits in the grid search, -1 for every CPU; None (key
             left out) for one. Rows are fitted side by side on the cores this
-            leaves (`pipeline.run.parallel_rows`): with -1, one at a time.
+            leaves (`pipeline.run.fitting`): with -1, one at a time.
         seed: Seed of the folds, PCA and the classifiers.
         grids: Hyperparameter grid per classifier, replacing its default grid,
             e.g. `{ logreg = { C = [0.1, 1.0, 10.0] } }`; a preprocessing step's

@@ -22,7 +22,7 @@ from ...features.inputs import ImageDataset
 from ...features.store import FeatureStore
 from ..advice import Advice, recommend
 from ..cluster import open_client
-from ..config import ExperimentConfig
+from ..config import DataConfig, ExperimentConfig
 from ..plots import plot_depth
 from ..results import ResultsTable, check_output_folder
 from .extractions import Extraction, plan_extractions
@@ -171,7 +171,8 @@ def run_experiment(
     if config.finetune is not None:
         log(f"[finetune] modes {list(config.finetune.modes)}")
         fit_rows(finetune_specs(config, dataset, split, dataset_digest, log), rows, InlineExecutor())
-    return _report(config, dataset, split, untested, skipped, rows, n_forward, started)
+    return _report(rows, source=config.source, data=config.data, dataset=dataset, split=split, untested=untested,
+                   skipped=skipped, n_forward=n_forward, started=started)
 
 
 def _extract(
@@ -202,11 +203,12 @@ def _extract(
 
 
 def _report(
-    config: ExperimentConfig, dataset: ImageDataset, split: dict, untested: list[str], skipped: dict[str, str],
-    rows: RunRows, n_forward: int, started: float,
+    rows: RunRows, *, source: str, data: DataConfig, dataset: ImageDataset, split: dict, untested: list[str],
+    skipped: dict[str, str], n_forward: int, started: float,
 ) -> RunResult:
     """The closing steps: the advice, depth.png, summary.md, results.json and the log's report."""
-    table, out, log = rows.table, config.output.dir, rows.log
+    table, log = rows.table, rows.log
+    out = table.path.parent
     pickled = sum(str(row.get("model_path", "")).endswith(".joblib") for row in table.rows)
     if pickled:
         log(f"note: {pickled} reused row(s) keep the pickled model (.joblib) an older layerprobe saved; "
@@ -223,13 +225,13 @@ def _report(
     plot_path = plot_depth(frame, out / "depth.png", recommended=advice.row, chance=majority)
     skipped_list = sorted(skipped.items())
     summary_path = write_run_summary(
-        out, frame, source=config.source, advice=advice, data=data_text(config.data, dataset, split, untested),
+        out, frame, source=source, advice=advice, data=data_text(data, dataset, split, untested),
         skipped=skipped_list, results_path=table.path, plot_path=plot_path,
     )
     files = {"results": table.path, "summary": summary_path, "plot": plot_path, "json": out / "results.json"}
-    data = {"path": str(config.data.path), "n_images": len(dataset), "class_names": list(dataset.class_names),
-            "train_split": split["train_split"], "test_split": split["test_split"], "n_skipped": len(skipped_list)}
-    json_path = write_results_json(files["json"], results_document(frame, advice, source=config.source, data=data,
+    facts = {"path": str(data.path), "n_images": len(dataset), "class_names": list(dataset.class_names),
+             "train_split": split["train_split"], "test_split": split["test_split"], "n_skipped": len(skipped_list)}
+    json_path = write_results_json(files["json"], results_document(frame, advice, source=source, data=facts,
                                                                    files=files))
     log_report(
         log, frame, advice, n_skipped=len(skipped_list),

@@ -31,11 +31,14 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import hashlib
 from collections import Counter
+from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from ...features.cluster_extraction import check_store_visible
+from ..results import Row
 from ..threads import parallel_jobs, usable_cores
 from .records import RowSpec, RunRows, fit_or_reuse
 from .rows import LayerFeatures
@@ -169,6 +172,12 @@ def row_executor(client: Any = None, *, n_jobs: int | None = None) -> Iterator[E
         executor.close()
 
 
+def _fit_and_save(spec: RowSpec, future: Any) -> tuple[Row, Path]:
+    """The result of the row's future, saved; a row found saved before but gone since (its model deleted)
+    is fitted here, alone."""
+    return spec.save(future.result() if future is not None else spec.fit())
+
+
 def fit_rows(specs: Sequence[RowSpec], rows: RunRows, executor: Executor) -> None:
     """Add the rows of `specs` to `rows` in order: reused where an earlier run saved them, else fitted by `executor`.
 
@@ -187,15 +196,10 @@ def fit_rows(specs: Sequence[RowSpec], rows: RunRows, executor: Executor) -> Non
         rows_at_once = executor.start([specs[index] for index in to_fit], rows.log)
         futures = {index: executor.submit(specs[index], features, rows_at_once) for index in to_fit}
     try:
-        for index, (spec, record) in enumerate(zip(specs, records)):
+        for index, (spec, record) in enumerate(zip(specs, records, strict=True)):
             future = futures.pop(index, None)
-
-            def fit() -> tuple[Any, Any]:
-                # A row found saved above but gone since (its model deleted) is fitted here, alone.
-                return spec.save(future.result() if future is not None else spec.fit())
-
             with spec.claim(rows.log):
-                row, fitted = fit_or_reuse(record, fit)
+                row, fitted = fit_or_reuse(record, functools.partial(_fit_and_save, spec, future))
             row = dataclasses.replace(row, row_kind=spec.row_kind)  # the run's role for it, not in its record
             if future is not None and hasattr(future, "release"):
                 future.release()

@@ -16,9 +16,9 @@ import json
 import threading
 import warnings
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from sklearn.exceptions import ConvergenceWarning
 
