@@ -297,7 +297,7 @@ def finetune(
     Example:
         >>> result = finetune("MobileNetV2", ds.subset("train"), output_dir="runs/ft",
         ...                   config=FinetuneConfig(unfreeze_blocks=2))
-        >>> row = evaluate_model(result, ds.subset("test"))
+        >>> scores = evaluate_model(result, ds.subset("test"))  # scores.accuracy, scores.n_test
     """
     return _run_phases(
         "finetune", model, train_data, weights=weights, input_size=input_size,
