@@ -1,7 +1,7 @@
 """The `layerprobe` command line. The only place that turns exceptions into messages.
 
     layerprobe [--verbose] [--version] COMMAND ...
-    layerprobe init [DIR] [--force]
+    layerprobe init DATA [--config layerprobe.toml] [--model NAME|PATH.keras] [--full] [--force]
     layerprobe layers MODEL|PATH.keras [--input-size N]
     layerprobe extract --model VGG16 --weights PATH|imagenet|none --layers a,b --data DIR|CSV --store STORE
                        [--scheduler tcp://HOST:8786 | --workers N [--threads-per-worker N] [--memory-limit 4GB]]
@@ -99,11 +99,14 @@ def _print_table(rows: Sequence[dict], columns: Sequence[str]) -> None:
 
 @_command("init")
 def _init(args: argparse.Namespace) -> int:
-    from .config import write_example_config
+    from .config import write_starter_config
 
-    path = write_example_config(args.directory, force=args.force)
-    print(f"wrote {path}: every key with its default and a comment. Set [data] path to your images "
-          f"(a folder with one subfolder per class), then: layerprobe run {path}")
+    path, layout = write_starter_config(args.data, args.config, model=args.model, full=args.full, force=args.force,
+                                        encoding=args.encoding)
+    if layout is not None:
+        print(f"{layout.path}: {layout.describe()}")
+    print(f"wrote {path}{': every key with its default and a comment' if args.full else ''}. "
+          f"Next: layerprobe run {path}")
     return 0
 
 
@@ -444,10 +447,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     init = commands.add_parser(
-        "init", parents=[common], help="write a commented example config (layerprobe.toml) for a folder of images"
+        "init", parents=[common],
+        help="write a config for your images (layerprobe.toml): their classes and splits, a backbone, classifiers",
     )
-    init.add_argument("directory", nargs="?", default=".", help="folder to write layerprobe.toml in (default: .)")
-    init.add_argument("--force", action="store_true", help="overwrite an existing layerprobe.toml")
+    init.add_argument("data", nargs="?", help="your images: a folder with one subfolder per class (optionally inside "
+                      "train/ and val/ or test/), or a CSV with path, label and optional split columns")
+    init.add_argument("--config", default="layerprobe.toml", metavar="PATH",
+                      help="the config file to write (default: layerprobe.toml)")
+    init.add_argument("--model", default="MobileNetV2",
+                      help="backbone name or PATH to a .keras model (weights: its own) (default: MobileNetV2)")
+    init.add_argument("--full", action="store_true", help="write every key with its default and a comment")
+    init.add_argument("--encoding", default="utf-8", help="text encoding of a CSV DATA file (default: utf-8)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing config file")
 
     layers = commands.add_parser("layers", parents=[common], help="list the selectable layers of a backbone")
     layers.add_argument("model", nargs="?", help="backbone name, PATH to a saved .keras model, or a keras-hub model "
@@ -522,9 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("config", help="TOML experiment config with a [finetune] section")
     finetune.add_argument("--out", default=None, help="output directory (default: the config's [output] dir)")
     finetune.add_argument("--store", default=None, help="feature store of the kept rows (default: the config's)")
-    finetune.add_argument("--no-progress", action="store_true",
-                          help="accepted as by `run`; finetune extracts nothing, so it never shows progress bars")
-    finetune.set_defaults(no_progress=True)  # no extraction, so no progress bars
+    finetune.add_argument("--no-progress", action="store_true", help="no progress bars within training epochs")
 
     predict = commands.add_parser(
         "predict", parents=[common],

@@ -140,6 +140,7 @@ def pretrain_source(
     target_accuracy: float | None = None,
     dataset_digest: str = "stat",
     log: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Train a source network from scratch (or reuse it); return its headless weights file and facts.
 
@@ -152,14 +153,15 @@ def pretrain_source(
     does not keep their mtimes). A killed training resumes at its last finished epoch.
     With `target_accuracy` the held-out accuracy (inference mode) is checked after
     every epoch and training stops at the first epoch that reaches it; the "test"
-    split then serves as the source's validation split.
+    split then serves as the source's validation split. Every epoch logs a line
+    (with the held-out accuracy when it is checked); `progress` adds a bar within epochs.
 
     Raises:
         RuntimeError: If the held-out accuracy is below `min_accuracy` (its
             features would be meaningless).
     """
     keras = import_keras_quietly()
-    from .finetune import evaluate_model, train_from_scratch
+    from .finetune import EpochLogger, evaluate_model, train_from_scratch
 
     model_kwargs = dict(model_kwargs or {})
     settings = {
@@ -183,13 +185,15 @@ def pretrain_source(
 
     class StopAtTarget(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            if evaluate_model(self.model, test)["accuracy"] >= target_accuracy:
+            logs["val_accuracy"] = evaluate_model(self.model, test)["accuracy"]  # for the epoch's line
+            if logs["val_accuracy"] >= target_accuracy:
                 self.model.stop_training = True
 
     result = train_from_scratch(
         model, train, output_dir=directory / f"run-{name}-{digest}", input_size=input_size,
         model_kwargs=model_kwargs, config=options, resume=True,
-        callbacks=[StopAtTarget()] if target_accuracy is not None else (),
+        callbacks=[*([StopAtTarget()] if target_accuracy is not None else []),
+                   EpochLogger(lambda line: log(f"  {line}"), progress=progress)],
     )
     scores = evaluate_model(result, test)
     log(
@@ -219,7 +223,7 @@ def pretrain_source(
     return weights_path, facts
 
 
-def train_source_weights(directory: Path, *, log: Callable[[str], None] = print) -> Path:
+def train_source_weights(directory: Path, *, log: Callable[[str], None] = print, progress: bool = False) -> Path:
     """Train the source network on half A (or reuse it) and return its headless weights file.
 
     Raises:
@@ -237,7 +241,7 @@ def train_source_weights(directory: Path, *, log: Callable[[str], None] = print)
     weights_path, _ = pretrain_source(
         MODEL, _source_dataset(), directory, name="digits-A", options=options, input_size=INPUT_SIZE,
         model_kwargs=MODEL_KWARGS, min_accuracy=MIN_SOURCE_ACCURACY, target_accuracy=SOURCE_TARGET_ACCURACY,
-        log=log,
+        log=log, progress=progress,
     )
     return weights_path
 
@@ -275,5 +279,5 @@ def run_default(
     log = log or logging.getLogger("layerprobe.run").info
     output_dir = Path(output_dir).resolve()
     write_target_images(output_dir / "data" / "digits-B")
-    weights = train_source_weights(output_dir / "source", log=log)
+    weights = train_source_weights(output_dir / "source", log=log, progress=progress)
     return run_experiment(default_config(output_dir, store, weights), log=log, progress=progress)

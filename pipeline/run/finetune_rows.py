@@ -49,8 +49,13 @@ def _jobs(config: ExperimentConfig) -> dict[str, tuple[str, BackboneConfig]]:
     return jobs
 
 
-def end_to_end_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict, rows: RunRows) -> None:
-    """Train (or reuse) every end-to-end row of the config's `[finetune]` stage, scored once on the test split."""
+def end_to_end_rows(
+    config: ExperimentConfig, dataset: ImageDataset, split: dict, rows: RunRows, *, progress: bool = False
+) -> None:
+    """Train (or reuse) every end-to-end row of the config's `[finetune]` stage, scored once on the test split.
+
+    Each epoch logs a line; `progress` adds a bar over its batches.
+    """
     import_keras_quietly()
     from ..finetune import (
         EpochLogger,
@@ -90,7 +95,7 @@ def end_to_end_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict
                 output_dir=run_dir, input_size=config.features.input_size,
                 model_kwargs=dict(backbone.model_kwargs), preprocessing=backbone.preprocessing, config=options,
                 resume=resume,
-                callbacks=[EpochLogger(lambda line: log(f"    {line}"))],
+                callbacks=[EpochLogger(lambda line: log(f"    {line}"), progress=progress)],
             )
             if mode == "finetune":
                 result = finetune(backbone.model, train, weights=backbone.weights, **common)
