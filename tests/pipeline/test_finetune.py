@@ -657,7 +657,8 @@ def test_finetune_command_adds_its_rows_beside_the_classifier_rows(tmp_path, mon
                                               "epochs": 2}
     keras.saving.load_model(row["model_path"])
     summary = (tmp_path / "out" / "summary.md").read_text()
-    assert "| frozen | VGG16 |" in summary and "| finetune | VGG16 |" in summary and "| val_accuracy |" in summary
+    assert "| VGG16, start.weights.h5 | frozen |" in summary and "| VGG16, start.weights.h5 | finetune |" in summary
+    assert "| val |" in summary and "![depth](depth.png)" in summary
 
     # A second call replaces the rows of its modes: the finished finetune row is reused, once.
     config.write_text(classifiers_only + textwrap.dedent(stage).replace(
