@@ -212,6 +212,15 @@ def _store(args: argparse.Namespace) -> int:
     from ..core.errors import InputError
     from ..features.store import FeatureStore
 
+    if args.store is None:
+        from .config import DEFAULT_STORE
+
+        if args.action != "ls":
+            raise InputError(
+                f"`layerprobe store {args.action}` needs the store and an entry: layerprobe store {args.action} STORE "
+                f"ENTRY (`layerprobe store ls STORE` lists the entries). Received: no STORE"
+            )
+        args.store = DEFAULT_STORE  # the store `layerprobe run` uses by default, in this folder
     if not os.path.isdir(args.store):
         raise InputError(
             f"No feature store at {args.store}: {'it is a file' if os.path.exists(args.store) else 'the folder does not exist'}. "
@@ -220,10 +229,16 @@ def _store(args: argparse.Namespace) -> int:
         )
     store = FeatureStore(args.store)
     if args.action == "ls":
-        rows = [_store_row(row) for row in store.entries()]
-        _print_table(rows, ["entry", "backbone", "weights", "layer", "pooling", "input_size", "dataset", "n_samples",
-                            "n_skipped", "size_mb", "status"])
-        return 0 if all(row["status"] == "ok" for row in rows) else 1
+        entries = store.entries()
+        ok = all(row["status"] == "ok" for row in entries)
+        if args.wide:
+            _print_table([_store_row(row) for row in entries], [
+                "entry", "backbone", "weights", "layer", "pooling", "input_size", "dataset", "n_samples", "n_skipped",
+                "size_mb", "status"])
+        else:
+            _print_table(_short_store_rows(entries), ["id", "backbone", "layer", "pooling", "px", "dataset", "images",
+                                                       "MB", *([] if ok else ["status"])])
+        return 0 if ok else 1
     if not args.entries:
         raise InputError(
             f"`layerprobe store {args.action}` needs an entry name; `layerprobe store ls {args.store}` lists them. "
@@ -315,15 +330,37 @@ def _store_row(row: dict) -> dict:
     """An entry of `FeatureStore.entries` as `store ls` shows it: what tells entries apart, briefly."""
     if row.get("status") != "ok":
         return row
-    source = row.get("weights_source") or "?"
-    if source not in ("imagenet", "random init", "saved"):
-        source = os.path.basename(str(source))
+    source = _weights_name(row).replace("none", "random init")
     root = row.get("dataset_root")
     return {
         **row,
         "weights": f"{source} {_short_digest(row.get('weights'))}",
         "dataset": f"{os.path.basename(str(root).rstrip('/')) if root else 'arrays'} {_short_digest(row.get('dataset'))}",
     }
+
+
+def _short_store_rows(entries: list[dict]) -> list[dict]:
+    """`store ls` rows that fit 120 columns: the digest to name an entry by, backbone and weights named once."""
+    from .tables import backbone_labels
+
+    shown = [_store_row(row) for row in entries]
+    labels = backbone_labels([{"backbone": row.get("backbone"), "weights": row.get("weights_source")} for row in
+                              [{**entry, "weights_source": _weights_name(entry)} for entry in entries]])
+    return [
+        {"id": row["entry"].rsplit(".", 1)[-1][:10], "status": row.get("status"),
+         **({} if row.get("status") != "ok" else {
+             "backbone": label, "layer": row.get("layer"), "pooling": row.get("pooling"), "px": row.get("input_size"),
+             "dataset": row["dataset"].split(" ")[0], "images": row.get("n_samples"), "MB": row.get("size_mb")})}
+        for row, label in zip(shown, labels)
+    ]
+
+
+def _weights_name(row: dict) -> str:
+    """The weights as the tables name them: "imagenet", "none", or the file's name."""
+    source = str(row.get("weights_source") or "?")
+    if source == "random init":
+        return "none"
+    return source if source in ("imagenet", "saved") else os.path.basename(source)
 
 
 class _FinetuneHelp(argparse.Action):
@@ -506,8 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     store = commands.add_parser("store", parents=[common], help="list, inspect or delete feature store entries")
     store.add_argument("action", choices=["ls", "info", "rm"])
-    store.add_argument("store", help="feature store directory")
-    store.add_argument("entries", nargs="*", help="entry names (or unique digest prefixes)")
+    store.add_argument("store", nargs="?", help="feature store directory (default for ls: layerprobe-store, the "
+                       "store `layerprobe run` uses)")
+    store.add_argument("entries", nargs="*", help="entry names (or unique digest prefixes: the id column of ls)")
+    store.add_argument("--wide", action="store_true", help="with ls: full entry names, weights and dataset digests, "
+                       "skipped images")
     store.add_argument("--verify", action="store_true", help="with info: check everything the entry holds against the checksums recorded at commit")
 
     run = commands.add_parser(

@@ -287,6 +287,12 @@ def test_store_ls_tells_entries_apart_and_info_shows_the_environment_once(tmp_pa
     capsys.readouterr()
     assert main(["store", "ls", str(tmp_path / "store")]) == 0
     lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["id", "backbone", "layer", "pooling", "px", "dataset", "images", "MB"]
+    rows = lines[1:]
+    assert len(rows) == 2 and all(len(line) <= 120 for line in lines)
+    assert any("VGG16, random" in row for row in rows) and any("VGG16, my_vgg16_notop.weights.h5" in row for row in rows)
+    assert main(["store", "ls", str(tmp_path / "store"), "--wide"]) == 0  # every column
+    lines = capsys.readouterr().out.splitlines()
     header, rows = lines[0].split(), lines[1:]
     assert header[:8] == ["entry", "backbone", "weights", "layer", "pooling", "input_size", "dataset", "n_samples"]
     assert "size_mb" in header and len(rows) == 2
@@ -296,6 +302,16 @@ def test_store_ls_tells_entries_apart_and_info_shows_the_environment_once(tmp_pa
     assert main(["store", "info", str(tmp_path / "store"), entry]) == 0
     info = capsys.readouterr().out
     assert info.count('"environment"') == 1 and '"environment_differences_from_now"' in info
+
+
+def test_store_ls_without_a_store_lists_the_default_one_and_says_where_it_looked(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["store", "ls"]) == 2
+    assert "No feature store at layerprobe-store: the folder does not exist" in capsys.readouterr().err
+    (tmp_path / "layerprobe-store").mkdir()
+    assert main(["store", "ls"]) == 0 and capsys.readouterr().out == "(none)\n"
+    assert main(["store", "info"]) == 2
+    assert "needs the store and an entry" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("action", ["ls", "info", "rm"])
