@@ -262,7 +262,8 @@ def test_killed_run_keeps_its_completed_rows(first_run, tmp_path, monkeypatch):
         run_experiment(config, log=_quiet, progress=False)
     kept = pd.read_csv(tmp_path / "out" / "results.csv")
     assert list(kept["classifier"]) == ["logreg", "linear_svm"]
-    assert not [p for p in (tmp_path / "out").rglob(".tmp-*")]  # no temporary files (the table's .lock stays)
+    assert not [p for p in (tmp_path / "out").rglob(".tmp-*")]  # no temporary files
+    assert not [p for p in (tmp_path / "out").rglob("*.lock")]  # nor lock files: the table's went with its lock
     monkeypatch.setattr(rows_module, "fit_classifier", original)
     resumed = run_experiment(config, log=_quiet, progress=False)
     assert (resumed.n_fitted, resumed.n_reused) == (2, 2)
