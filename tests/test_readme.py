@@ -48,7 +48,7 @@ def test_the_readme_sections_have_the_blocks_this_test_runs():
     blocks = _python_blocks()
     assert len(blocks) == 4
     assert [_uses_layerprobe(block) for block in blocks] == [True, True, True, False]
-    assert "search.fit(train.sample_ids, train.labels)" in blocks[1]  # not every id: the test split stays out
+    assert "search.fit(train.sample_ids, train.y)" in blocks[1]  # not every id: the test split stays out
 
 
 def _demo_files(folder: Path) -> None:
@@ -94,6 +94,7 @@ def test_the_readme_python_blocks_run_as_written(tmp_path):
                           timeout=3000)
     assert done.returncode == 0, done.stderr[-4000:]
     assert re.search(r"\{'features__layer': '\w+'\} 0\.\d+", done.stdout), done.stdout[-2000:]
+    assert re.search(r"\['\d' '\d' '\d'\] \['0' '1' '2' '3' '4' '5' '6' '7' '8' '9'\]", done.stdout), done.stdout[-2000:]
     assert (tmp_path / "digits.keras").is_file() and (tmp_path / "layerprobe-out" / "results.json").is_file()
     without_layerprobe = {name: value for name, value in env.items() if name != "PYTHONPATH"}
     for block in alone:
