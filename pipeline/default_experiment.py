@@ -1,7 +1,8 @@
 """The experiment `layerprobe run` runs without a config: transfer between the halves of a digits set.
 
 It needs no download (scikit-learn ships `load_digits`: 1,797 8x8 grey
-digits) and takes a few minutes at most on two CPU cores. The digits are split
+digits) and costs about 3 minutes of CPU, source training included
+(benchmarks/RESULTS.md, "The demo in two minutes"). The digits are split
 in two halves (stratified, seeded):
 
 1. **Source**: a `MobileNetV2(alpha=0.35)` is trained from scratch on half A
