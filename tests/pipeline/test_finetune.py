@@ -668,3 +668,14 @@ def test_finetune_command_adds_its_rows_beside_the_classifier_rows(tmp_path, mon
     again = pd.read_csv(tmp_path / "out" / "results.csv")
     assert list(again["mode"]) == ["frozen", "finetune", "scratch"]
     pd.testing.assert_frame_equal(again.iloc[:2], table)
+
+
+def test_a_training_folder_is_named_short_and_an_older_one_is_kept(tmp_path):
+    from layerprobe.pipeline.run.finetune_rows import _run_folder
+
+    model = "/tmp/newbie/efficientnet_lite0_imagenet.keras"
+    assert _run_folder(tmp_path, "finetune", model, "5b4cbb3f9bb3").name == "finetune-efficientnet_lite0_imagenet-5b4cbb3f"
+    assert _run_folder(tmp_path, "scratch", "VGG16", "0123456789ab").name == "scratch-VGG16-01234567"
+    older = tmp_path / "finetune-_tmp_newbie_efficientnet_lite0_imagenet.keras-5b4cbb3f9bb3"
+    older.mkdir()
+    assert _run_folder(tmp_path, "finetune", model, "5b4cbb3f9bb3") == older  # its checkpoints and row are reused

@@ -97,3 +97,4 @@ def test_init_says_what_is_missing(tmp_path, monkeypatch, capsys, write_colour_i
     assert main(["init", "--full"]) == 2
     assert "exists already" in capsys.readouterr().err and (tmp_path / "layerprobe.toml").read_text() == "# mine\n"
     assert main(["init", "--full", "--force"]) == 0 and "[classifiers]" in (tmp_path / "layerprobe.toml").read_text()
+
