@@ -643,8 +643,10 @@ def test_finetune_command_adds_its_rows_beside_the_classifier_rows(tmp_path, mon
     monkeypatch.setattr(run_rows, "fit_classifier", _fail)
     capsys.readouterr()
     assert main(["finetune", str(config)]) == 0
-    output = capsys.readouterr().out
+    captured = capsys.readouterr()
+    output = captured.out
     assert "epoch 1 (head): loss" in output and "epoch 2 (finetune): loss" in output
+    assert "epoch 2/2" in captured.err  # a bar within each epoch (--no-progress: none)
     table = pd.read_csv(tmp_path / "out" / "results.csv")
     assert list(table["mode"]) == ["frozen", "finetune"]
     pd.testing.assert_frame_equal(table.iloc[:1][frozen.columns], frozen, check_dtype=False)  # kept

@@ -136,7 +136,7 @@ def test_results_table_has_one_row_per_layer_and_classifier(first_run):
     assert all(json.loads(params).keys() == {"C"} for params in table["best_params"])
     assert all(Path(path).is_file() for path in table["model_path"])
     summary = result.summary_path.read_text()
-    assert "| frozen | VGG16 | none | block1_pool |" in summary
+    assert "| VGG16, random | block1_pool | logreg |" in summary and "![depth](depth.png)" in summary
     assert "## Recommendation" in summary and "**Recommendation" in summary
     assert "None: every image decoded." in summary
     assert result.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
