@@ -201,7 +201,8 @@ def thread_rule(args, features: dict[str, np.ndarray], labels: np.ndarray, log: 
     from threadpoolctl import threadpool_limits
 
     from layerprobe.pipeline.probes import RidgeProbeCV, logme_score
-    from layerprobe.pipeline.threads import ONE_THREAD_BELOW, threads_for, usable_cores
+    from layerprobe.core.cores import usable_cores
+    from layerprobe.pipeline.threads import ONE_THREAD_BELOW, threads_for
 
     many = usable_cores()
     if many < 2:
