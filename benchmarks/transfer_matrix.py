@@ -117,6 +117,7 @@ QUICK = {
 SMOKE = {
     "source_per_class": 8, "source_test_per_class": 4, "source_epochs": 1, "sizes": [4], "seeds": [0],
     "test_per_class": 4, "epochs": [1, 1], "source_min_accuracy": 0.0, "cv": 2, "model_kwargs": {"width": 4},
+    "splits": ["dissimilar"],
 }
 
 
@@ -127,6 +128,8 @@ def build_parser():
     parser.add_argument("--model-kwargs", type=json.loads, default={"width": 32}, help="constructor arguments, JSON")
     parser.add_argument("--input-size", type=int, default=32, help="square input side")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the similar split's random 5 + 5 classes")
+    parser.add_argument("--splits", nargs="+", choices=SIMILARITIES, default=list(SIMILARITIES),
+                        help="the splits of CIFAR-10 into source and target halves that are run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="seeds of B's training draw, initialisation, shuffling, CV folds and fits")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000], help="B training images per class")
@@ -774,7 +777,7 @@ def main(argv=None) -> int:
 
     if not args.only_real:
         contexts = [prepare_split(similarity, *splits[similarity], full, store, args, log)
-                    for similarity in SIMILARITIES]
+                    for similarity in args.splits]
         sources += [context["source"] for context in contexts]
         for seed in args.seeds:  # seed by seed, so that a partial run has every split and size of the first seeds
             for context in contexts:
