@@ -312,7 +312,8 @@ def compare(args, features, class_names, meta) -> dict:
     lines = [
         f"# probe_speed ({'quick' if args.quick else 'full'})",
         "",
-        f"{n_train} train / {n_test} test CIFAR-10 images, VGG16 weights {meta['weights']}, input {args.input_size}, avg pooling; "
+        f"{n_train} train / {n_test} test CIFAR-10 images, VGG16 weights {meta['weights']}, "
+        f"input {args.input_size}, avg pooling; "
         f"grid = fit_classifier(logreg, cv={args.cv}, C in 0.01..10); screening = RidgeProbeCV + LogME ranked by the run's screening_order, "
         f"top_k={args.top_k}. BLAS threads: {meta['blas_threads']}. {meta['cpus']} CPUs, load average {meta['load_average_start']:.1f} at start, "
         f"{meta['load_average_end']:.1f} at end (shared machine: rely on the ratios), {meta['utc']}, commit {meta['commit']}.",

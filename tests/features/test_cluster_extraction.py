@@ -164,7 +164,9 @@ def test_extraction_on_two_workers_is_bit_identical_to_in_process(client, images
     store = FeatureStore(tmp_path / "store")
     dataset = from_directory(images)
     lines = []
-    report = extract_on_cluster(extractor, dataset, store, client, chunk_size=CHUNK_SIZE, progress=False, log=lines.append)
+    report = extract_on_cluster(
+        extractor, dataset, store, client, chunk_size=CHUNK_SIZE, progress=False, log=lines.append
+    )
     assert sorted(report.computed) == sorted(SETTINGS["layers"]) and report.n_forward == len(dataset) - 1
     _assert_same_features(store, report, reference)
     assert any("submitted 5 chunk task(s) to 2 dask worker(s)" in line for line in lines), lines
