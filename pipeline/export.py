@@ -13,7 +13,7 @@ transfer-learning guide ends with one model to save, serve and convert:
    (`layerprobe.features.truncate.build_extractor`, built under the row's compute
    dtype), flattened and concatenated for a multi-layer row (its selected layers);
    a vision transformer's token poolings (cls, mean, cls+mean, max) as Keras's
-   own layers (`token_pooling`);
+   own layers (`layerprobe.features.token_pooling.token_pooling`);
 4. the probe as one `Dense` layer: every affine step of the estimator
    (`StandardScaler`, `PCA`, the multi-layer probe's per-layer scaling, the
    linear classifier, read from its `coef_` and `intercept_`) folded into its weights in float64 (`linear_head`), with a
@@ -47,7 +47,7 @@ from ..core.versions import layerprobe_version
 from .persistence import load_classifier, read_features_record, read_sidecar
 from .predict import class_scores, rebuild_extractor
 
-__all__ = ["LinearHead", "export_model", "linear_head", "required_packages", "token_pooling"]
+__all__ = ["LinearHead", "export_model", "linear_head", "required_packages"]
 
 _EXPORTABLE = (
     "pipelines of StandardScaler, Normalizer(norm='l2'), PCA and a linear classifier (logreg, ridge, linear_svm, "
@@ -341,6 +341,7 @@ def _keras_model(extractor: Any, layers: Sequence[str], head: LinearHead, class_
 
     from ..features.extract import dtype_policy
     from ..features.registry import TOKEN_POOLINGS
+    from ..features.token_pooling import token_pooling
     from ..features.truncate import build_extractor
 
     infos = {info.name: info for info in extractor.layers}
@@ -379,30 +380,6 @@ def _keras_model(extractor: Any, layers: Sequence[str], head: LinearHead, class_
             f"class names. Rerun the experiment to fit it again. Received: class_names {list(class_names)}"
         )
     return model
-
-
-def token_pooling(tokens, mode: str, prefix_tokens: int, *, name: str):
-    """`TokenPooling(mode, prefix_tokens)` of a `(batch, tokens, width)` tensor, from Keras's own layers.
-
-    `layerprobe.features.token_pooling.TokenPooling` is layerprobe's layer;
-    these built-in layers compute the same in float32 so that the exported
-    model loads without layerprobe: `Cropping1D` drops the prefix tokens (or
-    keeps token 0, the class token), `GlobalAveragePooling1D` /
-    `GlobalMaxPooling1D` pool the patch tokens.
-    """
-    import keras
-
-    n_tokens = int(tokens.shape[1])
-    label = f"{name}__{mode.replace('+', '_')}"
-    patches = keras.layers.Cropping1D((prefix_tokens, 0), name=f"{label}_patches", dtype="float32")(tokens)
-    if mode == "max":
-        return keras.layers.GlobalMaxPooling1D(name=label, dtype="float32")(patches)
-    mean = keras.layers.GlobalAveragePooling1D(name=f"{label}_mean", dtype="float32")(patches)
-    if mode == "mean":
-        return mean
-    cls = keras.layers.Cropping1D((0, n_tokens - 1), name=f"{label}_class_token", dtype="float32")(tokens)
-    cls = keras.layers.Flatten(name=f"{label}_cls", dtype="float32")(cls)
-    return cls if mode == "cls" else keras.layers.Concatenate(name=label, dtype="float32")([cls, mean])
 
 
 def _package(layer: Any) -> str:
