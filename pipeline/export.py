@@ -44,10 +44,12 @@ import numpy as np
 
 from ..core.errors import InputError
 from ..core.versions import layerprobe_version
-from .persistence import load_classifier, read_features_record, read_sidecar
+from ..features.model_files import metadata_path
+from .persistence import classifier_files, load_classifier, read_features_record, read_sidecar
 from .predict import class_scores, rebuild_extractor
+from .saved_models import copy_saved_model, files_digest, read_saved_model
 
-__all__ = ["LinearHead", "export_model", "linear_head", "required_packages"]
+__all__ = ["LinearHead", "export_model", "linear_head", "required_packages", "source_digest"]
 
 _EXPORTABLE = (
     "pipelines of StandardScaler, Normalizer(norm='l2'), PCA and a linear classifier (logreg, ridge, linear_svm, "
@@ -259,6 +261,18 @@ def _check_out(out: Path) -> None:
         raise InputError(f"The exported model's path is a folder; give a file name ending in .keras. Received: out={str(out)!r}")
 
 
+def _is_keras_file(model_path: str | os.PathLike) -> bool:
+    return Path(model_path).suffix == ".keras"
+
+
+def source_digest(model_path: str | os.PathLike) -> str:
+    """Digest of the files an export of `model_path` is made from: the classifier and its sidecar, or the
+    `.keras` model and its metadata. An export records it (`source_digest`), so a copy can tell it is current."""
+    if _is_keras_file(model_path):
+        return files_digest([model_path, metadata_path(model_path)])
+    return files_digest(classifier_files(model_path))
+
+
 def export_model(
     model_path: str | os.PathLike,
     out: str | os.PathLike,
@@ -268,10 +282,14 @@ def export_model(
 ) -> Path:
     """Save the classifier of a run's row as one Keras model from raw pixels to class scores.
 
+    A finetuned model (a row's `model.keras`, already one Keras model) is
+    checked (`layerprobe.pipeline.saved_models.read_saved_model`) and copied.
+
     Args:
         model_path: The row's classifier (its `.skops` file, or the `.joblib` an
             older layerprobe saved), with its `.json` sidecar beside it: the
-            results table's `model_path`.
+            results table's `model_path`; or a `.keras` model layerprobe wrote
+            (finetuned, or exported), with its `.layerprobe.json` beside it.
         out: The `.keras` file to write; `model.layerprobe.json` goes beside it.
         trust: Load a `.joblib` pickle of an older layerprobe (runs any code it
             holds: only for files from a source you trust).
@@ -295,6 +313,15 @@ def export_model(
     log = log or logging.getLogger("layerprobe.export").info
     out = Path(out)
     _check_out(out)
+    source = {"source": str(Path(model_path).resolve()), "source_digest": source_digest(model_path),
+              "layerprobe_version": layerprobe_version()}
+    if _is_keras_file(model_path):
+        saved = read_saved_model(model_path)
+        kept = {key: value for key, value in saved.metadata.items() if not key.startswith("encoding-")}
+        copy_saved_model(saved, out, {**kept, **source})
+        log(f"exported {model_path} -> {out}: {saved.input_size}x{saved.input_size} pixels 0-255 in, "
+            f"{len(saved.class_names)} class {saved.outputs} out")
+        return out
     _, all_layers, _ = read_features_record(read_sidecar(model_path), model_path)  # before any unpickling
     estimator, sidecar = load_classifier(model_path, trust=trust)
     head = linear_head(estimator, what=str(model_path))
@@ -310,7 +337,6 @@ def export_model(
     model = _keras_model(extractor, layers, head, sidecar["class_names"])
     metadata = {
         "saved_by": "layerprobe export",
-        "layerprobe_version": layerprobe_version(),
         "preprocessing": "none",  # the pixels are preprocessed inside the model
         "input_size": extractor.backbone.input_size,
         "class_names": list(sidecar["class_names"]),
@@ -322,8 +348,8 @@ def export_model(
         "weights_digest": extractor.backbone.weights_digest,
         "layers": layers,
         "pooling": {name: extractor.pooling[name] for name in layers},
-        "source": str(Path(model_path).resolve()),
         "requires": ["keras", *required_packages(model)],  # to load it: keras_hub too for a keras-hub backbone
+        **source,
     }
     from .finetune.checkpoints import save_model
 

@@ -28,10 +28,11 @@ from ...core.versions import layerprobe_version
 from ...features.model_files import metadata_path, write_model_metadata
 from ...features.registry import BACKBONES
 
-__all__ = ["Checkpoint", "backbone_metadata", "read_state", "save_checkpoint", "save_model", "truncate_history"]
+__all__ = ["MODEL_FORMAT", "Checkpoint", "backbone_metadata", "read_state", "save_checkpoint", "save_model", "truncate_history"]
 
 # May differ when resuming: they change how long a run trains, not what it trains.
 _RESUMABLE_FIELDS = ("head_epochs", "finetune_epochs", "early_stopping_patience", "workers")
+MODEL_FORMAT = 2  # of the saved classifier; 2: Keras's own layers only, loads without layerprobe
 _STATE_FILE = "state.json"
 _STATE_VERSION = 3  # 2: the head standardizes its input; 3: with Keras layers only (a Normalization)
 
@@ -109,6 +110,7 @@ def backbone_metadata(backbone: Backbone, *, mode: str, class_names: Sequence[st
     return {
         "saved_by": f"layerprobe {mode}",
         "layerprobe_version": layerprobe_version(),
+        "model_format": MODEL_FORMAT,
         "mode": mode,
         "class_names": [str(name) for name in class_names],
         "outputs": "probabilities",
