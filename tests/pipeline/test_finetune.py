@@ -584,7 +584,7 @@ def test_lower_unfrozen_block_trains_at_the_decayed_rate(data, tmp_path):
     assert 0 < moved[("block2_conv", "kernel")] < 0.1 * moved[("block3_conv", "kernel")]
     assert result.as_row()["block_lr_decay"] == 0.01
     assert isinstance(result.model.optimizer, BlockwiseAdam)
-    assert keras.saving.load_model(result.model_path).optimizer is None  # saved for inference: plain Keras loads it
+    assert not hasattr(keras.saving.load_model(result.model_path), "optimizer")  # saved for inference: no BlockwiseAdam
 
 
 # --------------------------------------------------------------------------- command line
