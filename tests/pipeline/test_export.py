@@ -455,7 +455,7 @@ def test_predict_takes_one_image(run, tmp_path):
     for number, model in enumerate([tmp / "out" / "recommended.keras", frame["model_path"].iloc[0]]):
         out = predict_images(model, image, out=tmp_path / f"{number}.csv", progress=False, log=lambda line: None)
         predicted = pd.read_csv(out)
-        assert predicted["sample_id"].tolist() == [image.name] and predicted["true_label"].isna().all()
+        assert predicted["sample_id"].tolist() == [str(image)] and predicted["true_label"].isna().all()
         assert predicted["predicted_label"].isin(["blue", "green", "red"]).all()
 
 
