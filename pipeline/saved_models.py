@@ -3,7 +3,7 @@
 Three writers, one kind of file: `layerprobe export` (a probe folded into one
 model, `layerprobe.pipeline.export`), `layerprobe finetune` (the finetuned
 classifier, `layerprobe.pipeline.finetune`) and every run's `recommended.keras`
-(`layerprobe.pipeline.recommended`). Each is built from Keras's own layers and
+(`layerprobe.pipeline.run.recommended`). Each is built from Keras's own layers and
 operations, so `keras.saving.load_model` loads it without layerprobe, and has
 `NAME.layerprobe.json` beside it with the class names and what the output
 holds (`layerprobe.features.model_files.write_model_metadata`).
@@ -19,6 +19,7 @@ input.
 from __future__ import annotations
 
 import os
+import shutil
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -144,8 +145,6 @@ def copy_saved_model(saved: SavedModel, out: str | os.PathLike, metadata: Mappin
     the model, so a killed copy leaves no metadata describing another model (and
     never a half-written model: `atomic_path`).
     """
-    import shutil
-
     out = Path(out)
     metadata_path(out).unlink(missing_ok=True)
     with atomic_path(out) as tmp:
