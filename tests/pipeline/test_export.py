@@ -530,3 +530,11 @@ def test_the_models_own_input_size_wins_over_its_metadata(run, tmp_path):
     lines = []  # before: a 335 GiB allocation for 100000 x 100000 pixels
     predict_images(path, images / "test", out=tmp_path / "p.csv", log=lines.append)
     assert "(32x32 pixels" in lines[0] and len(pd.read_csv(tmp_path / "p.csv")) == 9
+    # A model with a flexible input takes the metadata's size, checked against memory before any decoding.
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(inputs))).save(tmp_path / "flex.keras")
+    _with_metadata(tmp_path / "flex.keras", read_model_metadata(path))
+    with pytest.raises(InputError, match=r"Decoding 32 images of 100000x100000 pixels at once \(batch_size\) needs"):
+        predict_images(tmp_path / "flex.keras", images / "test", out=tmp_path / "q.csv", log=lines.append)
