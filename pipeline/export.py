@@ -273,6 +273,12 @@ def source_digest(model_path: str | os.PathLike) -> str:
     return files_digest(classifier_files(model_path))
 
 
+def _source(model_path: str | os.PathLike) -> dict[str, str]:
+    """What an export records of what it was made from (read by `layerprobe.pipeline.run.recommended`)."""
+    return {"source": str(Path(model_path).resolve()), "source_digest": source_digest(model_path),
+            "layerprobe_version": layerprobe_version()}
+
+
 def export_model(
     model_path: str | os.PathLike,
     out: str | os.PathLike,
@@ -313,12 +319,10 @@ def export_model(
     log = log or logging.getLogger("layerprobe.export").info
     out = Path(out)
     _check_out(out)
-    source = {"source": str(Path(model_path).resolve()), "source_digest": source_digest(model_path),
-              "layerprobe_version": layerprobe_version()}
     if _is_keras_file(model_path):
         saved = read_saved_model(model_path)
         kept = {key: value for key, value in saved.metadata.items() if not key.startswith("encoding-")}
-        copy_saved_model(saved, out, {**kept, **source})
+        copy_saved_model(saved, out, {**kept, **_source(model_path)})
         log(f"exported {model_path} -> {out}: {saved.input_size}x{saved.input_size} pixels 0-255 in, "
             f"{len(saved.class_names)} class {saved.outputs} out")
         return out
@@ -349,7 +353,7 @@ def export_model(
         "layers": layers,
         "pooling": {name: extractor.pooling[name] for name in layers},
         "requires": ["keras", *required_packages(model)],  # to load it: keras_hub too for a keras-hub backbone
-        **source,
+        **_source(model_path),
     }
     from .finetune.checkpoints import save_model
 
