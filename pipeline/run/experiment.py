@@ -2,7 +2,8 @@
 
 Plan (`splits`, `extractions`), extract, the rows' specs (`screening`, `rows`,
 `multi_layer`, `finetune_rows`), fit them (`fitting.fit_rows`, each fitted or
-reused through `records`), report (`summary`, `results_json`).
+reused through `records`), report (the recommended model, `recommended`; the
+texts and files, `summary`, `results_json`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ...core.errors import ConfigError
 from ...features.inputs import ImageDataset
 from ...features.store import FeatureStore
 from ..advice import Advice, recommend
-from ..cluster import open_client
+from ..cluster import extract_features, open_client
 from ..config import DataConfig, ExperimentConfig
 from ..plots import plot_depth
 from ..results import ResultsTable, check_output_folder
@@ -29,6 +30,7 @@ from .extractions import Extraction, plan_extractions
 from .finetune_rows import finetune_specs
 from .fitting import InlineExecutor, fit_rows, row_executor
 from .multi_layer import multi_layer_spec
+from .recommended import write_recommended
 from .records import RunRows
 from .results_json import results_document, write_results_json
 from .rows import LayerRowSpec, LayerToFit
@@ -92,7 +94,7 @@ def run_experiment(
             fitted/reused rows, the final table and advice). Default: the
             logger "layerprobe.run" at INFO, silent unless logging is
             configured (the CLI prints it).
-        progress: Show progress bars while extracting.
+        progress: Show progress bars while extracting and within training epochs.
         finetune_only: Run only the `[finetune]` stage (`layerprobe finetune`):
             its rows replace those of the same modes in the existing results
             table, whose other rows are kept; no extraction, no classifier fit.
@@ -170,7 +172,7 @@ def run_experiment(
     fill_layer_logme(table)
     if config.finetune is not None:
         log(f"[finetune] modes {list(config.finetune.modes)}")
-        fit_rows(finetune_specs(config, dataset, split, dataset_digest, log), rows, InlineExecutor())
+        fit_rows(finetune_specs(config, dataset, split, dataset_digest, log, progress=progress), rows, InlineExecutor())
     return _report(rows, source=config.source, data=config.data, dataset=dataset, split=split, untested=untested,
                    skipped=skipped, n_forward=n_forward, started=started)
 
@@ -193,8 +195,8 @@ def _extract(
             log(f"  cached   {name} ({key.entry_name})")
         skipped.update(store.info(next(iter(keys.values())).entry_name, root=dataset.root)["skipped"])
     else:
-        report = extraction.build().extract(
-            dataset, store, progress=progress, log=lambda line: log(f"  {line}"), client=client,
+        report = extract_features(
+            extraction.build(), dataset, store, client, progress=progress, log=lambda line: log(f"  {line}"),
             dataset_digest=dataset_digest,
         )
         n_forward = report.n_forward
@@ -222,11 +224,12 @@ def _report(
     majority = float(test_counts.max() / test_counts.sum()) if test_counts.sum() else None  # always the commonest
     advice = recommend(frame, n_train=int(counts.sum()), n_classes=len(counts), smallest_class=int(counts.min()),
                        largest_class=int(counts.max()), test_majority_rate=majority)
+    next_steps = write_recommended(out, advice.row, log=log)
     plot_path = plot_depth(frame, out / "depth.png", recommended=advice.row, chance=majority)
     skipped_list = sorted(skipped.items())
     summary_path = write_run_summary(
         out, frame, source=source, advice=advice, data=data_text(data, dataset, split, untested),
-        skipped=skipped_list, results_path=table.path, plot_path=plot_path,
+        skipped=skipped_list, results_path=table.path, plot_path=plot_path, next_steps=next_steps,
     )
     files = {"results": table.path, "summary": summary_path, "plot": plot_path, "json": out / "results.json"}
     facts = {"path": str(data.path), "n_images": len(dataset), "class_names": list(dataset.class_names),
@@ -237,7 +240,7 @@ def _report(
         log, frame, advice, n_skipped=len(skipped_list),
         counts=(f"{len(frame)} rows: {rows.fitted} fitted, {rows.reused} reused; {n_forward} images through a "
                 f"backbone; {time.perf_counter() - started:.0f} s."),
-        paths=files,
+        paths=files, next_steps=next_steps,
     )
     return RunResult(
         results=frame,

@@ -35,7 +35,7 @@ from ...core.lock_files import hold_lock_file
 from ...features.backend import import_keras_quietly
 from ...features.inputs import ImageDataset
 from ...features.keys import safe_name
-from ...features.model_files import metadata_path
+from ...features.model_files import is_model_file, metadata_path
 from ..config import ExperimentConfig
 from ..finetune.settings import FinetuneConfig
 from ..results import Row
@@ -73,12 +73,15 @@ class FinetuneSpec(RowSpec):
         input_size: The image side (None: the family's).
         preprocessing: A model file's preprocessing, or None.
         training: The training's hyperparameters.
+        model_format: The format of the model it saves (`finetune.checkpoints.MODEL_FORMAT`): a model
+            saved in an older format is trained again.
         dataset_digest: The run's digest of the images.
         split: The split definition, (name, value) pairs.
         weights_label: The weights' short name, for the row (not part of the key).
         output_dir: The run's output folder (not part of the key).
         dataset: The images (not part of the key: `dataset_digest` identifies them).
         log: Where the training's lines go.
+        progress: Show a bar over each epoch's batches.
     """
 
     mode: str
@@ -89,12 +92,14 @@ class FinetuneSpec(RowSpec):
     input_size: int | None
     preprocessing: str | None
     training: FinetuneConfig
+    model_format: int
     dataset_digest: str
     split: tuple[tuple[str, Any], ...]
     weights_label: str
     output_dir: Path
     dataset: ImageDataset
     log: Callable[[str], None]
+    progress: bool = False
     row_kind: str = "final"
 
     def settings(self) -> dict:
@@ -107,19 +112,28 @@ class FinetuneSpec(RowSpec):
             "input_size": self.input_size,
             **({"preprocessing": self.preprocessing} if self.preprocessing is not None else {}),
             "options": self.training.to_dict(),
+            "model_format": self.model_format,
             "dataset": self.dataset_digest,
             "split": dict(self.split),
         })
 
     @property
     def folder(self) -> Path:
-        """`OUT/finetune/<mode>-<model>-<digest>`, the digest of the architecture and the files it starts from."""
+        """`OUT/finetune/<mode>-<model's name>-<digest[:8]>`, the digest of the architecture and the files it
+        starts from; a model file is named by its stem, e.g. `finetune-efficientnet_lite0_imagenet-5b4cbb3f`.
+
+        The folder an older layerprobe named (`<mode>-<model as written>-<digest>`) is kept where it exists,
+        so its training is reused.
+        """
         architecture = {"model": self.model, "model_kwargs": dict(self.model_kwargs)}
         # A file's content digests are added where there are some: folders of other trainings keep their names.
         starts = [self.weights, *([dict(self.files)] if self.files else [])] if self.mode == "finetune" else []
         digest = hashlib.sha256(json.dumps([self.mode, architecture, *starts], sort_keys=True, default=str)
                                 .encode()).hexdigest()[:12]
-        return self.output_dir / "finetune" / safe_name(f"{self.mode}-{self.model}-{digest}")
+        parent = self.output_dir / "finetune"
+        earlier = parent / safe_name(f"{self.mode}-{self.model}-{digest}")
+        name = Path(self.model).stem if is_model_file(self.model) else self.model
+        return earlier if earlier.is_dir() else parent / safe_name(f"{self.mode}-{name}-{digest[:8]}")
 
     def record(self) -> RowRecord:
         return RowRecord(self.folder / "row.json", self.settings())
@@ -146,7 +160,7 @@ class FinetuneSpec(RowSpec):
         common = dict(
             output_dir=folder, input_size=self.input_size, model_kwargs=dict(self.model_kwargs),
             preprocessing=self.preprocessing, config=self.training, resume="auto",
-            callbacks=[EpochLogger(lambda line: self.log(f"    {line}"))],
+            callbacks=[EpochLogger(lambda line: self.log(f"    {line}"), progress=self.progress)],
         )
         if self.mode == "finetune":
             result = finetune(self.model, train, weights=self.weights, **common)
@@ -183,9 +197,16 @@ class FinetuneSpec(RowSpec):
 
 
 def finetune_specs(
-    config: ExperimentConfig, dataset: ImageDataset, split: Mapping, dataset_digest: str, log: Callable[[str], None]
+    config: ExperimentConfig, dataset: ImageDataset, split: Mapping, dataset_digest: str, log: Callable[[str], None],
+    *, progress: bool = False,
 ) -> list[FinetuneSpec]:
-    """Every end-to-end training the config's `[finetune]` stage asks for, once each, in the backbones' order."""
+    """Every end-to-end training the config's `[finetune]` stage asks for, once each, in the backbones' order.
+
+    Each epoch logs a line; `progress` adds a bar over its batches.
+    """
+    import_keras_quietly()  # the finetune package's checkpoints import Keras
+    from ..finetune.checkpoints import MODEL_FORMAT
+
     stage = config.finetune
     specs: dict[Path, FinetuneSpec] = {}
     for backbone in config.backbones:
@@ -202,12 +223,14 @@ def finetune_specs(
                 input_size=config.features.input_size,
                 preprocessing=backbone.preprocessing,
                 training=stage.training,
+                model_format=MODEL_FORMAT,
                 dataset_digest=dataset_digest,
                 split=tuple(split.items()),
                 weights_label=backbone.weights_label if mode == "finetune" else "none",
                 output_dir=config.output.dir,
                 dataset=dataset,
                 log=log,
+                progress=progress,
             )
             specs.setdefault(spec.folder, spec)
     return list(specs.values())
