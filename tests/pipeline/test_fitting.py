@@ -1,4 +1,7 @@
-"""Row specs and the one fitting loop: keys from settings, the same rows from every executor, no lost row."""
+"""Row specs and the one fitting loop: keys from settings, the same rows from every executor, no lost row.
+
+A run killed between rows (inline and in threads) is tested through `run_experiment` in test_run.py.
+"""
 
 import dataclasses
 import json
@@ -8,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import layerprobe.pipeline.run.rows as rows_module
 from layerprobe.core.errors import InputError
 from layerprobe.features.keys import FeatureKey
 from layerprobe.features.plans import PlannedLayer
@@ -126,26 +128,6 @@ def test_an_erroring_row_is_raised_in_order_after_the_rows_before_it_are_saved(s
     rerun = _rows(tmp_path)
     fit_rows([specs[0], specs[2]], rerun, executor())
     assert (rerun.fitted, rerun.reused) == (1, 1)
-
-
-def test_a_killed_run_keeps_every_row_saved_before(store, tmp_path, monkeypatch):
-    original, calls = rows_module.fit_classifier, []
-
-    def killed_on_the_third_fit(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(rows_module, "fit_classifier", killed_on_the_third_fit)
-    with pytest.raises(KeyboardInterrupt):
-        fit_rows(_specs(store, tmp_path), _rows(tmp_path), InlineExecutor())
-    kept = pd.read_csv(tmp_path / "results.csv")
-    assert list(zip(kept["layer"], kept["classifier"])) == [("block1_pool", "logreg"), ("block1_pool", "ridge")]
-    monkeypatch.setattr(rows_module, "fit_classifier", original)
-    resumed = _rows(tmp_path)
-    fit_rows(_specs(store, tmp_path), resumed, InlineExecutor())
-    assert (resumed.fitted, resumed.reused) == (2, 2)
 
 
 def test_a_row_takes_its_row_kind_from_its_spec_not_its_record(store, tmp_path):
