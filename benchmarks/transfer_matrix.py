@@ -284,9 +284,9 @@ def probe(features, train_ids, seed: int, cv: int) -> dict:
     folds = [best[column] for column in fit.cv_results.columns
              if column.startswith("split") and column.endswith("_test_score")]
     n_test = int(test.sum())
-    low, high = wilson_interval(scores.accuracy, n_test)
+    low, high = wilson_interval(scores["accuracy"], n_test)
     return timed({"cv_score": round(fit.cv_score, 4), "cv_se": round(fold_se(folds), 4), "n_folds": len(folds),
-                  "accuracy": scores.accuracy, "test_ci_low": round(low, 4), "test_ci_high": round(high, 4),
+                  "accuracy": scores["accuracy"], "test_ci_low": round(low, 4), "test_ci_high": round(high, 4),
                   "n_test": n_test, "feature_dim": int(features.X.shape[1]),
                   "logme": None if not math.isfinite(logme) else round(logme, 4),
                   "params": json.dumps(fit.best_params)}, watch)
