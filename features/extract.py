@@ -46,7 +46,7 @@ from .inputs import DEFAULT_MAX_PIXELS, DecodedChunk, ImageDataset, iter_decoded
 from .inputs.dataset import DIGEST_MODES, resolve_dataset_digest
 from .inputs.decoding import resolve_decoder
 from .inputs.loader import check_decoded_memory
-from .keys import DEFAULT_BATCH_SIZE, STORAGE_DTYPES, FeatureKey
+from .keys import DEFAULT_BATCH_SIZE, STORAGE_DTYPES, FeatureKey, decoded_pixels
 from .layers import LayerInfo, resolve_layers
 from .plans import ExtractionPlan, PlannedLayer
 from .store import FeatureStore, library_versions
@@ -138,9 +138,11 @@ class FeatureExtractor:
         max_pixels: Skip (and record) image files larger than this many pixels,
             checked from the header before decoding. It decides which samples
             are kept, so a value other than the default changes the keys.
-        decoder: JPEG decoder of image files: `"auto"` (simplejpeg where installed,
-            else Pillow), `"pillow"` or `"simplejpeg"`. They give the same pixels, so
-            it is not part of the keys (see `layerprobe.features.inputs.decoding`).
+        decoder: Decoder of image files: `"auto"` (nvImageCodec on the GPU where it is
+            installed and Keras computes on a GPU, else simplejpeg where installed, else
+            Pillow), `"pillow"`, `"simplejpeg"` or `"nvimgcodec"`. Pillow and simplejpeg
+            give the same pixels and share keys; nvImageCodec's pixels differ slightly,
+            so its features have other keys (see `layerprobe.features.inputs.decoding`).
         dataset_digest: How a dataset of files is identified in the keys:
             `"stat"` (paths, sizes and modification times: fast; new pixels
             written with the same size and a restored mtime go unnoticed, and a
@@ -294,6 +296,7 @@ class FeatureExtractor:
             dtype=self.dtype,
             compute_dtype=self.compute_dtype,
             max_pixels=self.max_pixels,
+            pixels=decoded_pixels(self.decoder),
             layers=tuple(
                 PlannedLayer(info.name, info.stable_id, self.pooling[info.name], round(info.depth, 4), info.stage)
                 for info in self.layers

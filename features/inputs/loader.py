@@ -15,12 +15,14 @@ size at which even one chunk (or one batch) cannot fit in the memory available
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -33,7 +35,9 @@ from .decoding import (
     DEFAULT_MAX_PIXELS,
     DecodeBudget,
     resolve_decoder,
+    with_io_retries,
 )
+from .device_decoding import DeviceDecoder
 
 __all__ = [
     "DecodedChunk",
@@ -58,7 +62,8 @@ class DecodedChunk:
         images: Pixels (n_decoded, size, size, 3) in 0-255, of the dtype asked for
             (uint8 for files, float32 for float arrays: `ImageDataset.pixel_dtype`).
             Rows of an in-memory dataset already at the size and dtype are a read-only
-            view of its array; otherwise the consumer owns them.
+            view of its array; otherwise the consumer owns them. Decoded on the GPU
+            (`decoder="nvimgcodec"`), a uint8 backend tensor there.
         skipped: (sample index, reason) for each sample that could not be decoded.
     """
 
@@ -160,8 +165,9 @@ def iter_decoded_chunks(
             costing more is decoded alone); see `DecodeBudget`.
         dtype: The pixels' dtype: `"uint8"` (a quarter of the memory and of the bytes sent to
             a device; exact for files and integer arrays) or `"float32"`.
-        decoder: JPEG decoder, `"auto"`, `"pillow"` or `"simplejpeg"` (same pixels; see
-            `layerprobe.features.inputs.decoding`).
+        decoder: Decoder of image files, `"auto"`, `"pillow"`, `"simplejpeg"` or `"nvimgcodec"`
+            (see `layerprobe.features.inputs.decoding`). With `"nvimgcodec"`, each chunk's
+            `images` are a uint8 backend tensor on the GPU (`device_decoding`).
 
     Returns:
         An iterator of DecodedChunk, one per chunk.
@@ -184,19 +190,23 @@ def iter_decoded_chunks(
     dtype = np.dtype(dtype)
     if dtype not in (np.uint8, np.float32):
         raise InputError(f"dtype must be 'uint8' or 'float32'. Received: dtype={dtype.name!r}")
-    decode = _Decode(size, max_pixels, DecodeBudget(decode_budget), dtype, resolve_decoder(decoder))
+    decoder = resolve_decoder(decoder)
+    on_device = DeviceDecoder(size, max_pixels) if decoder == "nvimgcodec" and dataset.images is None else None
+    decode = _Decode(size, max_pixels, DecodeBudget(decode_budget), dtype, decoder, on_device)
     return _consume_chunks(dataset, chunks, n_workers, prefetch, decode)
 
 
 @dataclass(frozen=True)
 class _Decode:
-    """How every sample is decoded: output side and dtype, the size guard, the shared budget, the decoder."""
+    """How every sample is decoded: output side and dtype, the size guard, the shared budget, the decoder
+    (and the device decoder of files, for `"nvimgcodec"`)."""
 
     size: int
     max_pixels: int
     budget: DecodeBudget
     dtype: np.dtype
     decoder: str
+    on_device: DeviceDecoder | None = None
 
 
 def _consume_chunks(dataset, chunks, n_workers, prefetch, decode: _Decode) -> Iterator[DecodedChunk]:
@@ -255,6 +265,8 @@ def _decode_chunk(dataset, number, chunk, decode: _Decode, executor, stop) -> De
     if pixels is not None and pixels.shape[1:] == (size, size, 3):
         # In-memory pixels already at the input size: `load` would give the same values.
         return DecodedChunk(number, indices, _rows(pixels, indices, decode.dtype), [])
+    if decode.on_device is not None:
+        return _decode_chunk_on_device(dataset, number, indices, decode, executor)
     images = np.empty((len(indices), size, size, 3), dtype=decode.dtype)
 
     def decode_one(position: int) -> str | None:
@@ -268,17 +280,8 @@ def _decode_chunk(dataset, number, chunk, decode: _Decode, executor, stop) -> De
             return exc.reason
         return None
 
-    try:
+    with _chunk_read_errors(indices):
         reasons = list(executor.map(decode_one, range(len(indices))))
-    except ImageReadError as exc:
-        samples = f"samples {indices.min()}-{indices.max()}" if len(indices) else "no samples"
-        raise ImageReadError(
-            f"{exc} Nothing was committed for this chunk ({samples} of the dataset); chunks committed "
-            f"before it are kept, and running again resumes from them.",
-            exc.path,
-            exc.errno,
-            exc.attempts,
-        ) from exc
     decoded = np.array([reason is None for reason in reasons], dtype=bool)
     skipped = [
         (int(index), reason)
@@ -288,6 +291,55 @@ def _decode_chunk(dataset, number, chunk, decode: _Decode, executor, stop) -> De
     return DecodedChunk(
         number, indices[decoded], images if decoded.all() else images[decoded], skipped
     )
+
+
+@contextlib.contextmanager
+def _chunk_read_errors(indices: np.ndarray) -> Iterator[None]:
+    """An `ImageReadError` inside says which samples' chunk was not committed."""
+    try:
+        yield
+    except ImageReadError as exc:
+        samples = f"samples {indices.min()}-{indices.max()}" if len(indices) else "no samples"
+        raise ImageReadError(
+            f"{exc} Nothing was committed for this chunk ({samples} of the dataset); chunks committed "
+            f"before it are kept, and running again resumes from them.",
+            exc.path,
+            exc.errno,
+            exc.attempts,
+        ) from exc
+
+
+def _decode_chunk_on_device(dataset, number, indices, decode: _Decode, executor) -> DecodedChunk:
+    """A chunk of files decoded on the GPU (`DeviceDecoder`): its `images` are a uint8 backend tensor there.
+
+    The files are read in the decoding threads (I/O errors retried, as for the CPU
+    decoders); what nvImageCodec does not decode is decoded by Pillow, or recorded
+    with Pillow's reason.
+    """
+    paths = [dataset.sample_ids[int(index)] for index in indices]
+    reasons: dict[int, str] = {}
+
+    def read(path: str) -> bytes | None:
+        try:
+            return with_io_retries(lambda: Path(path).read_bytes(), path)
+        except OSError:  # about the path (missing, not readable): the fallback says why
+            return None
+
+    def fallback(position: int) -> np.ndarray | None:
+        try:
+            return dataset.load(
+                int(indices[position]), decode.size, max_pixels=decode.max_pixels, budget=decode.budget,
+                decoder="pillow",
+            )
+        except UnreadableImageError as exc:
+            reasons[position] = exc.reason
+            return None
+
+    with _chunk_read_errors(indices):
+        encoded = list(executor.map(read, paths))
+        decoded, images = decode.on_device.decode(encoded, fallback)
+    skipped = [(int(indices[position]), reason) for position, reason in sorted(reasons.items())]
+    return DecodedChunk(number, indices[decoded], images, skipped)
 
 
 def _rows(images: np.ndarray, indices: np.ndarray, dtype: np.dtype) -> np.ndarray:
