@@ -46,6 +46,7 @@ from .inputs import DEFAULT_MAX_PIXELS, DecodedChunk, ImageDataset, iter_decoded
 from .inputs.dataset import DIGEST_MODES, resolve_dataset_digest
 from .inputs.decoding import resolve_decoder
 from .inputs.loader import check_decoded_memory
+from .inputs.pixel_cache import PixelCache, PixelKey
 from .keys import DEFAULT_BATCH_SIZE, STORAGE_DTYPES, FeatureKey, decoded_pixels
 from .layers import LayerInfo, resolve_layers
 from .plans import ExtractionPlan, PlannedLayer
@@ -149,6 +150,11 @@ class FeatureExtractor:
             copy without `cp -p` is a cache miss) or `"content"` (the bytes of
             every file, hashed in parallel and cached per file; see
             `ImageDataset.digest`).
+        pixel_cache: Keep the decoded pixels of image files in the store and read them
+            back instead of decoding again: a later extraction at the same input size
+            with the same decoder (another backbone, other layers) decodes nothing
+            (`layerprobe.features.inputs.pixel_cache`). Costs 3 x input_size² bytes
+            of disk per image.
 
     Raises:
         BackboneError: For an unknown model, unusable weights, model_kwargs,
@@ -182,6 +188,7 @@ class FeatureExtractor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         dataset_digest: str = "stat",
         decoder: str = "auto",
+        pixel_cache: bool = False,
     ):
         if dataset_digest not in DIGEST_MODES:
             raise InputError(f"dataset_digest must be one of {DIGEST_MODES}. Received: dataset_digest={dataset_digest!r}")
@@ -193,8 +200,9 @@ class FeatureExtractor:
             model=model, weights=weights, layers=layers, pooling=pooling, input_size=input_size,
             batch_size=batch_size, dtype=dtype, mixed_precision=mixed_precision, model_kwargs=model_kwargs,
             preprocessing=preprocessing, seed=seed, max_flatten_dim=max_flatten_dim, max_pixels=max_pixels,
-            dataset_digest=dataset_digest, decoder=decoder,
+            dataset_digest=dataset_digest, decoder=decoder, pixel_cache=pixel_cache,
         )
+        self.pixel_cache = bool(pixel_cache)
         self.decoder = resolve_decoder(decoder)
         self._auto_batch = batch_size == "auto"
         self.batch_size = DEFAULT_BATCH_SIZE if self._auto_batch else check_positive_int(
@@ -567,6 +575,7 @@ class FeatureExtractor:
             max_pixels=self.max_pixels,
             dtype=dataset.pixel_dtype,
             decoder=self.decoder,
+            pixel_cache=self._pixel_cache(store, keys),
         )
         try:
             with contextlib.closing(decoded), ChunkWriter(write, depth=WRITE_QUEUE_CHUNKS, report=report) as writer:
@@ -578,6 +587,14 @@ class FeatureExtractor:
         finally:
             bar.close()
         commit_entries(store, keys, work, dataset, {**self.entry_metadata(), "n_dataset_samples": len(dataset)}, report, log)
+
+
+    def _pixel_cache(self, store: FeatureStore, keys: Mapping[str, FeatureKey]) -> PixelCache | None:
+        """The store's cache of this extraction's decoded pixels, where `pixel_cache` is on."""
+        if not self.pixel_cache:
+            return None
+        key = PixelKey(next(iter(keys.values())).dataset, self.backbone.input_size, decoded_pixels(self.decoder))
+        return PixelCache(store.root, key)
 
 
 _shared: collections.OrderedDict[str, FeatureExtractor] = collections.OrderedDict()

@@ -38,6 +38,7 @@ from .decoding import (
     with_io_retries,
 )
 from .device_decoding import DeviceDecoder
+from .pixel_cache import BLOCK_SAMPLES, PixelBlock, PixelCache
 
 __all__ = [
     "DecodedChunk",
@@ -144,6 +145,7 @@ def iter_decoded_chunks(
     decode_budget: int = DEFAULT_DECODE_BUDGET,
     dtype: str | np.dtype = "float32",
     decoder: str = "auto",
+    pixel_cache: PixelCache | None = None,
 ) -> Iterator[DecodedChunk]:
     """Decode chunks of samples in background threads, in order.
 
@@ -168,6 +170,9 @@ def iter_decoded_chunks(
         decoder: Decoder of image files, `"auto"`, `"pillow"`, `"simplejpeg"` or `"nvimgcodec"`
             (see `layerprobe.features.inputs.decoding`). With `"nvimgcodec"`, each chunk's
             `images` are a uint8 backend tensor on the GPU (`device_decoding`).
+        pixel_cache: Where decoded pixels of image files are kept and read back instead
+            of decoded again (`layerprobe.features.inputs.pixel_cache`); its key must
+            describe this dataset, `size` and `decoder`. Chunks then hold numpy pixels.
 
     Returns:
         An iterator of DecodedChunk, one per chunk.
@@ -192,7 +197,7 @@ def iter_decoded_chunks(
         raise InputError(f"dtype must be 'uint8' or 'float32'. Received: dtype={dtype.name!r}")
     decoder = resolve_decoder(decoder)
     on_device = DeviceDecoder(size, max_pixels) if decoder == "nvimgcodec" and dataset.images is None else None
-    decode = _Decode(size, max_pixels, DecodeBudget(decode_budget), dtype, decoder, on_device)
+    decode = _Decode(size, max_pixels, DecodeBudget(decode_budget), dtype, decoder, on_device, pixel_cache)
     return _consume_chunks(dataset, chunks, n_workers, prefetch, decode)
 
 
@@ -207,6 +212,7 @@ class _Decode:
     dtype: np.dtype
     decoder: str
     on_device: DeviceDecoder | None = None
+    cache: PixelCache | None = None
 
 
 def _consume_chunks(dataset, chunks, n_workers, prefetch, decode: _Decode) -> Iterator[DecodedChunk]:
@@ -265,8 +271,16 @@ def _decode_chunk(dataset, number, chunk, decode: _Decode, executor, stop) -> De
     if pixels is not None and pixels.shape[1:] == (size, size, 3):
         # In-memory pixels already at the input size: `load` would give the same values.
         return DecodedChunk(number, indices, _rows(pixels, indices, decode.dtype), [])
+    if decode.cache is not None and pixels is None:
+        return _cached_chunk(dataset, number, indices, decode, executor, stop)
+    return _decode_samples(dataset, number, indices, decode, executor, stop)
+
+
+def _decode_samples(dataset, number, indices, decode: _Decode, executor, stop) -> DecodedChunk:
+    """Decode the samples at `indices` (on the device with a `DeviceDecoder`, else in the threads)."""
     if decode.on_device is not None:
         return _decode_chunk_on_device(dataset, number, indices, decode, executor)
+    size = decode.size
     images = np.empty((len(indices), size, size, 3), dtype=decode.dtype)
 
     def decode_one(position: int) -> str | None:
@@ -307,6 +321,45 @@ def _chunk_read_errors(indices: np.ndarray) -> Iterator[None]:
             exc.errno,
             exc.attempts,
         ) from exc
+
+
+def _cached_chunk(dataset, number, indices, decode: _Decode, executor, stop) -> DecodedChunk:
+    """A chunk assembled from the pixel cache's blocks; each block not cached yet is decoded whole and saved.
+
+    Blocks are aligned to the dataset, not to chunks: a block that a chunk covers only
+    in part is decoded whole, saved, and read back by the next chunk instead of decoded again.
+    """
+    blocks = {}
+    for block in decode.cache.blocks(indices, len(dataset)):
+        cached = decode.cache.load(block)
+        if cached is None:
+            fresh = _decode_samples(dataset, number, np.arange(block.start, block.stop), decode, executor, stop)
+            cached = PixelBlock(fresh.sample_indices, _on_host(fresh.images), fresh.skipped)
+            if stop.is_set():  # the consumer has gone: the block may be part decoded, and is discarded
+                return fresh
+            decode.cache.save(block, cached)
+        blocks[block.start] = cached
+    rows, kept, skipped = [], [], []
+    for index in indices.tolist():
+        block = blocks[index - index % BLOCK_SAMPLES]
+        position = int(np.searchsorted(block.indices, index))
+        if position < len(block.indices) and block.indices[position] == index:
+            rows.append(block.pixels[position])
+            kept.append(index)
+        else:
+            skipped.append((index, dict(block.skipped)[index]))
+    size = decode.size
+    images = np.stack(rows).astype(decode.dtype, copy=False) if rows else np.empty((0, size, size, 3), decode.dtype)
+    return DecodedChunk(number, np.asarray(kept, dtype=np.int64), images, skipped)
+
+
+def _on_host(images) -> np.ndarray:
+    """Decoded pixels as a numpy array (those decoded on the device are copied back)."""
+    if isinstance(images, np.ndarray):
+        return images
+    import keras
+
+    return keras.ops.convert_to_numpy(images)
 
 
 def _decode_chunk_on_device(dataset, number, indices, decode: _Decode, executor) -> DecodedChunk:
