@@ -94,8 +94,9 @@ PREPROCESSING_GRIDS: Mapping[str, StepGrid] = MappingProxyType(
 )
 """Preprocessing step name -> its grid; each becomes a pipeline step of that name."""
 
-PROBE_DEVICES = ("cpu", "gpu", "auto")
-"""Where logreg rows are fitted (`layerprobe.pipeline.probes.device_logistic`)."""
+PROBE_DEVICES = ("cpu", "gpu", "jax", "auto")
+"""Where logreg rows are fitted: scikit-learn on the CPU, or the JAX solver on a GPU, on whatever device JAX
+computes on (a TPU...), or on the GPU where there is one (`layerprobe.pipeline.probes.device_logistic`)."""
 
 PCA_GRID = StepGrid("PCA", ("n_components", "svd_solver", "whiten"))
 """The optional `"pca"` step."""

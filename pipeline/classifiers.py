@@ -78,8 +78,9 @@ class ClassifierSpec:
         revision: Raised when the registry changes how the classifier is built or
             searched; part of a run's fit settings (when above 0), so rows fitted
             under an earlier revision are refitted, not reused.
-        build_on_gpu: Builds the estimator that fits the same model on the GPU
-            (`device="gpu"`), or None where the classifier has no GPU path.
+        build_on_gpu: Builds the estimator that fits the same model with JAX, on the
+            GPU (`device="gpu"`, `"jax"`, `"auto"`), or None where the classifier has no
+            GPU path.
     """
 
     name: str
@@ -222,8 +223,9 @@ def build_probe_pipeline(
             each step is named after its preprocessing name. ``None`` or ``()`` for none.
         pca_components: If given, adds a ``"pca"`` step with this ``n_components``.
         random_state: Seed for PCA and the classifier.
-        device: ``"cpu"``, or ``"gpu"`` for the classifier's GPU estimator where it has
-            one (``ClassifierSpec.build_on_gpu``; the others stay on the CPU).
+        device: ``"cpu"``, or ``"jax"`` for the classifier's JAX estimator where it has
+            one (``ClassifierSpec.build_on_gpu``; the others stay on the CPU); see
+            ``probes.device_logistic.resolve_probe_device``.
 
     Returns:
         A ``Pipeline`` whose steps are named e.g. ``["standardize", "pca", "clf"]``.
@@ -253,7 +255,7 @@ def build_probe_pipeline(
     if pca_components is not None:
         steps.append(("pca", PCA(n_components=pca_components, random_state=random_state)))
     spec = CLASSIFIERS[classifier]
-    build = spec.build_on_gpu if device == "gpu" and spec.build_on_gpu is not None else spec.build
+    build = spec.build_on_gpu if device == "jax" and spec.build_on_gpu is not None else spec.build
     steps.append(("clf", build(random_state)))
     return Pipeline(steps)
 
@@ -382,7 +384,8 @@ def fit_classifier(
             the folds of a warm-started path.
         random_state: Seed for the fold shuffle, PCA and the classifier.
         device: Where the classifier is fitted: ``"cpu"``, ``"gpu"`` (logreg: the same
-            objective solved in JAX on the GPU, `probes.device_logistic`) or ``"auto"``.
+            objective solved in JAX on the GPU, `probes.device_logistic`), ``"jax"`` (that
+            solver on JAX's device, whatever it is) or ``"auto"``.
 
     Returns:
         A :class:`FitResult`; the same data and seed give the same estimator.

@@ -183,8 +183,9 @@ class ClassifiersConfig:
         screening_top_k: Layers per backbone (and pooling) that the other
             classifiers are fitted on when screening.
         device: Where logreg rows are fitted: "cpu" (scikit-learn), "gpu" (a JAX
-            solver of the same objective on the GPU, the same choice of C) or
-            "auto" (the GPU where JAX sees one).
+            solver of the same objective on the GPU, the same choice of C), "jax"
+            (that solver on JAX's device, e.g. a TPU) or "auto" (the GPU where JAX
+            sees one, else the CPU).
         multi_layer: Add a row per backbone (and pooling) with 2 or more layers:
             a ridge probe on the concatenation of its layers chosen by greedy
             selection, its layer named e.g. "multi:block3_pool+block4_pool".

@@ -16,8 +16,9 @@ per fold. Computation is float32 (the features are stored in float32 or
 float16); the results come back as float64 numpy arrays.
 
 Where rows run is chosen by `[classifiers] device` (`resolve_probe_device`):
-"cpu" (scikit-learn), "gpu" (this estimator; refused where JAX sees no GPU) or
-"auto".
+"cpu" (scikit-learn), "gpu" (this estimator; refused where JAX sees no GPU),
+"jax" (this estimator on whatever device JAX computes on: a TPU, or the CPU,
+as the tests run it) or "auto" (the GPU where JAX sees one, else the CPU).
 """
 
 from __future__ import annotations
@@ -48,17 +49,25 @@ def jax_gpu() -> str | None:
 
 
 def resolve_probe_device(device: str) -> str:
-    """`"cpu"` or `"gpu"`: where probe rows are fitted for a `[classifiers] device` value.
+    """`"cpu"` (scikit-learn) or `"jax"` (`DeviceLogisticRegression`): what fits the rows for a
+    `[classifiers] device` value.
 
     Raises:
-        InputError: For an unknown value, or `"gpu"` where JAX sees no GPU.
+        InputError: For an unknown value, `"gpu"` where JAX sees no GPU, or `"jax"` where it is not installed.
     """
     if device not in PROBE_DEVICES:
         raise InputError(f"device must be one of {PROBE_DEVICES}. Received: device={device!r}")
     if device == "cpu":
         return device
+    if device == "jax":
+        try:
+            import jax  # noqa: F401
+        except ImportError:
+            raise InputError("device='jax' needs JAX: pip install jax (or use device='cpu'). "
+                             "Received: device='jax'") from None
+        return "jax"
     if jax_gpu() is not None:
-        return "gpu"
+        return "jax"
     if device == "gpu":
         raise InputError(
             "device='gpu' fits the logreg rows with JAX on a GPU, but JAX sees no GPU here (or is not installed: "

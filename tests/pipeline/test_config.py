@@ -348,4 +348,4 @@ def test_pixel_cache_and_probe_device_settings(tmp_path):
     with pytest.raises(ConfigError) as error:
         config_from_dict(raw, tmp_path)
     assert "pixel_cache: expected true or false" in str(error.value)
-    assert "device: expected one of ['cpu', 'gpu', 'auto']" in str(error.value)
+    assert "device: expected one of ['cpu', 'gpu', 'jax', 'auto']" in str(error.value)

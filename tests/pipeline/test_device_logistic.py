@@ -43,13 +43,12 @@ def test_warm_start_continues_from_the_last_fit():
     assert (warm.predict(X) == cold.predict(X)).mean() >= 0.99
 
 
-def test_fit_classifier_on_the_gpu_path_picks_the_same_c_and_labels(monkeypatch):
-    monkeypatch.setattr(device_logistic, "jax_gpu", lambda: "a GPU")  # JAX's CPU device stands in for it
+def test_fit_classifier_on_the_jax_path_picks_the_same_c_and_labels():
     X, y = _problem(3, seed=1, n=300)
     X_test, y_test = _problem(3, seed=1, n=300)  # another draw of the same centres
     grid = {"C": [0.001, 0.01, 0.1, 1.0]}
     cpu = fit_classifier(X, y, "logreg", param_grid=grid, device="cpu")
-    gpu = fit_classifier(X, y, "logreg", param_grid=grid, device="gpu")
+    gpu = fit_classifier(X, y, "logreg", param_grid=grid, device="jax")  # on JAX's CPU device here
     assert isinstance(gpu.estimator.named_steps["clf"], DeviceLogisticRegression)
     assert isinstance(cpu.estimator.named_steps["clf"], LogisticRegression)
     assert gpu.best_params == cpu.best_params
@@ -65,10 +64,11 @@ def test_the_device_choice(monkeypatch):
     assert resolve_probe_device("auto") == "cpu" and resolve_probe_device("cpu") == "cpu"
     with pytest.raises(InputError, match="device='gpu' fits the logreg rows with JAX on a GPU, but JAX sees no GPU"):
         resolve_probe_device("gpu")
-    with pytest.raises(InputError, match=r"device must be one of \('cpu', 'gpu', 'auto'\)"):
+    with pytest.raises(InputError, match=r"device must be one of \('cpu', 'gpu', 'jax', 'auto'\)"):
         resolve_probe_device("tpu")
+    assert resolve_probe_device("jax") == "jax"
     monkeypatch.setattr(device_logistic, "jax_gpu", lambda: "NVIDIA H200")
-    assert resolve_probe_device("auto") == "gpu"
-    # classifiers without a GPU estimator stay on the CPU
-    pipe = classifiers.build_probe_pipeline("linear_svm", device="gpu")
+    assert resolve_probe_device("auto") == "jax" and resolve_probe_device("gpu") == "jax"
+    # classifiers without a JAX estimator stay on the CPU
+    pipe = classifiers.build_probe_pipeline("linear_svm", device="jax")
     assert type(pipe.named_steps["clf"]).__name__ == "LinearSVM"
