@@ -72,3 +72,13 @@ def test_the_device_choice(monkeypatch):
     # classifiers without a JAX estimator stay on the CPU
     pipe = classifiers.build_probe_pipeline("linear_svm", device="jax")
     assert type(pipe.named_steps["clf"]).__name__ == "LinearSVM"
+
+
+def test_padding_rows_changes_nothing_and_shares_compilations():
+    from layerprobe.pipeline.probes.device_logistic import padded_rows
+
+    assert [padded_rows(n) for n in (1, 64, 65, 5333, 5334, 8000)] == [64, 64, 128, 6144, 6144, 8192]
+    X, y = _problem(3, n=200)  # padded to 256 rows of zero weight
+    reference = LogisticRegression(C=0.1, max_iter=2000, tol=1e-6).fit(X, y)
+    fitted = DeviceLogisticRegression(C=0.1, tol=1e-6).fit(X, y)
+    assert np.abs(fitted.coef_ - reference.coef_).max() < 1e-2 * np.abs(reference.coef_).max()
