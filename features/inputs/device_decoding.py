@@ -105,7 +105,8 @@ class DeviceDecoder:
         self.max_pixels = max_pixels
         self._codec = codec
         self._decoder = codec.Decoder()
-        self._params = codec.DecodeParams(apply_exif_orientation=True, color_spec=codec.ColorSpec.RGB)
+        # sRGB output is DecodeParams' default (nvImageCodec 0.6 to 0.9); grey images come back with one channel
+        self._params = codec.DecodeParams(apply_exif_orientation=True)
         from ..backend import import_keras_quietly
 
         keras = import_keras_quietly()

@@ -33,7 +33,7 @@ RERUN_ENV = "LAYERPROBE_DEVICE_DECODING_RERUN"
 
 
 def _stand_in_codec() -> types.ModuleType:
-    """A module with nvImageCodec's Python API (CodeStream, DecodeParams, ColorSpec, Decoder.decode), decoding with Pillow."""
+    """A module with nvImageCodec's Python API (CodeStream, DecodeParams, Decoder.decode), decoding with Pillow."""
     codec = types.ModuleType("nvidia.nvimgcodec")
 
     class CodeStream:
@@ -50,16 +50,16 @@ def _stand_in_codec() -> types.ModuleType:
             out = []
             for stream in streams:
                 try:
-                    with Image.open(io.BytesIO(stream.data)) as image:
-                        out.append(np.array(image.convert("RGB")))  # writable: DLPack exports it
+                    with Image.open(io.BytesIO(stream.data)) as image:  # sRGB, grey as one channel
+                        pixels = np.array(image.convert("L" if image.mode == "L" else "RGB"))  # writable, for DLPack
+                        out.append(pixels[..., np.newaxis] if pixels.ndim == 2 else pixels)
                 except OSError:
                     out.append(None)  # nvImageCodec's answer for an image it cannot decode
             return out
 
     codec.CodeStream = CodeStream
     codec.Decoder = Decoder
-    codec.DecodeParams = lambda **options: options
-    codec.ColorSpec = types.SimpleNamespace(RGB="rgb")
+    codec.DecodeParams = lambda apply_exif_orientation=True: {"apply_exif_orientation": apply_exif_orientation}
     return codec
 
 
@@ -151,6 +151,7 @@ def images(tmp_path):
     Image.fromarray(_photo(90, 70, 9)).save(folder / "5.png")  # decoded by the stand-in too
     (folder / "6.jpg").write_bytes((folder / "0.jpg").read_bytes()[:400])  # truncated: the CPU path says why
     (folder / "7.jpg").write_bytes(b"")  # empty
+    Image.fromarray(_photo(120, 90, 8)[..., 0]).save(folder / "8.jpg")  # grey: one channel, repeated on the device
     return from_directory(tmp_path / "images")
 
 
@@ -169,8 +170,8 @@ def test_chunks_decoded_on_the_device_are_close_to_pillows(monkeypatch, codec, i
     monkeypatch.setattr(device_decoding, "DEVICE_BATCH", 3)
     (chunk,) = iter_decoded_chunks(images, [range(len(images))], 64, dtype="uint8", decoder="nvimgcodec")
     assert not isinstance(chunk.images, np.ndarray) and keras.backend.standardize_dtype(chunk.images.dtype) == "uint8"
-    assert codec.Decoder.calls == [3, 3]  # batched: six files parse, at most DEVICE_BATCH per call
-    assert chunk.sample_indices.tolist() == [0, 1, 2, 3, 4, 5]
+    assert codec.Decoder.calls == [3, 3, 1]  # batched, DEVICE_BATCH at most; the truncated and empty files do not parse
+    assert chunk.sample_indices.tolist() == [0, 1, 2, 3, 4, 5, 8]
     reasons = dict(chunk.skipped)
     assert reasons[6].startswith("truncated or corrupt image") and reasons[7] == "empty file"
     pixels = keras.ops.convert_to_numpy(chunk.images)
@@ -195,8 +196,8 @@ def test_extraction_from_device_decoded_chunks(monkeypatch, codec, images, tmp_p
     assert on_device.keys["block1_pool"] != cpu.keys(images)["block1_pool"]
     stored = store.load(on_device.keys["block1_pool"])
     direct = gpu.features(
-        np.stack([load_image(images.sample_ids[i], 32, decoder="pillow") for i in range(6)]))[0]
-    assert stored.X.shape == direct.shape  # six decoded (one batch padded on the device), two skipped
+        np.stack([load_image(images.sample_ids[i], 32, decoder="pillow") for i in (0, 1, 2, 3, 4, 5, 8)]))[0]
+    assert stored.X.shape == direct.shape  # seven decoded (one batch padded on the device), two skipped
     assert np.abs(stored.X - direct).mean() < 0.1 * np.abs(direct).mean()  # nvJPEG-like pixels, close features
 
 
