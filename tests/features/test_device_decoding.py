@@ -135,23 +135,16 @@ def test_the_plan_signature_follows_what_auto_decodes_with(monkeypatch):
     assert plan_signature({**settings, "decoder": "simplejpeg"}) == plan_signature({**settings, "decoder": "simplejpeg"})
 
 
-def _photo(width, height, seed):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    base = np.stack([xx * 255 / width, yy * 255 / height, (xx + yy) * 127 / (width + height)], axis=-1)
-    return np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
-
-
 @pytest.fixture
-def images(tmp_path):
+def images(tmp_path, photo):
     folder = tmp_path / "images" / "a"
     folder.mkdir(parents=True)
     for seed, (width, height) in enumerate([(500, 375), (500, 375), (375, 500), (64, 64), (100, 80)]):
-        Image.fromarray(_photo(width, height, seed)).save(folder / f"{seed}.jpg", quality=92)
-    Image.fromarray(_photo(90, 70, 9)).save(folder / "5.png")  # decoded by the stand-in too
+        Image.fromarray(photo(width, height, seed)).save(folder / f"{seed}.jpg", quality=92)
+    Image.fromarray(photo(90, 70, 9)).save(folder / "5.png")  # decoded by the stand-in too
     (folder / "6.jpg").write_bytes((folder / "0.jpg").read_bytes()[:400])  # truncated: the CPU path says why
     (folder / "7.jpg").write_bytes(b"")  # empty
-    Image.fromarray(_photo(120, 90, 8)[..., 0]).save(folder / "8.jpg")  # grey: one channel, repeated on the device
+    Image.fromarray(photo(120, 90, 8)[..., 0]).save(folder / "8.jpg")  # grey: one channel, repeated on the device
     return from_directory(tmp_path / "images")
 
 
