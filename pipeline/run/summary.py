@@ -74,8 +74,10 @@ def write_run_summary(
     skipped: list[tuple[str, str]],
     results_path: Path,
     plot_path: Path,
+    next_steps: str,
 ) -> Path:
-    """Write `out/summary.md`: the results table, the recommendation, the data, unreadable images, files."""
+    """Write `out/summary.md`: the results table, the recommendation, the data, unreadable images, files, and
+    last the next steps (`recommended.write_recommended`: how to use the recommended model)."""
     return write_summary(
         out / "summary.md",
         flagged(frame, advice),
@@ -87,6 +89,7 @@ def write_run_summary(
             "Files": (
                 f"- results: `{results_path}`\n- plot: `{plot_path}`\n- models and predictions: `{out / 'models'}`"
             ),
+            "Next steps": next_steps,
         },
     )
 
@@ -99,8 +102,9 @@ def log_report(
     n_skipped: int,
     counts: str,
     paths: dict[str, Path],
+    next_steps: str,
 ) -> None:
-    """The closing lines of a run: the table, the recommendation, the counts and where the files are."""
+    """The closing lines of a run: the table, the recommendation, the counts, where the files are, the next steps."""
     log("")
     log(format_table(flagged(frame, advice), CONSOLE_COLUMNS, markdown=True))
     log("")
@@ -109,3 +113,5 @@ def log_report(
         log(f"{n_skipped} unreadable image(s) left out (listed in summary.md).")
     width = max(map(len, paths)) + 1
     log(f"\n{counts}\n" + "\n".join(f"{f'{name}:':{width}} {path}" for name, path in paths.items()))
+    log("")
+    log(next_steps)
