@@ -8,7 +8,7 @@ result, so that one failing stage does not stop the others:
   images        N synthetic JPEG files in class folders (gradients, noise and
                 shapes, so that decoding costs what real photos cost), written by
                 one process per core.
-  jpeg[B]       (benchmarks/device_jpeg.py) `--jpeg-images` files of ImageNet's size
+  jpeg[B]       (benchmarks/_device_jpeg.py) `--jpeg-images` files of ImageNet's size
                 (500x375) decoded (on the GPU with nvImageCodec where it can, the
                 choice of decoder="auto") -> extracted -> stored end to end, against
                 the device-resident limit; then logreg rows on one layer's features,
@@ -900,13 +900,13 @@ def run_worker_process(run: Run, backend: str, share: float) -> dict[str, Any]:
 
 
 def run_jpeg(run: Run, share: float = 0.6) -> dict[str, Any]:
-    """The jpeg stage (benchmarks/device_jpeg.py) in a child process with `--jpeg-backend`, `share` of the budget left."""
+    """The jpeg stage (benchmarks/_device_jpeg.py) in a child process with `--jpeg-backend`, `share` of the budget left."""
     args = run.args
     results = args.workdir / "jpeg.json"
     results.unlink(missing_ok=True)
     deadline = _now() + run.remaining() * share
     width, height = (int(v) for v in args.jpeg_image_size.lower().split("x"))
-    command = [sys.executable, str(Path(__file__).resolve().parent / "device_jpeg.py"), "--results", str(results),
+    command = [sys.executable, str(Path(__file__).resolve().parent / "_device_jpeg.py"), "--results", str(results),
                "--workdir", str(args.workdir), "--n-images", str(args.jpeg_images), "--width", str(width),
                "--height", str(height), "--input-size", str(args.input_size), "--model", args.jpeg_model,
                "--precision", args.jpeg_precision, "--batch-size", str(args.jpeg_batch_size),

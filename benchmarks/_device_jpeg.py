@@ -39,7 +39,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from device_check import (  # noqa: E402
     PRECISIONS,
-    _cores,
     _error_text,
     _round,
     _tail,
@@ -49,6 +48,8 @@ from device_check import (  # noqa: E402
     parse_model,
     register_tiny_net,
 )
+
+from layerprobe.core.cores import usable_cores  # noqa: E402  (device_check.sh makes layerprobe importable)
 
 PROBE_GRID = {"C": [0.01, 0.1, 1.0, 10.0]}
 
@@ -116,7 +117,7 @@ def probes_part(features: np.ndarray, labels: np.ndarray, layer: str) -> dict:
         features, labels, test_size=0.2, stratify=labels, random_state=0)
     device = "gpu" if jax_gpu() else "jax"
     result = {"layer": layer, "n_train": len(X_train), "n_features": int(X_train.shape[1]), "jax_device": device,
-              "cores": _cores(), "grid": PROBE_GRID}
+              "cores": usable_cores(), "grid": PROBE_GRID}
     started = time.perf_counter()  # compiles the solver for the folds' and the refit's shapes (once per shape)
     fit_classifier(X_train, y_train, "logreg", param_grid={"C": [1.0]}, cv=3, device=device)
     result["jax_warmup_s"] = _round(time.perf_counter() - started, 2)
@@ -138,7 +139,7 @@ def probes_part(features: np.ndarray, labels: np.ndarray, layer: str) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    workers = args.workers or _cores()
+    workers = args.workers or usable_cores()
     deadline = args.deadline or float("inf")
     result: dict = {"n_images": args.n_images, "image": f"{args.width}x{args.height}", "model": args.model,
                     "precision": args.precision, "batch_size": args.batch_size, "input_size": args.input_size,
@@ -162,7 +163,7 @@ def main(argv=None) -> int:
         return value
 
     images = args.workdir / "jpeg-images"
-    part("images", lambda: make_images(images, args.n_images, args.n_classes, (args.width, args.height), _cores()))
+    part("images", lambda: make_images(images, args.n_images, args.n_classes, (args.width, args.height), usable_cores()))
     result["device"] = device_info()
     from layerprobe.features.extract import FeatureExtractor
     from layerprobe.features.inputs import from_directory
