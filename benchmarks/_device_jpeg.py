@@ -99,7 +99,8 @@ def decoder_part(dataset, size: int, workers: int) -> dict:
     result["decode_img_s"] = _round(decoded / (time.perf_counter() - started))
     rows = min(256, len(warm.sample_indices))
     pixels = keras.ops.convert_to_numpy(warm.images[:rows]).astype(int)
-    reference = np.stack([load_image(dataset.sample_ids[i], size, decoder="pillow") for i in warm.sample_indices[:rows]])
+    reference = np.stack([load_image(dataset.sample_ids[i], size, decoder="pillow")
+                          for i in warm.sample_indices[:rows]])
     difference = np.abs(pixels - reference)
     result.update(max_abs_diff_vs_pillow=int(difference.max()),
                   mean_abs_diff_vs_pillow=_round(float(difference.mean()), 3), compared=rows)
@@ -163,7 +164,8 @@ def main(argv=None) -> int:
         return value
 
     images = args.workdir / "jpeg-images"
-    part("images", lambda: make_images(images, args.n_images, args.n_classes, (args.width, args.height), usable_cores()))
+    part("images", lambda: make_images(images, args.n_images, args.n_classes, (args.width, args.height),
+                                       usable_cores()))
     result["device"] = device_info()
     from layerprobe.features.extract import FeatureExtractor
     from layerprobe.features.inputs import from_directory

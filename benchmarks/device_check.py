@@ -900,7 +900,8 @@ def run_worker_process(run: Run, backend: str, share: float) -> dict[str, Any]:
 
 
 def run_jpeg(run: Run, share: float = 0.6) -> dict[str, Any]:
-    """The jpeg stage (benchmarks/_device_jpeg.py) in a child process with `--jpeg-backend`, `share` of the budget left."""
+    """The jpeg stage (benchmarks/_device_jpeg.py) in a child process with `--jpeg-backend`, with `share` of
+    the budget left."""
     args = run.args
     results = args.workdir / "jpeg.json"
     results.unlink(missing_ok=True)
@@ -1126,7 +1127,8 @@ def markdown(run: Run, report: dict[str, Any]) -> str:
                   f"Decoder: {jpeg.get('decoder_used')} (auto; device decoding: "
                   f"{decoder.get('device_decoding_problem') or 'available'}); decode-only "
                   f"{_fmt(decoder.get('decode_img_s'))} img/s; pixels vs Pillow: mean "
-                  f"{decoder.get('mean_abs_diff_vs_pillow')}, max {decoder.get('max_abs_diff_vs_pillow')} grey levels  ",
+                  f"{decoder.get('mean_abs_diff_vs_pillow')}, max {decoder.get('max_abs_diff_vs_pillow')} "
+                  f"grey levels  ",
                   f"Device limit {_fmt(limit.get('img_s'))} img/s; end to end (decode -> extract -> store) "
                   f"{_fmt(extract.get('img_s'))} img/s = **{extract.get('of_limit')} of the limit**; phases (s) "
                   f"{extract.get('parts_s')}"]
@@ -1134,8 +1136,8 @@ def markdown(run: Run, report: dict[str, Any]) -> str:
         if probe:
             lines += ["", f"Logreg rows on {probe['layer']} ({probe['n_train']} x {probe['n_features']}, C "
                       f"{probe['grid']['C']}, cv 3): CPU (scikit-learn, {probe['cores']} cores) {probe['cpu_s']} s, "
-                      f"JAX ({probe['jax_device']}) {probe['jax_s']} s (+ {probe.get('jax_warmup_s')} s compiling, once per "
-                      f"shape): **{probe['speedup']}x**; best C "
+                      f"JAX ({probe['jax_device']}) {probe['jax_s']} s (+ {probe.get('jax_warmup_s')} s "
+                      f"compiling, once per shape): **{probe['speedup']}x**; best C "
                       f"{probe['cpu_best_C']} vs {probe['jax_best_C']} (same: {probe['same_choice']}); test accuracy "
                       f"{probe['cpu_test_accuracy']} vs {probe['jax_test_accuracy']}; predictions agree on "
                       f"{probe['prediction_agreement']:.1%}"]

@@ -107,7 +107,8 @@ def main(argv=None) -> int:
     parser = base_parser("pixel_cache", __doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="128 images (default 1,024)")
     parser.add_argument("--n-images", type=int, default=None, help="generated images (overrides --quick's count)")
-    parser.add_argument("--images", type=Path, default=None, help="a folder of class subfolders instead of generated photos")
+    parser.add_argument("--images", type=Path, default=None,
+                        help="a folder of class subfolders instead of generated photos")
     parser.add_argument("--size", type=int, default=224, help="input size the pixels are decoded to")
     parser.add_argument("--repeats", type=int, default=3, help="alternating decode / read passes (the best kept)")
     args = parser.parse_args(argv)

@@ -26,7 +26,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["COMPUTE_PRECISIONS", "CPU_PIXELS", "DECODERS", "DEFAULT_BATCH_SIZE", "DIGEST_MODES", "FORMAT_VERSION", "STORAGE_DTYPES", "FeatureKey", "decoded_pixels", "safe_name"]
+__all__ = [
+    "COMPUTE_PRECISIONS", "CPU_PIXELS", "DECODERS", "DEFAULT_BATCH_SIZE", "DIGEST_MODES", "FORMAT_VERSION",
+    "STORAGE_DTYPES", "FeatureKey", "decoded_pixels", "safe_name",
+]
 
 # Bump when the extraction output changes for the same key fields.
 # 2: 16-bit grey levels scaled from their bit depth (not 65535); JPEGs decoded at reduced scale (draft).

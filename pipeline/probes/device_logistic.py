@@ -13,8 +13,9 @@ already has.
 The solver is one compiled function per problem shape, with C an argument, so
 the warm-started path over C (`layerprobe.pipeline.classifiers`) compiles once
 per shape; rows are padded (with zero weight) to `padded_rows`, so the folds of
-a cross-validation, a few rows apart, share one compilation. Computation is float32 (the features are stored in float32 or
-float16); the results come back as float64 numpy arrays.
+a cross-validation, a few rows apart, share one compilation. Computation is
+float32 (the features are stored in float32 or float16); the results come back
+as float64 numpy arrays.
 
 Where rows run is chosen by `[classifiers] device` (`resolve_probe_device`):
 "cpu" (scikit-learn), "gpu" (this estimator; refused where JAX sees no GPU),
@@ -79,7 +80,8 @@ def resolve_probe_device(device: str) -> str:
     if device == "gpu":
         raise InputError(
             "device='gpu' fits the logreg rows with JAX on a GPU, but JAX sees no GPU here (or is not installed: "
-            "pip install 'jax[cuda12]'). Use device='auto' (the GPU where there is one) or 'cpu'. Received: device='gpu'"
+            "pip install 'jax[cuda12]'). Use device='auto' (the GPU where there is one) or 'cpu'. "
+            "Received: device='gpu'"
         )
     return "cpu"
 
@@ -211,7 +213,10 @@ def _build_solver(fit_intercept: bool):
     def fit(X, targets, real, start, C, max_iter, tol):
         shape = start.shape
         flat = lambda w: w.reshape(-1)  # noqa: E731
-        f_and_g = lambda w: (lambda v, g: (v, flat(g)))(*value_and_grad(w.reshape(shape), X, targets, real, C))  # noqa: E731
+        def f_and_g(w):
+            value, grad = value_and_grad(w.reshape(shape), X, targets, real, C)
+            return value, flat(grad)
+
         size = start.size
         value, grad = f_and_g(flat(start))
         state = (flat(start), value, grad, jnp.zeros((_HISTORY, size), grad.dtype),
