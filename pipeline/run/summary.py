@@ -11,19 +11,13 @@ from ...features.inputs import ImageDataset
 from ...features.store import FeatureStore
 from ..advice import Advice
 from ..config import DataConfig
-from ..results import write_summary
+from ..results import compact_table, write_summary
 from ..tables import format_table
 
-__all__ = ["CONSOLE_COLUMNS", "data_text", "flagged", "log_report", "skipped_text", "stored_skipped",
+__all__ = ["data_text", "flagged", "log_report", "skipped_text", "stored_skipped",
            "untested_text", "write_run_summary"]
 
 MAX_SKIPPED_LISTED = 20
-# Columns of the table printed at the end of a run (summary.md and results.csv have more): every score with its
-# spread (CV standard error over folds, Wilson 95 % interval of the test accuracy).
-CONSOLE_COLUMNS = ("mode", "backbone", "weights", "layer", "depth", "classifier", "cv_score", "cv_se", "test_accuracy",
-                   "test_ci_low", "test_ci_high", "flag")
-
-
 def untested_text(untested: list[str], split: dict) -> str:
     return (
         f"class(es) {untested} have no images in the test split {split['test_split']!r}: the test scores "
@@ -76,8 +70,8 @@ def write_run_summary(
     plot_path: Path,
     next_steps: str,
 ) -> Path:
-    """Write `out/summary.md`: the results table, the recommendation, the data, unreadable images, files, and
-    last the next steps (`recommended.write_recommended`: how to use the recommended model)."""
+    """Write `out/summary.md`: the plot and results table, the recommendation, the data, unreadable images, files,
+    and last the next steps (`recommended.write_recommended`: how to use the recommended model)."""
     return write_summary(
         out / "summary.md",
         flagged(frame, advice),
@@ -91,6 +85,7 @@ def write_run_summary(
             ),
             "Next steps": next_steps,
         },
+        plot=plot_path,
     )
 
 
@@ -106,7 +101,7 @@ def log_report(
 ) -> None:
     """The closing lines of a run: the table, the recommendation, the counts, where the files are, the next steps."""
     log("")
-    log(format_table(flagged(frame, advice), CONSOLE_COLUMNS, markdown=True))
+    log(format_table(*compact_table(flagged(frame, advice)), markdown=True))
     log("")
     log(advice.text)
     if n_skipped:
