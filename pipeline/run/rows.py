@@ -240,6 +240,8 @@ class LayerRowSpec(RowSpec):
         folder: The row's folder, `OUT/models/<store entry>`.
         extractor: The extractor's `get_config()`, recorded in the classifier's sidecar.
         n_jobs: Parallel fits of the grid search (not part of the key: the result is the same).
+        device: Where the classifier is fitted (`[classifiers] device`); part of the key where it is not
+            "cpu" and the classifier has a GPU solver.
         row_kind: "screening" or "final" (not part of the key).
     """
 
@@ -258,6 +260,7 @@ class LayerRowSpec(RowSpec):
     folder: Path
     extractor: Mapping[str, Any]
     n_jobs: int | None = None
+    device: str = "cpu"
     row_kind: str = "final"
 
     def settings(self) -> dict:
@@ -278,6 +281,8 @@ class LayerRowSpec(RowSpec):
             fitted["search"] = method
         if CLASSIFIERS[self.classifier].revision:
             fitted["revision"] = CLASSIFIERS[self.classifier].revision
+        if self.device != "cpu" and CLASSIFIERS[self.classifier].build_on_gpu is not None:
+            fitted["device"] = self.device
         return jsonable(fitted)
 
     def record(self) -> RowRecord:
@@ -322,6 +327,7 @@ class LayerRowSpec(RowSpec):
                 cv=self.cv,
                 n_jobs=self.n_jobs,
                 random_state=self.seed,
+                device=self.device,
             )
         scores = evaluate(test.y, fit.estimator.predict(X_test), test.class_names)
         row = Row(
@@ -388,5 +394,6 @@ def layer_row_spec(
         folder=models / layer.key.entry_name,
         extractor=layer.extraction.get_config(),
         n_jobs=classifiers.n_jobs,
+        device=classifiers.device,
         row_kind=row_kind,
     )
