@@ -60,6 +60,15 @@ def source_files_digests(model: str, weights: str | None) -> dict[str, str]:
     return digests
 
 
+def _run_folder(parent: Path, mode: str, model: str, digest: str) -> Path:
+    """`parent/<mode>-<model's name>-<digest[:8]>`: a model file by its name without folder or suffix,
+    e.g. `finetune-efficientnet_lite0_imagenet-5b4cbb3f`. The folder an older layerprobe named
+    (`<mode>-<model as written>-<digest>`) is kept where it exists, so its training is reused."""
+    earlier = parent / safe_name(f"{mode}-{model}-{digest}")
+    name = Path(model).stem if is_model_file(model) else model
+    return earlier if earlier.is_dir() else parent / safe_name(f"{mode}-{name}-{digest[:8]}")
+
+
 @dataclass(frozen=True, eq=False)
 class FinetuneSpec(RowSpec):
     """One end-to-end training of the `[finetune]` stage: what it depends on (the key), and its data and folder.
@@ -119,21 +128,14 @@ class FinetuneSpec(RowSpec):
 
     @property
     def folder(self) -> Path:
-        """`OUT/finetune/<mode>-<model's name>-<digest[:8]>`, the digest of the architecture and the files it
-        starts from; a model file is named by its stem, e.g. `finetune-efficientnet_lite0_imagenet-5b4cbb3f`.
-
-        The folder an older layerprobe named (`<mode>-<model as written>-<digest>`) is kept where it exists,
-        so its training is reused.
-        """
+        """`OUT/finetune/<mode>-<model's name>-<digest[:8]>` (`_run_folder`), the digest of the architecture
+        and the files it starts from."""
         architecture = {"model": self.model, "model_kwargs": dict(self.model_kwargs)}
         # A file's content digests are added where there are some: folders of other trainings keep their names.
         starts = [self.weights, *([dict(self.files)] if self.files else [])] if self.mode == "finetune" else []
         digest = hashlib.sha256(json.dumps([self.mode, architecture, *starts], sort_keys=True, default=str)
                                 .encode()).hexdigest()[:12]
-        parent = self.output_dir / "finetune"
-        earlier = parent / safe_name(f"{self.mode}-{self.model}-{digest}")
-        name = Path(self.model).stem if is_model_file(self.model) else self.model
-        return earlier if earlier.is_dir() else parent / safe_name(f"{self.mode}-{name}-{digest[:8]}")
+        return _run_folder(self.output_dir / "finetune", self.mode, self.model, digest)
 
     def record(self) -> RowRecord:
         return RowRecord(self.folder / "row.json", self.settings())
