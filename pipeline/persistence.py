@@ -33,6 +33,7 @@ import sklearn
 
 from ..core.atomic import write_atomically
 from ..core.errors import InputError
+from ..core.files import RECORD_MAX_BYTES, read_bounded_text
 from ..core.versions import layerprobe_version
 from .evaluate import check_labels
 
@@ -205,7 +206,7 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
             f"Delete {found.name} and fit and save the classifier again. Received: path={str(path)!r}"
         )
     try:
-        sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
+        sidecar = json.loads(read_bounded_text(sidecar_path, "classifier sidecar", RECORD_MAX_BYTES))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(
             f"The sidecar {sidecar_path} is corrupt ({error}). Delete {stem.name}.json and its model file "

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import struct
 import threading
 import time
@@ -47,6 +48,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ...core.checks import check_positive_int
 from ...core.errors import ImageReadError, InputError, UnreadableImageError
+from ...core.files import file_kind
 from ..keys import DECODERS
 
 __all__ = [
@@ -231,7 +233,7 @@ def _load_jpeg_turbo(path: str, size: int, max_pixels: int, budget: DecodeBudget
     import simplejpeg
 
     try:
-        with open(path, "rb") as handle:
+        with _open_image_file(path) as handle:
             data = handle.read()
         if not data.startswith(_JPEG_MAGIC) or _has_orientation(data):
             return _load(path, size, max_pixels, budget)
@@ -251,6 +253,8 @@ def _load_jpeg_turbo(path: str, size: int, max_pixels: int, budget: DecodeBudget
             return _square_rgb(image, size)
     except (ValueError, IndexError, StopIteration):  # simplejpeg refuses it: Pillow says why, or decodes it
         return _load(path, size, max_pixels, budget)
+    except UnreadableImageError:
+        raise
     except FileNotFoundError:
         raise UnreadableImageError("file not found", path) from None
     except OSError as exc:
@@ -264,11 +268,28 @@ def _has_orientation(data: bytes) -> bool:
     return b"Exif\x00\x00" in data[:65536]
 
 
+def _open_image_file(path: str):
+    """`path` opened for reading, or an `UnreadableImageError` before a byte is read if it is not a
+    regular file ("not a regular file: a FIFO (named pipe)", a device such as /dev/zero...) or is empty.
+
+    Opened without blocking, so a FIFO is refused at once rather than waited on.
+    """
+    handle = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb")
+    try:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise UnreadableImageError(f"not a regular file: {file_kind(info.st_mode)}", path)
+        if info.st_size == 0:
+            raise UnreadableImageError("empty file", path)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
 def _load(path: str, size: int, max_pixels: int, budget: DecodeBudget | None) -> np.ndarray:
     try:
-        if os.path.getsize(path) == 0:
-            raise UnreadableImageError("empty file", path)
-        with Image.open(path) as image:
+        with _open_image_file(path) as handle, Image.open(handle) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise _too_large(image.size, max_pixels, path)

@@ -28,7 +28,7 @@ from ..results import ResultsTable, check_output_folder
 from .extractions import plan_extractions
 from .finetune_rows import end_to_end_rows
 from .multi_layer import multi_layer_row
-from .records import RunRows
+from .records import RunRows, recorded_rows
 from .results_json import results_document, write_results_json
 from .rows import LayerToFit, RowJob
 from .screening import (
@@ -143,7 +143,7 @@ def run_experiment(
     )
     if untested:
         log(f"warning: {untested_text(untested, split)}")
-    table = ResultsTable(out / "results.csv")
+    table = ResultsTable(out / "results.csv", rebuild=lambda: recorded_rows(out), log=log)
     rows = RunRows(table, log)
     skipped: dict[str, str] = {}
     n_forward = 0
@@ -190,6 +190,7 @@ def run_experiment(
     if config.finetune is not None:
         log(f"[finetune] modes {list(config.finetune.modes)}")
         end_to_end_rows(config, dataset, split, rows)
+    table.commit()  # every row is in: the earlier run's rows this run did not replace go
     pickled = sum(str(row.get("model_path", "")).endswith(".joblib") for row in table.rows)
     if pickled:
         log(f"note: {pickled} reused row(s) keep the pickled model (.joblib) an older layerprobe saved; "
