@@ -193,7 +193,7 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     """
     stem = _stem(path)
     sidecar_path = stem.with_suffix(".json")
-    if not sidecar_path.is_file():
+    if not sidecar_path.exists():  # one that is there but not a regular file is named by read_bounded_text
         models = [stem.with_suffix(suffix) for suffix in (MODEL_SUFFIX, _PICKLE_SUFFIX)]
         found = next((model for model in models if model.is_file()), None)
         if found is None:

@@ -92,11 +92,21 @@ def available_memory() -> int | None:
     return min(found) if found else None
 
 
-def decoded_memory_problem(n_images: int, size: int, *, what: str, dtype: str | np.dtype = "uint8") -> str | None:
+# No registered backbone accepts a smaller input: an input_size below it is no way out of a memory problem.
+_SMALLEST_INPUT_SIZE = 32
+
+
+def decoded_memory_problem(
+    n_images: int, size: int, *, what: str, dtype: str | np.dtype = "uint8"
+) -> tuple[str, str] | None:
     """Why `n_images` decoded images of `size` pixels cannot be held at once, and what fits; None if they can.
 
     A lower bound: the `dtype` pixels of one `what` (`"batch_size"`, `"chunk_size"`) alone,
     against `available_memory()`; the model's own activations come on top.
+
+    Returns:
+        None, or the setting to change and the message: `what` when no usable input
+        size would hold that many images (`batch_size = 10**12`), else "input_size".
     """
     available = available_memory()
     needed = decoded_bytes(n_images, size, dtype)
@@ -105,14 +115,16 @@ def decoded_memory_problem(n_images: int, size: int, *, what: str, dtype: str | 
     per_pixel = decoded_bytes(1, 1, dtype)
     fit_size = math.isqrt(available // (n_images * per_pixel))
     fit_images = available // decoded_bytes(1, size, dtype)
-    fewer = (f", or {what}={fit_images} at this input_size" if fit_images
-             else "; at this input_size not even one image fits")
-    return (
+    problem = (
         f"decoding {n_images} images of {size}x{size} pixels at once ({what}) needs at least "
         f"{needed / 2**30:,.0f} GiB for their {np.dtype(dtype).name} pixels alone ({n_images} x {size} x {size} x 3 x "
         f"{per_pixel // 3} bytes), but {available / 2**30:,.1f} GiB of memory are available: at most "
-        f"input_size={fit_size} fits {n_images} images{fewer} (the model needs more on top)"
     )
+    if fit_size < _SMALLEST_INPUT_SIZE and fit_images:
+        return what, f"{problem}{what}={fit_images} fits at input_size={size} (the model needs more on top)"
+    fewer = (f", or {what}={fit_images} at this input_size" if fit_images
+             else "; at this input_size not even one image fits")
+    return "input_size", f"{problem}input_size={fit_size} fits {n_images} images{fewer} (the model needs more on top)"
 
 
 def check_decoded_memory(n_images: int, size: int, *, what: str, dtype: str | np.dtype = "uint8") -> None:
@@ -121,8 +133,9 @@ def check_decoded_memory(n_images: int, size: int, *, what: str, dtype: str | np
     Raises:
         InputError: Saying what was needed, what is available and what fits.
     """
-    problem = decoded_memory_problem(n_images, size, what=what, dtype=dtype)
-    if problem is not None:
+    found = decoded_memory_problem(n_images, size, what=what, dtype=dtype)
+    if found is not None:
+        problem = found[1]
         raise InputError(
             f"{problem[:1].upper()}{problem[1:]}. Nothing was computed. Received: input_size={size}, {what}={n_images}"
         )

@@ -33,6 +33,7 @@ from .results_json import results_document, write_results_json
 from .rows import LayerToFit, RowJob
 from .screening import (
     adds_multi_layer,
+    check_grid_values,
     fill_layer_logme,
     final_jobs,
     first_jobs,
@@ -132,6 +133,8 @@ def run_experiment(
         with open_client(config.cluster, log=log) as opened:
             return run_experiment(config, log=log, progress=progress, finetune_only=finetune_only, client=opened)
     dataset, split, untested = open_splits(config)
+    if not finetune_only:
+        check_grid_values(config)
     check_output_folder(config.output.dir)
     extractions = [] if finetune_only else plan_extractions(config)
     store = FeatureStore(config.features.store)
