@@ -173,7 +173,12 @@ def output_errors(directory: str | os.PathLike) -> Iterator[None]:
             raise
         resume = ("the rows, classifiers and features finished so far are kept, and running again resumes "
                   "from them")
-        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if error.errno == errno.EFBIG:
+            raise OutputError(
+                f"A file of the run's outputs in {directory} grew past this process's file-size limit (`ulimit -f`): "
+                f"{error}. Raise the limit (`ulimit -f unlimited`) and run again: {resume}."
+            ) from error
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise OutputError(
                 f"The disk is full while writing the run's outputs in {directory}: {error}. Free some space "
                 f"(or {_CHOOSE_ANOTHER}) and run again: {resume}."
