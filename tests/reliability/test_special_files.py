@@ -11,6 +11,7 @@ process with a timeout, so that a regression fails instead of hanging.
 """
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -155,3 +156,19 @@ def test_a_results_table_that_is_a_fifo_is_rebuilt_from_the_row_records(helpers,
     assert (out / "results.csv").is_file()
     pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv")[["layer", "classifier", "test_accuracy"]],
                                   expected[["layer", "classifier", "test_accuracy"]])
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_weights_file_that_is_a_fifo_or_dev_zero_is_named_as_such(helpers, tmp_path, capsys, kind):
+    from layerprobe.features.backbone import load_backbone
+    from layerprobe.core.errors import WeightsUnavailableError
+
+    weights = _special(tmp_path / "w.weights.h5", kind)
+    what = {"fifo": "a FIFO (named pipe)", "dev-zero": "a character device"}[kind]
+    with pytest.raises(WeightsUnavailableError, match=rf"^{weights} is {re.escape(what)}, not a regular file\."):
+        load_backbone("VGG16", weights=str(weights), input_size=32)  # before: "Weights file not found"
+    helpers.write_images(tmp_path / "images", {"train": {"red": 2, "green": 2}, "test": {"red": 1, "green": 1}})
+    config = helpers.write_experiment(tmp_path / "run.toml", backbones={"weights": str(weights)})
+    assert main(["run", str(config), "--no-progress"]) == 2
+    err = capsys.readouterr().err  # the config names the link's target (/dev/zero)
+    assert "[[backbones]] #1 weights: " in err and f" is {what}, not a regular file. Received: " in err
