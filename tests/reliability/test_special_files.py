@@ -172,3 +172,27 @@ def test_a_weights_file_that_is_a_fifo_or_dev_zero_is_named_as_such(helpers, tmp
     assert main(["run", str(config), "--no-progress"]) == 2
     err = capsys.readouterr().err  # the config names the link's target (/dev/zero)
     assert "[[backbones]] #1 weights: " in err and f" is {what}, not a regular file. Received: " in err
+
+
+DAMAGED_TABLES = {
+    "garbage": b"\x00\xff\x10garbage\n\"unterminated,\n" * 50,
+    "foreign-columns": b"name,score\nx,1\ny,2\n",
+    "unknown-mode": b"mode,backbone,layer\nfrozzen,VGG16,block1_pool\n",
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_TABLES))
+def test_a_damaged_results_table_is_rebuilt_from_the_row_records_with_a_warning(helpers, tmp_path, capsys, damage):
+    path, out = _run_outputs(helpers, tmp_path)
+    expected = pd.read_csv(out / "results.csv")
+    capsys.readouterr()
+    (out / "results.csv").write_bytes(DAMAGED_TABLES[damage])
+    # Before the fix: a pandas ParserError or "ValueError: A results row needs mode" traceback, on every rerun.
+    assert main(["run", str(path), "--no-progress"]) == 0
+    output = capsys.readouterr().out
+    warning = next(line for line in output.splitlines() if line.startswith("warning: the results table"))
+    assert f"{out / 'results.csv'} cannot be read (" in warning and warning.endswith(
+        "rebuilt it from the 1 row record(s) of the output folder")
+    same = ["mode", "layer", "classifier", "cv_score", "test_accuracy", "model_path"]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv")[same], expected[same])
