@@ -216,8 +216,13 @@ def from_image_folder(
         raise InputError(
             f"The folder holds no image files (extensions {list(suffixes)}). Received: root={root!r}"
         )
-    paths = [os.path.abspath(root_path / name) for name in names]
-    return ImageDataset(paths, np.zeros(len(paths)), (UNLABELLED,), ["all"] * len(paths), root=os.path.abspath(root_path))
+    return _unlabelled([root_path / name for name in names], root_path)
+
+
+def _unlabelled(paths: Sequence[Path], root: Path) -> ImageDataset:
+    """`paths` as one unlabelled split "all" (class `UNLABELLED`), their ids relative to `root`."""
+    paths = [os.path.abspath(path) for path in paths]
+    return ImageDataset(paths, np.zeros(len(paths)), (UNLABELLED,), ["all"] * len(paths), root=os.path.abspath(root))
 
 
 def _row_numbers(positions: Sequence[int], limit: int = 5) -> str:
@@ -466,7 +471,7 @@ def open_dataset(source: str | os.PathLike, *, encoding: str = "utf-8") -> Image
     """Open a dataset folder (see `from_directory`) or CSV file (see `from_csv`, which reads it as `encoding`).
 
     Raises:
-        InputError: If `source` is neither a folder nor a .csv file.
+        InputError: If `source` does not exist, or is neither a folder nor a .csv file.
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -474,6 +479,11 @@ def open_dataset(source: str | os.PathLike, *, encoding: str = "utf-8") -> Image
             return from_directory(path)
         if path.exists() and path.suffix.lower() == ".csv":  # from_csv refuses a FIFO or a device, naming it
             return from_csv(path, encoding=encoding)
+        if not path.exists():
+            raise InputError(
+                f"The dataset {os.fspath(source)} does not exist: give the folder of your images (or a .csv "
+                f"file) by a path that exists from {os.getcwd()}. Received: source={os.fspath(source)!r}"
+            )
     raise InputError(
         f"Cannot open a dataset from this source. Expected a folder laid out as {_LAYOUTS}, or "
         f"a .csv file with path and label columns. Received: source={source!r}"
@@ -481,11 +491,13 @@ def open_dataset(source: str | os.PathLike, *, encoding: str = "utf-8") -> Image
 
 
 def open_images(source: str | os.PathLike) -> ImageDataset:
-    """Like `open_dataset`, and a folder of images without class subfolders is read unlabelled.
+    """Like `open_dataset`; a folder of images without class subfolders, or one image file, is read unlabelled.
 
     For prediction, where new images need no labels (see `from_image_folder`).
     """
     path = Path(source)
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        return _unlabelled([path], path.parent)
     if path.is_dir() and not _visible_subfolders(path) and _image_files(path, IMAGE_EXTENSIONS):
         return from_image_folder(path)
     return open_dataset(source)
