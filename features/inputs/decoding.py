@@ -64,6 +64,7 @@ __all__ = [
     "decode_cost",
     "grey_bit_depth",
     "load_image",
+    "open_image_file",
     "resolve_decoder",
     "with_io_retries",
 ]
@@ -252,7 +253,7 @@ def _load_jpeg_turbo(path: str, size: int, max_pixels: int, budget: DecodeBudget
     import simplejpeg
 
     try:
-        with _open_image_file(path) as handle:
+        with open_image_file(path) as handle:
             data = handle.read()
         if not data.startswith(_JPEG_MAGIC) or _has_orientation(data):
             return _load(path, size, max_pixels, budget)
@@ -287,7 +288,7 @@ def _has_orientation(data: bytes) -> bool:
     return b"Exif\x00\x00" in data[:65536]
 
 
-def _open_image_file(path: str):
+def open_image_file(path: str):
     """`path` opened for reading, or an `UnreadableImageError` before a byte is read if it is not a
     regular file ("not a regular file: a FIFO (named pipe)", a device such as /dev/zero...) or is empty.
 
@@ -308,7 +309,7 @@ def _open_image_file(path: str):
 
 def _load(path: str, size: int, max_pixels: int, budget: DecodeBudget | None) -> np.ndarray:
     try:
-        with _open_image_file(path) as handle, Image.open(handle) as image:
+        with open_image_file(path) as handle, Image.open(handle) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise _too_large(image.size, max_pixels, path)

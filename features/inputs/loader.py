@@ -22,7 +22,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -34,6 +33,7 @@ from .decoding import (
     DEFAULT_DECODE_BUDGET,
     DEFAULT_MAX_PIXELS,
     DecodeBudget,
+    open_image_file,
     resolve_decoder,
     with_io_retries,
 )
@@ -385,10 +385,14 @@ def _decode_chunk_on_device(dataset, number, indices, decode: _Decode, executor)
     paths = [dataset.sample_ids[int(index)] for index in indices]
     reasons: dict[int, str] = {}
 
+    def read_bytes(path: str) -> bytes:
+        with open_image_file(path) as handle:  # never a FIFO or a device: refused unread
+            return handle.read()
+
     def read(path: str) -> bytes | None:
         try:
-            return with_io_retries(lambda: Path(path).read_bytes(), path)
-        except OSError:  # about the path (missing, not readable): the fallback says why
+            return with_io_retries(lambda: read_bytes(path), path)
+        except (OSError, UnreadableImageError):  # missing, unreadable, not a regular file: the fallback says why
             return None
 
     def fallback(position: int) -> np.ndarray | None:
