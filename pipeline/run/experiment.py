@@ -31,10 +31,10 @@ from .finetune_rows import finetune_specs
 from .fitting import InlineExecutor, fit_rows, row_executor
 from .multi_layer import multi_layer_spec
 from .recommended import write_recommended
-from .records import RunRows
+from .records import RunRows, recorded_rows
 from .results_json import results_document, write_results_json
 from .rows import LayerRowSpec, LayerToFit
-from .screening import adds_multi_layer, fill_layer_logme, final_specs, first_specs
+from .screening import adds_multi_layer, check_grid_values, fill_layer_logme, final_specs, first_specs
 from .splits import open_splits
 from .summary import (
     data_text,
@@ -126,6 +126,8 @@ def run_experiment(
             config.source,
         )
     dataset, split, untested = open_splits(config)
+    if not finetune_only:
+        check_grid_values(config)
     check_output_folder(config.output.dir)
     extractions = [] if finetune_only else plan_extractions(config)
     store = FeatureStore(config.features.store)
@@ -137,7 +139,7 @@ def run_experiment(
     )
     if untested:
         log(f"warning: {untested_text(untested, split)}")
-    table = ResultsTable(out / "results.csv")
+    table = ResultsTable(out / "results.csv", rebuild=lambda: recorded_rows(out), log=log)
     rows = RunRows(table, log)
     skipped: dict[str, str] = {}
     n_forward = 0
@@ -173,6 +175,7 @@ def run_experiment(
     if config.finetune is not None:
         log(f"[finetune] modes {list(config.finetune.modes)}")
         fit_rows(finetune_specs(config, dataset, split, dataset_digest, log, progress=progress), rows, InlineExecutor())
+    table.commit()  # every row is in: the earlier run's rows this run did not replace go
     return _report(rows, source=config.source, data=config.data, dataset=dataset, split=split, untested=untested,
                    skipped=skipped, n_forward=n_forward, started=started)
 
