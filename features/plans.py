@@ -48,13 +48,15 @@ _BACKEND_PACKAGES = ("keras", "tensorflow", "jax", "torch")
 
 @dataclass(frozen=True)
 class PlannedLayer:
-    """One selected layer: its name, key id, pooling, relative depth and stage number (or None)."""
+    """One selected layer: its name, key id, pooling, relative depth, stage number (or None), and its forward
+    FLOPs per image from the input (`layerprobe.features.flops`; None in plans saved before they were counted)."""
 
     name: str
     stable_id: str
     pooling: str
     depth: float
     stage: int | None = None
+    forward_flops: int | None = None
 
 
 @dataclass(frozen=True)

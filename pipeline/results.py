@@ -63,6 +63,7 @@ RESULT_COLUMNS = (
     "classifier",
     "row_kind",
     "feature_dim",
+    "forward_gflops",
     "n_train",
     "n_test",
     "cv_score",
@@ -91,7 +92,9 @@ training split that its training held out (its training-split evidence; empty
 for frozen rows and with `val_fraction = 0`), `test_ci_low`/`test_ci_high` the Wilson 95 % interval of `test_accuracy` on
 `n_test` images, `logme` the LogME of the layer's training features (the same
 on every row of a layer; empty for multi-layer and finetune rows) and
-`row_kind` one of `ROW_KINDS`. Tables written before these columns existed
+`row_kind` one of `ROW_KINDS`, `forward_gflops` the forward pass a deployed
+frozen row runs per image, in GFLOPs, from the input to the deepest layer it reads
+(`layerprobe.features.flops`; what an earlier cut saves at inference). Tables written before these columns existed
 load with them empty, the intervals computed and `row_kind` "final".
 """
 

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Sequence
 from sklearn.exceptions import ConvergenceWarning
 
 from ...core.errors import InputError
+from ...features.flops import gflops
 from ...features.keys import FeatureKey
 from ...features.plans import PlannedLayer
 from ...features.store import FeatureSet, FeatureStore
@@ -237,6 +238,7 @@ def score_row(
         "pooling": layer.key.pooling,
         "classifier": classifier,
         "feature_dim": X_train.shape[1],
+        "forward_gflops": gflops(layer.info.forward_flops),
         "n_train": len(X_train),
         "n_test": len(X_test),
         "cv_score": fit.cv_score,
