@@ -210,6 +210,7 @@ def main(argv=None) -> int:
     from layerprobe.features.inputs import open_dataset
     from layerprobe.pipeline.classifiers import CLASSIFIERS
     from layerprobe.pipeline.config import ConfigError, config_from_dict
+    from layerprobe.pipeline.advice import advice_text
     from layerprobe.pipeline.run import run_experiment
 
     unknown = [name for name in args.classifiers if name not in CLASSIFIERS]
@@ -258,7 +259,7 @@ def main(argv=None) -> int:
         "n_forward": run.n_forward, "n_fitted": run.n_fitted, "n_reused": run.n_reused,
         "seconds": round(time.perf_counter() - started),
     }
-    results = {"command": log.command, "machine": log.info, "setup": setup, "rows": rows, "advice": run.advice.text}
+    results = {"command": log.command, "machine": log.info, "setup": setup, "rows": rows, "advice": advice_text(run.advice).text}
     write_csv(rows, out / "depth_sweep.csv")
     write_json(results, out / "results.json")
     plot(results, out / "depth_sweep.png")

@@ -1,6 +1,8 @@
 """Which classifier rows a run fits on a backbone's layers: every classifier everywhere, or screening first.
 
-Without screening every classifier is fitted on every layer ("final" rows).
+Without screening every classifier is fitted on every layer ("final" rows),
+and the ridge probe too ("screening" rows, the layer curve, where the config's
+classifiers leave it out).
 With screening (`[classifiers] screening`; "auto" for a backbone with more
 than 3 layers) the ridge probe, which scores all its penalties by exact
 leave-one-out from one eigendecomposition, makes a "screening" row on every
@@ -70,10 +72,17 @@ def adds_multi_layer(config: ExperimentConfig, n_layers: int) -> bool:
 
 
 def first_jobs(layers: Sequence[LayerToFit], config: ExperimentConfig) -> list[RowJob]:
-    """The rows fitted as a backbone is extracted: the screening rows, or every row without screening."""
+    """The rows fitted as a backbone is extracted: the screening rows, or every row without screening.
+
+    Without screening, a config whose classifiers leave out the ridge probe still gets a ridge "screening" row
+    on every layer: the layer curve the advice reads whatever else was fitted (`layerprobe.pipeline.advice`).
+    """
     if screens(config, len(layers)):
         return [RowJob(layer, SCREENING_CLASSIFIER, "screening") for layer in layers]
-    return [RowJob(layer, classifier, "final") for layer in layers for classifier in config.classifiers.names]
+    names = config.classifiers.names
+    curve = [] if SCREENING_CLASSIFIER in names else [SCREENING_CLASSIFIER]
+    return [job for layer in layers for job in [RowJob(layer, name, "screening") for name in curve]
+            + [RowJob(layer, classifier, "final") for classifier in names]]
 
 
 def screening_order(cv_scores: Sequence[float], logmes: Sequence[float]) -> list[int]:
