@@ -97,7 +97,7 @@ class Advice:
             alone, the best frozen row, the result to beat), or None.
         runner_up: The best row not chosen, or None.
         tied: Whether the runner-up ties the recommended row (the cheaper won).
-        best: The frozen row that set the bar (the best candidate), or None.
+        best: The reading that set the bar (the best curve or multi-layer row), or None.
         tied_rows: Every candidate row within noise of `best`.
         curve: Index labels of the rows of the layer curve of `best`'s backbone.
         curve_classifier: The estimator of that curve (`"ridge"`: leave-one-out).
@@ -106,7 +106,7 @@ class Advice:
         top_competitive: Whether `top` ties `best_single` (a good start for finetuning).
         why_not_finetune: Why finetuning, predicted by size, is not advised:
             `"top_too_weak"`, `"no_pretrained"` or None.
-        baseline: The best random-initialisation row of the same backbone, or None.
+        baseline: The best curve row of the same backbone with random weights, or None.
         worth_transferring: False when the pretrained features are not better
             than random ones by more than noise; None without a random baseline.
         best_trained: The best finetune or scratch row with a validation score, or None.
@@ -298,13 +298,17 @@ def _best_single(curve: pd.DataFrame) -> pd.Series:
     return curve.sort_values(["cv_score", "depth"], ascending=[False, True], kind="stable").iloc[0]
 
 
-def _readings(pool: pd.DataFrame) -> tuple[pd.DataFrame, dict[Hashable, pd.DataFrame]]:
-    """The candidates, one row per reading (a layer's curve row, a multi-layer row), and each group's curve."""
+def _readings(pool: pd.DataFrame, measured: pd.DataFrame) -> tuple[pd.DataFrame, dict[Hashable, pd.DataFrame]]:
+    """The candidates, one row per reading (a layer's curve row, a multi-layer row), and each group's curve.
+
+    The curves come from `measured`, every frozen row with a CV score (a layer at the majority-class rate is
+    still a point of its curve); the candidates are the curve and multi-layer rows that are also in `pool`.
+    """
     candidates, curves = [], {}
     for _, group in pool.groupby(_GROUP, sort=False):
-        curve, _ = curve_rows(group)
+        curve, _ = curve_rows(same_group(measured, group.iloc[0]))
         curves[group.index[0]] = curve
-        candidates.append(curve)
+        candidates.append(curve[curve.index.isin(group.index)])
         candidates.append(group[[is_multi(row) for _, row in group.iterrows()]])
     return pd.concat(candidates), curves
 
@@ -383,20 +387,22 @@ def recommend(
                       **{**frozen_part, **common})
     frozen_mode, chosen, why_not = None, None, None
     if not pool.empty:
-        readings, curves = _readings(pool)
+        readings, curves = _readings(pool, table[(table["mode"] == "frozen") & table["cv_score"].notna()])
         best, chosen_reading, tied = cheapest_within_noise(readings, n_se=n_se, table=table)
         chosen = _classifier_on(chosen_reading, pool)
         curve = curves[same_group(pool, best).index[0]]
         top, single = _top_row(curve), _best_single(curve)
         competitive = ties(single, top, n_se)
-        random_rows = frozen[(frozen["weights"] == "none") & (frozen["backbone"] == best["backbone"])]
-        baseline = _baseline(random_rows) if best["weights"] != "none" else None
+        random_rows = frozen[(frozen["weights"] == "none") & (frozen["backbone"] == best["backbone"])
+                             & (frozen["pooling"] == best["pooling"])]
+        random_curve = curve_rows(random_rows)[0]
+        baseline = _best_single(random_curve) if best["weights"] != "none" and len(random_curve) else None
         others = readings[readings.index != chosen_reading.name].sort_values("cv_score", ascending=False,
                                                                               kind="stable")
         runner_up = None if others.empty else _classifier_on(others.iloc[0], pool)
         frozen_mode = "frozen_top" if layers_of(chosen) == [str(top["layer"])] else "frozen_intermediate"
         frozen_part = dict(
-            row=chosen, runner_up=runner_up, best=_classifier_on(best, pool), tied_rows=tied,
+            row=chosen, runner_up=runner_up, best=best, tied_rows=tied,
             tied=runner_up is not None and others.index[0] in tied.index, curve=tuple(curve.index),
             curve_classifier=str(curve["classifier"].iloc[0]), top=top, best_single=single,
             top_competitive=competitive, baseline=baseline,
@@ -425,10 +431,3 @@ def recommend(
         mode = frozen_mode
     return Advice(mode, "measured", why_not_finetune=why_not, best_trained=best_trained, trained_beats=beats,
                   **{**frozen_part, **common})
-
-
-def _baseline(random_rows: pd.DataFrame) -> pd.Series | None:
-    """The best random-initialisation row of a backbone (its CV decides), or None."""
-    if random_rows.empty:
-        return None
-    return random_rows.sort_values("cv_score", ascending=False, kind="stable").iloc[0]
