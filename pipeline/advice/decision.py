@@ -27,8 +27,13 @@ The rules (`layerprobe.pipeline.advice.text` says them in words):
   rows; they are the baseline of `worth_transferring`.
 * **Mode.** With finetune or scratch rows that have a validation score,
   measurement decides: the best trained row replaces the frozen choice only if
-  the frozen one does not tie it (training-split evidence on both sides; test
-  scores decide nothing). Without them the mode is predicted from the training
+  it is better by more than noise. Where the run scored both on the same
+  held-out images of the training split (the part the training held out, the
+  frozen classifier refitted without them: a `PairedScore`), McNemar's exact
+  test on the images they disagree on decides (`PAIRED_ALPHA`); else the
+  trained row's validation score is compared with the frozen row's CV (the
+  one-standard-error rule). A trained row whose validation part lacks a class
+  decides nothing (it is reported with a warning). Test scores decide nothing. Without them the mode is predicted from the training
   set's size: from `FINETUNE_SAMPLES_PER_CLASS` images per class finetuning the
   top blocks is advised, provided the curve's top layer ties its best layer
   (finetuning starts from the top features) and the backbone has pretrained
@@ -60,6 +65,8 @@ __all__ = [
     "CURVE_CLASSIFIER",
     "FINETUNE_SAMPLES_PER_CLASS",
     "NOISE_SE",
+    "PAIRED_ALPHA",
+    "PairedScore",
     "cheapest_within_noise",
     "is_multi",
     "layers_of",
@@ -73,6 +80,7 @@ __all__ = [
 FINETUNE_SAMPLES_PER_CLASS = 10
 NOISE_SE = 1.0  # a row within this many of the best row's standard errors below it ties the best
 CURVE_CLASSIFIER = "ridge"  # the estimator of the layer curve (the screening probe)
+PAIRED_ALPHA = 0.05  # a trained row beats the frozen choice on paired images when McNemar's exact p is below this
 
 _GROUP = ["backbone", "weights", "pooling"]
 _MULTI_PREFIX = "multi:"
@@ -82,6 +90,62 @@ _NUMERIC = ["depth", "feature_dim", "forward_gflops", "cv_score", "cv_se", "n_fo
 _TEXT = {"mode": "frozen", "backbone": "?", "weights": "?", "pooling": "-", "layer": "-", "classifier": "-",
          "row_kind": "final", "stage": None}
 _AT_CHANCE = 1e-9  # "at or below" the majority-class rate, allowing for float rounding
+
+
+@dataclass(frozen=True)
+class PairedScore:
+    """A trained row and the frozen choice scored on the same held-out images of the training split.
+
+    The frozen classifier is refitted without those images (the part the trained
+    row's training held out), so both are scored on images neither trained on.
+    McNemar's exact test reads only the images on which they disagree.
+
+    Attributes:
+        n: Images both were scored on.
+        trained_correct: Of those, how many the trained row got right.
+        frozen_correct: How many the refitted frozen classifier got right.
+        trained_only: Right by the trained row only.
+        frozen_only: Right by the frozen classifier only.
+        frozen_row: Index label of the frozen row that was refitted.
+        missing_classes: Classes with no image in the held-out part (then it decides nothing).
+    """
+
+    n: int
+    trained_correct: int
+    frozen_correct: int
+    trained_only: int
+    frozen_only: int
+    frozen_row: Hashable = None
+    missing_classes: tuple[str, ...] = ()
+
+    @property
+    def decided(self) -> int:
+        """The images that tell the two apart: those only one of them got right."""
+        return self.trained_only + self.frozen_only
+
+    @property
+    def p_value(self) -> float:
+        """McNemar's exact test (two-sided binomial test of `trained_only` among `decided` at 1/2); 1 if none."""
+        from scipy.stats import binomtest
+
+        return float(binomtest(self.trained_only, self.decided, 0.5).pvalue) if self.decided else 1.0
+
+    @property
+    def difference(self) -> float:
+        """Trained minus frozen accuracy on the shared images."""
+        return (self.trained_correct - self.frozen_correct) / self.n if self.n else math.nan
+
+    @property
+    def difference_se(self) -> float:
+        """The paired standard error of `difference`: sqrt(b + c - (b - c)^2 / n) / n."""
+        if not self.n:
+            return math.nan
+        b, c = self.trained_only, self.frozen_only
+        return math.sqrt(max(b + c - (b - c) ** 2 / self.n, 0.0)) / self.n
+
+    def beats(self) -> bool:
+        """Whether the trained row is better by more than noise: more wins than losses, McNemar p < `PAIRED_ALPHA`."""
+        return self.trained_only > self.frozen_only and self.p_value < PAIRED_ALPHA
 
 
 @dataclass(frozen=True)
@@ -111,6 +175,10 @@ class Advice:
             than random ones by more than noise; None without a random baseline.
         best_trained: The best finetune or scratch row with a validation score, or None.
         trained_beats: Whether `best_trained` beat the frozen choice by more than noise.
+        frozen_choice: The frozen row chosen (whatever the mode), or None: what a paired comparison refits.
+        paired: The `PairedScore` that decided between `best_trained` and the frozen choice, or None
+            (then their training-split scores were compared unpaired).
+        not_deciding: Index labels of trained rows whose validation part lacks a class: reported, not compared.
         samples_per_class, small, n_train, n_classes, smallest_class: The training split.
         threshold: Images per class from which finetuning is advised.
         n_se: The tie width, in the best row's standard errors.
@@ -136,6 +204,8 @@ class Advice:
     worth_transferring: bool | None
     best_trained: pd.Series | None
     trained_beats: bool | None
+    frozen_choice: pd.Series | None
+    paired: PairedScore | None
     samples_per_class: float
     small: bool
     n_train: int
@@ -145,6 +215,7 @@ class Advice:
     n_se: float
     flags: Mapping[Hashable, str] = field(default_factory=dict)
     failed: frozenset = frozenset()
+    not_deciding: Mapping[Hashable, tuple[str, ...]] = field(default_factory=dict)
     table: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
 
 
@@ -337,6 +408,7 @@ def recommend(
     test_majority_rate: float | None = None,
     finetune_samples_per_class: float = FINETUNE_SAMPLES_PER_CLASS,
     n_se: float = NOISE_SE,
+    paired: Mapping[Hashable, PairedScore] | None = None,
 ) -> Advice:
     """Recommend a transfer mode from a results table (see the module docstring for the rules).
 
@@ -352,6 +424,10 @@ def recommend(
         finetune_samples_per_class: Images per class from which finetuning is
             advised when the table has no trained rows (`inf`: never).
         n_se: How many of the best row's standard errors below it make a tie.
+        paired: Trained row's index label -> its `PairedScore` against the frozen
+            choice (`Advice.frozen_choice` of an advice without them): a paired
+            score against that row decides; a validation part that lacks a class
+            keeps its row out of the comparison.
 
     Returns:
         An :class:`Advice` (`layerprobe.pipeline.advice.advice_text` words it).
@@ -375,16 +451,19 @@ def recommend(
     frozen = usable[(usable["mode"] == "frozen") & usable["cv_score"].notna()]
     pool = frozen[frozen["weights"] != "none"]
     pool = pool if not pool.empty else frozen
-    trained = usable[usable["mode"].isin(["finetune", "scratch"]) & usable["val_accuracy"].notna()]
+    paired = dict(paired or {})
+    not_deciding = {index: score.missing_classes for index, score in paired.items() if score.missing_classes}
+    trained = usable[usable["mode"].isin(["finetune", "scratch"]) & usable["val_accuracy"].notna()
+                     & ~usable.index.isin(list(not_deciding))]
     common = dict(samples_per_class=per_class, small=per_class < finetune_samples_per_class, n_train=n_train,
                   n_classes=n_classes, smallest_class=smallest_class, threshold=finetune_samples_per_class,
-                  n_se=n_se, flags=flags, failed=failed, table=table)
+                  n_se=n_se, flags=flags, failed=failed, table=table, not_deciding=not_deciding)
     frozen_part = dict(row=None, runner_up=None, tied=False, best=None, tied_rows=table.iloc[:0], curve=(),
                        curve_classifier=None, top=None, best_single=None, top_competitive=None, baseline=None,
                        worth_transferring=None)
     if pool.empty and trained.empty:
         return Advice("none", "none", why_not_finetune=None, best_trained=None, trained_beats=None,
-                      **{**frozen_part, **common})
+                      frozen_choice=None, paired=None, **{**frozen_part, **common})
     frozen_mode, chosen, why_not = None, None, None
     if not pool.empty:
         readings, curves = _readings(pool, table[(table["mode"] == "frozen") & table["cv_score"].notna()])
@@ -415,10 +494,15 @@ def recommend(
     if trained.empty:
         mode = "finetune" if predicted == "finetune" else frozen_mode
         return Advice(mode, "size", why_not_finetune=why_not, best_trained=None, trained_beats=None,
-                      **{**frozen_part, **common})
+                      frozen_choice=chosen, paired=None, **{**frozen_part, **common})
     best_trained = cheapest_within_noise(trained, score="val_accuracy", n_se=n_se)[0]
+    pair = paired.get(best_trained.name)
+    if pair is not None and (chosen is None or pair.frozen_row != chosen.name or not pair.n):
+        pair = None  # scored against another frozen row (or on no image): not this comparison
     if chosen is None:
         beats = True
+    elif pair is not None:
+        beats = pair.beats()
     else:
         trained_score, trained_se = score_and_se(best_trained, "val_accuracy")
         beats = trained_score > chosen["cv_score"] and not ties_with_best(trained_score, trained_se,
@@ -430,4 +514,4 @@ def recommend(
         frozen_part = {**frozen_part, "runner_up": best_trained}
         mode = frozen_mode
     return Advice(mode, "measured", why_not_finetune=why_not, best_trained=best_trained, trained_beats=beats,
-                  **{**frozen_part, **common})
+                  frozen_choice=chosen, paired=pair, **{**frozen_part, **common})

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .decision import Advice, finite, is_multi, layers_of, same_group, score_and_se, ties
+from .decision import PAIRED_ALPHA, Advice, PairedScore, finite, is_multi, layers_of, same_group, score_and_se, ties
 
 __all__ = ["AdviceText", "advice_text"]
 
@@ -129,6 +129,12 @@ def _short(row: pd.Series) -> str:
     return f"{_pct(value)}" + (f" ± {100 * se:.1f}" if finite(se) else "")
 
 
+def _paired_text(pair: PairedScore) -> str:
+    """`+6.0 ± 2.1 points; 14 images decided, 12 to 2, McNemar p = 0.013`."""
+    return (f"{100 * pair.difference:+.1f} ± {100 * pair.difference_se:.1f} points; {pair.decided} images decided, "
+            f"{pair.trained_only} to {pair.frozen_only}, McNemar p = {pair.p_value:.2g}")
+
+
 def _what(advice: Advice) -> str:
     row = advice.row
     if advice.mode in ("finetune", "scratch"):
@@ -148,6 +154,11 @@ def _score_line(advice: Advice) -> str:
 
 def _why(advice: Advice) -> str:
     row, best = advice.row, advice.best
+    if advice.rule == "measured" and advice.paired is not None:
+        pair, trained = advice.paired, advice.best_trained
+        verdict = "better by more than noise" if advice.trained_beats else "not better by more than noise"
+        return (f"Why: on the same {pair.n} held-out training images, {trained['mode']} is {verdict} than the "
+                f"frozen choice ({_paired_text(pair)}).")
     if advice.rule == "measured" and advice.runner_up is not None:
         other = advice.runner_up
         if advice.trained_beats:
@@ -293,6 +304,24 @@ def _flag_lines(advice: Advice) -> list[str]:
             for index, note in advice.flags.items()]
 
 
+def _paired_lines(advice: Advice) -> list[str]:
+    """The paired comparison that decided, and a warning per trained row whose validation part lacks a class."""
+    lines = []
+    if advice.paired is not None:
+        pair, trained = advice.paired, advice.best_trained
+        lines.append(f"Paired on the {pair.n} images of the training split that {trained['mode']}'s training held "
+                     f"out (the frozen classifier refitted without them): {trained['mode']} "
+                     f"{_pct(pair.trained_correct / pair.n)}, frozen {_pct(pair.frozen_correct / pair.n)}, "
+                     f"{_paired_text(pair)}.")
+    for index, missing in advice.not_deciding.items():
+        row = advice.table.loc[index]
+        lines.append(f"**Warning: {_name(row)}**: its validation part ({int(row['n_val']) if finite(row['n_val']) else 0}"
+                     f" images) has no image of {', '.join(map(str, missing))}, so its {_val_text(row)} says nothing "
+                     f"about that class; it is reported, not compared. Raise `val_fraction` in `[finetune]` (or "
+                     f"add images of that class).")
+    return lines
+
+
 def _unvalidated_lines(advice: Advice) -> list[str]:
     table = advice.table
     rows = table[table["mode"].isin(["finetune", "scratch"]) & table["val_accuracy"].isna()]
@@ -314,7 +343,13 @@ def _reasoning(advice: Advice) -> list[str]:
         outcome = "confirms" if (rule_mode == "finetune") == (advice.mode in ("finetune", "scratch")) else "overturns"
         other = advice.runner_up
         lines = [f"It scores {_scores(advice.row)}."]
-        if other is not None:
+        if other is not None and advice.paired is not None:
+            lines.append(f"Compared on the same held-out images of the training split (McNemar's exact test on the "
+                         f"images only one of them got right, p < {PAIRED_ALPHA:g} to count), it "
+                         + ("beats" if advice.trained_beats else "is within noise of")
+                         + f" {_name(other)} ({_scores(other)})"
+                         + ("." if advice.trained_beats else "; the cheaper frozen option is kept."))
+        elif other is not None:
             relation = "beats" if advice.trained_beats else (
                 "is within noise of" if score_and_se(other, "val_accuracy")[0] >= advice.row["cv_score"] else "beats")
             lines.append("Compared by training-split evidence (the frozen row's cross-validation, the trained row's "
@@ -363,7 +398,7 @@ def advice_text(advice: Advice) -> AdviceText:
               f" per class, smallest class {advice.smallest_class}); from {advice.threshold:g} per class finetuning "
               f"is advised (threshold calibrated in benchmarks/RESULTS.md, transfer matrix).")
     if advice.mode == "none":
-        evidence = [regime, *_flag_lines(advice), *_unvalidated_lines(advice),
+        evidence = [regime, *_flag_lines(advice), *_paired_lines(advice), *_unvalidated_lines(advice),
                     "The table has no usable frozen rows with a CV score and no finetune or scratch rows with a "
                     "validation score: nothing to compare."]
         return AdviceText("**No recommendation:** the table has no comparable rows.", tuple(evidence), ())
@@ -379,10 +414,12 @@ def advice_text(advice: Advice) -> AdviceText:
         details += _baseline_lines(advice)
         details += _classifier_lines(table, advice.row if advice.row["mode"] == "frozen" else advice.best)
         details += _logme_lines(table, advice)
-    if advice.best_trained is not None:
+    if advice.best_trained is not None or advice.not_deciding:
         trained = table[table["mode"].isin(["finetune", "scratch"]) & table["val_accuracy"].notna()
                         & ~table.index.isin(list(advice.failed))]
-        evidence += [f"{_name(row)}: {_scores(row)}." for _, row in trained.iterrows()]
+        evidence += [f"{_name(row)}: {_scores(row)}." for index, row in trained.iterrows()
+                     if index not in advice.not_deciding]
+    evidence += _paired_lines(advice)
     evidence += _unvalidated_lines(advice)
     summary = "\n".join([_what(advice), _score_line(advice), _why(advice)])
     return AdviceText(summary, tuple(evidence), tuple(_reasoning(advice) + details))

@@ -74,13 +74,14 @@ def adds_multi_layer(config: ExperimentConfig, n_layers: int) -> bool:
 def first_jobs(layers: Sequence[LayerToFit], config: ExperimentConfig) -> list[RowJob]:
     """The rows fitted as a backbone is extracted: the screening rows, or every row without screening.
 
-    Without screening, a config whose classifiers leave out the ridge probe still gets a ridge "screening" row
-    on every layer: the layer curve the advice reads whatever else was fitted (`layerprobe.pipeline.advice`).
+    Without screening, a backbone of two or more layers whose classifiers leave out the ridge probe still gets
+    a ridge "screening" row on every layer: the layer curve the advice reads whatever else was fitted
+    (`layerprobe.pipeline.advice`).
     """
     if screens(config, len(layers)):
         return [RowJob(layer, SCREENING_CLASSIFIER, "screening") for layer in layers]
     names = config.classifiers.names
-    curve = [] if SCREENING_CLASSIFIER in names else [SCREENING_CLASSIFIER]
+    curve = [] if SCREENING_CLASSIFIER in names or len(layers) < 2 else [SCREENING_CLASSIFIER]
     return [job for layer in layers for job in [RowJob(layer, name, "screening") for name in curve]
             + [RowJob(layer, classifier, "final") for classifier in names]]
 

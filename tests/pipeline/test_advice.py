@@ -3,7 +3,13 @@ import math
 import pandas as pd
 import pytest
 
-from layerprobe.pipeline.advice import FINETUNE_SAMPLES_PER_CLASS, advice_text, cheapest_within_noise, recommend
+from layerprobe.pipeline.advice import (
+    FINETUNE_SAMPLES_PER_CLASS,
+    PairedScore,
+    advice_text,
+    cheapest_within_noise,
+    recommend,
+)
 from layerprobe.pipeline.uncertainty import wilson_interval
 
 
@@ -369,3 +375,49 @@ def test_finetuning_is_never_advised_for_a_backbone_the_finetune_stage_cannot_fi
     assert advice.mode == "frozen_top" and advice.row["weights"] == "none"
     assert "the table has no pretrained backbone to finetune" in _words(advice)
     assert "finetune the top blocks" not in _words(advice)
+
+
+def _with_finetune(val_accuracy, n_val):
+    frozen = _rows([0.6, 0.7, 0.8, 0.9], classifiers=("logreg",), cv_se=0.01)
+    finetune = {"mode": "finetune", "backbone": "VGG16", "weights": "imagenet", "layer": "(end to end)",
+                "classifier": "softmax head", "val_accuracy": val_accuracy, "n_val": n_val, "test_accuracy": 0.9,
+                "n_test": 400}
+    return _table(frozen, [finetune])
+
+
+def test_a_finetune_row_better_on_the_same_held_out_images_is_recommended():
+    """Issue 31.4: unpaired, 92 % on 50 validation images is within noise of the frozen CV's 89 %; scored on the same
+    50 images (the frozen classifier refitted without them), finetuning wins 8 of the 8 images they disagree on."""
+    table = _with_finetune(0.92, 50)
+    kwargs = dict(n_train=500, n_classes=5, smallest_class=100)
+    unpaired = recommend(table, **kwargs)
+    assert unpaired.mode == "frozen_top" and unpaired.frozen_choice["layer"] == "block4_pool"
+    finetune_row = table.index[table["mode"] == "finetune"][0]
+    pair = PairedScore(n=50, trained_correct=46, frozen_correct=38, trained_only=8, frozen_only=0,
+                       frozen_row=unpaired.frozen_choice.name)
+    advice = recommend(table, paired={finetune_row: pair}, **kwargs)
+    assert advice.mode == "finetune" and advice.row["mode"] == "finetune" and advice.paired == pair
+    assert pair.decided == 8 and pair.p_value == pytest.approx(2 * 0.5 ** 8)
+    words = advice_text(advice)
+    assert "on the same 50 held-out training images, finetune is better by more than noise" in words.summary
+    assert "+16.0 ± 5.2 points; 8 images decided, 8 to 0, McNemar p = 0.0078" in words.text
+    # Disagreeing on 8 images, 5 to 3: not more than noise; the frozen choice stays.
+    close = recommend(table, paired={finetune_row: PairedScore(50, 40, 38, 5, 3, unpaired.frozen_choice.name)},
+                      **kwargs)
+    assert close.mode == "frozen_top" and "not better by more than noise" in advice_text(close).summary
+    # A pair scored against another frozen row is not this comparison: the unpaired rule decides.
+    other = recommend(table, paired={finetune_row: PairedScore(50, 46, 38, 8, 0, frozen_row=-1)}, **kwargs)
+    assert other.mode == "frozen_top" and other.paired is None
+
+
+def test_a_validation_part_without_a_class_warns_and_decides_nothing():
+    """Issue 32.5: `val_fraction = 0.1` on 12 ants + 2 bees holds out 2 ants; 100 % on them says nothing of bees."""
+    table = _with_finetune(1.0, 2)
+    finetune_row = table.index[table["mode"] == "finetune"][0]
+    pair = PairedScore(n=2, trained_correct=2, frozen_correct=2, trained_only=0, frozen_only=0,
+                       missing_classes=("bees",))
+    advice = recommend(table, n_train=14, n_classes=2, smallest_class=2, paired={finetune_row: pair})
+    assert advice.rule == "size" and advice.row["mode"] == "frozen"
+    assert advice.not_deciding == {finetune_row: ("bees",)}
+    assert "**Warning: finetune VGG16 (weights imagenet)**: its validation part (2 images) has no image of bees" \
+        in advice_text(advice).text
