@@ -61,7 +61,6 @@ import argparse
 import contextlib
 import gc
 import importlib
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -81,6 +80,8 @@ from typing import Any, Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from layerprobe.core.cores import usable_cores  # noqa: E402  (device_check.sh makes layerprobe importable)
+from layerprobe.core.versions import installed_version  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BACKEND_TESTS = "tests/features/test_backend_neutral.py"
@@ -93,13 +94,6 @@ PRECISIONS = {"float32": False, "bfloat16": "bfloat16", "mixed_float16": "float1
 
 
 # --------------------------------------------------------------------------- arguments
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _model_list(text: str) -> list[str]:
@@ -204,7 +198,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         "precisions": (["float32", "bfloat16"], ["float32", "bfloat16"]),
         "limit_batches": ([64, 256, 512], [4]),
         "batch_size": (128, 8),
-        "workers": (_cores(), min(2, _cores())),
+        "workers": (usable_cores(), min(2, usable_cores())),
         "finetune_model": ("MobileNetV2:alpha=0.35", TINY_NET),
         "finetune_size": (96, 32),
         "finetune_images": (512, 32),
@@ -231,13 +225,6 @@ def _now() -> float:
 
 def _round(value, digits=1):
     return None if value is None else round(float(value), digits)
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _error_text(error: BaseException) -> str:
@@ -328,7 +315,7 @@ def decode_rates(images_dir: Path, size: int, workers: int) -> dict[str, Any]:
     reference = [load_image(dataset.sample_ids[i], size, decoder="pillow") for i in range(n_serial)]
     for decoder in decoders:
         entry: dict[str, Any] = {}
-        for threads in dict.fromkeys([workers, min(8, _cores())]):
+        for threads in dict.fromkeys([workers, min(8, usable_cores())]):
             started = time.perf_counter()
             decoded = sum(
                 len(chunk.sample_indices)
@@ -811,7 +798,7 @@ def _child_env(backend: str) -> dict[str, str]:
 def environment() -> dict[str, Any]:
     info: dict[str, Any] = {
         "python": sys.version.split()[0], "executable": sys.executable, "platform": platform.platform(),
-        "cores": _cores(), "versions": {name: _version(name) for name in PACKAGES},
+        "cores": usable_cores(), "versions": {name: installed_version(name) for name in PACKAGES},
         "keras_backend_env": os.environ.get("KERAS_BACKEND"),
     }
     with contextlib.suppress(Exception):
@@ -1099,7 +1086,7 @@ def driver_main(args) -> int:
     try:
         run.stage("environment", environment, min_seconds=0)
         images = run.stage("images", lambda: make_images(args.workdir / "images", args.n_images, args.n_classes,
-                                                         args.image_size, _cores()))
+                                                         args.image_size, usable_cores()))
         if images["status"] != "ok":
             _log("no images: the decode, bench, finetune and probes stages cannot run")
         run.stage("decode", lambda: decode_rates(args.workdir / "images", args.input_size, args.workers))

@@ -326,7 +326,6 @@ class FeatureExtractor:
         n_workers: int | None = None,
         progress: bool = True,
         log: Callable[[str], None] | None = None,
-        client: Any = None,
         dataset_digest: str | None = None,
     ) -> ExtractionReport:
         """Make sure the store holds every selected layer's features for `dataset`.
@@ -334,8 +333,8 @@ class FeatureExtractor:
         Layers already stored are reused without a forward pass. The others
         are computed together, one forward pass per batch, under per-key locks
         (a concurrent extraction of the same key waits, then reuses it).
-        With a dask `client`, the chunks are computed on the cluster's workers
-        (see `layerprobe.features.cluster_extraction`), with bit-identical results.
+        `layerprobe.features.cluster_extraction.extract_on_cluster` does the same
+        on a dask cluster's workers, with bit-identical results.
 
         Args:
             dataset: Images to extract (see `layerprobe.features.inputs`).
@@ -346,10 +345,6 @@ class FeatureExtractor:
             n_workers: Decoding threads (default: min(8, CPUs)).
             progress: Show a tqdm progress bar with images/s.
             log: Called with one line per event (cached/computed/waiting).
-            client: A `dask.distributed.Client`: compute the chunks on its workers,
-                which must see the store at the same path (checked first). With a
-                client, `n_workers` is the decoding threads per worker (default:
-                the host's cores // its workers).
             dataset_digest: The dataset's digest if already computed (`dataset.digest(...)`),
                 so that a caller that made its keys with it uses the same ones even if a
                 file is touched meanwhile (one digest per run); or `"stat"`/`"content"`
@@ -367,13 +362,6 @@ class FeatureExtractor:
             CorruptEntryError: If a stored entry of a selected layer is unreadable
                 (the message says how to remove it).
         """
-        if client is not None:
-            from .cluster_extraction import extract_on_cluster
-
-            return extract_on_cluster(
-                self, dataset, store, client, chunk_size=chunk_size, n_threads=n_workers, progress=progress, log=log,
-                dataset_digest=dataset_digest,
-            )
         if len(dataset) == 0:
             raise InputError("The dataset has no samples; there is nothing to extract. Received: 0 samples")
         # a bad chunk_size fails before any lock ("auto" batches are resolved to a divisor of chunk_size)

@@ -168,7 +168,7 @@ def _extract(args: argparse.Namespace) -> int:
     from ..features.extract import FeatureExtractor
     from ..features.inputs import open_dataset
     from ..features.store import FeatureStore
-    from .cluster import open_client
+    from .cluster import extract_features, open_client
 
     dataset = open_dataset(args.data, encoding=args.encoding)
     store = FeatureStore(args.store)
@@ -191,9 +191,9 @@ def _extract(args: argparse.Namespace) -> int:
     print(f"{len(dataset)} images, {len(dataset.class_names)} classes, splits {list(dataset.split_names)}; "
           f"{extractor.backbone.architecture} at {extractor.backbone.input_size}px, layers {extractor.layer_names}")
     with open_client(_cluster_settings(args), log=print) as client:
-        report = extractor.extract(
-            dataset, store, chunk_size=args.chunk_size, n_workers=args.decode_threads, progress=not args.no_progress,
-            log=print, client=client,
+        report = extract_features(
+            extractor, dataset, store, client, chunk_size=args.chunk_size, n_workers=args.decode_threads,
+            progress=not args.no_progress, log=print,
         )
     for sample_id, reason in report.skipped[:_MAX_SKIPPED_PRINTED]:
         print(f"skipped  {sample_id}: {reason}")

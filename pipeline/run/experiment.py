@@ -21,7 +21,7 @@ import pandas as pd
 from ...core.errors import ConfigError
 from ...features.store import FeatureStore
 from ..advice import Advice, recommend
-from ..cluster import open_client
+from ..cluster import extract_features, open_client
 from ..config import ExperimentConfig
 from ..plots import plot_depth
 from ..results import ResultsTable, check_output_folder
@@ -166,8 +166,8 @@ def run_experiment(
                 log(f"  cached   {name} ({key.entry_name})")
             skipped.update(store.info(next(iter(keys.values())).entry_name, root=dataset.root)["skipped"])
         else:
-            report = extraction.build().extract(
-                dataset, store, progress=progress, log=lambda line: log(f"  {line}"), client=client,
+            report = extract_features(
+                extraction.build(), dataset, store, client, progress=progress, log=lambda line: log(f"  {line}"),
                 dataset_digest=dataset_digest,
             )
             n_forward += report.n_forward
