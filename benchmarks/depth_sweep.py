@@ -121,9 +121,11 @@ def subset_manifest(root: Path, spec: DatasetSpec, n_train: int | None, n_test: 
 
 
 def sweep_rows(frame, pretrained_label: str) -> list[dict]:
-    """The run's results table as depth-sweep rows, in stage order."""
+    """The run's results table as depth-sweep rows, in stage order (the sweep's classifiers: not the ridge curve
+    the run adds for its advice)."""
     rows = []
-    frozen = frame[frame["mode"] == "frozen"].assign(pretrained=frame["weights"] != "none")
+    frozen = frame[(frame["mode"] == "frozen") & (frame["row_kind"] == "final")]
+    frozen = frozen.assign(pretrained=frozen["weights"] != "none")
     for record in frozen.sort_values(["pretrained", "classifier", "depth"], ascending=[False, True, True]).to_dict(
         "records"
     ):
