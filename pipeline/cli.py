@@ -8,8 +8,8 @@
     layerprobe store ls|info|rm STORE [ENTRY...]
     layerprobe run [CONFIG.toml] [--out DIR] [--store DIR] [--json] [--scheduler ADDRESS | --workers N | --gpus 0,1]
     layerprobe finetune CONFIG.toml [--out DIR] [--store DIR]
-    layerprobe predict CLASSIFIER.skops|MODEL.keras --data DIR|CSV [--out predictions.csv] [--trust]
-    layerprobe export CLASSIFIER.skops --out MODEL.keras [--trust]
+    layerprobe predict CLASSIFIER.skops|MODEL.keras --data DIR|CSV|IMAGE [--out predictions.csv] [--trust]
+    layerprobe export CLASSIFIER.skops|MODEL.keras --out MODEL.keras [--trust]
 
 Errors a user can fix (`LayerprobeError`, and a path given on the command line
 or in the config that is missing or not writable) are printed as
@@ -528,11 +528,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser(
         "predict", parents=[common],
-        help="predict new images with a classifier saved by `layerprobe run` or a model `layerprobe export` wrote",
+        help="predict new images with a classifier saved by `layerprobe run`, or a .keras model layerprobe wrote",
     )
     predict.add_argument("classifier", help="a .skops file from a run's models/ folder (or an older run's .joblib, "
-                                            "with --trust), or a .keras file written by `layerprobe export`")
-    predict.add_argument("--data", required=True, help="image folder (class subfolders, or just images: predicted unlabelled) or CSV")
+                                            "with --trust), or a .keras model layerprobe wrote: a run's "
+                                            "recommended.keras, a finetuned model.keras, or `layerprobe export`'s")
+    predict.add_argument("--data", required=True,
+                         help="image folder (class subfolders, or just images: predicted unlabelled), CSV, or one image; "
+                              "with class folders, per-class precision and recall and a confusion matrix (PNG beside "
+                              "the CSV) are given too")
     predict.add_argument("--out", default="predictions.csv", help="predictions CSV (default: predictions.csv)")
     predict.add_argument("--store", default=None,
                          help="feature store to cache the new images' features in (default: the one the classifier "
@@ -548,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
         "export", parents=[common],
         help="save a row's classifier as one Keras model: raw pixels in, class scores out (no layerprobe needed to use it)",
     )
-    export.add_argument("classifier", help="the row's .skops file (the model_path column of results.csv)")
+    export.add_argument("classifier", help="the row's .skops file or finetuned model.keras (the model_path column of "
+                                           "results.csv)")
     export.add_argument("--out", required=True, help="the .keras file to write (model.layerprobe.json goes beside it)")
     export.add_argument("--trust", action="store_true", help="load a .joblib classifier of an older layerprobe (see predict)")
     return parser

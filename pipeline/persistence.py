@@ -39,6 +39,7 @@ from .evaluate import check_labels
 __all__ = [
     "FORMAT_VERSION",
     "TRUSTED_TYPES",
+    "classifier_files",
     "features_record",
     "load_classifier",
     "read_features_record",
@@ -227,6 +228,12 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     return sidecar
 
 
+def classifier_files(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(estimator file, sidecar) of a classifier saved by :func:`save_classifier` (see :func:`read_sidecar`)."""
+    stem = _stem(path)
+    return _model_path(stem, read_sidecar(path)), stem.with_suffix(".json")
+
+
 def load_classifier(path: str | os.PathLike, *, trust: bool = False) -> tuple[Any, dict[str, Any]]:
     """Loads an estimator saved by :func:`save_classifier`, with its sidecar.
 
@@ -263,14 +270,23 @@ def load_classifier(path: str | os.PathLike, *, trust: bool = False) -> tuple[An
         import joblib
 
         return joblib.load(model_path), sidecar
-    untrusted = sorted(set(skops.io.get_untrusted_types(file=model_path)) - set(TRUSTED_TYPES))
+    try:
+        untrusted = sorted(set(skops.io.get_untrusted_types(file=model_path)) - set(TRUSTED_TYPES))
+        estimator = None if untrusted else skops.io.load(model_path, trusted=list(TRUSTED_TYPES))
+    except Exception as error:  # zipfile.BadZipFile, KeyError, ValueError, TypeError...: a damaged or foreign file
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise InputError(
+            f"{model_path} cannot be read as a saved classifier ({type(error).__name__}: {first_line}): it is "
+            f"truncated, damaged or not a .skops file. Fit and save the classifier again (rerun the experiment). "
+            f"Received: path={str(path)!r}"
+        ) from error
     if untrusted:
         raise InputError(
             f"{model_path} holds types layerprobe does not trust to build: {untrusted}. A run saves only "
             f"scikit-learn and layerprobe estimators; if you made this file yourself and trust it, load it "
             f"with skops.io.load(path, trusted=[...]). Received: path={str(path)!r}"
         )
-    return skops.io.load(model_path, trusted=list(TRUSTED_TYPES)), sidecar
+    return estimator, sidecar
 
 
 def write_predictions(

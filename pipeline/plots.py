@@ -1,4 +1,4 @@
-"""Figures of a run's results table (matplotlib, drawn off-screen)."""
+"""Figures of a run's results table and of predictions (matplotlib, drawn off-screen)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 from ..core.atomic import write_atomically
 from .probes.multilayer import multi_layer_name
 
-__all__ = ["CV_SCORE", "LOGME_MIN_SPAN", "TEST_SCORE", "depth_figure", "plot_depth"]
+__all__ = ["CV_SCORE", "LOGME_MIN_SPAN", "TEST_SCORE", "depth_figure", "plot_confusion", "plot_depth"]
 
 _MULTI_PREFIX = multi_layer_name([])  # "multi:"
 _GROUP = ["backbone", "weights", "pooling"]
@@ -272,3 +272,37 @@ def depth_figure(
     figure.set_size_inches(figure.get_size_inches()[0], 5.5 + 0.16 * len(labels))  # room for the legend below
     figure.legend(handles, labels, loc="outside lower center", fontsize=7, frameon=False)
     return figure
+
+
+def plot_confusion(matrix: np.ndarray, class_names: list[str], path: str | os.PathLike, *, title: str) -> Path:
+    """Write a confusion matrix (rows: true class, columns: predicted) as a PNG, atomically; returns the path.
+
+    Each cell shows its count, shaded by the share of its true class (its row),
+    so a class with few images reads as clearly as a large one. Drawn on a
+    private Agg canvas (no global backend change).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    matrix = np.asarray(matrix)
+    n = len(class_names)
+    side = min(4 + 0.45 * n, 30)
+    figure = Figure(figsize=(side + 1.5, side), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    totals = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
+    image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axes, label="share of the true class")
+    if n <= 40:  # counts stay legible
+        for (i, j), count in np.ndenumerate(matrix):
+            axes.text(j, i, str(count), ha="center", va="center", fontsize=8,
+                      color="white" if shares[i, j] > 0.5 else "black")
+    axes.set_xticks(range(n), class_names, rotation=90 if n > 6 else 0)
+    axes.set_yticks(range(n), class_names)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title(title)
+    path = Path(path)
+    write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
+    return path

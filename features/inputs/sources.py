@@ -209,8 +209,13 @@ def from_image_folder(
         raise InputError(
             f"The folder holds no image files (extensions {list(suffixes)}). Received: root={root!r}"
         )
-    paths = [os.path.abspath(root_path / name) for name in names]
-    return ImageDataset(paths, np.zeros(len(paths)), (UNLABELLED,), ["all"] * len(paths), root=os.path.abspath(root_path))
+    return _unlabelled([root_path / name for name in names], root_path)
+
+
+def _unlabelled(paths: Sequence[Path], root: Path) -> ImageDataset:
+    """`paths` as one unlabelled split "all" (class `UNLABELLED`), their ids relative to `root`."""
+    paths = [os.path.abspath(path) for path in paths]
+    return ImageDataset(paths, np.zeros(len(paths)), (UNLABELLED,), ["all"] * len(paths), root=os.path.abspath(root))
 
 
 def _row_numbers(positions: Sequence[int], limit: int = 5) -> str:
@@ -472,11 +477,13 @@ def open_dataset(source: str | os.PathLike, *, encoding: str = "utf-8") -> Image
 
 
 def open_images(source: str | os.PathLike) -> ImageDataset:
-    """Like `open_dataset`, and a folder of images without class subfolders is read unlabelled.
+    """Like `open_dataset`; a folder of images without class subfolders, or one image file, is read unlabelled.
 
     For prediction, where new images need no labels (see `from_image_folder`).
     """
     path = Path(source)
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        return _unlabelled([path], path.parent)
     if path.is_dir() and not _visible_subfolders(path) and _image_files(path, IMAGE_EXTENSIONS):
         return from_image_folder(path)
     return open_dataset(source)

@@ -3,8 +3,8 @@
 Each step lives in its own module: the splits (`splits`), the extraction plans
 (`extractions`), which rows to fit (`screening`), the classifier rows (`rows`,
 `cluster_rows`), the multi-layer rows (`multi_layer`), the `[finetune]` stage
-(`finetune_rows`) and the closing texts (`summary`); every row is fitted or
-reused through `records`.
+(`finetune_rows`), the recommended model (`recommended`) and the closing texts
+(`summary`); every row is fitted or reused through `records`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from ..results import ResultsTable, check_output_folder
 from .extractions import plan_extractions
 from .finetune_rows import end_to_end_rows
 from .multi_layer import multi_layer_row
+from .recommended import write_recommended
 from .records import RunRows
 from .results_json import results_document, write_results_json
 from .rows import LayerToFit, RowJob
@@ -203,11 +204,12 @@ def run_experiment(
     majority = float(test_counts.max() / test_counts.sum()) if test_counts.sum() else None  # always the commonest
     advice = recommend(frame, n_train=int(counts.sum()), n_classes=len(counts), smallest_class=int(counts.min()),
                        largest_class=int(counts.max()), test_majority_rate=majority)
+    next_steps = write_recommended(out, advice.row, log=log)
     plot_path = plot_depth(frame, out / "depth.png", recommended=advice.row, chance=majority)
     skipped_list = sorted(skipped.items())
     summary_path = write_run_summary(
         out, frame, source=config.source, advice=advice, data=data_text(config.data, dataset, split, untested),
-        skipped=skipped_list, results_path=table.path, plot_path=plot_path,
+        skipped=skipped_list, results_path=table.path, plot_path=plot_path, next_steps=next_steps,
     )
     files = {"results": table.path, "summary": summary_path, "plot": plot_path, "json": out / "results.json"}
     data = {"path": str(config.data.path), "n_images": len(dataset), "class_names": list(dataset.class_names),
@@ -218,7 +220,7 @@ def run_experiment(
         log, frame, advice, n_skipped=len(skipped_list),
         counts=(f"{len(frame)} rows: {rows.fitted} fitted, {rows.reused} reused; {n_forward} images through a backbone; "
                 f"{time.perf_counter() - started:.0f} s."),
-        paths=files,
+        paths=files, next_steps=next_steps,
     )
     return RunResult(
         results=frame,

@@ -60,6 +60,7 @@ def end_to_end_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict
         train_from_scratch,
     )
     from ..finetune.batches import validation_split
+    from ..finetune.checkpoints import MODEL_FORMAT
 
     options = FinetuneConfig.from_dict(config.finetune.options)
     train, test = dataset.subset(split["train_split"]), dataset.subset(split["test_split"])
@@ -76,6 +77,7 @@ def end_to_end_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict
                 "input_size": config.features.input_size,
                 **({"preprocessing": backbone.preprocessing} if backbone.preprocessing is not None else {}),
                 "options": options.to_dict(),
+                "model_format": MODEL_FORMAT,  # a model saved in an older format is trained again
                 "dataset": dataset.digest(),
                 "split": split,
             }

@@ -74,9 +74,11 @@ def write_run_summary(
     skipped: list[tuple[str, str]],
     results_path: Path,
     plot_path: Path,
+    next_steps: str,
 ) -> Path:
     """Write `out/summary.md`: the results table, the recommendation (three lines and the evidence), the data,
-    unreadable images, files, and the details of the recommendation."""
+    unreadable images, files, the next steps (`recommended.write_recommended`: how to use the recommended
+    model), and the details of the recommendation."""
     words = advice_text(advice)
     return write_summary(
         out / "summary.md",
@@ -89,6 +91,7 @@ def write_run_summary(
             "Files": (
                 f"- results: `{results_path}`\n- plot: `{plot_path}`\n- models and predictions: `{out / 'models'}`"
             ),
+            "Next steps": next_steps,
             "Details": words.details_text,
         },
     )
@@ -102,8 +105,9 @@ def log_report(
     n_skipped: int,
     counts: str,
     paths: dict[str, Path],
+    next_steps: str,
 ) -> None:
-    """The closing lines of a run: the table, the recommendation, the counts and where the files are."""
+    """The closing lines of a run: the table, the recommendation, the counts, where the files are, the next steps."""
     log("")
     log(format_table(flagged(frame, advice), CONSOLE_COLUMNS, markdown=True))
     log("")
@@ -112,3 +116,5 @@ def log_report(
         log(f"{n_skipped} unreadable image(s) left out (listed in summary.md).")
     width = max(map(len, paths)) + 1
     log(f"\n{counts}\n" + "\n".join(f"{f'{name}:':{width}} {path}" for name, path in paths.items()))
+    log("")
+    log(next_steps)
