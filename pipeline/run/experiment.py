@@ -28,6 +28,7 @@ from ..results import ResultsTable, check_output_folder
 from .extractions import plan_extractions
 from .finetune_rows import end_to_end_rows
 from .multi_layer import multi_layer_row
+from .paired import paired_scores
 from .recommended import write_recommended
 from .records import RunRows
 from .results_json import results_document, write_results_json
@@ -202,8 +203,13 @@ def run_experiment(
     counts, test_counts = (np.bincount(dataset.labels[(np.asarray(dataset.splits) == split[name]) & read],
                                        minlength=len(dataset.class_names)) for name in ("train_split", "test_split"))
     majority = float(test_counts.max() / test_counts.sum()) if test_counts.sum() else None  # always the commonest
-    advice = recommend(frame, n_train=int(counts.sum()), n_classes=len(counts), smallest_class=int(counts.min()),
-                       largest_class=int(counts.max()), test_majority_rate=majority)
+    facts = dict(n_train=int(counts.sum()), n_classes=len(counts), smallest_class=int(counts.min()),
+                 largest_class=int(counts.max()), test_majority_rate=majority)
+    advice = recommend(frame, **facts)
+    # Trained rows against the frozen choice on the same held-out training images (issue 31.4).
+    paired = paired_scores(frame, advice.frozen_choice, store, split["train_split"], dataset.class_names)
+    if paired:
+        advice = recommend(frame, **facts, paired=paired)
     next_steps = write_recommended(out, advice.row, log=log)
     plot_path = plot_depth(frame, out / "depth.png", recommended=advice.row, chance=majority)
     skipped_list = sorted(skipped.items())

@@ -28,6 +28,7 @@ from ...core.lock_files import hold_lock_file
 from ...features.inputs import ImageDataset
 from ...features.keys import safe_name
 from ..config import BackboneConfig, ExperimentConfig
+from .paired import val_predictions_path
 from .records import RowRecord, RunRows, fit_or_reuse, jsonable
 
 __all__ = ["end_to_end_rows"]
@@ -99,7 +100,8 @@ def end_to_end_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict
             else:
                 result = train_from_scratch(backbone.model, train, **common)
             scores = evaluate_model(result, test)
-            val = evaluate_model(result, train.select(val_idx)) if len(val_idx) else {"accuracy": None, "n_test": 0}
+            val = (evaluate_model(result, train.select(val_idx), predictions=val_predictions_path(result.model_path))
+                   if len(val_idx) else {"accuracy": None, "n_test": 0})  # the part a paired comparison reads
             row = {
                 "mode": mode,
                 "backbone": result.backbone,

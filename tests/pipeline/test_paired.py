@@ -78,3 +78,33 @@ def test_a_held_out_part_without_a_class_is_recorded_and_not_scored(frozen_run):
     table = _with_trained_row(frame, root, held, [str(sample).split("/")[-2] for sample in held])
     pair = paired_scores(table, frame.iloc[0], FeatureStore(config.features.store), "train", CLASSES)[len(table) - 1]
     assert "blue" in pair.missing_classes and pair.n == 0
+
+
+@pytest.mark.slow  # trains VGG16 end to end
+def test_a_run_whose_validation_part_lacks_a_class_warns_and_lets_the_finetune_row_decide_nothing(
+        tmp_path, write_colour_images):
+    """Issue 32.5: `val_fraction = 0.1` on 12 + 2 training images holds out 2 images of the larger class."""
+    from layerprobe.features.backbone import load_backbone
+    from layerprobe.pipeline.advice import advice_text
+
+    images = write_colour_images(tmp_path / "images", {"train": {"ants": 12, "bees": 2},
+                                                      "test": {"ants": 2, "bees": 2}})
+    weights = tmp_path / "start.weights.h5"
+    load_backbone("VGG16", weights=None, input_size=32, seed=1).model.save_weights(weights)
+    config = config_from_dict({
+        "data": {"path": str(images), "train_split": "train", "test_split": "test"},
+        "features": {"store": str(tmp_path / "store"), "input_size": 32, "batch_size": 16},
+        "backbones": [{"model": "VGG16", "weights": str(weights), "layers": ["block1_pool", "top"]}],
+        "classifiers": {"names": ["logreg"], "cv": 2, "grids": {"logreg": {"C": [1.0]}}},
+        "finetune": {"modes": ["finetune"], "head_epochs": 1, "finetune_epochs": 1, "val_fraction": 0.1,
+                     "augmentation": {}, "batch_size": 8},
+        "output": {"dir": str(tmp_path / "out")},
+    }, "/")
+    lines = []
+    result = run_experiment(config, log=lines.append, progress=False)
+    finetune_row = result.results.index[result.results["mode"] == "finetune"][0]
+    held = pd.read_csv(val_predictions_path(result.results.loc[finetune_row, "model_path"]))
+    assert list(held["true_label"]) == ["ants", "ants"]  # what the finetune row's validation score was measured on
+    assert result.advice.not_deciding == {finetune_row: ("bees",)} and result.advice.rule == "size"
+    assert "has no image of bees" in advice_text(result.advice).text
+    assert any("has no image of bees" in line for line in lines)  # said in the log too
