@@ -20,8 +20,7 @@ The rules (`layerprobe.pipeline.advice.text` says them in words):
   (`forward_gflops`; depth within one backbone where unknown). Feature
   dimensions and the classifier cost nothing worth a point of accuracy: a
   probe on cached features runs in milliseconds. On the chosen layer the
-  classifier with the best CV is recommended (the grid-searched rows where
-  there are any, else the curve row).
+  classifier with the best CV is recommended (the curve's ridge row included).
 * **Pretrained first.** Rows of random-initialisation backbones
   (`weights == "none"`) are candidates only when no pretrained backbone has
   rows; they are the baseline of `worth_transferring`.
@@ -385,14 +384,13 @@ def _readings(pool: pd.DataFrame, measured: pd.DataFrame) -> tuple[pd.DataFrame,
 
 
 def _classifier_on(reading: pd.Series, pool: pd.DataFrame) -> pd.Series:
-    """The row to use for a reading: on its layer, the best-CV grid-searched row, else the curve row itself."""
+    """The row to use for a reading: the best-CV row on its layer (the curve row included: the classifier costs
+    nothing at inference, so the better one is used)."""
     if is_multi(reading):
         return reading
     on_layer = same_group(pool, reading)
     on_layer = on_layer[on_layer["layer"] == reading["layer"]]
-    final = on_layer[on_layer["row_kind"] != "screening"]
-    rows = final if not final.empty else on_layer
-    return rows.sort_values("cv_score", ascending=False, kind="stable").iloc[0]
+    return on_layer.sort_values("cv_score", ascending=False, kind="stable").iloc[0]
 
 
 # --------------------------------------------------------------------------- recommend

@@ -322,6 +322,20 @@ def _paired_lines(advice: Advice) -> list[str]:
     return lines
 
 
+def _flag_summary(advice: Advice) -> list[str]:
+    """One bullet for the rows at or below the majority-class rate (each is described in the details)."""
+    if not advice.flags:
+        return []
+    failed = [index for index in advice.flags if index in advice.failed]
+    names = ", ".join(_short_name(advice.table.loc[index]) for index in advice.flags)
+    left_out = f"; {len(failed)} of them on training-split evidence, left out" if failed else ""
+    return [f"At or below the majority-class rate (flagged in the table{left_out}): {names}."]
+
+
+def _short_name(row: pd.Series) -> str:
+    return f"{row['mode']} {row['backbone']}" if row["mode"] != "frozen" else f"{row['classifier']} on {row['layer']}"
+
+
 def _unvalidated_lines(advice: Advice) -> list[str]:
     table = advice.table
     rows = table[table["mode"].isin(["finetune", "scratch"]) & table["val_accuracy"].isna()]
@@ -403,8 +417,8 @@ def advice_text(advice: Advice) -> AdviceText:
                     "validation score: nothing to compare."]
         return AdviceText("**No recommendation:** the table has no comparable rows.", tuple(evidence), ())
     table = advice.table
-    evidence = [*_flag_lines(advice)]
-    details = [regime]
+    evidence = _flag_summary(advice)
+    details = [regime, *_flag_lines(advice)]
     if advice.best_single is not None:
         evidence.append(_curve_line(advice))
         evidence += _tie_lines(advice)
