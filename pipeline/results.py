@@ -32,7 +32,7 @@ import pandas as pd
 from ..core.atomic import TMP_PREFIX, write_atomically, write_text_atomically
 from ..core.errors import OutputError
 from ..core.lock_files import hold_lock_file
-from .tables import format_table
+from .tables import backbone_labels, format_table
 from .uncertainty import wilson_interval
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "ROW_KINDS",
     "ResultsTable",
     "check_output_folder",
+    "compact_table",
     "output_errors",
     "read_results",
     "results_frame",
@@ -99,31 +100,6 @@ load with them empty, the intervals computed and `row_kind` "final".
 """
 
 _INTEGER_COLUMNS = ("stage", "feature_dim", "n_train", "n_test", "n_folds", "n_val")
-
-# Columns of the markdown table in summary.md (the CSV has them all but `flag`, which the run summary adds from the
-# advice: rows at or below the majority-class rate).
-_SUMMARY_COLUMNS = (
-    "mode",
-    "backbone",
-    "weights",
-    "layer",
-    "depth",
-    "pooling",
-    "classifier",
-    "row_kind",
-    "feature_dim",
-    "cv_score",
-    "cv_se",
-    "val_accuracy",
-    "test_accuracy",
-    "test_ci_low",
-    "test_ci_high",
-    "test_macro_f1",
-    "logme",
-    "best_params",
-    "flag",
-)
-
 
 _CHOOSE_ANOTHER = "choose another folder (`[output] dir` in the config, or --out)"
 # OSErrors of writing a file or folder: the disk, its permissions or the path, which the user can fix.
@@ -236,8 +212,15 @@ def write_results(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
-def _with_spread(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """The summary's table: `cv_score` as "mean ± SE", `test_accuracy` as "acc [95% CI]" (plain when unknown)."""
+def compact_table(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The rows as a short table fits them (at most 8 columns; results.csv has every column) and its columns.
+
+    `backbone` names backbone and weights once (`tables.backbone_labels`); `mode`
+    only when the rows have several; `layer` with its pooling in brackets when the
+    rows have several poolings; `cv (± SE)` as "mean ± SE"; `val` only when a row
+    has one (finetune and scratch rows); `test (95% CI)` as "acc [low, high]"; and
+    `flag` when the frame has one (`run.summary.flagged`).
+    """
 
     def number(value: Any) -> float | None:
         try:
@@ -246,22 +229,28 @@ def _with_spread(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             return None
         return value if math.isfinite(value) else None
 
-    shown = frame.copy()
-    cv = [None if number(row.get("cv_score")) is None else f"{number(row.get('cv_score')):.3f}"
-          + ("" if number(row.get("cv_se")) is None else f" ± {number(row.get('cv_se')):.3f}")
-          for row in frame.to_dict("records")]
-    test = [None if number(row.get("test_accuracy")) is None else f"{number(row.get('test_accuracy')):.3f}"
-            + ("" if number(row.get("test_ci_low")) is None or number(row.get("test_ci_high")) is None else
-               f" [{number(row.get('test_ci_low')):.3f}, {number(row.get('test_ci_high')):.3f}]")
-            for row in frame.to_dict("records")]
-    shown["cv (± SE)"] = pd.Series(cv, index=frame.index, dtype=object)
-    shown["test (95% CI)"] = pd.Series(test, index=frame.index, dtype=object)
-    rename = {"cv_score": "cv (± SE)", "test_accuracy": "test (95% CI)"}
-    hidden = {"cv_se", "test_ci_low", "test_ci_high"}
-    if pd.to_numeric(frame.get("val_accuracy", pd.Series(dtype=float)), errors="coerce").isna().all():
-        hidden.add("val_accuracy")  # only finetune and scratch rows have one
-    columns = [rename.get(column, column) for column in _SUMMARY_COLUMNS if column not in hidden]
-    return shown, columns
+    records = frame.to_dict("records")
+    shown = pd.DataFrame(index=frame.index)
+    shown["backbone"] = backbone_labels(records)
+    if frame.get("mode", pd.Series(dtype=object)).nunique() > 1:
+        shown["mode"] = frame["mode"]
+    poolings = frame.get("pooling", pd.Series(dtype=object))
+    shown["layer"] = [f"{row.get('layer')} ({row.get('pooling')})" if poolings.nunique() > 1 else row.get("layer")
+                      for row in records]
+    shown["classifier"] = frame.get("classifier")
+    shown["cv (± SE)"] = [None if number(row.get("cv_score")) is None else f"{number(row.get('cv_score')):.3f}"
+                          + ("" if number(row.get("cv_se")) is None else f" ± {number(row.get('cv_se')):.3f}")
+                          for row in records]
+    if pd.to_numeric(frame.get("val_accuracy", pd.Series(dtype=float)), errors="coerce").notna().any():
+        shown["val"] = pd.to_numeric(frame["val_accuracy"], errors="coerce")
+    shown["test (95% CI)"] = [
+        None if number(row.get("test_accuracy")) is None else f"{number(row.get('test_accuracy')):.3f}"
+        + ("" if number(row.get("test_ci_low")) is None or number(row.get("test_ci_high")) is None else
+           f" [{number(row.get('test_ci_low')):.3f}, {number(row.get('test_ci_high')):.3f}]")
+        for row in records]
+    if "flag" in frame:
+        shown["flag"] = frame["flag"]
+    return shown, list(shown.columns)
 
 
 def write_summary(
@@ -270,20 +259,26 @@ def write_summary(
     *,
     title: str,
     sections: Mapping[str, str],
+    plot: str | os.PathLike | None = None,
 ) -> Path:
-    """Write `summary.md`: a title, the results table, then one section per entry of `sections`.
+    """Write `summary.md`: a title, the plot and the results table (`compact_table`), then `sections`.
 
     Args:
         path: Destination file.
         frame: The results table.
         title: First-level heading.
         sections: Heading -> markdown body (e.g. the recommendation, skipped images).
+        plot: An image shown above the table (`![...](...)`, relative to `path`'s folder when inside it).
     """
-    shown, columns = _with_spread(frame)
-    parts = [f"# {title}", "", "## Results", "", format_table(shown, columns, markdown=True), ""]
+    path = Path(path)
+    shown, columns = compact_table(frame)
+    parts = [f"# {title}", "", "## Results", ""]
+    if plot is not None:
+        relative = os.path.relpath(os.path.abspath(plot), os.path.abspath(path.parent))
+        parts += [f"![{Path(plot).stem}]({Path(relative if not relative.startswith('..') else plot).as_posix()})", ""]
+    parts += [format_table(shown, columns, markdown=True), ""]
     for heading, body in sections.items():
         parts += [f"## {heading}", "", body.rstrip(), ""]
-    path = Path(path)
     write_text_atomically(path, "\n".join(parts))
     return path
 

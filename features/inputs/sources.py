@@ -462,7 +462,7 @@ def open_dataset(source: str | os.PathLike, *, encoding: str = "utf-8") -> Image
     """Open a dataset folder (see `from_directory`) or CSV file (see `from_csv`, which reads it as `encoding`).
 
     Raises:
-        InputError: If `source` is neither a folder nor a .csv file.
+        InputError: If `source` does not exist, or is neither a folder nor a .csv file.
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -470,6 +470,11 @@ def open_dataset(source: str | os.PathLike, *, encoding: str = "utf-8") -> Image
             return from_directory(path)
         if path.is_file() and path.suffix.lower() == ".csv":
             return from_csv(path, encoding=encoding)
+        if not path.exists():
+            raise InputError(
+                f"The dataset {os.fspath(source)} does not exist: give the folder of your images (or a .csv "
+                f"file) by a path that exists from {os.getcwd()}. Received: source={os.fspath(source)!r}"
+            )
     raise InputError(
         f"Cannot open a dataset from this source. Expected a folder laid out as {_LAYOUTS}, or "
         f"a .csv file with path and label columns. Received: source={source!r}"

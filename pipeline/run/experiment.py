@@ -99,7 +99,7 @@ def run_experiment(
             fitted/reused rows, the final table and advice). Default: the
             logger "layerprobe.run" at INFO, silent unless logging is
             configured (the CLI prints it).
-        progress: Show progress bars while extracting.
+        progress: Show progress bars while extracting and within training epochs.
         finetune_only: Run only the `[finetune]` stage (`layerprobe finetune`):
             its rows replace those of the same modes in the existing results
             table, whose other rows are kept; no extraction, no classifier fit.
@@ -191,7 +191,7 @@ def run_experiment(
     fill_layer_logme(table)
     if config.finetune is not None:
         log(f"[finetune] modes {list(config.finetune.modes)}")
-        end_to_end_rows(config, dataset, split, rows)
+        end_to_end_rows(config, dataset, split, rows, progress=progress)
     pickled = sum(str(row.get("model_path", "")).endswith(".joblib") for row in table.rows)
     if pickled:
         log(f"note: {pickled} reused row(s) keep the pickled model (.joblib) an older layerprobe saved; "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from ...features.backend import import_keras_quietly
@@ -27,6 +28,7 @@ from ...core.errors import OutputError
 from ...core.lock_files import hold_lock_file
 from ...features.inputs import ImageDataset
 from ...features.keys import safe_name
+from ...features.model_files import is_model_file
 from ..config import BackboneConfig, ExperimentConfig
 from .paired import val_predictions_path
 from .records import RowRecord, RunRows, fit_or_reuse, jsonable
@@ -36,6 +38,15 @@ __all__ = ["end_to_end_rows"]
 
 def _slug(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _run_folder(parent: Path, mode: str, model: str, digest: str) -> Path:
+    """`parent/<mode>-<model's name>-<digest[:8]>`: a model file by its name without folder or suffix,
+    e.g. `finetune-efficientnet_lite0_imagenet-5b4cbb3f`. The folder an older layerprobe named
+    (`<mode>-<model as written>-<digest>`) is kept where it exists, so its training is reused."""
+    earlier = parent / safe_name(f"{mode}-{model}-{digest}")
+    name = Path(model).stem if is_model_file(model) else model
+    return earlier if earlier.is_dir() else parent / safe_name(f"{mode}-{name}-{digest[:8]}")
 
 
 def _jobs(config: ExperimentConfig) -> dict[str, tuple[str, BackboneConfig]]:
@@ -50,8 +61,13 @@ def _jobs(config: ExperimentConfig) -> dict[str, tuple[str, BackboneConfig]]:
     return jobs
 
 
-def end_to_end_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict, rows: RunRows) -> None:
-    """Train (or reuse) every end-to-end row of the config's `[finetune]` stage, scored once on the test split."""
+def end_to_end_rows(
+    config: ExperimentConfig, dataset: ImageDataset, split: dict, rows: RunRows, *, progress: bool = False
+) -> None:
+    """Train (or reuse) every end-to-end row of the config's `[finetune]` stage, scored once on the test split.
+
+    Each epoch logs a line; `progress` adds a bar over its batches.
+    """
     import_keras_quietly()
     from ..finetune import (
         EpochLogger,
@@ -68,7 +84,7 @@ def end_to_end_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict
     log = rows.log
     _, val_idx = validation_split(train.labels, options.val_fraction, options.seed)  # the part training held out
     for digest, (mode, backbone) in _jobs(config).items():
-        run_dir = config.output.dir / "finetune" / safe_name(f"{mode}-{backbone.model}-{digest}")
+        run_dir = _run_folder(config.output.dir / "finetune", mode, backbone.model, digest)
         record = RowRecord(run_dir / "row.json", jsonable(
             {
                 "mode": mode,
@@ -93,7 +109,7 @@ def end_to_end_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict
                 output_dir=run_dir, input_size=config.features.input_size,
                 model_kwargs=dict(backbone.model_kwargs), preprocessing=backbone.preprocessing, config=options,
                 resume=resume,
-                callbacks=[EpochLogger(lambda line: log(f"    {line}"))],
+                callbacks=[EpochLogger(lambda line: log(f"    {line}"), progress=progress)],
             )
             if mode == "finetune":
                 result = finetune(backbone.model, train, weights=backbone.weights, **common)

@@ -11,19 +11,13 @@ from ...features.inputs import ImageDataset
 from ...features.store import FeatureStore
 from ..advice import Advice, advice_text
 from ..config import DataConfig
-from ..results import write_summary
+from ..results import compact_table, write_summary
 from ..tables import format_table
 
-__all__ = ["CONSOLE_COLUMNS", "data_text", "flagged", "log_report", "skipped_text", "stored_skipped",
+__all__ = ["data_text", "flagged", "log_report", "skipped_text", "stored_skipped",
            "untested_text", "write_run_summary"]
 
 MAX_SKIPPED_LISTED = 20
-# Columns of the table printed at the end of a run (summary.md and results.csv have more): every score with its
-# spread (CV standard error over folds, Wilson 95 % interval of the test accuracy).
-CONSOLE_COLUMNS = ("mode", "backbone", "weights", "layer", "depth", "classifier", "cv_score", "cv_se", "test_accuracy",
-                   "test_ci_low", "test_ci_high", "flag")
-
-
 def untested_text(untested: list[str], split: dict) -> str:
     return (
         f"class(es) {untested} have no images in the test split {split['test_split']!r}: the test scores "
@@ -76,9 +70,9 @@ def write_run_summary(
     plot_path: Path,
     next_steps: str,
 ) -> Path:
-    """Write `out/summary.md`: the results table, the recommendation (three lines and the evidence), the data,
-    unreadable images, files, the next steps (`recommended.write_recommended`: how to use the recommended
-    model), and the details of the recommendation."""
+    """Write `out/summary.md`: the plot and results table, the recommendation (three lines and the evidence), the
+    data, unreadable images, files, the next steps (`recommended.write_recommended`: how to use the recommended
+    model), and last the details of the recommendation."""
     words = advice_text(advice)
     return write_summary(
         out / "summary.md",
@@ -94,6 +88,7 @@ def write_run_summary(
             "Next steps": next_steps,
             "Details": words.details_text,
         },
+        plot=plot_path,
     )
 
 
@@ -109,7 +104,7 @@ def log_report(
 ) -> None:
     """The closing lines of a run: the table, the recommendation, the counts, where the files are, the next steps."""
     log("")
-    log(format_table(flagged(frame, advice), CONSOLE_COLUMNS, markdown=True))
+    log(format_table(*compact_table(flagged(frame, advice)), markdown=True))
     log("")
     log(advice_text(advice).text)
     if n_skipped:

@@ -646,8 +646,10 @@ def test_finetune_command_adds_its_rows_beside_the_classifier_rows(tmp_path, mon
     monkeypatch.setattr(run_rows, "fit_classifier", _fail)
     capsys.readouterr()
     assert main(["finetune", str(config)]) == 0
-    output = capsys.readouterr().out
+    captured = capsys.readouterr()
+    output = captured.out
     assert "epoch 1 (head): loss" in output and "epoch 2 (finetune): loss" in output
+    assert "epoch 2/2" in captured.err  # a bar within each epoch (--no-progress: none)
     table = pd.read_csv(tmp_path / "out" / "results.csv")
     assert list(table["mode"]) == ["frozen", "finetune"]
     pd.testing.assert_frame_equal(table.iloc[:1][frozen.columns], frozen, check_dtype=False)  # kept
@@ -660,7 +662,8 @@ def test_finetune_command_adds_its_rows_beside_the_classifier_rows(tmp_path, mon
                                               "epochs": 2}
     keras.saving.load_model(row["model_path"])
     summary = (tmp_path / "out" / "summary.md").read_text()
-    assert "| frozen | VGG16 |" in summary and "| finetune | VGG16 |" in summary and "| val_accuracy |" in summary
+    assert "| VGG16, start.weights.h5 | frozen |" in summary and "| VGG16, start.weights.h5 | finetune |" in summary
+    assert "| val |" in summary and "![depth](depth.png)" in summary
 
     # A second call replaces the rows of its modes: the finished finetune row is reused, once.
     config.write_text(classifiers_only + textwrap.dedent(stage).replace(
@@ -670,3 +673,14 @@ def test_finetune_command_adds_its_rows_beside_the_classifier_rows(tmp_path, mon
     again = pd.read_csv(tmp_path / "out" / "results.csv")
     assert list(again["mode"]) == ["frozen", "finetune", "scratch"]
     pd.testing.assert_frame_equal(again.iloc[:2], table)
+
+
+def test_a_training_folder_is_named_short_and_an_older_one_is_kept(tmp_path):
+    from layerprobe.pipeline.run.finetune_rows import _run_folder
+
+    model = "/tmp/newbie/efficientnet_lite0_imagenet.keras"
+    assert _run_folder(tmp_path, "finetune", model, "5b4cbb3f9bb3").name == "finetune-efficientnet_lite0_imagenet-5b4cbb3f"
+    assert _run_folder(tmp_path, "scratch", "VGG16", "0123456789ab").name == "scratch-VGG16-01234567"
+    older = tmp_path / "finetune-_tmp_newbie_efficientnet_lite0_imagenet.keras-5b4cbb3f9bb3"
+    older.mkdir()
+    assert _run_folder(tmp_path, "finetune", model, "5b4cbb3f9bb3") == older  # its checkpoints and row are reused
