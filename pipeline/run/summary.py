@@ -71,8 +71,8 @@ def write_run_summary(
     next_steps: str,
 ) -> Path:
     """Write `out/summary.md`: the plot and results table, the recommendation (three lines and the evidence), the
-    data, unreadable images, files, the next steps (`recommended.write_recommended`: how to use the recommended
-    model), and last the details of the recommendation."""
+    data, unreadable images, files, the details of the recommendation, and last the next steps
+    (`recommended.write_recommended`: how to use the recommended model)."""
     words = advice_text(advice)
     return write_summary(
         out / "summary.md",
@@ -85,8 +85,8 @@ def write_run_summary(
             "Files": (
                 f"- results: `{results_path}`\n- plot: `{plot_path}`\n- models and predictions: `{out / 'models'}`"
             ),
-            "Next steps": next_steps,
             "Details": words.details_text,
+            "Next steps": next_steps,
         },
         plot=plot_path,
     )
