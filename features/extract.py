@@ -47,7 +47,8 @@ from .inputs import DEFAULT_MAX_PIXELS, DecodedChunk, ImageDataset, iter_decoded
 from .inputs.dataset import DIGEST_MODES, resolve_dataset_digest
 from .inputs.decoding import resolve_decoder
 from .inputs.loader import check_decoded_memory
-from .keys import DEFAULT_BATCH_SIZE, STORAGE_DTYPES, FeatureKey
+from .inputs.pixel_cache import PixelCache, PixelKey
+from .keys import DEFAULT_BATCH_SIZE, STORAGE_DTYPES, FeatureKey, decoded_pixels
 from .flops import forward_flops
 from .layers import LayerInfo, resolve_layers
 from .plans import ExtractionPlan, PlannedLayer
@@ -140,15 +141,22 @@ class FeatureExtractor:
         max_pixels: Skip (and record) image files larger than this many pixels,
             checked from the header before decoding. It decides which samples
             are kept, so a value other than the default changes the keys.
-        decoder: JPEG decoder of image files: `"auto"` (simplejpeg where installed,
-            else Pillow), `"pillow"` or `"simplejpeg"`. They give the same pixels, so
-            it is not part of the keys (see `layerprobe.features.inputs.decoding`).
+        decoder: Decoder of image files: `"auto"` (nvImageCodec on the GPU where it is
+            installed and Keras computes on a GPU, else simplejpeg where installed, else
+            Pillow), `"pillow"`, `"simplejpeg"` or `"nvimgcodec"`. Pillow and simplejpeg
+            give the same pixels and share keys; nvImageCodec's pixels differ slightly,
+            so its features have other keys (see `layerprobe.features.inputs.decoding`).
         dataset_digest: How a dataset of files is identified in the keys:
             `"stat"` (paths, sizes and modification times: fast; new pixels
             written with the same size and a restored mtime go unnoticed, and a
             copy without `cp -p` is a cache miss) or `"content"` (the bytes of
             every file, hashed in parallel and cached per file; see
             `ImageDataset.digest`).
+        pixel_cache: Keep the decoded pixels of image files in the store and read them
+            back instead of decoding again: a later extraction at the same input size
+            with the same decoder (another backbone, other layers) decodes nothing
+            (`layerprobe.features.inputs.pixel_cache`). Costs 3 x input_size² bytes
+            of disk per image.
 
     Raises:
         BackboneError: For an unknown model, unusable weights, model_kwargs,
@@ -182,6 +190,7 @@ class FeatureExtractor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         dataset_digest: str = "stat",
         decoder: str = "auto",
+        pixel_cache: bool = False,
     ):
         if dataset_digest not in DIGEST_MODES:
             raise InputError(f"dataset_digest must be one of {DIGEST_MODES}. Received: dataset_digest={dataset_digest!r}")
@@ -193,8 +202,9 @@ class FeatureExtractor:
             model=model, weights=weights, layers=layers, pooling=pooling, input_size=input_size,
             batch_size=batch_size, dtype=dtype, mixed_precision=mixed_precision, model_kwargs=model_kwargs,
             preprocessing=preprocessing, seed=seed, max_flatten_dim=max_flatten_dim, max_pixels=max_pixels,
-            dataset_digest=dataset_digest, decoder=decoder,
+            dataset_digest=dataset_digest, decoder=decoder, pixel_cache=pixel_cache,
         )
+        self.pixel_cache = bool(pixel_cache)
         self.decoder = resolve_decoder(decoder)
         self._auto_batch = batch_size == "auto"
         self.batch_size = DEFAULT_BATCH_SIZE if self._auto_batch else check_positive_int(
@@ -302,6 +312,7 @@ class FeatureExtractor:
             dtype=self.dtype,
             compute_dtype=self.compute_dtype,
             max_pixels=self.max_pixels,
+            pixels=decoded_pixels(self.decoder),
             layers=tuple(
                 PlannedLayer(info.name, info.stable_id, self.pooling[info.name], round(info.depth, 4), info.stage,
                              flops[info.name])
@@ -561,6 +572,7 @@ class FeatureExtractor:
             max_pixels=self.max_pixels,
             dtype=dataset.pixel_dtype,
             decoder=self.decoder,
+            pixel_cache=self._pixel_cache(store, keys),
         )
         try:
             with contextlib.closing(decoded), ChunkWriter(write, depth=WRITE_QUEUE_CHUNKS, report=report) as writer:
@@ -572,6 +584,14 @@ class FeatureExtractor:
         finally:
             bar.close()
         commit_entries(store, keys, work, dataset, {**self.entry_metadata(), "n_dataset_samples": len(dataset)}, report, log)
+
+
+    def _pixel_cache(self, store: FeatureStore, keys: Mapping[str, FeatureKey]) -> PixelCache | None:
+        """The store's cache of this extraction's decoded pixels, where `pixel_cache` is on."""
+        if not self.pixel_cache:
+            return None
+        key = PixelKey(next(iter(keys.values())).dataset, self.backbone.input_size, decoded_pixels(self.decoder))
+        return PixelCache(store.root, key)
 
 
 _shared: collections.OrderedDict[str, FeatureExtractor] = collections.OrderedDict()

@@ -35,6 +35,7 @@ from sklearn.svm import SVC
 from ..core.checks import is_positive_int, unknown_name_message
 from ..core.errors import InputError
 from .classifier_grids import CLASSIFIER_GRIDS, ParamGrid, prefix_grid_keys
+from .probes.device_logistic import DeviceLogisticRegression, resolve_probe_device
 from .probes.ridge import RidgeProbeCV
 from .probes.svm import LinearSVM, linear_svm_solver
 from .uncertainty import binomial_se, fold_se
@@ -77,6 +78,9 @@ class ClassifierSpec:
         revision: Raised when the registry changes how the classifier is built or
             searched; part of a run's fit settings (when above 0), so rows fitted
             under an earlier revision are refitted, not reused.
+        build_on_gpu: Builds the estimator that fits the same model with JAX, on the
+            GPU (`device="gpu"`, `"jax"`, `"auto"`), or None where the classifier has no
+            GPU path.
     """
 
     name: str
@@ -87,11 +91,17 @@ class ClassifierSpec:
     warm_start_param: str | None = None
     shape_params: Callable[[int, int], dict[str, Any]] | None = None
     revision: int = 0
+    build_on_gpu: Callable[[int | None], BaseEstimator] | None = None
 
 
 def _build_logreg(random_state: int | None) -> BaseEstimator:
     # lbfgs fits a multinomial (softmax) model when there are more than two classes.
     return LogisticRegression(solver="lbfgs", max_iter=2000, random_state=random_state)
+
+
+def _build_logreg_on_gpu(random_state: int | None) -> BaseEstimator:
+    # scikit-learn's lbfgs objective and tolerance, solved in JAX (probes.device_logistic).
+    return DeviceLogisticRegression(max_iter=2000, random_state=random_state)
 
 
 def _build_linear_svm(random_state: int | None) -> BaseEstimator:
@@ -131,6 +141,7 @@ CLASSIFIERS: Mapping[str, ClassifierSpec] = MappingProxyType(
                 "Multinomial logistic regression (lbfgs); C searched along a warm-started path.",
                 _build_logreg,
                 warm_start_param="C",
+                build_on_gpu=_build_logreg_on_gpu,
             ),
             _spec(
                 "linear_svm",
@@ -202,6 +213,7 @@ def build_probe_pipeline(
     preprocessing: str | Sequence[str] | None = ("standardize",),
     pca_components: int | float | None = None,
     random_state: int | None = 0,
+    device: str = "cpu",
 ) -> Pipeline:
     """Builds an unfitted pipeline: preprocessing steps, optional PCA, classifier.
 
@@ -211,6 +223,9 @@ def build_probe_pipeline(
             each step is named after its preprocessing name. ``None`` or ``()`` for none.
         pca_components: If given, adds a ``"pca"`` step with this ``n_components``.
         random_state: Seed for PCA and the classifier.
+        device: ``"cpu"``, or ``"jax"`` for the classifier's JAX estimator where it has
+            one (``ClassifierSpec.build_on_gpu``; the others stay on the CPU); see
+            ``probes.device_logistic.resolve_probe_device``.
 
     Returns:
         A ``Pipeline`` whose steps are named e.g. ``["standardize", "pca", "clf"]``.
@@ -239,7 +254,9 @@ def build_probe_pipeline(
     steps = [(name, PREPROCESSING[name]()) for name in preprocessing]
     if pca_components is not None:
         steps.append(("pca", PCA(n_components=pca_components, random_state=random_state)))
-    steps.append(("clf", CLASSIFIERS[classifier].build(random_state)))
+    spec = CLASSIFIERS[classifier]
+    build = spec.build_on_gpu if device == "jax" and spec.build_on_gpu is not None else spec.build
+    steps.append(("clf", build(random_state)))
     return Pipeline(steps)
 
 
@@ -340,6 +357,7 @@ def fit_classifier(
     cv: int = 5,
     n_jobs: int | None = None,
     random_state: int | None = 0,
+    device: str = "cpu",
 ) -> FitResult:
     """Chooses hyperparameters by stratified CV on the training split and refits.
 
@@ -365,6 +383,9 @@ def fit_classifier(
         n_jobs: Parallel fits (joblib): the candidates x folds of ``GridSearchCV``,
             the folds of a warm-started path.
         random_state: Seed for the fold shuffle, PCA and the classifier.
+        device: Where the classifier is fitted: ``"cpu"``, ``"gpu"`` (logreg: the same
+            objective solved in JAX on the GPU, `probes.device_logistic`), ``"jax"`` (that
+            solver on JAX's device, whatever it is) or ``"auto"``.
 
     Returns:
         A :class:`FitResult`; the same data and seed give the same estimator.
@@ -389,6 +410,7 @@ def fit_classifier(
         preprocessing=preprocessing,
         pca_components=pca_components,
         random_state=random_state,
+        device=resolve_probe_device(device),
     )
     spec = CLASSIFIERS[classifier]
     grids = prefix_param_grid(spec.param_grid if param_grid is None else param_grid, estimator)

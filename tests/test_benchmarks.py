@@ -54,6 +54,11 @@ CASES = {
          r"VGG16(\s+[\d.]+){9}",
          r"wrote .+"],
     ),
+    "pixel_cache": (
+        ["--quick", "--n-images", "12", "--size", "64", "--repeats", "1"],
+        [r"\| pass \| wall s \| CPU s \| img/s \|",
+         r"pixel cache: reading back is \d+\.\d× faster than decoding again \(fill costs [+-]\d+% over a decode\)"],
+    ),
     "pipeline_overlap": (
         ["--quick"],
         [r"overlap: \d\.\d\d of the simulated device at \d+ img/s"],

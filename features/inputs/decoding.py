@@ -17,10 +17,13 @@ path, or a `MemoryError`) says nothing about the image: it is retried
 Decoders: `"pillow"`, or `"simplejpeg"` (libjpeg-turbo through the optional
 `simplejpeg` package, faster on JPEG files: no Pillow image objects). Both
 decode JPEGs with libjpeg-turbo's exact integer IDCT at the same reduced
-scale, so they give the same pixels (tested; that is why the decoder is not
-part of feature keys); anything that is not a plain JPEG, or that simplejpeg
-refuses (CMYK...), goes through Pillow. `"auto"` (the default) takes
-simplejpeg where it is installed.
+scale, so they give the same pixels (tested; they share feature keys:
+`keys.decoded_pixels`); anything that is not a plain JPEG, or that simplejpeg
+refuses (CMYK...), goes through Pillow. `"nvimgcodec"` decodes whole chunks
+on the GPU and resizes them there (`device_decoding`); its pixels differ
+slightly, so its features have their own keys. `"auto"` (the default) takes
+nvImageCodec where it can decode on Keras's GPU, else simplejpeg where it is
+installed.
 
 Memory: a JPEG larger than needed is decoded at 1/2, 1/4 or 1/8 scale
 (`Image.draft`, still at least `size` pixels a side); high-depth grey levels are
@@ -160,15 +163,31 @@ def decode_cost(image: Image.Image) -> int:
 
 
 def resolve_decoder(decoder: str = "auto") -> str:
-    """`"pillow"` or `"simplejpeg"`: `"auto"` is simplejpeg where it is installed.
+    """`"pillow"`, `"simplejpeg"` or `"nvimgcodec"`: what `decoder` decodes with here.
+
+    `"auto"` is nvImageCodec where it can decode on the device Keras computes on
+    (`device_decoding.device_decoding_problem`), else simplejpeg where it is installed,
+    else Pillow.
 
     Raises:
-        InputError: For an unknown decoder, or `"simplejpeg"` when it is not installed.
+        InputError: For an unknown decoder, `"simplejpeg"` when it is not installed, or
+            `"nvimgcodec"` where it cannot decode on the device (the message says why).
     """
     if decoder not in DECODERS:
         raise InputError(f"decoder must be one of {DECODERS}. Received: decoder={decoder!r}")
     if decoder == "pillow":
         return decoder
+    if decoder in ("auto", "nvimgcodec"):
+        from .device_decoding import device_decoding_problem
+
+        problem = device_decoding_problem()
+        if problem is None:
+            return "nvimgcodec"
+        if decoder == "nvimgcodec":
+            raise InputError(
+                f"decoder='nvimgcodec' cannot decode here: {problem}. Use decoder='auto' (the best "
+                f"decoder available) or 'pillow'. Received: decoder='nvimgcodec'"
+            )
     try:
         import simplejpeg  # noqa: F401
     except ImportError:

@@ -159,6 +159,16 @@ def bool_or_one_of(valid: Iterable[str]) -> Check:
     return check
 
 
+def boolean(value: Any) -> bool:
+    """`true` or `false`."""
+    if isinstance(value, bool):
+        return value
+    raise Invalid("expected true or false")
+
+
+boolean.choices = ("true", "false")
+
+
 def auto_or_bool(value: Any) -> str | bool:
     """`"auto"`, `true` or `false`."""
     if value == "auto" or isinstance(value, bool):

@@ -73,6 +73,8 @@ def _fit_settings(config: ExperimentConfig, key: FeatureKey, classifier: str, sp
         fitted["search"] = method
     if CLASSIFIERS[classifier].revision:
         fitted["revision"] = CLASSIFIERS[classifier].revision
+    if settings.device != "cpu" and CLASSIFIERS[classifier].build_on_gpu is not None:
+        fitted["device"] = settings.device
     return jsonable(fitted)
 
 
@@ -226,6 +228,7 @@ def score_row(
             cv=options.cv,
             n_jobs=options.n_jobs,
             random_state=options.seed,
+            device=options.device,
         )
     scores = evaluate(test.y, fit.estimator.predict(X_test), test.class_names)
     row = {
