@@ -32,14 +32,13 @@ def _positions(shape: Iterable[Any]) -> int:
 
 
 def _own_macs(layer: Any) -> int:
-    """Multiply-adds of one call of `layer`: its kernels' weights times its output positions."""
+    """Multiply-adds of `layer`: its kernels' weights times its output positions, for each call in the graph."""
     weights = sum(math.prod(getattr(layer, name).shape) for name in _KERNELS
                   if getattr(layer, name, None) is not None and hasattr(getattr(layer, name), "shape"))
     if not weights:
         return 0
-    output = layer.output
-    shape = output.shape if not isinstance(output, (list, tuple)) else output[0].shape
-    return int(weights) * _positions(shape)
+    calls = [node.output_tensors[0].shape for node in getattr(layer, "_inbound_nodes", []) if node.output_tensors]
+    return int(weights) * sum(_positions(shape) for shape in calls)
 
 
 def _parents(layer: Any) -> list[Any]:

@@ -51,7 +51,8 @@ _BACKEND_PACKAGES = ("keras", "tensorflow", "jax", "torch")
 @dataclass(frozen=True)
 class PlannedLayer:
     """One selected layer: its name, key id, pooling, relative depth, stage number (or None), and its forward
-    FLOPs per image from the input (`layerprobe.features.flops`; None in plans saved before they were counted)."""
+    FLOPs per image from the input (`layerprobe.features.flops`; None in plans saved before they were counted,
+    which `load_plan` does not reuse)."""
 
     name: str
     stable_id: str
@@ -181,9 +182,11 @@ def load_plan(store_root: str | os.PathLike, signature: str | None) -> Extractio
         return None
     try:
         values = json.loads(_plan_path(store_root, signature).read_text(encoding="utf-8"))
-        return ExtractionPlan.from_dict(values)
+        plan = ExtractionPlan.from_dict(values)
     except (OSError, ValueError, TypeError, KeyError):
         return None
+    # A plan saved before forward FLOPs were counted is rebuilt once, so that the rows report them.
+    return None if any(layer.forward_flops is None for layer in plan.layers) else plan
 
 
 def save_plan(store_root: str | os.PathLike, signature: str | None, plan: ExtractionPlan) -> None:

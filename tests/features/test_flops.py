@@ -6,7 +6,7 @@ import keras
 import pytest
 
 from layerprobe.features.flops import forward_flops, gflops
-from layerprobe.features.plans import ExtractionPlan
+from layerprobe.features.plans import ExtractionPlan, load_plan, save_plan
 
 
 def _tiny():
@@ -33,10 +33,14 @@ def test_vgg16_to_its_last_pool_is_the_published_15_4_billion_multiply_adds():
     assert gflops(None) != gflops(None)  # unknown is NaN
 
 
-def test_a_plan_saved_before_flops_were_counted_still_loads():
+def test_a_plan_saved_before_flops_were_counted_is_not_reused(tmp_path):
     plan = {"architecture": "VGG16", "weights_digest": "sha256:x", "input_size": 32, "preprocessing": "vgg16",
             "dtype": "float16", "compute_dtype": "float32", "max_pixels": 1,
             "layers": [{"name": "block1_pool", "stable_id": "block1_pool", "pooling": "avg", "depth": 0.2,
                         "stage": 1}]}
-    loaded = ExtractionPlan.from_dict(json.loads(json.dumps(plan)))
-    assert loaded.layers[0].forward_flops is None
+    assert ExtractionPlan.from_dict(json.loads(json.dumps(plan))).layers[0].forward_flops is None
+    save_plan(tmp_path, "old", ExtractionPlan.from_dict(plan))
+    assert load_plan(tmp_path, "old") is None  # rebuilt once, so that the rows report their FLOPs
+    plan["layers"][0]["forward_flops"] = 1000
+    save_plan(tmp_path, "new", ExtractionPlan.from_dict(plan))
+    assert load_plan(tmp_path, "new").layers[0].forward_flops == 1000
