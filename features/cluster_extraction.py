@@ -69,6 +69,7 @@ from .chunks import (
 from ..core.atomic import TMP_PREFIX, write_text_atomically
 from ..core.cores import usable_cores
 from ..core.errors import BackboneError, InputError, StoreError
+from ..core.files import RECORD_MAX_BYTES, read_bounded_text
 from .environment import environment_differences, numerics_environment
 from .extract import FeatureExtractor
 from .inputs import DecodedChunk, ImageDataset, iter_decoded_chunks
@@ -238,7 +239,7 @@ def _run_chunk(task: _ChunkTask) -> ChunkOutcome:
 def _read_probe(path: str, token: str) -> str | None:
     """On a worker: None if it reads `token` from `path` and can write beside it, else what went wrong."""
     try:
-        seen = Path(path).read_text(encoding="utf-8")
+        seen = read_bounded_text(path, "probe file", RECORD_MAX_BYTES)
     except OSError as error:
         return f"cannot read the probe file {path}: {error.strerror or error}"
     if seen != token:

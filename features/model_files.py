@@ -49,6 +49,7 @@ from .backend import import_keras_quietly, is_functional_model, load_weights_str
 from ..core.atomic import write_text_atomically
 from ..core.checks import check_positive_int
 from ..core.errors import BackboneError, WeightsUnavailableError
+from ..core.files import RECORD_MAX_BYTES, read_bounded_text
 from .hub import is_hub_model
 from .registry import (
     BACKBONES,
@@ -128,7 +129,7 @@ def read_model_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
     if not target.is_file():
         return None
     try:
-        record = json.loads(target.read_text(encoding="utf-8"))
+        record = json.loads(read_bounded_text(target, "layerprobe model metadata", RECORD_MAX_BYTES))
     except (OSError, ValueError) as error:
         raise BackboneError(
             f"The layerprobe metadata {target} of {path} cannot be read ({error}). Delete it and pass "

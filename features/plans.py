@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..core.atomic import write_text_atomically
+from ..core.files import RECORD_MAX_BYTES, read_bounded_text
 from ..core.versions import installed_version
 from .hub import hub_preset_files, is_hub_model
 from ..core.errors import InputError
@@ -181,7 +182,7 @@ def load_plan(store_root: str | os.PathLike, signature: str | None) -> Extractio
     if signature is None:
         return None
     try:
-        values = json.loads(_plan_path(store_root, signature).read_text(encoding="utf-8"))
+        values = json.loads(read_bounded_text(_plan_path(store_root, signature), "extraction plan", RECORD_MAX_BYTES))
         plan = ExtractionPlan.from_dict(values)
     except (OSError, ValueError, TypeError, KeyError):
         return None

@@ -346,6 +346,41 @@ def prefix_param_grid(param_grid: ParamGrid, estimator: Pipeline) -> list[dict[s
     return prefix_grid_keys(param_grid, valid, type(estimator.named_steps["clf"]).__name__)
 
 
+def check_param_grid(
+    classifier: str,
+    param_grid: ParamGrid,
+    *,
+    preprocessing: str | Sequence[str] | None = ("standardize",),
+    pca_components: int | float | None = None,
+) -> None:
+    """Check every value of `param_grid` now as its estimator's `fit` would, so that an impossible value
+    (`C = -1`, `alphas = [0]`) fails before any extraction rather than after it.
+
+    Each value is set on a clone of the step it goes to, which checks it with
+    scikit-learn's own parameter constraints (`_parameter_constraints`), or for
+    layerprobe's probes their own `_check_params` (same wording). The values of a
+    parameter an `internal_cv` classifier searches itself (ridge's `alphas`) are
+    checked together, as `fit_classifier` passes them.
+
+    Raises:
+        ValueError: scikit-learn's message (`InvalidParameterError`), e.g. "The 'C'
+            parameter of LogisticRegression must be a float in the range (0.0, inf].
+            Got -1.0 instead.", or a grid key's (see `prefix_grid_keys`).
+    """
+    pipeline = build_probe_pipeline(classifier, preprocessing=preprocessing, pca_components=pca_components)
+    spec = CLASSIFIERS[classifier]
+    searched = {f"clf__{key}" for key in spec.param_grid} if spec.internal_cv else set()
+    for grid in prefix_param_grid(param_grid, pipeline):
+        for key, values in grid.items():
+            step_name, param = key.split("__", 1)
+            for value in [list(values)] if key in searched else values:
+                step = clone(pipeline.named_steps[step_name]).set_params(**{param: value})
+                if hasattr(step, "_parameter_constraints"):
+                    step._validate_params()
+                elif hasattr(step, "_check_params"):
+                    step._check_params()
+
+
 def fit_classifier(
     X_train: Any,
     y_train: Any,

@@ -47,6 +47,7 @@ from ..core.atomic import (
     write_atomically,
     write_text_atomically,
 )
+from ..core.files import RECORD_MAX_BYTES, read_bounded_text
 from ..features.inputs import ImageDataset, from_arrays
 from .config import ExperimentConfig, config_from_dict
 from .run import RunResult, run_experiment
@@ -178,7 +179,7 @@ def pretrain_source(
     weights_path = directory / f"{name}-{digest}.weights.h5"
     facts_path = weights_path.with_name(f"{name}-{digest}.json")
     if weights_path.is_file() and facts_path.is_file():
-        facts = json.loads(facts_path.read_text(encoding="utf-8"))
+        facts = json.loads(read_bounded_text(facts_path, "source network record", RECORD_MAX_BYTES))
         log(f"source network: reused {weights_path.name} (held-out accuracy {facts['accuracy']:.3f}, training=False)")
         return weights_path, facts
     train, test = source.subset("train"), source.subset("test")

@@ -33,6 +33,7 @@ import sklearn
 
 from ..core.atomic import write_atomically
 from ..core.errors import InputError
+from ..core.files import RECORD_MAX_BYTES, read_bounded_text
 from ..core.versions import layerprobe_version
 from .evaluate import check_labels
 
@@ -193,7 +194,7 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     """
     stem = _stem(path)
     sidecar_path = stem.with_suffix(".json")
-    if not sidecar_path.is_file():
+    if not sidecar_path.exists():  # one that is there but not a regular file is named by read_bounded_text
         models = [stem.with_suffix(suffix) for suffix in (MODEL_SUFFIX, _PICKLE_SUFFIX)]
         found = next((model for model in models if model.is_file()), None)
         if found is None:
@@ -206,7 +207,7 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
             f"Delete {found.name} and fit and save the classifier again. Received: path={str(path)!r}"
         )
     try:
-        sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
+        sidecar = json.loads(read_bounded_text(sidecar_path, "classifier sidecar", RECORD_MAX_BYTES))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(
             f"The sidecar {sidecar_path} is corrupt ({error}). Delete {stem.name}.json and its model file "

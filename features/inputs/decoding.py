@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import struct
 import threading
 import time
@@ -50,6 +51,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ...core.checks import check_positive_int
 from ...core.errors import ImageReadError, InputError, UnreadableImageError
+from ...core.files import file_kind
 from ..keys import DECODERS
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "decode_cost",
     "grey_bit_depth",
     "load_image",
+    "open_image_file",
     "resolve_decoder",
     "with_io_retries",
 ]
@@ -250,7 +253,7 @@ def _load_jpeg_turbo(path: str, size: int, max_pixels: int, budget: DecodeBudget
     import simplejpeg
 
     try:
-        with open(path, "rb") as handle:
+        with open_image_file(path) as handle:
             data = handle.read()
         if not data.startswith(_JPEG_MAGIC) or _has_orientation(data):
             return _load(path, size, max_pixels, budget)
@@ -270,6 +273,8 @@ def _load_jpeg_turbo(path: str, size: int, max_pixels: int, budget: DecodeBudget
             return _square_rgb(image, size)
     except (ValueError, IndexError, StopIteration):  # simplejpeg refuses it: Pillow says why, or decodes it
         return _load(path, size, max_pixels, budget)
+    except UnreadableImageError:
+        raise
     except FileNotFoundError:
         raise UnreadableImageError("file not found", path) from None
     except OSError as exc:
@@ -283,11 +288,28 @@ def _has_orientation(data: bytes) -> bool:
     return b"Exif\x00\x00" in data[:65536]
 
 
+def open_image_file(path: str):
+    """`path` opened for reading, or an `UnreadableImageError` before a byte is read if it is not a
+    regular file ("not a regular file: a FIFO (named pipe)", a device such as /dev/zero...) or is empty.
+
+    Opened without blocking, so a FIFO is refused at once rather than waited on.
+    """
+    handle = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb")
+    try:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise UnreadableImageError(f"not a regular file: {file_kind(info.st_mode)}", path)
+        if info.st_size == 0:
+            raise UnreadableImageError("empty file", path)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
 def _load(path: str, size: int, max_pixels: int, budget: DecodeBudget | None) -> np.ndarray:
     try:
-        if os.path.getsize(path) == 0:
-            raise UnreadableImageError("empty file", path)
-        with Image.open(path) as image:
+        with open_image_file(path) as handle, Image.open(handle) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise _too_large(image.size, max_pixels, path)

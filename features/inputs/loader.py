@@ -22,7 +22,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -34,6 +33,7 @@ from .decoding import (
     DEFAULT_DECODE_BUDGET,
     DEFAULT_MAX_PIXELS,
     DecodeBudget,
+    open_image_file,
     resolve_decoder,
     with_io_retries,
 )
@@ -98,11 +98,21 @@ def available_memory() -> int | None:
     return min(found) if found else None
 
 
-def decoded_memory_problem(n_images: int, size: int, *, what: str, dtype: str | np.dtype = "uint8") -> str | None:
+# No registered backbone accepts a smaller input: an input_size below it is no way out of a memory problem.
+_SMALLEST_INPUT_SIZE = 32
+
+
+def decoded_memory_problem(
+    n_images: int, size: int, *, what: str, dtype: str | np.dtype = "uint8"
+) -> tuple[str, str] | None:
     """Why `n_images` decoded images of `size` pixels cannot be held at once, and what fits; None if they can.
 
     A lower bound: the `dtype` pixels of one `what` (`"batch_size"`, `"chunk_size"`) alone,
     against `available_memory()`; the model's own activations come on top.
+
+    Returns:
+        None, or the setting to change and the message: `what` when no usable input
+        size would hold that many images (`batch_size = 10**12`), else "input_size".
     """
     available = available_memory()
     needed = decoded_bytes(n_images, size, dtype)
@@ -111,14 +121,16 @@ def decoded_memory_problem(n_images: int, size: int, *, what: str, dtype: str | 
     per_pixel = decoded_bytes(1, 1, dtype)
     fit_size = math.isqrt(available // (n_images * per_pixel))
     fit_images = available // decoded_bytes(1, size, dtype)
-    fewer = (f", or {what}={fit_images} at this input_size" if fit_images
-             else "; at this input_size not even one image fits")
-    return (
+    problem = (
         f"decoding {n_images} images of {size}x{size} pixels at once ({what}) needs at least "
         f"{needed / 2**30:,.0f} GiB for their {np.dtype(dtype).name} pixels alone ({n_images} x {size} x {size} x 3 x "
         f"{per_pixel // 3} bytes), but {available / 2**30:,.1f} GiB of memory are available: at most "
-        f"input_size={fit_size} fits {n_images} images{fewer} (the model needs more on top)"
     )
+    if fit_size < _SMALLEST_INPUT_SIZE and fit_images:
+        return what, f"{problem}{what}={fit_images} fits at input_size={size} (the model needs more on top)"
+    fewer = (f", or {what}={fit_images} at this input_size" if fit_images
+             else "; at this input_size not even one image fits")
+    return "input_size", f"{problem}input_size={fit_size} fits {n_images} images{fewer} (the model needs more on top)"
 
 
 def check_decoded_memory(n_images: int, size: int, *, what: str, dtype: str | np.dtype = "uint8") -> None:
@@ -127,8 +139,9 @@ def check_decoded_memory(n_images: int, size: int, *, what: str, dtype: str | np
     Raises:
         InputError: Saying what was needed, what is available and what fits.
     """
-    problem = decoded_memory_problem(n_images, size, what=what, dtype=dtype)
-    if problem is not None:
+    found = decoded_memory_problem(n_images, size, what=what, dtype=dtype)
+    if found is not None:
+        problem = found[1]
         raise InputError(
             f"{problem[:1].upper()}{problem[1:]}. Nothing was computed. Received: input_size={size}, {what}={n_images}"
         )
@@ -372,10 +385,14 @@ def _decode_chunk_on_device(dataset, number, indices, decode: _Decode, executor)
     paths = [dataset.sample_ids[int(index)] for index in indices]
     reasons: dict[int, str] = {}
 
+    def read_bytes(path: str) -> bytes:
+        with open_image_file(path) as handle:  # never a FIFO or a device: refused unread
+            return handle.read()
+
     def read(path: str) -> bytes | None:
         try:
-            return with_io_retries(lambda: Path(path).read_bytes(), path)
-        except OSError:  # about the path (missing, not readable): the fallback says why
+            return with_io_retries(lambda: read_bytes(path), path)
+        except (OSError, UnreadableImageError):  # missing, unreadable, not a regular file: the fallback says why
             return None
 
     def fallback(position: int) -> np.ndarray | None:

@@ -8,6 +8,7 @@ list and check the samples (nothing is decoded here); `open_dataset` and
 from __future__ import annotations
 
 import codecs
+import io
 import os
 import re
 import warnings
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ...core.errors import InputError
+from ...core.files import TABLE_MAX_BYTES, read_bounded_bytes
 from .dataset import ImageDataset
 
 __all__ = [
@@ -166,7 +168,12 @@ def _image_files(
     folder: Path, suffixes: tuple[str, ...], *, symlinks: list[str] | None = None, root: str | os.PathLike = ""
 ) -> list[str]:
     """Sorted names of the visible image files directly in `folder`; names that are symbolic
-    links are appended to `symlinks` when given.
+    links to regular files are appended to `symlinks` when given.
+
+    A name with an image extension that is neither a folder nor a regular file (a FIFO, a
+    device, a socket, a link to one or to nothing) is listed too: decoding skips it with
+    its reason ("not a regular file: ...", "file not found") without reading it, so the
+    run reports it rather than dropping it unseen.
 
     Raises:
         InputError: If an image name cannot be looked at (a symbolic link loop), naming it.
@@ -176,16 +183,16 @@ def _image_files(
         if entry.name.startswith(".") or not entry.name.lower().endswith(suffixes):
             continue
         try:
-            is_file = entry.is_file()
+            is_file, is_dir = entry.is_file(), entry.is_dir()
         except OSError as error:  # ELOOP: a link that leads back to itself
             link = " (a symbolic link)" if entry.is_symlink() else ""
             raise InputError(
                 f"Cannot read {entry.path}{link}: {error.strerror}. Point the link at an image file or remove it. "
                 f"Received: root={os.fspath(root or folder)!r}"
             ) from None
-        if is_file:
+        if not is_dir:
             names.append(entry.name)
-            if symlinks is not None and entry.is_symlink():
+            if symlinks is not None and is_file and entry.is_symlink():
                 symlinks.append(entry.name)
     return sorted(names)
 
@@ -240,9 +247,8 @@ def check_encoding(encoding: str) -> str:
         ) from None
 
 
-def _not_text(csv_path: Path, encoding: str, received: str) -> InputError:
-    """The error for a CSV file that is not text in `encoding`, naming the first bad byte and its line."""
-    data = csv_path.read_bytes()
+def _not_text(data: bytes, encoding: str, received: str) -> InputError:
+    """The error for a CSV file (`data`) that is not text in `encoding`, naming the first bad byte and its line."""
     try:
         data.decode(encoding)
         where = ""
@@ -284,6 +290,8 @@ def from_csv(
         An ImageDataset of absolute file paths; `class_names` are the sorted labels.
 
     Raises:
+        UnusableFileError: If the file is not a regular file (a FIFO, a device) or holds
+            more than `TABLE_MAX_BYTES` (1 GiB); nothing is read then.
         InputError: If the file is missing, empty or not text in `encoding`, a column
             is missing, a cell is blank or holds a NUL byte, a path is a URL (download
             the images first), or one image is listed twice (by the same path, or by
@@ -292,12 +300,13 @@ def from_csv(
     """
     csv_path = Path(path)
     received = f"path={os.fspath(path)!r}"
-    if not csv_path.is_file():
+    if not csv_path.exists():
         raise InputError(f"The CSV file does not exist. Check the path. Received: {received}")
     codec = check_encoding(encoding)
+    data = read_bounded_bytes(csv_path, "CSV file", TABLE_MAX_BYTES)
     try:
         table = pd.read_csv(
-            csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig" if codec == "utf-8" else encoding
+            io.BytesIO(data), dtype=str, keep_default_na=False, encoding="utf-8-sig" if codec == "utf-8" else encoding
         )
     except pd.errors.EmptyDataError:
         raise InputError(
@@ -305,7 +314,7 @@ def from_csv(
             f"Received: {received}"
         ) from None
     except UnicodeDecodeError:
-        raise _not_text(csv_path, encoding, f"{received}, encoding={encoding!r}") from None
+        raise _not_text(data, encoding, f"{received}, encoding={encoding!r}") from None
     missing = [column for column in (path_column, label_column) if column not in table.columns]
     if missing:
         raise InputError(
@@ -468,7 +477,7 @@ def open_dataset(source: str | os.PathLike, *, encoding: str = "utf-8") -> Image
         path = Path(source)
         if path.is_dir():
             return from_directory(path)
-        if path.is_file() and path.suffix.lower() == ".csv":
+        if path.exists() and path.suffix.lower() == ".csv":  # from_csv refuses a FIFO or a device, naming it
             return from_csv(path, encoding=encoding)
         if not path.exists():
             raise InputError(

@@ -217,7 +217,8 @@ def check_input_size(checker: Checker, features: FeaturesConfig | None, backbone
     batch = DEFAULT_BATCH_SIZE if features is None or features.batch_size == "auto" else features.batch_size
     memory = size and decoded_memory_problem(batch, size, what="batch_size", dtype="uint8")
     if memory:
-        checker.report("[features] input_size", memory, size)
+        setting, problem = memory
+        checker.report(f"[features] {setting}", problem, size if setting == "input_size" else batch)
 
 
 def _grid(checker: Checker, where: str, name: str, grid: Any, classifiers: dict) -> dict[str, tuple] | None:

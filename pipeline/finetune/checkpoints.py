@@ -13,6 +13,7 @@ the saved file can be probed as a backbone (`model = "…/model.keras"`).
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ import pandas as pd
 from ...features.backbone import Backbone
 from ...core.atomic import atomic_path, write_atomically, write_text_atomically
 from ...core.errors import ConfigError
+from ...core.files import RECORD_MAX_BYTES, TABLE_MAX_BYTES, read_bounded_bytes, read_bounded_text
 from ...core.versions import layerprobe_version
 from ...features.model_files import metadata_path, write_model_metadata
 from ...features.registry import BACKBONES
@@ -74,7 +76,7 @@ def read_state(directory: Path, run: dict[str, Any]) -> dict[str, Any] | None:
     path = directory / _STATE_FILE
     if not path.is_file():
         return None
-    state = json.loads(path.read_text(encoding="utf-8"))
+    state = json.loads(read_bounded_text(path, "checkpoint state", RECORD_MAX_BYTES))
     mismatched = sorted(
         key for key in run
         if key not in _RESUMABLE_FIELDS and state.get("run", {}).get(key) != run[key]
@@ -92,7 +94,7 @@ def read_state(directory: Path, run: dict[str, Any]) -> dict[str, Any] | None:
 def truncate_history(path: Path, epoch: int) -> None:
     """Drops history rows of epochs a resumed run will train again."""
     if path.is_file() and path.stat().st_size:
-        history = pd.read_csv(path)
+        history = pd.read_csv(io.BytesIO(read_bounded_bytes(path, "training history", TABLE_MAX_BYTES)))
         kept = history[history["epoch"] < epoch]
         write_atomically(path, lambda tmp: kept.to_csv(tmp, index=False))
 

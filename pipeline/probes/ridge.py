@@ -55,26 +55,16 @@ _DTYPES = ("float32", "float64")
 
 
 def _check_alphas(alphas: Any) -> np.ndarray:
-    values = np.asarray(alphas, dtype=np.float64) if not isinstance(alphas, str) else None
+    try:
+        values = np.asarray(alphas, dtype=np.float64) if not isinstance(alphas, str) else None
+    except (TypeError, ValueError):  # ["a"], [[1], [2, 3]]
+        values = None
     if values is None or values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)) or np.any(values <= 0):
         raise ValueError(
             "The 'alphas' parameter of RidgeProbeCV must be a non-empty 1-D sequence of finite "
             f"positive floats (relative penalties, e.g. np.logspace(-6, 1, 15)). Got {alphas!r} instead."
         )
     return values
-
-
-def _check_params(estimator: "RidgeProbeCV") -> np.ndarray:
-    if estimator.dtype not in _DTYPES:
-        raise ValueError(
-            f"The 'dtype' parameter of RidgeProbeCV must be one of {_DTYPES}. Got {estimator.dtype!r} instead."
-        )
-    for name in ("standardize", "fit_intercept", "store_cv_results"):
-        if not isinstance(getattr(estimator, name), (bool, np.bool_)):
-            raise ValueError(
-                f"The '{name}' parameter of RidgeProbeCV must be a bool. Got {getattr(estimator, name)!r} instead."
-            )
-    return _check_alphas(estimator.alphas)
 
 
 class _Spectrum:
@@ -220,6 +210,19 @@ class RidgeProbeCV(ClassifierMixin, BaseEstimator):
         self.store_cv_results = store_cv_results
 
     @with_native_threads("X")
+    def _check_params(self) -> np.ndarray:
+        """The checks of `fit` on the parameters (scikit-learn's wording); returns the alphas as floats."""
+        if self.dtype not in _DTYPES:
+            raise ValueError(
+                f"The 'dtype' parameter of RidgeProbeCV must be one of {_DTYPES}. Got {self.dtype!r} instead."
+            )
+        for name in ("standardize", "fit_intercept", "store_cv_results"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(
+                    f"The '{name}' parameter of RidgeProbeCV must be a bool. Got {getattr(self, name)!r} instead."
+                )
+        return _check_alphas(self.alphas)
+
     def fit(self, X: Any, y: Any) -> "RidgeProbeCV":
         """Fits the probe for every penalty, keeps the one with the best LOO accuracy.
 
@@ -234,7 +237,7 @@ class RidgeProbeCV(ClassifierMixin, BaseEstimator):
             ValueError: For invalid parameters, non-finite features, fewer than 2
                 classes or fewer than 3 samples.
         """
-        alphas = _check_params(self)
+        alphas = self._check_params()
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], ensure_min_samples=3)
         check_classification_targets(y)
         binarizer = LabelBinarizer(pos_label=1, neg_label=-1)

@@ -30,11 +30,12 @@ from .finetune_rows import end_to_end_rows
 from .multi_layer import multi_layer_row
 from .paired import paired_scores
 from .recommended import write_recommended
-from .records import RunRows
+from .records import RunRows, recorded_rows
 from .results_json import results_document, write_results_json
 from .rows import LayerToFit, RowJob
 from .screening import (
     adds_multi_layer,
+    check_grid_values,
     fill_layer_logme,
     final_jobs,
     first_jobs,
@@ -134,6 +135,8 @@ def run_experiment(
         with open_client(config.cluster, log=log) as opened:
             return run_experiment(config, log=log, progress=progress, finetune_only=finetune_only, client=opened)
     dataset, split, untested = open_splits(config)
+    if not finetune_only:
+        check_grid_values(config)
     check_output_folder(config.output.dir)
     extractions = [] if finetune_only else plan_extractions(config)
     store = FeatureStore(config.features.store)
@@ -145,7 +148,7 @@ def run_experiment(
     )
     if untested:
         log(f"warning: {untested_text(untested, split)}")
-    table = ResultsTable(out / "results.csv")
+    table = ResultsTable(out / "results.csv", rebuild=lambda: recorded_rows(out), log=log)
     rows = RunRows(table, log)
     skipped: dict[str, str] = {}
     n_forward = 0
@@ -192,6 +195,7 @@ def run_experiment(
     if config.finetune is not None:
         log(f"[finetune] modes {list(config.finetune.modes)}")
         end_to_end_rows(config, dataset, split, rows, progress=progress)
+    table.commit()  # every row is in: the earlier run's rows this run did not replace go
     pickled = sum(str(row.get("model_path", "")).endswith(".joblib") for row in table.rows)
     if pickled:
         log(f"note: {pickled} reused row(s) keep the pickled model (.joblib) an older layerprobe saved; "

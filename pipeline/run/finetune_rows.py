@@ -25,6 +25,7 @@ from typing import Any
 from ...features.backend import import_keras_quietly
 from ...core.atomic import write_text_atomically
 from ...core.errors import OutputError
+from ...core.files import RECORD_MAX_BYTES, read_bounded_text
 from ...core.lock_files import hold_lock_file
 from ...features.inputs import ImageDataset
 from ...features.keys import safe_name
@@ -102,7 +103,8 @@ def end_to_end_rows(
 
         def train_row() -> tuple[dict, Any]:
             started = run_dir / "settings.json"
-            resume = started.is_file() and json.loads(started.read_text(encoding="utf-8")) == record.settings
+            resume = started.is_file() and json.loads(read_bounded_text(started, "training settings",
+                                                                        RECORD_MAX_BYTES)) == record.settings
             log(f"  {'resuming' if resume else 'training'} {mode} {backbone.model} ({run_dir})")
             write_text_atomically(started, json.dumps(record.settings, indent=2))
             common = dict(
