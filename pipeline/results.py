@@ -72,8 +72,10 @@ class Row:
     Wilson 95 % interval of `test_accuracy` on `n_test` images (filled by
     `results_frame`), `logme` the LogME of the layer's training features (the same
     on every row of a layer; empty for multi-layer and finetune rows), `row_kind`
-    one of `ROW_KINDS` and `convergence_warnings` the fits of the row that stopped
-    before converging. A value a row does not have is None (an empty cell). Tables
+    one of `ROW_KINDS`, `forward_gflops` the forward pass a deployed frozen row runs
+    per image, in GFLOPs, from the input to the deepest layer it reads
+    (`layerprobe.features.flops`; what an earlier cut saves at inference), and
+    `convergence_warnings` the fits of the row that stopped before converging. A value a row does not have is None (an empty cell). Tables
     written before some columns existed load with them empty, the intervals
     computed and `row_kind` "final".
     """
@@ -88,6 +90,7 @@ class Row:
     classifier: str | None = None
     row_kind: str = "final"
     feature_dim: int | None = None
+    forward_gflops: float | None = None
     n_train: int | None = None
     n_test: int | None = None
     cv_score: float | None = None

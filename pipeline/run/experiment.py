@@ -30,6 +30,7 @@ from .extractions import Extraction, plan_extractions
 from .finetune_rows import finetune_specs
 from .fitting import InlineExecutor, fit_rows, row_executor
 from .multi_layer import multi_layer_spec
+from .paired import paired_scores
 from .recommended import write_recommended
 from .records import RunRows, recorded_rows
 from .results_json import results_document, write_results_json
@@ -225,8 +226,13 @@ def _report(
     counts, test_counts = (np.bincount(dataset.labels[(np.asarray(dataset.splits) == split[name]) & read],
                                        minlength=len(dataset.class_names)) for name in ("train_split", "test_split"))
     majority = float(test_counts.max() / test_counts.sum()) if test_counts.sum() else None  # always the commonest
-    advice = recommend(frame, n_train=int(counts.sum()), n_classes=len(counts), smallest_class=int(counts.min()),
-                       largest_class=int(counts.max()), test_majority_rate=majority)
+    facts = dict(n_train=int(counts.sum()), n_classes=len(counts), smallest_class=int(counts.min()),
+                 largest_class=int(counts.max()), test_majority_rate=majority)
+    advice = recommend(frame, **facts)
+    # Trained rows against the frozen choice on the same held-out training images (issue 31.4).
+    paired = paired_scores(frame, advice.frozen_choice, store, split["train_split"], dataset.class_names)
+    if paired:
+        advice = recommend(frame, **facts, paired=paired)
     next_steps = write_recommended(out, advice.row, log=log)
     plot_path = plot_depth(frame, out / "depth.png", recommended=advice.row, chance=majority)
     skipped_list = sorted(skipped.items())

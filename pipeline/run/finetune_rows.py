@@ -39,6 +39,7 @@ from ...features.model_files import is_model_file, metadata_path
 from ..config import ExperimentConfig
 from ..finetune.settings import FinetuneConfig
 from ..results import Row
+from .paired import val_predictions_path
 from .records import RowRecord, RowSpec, jsonable
 
 __all__ = ["FinetuneSpec", "finetune_specs", "source_files_digests"]
@@ -169,7 +170,9 @@ class FinetuneSpec(RowSpec):
         else:
             result = train_from_scratch(self.model, train, **common)
         scores = evaluate_model(result, test)
-        val = evaluate_model(result, train.select(val_idx)) if len(val_idx) else None
+        # Its predictions on the held-out part are what a paired comparison with the frozen choice reads.
+        val = (evaluate_model(result, train.select(val_idx), predictions=val_predictions_path(result.model_path))
+               if len(val_idx) else None)
         run = result.as_row()
         row = Row(
             mode=self.mode,

@@ -1,11 +1,14 @@
 """The multi-layer row of a backbone: a `MultiLayerProbe` on all its layers, fitted or reused.
 
 The probe selects whole layers greedily by ridge leave-one-out accuracy; the
-row's layer is named "multi:block3_pool+block4_pool". Its `cv_score` is the LOO
-accuracy of the selected concatenation, which chose the layers too, so it is
-optimistic; `test_accuracy` is the fair comparison with the single-layer rows.
-The row's record is keyed by its layers' store keys, the penalties, the
-tolerance and the split, like any row (`records.fit_or_reuse`).
+row's layer is named "multi:block3_pool+block4_pool". Its `cv_score` is nested
+cross-validation (`nested_cv_scores`: `[classifiers] cv` outer folds, the whole
+selection repeated inside each), so it is not optimistic and compares with the
+single-layer rows' CV; `cv_se` is its SE over the outer folds. The probe's own
+leave-one-out score of the layers it selected, which is optimistic, stays in
+the model's sidecar (`selection_cv_score`). The row's record is keyed by its
+layers' store keys, the penalties, the tolerance, the outer folds, the seed
+and the split, like any row (`records.fit_or_reuse`).
 """
 
 from __future__ import annotations
@@ -18,15 +21,18 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from sklearn.base import clone
 
 from ...core.errors import InputError
+from ...features.flops import gflops
 from ...features.keys import FeatureKey, safe_name
 from ..classifiers import flat_features
 from ..config import ClassifiersConfig
 from ..evaluate import evaluate
 from ..persistence import features_record
-from ..probes.multilayer import MultiLayerProbe
+from ..probes.multilayer import MultiLayerProbe, nested_cv_scores
 from ..results import Row
+from ..uncertainty import fold_se
 from .records import RowRecord, RowSpec, jsonable
 from .rows import FittedRow, LayerFeatures, LayerToFit
 from .screening import SCREENING_CLASSIFIER
@@ -45,8 +51,11 @@ class MultiLayerSpec(RowSpec):
         keys: The store keys of the backbone's layers, in depth order.
         alphas: The ridge penalties searched (None: the probe's default).
         tol: The LOO accuracy a layer must add to join.
+        nested_cv: Outer folds of the nested CV that scores the selection (`nested_cv_scores`).
+        seed: Seed of those folds.
         split: The split definition, (name, value) pairs.
         layers: The layers' names (not part of the key: the store keys name them).
+        layer_flops: Forward FLOPs to each layer, None where unknown (not part of the key).
         architecture, weights_label, pooling: For the row.
         store_root: The feature store (not part of the key).
         models: The run's `OUT/models` folder.
@@ -56,8 +65,11 @@ class MultiLayerSpec(RowSpec):
     keys: tuple[FeatureKey, ...]
     alphas: tuple[float, ...] | None
     tol: float
+    nested_cv: int
+    seed: int
     split: tuple[tuple[str, Any], ...]
     layers: tuple[str, ...]
+    layer_flops: tuple[int | None, ...]
     architecture: str
     weights_label: str
     pooling: str
@@ -72,6 +84,8 @@ class MultiLayerSpec(RowSpec):
             "classifier": "multi_layer",
             "alphas": None if self.alphas is None else list(self.alphas),
             "tol": self.tol,
+            "nested_cv": self.nested_cv,
+            "seed": self.seed,
             "split": dict(self.split),
         })
 
@@ -123,12 +137,15 @@ class MultiLayerSpec(RowSpec):
                 )
         X_train = np.hstack([flat_features(part) for part, _ in splits])
         X_test = np.hstack([flat_features(part) for _, part in splits])
-        probe = MultiLayerProbe(
+        unfitted = MultiLayerProbe(
             [flat_features(part).shape[1] for part, _ in splits], list(self.layers),
             **({} if self.alphas is None else {"alphas": self.alphas}), tol=self.tol,
-        ).fit(X_train, train.y)
+        )
+        fold_scores = nested_cv_scores(unfitted, X_train, train.y, cv=self.nested_cv, random_state=self.seed)
+        probe = clone(unfitted).fit(X_train, train.y)
         scores = evaluate(test.y, probe.predict(X_test), test.class_names)
         selected = [key for key, name in zip(self.keys, self.layers) if name in probe.selected_layers_]
+        selected_flops = [flops for name, flops in zip(self.layers, self.layer_flops) if name in probe.selected_layers_]
         n_train = len(train.y)
         row = Row(
             mode="frozen",
@@ -141,11 +158,13 @@ class MultiLayerSpec(RowSpec):
             classifier=SCREENING_CLASSIFIER,
             row_kind=self.row_kind,
             feature_dim=sum(probe.feature_dims_[name] for name in probe.selected_layers_),
+            # The forward pass a deployed multi-layer probe runs: to the deepest layer it reads.
+            forward_gflops=gflops(None if None in selected_flops else max(selected_flops)),
             n_train=n_train,
             n_test=len(test.y),
-            cv_score=probe.cv_score_,
-            cv_se=probe.cv_se_,
-            n_folds=n_train,
+            cv_score=float(np.mean(fold_scores)),
+            cv_se=fold_se(fold_scores),
+            n_folds=len(fold_scores),
             test_accuracy=scores.accuracy,
             test_balanced_accuracy=scores.balanced_accuracy,
             test_macro_f1=scores.macro_f1,
@@ -157,7 +176,8 @@ class MultiLayerSpec(RowSpec):
         sidecar = {
             "classifier": "multi_layer",
             "best_params": {"alpha": probe.alpha_, "layers": probe.selected_layers_},
-            "cv_score": probe.cv_score_,
+            "cv_score": float(np.mean(fold_scores)),
+            "selection_cv_score": probe.cv_score_,
             "selection_path": probe.selection_path_,
             "scores": scores.as_dict(),
             "class_names": list(test.class_names),
@@ -183,8 +203,11 @@ def multi_layer_spec(
         keys=tuple(layer.key for layer in layers),
         alphas=None if alphas is None else tuple(alphas),
         tol=MULTI_LAYER_TOL,
+        nested_cv=classifiers.cv,
+        seed=classifiers.seed,
         split=tuple(split.items()),
         layers=tuple(layer.info.name for layer in layers),
+        layer_flops=tuple(layer.info.forward_flops for layer in layers),
         architecture=extraction.plan.architecture,
         weights_label=extraction.backbone.weights_label,
         pooling=layers[0].key.pooling,

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 from sklearn.exceptions import ConvergenceWarning
 
 from ...core.errors import IncompleteEntryError, InputError
+from ...features.flops import gflops
 from ...features.keys import FeatureKey
 from ...features.plans import PlannedLayer
 from ...features.store import FeatureSet, FeatureStore
@@ -350,6 +351,7 @@ class LayerRowSpec(RowSpec):
             classifier=self.classifier,
             row_kind=self.row_kind,
             feature_dim=X_train.shape[1],
+            forward_gflops=gflops(self.layer.forward_flops),
             n_train=len(X_train),
             n_test=len(X_test),
             cv_score=fit.cv_score,

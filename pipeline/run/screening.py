@@ -1,6 +1,8 @@
 """Which classifier rows a run fits on a backbone's layers: every classifier everywhere, or screening first.
 
-Without screening every classifier is fitted on every layer ("final" rows).
+Without screening every classifier is fitted on every layer ("final" rows),
+and the ridge probe too ("screening" rows, the layer curve, where the config's
+classifiers leave it out).
 With screening (`[classifiers] screening`; "auto" for a backbone with more
 than 3 layers) the ridge probe, which scores all its penalties by exact
 leave-one-out from one eigendecomposition, makes a "screening" row on every
@@ -90,12 +92,20 @@ def adds_multi_layer(classifiers: ClassifiersConfig, n_layers: int) -> bool:
 def first_specs(
     layers: Sequence[LayerToFit], classifiers: ClassifiersConfig, split: Mapping, models: Path
 ) -> list[LayerRowSpec]:
-    """The rows fitted as a backbone is extracted: the screening rows, or every row without screening."""
+    """The rows fitted as a backbone is extracted: the screening rows, or every row without screening.
+
+    Without screening, a backbone of two or more layers whose classifiers leave out the ridge probe still gets
+    a ridge "screening" row on every layer: the layer curve the advice reads whatever else was fitted
+    (`layerprobe.pipeline.advice`).
+    """
     if screens(classifiers, len(layers)):
         return [layer_row_spec(layer, SCREENING_CLASSIFIER, classifiers, split, models, row_kind="screening")
                 for layer in layers]
-    return [layer_row_spec(layer, classifier, classifiers, split, models)
-            for layer in layers for classifier in classifiers.names]
+    names = classifiers.names
+    curve = [] if SCREENING_CLASSIFIER in names or len(layers) < 2 else [SCREENING_CLASSIFIER]
+    return [spec for layer in layers
+            for spec in [layer_row_spec(layer, name, classifiers, split, models, row_kind="screening") for name in curve]
+            + [layer_row_spec(layer, classifier, classifiers, split, models) for classifier in names]]
 
 
 def screening_order(cv_scores: Sequence[float], logmes: Sequence[float]) -> list[int]:
