@@ -177,8 +177,8 @@ def run_experiment(
         log(f"[finetune] modes {list(config.finetune.modes)}")
         fit_rows(finetune_specs(config, dataset, split, dataset_digest, log, progress=progress), rows, InlineExecutor())
     table.commit()  # every row is in: the earlier run's rows this run did not replace go
-    return _report(rows, source=config.source, data=config.data, dataset=dataset, split=split, untested=untested,
-                   skipped=skipped, n_forward=n_forward, started=started)
+    return _report(rows, source=config.source, data=config.data, dataset=dataset, store=store, split=split,
+                   untested=untested, skipped=skipped, n_forward=n_forward, started=started)
 
 
 def _extract(
@@ -209,8 +209,8 @@ def _extract(
 
 
 def _report(
-    rows: RunRows, *, source: str, data: DataConfig, dataset: ImageDataset, split: dict, untested: list[str],
-    skipped: dict[str, str], n_forward: int, started: float,
+    rows: RunRows, *, source: str, data: DataConfig, dataset: ImageDataset, store: FeatureStore, split: dict,
+    untested: list[str], skipped: dict[str, str], n_forward: int, started: float,
 ) -> RunResult:
     """The closing steps: the advice, depth.png, summary.md, results.json and the log's report."""
     table, log = rows.table, rows.log
