@@ -271,10 +271,11 @@ def test_probe_rows_on_the_cluster_give_the_in_process_table(client, images, tmp
     local = run_experiment(_experiment(images, tmp_path / "local"), log=lambda line: None, progress=False)
     lines = []
     remote = run_experiment(_experiment(images, tmp_path / "remote"), log=lines.append, progress=False, client=client)
-    assert any("submitted 4 classifier row(s) to the dask cluster" in line for line in lines), lines
-    assert remote.n_fitted == local.n_fitted == 4
+    # 2 layers x (logreg, linear_svm), and the ridge curve on both layers that the advice reads (issue 31).
+    assert any("submitted 6 classifier row(s) to the dask cluster" in line for line in lines), lines
+    assert remote.n_fitted == local.n_fitted == 6
     compared = [column for column in local.results.columns if column not in ("fit_seconds", "model_path")]
-    assert len(local.results) == 4
+    assert len(local.results) == 6
     assert local.results[compared].equals(remote.results[compared]), (local.results[compared], remote.results[compared])
     for path_local, path_remote in zip(local.results["model_path"], remote.results["model_path"]):
         predictions = [Path(path).with_suffix("").with_name(Path(path).stem + ".predictions.csv").read_text()
@@ -282,7 +283,7 @@ def test_probe_rows_on_the_cluster_give_the_in_process_table(client, images, tmp
         assert predictions[0] == predictions[1]
 
     again = run_experiment(_experiment(images, tmp_path / "remote"), log=lambda line: None, progress=False, client=client)
-    assert again.n_fitted == 0 and again.n_reused == 4 and again.n_forward == 0
+    assert again.n_fitted == 0 and again.n_reused == 6 and again.n_forward == 0
 
 
 def test_extract_command_on_a_running_scheduler(client, images, reference, tmp_path, capsys):

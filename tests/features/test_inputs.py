@@ -390,9 +390,11 @@ def test_from_csv_errors(tmp_path, text, message):
 
 def test_open_dataset_rejects_other_sources(tmp_path):
     _solid(tmp_path / "a.png")
-    for source in (tmp_path / "a.png", tmp_path / "missing", 3):
+    for source in (tmp_path / "a.png", 3):
         with pytest.raises(ValueError, match="Expected a folder laid out as"):
             open_dataset(source)
+    with pytest.raises(ValueError, match="does not exist"):  # a missing folder is said to be missing (issue 33)
+        open_dataset(tmp_path / "missing")
 
 
 # --------------------------------------------------------------------------- from_arrays

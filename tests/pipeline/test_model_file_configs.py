@@ -81,7 +81,8 @@ def test_a_model_file_is_finetuned_in_a_run_its_top_stage_unfrozen(tmp_path, ima
                         "augmentation": {}}}
     result = run_experiment(config_from_dict(raw, tmp_path), log=lambda line: None, progress=False)
     table = result.results.set_index("mode")
-    assert list(result.results["mode"]) == ["frozen", "frozen", "finetune", "scratch"]
+    # logreg and the ridge curve (issue 31) on 2 stages, then the trained rows
+    assert list(result.results["mode"]) == ["frozen"] * 4 + ["finetune", "scratch"]
     assert table.loc["finetune", "weights"] == "m.keras" and table.loc["scratch", "weights"] == "none"
     assert table.loc[["finetune", "scratch"], "n_val"].tolist() == [6, 6]
     original = keras.saving.load_model(path)
@@ -131,4 +132,5 @@ def test_cli_layers_and_extract_and_run_with_a_model_file(tmp_path, images, caps
     assert "tiny@" in results and "tiny.keras" in results
     capsys.readouterr()
     assert main(["run", str(config), "--no-progress"]) == 0  # a rerun: features cached, rows reused
-    assert "0 fitted, 2 reused; 0 images through a backbone" in capsys.readouterr().out
+    # logreg and the ridge curve the advice reads (issue 31), on each of the 2 stages
+    assert "0 fitted, 4 reused; 0 images through a backbone" in capsys.readouterr().out

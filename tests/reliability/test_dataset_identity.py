@@ -165,7 +165,7 @@ def test_a_file_touched_during_a_run_does_not_split_its_keys(helpers, tmp_path, 
 
     monkeypatch.setattr(FeatureExtractor, "extract", touch_then_extract)
     result = run_experiment(config, log=lambda line: None, progress=False)  # before the fix: "never extracted"
-    assert result.n_forward == 12 and len(result.results) == 2
+    assert result.n_forward == 12 and len(result.results) == 4  # logreg and the ridge curve (issue 31) on 2 layers
 
 
 def test_cli_extract_takes_the_dataset_digest(tmp_path, capsys):

@@ -164,7 +164,7 @@ def test_a_full_disk_under_the_output_folder_is_one_line_and_the_rerun_resumes(h
     assert main(["run", str(config), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "0 images through a backbone" in out  # the features committed before the failure were kept
-    assert len(pd.read_csv(point / "out" / "results.csv")) == 4
+    assert len(pd.read_csv(point / "out" / "results.csv")) == 6  # with the ridge curve the advice reads (issue 31)
 
 
 def test_a_read_only_output_folder_is_one_line(helpers, tmpfs, tmp_path, capsys):
