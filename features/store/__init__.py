@@ -24,7 +24,7 @@ from ...core.errors import (
     StoreError,
 )
 from ...core.versions import library_versions
-from .feature_set import FeatureSet
+from .feature_set import FeatureSet, FeatureStream
 from .feature_store import FeatureStore
 from .hdf5 import CHUNK_ENCODING_TYPE, ENCODING_TYPE, ENCODING_VERSION
 from .partial import PartialEntry
@@ -38,6 +38,7 @@ __all__ = [
     "EntryNotFoundError",
     "FeatureSet",
     "FeatureStore",
+    "FeatureStream",
     "IncompleteEntryError",
     "PartialEntry",
     "StoreError",
