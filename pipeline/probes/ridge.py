@@ -41,6 +41,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..threads import with_native_threads
 from ..uncertainty import binomial_se
+from .blocks import row_blocks
 
 __all__ = ["DEFAULT_ALPHAS", "RidgeProbeCV"]
 
@@ -83,20 +84,6 @@ def _targets(y_index: np.ndarray, n_classes: int, dtype) -> np.ndarray:
     Y = np.full((len(y_index), n_classes), -1.0, dtype=dtype)
     Y[np.arange(len(y_index)), y_index] = 1.0
     return Y[:, 1:] if n_classes == 2 else Y
-
-
-def _array_blocks(X: np.ndarray, block_rows: int) -> Iterator[np.ndarray]:
-    for start in range(0, len(X), block_rows):
-        yield X[start : start + block_rows]
-
-
-def _blocks_of(X: Any, block_bytes: int = 1 << 24) -> Callable[[], Iterator[np.ndarray]]:
-    """A function that starts a pass over `X`'s rows in blocks: `X.blocks()` for a stream, else
-    about `block_bytes` of rows of the array at a time (views, no copy)."""
-    if hasattr(X, "blocks"):
-        return X.blocks
-    block_rows = max(1, block_bytes // max(1, X[:1].nbytes))
-    return lambda: _array_blocks(X, block_rows)
 
 
 class _Spectrum:
@@ -340,7 +327,7 @@ class RidgeProbeCV(ClassifierMixin, BaseEstimator):
                 f"Got classes {self.classes_.tolist()} instead."
             )
         spectrum = _Spectrum(
-            _blocks_of(X), y_index, self.classes_.size, n_features=n_features, dtype=self.dtype,
+            row_blocks(X), y_index, self.classes_.size, n_features=n_features, dtype=self.dtype,
             standardize=self.standardize, fit_intercept=self.fit_intercept,
         )
         penalties = alphas * spectrum.penalty_unit

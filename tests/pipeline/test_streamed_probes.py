@@ -1,0 +1,118 @@
+"""Probes fitted on feature streams (`FeatureStore.stream`): the same models as in memory, in bounded memory."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from layerprobe.features.keys import FeatureKey
+from layerprobe.features.store import FeatureStore
+from layerprobe.pipeline.probes import LinearSVM, RidgeProbeCV, StreamedLinearClassifier
+
+
+@pytest.fixture(autouse=True)
+def one_blas_thread():
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def _key(layer="top"):
+    return FeatureKey("Tiny", "sha256:w", layer, "avg", 32, "p", "float32", "float32", "sha256:d")
+
+
+def _stored(tmp_path, X, y, *, splits=None, chunk=64, n_classes=None):
+    """`X`, `y` committed as one store entry; returns the store."""
+    store = FeatureStore(tmp_path / "store")
+    partial = store.partial(_key(), {"chunk_size": chunk, "n_samples": len(X)})
+    starts = range(0, len(X), chunk)
+    for index, start in enumerate(starts):
+        rows = np.arange(start, min(start + chunk, len(X)))
+        partial.write_chunk(index, X[rows], rows, [])
+    store.commit(
+        _key(), partial, len(starts), sample_ids=[f"array:{i}" for i in range(len(X))], labels=y,
+        splits=splits or ["train"] * len(X), class_names=[str(c) for c in range(n_classes or int(y.max()) + 1)],
+        metadata={},
+    )
+    return store
+
+
+def _clustered(seed, n, d, n_classes, *, offset=0.0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % n_classes
+    rng.shuffle(y)
+    centres = rng.normal(size=(n_classes, d))
+    X = centres[y] + 1.5 * rng.normal(size=(n, d)) + offset  # a mean far from 0, as ReLU features have
+    return X.astype(np.float32), y
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_streamed_ridge_equals_the_in_memory_probe(tmp_path, seed, n_classes):
+    X, y = _clustered(seed, 400, 24, n_classes, offset=5.0)
+    store = _stored(tmp_path, X, y, splits=["train"] * 300 + ["test"] * 100)
+    stream = store.stream(_key(), split="train")
+    alphas = np.logspace(-4, 2, 13)
+    in_memory = RidgeProbeCV(alphas, store_cv_results=True).fit(X[:300], y[:300])
+    streamed = RidgeProbeCV(alphas, store_cv_results=True)
+    streamed.fit(stream, stream.y)
+    assert streamed.solver_ == "gram" and streamed.alpha_ == in_memory.alpha_
+    np.testing.assert_allclose(streamed.cv_scores_, in_memory.cv_scores_, atol=1e-6)
+    np.testing.assert_allclose(streamed.cv_results_, in_memory.cv_results_, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(streamed.coef_, in_memory.coef_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(streamed.intercept_, in_memory.intercept_, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(streamed.predict(X[300:]), in_memory.predict(X[300:]))
+
+
+def test_streamed_ridge_in_small_blocks_equals_one_block_in_float64(tmp_path):
+    X, y = _clustered(3, 200, 12, 3, offset=100.0)
+    store = _stored(tmp_path, X.astype(np.float64), y)
+    stream = store.stream(_key())
+    one_block = RidgeProbeCV(dtype="float64").fit(X.astype(np.float64), y)
+    blocks = type("Blocks", (), {"blocks": lambda self: stream.blocks(block_rows=7), "n_features": 12,
+                                 "__len__": lambda self: 200})()
+    streamed = RidgeProbeCV(dtype="float64").fit(blocks, y)
+    np.testing.assert_allclose(streamed.cv_scores_, one_block.cv_scores_, atol=1e-12)
+    np.testing.assert_allclose(streamed.coef_, one_block.coef_, rtol=1e-8)
+
+
+def test_streamed_ridge_rejects_nan_features(tmp_path):
+    X, y = _clustered(4, 60, 5, 2)
+    X[30, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        RidgeProbeCV().fit(_stored(tmp_path, X, y).stream(_key()), y)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_streamed_logistic_regression_is_sklearns_model_on_standardized_features(tmp_path, n_classes):
+    X, y = _clustered(5, 300, 8, n_classes, offset=3.0)
+    stream = _stored(tmp_path, X, y).stream(_key())
+    streamed = StreamedLinearClassifier(C=0.5, tol=1e-8).fit(stream, stream.y)
+    scaler = StandardScaler().fit(X)
+    reference = LogisticRegression(C=0.5, tol=1e-8, max_iter=5000).fit(scaler.transform(X), y)
+    coef = reference.coef_ / scaler.scale_
+    np.testing.assert_allclose(streamed.coef_, coef, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(streamed.intercept_, reference.intercept_ - coef @ scaler.mean_, atol=1e-3)
+    assert streamed.coef_.dtype == np.float64 and (streamed.predict(X) == reference.predict(scaler.transform(X))).all()
+
+
+def test_streamed_svm_is_the_linear_svms_model_on_standardized_features():
+    X, y = _clustered(6, 300, 6, 3)
+    streamed = StreamedLinearClassifier("squared_hinge", C=0.1, tol=1e-8).fit(X, y)
+    scaler = StandardScaler().fit(X)
+    reference = LinearSVM(C=0.1, tol=1e-8).fit(scaler.transform(X), y)
+    coef = reference.coef_ / scaler.scale_
+    np.testing.assert_allclose(streamed.coef_, coef, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(streamed.intercept_, reference.intercept_ - coef @ scaler.mean_, atol=1e-3)
+
+
+def test_streamed_classifier_rejects_bad_parameters():
+    X, y = _clustered(7, 20, 3, 2)
+    for kwargs, match in [({"loss": "hinge"}, "loss"), ({"C": 0}, "'C'"), ({"max_iter": 0}, "max_iter")]:
+        with pytest.raises(ValueError, match=match):
+            StreamedLinearClassifier(**kwargs).fit(X, y)
