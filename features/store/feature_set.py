@@ -138,13 +138,21 @@ class FeatureStream:
         """Feature columns per sample once flattened."""
         return int(np.prod(self.feature_shape, dtype=np.int64))
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, n_features): the shape of the features the blocks hold, stacked."""
+        return len(self.rows), self.n_features
+
     def split(self, name: str) -> "FeatureStream":
         """Only the samples of one split (e.g. `"train"`); the same entry, read the same way.
 
         Raises:
             InputError: For a split name the stream does not have.
         """
-        mask = _split_mask(self.splits, name)
+        return self.select(_split_mask(self.splits, name))
+
+    def select(self, mask: np.ndarray) -> "FeatureStream":
+        """Only the rows where the boolean `mask` (one per row of the stream) is true, in their order."""
         return FeatureStream(
             blocks=self._entry_blocks, view=self._view, n_rows=self._n_rows, dtype=self.dtype, y=self.y[mask],
             sample_ids=self.sample_ids[mask], splits=self.splits[mask], class_names=self.class_names,

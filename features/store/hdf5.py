@@ -536,13 +536,18 @@ class EntryReader:
         The map stays valid after the file is closed (committed entries are never rewritten).
         It is not checked against the checksum: `FeatureStore.stream` checks as it reads.
         """
+        offset = self._contiguous_offset()
+        if offset is None:
+            return None
+        dataset = self._handle["features"]
+        return np.memmap(self._handle.filename, dtype=dataset.dtype, mode="r", offset=offset, shape=dataset.shape)
+
+    def _contiguous_offset(self) -> int | None:
+        """Where the features' bytes start in the file, if they lie there in one uncompressed run."""
         dataset = self._handle["features"]
         if dataset.chunks is not None or dataset.compression is not None or dataset.size == 0:
             return None
-        offset = dataset.id.get_offset()
-        if offset is None:
-            return None
-        return np.memmap(self._handle.filename, dtype=dataset.dtype, mode="r", offset=offset, shape=dataset.shape)
+        return dataset.id.get_offset()
 
     def feature_blocks(
         self, *, block_rows: int | None = None, sha: "hashlib._Hash | None" = None, out: np.ndarray | None = None
@@ -562,9 +567,7 @@ class EntryReader:
         n_samples = dataset.shape[0]
         row_bytes = max(1, int(np.prod(dataset.shape[1:], dtype=np.int64)) * dataset.dtype.itemsize)
         step = max(1, block_rows or _READ_BLOCK_BYTES // row_bytes)
-        view = self.feature_view() if out is None else None
-        offset = None if view is None else view.offset
-        del view  # one map per block, not one of the whole dataset
+        offset = self._contiguous_offset() if out is None else None  # one map per block, not one of them all
         for start in range(0, n_samples, step):
             stop = min(n_samples, start + step)
             if offset is not None:

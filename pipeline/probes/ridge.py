@@ -79,11 +79,24 @@ def _check_params(estimator: "RidgeProbeCV") -> np.ndarray:
     return _check_alphas(estimator.alphas)
 
 
+def _target_means(y_index: np.ndarray, n_classes: int) -> np.ndarray:
+    """Column means of `_targets`, from the class counts (not from an n × classes matrix)."""
+    means = 2.0 * np.bincount(y_index, minlength=n_classes) / len(y_index) - 1.0
+    return means[1:] if n_classes == 2 else means
+
+
 def _targets(y_index: np.ndarray, n_classes: int, dtype) -> np.ndarray:
     """±1 targets of a block of class indices: one column per class, or one (the second class) for two."""
     Y = np.full((len(y_index), n_classes), -1.0, dtype=dtype)
     Y[np.arange(len(y_index)), y_index] = 1.0
     return Y[:, 1:] if n_classes == 2 else Y
+
+
+def _scaled(block: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``(block - mean) / scale`` in the dtype of `mean`, as one new array."""
+    out = np.subtract(block, mean, dtype=mean.dtype)
+    out /= scale
+    return out
 
 
 class _Spectrum:
@@ -114,7 +127,7 @@ class _Spectrum:
         self.dtype = np.dtype(dtype)
         self.n_samples = n_samples = len(y_index)
         self.fit_intercept, self.n_classes, self._blocks = fit_intercept, n_classes, blocks
-        self.y_mean = _targets(y_index, n_classes, np.float64).mean(axis=0) if fit_intercept else None
+        self.y_mean = _target_means(y_index, n_classes) if fit_intercept else None
         self.form = "gram" if n_samples >= n_features else "kernel"
         if self.form == "gram":
             gram, XtY, shift, residual_mean = self._accumulate(y_index, n_features)
@@ -204,14 +217,14 @@ class _Spectrum:
         if self.form == "gram":
             W = (self._vectors / np.sqrt(self.eigvals)).astype(dtype)
             mean, scale = self.mean.astype(dtype), self.scale.astype(dtype)
-            blocks = ((np.asarray(block, dtype=dtype) - mean) / scale @ W for block in self._blocks())
+            blocks = (_scaled(block, mean, scale) @ W for block in self._blocks())
         else:
             blocks = iter([self.U])
         start = 0
         for U in blocks:
             rows = len(U)
             fitted = (U @ combined).reshape(rows, len(penalties), n_targets) + y_mean.astype(dtype)
-            hat = (U * U) @ S  # (rows, A) diagonal of U S Uᵀ
+            hat = np.square(U, out=U if self.form == "gram" else None) @ S  # (rows, A) diagonal of U S Uᵀ
             if self.fit_intercept:
                 hat += dtype.type(1.0 / self.n_samples)
             # 1 - h is 0 only for a sample the model interpolates whatever its label (h = 1);

@@ -116,3 +116,62 @@ def test_streamed_classifier_rejects_bad_parameters():
     for kwargs, match in [({"loss": "hinge"}, "loss"), ({"C": 0}, "'C'"), ({"max_iter": 0}, "max_iter")]:
         with pytest.raises(ValueError, match=match):
             StreamedLinearClassifier(**kwargs).fit(X, y)
+
+
+_BUDGET_CHILD = textwrap.dedent(
+    """
+    import resource, sys, warnings
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+    from layerprobe.features.store import FeatureStore
+    from layerprobe.pipeline.classifiers import fit_streamed
+
+    store_dir, budget = sys.argv[1], int(sys.argv[2])
+    threadpool_limits(1)
+    stream = FeatureStore(store_dir).stream(FeatureStore(store_dir).entries()[0]["entry"], split="train")
+    for dtype in ("float32", "float64"):  # BLAS allocates its work buffers at its first products
+        np.ones((256, 256), dtype) @ np.ones((256, 256), dtype)
+    with open("/proc/self/status") as status:
+        size = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (size + budget, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    try:
+        stream.load()
+        print("loaded whole")
+    except MemoryError:
+        print("too big to load")
+    ridge = fit_streamed(stream, "ridge", max_rows=2000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logreg = fit_streamed(stream, "logreg", param_grid={"C": [0.1]}, max_rows=2000, cv=2)
+    print("ridge", ridge.estimator.named_steps["clf"].solver_, round(ridge.cv_score, 3))
+    print("logreg", type(logreg.estimator.named_steps["clf"]).__name__, logreg.best_params)
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_row_on_a_store_bigger_than_the_memory_budget_finishes(tmp_path):
+    n, d, budget = 240_000, 256, 160 << 20  # 246 MB of features (train: 184 MB) under a 160 MB address-space budget
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % 4
+    centres = rng.normal(size=(4, d)).astype(np.float32)
+    store = FeatureStore(tmp_path / "store")
+    partial = store.partial(_key(), {"chunk_size": 20_000, "n_samples": n})
+    for index, start in enumerate(range(0, n, 20_000)):
+        rows = np.arange(start, start + 20_000)
+        X = centres[y[rows]] + rng.normal(size=(len(rows), d)).astype(np.float32) * 4
+        partial.write_chunk(index, X, rows, [])
+    store.commit(
+        _key(), partial, n // 20_000, sample_ids=[f"array:{i}" for i in range(n)], labels=y,
+        splits=["train"] * (3 * n // 4) + ["test"] * (n // 4), class_names=list("abcd"), metadata={},
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", _BUDGET_CHILD, str(store.root), str(budget)],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"},
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    lines = child.stdout.splitlines()
+    assert lines[0] == "too big to load"  # the budget binds: the training features do not fit in it
+    assert lines[1].startswith("ridge gram") and float(lines[1].split()[2]) > 0.9
+    assert lines[2] == "logreg StreamedLinearClassifier {'C': 0.1}"
