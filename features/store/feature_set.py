@@ -62,6 +62,11 @@ class FeatureSet:
         return int(np.prod(self.X.shape[1:], dtype=np.int64))
 
     @property
+    def shape(self) -> tuple[int, int]:
+        """(n_samples, n_features): the shape of `X` flattened to one row per sample."""
+        return len(self.X), self.n_features
+
+    @property
     def samples(self):
         """A pandas DataFrame indexed like `X`: sample_id, label, class_name, split."""
         import pandas as pd

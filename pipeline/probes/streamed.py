@@ -31,6 +31,7 @@ from scipy.special import expit, log_softmax
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model._base import LinearClassifierMixin
+from sklearn.utils._available_if import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
@@ -154,6 +155,15 @@ class StreamedLinearClassifier(LinearClassifierMixin, BaseEstimator):
         self.intercept_ = theta[-1] - self.mean_ @ coef
         self.n_iter_ = int(result.nit)
         return self
+
+    @available_if(lambda self: self.loss == "log_loss")
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities (``loss="log_loss"`` only), shape (n_samples, n_classes)."""
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            positive = expit(scores)
+            return np.column_stack([1 - positive, positive])
+        return np.exp(log_softmax(scores, axis=1))
 
     def _loss_and_gradient(
         self, theta: np.ndarray, blocks: Callable[[], Iterator[np.ndarray]], y_index: np.ndarray, n_rows: int

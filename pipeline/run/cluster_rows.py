@@ -34,7 +34,7 @@ __all__ = ["fit_rows_on_cluster"]
 
 def _score_on_worker(layer: LayerToFit, classifier: str, settings: dict, config: ExperimentConfig, split: dict) -> ScoredRow:
     """On a worker: read the layer's splits from the store, fit and score one classifier."""
-    train, test = load_splits(layer, split)
+    train, test = load_splits(layer, split, stream=True)
     return score_row(layer, classifier, settings, config, train, test)
 
 

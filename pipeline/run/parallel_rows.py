@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from joblib import Parallel, delayed
 
-from ...features.store import FeatureSet
+from ...features.store import FeatureSet, FeatureStream
 from ..config import ExperimentConfig
 from ..threads import native_threads, parallel_jobs, usable_cores
 from .records import RowRecord, RunRows, fit_or_reuse
@@ -47,12 +47,12 @@ class _LayerSplits:
         self._lock = threading.Lock()
         self._entries: dict[str, dict] = {}
 
-    def get(self, layer: LayerToFit) -> tuple[FeatureSet, FeatureSet, float]:
+    def get(self, layer: LayerToFit) -> tuple[FeatureSet | FeatureStream, FeatureSet, float]:
         with self._lock:
             entry = self._entries.setdefault(layer.key.entry_name, {"lock": threading.Lock()})
         with entry["lock"]:  # the layer's other rows wait for the one loading it
             if "splits" not in entry:
-                train, test = load_splits(layer, self._split)
+                train, test = load_splits(layer, self._split, stream=True)
                 entry["splits"] = train, test, layer_logme(train)
             return entry["splits"]
 
@@ -70,7 +70,7 @@ def _score(
     """One row, fitted and scored in a worker thread; an error is returned, to be raised in the jobs' order."""
     try:
         train, test, logme = splits.get(job.layer)
-        with native_threads(train.X, n_jobs=jobs_at_once):  # the pools shared by every row fitted at once
+        with native_threads(train, n_jobs=jobs_at_once):  # the pools shared by every row fitted at once
             return score_row(job.layer, job.classifier, record.settings, config, train, test, logme=logme), None
     except BaseException as error:  # noqa: BLE001 (KeyboardInterrupt too: the main thread raises it in order)
         return None, error

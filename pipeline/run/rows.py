@@ -22,12 +22,14 @@ from sklearn.exceptions import ConvergenceWarning
 from ...core.errors import InputError
 from ...features.keys import FeatureKey
 from ...features.plans import PlannedLayer
-from ...features.store import FeatureSet, FeatureStore
+from ...features.store import FeatureSet, FeatureStore, FeatureStream
 from ..classifiers import (
     CLASSIFIERS,
     check_features,
     fit_classifier,
+    fit_streamed,
     flat_features,
+    rows_in_memory,
     search_method,
 )
 from ..config import ExperimentConfig
@@ -102,14 +104,19 @@ def row_record(config: ExperimentConfig, layer: LayerToFit, classifier: str, spl
     )
 
 
-def load_splits(layer: LayerToFit, split: dict) -> tuple[FeatureSet, FeatureSet]:
+def load_splits(layer: LayerToFit, split: dict, *, stream: bool = False) -> tuple[FeatureSet | FeatureStream, FeatureSet]:
     """The layer's train and test features, checked before any classifier sees them.
+
+    The entry is read in row blocks (`FeatureStore.stream`): only the test split, and the
+    training split if it fits in memory (`rows_in_memory`), are held whole. With `stream`,
+    a training split that does not fit stays a `FeatureStream`, which the rows fit from
+    (`score_row`: `fit_streamed`); without it, it is loaded (a multi-layer probe needs it).
 
     Raises:
         InputError: If a class has fewer than 2 training rows once unreadable
             images are left out, or the features hold NaN or inf.
     """
-    features = layer.store.load(layer.key)
+    features = layer.store.stream(layer.key)
     train, test = (features.split(split[name]) for name in ("train_split", "test_split"))
     where = f"layer {layer.info.name} (store entry {layer.key.entry_name})"
     problem, _ = class_problems(features.class_names, train.y, test.y, split)
@@ -118,18 +125,28 @@ def load_splits(layer: LayerToFit, split: dict) -> tuple[FeatureSet, FeatureSet]
             f"Unreadable images were left out of {where} (`layerprobe store info {layer.store.root} "
             f"{layer.key.entry_name}` lists them), and now {problem}"
         )
+    test = test.load()  # this pass checks the entry's checksum
+    fits = rows_in_memory(train.n_features, itemsize=train.dtype.itemsize)
+    if not stream or fits is None or len(train) <= fits:
+        train = train.load()
     for name, part in zip(("train_split", "test_split"), (train, test)):
-        check_features(flat_features(part), name=f"{where}, split {split[name]!r},", sample_ids=part.sample_ids)
+        blocks = [flat_features(part)] if isinstance(part, FeatureSet) else part.blocks()
+        start = 0
+        for block in blocks:
+            ids = part.sample_ids[start : start + len(block)]
+            check_features(block, name=f"{where}, split {split[name]!r},", sample_ids=ids)
+            start += len(block)
     return train, test
 
 
-def layer_logme(train: FeatureSet) -> float:
+def layer_logme(train: FeatureSet | FeatureStream) -> float:
     """LogME of a layer's training features (`layerprobe.pipeline.probes.logme`): under a second per layer.
 
     Rounded to 6 significant digits, the precision of its float32 Gram matrix, so
     that machines (or dask workers) with other BLAS threads give the same value.
     """
-    return float(f"{logme_score(flat_features(train), train.y):.6g}")
+    features = flat_features(train) if isinstance(train, FeatureSet) else train
+    return float(f"{logme_score(features, train.y):.6g}")
 
 
 @dataclass(frozen=True)
@@ -197,13 +214,13 @@ def convergence_warnings_of_this_thread():
                 _recorder["guard"].__exit__(None, None, None)
 
 
-@with_native_threads("train.X", n_jobs="config.classifiers.n_jobs")
+@with_native_threads("train", n_jobs="config.classifiers.n_jobs")
 def score_row(
     layer: LayerToFit,
     classifier: str,
     settings: dict,
     config: ExperimentConfig,
-    train: FeatureSet,
+    train: FeatureSet | FeatureStream,
     test: FeatureSet,
     *,
     logme: float | None = None,
@@ -213,19 +230,16 @@ def score_row(
     `logme` is the layer's LogME (`layer_logme`), computed here when not given.
     """
     options = config.classifiers
-    X_train, X_test = flat_features(train), flat_features(test)
+    X_test = flat_features(test)
+    search = dict(
+        param_grid=settings["param_grid"], preprocessing=options.preprocessing, pca_components=options.pca_components,
+        cv=options.cv, n_jobs=options.n_jobs, random_state=options.seed,
+    )
     with convergence_warnings_of_this_thread() as caught:
-        fit = fit_classifier(
-            X_train,
-            train.y,
-            classifier,
-            param_grid=settings["param_grid"],
-            preprocessing=options.preprocessing,
-            pca_components=options.pca_components,
-            cv=options.cv,
-            n_jobs=options.n_jobs,
-            random_state=options.seed,
-        )
+        if isinstance(train, FeatureSet):
+            fit = fit_classifier(flat_features(train), train.y, classifier, **search)
+        else:  # a training split too big to hold whole
+            fit = fit_streamed(train, classifier, **search)
     scores = evaluate(test.y, fit.estimator.predict(X_test), test.class_names)
     row = {
         "mode": "frozen",
@@ -236,8 +250,8 @@ def score_row(
         "depth": layer.info.depth,
         "pooling": layer.key.pooling,
         "classifier": classifier,
-        "feature_dim": X_train.shape[1],
-        "n_train": len(X_train),
+        "feature_dim": X_test.shape[1],
+        "n_train": len(train.y),
         "n_test": len(X_test),
         "cv_score": fit.cv_score,
         "cv_se": fit.cv_se,
@@ -301,7 +315,7 @@ def fit_layer(
     records = {classifier: row_record(config, layer, classifier, split) for classifier in names}
     features = None
     if any(record.saved() is None for record in records.values()):
-        train, test = load_splits(layer, split)
+        train, test = load_splits(layer, split, stream=True)
         features = train, test, layer_logme(train)
 
     def fit(classifier: str, record: RowRecord) -> tuple[dict, Path]:

@@ -175,3 +175,50 @@ def test_a_row_on_a_store_bigger_than_the_memory_budget_finishes(tmp_path):
     assert lines[0] == "too big to load"  # the budget binds: the training features do not fit in it
     assert lines[1].startswith("ridge gram") and float(lines[1].split()[2]) > 0.9
     assert lines[2] == "logreg StreamedLinearClassifier {'C': 0.1}"
+
+
+def test_streamed_logme_equals_the_in_memory_score(tmp_path):
+    from layerprobe.pipeline.probes import logme_score
+
+    X, y = _clustered(8, 500, 16, 5, offset=2.0)
+    stream = _stored(tmp_path, X, y).stream(_key())
+    blocks = type("Blocks", (), {"blocks": lambda self: stream.blocks(block_rows=33), "n_features": 16,
+                                 "__len__": lambda self: 500})()
+    assert logme_score(blocks, y) == pytest.approx(logme_score(X, y), rel=1e-6)
+
+
+def test_a_run_streams_the_training_split_that_does_not_fit_in_memory(tmp_path, write_colour_images, monkeypatch):
+    import layerprobe.pipeline.run.rows as rows_module
+    from layerprobe.pipeline.config import config_from_dict
+    from layerprobe.pipeline.persistence import load_classifier
+    from layerprobe.pipeline.run import run_experiment
+
+    data = write_colour_images(tmp_path / "images", {split: {c: n for c in ("red", "green", "blue")}
+                                                    for split, n in (("train", 8), ("test", 4))})
+
+    def run(name):
+        config = config_from_dict({
+            "data": {"path": str(data), "train_split": "train", "test_split": "test"},
+            "features": {"store": str(tmp_path / "store"), "input_size": 32, "batch_size": 16},
+            "backbones": [{"model": "VGG16", "weights": "none", "layers": ["block1_pool", "block2_pool"]}],
+            "classifiers": {"names": ["ridge", "logreg"], "cv": 2, "grids": {"logreg": {"C": [0.1, 1.0]}},
+                            "screening": False},
+            "output": {"dir": str(tmp_path / name)},
+        }, "/")
+        return run_experiment(config, log=lambda line: None, progress=False).results.set_index(["layer", "classifier"])
+
+    in_memory = run("in-memory")
+    streamed_rows = []
+    original = rows_module.fit_streamed
+    monkeypatch.setattr(rows_module, "rows_in_memory", lambda n_features, **kwargs: 5)  # 24 training rows: too many
+    monkeypatch.setattr(rows_module, "fit_streamed", lambda train, *a, **k: streamed_rows.append(len(train)) or
+                        original(train, *a, **{**k, "max_rows": 12}))
+    streamed = run("streamed")
+    assert streamed_rows == [24] * 4
+    ridge = [(layer, "ridge") for layer in ("block1_pool", "block2_pool")]
+    np.testing.assert_allclose(streamed.loc[ridge, "cv_score"], in_memory.loc[ridge, "cv_score"], atol=1e-6)
+    assert (streamed.loc[ridge, "logme"] == in_memory.loc[ridge, "logme"]).all()
+    logreg = streamed.xs("logreg", level="classifier")
+    assert (logreg["n_train"] == 24).all() and (logreg["test_accuracy"] > 0.5).all()
+    estimator, _ = load_classifier(logreg["model_path"].iloc[0])
+    assert type(estimator.named_steps["clf"]).__name__ == "StreamedLinearClassifier"
