@@ -202,9 +202,17 @@ def compare(store, keys, args, fit_classifier, fit_streamed, flat_features) -> d
             row = fit()
         rows[name] = {"C": row.best_params.get("C"), "cv_score": row.cv_score, "seconds": round(watch.wall, 1),
                       "test_accuracy": float((row.estimator.predict(flat_features(test)) == test.y).mean())}
+    # The cost of one L-BFGS evaluation (a pass: logits and gradient), for the ImageNet extrapolation.
+    from layerprobe.pipeline.probes import StreamedLinearClassifier
+
+    train = store.stream(keys[best], split="train")
+    with Stopwatch() as watch:
+        probe = StreamedLinearClassifier(C=1.0, max_iter=3).fit(train, train.y)
+    passes = {"passes": probe.n_passes_, "seconds": watch.wall, "cpu": watch.cpu, "n_rows": len(train),
+              "n_features": train.n_features, "n_classes": len(probe.classes_)}
     if not args.keep_stores:
         shutil.rmtree(store.root)
-    return {"best_layer": best, "comparison": rows}
+    return {"best_layer": best, "comparison": rows, "lbfgs_passes": passes}
 
 
 def main(argv=None) -> None:

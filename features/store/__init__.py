@@ -2,8 +2,9 @@
 
 Modules, one job each:
 
-* `feature_store`: `FeatureStore`, the store directory (list, info, load, commit, remove);
-* `feature_set`: `FeatureSet`, one entry as loaded;
+* `feature_store`: `FeatureStore`, the store directory (list, info, load, stream, commit, remove);
+* `feature_set`: `FeatureSet`, one entry as loaded; `FeatureStream`, one entry handed out in row
+  blocks (memory-mapped where the file allows, checked against its checksum as it streams);
 * `partial`: `PartialEntry`, the committed chunks of an unfinished extraction;
 * `locks`: the per-key lock (its holder recorded, waits bounded);
 * `hdf5`: the entry and chunk files (the only module that imports h5py);

@@ -13,6 +13,9 @@ extraction leaves committed chunks, perhaps a stray temporary file (ignored,
 and deleted by the next holder of the key's lock), but never a file that
 reads as a complete entry. Readers need no lock: they only open committed files.
 
+Reading: `load` returns an entry's arrays whole; `stream` hands its features out in row
+blocks (`FeatureStream`), so that a pass over a layer of any size holds one block.
+
 Errors reading an entry say what is wrong: `CorruptEntryError` (remove it with
 `layerprobe store rm`) only when its content is wrong; `EntryLockedError` when
 another process holds HDF5's lock on it; `StoreError` for permission denied;
