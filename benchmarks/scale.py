@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from _args import CIFAR10_DIR, SHARED_DIR, base_parser, quiet_tensorflow, require_path
-from _measure import GIB, Stopwatch, run_child_measuring_rss
+from _measure import GIB, Stopwatch, read_vmhwm, run_child_measuring_rss
 from _output import RunLog, read_results, write_csv, write_json
 
 LITE0 = SHARED_DIR / "weights" / "efficientnet_lite0_imagenet.keras"
@@ -158,6 +158,7 @@ def run_one(args) -> dict:
         timings={phase: round(seconds, 2) for phase, seconds in report.timings.items()},
         computed=len(report.computed),
         store_bytes=sum(f.stat().st_size for f in store.root.glob("*.h5")),
+        peak_rss_after={"extraction": read_vmhwm()},
     )
     if mode == "compare":
         return result | compare(store, report.keys, args, fit_classifier, fit_streamed, flat_features)
@@ -169,11 +170,13 @@ def run_one(args) -> dict:
             probe = fit.estimator.named_steps["clf"]
             ridge[layer] = {"loo": fit.cv_score, "alpha": probe.alpha_, "seconds": round(watch.wall, 2),
                             "n_features": probe.n_features_in_}
+        result["peak_rss_after"]["ridge"] = read_vmhwm()
         best = max(ridge, key=lambda layer: ridge[layer]["loo"])
         train = store.stream(report.keys[best], split="train")
         with Stopwatch() as watch:
             row = fit_streamed(train, "logreg", max_rows=args.max_rows, random_state=args.seed)
         logreg_seconds = watch.wall
+        result["peak_rss_after"]["logreg"] = read_vmhwm()
     test_features = store.load(report.keys[best], split="test")
     accuracy = float((row.estimator.predict(flat_features(test_features)) == test_features.y).mean())
     result.update(

@@ -455,11 +455,11 @@ def fit_streamed(
     """:func:`fit_classifier` on training features handed out in row blocks (`FeatureStore.stream`),
     holding at most `max_rows` rows of them in memory.
 
+    - ``ridge`` (``standardize`` alone, no PCA): :class:`RidgeProbeCV` on the stream, two passes,
+      memory O(n_features²) whatever the rows: the same model and leave-one-out scores as in memory.
     - Every row fits in `max_rows`, or the classifier or the preprocessing cannot stream (other
       than ``standardize`` alone, PCA, ``rbf_svm``...): the rows are loaded and fitted as by
       :func:`fit_classifier`.
-    - ``ridge``: :class:`RidgeProbeCV` on the stream, two passes, memory O(n_features²): the same
-      model and leave-one-out scores as in memory.
     - ``logreg`` and ``linear_svm``: the grid is searched by :func:`fit_classifier` on a stratified
       subsample of `max_rows` rows (its CV score is the row's), then the model at the chosen
       ``C`` is fitted on every row by :class:`StreamedLinearClassifier` (the standardization
@@ -481,7 +481,7 @@ def fit_streamed(
     y = np.asarray(stream.y)
     grid = CLASSIFIERS[classifier].param_grid if param_grid is None else param_grid
     start = time.perf_counter()
-    if streams and classifier == "ridge" and not isinstance(grid, (list, tuple)) and (max_rows is None or len(y) > max_rows):
+    if streams and classifier == "ridge" and not isinstance(grid, (list, tuple)):
         probe = CLASSIFIERS["ridge"].build(random_state).set_params(
             **{key.removeprefix("clf__"): (tuple(values) if key.removeprefix("clf__") == "alphas" else values[0])
                for key, values in grid.items()}
