@@ -429,7 +429,7 @@ class FeatureStore:
 
         Args:
             key: A `FeatureKey` or an entry name / digest prefix.
-            split: Only this split, e.g. `"train"`.
+            split: Only this split, e.g. `"train"` (only its rows are held in memory).
             verify: Check everything read (features, labels, sample ids, splits,
                 class names, skipped files, key and metadata) against the checksums
                 recorded at commit; the features are hashed while they are read (one
@@ -461,10 +461,12 @@ class FeatureStore:
             with self._reading(path) as entry:
                 _, recorded = self._header(path, entry)
             self._check_environment(path, recorded)
+        if split is not None:  # only that split's rows are held, read in one streamed pass
+            return self.stream(key, split=split, verify=verify, root=root).load()
         features, unchecked = self._read(path, verify=verify, root=root)
         if unchecked:
             warnings.warn(f"Store entry {path.stem!r}: {unchecked}", UserWarning, stacklevel=2)
-        return features.split(split) if split is not None else features
+        return features
 
     def stream(
         self,
