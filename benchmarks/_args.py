@@ -5,12 +5,17 @@ Every benchmark script takes its data paths as arguments, defaulting to
 they are absent; it writes its CSV, PNG and log under `--out` (default
 `benchmarks/out/<script>`). Comma-separated list options use
 `layerprobe.pipeline.cli.comma_list`, the command line's own parser.
+
+Every benchmark has a smallest mode (`--smoke`, or `--quick` where that is
+already small), which tests/test_benchmarks.py runs, so that a change that
+breaks a benchmark fails the test suite.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = [
@@ -19,7 +24,9 @@ __all__ = [
     "REPO_DIR",
     "SHARED_DIR",
     "VGG16_WEIGHTS",
+    "SMOKE_HELP",
     "base_parser",
+    "parse_smoke",
     "quiet_tensorflow",
     "require_path",
 ]
@@ -29,6 +36,21 @@ REPO_DIR = BENCHMARKS_DIR.parent
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 CIFAR10_DIR = SHARED_DIR / "datasets" / "cifar10"
 VGG16_WEIGHTS = SHARED_DIR / "weights" / "vgg16_hed_bsds500_notop.weights.h5"
+
+
+SMOKE_HELP = (
+    "a check that the script runs, in seconds: generated images in CIFAR-10's layout, random weights, "
+    "the fewest images (its figures mean nothing); options given beside it still apply"
+)
+
+
+def parse_smoke(parser: argparse.ArgumentParser, argv: Sequence[str] | None, smoke: Mapping) -> argparse.Namespace:
+    """Parse `argv`; with `--smoke`, again with `smoke` as the defaults (options given still win)."""
+    args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**smoke)
+        args = parser.parse_args(argv)
+    return args
 
 
 def quiet_tensorflow() -> None:

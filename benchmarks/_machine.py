@@ -10,6 +10,8 @@ from typing import Any, Mapping
 
 from _args import REPO_DIR
 from _measure import GIB
+from layerprobe.core.cores import usable_cores
+from layerprobe.core.versions import installed_version
 from layerprobe.features.backend import import_keras_quietly
 
 __all__ = ["machine_description", "machine_info"]
@@ -56,21 +58,17 @@ def _git_revision() -> str:
 
 def machine_info() -> dict[str, Any]:
     """CPU, cores, memory, load, library versions and Keras backend, as a flat dict."""
-    from importlib.metadata import PackageNotFoundError, version
-
     keras = import_keras_quietly()
-    versions = {}
-    for package in ("keras", "tensorflow", "numpy", "scikit-learn", "h5py", "pillow"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = "absent"
+    versions = {
+        package: installed_version(package) or "absent"
+        for package in ("keras", "tensorflow", "numpy", "scikit-learn", "h5py", "pillow")
+    }
     memory = _memory_total()
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpus_usable": usable_cores(),
         "memory_gib": round(memory / GIB, 1) if memory else None,
         "load_average": " ".join(f"{value:.2f}" for value in os.getloadavg()),
         "platform": platform.platform(),

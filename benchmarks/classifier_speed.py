@@ -14,6 +14,7 @@ class-balanced subset.
     python benchmarks/classifier_speed.py --synthetic             # random features of the same shapes
     python benchmarks/classifier_speed.py --layers block4_pool --classifiers logreg,sgd
     python benchmarks/classifier_speed.py --threads                # 1 vs all usable BLAS threads per size
+    python benchmarks/classifier_speed.py --smoke                  # generated images, random weights: seconds
 
 `--threads` measures the rule of `layerprobe.pipeline.threads` instead: for
 each layer width and each training size (first n/10 per class), the time of
@@ -31,8 +32,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _args import CIFAR10_DIR, VGG16_WEIGHTS, base_parser, quiet_tensorflow, require_path  # noqa: E402
-from _data import cifar_subset  # noqa: E402
+from _args import (  # noqa: E402
+    CIFAR10_DIR,
+    SMOKE_HELP,
+    VGG16_WEIGHTS,
+    base_parser,
+    parse_smoke,
+    quiet_tensorflow,
+    require_path,
+)
+from _data import cifar_subset, smoke_cifar10  # noqa: E402
 from _measure import Stopwatch  # noqa: E402
 from _output import TABLE_STYLE, RunLog, bar_chart, read_results, write_csv, write_json  # noqa: E402
 from layerprobe.pipeline.cli import comma_list  # noqa: E402
@@ -48,12 +57,15 @@ ONE_CANDIDATE = {
     "sgd": {"loss": ["hinge"], "alpha": [1e-4]},
     "rbf_svm": {"C": [1.0], "gamma": ["scale"]},
 }
+# --smoke: 10 generated images per class, VGG16 at random init.
+SMOKE = {"weights": None, "n_train": 100, "rbf_n": 100}
 
 
 def build_parser():
     parser = base_parser(SCRIPT, __doc__.strip().splitlines()[0])
     parser.add_argument("--cifar10", type=Path, default=CIFAR10_DIR, help="CIFAR-10 folder (train/<class>/*.jpg)")
     parser.add_argument("--weights", type=Path, default=VGG16_WEIGHTS, help="VGG16 include_top=False weights file")
+    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_HELP}: {SMOKE}")
     parser.add_argument("--store", type=Path, default=None, help="feature store (default: OUT/store, kept as a cache)")
     parser.add_argument("--input-size", type=int, default=32, help="VGG16 input side for the extraction")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -189,7 +201,8 @@ def thread_rule(args, features: dict[str, np.ndarray], labels: np.ndarray, log: 
     from threadpoolctl import threadpool_limits
 
     from layerprobe.pipeline.probes import RidgeProbeCV, logme_score
-    from layerprobe.pipeline.threads import ONE_THREAD_BELOW, threads_for, usable_cores
+    from layerprobe.core.cores import usable_cores
+    from layerprobe.pipeline.threads import ONE_THREAD_BELOW, threads_for
 
     many = usable_cores()
     if many < 2:
@@ -250,8 +263,10 @@ def thread_rule(args, features: dict[str, np.ndarray], labels: np.ndarray, log: 
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_smoke(build_parser(), argv, SMOKE)
     quiet_tensorflow()
+    if args.smoke and args.cifar10 == CIFAR10_DIR:
+        args.cifar10 = smoke_cifar10(args.out / "smoke-data", n_train=args.n_train // 10)
     if args.replot:
         data = read_results(args.out / "results.json")
         print(plot(data["rows"], data["machine"], args.out / "classifier_speed.png"))
@@ -262,7 +277,8 @@ def main(argv=None) -> int:
                          f"Received: --classifiers={','.join(args.classifiers)}")
     if not args.synthetic:
         require_path(args.cifar10, "The CIFAR-10 image folder", "--cifar10", kind="dir")
-        require_path(args.weights, "The VGG16 weights file", "--weights", kind="file")
+        if args.weights is not None:
+            require_path(args.weights, "The VGG16 weights file", "--weights", kind="file")
     args.out.mkdir(parents=True, exist_ok=True)
     args.store = args.store or args.out / "store"
     from layerprobe.pipeline.classifiers import fit_classifier
@@ -276,7 +292,8 @@ def main(argv=None) -> int:
         return 0
     train = first_per_class(labels, args.n_train)
     rbf_rows = first_per_class(labels, args.rbf_n)
-    source = "synthetic" if args.synthetic else f"VGG16 HED avg-pooled, input {args.input_size}px"
+    weights = "HED" if args.weights == VGG16_WEIGHTS else "random init" if args.weights is None else args.weights.name
+    source = "synthetic" if args.synthetic else f"VGG16 {weights} avg-pooled, input {args.input_size}px"
     rows = []
     for layer, X_all in features.items():
         for name in args.classifiers:

@@ -16,6 +16,7 @@ the run's own `run/` folder (results table, summary, fitted models).
     python benchmarks/depth_sweep.py hymenoptera          # 224 px, all 398 images (245 train, 153 val)
     python benchmarks/depth_sweep.py cifar10              # 64 px, 500/class train, 100/class test
     python benchmarks/depth_sweep.py cifar10 --replot     # redraw the chart from OUT/cifar10/results.json
+    python benchmarks/depth_sweep.py cifar10 --smoke      # generated images, random "pretrained" weights: seconds
 """
 
 from __future__ import annotations
@@ -28,8 +29,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _args import REPO_DIR, SHARED_DIR, VGG16_WEIGHTS, base_parser, quiet_tensorflow, require_path  # noqa: E402
-from _data import cifar_subset  # noqa: E402
+from _args import (  # noqa: E402
+    REPO_DIR,
+    SHARED_DIR,
+    SMOKE_HELP,
+    VGG16_WEIGHTS,
+    base_parser,
+    parse_smoke,
+    quiet_tensorflow,
+    require_path,
+)
+from _data import cifar_subset, random_weights_file, smoke_cifar10  # noqa: E402
 from _output import TABLE_STYLE, RunLog, read_results, write_csv, write_json  # noqa: E402
 from layerprobe.pipeline.cli import comma_list  # noqa: E402
 from layerprobe.pipeline.tables import format_table  # noqa: E402
@@ -57,6 +67,11 @@ DATASETS = {
 }
 
 
+# --smoke: 4 train and 2 test images per class, generated; the pretrained line is another random init.
+SMOKE = {"input_size": 32, "n_train_per_class": 4, "n_test_per_class": 2, "classifiers": ["logreg"], "c_grid": [1.0],
+         "cv": 2}
+
+
 def _floats(text: str) -> list[float]:
     return [float(item) for item in comma_list(text)]
 
@@ -80,6 +95,7 @@ def build_parser():
     parser.add_argument("--cv", type=int, default=None, help="CV folds (default: 5 hymenoptera, 3 cifar10)")
     parser.add_argument("--store", type=Path, default=None, help="feature store (default: OUT/store, kept as a cache)")
     parser.add_argument("--replot", action="store_true", help="only redraw the chart from OUT/DATASET/results.json")
+    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_HELP}: {SMOKE}")
     return parser
 
 
@@ -195,12 +211,19 @@ def _resolve(args) -> tuple[DatasetSpec, Path, str] | None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_smoke(build_parser(), argv, SMOKE)
     quiet_tensorflow()
     out = args.out / args.dataset
     if args.replot:
         print(plot(read_results(out / "results.json"), out / "depth_sweep.png"))
         return 0
+    if args.smoke:
+        spec = DATASETS[args.dataset]
+        args.data = args.data or smoke_cifar10(out / "smoke-data", n_train=args.n_train_per_class,
+                                               n_test=args.n_test_per_class, test_split=spec.test_split)
+        args.weights = args.weights or str(random_weights_file(
+            args.model, out / "smoke-data" / f"{args.model}.weights.h5", input_size=args.input_size, seed=args.seed + 1
+        ))
     resolved = _resolve(args)
     if resolved is None:
         print(f"depth_sweep: skipped: {SHARED_DIR} (../shared beside the repository) is absent, so there is no "
@@ -238,6 +261,7 @@ def main(argv=None) -> int:
         ],
         "classifiers": {
             "names": args.classifiers, "cv": cv, "seed": args.seed,
+            "screening": False,  # every classifier on every stage: the sweep is the point
             "grids": {name: {"C": args.c_grid} for name in args.classifiers if "C" in CLASSIFIERS[name].param_grid},
         },
         "output": {"dir": str(out / "run")},

@@ -8,6 +8,11 @@ result, so that one failing stage does not stop the others:
   images        N synthetic JPEG files in class folders (gradients, noise and
                 shapes, so that decoding costs what real photos cost), written by
                 one process per core.
+  jpeg[B]       (benchmarks/_device_jpeg.py) `--jpeg-images` files of ImageNet's size
+                (500x375) decoded (on the GPU with nvImageCodec where it can, the
+                choice of decoder="auto") -> extracted -> stored end to end, against
+                the device-resident limit; then logreg rows on one layer's features,
+                scikit-learn on every core vs the JAX solver on the device.
   decode        decode-only images/s: decode + resize to the input size, no model,
                 per decoder (Pillow; simplejpeg where installed; torchvision's
                 nvJPEG on the GPU, `decode_jpeg(device="cuda")` + resize, where
@@ -61,7 +66,6 @@ import argparse
 import contextlib
 import gc
 import importlib
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -81,25 +85,21 @@ from typing import Any, Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from layerprobe.core.cores import usable_cores  # noqa: E402  (device_check.sh makes layerprobe importable)
+from layerprobe.core.versions import installed_version  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BACKEND_TESTS = "tests/features/test_backend_neutral.py"
 RERUN_ENV = "LAYERPROBE_BACKEND_RERUN"  # tells test_backend_neutral.py not to start children
 PACKAGES = (
     "keras", "jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "torch", "tensorflow",
-    "numpy", "h5py", "pillow", "scikit-learn", "scipy", "optree", "namex", "ml-dtypes", "layerprobe",
+    "numpy", "h5py", "pillow", "scikit-learn", "scipy", "optree", "namex", "ml-dtypes", "simplejpeg",
+    "nvidia-nvimgcodec-cu12", "nvidia-nvjpeg-cu12", "layerprobe",
 )
 PRECISIONS = {"float32": False, "bfloat16": "bfloat16", "mixed_float16": "float16"}
 
 
 # --------------------------------------------------------------------------- arguments
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _model_list(text: str) -> list[str]:
@@ -178,10 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("--finetune-size", type=int, default=None, help="finetune input side (default 96; smoke: 32)")
     add("--finetune-images", type=int, default=None, help="finetune training images (default 512; smoke: 32)")
     add("--finetune-batch-size", type=int, default=None, help="finetune batch size (default 64; smoke: 16)")
+    add("--jpeg-images", type=int, default=None,
+        help="JPEG files of the jpeg stage, decoded -> extracted -> stored end to end (default 50000; smoke: 48)")
+    add("--jpeg-image-size", default=None, help="their WIDTHxHEIGHT (default 500x375; smoke: 50x38)")
+    add("--jpeg-model", default=None, help=f"its backbone (default ResNet50; smoke: {TINY_NET})")
+    add("--jpeg-precision", default=None, help="its precision (default bfloat16)")
+    add("--jpeg-batch-size", type=int, default=None, help="its batch size (default 256; smoke: 8)")
+    add("--jpeg-backend", default=None, help="its Keras backend (default jax; smoke: $KERAS_BACKEND or tensorflow)")
+    add("--jpeg-probe-samples", type=int, default=None,
+        help="images whose features the logreg rows are fitted on, CPU vs JAX (default 10000; smoke: 48)")
     add("--tests-filter", default=None,
         help="pytest -k expression for the backend tests (default: all; smoke: two quick ones)")
     add("--skip", type=_model_list, default=[],
-        help="stages to skip: images, decode, tests, bench, finetune, probes")
+        help="stages to skip: images, decode, jpeg, tests, bench, finetune, probes")
     # Internal: one backend's child process.
     add("--worker", action="store_true", help=argparse.SUPPRESS)
     add("--worker-results", type=Path, help=argparse.SUPPRESS)
@@ -204,12 +213,19 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         "precisions": (["float32", "bfloat16"], ["float32", "bfloat16"]),
         "limit_batches": ([64, 256, 512], [4]),
         "batch_size": (128, 8),
-        "workers": (_cores(), min(2, _cores())),
+        "workers": (usable_cores(), min(2, usable_cores())),
         "finetune_model": ("MobileNetV2:alpha=0.35", TINY_NET),
         "finetune_size": (96, 32),
         "finetune_images": (512, 32),
         "finetune_batch_size": (64, 16),
         "tests_filter": ("", "requested_backend or one_forward_pass"),
+        "jpeg_images": (50_000, 48),
+        "jpeg_image_size": ("500x375", "50x38"),
+        "jpeg_model": ("ResNet50", TINY_NET),
+        "jpeg_precision": ("bfloat16", "bfloat16"),
+        "jpeg_batch_size": (256, 8),
+        "jpeg_backend": ("jax", os.environ.get("KERAS_BACKEND", "tensorflow")),
+        "jpeg_probe_samples": (10_000, 48),
     }
     for name, (full, tiny) in defaults.items():
         if getattr(args, name) is None:
@@ -233,13 +249,6 @@ def _round(value, digits=1):
     return None if value is None else round(float(value), digits)
 
 
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:2000]
 
@@ -256,11 +265,14 @@ def _log(message: str) -> None:
 
 
 def _write_images(job: tuple[str, list[tuple[int, int]], int, int]) -> int:
-    """Write the JPEG files of `job` (folder, [(index, class)], side, classes); returns the count."""
+    """Write the JPEG files of `job` (folder, [(index, class)], side or (width, height), classes); returns the count."""
     from PIL import Image, ImageDraw, ImageFilter
 
     root, items, side, n_classes = job
-    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32) / side
+    width, height = side if isinstance(side, (tuple, list)) else (side, side)
+    side = np.array([width, height], dtype=np.float64)  # shapes are placed and sized per axis
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    yy, xx = yy / height, xx / width
     for index, label in items:
         rng = np.random.default_rng(index)
         angle = rng.uniform(0, 2 * np.pi)
@@ -292,7 +304,8 @@ def _write_images(job: tuple[str, list[tuple[int, int]], int, int]) -> int:
     return len(items)
 
 
-def make_images(folder: Path, n_images: int, n_classes: int, side: int, processes: int) -> dict[str, Any]:
+def make_images(folder: Path, n_images: int, n_classes: int, side: int | tuple[int, int], processes: int
+                ) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     for label in range(n_classes):
         (folder / f"class_{label:02d}").mkdir(exist_ok=True)
@@ -328,7 +341,7 @@ def decode_rates(images_dir: Path, size: int, workers: int) -> dict[str, Any]:
     reference = [load_image(dataset.sample_ids[i], size, decoder="pillow") for i in range(n_serial)]
     for decoder in decoders:
         entry: dict[str, Any] = {}
-        for threads in dict.fromkeys([workers, min(8, _cores())]):
+        for threads in dict.fromkeys([workers, min(8, usable_cores())]):
             started = time.perf_counter()
             decoded = sum(
                 len(chunk.sample_indices)
@@ -811,7 +824,7 @@ def _child_env(backend: str) -> dict[str, str]:
 def environment() -> dict[str, Any]:
     info: dict[str, Any] = {
         "python": sys.version.split()[0], "executable": sys.executable, "platform": platform.platform(),
-        "cores": _cores(), "versions": {name: _version(name) for name in PACKAGES},
+        "cores": usable_cores(), "versions": {name: installed_version(name) for name in PACKAGES},
         "keras_backend_env": os.environ.get("KERAS_BACKEND"),
     }
     with contextlib.suppress(Exception):
@@ -884,6 +897,36 @@ def run_worker_process(run: Run, backend: str, share: float) -> dict[str, Any]:
         killed = True
     events = read_worker_log(results_file)
     return {"events": events, "returncode": returncode, "killed": killed}
+
+
+def run_jpeg(run: Run, share: float = 0.6) -> dict[str, Any]:
+    """The jpeg stage (benchmarks/_device_jpeg.py) in a child process with `--jpeg-backend`, with `share` of
+    the budget left."""
+    args = run.args
+    results = args.workdir / "jpeg.json"
+    results.unlink(missing_ok=True)
+    deadline = _now() + run.remaining() * share
+    width, height = (int(v) for v in args.jpeg_image_size.lower().split("x"))
+    command = [sys.executable, str(Path(__file__).resolve().parent / "_device_jpeg.py"), "--results", str(results),
+               "--workdir", str(args.workdir), "--n-images", str(args.jpeg_images), "--width", str(width),
+               "--height", str(height), "--input-size", str(args.input_size), "--model", args.jpeg_model,
+               "--precision", args.jpeg_precision, "--batch-size", str(args.jpeg_batch_size),
+               "--workers", str(args.workers), "--probe-samples", str(args.jpeg_probe_samples),
+               "--deadline", str(deadline)]
+    env = _child_env(args.jpeg_backend)
+    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.6")  # GPU memory for nvImageCodec beside JAX's pool
+    try:
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=max(30.0, deadline - _now()) + 60)
+        output, killed = done.stdout + done.stderr, False
+    except subprocess.TimeoutExpired as error:
+        output, killed = str(error.stdout or "") + str(error.stderr or ""), True
+    result = json.loads(results.read_text()) if results.exists() else {}
+    failed = {name: part.get("error") for name, part in result.get("parts", {}).items() if part["status"] == "error"}
+    if killed or failed or not result.get("extract"):
+        why = "killed at its time limit" if killed else (f"failed: {failed}" if failed else "no extraction")
+        result.update(status="error", error=f"the jpeg stage {why}", output=_tail(output, 3000))
+    return result
 
 
 def collect_worker(run: Run, backend: str, outcome: dict[str, Any]) -> None:
@@ -1076,6 +1119,28 @@ def markdown(run: Run, report: dict[str, Any]) -> str:
         for name, stage in tests:
             counts = (stage.get("result") or {}).get("counts", {})
             lines.append(f"| {name} | {stage['status']} | {counts} | {_fmt(stage.get('seconds'), 1)} |")
+    jpeg = run.results.get(f"jpeg[{run.args.jpeg_backend}]") or {}
+    if jpeg.get("extract") or jpeg.get("decoder"):
+        decoder, limit, extract = jpeg.get("decoder") or {}, jpeg.get("limit") or {}, jpeg.get("extract") or {}
+        lines += ["", f"## From JPEG files ({jpeg['n_images']:,} files of {jpeg['image']} px -> {jpeg['input_size']} "
+                  f"px, {jpeg['model']} {jpeg['precision']}, batch {jpeg['batch_size']}, {run.args.jpeg_backend})", "",
+                  f"Decoder: {jpeg.get('decoder_used')} (auto; device decoding: "
+                  f"{decoder.get('device_decoding_problem') or 'available'}); decode-only "
+                  f"{_fmt(decoder.get('decode_img_s'))} img/s; pixels vs Pillow: mean "
+                  f"{decoder.get('mean_abs_diff_vs_pillow')}, max {decoder.get('max_abs_diff_vs_pillow')} "
+                  f"grey levels  ",
+                  f"Device limit {_fmt(limit.get('img_s'))} img/s; end to end (decode -> extract -> store) "
+                  f"{_fmt(extract.get('img_s'))} img/s = **{extract.get('of_limit')} of the limit**; phases (s) "
+                  f"{extract.get('parts_s')}"]
+        probe = jpeg.get("probes")
+        if probe:
+            lines += ["", f"Logreg rows on {probe['layer']} ({probe['n_train']} x {probe['n_features']}, C "
+                      f"{probe['grid']['C']}, cv 3): CPU (scikit-learn, {probe['cores']} cores) {probe['cpu_s']} s, "
+                      f"JAX ({probe['jax_device']}) {probe['jax_s']} s (+ {probe.get('jax_warmup_s')} s "
+                      f"compiling, once per shape): **{probe['speedup']}x**; best C "
+                      f"{probe['cpu_best_C']} vs {probe['jax_best_C']} (same: {probe['same_choice']}); test accuracy "
+                      f"{probe['cpu_test_accuracy']} vs {probe['jax_test_accuracy']}; predictions agree on "
+                      f"{probe['prediction_agreement']:.1%}"]
     probes = run.results.get("probes")
     if probes and probes.get("layers"):
         lines += ["", f"## Probes on the bench features ({probes['n_samples']} samples, CPU)", "",
@@ -1099,10 +1164,11 @@ def driver_main(args) -> int:
     try:
         run.stage("environment", environment, min_seconds=0)
         images = run.stage("images", lambda: make_images(args.workdir / "images", args.n_images, args.n_classes,
-                                                         args.image_size, _cores()))
+                                                         args.image_size, usable_cores()))
         if images["status"] != "ok":
             _log("no images: the decode, bench, finetune and probes stages cannot run")
         run.stage("decode", lambda: decode_rates(args.workdir / "images", args.input_size, args.workers))
+        run.stage(f"jpeg[{args.jpeg_backend}]", lambda: run_jpeg(run), min_seconds=60, skip_key="jpeg")
         pending = list(args.backends)
         for backend in args.backends:
             pending.remove(backend)

@@ -29,6 +29,7 @@ images at input size 96 (VGG16, 5 block pools), each in a fresh child process.
     python benchmarks/extraction_speed.py                 # speed (about 10 min on 2 busy cores)
     python benchmarks/extraction_speed.py --parts memory  # peak RSS, 1,000 and 10,000 images at 96px
     python benchmarks/extraction_speed.py --replot        # redraw the charts from OUT/results-*.json
+    python benchmarks/extraction_speed.py --smoke         # the speed part on generated images: seconds
 """
 
 from __future__ import annotations
@@ -48,12 +49,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _args import (  # noqa: E402
     CIFAR10_DIR,
+    SMOKE_HELP,
     VGG16_WEIGHTS,
     base_parser,
+    parse_smoke,
     quiet_tensorflow,
     require_path,
 )
-from _data import cifar_subset  # noqa: E402
+from _data import cifar_subset, smoke_cifar10  # noqa: E402
 from _measure import GIB, Stopwatch, read_vmhwm, run_child_measuring_rss  # noqa: E402
 from _output import TABLE_STYLE, RunLog, bar_chart, read_results, write_csv, write_json  # noqa: E402
 from layerprobe.pipeline.cli import comma_list  # noqa: E402
@@ -62,6 +65,9 @@ from layerprobe.pipeline.tables import format_table  # noqa: E402
 SCRIPT = "extraction_speed"
 MEMORY_LIMIT_BYTES = 3 * GIB
 MEMORY_GROWTH_LIMIT = 1.20
+# --smoke: the speed part, VGG16 at random init on 20 generated images.
+SMOKE = {"models": ["VGG16"], "vgg16_weights": None, "n_images": 20, "input_size": 32, "batch_size": 8, "repeats": 1,
+         "parts": ["speed"]}
 
 
 def _int_list(text: str) -> list[int]:
@@ -101,6 +107,7 @@ def build_parser():
     parser.add_argument("--memory-weights", type=_weights_arg, default=None, help="weights of the memory runs")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch stores (default: a fresh OUT/work-*, removed)")
     parser.add_argument("--replot", action="store_true", help="only redraw the charts from OUT/results-*.json")
+    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_HELP}: {SMOKE}")
     # Internal: the memory child process.
     parser.add_argument("--child-extract", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-store", type=Path, help=argparse.SUPPRESS)
@@ -438,10 +445,12 @@ def replot(out: Path) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_smoke(build_parser(), argv, SMOKE)
     quiet_tensorflow()
     if args.replot:
         return replot(args.out)
+    if args.smoke and args.cifar10 == CIFAR10_DIR:
+        args.cifar10 = smoke_cifar10(args.out / "smoke-data", n_train=args.n_images // 10, n_test=0)
     require_path(args.cifar10, "The CIFAR-10 image folder", "--cifar10", kind="dir")
     if args.child_extract:
         return child_extract(args)

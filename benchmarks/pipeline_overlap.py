@@ -84,11 +84,13 @@ class SimulatedDevice:
 
 
 class SimulatedExtractor(FeatureExtractor):
-    """A real extractor (keys, chunks, store, writer) whose forward passes run on a `SimulatedDevice`."""
+    """A real extractor (keys, chunks, store, writer) whose forward passes run on its `simulated` device.
 
-    def __init__(self, device: SimulatedDevice, **kwargs):
-        super().__init__(**kwargs)
-        self.simulated = device
+    Its constructor is `FeatureExtractor`'s (its arguments are its `get_config()`);
+    the device is set after construction.
+    """
+
+    simulated: SimulatedDevice
 
     def device_forward(self, layers=None):
         return self.simulated
@@ -100,9 +102,8 @@ def run_case(name, rate, size, n_images, batch_size, widths, workers, log) -> di
     labels = np.arange(n_images) % 10
     device = SimulatedDevice(rate, widths)
     # A real, small backbone gives the layers, keys and feature shapes; the device is simulated.
-    extractor = SimulatedExtractor(
-        device, model="VGG16", weights=None, layers="stages", input_size=size, batch_size=batch_size
-    )
+    extractor = SimulatedExtractor("VGG16", weights=None, layers="stages", input_size=size, batch_size=batch_size)
+    extractor.simulated = device
     assert [extractor.feature_shapes[n][0] for n in extractor.layer_names] == list(widths)
     dataset = from_arrays(pixels, labels)
     digest = dataset.digest("content")  # a per-dataset cost (hashing the pixels), not the pipeline's

@@ -40,6 +40,7 @@ store ``benchmarks/out/probe_speed/store`` is a cache shared by the runs.
     python benchmarks/probe_speed.py            # 50,000 train, 10,000 test
     python benchmarks/probe_speed.py --alternatives block4_pool [--quick]
     python benchmarks/probe_speed.py --threads  # hymenoptera + 3,000 CIFAR-10 rows, default threads vs the rule
+    python benchmarks/probe_speed.py --smoke    # generated images, random weights: seconds
 
 The last line printed is ``screening speed-up: N.N× (same best layer: yes|no)``.
 """
@@ -58,17 +59,22 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_DIR = Path(__file__).resolve().parents[1]
-SHARED_DIR = REPO_DIR.parent / "shared"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import REPO_DIR, SHARED_DIR, SMOKE_HELP, parse_smoke  # noqa: E402
+from _data import smoke_cifar10  # noqa: E402
+
 OUT_DIR = REPO_DIR / "benchmarks" / "out" / "probe_speed"
 LAYERS = ["block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool"]
 BACKBONE = "VGG16"
 SVM_SETTINGS = ("primal", "dual", "dual_tol1e-3", "newton", "newton_warm", "sgd", "rows")
+# --smoke: 10 train and 4 test images per class, generated; VGG16 at random init.
+SMOKE = {"weights": None, "train_per_class": 10, "test_per_class": 4, "cv": 2}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="300/class train and 100/class test images")
+    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_HELP}: {SMOKE}")
     parser.add_argument("--data", type=Path, default=SHARED_DIR / "datasets" / "cifar10", help="CIFAR-10 folder (train/, test/)")
     parser.add_argument("--weights", type=Path, default=SHARED_DIR / "weights" / "vgg16_hed_bsds500_notop.weights.h5")
     parser.add_argument("--store", type=Path, default=OUT_DIR / "store", help="feature store (a cache)")
@@ -104,23 +110,26 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def machine() -> dict:
+def machine(args) -> dict:
+    from layerprobe.core.cores import usable_cores
+    from layerprobe.core.versions import installed_version
+
     try:
         commit = subprocess.run(["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True, check=False).stdout.strip()
     except OSError:
         commit = ""
-    import sklearn
-
     return {
         "cpus": os.cpu_count(),
+        "usable_cores": usable_cores(),
         "load_average_start": os.getloadavg()[0],
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "numpy": np.__version__,
-        "sklearn": sklearn.__version__,
+        "numpy": installed_version("numpy"),
+        "sklearn": installed_version("scikit-learn"),
         "commit": commit,
         "utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "weights": "random init" if args.weights is None else args.weights.name,
     }
 
 
@@ -147,7 +156,7 @@ def load_features(args, layers: list[str], *, data: Path | None = None, input_si
 
     data = args.data if data is None else data
     for path, what in ((data, "--data or --hymenoptera"), (args.weights, "--weights")):
-        if not path.exists():
+        if path is not None and not path.exists():
             raise SystemExit(f"{what} {path} does not exist; pass {what} or put ../shared beside the repository.")
     dataset = from_directory(data)
     train_per_class = args.train_per_class or (300 if args.quick else None)
@@ -158,7 +167,8 @@ def load_features(args, layers: list[str], *, data: Path | None = None, input_si
         ]))
     store = FeatureStore(args.store)
     started = time.perf_counter()
-    extractor = FeatureExtractor(BACKBONE, weights=str(args.weights), layers=layers, pooling="avg",
+    weights = None if args.weights is None else str(args.weights)
+    extractor = FeatureExtractor(BACKBONE, weights=weights, layers=layers, pooling="avg",
                                  input_size=input_size or args.input_size)
     report = extractor.extract(dataset, store, progress=False)
     log(f"features: {report.summary()} ({time.perf_counter() - started:.1f} s with the model build)")
@@ -285,9 +295,12 @@ def compare(args, features, class_names, meta) -> dict:
     }
     if not args.no_multi:
         started = time.perf_counter()
-        multi = MultiLayerProbe().fit({layer: train[layer].X for layer in layers}, train[layers[0]].y)
+        # the layers side by side, as the run's multi-layer row gives them
+        widths = [train[layer].X.shape[1] for layer in layers]
+        multi = MultiLayerProbe(widths, layers).fit(np.hstack([train[layer].X for layer in layers]), train[layers[0]].y)
         multi_seconds = time.perf_counter() - started
-        multi_test = evaluate(test[layers[0]].y, multi.predict({layer: test[layer].X for layer in layers}), class_names)
+        multi_test = evaluate(test[layers[0]].y, multi.predict(np.hstack([test[layer].X for layer in layers])),
+                              class_names)
         summary["multi_layer"] = {"name": multi.name_, "cv_score": multi.cv_score_, "alpha": multi.alpha_,
                                   "test_accuracy": multi_test.accuracy, "fit_seconds": multi_seconds,
                                   "path": multi.selection_path_}
@@ -299,7 +312,8 @@ def compare(args, features, class_names, meta) -> dict:
     lines = [
         f"# probe_speed ({'quick' if args.quick else 'full'})",
         "",
-        f"{n_train} train / {n_test} test CIFAR-10 images, VGG16 HED weights, input {args.input_size}, avg pooling; "
+        f"{n_train} train / {n_test} test CIFAR-10 images, VGG16 weights {meta['weights']}, "
+        f"input {args.input_size}, avg pooling; "
         f"grid = fit_classifier(logreg, cv={args.cv}, C in 0.01..10); screening = RidgeProbeCV + LogME ranked by the run's screening_order, "
         f"top_k={args.top_k}. BLAS threads: {meta['blas_threads']}. {meta['cpus']} CPUs, load average {meta['load_average_start']:.1f} at start, "
         f"{meta['load_average_end']:.1f} at end (shared machine: rely on the ratios), {meta['utc']}, commit {meta['commit']}.",
@@ -356,7 +370,7 @@ def default_threads():
 def threads_comparison(args, datasets: dict, meta: dict) -> dict:
     """Every (dataset, layer, classifier) row fitted twice, default threads and the rule, in alternating order.
 
-    A row is what the classifier stage does for it (`pipeline.run.rows.score_row`):
+    A row is what the classifier stage of a run does for it:
     ``fit_classifier`` (``cv`` folds, the registry's grid, standardized) on the
     training split and one prediction of the test split, under
     ``native_threads(X_train)`` for the rule.
@@ -364,7 +378,7 @@ def threads_comparison(args, datasets: dict, meta: dict) -> dict:
     from threadpoolctl import threadpool_info
 
     from layerprobe.pipeline.classifiers import fit_classifier
-    from layerprobe.pipeline.threads import native_threads, usable_cores
+    from layerprobe.pipeline.threads import native_threads
 
     def fit_row(train, test, classifier):
         started = time.perf_counter()
@@ -373,7 +387,7 @@ def threads_comparison(args, datasets: dict, meta: dict) -> dict:
         return time.perf_counter() - started, result, accuracy
 
     pools = sorted({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] in ("blas", "openmp")})
-    meta.update({"default_pool_threads": pools, "usable_cores": usable_cores(), "classifiers": args.classifiers})
+    meta.update({"default_pool_threads": pools, "classifiers": args.classifiers})
     log(f"default native pools: {pools} threads; usable cores: {meta['usable_cores']}; cv={args.cv}")
     rows, order = [], 0
     for dataset_name, features in datasets.items():
@@ -639,8 +653,13 @@ def linear_svm_alternatives(args, features, meta) -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    args.out = args.out or OUT_DIR / ("quick" if args.quick else "full")
+    args = parse_smoke(build_parser(), argv, SMOKE)
+    args.out = args.out or OUT_DIR / ("smoke" if args.smoke else "quick" if args.quick else "full")
+    if args.smoke:
+        if args.data == SHARED_DIR / "datasets" / "cifar10":
+            args.data = smoke_cifar10(args.out / "smoke-data", n_train=args.train_per_class, n_test=args.test_per_class)
+        if args.store == OUT_DIR / "store":
+            args.store = args.out / "store"
     args.quick = args.quick or args.threads
     args.cv = args.cv or (3 if args.quick else 5)
     args.classifiers = [name.strip() for name in args.classifiers.split(",") if name.strip()]
@@ -649,7 +668,7 @@ def main(argv=None) -> int:
     if args.top_k < 1 or args.top_k > len(layers):
         raise SystemExit(f"--top-k must be between 1 and the number of layers ({len(layers)}). Received: {args.top_k}")
     started = time.perf_counter()
-    meta = machine()
+    meta = machine(args)
     if args.threads:
         args.out = args.out if args.out != OUT_DIR / "quick" else OUT_DIR / "threads"
         datasets = {

@@ -4,7 +4,7 @@ The same generated images (JPEG and PNG files, so that workers decode them), the
 same backbone (VGG16, random weights), layers, batch and chunk sizes, extracted:
 
   (a) in-process   `FeatureExtractor.extract` into a fresh store;
-  (b) on a cluster `extract(..., client=client)` on a `LocalCluster` of N worker
+  (b) on a cluster `extract_on_cluster(extractor, ..., client)` on a `LocalCluster` of N worker
                    processes with 1 thread each, for each N in `--workers`.
 
 For each, the first run (cold: the backbone is built and traced, on the cluster
@@ -126,7 +126,7 @@ def _workers_cpu(client):
 
 def run(args: argparse.Namespace) -> dict:
     from layerprobe.features.backend import import_keras_quietly
-    from layerprobe.features.cluster_extraction import check_store_visible, workers_environment
+    from layerprobe.features.cluster_extraction import check_store_visible, extract_on_cluster, workers_environment
     from layerprobe.features.extract import FeatureExtractor
     from layerprobe.features.inputs import from_directory
 
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> dict:
             start_seconds = time.perf_counter() - started
 
             def on_cluster(store):
-                return extractor.extract(dataset, store, chunk_size=args.chunk_size, progress=False, client=client)
+                return extract_on_cluster(extractor, dataset, store, client, chunk_size=args.chunk_size, progress=False)
 
             cluster_runs = [_timed(on_cluster, scratch / name, _workers_cpu(client)) for _ in range(args.repeats + 1)]
             fixed = time.perf_counter()

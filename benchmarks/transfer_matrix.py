@@ -65,6 +65,7 @@ threshold), `long.csv` (every score), `depth.png`, `results.json`, `log.txt`; ca
     python benchmarks/transfer_matrix.py --real     # the full run with the real-data points (about 1 h 45 on 2 shared cores)
     python benchmarks/transfer_matrix.py --quick    # smoke run on a few images, into OUT/quick (< 3 min)
     python benchmarks/transfer_matrix.py --replot   # redraw and reprint from OUT/results.json
+    python benchmarks/transfer_matrix.py --smoke    # generated images, the smallest network: under a minute
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _args import CIFAR10_DIR, SHARED_DIR, base_parser, quiet_tensorflow, require_path  # noqa: E402
+from _args import CIFAR10_DIR, SHARED_DIR, SMOKE_HELP, base_parser, parse_smoke, quiet_tensorflow, require_path  # noqa: E402
+from _data import smoke_cifar10  # noqa: E402
 from _measure import Stopwatch, cpu_seconds  # noqa: E402
 from _output import TABLE_STYLE, RunLog, read_results, write_csv, write_json  # noqa: E402
 from layerprobe.pipeline.tables import format_table  # noqa: E402
@@ -111,6 +113,12 @@ QUICK = {
     "seeds": [0], "test_per_class": 10, "epochs": [2, 2], "source_min_accuracy": 0.0,
     "real_sizes": [4], "real_test_per_class": 10, "real_hymenoptera_per_class": 8,
 }
+# --smoke: fewer images, epochs and weights than --quick, on generated images (every path of the default run).
+SMOKE = {
+    "source_per_class": 8, "source_test_per_class": 4, "source_epochs": 1, "sizes": [4], "seeds": [0],
+    "test_per_class": 4, "epochs": [1, 1], "source_min_accuracy": 0.0, "cv": 2, "model_kwargs": {"width": 4},
+    "splits": ["dissimilar"],
+}
 
 
 def build_parser():
@@ -120,6 +128,8 @@ def build_parser():
     parser.add_argument("--model-kwargs", type=json.loads, default={"width": 32}, help="constructor arguments, JSON")
     parser.add_argument("--input-size", type=int, default=32, help="square input side")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the similar split's random 5 + 5 classes")
+    parser.add_argument("--splits", nargs="+", choices=SIMILARITIES, default=list(SIMILARITIES),
+                        help="the splits of CIFAR-10 into source and target halves that are run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="seeds of B's training draw, initialisation, shuffling, CV folds and fits")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000], help="B training images per class")
@@ -150,6 +160,7 @@ def build_parser():
     parser.add_argument("--real-test-per-class", type=int, default=200, help="CIFAR-10 test images per class, real points")
     parser.add_argument("--store", type=Path, default=None, help="feature store (default: OUT/store, kept as a cache)")
     parser.add_argument("--quick", action="store_true", help=f"smoke run into OUT/quick: {QUICK}")
+    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_HELP}: {SMOKE}")
     parser.add_argument("--replot", action="store_true", help="only redraw and reprint from OUT/results.json")
     return parser
 
@@ -730,11 +741,14 @@ def report(data: Mapping[str, Any], out: Path, log: Callable[[str], None], *, ve
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_smoke(parser, argv, SMOKE)
     quiet_tensorflow()
     if args.quick:
         parser.set_defaults(**QUICK, out=args.out / "quick")
         args = parser.parse_args(argv)
+    if args.smoke and args.cifar10 == CIFAR10_DIR:
+        args.cifar10 = smoke_cifar10(args.out / "smoke-data", n_train=max(args.source_per_class, *args.sizes),
+                                     n_test=max(args.source_test_per_class, args.test_per_class))
     if args.replot:
         report(read_results(args.out / "results.json"), args.out, print)
         return 0
@@ -763,7 +777,7 @@ def main(argv=None) -> int:
 
     if not args.only_real:
         contexts = [prepare_split(similarity, *splits[similarity], full, store, args, log)
-                    for similarity in SIMILARITIES]
+                    for similarity in args.splits]
         sources += [context["source"] for context in contexts]
         for seed in args.seeds:  # seed by seed, so that a partial run has every split and size of the first seeds
             for context in contexts:

@@ -22,6 +22,7 @@ folder `run/` (results table, `depth.png`, summary); caches in `source/` and `st
 
     python benchmarks/vit_depth_sweep.py            # about 30 min on 2 busy cores (load 10)
     python benchmarks/vit_depth_sweep.py --quick    # smoke run into OUT/quick (a few minutes)
+    python benchmarks/vit_depth_sweep.py --smoke    # generated images, a 2-block ViT: under a minute
 """
 
 from __future__ import annotations
@@ -37,8 +38,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _args import CIFAR10_DIR, REPO_DIR, SHARED_DIR, base_parser, quiet_tensorflow, require_path  # noqa: E402
-from _data import cifar_subset  # noqa: E402
+from _args import (  # noqa: E402
+    CIFAR10_DIR,
+    REPO_DIR,
+    SHARED_DIR,
+    SMOKE_HELP,
+    base_parser,
+    parse_smoke,
+    quiet_tensorflow,
+    require_path,
+)
+from _data import cifar_subset, smoke_cifar10  # noqa: E402
 from _measure import Stopwatch  # noqa: E402
 from _output import RunLog, significant, write_csv, write_json  # noqa: E402
 from extraction_speed import decode_in_memory  # noqa: E402
@@ -54,6 +64,9 @@ POOLINGS = ["cls", "mean", "cls+mean"]
 DIGEST = "content"  # datasets identified by their bytes: the caches survive a copy of ../shared
 QUICK = {"source_per_class": 40, "source_test_per_class": 10, "source_epochs": 1, "n_train_per_class": 10,
          "n_test_per_class": 10, "speed_images": 100, "repeats": 1}
+SMOKE = {"model_kwargs": {"patch_size": 8, "num_layers": 2, "hidden_dim": 16, "num_heads": 1, "mlp_dim": 16},
+         "source_per_class": 8, "source_test_per_class": 4, "source_epochs": 1, "n_train_per_class": 4,
+         "n_test_per_class": 2, "cv": 2, "batch_size": 8, "speed_images": 20, "repeats": 1}
 
 
 def build_parser():
@@ -73,6 +86,7 @@ def build_parser():
     parser.add_argument("--repeats", type=int, default=2, help="interleaved speed repeats; the best is reported")
     parser.add_argument("--parts", nargs="+", default=["sweep", "speed"], choices=["sweep", "speed"])
     parser.add_argument("--quick", action="store_true", help=f"smoke run into OUT/quick: {QUICK}")
+    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_HELP}: {SMOKE}")
     return parser
 
 
@@ -201,12 +215,16 @@ def speed(args, log) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_smoke(build_parser(), argv, SMOKE)
     quiet_tensorflow()
     if args.quick:
         args.out = args.out / "quick"
         for key, value in QUICK.items():
             setattr(args, key, value)
+    if args.smoke and args.cifar10 == CIFAR10_DIR:
+        args.cifar10 = smoke_cifar10(args.out / "smoke-data", n_train=max(args.source_per_class, args.n_train_per_class,
+                                                                         args.speed_images // 10),
+                                     n_test=max(args.source_test_per_class, args.n_test_per_class))
     if not SHARED_DIR.is_dir() and args.cifar10 == CIFAR10_DIR:
         print(f"{SCRIPT}: skipped: {SHARED_DIR} (../shared beside the repository) is absent; pass --cifar10.")
         return 0

@@ -3,6 +3,7 @@
 * `errors`: the `LayerprobeError` tree, for problems a user can fix;
 * `checks`: argument checks and "did you mean" suggestions;
 * `atomic`: atomic file writes (a temporary name, then a rename);
+* `files`: whole-file reads of regular files only, up to a size cap;
 * `lazy`: lazy package exports (PEP 562), so packages import nothing heavy;
 * `digests`: the canonical content digests of arrays and files;
 * `versions`: installed library versions, from the distributions' metadata;

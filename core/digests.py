@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from typing import Iterable
 
 import numpy as np
+
+from .errors import UnusableFileError
+from .files import file_kind
 
 _BLOCK_BYTES = 1 << 24
 
@@ -80,9 +84,16 @@ def strings_digest(values: Iterable[str | bytes]) -> str:
 
 
 def file_digest(path: str | os.PathLike, *, block_bytes: int = 1 << 20) -> str:
-    """sha256 of a file's bytes, read in blocks (constant memory)."""
+    """sha256 of a regular file's bytes, read in blocks (constant memory).
+
+    Raises:
+        UnusableFileError: If `path` is not a regular file (a FIFO would block, /dev/zero never end).
+    """
     sha = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
+        mode = os.fstat(handle.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise UnusableFileError(f"Cannot digest {os.fspath(path)}: it is {file_kind(mode)}, not a regular file.")
         for block in iter(lambda: handle.read(block_bytes), b""):
             sha.update(block)
     return "sha256:" + sha.hexdigest()

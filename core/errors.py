@@ -42,7 +42,8 @@ class UnreadableImageError(InputError):
 
     Attributes:
         reason: Short text starting with the kind of failure: "file not found",
-            "empty file", "cannot open file: ...", "not an image: ...",
+            "empty file", "not a regular file: ..." (a FIFO, a device; never read),
+            "cannot open file: ...", "not an image: ...",
             "truncated or corrupt image: ..." or "too large: ...".
         path: The file, or None.
     """
@@ -77,6 +78,15 @@ class ImageReadError(InputError):
 
     def __reduce__(self):
         return type(self), (self.args[0], self.path, self.errno, self.attempts)
+
+
+class UnusableFileError(LayerprobeError, OSError):
+    """A file layerprobe reads whole is not a regular file (a FIFO, a device, a folder) or is too large
+    for what it should be; see `layerprobe.core.files`. An `OSError` too, so that readers which treat an
+    unreadable cache or record as missing still do."""
+
+    def __str__(self) -> str:  # OSError would add nothing, but keep the one-line message as given
+        return str(self.args[0])
 
 
 class BackboneError(LayerprobeError, ValueError):

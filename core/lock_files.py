@@ -18,7 +18,10 @@ must have the sticky bit, as /tmp has, or anyone could delete a lock file
 while it is held.
 
 The feature store's per-key locks (`layerprobe.features.store.locks`), the
-results table of a run and its finetuning checkpoints use these.
+results table of a run and its finetuning checkpoints use these. `hold_lock_file`
+removes its file when the block ends (still holding it, so a process waiting
+on that file sees it gone and takes a new one): an output folder keeps no lock
+files.
 """
 
 from __future__ import annotations
@@ -232,19 +235,35 @@ def hold_lock_file(
             another process holds it longer than `timeout`.
     """
     seconds = lock_timeout(timeout, error=error)
+    while True:
+        try:
+            path.parent.mkdir(mode=0o775, parents=True, exist_ok=True)
+            check_lock_folder(path.parent, error=error)
+            handle = open_lock_file(path, error=error)
+        except OSError as failure:
+            raise error(f"Cannot create or open the lock file {path}: {failure}.") from failure
+        with handle:
+            take(
+                handle, path, seconds, on_wait=on_wait,
+                gave_up=lambda who: error(
+                    f"Gave up after waiting {seconds:g} s for the lock file {path}, held by {who}, which is {doing}. "
+                    f"Wait for that process and run again, raise the limit (LAYERPROBE_LOCK_TIMEOUT in seconds), or "
+                    f"stop it (the lock is released when it exits, even if killed)."
+                ),
+            )
+            if not _still_at(handle, path):  # its holder removed it while this process waited: take the new one
+                continue
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError):  # removed while held, so a waiter on it sees it gone and retries
+                    path.unlink()
+            return
+
+
+def _still_at(handle: IO[bytes], path: Path) -> bool:
+    """Whether the open lock file is still the file at `path` (not removed, nor replaced by a new one)."""
     try:
-        path.parent.mkdir(mode=0o775, parents=True, exist_ok=True)
-        check_lock_folder(path.parent, error=error)
-        handle = open_lock_file(path, error=error)
-    except OSError as failure:
-        raise error(f"Cannot create or open the lock file {path}: {failure}.") from failure
-    with handle:
-        take(
-            handle, path, seconds, on_wait=on_wait,
-            gave_up=lambda who: error(
-                f"Gave up after waiting {seconds:g} s for the lock file {path}, held by {who}, which is {doing}. "
-                f"Wait for that process and run again, raise the limit (LAYERPROBE_LOCK_TIMEOUT in seconds), or "
-                f"stop it (the lock is released when it exits, even if killed)."
-            ),
-        )
-        yield
+        return os.stat(path, follow_symlinks=False).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False

@@ -32,6 +32,7 @@ import numpy as np
 from .backend import import_keras_quietly, load_weights_strictly
 from ..core.digests import arrays_digest, file_digest
 from ..core.errors import BackboneError, WeightsUnavailableError
+from ..core.files import file_kind
 from .hub import is_hub_model, open_hub_model
 from .model_files import SAVED_WEIGHTS, is_model_file, open_model_file
 from .registry import (
@@ -130,8 +131,10 @@ def _resolve_weights(weights: str | os.PathLike | None) -> str | None:
         return text
     path = Path(text).expanduser()
     if not path.is_file():
+        found = f"{path} is {file_kind(path.stat().st_mode)}, not a regular file" if path.exists() else \
+            f"Weights file not found: {path}"
         raise WeightsUnavailableError(
-            f"Weights file not found: {path}. Pass weights='imagenet', weights=None "
+            f"{found}. Pass weights='imagenet', weights=None "
             f"for random initialisation, or the path of an existing .weights.h5/.h5 file. "
             f"Received: weights={text!r}"
         )

@@ -39,9 +39,9 @@ TESTED_KERAS = ">=3.3,<4"
 _SEED_ATTRIBUTES = ("global_random_seed", "global_seed_generator")
 
 # TensorFlow turns its oneDNN CPU kernels on by itself only on CPUs with AVX-512 VNNI, BF16 or
-# AMX. Elsewhere they are faster too, and their results, unlike Eigen's, do not depend on the
-# number of threads: VGG16 at 32 px ran at 314 against 242 img/s on the 2-core AVX2 machine of
-# benchmarks/RESULTS.md ("oneDNN on every CPU"). A user's own setting of the variable wins.
+# AMX. Elsewhere they are faster too (measured in benchmarks/RESULTS.md, "oneDNN on every CPU"),
+# and their results, unlike Eigen's, do not depend on the number of threads. A user's own
+# setting of the variable wins.
 ONEDNN_FLAG = "TF_ENABLE_ONEDNN_OPTS"
 
 

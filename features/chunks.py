@@ -137,11 +137,12 @@ def chunk_ranges(
 def default_chunk_size(batch_size: int, image_side: int | None = None) -> int:
     """Samples per chunk: at least 256 and 8 batches; for small `image_side` x `image_side` inputs, more.
 
-    Each chunk file costs about 10 ms to write and read back per layer whatever its size,
-    which for a cheap model on 32 px images was a tenth of the extraction (benchmarks/
-    RESULTS.md, vit_depth_sweep). So chunks of small images grow to 8 MiB of decoded
-    pixels (2,048 samples at 32 px, about 680 at 64 px; unchanged from 128 px up), at most
-    2,048 samples: memory stays small and a crash still loses seconds of work.
+    Each chunk file has a fixed cost per layer, to write and to read back at the commit,
+    whatever its size; for a cheap model on small images that cost is a visible share of
+    the extraction (measured in benchmarks/RESULTS.md, vit_depth_sweep). So chunks of small
+    images grow to 8 MiB of decoded pixels (2,048 samples at 32 px, about 680 at 64 px;
+    unchanged from 128 px up), at most 2,048 samples: fewer files, while memory stays small
+    and a crash still loses little work.
     """
     batches = max(_DEFAULT_CHUNK_BATCHES, _DEFAULT_CHUNK_SAMPLES // batch_size)
     if image_side:

@@ -1,9 +1,10 @@
 """Sharded extraction on a dask.distributed cluster: an entry's chunks are the unit of work.
 
-`FeatureExtractor.extract(..., client=client)` comes here. The client plans the
-work exactly as an in-process extraction does (the same fixed, batch-aligned
-chunks, the same work areas in the store) and submits one task per chunk not
-yet committed. A worker:
+`extract_on_cluster(extractor, dataset, store, client)` does what
+`extractor.extract(dataset, store)` does, on a dask cluster. The client plans
+the work exactly as an in-process extraction does (the same fixed,
+batch-aligned chunks, the same work areas in the store) and submits one task
+per chunk not yet committed. A worker:
 
 * builds the truncated backbone once per process, from the extractor's
   `get_config()`, and keeps it (`FeatureExtractor.shared`), and checks that
@@ -57,7 +58,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from .chunks import (
     ExtractionReport,
@@ -68,12 +69,11 @@ from .chunks import (
 from ..core.atomic import TMP_PREFIX, write_text_atomically
 from ..core.cores import usable_cores
 from ..core.errors import BackboneError, InputError, StoreError
+from ..core.files import RECORD_MAX_BYTES, read_bounded_text
 from .environment import environment_differences, numerics_environment
+from .extract import FeatureExtractor
 from .inputs import DecodedChunk, ImageDataset, iter_decoded_chunks
 from .store import FeatureStore
-
-if TYPE_CHECKING:
-    from .extract import FeatureExtractor
 
 __all__ = [
     "CHUNK_RETRIES",
@@ -143,8 +143,7 @@ class ChunkOutcome:
 class _ChunkTask:
     """Everything a worker needs for one chunk; small (only the chunk's samples travel)."""
 
-    extractor_class: type  # pickled by reference: the worker imports it
-    config: dict
+    config: dict  # the extractor's `get_config()`: the worker rebuilds it (`FeatureExtractor.shared`)
     layer_names: tuple[str, ...]  # the layers computed together (the client's multi-output model)
     expected_keys: dict  # layer name -> key digest, as the client computed it
     dataset_digest: str
@@ -227,7 +226,7 @@ def _run_chunk(task: _ChunkTask) -> ChunkOutcome:
                 f"the same path. Nothing was written by this worker."
             )
     _check_worker_environment(lacking)
-    extractor = task.extractor_class.shared(task.config)
+    extractor = FeatureExtractor.shared(task.config)
     _check_worker_keys(extractor, task)
     chunk = _decode(task, extractor)
     layers = [info for info in extractor.layers if info.name in task.layer_names]
@@ -240,7 +239,7 @@ def _run_chunk(task: _ChunkTask) -> ChunkOutcome:
 def _read_probe(path: str, token: str) -> str | None:
     """On a worker: None if it reads `token` from `path` and can write beside it, else what went wrong."""
     try:
-        seen = Path(path).read_text(encoding="utf-8")
+        seen = read_bounded_text(path, "probe file", RECORD_MAX_BYTES)
     except OSError as error:
         return f"cannot read the probe file {path}: {error.strerror or error}"
     if seen != token:
@@ -371,7 +370,7 @@ def extract_on_cluster(
     log: Callable[[str], None] | None = None,
     dataset_digest: str | None = None,
 ) -> ExtractionReport:
-    """`extractor.extract(dataset, store, client=client)`: the chunks computed on the cluster's workers.
+    """`extractor.extract(dataset, store)` with the chunks computed on the cluster's workers.
 
     Args:
         extractor: The extractor (built on the client: it gives the keys and the
@@ -445,7 +444,6 @@ def _run_chunks(extractor, dataset, store, keys, work, client, n_threads, progre
     prefix = _task_prefix(store, work, expected)
     resources = gpu_resources(client)
     common = dict(
-        extractor_class=type(extractor),
         # the batch size the client planned the chunks with ("auto" resolved on the client)
         config={**extractor.get_config(), "batch_size": extractor.batch_size},
         layer_names=tuple(info.name for info in work.layers),

@@ -221,9 +221,16 @@ class _KerasAdapter:
 _ADAPTERS = {"jax": _JaxAdapter, "torch": _TorchAdapter, "tensorflow": _TensorFlowAdapter}
 
 
-def pad_batch(images: np.ndarray, batch_size: int) -> np.ndarray:
-    """`images` (at most `batch_size`) zero-padded to exactly `batch_size` rows: one shape, one compilation."""
+def pad_batch(images, batch_size: int):
+    """`images` (at most `batch_size`) zero-padded to exactly `batch_size` rows: one shape, one compilation.
+
+    A backend tensor (pixels decoded on the device) is padded there.
+    """
     if len(images) == batch_size:
         return images
+    if not isinstance(images, np.ndarray):
+        import keras
+
+        return keras.ops.pad(images, [[0, batch_size - len(images)]] + [[0, 0]] * (len(images.shape) - 1))
     padding = np.zeros((batch_size - len(images), *images.shape[1:]), dtype=images.dtype)
     return np.concatenate([images, padding])

@@ -31,6 +31,7 @@ from typing import Any, Mapping
 
 from .backend import apply_backend_defaults
 from ..core.versions import installed_version
+from ..core.files import RECORD_MAX_BYTES, read_bounded_text
 
 __all__ = ["ENVIRONMENT_FLAGS", "environment_differences", "numerics_environment"]
 
@@ -65,7 +66,7 @@ def _backend_name() -> str:
         return os.environ["KERAS_BACKEND"]
     keras_home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        return str(json.loads(Path(keras_home, "keras.json").read_text())["backend"])
+        return str(json.loads(read_bounded_text(Path(keras_home, "keras.json"), "Keras config", RECORD_MAX_BYTES))["backend"])
     return "tensorflow"
 
 

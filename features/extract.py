@@ -46,7 +46,8 @@ from .inputs import DEFAULT_MAX_PIXELS, DecodedChunk, ImageDataset, iter_decoded
 from .inputs.dataset import DIGEST_MODES, resolve_dataset_digest
 from .inputs.decoding import resolve_decoder
 from .inputs.loader import check_decoded_memory
-from .keys import DEFAULT_BATCH_SIZE, STORAGE_DTYPES, FeatureKey
+from .inputs.pixel_cache import PixelCache, PixelKey
+from .keys import DEFAULT_BATCH_SIZE, STORAGE_DTYPES, FeatureKey, decoded_pixels
 from .layers import LayerInfo, resolve_layers
 from .plans import ExtractionPlan, PlannedLayer
 from .store import FeatureStore, library_versions
@@ -138,15 +139,22 @@ class FeatureExtractor:
         max_pixels: Skip (and record) image files larger than this many pixels,
             checked from the header before decoding. It decides which samples
             are kept, so a value other than the default changes the keys.
-        decoder: JPEG decoder of image files: `"auto"` (simplejpeg where installed,
-            else Pillow), `"pillow"` or `"simplejpeg"`. They give the same pixels, so
-            it is not part of the keys (see `layerprobe.features.inputs.decoding`).
+        decoder: Decoder of image files: `"auto"` (nvImageCodec on the GPU where it is
+            installed and Keras computes on a GPU, else simplejpeg where installed, else
+            Pillow), `"pillow"`, `"simplejpeg"` or `"nvimgcodec"`. Pillow and simplejpeg
+            give the same pixels and share keys; nvImageCodec's pixels differ slightly,
+            so its features have other keys (see `layerprobe.features.inputs.decoding`).
         dataset_digest: How a dataset of files is identified in the keys:
             `"stat"` (paths, sizes and modification times: fast; new pixels
             written with the same size and a restored mtime go unnoticed, and a
             copy without `cp -p` is a cache miss) or `"content"` (the bytes of
             every file, hashed in parallel and cached per file; see
             `ImageDataset.digest`).
+        pixel_cache: Keep the decoded pixels of image files in the store and read them
+            back instead of decoding again: a later extraction at the same input size
+            with the same decoder (another backbone, other layers) decodes nothing
+            (`layerprobe.features.inputs.pixel_cache`). Costs 3 x input_size² bytes
+            of disk per image.
 
     Raises:
         BackboneError: For an unknown model, unusable weights, model_kwargs,
@@ -180,6 +188,7 @@ class FeatureExtractor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         dataset_digest: str = "stat",
         decoder: str = "auto",
+        pixel_cache: bool = False,
     ):
         if dataset_digest not in DIGEST_MODES:
             raise InputError(f"dataset_digest must be one of {DIGEST_MODES}. Received: dataset_digest={dataset_digest!r}")
@@ -191,8 +200,9 @@ class FeatureExtractor:
             model=model, weights=weights, layers=layers, pooling=pooling, input_size=input_size,
             batch_size=batch_size, dtype=dtype, mixed_precision=mixed_precision, model_kwargs=model_kwargs,
             preprocessing=preprocessing, seed=seed, max_flatten_dim=max_flatten_dim, max_pixels=max_pixels,
-            dataset_digest=dataset_digest, decoder=decoder,
+            dataset_digest=dataset_digest, decoder=decoder, pixel_cache=pixel_cache,
         )
+        self.pixel_cache = bool(pixel_cache)
         self.decoder = resolve_decoder(decoder)
         self._auto_batch = batch_size == "auto"
         self.batch_size = DEFAULT_BATCH_SIZE if self._auto_batch else check_positive_int(
@@ -294,6 +304,7 @@ class FeatureExtractor:
             dtype=self.dtype,
             compute_dtype=self.compute_dtype,
             max_pixels=self.max_pixels,
+            pixels=decoded_pixels(self.decoder),
             layers=tuple(
                 PlannedLayer(info.name, info.stable_id, self.pooling[info.name], round(info.depth, 4), info.stage)
                 for info in self.layers
@@ -317,7 +328,6 @@ class FeatureExtractor:
         n_workers: int | None = None,
         progress: bool = True,
         log: Callable[[str], None] | None = None,
-        client: Any = None,
         dataset_digest: str | None = None,
     ) -> ExtractionReport:
         """Make sure the store holds every selected layer's features for `dataset`.
@@ -325,8 +335,8 @@ class FeatureExtractor:
         Layers already stored are reused without a forward pass. The others
         are computed together, one forward pass per batch, under per-key locks
         (a concurrent extraction of the same key waits, then reuses it).
-        With a dask `client`, the chunks are computed on the cluster's workers
-        (see `layerprobe.features.cluster_extraction`), with bit-identical results.
+        `layerprobe.features.cluster_extraction.extract_on_cluster` does the same
+        on a dask cluster's workers, with bit-identical results.
 
         Args:
             dataset: Images to extract (see `layerprobe.features.inputs`).
@@ -337,10 +347,6 @@ class FeatureExtractor:
             n_workers: Decoding threads (default: min(8, CPUs)).
             progress: Show a tqdm progress bar with images/s.
             log: Called with one line per event (cached/computed/waiting).
-            client: A `dask.distributed.Client`: compute the chunks on its workers,
-                which must see the store at the same path (checked first). With a
-                client, `n_workers` is the decoding threads per worker (default:
-                the host's cores // its workers).
             dataset_digest: The dataset's digest if already computed (`dataset.digest(...)`),
                 so that a caller that made its keys with it uses the same ones even if a
                 file is touched meanwhile (one digest per run); or `"stat"`/`"content"`
@@ -358,13 +364,6 @@ class FeatureExtractor:
             CorruptEntryError: If a stored entry of a selected layer is unreadable
                 (the message says how to remove it).
         """
-        if client is not None:
-            from .cluster_extraction import extract_on_cluster
-
-            return extract_on_cluster(
-                self, dataset, store, client, chunk_size=chunk_size, n_threads=n_workers, progress=progress, log=log,
-                dataset_digest=dataset_digest,
-            )
         if len(dataset) == 0:
             raise InputError("The dataset has no samples; there is nothing to extract. Received: 0 samples")
         # a bad chunk_size fails before any lock ("auto" batches are resolved to a divisor of chunk_size)
@@ -564,6 +563,7 @@ class FeatureExtractor:
             max_pixels=self.max_pixels,
             dtype=dataset.pixel_dtype,
             decoder=self.decoder,
+            pixel_cache=self._pixel_cache(store, keys),
         )
         try:
             with contextlib.closing(decoded), ChunkWriter(write, depth=WRITE_QUEUE_CHUNKS, report=report) as writer:
@@ -575,6 +575,14 @@ class FeatureExtractor:
         finally:
             bar.close()
         commit_entries(store, keys, work, dataset, {**self.entry_metadata(), "n_dataset_samples": len(dataset)}, report, log)
+
+
+    def _pixel_cache(self, store: FeatureStore, keys: Mapping[str, FeatureKey]) -> PixelCache | None:
+        """The store's cache of this extraction's decoded pixels, where `pixel_cache` is on."""
+        if not self.pixel_cache:
+            return None
+        key = PixelKey(next(iter(keys.values())).dataset, self.backbone.input_size, decoded_pixels(self.decoder))
+        return PixelCache(store.root, key)
 
 
 _shared: collections.OrderedDict[str, FeatureExtractor] = collections.OrderedDict()

@@ -3,7 +3,8 @@
 A key names what a feature array is: the backbone and its weights, the layer,
 pooling, input size, preprocessing, storage and compute dtypes, the dataset
 (its digest: files' relative paths and sizes and mtimes, or their contents;
-labels; splits; the `max_pixels` guard) and the format version. Any change of
+labels; splits; the `max_pixels` guard; the decoder where its pixels are not
+libjpeg-turbo's, `decoded_pixels`) and the format version. Any change of
 a field gives a different digest, so the store never hands back features of
 other settings or other data.
 
@@ -25,7 +26,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["COMPUTE_PRECISIONS", "DECODERS", "DEFAULT_BATCH_SIZE", "DIGEST_MODES", "FORMAT_VERSION", "STORAGE_DTYPES", "FeatureKey", "safe_name"]
+__all__ = [
+    "COMPUTE_PRECISIONS", "CPU_PIXELS", "DECODERS", "DEFAULT_BATCH_SIZE", "DIGEST_MODES", "FORMAT_VERSION",
+    "STORAGE_DTYPES", "FeatureKey", "decoded_pixels", "safe_name",
+]
 
 # Bump when the extraction output changes for the same key fields.
 # 2: 16-bit grey levels scaled from their bit depth (not 65535); JPEGs decoded at reduced scale (draft).
@@ -39,8 +43,22 @@ DIGEST_MODES = ("stat", "content")
 DEFAULT_BATCH_SIZE = 32
 """The batch size of `batch_size="auto"` on a CPU (and where an accelerator's is not known yet)."""
 
-DECODERS = ("auto", "pillow", "simplejpeg")
-"""JPEG decoders of image files; they give the same pixels, so the decoder is not part of keys."""
+DECODERS = ("auto", "pillow", "simplejpeg", "nvimgcodec")
+"""Decoders of image files (`layerprobe.features.inputs.decoding.resolve_decoder`)."""
+
+CPU_PIXELS = "libjpeg-turbo"
+"""The pixels of the CPU decoders: Pillow and simplejpeg decode with libjpeg-turbo's integer IDCT at
+the same scale and resize alike, so they give the same pixels and share keys (and every store made
+before device decoding existed holds these pixels)."""
+
+
+def decoded_pixels(decoder: str) -> str:
+    """What pixels a resolved decoder gives: `CPU_PIXELS` for `"pillow"` and `"simplejpeg"`, else its name.
+
+    Features of different decoded pixels never share a key: the pixels are folded into
+    the key's dataset digest where they are not `CPU_PIXELS` (`ExtractionPlan.keys`).
+    """
+    return CPU_PIXELS if decoder in ("pillow", "simplejpeg") else decoder
 
 COMPUTE_PRECISIONS = ("bfloat16", "float16")
 """`mixed_precision=` names besides false/true; the compute dtype policy is part of keys."""

@@ -7,7 +7,7 @@ model saved with `model.save` (a `.keras` archive, or a legacy `.h5` model):
 
 * **Backbone part.** A model that nests exactly one functional model behind
   layers that are the identity at inference (the input, augmentation,
-  dropout, layerprobe's `BackbonePreprocessing`), as `layerprobe finetune` and
+  dropout; Keras operations such as in-graph preprocessing are not layers), as `layerprobe finetune` and
   the Keras transfer-learning recipe build classifiers, is probed inside that
   nested model, so its blocks are selectable and `"stages"` works; any other
   model is probed as a whole. Layerprobe metadata beside the file
@@ -19,8 +19,7 @@ model saved with `model.save` (a `.keras` archive, or a legacy `.h5` model):
   model's fixed size, else 224.
 * **Preprocessing.** `preprocessing=` is `"none"`, `"caffe"`, `"tf"`,
   `"torch"` or a family name (`layerprobe.features.registry.resolve_preprocessing`).
-  Left out, it comes from the metadata, else from the graph: a
-  `BackbonePreprocessing` layer before the backbone part, or a leading
+  Left out, it comes from the metadata, else from the graph: a leading
   `Rescaling` layer (the model takes 0-255 pixels: `"none"`). Otherwise
   loading stops with an error listing the choices.
 * **Identity.** The cache key's weights field is a digest of the backbone
@@ -50,6 +49,7 @@ from .backend import import_keras_quietly, is_functional_model, load_weights_str
 from ..core.atomic import write_text_atomically
 from ..core.checks import check_positive_int
 from ..core.errors import BackboneError, WeightsUnavailableError
+from ..core.files import RECORD_MAX_BYTES, read_bounded_text
 from .hub import is_hub_model
 from .registry import (
     BACKBONES,
@@ -77,7 +77,6 @@ SAVED_WEIGHTS = "saved"
 METADATA_SUFFIX = ".layerprobe.json"
 METADATA_ENCODING = "layerprobe-model-metadata"
 METADATA_VERSION = 1
-_PREPROCESSING_LAYER = "BackbonePreprocessing"
 # Layers that pass their input through unchanged at inference.
 _IDENTITY_AT_INFERENCE = ("InputLayer", "Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout")
 
@@ -130,7 +129,7 @@ def read_model_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
     if not target.is_file():
         return None
     try:
-        record = json.loads(target.read_text(encoding="utf-8"))
+        record = json.loads(read_bounded_text(target, "layerprobe model metadata", RECORD_MAX_BYTES))
     except (OSError, ValueError) as error:
         raise BackboneError(
             f"The layerprobe metadata {target} of {path} cannot be read ({error}). Delete it and pass "
@@ -295,7 +294,7 @@ def _passes_through(layer) -> bool:
 
 
 def _backbone_part(model, metadata: Mapping[str, Any] | None):
-    """(part, label, preprocessing layer or None): the nested backbone of a classifier, else the model."""
+    """(part, label): the nested backbone of a classifier, else the model."""
     import keras
 
     named = (metadata or {}).get("backbone_layer")
@@ -303,15 +302,11 @@ def _backbone_part(model, metadata: Mapping[str, Any] | None):
     if named:
         nested = [layer for layer in nested if layer.name == named] or nested
     if len(nested) != 1 or not is_functional_model(nested[0]):
-        return model, model.name, None
+        return model, model.name
     inner = nested[0]
-    prefix = model.layers[: model.layers.index(inner)]
-    preprocessing_layers = [layer for layer in prefix if _class_name(layer) == _PREPROCESSING_LAYER]
-    if len(preprocessing_layers) > 1 or not all(
-        _passes_through(layer) or layer in preprocessing_layers for layer in prefix
-    ):
-        return model, model.name, None
-    return inner, f"{model.name}/{inner.name}", (preprocessing_layers[0] if preprocessing_layers else None)
+    if not all(_passes_through(layer) for layer in model.layers[: model.layers.index(inner)]):
+        return model, model.name
+    return inner, f"{model.name}/{inner.name}"
 
 
 def _input_side(part, path: Path) -> int | None:
@@ -373,22 +368,18 @@ def _preprocessing_from_metadata(metadata: Mapping[str, Any]) -> tuple[str | Non
     return None
 
 
-def _infer_preprocessing(part, preprocessing_layer, metadata, path: Path):
+def _infer_preprocessing(part, metadata, path: Path):
     """((module, mode), source) from the metadata or the graph; (None, reason) when neither tells."""
-    layer_config = {} if preprocessing_layer is None else preprocessing_layer.get_config()
-    if (metadata or {}).get("rescaling") is not None or layer_config.get("rescaling") is not None:
+    if (metadata or {}).get("rescaling") is not None:
         return None, "it rescales by a keras-hub image converter's per-channel x * scale + offset, not a mode"
     if metadata is not None:
         found = _preprocessing_from_metadata(metadata)
         if found is not None:
             return found, f"layerprobe metadata ({metadata_path(path).name})"
-    if preprocessing_layer is not None:
-        module, mode = layer_config.get("preprocess_module"), layer_config.get("preprocess_mode")
-        return ((None, mode or "none") if module is None else (module, None)), f"its {_PREPROCESSING_LAYER} layer"
     first = [layer for layer in part.layers if _class_name(layer) != "InputLayer"][:1]
     if first and _class_name(first[0]) == "Rescaling":
         return (None, "none"), "it rescales inside: its first layer is Rescaling"
-    return None, "no layerprobe metadata beside it and no Rescaling or preprocessing layer at its input"
+    return None, "no layerprobe metadata beside it and no Rescaling layer at its input"
 
 
 def open_model_file(
@@ -425,7 +416,7 @@ def open_model_file(
     path = path.resolve()
     metadata = read_model_metadata(path)
     model = _load_keras_model(path)
-    part, label, preprocessing_layer = _backbone_part(model, metadata)
+    part, label = _backbone_part(model, metadata)
     fixed = _input_side(part, path)
     if input_size is None:
         size = (metadata or {}).get("input_size") or fixed or DEFAULT_FILE_INPUT_SIZE
@@ -439,7 +430,7 @@ def open_model_file(
         built = part if fixed == size else _rebuild(part, size, path, copy_weights=True)
         if weights != SAVED_WEIGHTS:
             _load_weights_file(built, os.fspath(weights), path)
-    found, source = _infer_preprocessing(part, preprocessing_layer, metadata, path)
+    found, source = _infer_preprocessing(part, metadata, path)
     return ModelFile(
         path=path,
         model=built,

@@ -33,11 +33,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..core.atomic import write_text_atomically
+from ..core.files import RECORD_MAX_BYTES, read_bounded_text
 from ..core.versions import installed_version
 from .hub import hub_preset_files, is_hub_model
+from ..core.errors import InputError
 from .inputs import DEFAULT_MAX_PIXELS
+from .inputs.decoding import resolve_decoder
 from .inputs.file_digests import file_identity
-from .keys import FORMAT_VERSION, FeatureKey
+from .keys import CPU_PIXELS, FORMAT_VERSION, FeatureKey, decoded_pixels
 from .model_files import is_model_file, metadata_path
 
 __all__ = ["ExtractionPlan", "PlannedLayer", "load_plan", "plan_signature", "save_plan"]
@@ -70,6 +73,8 @@ class ExtractionPlan:
         compute_dtype: Dtype of the forward pass.
         max_pixels: Decompression-bomb limit; it decides which images are kept.
         layers: The selected layers, in extraction order.
+        pixels: What decoded the images (`keys.decoded_pixels`); plans saved before
+            device decoding existed hold `CPU_PIXELS`.
     """
 
     architecture: str
@@ -80,12 +85,16 @@ class ExtractionPlan:
     compute_dtype: str
     max_pixels: int
     layers: tuple[PlannedLayer, ...]
+    pixels: str = CPU_PIXELS
 
     def keys(self, dataset_digest: str) -> dict[str, FeatureKey]:
         """The store key of each layer's features for the dataset with this digest."""
         if self.max_pixels != DEFAULT_MAX_PIXELS:
             # The size guard decides which samples are kept: part of what the features describe.
             dataset_digest = hashlib.sha256(f"{dataset_digest}:max_pixels={self.max_pixels}".encode()).hexdigest()
+        if self.pixels != CPU_PIXELS:
+            # Other decoded pixels, other features; the CPU decoders' keys stay those of older stores.
+            dataset_digest = hashlib.sha256(f"{dataset_digest}:pixels={self.pixels}".encode()).hexdigest()
         return {
             layer.name: FeatureKey(
                 backbone=self.architecture,
@@ -119,13 +128,19 @@ def plan_signature(settings: Mapping[str, Any]) -> str | None:
             registry name or a model file), `weights` (`"imagenet"`, `"saved"`,
             None or a file path), `preprocessing` (model files),
             `layers`, `pooling`, `input_size`, `dtype`, `mixed_precision`,
-            `model_kwargs`, `seed`, `max_pixels`.
+            `model_kwargs`, `seed`, `max_pixels`, `decoder`.
 
     Returns:
         A hex digest; None if `weights` or `model` names a file that does not
         exist (the build reports that) or a setting is not JSON-serialisable.
     """
     identity: dict[str, Any] = {"settings": dict(settings), "format_version": FORMAT_VERSION}
+    try:  # "auto" decodes on the GPU where one can: the same settings, other pixels, other keys
+        pixels = decoded_pixels(resolve_decoder(settings.get("decoder", "auto")))
+    except InputError:
+        return None  # the build reports it
+    if pixels != CPU_PIXELS:
+        identity["pixels"] = pixels
     files = {"weights_file": settings.get("weights")}
     if is_model_file(settings.get("model")):
         files["model_file"] = settings["model"]
@@ -164,7 +179,7 @@ def load_plan(store_root: str | os.PathLike, signature: str | None) -> Extractio
     if signature is None:
         return None
     try:
-        values = json.loads(_plan_path(store_root, signature).read_text(encoding="utf-8"))
+        values = json.loads(read_bounded_text(_plan_path(store_root, signature), "extraction plan", RECORD_MAX_BYTES))
         return ExtractionPlan.from_dict(values)
     except (OSError, ValueError, TypeError, KeyError):
         return None

@@ -1,11 +1,10 @@
-"""`TokenPooling`: one vector per image from a transformer's (tokens, width) output.
+"""Token pooling: one vector per image from a transformer's (tokens, width) output.
 
-The one implementation of token pooling: the extractor pools block outputs
-with it (`layerprobe.features.truncate.build_extractor`), and a finetuned
-transformer's head reads its features through it
-(`layerprobe.pipeline.finetune.classifier_model`). Registered with Keras
-(package `"layerprobe"`) so that a saved classifier loads again. Imports Keras
-at import: import it only where Keras is needed anyway.
+`TokenPooling` is the layer the extractor pools block outputs with
+(`layerprobe.features.truncate.build_extractor`). `token_pooling` computes the
+same from Keras's own layers, for the models layerprobe saves (an exported
+probe, a finetuned transformer's head), which load without layerprobe.
+Imports Keras at import: import it only where Keras is needed anyway.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import keras
 
 from .registry import TOKEN_POOLINGS
 
-__all__ = ["TokenPooling"]
+__all__ = ["TokenPooling", "token_pooling"]
 
 _MODES = (*TOKEN_POOLINGS, "max")
 
@@ -61,3 +60,24 @@ class TokenPooling(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode, "prefix_tokens": self.prefix_tokens}
+
+
+def token_pooling(tokens, mode: str, prefix_tokens: int, *, name: str):
+    """`TokenPooling(mode, prefix_tokens)` of a `(batch, tokens, width)` tensor, from Keras's own layers.
+
+    `TokenPooling` is layerprobe's layer; these built-in layers compute the
+    same in float32 so that a saved model loads without layerprobe: `Cropping1D` drops the prefix tokens (or
+    keeps token 0, the class token), `GlobalAveragePooling1D` /
+    `GlobalMaxPooling1D` pool the patch tokens.
+    """
+    n_tokens = int(tokens.shape[1])
+    label = f"{name}__{mode.replace('+', '_')}"
+    patches = keras.layers.Cropping1D((prefix_tokens, 0), name=f"{label}_patches", dtype="float32")(tokens)
+    if mode == "max":
+        return keras.layers.GlobalMaxPooling1D(name=label, dtype="float32")(patches)
+    mean = keras.layers.GlobalAveragePooling1D(name=f"{label}_mean", dtype="float32")(patches)
+    if mode == "mean":
+        return mean
+    cls = keras.layers.Cropping1D((0, n_tokens - 1), name=f"{label}_class_token", dtype="float32")(tokens)
+    cls = keras.layers.Flatten(name=f"{label}_cls", dtype="float32")(cls)
+    return cls if mode == "cls" else keras.layers.Concatenate(name=label, dtype="float32")([cls, mean])

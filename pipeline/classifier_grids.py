@@ -22,6 +22,7 @@ __all__ = [
     "CLASSIFIER_GRIDS",
     "PCA_GRID",
     "PREPROCESSING_GRIDS",
+    "PROBE_DEVICES",
     "ParamGrid",
     "StepGrid",
     "grid_keys",
@@ -92,6 +93,10 @@ PREPROCESSING_GRIDS: Mapping[str, StepGrid] = MappingProxyType(
     {"standardize": StepGrid("StandardScaler", ("with_mean", "with_std")), "l2": StepGrid("Normalizer", ("norm",))}
 )
 """Preprocessing step name -> its grid; each becomes a pipeline step of that name."""
+
+PROBE_DEVICES = ("cpu", "gpu", "jax", "auto")
+"""Where logreg rows are fitted: scikit-learn on the CPU, or the JAX solver on a GPU, on whatever device JAX
+computes on (a TPU...), or on the GPU where there is one (`layerprobe.pipeline.probes.device_logistic`)."""
 
 PCA_GRID = StepGrid("PCA", ("n_components", "svd_solver", "whiten"))
 """The optional `"pca"` step."""

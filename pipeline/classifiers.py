@@ -36,6 +36,7 @@ from ..core.checks import is_positive_int, unknown_name_message
 from ..core.errors import InputError
 from ..features.inputs.loader import available_memory
 from .classifier_grids import CLASSIFIER_GRIDS, ParamGrid, prefix_grid_keys
+from .probes.device_logistic import DeviceLogisticRegression, resolve_probe_device
 from .probes.ridge import RidgeProbeCV
 from .probes.streamed import StreamedLinearClassifier
 from .probes.svm import LinearSVM, linear_svm_solver
@@ -81,6 +82,9 @@ class ClassifierSpec:
         revision: Raised when the registry changes how the classifier is built or
             searched; part of a run's fit settings (when above 0), so rows fitted
             under an earlier revision are refitted, not reused.
+        build_on_gpu: Builds the estimator that fits the same model with JAX, on the
+            GPU (`device="gpu"`, `"jax"`, `"auto"`), or None where the classifier has no
+            GPU path.
     """
 
     name: str
@@ -91,11 +95,17 @@ class ClassifierSpec:
     warm_start_param: str | None = None
     shape_params: Callable[[int, int], dict[str, Any]] | None = None
     revision: int = 0
+    build_on_gpu: Callable[[int | None], BaseEstimator] | None = None
 
 
 def _build_logreg(random_state: int | None) -> BaseEstimator:
     # lbfgs fits a multinomial (softmax) model when there are more than two classes.
     return LogisticRegression(solver="lbfgs", max_iter=2000, random_state=random_state)
+
+
+def _build_logreg_on_gpu(random_state: int | None) -> BaseEstimator:
+    # scikit-learn's lbfgs objective and tolerance, solved in JAX (probes.device_logistic).
+    return DeviceLogisticRegression(max_iter=2000, random_state=random_state)
 
 
 def _build_linear_svm(random_state: int | None) -> BaseEstimator:
@@ -135,6 +145,7 @@ CLASSIFIERS: Mapping[str, ClassifierSpec] = MappingProxyType(
                 "Multinomial logistic regression (lbfgs); C searched along a warm-started path.",
                 _build_logreg,
                 warm_start_param="C",
+                build_on_gpu=_build_logreg_on_gpu,
             ),
             _spec(
                 "linear_svm",
@@ -206,6 +217,7 @@ def build_probe_pipeline(
     preprocessing: str | Sequence[str] | None = ("standardize",),
     pca_components: int | float | None = None,
     random_state: int | None = 0,
+    device: str = "cpu",
 ) -> Pipeline:
     """Builds an unfitted pipeline: preprocessing steps, optional PCA, classifier.
 
@@ -215,6 +227,9 @@ def build_probe_pipeline(
             each step is named after its preprocessing name. ``None`` or ``()`` for none.
         pca_components: If given, adds a ``"pca"`` step with this ``n_components``.
         random_state: Seed for PCA and the classifier.
+        device: ``"cpu"``, or ``"jax"`` for the classifier's JAX estimator where it has
+            one (``ClassifierSpec.build_on_gpu``; the others stay on the CPU); see
+            ``probes.device_logistic.resolve_probe_device``.
 
     Returns:
         A ``Pipeline`` whose steps are named e.g. ``["standardize", "pca", "clf"]``.
@@ -243,7 +258,9 @@ def build_probe_pipeline(
     steps = [(name, PREPROCESSING[name]()) for name in preprocessing]
     if pca_components is not None:
         steps.append(("pca", PCA(n_components=pca_components, random_state=random_state)))
-    steps.append(("clf", CLASSIFIERS[classifier].build(random_state)))
+    spec = CLASSIFIERS[classifier]
+    build = spec.build_on_gpu if device == "jax" and spec.build_on_gpu is not None else spec.build
+    steps.append(("clf", build(random_state)))
     return Pipeline(steps)
 
 
@@ -333,6 +350,41 @@ def prefix_param_grid(param_grid: ParamGrid, estimator: Pipeline) -> list[dict[s
     return prefix_grid_keys(param_grid, valid, type(estimator.named_steps["clf"]).__name__)
 
 
+def check_param_grid(
+    classifier: str,
+    param_grid: ParamGrid,
+    *,
+    preprocessing: str | Sequence[str] | None = ("standardize",),
+    pca_components: int | float | None = None,
+) -> None:
+    """Check every value of `param_grid` now as its estimator's `fit` would, so that an impossible value
+    (`C = -1`, `alphas = [0]`) fails before any extraction rather than after it.
+
+    Each value is set on a clone of the step it goes to, which checks it with
+    scikit-learn's own parameter constraints (`_parameter_constraints`), or for
+    layerprobe's probes their own `_check_params` (same wording). The values of a
+    parameter an `internal_cv` classifier searches itself (ridge's `alphas`) are
+    checked together, as `fit_classifier` passes them.
+
+    Raises:
+        ValueError: scikit-learn's message (`InvalidParameterError`), e.g. "The 'C'
+            parameter of LogisticRegression must be a float in the range (0.0, inf].
+            Got -1.0 instead.", or a grid key's (see `prefix_grid_keys`).
+    """
+    pipeline = build_probe_pipeline(classifier, preprocessing=preprocessing, pca_components=pca_components)
+    spec = CLASSIFIERS[classifier]
+    searched = {f"clf__{key}" for key in spec.param_grid} if spec.internal_cv else set()
+    for grid in prefix_param_grid(param_grid, pipeline):
+        for key, values in grid.items():
+            step_name, param = key.split("__", 1)
+            for value in [list(values)] if key in searched else values:
+                step = clone(pipeline.named_steps[step_name]).set_params(**{param: value})
+                if hasattr(step, "_parameter_constraints"):
+                    step._validate_params()
+                elif hasattr(step, "_check_params"):
+                    step._check_params()
+
+
 def fit_classifier(
     X_train: Any,
     y_train: Any,
@@ -344,6 +396,7 @@ def fit_classifier(
     cv: int = 5,
     n_jobs: int | None = None,
     random_state: int | None = 0,
+    device: str = "cpu",
 ) -> FitResult:
     """Chooses hyperparameters by stratified CV on the training split and refits.
 
@@ -369,6 +422,9 @@ def fit_classifier(
         n_jobs: Parallel fits (joblib): the candidates x folds of ``GridSearchCV``,
             the folds of a warm-started path.
         random_state: Seed for the fold shuffle, PCA and the classifier.
+        device: Where the classifier is fitted: ``"cpu"``, ``"gpu"`` (logreg: the same
+            objective solved in JAX on the GPU, `probes.device_logistic`), ``"jax"`` (that
+            solver on JAX's device, whatever it is) or ``"auto"``.
 
     Returns:
         A :class:`FitResult`; the same data and seed give the same estimator.
@@ -393,6 +449,7 @@ def fit_classifier(
         preprocessing=preprocessing,
         pca_components=pca_components,
         random_state=random_state,
+        device=resolve_probe_device(device),
     )
     spec = CLASSIFIERS[classifier]
     grids = prefix_param_grid(spec.param_grid if param_grid is None else param_grid, estimator)
@@ -450,6 +507,7 @@ def fit_streamed(
     cv: int = 5,
     n_jobs: int | None = None,
     random_state: int | None = 0,
+    device: str = "cpu",
     max_rows: int | None = -1,
 ) -> FitResult:
     """:func:`fit_classifier` on training features handed out in row blocks (`FeatureStore.stream`),
@@ -467,6 +525,8 @@ def fit_streamed(
 
     Args:
         stream: The training features: a `FeatureStream` (``blocks()``, ``y``, ``n_features``, ``select``).
+        device: As :func:`fit_classifier`, for the fits on rows in memory (the streamed final
+            fit runs on the CPU).
         max_rows: Rows held in memory at most; None: no limit; -1 (default): what a quarter
             of the available memory holds (`rows_in_memory`).
         Others: As :func:`fit_classifier`.
@@ -497,7 +557,7 @@ def fit_streamed(
         loaded = stream.load()
         return fit_classifier(
             flat_features(loaded), loaded.y, classifier, param_grid=param_grid, preprocessing=preprocessing,
-            pca_components=pca_components, cv=cv, n_jobs=n_jobs, random_state=random_state,
+            pca_components=pca_components, cv=cv, n_jobs=n_jobs, random_state=random_state, device=device,
         )
     picked, _ = train_test_split(np.arange(len(y)), train_size=max_rows, stratify=y, random_state=random_state)
     mask = np.zeros(len(y), dtype=bool)
@@ -505,7 +565,7 @@ def fit_streamed(
     sample = stream.select(mask).load()
     searched = fit_classifier(
         flat_features(sample), sample.y, classifier, param_grid=param_grid, preprocessing=preprocessing,
-        cv=cv, n_jobs=n_jobs, random_state=random_state,
+        cv=cv, n_jobs=n_jobs, random_state=random_state, device=device,
     )
     del sample
     C = searched.best_params.get("C", 1.0)

@@ -1,15 +1,15 @@
 """The `layerprobe` command line. The only place that turns exceptions into messages.
 
     layerprobe [--verbose] [--version] COMMAND ...
-    layerprobe init [DIR] [--force]
+    layerprobe init DATA [--config layerprobe.toml] [--model NAME|PATH.keras] [--full] [--force]
     layerprobe layers MODEL|PATH.keras [--input-size N]
     layerprobe extract --model VGG16 --weights PATH|imagenet|none --layers a,b --data DIR|CSV --store STORE
                        [--scheduler tcp://HOST:8786 | --workers N [--threads-per-worker N] [--memory-limit 4GB]]
     layerprobe store ls|info|rm STORE [ENTRY...]
     layerprobe run [CONFIG.toml] [--out DIR] [--store DIR] [--json] [--scheduler ADDRESS | --workers N | --gpus 0,1]
     layerprobe finetune CONFIG.toml [--out DIR] [--store DIR]
-    layerprobe predict CLASSIFIER.skops|MODEL.keras --data DIR|CSV [--out predictions.csv] [--trust]
-    layerprobe export CLASSIFIER.skops --out MODEL.keras [--trust]
+    layerprobe predict CLASSIFIER.skops|MODEL.keras --data DIR|CSV|IMAGE [--out predictions.csv] [--trust]
+    layerprobe export CLASSIFIER.skops|MODEL.keras --out MODEL.keras [--trust]
 
 Errors a user can fix (`LayerprobeError`, and a path given on the command line
 or in the config that is missing or not writable) are printed as
@@ -99,11 +99,14 @@ def _print_table(rows: Sequence[dict], columns: Sequence[str]) -> None:
 
 @_command("init")
 def _init(args: argparse.Namespace) -> int:
-    from .config import write_example_config
+    from .config import write_starter_config
 
-    path = write_example_config(args.directory, force=args.force)
-    print(f"wrote {path}: every key with its default and a comment. Set [data] path to your images "
-          f"(a folder with one subfolder per class), then: layerprobe run {path}")
+    path, layout = write_starter_config(args.data, args.config, model=args.model, full=args.full, force=args.force,
+                                        encoding=args.encoding)
+    if layout is not None:
+        print(f"{layout.path}: {layout.describe()}")
+    print(f"wrote {path}{': every key with its default and a comment' if args.full else ''}. "
+          f"Next: layerprobe run {path}")
     return 0
 
 
@@ -168,7 +171,7 @@ def _extract(args: argparse.Namespace) -> int:
     from ..features.extract import FeatureExtractor
     from ..features.inputs import open_dataset
     from ..features.store import FeatureStore
-    from .cluster import open_client
+    from .cluster import extract_features, open_client
 
     dataset = open_dataset(args.data, encoding=args.encoding)
     store = FeatureStore(args.store)
@@ -191,9 +194,9 @@ def _extract(args: argparse.Namespace) -> int:
     print(f"{len(dataset)} images, {len(dataset.class_names)} classes, splits {list(dataset.split_names)}; "
           f"{extractor.backbone.architecture} at {extractor.backbone.input_size}px, layers {extractor.layer_names}")
     with open_client(_cluster_settings(args), log=print) as client:
-        report = extractor.extract(
-            dataset, store, chunk_size=args.chunk_size, n_workers=args.decode_threads, progress=not args.no_progress,
-            log=print, client=client,
+        report = extract_features(
+            extractor, dataset, store, client, chunk_size=args.chunk_size, n_workers=args.decode_threads,
+            progress=not args.no_progress, log=print,
         )
     for sample_id, reason in report.skipped[:_MAX_SKIPPED_PRINTED]:
         print(f"skipped  {sample_id}: {reason}")
@@ -209,6 +212,15 @@ def _store(args: argparse.Namespace) -> int:
     from ..core.errors import InputError
     from ..features.store import FeatureStore
 
+    if args.store is None:
+        from .config import DEFAULT_STORE
+
+        if args.action != "ls":
+            raise InputError(
+                f"`layerprobe store {args.action}` needs the store and an entry: layerprobe store {args.action} STORE "
+                f"ENTRY (`layerprobe store ls STORE` lists the entries). Received: no STORE"
+            )
+        args.store = DEFAULT_STORE  # the store `layerprobe run` uses by default, in this folder
     if not os.path.isdir(args.store):
         raise InputError(
             f"No feature store at {args.store}: {'it is a file' if os.path.exists(args.store) else 'the folder does not exist'}. "
@@ -217,10 +229,16 @@ def _store(args: argparse.Namespace) -> int:
         )
     store = FeatureStore(args.store)
     if args.action == "ls":
-        rows = [_store_row(row) for row in store.entries()]
-        _print_table(rows, ["entry", "backbone", "weights", "layer", "pooling", "input_size", "dataset", "n_samples",
-                            "n_skipped", "size_mb", "status"])
-        return 0 if all(row["status"] == "ok" for row in rows) else 1
+        entries = store.entries()
+        ok = all(row["status"] == "ok" for row in entries)
+        if args.wide:
+            _print_table([_store_row(row) for row in entries], [
+                "entry", "backbone", "weights", "layer", "pooling", "input_size", "dataset", "n_samples", "n_skipped",
+                "size_mb", "status"])
+        else:
+            _print_table(_short_store_rows(entries), ["id", "backbone", "layer", "pooling", "px", "dataset", "images",
+                                                       "MB", *([] if ok else ["status"])])
+        return 0 if ok else 1
     if not args.entries:
         raise InputError(
             f"`layerprobe store {args.action}` needs an entry name; `layerprobe store ls {args.store}` lists them. "
@@ -312,15 +330,37 @@ def _store_row(row: dict) -> dict:
     """An entry of `FeatureStore.entries` as `store ls` shows it: what tells entries apart, briefly."""
     if row.get("status") != "ok":
         return row
-    source = row.get("weights_source") or "?"
-    if source not in ("imagenet", "random init", "saved"):
-        source = os.path.basename(str(source))
+    source = _weights_name(row).replace("none", "random init")
     root = row.get("dataset_root")
     return {
         **row,
         "weights": f"{source} {_short_digest(row.get('weights'))}",
         "dataset": f"{os.path.basename(str(root).rstrip('/')) if root else 'arrays'} {_short_digest(row.get('dataset'))}",
     }
+
+
+def _short_store_rows(entries: list[dict]) -> list[dict]:
+    """`store ls` rows that fit 120 columns: the digest to name an entry by, backbone and weights named once."""
+    from .tables import backbone_labels
+
+    shown = [_store_row(row) for row in entries]
+    labels = backbone_labels([{"backbone": row.get("backbone"), "weights": row.get("weights_source")} for row in
+                              [{**entry, "weights_source": _weights_name(entry)} for entry in entries]])
+    return [
+        {"id": row["entry"].rsplit(".", 1)[-1][:10], "status": row.get("status"),
+         **({} if row.get("status") != "ok" else {
+             "backbone": label, "layer": row.get("layer"), "pooling": row.get("pooling"), "px": row.get("input_size"),
+             "dataset": row["dataset"].split(" ")[0], "images": row.get("n_samples"), "MB": row.get("size_mb")})}
+        for row, label in zip(shown, labels)
+    ]
+
+
+def _weights_name(row: dict) -> str:
+    """The weights as the tables name them: "imagenet", "none", or the file's name."""
+    source = str(row.get("weights_source") or "?")
+    if source == "random init":
+        return "none"
+    return source if source in ("imagenet", "saved") else os.path.basename(source)
 
 
 class _FinetuneHelp(argparse.Action):
@@ -444,10 +484,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     init = commands.add_parser(
-        "init", parents=[common], help="write a commented example config (layerprobe.toml) for a folder of images"
+        "init", parents=[common],
+        help="write a config for your images (layerprobe.toml): their classes and splits, a backbone, classifiers",
     )
-    init.add_argument("directory", nargs="?", default=".", help="folder to write layerprobe.toml in (default: .)")
-    init.add_argument("--force", action="store_true", help="overwrite an existing layerprobe.toml")
+    init.add_argument("data", nargs="?", help="your images: a folder with one subfolder per class (optionally inside "
+                      "train/ and val/ or test/), or a CSV with path, label and optional split columns")
+    init.add_argument("--config", default="layerprobe.toml", metavar="PATH",
+                      help="the config file to write (default: layerprobe.toml)")
+    init.add_argument("--model", default="MobileNetV2",
+                      help="backbone name or PATH to a .keras model (weights: its own) (default: MobileNetV2)")
+    init.add_argument("--full", action="store_true", help="write every key with its default and a comment")
+    init.add_argument("--encoding", default="utf-8", help="text encoding of a CSV DATA file (default: utf-8)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing config file")
 
     layers = commands.add_parser("layers", parents=[common], help="list the selectable layers of a backbone")
     layers.add_argument("model", nargs="?", help="backbone name, PATH to a saved .keras model, or a keras-hub model "
@@ -495,8 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     store = commands.add_parser("store", parents=[common], help="list, inspect or delete feature store entries")
     store.add_argument("action", choices=["ls", "info", "rm"])
-    store.add_argument("store", help="feature store directory")
-    store.add_argument("entries", nargs="*", help="entry names (or unique digest prefixes)")
+    store.add_argument("store", nargs="?", help="feature store directory (default for ls: layerprobe-store, the "
+                       "store `layerprobe run` uses)")
+    store.add_argument("entries", nargs="*", help="entry names (or unique digest prefixes: the id column of ls)")
+    store.add_argument("--wide", action="store_true", help="with ls: full entry names, weights and dataset digests, "
+                       "skipped images")
     store.add_argument("--verify", action="store_true", help="with info: check everything the entry holds against the checksums recorded at commit")
 
     run = commands.add_parser(
@@ -522,17 +573,19 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("config", help="TOML experiment config with a [finetune] section")
     finetune.add_argument("--out", default=None, help="output directory (default: the config's [output] dir)")
     finetune.add_argument("--store", default=None, help="feature store of the kept rows (default: the config's)")
-    finetune.add_argument("--no-progress", action="store_true",
-                          help="accepted as by `run`; finetune extracts nothing, so it never shows progress bars")
-    finetune.set_defaults(no_progress=True)  # no extraction, so no progress bars
+    finetune.add_argument("--no-progress", action="store_true", help="no progress bars within training epochs")
 
     predict = commands.add_parser(
         "predict", parents=[common],
-        help="predict new images with a classifier saved by `layerprobe run` or a model `layerprobe export` wrote",
+        help="predict new images with a classifier saved by `layerprobe run`, or a .keras model layerprobe wrote",
     )
     predict.add_argument("classifier", help="a .skops file from a run's models/ folder (or an older run's .joblib, "
-                                            "with --trust), or a .keras file written by `layerprobe export`")
-    predict.add_argument("--data", required=True, help="image folder (class subfolders, or just images: predicted unlabelled) or CSV")
+                                            "with --trust), or a .keras model layerprobe wrote: a run's "
+                                            "recommended.keras, a finetuned model.keras, or `layerprobe export`'s")
+    predict.add_argument("--data", required=True,
+                         help="image folder (class subfolders, or just images: predicted unlabelled), CSV, or one image; "
+                              "with class folders, per-class precision and recall and a confusion matrix (PNG beside "
+                              "the CSV) are given too")
     predict.add_argument("--out", default="predictions.csv", help="predictions CSV (default: predictions.csv)")
     predict.add_argument("--store", default=None,
                          help="feature store to cache the new images' features in (default: the one the classifier "
@@ -548,7 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
         "export", parents=[common],
         help="save a row's classifier as one Keras model: raw pixels in, class scores out (no layerprobe needed to use it)",
     )
-    export.add_argument("classifier", help="the row's .skops file (the model_path column of results.csv)")
+    export.add_argument("classifier", help="the row's .skops file or finetuned model.keras (the model_path column of "
+                                           "results.csv)")
     export.add_argument("--out", required=True, help="the .keras file to write (model.layerprobe.json goes beside it)")
     export.add_argument("--trust", action="store_true", help="load a .joblib classifier of an older layerprobe (see predict)")
     return parser

@@ -5,6 +5,8 @@
 dask-kubernetes...) or starts a local cluster of worker processes for the run
 (`workers = N`), prints the dashboard link, and closes what it opened on exit.
 With no settings it yields None: everything runs in-process, as without dask.
+`extract_features(extractor, dataset, store, client)` extracts in-process or,
+given a client, on its workers (`layerprobe.features.cluster_extraction`).
 
 GPUs: `gpus = [0, 1]` starts one local worker per GPU. Each worker process is
 started with `CUDA_VISIBLE_DEVICES` set to its own device (before anything in
@@ -25,7 +27,7 @@ from typing import Any, Callable, Iterator
 
 from ..core.errors import LayerprobeError
 
-__all__ = ["ClusterConfig", "ClusterError", "open_client"]
+__all__ = ["ClusterConfig", "ClusterError", "extract_features", "open_client"]
 
 _CONNECT_TIMEOUT = "30s"
 
@@ -159,7 +161,7 @@ def open_client(settings: ClusterConfig | None, *, log: Callable[[str], None] = 
 
     Example:
         >>> with open_client(ClusterConfig(workers=2)) as client:
-        ...     extractor.extract(dataset, store, client=client)
+        ...     extract_features(extractor, dataset, store, client)
     """
     if settings is None:
         yield None
@@ -187,3 +189,25 @@ def open_client(settings: ClusterConfig | None, *, log: Callable[[str], None] = 
             ) from error
         log(f"{where}; dashboard: {_dashboard(client)}")
         yield client
+
+
+def extract_features(extractor, dataset, store, client=None, *, n_workers: int | None = None, **options):
+    """`extractor.extract(dataset, store, ...)`, or, with a dask `client`, the same on its workers.
+
+    Args:
+        extractor: A `FeatureExtractor`.
+        dataset: The images.
+        store: The feature store (with a client, on a file system every worker sees at the same path).
+        client: A `distributed.Client` (`open_client`), or None to extract in this process.
+        n_workers: Decoding threads: in this process, or per worker with a client
+            (default: its host's cores // its workers).
+        **options: `chunk_size`, `progress`, `log`, `dataset_digest` (see `FeatureExtractor.extract`).
+
+    Returns:
+        The `ExtractionReport`.
+    """
+    if client is None:
+        return extractor.extract(dataset, store, n_workers=n_workers, **options)
+    from ..features.cluster_extraction import extract_on_cluster
+
+    return extract_on_cluster(extractor, dataset, store, client, n_threads=n_workers, **options)

@@ -1,7 +1,8 @@
 """The experiment `layerprobe run` runs without a config: transfer between the halves of a digits set.
 
 It needs no download (scikit-learn ships `load_digits`: 1,797 8x8 grey
-digits) and takes a few minutes at most on two CPU cores. The digits are split
+digits) and costs about 3 minutes of CPU, source training included
+(benchmarks/RESULTS.md, "The demo in two minutes"). The digits are split
 in two halves (stratified, seeded):
 
 1. **Source**: a `MobileNetV2(alpha=0.35)` is trained from scratch on half A
@@ -14,7 +15,8 @@ in two halves (stratified, seeded):
    epoch to epoch, so TensorFlow, JAX and PyTorch, whose random streams differ,
    stopped at sources of different quality, and the run's conclusion followed.
    A source below `MIN_SOURCE_ACCURACY` is refused. The headless weights are
-   saved as `OUT/source/<settings digest>.weights.h5` and reused by later runs.
+   saved as `OUT/source/digits-A-<settings digest>.weights.h5`, reused by later
+   runs, and copied to `OUT/source/digits-A.weights.h5`, the file the run names.
 2. **Target**: half B, other people's digits, written once as PNG files under
    `OUT/data/`, with only `TRAIN_PER_CLASS` labelled images per class (a small
    dataset, the case transfer learning is for) and the rest as the test split.
@@ -28,6 +30,7 @@ in two halves (stratified, seeded):
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import json
 import logging
@@ -44,6 +47,7 @@ from ..core.atomic import (
     write_atomically,
     write_text_atomically,
 )
+from ..core.files import RECORD_MAX_BYTES, read_bounded_text
 from ..features.inputs import ImageDataset, from_arrays
 from .config import ExperimentConfig, config_from_dict
 from .run import RunResult, run_experiment
@@ -59,11 +63,13 @@ INPUT_SIZE = 32
 CLASS_NAMES = [str(digit) for digit in range(10)]
 TRAIN_PER_CLASS = 5
 BATCHNORM_MOMENTUM = 0.9
-SOURCE_EPOCHS = 60  # at most
+SOURCE_EPOCHS = 40  # at most
+SOURCE_LEARNING_RATE = 3e-3  # Adam; 1e-3 took 27-43 epochs to the target, 1e-2 diverged (benchmarks/RESULTS.md)
 SOURCE_HOLDOUT = 0.2
 SOURCE_TARGET_ACCURACY = 0.9  # training stops at the first epoch whose held-out accuracy reaches this
 MIN_SOURCE_ACCURACY = 0.85  # ten classes: chance is 0.1
 SEED = 0
+SOURCE_NAME = "digits-A"
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
@@ -140,6 +146,7 @@ def pretrain_source(
     target_accuracy: float | None = None,
     dataset_digest: str = "stat",
     log: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Train a source network from scratch (or reuse it); return its headless weights file and facts.
 
@@ -152,14 +159,15 @@ def pretrain_source(
     does not keep their mtimes). A killed training resumes at its last finished epoch.
     With `target_accuracy` the held-out accuracy (inference mode) is checked after
     every epoch and training stops at the first epoch that reaches it; the "test"
-    split then serves as the source's validation split.
+    split then serves as the source's validation split. Every epoch logs a line
+    (with the held-out accuracy when it is checked); `progress` adds a bar within epochs.
 
     Raises:
         RuntimeError: If the held-out accuracy is below `min_accuracy` (its
             features would be meaningless).
     """
     keras = import_keras_quietly()
-    from .finetune import evaluate_model, train_from_scratch
+    from .finetune import EpochLogger, evaluate_model, train_from_scratch
 
     model_kwargs = dict(model_kwargs or {})
     settings = {
@@ -171,7 +179,7 @@ def pretrain_source(
     weights_path = directory / f"{name}-{digest}.weights.h5"
     facts_path = weights_path.with_name(f"{name}-{digest}.json")
     if weights_path.is_file() and facts_path.is_file():
-        facts = json.loads(facts_path.read_text(encoding="utf-8"))
+        facts = json.loads(read_bounded_text(facts_path, "source network record", RECORD_MAX_BYTES))
         log(f"source network: reused {weights_path.name} (held-out accuracy {facts['accuracy']:.3f}, training=False)")
         return weights_path, facts
     train, test = source.subset("train"), source.subset("test")
@@ -183,13 +191,15 @@ def pretrain_source(
 
     class StopAtTarget(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            if evaluate_model(self.model, test)["accuracy"] >= target_accuracy:
+            logs["val_accuracy"] = evaluate_model(self.model, test)["accuracy"]  # for the epoch's line
+            if logs["val_accuracy"] >= target_accuracy:
                 self.model.stop_training = True
 
     result = train_from_scratch(
         model, train, output_dir=directory / f"run-{name}-{digest}", input_size=input_size,
         model_kwargs=model_kwargs, config=options, resume=True,
-        callbacks=[StopAtTarget()] if target_accuracy is not None else (),
+        callbacks=[*([StopAtTarget()] if target_accuracy is not None else []),
+                   EpochLogger(lambda line: log(f"  {line}"), progress=progress)],
     )
     scores = evaluate_model(result, test)
     log(
@@ -219,8 +229,12 @@ def pretrain_source(
     return weights_path, facts
 
 
-def train_source_weights(directory: Path, *, log: Callable[[str], None] = print) -> Path:
+def train_source_weights(directory: Path, *, log: Callable[[str], None] = print, progress: bool = False) -> Path:
     """Train the source network on half A (or reuse it) and return its headless weights file.
+
+    The file is `directory/digits-A.weights.h5`, a copy of the one `pretrain_source`
+    keeps under its settings digest: a name a reader can use (the README's examples
+    do), rewritten only when the trained weights change.
 
     Raises:
         RuntimeError: If its held-out accuracy in inference mode is below
@@ -230,16 +244,20 @@ def train_source_weights(directory: Path, *, log: Callable[[str], None] = print)
     from .finetune import FinetuneConfig
 
     options = FinetuneConfig(
-        head_epochs=SOURCE_EPOCHS, finetune_epochs=0, augmentation=None, dropout=0.0,
+        head_epochs=SOURCE_EPOCHS, head_learning_rate=SOURCE_LEARNING_RATE, finetune_epochs=0, augmentation=None,
+        dropout=0.0,
         val_fraction=0.0, early_stopping_patience=None, seed=SEED,
         scratch_batchnorm_momentum=BATCHNORM_MOMENTUM,
     )
-    weights_path, _ = pretrain_source(
-        MODEL, _source_dataset(), directory, name="digits-A", options=options, input_size=INPUT_SIZE,
+    trained, _ = pretrain_source(
+        MODEL, _source_dataset(), directory, name=SOURCE_NAME, options=options, input_size=INPUT_SIZE,
         model_kwargs=MODEL_KWARGS, min_accuracy=MIN_SOURCE_ACCURACY, target_accuracy=SOURCE_TARGET_ACCURACY,
-        log=log,
+        log=log, progress=progress,
     )
-    return weights_path
+    published = directory / f"{SOURCE_NAME}.weights.h5"
+    if not (published.is_file() and filecmp.cmp(published, trained, shallow=False)):  # a rewrite would change its mtime
+        write_atomically(published, lambda tmp: shutil.copyfile(trained, tmp))
+    return published
 
 
 def default_config(
@@ -275,5 +293,5 @@ def run_default(
     log = log or logging.getLogger("layerprobe.run").info
     output_dir = Path(output_dir).resolve()
     write_target_images(output_dir / "data" / "digits-B")
-    weights = train_source_weights(output_dir / "source", log=log)
+    weights = train_source_weights(output_dir / "source", log=log, progress=progress)
     return run_experiment(default_config(output_dir, store, weights), log=log, progress=progress)

@@ -13,7 +13,7 @@ transfer-learning guide ends with one model to save, serve and convert:
    (`layerprobe.features.truncate.build_extractor`, built under the row's compute
    dtype), flattened and concatenated for a multi-layer row (its selected layers);
    a vision transformer's token poolings (cls, mean, cls+mean, max) as Keras's
-   own layers (`token_pooling`);
+   own layers (`layerprobe.features.token_pooling.token_pooling`);
 4. the probe as one `Dense` layer: every affine step of the estimator
    (`StandardScaler`, `PCA`, the multi-layer probe's per-layer scaling, the
    linear classifier, read from its `coef_` and `intercept_`) folded into its weights in float64 (`linear_head`), with a
@@ -44,10 +44,12 @@ import numpy as np
 
 from ..core.errors import InputError
 from ..core.versions import layerprobe_version
-from .persistence import load_classifier, read_features_record, read_sidecar
+from ..features.model_files import metadata_path
+from .persistence import classifier_files, load_classifier, read_features_record, read_sidecar
 from .predict import class_scores, rebuild_extractor
+from .saved_models import copy_saved_model, files_digest, read_saved_model
 
-__all__ = ["LinearHead", "export_model", "linear_head", "required_packages", "token_pooling"]
+__all__ = ["LinearHead", "export_model", "linear_head", "required_packages", "source_digest"]
 
 _EXPORTABLE = (
     "pipelines of StandardScaler, Normalizer(norm='l2'), PCA and a linear classifier (logreg, ridge, linear_svm, "
@@ -259,6 +261,24 @@ def _check_out(out: Path) -> None:
         raise InputError(f"The exported model's path is a folder; give a file name ending in .keras. Received: out={str(out)!r}")
 
 
+def _is_keras_file(model_path: str | os.PathLike) -> bool:
+    return Path(model_path).suffix == ".keras"
+
+
+def source_digest(model_path: str | os.PathLike) -> str:
+    """Digest of the files an export of `model_path` is made from: the classifier and its sidecar, or the
+    `.keras` model and its metadata. An export records it (`source_digest`), so a copy can tell it is current."""
+    if _is_keras_file(model_path):
+        return files_digest([model_path, metadata_path(model_path)])
+    return files_digest(classifier_files(model_path))
+
+
+def _source(model_path: str | os.PathLike) -> dict[str, str]:
+    """What an export records of what it was made from (read by `layerprobe.pipeline.run.recommended`)."""
+    return {"source": str(Path(model_path).resolve()), "source_digest": source_digest(model_path),
+            "layerprobe_version": layerprobe_version()}
+
+
 def export_model(
     model_path: str | os.PathLike,
     out: str | os.PathLike,
@@ -268,10 +288,14 @@ def export_model(
 ) -> Path:
     """Save the classifier of a run's row as one Keras model from raw pixels to class scores.
 
+    A finetuned model (a row's `model.keras`, already one Keras model) is
+    checked (`layerprobe.pipeline.saved_models.read_saved_model`) and copied.
+
     Args:
         model_path: The row's classifier (its `.skops` file, or the `.joblib` an
             older layerprobe saved), with its `.json` sidecar beside it: the
-            results table's `model_path`.
+            results table's `model_path`; or a `.keras` model layerprobe wrote
+            (finetuned, or exported), with its `.layerprobe.json` beside it.
         out: The `.keras` file to write; `model.layerprobe.json` goes beside it.
         trust: Load a `.joblib` pickle of an older layerprobe (runs any code it
             holds: only for files from a source you trust).
@@ -295,6 +319,13 @@ def export_model(
     log = log or logging.getLogger("layerprobe.export").info
     out = Path(out)
     _check_out(out)
+    if _is_keras_file(model_path):
+        saved = read_saved_model(model_path)
+        kept = {key: value for key, value in saved.metadata.items() if not key.startswith("encoding-")}
+        copy_saved_model(saved, out, {**kept, **_source(model_path)})
+        log(f"exported {model_path} -> {out}: {saved.input_size}x{saved.input_size} pixels 0-255 in, "
+            f"{len(saved.class_names)} class {saved.outputs} out")
+        return out
     _, all_layers, _ = read_features_record(read_sidecar(model_path), model_path)  # before any unpickling
     estimator, sidecar = load_classifier(model_path, trust=trust)
     head = linear_head(estimator, what=str(model_path))
@@ -310,7 +341,6 @@ def export_model(
     model = _keras_model(extractor, layers, head, sidecar["class_names"])
     metadata = {
         "saved_by": "layerprobe export",
-        "layerprobe_version": layerprobe_version(),
         "preprocessing": "none",  # the pixels are preprocessed inside the model
         "input_size": extractor.backbone.input_size,
         "class_names": list(sidecar["class_names"]),
@@ -322,8 +352,8 @@ def export_model(
         "weights_digest": extractor.backbone.weights_digest,
         "layers": layers,
         "pooling": {name: extractor.pooling[name] for name in layers},
-        "source": str(Path(model_path).resolve()),
         "requires": ["keras", *required_packages(model)],  # to load it: keras_hub too for a keras-hub backbone
+        **_source(model_path),
     }
     from .finetune.checkpoints import save_model
 
@@ -341,6 +371,7 @@ def _keras_model(extractor: Any, layers: Sequence[str], head: LinearHead, class_
 
     from ..features.extract import dtype_policy
     from ..features.registry import TOKEN_POOLINGS
+    from ..features.token_pooling import token_pooling
     from ..features.truncate import build_extractor
 
     infos = {info.name: info for info in extractor.layers}
@@ -379,30 +410,6 @@ def _keras_model(extractor: Any, layers: Sequence[str], head: LinearHead, class_
             f"class names. Rerun the experiment to fit it again. Received: class_names {list(class_names)}"
         )
     return model
-
-
-def token_pooling(tokens, mode: str, prefix_tokens: int, *, name: str):
-    """`TokenPooling(mode, prefix_tokens)` of a `(batch, tokens, width)` tensor, from Keras's own layers.
-
-    `layerprobe.features.token_pooling.TokenPooling` is layerprobe's layer;
-    these built-in layers compute the same in float32 so that the exported
-    model loads without layerprobe: `Cropping1D` drops the prefix tokens (or
-    keeps token 0, the class token), `GlobalAveragePooling1D` /
-    `GlobalMaxPooling1D` pool the patch tokens.
-    """
-    import keras
-
-    n_tokens = int(tokens.shape[1])
-    label = f"{name}__{mode.replace('+', '_')}"
-    patches = keras.layers.Cropping1D((prefix_tokens, 0), name=f"{label}_patches", dtype="float32")(tokens)
-    if mode == "max":
-        return keras.layers.GlobalMaxPooling1D(name=label, dtype="float32")(patches)
-    mean = keras.layers.GlobalAveragePooling1D(name=f"{label}_mean", dtype="float32")(patches)
-    if mode == "mean":
-        return mean
-    cls = keras.layers.Cropping1D((0, n_tokens - 1), name=f"{label}_class_token", dtype="float32")(tokens)
-    cls = keras.layers.Flatten(name=f"{label}_cls", dtype="float32")(cls)
-    return cls if mode == "cls" else keras.layers.Concatenate(name=label, dtype="float32")([cls, mean])
 
 
 def _package(layer: Any) -> str:

@@ -9,8 +9,8 @@
     ...               ("clf", LogisticRegression(max_iter=1000))]),
     ...     param_grid={"features__layer": ["block3_pool", "block4_pool"]}, cv=3)
     >>> train, test = data.subset("train"), data.subset("val")
-    >>> search.fit(train.sample_ids, train.labels).score(test.sample_ids, test.labels)
-    >>> search.predict(["new/photo1.jpg", "new/photo2.jpg"])  # extracted on the fly
+    >>> search.fit(train.sample_ids, train.y).score(test.sample_ids, test.y)  # y: class names
+    >>> search.predict(["new/photo1.jpg", "new/photo2.jpg"])  # class names; extracted on the fly
 
 The transformer's input is sample ids (the file paths of an `ImageDataset`, or
 its `"array:<i>"` ids), image files outside it, or an `ImageDataset`. Features come from the feature
@@ -109,7 +109,7 @@ class LayerFeatures(TransformerMixin, BaseEstimator):
         preprocessing: For a model file: `"none"`, `"caffe"`, `"tf"`, `"torch"` or a
             family name (default: from its metadata or graph).
         seed: Seed of the random initialisation when `weights=None`.
-        progress: Show a progress bar while extracting.
+        progress: Show a progress bar while extracting (as `FeatureExtractor` and the CLI do).
         unreadable: What `transform` does with a sample whose image cannot be
             decoded: `"error"` (an `InputError` naming it and why) or `"nan"`
             (its row is NaN, for a downstream imputer or filter).
@@ -140,7 +140,7 @@ class LayerFeatures(TransformerMixin, BaseEstimator):
         model_kwargs: Mapping[str, Any] | None = None,
         preprocessing: str | None = None,
         seed: int = 0,
-        progress: bool = False,
+        progress: bool = True,
         unreadable: str = "error",
     ):
         self.model = model

@@ -33,12 +33,14 @@ import sklearn
 
 from ..core.atomic import write_atomically
 from ..core.errors import InputError
+from ..core.files import RECORD_MAX_BYTES, read_bounded_text
 from ..core.versions import layerprobe_version
 from .evaluate import check_labels
 
 __all__ = [
     "FORMAT_VERSION",
     "TRUSTED_TYPES",
+    "classifier_files",
     "features_record",
     "load_classifier",
     "read_features_record",
@@ -193,7 +195,7 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     """
     stem = _stem(path)
     sidecar_path = stem.with_suffix(".json")
-    if not sidecar_path.is_file():
+    if not sidecar_path.exists():  # one that is there but not a regular file is named by read_bounded_text
         models = [stem.with_suffix(suffix) for suffix in (MODEL_SUFFIX, _PICKLE_SUFFIX)]
         found = next((model for model in models if model.is_file()), None)
         if found is None:
@@ -206,7 +208,7 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
             f"Delete {found.name} and fit and save the classifier again. Received: path={str(path)!r}"
         )
     try:
-        sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
+        sidecar = json.loads(read_bounded_text(sidecar_path, "classifier sidecar", RECORD_MAX_BYTES))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(
             f"The sidecar {sidecar_path} is corrupt ({error}). Delete {stem.name}.json and its model file "
@@ -226,6 +228,12 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
             f"classifier again. Received: path={str(path)!r}"
         )
     return sidecar
+
+
+def classifier_files(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(estimator file, sidecar) of a classifier saved by :func:`save_classifier` (see :func:`read_sidecar`)."""
+    stem = _stem(path)
+    return _model_path(stem, read_sidecar(path)), stem.with_suffix(".json")
 
 
 def load_classifier(path: str | os.PathLike, *, trust: bool = False) -> tuple[Any, dict[str, Any]]:
@@ -264,14 +272,23 @@ def load_classifier(path: str | os.PathLike, *, trust: bool = False) -> tuple[An
         import joblib
 
         return joblib.load(model_path), sidecar
-    untrusted = sorted(set(skops.io.get_untrusted_types(file=model_path)) - set(TRUSTED_TYPES))
+    try:
+        untrusted = sorted(set(skops.io.get_untrusted_types(file=model_path)) - set(TRUSTED_TYPES))
+        estimator = None if untrusted else skops.io.load(model_path, trusted=list(TRUSTED_TYPES))
+    except Exception as error:  # zipfile.BadZipFile, KeyError, ValueError, TypeError...: a damaged or foreign file
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise InputError(
+            f"{model_path} cannot be read as a saved classifier ({type(error).__name__}: {first_line}): it is "
+            f"truncated, damaged or not a .skops file. Fit and save the classifier again (rerun the experiment). "
+            f"Received: path={str(path)!r}"
+        ) from error
     if untrusted:
         raise InputError(
             f"{model_path} holds types layerprobe does not trust to build: {untrusted}. A run saves only "
             f"scikit-learn and layerprobe estimators; if you made this file yourself and trust it, load it "
             f"with skops.io.load(path, trusted=[...]). Received: path={str(path)!r}"
         )
-    return skops.io.load(model_path, trusted=list(TRUSTED_TYPES)), sidecar
+    return estimator, sidecar
 
 
 def write_predictions(

@@ -5,13 +5,16 @@ A classifier saved by a run records in its sidecar how its features were made
 and their store keys at training). Prediction rebuilds the extractor (one
 forward pass for all the layers), checks that it still produces the same kind
 of features (same weights digest, layer, pooling, preprocessing), extracts the
-new images into a feature store and predicts. An exported `.keras` model takes
-the decoded pixels directly (`layerprobe.pipeline.export`).
+new images into a feature store and predicts. A `.keras` model layerprobe
+wrote (exported, finetuned, or a run's `recommended.keras`) takes the decoded
+pixels directly (`layerprobe.pipeline.saved_models.read_saved_model`).
 
 Both write the same CSV: the predicted class, the true class where the images'
-class folders are among the classifier's (and then the accuracy is logged), and
-one column per class of probabilities (`proba_<class>`) or decision values
-(`score_<class>`): `class_scores`.
+class folders are among the classifier's, and one column per class of
+probabilities (`proba_<class>`) or decision values (`score_<class>`):
+`class_scores`. With true classes, the log gives the accuracy, each class's
+precision and recall, and the confusion matrix, which is also drawn beside the
+CSV (`predictions.confusion.png`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .persistence import (
     read_sidecar,
     write_predictions,
 )
+from .plots import plot_confusion
 from .threads import native_threads
 
 __all__ = ["class_scores", "predict_images", "rebuild_extractor"]
@@ -100,17 +104,19 @@ def predict_images(
     batch_size: int = 32,
     log: Callable[[str], None] | None = None,
 ) -> Path:
-    """Predict the images of a folder or CSV file with a classifier saved by a run, or an exported model.
+    """Predict the images of a folder, a CSV file or one image with a classifier saved by a run, or a Keras model.
 
     Args:
         model_path: The classifier's `.skops` file (its `.json` sidecar beside it),
             the `.joblib` pickle an older layerprobe saved, or a `.keras` model
-            written by `layerprobe export` (its `model.layerprobe.json` beside it).
-        data: Image folder (class subfolders, or just images: unlabelled) or
-            CSV file (see `layerprobe.features.inputs.open_images`).
+            layerprobe wrote (`layerprobe export`, a finetuned `model.keras`, a
+            run's `recommended.keras`; its `.layerprobe.json` beside it).
+        data: Image folder (class subfolders, or just images: unlabelled), CSV
+            file or one image file (see `layerprobe.features.inputs.open_images`).
         out: Destination CSV: sample_id, true_label (when the data's class names
             are among the classifier's), predicted_label, and `proba_<class>` or
-            `score_<class>` columns (`class_scores`).
+            `score_<class>` columns (`class_scores`). With true labels, the
+            confusion matrix is drawn beside it (`<out stem>.confusion.png`).
         store: Feature store for the new images' features; by default the one
             the classifier's features came from (the log says which). Not used
             by an exported model, which computes its features itself.
@@ -118,8 +124,9 @@ def predict_images(
         trust: Load a `.joblib` pickle of an older layerprobe, which runs any
             code it holds: only for files from a source you trust.
         batch_size: Images per forward pass of an exported model.
-        log: Called with one line per event; with labelled images, one says the
-            accuracy. Default: the logger "layerprobe.predict" at INFO (the CLI prints it).
+        log: Called with one line per event; with labelled images, the accuracy,
+            the per-class precision and recall and the confusion matrix.
+            Default: the logger "layerprobe.predict" at INFO (the CLI prints it).
 
     Returns:
         The path of the predictions CSV.
@@ -127,9 +134,11 @@ def predict_images(
     Raises:
         FileNotFoundError: If the classifier or its sidecar is missing.
         InputError: (a ``ValueError``) If the sidecar is corrupt or was not
-            written by a run (or an exported model has no layerprobe metadata);
-            the model is a pickle and `trust` is false; or the rebuilt extractor
-            makes different features than the classifier was trained on.
+            written by a run; the model file is damaged, not a classifier, made
+            for other features, or a `.keras` file without layerprobe metadata
+            or that Keras's safe mode refuses; the model is a pickle and `trust`
+            is false; or the rebuilt extractor makes different features than the
+            classifier was trained on.
     """
     log = log or logging.getLogger("layerprobe.predict").info
     if _is_exported(model_path):
@@ -139,6 +148,8 @@ def predict_images(
         estimator, sidecar = load_classifier(model_path, trust=trust)
         dataset = open_images(data)
         extractor = rebuild_extractor(model_path, sidecar)
+        _check_classifier(estimator, model_path, sidecar["class_names"],
+                          sum(int(np.prod(extractor.feature_shapes[layer])) for layer in layers))
         from ..features.store import FeatureStore
 
         where = " (the classifier's training store; --store for another)" if store is None else ""
@@ -157,9 +168,48 @@ def predict_images(
     path = write_predictions(out, sample_ids, y_true, y_pred, class_names,
                              **{"proba" if kind == "probabilities" else "scores": values})
     if y_true is not None:
-        log(f"accuracy {np.mean(y_true == y_pred):.3f} ({int(np.sum(y_true == y_pred))} of {len(y_true)} labelled images)")
+        _report(log, y_true, y_pred, class_names, path)
     log(f"predictions: {path} ({len(sample_ids)} images)")
     return path
+
+
+def _check_classifier(estimator: Any, model_path: Any, class_names: Sequence[str], n_features: int) -> None:
+    """Refuse an estimator that is not a classifier of `class_names` on `n_features` features (a foreign file)."""
+    kind = type(estimator).__name__
+    if not (hasattr(estimator, "predict_proba") or hasattr(estimator, "decision_function")):
+        raise InputError(
+            f"{model_path} holds a {kind}, which gives no class scores (no predict_proba or decision_function): "
+            f"not a classifier a run saved. Predict with a row's model_path from results.csv. Received: {kind}"
+        )
+    n_classes = len(getattr(estimator, "classes_", class_names))
+    width = getattr(estimator, "n_features_in_", n_features)
+    if n_classes != len(class_names) or width != n_features:
+        raise InputError(
+            f"{model_path} holds a {kind} for {width} features and {n_classes} classes, but its sidecar describes "
+            f"{n_features} features and {len(class_names)} classes: the file was replaced or belongs to another "
+            f"row. Rerun the experiment to fit it again. Received: {kind} with n_features_in_={width}"
+        )
+
+
+def _report(log: Callable[[str], None], y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str],
+            predictions: Path) -> None:
+    """Log the accuracy, each class's precision and recall and the confusion matrix; draw it beside `predictions`."""
+    import pandas as pd
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    log(f"accuracy {np.mean(y_true == y_pred):.3f} ({int(np.sum(y_true == y_pred))} of {len(y_true)} labelled images)")
+    shown = np.union1d(y_true, y_pred)  # the classes that occur: a 1,000-class model on a 3-class folder shows 3
+    names = [str(class_names[index]) for index in shown]
+    report = classification_report(y_true, y_pred, labels=shown, target_names=names, digits=3, zero_division=0)
+    for line in report.rstrip().splitlines():
+        log(line)
+    matrix = confusion_matrix(y_true, y_pred, labels=shown)
+    log("confusion matrix (rows: true class, columns: predicted class):")
+    for line in pd.DataFrame(matrix, index=names, columns=names).to_string().splitlines():
+        log(line)
+    figure = plot_confusion(matrix, names, predictions.with_suffix(".confusion.png"),
+                            title=f"{predictions.name}: {len(y_true)} labelled images")
+    log(f"confusion matrix: {figure}")
 
 
 def _true_labels(data_classes: Sequence[str], labels: np.ndarray, class_names: Sequence[str]) -> np.ndarray | None:
@@ -177,36 +227,28 @@ def _log_skipped(log: Callable[[str], None], skipped: Sequence[tuple[str, str]])
 
 def _exported_scores(model_path: Any, data: Any, batch_size: int, log: Callable[[str], None]):
     """The images of `data`, and (class names, sample ids, labels, kind, class scores) of the readable ones."""
-    from ..features.backend import import_keras_quietly
     from ..features.inputs import iter_decoded_chunks
-    from ..features.model_files import metadata_path, read_model_metadata
+    from ..features.inputs.loader import check_decoded_memory
+    from .saved_models import read_saved_model
 
-    metadata = read_model_metadata(model_path)
-    if metadata is None or "class_names" not in metadata:
-        if not Path(model_path).is_file():
-            raise FileNotFoundError(f"No model file at {model_path}. Check the path. Received: {str(model_path)!r}")
-        raise InputError(
-            f"{model_path} has no metadata from `layerprobe export` beside it ({metadata_path(model_path).name}), so "
-            f"its class names and input are unknown. Predict with a model `layerprobe export` wrote, or with the "
-            f"row's .skops classifier. Received: {str(model_path)!r}"
-        )
-    keras = import_keras_quietly()
-    model = keras.saving.load_model(model_path)
+    saved = read_saved_model(model_path)
     dataset = open_images(data)
-    size = int(metadata["input_size"])
-    log(f"{len(dataset)} images; exported model {model_path} ({size}x{size} pixels, {metadata.get('backbone')} "
-        f"{'+'.join(metadata.get('layers', []))})")
+    size = saved.input_size
+    check_decoded_memory(batch_size, size, what="batch_size", dtype=dataset.pixel_dtype)
+    metadata = saved.metadata
+    log(f"{len(dataset)} images; model {model_path} ({size}x{size} pixels, {metadata.get('backbone')} "
+        f"{'+'.join(metadata.get('layers', [])) or metadata.get('mode', '')})")
     chunks = [range(start, min(start + batch_size, len(dataset))) for start in range(0, len(dataset), batch_size)]
     rows, indices, skipped = [], [], []
     for chunk in iter_decoded_chunks(dataset, chunks, size, dtype=dataset.pixel_dtype):
         skipped += [(dataset.sample_ids[index], reason) for index, reason in chunk.skipped]
         if len(chunk.sample_indices):
-            rows.append(np.asarray(model.predict_on_batch(chunk.images), dtype=np.float64))
+            rows.append(np.asarray(saved.model.predict_on_batch(chunk.images), dtype=np.float64))
             indices.append(chunk.sample_indices)
     _log_skipped(log, skipped)
     if not rows:
         raise InputError(f"None of the {len(dataset)} images could be decoded; nothing was predicted. Received: data with "
                          f"{len(skipped)} unreadable images")
     kept = np.concatenate(indices)
-    return dataset, (list(metadata["class_names"]), [dataset.sample_ids[i] for i in kept], dataset.labels[kept],
-                     metadata.get("outputs", "scores"), np.vstack(rows))
+    return dataset, (list(saved.class_names), [dataset.sample_ids[i] for i in kept], dataset.labels[kept],
+                     saved.outputs, np.vstack(rows))

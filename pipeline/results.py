@@ -18,21 +18,24 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import math
 import numbers
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ..core.atomic import TMP_PREFIX, write_atomically, write_text_atomically
-from ..core.errors import OutputError
+from ..core.errors import OutputError, UnusableFileError
+from ..core.files import TABLE_MAX_BYTES, read_bounded_bytes
 from ..core.lock_files import hold_lock_file
-from .tables import format_table
+from .tables import backbone_labels, format_table
 from .uncertainty import wilson_interval
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "ROW_KINDS",
     "ResultsTable",
     "check_output_folder",
+    "compact_table",
     "output_errors",
     "read_results",
     "results_frame",
@@ -97,31 +101,6 @@ load with them empty, the intervals computed and `row_kind` "final".
 
 _INTEGER_COLUMNS = ("stage", "feature_dim", "n_train", "n_test", "n_folds", "n_val")
 
-# Columns of the markdown table in summary.md (the CSV has them all but `flag`, which the run summary adds from the
-# advice: rows at or below the majority-class rate).
-_SUMMARY_COLUMNS = (
-    "mode",
-    "backbone",
-    "weights",
-    "layer",
-    "depth",
-    "pooling",
-    "classifier",
-    "row_kind",
-    "feature_dim",
-    "cv_score",
-    "cv_se",
-    "val_accuracy",
-    "test_accuracy",
-    "test_ci_low",
-    "test_ci_high",
-    "test_macro_f1",
-    "logme",
-    "best_params",
-    "flag",
-)
-
-
 _CHOOSE_ANOTHER = "choose another folder (`[output] dir` in the config, or --out)"
 # OSErrors of writing a file or folder: the disk, its permissions or the path, which the user can fix.
 _WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
@@ -170,7 +149,12 @@ def output_errors(directory: str | os.PathLike) -> Iterator[None]:
             raise
         resume = ("the rows, classifiers and features finished so far are kept, and running again resumes "
                   "from them")
-        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if error.errno == errno.EFBIG:
+            raise OutputError(
+                f"A file of the run's outputs in {directory} grew past this process's file-size limit (`ulimit -f`): "
+                f"{error}. Raise the limit (`ulimit -f unlimited`) and run again: {resume}."
+            ) from error
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise OutputError(
                 f"The disk is full while writing the run's outputs in {directory}: {error}. Free some space "
                 f"(or {_CHOOSE_ANOTHER}) and run again: {resume}."
@@ -222,8 +206,18 @@ def results_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def read_results(path: str | os.PathLike) -> pd.DataFrame:
-    """A `results.csv` as a results table, older tables included (see `results_frame` for what is filled)."""
-    return results_frame(pd.read_csv(path).to_dict("records"))
+    """A `results.csv` as a results table, older tables included (see `results_frame` for what is filled).
+
+    Raises:
+        UnusableFileError: If it is not a regular file, or larger than `TABLE_MAX_BYTES`.
+        ValueError: If it is not a results table (not CSV, foreign columns, unknown modes).
+    """
+    data = read_bounded_bytes(path, "results table", TABLE_MAX_BYTES)
+    try:
+        rows = pd.read_csv(io.BytesIO(data)).to_dict("records")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a CSV table: {str(error).strip().splitlines()[-1]}") from error
+    return results_frame(rows)
 
 
 def write_results(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -233,8 +227,15 @@ def write_results(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
-def _with_spread(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """The summary's table: `cv_score` as "mean ± SE", `test_accuracy` as "acc [95% CI]" (plain when unknown)."""
+def compact_table(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The rows as a short table fits them (at most 8 columns; results.csv has every column) and its columns.
+
+    `backbone` names backbone and weights once (`tables.backbone_labels`); `mode`
+    only when the rows have several; `layer` with its pooling in brackets when the
+    rows have several poolings; `cv (± SE)` as "mean ± SE"; `val` only when a row
+    has one (finetune and scratch rows); `test (95% CI)` as "acc [low, high]"; and
+    `flag` when the frame has one (`run.summary.flagged`).
+    """
 
     def number(value: Any) -> float | None:
         try:
@@ -243,22 +244,28 @@ def _with_spread(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             return None
         return value if math.isfinite(value) else None
 
-    shown = frame.copy()
-    cv = [None if number(row.get("cv_score")) is None else f"{number(row.get('cv_score')):.3f}"
-          + ("" if number(row.get("cv_se")) is None else f" ± {number(row.get('cv_se')):.3f}")
-          for row in frame.to_dict("records")]
-    test = [None if number(row.get("test_accuracy")) is None else f"{number(row.get('test_accuracy')):.3f}"
-            + ("" if number(row.get("test_ci_low")) is None or number(row.get("test_ci_high")) is None else
-               f" [{number(row.get('test_ci_low')):.3f}, {number(row.get('test_ci_high')):.3f}]")
-            for row in frame.to_dict("records")]
-    shown["cv (± SE)"] = pd.Series(cv, index=frame.index, dtype=object)
-    shown["test (95% CI)"] = pd.Series(test, index=frame.index, dtype=object)
-    rename = {"cv_score": "cv (± SE)", "test_accuracy": "test (95% CI)"}
-    hidden = {"cv_se", "test_ci_low", "test_ci_high"}
-    if pd.to_numeric(frame.get("val_accuracy", pd.Series(dtype=float)), errors="coerce").isna().all():
-        hidden.add("val_accuracy")  # only finetune and scratch rows have one
-    columns = [rename.get(column, column) for column in _SUMMARY_COLUMNS if column not in hidden]
-    return shown, columns
+    records = frame.to_dict("records")
+    shown = pd.DataFrame(index=frame.index)
+    shown["backbone"] = backbone_labels(records)
+    if frame.get("mode", pd.Series(dtype=object)).nunique() > 1:
+        shown["mode"] = frame["mode"]
+    poolings = frame.get("pooling", pd.Series(dtype=object))
+    shown["layer"] = [f"{row.get('layer')} ({row.get('pooling')})" if poolings.nunique() > 1 else row.get("layer")
+                      for row in records]
+    shown["classifier"] = frame.get("classifier")
+    shown["cv (± SE)"] = [None if number(row.get("cv_score")) is None else f"{number(row.get('cv_score')):.3f}"
+                          + ("" if number(row.get("cv_se")) is None else f" ± {number(row.get('cv_se')):.3f}")
+                          for row in records]
+    if pd.to_numeric(frame.get("val_accuracy", pd.Series(dtype=float)), errors="coerce").notna().any():
+        shown["val"] = pd.to_numeric(frame["val_accuracy"], errors="coerce")
+    shown["test (95% CI)"] = [
+        None if number(row.get("test_accuracy")) is None else f"{number(row.get('test_accuracy')):.3f}"
+        + ("" if number(row.get("test_ci_low")) is None or number(row.get("test_ci_high")) is None else
+           f" [{number(row.get('test_ci_low')):.3f}, {number(row.get('test_ci_high')):.3f}]")
+        for row in records]
+    if "flag" in frame:
+        shown["flag"] = frame["flag"]
+    return shown, list(shown.columns)
 
 
 def write_summary(
@@ -267,22 +274,48 @@ def write_summary(
     *,
     title: str,
     sections: Mapping[str, str],
+    plot: str | os.PathLike | None = None,
 ) -> Path:
-    """Write `summary.md`: a title, the results table, then one section per entry of `sections`.
+    """Write `summary.md`: a title, the plot and the results table (`compact_table`), then `sections`.
 
     Args:
         path: Destination file.
         frame: The results table.
         title: First-level heading.
         sections: Heading -> markdown body (e.g. the recommendation, skipped images).
+        plot: An image shown above the table (`![...](...)`, relative to `path`'s folder when inside it).
     """
-    shown, columns = _with_spread(frame)
-    parts = [f"# {title}", "", "## Results", "", format_table(shown, columns, markdown=True), ""]
+    path = Path(path)
+    shown, columns = compact_table(frame)
+    parts = [f"# {title}", "", "## Results", ""]
+    if plot is not None:
+        relative = os.path.relpath(os.path.abspath(plot), os.path.abspath(path.parent))
+        parts += [f"![{Path(plot).stem}]({Path(relative if not relative.startswith('..') else plot).as_posix()})", ""]
+    parts += [format_table(shown, columns, markdown=True), ""]
     for heading, body in sections.items():
         parts += [f"## {heading}", "", body.rstrip(), ""]
-    path = Path(path)
     write_text_atomically(path, "\n".join(parts))
     return path
+
+
+# What tells one row of the table from another: a new row replaces the earlier run's row with the same values.
+_ROW_IDENTITY = ("mode", "backbone", "weights", "layer", "pooling", "classifier", "row_kind", "store_entry")
+
+
+_MODE_ORDER = {mode: position for position, mode in enumerate(MODES)}
+
+
+def _identity(row: Mapping[str, Any]) -> tuple:
+    """The `_ROW_IDENTITY` values of a row as text (None for empty; row_kind "final" by default, as
+    `results_frame` fills it), the same whether built or read back."""
+    values = [None if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+              for value in (row.get(column) for column in _ROW_IDENTITY)]
+    values[_ROW_IDENTITY.index("row_kind")] = values[_ROW_IDENTITY.index("row_kind")] or "final"
+    return tuple(values)
+
+
+def _by_mode(rows: Iterable[dict]) -> list[dict]:
+    return sorted(rows, key=lambda row: _MODE_ORDER.get(row.get("mode"), len(_MODE_ORDER)))
 
 
 class ResultsTable:
@@ -295,16 +328,35 @@ class ResultsTable:
     table's rows, and writes the result, so that rows another process added meanwhile
     are never lost, whichever process writes last.
 
+    Until `commit`, the file also keeps the rows of earlier runs (of the modes owned)
+    that no row of this table has replaced yet (same mode, backbone, weights, layer,
+    pooling, classifier, row kind and store entry): a run killed half-way leaves every
+    row it had not reached yet, not a table that lost finished results. `commit`
+    drops those left over (rows of settings this run no longer has).
+
+    A file that cannot be read as a results table (not CSV, foreign columns, not a
+    regular file, too large) is rebuilt from `rebuild()`, the rows the run's row
+    records hold, with one warning through `log`.
+
     Attributes:
         path: The `results.csv` file.
         rows: Row dicts: this table's, in the order they were added, with the rows of
             other modes found in the file at the last write (modes in `MODES` order).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        rebuild: Callable[[], list[dict]] | None = None,
+        log: Callable[[str], None] | None = None,
+    ):
         self.path = Path(path)
         self.rows: list[dict] = []
         self._modes: frozenset[str] = frozenset(MODES)
+        self._committed = False
+        self._rebuild = rebuild or list
+        self._log = log or (lambda line: warnings.warn(line, UserWarning, stacklevel=4))
 
     @property
     def frame(self) -> pd.DataFrame:
@@ -320,6 +372,11 @@ class ResultsTable:
         """Merge the table into the file again (after rows were changed in place)."""
         self._merge(write=True)
 
+    def commit(self) -> None:
+        """Write the table as the run's final one: the rows of earlier runs it did not replace are dropped."""
+        self._committed = True
+        self._merge(write=True)
+
     def keep_earlier_rows(self, *, except_modes: Sequence[str]) -> int:
         """Own only `except_modes`: start from the rows of the other modes in `path`; returns how many.
 
@@ -330,14 +387,31 @@ class ResultsTable:
         self._merge(write=False)
         return len(self.rows)
 
+    def _found(self) -> list[dict]:
+        """The rows in the file, or those `rebuild()` gives if it is not a results table (said once)."""
+        if not os.path.lexists(self.path):
+            return []
+        try:
+            return read_results(self.path).to_dict("records")
+        except (OSError, ValueError) as error:
+            if isinstance(error, OSError) and not isinstance(error, UnusableFileError):
+                raise
+            rows = self._rebuild()
+            self._log(f"warning: the results table {self.path} cannot be read ({error}); rebuilt it from the "
+                      f"{len(rows)} row record(s) of the output folder")
+            return rows
+
     def _merge(self, *, write: bool) -> None:
-        """Under the table's lock: the file's rows of the modes not owned, then ours (by mode); written if `write`."""
+        """Under the table's lock: the file's rows of the modes not owned, then ours (by mode), and until
+        `commit` the earlier rows of owned modes that ours did not replace; written if `write`."""
         lock = self.path.with_name(f".{self.path.name}.lock")
         with hold_lock_file(lock, doing=f"writing the results table {self.path}", error=OutputError):
-            found = pd.read_csv(self.path).to_dict("records") if self.path.is_file() else []
+            found = self._found()
             ours = [row for row in self.rows if row.get("mode") in self._modes]
             others = [row for row in found if row.get("mode") not in self._modes]
-            order = {mode: position for position, mode in enumerate(MODES)}
-            self.rows = sorted(others + ours, key=lambda row: order.get(row.get("mode"), len(order)))
+            self.rows = _by_mode(others + ours)
+            replaced = {_identity(row) for row in ours}
+            earlier = [] if self._committed else [
+                row for row in found if row.get("mode") in self._modes and _identity(row) not in replaced]
             if write:
-                write_results(self.frame, self.path)
+                write_results(results_frame(_by_mode(self.rows + earlier)), self.path)

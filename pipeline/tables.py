@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["format_table"]
+__all__ = ["backbone_labels", "format_table"]
 
 
 def _is_missing(value: Any) -> bool:
@@ -76,3 +76,38 @@ def format_table(
     lines = ["  ".join(column.rjust(width) for column, width in zip(columns, widths))]
     lines += ["  ".join(value.rjust(width) for value, width in zip(values, widths)) for values in table]
     return "\n".join(lines)
+
+
+def backbone_labels(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """One short name per row for its backbone and weights, as tables and plot legends show them.
+
+    The family (its arguments kept, a model file's digest dropped) and the weights:
+    `"MobileNetV2(alpha=0.35), digits-A.weights.h5"`, `"VGG16, imagenet"`,
+    `"VGG16, random"` (weights "none"); a model file with its own weights is its file
+    name alone (`"efficientnet_lite0_imagenet.keras"`). Only where two different
+    backbones would get the same name does the architecture's digest follow it (`@e4eabc`).
+
+    Args:
+        rows: Mappings with `backbone` and `weights` (results-table rows), or a DataFrame.
+    """
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # a DataFrame
+        rows = rows.to_dict("records")
+    pairs = [(str(row.get("backbone", "")), str(row.get("weights", ""))) for row in rows]
+
+    def short(backbone: str, weights: str) -> str:
+        name = backbone.split("@")[0]
+        if weights == "none":
+            return f"{name}, random"
+        own_weights = "@" in backbone and weights.endswith(".keras")  # a model file's digest, its own weights
+        return weights if own_weights else f"{name}, {weights}"
+
+    labels = {pair: short(*pair) for pair in dict.fromkeys(pairs)}
+    taken: dict[str, list[tuple[str, str]]] = {}
+    for pair, label in labels.items():
+        taken.setdefault(label, []).append(pair)
+    for label, owners in taken.items():
+        if len(owners) > 1:
+            for backbone, weights in owners:
+                digest = backbone.partition("@")[2][:6]
+                labels[backbone, weights] = f"{label} @{digest}" if digest else f"{label} ({backbone})"
+    return [labels[pair] for pair in pairs]

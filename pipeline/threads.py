@@ -60,8 +60,9 @@ THREAD_VARIABLES = (
 """Environment variables by which a user (or joblib, in its workers) sets native thread counts."""
 
 ONE_THREAD_BELOW = 32_000_000
-"""Rows × features under which the pools get one thread: every fit measured up to CIFAR-10's 50,000 × 512 was
-faster with one (benchmarks/RESULTS.md, "BLAS threads that fit the cores"); above, the cores per job."""
+"""Rows × features under which the pools get one thread (above, the cores per job): just above CIFAR-10's
+50,000 × 512, where one thread was still the faster (measured in benchmarks/RESULTS.md, "BLAS threads that
+fit the cores")."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("environment", "images", "decode", "tests[{b}]", "bench[{b}]", "finetune[{b}]", "probes")
+STAGES = ("environment", "images", "decode", "jpeg[{b}]", "tests[{b}]", "bench[{b}]", "finetune[{b}]", "probes")
 
 
 @pytest.mark.slow
@@ -46,6 +46,14 @@ def test_smoke_device_check_runs_every_stage(tmp_path):
     assert report["devices"][backend]["backend"] == backend
     assert report["decode"]["img_s"] > 0
 
+    jpeg = next(stage["result"] for stage in report["stages"] if stage["stage"] == f"jpeg[{backend}]")
+    assert jpeg["n_images"] == 48 and jpeg["image"] == "50x38" and jpeg["decoder_used"] in ("pillow", "simplejpeg")
+    assert jpeg["decoder"]["device_decoding_problem"]  # no GPU here: it says why
+    assert jpeg["extract"]["n_forward"] == 48 and jpeg["extract"]["img_s"] > 0 and jpeg["extract"]["of_limit"] > 0
+    probes = jpeg["probes"]
+    assert probes["jax_device"] == "jax" and probes["cpu_s"] > 0 and probes["jax_s"] > 0
+    assert probes["prediction_agreement"] >= 0.8
+
     markdown = (tmp_path / "out" / "device_check.md").read_text()
-    assert "files/device" in markdown and "## Finetune" in markdown
+    assert "files/device" in markdown and "## Finetune" in markdown and "## From JPEG files" in markdown
     assert markdown.rstrip().splitlines()[-1] in done.stdout  # the tables are printed

@@ -145,7 +145,7 @@ def test_the_checker_finds_a_function_level_circle(tmp_path, monkeypatch):
     assert sorted(node.module for node in _imports(tree)) == ["b", "c"]
 
 
-@pytest.mark.parametrize("core", ["errors", "checks", "atomic", "lazy", "digests", "versions"])
+@pytest.mark.parametrize("core", ["errors", "checks", "atomic", "files", "lazy", "digests", "versions"])
 def test_each_core_module_is_standalone_within_the_core(core):
     graph, _ = _graph()
     assert {t for t in graph[f"{PACKAGE}.core.{core}"] if not t.startswith(f"{PACKAGE}.core")} == set()

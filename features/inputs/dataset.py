@@ -101,6 +101,12 @@ class ImageDataset:
         return "float32" if self.images is not None and self.images.dtype.kind == "f" else "uint8"
 
     @property
+    def y(self) -> np.ndarray:
+        """The class name of every sample: the `y` to give a scikit-learn classifier, so that its
+        `classes_` and predictions are class names (`labels` holds their indices)."""
+        return np.asarray(self.class_names, dtype=object)[self.labels]
+
+    @property
     def split_names(self) -> tuple[str, ...]:
         """Unique split names, in first-seen order."""
         return tuple(dict.fromkeys(self.splits))

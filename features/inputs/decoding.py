@@ -17,10 +17,13 @@ path, or a `MemoryError`) says nothing about the image: it is retried
 Decoders: `"pillow"`, or `"simplejpeg"` (libjpeg-turbo through the optional
 `simplejpeg` package, faster on JPEG files: no Pillow image objects). Both
 decode JPEGs with libjpeg-turbo's exact integer IDCT at the same reduced
-scale, so they give the same pixels (tested; that is why the decoder is not
-part of feature keys); anything that is not a plain JPEG, or that simplejpeg
-refuses (CMYK...), goes through Pillow. `"auto"` (the default) takes
-simplejpeg where it is installed.
+scale, so they give the same pixels (tested; they share feature keys:
+`keys.decoded_pixels`); anything that is not a plain JPEG, or that simplejpeg
+refuses (CMYK...), goes through Pillow. `"nvimgcodec"` decodes whole chunks
+on the GPU and resizes them there (`device_decoding`); its pixels differ
+slightly, so its features have their own keys. `"auto"` (the default) takes
+nvImageCodec where it can decode on Keras's GPU, else simplejpeg where it is
+installed.
 
 Memory: a JPEG larger than needed is decoded at 1/2, 1/4 or 1/8 scale
 (`Image.draft`, still at least `size` pixels a side); high-depth grey levels are
@@ -36,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import struct
 import threading
 import time
@@ -47,6 +51,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ...core.checks import check_positive_int
 from ...core.errors import ImageReadError, InputError, UnreadableImageError
+from ...core.files import file_kind
 from ..keys import DECODERS
 
 __all__ = [
@@ -59,6 +64,7 @@ __all__ = [
     "decode_cost",
     "grey_bit_depth",
     "load_image",
+    "open_image_file",
     "resolve_decoder",
     "with_io_retries",
 ]
@@ -160,15 +166,31 @@ def decode_cost(image: Image.Image) -> int:
 
 
 def resolve_decoder(decoder: str = "auto") -> str:
-    """`"pillow"` or `"simplejpeg"`: `"auto"` is simplejpeg where it is installed.
+    """`"pillow"`, `"simplejpeg"` or `"nvimgcodec"`: what `decoder` decodes with here.
+
+    `"auto"` is nvImageCodec where it can decode on the device Keras computes on
+    (`device_decoding.device_decoding_problem`), else simplejpeg where it is installed,
+    else Pillow.
 
     Raises:
-        InputError: For an unknown decoder, or `"simplejpeg"` when it is not installed.
+        InputError: For an unknown decoder, `"simplejpeg"` when it is not installed, or
+            `"nvimgcodec"` where it cannot decode on the device (the message says why).
     """
     if decoder not in DECODERS:
         raise InputError(f"decoder must be one of {DECODERS}. Received: decoder={decoder!r}")
     if decoder == "pillow":
         return decoder
+    if decoder in ("auto", "nvimgcodec"):
+        from .device_decoding import device_decoding_problem
+
+        problem = device_decoding_problem()
+        if problem is None:
+            return "nvimgcodec"
+        if decoder == "nvimgcodec":
+            raise InputError(
+                f"decoder='nvimgcodec' cannot decode here: {problem}. Use decoder='auto' (the best "
+                f"decoder available) or 'pillow'. Received: decoder='nvimgcodec'"
+            )
     try:
         import simplejpeg  # noqa: F401
     except ImportError:
@@ -231,7 +253,7 @@ def _load_jpeg_turbo(path: str, size: int, max_pixels: int, budget: DecodeBudget
     import simplejpeg
 
     try:
-        with open(path, "rb") as handle:
+        with open_image_file(path) as handle:
             data = handle.read()
         if not data.startswith(_JPEG_MAGIC) or _has_orientation(data):
             return _load(path, size, max_pixels, budget)
@@ -251,6 +273,8 @@ def _load_jpeg_turbo(path: str, size: int, max_pixels: int, budget: DecodeBudget
             return _square_rgb(image, size)
     except (ValueError, IndexError, StopIteration):  # simplejpeg refuses it: Pillow says why, or decodes it
         return _load(path, size, max_pixels, budget)
+    except UnreadableImageError:
+        raise
     except FileNotFoundError:
         raise UnreadableImageError("file not found", path) from None
     except OSError as exc:
@@ -264,11 +288,28 @@ def _has_orientation(data: bytes) -> bool:
     return b"Exif\x00\x00" in data[:65536]
 
 
+def open_image_file(path: str):
+    """`path` opened for reading, or an `UnreadableImageError` before a byte is read if it is not a
+    regular file ("not a regular file: a FIFO (named pipe)", a device such as /dev/zero...) or is empty.
+
+    Opened without blocking, so a FIFO is refused at once rather than waited on.
+    """
+    handle = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb")
+    try:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise UnreadableImageError(f"not a regular file: {file_kind(info.st_mode)}", path)
+        if info.st_size == 0:
+            raise UnreadableImageError("empty file", path)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
 def _load(path: str, size: int, max_pixels: int, budget: DecodeBudget | None) -> np.ndarray:
     try:
-        if os.path.getsize(path) == 0:
-            raise UnreadableImageError("empty file", path)
-        with Image.open(path) as image:
+        with open_image_file(path) as handle, Image.open(handle) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise _too_large(image.size, max_pixels, path)

@@ -21,6 +21,7 @@ import errno
 import hashlib
 import json
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +29,7 @@ from typing import Sequence
 from ...core.atomic import write_text_atomically
 from ...core.cores import usable_cores
 from ...core.digests import file_digest
+from ...core.files import RECORD_MAX_BYTES, file_kind, read_bounded_text
 from .decoding import with_io_retries
 
 __all__ = ["cache_directory", "errno_name", "file_digests", "file_identity"]
@@ -51,20 +53,20 @@ def _cache_file(root: str | None) -> Path:
 
 def _read_cache(path: Path) -> dict[str, list]:
     with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-        stored = json.loads(path.read_text(encoding="utf-8"))
+        stored = json.loads(read_bounded_text(path, "file-digest cache", RECORD_MAX_BYTES))
         if stored.get("version") == _CACHE_VERSION and isinstance(stored.get("files"), dict):
             return stored["files"]
     return {}
 
 
-def _stamp(stat: os.stat_result) -> list[int]:
-    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+def _stamp(info: os.stat_result) -> list[int]:
+    return [info.st_size, info.st_mtime_ns, info.st_ctime_ns]
 
 
-def file_identity(stat: os.stat_result) -> list[int]:
+def file_identity(info: os.stat_result) -> list[int]:
     """What tells a file from any other and from its own earlier content without reading it:
     device, inode, size, mtime and ctime (see the module docstring)."""
-    return [stat.st_dev, stat.st_ino, *_stamp(stat)]
+    return [info.st_dev, info.st_ino, *_stamp(info)]
 
 
 def file_digests(
@@ -73,8 +75,9 @@ def file_digests(
     """The `sha256:<hex>` of each file's bytes; None for a file that does not exist.
 
     A file that exists but cannot be read for a reason of its own (permission denied,
-    a directory) gets `"unreadable:<errno name>"`: it will be skipped at decoding, and
-    its digest changes when it becomes readable.
+    a directory) gets `"unreadable:<errno name>"`, and one that is not a regular file
+    (a FIFO, a device such as /dev/zero) `"unreadable:<kind>"` without being opened: it
+    will be skipped at decoding, and its digest changes when it becomes readable.
 
     Args:
         paths: The files.
@@ -92,13 +95,17 @@ def file_digests(
     todo: list[tuple[int, str, list[int]]] = []
     for position, path in enumerate(paths):
         try:
-            stat = with_io_retries(lambda: os.stat(path), path)
+            stat_result = with_io_retries(lambda: os.stat(path), path)
         except FileNotFoundError:
             continue
         except OSError as error:  # a path problem (ENOTDIR, ELOOP...): skipped at decoding
             results[position] = f"unreadable:{errno_name(error)}"
             continue
-        identity, stamp = f"{stat.st_dev}:{stat.st_ino}", _stamp(stat)
+        if not stat.S_ISREG(stat_result.st_mode):  # a FIFO would block, /dev/zero never end: never read
+            kind = "EISDIR" if stat.S_ISDIR(stat_result.st_mode) else file_kind(stat_result.st_mode)
+            results[position] = f"unreadable:{kind}"  # skipped at decoding
+            continue
+        identity, stamp = f"{stat_result.st_dev}:{stat_result.st_ino}", _stamp(stat_result)
         entry = cached.get(identity)
         if entry is not None and entry[:3] == stamp:
             results[position] = entry[3]

@@ -15,6 +15,7 @@ size at which even one chunk (or one batch) cannot fit in the memory available
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import threading
@@ -32,8 +33,12 @@ from .decoding import (
     DEFAULT_DECODE_BUDGET,
     DEFAULT_MAX_PIXELS,
     DecodeBudget,
+    open_image_file,
     resolve_decoder,
+    with_io_retries,
 )
+from .device_decoding import DeviceDecoder
+from .pixel_cache import BLOCK_SAMPLES, PixelBlock, PixelCache
 
 __all__ = [
     "DecodedChunk",
@@ -58,7 +63,8 @@ class DecodedChunk:
         images: Pixels (n_decoded, size, size, 3) in 0-255, of the dtype asked for
             (uint8 for files, float32 for float arrays: `ImageDataset.pixel_dtype`).
             Rows of an in-memory dataset already at the size and dtype are a read-only
-            view of its array; otherwise the consumer owns them.
+            view of its array; otherwise the consumer owns them. Decoded on the GPU
+            (`decoder="nvimgcodec"`), a uint8 backend tensor there.
         skipped: (sample index, reason) for each sample that could not be decoded.
     """
 
@@ -92,11 +98,21 @@ def available_memory() -> int | None:
     return min(found) if found else None
 
 
-def decoded_memory_problem(n_images: int, size: int, *, what: str, dtype: str | np.dtype = "uint8") -> str | None:
+# No registered backbone accepts a smaller input: an input_size below it is no way out of a memory problem.
+_SMALLEST_INPUT_SIZE = 32
+
+
+def decoded_memory_problem(
+    n_images: int, size: int, *, what: str, dtype: str | np.dtype = "uint8"
+) -> tuple[str, str] | None:
     """Why `n_images` decoded images of `size` pixels cannot be held at once, and what fits; None if they can.
 
     A lower bound: the `dtype` pixels of one `what` (`"batch_size"`, `"chunk_size"`) alone,
     against `available_memory()`; the model's own activations come on top.
+
+    Returns:
+        None, or the setting to change and the message: `what` when no usable input
+        size would hold that many images (`batch_size = 10**12`), else "input_size".
     """
     available = available_memory()
     needed = decoded_bytes(n_images, size, dtype)
@@ -105,14 +121,16 @@ def decoded_memory_problem(n_images: int, size: int, *, what: str, dtype: str | 
     per_pixel = decoded_bytes(1, 1, dtype)
     fit_size = math.isqrt(available // (n_images * per_pixel))
     fit_images = available // decoded_bytes(1, size, dtype)
-    fewer = (f", or {what}={fit_images} at this input_size" if fit_images
-             else "; at this input_size not even one image fits")
-    return (
+    problem = (
         f"decoding {n_images} images of {size}x{size} pixels at once ({what}) needs at least "
         f"{needed / 2**30:,.0f} GiB for their {np.dtype(dtype).name} pixels alone ({n_images} x {size} x {size} x 3 x "
         f"{per_pixel // 3} bytes), but {available / 2**30:,.1f} GiB of memory are available: at most "
-        f"input_size={fit_size} fits {n_images} images{fewer} (the model needs more on top)"
     )
+    if fit_size < _SMALLEST_INPUT_SIZE and fit_images:
+        return what, f"{problem}{what}={fit_images} fits at input_size={size} (the model needs more on top)"
+    fewer = (f", or {what}={fit_images} at this input_size" if fit_images
+             else "; at this input_size not even one image fits")
+    return "input_size", f"{problem}input_size={fit_size} fits {n_images} images{fewer} (the model needs more on top)"
 
 
 def check_decoded_memory(n_images: int, size: int, *, what: str, dtype: str | np.dtype = "uint8") -> None:
@@ -121,8 +139,9 @@ def check_decoded_memory(n_images: int, size: int, *, what: str, dtype: str | np
     Raises:
         InputError: Saying what was needed, what is available and what fits.
     """
-    problem = decoded_memory_problem(n_images, size, what=what, dtype=dtype)
-    if problem is not None:
+    found = decoded_memory_problem(n_images, size, what=what, dtype=dtype)
+    if found is not None:
+        problem = found[1]
         raise InputError(
             f"{problem[:1].upper()}{problem[1:]}. Nothing was computed. Received: input_size={size}, {what}={n_images}"
         )
@@ -139,6 +158,7 @@ def iter_decoded_chunks(
     decode_budget: int = DEFAULT_DECODE_BUDGET,
     dtype: str | np.dtype = "float32",
     decoder: str = "auto",
+    pixel_cache: PixelCache | None = None,
 ) -> Iterator[DecodedChunk]:
     """Decode chunks of samples in background threads, in order.
 
@@ -160,8 +180,12 @@ def iter_decoded_chunks(
             costing more is decoded alone); see `DecodeBudget`.
         dtype: The pixels' dtype: `"uint8"` (a quarter of the memory and of the bytes sent to
             a device; exact for files and integer arrays) or `"float32"`.
-        decoder: JPEG decoder, `"auto"`, `"pillow"` or `"simplejpeg"` (same pixels; see
-            `layerprobe.features.inputs.decoding`).
+        decoder: Decoder of image files, `"auto"`, `"pillow"`, `"simplejpeg"` or `"nvimgcodec"`
+            (see `layerprobe.features.inputs.decoding`). With `"nvimgcodec"`, each chunk's
+            `images` are a uint8 backend tensor on the GPU (`device_decoding`).
+        pixel_cache: Where decoded pixels of image files are kept and read back instead
+            of decoded again (`layerprobe.features.inputs.pixel_cache`); its key must
+            describe this dataset, `size` and `decoder`. Chunks then hold numpy pixels.
 
     Returns:
         An iterator of DecodedChunk, one per chunk.
@@ -184,19 +208,24 @@ def iter_decoded_chunks(
     dtype = np.dtype(dtype)
     if dtype not in (np.uint8, np.float32):
         raise InputError(f"dtype must be 'uint8' or 'float32'. Received: dtype={dtype.name!r}")
-    decode = _Decode(size, max_pixels, DecodeBudget(decode_budget), dtype, resolve_decoder(decoder))
+    decoder = resolve_decoder(decoder)
+    on_device = DeviceDecoder(size, max_pixels) if decoder == "nvimgcodec" and dataset.images is None else None
+    decode = _Decode(size, max_pixels, DecodeBudget(decode_budget), dtype, decoder, on_device, pixel_cache)
     return _consume_chunks(dataset, chunks, n_workers, prefetch, decode)
 
 
 @dataclass(frozen=True)
 class _Decode:
-    """How every sample is decoded: output side and dtype, the size guard, the shared budget, the decoder."""
+    """How every sample is decoded: output side and dtype, the size guard, the shared budget, the decoder
+    (and the device decoder of files, for `"nvimgcodec"`)."""
 
     size: int
     max_pixels: int
     budget: DecodeBudget
     dtype: np.dtype
     decoder: str
+    on_device: DeviceDecoder | None = None
+    cache: PixelCache | None = None
 
 
 def _consume_chunks(dataset, chunks, n_workers, prefetch, decode: _Decode) -> Iterator[DecodedChunk]:
@@ -255,6 +284,16 @@ def _decode_chunk(dataset, number, chunk, decode: _Decode, executor, stop) -> De
     if pixels is not None and pixels.shape[1:] == (size, size, 3):
         # In-memory pixels already at the input size: `load` would give the same values.
         return DecodedChunk(number, indices, _rows(pixels, indices, decode.dtype), [])
+    if decode.cache is not None and pixels is None:
+        return _cached_chunk(dataset, number, indices, decode, executor, stop)
+    return _decode_samples(dataset, number, indices, decode, executor, stop)
+
+
+def _decode_samples(dataset, number, indices, decode: _Decode, executor, stop) -> DecodedChunk:
+    """Decode the samples at `indices` (on the device with a `DeviceDecoder`, else in the threads)."""
+    if decode.on_device is not None:
+        return _decode_chunk_on_device(dataset, number, indices, decode, executor)
+    size = decode.size
     images = np.empty((len(indices), size, size, 3), dtype=decode.dtype)
 
     def decode_one(position: int) -> str | None:
@@ -268,17 +307,8 @@ def _decode_chunk(dataset, number, chunk, decode: _Decode, executor, stop) -> De
             return exc.reason
         return None
 
-    try:
+    with _chunk_read_errors(indices):
         reasons = list(executor.map(decode_one, range(len(indices))))
-    except ImageReadError as exc:
-        samples = f"samples {indices.min()}-{indices.max()}" if len(indices) else "no samples"
-        raise ImageReadError(
-            f"{exc} Nothing was committed for this chunk ({samples} of the dataset); chunks committed "
-            f"before it are kept, and running again resumes from them.",
-            exc.path,
-            exc.errno,
-            exc.attempts,
-        ) from exc
     decoded = np.array([reason is None for reason in reasons], dtype=bool)
     skipped = [
         (int(index), reason)
@@ -288,6 +318,98 @@ def _decode_chunk(dataset, number, chunk, decode: _Decode, executor, stop) -> De
     return DecodedChunk(
         number, indices[decoded], images if decoded.all() else images[decoded], skipped
     )
+
+
+@contextlib.contextmanager
+def _chunk_read_errors(indices: np.ndarray) -> Iterator[None]:
+    """An `ImageReadError` inside says which samples' chunk was not committed."""
+    try:
+        yield
+    except ImageReadError as exc:
+        samples = f"samples {indices.min()}-{indices.max()}" if len(indices) else "no samples"
+        raise ImageReadError(
+            f"{exc} Nothing was committed for this chunk ({samples} of the dataset); chunks committed "
+            f"before it are kept, and running again resumes from them.",
+            exc.path,
+            exc.errno,
+            exc.attempts,
+        ) from exc
+
+
+def _cached_chunk(dataset, number, indices, decode: _Decode, executor, stop) -> DecodedChunk:
+    """A chunk assembled from the pixel cache's blocks; each block not cached yet is decoded whole and saved.
+
+    Blocks are aligned to the dataset, not to chunks: a block that a chunk covers only
+    in part is decoded whole, saved, and read back by the next chunk instead of decoded again.
+    """
+    blocks = {}
+    for block in decode.cache.blocks(indices, len(dataset)):
+        cached = decode.cache.load(block)
+        if cached is None:
+            fresh = _decode_samples(dataset, number, np.arange(block.start, block.stop), decode, executor, stop)
+            cached = PixelBlock(fresh.sample_indices, _on_host(fresh.images), fresh.skipped)
+            if stop.is_set():  # the consumer has gone: the block may be part decoded, and is discarded
+                return fresh
+            decode.cache.save(block, cached)
+        blocks[block.start] = cached
+    rows, kept, skipped = [], [], []
+    for index in indices.tolist():
+        block = blocks[index - index % BLOCK_SAMPLES]
+        position = int(np.searchsorted(block.indices, index))
+        if position < len(block.indices) and block.indices[position] == index:
+            rows.append(block.pixels[position])
+            kept.append(index)
+        else:
+            skipped.append((index, dict(block.skipped)[index]))
+    size = decode.size
+    images = np.stack(rows).astype(decode.dtype, copy=False) if rows else np.empty((0, size, size, 3), decode.dtype)
+    return DecodedChunk(number, np.asarray(kept, dtype=np.int64), images, skipped)
+
+
+def _on_host(images) -> np.ndarray:
+    """Decoded pixels as a numpy array (those decoded on the device are copied back)."""
+    if isinstance(images, np.ndarray):
+        return images
+    import keras
+
+    return keras.ops.convert_to_numpy(images)
+
+
+def _decode_chunk_on_device(dataset, number, indices, decode: _Decode, executor) -> DecodedChunk:
+    """A chunk of files decoded on the GPU (`DeviceDecoder`): its `images` are a uint8 backend tensor there.
+
+    The files are read in the decoding threads (I/O errors retried, as for the CPU
+    decoders); what nvImageCodec does not decode is decoded by Pillow, or recorded
+    with Pillow's reason.
+    """
+    paths = [dataset.sample_ids[int(index)] for index in indices]
+    reasons: dict[int, str] = {}
+
+    def read_bytes(path: str) -> bytes:
+        with open_image_file(path) as handle:  # never a FIFO or a device: refused unread
+            return handle.read()
+
+    def read(path: str) -> bytes | None:
+        try:
+            return with_io_retries(lambda: read_bytes(path), path)
+        except (OSError, UnreadableImageError):  # missing, unreadable, not a regular file: the fallback says why
+            return None
+
+    def fallback(position: int) -> np.ndarray | None:
+        try:
+            return dataset.load(
+                int(indices[position]), decode.size, max_pixels=decode.max_pixels, budget=decode.budget,
+                decoder="pillow",
+            )
+        except UnreadableImageError as exc:
+            reasons[position] = exc.reason
+            return None
+
+    with _chunk_read_errors(indices):
+        encoded = list(executor.map(read, paths))
+        decoded, images = decode.on_device.decode(encoded, fallback)
+    skipped = [(int(indices[position]), reason) for position, reason in sorted(reasons.items())]
+    return DecodedChunk(number, indices[decoded], images, skipped)
 
 
 def _rows(images: np.ndarray, indices: np.ndarray, dtype: np.dtype) -> np.ndarray:

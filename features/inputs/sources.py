@@ -8,6 +8,7 @@ list and check the samples (nothing is decoded here); `open_dataset` and
 from __future__ import annotations
 
 import codecs
+import io
 import os
 import re
 import warnings
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ...core.errors import InputError
+from ...core.files import TABLE_MAX_BYTES, read_bounded_bytes
 from .dataset import ImageDataset
 
 __all__ = [
@@ -166,7 +168,12 @@ def _image_files(
     folder: Path, suffixes: tuple[str, ...], *, symlinks: list[str] | None = None, root: str | os.PathLike = ""
 ) -> list[str]:
     """Sorted names of the visible image files directly in `folder`; names that are symbolic
-    links are appended to `symlinks` when given.
+    links to regular files are appended to `symlinks` when given.
+
+    A name with an image extension that is neither a folder nor a regular file (a FIFO, a
+    device, a socket, a link to one or to nothing) is listed too: decoding skips it with
+    its reason ("not a regular file: ...", "file not found") without reading it, so the
+    run reports it rather than dropping it unseen.
 
     Raises:
         InputError: If an image name cannot be looked at (a symbolic link loop), naming it.
@@ -176,16 +183,16 @@ def _image_files(
         if entry.name.startswith(".") or not entry.name.lower().endswith(suffixes):
             continue
         try:
-            is_file = entry.is_file()
+            is_file, is_dir = entry.is_file(), entry.is_dir()
         except OSError as error:  # ELOOP: a link that leads back to itself
             link = " (a symbolic link)" if entry.is_symlink() else ""
             raise InputError(
                 f"Cannot read {entry.path}{link}: {error.strerror}. Point the link at an image file or remove it. "
                 f"Received: root={os.fspath(root or folder)!r}"
             ) from None
-        if is_file:
+        if not is_dir:
             names.append(entry.name)
-            if symlinks is not None and entry.is_symlink():
+            if symlinks is not None and is_file and entry.is_symlink():
                 symlinks.append(entry.name)
     return sorted(names)
 
@@ -209,8 +216,13 @@ def from_image_folder(
         raise InputError(
             f"The folder holds no image files (extensions {list(suffixes)}). Received: root={root!r}"
         )
-    paths = [os.path.abspath(root_path / name) for name in names]
-    return ImageDataset(paths, np.zeros(len(paths)), (UNLABELLED,), ["all"] * len(paths), root=os.path.abspath(root_path))
+    return _unlabelled([root_path / name for name in names], root_path)
+
+
+def _unlabelled(paths: Sequence[Path], root: Path) -> ImageDataset:
+    """`paths` as one unlabelled split "all" (class `UNLABELLED`), their ids relative to `root`."""
+    paths = [os.path.abspath(path) for path in paths]
+    return ImageDataset(paths, np.zeros(len(paths)), (UNLABELLED,), ["all"] * len(paths), root=os.path.abspath(root))
 
 
 def _row_numbers(positions: Sequence[int], limit: int = 5) -> str:
@@ -235,9 +247,8 @@ def check_encoding(encoding: str) -> str:
         ) from None
 
 
-def _not_text(csv_path: Path, encoding: str, received: str) -> InputError:
-    """The error for a CSV file that is not text in `encoding`, naming the first bad byte and its line."""
-    data = csv_path.read_bytes()
+def _not_text(data: bytes, encoding: str, received: str) -> InputError:
+    """The error for a CSV file (`data`) that is not text in `encoding`, naming the first bad byte and its line."""
     try:
         data.decode(encoding)
         where = ""
@@ -279,6 +290,8 @@ def from_csv(
         An ImageDataset of absolute file paths; `class_names` are the sorted labels.
 
     Raises:
+        UnusableFileError: If the file is not a regular file (a FIFO, a device) or holds
+            more than `TABLE_MAX_BYTES` (1 GiB); nothing is read then.
         InputError: If the file is missing, empty or not text in `encoding`, a column
             is missing, a cell is blank or holds a NUL byte, a path is a URL (download
             the images first), or one image is listed twice (by the same path, or by
@@ -287,12 +300,13 @@ def from_csv(
     """
     csv_path = Path(path)
     received = f"path={os.fspath(path)!r}"
-    if not csv_path.is_file():
+    if not csv_path.exists():
         raise InputError(f"The CSV file does not exist. Check the path. Received: {received}")
     codec = check_encoding(encoding)
+    data = read_bounded_bytes(csv_path, "CSV file", TABLE_MAX_BYTES)
     try:
         table = pd.read_csv(
-            csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig" if codec == "utf-8" else encoding
+            io.BytesIO(data), dtype=str, keep_default_na=False, encoding="utf-8-sig" if codec == "utf-8" else encoding
         )
     except pd.errors.EmptyDataError:
         raise InputError(
@@ -300,7 +314,7 @@ def from_csv(
             f"Received: {received}"
         ) from None
     except UnicodeDecodeError:
-        raise _not_text(csv_path, encoding, f"{received}, encoding={encoding!r}") from None
+        raise _not_text(data, encoding, f"{received}, encoding={encoding!r}") from None
     missing = [column for column in (path_column, label_column) if column not in table.columns]
     if missing:
         raise InputError(
@@ -457,14 +471,19 @@ def open_dataset(source: str | os.PathLike, *, encoding: str = "utf-8") -> Image
     """Open a dataset folder (see `from_directory`) or CSV file (see `from_csv`, which reads it as `encoding`).
 
     Raises:
-        InputError: If `source` is neither a folder nor a .csv file.
+        InputError: If `source` does not exist, or is neither a folder nor a .csv file.
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
             return from_directory(path)
-        if path.is_file() and path.suffix.lower() == ".csv":
+        if path.exists() and path.suffix.lower() == ".csv":  # from_csv refuses a FIFO or a device, naming it
             return from_csv(path, encoding=encoding)
+        if not path.exists():
+            raise InputError(
+                f"The dataset {os.fspath(source)} does not exist: give the folder of your images (or a .csv "
+                f"file) by a path that exists from {os.getcwd()}. Received: source={os.fspath(source)!r}"
+            )
     raise InputError(
         f"Cannot open a dataset from this source. Expected a folder laid out as {_LAYOUTS}, or "
         f"a .csv file with path and label columns. Received: source={source!r}"
@@ -472,11 +491,13 @@ def open_dataset(source: str | os.PathLike, *, encoding: str = "utf-8") -> Image
 
 
 def open_images(source: str | os.PathLike) -> ImageDataset:
-    """Like `open_dataset`, and a folder of images without class subfolders is read unlabelled.
+    """Like `open_dataset`; a folder of images without class subfolders, or one image file, is read unlabelled.
 
     For prediction, where new images need no labels (see `from_image_folder`).
     """
     path = Path(source)
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        return _unlabelled([path], path.parent)
     if path.is_dir() and not _visible_subfolders(path) and _image_files(path, IMAGE_EXTENSIONS):
         return from_image_folder(path)
     return open_dataset(source)

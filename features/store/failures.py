@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
+import resource
 from pathlib import Path
 from typing import Iterator
 
@@ -23,6 +25,12 @@ def write_error(path: Path, error: OSError) -> StoreError:
             f"Free some space (or point the store elsewhere) and run again; committed work "
             f"is kept and the extraction resumes from it."
         )
+    if error.errno == errno.EFBIG:
+        return StoreError(
+            f"Could not write {path.name} in {path.parent}: {error}. This process may not write files that large "
+            f"(its file-size limit, `ulimit -f`): raise it (`ulimit -f unlimited`) and run again; committed work is "
+            f"kept and the extraction resumes from it."
+        )
     if error.errno in (errno.EACCES, errno.EPERM):
         return StoreError(
             f"Could not write {path}: {error}. This user may not write there (a store shared with "
@@ -38,19 +46,28 @@ def write_error(path: Path, error: OSError) -> StoreError:
 
 
 def check_free_space(path: Path, n_bytes: int) -> None:
-    """Refuse to start writing about `n_bytes` at `path` when its file system has less room.
+    """Refuse to start writing about `n_bytes` at `path` when its file system has less room, or the
+    process may not write a file that large (`RLIMIT_FSIZE`, `ulimit -f`: the write would fail with EFBIG).
+
+    HDF5 left a file whose close-time write failed half-closed, which crashed the process later
+    (see `hdf5`), so both are checked before the first byte.
 
     Raises:
-        StoreError: "The disk is full ..." (see `write_error`), before anything is written.
+        StoreError: "The disk is full ..." or "... file-size limit ..." (see `write_error`), before
+            anything is written.
     """
-    import os
-
+    needed = int(n_bytes * 1.05) + _FREE_SPACE_MARGIN
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and limit < needed:
+        raise write_error(
+            path,
+            OSError(errno.EFBIG, f"File too large: the file-size limit is {limit:,} bytes, about {needed:,} needed"),
+        )
     try:
         stats = os.statvfs(path.parent)
     except OSError:
         return  # no statistics (or no folder yet): let the write itself tell
     free = stats.f_bavail * stats.f_frsize
-    needed = int(n_bytes * 1.05) + _FREE_SPACE_MARGIN
     if free < needed:
         raise write_error(
             path,

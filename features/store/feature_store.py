@@ -641,8 +641,8 @@ def _relative(sample_id: str, root: str) -> str:
     """A file sample id as a POSIX path relative to the dataset root (array ids are kept).
 
     A normalised path under `root` loses its prefix; only others go through
-    `os.path.relpath`, 20 µs a call, which cost a commit of 5,000 images and 6 layers
-    a second of the extraction's 8 (benchmarks/RESULTS.md, vit_depth_sweep).
+    `os.path.relpath`, whose cost per call, once for every sample of every layer, was
+    most of a commit's time (measured in benchmarks/RESULTS.md, vit_depth_sweep).
     """
     if sample_id.startswith("array:") or not os.path.isabs(sample_id):
         return sample_id

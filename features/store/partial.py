@@ -26,6 +26,7 @@ import numpy as np
 
 from ...core.atomic import TMP_PREFIX, write_text_atomically
 from ...core.errors import CorruptEntryError, EntryLockedError, StoreError
+from ...core.files import RECORD_MAX_BYTES, read_bounded_text
 from ..environment import environment_differences
 from . import hdf5
 from .failures import writing
@@ -84,7 +85,7 @@ class PartialEntry:
         fingerprint_path = directory / _FINGERPRINT
         if directory.is_dir():
             try:
-                stored = json.loads(fingerprint_path.read_text())
+                stored = json.loads(read_bounded_text(fingerprint_path, "chunk fingerprint", RECORD_MAX_BYTES))
             except (OSError, ValueError):
                 stored = None
             if stored != self.fingerprint:

@@ -38,13 +38,14 @@ work starts, and every problem found is reported at once in one
     modes = ["finetune", "scratch"]
     head_epochs = 5             # the other keys go to pipeline.finetune.FinetuneConfig
 
-Relative paths are relative to the config file's folder. `layerprobe init`
-writes an example with every key, its default and a comment.
+Relative paths are relative to the config file's folder. `layerprobe init DATA`
+writes a short config fitted to the data (`starter`); `--full` an example with
+every key, its default and a comment (`template`).
 
 Modules: `schema` (the dataclasses), `values` (checks of single values and
 the problem collector), `sections` (the accepted keys and the section
 builders), `loading` (`config_from_dict`, `load_config`), `template` (the
-example config).
+example config), `starter` (the config `layerprobe init DATA` writes).
 
 The names a config may use come from their one home, not from the heavy
 modules that use them: classifiers, preprocessing steps and grid parameters
@@ -69,7 +70,8 @@ from .schema import (
     FinetuneStageConfig,
     OutputConfig,
 )
-from .template import example_config, write_example_config
+from .starter import write_starter_config
+from .template import example_config
 
 __all__ = [
     "BackboneConfig",
@@ -87,5 +89,5 @@ __all__ = [
     "config_from_dict",
     "example_config",
     "load_config",
-    "write_example_config",
+    "write_starter_config",
 ]

@@ -11,7 +11,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from ...core.errors import ConfigError
+from ...core.errors import ConfigError, UnusableFileError
+from ...core.files import RECORD_MAX_BYTES, read_bounded_text
 from .schema import ExperimentConfig
 from .sections import (
     build_backbones,
@@ -85,10 +86,14 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
     Raises:
         ConfigError: If the file is missing, is not valid TOML, or has any
             problem :func:`config_from_dict` finds.
+        UnusableFileError: If it is not a regular file (a FIFO, `/dev/zero`) or
+            larger than `RECORD_MAX_BYTES`; nothing is read then.
     """
     path = Path(path).expanduser()
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(read_bounded_text(path, "experiment config", RECORD_MAX_BYTES))
+    except UnusableFileError:
+        raise
     except FileNotFoundError:
         raise ConfigError([f"the file does not exist. Received: path={os.fspath(path)!r}"], str(path)) from None
     except (OSError, UnicodeDecodeError) as error:

@@ -86,8 +86,13 @@ class FeaturesConfig:
         mixed_precision: Compute precision of the forward pass: false (float32),
             "bfloat16" (fast on recent GPUs), "float16" or true (mixed_float16);
             part of the feature keys.
-        decoder: JPEG decoder: "auto" (simplejpeg where installed, else Pillow),
-            "pillow" or "simplejpeg"; the same pixels either way.
+        decoder: Image decoder: "auto" (nvImageCodec on the GPU where it is
+            installed and Keras computes on a GPU, else simplejpeg where
+            installed, else Pillow), "pillow", "simplejpeg" (the same pixels as
+            Pillow) or "nvimgcodec" (slightly different pixels: other feature keys).
+        pixel_cache: Keep the decoded pixels in the store, so that the next
+            backbone at the same input size reads them instead of decoding the
+            images again (3 x input_size^2 bytes of disk per image).
     """
 
     store: Path
@@ -97,6 +102,7 @@ class FeaturesConfig:
     dtype: str = "float32"
     mixed_precision: bool | str = False
     decoder: str = "auto"
+    pixel_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,10 @@ class ClassifiersConfig:
             layers; false fits every classifier on every layer.
         screening_top_k: Layers per backbone (and pooling) that the other
             classifiers are fitted on when screening.
+        device: Where logreg rows are fitted: "cpu" (scikit-learn), "gpu" (a JAX
+            solver of the same objective on the GPU, the same choice of C), "jax"
+            (that solver on JAX's device, e.g. a TPU) or "auto" (the GPU where JAX
+            sees one, else the CPU).
         multi_layer: Add a row per backbone (and pooling) with 2 or more layers:
             a ridge probe on the concatenation of its layers chosen by greedy
             selection, its layer named e.g. "multi:block3_pool+block4_pool".
@@ -192,6 +202,7 @@ class ClassifiersConfig:
     screening: str | bool = "auto"
     screening_top_k: int = 2
     multi_layer: str | bool = "auto"
+    device: str = "cpu"
 
     def param_grid(self, name: str) -> dict[str, list]:
         """The grid searched for classifier `name`, as plain lists (JSON-ready)."""

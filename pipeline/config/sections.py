@@ -22,6 +22,7 @@ from ...features.truncate import POOLINGS
 from ..classifier_grids import (
     CLASSIFIER_GRIDS,
     PREPROCESSING_GRIDS,
+    PROBE_DEVICES,
     grid_keys,
     prefix_grid_keys,
 )
@@ -77,6 +78,7 @@ SECTIONS: Mapping[str, Mapping[str, Check | None]] = MappingProxyType(
             "dtype": values.one_of(STORAGE_DTYPES),
             "mixed_precision": values.bool_or_one_of(COMPUTE_PRECISIONS),
             "decoder": values.one_of(DECODERS),
+            "pixel_cache": values.boolean,
         },
         "backbones": {
             "model": values.model_name,
@@ -97,6 +99,7 @@ SECTIONS: Mapping[str, Mapping[str, Check | None]] = MappingProxyType(
             "screening": values.auto_or_bool,
             "screening_top_k": values.integer(1),
             "multi_layer": values.auto_or_bool,
+            "device": values.one_of(PROBE_DEVICES),
         },
         "output": {"dir": None},
         "finetune": {"modes": values.choices(FINETUNE_MODES)},
@@ -214,7 +217,8 @@ def check_input_size(checker: Checker, features: FeaturesConfig | None, backbone
     batch = DEFAULT_BATCH_SIZE if features is None or features.batch_size == "auto" else features.batch_size
     memory = size and decoded_memory_problem(batch, size, what="batch_size", dtype="uint8")
     if memory:
-        checker.report("[features] input_size", memory, size)
+        setting, problem = memory
+        checker.report(f"[features] {setting}", problem, size if setting == "input_size" else batch)
 
 
 def _grid(checker: Checker, where: str, name: str, grid: Any, classifiers: dict) -> dict[str, tuple] | None:

@@ -16,11 +16,8 @@ import json
 import os
 import re
 import textwrap
-from pathlib import Path
 from typing import Any, Mapping
 
-from ...core.atomic import write_text_atomically
-from ...core.errors import InputError
 from ..classifier_grids import CLASSIFIER_GRIDS
 from ..finetune.settings import FinetuneConfig
 from .schema import (
@@ -36,8 +33,7 @@ from .schema import (
 )
 from .sections import REQUIRED, SECTIONS
 
-__all__ = ["CONFIG_FILE_NAME", "attribute_docs", "example_config", "finetune_keys_help", "toml_value",
-           "write_example_config"]
+__all__ = ["CONFIG_FILE_NAME", "attribute_docs", "example_config", "finetune_keys_help", "toml_value"]
 
 CONFIG_FILE_NAME = "layerprobe.toml"
 
@@ -151,8 +147,14 @@ def _finetune_keys() -> list[tuple[str, Any, str]]:
     return keys
 
 
-def example_config() -> str:
-    """The text of a commented example config: every section and key, each with its default and a comment."""
+def example_config(values: Mapping[tuple[str, str], Any] | None = None) -> str:
+    """The text of a commented example config: every section and key, each with its default and a comment.
+
+    Args:
+        values: `(section, key) -> value` written instead of the default (what
+            `layerprobe init --full DATA` found in the data).
+    """
+    values = values or {}
     lines = [
         "# layerprobe experiment config, written by `layerprobe init`. Run it with:",
         f"#     layerprobe run {CONFIG_FILE_NAME}",
@@ -168,7 +170,7 @@ def example_config() -> str:
         if section == "backbones":
             lines.append("# One [[backbones]] table per backbone to probe; repeat the table for more.")
         for key, check in keys.items():
-            value = _default(cls, section, key)
+            value = values.get((section, key), _default(cls, section, key))
             description = _describe(cls, section, key, check)
             if key == "grids":
                 defaults = "; ".join(
@@ -197,22 +199,6 @@ def example_config() -> str:
         lines += _key_lines(key, list(value) if isinstance(value, tuple) else value,
                             _describe(ClusterConfig, "cluster", key, check), commented=True)
     return "\n".join(lines) + "\n"
-
-
-def write_example_config(directory: str | os.PathLike = ".", *, force: bool = False) -> Path:
-    """Write `example_config()` as `directory/layerprobe.toml` (atomically); returns its path.
-
-    Raises:
-        InputError: If the file exists and `force` is False.
-    """
-    path = Path(directory).expanduser() / CONFIG_FILE_NAME
-    if path.exists() and not force:
-        raise InputError(
-            f"{path} exists already and was left as it is. Choose another folder, or overwrite it with "
-            f"`layerprobe init --force` (force=True). Received: directory={os.fspath(directory)!r}"
-        )
-    write_text_atomically(path, example_config())
-    return path
 
 
 def finetune_keys_help() -> str:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 from ...features.backbone import parse_weights
 from ...core.checks import closest_names, is_positive_int
 from ...core.errors import BackboneError, InputError
+from ...core.files import file_kind
 from ...features.hub import HUB_PREFIX
 from ...features.inputs.sources import check_encoding
 from ...features.model_files import SAVED_WEIGHTS, is_model_file
@@ -157,6 +158,16 @@ def bool_or_one_of(valid: Iterable[str]) -> Check:
 
     check.choices = ("true", "false", *valid)
     return check
+
+
+def boolean(value: Any) -> bool:
+    """`true` or `false`."""
+    if isinstance(value, bool):
+        return value
+    raise Invalid("expected true or false")
+
+
+boolean.choices = ("true", "false")
 
 
 def auto_or_bool(value: Any) -> str | bool:
@@ -318,7 +329,7 @@ class Checker:
             return parsed
         path = self.path(where, value, must_exist=True)
         if path is not None and not path.is_file():
-            self.report(where, f"{path} is not a file", value)
+            self.report(where, f"{path} is {file_kind(path.stat().st_mode)}, not a regular file", value)
         return None if path is None else str(path)
 
     def model_file(self, where: str, value: str) -> str | None:
@@ -338,6 +349,6 @@ class Checker:
                 return None
             path = Path(matches[0]).resolve()
         if path is not None and not path.is_file():
-            self.report(where, f"{path} is not a file", value)
+            self.report(where, f"{path} is {file_kind(path.stat().st_mode)}, not a regular file", value)
             return None
         return None if path is None else str(path)

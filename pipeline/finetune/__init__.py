@@ -16,10 +16,11 @@ A run writes into its `output_dir`:
     `learning_rate` columns tell the phases apart);
   * `checkpoints/`: the weights after every epoch plus `state.json` (phase,
     epoch), so `resume=True` continues an interrupted run where it stopped;
-  * `model.keras`: the final model, loadable with `keras.saving.load_model`
-    once `custom_objects` is imported, and `model.layerprobe.json` beside it
-    (backbone family, preprocessing, input size, the nested backbone's name),
-    so that the file can be probed as a backbone: `model = ".../model.keras"`.
+  * `model.keras`: the final model, built from Keras's own layers and
+    operations only, so `keras.saving.load_model` loads it without layerprobe;
+    `model.layerprobe.json` beside it (class names, backbone family,
+    preprocessing, input size, the nested backbone's name) lets `layerprobe
+    predict` use it and the file be probed as a backbone: `model = ".../model.keras"`.
 
 Lower blocks can train at lower rates in phase 2 (`block_lr_decay`, the
 layer-wise decay of timm and BEiT) through `BlockwiseAdam`, an Adam that scales
@@ -30,7 +31,7 @@ One module per job; each public name is imported on first use, so
 imports neither Keras nor TensorFlow:
 
   * `settings`: `FinetuneConfig` and its checks (no Keras);
-  * `custom_objects`: the registered Keras layers and optimizer of a saved model;
+  * `optimizer`: `BlockwiseAdam`, the per-block learning rates;
   * `classifier_model`: `build_classifier_model` and starting the head;
   * `freezing`: `unfreeze_top`, per-block rates, BatchNorm momentum;
   * `batches`: `ImageBatches` and the validation split;
@@ -51,9 +52,7 @@ from ...core.lazy import lazy_exports
 _EXPORTS = {
     "AUGMENTATIONS": "settings",
     "FinetuneConfig": "settings",
-    "BackbonePreprocessing": "custom_objects",
-    "BlockwiseAdam": "custom_objects",
-    "FeatureStandardization": "custom_objects",
+    "BlockwiseAdam": "optimizer",
     "build_classifier_model": "classifier_model",
     "set_batchnorm_momentum": "freezing",
     "unfreeze_top": "freezing",
@@ -74,11 +73,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from .batches import ImageBatches  # noqa: F401
     from .classifier_model import build_classifier_model  # noqa: F401
-    from .custom_objects import (  # noqa: F401
-        BackbonePreprocessing,
-        BlockwiseAdam,
-        FeatureStandardization,
-    )
+    from .optimizer import BlockwiseAdam  # noqa: F401
     from .epoch_logs import EpochLogger  # noqa: F401
     from .freezing import set_batchnorm_momentum, unfreeze_top  # noqa: F401
     from .model_scores import evaluate_model  # noqa: F401

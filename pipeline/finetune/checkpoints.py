@@ -13,8 +13,9 @@ the saved file can be probed as a backbone (`model = "…/model.keras"`).
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,18 @@ import pandas as pd
 from ...features.backbone import Backbone
 from ...core.atomic import atomic_path, write_atomically, write_text_atomically
 from ...core.errors import ConfigError
+from ...core.files import RECORD_MAX_BYTES, TABLE_MAX_BYTES, read_bounded_bytes, read_bounded_text
+from ...core.versions import layerprobe_version
 from ...features.model_files import metadata_path, write_model_metadata
 from ...features.registry import BACKBONES
 
-__all__ = ["Checkpoint", "backbone_metadata", "read_state", "save_checkpoint", "save_model", "truncate_history"]
+__all__ = ["MODEL_FORMAT", "Checkpoint", "backbone_metadata", "read_state", "save_checkpoint", "save_model", "truncate_history"]
 
 # May differ when resuming: they change how long a run trains, not what it trains.
 _RESUMABLE_FIELDS = ("head_epochs", "finetune_epochs", "early_stopping_patience", "workers")
+MODEL_FORMAT = 2  # of the saved classifier; 2: Keras's own layers only, loads without layerprobe
 _STATE_FILE = "state.json"
-_STATE_VERSION = 2  # 2: the head standardizes its input
+_STATE_VERSION = 3  # 2: the head standardizes its input; 3: with Keras layers only (a Normalization)
 
 
 def save_checkpoint(model: keras.Model, directory: Path, state: dict[str, Any]) -> None:
@@ -72,7 +76,7 @@ def read_state(directory: Path, run: dict[str, Any]) -> dict[str, Any] | None:
     path = directory / _STATE_FILE
     if not path.is_file():
         return None
-    state = json.loads(path.read_text(encoding="utf-8"))
+    state = json.loads(read_bounded_text(path, "checkpoint state", RECORD_MAX_BYTES))
     mismatched = sorted(
         key for key in run
         if key not in _RESUMABLE_FIELDS and state.get("run", {}).get(key) != run[key]
@@ -90,22 +94,28 @@ def read_state(directory: Path, run: dict[str, Any]) -> dict[str, Any] | None:
 def truncate_history(path: Path, epoch: int) -> None:
     """Drops history rows of epochs a resumed run will train again."""
     if path.is_file() and path.stat().st_size:
-        history = pd.read_csv(path)
+        history = pd.read_csv(io.BytesIO(read_bounded_bytes(path, "training history", TABLE_MAX_BYTES)))
         kept = history[history["epoch"] < epoch]
         write_atomically(path, lambda tmp: kept.to_csv(tmp, index=False))
 
 
-def backbone_metadata(backbone: Backbone, *, mode: str) -> dict[str, Any]:
+def backbone_metadata(backbone: Backbone, *, mode: str, class_names: Sequence[str]) -> dict[str, Any]:
     """What a classifier built on `backbone` records beside its saved file (see `save_model`).
 
     `preprocessing` is the family name (or the spec's mode) that
     `layerprobe.features.registry.resolve_preprocessing` maps back to the same
-    function; `backbone_layer` names the nested backbone model in the classifier.
+    function; `backbone_layer` names the nested backbone model in the classifier;
+    `class_names` and `outputs` (the softmax's probabilities) are what
+    `layerprobe predict` reads.
     """
     spec = backbone.spec
     return {
         "saved_by": f"layerprobe {mode}",
+        "layerprobe_version": layerprobe_version(),
+        "model_format": MODEL_FORMAT,
         "mode": mode,
+        "class_names": [str(name) for name in class_names],
+        "outputs": "probabilities",
         "family": spec.name,
         "backbone": backbone.architecture,
         "initial_weights": backbone.weights if backbone.weights is not None else "random init",
@@ -120,8 +130,11 @@ def backbone_metadata(backbone: Backbone, *, mode: str) -> dict[str, Any]:
 
 
 def save_model(model: keras.Model, path: Path, *, metadata: Mapping[str, Any] | None = None) -> None:
-    """Saves `model` as `path` (a `.keras` file), committed atomically, and `metadata` beside it.
+    """Saves `model`'s graph and weights as `path` (a `.keras` file), committed atomically, and `metadata` beside it.
 
+    The optimizer and compile settings are left out (an uncompiled model of the
+    same layers is saved): the file is for inference and loads with plain
+    `keras.saving.load_model`, which would otherwise need layerprobe's `BlockwiseAdam`.
     Keras writes only to names ending in `.keras`, so the model is saved beside
     the temporary file under such a name and moved onto it; `atomic_path` then
     commits it (and removes both if saving fails). The metadata
@@ -132,7 +145,7 @@ def save_model(model: keras.Model, path: Path, *, metadata: Mapping[str, Any] | 
     with atomic_path(path) as tmp:
         keras_tmp = tmp.with_name(f"{tmp.name}.keras")
         try:
-            model.save(keras_tmp)
+            keras.Model(model.inputs, model.outputs, name=model.name).save(keras_tmp)
             keras_tmp.replace(tmp)
         finally:
             keras_tmp.unlink(missing_ok=True)

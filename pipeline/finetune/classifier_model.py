@@ -21,15 +21,15 @@ from ...core.checks import is_positive_int
 from ...core.errors import BackboneError, ConfigError, InputError
 from ...features.layers import describe_layers
 from ...features.seeding import keras_seed
-from ...features.token_pooling import TokenPooling
+from ...features.token_pooling import token_pooling
 from ..classifiers import fit_classifier
-from .custom_objects import BackbonePreprocessing, FeatureStandardization
 from .settings import AUGMENTATIONS, augmentation_problems
 
 if TYPE_CHECKING:
     from .batches import ImageBatches
 
-__all__ = ["build_classifier_model", "feature_map_backbone", "fit_head_inputs", "set_head"]
+__all__ = ["build_classifier_model", "feature_map_backbone", "fit_head_inputs", "set_head", "set_standardization",
+           "standardization"]
 
 _HEAD_INIT_CS = (1e-3, 1e-2, 1e-1, 1.0)  # C of head_init="logreg", picked by cross-validation
 _ABSENT_CLASS_GAP = 5.0  # logits below the least likely present class, for classes absent from training
@@ -111,12 +111,15 @@ def build_classifier_model(
     """Stacks augmentation, preprocessing, the backbone and a softmax head.
 
     The model takes `(input_size, input_size, 3)` float pixels in 0-255, so it
-    needs no outside preprocessing. Augmentation is active in training only.
+    needs no outside preprocessing: the family's `preprocess_input` is in the
+    graph as Keras operations. Augmentation is active in training only.
     A feature map is average-pooled (`avg_pool`); a vision transformer's tokens
-    are pooled by `token_pool` (`TokenPooling`: its class token, or the mean of
+    are pooled by `token_pool` (`token_pooling`: its class token, or the mean of
     the patch tokens for a model without one). The pooled features pass a
-    `FeatureStandardization` layer (named `standardize`; `finetune` sets it from
-    the training images, training from scratch leaves it the identity) before the head.
+    `Normalization` layer (named `standardize`; `finetune` sets it from the
+    training images, training from scratch leaves it the identity) before the head.
+    Only Keras's own layers and operations are used, so a saved model loads
+    with `keras.saving.load_model` without layerprobe (and in safe mode).
 
     Args:
         backbone: From `layerprobe.features.backbone.load_backbone`.
@@ -157,14 +160,15 @@ def build_classifier_model(
         for layer in _augmentation_layers(augmentation):
             x = layer(x)
         spec = backbone.spec
-        x = BackbonePreprocessing(spec.preprocess_module, spec.preprocess_mode, spec.rescaling, name="preprocess")(x)
+        x = spec.preprocess_input(keras.ops.cast(x, "float32"))  # Keras operations in the graph, in float32
         x = backbone.model(x, training=False) if freeze_batchnorm else backbone.model(x)
         if spec.tokens is None:
             x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         else:
             mode = "cls" if spec.tokens.class_token else "mean"
-            x = TokenPooling(mode, spec.tokens.prefix_tokens, name="token_pool")(x)
-        x = FeatureStandardization(name="standardize")(x)
+            x = token_pooling(x, mode, spec.tokens.prefix_tokens, name="token_pool")
+        # The identity until `fit_head_inputs` sets its statistics (`set_standardization`).
+        x = keras.layers.Normalization(name="standardize", dtype="float32")(x)
         for k, units in enumerate(hidden_units, start=1):
             if dropout:
                 x = keras.layers.Dropout(dropout, name=f"head_dropout_{k}")(x)
@@ -187,10 +191,23 @@ def build_classifier_model(
     return model
 
 
+def standardization(model: keras.Model) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) of the model's `standardize` layer: it computes `(x - mean) / scale`."""
+    mean, variance, _ = model.get_layer("standardize").get_weights()
+    return mean, np.sqrt(variance)
+
+
+def set_standardization(model: keras.Model, mean: np.ndarray, scale: np.ndarray) -> None:
+    """Sets the `standardize` layer to compute `(x - mean) / scale` (a Keras `Normalization`: variance `scale**2`)."""
+    layer = model.get_layer("standardize")
+    layer.set_weights([np.asarray(mean, "float32"), np.square(np.asarray(scale, "float32")), np.array(0)])
+    layer.finalize_state()  # Normalization reads its statistics here, not at each call
+
+
 def set_head(model: keras.Model, init_head_from: tuple[Any, Any]) -> None:
     """Sets the softmax from a logistic regression on the raw pooled features `x`,
     folding in the `standardize` layer: W x + b = (W * scale) z + (W mean + b)."""
-    mean, scale = model.get_layer("standardize").get_weights()
+    mean, scale = standardization(model)
     n_classes = int(model.output.shape[-1])
     kernel, bias = _head_weights(init_head_from, len(mean), n_classes)
     model.get_layer("predictions").set_weights([kernel * scale[:, None], bias + mean @ kernel])
@@ -214,7 +231,7 @@ def fit_head_inputs(model: keras.Model, batches: ImageBatches, *, logreg_seed: i
     X = np.concatenate(features).astype("float64")
     mean, std = X.mean(axis=0), X.std(axis=0)
     scale = np.where(std > 1e-6 * std.max(), std, 1.0)
-    model.get_layer("standardize").set_weights([mean, scale])
+    set_standardization(model, mean, scale)
     if logreg_seed is None:
         return None
     fit = fit_classifier((X - mean) / scale, np.concatenate(labels), "logreg",

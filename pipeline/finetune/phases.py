@@ -41,7 +41,7 @@ from .classifier_model import (
     fit_head_inputs,
     set_head,
 )
-from .custom_objects import BlockwiseAdam
+from .optimizer import BlockwiseAdam
 from .epoch_logs import PhaseLogs
 from .freezing import (
     backbone_model,
@@ -204,7 +204,8 @@ def _run_phases(
             if layer.trainable and layer.trainable_weights
         )
         model_path = output_dir / "model.keras"
-        save_model(classifier, model_path, metadata=backbone_metadata(backbone, mode=mode))
+        save_model(classifier, model_path,
+                   metadata=backbone_metadata(backbone, mode=mode, class_names=train_data.class_names))
     return FinetuneResult(
         mode=mode,
         backbone=backbone.architecture,

@@ -57,26 +57,16 @@ _DTYPES = ("float32", "float64")
 
 
 def _check_alphas(alphas: Any) -> np.ndarray:
-    values = np.asarray(alphas, dtype=np.float64) if not isinstance(alphas, str) else None
+    try:
+        values = np.asarray(alphas, dtype=np.float64) if not isinstance(alphas, str) else None
+    except (TypeError, ValueError):  # ["a"], [[1], [2, 3]]
+        values = None
     if values is None or values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)) or np.any(values <= 0):
         raise ValueError(
             "The 'alphas' parameter of RidgeProbeCV must be a non-empty 1-D sequence of finite "
             f"positive floats (relative penalties, e.g. np.logspace(-6, 1, 15)). Got {alphas!r} instead."
         )
     return values
-
-
-def _check_params(estimator: "RidgeProbeCV") -> np.ndarray:
-    if estimator.dtype not in _DTYPES:
-        raise ValueError(
-            f"The 'dtype' parameter of RidgeProbeCV must be one of {_DTYPES}. Got {estimator.dtype!r} instead."
-        )
-    for name in ("standardize", "fit_intercept", "store_cv_results"):
-        if not isinstance(getattr(estimator, name), (bool, np.bool_)):
-            raise ValueError(
-                f"The '{name}' parameter of RidgeProbeCV must be a bool. Got {getattr(estimator, name)!r} instead."
-            )
-    return _check_alphas(estimator.alphas)
 
 
 def _target_means(y_index: np.ndarray, n_classes: int) -> np.ndarray:
@@ -303,6 +293,19 @@ class RidgeProbeCV(ClassifierMixin, BaseEstimator):
         self.fit_intercept = fit_intercept
         self.store_cv_results = store_cv_results
 
+    def _check_params(self) -> np.ndarray:
+        """The checks of `fit` on the parameters (scikit-learn's wording); returns the alphas as floats."""
+        if self.dtype not in _DTYPES:
+            raise ValueError(
+                f"The 'dtype' parameter of RidgeProbeCV must be one of {_DTYPES}. Got {self.dtype!r} instead."
+            )
+        for name in ("standardize", "fit_intercept", "store_cv_results"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(
+                    f"The '{name}' parameter of RidgeProbeCV must be a bool. Got {getattr(self, name)!r} instead."
+                )
+        return _check_alphas(self.alphas)
+
     @with_native_threads("X")
     def fit(self, X: Any, y: Any) -> "RidgeProbeCV":
         """Fits the probe for every penalty, keeps the one with the best LOO accuracy.
@@ -320,7 +323,7 @@ class RidgeProbeCV(ClassifierMixin, BaseEstimator):
             ValueError: For invalid parameters, non-finite features, fewer than 2
                 classes or fewer than 3 samples.
         """
-        alphas = _check_params(self)
+        alphas = self._check_params()
         if hasattr(X, "blocks"):
             y = np.asarray(y)
             if y.ndim != 1 or len(y) != len(X) or len(y) < 3:

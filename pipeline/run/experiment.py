@@ -3,8 +3,8 @@
 Each step lives in its own module: the splits (`splits`), the extraction plans
 (`extractions`), which rows to fit (`screening`), the classifier rows (`rows`,
 `cluster_rows`), the multi-layer rows (`multi_layer`), the `[finetune]` stage
-(`finetune_rows`) and the closing texts (`summary`); every row is fitted or
-reused through `records`.
+(`finetune_rows`), the recommended model (`recommended`) and the closing texts
+(`summary`); every row is fitted or reused through `records`.
 """
 
 from __future__ import annotations
@@ -21,18 +21,20 @@ import pandas as pd
 from ...core.errors import ConfigError
 from ...features.store import FeatureStore
 from ..advice import Advice, recommend
-from ..cluster import open_client
+from ..cluster import extract_features, open_client
 from ..config import ExperimentConfig
 from ..plots import plot_depth
 from ..results import ResultsTable, check_output_folder
 from .extractions import plan_extractions
 from .finetune_rows import end_to_end_rows
 from .multi_layer import multi_layer_row
-from .records import RunRows
+from .recommended import write_recommended
+from .records import RunRows, recorded_rows
 from .results_json import results_document, write_results_json
 from .rows import LayerToFit, RowJob
 from .screening import (
     adds_multi_layer,
+    check_grid_values,
     fill_layer_logme,
     final_jobs,
     first_jobs,
@@ -97,7 +99,7 @@ def run_experiment(
             fitted/reused rows, the final table and advice). Default: the
             logger "layerprobe.run" at INFO, silent unless logging is
             configured (the CLI prints it).
-        progress: Show progress bars while extracting.
+        progress: Show progress bars while extracting and within training epochs.
         finetune_only: Run only the `[finetune]` stage (`layerprobe finetune`):
             its rows replace those of the same modes in the existing results
             table, whose other rows are kept; no extraction, no classifier fit.
@@ -132,6 +134,8 @@ def run_experiment(
         with open_client(config.cluster, log=log) as opened:
             return run_experiment(config, log=log, progress=progress, finetune_only=finetune_only, client=opened)
     dataset, split, untested = open_splits(config)
+    if not finetune_only:
+        check_grid_values(config)
     check_output_folder(config.output.dir)
     extractions = [] if finetune_only else plan_extractions(config)
     store = FeatureStore(config.features.store)
@@ -143,7 +147,7 @@ def run_experiment(
     )
     if untested:
         log(f"warning: {untested_text(untested, split)}")
-    table = ResultsTable(out / "results.csv")
+    table = ResultsTable(out / "results.csv", rebuild=lambda: recorded_rows(out), log=log)
     rows = RunRows(table, log)
     skipped: dict[str, str] = {}
     n_forward = 0
@@ -166,8 +170,8 @@ def run_experiment(
                 log(f"  cached   {name} ({key.entry_name})")
             skipped.update(store.info(next(iter(keys.values())).entry_name, root=dataset.root)["skipped"])
         else:
-            report = extraction.build().extract(
-                dataset, store, progress=progress, log=lambda line: log(f"  {line}"), client=client,
+            report = extract_features(
+                extraction.build(), dataset, store, client, progress=progress, log=lambda line: log(f"  {line}"),
                 dataset_digest=dataset_digest,
             )
             n_forward += report.n_forward
@@ -189,7 +193,8 @@ def run_experiment(
     fill_layer_logme(table)
     if config.finetune is not None:
         log(f"[finetune] modes {list(config.finetune.modes)}")
-        end_to_end_rows(config, dataset, split, rows)
+        end_to_end_rows(config, dataset, split, rows, progress=progress)
+    table.commit()  # every row is in: the earlier run's rows this run did not replace go
     pickled = sum(str(row.get("model_path", "")).endswith(".joblib") for row in table.rows)
     if pickled:
         log(f"note: {pickled} reused row(s) keep the pickled model (.joblib) an older layerprobe saved; "
@@ -203,11 +208,12 @@ def run_experiment(
     majority = float(test_counts.max() / test_counts.sum()) if test_counts.sum() else None  # always the commonest
     advice = recommend(frame, n_train=int(counts.sum()), n_classes=len(counts), smallest_class=int(counts.min()),
                        largest_class=int(counts.max()), test_majority_rate=majority)
+    next_steps = write_recommended(out, advice.row, log=log)
     plot_path = plot_depth(frame, out / "depth.png", recommended=advice.row, chance=majority)
     skipped_list = sorted(skipped.items())
     summary_path = write_run_summary(
         out, frame, source=config.source, advice=advice, data=data_text(config.data, dataset, split, untested),
-        skipped=skipped_list, results_path=table.path, plot_path=plot_path,
+        skipped=skipped_list, results_path=table.path, plot_path=plot_path, next_steps=next_steps,
     )
     files = {"results": table.path, "summary": summary_path, "plot": plot_path, "json": out / "results.json"}
     data = {"path": str(config.data.path), "n_images": len(dataset), "class_names": list(dataset.class_names),
@@ -218,7 +224,7 @@ def run_experiment(
         log, frame, advice, n_skipped=len(skipped_list),
         counts=(f"{len(frame)} rows: {rows.fitted} fitted, {rows.reused} reused; {n_forward} images through a backbone; "
                 f"{time.perf_counter() - started:.0f} s."),
-        paths=files,
+        paths=files, next_steps=next_steps,
     )
     return RunResult(
         results=frame,

@@ -54,6 +54,8 @@ def extractor_settings(config: ExperimentConfig, backbone: BackboneConfig, pooli
         "dtype": config.features.dtype,
         "mixed_precision": config.features.mixed_precision,
         "decoder": config.features.decoder,
+        # only when on: the plans of runs without it keep their signatures
+        **({"pixel_cache": True} if config.features.pixel_cache else {}),
         "model_kwargs": dict(backbone.model_kwargs),
         "seed": backbone.seed,
         # only when set: a model file's preprocessing (registry families have theirs)

@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from ...features.backend import import_keras_quietly
 from ...core.atomic import write_text_atomically
 from ...core.errors import OutputError
+from ...core.files import RECORD_MAX_BYTES, read_bounded_text
 from ...core.lock_files import hold_lock_file
 from ...features.inputs import ImageDataset
 from ...features.keys import safe_name
+from ...features.model_files import is_model_file
 from ..config import BackboneConfig, ExperimentConfig
 from .records import RowRecord, RunRows, fit_or_reuse, jsonable
 
@@ -35,6 +38,15 @@ __all__ = ["end_to_end_rows"]
 
 def _slug(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _run_folder(parent: Path, mode: str, model: str, digest: str) -> Path:
+    """`parent/<mode>-<model's name>-<digest[:8]>`: a model file by its name without folder or suffix,
+    e.g. `finetune-efficientnet_lite0_imagenet-5b4cbb3f`. The folder an older layerprobe named
+    (`<mode>-<model as written>-<digest>`) is kept where it exists, so its training is reused."""
+    earlier = parent / safe_name(f"{mode}-{model}-{digest}")
+    name = Path(model).stem if is_model_file(model) else model
+    return earlier if earlier.is_dir() else parent / safe_name(f"{mode}-{name}-{digest[:8]}")
 
 
 def _jobs(config: ExperimentConfig) -> dict[str, tuple[str, BackboneConfig]]:
@@ -49,8 +61,13 @@ def _jobs(config: ExperimentConfig) -> dict[str, tuple[str, BackboneConfig]]:
     return jobs
 
 
-def end_to_end_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict, rows: RunRows) -> None:
-    """Train (or reuse) every end-to-end row of the config's `[finetune]` stage, scored once on the test split."""
+def end_to_end_rows(
+    config: ExperimentConfig, dataset: ImageDataset, split: dict, rows: RunRows, *, progress: bool = False
+) -> None:
+    """Train (or reuse) every end-to-end row of the config's `[finetune]` stage, scored once on the test split.
+
+    Each epoch logs a line; `progress` adds a bar over its batches.
+    """
     import_keras_quietly()
     from ..finetune import (
         EpochLogger,
@@ -60,13 +77,14 @@ def end_to_end_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict
         train_from_scratch,
     )
     from ..finetune.batches import validation_split
+    from ..finetune.checkpoints import MODEL_FORMAT
 
     options = FinetuneConfig.from_dict(config.finetune.options)
     train, test = dataset.subset(split["train_split"]), dataset.subset(split["test_split"])
     log = rows.log
     _, val_idx = validation_split(train.labels, options.val_fraction, options.seed)  # the part training held out
     for digest, (mode, backbone) in _jobs(config).items():
-        run_dir = config.output.dir / "finetune" / safe_name(f"{mode}-{backbone.model}-{digest}")
+        run_dir = _run_folder(config.output.dir / "finetune", mode, backbone.model, digest)
         record = RowRecord(run_dir / "row.json", jsonable(
             {
                 "mode": mode,
@@ -76,6 +94,7 @@ def end_to_end_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict
                 "input_size": config.features.input_size,
                 **({"preprocessing": backbone.preprocessing} if backbone.preprocessing is not None else {}),
                 "options": options.to_dict(),
+                "model_format": MODEL_FORMAT,  # a model saved in an older format is trained again
                 "dataset": dataset.digest(),
                 "split": split,
             }
@@ -83,14 +102,15 @@ def end_to_end_rows(config: ExperimentConfig, dataset: ImageDataset, split: dict
 
         def train_row() -> tuple[dict, Any]:
             started = run_dir / "settings.json"
-            resume = started.is_file() and json.loads(started.read_text(encoding="utf-8")) == record.settings
+            resume = started.is_file() and json.loads(read_bounded_text(started, "training settings",
+                                                                        RECORD_MAX_BYTES)) == record.settings
             log(f"  {'resuming' if resume else 'training'} {mode} {backbone.model} ({run_dir})")
             write_text_atomically(started, json.dumps(record.settings, indent=2))
             common = dict(
                 output_dir=run_dir, input_size=config.features.input_size,
                 model_kwargs=dict(backbone.model_kwargs), preprocessing=backbone.preprocessing, config=options,
                 resume=resume,
-                callbacks=[EpochLogger(lambda line: log(f"    {line}"))],
+                callbacks=[EpochLogger(lambda line: log(f"    {line}"), progress=progress)],
             )
             if mode == "finetune":
                 result = finetune(backbone.model, train, weights=backbone.weights, **common)

@@ -27,10 +27,11 @@ import numpy as np
 
 from ...core.atomic import write_text_atomically
 from ...core.errors import InputError
+from ...core.files import RECORD_MAX_BYTES, read_bounded_text
 from ..persistence import read_sidecar
-from ..results import ResultsTable
+from ..results import MODES, ResultsTable
 
-__all__ = ["RowRecord", "RunRows", "fit_or_reuse", "jsonable"]
+__all__ = ["RowRecord", "RunRows", "fit_or_reuse", "jsonable", "recorded_rows"]
 
 
 def _plain(value: Any) -> Any:
@@ -62,7 +63,7 @@ class RowRecord:
     def saved(self) -> dict | None:
         """The row saved under equal settings, with its `model_path`; None if there is none or its model is gone."""
         try:
-            record = json.loads(self.path.read_text(encoding="utf-8"))
+            record = json.loads(read_bounded_text(self.path, "row record", RECORD_MAX_BYTES))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return self._legacy()
         if not isinstance(record, dict) or record.get("settings") != self.settings or "row" not in record:
@@ -91,6 +92,24 @@ class RowRecord:
         record = {"settings": self.settings, "row": row, "model": model}
         write_text_atomically(self.path, json.dumps(record, indent=2, sort_keys=True, default=_plain) + "\n")
         return {**row, "model_path": str(model_path)}
+
+
+def recorded_rows(output_dir: Path) -> list[dict]:
+    """The rows of every readable row record in a run's output folder, with their `model_path`
+    (`models/**/*.row.json`, `finetune/*/row.json`): what rebuilds a damaged `results.csv`."""
+    paths = sorted([*output_dir.glob("models/**/*.row.json"), *output_dir.glob("finetune/*/row.json")])
+    rows = []
+    for path in paths:
+        try:
+            record = json.loads(read_bounded_text(path, "row record", RECORD_MAX_BYTES))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        row = record.get("row") if isinstance(record, dict) else None
+        if not isinstance(row, dict) or row.get("mode") not in MODES:
+            continue
+        model = record.get("model")
+        rows.append({**row, "model_path": os.path.normpath(path.parent / model)} if isinstance(model, str) else row)
+    return rows
 
 
 def fit_or_reuse(record: RowRecord, fit: Callable[[], tuple[dict, Path]]) -> tuple[dict, bool]:

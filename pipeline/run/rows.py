@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Sequence
 
 from sklearn.exceptions import ConvergenceWarning
 
-from ...core.errors import InputError
+from ...core.errors import IncompleteEntryError, InputError
 from ...features.keys import FeatureKey
 from ...features.plans import PlannedLayer
 from ...features.store import FeatureSet, FeatureStore, FeatureStream
@@ -74,6 +74,8 @@ def _fit_settings(config: ExperimentConfig, key: FeatureKey, classifier: str, sp
         fitted["search"] = method
     if CLASSIFIERS[classifier].revision:
         fitted["revision"] = CLASSIFIERS[classifier].revision
+    if settings.device != "cpu" and CLASSIFIERS[classifier].build_on_gpu is not None:
+        fitted["device"] = settings.device
     return jsonable(fitted)
 
 
@@ -115,10 +117,19 @@ def load_splits(layer: LayerToFit, split: dict, *, stream: bool = False) -> tupl
     Raises:
         InputError: If a class has fewer than 2 training rows once unreadable
             images are left out, or the features hold NaN or inf.
+        IncompleteEntryError: If the entry is gone: the run extracted it or found it
+            cached, so it was removed while the run used it (`layerprobe store rm`).
     """
-    features = layer.store.stream(layer.key)
-    train, test = (features.split(split[name]) for name in ("train_split", "test_split"))
     where = f"layer {layer.info.name} (store entry {layer.key.entry_name})"
+    try:
+        features = layer.store.stream(layer.key)
+    except IncompleteEntryError as error:  # this run extracted it or found it cached before any fit
+        raise IncompleteEntryError(
+            f"The features of {where} were removed from the store {layer.store.root} while this run used them "
+            f"(`layerprobe store rm`, or another process); the rows fitted so far are kept. Run again to extract "
+            f"them again, and remove entries only when no run uses the store."
+        ) from error
+    train, test = (features.split(split[name]) for name in ("train_split", "test_split"))
     problem, _ = class_problems(features.class_names, train.y, test.y, split)
     if problem is not None:
         raise InputError(
@@ -233,7 +244,7 @@ def score_row(
     X_test = flat_features(test)
     search = dict(
         param_grid=settings["param_grid"], preprocessing=options.preprocessing, pca_components=options.pca_components,
-        cv=options.cv, n_jobs=options.n_jobs, random_state=options.seed,
+        cv=options.cv, n_jobs=options.n_jobs, random_state=options.seed, device=options.device,
     )
     with convergence_warnings_of_this_thread() as caught:
         if isinstance(train, FeatureSet):

@@ -26,6 +26,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ...core.errors import ConfigError
+from ..classifiers import check_param_grid
 from ..config import ExperimentConfig
 from ..probes.multilayer import multi_layer_name
 from ..results import ResultsTable
@@ -38,6 +40,7 @@ __all__ = [
     "AUTO_SCREENING_MIN_LAYERS",
     "SCREENING_CLASSIFIER",
     "adds_multi_layer",
+    "check_grid_values",
     "fill_layer_logme",
     "final_jobs",
     "first_jobs",
@@ -54,6 +57,24 @@ AUTO_SCREENING_MIN_LAYERS = 4
 """`screening = "auto"` screens a backbone with at least this many layers."""
 
 _MULTI_PREFIX = multi_layer_name([])  # "multi:"
+
+
+def check_grid_values(config: ExperimentConfig) -> None:
+    """Before any work: every `[classifiers.grids]` value checked as its estimator's `fit` would check it.
+
+    Raises:
+        ConfigError: Naming each grid and scikit-learn's message for its first bad value
+            ("The 'C' parameter of LogisticRegression must be a float in the range (0.0, inf]. Got -1.0 instead.").
+    """
+    problems = []
+    for name, grid in config.classifiers.grids.items():
+        try:
+            check_param_grid(name, dict(grid), preprocessing=config.classifiers.preprocessing,
+                             pca_components=config.classifiers.pca_components)
+        except ValueError as error:
+            problems.append(f"[classifiers.grids] {name}: {error}")
+    if problems:
+        raise ConfigError(problems, config.source)
 
 
 def screens(config: ExperimentConfig, n_layers: int) -> bool:

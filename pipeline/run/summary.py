@@ -11,19 +11,13 @@ from ...features.inputs import ImageDataset
 from ...features.store import FeatureStore
 from ..advice import Advice
 from ..config import DataConfig
-from ..results import write_summary
+from ..results import compact_table, write_summary
 from ..tables import format_table
 
-__all__ = ["CONSOLE_COLUMNS", "data_text", "flagged", "log_report", "skipped_text", "stored_skipped",
+__all__ = ["data_text", "flagged", "log_report", "skipped_text", "stored_skipped",
            "untested_text", "write_run_summary"]
 
 MAX_SKIPPED_LISTED = 20
-# Columns of the table printed at the end of a run (summary.md and results.csv have more): every score with its
-# spread (CV standard error over folds, Wilson 95 % interval of the test accuracy).
-CONSOLE_COLUMNS = ("mode", "backbone", "weights", "layer", "depth", "classifier", "cv_score", "cv_se", "test_accuracy",
-                   "test_ci_low", "test_ci_high", "flag")
-
-
 def untested_text(untested: list[str], split: dict) -> str:
     return (
         f"class(es) {untested} have no images in the test split {split['test_split']!r}: the test scores "
@@ -74,8 +68,10 @@ def write_run_summary(
     skipped: list[tuple[str, str]],
     results_path: Path,
     plot_path: Path,
+    next_steps: str,
 ) -> Path:
-    """Write `out/summary.md`: the results table, the recommendation, the data, unreadable images, files."""
+    """Write `out/summary.md`: the plot and results table, the recommendation, the data, unreadable images, files,
+    and last the next steps (`recommended.write_recommended`: how to use the recommended model)."""
     return write_summary(
         out / "summary.md",
         flagged(frame, advice),
@@ -87,7 +83,9 @@ def write_run_summary(
             "Files": (
                 f"- results: `{results_path}`\n- plot: `{plot_path}`\n- models and predictions: `{out / 'models'}`"
             ),
+            "Next steps": next_steps,
         },
+        plot=plot_path,
     )
 
 
@@ -99,13 +97,16 @@ def log_report(
     n_skipped: int,
     counts: str,
     paths: dict[str, Path],
+    next_steps: str,
 ) -> None:
-    """The closing lines of a run: the table, the recommendation, the counts and where the files are."""
+    """The closing lines of a run: the table, the recommendation, the counts, where the files are, the next steps."""
     log("")
-    log(format_table(flagged(frame, advice), CONSOLE_COLUMNS, markdown=True))
+    log(format_table(*compact_table(flagged(frame, advice)), markdown=True))
     log("")
     log(advice.text)
     if n_skipped:
         log(f"{n_skipped} unreadable image(s) left out (listed in summary.md).")
     width = max(map(len, paths)) + 1
     log(f"\n{counts}\n" + "\n".join(f"{f'{name}:':{width}} {path}" for name, path in paths.items()))
+    log("")
+    log(next_steps)

@@ -24,6 +24,7 @@ from distributed import Client, LocalCluster  # noqa: E402
 from distributed.diagnostics.plugin import WorkerPlugin  # noqa: E402
 
 from layerprobe.core.errors import StoreError  # noqa: E402
+from layerprobe.features.cluster_extraction import extract_on_cluster  # noqa: E402
 from layerprobe.features.extract import FeatureExtractor  # noqa: E402
 from layerprobe.features.inputs import from_directory  # noqa: E402
 from layerprobe.features.store import FeatureStore  # noqa: E402
@@ -163,7 +164,9 @@ def test_extraction_on_two_workers_is_bit_identical_to_in_process(client, images
     store = FeatureStore(tmp_path / "store")
     dataset = from_directory(images)
     lines = []
-    report = extractor.extract(dataset, store, chunk_size=CHUNK_SIZE, progress=False, client=client, log=lines.append)
+    report = extract_on_cluster(
+        extractor, dataset, store, client, chunk_size=CHUNK_SIZE, progress=False, log=lines.append
+    )
     assert sorted(report.computed) == sorted(SETTINGS["layers"]) and report.n_forward == len(dataset) - 1
     _assert_same_features(store, report, reference)
     assert any("submitted 5 chunk task(s) to 2 dask worker(s)" in line for line in lines), lines
@@ -171,7 +174,7 @@ def test_extraction_on_two_workers_is_bit_identical_to_in_process(client, images
     assert all(info["builds"] == 1 for info in client.run(FeatureExtractor.shared_info).values())
     assert not any((store.root / ".partial").glob("*/chunk_*")), "chunks are removed once the entry is committed"
 
-    again = extractor.extract(dataset, store, chunk_size=CHUNK_SIZE, progress=False, client=client)
+    again = extract_on_cluster(extractor, dataset, store, client, chunk_size=CHUNK_SIZE, progress=False)
     assert again.n_forward == 0 and sorted(again.cached) == sorted(SETTINGS["layers"])
 
 
@@ -190,9 +193,9 @@ def test_store_not_visible_to_workers_fails_up_front(client, images, extractor, 
     client.run(os.chdir, str(tmp_path / "workers"))
     try:
         with pytest.raises(StoreError, match="not visible to every dask worker") as error:
-            extractor.extract(
-                from_directory(images), FeatureStore("/proc/self/cwd/store"), chunk_size=CHUNK_SIZE,
-                progress=False, client=client,
+            extract_on_cluster(
+                extractor, from_directory(images), FeatureStore("/proc/self/cwd/store"), client,
+                chunk_size=CHUNK_SIZE, progress=False,
             )
     finally:
         for address, folder in original.items():
@@ -222,8 +225,8 @@ def test_two_clients_without_working_locks_share_the_chunks(client, images, extr
 
     def extract(name, connected):
         try:
-            results[name] = extractor.extract(
-                dataset, FeatureStore(store_path), chunk_size=CHUNK_SIZE, progress=False, client=connected
+            results[name] = extract_on_cluster(
+                extractor, dataset, FeatureStore(store_path), connected, chunk_size=CHUNK_SIZE, progress=False
             )
         except BaseException as error:  # reported below
             errors.append(error)
@@ -310,8 +313,8 @@ def test_worker_killed_mid_chunk_still_gives_identical_features(client, images, 
 
     def extract():
         try:
-            outcome["report"] = extractor.extract(
-                from_directory(images), store, chunk_size=CHUNK_SIZE, progress=False, client=client
+            outcome["report"] = extract_on_cluster(
+                extractor, from_directory(images), store, client, chunk_size=CHUNK_SIZE, progress=False
             )
         except BaseException as error:  # reported below
             outcome["error"] = error

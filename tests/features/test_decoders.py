@@ -11,16 +11,8 @@ from layerprobe.features.inputs.decoding import load_image, resolve_decoder
 simplejpeg = pytest.importorskip("simplejpeg")
 
 
-def _photo(side_w: int, side_h: int, seed: int) -> np.ndarray:
-    """Smooth gradients plus noise: JPEG blocks with real detail, like a photo."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:side_h, 0:side_w]
-    base = np.stack([xx * 255 / side_w, yy * 255 / side_h, (xx + yy) * 127 / (side_w + side_h)], axis=-1)
-    return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
-
-
 @pytest.fixture
-def jpegs(tmp_path):
+def jpegs(tmp_path, photo):
     """JPEGs of the kinds the decoders treat differently, in one class folder."""
     folder = tmp_path / "images" / "a"
     folder.mkdir(parents=True)
@@ -35,21 +27,21 @@ def jpegs(tmp_path):
     }
     for seed, (name, ((w, h), options)) in enumerate(cases.items()):
         path = folder / f"{name}.jpg"
-        Image.fromarray(_photo(w, h, seed)).save(path, quality=options.pop("quality", 90), **options)
+        Image.fromarray(photo(w, h, seed)).save(path, quality=options.pop("quality", 90), **options)
         made[name] = path
     grey = folder / "grey.jpg"
-    Image.fromarray(_photo(300, 300, 9)[..., 0]).save(grey)
+    Image.fromarray(photo(300, 300, 9)[..., 0]).save(grey)
     made["grey"] = grey
     cmyk = folder / "cmyk.jpg"
-    Image.fromarray(_photo(300, 200, 10)).convert("CMYK").save(cmyk)
+    Image.fromarray(photo(300, 200, 10)).convert("CMYK").save(cmyk)
     made["cmyk"] = cmyk
     rotated = folder / "rotated.jpg"
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees on display
-    Image.fromarray(_photo(320, 200, 11)).save(rotated, exif=exif)
+    Image.fromarray(photo(320, 200, 11)).save(rotated, exif=exif)
     made["rotated"] = rotated
     png = folder / "not-a-jpeg.png"
-    Image.fromarray(_photo(100, 80, 12)).save(png)
+    Image.fromarray(photo(100, 80, 12)).save(png)
     made["png"] = png
     return made
 
@@ -73,9 +65,9 @@ def test_the_loader_yields_the_same_chunks_with_either_decoder(jpegs):
     np.testing.assert_array_equal(by_decoder["pillow"], by_decoder["simplejpeg"])
 
 
-def test_simplejpeg_reports_unreadable_files_as_pillow_does(tmp_path):
+def test_simplejpeg_reports_unreadable_files_as_pillow_does(tmp_path, photo):
     truncated = tmp_path / "truncated.jpg"
-    Image.fromarray(_photo(200, 200, 0)).save(truncated)
+    Image.fromarray(photo(200, 200, 0)).save(truncated)
     truncated.write_bytes(truncated.read_bytes()[:300])
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")

@@ -50,7 +50,7 @@ def test_block_lr_decay_scales_each_block_below_the_top_one(vit):
 def test_the_head_reads_the_class_token_of_the_preprocessed_images(vit):
     classifier = build_classifier_model(vit, 2)
     x = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
-    pooled = keras.Model(classifier.input, classifier.get_layer("token_pool").output).predict_on_batch(x)
+    pooled = keras.Model(classifier.input, classifier.get_layer("standardize").input).predict_on_batch(x)
     tokens = vit.model.predict_on_batch(vit.spec.preprocess_input(x.copy()))
     np.testing.assert_allclose(pooled, tokens[:, 0], rtol=1e-5, atol=1e-5)
 

@@ -781,3 +781,8 @@ def test_from_csv_strips_spaces_around_labels_and_says_so(tmp_path):
     assert "'label' has values with spaces around them in rows 2, 4 " in messages[0]
     assert "'split' has values with spaces around them in rows 3 " in messages[1]
     assert dataset.class_names == ("cat", "dog") and dataset.splits == ("train", "test", "train")
+
+
+def test_a_missing_dataset_is_said_not_to_exist(tmp_path):
+    with pytest.raises(ValueError, match=r"The dataset .*nowhere does not exist"):  # an InputError
+        open_dataset(tmp_path / "nowhere")

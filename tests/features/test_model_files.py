@@ -218,7 +218,7 @@ def test_a_finetuned_classifier_file_is_probed_inside_its_backbone(tmp_path):
     classifier = build_classifier_model(vgg, 3, augmentation={"flip": "horizontal"})
     path = tmp_path / "run" / "model.keras"
     path.parent.mkdir()
-    save_model(classifier, path, metadata=backbone_metadata(vgg, mode="finetune"))  # as finetune does
+    save_model(classifier, path, metadata=backbone_metadata(vgg, mode="finetune", class_names="abc"))  # as finetune
     assert read_model_metadata(path)["backbone_layer"] == "vgg16"
 
     X, y = _images()
@@ -232,10 +232,10 @@ def test_a_finetuned_classifier_file_is_probed_inside_its_backbone(tmp_path):
     np.testing.assert_allclose(
         FeatureStore(tmp_path / "store").load(report.keys["block4_pool"]).X, expected, rtol=1e-4, atol=1e-4
     )
-    # Without the metadata, the classifier's own preprocessing layer tells the same, and the
-    # stages come from the generic rule (the last layer at each resolution) instead of VGG's pools.
+    # Without the metadata, the preprocessing is named (the classifier's is Keras operations, not a layer), and
+    # the stages come from the generic rule (the last layer at each resolution) instead of VGG's pools.
     metadata_path(path).unlink()
-    bare = FeatureExtractor(path, layers=["block4_pool", "stages"])
+    bare = FeatureExtractor(path, layers=["block4_pool", "stages"], preprocessing="VGG16")
     assert bare.plan().keys("d")["block4_pool"] == extractor.plan().keys("d")["block4_pool"]
     assert bare.layer_names == [
         "block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3", "block4_pool", "block5_conv3", "block5_pool"

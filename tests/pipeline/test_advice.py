@@ -323,12 +323,12 @@ def test_the_run_summary_and_the_printed_table_flag_the_rows_at_the_majority_rat
     advice = recommend(table, n_train=245, n_classes=2, smallest_class=121, test_majority_rate=83 / 153)
     note = "failed training: at or below the majority class (test 45.8% ≤ 54.2%)"
     lines = []
-    log_report(lines.append, table, advice, n_skipped=0, counts="", paths={"results": tmp_path})
+    log_report(lines.append, table, advice, n_skipped=0, counts="", paths={"results": tmp_path}, next_steps="")
     printed = next(line for line in lines if "| flag |" in line).splitlines()
     assert printed[0].endswith("| flag |") and printed[-1].endswith(f"| {note} |")
     assert all(row.endswith("|  |") for row in printed[2:-1])  # the frozen rows carry no flag
     path = write_run_summary(tmp_path, table, source="test", advice=advice, data="", skipped=[],
-                             results_path=tmp_path / "results.csv", plot_path=tmp_path / "depth.png")
+                             results_path=tmp_path / "results.csv", plot_path=tmp_path / "depth.png", next_steps="")
     assert f"| {note} |" in path.read_text(encoding="utf-8")
 
 

@@ -138,14 +138,14 @@ def test_extract_choices_come_from_the_registries(capsys):
 @pytest.mark.parametrize("argv", [["--verbose", "init"], ["init", "--verbose"]])
 def test_verbose_before_or_after_the_command_sets_layerprobe_verbose(tmp_path, monkeypatch, argv):
     monkeypatch.delenv("LAYERPROBE_VERBOSE", raising=False)
-    assert main(argv + [str(tmp_path)]) == 0
+    assert main(argv + ["--full", "--config", str(tmp_path / "layerprobe.toml")]) == 0
     assert os.environ["LAYERPROBE_VERBOSE"] == "1"
 
 
 def test_without_verbose_tensorflow_logging_is_muted(tmp_path, monkeypatch):
     monkeypatch.delenv("LAYERPROBE_VERBOSE", raising=False)
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
-    assert main(["init", str(tmp_path)]) == 0
+    assert main(["init", "--full", "--config", str(tmp_path / "layerprobe.toml")]) == 0
     assert "LAYERPROBE_VERBOSE" not in os.environ and os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
 
 
@@ -156,8 +156,8 @@ def _finetune_keys():
     return ["modes", *(field.name for field in dataclasses.fields(FinetuneConfig))]
 
 
-def test_init_writes_a_config_with_every_key_that_loads(tmp_path, capsys, write_colour_images):
-    assert main(["init", str(tmp_path / "project")]) == 0
+def test_init_full_writes_a_config_with_every_key_that_loads(tmp_path, capsys, write_colour_images):
+    assert main(["init", "--full", "--config", str(tmp_path / "project" / "layerprobe.toml")]) == 0
     path = tmp_path / "project" / "layerprobe.toml"
     assert str(path) in capsys.readouterr().out
     text = path.read_text(encoding="utf-8")
@@ -184,15 +184,6 @@ def test_init_writes_a_config_with_every_key_that_loads(tmp_path, capsys, write_
     config = load_config(enabled)
     assert config.finetune.modes == ("finetune",)
     assert FinetuneConfig.from_dict(config.finetune.options) == FinetuneConfig()
-
-
-def test_init_refuses_to_overwrite_unless_forced(tmp_path, capsys):
-    path = tmp_path / "layerprobe.toml"
-    path.write_text("# mine\n")
-    assert main(["init", str(tmp_path)]) == 2
-    assert "exists already" in capsys.readouterr().err and path.read_text() == "# mine\n"
-    assert main(["init", str(tmp_path), "--force"]) == 0
-    assert "[classifiers]" in path.read_text()
 
 
 def test_example_config_matches_the_parsers_defaults(tmp_path, write_colour_images):
@@ -296,6 +287,12 @@ def test_store_ls_tells_entries_apart_and_info_shows_the_environment_once(tmp_pa
     capsys.readouterr()
     assert main(["store", "ls", str(tmp_path / "store")]) == 0
     lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["id", "backbone", "layer", "pooling", "px", "dataset", "images", "MB"]
+    rows = lines[1:]
+    assert len(rows) == 2 and all(len(line) <= 120 for line in lines)
+    assert any("VGG16, random" in row for row in rows) and any("VGG16, my_vgg16_notop.weights.h5" in row for row in rows)
+    assert main(["store", "ls", str(tmp_path / "store"), "--wide"]) == 0  # every column
+    lines = capsys.readouterr().out.splitlines()
     header, rows = lines[0].split(), lines[1:]
     assert header[:8] == ["entry", "backbone", "weights", "layer", "pooling", "input_size", "dataset", "n_samples"]
     assert "size_mb" in header and len(rows) == 2
@@ -305,6 +302,16 @@ def test_store_ls_tells_entries_apart_and_info_shows_the_environment_once(tmp_pa
     assert main(["store", "info", str(tmp_path / "store"), entry]) == 0
     info = capsys.readouterr().out
     assert info.count('"environment"') == 1 and '"environment_differences_from_now"' in info
+
+
+def test_store_ls_without_a_store_lists_the_default_one_and_says_where_it_looked(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["store", "ls"]) == 2
+    assert "No feature store at layerprobe-store: the folder does not exist" in capsys.readouterr().err
+    (tmp_path / "layerprobe-store").mkdir()
+    assert main(["store", "ls"]) == 0 and capsys.readouterr().out == "(none)\n"
+    assert main(["store", "info"]) == 2
+    assert "needs the store and an entry" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("action", ["ls", "info", "rm"])

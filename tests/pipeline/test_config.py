@@ -327,3 +327,25 @@ def test_gpu_settings_of_the_features_section(tmp_path):
     for expected in ('batch_size: expected "auto" or an integer >= 1', "mixed_precision: expected true, false or one of",
                      "decoder: expected one of"):
         assert expected in str(error.value)
+
+
+def test_pixel_cache_and_probe_device_settings(tmp_path):
+    """[features] pixel_cache reaches the extractor's settings (only when on); [classifiers] device is checked."""
+    from layerprobe.pipeline.run.extractions import extractor_settings
+
+    (tmp_path / "a").mkdir()
+    raw = {"data": {"path": str(tmp_path)}, "features": {"store": "store"}, "backbones": [{"model": "VGG16"}]}
+    config = config_from_dict(raw, tmp_path)
+    assert "pixel_cache" not in extractor_settings(config, config.backbones[0], "avg")  # old plans keep their signature
+    assert config.classifiers.device == "cpu"
+    raw["features"]["pixel_cache"] = True
+    raw["classifiers"] = {"device": "auto"}
+    config = config_from_dict(raw, tmp_path)
+    assert extractor_settings(config, config.backbones[0], "avg")["pixel_cache"] is True
+    assert config.classifiers.device == "auto"
+    raw["features"]["pixel_cache"] = "yes"
+    raw["classifiers"] = {"device": "tpu"}
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(raw, tmp_path)
+    assert "pixel_cache: expected true or false" in str(error.value)
+    assert "device: expected one of ['cpu', 'gpu', 'jax', 'auto']" in str(error.value)

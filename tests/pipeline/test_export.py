@@ -4,9 +4,11 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,7 +29,8 @@ from layerprobe.features.store import FeatureStore
 from layerprobe.pipeline.classifiers import flat_features
 from layerprobe.pipeline.cli import main
 from layerprobe.pipeline.config import config_from_dict
-from layerprobe.pipeline.export import export_model, linear_head, required_packages, token_pooling
+from layerprobe.features.token_pooling import token_pooling
+from layerprobe.pipeline.export import export_model, linear_head, required_packages
 from layerprobe.pipeline.persistence import load_classifier
 from layerprobe.pipeline.predict import class_scores, predict_images
 from layerprobe.pipeline.probes.ridge import RidgeProbeCV
@@ -36,23 +39,29 @@ from layerprobe.pipeline.run import run_experiment
 CLASSES = {"red": 6, "green": 6, "blue": 6}
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, write_colour_images):
-    """A tiny run: logreg, ridge and linear_svm on two VGG16 layers, and the multi-layer row on both."""
-    tmp = tmp_path_factory.mktemp("export")
-    images = write_colour_images(tmp / "images", {"train": CLASSES, "test": {name: 3 for name in CLASSES}})
-    config = config_from_dict({
-        "data": {"path": str(images), "train_split": "train", "test_split": "test"},
+def _config(tmp):
+    return config_from_dict({
+        "data": {"path": str(tmp / "images"), "train_split": "train", "test_split": "test"},
         "features": {"store": str(tmp / "store"), "input_size": 32, "batch_size": 16},
         "backbones": [{"model": "VGG16", "weights": "none", "layers": ["block1_pool", "block2_pool"]}],
         "classifiers": {"names": ["logreg", "ridge", "linear_svm"], "cv": 2, "screening": False, "multi_layer": True,
                         "grids": {"logreg": {"C": [1.0]}, "linear_svm": {"C": [0.1]}}},
         "output": {"dir": str(tmp / "out")},
     }, "/")
+
+
+def _run(tmp, log=lambda line: None):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(multi_layer_module, "MULTI_LAYER_TOL", 0.0)  # both layers join: the concatenation is exported
-        result = run_experiment(config, log=lambda line: None, progress=False)
-    return tmp, images, result.results
+        return run_experiment(_config(tmp), log=log, progress=False)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, write_colour_images):
+    """A tiny run: logreg, ridge and linear_svm on two VGG16 layers, and the multi-layer row on both."""
+    tmp = tmp_path_factory.mktemp("export")
+    images = write_colour_images(tmp / "images", {"train": CLASSES, "test": {name: 3 for name in CLASSES}})
+    return tmp, images, _run(tmp).results
 
 
 def _test_split(tmp, row):
@@ -333,3 +342,199 @@ def test_a_keras_hub_vit_row_exports_and_loads_with_keras_hub_but_without_layerp
         got = np.load(out)
         np.testing.assert_array_equal(got.argmax(axis=1), reference.argmax(axis=1))
         np.testing.assert_allclose(got, reference, rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- one step to use (issue 31 item 5)
+
+
+@pytest.fixture(scope="module")
+def finetuned(run):
+    """A finetuned VGG16 (random init, one head epoch at 32 px, with augmentation) on the run's training images."""
+    from layerprobe.pipeline.finetune import FinetuneConfig, finetune
+
+    tmp, images, _ = run
+    config = FinetuneConfig(head_epochs=1, finetune_epochs=0, batch_size=8, val_fraction=0.0,
+                            augmentation={"flip": "horizontal"})
+    train = from_directory(images).subset("train")
+    return finetune("VGG16", train, output_dir=tmp / "finetune", weights=None, input_size=32, config=config).model_path
+
+
+def test_models_written_by_run_finetune_and_export_load_in_plain_keras_without_layerprobe(run, finetuned, tmp_path):
+    from layerprobe.pipeline.saved_models import read_saved_model
+
+    tmp, images, _ = run
+    recommended = tmp / "out" / "recommended.keras"
+    copy = tmp_path / "finetuned-copy.keras"
+    assert main(["export", str(finetuned), "--out", str(copy)]) == 0  # before: it looked for model.skops
+    data = from_directory(images).subset("test")
+    np.save(tmp_path / "pixels.npy", np.stack([data.load(i, 32) for i in range(len(data))]))
+    models = {"run": recommended, "finetune": finetuned, "export": copy}
+    for path in models.values():
+        assert read_model_metadata(path)["class_names"] == ["blue", "green", "red"]
+    jobs = [(str(path), str(tmp_path / "pixels.npy"), str(tmp_path / f"{name}.npy")) for name, path in models.items()]
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", _LOAD, json.dumps(jobs)], capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path, env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-3000:]  # before: finetuned models needed layerprobe's custom layers
+    pixels = np.load(tmp_path / "pixels.npy")
+    for name, path in models.items():
+        expected = read_saved_model(path).model.predict(pixels, verbose=0)
+        np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_writes_the_recommended_model_once_and_ends_with_the_commands_that_use_it(run):
+    tmp, _, frame = run
+    out = tmp / "out"
+    recommended = out / "recommended.keras"
+    metadata = read_model_metadata(recommended)
+    advised = json.loads((out / "results.json").read_text())
+    assert metadata["source"] in {str(Path(path).resolve()) for path in frame["model_path"]}
+    commands = (f"    layerprobe predict {recommended} --data NEW_IMAGES",
+                f'    import keras\n    model = keras.saving.load_model("{recommended}")')
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert commands[0] in summary and summary.rstrip().endswith(commands[1]), summary[-600:]
+    before = recommended.stat()
+    lines = []
+    _run(tmp, log=lines.append)  # nothing changed: the file is left as it is
+    after = recommended.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert any(line.startswith(f"recommended model: {recommended} (unchanged") for line in lines)
+    assert lines[-1].endswith(commands[1]) and commands[0] in lines[-1]
+    assert advised  # results.json written beside it
+
+
+def test_an_interrupted_write_of_the_recommended_model_never_leaves_a_half_file(run, monkeypatch):
+    import keras
+
+    from layerprobe.pipeline.run.recommended import write_recommended
+
+    tmp, _, _ = run
+    recommended = tmp / "out" / "recommended.keras"
+    source = read_model_metadata(recommended)["source"]
+    old = recommended.read_bytes()
+    (tmp / "out" / "recommended.layerprobe.json").unlink()  # forces a rewrite
+
+    def killed(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"PK\x03\x04 half an archive")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.Model, "save", killed)
+        with pytest.raises(KeyboardInterrupt):
+            write_recommended(tmp / "out", pd.Series({"model_path": source}), log=lambda line: None)
+    assert recommended.read_bytes() == old  # the previous model, whole
+    assert not [path.name for path in (tmp / "out").iterdir() if path.name.startswith(".tmp-")]
+    lines = []
+    write_recommended(tmp / "out", pd.Series({"model_path": source}), log=lines.append)  # the next run writes it again
+    assert lines == [f"recommended model: {recommended} ()"] and read_model_metadata(recommended)["source"] == source
+
+
+def test_predict_takes_a_finetuned_model_and_reports_each_class_and_the_confusion_matrix(run, finetuned, tmp_path,
+                                                                                          capsys):
+    from sklearn.metrics import confusion_matrix
+
+    _, images, _ = run
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(finetuned), "--data", str(images / "test"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out  # before: "no metadata from `layerprobe export` beside it"
+    predicted = pd.read_csv(out)
+    assert len(predicted) == 9 and list(predicted.filter(like="proba_")) == ["proba_blue", "proba_green", "proba_red"]
+    for name in ("blue", "green", "red"):  # precision, recall, f1-score, support
+        assert re.search(rf"^ +{name} +\d\.\d{{3}} +\d\.\d{{3}} +\d\.\d{{3}} +3$", printed, re.MULTILINE), printed
+    names = sorted(set(predicted["true_label"]) | set(predicted["predicted_label"]))
+    matrix = pd.DataFrame(confusion_matrix(predicted["true_label"], predicted["predicted_label"], labels=names),
+                          index=names, columns=names)
+    assert "confusion matrix (rows: true class, columns: predicted class):\n" + matrix.to_string() in printed
+    assert (tmp_path / "p.confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"confusion matrix: {tmp_path / 'p.confusion.png'}" in printed
+
+
+def test_predict_takes_one_image(run, tmp_path):
+    tmp, images, frame = run
+    image = sorted((images / "test" / "red").glob("*.png"))[0]
+    for number, model in enumerate([tmp / "out" / "recommended.keras", frame["model_path"].iloc[0]]):
+        out = predict_images(model, image, out=tmp_path / f"{number}.csv", progress=False, log=lambda line: None)
+        predicted = pd.read_csv(out)
+        assert predicted["sample_id"].tolist() == [str(image)] and predicted["true_label"].isna().all()
+        assert predicted["predicted_label"].isin(["blue", "green", "red"]).all()
+
+
+# --------------------------------------------------------------------------- damaged model files (issue 32 item 8)
+
+
+def _with_metadata(path, metadata):
+    (path.parent / f"{path.stem}.layerprobe.json").write_text(json.dumps(metadata), encoding="utf-8")
+    return path
+
+
+def _damaged(case, tmp, frame, folder):
+    """A damaged or foreign model file of `case`, made in `folder`."""
+    import keras
+    import skops.io
+    from sklearn.cluster import KMeans
+
+    recommended = tmp / "out" / "recommended.keras"
+    metadata = read_model_metadata(recommended)
+    if case == "lambda":
+        marker = folder / "code-ran"
+        inputs = keras.Input((32, 32, 3))
+        x = keras.layers.Lambda(eval(f"lambda t: (open({str(marker)!r}, 'w').close(), t)[1]"))(inputs)
+        model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+        model.save(folder / "lambda.keras")
+        marker.unlink()  # building it ran the function here; loading it must not
+        return _with_metadata(folder / "lambda.keras", metadata)
+    if case == "truncated keras":
+        data = recommended.read_bytes()
+        (folder / "half.keras").write_bytes(data[: len(data) // 2])
+        return _with_metadata(folder / "half.keras", metadata)
+    skops_path = Path(frame[frame["classifier"] == "logreg"]["model_path"].iloc[0])
+    for source in (skops_path, skops_path.with_suffix(".json")):
+        shutil.copyfile(source, folder / source.name)
+    target = folder / skops_path.name
+    if case == "truncated skops":
+        target.write_bytes(target.read_bytes()[:300])
+    elif case == "kmeans":
+        skops.io.dump(KMeans(2, n_init=1).fit(np.random.default_rng(0).normal(size=(10, 4))), target)
+    else:  # a classifier for another feature width
+        X = np.random.default_rng(0).normal(size=(30, 7))
+        skops.io.dump(LogisticRegression().fit(X, np.arange(30) % 3), target)
+    return target
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("lambda", r"Keras cannot load it in safe mode \(.*Lambda"),
+    ("truncated keras", r"it is not a Keras archive \(a \.keras file is a zip archive; this one is truncated"),
+    ("truncated skops", r"cannot be read as a saved classifier \(BadZipFile"),
+    ("kmeans", r"holds a KMeans, which gives no class scores"),
+    ("width", r"holds a LogisticRegression for 7 features and 3 classes, but its sidecar describes \d+ features"),
+])
+def test_damaged_or_foreign_model_files_are_one_line_errors_and_run_no_code(run, tmp_path, capsys, case, message):
+    tmp, images, frame = run
+    path = _damaged(case, tmp, frame, tmp_path)
+    capsys.readouterr()
+    for command in (["predict", str(path), "--data", str(images / "test"), "--out", str(tmp_path / "p.csv")],
+                    ["export", str(path), "--out", str(tmp_path / "e.keras")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"layerprobe {command[0]}: error: ") and err.count("\n") == 1, err
+        if command[0] == "predict" or "keras" in case:  # export refuses a foreign .skops by its own rule
+            assert re.search(message, err), err
+    assert not (tmp_path / "code-ran").exists() and not (tmp_path / "p.csv").exists()
+
+
+def test_the_models_own_input_size_wins_over_its_metadata(run, tmp_path):
+    tmp, images, _ = run
+    path = tmp_path / "big.keras"
+    shutil.copyfile(tmp / "out" / "recommended.keras", path)
+    _with_metadata(path, {**read_model_metadata(tmp / "out" / "recommended.keras"), "input_size": 100000})
+    lines = []  # before: a 335 GiB allocation for 100000 x 100000 pixels
+    predict_images(path, images / "test", out=tmp_path / "p.csv", log=lines.append)
+    assert "(32x32 pixels" in lines[0] and len(pd.read_csv(tmp_path / "p.csv")) == 9
+    # A model with a flexible input takes the metadata's size, checked against memory before any decoding.
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(inputs))).save(tmp_path / "flex.keras")
+    _with_metadata(tmp_path / "flex.keras", read_model_metadata(path))
+    with pytest.raises(InputError, match=r"Decoding 32 images of 100000x100000 pixels at once \(batch_size\) needs"):
+        predict_images(tmp_path / "flex.keras", images / "test", out=tmp_path / "q.csv", log=lines.append)

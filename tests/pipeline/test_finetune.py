@@ -28,7 +28,6 @@ from layerprobe.pipeline.run import rows as run_rows
 from layerprobe.pipeline.classifiers import fit_classifier
 from layerprobe.pipeline.cli import main
 from layerprobe.pipeline.finetune import (
-    BackbonePreprocessing,
     BlockwiseAdam,
     FinetuneConfig,
     ImageBatches,
@@ -203,7 +202,9 @@ def test_config_is_checked_without_importing_keras_or_tensorflow(tmp_path):
 def test_in_model_preprocessing_equals_the_family_numpy_function(family, mode):
     spec = get_backbone_spec(family)
     pixels = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
-    inside = keras.ops.convert_to_numpy(BackbonePreprocessing(spec.preprocess_module)(pixels))
+    inputs = keras.Input((8, 8, 3))
+    in_graph = keras.Model(inputs, spec.preprocess_input(keras.ops.cast(inputs, "float32")))  # as the classifier's
+    inside = np.asarray(in_graph.predict(pixels, verbose=0))
     np.testing.assert_allclose(inside, spec.preprocess_input(pixels.copy()), rtol=1e-5, atol=1e-4)
     if mode == "caffe":  # BGR order, mean subtracted: blue channel first
         np.testing.assert_allclose(inside[..., 0], pixels[..., 2] - 103.939, rtol=1e-5)
@@ -216,8 +217,9 @@ def test_model_stacks_preprocessing_backbone_and_head():
     model = build_classifier_model(backbone, 3, hidden_units=(16,), l2=0.01,
                                    augmentation={"flip": "horizontal", "zoom": 0.2})
     names = [layer.name for layer in model.layers]
-    assert names == ["image", "augment_flip", "augment_zoom", "preprocess", "tiny_cnn", "avg_pool",
+    assert names == ["image", "augment_flip", "augment_zoom", "tiny_cnn", "avg_pool",  # preprocessing: operations
                      "standardize", "head_dropout_1", "head_dense_1", "head_dropout", "predictions"]
+    assert {type(layer).__module__.split(".")[0] for layer in model._flatten_layers()} == {"keras"}
     assert model.get_layer("predictions").dtype_policy.compute_dtype == "float32"
     assert model.get_layer("head_dense_1").kernel_initializer.__class__.__name__ == "HeNormal"
     assert len(model.losses) == 1  # the L2 penalty
@@ -265,7 +267,8 @@ def test_finetune_standardizes_the_features_and_starts_the_head_from_a_logistic_
     given = (logreg.coef_, logreg.intercept_) if head_init == "init_head_from" else None
     result = finetune(TINY, data, output_dir=tmp_path, weights=None, config=config,
                       init_head_from=given)
-    mean, scale = result.model.get_layer("standardize").get_weights()
+    mean, variance, _ = result.model.get_layer("standardize").get_weights()
+    scale = np.sqrt(variance)
     np.testing.assert_allclose(mean, raw.mean(axis=0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(scale, expected_scale, rtol=1e-3)
     assert scale.min() < 0.5 or scale.max() > 2  # not the identity
@@ -580,8 +583,8 @@ def test_lower_unfrozen_block_trains_at_the_decayed_rate(data, tmp_path):
     assert moved[("block1_conv", "kernel")] == 0
     assert 0 < moved[("block2_conv", "kernel")] < 0.1 * moved[("block3_conv", "kernel")]
     assert result.as_row()["block_lr_decay"] == 0.01
-    reloaded = keras.saving.load_model(result.model_path)
-    assert isinstance(reloaded.optimizer, BlockwiseAdam) and reloaded.optimizer.lr_scales == scales
+    assert isinstance(result.model.optimizer, BlockwiseAdam)
+    assert not hasattr(keras.saving.load_model(result.model_path), "optimizer")  # saved for inference: no BlockwiseAdam
 
 
 # --------------------------------------------------------------------------- command line
@@ -643,8 +646,10 @@ def test_finetune_command_adds_its_rows_beside_the_classifier_rows(tmp_path, mon
     monkeypatch.setattr(run_rows, "fit_classifier", _fail)
     capsys.readouterr()
     assert main(["finetune", str(config)]) == 0
-    output = capsys.readouterr().out
+    captured = capsys.readouterr()
+    output = captured.out
     assert "epoch 1 (head): loss" in output and "epoch 2 (finetune): loss" in output
+    assert "epoch 2/2" in captured.err  # a bar within each epoch (--no-progress: none)
     table = pd.read_csv(tmp_path / "out" / "results.csv")
     assert list(table["mode"]) == ["frozen", "finetune"]
     pd.testing.assert_frame_equal(table.iloc[:1][frozen.columns], frozen, check_dtype=False)  # kept
@@ -657,7 +662,8 @@ def test_finetune_command_adds_its_rows_beside_the_classifier_rows(tmp_path, mon
                                               "epochs": 2}
     keras.saving.load_model(row["model_path"])
     summary = (tmp_path / "out" / "summary.md").read_text()
-    assert "| frozen | VGG16 |" in summary and "| finetune | VGG16 |" in summary and "| val_accuracy |" in summary
+    assert "| VGG16, start.weights.h5 | frozen |" in summary and "| VGG16, start.weights.h5 | finetune |" in summary
+    assert "| val |" in summary and "![depth](depth.png)" in summary
 
     # A second call replaces the rows of its modes: the finished finetune row is reused, once.
     config.write_text(classifiers_only + textwrap.dedent(stage).replace(
@@ -667,3 +673,14 @@ def test_finetune_command_adds_its_rows_beside_the_classifier_rows(tmp_path, mon
     again = pd.read_csv(tmp_path / "out" / "results.csv")
     assert list(again["mode"]) == ["frozen", "finetune", "scratch"]
     pd.testing.assert_frame_equal(again.iloc[:2], table)
+
+
+def test_a_training_folder_is_named_short_and_an_older_one_is_kept(tmp_path):
+    from layerprobe.pipeline.run.finetune_rows import _run_folder
+
+    model = "/tmp/newbie/efficientnet_lite0_imagenet.keras"
+    assert _run_folder(tmp_path, "finetune", model, "5b4cbb3f9bb3").name == "finetune-efficientnet_lite0_imagenet-5b4cbb3f"
+    assert _run_folder(tmp_path, "scratch", "VGG16", "0123456789ab").name == "scratch-VGG16-01234567"
+    older = tmp_path / "finetune-_tmp_newbie_efficientnet_lite0_imagenet.keras-5b4cbb3f9bb3"
+    older.mkdir()
+    assert _run_folder(tmp_path, "finetune", model, "5b4cbb3f9bb3") == older  # its checkpoints and row are reused

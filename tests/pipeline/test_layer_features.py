@@ -18,12 +18,12 @@ from sklearn.pipeline import Pipeline
 SETTINGS = dict(weights=None, input_size=32, batch_size=8, pooling="avg")
 
 
-def _dataset(n=24, seed=0):
+def _dataset(n=24, seed=0, class_names=None):
     rng = np.random.default_rng(seed)
     y = np.arange(n) % 2
     X = rng.integers(0, 120, size=(n, 32, 32, 3), dtype=np.uint8)
     X[y == 1] += 100  # brighter class: separable
-    return from_arrays(X, y)
+    return from_arrays(X, y, class_names=class_names)
 
 
 @pytest.fixture
@@ -76,6 +76,17 @@ def test_grid_search_over_layers_costs_one_forward_pass_per_image(tmp_path, forw
     assert sum(forward_images) == 24
     assert search.best_params_["features__layer"] in ("block1_pool", "block2_pool")
     assert search.score(np.asarray(data.sample_ids), data.labels) > 0.9
+
+
+def test_class_names_go_in_and_come_out_and_extraction_shows_progress_by_default(tmp_path, capsys):
+    data = _dataset(class_names=["ants", "bees"])
+    assert list(data.y[:2]) == ["ants", "bees"]  # the names of data.labels
+    features = LayerFeatures("VGG16", layer="block1_pool", store=tmp_path / "store", dataset=data,
+                             **{**SETTINGS, "batch_size": 24})
+    pipeline = Pipeline([("features", features), ("clf", LogisticRegression(max_iter=500))]).fit(data.sample_ids, data.y)
+    assert "extracting" in capsys.readouterr().err  # as FeatureExtractor and the command line show it
+    assert list(pipeline.classes_) == ["ants", "bees"]
+    assert list(pipeline.predict(data.sample_ids[:2])) == ["ants", "bees"]
 
 
 def test_unknown_sample_ids_are_a_clear_error(tmp_path):

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from layerprobe.pipeline.advice import recommend
-from layerprobe.pipeline.plots import CV_SCORE, LOGME_MIN_SPAN, TEST_SCORE, depth_figure, plot_depth
+from layerprobe.pipeline.plots import CV_SCORE, LOGME_MIN_SPAN, TEST_SCORE, VAL_SCORE, depth_figure, plot_depth
 from layerprobe.pipeline.results import results_frame
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -58,7 +58,7 @@ def test_a_multi_layer_row_spans_the_depths_of_its_layers_and_carries_the_star(t
     table = pd.DataFrame(_rows([0.6, 0.9, 0.8, 0.7]) + [multi])
     figure = depth_figure(table, recommended=table.iloc[-1])
     axes = figure.axes[0]
-    segment = next(line for line in axes.get_lines() if "ridge on layers block2_pool+block4_pool" in line.get_label())
+    segment = next(line for line in axes.get_lines() if line.get_gid() == "multi:block2_pool+block4_pool")
     assert list(segment.get_xdata()) == [0.5, 1.0] and list(segment.get_ydata()) == [0.93, 0.93]
     star = next(line for line in axes.get_lines() if line.get_label().startswith("recommended"))
     assert list(star.get_xdata()) == [0.75] and list(star.get_ydata()) == [0.93]
@@ -76,13 +76,17 @@ def test_the_y_label_names_exactly_the_scores_drawn_and_each_series_says_which()
     frozen = pd.DataFrame(_rows([0.6, 0.9, 0.8, 0.7]) + _rows([0.55, 0.85, 0.8, 0.72], classifier="linear_svm"))
     only_cv = depth_figure(frozen)
     assert only_cv.axes[0].get_ylabel() == f"accuracy: {CV_SCORE} (frozen layers)"  # no test series, no "test"
-    assert [label for label in _series_labels(only_cv) if "VGG16" in label] == [
-        f"VGG16 [imagenet] avg / logreg ({CV_SCORE})", f"VGG16 [imagenet] avg / linear_svm ({CV_SCORE})"]
+    assert _series_labels(only_cv)[:3] == ["VGG16, imagenet", "logreg", "linear_svm"]  # a colour, then the styles
     finetune = {"mode": "finetune", "backbone": "VGG16", "weights": "imagenet", "test_accuracy": 0.95,
                 "test_ci_low": 0.92, "test_ci_high": 0.97, "n_test": 200}
     both = depth_figure(pd.concat([frozen, pd.DataFrame([finetune])], ignore_index=True))
     assert both.axes[0].get_ylabel() == f"accuracy: {CV_SCORE} (frozen layers)\n{TEST_SCORE} (finetune)"
-    assert f"finetune VGG16 [imagenet], end to end ({TEST_SCORE})" in _series_labels(both)
+    assert f"finetune VGG16, imagenet, end to end ({TEST_SCORE})" in _series_labels(both)
+    # With a validation score, a trained row shows it (training-split evidence, as CV is), without a test band.
+    validated = depth_figure(pd.concat([frozen, pd.DataFrame([{**finetune, "val_accuracy": 0.9}])], ignore_index=True))
+    assert validated.axes[0].get_ylabel() == f"accuracy: {CV_SCORE} (frozen layers)\n{VAL_SCORE} (finetune)"
+    assert f"finetune VGG16, imagenet, end to end ({VAL_SCORE})" in _series_labels(validated)
+    assert not validated.axes[0].patches
 
 
 def test_with_screening_off_the_recommended_curve_is_drawn_through_its_star():
@@ -93,7 +97,7 @@ def test_with_screening_off_the_recommended_curve_is_drawn_through_its_star():
     recommended = table[(table["classifier"] == "mlp") & (table["layer"] == "block3_pool")].iloc[0]
     figure = depth_figure(table, recommended=recommended)
     axes = figure.axes[0]
-    mlp = next(container for container in axes.containers if container.get_label().endswith(f"/ mlp ({CV_SCORE})"))
+    mlp = next(container for container in axes.containers if container.get_label().endswith("/ mlp"))
     line = mlp.lines[0]
     assert list(line.get_xdata()) == [0.25, 0.5, 0.75, 1.0] and line.get_ydata()[2] == 0.8
     star = next(line for line in axes.get_lines() if line.get_label() == "recommended: mlp on block3_pool")

@@ -99,8 +99,21 @@ def test_training_stops_at_the_first_epoch_that_reaches_the_target_accuracy(sour
     messages = []
     weights, facts = pretrain_source(TINY.name, from_directory(source), tmp_path / "out", name="A", options=options,
                                      input_size=SIZE, target_accuracy=0.0, log=messages.append)
-    assert "3 epochs at most, until 0.0 held-out accuracy" in messages[0] and "after 1 epochs" in messages[1]
+    assert "3 epochs at most, until 0.0 held-out accuracy" in messages[0] and "after 1 epochs" in messages[-1]
     assert facts["settings"]["target_accuracy"] == 0.0
     untargeted, _ = pretrain_source(TINY.name, from_directory(source), tmp_path / "out", name="A", options=options,
                                     input_size=SIZE, log=messages.append)
     assert untargeted != weights and "after 3 epochs" in messages[-1]  # its own key: no target, every epoch
+
+
+def test_every_epoch_logs_a_line_and_shows_a_bar_within_it_unless_progress_is_off(source, tmp_path, capsys):
+    options = FinetuneConfig(head_epochs=2, finetune_epochs=0, batch_size=4, augmentation=None, val_fraction=0.0,
+                             early_stopping_patience=None, seed=0)
+    for progress in (True, False):
+        messages = []
+        pretrain_source(TINY.name, from_directory(source), tmp_path / f"out-{progress}", name="A", options=options,
+                        input_size=SIZE, target_accuracy=1.01, log=messages.append, progress=progress)
+        epochs = [line for line in messages if line.lstrip().startswith("epoch")]
+        assert len(epochs) == 2 and all("val_accuracy" in line for line in epochs)  # the held-out accuracy
+        bars = capsys.readouterr().err
+        assert ("epoch 2/2" in bars and "/3 [" in bars) if progress else "epoch" not in bars  # 12 images, batch 4

@@ -136,7 +136,7 @@ def test_results_table_has_one_row_per_layer_and_classifier(first_run):
     assert all(json.loads(params).keys() == {"C"} for params in table["best_params"])
     assert all(Path(path).is_file() for path in table["model_path"])
     summary = result.summary_path.read_text()
-    assert "| frozen | VGG16 | none | block1_pool |" in summary
+    assert "| VGG16, random | block1_pool | logreg |" in summary and "![depth](depth.png)" in summary
     assert "## Recommendation" in summary and "**Recommendation" in summary
     assert "None: every image decoded." in summary
     assert result.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -262,7 +262,8 @@ def test_killed_run_keeps_its_completed_rows(first_run, tmp_path, monkeypatch):
         run_experiment(config, log=_quiet, progress=False)
     kept = pd.read_csv(tmp_path / "out" / "results.csv")
     assert list(kept["classifier"]) == ["logreg", "linear_svm"]
-    assert not [p for p in (tmp_path / "out").rglob(".tmp-*")]  # no temporary files (the table's .lock stays)
+    assert not [p for p in (tmp_path / "out").rglob(".tmp-*")]  # no temporary files
+    assert not [p for p in (tmp_path / "out").rglob("*.lock")]  # nor lock files: the table's went with its lock
     monkeypatch.setattr(rows_module, "fit_classifier", original)
     resumed = run_experiment(config, log=_quiet, progress=False)
     assert (resumed.n_fitted, resumed.n_reused) == (2, 2)

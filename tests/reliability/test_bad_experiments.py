@@ -60,6 +60,28 @@ BAD_CONFIGS = {
         ["[features] input_size: below the smallest input some backbones accept (VGG16 32 pixels); "
          "set input_size = 32 or more", "Received: 31"],
     ),
+    # Round 4: reported under [features] input_size, with the advice input_size=0.
+    "batch-size-no-memory-holds": (
+        {"features": {"batch_size": 10**12}},
+        ["[features] batch_size: decoding 1000000000000 images of 32x32 pixels at once (batch_size) needs at least ",
+         "fits at input_size=32 (the model needs more on top). Received: 1000000000000"],
+    ),
+    # Round 4: impossible grid values failed in scikit-learn's fit, after the extraction, with some rows saved.
+    "impossible-grid-value": (
+        {"classifiers": {"grids": {"logreg": {"C": [-1.0]}, "sgd": {"alpha": [1e-3]}}}},
+        ["[classifiers.grids] logreg: The 'C' parameter of LogisticRegression must be a float in the range "
+         "(0.0, inf]. Got -1.0 instead."],
+    ),
+    "zero-grid-value": (
+        {"classifiers": {"grids": {"logreg": {"C": [0.1, 0]}}}},
+        ["[classifiers.grids] logreg: The 'C' parameter of LogisticRegression must be a float in the range "
+         "(0.0, inf]. Got 0 instead."],
+    ),
+    "impossible-ridge-alphas": (
+        {"classifiers": {"names": ["ridge"], "grids": {"ridge": {"alphas": [1.0, -1.0]}}}},
+        ["[classifiers.grids] ridge: The 'alphas' parameter of RidgeProbeCV must be a non-empty 1-D sequence of "
+         "finite positive floats", "Got [1.0, -1.0] instead."],
+    ),
 }
 
 
@@ -74,6 +96,39 @@ def test_bad_config_is_named_with_its_key_and_a_fix_before_any_work(helpers, tmp
     for text in expected:
         assert text in err
     assert "Traceback" not in err and _nothing_written(tmp_path)
+
+
+def test_a_nan_grid_value_is_refused_before_any_work(helpers, tmp_path, capsys):
+    helpers.write_images(tmp_path / "images", SPLITS)
+    config = helpers.write_experiment(tmp_path / "run.toml", classifiers={"grids": {"logreg": {"C": [1.0]}}})
+    config.write_text(config.read_text().replace("C = [1.0]", "C = [nan]"))
+    code, _, err = _run(config, capsys)
+    assert code == 2 and "[classifiers.grids] logreg: The 'C' parameter of LogisticRegression must be a float in " \
+                          "the range (0.0, inf]. Got nan instead." in err
+    assert _nothing_written(tmp_path)
+
+
+def test_an_entry_removed_while_the_run_fits_is_said_to_be_removed_not_never_extracted(helpers, tmp_path, capsys,
+                                                                                      monkeypatch):
+    from layerprobe.pipeline.run.records import RunRows
+
+    helpers.write_images(tmp_path / "images", SPLITS)
+    config = helpers.write_experiment(tmp_path / "run.toml", classifiers={"n_jobs": -1})  # one row at a time
+    add, removed = RunRows.add, []
+
+    def add_then_remove_the_other_layer(rows, row, **kwargs):
+        add(rows, row, **kwargs)
+        if not removed:  # `layerprobe store rm` of block2_pool's entry while block1_pool's rows are fitted
+            entry = next(path.stem for path in (tmp_path / "store").glob("VGG16.block2_pool.*.h5"))
+            removed.append(main(["store", "rm", str(tmp_path / "store"), entry]))
+
+    monkeypatch.setattr(RunRows, "add", add_then_remove_the_other_layer)
+    code, _, err = _run(config, capsys)
+    assert removed == [0] and code == 2
+    # Before the fix: "... block2_pool (avg) in STORE: it was never extracted."
+    assert err.startswith("layerprobe run: error: The features of layer block2_pool (store entry VGG16.block2_pool.")
+    assert f"were removed from the store {tmp_path / 'store'} while this run used them" in err
+    assert "never extracted" not in err and "Traceback" not in err
 
 
 BAD_CLASSES = {

@@ -182,3 +182,45 @@ def test_a_read_only_output_folder_is_one_line(helpers, tmpfs, tmp_path, capsys)
     assert err.startswith(f"layerprobe run: error: Cannot write the output folder {point / 'out'}")
     assert "Read-only file system" in err and "--out" in err and "Nothing was run" in err
     assert not (tmp_path / "store").exists()  # found before any work
+
+
+def _run_with_file_size_limit(config, limit):
+    """`layerprobe run CONFIG` in a child whose files may not exceed `limit` bytes (`ulimit -f`), with SIGXFSZ
+    ignored (as Python does), so that a write past the limit fails with EFBIG."""
+    import resource
+    import signal
+    import sys
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        if limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    code = f"import sys; from layerprobe.pipeline.cli import main; sys.exit(main(['run', {str(config)!r}, '--no-progress']))"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit_file_size, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_is_one_line_and_a_clean_exit_and_the_rerun_resumes(helpers, tmp_path):
+    helpers.write_images(tmp_path / "images", {"train": {"red": 4, "green": 4}, "test": {"red": 2, "green": 2}})
+    config = helpers.write_experiment(tmp_path / "run.toml")
+    # Before the fix: HDF5 hit EFBIG inside an entry, the line came, and then a segmentation fault (rc -11/139).
+    done = _run_with_file_size_limit(config, 300_000)
+    assert done.returncode == 2, done.stderr[-3000:]
+    message = done.stderr.strip().splitlines()[-1]
+    assert message.startswith("layerprobe run: error: Could not write VGG16.block1_pool.") and (
+        "File too large: the file-size limit is 300,000 bytes" in message and "`ulimit -f unlimited`" in message)
+    assert not list((tmp_path / "store").glob("*.h5"))  # refused before the first byte of an entry
+
+    assert _run_with_file_size_limit(config, None).returncode == 0
+    expected = pd.read_csv(tmp_path / "out" / "results.csv")
+    shutil.rmtree(tmp_path / "out")
+    done = _run_with_file_size_limit(config, 20_000)  # the features are cached: an output file hits the limit
+    assert done.returncode == 2, done.stderr[-3000:]
+    message = done.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"layerprobe run: error: A file of the run's outputs in {tmp_path / 'out'} grew past "
+                              f"this process's file-size limit (`ulimit -f`)") and "File too large" in message
+    assert _run_with_file_size_limit(config, None).returncode == 0
+    same = ["layer", "classifier", "cv_score", "test_accuracy"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out" / "results.csv")[same], expected[same])

@@ -206,3 +206,43 @@ def test_killed_finetuning_resumes_from_its_last_complete_checkpoint(helpers, tm
     assert pd.read_csv(result.history_path)["epoch"].tolist() == [0, 1, 2]
     checkpoints = sorted(path.name for path in (out / "checkpoints").iterdir())
     assert checkpoints == ["finetune-0003-end.weights.h5", "state.json"]  # the torn file is gone too
+
+
+_KILL_AFTER_THE_FIRST_NEW_ROW = """
+from layerprobe.pipeline.run.records import RunRows
+_add = RunRows.add
+def _add_then_die(self, row, *, fitted, what):
+    _add(self, row, fitted=fitted, what=what)
+    if fitted:
+        die()  # the first new row is in results.csv
+RunRows.add = _add_then_die
+"""
+
+
+def test_a_rerun_killed_after_its_first_new_row_keeps_every_row_of_the_earlier_run(helpers, tmp_path):
+    helpers.write_images(tmp_path / "images", SPLITS)
+    path = helpers.write_experiment(tmp_path / "run.toml", classifiers={"names": ["logreg"]})
+    earlier = run_experiment(load_config(path), log=_quiet, progress=False)
+    assert sorted(earlier.results["layer"]) == ["block1_pool", "block2_pool"]
+    helpers.write_experiment(tmp_path / "run.toml")  # the same, with sgd too
+    process = helpers.run_python(_RUN.format(fault=_KILL_AFTER_THE_FIRST_NEW_ROW, config=str(path)))
+    assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
+
+    after_kill = pd.read_csv(tmp_path / "out" / "results.csv")
+    rows = set(zip(after_kill["layer"], after_kill["classifier"]))
+    # Before the fix: the table held only the rows the rerun had reached, and block2_pool / logreg was lost.
+    assert {("block1_pool", "logreg"), ("block2_pool", "logreg")} <= rows and len(rows) == len(after_kill) == 3
+    kept = after_kill.set_index(["layer", "classifier"]).loc[("block2_pool", "logreg")]
+    assert kept["test_accuracy"] == earlier.results.set_index(["layer", "classifier"]).loc[
+        ("block2_pool", "logreg"), "test_accuracy"]
+    rerun = run_experiment(load_config(path), log=_quiet, progress=False)
+    assert (rerun.n_reused, rerun.n_fitted) == (3, 1) and len(pd.read_csv(rerun.results_path)) == 4
+
+
+def test_a_classifier_taken_out_of_the_config_leaves_the_table_when_the_run_commits(helpers, tmp_path):
+    helpers.write_images(tmp_path / "images", SPLITS)
+    path = helpers.write_experiment(tmp_path / "run.toml")
+    run_experiment(load_config(path), log=_quiet, progress=False)
+    helpers.write_experiment(tmp_path / "run.toml", classifiers={"names": ["logreg"]})
+    result = run_experiment(load_config(path), log=_quiet, progress=False)
+    assert sorted(pd.read_csv(result.results_path)["classifier"]) == ["logreg", "logreg"]

@@ -316,3 +316,24 @@ def test_a_lock_folder_anyone_may_write_needs_the_sticky_bit(harness, tmp_path, 
     folder.chmod(0o1777)  # as /tmp: only a file's owner may delete or rename it
     with FeatureStore(tmp_path / "store").lock([key]):
         pass
+
+
+def test_a_held_lock_file_goes_when_released_and_still_excludes_every_waiter(tmp_path):
+    from layerprobe.core.errors import OutputError
+    from layerprobe.core.lock_files import hold_lock_file
+
+    lock, inside, overlaps = tmp_path / ".results.csv.lock", [], []
+
+    def hold(index):
+        with hold_lock_file(lock, doing="testing", error=OutputError):
+            inside.append(index)
+            overlaps.append(len(inside) > 1)
+            time.sleep(0.02)  # waiters open the file meanwhile; this holder then removes it
+            inside.remove(index)
+
+    threads = [threading.Thread(target=hold, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(overlaps) == 8 and not any(overlaps) and not lock.exists()
