@@ -121,9 +121,11 @@ def subset_manifest(root: Path, spec: DatasetSpec, n_train: int | None, n_test: 
 
 
 def sweep_rows(frame, pretrained_label: str) -> list[dict]:
-    """The run's results table as depth-sweep rows, in stage order."""
+    """The run's results table as depth-sweep rows, in stage order (the sweep's classifiers: not the ridge curve
+    the run adds for its advice)."""
     rows = []
-    frozen = frame[frame["mode"] == "frozen"].assign(pretrained=frame["weights"] != "none")
+    frozen = frame[(frame["mode"] == "frozen") & (frame["row_kind"] == "final")]
+    frozen = frozen.assign(pretrained=frozen["weights"] != "none")
     for record in frozen.sort_values(["pretrained", "classifier", "depth"], ascending=[False, True, True]).to_dict(
         "records"
     ):
@@ -233,6 +235,7 @@ def main(argv=None) -> int:
     from layerprobe.features.inputs import open_dataset
     from layerprobe.pipeline.classifiers import CLASSIFIERS
     from layerprobe.pipeline.config import ConfigError, config_from_dict
+    from layerprobe.pipeline.advice import advice_text
     from layerprobe.pipeline.run import run_experiment
 
     unknown = [name for name in args.classifiers if name not in CLASSIFIERS]
@@ -282,7 +285,7 @@ def main(argv=None) -> int:
         "n_forward": run.n_forward, "n_fitted": run.n_fitted, "n_reused": run.n_reused,
         "seconds": round(time.perf_counter() - started),
     }
-    results = {"command": log.command, "machine": log.info, "setup": setup, "rows": rows, "advice": run.advice.text}
+    results = {"command": log.command, "machine": log.info, "setup": setup, "rows": rows, "advice": advice_text(run.advice).text}
     write_csv(rows, out / "depth_sweep.csv")
     write_json(results, out / "results.json")
     plot(results, out / "depth_sweep.png")

@@ -336,9 +336,9 @@ def train_and_score(mode: str, train, test, *, model: str, weights, input_size: 
         scores = evaluate_model(result, test, batch_size=256)
     params = {"epochs_run": result.epochs_run, "learning_rate": result.learning_rate,
               "unfreeze_blocks": result.as_row()["unfreeze_blocks"]}
-    low, high = wilson_interval(scores["accuracy"], scores["n_test"])
-    return timed({"cv_score": None, "cv_se": None, "accuracy": scores["accuracy"], "test_ci_low": round(low, 4),
-                  "test_ci_high": round(high, 4), "n_test": scores["n_test"], "params": json.dumps(params)}, watch)
+    low, high = wilson_interval(scores.accuracy, scores.n_test)
+    return timed({"cv_score": None, "cv_se": None, "accuracy": scores.accuracy, "test_ci_low": round(low, 4),
+                  "test_ci_high": round(high, 4), "n_test": scores.n_test, "params": json.dumps(params)}, watch)
 
 
 # --------------------------------------------------------------------------- one split

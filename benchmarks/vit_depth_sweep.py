@@ -128,6 +128,7 @@ def pretrain(full, animals, args, log) -> tuple[Path, dict]:
 def sweep(full, weights: Path, args, log) -> list[dict]:
     """One layerprobe run on B: every block x pooling x (trained, random), logistic regression, multi-layer."""
     from layerprobe.pipeline.config import config_from_dict
+    from layerprobe.pipeline.advice import advice_text
     from layerprobe.pipeline.run import run_experiment
 
     target = pick(full, list(VEHICLES), {"train": args.n_train_per_class, "test": args.n_test_per_class})
@@ -156,7 +157,7 @@ def sweep(full, weights: Path, args, log) -> list[dict]:
             "test_accuracy": round(float(record["test_accuracy"]), 4),
             "n_train": int(record["n_train"]), "n_test": int(record["n_test"]),
         })
-    log(f"\nadvice: {run.advice.text}")
+    log(f"\nadvice: {advice_text(run.advice).text}")
     return rows
 
 

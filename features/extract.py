@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import functools
 import inspect
 import json
 import os
@@ -48,6 +49,7 @@ from .inputs.decoding import resolve_decoder
 from .inputs.loader import check_decoded_memory
 from .inputs.pixel_cache import PixelCache, PixelKey
 from .keys import DEFAULT_BATCH_SIZE, STORAGE_DTYPES, FeatureKey, decoded_pixels
+from .flops import forward_flops
 from .layers import LayerInfo, resolve_layers
 from .plans import ExtractionPlan, PlannedLayer
 from .store import FeatureStore, library_versions
@@ -294,8 +296,14 @@ class FeatureExtractor:
         with _shared_lock:
             return {"builds": _shared_builds[0], "kept": len(_shared), "pid": os.getpid()}
 
+    @functools.cached_property
+    def layer_flops(self) -> Mapping[str, int]:
+        """Selected layer name -> forward FLOPs per image from the input (`layerprobe.features.flops`)."""
+        return forward_flops(self.backbone.model, [info.name for info in self.layers])
+
     def plan(self) -> ExtractionPlan:
         """How this extractor's feature keys are made (see `layerprobe.features.plans`)."""
+        flops = self.layer_flops
         return ExtractionPlan(
             architecture=self.backbone.architecture,
             weights_digest=self.backbone.weights_digest,
@@ -306,7 +314,8 @@ class FeatureExtractor:
             max_pixels=self.max_pixels,
             pixels=decoded_pixels(self.decoder),
             layers=tuple(
-                PlannedLayer(info.name, info.stable_id, self.pooling[info.name], round(info.depth, 4), info.stage)
+                PlannedLayer(info.name, info.stable_id, self.pooling[info.name], round(info.depth, 4), info.stage,
+                             flops[info.name])
                 for info in self.layers
             ),
         )

@@ -51,13 +51,16 @@ _BACKEND_PACKAGES = ("keras", "tensorflow", "jax", "torch")
 
 @dataclass(frozen=True)
 class PlannedLayer:
-    """One selected layer: its name, key id, pooling, relative depth and stage number (or None)."""
+    """One selected layer: its name, key id, pooling, relative depth, stage number (or None), and its forward
+    FLOPs per image from the input (`layerprobe.features.flops`; None in plans saved before they were counted,
+    which `load_plan` does not reuse)."""
 
     name: str
     stable_id: str
     pooling: str
     depth: float
     stage: int | None = None
+    forward_flops: int | None = None
 
 
 @dataclass(frozen=True)
@@ -180,9 +183,11 @@ def load_plan(store_root: str | os.PathLike, signature: str | None) -> Extractio
         return None
     try:
         values = json.loads(read_bounded_text(_plan_path(store_root, signature), "extraction plan", RECORD_MAX_BYTES))
-        return ExtractionPlan.from_dict(values)
+        plan = ExtractionPlan.from_dict(values)
     except (OSError, ValueError, TypeError, KeyError):
         return None
+    # A plan saved before forward FLOPs were counted is rebuilt once, so that the rows report them.
+    return None if any(layer.forward_flops is None for layer in plan.layers) else plan
 
 
 def save_plan(store_root: str | os.PathLike, signature: str | None, plan: ExtractionPlan) -> None:

@@ -191,7 +191,7 @@ def pretrain_source(
 
     class StopAtTarget(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            logs["val_accuracy"] = evaluate_model(self.model, test)["accuracy"]  # for the epoch's line
+            logs["val_accuracy"] = evaluate_model(self.model, test).accuracy  # for the epoch's line
             if logs["val_accuracy"] >= target_accuracy:
                 self.model.stop_training = True
 
@@ -203,12 +203,12 @@ def pretrain_source(
     )
     scores = evaluate_model(result, test)
     log(
-        f"source network: held-out accuracy {scores['accuracy']:.3f} on {scores['n_test']} held-out source images "
+        f"source network: held-out accuracy {scores.accuracy:.3f} on {scores.n_test} held-out source images "
         f"(inference mode, training=False) after {result.epochs_run} epochs, {result.fit_seconds:.0f} s"
     )
-    if scores["accuracy"] < min_accuracy:
+    if scores.accuracy < min_accuracy:
         raise RuntimeError(
-            f"The source network scores {scores['accuracy']:.3f} on held-out source images in inference mode, "
+            f"The source network scores {scores.accuracy:.3f} on held-out source images in inference mode, "
             f"below {min_accuracy}; its features would not mean anything. Its BatchNormalization statistics "
             f"or training did not converge; see {result.history_path}."
         )
@@ -223,7 +223,7 @@ def pretrain_source(
             staged.unlink(missing_ok=True)
 
     write_atomically(weights_path, save_weights)
-    facts = {"accuracy": scores["accuracy"], "n_test": scores["n_test"],
+    facts = {"accuracy": scores.accuracy, "n_test": scores.n_test,
              "fit_seconds": result.fit_seconds, "settings": settings}
     write_text_atomically(facts_path, json.dumps(facts, indent=2))
     return weights_path, facts

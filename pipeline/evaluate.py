@@ -34,6 +34,8 @@ class Scores:
             rows, which average over all ``class_names``.
         confusion: Counts, rows are true and columns predicted class names.
         y_pred: Predicted integer labels, shape ``(n_samples,)``.
+        n_unreadable: Test images that could not be decoded and were left out
+            (`layerprobe.pipeline.finetune.evaluate_model`; 0 for features).
     """
 
     accuracy: float
@@ -42,6 +44,12 @@ class Scores:
     report: pd.DataFrame
     confusion: pd.DataFrame
     y_pred: np.ndarray
+    n_unreadable: int = 0
+
+    @property
+    def n_test(self) -> int:
+        """The samples scored."""
+        return len(self.y_pred)
 
     def as_dict(self) -> dict[str, float]:
         """Returns the scalar metrics, e.g. for a JSON sidecar or a results table."""

@@ -17,6 +17,7 @@ lock, each merging its rows into what the file holds (`ResultsTable`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import io
 import json
@@ -26,6 +27,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ __all__ = [
     "RESULT_COLUMNS",
     "ROW_KINDS",
     "ResultsTable",
+    "Row",
     "check_output_folder",
     "compact_table",
     "output_errors",
@@ -56,48 +59,69 @@ MODES = ("frozen", "finetune", "scratch")
 ROW_KINDS = ("screening", "final")
 """`row_kind` values: the fast probe on every layer, or a row fitted on a selected layer (or without screening)."""
 
-RESULT_COLUMNS = (
-    "mode",
-    "backbone",
-    "weights",
-    "layer",
-    "stage",
-    "depth",
-    "pooling",
-    "classifier",
-    "row_kind",
-    "feature_dim",
-    "n_train",
-    "n_test",
-    "cv_score",
-    "cv_se",
-    "n_folds",
-    "val_accuracy",
-    "n_val",
-    "test_accuracy",
-    "test_ci_low",
-    "test_ci_high",
-    "test_balanced_accuracy",
-    "test_macro_f1",
-    "logme",
-    "fit_seconds",
-    "best_params",
-    "store_entry",
-    "model_path",
-)
-"""Columns of `results.csv`, in order. Rows may carry more; they come after these.
+@dataclass(frozen=True)
+class Row:
+    """One row of the results table; its fields are the columns of `results.csv`, in order.
 
-`cv_score` is the mean CV accuracy of the chosen hyperparameters (leave-one-out
-accuracy for `ridge`), `cv_se` its standard error over the `n_folds` folds
-(binomial over the training rows for leave-one-out, where `n_folds = n_train`),
-`val_accuracy` a finetune or scratch row's accuracy on the `n_val` images of the
-training split that its training held out (its training-split evidence; empty
-for frozen rows and with `val_fraction = 0`), `test_ci_low`/`test_ci_high` the Wilson 95 % interval of `test_accuracy` on
-`n_test` images, `logme` the LogME of the layer's training features (the same
-on every row of a layer; empty for multi-layer and finetune rows) and
-`row_kind` one of `ROW_KINDS`. Tables written before these columns existed
-load with them empty, the intervals computed and `row_kind` "final".
-"""
+    `cv_score` is the mean CV accuracy of the chosen hyperparameters (leave-one-out
+    accuracy for `ridge`), `cv_se` its standard error over the `n_folds` folds
+    (binomial over the training rows for leave-one-out, where `n_folds = n_train`),
+    `val_accuracy` a finetune or scratch row's accuracy on the `n_val` images of the
+    training split that its training held out (its training-split evidence; empty
+    for frozen rows and with `val_fraction = 0`), `test_ci_low`/`test_ci_high` the
+    Wilson 95 % interval of `test_accuracy` on `n_test` images (filled by
+    `results_frame`), `logme` the LogME of the layer's training features (the same
+    on every row of a layer; empty for multi-layer and finetune rows), `row_kind`
+    one of `ROW_KINDS`, `forward_gflops` the forward pass a deployed frozen row runs
+    per image, in GFLOPs, from the input to the deepest layer it reads
+    (`layerprobe.features.flops`; what an earlier cut saves at inference), and
+    `convergence_warnings` the fits of the row that stopped before converging. A value a row does not have is None (an empty cell). Tables
+    written before some columns existed load with them empty, the intervals
+    computed and `row_kind` "final".
+    """
+
+    mode: str
+    backbone: str
+    weights: str | None
+    layer: str
+    stage: int | None = None
+    depth: float | None = None
+    pooling: str | None = None
+    classifier: str | None = None
+    row_kind: str = "final"
+    feature_dim: int | None = None
+    forward_gflops: float | None = None
+    n_train: int | None = None
+    n_test: int | None = None
+    cv_score: float | None = None
+    cv_se: float | None = None
+    n_folds: int | None = None
+    val_accuracy: float | None = None
+    n_val: int | None = None
+    test_accuracy: float | None = None
+    test_ci_low: float | None = None
+    test_ci_high: float | None = None
+    test_balanced_accuracy: float | None = None
+    test_macro_f1: float | None = None
+    logme: float | None = None
+    fit_seconds: float | None = None
+    best_params: str | None = None
+    store_entry: str | None = None
+    model_path: str | None = None
+    convergence_warnings: int | None = None
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Row:
+        """A row from its columns (e.g. a row record's JSON); columns it does not have are left out."""
+        return cls(**{name: values[name] for name in RESULT_COLUMNS if name in values})
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row's columns, in order."""
+        return {name: getattr(self, name) for name in RESULT_COLUMNS}
+
+
+RESULT_COLUMNS = tuple(column.name for column in dataclasses.fields(Row))
+"""Columns of `results.csv`, in order: the fields of `Row`. Rows of older tables may carry more; they come after."""
 
 _INTEGER_COLUMNS = ("stage", "feature_dim", "n_train", "n_test", "n_folds", "n_val")
 

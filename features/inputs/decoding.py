@@ -294,7 +294,7 @@ def open_image_file(path: str):
 
     Opened without blocking, so a FIFO is refused at once rather than waited on.
     """
-    handle = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb")
+    handle = open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK | os.O_CLOEXEC))
     try:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):

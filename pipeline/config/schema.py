@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from ..classifier_grids import CLASSIFIER_GRIDS
 from ..cluster import ClusterConfig
+from ..finetune.settings import FinetuneConfig
 
 __all__ = [
     "BackboneConfig",
@@ -168,7 +169,7 @@ class ClassifiersConfig:
             None (key left out) for no PCA.
         n_jobs: Parallel fits in the grid search, -1 for every CPU; None (key
             left out) for one. Rows are fitted side by side on the cores this
-            leaves (`pipeline.run.parallel_rows`): with -1, one at a time.
+            leaves (`pipeline.run.fitting`): with -1, one at a time.
         seed: Seed of the folds, PCA and the classifiers.
         grids: Hyperparameter grid per classifier, replacing its default grid,
             e.g. `{ logreg = { C = [0.1, 1.0, 10.0] } }`; a preprocessing step's
@@ -212,17 +213,17 @@ class ClassifiersConfig:
 
 @dataclass(frozen=True)
 class FinetuneStageConfig:
-    """The optional `[finetune]` stage: train end to end and add the scores to the table.
+    """The optional `[finetune]` stage: which end-to-end trainings to add to the table, and how they train.
 
     Attributes:
         modes: `"finetune"` (every backbone with weights, top blocks unfrozen)
             and/or `"scratch"` (every architecture from random weights).
-        options: The other keys, passed to
-            `layerprobe.pipeline.finetune.FinetuneConfig.from_dict`.
+        training: The other keys: the hyperparameters of every training
+            (`layerprobe.pipeline.finetune.FinetuneConfig`, checked and parsed once).
     """
 
     modes: tuple[str, ...] = ("finetune",)
-    options: Mapping[str, Any] = field(default_factory=dict)
+    training: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 @dataclass(frozen=True)

@@ -273,7 +273,7 @@ def build_finetune(checker: Checker, raw: Any) -> FinetuneStageConfig | None:
         checker.report("[finetune] modes", str(problem), raw["modes"])
         return None
     try:
-        FinetuneConfig.from_dict(options)
+        training = FinetuneConfig.from_dict(options)
     except ConfigError as error:  # one line per bad key
         for problem in error.problems:
             checker.report("[finetune]", str(problem).rstrip("."), received=False)
@@ -281,7 +281,7 @@ def build_finetune(checker: Checker, raw: Any) -> FinetuneStageConfig | None:
     except (TypeError, ValueError) as error:
         checker.report("[finetune]", str(error).rstrip("."), received=False)
         return None
-    return FinetuneStageConfig(modes=modes, options=MappingProxyType(options))
+    return FinetuneStageConfig(modes=modes, training=training)
 
 
 def build_cluster(checker: Checker, raw: Any) -> ClusterConfig | None:

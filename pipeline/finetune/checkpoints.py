@@ -66,29 +66,44 @@ class Checkpoint(keras.callbacks.Callback):
                         {**self.state, "epoch": epoch + 1, "seconds": self.clock()})
 
 
-def read_state(directory: Path, run: dict[str, Any]) -> dict[str, Any] | None:
+def read_state(directory: Path, run: dict[str, Any], *, strict: bool = True) -> dict[str, Any] | None:
     """The checkpoint state in `directory`, None if there is none.
 
+    This is the one check of whether a training can resume: the state records the
+    settings `run` of the training that wrote it, and may differ from them only in
+    `_RESUMABLE_FIELDS` (how long it trains, not what).
+
+    Args:
+        directory: The `checkpoints/` folder.
+        run: The settings of the training that would resume.
+        strict: Raise for a checkpoint of other settings (an explicit resume);
+            False returns None for it, or for a state that cannot be read (start over).
+
     Raises:
-        ConfigError: (a `ValueError`) If the checkpoint was written by a run whose
-            settings `run` differ in anything but `_RESUMABLE_FIELDS`.
+        ConfigError: (a `ValueError`) If `strict` and the checkpoint was written by a
+            run whose settings differ in anything but `_RESUMABLE_FIELDS`.
     """
     path = directory / _STATE_FILE
     if not path.is_file():
         return None
-    state = json.loads(read_bounded_text(path, "checkpoint state", RECORD_MAX_BYTES))
-    mismatched = sorted(
-        key for key in run
-        if key not in _RESUMABLE_FIELDS and state.get("run", {}).get(key) != run[key]
-    )
-    if state.get("version") != _STATE_VERSION or mismatched:
-        raise ConfigError([
-            f"The checkpoint in {directory} was written by a different run (differing: "
-            f"{mismatched or ['state version']}). Resume with the same backbone, data and "
-            f"settings, or start over: pass resume=False or delete {directory}. "
-            f"Received: {({key: run[key] for key in mismatched})}"
-        ], f"of the run resumed in {directory.parent}")
-    return state
+    try:
+        state = json.loads(read_bounded_text(path, "checkpoint state", RECORD_MAX_BYTES))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        if strict:
+            raise
+        return None
+    written = state.get("run", {}) if isinstance(state, dict) else {}
+    mismatched = sorted(key for key in run if key not in _RESUMABLE_FIELDS and written.get(key) != run[key])
+    if isinstance(state, dict) and state.get("version") == _STATE_VERSION and not mismatched:
+        return state
+    if not strict:
+        return None
+    raise ConfigError([
+        f"The checkpoint in {directory} was written by a different run (differing: "
+        f"{mismatched or ['state version']}). Resume with the same backbone, data and "
+        f"settings, or start over: pass resume=False or delete {directory}. "
+        f"Received: {({key: run[key] for key in mismatched})}"
+    ], f"of the run resumed in {directory.parent}")
 
 
 def truncate_history(path: Path, epoch: int) -> None:

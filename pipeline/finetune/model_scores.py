@@ -1,15 +1,18 @@
-"""`evaluate_model`: scores a trained classifier on held-out images, as a results-table row."""
+"""`evaluate_model`: scores a trained classifier on held-out images, as `evaluate` scores predictions."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...core.errors import InputError
 from ...features.inputs import ImageDataset, iter_decoded_chunks
-from ..evaluate import evaluate
+from ..evaluate import Scores, evaluate
+from ..persistence import write_predictions
 from .result import FinetuneResult
 
 if TYPE_CHECKING:
@@ -25,38 +28,41 @@ def evaluate_model(
     *,
     batch_size: int = 32,
     n_workers: int | None = None,
-) -> dict[str, Any]:
+    predictions: str | os.PathLike | None = None,
+) -> Scores:
     """Scores a trained classifier on held-out images, decoded in chunks.
 
     Args:
         model: A classifier from `build_classifier_model` (or `load_model`), or a
-            `FinetuneResult`, whose `as_row()` columns then lead the row.
+            `FinetuneResult` (its `as_row()` gives the training's columns).
         dataset: The test samples, e.g. `ds.subset("test")`.
         class_names: Names of the model's outputs; `dataset.class_names` by default.
         batch_size: Images per forward pass.
         n_workers: Decoding threads (see `iter_decoded_chunks`).
+        predictions: Also write one row per scored image to this CSV
+            (`persistence.write_predictions`: sample_id, true and predicted label, probabilities).
 
     Returns:
-        A results-table row: the run's columns, `accuracy`, `balanced_accuracy`,
-        `macro_f1`, `n_test` and `n_unreadable` (images skipped).
+        The `Scores` of the images that decode (`n_test` of them); `n_unreadable`
+        counts the others, left out.
 
     Raises:
         InputError: (a `ValueError`) If no image decodes or the model's outputs
             do not match `class_names`.
     """
-    row = model.as_row() if isinstance(model, FinetuneResult) else {}
     keras_model = model.model if isinstance(model, FinetuneResult) else model
     class_names = dataset.class_names if class_names is None else class_names
     size = int(keras_model.input_shape[1])
     step = batch_size * 8
     n_samples = len(dataset)
     chunks = [range(start, min(start + step, n_samples)) for start in range(0, n_samples, step)]
-    proba, y_true, n_unreadable = [], [], 0
+    proba, y_true, scored, n_unreadable = [], [], [], 0
     for chunk in iter_decoded_chunks(dataset, chunks, size, n_workers=n_workers):
         n_unreadable += len(chunk.skipped)
         if len(chunk.sample_indices):
             proba.append(keras_model.predict(chunk.images, batch_size=batch_size, verbose=0))
             y_true.append(dataset.labels[chunk.sample_indices])
+            scored.append(chunk.sample_indices)
     if not proba:
         raise InputError(
             f"None of the {n_samples} images could be decoded, so there is nothing to score. "
@@ -70,4 +76,7 @@ def evaluate_model(
             f"Received: class_names={list(class_names)}"
         )
     scores = evaluate(np.concatenate(y_true), np.argmax(proba, axis=1), class_names)
-    return {**row, **scores.as_dict(), "n_test": len(proba), "n_unreadable": n_unreadable}
+    if predictions is not None:
+        write_predictions(predictions, [dataset.sample_ids[i] for i in np.concatenate(scored)], np.concatenate(y_true),
+                          scores.y_pred, class_names, proba=proba)
+    return dataclasses.replace(scores, n_unreadable=n_unreadable)

@@ -76,6 +76,11 @@ def _plan(mode: str, config: FinetuneConfig, spec: BackboneSpec) -> list[_Phase]
     ]
 
 
+def _start_over(checkpoints: Path, history_path: Path) -> None:
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    history_path.unlink(missing_ok=True)
+
+
 def _run_phases(
     mode: str,
     model: str | BackboneSpec,
@@ -87,7 +92,7 @@ def _run_phases(
     preprocessing: str | None,
     config: FinetuneConfig,
     output_dir: str | os.PathLike,
-    resume: bool,
+    resume: bool | str,
     init_head_from: tuple[Any, Any] | None,
     callbacks: Sequence[keras.callbacks.Callback],
     verbose: int | str,
@@ -103,11 +108,12 @@ def _run_phases(
             "Pass either init_head_from (a logistic regression of your own) or a config with "
             "head_init='logreg' (one fitted here), not both. Received: both"
         )
+    if resume not in (True, False, "auto"):
+        raise InputError(f"resume must be True, False or 'auto'. Received: resume={resume!r}")
     output_dir = Path(output_dir)
     checkpoints, history_path = output_dir / "checkpoints", output_dir / "history.csv"
     if not resume:
-        shutil.rmtree(checkpoints, ignore_errors=True)
-        history_path.unlink(missing_ok=True)
+        _start_over(checkpoints, history_path)
     checkpoints.mkdir(parents=True, exist_ok=True)
     train_idx, val_idx = validation_split(train_data.labels, config.val_fraction, config.seed)
     started = time.perf_counter()
@@ -127,8 +133,12 @@ def _run_phases(
             **config.to_dict(), "mode": mode, "backbone": backbone.architecture,
             "weights_digest": backbone.weights_digest, "input_size": backbone.input_size,
             "train_data": train_data.digest(),
+            **({"preprocessing": preprocessing} if preprocessing is not None else {}),
         }
-        state = read_state(checkpoints, run) if resume else None
+        state = read_state(checkpoints, run, strict=resume is True) if resume else None
+        if state is None and resume == "auto":  # no checkpoint of this training: start over
+            _start_over(checkpoints, history_path)
+            checkpoints.mkdir(parents=True, exist_ok=True)
         if state is not None:
             classifier.load_weights(checkpoints / state["weights_file"])
             truncate_history(history_path, state["epoch"])
@@ -232,7 +242,7 @@ def finetune(
     preprocessing: str | None = None,
     config: FinetuneConfig | None = None,
     init_head_from: tuple[Any, Any] | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = 0,
 ) -> FinetuneResult:
@@ -266,10 +276,12 @@ def finetune(
         init_head_from: `(coef, intercept)` to start the softmax from (see
             `build_classifier_model`), instead of the one `config.head_init`
             ("auto", "logreg") would fit; an explicit "logreg" with it is an error.
-        resume: Continue from the checkpoint in `output_dir` if there is one
+        resume: True continues from the checkpoint in `output_dir` if there is one
             (finished phases are skipped, the interrupted one goes on at its next
-            epoch); False starts over and deletes it. Optimizer moments and
-            early-stopping counters restart on resume.
+            epoch), and a checkpoint of other settings is an error; "auto" continues
+            from a checkpoint of these settings and starts over otherwise (what
+            `layerprobe run` does); False starts over and deletes it. Optimizer
+            moments and early-stopping counters restart on resume.
         callbacks: Extra Keras callbacks, passed to every phase's `fit`.
         verbose: Keras `fit` verbosity.
 
@@ -286,7 +298,7 @@ def finetune(
     Example:
         >>> result = finetune("MobileNetV2", ds.subset("train"), output_dir="runs/ft",
         ...                   config=FinetuneConfig(unfreeze_blocks=2))
-        >>> row = evaluate_model(result, ds.subset("test"))
+        >>> scores = evaluate_model(result, ds.subset("test"))  # scores.accuracy, scores.n_test
     """
     return _run_phases(
         "finetune", model, train_data, weights=weights, input_size=input_size,
@@ -304,7 +316,7 @@ def train_from_scratch(
     model_kwargs: Mapping[str, Any] | None = None,
     preprocessing: str | None = None,
     config: FinetuneConfig | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = 0,
 ) -> FinetuneResult:

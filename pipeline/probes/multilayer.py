@@ -15,6 +15,13 @@ closed-form ridge probe's exact leave-one-out accuracy:
 4. the final probe is the ridge probe of the selected concatenation (or a clone of
    ``estimator`` fitted on it).
 
+The probe's own ``cv_score_`` scored the layers it selected, so it is optimistic
+(the best of many leave-one-out scores is biased upwards, the more so the more
+layers compete); :func:`nested_cv_scores` repeats the whole selection inside each
+fold of an outer split and scores each fold's probe on the rows it never saw, an
+unbiased estimate of the selected probe's accuracy (nested cross-validation,
+Cawley & Talbot 2010; scikit-learn's "Nested versus non-nested cross-validation").
+
 The layers come as one array, their features side by side, with the width of
 each (``layer_widths``), so the probe is an ordinary scikit-learn classifier:
 it works with ``clone``, ``cross_val_score`` and ``Pipeline``.
@@ -28,13 +35,14 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..threads import with_native_threads
 from ..uncertainty import binomial_se
 from .ridge import DEFAULT_ALPHAS, RidgeProbeCV
 
-__all__ = ["MultiLayerProbe", "multi_layer_name"]
+__all__ = ["MultiLayerProbe", "multi_layer_name", "nested_cv_scores"]
 
 
 def multi_layer_name(layers: Sequence[str]) -> str:
@@ -240,3 +248,28 @@ class MultiLayerProbe(ClassifierMixin, BaseEstimator):
         """Predicted class labels (``X``: every layer, as in ``fit``; only the selected layers are read)."""
         X = self.selected_features(X)
         return self.estimator_.predict(X)
+
+
+def nested_cv_scores(probe: MultiLayerProbe, X: Any, y: Any, *, cv: int = 5, random_state: int | None = 0) -> np.ndarray:
+    """Accuracy of `probe` on each fold of a stratified outer split, its layers selected inside each fold.
+
+    Args:
+        probe: An unfitted :class:`MultiLayerProbe` (cloned per fold).
+        X: Features of shape (n_samples, sum(layer_widths)).
+        y: Class labels.
+        cv: Outer folds, at most the smallest class's size (and at least 2).
+        random_state: Seed of the outer split's shuffle.
+
+    Returns:
+        One accuracy per outer fold: their mean is the nested CV score, their spread its SE (`uncertainty.fold_se`).
+
+    Raises:
+        ValueError: If a class has fewer than 2 samples.
+    """
+    _, counts = np.unique(np.asarray(y), return_counts=True)
+    folds = min(int(cv), int(counts.min()))
+    if folds < 2:
+        raise ValueError(f"Nested CV of a MultiLayerProbe needs at least 2 samples per class. Got a class with "
+                         f"{counts.min()} instead.")
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=random_state)
+    return cross_val_score(clone(probe), X, y, cv=splitter)

@@ -9,28 +9,31 @@ split, and saved with its predictions. With screening (depth sweeps, see
 are fitted on the best few, and a multi-layer row joins them. The results
 table is rewritten (atomically) after every row.
 
-Every row (single-layer, multi-layer, `[finetune]`) is computed or reused by
-one mechanism (`records.fit_or_reuse`): its record holds everything that
-determines it (store keys, classifier, grid, preprocessing, PCA, folds, seed,
-split definition), and a matching record is reused without loading features or
-fitting. So a killed run keeps its rows, rerunning a config does no forward pass
-and no fit, and changing only the classifiers reuses every feature.
+Every row is a spec (`records.RowSpec`: a classifier on one layer, a
+backbone's multi-layer probe, a `[finetune]` training), a small frozen object
+holding exactly the settings its fit depends on: their canonical JSON is its
+key, and its record (`records.fit_or_reuse`) is reused while the key matches,
+without loading features or fitting. One loop (`fitting.fit_rows`) fits or
+reuses a list of specs in order, inline, in threads or on a dask cluster. So a
+killed run keeps its rows, rerunning a config does no forward pass and no fit,
+and changing only the classifiers reuses every feature.
 
 Output directory layout (every name made safe as store entry names are)::
 
     OUT/results.csv  summary.md  depth.png
     OUT/models/<store entry>/<classifier>.skops|.json|.predictions.csv|.row.json
     OUT/models/<backbone>.multi.<pooling>.<digest>/ridge.skops|...   (the multi-layer row)
-    OUT/finetune/<mode>-<backbone>-<digest>/   (the [finetune] stage; row.json)
+    OUT/finetune/<mode>-<backbone>-<digest>/   (a [finetune] training; row.json)
 
-Modules, one job each: `splits` (train/test splits, class checks),
-`extractions` (extraction plans; builds the extractors), `records` (a row
-fitted or reused by its settings; the fitted/reused tally), `rows` (a
-classifier row on one layer), `cluster_rows` (those rows as tasks on a dask
-cluster), `parallel_rows` (those rows side by side on free cores), `screening` (which rows: screening and final rows), `multi_layer`
-(the multi-layer row), `finetune_rows` (the `[finetune]` stage's rows),
-`summary` (the texts of summary.md and the log) and `experiment`
-(`run_experiment`, the steps in order).
+Modules, one job each, in the order of a run: `splits` (train/test splits,
+class checks), `extractions` (extraction plans; builds the extractors),
+`screening` (which classifier rows: screening and final rows), the specs of
+each kind of row: `rows` (a classifier on one layer, and each layer's features
+loaded once), `multi_layer` (the multi-layer row), `finetune_rows` (the
+`[finetune]` trainings); `fitting` (the one loop and its executors), `records`
+(a row fitted or reused by its key; the fitted/reused tally), `summary` and
+`results_json` (the texts and files of the report), and `experiment`
+(`run_experiment`: plan, extract, specs, fit, report).
 """
 
 from .experiment import RunResult, run_experiment

@@ -1,14 +1,14 @@
 """`run_experiment`: one config's run from images to recommendation, the steps in order.
 
-Each step lives in its own module: the splits (`splits`), the extraction plans
-(`extractions`), which rows to fit (`screening`), the classifier rows (`rows`,
-`cluster_rows`), the multi-layer rows (`multi_layer`), the `[finetune]` stage
-(`finetune_rows`), the recommended model (`recommended`) and the closing texts
-(`summary`); every row is fitted or reused through `records`.
+Plan (`splits`, `extractions`), extract, the rows' specs (`screening`, `rows`,
+`multi_layer`, `finetune_rows`), fit them (`fitting.fit_rows`, each fitted or
+reused through `records`), report (the recommended model, `recommended`; the
+texts and files, `summary`, `results_json`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -19,27 +19,23 @@ import numpy as np
 import pandas as pd
 
 from ...core.errors import ConfigError
+from ...features.inputs import ImageDataset
 from ...features.store import FeatureStore
 from ..advice import Advice, recommend
 from ..cluster import extract_features, open_client
-from ..config import ExperimentConfig
+from ..config import DataConfig, ExperimentConfig
 from ..plots import plot_depth
 from ..results import ResultsTable, check_output_folder
-from .extractions import plan_extractions
-from .finetune_rows import end_to_end_rows
-from .multi_layer import multi_layer_row
+from .extractions import Extraction, plan_extractions
+from .finetune_rows import finetune_specs
+from .fitting import InlineExecutor, fit_rows, row_executor
+from .multi_layer import multi_layer_spec
+from .paired import paired_scores
 from .recommended import write_recommended
 from .records import RunRows, recorded_rows
 from .results_json import results_document, write_results_json
-from .rows import LayerToFit, RowJob
-from .screening import (
-    adds_multi_layer,
-    check_grid_values,
-    fill_layer_logme,
-    final_jobs,
-    first_jobs,
-    fit_jobs,
-)
+from .rows import LayerRowSpec, LayerToFit
+from .screening import adds_multi_layer, check_grid_values, fill_layer_logme, final_specs, first_specs
 from .splits import open_splits
 from .summary import (
     data_text,
@@ -130,9 +126,6 @@ def run_experiment(
              "`[finetune]` with `modes = [\"finetune\"]` and `unfreeze_blocks = 1`"],
             config.source,
         )
-    if client is None and config.cluster is not None and not finetune_only:
-        with open_client(config.cluster, log=log) as opened:
-            return run_experiment(config, log=log, progress=progress, finetune_only=finetune_only, client=opened)
     dataset, split, untested = open_splits(config)
     if not finetune_only:
         check_grid_values(config)
@@ -156,45 +149,72 @@ def run_experiment(
         skipped.update(stored_skipped(store, table.rows))
     # One digest per run, passed down: a file touched after this line cannot give extract other keys.
     dataset_digest = dataset.digest(config.data.digest)
-    on_cluster: list[RowJob] = []
-    backbones: list[list[LayerToFit]] = []  # each extraction's layers
-    for number, extraction in enumerate(extractions, start=1):
-        plan = extraction.plan
-        log(
-            f"[{number}/{len(extractions)}] {plan.architecture}, weights {extraction.backbone.weights_label}, "
-            f"{plan.layers[0].pooling} pooling: layers {[layer.name for layer in plan.layers]}"
-        )
-        keys = plan.keys(dataset_digest)
-        if all(store.has(key) for key in keys.values()):
-            for name, key in keys.items():
-                log(f"  cached   {name} ({key.entry_name})")
-            skipped.update(store.info(next(iter(keys.values())).entry_name, root=dataset.root)["skipped"])
-        else:
-            report = extract_features(
-                extraction.build(), dataset, store, client, progress=progress, log=lambda line: log(f"  {line}"),
-                dataset_digest=dataset_digest,
-            )
-            n_forward += report.n_forward
-            skipped.update(report.skipped)
-        layers = [LayerToFit(extraction, info, keys[info.name], store) for info in plan.layers]
-        backbones.append(layers)
-        jobs = first_jobs(layers, config)  # the screening rows, or every row without screening
-        if client is not None:  # fitted on the cluster once every backbone is extracted
-            on_cluster += jobs
-            continue
-        fit_jobs(jobs, config, split, rows)
-    fit_jobs(on_cluster, config, split, rows, client=client)
-    # Then, in one order in-process and on a cluster: the rows on the screened layers, the multi-layer rows.
-    jobs = [job for layers in backbones for job in final_jobs(layers, config, table, log)]
-    fit_jobs(jobs, config, split, rows, client=client)
-    for layers in backbones:
-        if adds_multi_layer(config, len(layers)):
-            multi_layer_row(layers, config, split, rows)
+    classifiers, models = config.classifiers, out / "models"
+    with contextlib.ExitStack() as stack:
+        if client is None and config.cluster is not None and not finetune_only:
+            client = stack.enter_context(open_client(config.cluster, log=log))
+        executor = stack.enter_context(row_executor(client, n_jobs=classifiers.n_jobs))
+        backbones: list[list[LayerToFit]] = []  # each extraction's layers
+        on_cluster: list[LayerRowSpec] = []
+        for number, extraction in enumerate(extractions, start=1):
+            layers, forward = _extract(extraction, number, len(extractions), dataset, dataset_digest, store,
+                                       skipped, log, progress=progress, client=client)
+            n_forward += forward
+            backbones.append(layers)
+            specs = first_specs(layers, classifiers, split, models)  # the screening rows, or every row
+            if client is None:
+                fit_rows(specs, rows, executor)
+            else:  # fitted on the cluster once every backbone is extracted
+                on_cluster += specs
+        fit_rows(on_cluster, rows, executor)
+        # Then, in one order in-process and on a cluster: the rows on the screened layers, the multi-layer rows.
+        fit_rows([spec for layers in backbones for spec in final_specs(layers, classifiers, split, models, table, log)],
+                 rows, executor)
+    fit_rows([multi_layer_spec(layers, classifiers, split, models) for layers in backbones
+              if adds_multi_layer(classifiers, len(layers))], rows, InlineExecutor())
     fill_layer_logme(table)
     if config.finetune is not None:
         log(f"[finetune] modes {list(config.finetune.modes)}")
-        end_to_end_rows(config, dataset, split, rows, progress=progress)
+        fit_rows(finetune_specs(config, dataset, split, dataset_digest, log, progress=progress), rows, InlineExecutor())
     table.commit()  # every row is in: the earlier run's rows this run did not replace go
+    return _report(rows, source=config.source, data=config.data, dataset=dataset, store=store, split=split,
+                   untested=untested, skipped=skipped, n_forward=n_forward, started=started)
+
+
+def _extract(
+    extraction: Extraction, number: int, total: int, dataset: ImageDataset, dataset_digest: str,
+    store: FeatureStore, skipped: dict[str, str], log: Callable[[str], None], *, progress: bool, client: Any,
+) -> tuple[list[LayerToFit], int]:
+    """Extract one backbone x pooling (nothing when the store has it); returns its layers and the images
+    that went through the backbone. The unreadable images found go into `skipped`."""
+    plan = extraction.plan
+    log(
+        f"[{number}/{total}] {plan.architecture}, weights {extraction.backbone.weights_label}, "
+        f"{plan.layers[0].pooling} pooling: layers {[layer.name for layer in plan.layers]}"
+    )
+    keys = plan.keys(dataset_digest)
+    n_forward = 0
+    if all(store.has(key) for key in keys.values()):
+        for name, key in keys.items():
+            log(f"  cached   {name} ({key.entry_name})")
+        skipped.update(store.info(next(iter(keys.values())).entry_name, root=dataset.root)["skipped"])
+    else:
+        report = extract_features(
+            extraction.build(), dataset, store, client, progress=progress, log=lambda line: log(f"  {line}"),
+            dataset_digest=dataset_digest,
+        )
+        n_forward = report.n_forward
+        skipped.update(report.skipped)
+    return [LayerToFit(extraction, info, keys[info.name], store) for info in plan.layers], n_forward
+
+
+def _report(
+    rows: RunRows, *, source: str, data: DataConfig, dataset: ImageDataset, store: FeatureStore, split: dict,
+    untested: list[str], skipped: dict[str, str], n_forward: int, started: float,
+) -> RunResult:
+    """The closing steps: the advice, depth.png, summary.md, results.json and the log's report."""
+    table, log = rows.table, rows.log
+    out = table.path.parent
     pickled = sum(str(row.get("model_path", "")).endswith(".joblib") for row in table.rows)
     if pickled:
         log(f"note: {pickled} reused row(s) keep the pickled model (.joblib) an older layerprobe saved; "
@@ -206,24 +226,29 @@ def run_experiment(
     counts, test_counts = (np.bincount(dataset.labels[(np.asarray(dataset.splits) == split[name]) & read],
                                        minlength=len(dataset.class_names)) for name in ("train_split", "test_split"))
     majority = float(test_counts.max() / test_counts.sum()) if test_counts.sum() else None  # always the commonest
-    advice = recommend(frame, n_train=int(counts.sum()), n_classes=len(counts), smallest_class=int(counts.min()),
-                       largest_class=int(counts.max()), test_majority_rate=majority)
+    facts = dict(n_train=int(counts.sum()), n_classes=len(counts), smallest_class=int(counts.min()),
+                 largest_class=int(counts.max()), test_majority_rate=majority)
+    advice = recommend(frame, **facts)
+    # Trained rows against the frozen choice on the same held-out training images (issue 31.4).
+    paired = paired_scores(frame, advice.frozen_choice, store, split["train_split"], dataset.class_names)
+    if paired:
+        advice = recommend(frame, **facts, paired=paired)
     next_steps = write_recommended(out, advice.row, log=log)
     plot_path = plot_depth(frame, out / "depth.png", recommended=advice.row, chance=majority)
     skipped_list = sorted(skipped.items())
     summary_path = write_run_summary(
-        out, frame, source=config.source, advice=advice, data=data_text(config.data, dataset, split, untested),
+        out, frame, source=source, advice=advice, data=data_text(data, dataset, split, untested),
         skipped=skipped_list, results_path=table.path, plot_path=plot_path, next_steps=next_steps,
     )
     files = {"results": table.path, "summary": summary_path, "plot": plot_path, "json": out / "results.json"}
-    data = {"path": str(config.data.path), "n_images": len(dataset), "class_names": list(dataset.class_names),
-            "train_split": split["train_split"], "test_split": split["test_split"], "n_skipped": len(skipped_list)}
-    json_path = write_results_json(files["json"], results_document(frame, advice, source=config.source, data=data,
+    facts = {"path": str(data.path), "n_images": len(dataset), "class_names": list(dataset.class_names),
+             "train_split": split["train_split"], "test_split": split["test_split"], "n_skipped": len(skipped_list)}
+    json_path = write_results_json(files["json"], results_document(frame, advice, source=source, data=facts,
                                                                    files=files))
     log_report(
         log, frame, advice, n_skipped=len(skipped_list),
-        counts=(f"{len(frame)} rows: {rows.fitted} fitted, {rows.reused} reused; {n_forward} images through a backbone; "
-                f"{time.perf_counter() - started:.0f} s."),
+        counts=(f"{len(frame)} rows: {rows.fitted} fitted, {rows.reused} reused; {n_forward} images through a "
+                f"backbone; {time.perf_counter() - started:.0f} s."),
         paths=files, next_steps=next_steps,
     )
     return RunResult(

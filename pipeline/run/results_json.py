@@ -2,8 +2,9 @@
 
 Written beside `results.csv` by every run (`layerprobe run --json` prints it):
 the same rows as the CSV, the `Advice` field by field (its recommended row and
-runner-up as objects, its evidence as a list of lines), what the data were,
-and where the other files are. Missing numbers are `null`.
+runner-up as objects; rows it names by their position in `rows`) with its
+words (`summary`, `evidence` and `details`, `advice.advice_text`), what the
+data were, and where the other files are. Missing numbers are `null`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pandas as pd
 
 from ...core.atomic import write_text_atomically
 from ...core.versions import layerprobe_version
-from ..advice import Advice
+from ..advice import Advice, advice_text
 
 __all__ = ["ENCODING", "results_document", "write_results_json"]
 
@@ -55,9 +56,19 @@ def results_document(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": dict(data),
         "rows": _plain(frame),
-        "recommendation": {field.name: _plain(getattr(advice, field.name)) for field in dataclasses.fields(advice)},
+        "recommendation": _recommendation(advice),
         "files": {name: str(path) for name, path in files.items()},
     }
+
+
+def _recommendation(advice: Advice) -> dict[str, Any]:
+    """The advice's fields (the rows it read as their labels, not again) and its text."""
+    fields = {field.name: getattr(advice, field.name) for field in dataclasses.fields(advice) if field.name != "table"}
+    fields["tied_rows"] = list(advice.tied_rows.index)
+    fields["failed"] = sorted(advice.failed, key=str)
+    words = advice_text(advice)
+    return {**{name: _plain(value) for name, value in fields.items()},
+            "summary": words.summary, "evidence": list(words.evidence), "details": list(words.details)}
 
 
 def write_results_json(path: Path, document: Mapping[str, Any]) -> Path:

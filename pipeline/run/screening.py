@@ -1,6 +1,8 @@
 """Which classifier rows a run fits on a backbone's layers: every classifier everywhere, or screening first.
 
-Without screening every classifier is fitted on every layer ("final" rows).
+Without screening every classifier is fitted on every layer ("final" rows),
+and the ridge probe too ("screening" rows, the layer curve, where the config's
+classifiers leave it out).
 With screening (`[classifiers] screening`; "auto" for a backbone with more
 than 3 layers) the ridge probe, which scores all its penalties by exact
 leave-one-out from one eigendecomposition, makes a "screening" row on every
@@ -15,26 +17,24 @@ Rows come in one order, in-process and on a dask cluster: the first rows of
 each backbone (its screening rows, or all its rows without screening) as it is
 extracted, then the final rows of the screened backbones, then the multi-layer
 rows. Every row finished by an earlier run is reused (its record), so the
-screening decision of a rerun is the same and nothing is refitted.
+screening decision of a rerun is the same and nothing is refitted. This module
+decides which rows (their specs, `rows.LayerRowSpec`); `fitting.fit_rows` fits them.
 """
 
 from __future__ import annotations
 
 import math
-from itertools import groupby
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ...core.errors import ConfigError
 from ..classifiers import check_param_grid
-from ..config import ExperimentConfig
+from ..config import ClassifiersConfig, ExperimentConfig
 from ..probes.multilayer import multi_layer_name
 from ..results import ResultsTable
-from .cluster_rows import fit_rows_on_cluster
-from .parallel_rows import fit_rows_in_parallel, row_workers
-from .records import RunRows
-from .rows import LayerToFit, RowJob, fit_layer
+from .rows import LayerRowSpec, LayerToFit, layer_row_spec
 
 __all__ = [
     "AUTO_SCREENING_MIN_LAYERS",
@@ -42,9 +42,8 @@ __all__ = [
     "adds_multi_layer",
     "check_grid_values",
     "fill_layer_logme",
-    "final_jobs",
-    "first_jobs",
-    "fit_jobs",
+    "final_specs",
+    "first_specs",
     "rank_layers",
     "screening_order",
     "screens",
@@ -77,24 +76,36 @@ def check_grid_values(config: ExperimentConfig) -> None:
         raise ConfigError(problems, config.source)
 
 
-def screens(config: ExperimentConfig, n_layers: int) -> bool:
+def screens(classifiers: ClassifiersConfig, n_layers: int) -> bool:
     """Whether a backbone (and pooling) with `n_layers` layers is screened."""
-    option = config.classifiers.screening
+    option = classifiers.screening
     return n_layers >= AUTO_SCREENING_MIN_LAYERS if option == "auto" else bool(option)
 
 
-def adds_multi_layer(config: ExperimentConfig, n_layers: int) -> bool:
+def adds_multi_layer(classifiers: ClassifiersConfig, n_layers: int) -> bool:
     """Whether a backbone (and pooling) with `n_layers` layers gets a multi-layer row."""
-    option = config.classifiers.multi_layer
-    wanted = screens(config, n_layers) if option == "auto" else bool(option)
+    option = classifiers.multi_layer
+    wanted = screens(classifiers, n_layers) if option == "auto" else bool(option)
     return wanted and n_layers >= 2
 
 
-def first_jobs(layers: Sequence[LayerToFit], config: ExperimentConfig) -> list[RowJob]:
-    """The rows fitted as a backbone is extracted: the screening rows, or every row without screening."""
-    if screens(config, len(layers)):
-        return [RowJob(layer, SCREENING_CLASSIFIER, "screening") for layer in layers]
-    return [RowJob(layer, classifier, "final") for layer in layers for classifier in config.classifiers.names]
+def first_specs(
+    layers: Sequence[LayerToFit], classifiers: ClassifiersConfig, split: Mapping, models: Path
+) -> list[LayerRowSpec]:
+    """The rows fitted as a backbone is extracted: the screening rows, or every row without screening.
+
+    Without screening, a backbone of two or more layers whose classifiers leave out the ridge probe still gets
+    a ridge "screening" row on every layer: the layer curve the advice reads whatever else was fitted
+    (`layerprobe.pipeline.advice`).
+    """
+    if screens(classifiers, len(layers)):
+        return [layer_row_spec(layer, SCREENING_CLASSIFIER, classifiers, split, models, row_kind="screening")
+                for layer in layers]
+    names = classifiers.names
+    curve = [] if SCREENING_CLASSIFIER in names or len(layers) < 2 else [SCREENING_CLASSIFIER]
+    return [spec for layer in layers
+            for spec in [layer_row_spec(layer, name, classifiers, split, models, row_kind="screening") for name in curve]
+            + [layer_row_spec(layer, classifier, classifiers, split, models) for classifier in names]]
 
 
 def screening_order(cv_scores: Sequence[float], logmes: Sequence[float]) -> list[int]:
@@ -126,41 +137,25 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float, np.number)) and math.isfinite(value)
 
 
-def final_jobs(
-    layers: Sequence[LayerToFit], config: ExperimentConfig, table: ResultsTable, log: Callable[[str], None]
-) -> list[RowJob]:
+def final_specs(
+    layers: Sequence[LayerToFit], classifiers: ClassifiersConfig, split: Mapping, models: Path, table: ResultsTable,
+    log: Callable[[str], None],
+) -> list[LayerRowSpec]:
     """The other classifiers' rows on a screened backbone's best layers (in depth order); none without screening."""
-    if not screens(config, len(layers)):
+    if not screens(classifiers, len(layers)):
         return []
-    best = rank_layers(layers, table)[: config.classifiers.screening_top_k]
-    classifiers = [name for name in config.classifiers.names if name != SCREENING_CLASSIFIER]
+    best = rank_layers(layers, table)[: classifiers.screening_top_k]
+    others = [name for name in classifiers.names if name != SCREENING_CLASSIFIER]
     extraction = layers[0].extraction
     log(
         f"  screening {extraction.plan.architecture} (weights {extraction.backbone.weights_label}, "
         f"{layers[0].key.pooling}): best {len(best)} of {len(layers)} layers by {SCREENING_CLASSIFIER} "
         f"leave-one-out accuracy: {[layer.info.name for layer in best]}"
-        + (f"; fitting {classifiers} there" if classifiers else "")
+        + (f"; fitting {others} there" if others else "")
     )
     chosen = {id(layer) for layer in best}
-    return [RowJob(layer, classifier, "final") for layer in layers if id(layer) in chosen for classifier in classifiers]
-
-
-def fit_jobs(jobs: Sequence[RowJob], config: ExperimentConfig, split: dict, rows: RunRows, *, client: Any = None) -> None:
-    """Add the rows of `jobs` to `rows` in order, reused or fitted: on the cluster of `client` if given, else
-    side by side where cores are free (`parallel_rows`), else one after another."""
-    if not jobs:
-        return
-    if client is not None:
-        fit_rows_on_cluster(jobs, config, split, rows, client)
-        return
-    workers = row_workers(config, len(jobs))
-    if workers > 1:  # free cores: rows side by side, the table in this order all the same
-        fit_rows_in_parallel(jobs, config, split, rows, workers)
-        return
-    for _, group in groupby(jobs, key=lambda job: (id(job.layer), job.row_kind)):
-        group = list(group)
-        fit_layer(group[0].layer, config, split, rows, classifiers=[job.classifier for job in group],
-                  row_kind=group[0].row_kind)
+    return [layer_row_spec(layer, classifier, classifiers, split, models)
+            for layer in layers if id(layer) in chosen for classifier in others]
 
 
 def fill_layer_logme(table: ResultsTable) -> None:

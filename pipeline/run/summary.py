@@ -9,7 +9,7 @@ import pandas as pd
 
 from ...features.inputs import ImageDataset
 from ...features.store import FeatureStore
-from ..advice import Advice
+from ..advice import Advice, advice_text
 from ..config import DataConfig
 from ..results import compact_table, write_summary
 from ..tables import format_table
@@ -70,19 +70,22 @@ def write_run_summary(
     plot_path: Path,
     next_steps: str,
 ) -> Path:
-    """Write `out/summary.md`: the plot and results table, the recommendation, the data, unreadable images, files,
-    and last the next steps (`recommended.write_recommended`: how to use the recommended model)."""
+    """Write `out/summary.md`: the plot and results table, the recommendation (three lines and the evidence), the
+    data, unreadable images, files, the details of the recommendation, and last the next steps
+    (`recommended.write_recommended`: how to use the recommended model)."""
+    words = advice_text(advice)
     return write_summary(
         out / "summary.md",
         flagged(frame, advice),
         title=f"layerprobe run: {source}",
         sections={
-            "Recommendation": advice.text,  # a few plain sentences with ± and intervals, then the evidence
+            "Recommendation": words.text,  # three short lines (what, test score, why), then the evidence
             "Data": data,
             "Unreadable images": skipped_text(skipped),
             "Files": (
                 f"- results: `{results_path}`\n- plot: `{plot_path}`\n- models and predictions: `{out / 'models'}`"
             ),
+            "Details": words.details_text,
             "Next steps": next_steps,
         },
         plot=plot_path,
@@ -103,7 +106,7 @@ def log_report(
     log("")
     log(format_table(*compact_table(flagged(frame, advice)), markdown=True))
     log("")
-    log(advice.text)
+    log(advice_text(advice).text)
     if n_skipped:
         log(f"{n_skipped} unreadable image(s) left out (listed in summary.md).")
     width = max(map(len, paths)) + 1

@@ -253,7 +253,7 @@ def test_a_whole_classifier_file_is_finetuned_on_its_last_feature_map(tmp_path):
     result = finetune(str(path), data, output_dir=tmp_path / "run", weights="saved", config=config)
     backbone = result.model.get_layer("small_cnn")
     assert backbone.layers[-1].name == "pool3" and len(backbone.output.shape) == 4  # its gap and logits dropped
-    assert evaluate_model(result, data)["n_test"] == 24
+    assert evaluate_model(result, data).n_test == 24
     assert FeatureExtractor(str(result.model_path), layers="stages").layer_names == STAGES
 
 

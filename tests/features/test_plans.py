@@ -18,7 +18,7 @@ def _plan(**changes):
     values = dict(
         architecture="VGG16", weights_digest="sha256:ab", input_size=32, preprocessing="caffe",
         dtype="float32", compute_dtype="float32", max_pixels=89_478_485,
-        layers=(PlannedLayer("block1_pool", "block1_pool", "avg", 0.2),),
+        layers=(PlannedLayer("block1_pool", "block1_pool", "avg", 0.2, forward_flops=1_000),),
     )
     return ExtractionPlan(**{**values, **changes})
 

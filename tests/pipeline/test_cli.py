@@ -183,7 +183,7 @@ def test_init_full_writes_a_config_with_every_key_that_loads(tmp_path, capsys, w
     enabled.write_text(re.sub(finetune_lines, r"\1", before, flags=re.MULTILINE) + marker + cluster_block)
     config = load_config(enabled)
     assert config.finetune.modes == ("finetune",)
-    assert FinetuneConfig.from_dict(config.finetune.options) == FinetuneConfig()
+    assert config.finetune.training == FinetuneConfig()
 
 
 def test_example_config_matches_the_parsers_defaults(tmp_path, write_colour_images):
@@ -377,13 +377,19 @@ def test_the_first_extraction_from_python_prints_no_tensorflow_notices(tmp_path)
 
 
 def test_results_json_writes_the_advice_flags_keyed_by_row_label(tmp_path):
-    from layerprobe.pipeline.advice import Advice
+    from layerprobe.pipeline.advice import recommend
     from layerprobe.pipeline.run.results_json import results_document, write_results_json
 
-    advice = Advice(mode="frozen_top", samples_per_class=5.0, small=True, row=None, runner_up=None, tied=False,
-                    worth_transferring=None, rule="measured", evidence=(), text="",
-                    flags={np.int64(1): "at or below the majority class"})
-    document = results_document(pd.DataFrame({"test_accuracy": [0.9, np.nan]}), advice, source="x", data={}, files={})
+    frame = pd.DataFrame({"layer": ["a", "b"], "depth": [0.5, 1.0], "classifier": "ridge", "cv_score": [0.9, 0.8],
+                          "cv_se": 0.01, "test_accuracy": [0.9, 0.4], "n_test": 10})
+    advice = recommend(frame, n_train=10, n_classes=2, smallest_class=5, test_majority_rate=0.5)
+    document = results_document(frame, advice, source="x", data={}, files={})
     written = json.loads(write_results_json(tmp_path / "results.json", document).read_text())  # before: TypeError
-    assert written["recommendation"]["flags"] == {"1": "at or below the majority class"}
-    assert written["rows"] == [{"test_accuracy": 0.9}, {"test_accuracy": None}]
+    recommendation = written["recommendation"]
+    assert recommendation["flags"] == {"1": "at or below the majority class (test 40.0% ≤ 50.0%)"}
+    assert written["rows"][1] == {**written["rows"][1], "test_accuracy": 0.4}
+    # The decision field by field, its words beside it; the rows it names by their labels.
+    assert recommendation["mode"] == "frozen_intermediate" and recommendation["row"]["layer"] == "a"
+    assert recommendation["curve"] == [0, 1] and recommendation["curve_classifier"] == "ridge"
+    assert recommendation["summary"].count("\n") <= 2 and recommendation["summary"].startswith("**Recommendation")
+    assert recommendation["evidence"] and recommendation["details"] and "table" not in recommendation

@@ -13,6 +13,7 @@ from layerprobe.pipeline.config import (
     load_config,
 )
 from layerprobe.pipeline.default_experiment import default_config
+from layerprobe.pipeline.finetune.settings import FinetuneConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -276,7 +277,7 @@ def test_unreadable_files_raise_config_error(tmp_path):
 def test_finetune_section_is_checked_by_finetune_config(tmp_path, images):
     base = {"data": {"path": "images"}, "backbones": [{"model": "VGG16"}]}
     config = config_from_dict({**base, "finetune": {"modes": ["scratch"], "head_epochs": 2}}, tmp_path)
-    assert config.finetune == FinetuneStageConfig(modes=("scratch",), options={"head_epochs": 2})
+    assert config.finetune == FinetuneStageConfig(modes=("scratch",), training=FinetuneConfig(head_epochs=2))
     _, message = _problems({**base, "finetune": {"head_epoch": 2, "modes": ["finetune"]}}, tmp_path)
     assert "[finetune]" in message and "'head_epoch'" in message and "head_epochs" in message
     _, message = _problems({**base, "finetune": {"modes": ["finetuning"]}}, tmp_path)

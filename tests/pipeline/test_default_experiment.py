@@ -17,9 +17,10 @@ _RUN = """
 import json, sys
 from layerprobe.pipeline.default_experiment import run_default
 result = run_default(sys.argv[1], store=sys.argv[2], log=lambda line: None, progress=False)
+from layerprobe.pipeline.advice import advice_text
 advice = result.advice
 print(json.dumps({"mode": advice.mode, "layer": advice.row["layer"], "worth": advice.worth_transferring,
-                  "text": advice.text}))
+                  "text": advice_text(advice).text + advice_text(advice).details_text}))
 """
 
 

@@ -27,6 +27,7 @@ from layerprobe.pipeline import finetune as finetune_module
 from layerprobe.pipeline.run import rows as run_rows
 from layerprobe.pipeline.classifiers import fit_classifier
 from layerprobe.pipeline.cli import main
+from layerprobe.pipeline.evaluate import Scores
 from layerprobe.pipeline.finetune import (
     BlockwiseAdam,
     FinetuneConfig,
@@ -492,16 +493,17 @@ def test_interrupted_phase_resumes_at_its_next_epoch(data, tmp_path):
     assert resumed.unfrozen_layers == ("block3_conv",)
 
 
-def test_evaluate_model_returns_a_results_row(run):
+def test_evaluate_model_returns_scores_as_evaluate_does(run):
     result, _ = run
     test_data = _images(4, seed=1)
-    row = evaluate_model(result, test_data)
-    assert row["mode"] == "finetune" and row["model_path"] == str(result.model_path)
-    assert row["n_test"] == 12 and row["n_unreadable"] == 0
+    scores = evaluate_model(result, test_data)
+    assert isinstance(scores, Scores)
+    assert scores.n_test == 12 and scores.n_unreadable == 0
     for metric in ("accuracy", "balanced_accuracy", "macro_f1"):
-        assert 0.0 <= row[metric] <= 1.0
+        assert 0.0 <= getattr(scores, metric) <= 1.0
     predicted = result.model.predict(test_data.images.astype("float32"), verbose=0).argmax(1)
-    assert row["accuracy"] == pytest.approx(np.mean(predicted == test_data.labels))
+    assert scores.accuracy == pytest.approx(np.mean(predicted == test_data.labels))
+    np.testing.assert_array_equal(scores.y_pred, predicted)
     with pytest.raises(InputError, match="predicts 3 classes but 2 class names"):
         evaluate_model(result.model, test_data, class_names=["a", "b"])
 

@@ -12,6 +12,7 @@ from sklearn.utils.estimator_checks import check_estimator, parametrize_with_che
 from threadpoolctl import threadpool_limits
 
 from layerprobe.pipeline.probes import MultiLayerProbe, RidgeProbeCV, fit_logme, logme_score
+from layerprobe.pipeline.probes.multilayer import nested_cv_scores
 
 SEEDS = [0, 1, 2]
 ALPHAS = [1e-4, 1e-2, 0.3, 3.0]
@@ -273,6 +274,36 @@ def test_multilayer_selects_the_informative_layer(seed):
     assert probe.layer_scores_["informative"] > max(probe.layer_scores_["noise_a"], probe.layer_scores_["noise_b"])
     assert probe.selected_features(X).shape == (240, 8) and probe.n_features_in_ == 56
     assert probe.score(X, y) > 0.9
+
+
+def test_nested_cv_of_the_multilayer_probe_is_not_optimistic_where_selection_is():
+    """One weak informative layer among many noise layers: the probe's own LOO score of the layers it chose is the
+    best of many and lies well above held-out accuracy; nested CV (the selection inside each fold) does not."""
+    selected, nested, held_out = [], [], []
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        widths = [8] * 16
+
+        def data(n):
+            y = rng.integers(0, 2, n)
+            layers = [rng.normal(size=(n, 8)) for _ in widths]
+            layers[0][:, 0] += 0.6 * (2 * y - 1)
+            return np.hstack(layers), y
+
+        X, y = data(60)
+        X_test, y_test = data(2000)
+        probe = MultiLayerProbe(widths).fit(X, y)
+        selected.append(probe.cv_score_)
+        held_out.append(probe.score(X_test, y_test))
+        nested.append(nested_cv_scores(MultiLayerProbe(widths), X, y, cv=5, random_state=seed).mean())
+    assert np.mean(selected) - np.mean(held_out) > 0.08  # measured: 0.78 against 0.66
+    assert -0.08 < np.mean(nested) - np.mean(held_out) < 0.02  # measured: 0.63
+
+
+def test_nested_cv_needs_two_samples_per_class():
+    X, y = np.random.default_rng(0).normal(size=(5, 4)), np.array([0, 0, 0, 0, 1])
+    with pytest.raises(ValueError, match="at least 2 samples per class"):
+        nested_cv_scores(MultiLayerProbe([2, 2]), X, y)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

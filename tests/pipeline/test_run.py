@@ -124,16 +124,22 @@ def test_results_table_has_one_row_per_layer_and_classifier(first_run):
     config, result = first_run
     table = pd.read_csv(result.results_path)
     assert list(table.columns[: len(RESULT_COLUMNS)]) == list(RESULT_COLUMNS)
-    assert len(table) == 4 and result.n_fitted == 4 and result.n_reused == 0
+    # Per layer: the ridge curve (issue 31.1: every run scores each layer with it, screening or not), then the
+    # config's classifiers.
+    assert len(table) == 6 and result.n_fitted == 6 and result.n_reused == 0
     assert result.n_forward == 3 * (N_TRAIN + N_TEST)  # one extraction for both layers
     assert set(table["mode"]) == {"frozen"}
-    assert list(table["layer"]) == ["block1_pool", "block1_pool", "block3_pool", "block3_pool"]
-    assert list(table["stage"]) == [1, 1, 3, 3]
+    assert list(table["layer"]) == ["block1_pool"] * 3 + ["block3_pool"] * 3
+    assert list(table["classifier"]) == ["ridge", "logreg", "linear_svm"] * 2
+    assert list(table["row_kind"]) == ["screening", "final", "final"] * 2
+    assert list(table["stage"]) == [1, 1, 1, 3, 3, 3]
     assert table["depth"].between(0, 1).all() and table["depth"].is_monotonic_increasing
-    assert list(table["feature_dim"]) == [64, 64, 256, 256]
+    assert list(table["feature_dim"]) == [64] * 3 + [256] * 3
+    assert table["forward_gflops"].gt(0).all() and table["forward_gflops"].is_monotonic_increasing
     assert set(table["n_train"]) == {3 * N_TRAIN} and set(table["n_test"]) == {3 * N_TEST}
     assert table["test_accuracy"].between(0, 1).all()
-    assert all(json.loads(params).keys() == {"C"} for params in table["best_params"])
+    final = table[table["row_kind"] == "final"]
+    assert all(json.loads(params).keys() == {"C"} for params in final["best_params"])
     assert all(Path(path).is_file() for path in table["model_path"])
     summary = result.summary_path.read_text()
     assert "| VGG16, random | block1_pool | logreg |" in summary and "![depth](depth.png)" in summary
@@ -171,7 +177,7 @@ def test_cross_validation_only_sees_the_training_split(first_run, tmp_path, monk
 
     monkeypatch.setattr(rows_module, "fit_classifier", recording)
     result = run_experiment(config.with_paths(output_dir=tmp_path / "out"), log=_quiet, progress=False)
-    assert len(seen) == 4
+    assert len(seen) == 6
     store = FeatureStore(config.features.store)
     for (X, y), row in zip(seen, result.results.itertuples()):
         train = store.load(row.store_entry, split="train")
@@ -185,7 +191,7 @@ def test_rerun_of_the_same_config_does_no_forward_pass_and_no_fit(first_run, mon
     config, first = first_run
     _forbid(monkeypatch)
     again = run_experiment(config, log=_quiet, progress=False)
-    assert (again.n_forward, again.n_fitted, again.n_reused) == (0, 0, 4)
+    assert (again.n_forward, again.n_fitted, again.n_reused) == (0, 0, 6)
     pd.testing.assert_frame_equal(pd.read_csv(again.results_path), pd.read_csv(first.results_path))
 
 
@@ -195,7 +201,7 @@ def test_cli_rerun_reports_cached_features_and_reused_rows(first_run, tmp_path, 
     _forbid(monkeypatch)
     assert main(["run", str(path), "--no-progress"]) == 0
     output = capsys.readouterr().out
-    assert output.count("cached   block") == 2 and output.count("reused block") == 4
+    assert output.count("cached   block") == 2 and output.count("reused block") == 6
     assert f"results: {first.results_path}" in output
 
 
@@ -207,14 +213,14 @@ def test_cached_rerun_builds_no_backbone_until_its_weights_file_changes(data_dir
     raw = _raw(data_dir, tmp_path / "store", tmp_path / "out", names=["logreg"])
     raw["backbones"][0]["weights"] = str(weights)
     first = run_experiment(config_from_dict(raw, tmp_path), log=_quiet, progress=False)
-    assert first.n_fitted == 2 and list((tmp_path / "store" / ".plans").glob("*.json"))
+    assert first.n_fitted == 4 and list((tmp_path / "store" / ".plans").glob("*.json"))
 
     def no_build(*args, **kwargs):
         raise AssertionError("everything is cached: the backbone must not be built")
 
     monkeypatch.setattr(extractions_module.FeatureExtractor, "from_config", classmethod(no_build))
     again = run_experiment(config_from_dict(raw, tmp_path), log=_quiet, progress=False)
-    assert (again.n_forward, again.n_fitted, again.n_reused) == (0, 0, 2)
+    assert (again.n_forward, again.n_fitted, again.n_reused) == (0, 0, 4)
     pd.testing.assert_frame_equal(again.results, first.results)
 
     os.utime(weights)  # the plan no longer applies: the backbone is built to recompute the keys
@@ -225,13 +231,13 @@ def test_cached_rerun_builds_no_backbone_until_its_weights_file_changes(data_dir
 def test_classifier_only_change_reuses_every_feature(data_dir, tmp_path, forward_calls):
     logreg = _config(data_dir, tmp_path / "store", tmp_path / "out", names=["logreg"])
     run = run_experiment(logreg, log=_quiet, progress=False)
-    assert run.n_fitted == 2 and forward_calls
+    assert run.n_fitted == 4 and forward_calls  # the ridge curve and logreg, on both layers
     forward_calls.clear()
     both = _config(data_dir, tmp_path / "store", tmp_path / "out", names=["logreg", "linear_svm"])
     run = run_experiment(both, log=_quiet, progress=False)
     assert (run.n_forward, len(forward_calls)) == (0, 0)
-    assert (run.n_fitted, run.n_reused) == (2, 2)
-    assert list(run.results["classifier"]) == ["logreg", "linear_svm"] * 2
+    assert (run.n_fitted, run.n_reused) == (2, 4)
+    assert list(run.results["classifier"]) == ["ridge", "logreg", "linear_svm"] * 2
 
 
 def test_changed_grid_refits_that_classifier_only(first_run, tmp_path, monkeypatch):
@@ -240,7 +246,7 @@ def test_changed_grid_refits_that_classifier_only(first_run, tmp_path, monkeypat
     changed = _config(config.data.path, config.features.store, tmp_path / "out", logreg_grid=(0.5,))
     _forbid(monkeypatch, fit=False)
     run = run_experiment(changed, log=_quiet, progress=False)
-    assert (run.n_fitted, run.n_reused) == (2, 2)
+    assert (run.n_fitted, run.n_reused) == (2, 4)
     refit = run.results[run.results["classifier"] == "logreg"]
     assert all(json.loads(params) == {"C": 0.5} for params in refit["best_params"])
 
@@ -261,20 +267,20 @@ def test_killed_run_keeps_its_completed_rows(first_run, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, log=_quiet, progress=False)
     kept = pd.read_csv(tmp_path / "out" / "results.csv")
-    assert list(kept["classifier"]) == ["logreg", "linear_svm"]
+    assert list(kept["classifier"]) == ["ridge", "logreg"]
     assert not [p for p in (tmp_path / "out").rglob(".tmp-*")]  # no temporary files
     assert not [p for p in (tmp_path / "out").rglob("*.lock")]  # nor lock files: the table's went with its lock
     monkeypatch.setattr(rows_module, "fit_classifier", original)
     resumed = run_experiment(config, log=_quiet, progress=False)
-    assert (resumed.n_fitted, resumed.n_reused) == (2, 2)
+    assert (resumed.n_fitted, resumed.n_reused) == (4, 2)
     pd.testing.assert_frame_equal(resumed.results.iloc[:2], kept, check_dtype=False)
 
 
 def _cores(monkeypatch, cores):
     """This run's usable cores as `cores` (rows side by side from 2 on), whatever the machine has."""
-    import layerprobe.pipeline.run.parallel_rows as parallel_rows
+    import layerprobe.pipeline.run.fitting as fitting
 
-    monkeypatch.setattr(parallel_rows, "usable_cores", lambda: cores)
+    monkeypatch.setattr(fitting, "usable_cores", lambda: cores)
 
 
 def test_rows_in_parallel_give_the_serial_table(first_run, tmp_path, monkeypatch):
@@ -294,8 +300,8 @@ def test_rows_in_parallel_give_the_serial_table(first_run, tmp_path, monkeypatch
     monkeypatch.setattr(rows_module, "fit_classifier", two_at_once)
     lines = []
     parallel = run_experiment(config.with_paths(output_dir=tmp_path / "parallel"), log=lines.append, progress=False)
-    assert "  fitting 4 classifier rows, 2 at a time" in lines and len(calls) == 4
-    assert parallel.n_fitted == serial.n_fitted == 4
+    assert "  fitting 6 classifier rows, 2 at a time" in lines and len(calls) == 6
+    assert parallel.n_fitted == serial.n_fitted == 6
     same = [column for column in serial.results.columns if column not in ("fit_seconds", "model_path")]
     pd.testing.assert_frame_equal(parallel.results[same], serial.results[same])  # same numbers, same order
     assert [Path(path).parent.name for path in parallel.results["model_path"]] == [
@@ -303,7 +309,7 @@ def test_rows_in_parallel_give_the_serial_table(first_run, tmp_path, monkeypatch
     ]
     monkeypatch.setattr(rows_module, "fit_classifier", original)
     again = run_experiment(config.with_paths(output_dir=tmp_path / "parallel"), log=_quiet, progress=False)
-    assert (again.n_fitted, again.n_reused) == (0, 4)  # the rows' records were written as before
+    assert (again.n_fitted, again.n_reused) == (0, 6)  # the rows' records were written as before
 
 
 def test_a_row_failing_in_parallel_keeps_the_rows_before_it(first_run, tmp_path, monkeypatch):
@@ -313,7 +319,7 @@ def test_a_row_failing_in_parallel_keeps_the_rows_before_it(first_run, tmp_path,
     original = rows_module.fit_classifier
 
     def fails_on_the_second_layer(X, *args, **kwargs):
-        if X.shape[1] == 256:  # block3_pool, rows 3 and 4
+        if X.shape[1] == 256:  # block3_pool, rows 4 to 6
             raise KeyboardInterrupt
         return original(X, *args, **kwargs)
 
@@ -321,7 +327,7 @@ def test_a_row_failing_in_parallel_keeps_the_rows_before_it(first_run, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, log=_quiet, progress=False)
     kept = pd.read_csv(tmp_path / "out" / "results.csv")
-    assert list(kept["layer"]) == ["block1_pool", "block1_pool"]  # saved before the error, as a serial run
+    assert list(kept["layer"]) == ["block1_pool"] * 3  # saved before the error, as a serial run
 
 
 def test_fit_killed_between_its_files_never_pairs_them_with_the_earlier_row(first_run, tmp_path, monkeypatch):
@@ -340,8 +346,8 @@ def test_fit_killed_between_its_files_never_pairs_them_with_the_earlier_row(firs
             run_experiment(changed, log=_quiet, progress=False)
     # Back to the first grid: the row whose estimator was replaced is fitted again, not reused.
     again = run_experiment(config, log=_quiet, progress=False)
-    assert (again.n_fitted, again.n_reused) == (1, 3)
-    for row in again.results.itertuples():
+    assert (again.n_fitted, again.n_reused) == (1, 5)
+    for row in again.results[again.results["row_kind"] == "final"].itertuples():
         estimator, sidecar = load_classifier(row.model_path)
         assert estimator.named_steps["clf"].C == json.loads(row.best_params)["C"] == sidecar["best_params"]["C"]
 
@@ -362,7 +368,7 @@ def test_two_concurrent_runs_on_one_store_and_output_both_finish(data_dir, tmp_p
     assert [process.returncode for process in processes] == [0, 0], outputs
     assert sum(output.count("computed block") for output in outputs) == 2  # each layer extracted once
     table = pd.read_csv(tmp_path / "out" / "results.csv")
-    assert len(table) == 4
+    assert len(table) == 6
     assert len(FeatureStore(tmp_path / "store").entries()) == 2
     for path in table["model_path"]:
         load_classifier(path)
@@ -448,7 +454,7 @@ def test_default_experiment_end_to_end(tmp_path, monkeypatch):
     lines = []
     result = run_default(tmp_path / "out", store=tmp_path / "store", log=lines.append, progress=False)
     assert any("held-out accuracy" in line for line in lines)
-    assert len(result.results) == 20 and set(result.results["weights"]) > {"none"}
+    assert len(result.results) == 30 and set(result.results["weights"]) > {"none"}  # 2 x 5 stages x (ridge curve, 2)
     assert result.plot_path.is_file() and result.advice.mode in ("frozen_top", "frozen_intermediate")
     _forbid(monkeypatch)
     lines.clear()
@@ -479,4 +485,27 @@ def test_a_row_whose_model_was_deleted_is_fitted_again(first_run, tmp_path):
         str(first_run[0].output.dir), str(tmp_path / "out")))
     deleted.unlink()
     again = run_experiment(config, log=_quiet, progress=False)
-    assert (again.n_fitted, again.n_reused) == (1, 3) and deleted.is_file()
+    assert (again.n_fitted, again.n_reused) == (1, 5) and deleted.is_file()
+
+
+def test_a_finetune_row_is_trained_again_when_its_weights_file_is_replaced_in_place(data_dir, tmp_path):
+    """Issue 32, item 1: the finetune row and its folder key on the weights file's content, not its path."""
+    from layerprobe.features.backbone import load_backbone
+
+    weights = tmp_path / "start.weights.h5"
+    load_backbone("VGG16", weights=None, input_size=32, seed=1).model.save_weights(weights)
+    raw = _raw(data_dir, tmp_path / "store", tmp_path / "out", names=["logreg"], layers=["top"])
+    raw["backbones"][0]["weights"] = str(weights)
+    raw["finetune"] = {"modes": ["finetune"], "head_epochs": 1, "finetune_epochs": 0, "val_fraction": 0,
+                       "augmentation": {}, "batch_size": 8, "head_init": "glorot"}
+    config = config_from_dict(raw, "/")
+    first = run_experiment(config, log=_quiet, progress=False, finetune_only=True)
+    assert first.n_fitted == 1
+    assert run_experiment(config, log=_quiet, progress=False, finetune_only=True).n_fitted == 0
+    before = weights.stat()
+    load_backbone("VGG16", weights=None, input_size=32, seed=2).model.save_weights(weights)  # same path, new weights
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))  # even with its time set back
+    replaced = run_experiment(config, log=_quiet, progress=False, finetune_only=True)
+    assert replaced.n_fitted == 1  # before the fix: the row of the old weights, reused
+    old, new = (Path(run.results["model_path"].iloc[0]).parent for run in (first, replaced))
+    assert old != new and old.is_dir()  # a training of other weights gets its own folder

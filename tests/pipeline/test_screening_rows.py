@@ -133,9 +133,16 @@ def test_multi_layer_row_names_its_selected_layers_and_sums_their_widths(screene
     assert selected and set(selected) <= set(LAYERS) and selected == [name for name in LAYERS if name in selected]
     assert row["feature_dim"] == sum(DIMS[name] for name in selected)
     assert json.loads(row["best_params"])["layers"] == selected
-    assert row["row_kind"] == "final" and row["classifier"] == "ridge" and row["n_folds"] == row["n_train"]
+    assert row["row_kind"] == "final" and row["classifier"] == "ridge"
+    # Its CV is nested: the selection repeated inside each of the config's outer folds (issue 31.2).
+    assert row["n_folds"] == config.classifiers.cv and 0 <= row["cv_score"] <= 1 and np.isfinite(row["cv_se"])
+    # What a deployed multi-layer probe runs per image: the forward pass to its deepest layer.
+    single = table[~table["layer"].str.startswith("multi:")].drop_duplicates("layer").set_index("layer")
+    assert row["forward_gflops"] == single.loc[selected[-1], "forward_gflops"]
+    assert single.loc[LAYERS, "forward_gflops"].is_monotonic_increasing and single["forward_gflops"].gt(0).all()
     # The saved probe reads every layer side by side and predicts what the predictions file says.
     probe, sidecar = load_classifier(row["model_path"])
+    assert sidecar["selection_cv_score"] == probe.cv_score_  # the optimistic LOO score, kept for reference
     store = FeatureStore(config.features.store)
     entries = dict(zip(table["layer"], table["store_entry"]))
     assert sidecar["layers"] == LAYERS and sidecar["store_entries"] == [entries[name] for name in LAYERS]
@@ -186,12 +193,14 @@ def test_the_contract_columns_exist_and_intervals_hold_the_estimates(screened):
     assert (table["cv_se"] >= 0).all()
     grid_rows = table[table["classifier"].isin(EXPENSIVE)]
     assert set(grid_rows["n_folds"]) == {config.classifiers.cv}
-    ridge_rows = table[table["classifier"] == "ridge"]
+    ridge_rows = table[(table["classifier"] == "ridge") & ~table["layer"].str.startswith("multi:")]
     assert (ridge_rows["n_folds"] == ridge_rows["n_train"]).all()
     assert all(json.loads(params).keys() == {"alpha"} for params in table.loc[
         (table["classifier"] == "ridge") & ~table["layer"].str.startswith("multi:"), "best_params"])
     summary = result.summary_path.read_text()
-    assert "| row_kind |" in summary and "| logme |" in summary and "| screening |" in summary
+    # summary.md's compact table (results.csv has every column): the screening rows are in it too.
+    assert "| backbone | layer | classifier | cv (± SE) |" in summary and "| VGG16, random | block2_pool | ridge |" \
+        in summary
 
 
 def test_rerun_reuses_every_row_without_a_fit(screened, monkeypatch):
@@ -208,17 +217,56 @@ def test_rerun_reuses_every_row_without_a_fit(screened, monkeypatch):
     pd.testing.assert_frame_equal(pd.read_csv(again.results_path), pd.read_csv(first.results_path))
 
 
-def test_screening_off_fits_every_classifier_on_every_layer(screened, tmp_path, monkeypatch):
-    config, _, _ = screened
+def test_screening_off_fits_every_classifier_on_every_layer_and_the_ridge_curve(screened, tmp_path, monkeypatch):
+    config, first, _ = screened
     off = _config(config.data.path, config.features.store, tmp_path / "out", screening=False)
     result, calls = _recording_run(off, monkeypatch)
     table = result.results
     layer_of = _layer_of_digest(off, table)
     for layer in LAYERS:
-        assert sorted(c for c, digest in calls if layer_of[digest] == layer) == sorted(EXPENSIVE)
-    assert len(table) == 10 and set(table["row_kind"]) == {"final"}
+        assert sorted(c for c, digest in calls if layer_of[digest] == layer) == sorted(["ridge", *EXPENSIVE])
+    assert len(table) == 15 and set(table["row_kind"]) == {"final", "screening"}
+    # The ridge rows, the advice's layer curve, are the screened run's: one estimator with screening on or off.
+    curve = table[table["row_kind"] == "screening"]
+    assert list(curve["classifier"]) == ["ridge"] * 5 and list(curve["layer"]) == LAYERS
+    screened_curve = first.results[first.results["row_kind"] == "screening"]
+    np.testing.assert_array_equal(curve["cv_score"].to_numpy(), screened_curve["cv_score"].to_numpy())
     assert not table["layer"].str.startswith("multi:").any()  # multi_layer "auto" follows screening
     assert np.isfinite(table["logme"]).all()
+
+
+def _band_images(root: Path, *, seed: int = 0, strength: int = 20) -> Path:
+    """3 classes told apart by a faint bright band (its rows say the class) in noise: 10 train, 4 test images each.
+
+    Hard enough at 32 px with random VGG16 weights that the layers score from chance to about 80 %.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", 10), ("test", 4)):
+        for position, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256 - strength, (32, 32, 3))
+                pixels[position * 10:(position + 1) * 10] += strength
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:02d}.png")
+    return root
+
+
+def test_screening_on_or_off_gives_the_same_mode_and_layer(tmp_path):
+    """Issue 31.1: the layer and the mode come from one estimator (the ridge curve, which both runs fit on every
+    layer), not from whichever classifiers screening let through. Before, the screened run took logreg on ridge's
+    best layer (block3_pool) and the other the cheapest logreg row within noise of logreg's best (block2_pool)."""
+    data = _band_images(tmp_path / "images")
+    advice = {}
+    for screening in (True, False):
+        run = _config(data, tmp_path / "store", tmp_path / f"screening-{screening}", screening=screening,
+                      screening_top_k=1, multi_layer=False, names=["logreg"])
+        advice[screening] = run_experiment(run, log=_quiet, progress=False).advice
+    assert advice[True].mode == advice[False].mode
+    assert advice[True].row["layer"] == advice[False].row["layer"]
+    assert advice[True].curve_classifier == advice[False].curve_classifier == "ridge"
 
 
 def test_multi_layer_can_be_asked_for_without_screening(screened, tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ def _failing_open(path, errors):
     original, calls = Image.open, []
 
     def open_or_fail(file, *args, **kwargs):
-        if os.fspath(file) == os.fspath(path):
+        if os.fspath(getattr(file, "name", file)) == os.fspath(path):  # a path, or the file the decoder opened
             calls.append(1)
             if errors:
                 raise errors.pop(0)
