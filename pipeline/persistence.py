@@ -60,6 +60,7 @@ _ADDED_KEYS = ("format_version", "model_file", "layerprobe_version", "sklearn_ve
 TRUSTED_TYPES = (
     "layerprobe.pipeline.probes.multilayer.MultiLayerProbe",
     "layerprobe.pipeline.probes.ridge.RidgeProbeCV",
+    "layerprobe.pipeline.probes.streamed.StreamedLinearClassifier",
     "layerprobe.pipeline.probes.svm.LinearSVM",
 )
 """Types a ``.skops`` file may hold beyond those ``skops.io`` trusts itself (scikit-learn's, numpy's)."""

@@ -2,8 +2,9 @@
 
 Modules, one job each:
 
-* `feature_store`: `FeatureStore`, the store directory (list, info, load, commit, remove);
-* `feature_set`: `FeatureSet`, one entry as loaded;
+* `feature_store`: `FeatureStore`, the store directory (list, info, load, stream, commit, remove);
+* `feature_set`: `FeatureSet`, one entry as loaded; `FeatureStream`, one entry handed out in row
+  blocks (memory-mapped where the file allows, checked against its checksum as it streams);
 * `partial`: `PartialEntry`, the committed chunks of an unfinished extraction;
 * `locks`: the per-key lock (its holder recorded, waits bounded);
 * `hdf5`: the entry and chunk files (the only module that imports h5py);
@@ -24,7 +25,7 @@ from ...core.errors import (
     StoreError,
 )
 from ...core.versions import library_versions
-from .feature_set import FeatureSet
+from .feature_set import FeatureSet, FeatureStream
 from .feature_store import FeatureStore
 from .hdf5 import CHUNK_ENCODING_TYPE, ENCODING_TYPE, ENCODING_VERSION
 from .partial import PartialEntry
@@ -38,6 +39,7 @@ __all__ = [
     "EntryNotFoundError",
     "FeatureSet",
     "FeatureStore",
+    "FeatureStream",
     "IncompleteEntryError",
     "PartialEntry",
     "StoreError",

@@ -13,6 +13,9 @@ extraction leaves committed chunks, perhaps a stray temporary file (ignored,
 and deleted by the next holder of the key's lock), but never a file that
 reads as a complete entry. Readers need no lock: they only open committed files.
 
+Reading: `load` returns an entry's arrays whole; `stream` hands its features out in row
+blocks (`FeatureStream`), so that a pass over a layer of any size holds one block.
+
 Errors reading an entry say what is wrong: `CorruptEntryError` (remove it with
 `layerprobe store rm`) only when its content is wrong; `EntryLockedError` when
 another process holds HDF5's lock on it; `StoreError` for permission denied;
@@ -22,6 +25,7 @@ another process holds HDF5's lock on it; `StoreError` for permission denied;
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import posixpath
 import shutil
@@ -34,7 +38,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ...core.atomic import TMP_PREFIX
-from ...core.digests import encode_text
+from ...core.digests import encode_text, start_array
 from ...core.errors import (
     CorruptEntryError,
     EntryLockedError,
@@ -45,7 +49,7 @@ from ...core.errors import (
 from ..environment import environment_differences, numerics_environment
 from ..keys import FeatureKey
 from . import hdf5, locks
-from .feature_set import FeatureSet
+from .feature_set import FeatureSet, FeatureStream
 from .partial import PARTIAL_FOLDER, PartialEntry
 
 __all__ = ["FeatureStore"]
@@ -425,7 +429,7 @@ class FeatureStore:
 
         Args:
             key: A `FeatureKey` or an entry name / digest prefix.
-            split: Only this split, e.g. `"train"`.
+            split: Only this split, e.g. `"train"` (only its rows are held in memory).
             verify: Check everything read (features, labels, sample ids, splits,
                 class names, skipped files, key and metadata) against the checksums
                 recorded at commit; the features are hashed while they are read (one
@@ -452,27 +456,91 @@ class FeatureStore:
                 the fields that differ).
             InputError: If `split` names a split the entry does not have.
         """
-        if isinstance(key, FeatureKey):
-            path = self.path_for(key)
-            if not path.is_file():
-                if self._partial_directory(key).is_dir():
-                    state = "an interrupted extraction left partial work; run the extraction again to resume"
-                else:
-                    state = "it was never extracted"
-                raise IncompleteEntryError(
-                    f"No complete features for {key.backbone} layer {key.layer!r} ({key.pooling}) in "
-                    f"{self.root}: {state}."
-                )
-        else:
-            path = self.resolve(key)
+        path = self._entry_path(key)
         if strict_environment:
             with self._reading(path) as entry:
                 _, recorded = self._header(path, entry)
             self._check_environment(path, recorded)
+        if split is not None:  # only that split's rows are held, read in one streamed pass
+            return self.stream(key, split=split, verify=verify, root=root).load()
         features, unchecked = self._read(path, verify=verify, root=root)
         if unchecked:
             warnings.warn(f"Store entry {path.stem!r}: {unchecked}", UserWarning, stacklevel=2)
-        return features.split(split) if split is not None else features
+        return features
+
+    def stream(
+        self,
+        key: FeatureKey | str,
+        *,
+        split: str | None = None,
+        verify: bool = True,
+        root: str | os.PathLike | None = None,
+    ) -> FeatureStream:
+        """One entry's features as a `FeatureStream`: handed out in row blocks, never whole.
+
+        Labels, sample ids, splits, class names, key and metadata are read and checked
+        now (as `load` does); the features are read block by block each time the stream
+        is iterated, and (with `verify`) hashed as they stream: the first full pass ends
+        with a `CorruptEntryError` if they do not match their checksum.
+
+        Args:
+            key, split, verify, root: As `load`.
+
+        Raises:
+            As `load` (a corrupt features dataset: when a pass reaches its end).
+        """
+        path = self._entry_path(key)
+        parts, unchecked, features_digest, dtype = self._read_parts(path, verify=verify, root=root, with_features=False)
+        if unchecked:
+            warnings.warn(f"Store entry {path.stem!r}: {unchecked}", UserWarning, stacklevel=2)
+        stream = FeatureStream(
+            blocks=lambda block_rows, check: self._feature_blocks(path, block_rows, features_digest if check else None),
+            view=lambda: self._feature_view(path),
+            n_rows=len(parts["y"]),
+            dtype=dtype,
+            verified=not verify,
+            **{name: value for name, value in parts.items() if name != "X"},
+        )
+        return stream.split(split) if split is not None else stream
+
+    def _feature_blocks(self, path: Path, block_rows: int | None, digest: str | None) -> Iterator[tuple[int, np.ndarray]]:
+        """The entry's feature blocks (`EntryReader.feature_blocks`); with `digest`, a `CorruptEntryError`
+        after the last block if they do not match it."""
+        with self._reading(path) as entry:
+            sha = None
+            if digest is not None:
+                sha = hashlib.sha256()
+                shape = tuple(entry.shapes()["features"])
+                dtype = entry.feature_dtype
+                start_array(sha, dtype, shape)
+            yield from entry.feature_blocks(block_rows=block_rows, sha=sha)
+        if sha is not None and "sha256:" + sha.hexdigest() != digest:
+            raise self._corrupt(path, "its features do not match the checksum recorded at commit")
+
+    def _feature_view(self, path: Path) -> np.ndarray | None:
+        with self._reading(path) as entry:
+            return entry.feature_view()
+
+    def _entry_path(self, key: FeatureKey | str) -> Path:
+        """The committed entry of `key` (or of a name / digest prefix).
+
+        Raises:
+            IncompleteEntryError: No committed entry for this key.
+            EntryNotFoundError: No entry of this name.
+        """
+        if not isinstance(key, FeatureKey):
+            return self.resolve(key)
+        path = self.path_for(key)
+        if not path.is_file():
+            if self._partial_directory(key).is_dir():
+                state = "an interrupted extraction left partial work; run the extraction again to resume"
+            else:
+                state = "it was never extracted"
+            raise IncompleteEntryError(
+                f"No complete features for {key.backbone} layer {key.layer!r} ({key.pooling}) in "
+                f"{self.root}: {state}."
+            )
+        return path
 
     def verify(self, name: str) -> str:
         """Check one entry against every checksum it records; says what was checked.
@@ -495,33 +563,47 @@ class FeatureStore:
     def _read(self, path: Path, *, verify: bool, root=None) -> tuple[FeatureSet, str | None]:
         """The entry at `path`, checked (see `load`), and None or, for an entry that records no
         checksum of its other parts, a note saying so."""
+        parts, unchecked, _, _ = self._read_parts(path, verify=verify, root=root, with_features=True)
+        return FeatureSet(**parts), unchecked
+
+    def _read_parts(
+        self, path: Path, *, verify: bool, root, with_features: bool
+    ) -> tuple[dict[str, Any], str | None, str | None, np.dtype]:
+        """The fields of the entry's `FeatureSet` (X None without `with_features`), checked; the note of
+        `_read`; the features' recorded digest (for a stream to check them against) and dtype."""
         with self._reading(path) as entry:
             stored_key, metadata = self._header(path, entry)
-            X, y, sample_ids, splits, class_names, digests = entry.arrays(verify=verify)
+            X, y, sample_ids, splits, class_names, digests = entry.arrays(verify=verify, with_features=with_features)
+            shape = tuple(entry.shapes()["features"]) if X is None else X.shape
+            dtype = entry.feature_dtype
             recorded = entry.checksums() if verify else None
             relative = entry.sample_ids_relative
             version = entry.version
         if relative:
             base = _base(root, metadata)
             sample_ids = np.asarray([_absolute(sample_id, base) for sample_id in sample_ids], dtype=object)
-        lengths = {len(X), len(y), len(sample_ids), len(splits)}
-        if len(lengths) != 1 or len(X) != metadata.get("n_samples"):
+        lengths = {shape[0], len(y), len(sample_ids), len(splits)}
+        if len(lengths) != 1 or shape[0] != metadata.get("n_samples"):
             raise self._corrupt(
                 path,
-                f"row counts disagree (features {len(X)}, labels {len(y)}, sample_ids {len(sample_ids)}, "
+                f"row counts disagree (features {shape[0]}, labels {len(y)}, sample_ids {len(sample_ids)}, "
                 f"splits {len(splits)}, metadata n_samples {metadata.get('n_samples')})",
             )
-        if list(X.shape[1:]) != list(metadata.get("feature_shape", [])):
-            raise self._corrupt(path, f"feature shape {X.shape[1:]} differs from metadata {metadata.get('feature_shape')}")
+        if list(shape[1:]) != list(metadata.get("feature_shape", [])):
+            raise self._corrupt(path, f"feature shape {shape[1:]} differs from metadata {metadata.get('feature_shape')}")
         if len(y) and (y.min() < 0 or y.max() >= len(class_names)):
             raise self._corrupt(path, f"labels outside [0, {len(class_names)})")
         unchecked = None
+        features_digest = None
         if verify and recorded is not None:
-            wrong = [name for name in hdf5.CHECKSUMS if digests[name] != recorded[name]]
+            features_digest = recorded["features"]
+            # (a stream's features, not read here, have digest None: checked as they stream)
+            wrong = [name for name in hdf5.CHECKSUMS if digests[name] is not None and digests[name] != recorded[name]]
             if wrong:
                 raise self._corrupt(path, f"its {', '.join(wrong)} do not match the checksums recorded at commit")
         elif verify:
-            if digests["features"] != metadata.get("features_sha256"):
+            features_digest = metadata.get("features_sha256")
+            if with_features and digests["features"] != features_digest:
                 raise self._corrupt(path, "its features do not match the checksum recorded at commit")
             others = ", ".join(hdf5.CHECKSUMS[1:-1])
             unchecked = (
@@ -529,10 +611,10 @@ class FeatureStore:
                 f"its features are verified: it was written by an older layerprobe. To have all of it verified, "
                 f"remove it (`layerprobe store rm {self.root} {path.stem}`) and extract again."
             )
-        features = FeatureSet(
+        parts = dict(
             X=X, y=y, sample_ids=sample_ids, splits=splits, class_names=class_names, key=stored_key, metadata=metadata
         )
-        return features, unchecked
+        return parts, unchecked, features_digest, dtype
 
     def _check_environment(self, path: Path, metadata: Mapping[str, Any]) -> None:
         """Raise a `StoreError` listing the fields where the entry's environment differs from this process's."""

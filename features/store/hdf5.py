@@ -380,12 +380,8 @@ class EntryWriter:
         self._n_samples = n_samples
         self._offset = 0
         self._finished = False
-        self._features = handle.create_dataset(
-            "features",
-            shape=(n_samples, *feature_shape),
-            dtype=dtype,
-            chunks=(max(1, min(n_samples, 1024)), *feature_shape) if n_samples else None,
-        )
+        # Contiguous and uncompressed: a reader can memory-map it (`EntryReader.feature_view`).
+        self._features = handle.create_dataset("features", shape=(n_samples, *feature_shape), dtype=dtype)
         # The canonical form of `digests.array_digest` (dtype, shape, C-ordered bytes) fed one
         # chunk at a time; `FeatureStore.load` checks the result with `array_digest` itself.
         self._sha = hashlib.sha256()
@@ -510,6 +506,11 @@ class EntryReader:
             return recorded
         return None
 
+    @property
+    def feature_dtype(self) -> np.dtype:
+        """The dtype of the stored features."""
+        return self._handle["features"].dtype
+
     def shapes(self) -> dict[str, list[int]]:
         """Shape of each per-sample dataset present."""
         names = ("features", "labels", "sample_ids", "splits")
@@ -527,6 +528,60 @@ class EntryReader:
         """(sample id, reason) of each sample that could not be decoded."""
         return [tuple(_decode(pair).tolist()) for pair in self._raw_skipped()]
 
+    def feature_view(self) -> np.ndarray | None:
+        """The features as a read-only memory map (no copy, nothing read yet), or None where the
+        layout does not allow it: a chunked or compressed dataset (entries written before the
+        layout was contiguous), or an empty one.
+
+        The map stays valid after the file is closed (committed entries are never rewritten).
+        It is not checked against the checksum: `FeatureStore.stream` checks as it reads.
+        """
+        offset = self._contiguous_offset()
+        if offset is None:
+            return None
+        dataset = self._handle["features"]
+        return np.memmap(self._handle.filename, dtype=dataset.dtype, mode="r", offset=offset, shape=dataset.shape)
+
+    def _contiguous_offset(self) -> int | None:
+        """Where the features' bytes start in the file, if they lie there in one uncompressed run."""
+        dataset = self._handle["features"]
+        if dataset.chunks is not None or dataset.compression is not None or dataset.size == 0:
+            return None
+        return dataset.id.get_offset()
+
+    def feature_blocks(
+        self, *, block_rows: int | None = None, sha: "hashlib._Hash | None" = None, out: np.ndarray | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """The features in consecutive row blocks `(start, block)`, each read once and fed to `sha`.
+
+        A block is a read-only memory map of its rows where the layout allows (see
+        `feature_view`; one map per block, so the address space stays at one block), else
+        read into a new array; with `out`, rows are read straight into `out[start:stop]`.
+
+        Args:
+            block_rows: Rows per block; default: about 16 MB.
+            sha: A hash started with `start_array`; every block's bytes are fed to it, in order.
+            out: An array of the dataset's shape to read into (the blocks are its slices).
+        """
+        dataset = self._handle["features"]
+        n_samples = dataset.shape[0]
+        row_bytes = max(1, int(np.prod(dataset.shape[1:], dtype=np.int64)) * dataset.dtype.itemsize)
+        step = max(1, block_rows or _READ_BLOCK_BYTES // row_bytes)
+        offset = self._contiguous_offset() if out is None else None  # one map per block, not one of them all
+        for start in range(0, n_samples, step):
+            stop = min(n_samples, start + step)
+            if offset is not None:
+                block = np.memmap(
+                    self._handle.filename, dtype=dataset.dtype, mode="r", offset=offset + start * row_bytes,
+                    shape=(stop - start, *dataset.shape[1:]),
+                )
+            else:
+                block = out[start:stop] if out is not None else np.empty((stop - start, *dataset.shape[1:]), dataset.dtype)
+                dataset.read_direct(block, np.s_[start:stop])
+            if sha is not None:
+                update_with_block(sha, block)
+            yield start, block
+
     def features(self, *, digest: bool = False) -> tuple[np.ndarray, str | None]:
         """The features, and (if `digest`) their `array_digest`, computed while reading.
 
@@ -538,24 +593,22 @@ class EntryReader:
         sha = hashlib.sha256() if digest else None
         if sha is not None:
             start_array(sha, out.dtype, out.shape)
-        row_bytes = max(1, out[:1].nbytes if len(out) else 1)
-        step = max(1, _READ_BLOCK_BYTES // row_bytes)
-        for start in range(0, len(out), step):
-            block = out[start : start + step]
-            if block.size:
-                dataset.read_direct(block, np.s_[start : start + len(block)])
-                if sha is not None:
-                    update_with_block(sha, block)
+        for _ in self.feature_blocks(sha=sha, out=out):
+            pass
         return out, (None if sha is None else "sha256:" + sha.hexdigest())
 
     def arrays(
-        self, *, verify: bool = False
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...], dict[str, str]]:
+        self, *, verify: bool = False, with_features: bool = True
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...], dict[str, str]]:
         """Features, labels, sample ids, splits, class names and (if `verify`) the digest of each part
-        (`CHECKSUMS`) as read, to compare with `checksums()`; an empty dict without `verify`."""
+        (`CHECKSUMS`) as read, to compare with `checksums()`; an empty dict without `verify`.
+
+        Without `with_features` the features are not read: None, and their digest None (the
+        caller checks them as it streams them, `feature_blocks`).
+        """
         handle = self._handle
         try:
-            features, features_digest = self.features(digest=verify)
+            features, features_digest = self.features(digest=verify) if with_features else (None, None)
             labels = handle["labels"][()]
             raw = {name: _raw_strings(handle[name]) for name in ("sample_ids", "splits", "class_names")}
             digests = {}

@@ -4,6 +4,9 @@
 - :mod:`.logme`: :func:`logme_score`, the LogME transferability score (You et al., ICML 2021).
 - :mod:`.multilayer`: :class:`MultiLayerProbe`, greedy layer (group) selection on concatenated layers.
 - :mod:`.svm`: :class:`LinearSVM`, LinearSVC's model by Newton steps on the Gram matrix.
+- :mod:`.streamed`: :class:`StreamedLinearClassifier`, logistic regression or the linear SVM fitted on
+  row blocks (a `FeatureStore.stream`), standardization folded into the weights.
+- :mod:`.blocks`: passes over an array or a feature stream in row blocks.
 
 Which layers a run screens and how they are ranked is `layerprobe.pipeline.run.screening`;
 the warm-started C path of logistic regression is `layerprobe.pipeline.classifiers`.
@@ -24,6 +27,7 @@ _EXPORTS = {
     "MultiLayerProbe": "multilayer",
     "multi_layer_name": "multilayer",
     "LinearSVM": "svm",
+    "StreamedLinearClassifier": "streamed",
     "linear_svm_solver": "svm",
 }
 

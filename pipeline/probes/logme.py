@@ -33,6 +33,7 @@ import numpy as np
 import scipy.linalg
 
 from ..threads import with_native_threads
+from .blocks import row_blocks
 
 __all__ = ["LogMEResult", "fit_logme", "logme_score"]
 
@@ -90,7 +91,8 @@ def fit_logme(X: Any, y: Any, *, dtype: str = "float32", tol: float = 1e-7, max_
     """LogME of features ``X`` for labels ``y``, with the per-class evidences and precisions.
 
     Args:
-        X: Features, shape (n_samples, n_features), used as given (no centring).
+        X: Features, shape (n_samples, n_features), used as given (no centring); or a stream of
+            them in row blocks (`FeatureStore.stream`), read once when ``n_samples >= n_features``.
         y: Class labels, shape (n_samples,), at least 2 classes.
         dtype: ``"float32"`` (the Gram matrix is a float32 product) or ``"float64"``.
             The eigendecomposition and the iterations are always float64.
@@ -104,21 +106,40 @@ def fit_logme(X: Any, y: Any, *, dtype: str = "float32", tol: float = 1e-7, max_
         ValueError: If the shapes or the dtype are invalid, ``X`` is not finite or
             ``y`` holds fewer than 2 classes.
     """
-    X, y = _check_inputs(X, y, dtype)
+    if hasattr(X, "blocks"):
+        y = np.asarray(y)
+        if dtype not in _DTYPES or y.ndim != 1 or len(y) != len(X) or len(y) < 2:
+            raise ValueError(
+                f"fit_logme needs dtype in {_DTYPES} and one label per row of the feature stream (at least 2). "
+                f"Received: dtype={dtype!r}, {len(X)} rows, y with shape {y.shape}"
+            )
+        n_samples, n_features = len(X), X.n_features
+    else:
+        X, y = _check_inputs(X, y, dtype)
+        n_samples, n_features = X.shape
     classes, y_index = np.unique(y, return_inverse=True)
     if classes.size < 2:
         raise ValueError(f"y must hold at least 2 classes. Received: y with classes {classes.tolist()}")
-    n_samples, n_features = X.shape
-    F = np.asarray(X, dtype=dtype)
-    Y = np.zeros((n_samples, classes.size), dtype=dtype)
-    Y[np.arange(n_samples), y_index] = 1
     if n_samples >= n_features:
-        gram = (F.T @ F).astype(np.float64)
+        # FᵀF and FᵀY accumulated block by block: memory O(D²) whatever n (X may be a stream).
+        gram, FtY, start = np.zeros((n_features, n_features)), np.zeros((n_features, classes.size)), 0
+        for block in row_blocks(X)():
+            F = np.asarray(block, dtype=dtype)
+            Y = np.zeros((len(F), classes.size), dtype=dtype)
+            Y[np.arange(len(F)), y_index[start : start + len(F)]] = 1
+            gram += F.T @ F
+            FtY += F.T @ Y
+            start += len(F)
+        if not np.isfinite(gram).all():
+            raise ValueError("X holds NaN or inf values; LogME needs finite features.")
         sigma, V = scipy.linalg.eigh((gram + gram.T) / 2.0, driver="evd", check_finite=False)
-        Z = V.T @ (F.T @ Y).astype(np.float64)  # z = Vᵀ Fᵀ y = sqrt(σ) Uᵀ y, shape (D, K)
+        Z = V.T @ FtY  # z = Vᵀ Fᵀ y = sqrt(σ) Uᵀ y, shape (D, K)
     else:
         # n < D: the non-zero eigenvalues of FᵀF are those of F Fᵀ = U diag(σ) Uᵀ, and on them
-        # Vᵀ Fᵀ y = sqrt(σ) Uᵀ y; the D − n other eigenvalues are 0.
+        # Vᵀ Fᵀ y = sqrt(σ) Uᵀ y; the D − n other eigenvalues are 0. (n × D < D²: in memory.)
+        F = np.concatenate([np.asarray(block, dtype=dtype) for block in row_blocks(X)()])
+        Y = np.zeros((n_samples, classes.size), dtype=dtype)
+        Y[np.arange(n_samples), y_index] = 1
         kernel = (F @ F.T).astype(np.float64)
         sigma, U = scipy.linalg.eigh((kernel + kernel.T) / 2.0, driver="evd", check_finite=False)
         Z = np.sqrt(np.clip(sigma, 0.0, None))[:, None] * (U.T @ Y.astype(np.float64))

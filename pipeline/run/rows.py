@@ -26,12 +26,14 @@ from ...core.errors import IncompleteEntryError, InputError
 from ...features.flops import gflops
 from ...features.keys import FeatureKey
 from ...features.plans import PlannedLayer
-from ...features.store import FeatureSet, FeatureStore
+from ...features.store import FeatureSet, FeatureStore, FeatureStream
 from ..classifiers import (
     CLASSIFIERS,
     check_features,
     fit_classifier,
+    fit_streamed,
     flat_features,
+    rows_in_memory,
     search_method,
 )
 from ..config import ClassifiersConfig
@@ -65,14 +67,22 @@ class LayerToFit:
     store: FeatureStore
 
 
-def load_layer_splits(store_root: str, key: FeatureKey, split: Mapping, *, layer: str) -> tuple[FeatureSet, FeatureSet]:
+def load_layer_splits(
+    store_root: str, key: FeatureKey, split: Mapping, *, layer: str, stream: bool = False
+) -> tuple[FeatureSet | FeatureStream, FeatureSet]:
     """A layer's train and test features from the store, checked before any classifier sees them.
+
+    The entry is read in row blocks (`FeatureStore.stream`): only the test split, and the
+    training split if it fits in memory (`rows_in_memory`), are held whole.
 
     Args:
         store_root: The feature store.
         key: The layer's store key.
         split: The split definition (`splits.split_dataset`).
         layer: The layer's name, for messages.
+        stream: Keep a training split that does not fit in memory a `FeatureStream`, which
+            a classifier row fits from (`fit_streamed`); without it, it is loaded (a
+            multi-layer probe needs it whole).
 
     Raises:
         InputError: If a class has fewer than 2 training rows once unreadable
@@ -82,7 +92,7 @@ def load_layer_splits(store_root: str, key: FeatureKey, split: Mapping, *, layer
     """
     where = f"layer {layer} (store entry {key.entry_name})"
     try:
-        features = FeatureStore(store_root).load(key)
+        features = FeatureStore(store_root).stream(key)
     except IncompleteEntryError as error:  # this run extracted it or found it cached before any fit
         raise IncompleteEntryError(
             f"The features of {where} were removed from the store {store_root} while this run used them "
@@ -96,18 +106,28 @@ def load_layer_splits(store_root: str, key: FeatureKey, split: Mapping, *, layer
             f"Unreadable images were left out of {where} (`layerprobe store info {store_root} "
             f"{key.entry_name}` lists them), and now {problem}"
         )
+    test = test.load()  # this pass checks the entry's checksum
+    fits = rows_in_memory(train.n_features, itemsize=train.dtype.itemsize)
+    if not stream or fits is None or len(train) <= fits:
+        train = train.load()
     for name, part in zip(("train_split", "test_split"), (train, test)):
-        check_features(flat_features(part), name=f"{where}, split {split[name]!r},", sample_ids=part.sample_ids)
+        blocks = [flat_features(part)] if isinstance(part, FeatureSet) else part.blocks()
+        start = 0
+        for block in blocks:
+            ids = part.sample_ids[start : start + len(block)]
+            check_features(block, name=f"{where}, split {split[name]!r},", sample_ids=ids)
+            start += len(block)
     return train, test
 
 
-def layer_logme(train: FeatureSet) -> float:
+def layer_logme(train: FeatureSet | FeatureStream) -> float:
     """LogME of a layer's training features (`layerprobe.pipeline.probes.logme`): under a second per layer.
 
     Rounded to 6 significant digits, the precision of its float32 Gram matrix, so
     that machines (or dask workers) with other BLAS threads give the same value.
     """
-    return float(f"{logme_score(flat_features(train), train.y):.6g}")
+    features = flat_features(train) if isinstance(train, FeatureSet) else train
+    return float(f"{logme_score(features, train.y):.6g}")
 
 
 class LayerFeatures:
@@ -124,20 +144,23 @@ class LayerFeatures:
         self._lock = threading.Lock()
         self._entries: dict[str, dict] = {}
 
-    def splits(self, store_root: str, key: FeatureKey, split: Mapping, *, layer: str) -> tuple[FeatureSet, FeatureSet]:
-        """The layer's checked splits (`load_layer_splits`), loaded once."""
+    def splits(
+        self, store_root: str, key: FeatureKey, split: Mapping, *, layer: str, stream: bool = False
+    ) -> tuple[FeatureSet | FeatureStream, FeatureSet]:
+        """The layer's checked splits (`load_layer_splits`), loaded once (once per `stream`)."""
         entry = self._entry(key)
+        name = "streamed" if stream else "splits"
         with entry["lock"]:  # the layer's other rows wait for the one loading it
-            if "splits" not in entry:
-                entry["splits"] = load_layer_splits(store_root, key, split, layer=layer)
-            return entry["splits"]
+            if name not in entry:
+                entry[name] = load_layer_splits(store_root, key, split, layer=layer, stream=stream)
+            return entry[name]
 
     def logme(self, key: FeatureKey) -> float:
         """The LogME of the layer's training split (loaded by `splits` first), computed once."""
         entry = self._entry(key)
         with entry["lock"]:
             if "logme" not in entry:
-                entry["logme"] = layer_logme(entry["splits"][0])
+                entry["logme"] = layer_logme((entry.get("splits") or entry["streamed"])[0])
             return entry["logme"]
 
     def done(self, key: FeatureKey) -> None:
@@ -316,29 +339,26 @@ class LayerRowSpec(RowSpec):
         """
         features = LayerFeatures() if features is None else features
         try:
-            train, test = features.splits(self.store_root, self.key, dict(self.split), layer=self.layer.name)
+            train, test = features.splits(self.store_root, self.key, dict(self.split), layer=self.layer.name, stream=True)
             logme = features.logme(self.key)
             # The pools of every row fitted at once share the cores (`layerprobe.pipeline.threads`).
-            with native_threads(train.X, n_jobs=rows_at_once * parallel_jobs(self.n_jobs, usable_cores())):
+            with native_threads(train, n_jobs=rows_at_once * parallel_jobs(self.n_jobs, usable_cores())):
                 return self._score(train, test, logme)
         finally:
             features.done(self.key)
 
-    def _score(self, train: FeatureSet, test: FeatureSet, logme: float) -> FittedRow:
-        X_train, X_test = flat_features(train), flat_features(test)
+    def _score(self, train: FeatureSet | FeatureStream, test: FeatureSet, logme: float) -> FittedRow:
+        X_test = flat_features(test)
+        search = dict(
+            param_grid={name: list(values) for name, values in self.param_grid}, preprocessing=self.preprocessing,
+            pca_components=self.pca_components, cv=self.cv, n_jobs=self.n_jobs, random_state=self.seed,
+            device=self.device,
+        )
         with convergence_warnings_of_this_thread() as caught:
-            fit = fit_classifier(
-                X_train,
-                train.y,
-                self.classifier,
-                param_grid={name: list(values) for name, values in self.param_grid},
-                preprocessing=self.preprocessing,
-                pca_components=self.pca_components,
-                cv=self.cv,
-                n_jobs=self.n_jobs,
-                random_state=self.seed,
-                device=self.device,
-            )
+            if isinstance(train, FeatureSet):
+                fit = fit_classifier(flat_features(train), train.y, self.classifier, **search)
+            else:  # a training split too big to hold whole
+                fit = fit_streamed(train, self.classifier, **search)
         scores = evaluate(test.y, fit.estimator.predict(X_test), test.class_names)
         row = Row(
             mode="frozen",
@@ -350,9 +370,9 @@ class LayerRowSpec(RowSpec):
             pooling=self.key.pooling,
             classifier=self.classifier,
             row_kind=self.row_kind,
-            feature_dim=X_train.shape[1],
+            feature_dim=X_test.shape[1],
             forward_gflops=gflops(self.layer.forward_flops),
-            n_train=len(X_train),
+            n_train=len(train.y),
             n_test=len(X_test),
             cv_score=fit.cv_score,
             cv_se=fit.cv_se,

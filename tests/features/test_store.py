@@ -162,3 +162,61 @@ def test_read_only_store_fails_before_any_work(as_nobody):
         assert os.listdir(store_dir) == []
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_stream_hands_out_row_blocks_of_a_split_equal_to_load(tmp_path):
+    store = FeatureStore(tmp_path)
+    X = np.random.default_rng(1).normal(size=(23, 2, 3)).astype("float32")
+    splits = ["train", "test"] * 6 + ["train"] * 11
+    _commit(store, _key(), X, np.arange(23) % 2, splits, chunk=5)
+    train = store.stream(_key(), split="train")
+    blocks = list(train.blocks(block_rows=4))
+    assert max(len(block) for block in blocks) <= 4 and all(not block.flags.writeable for block in blocks)
+    expected = store.load(_key(), split="train")
+    np.testing.assert_array_equal(np.concatenate(blocks), expected.X.reshape(len(expected.X), -1))
+    np.testing.assert_array_equal(train.y, expected.y)
+    np.testing.assert_array_equal(train.load().X, expected.X)
+    assert (len(train), train.n_features, train.dtype) == (17, 6, np.float32)
+
+
+def test_stream_of_a_contiguous_entry_is_memory_mapped(filled):
+    store, X, _ = filled
+    view = store.stream(_key()).view()
+    assert isinstance(view, np.memmap) and not view.flags.writeable
+    np.testing.assert_array_equal(view, X)
+    first = next(store.stream(_key()).blocks(block_rows=3))
+    assert isinstance(first.base, np.memmap) or isinstance(first, np.memmap)
+
+
+def test_stream_detects_a_flipped_byte_in_the_middle_block(tmp_path):
+    store = FeatureStore(tmp_path)
+    X = np.random.default_rng(2).normal(size=(30, 4)).astype("float32")
+    _commit(store, _key(), X, np.arange(30) % 2, ["train"] * 30, chunk=10)
+    path = store.path_for(_key())
+    with h5py.File(path, "r") as handle:
+        offset = handle["features"].id.get_offset()
+    with open(path, "r+b") as handle:  # row 15 of 30: the middle of three blocks of 10
+        handle.seek(offset + 15 * 4 * 4 + 1)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0x10]))
+    stream = store.stream(_key())
+    seen = []
+    with pytest.raises(CorruptEntryError, match="features do not match the checksum"):
+        for block in stream.blocks(block_rows=10):
+            seen.append(len(block))
+    assert seen == [10, 10, 10]  # every block was handed out, and the pass ends with the error
+    with pytest.raises(CorruptEntryError):  # still unverified: the next pass checks again
+        stream.load()
+    assert len(list(store.stream(_key(), verify=False).blocks(block_rows=10))) == 3
+
+
+def test_stream_of_a_chunked_entry_reads_blocks(filled):
+    store, X, _ = filled
+    with h5py.File(store.path_for(_key()), "r+") as handle:  # the layout entries had before they were contiguous
+        data = handle["features"][()]
+        del handle["features"]
+        handle.create_dataset("features", data=data, chunks=(4, 6))
+    stream = store.stream(_key())
+    assert stream.view() is None
+    np.testing.assert_array_equal(np.concatenate(list(stream.blocks(block_rows=3))), X)
