@@ -95,8 +95,8 @@ def test_every_executor_gives_the_same_rows(store, tmp_path, monkeypatch):
     distributed = pytest.importorskip("distributed")
     tables = {}
     loads = []
-    original = FeatureStore.load
-    monkeypatch.setattr(FeatureStore, "load", lambda self, key, **kw: loads.append(key.layer) or original(self, key, **kw))
+    original = FeatureStore.stream  # how a row reads its layer: in row blocks (issue 34)
+    monkeypatch.setattr(FeatureStore, "stream", lambda self, key, **kw: loads.append(key.layer) or original(self, key, **kw))
     for name, executor in (("inline", InlineExecutor()), ("threads", ThreadExecutor(2))):
         rows = _rows(tmp_path / name)
         fit_rows(_specs(store, tmp_path / name), rows, executor)
