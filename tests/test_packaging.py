@@ -22,6 +22,20 @@ def test_installed_distribution_has_exactly_one_top_level_name():
     assert {name for name, dists in providers.items() if "layerprobe" in dists} == {"layerprobe"}
 
 
+def test_setup_cfg_lists_every_package_of_the_tree():
+    """A subpackage missing from setup.cfg's `packages` is left out of a regular install (the wheel)."""
+    import configparser
+
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "setup.cfg", encoding="utf-8")
+    listed = set(parser["options"]["packages"].split())
+    in_tree = {"layerprobe"} | {
+        ".".join(("layerprobe", *init.parent.relative_to(REPO).parts))
+        for top in ("core", "features", "pipeline") for init in (REPO / top).rglob("__init__.py")
+    }
+    assert listed == in_tree
+
+
 @pytest.mark.slow
 def test_a_regular_wheel_holds_only_the_layerprobe_package(tmp_path):
     subprocess.run(
