@@ -57,6 +57,8 @@ def _parser():
     parser = base_parser("scale", __doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,300000,1000000", help="training images per run, comma-separated")
     parser.add_argument("--quick", action="store_true", help="1,000 and 3,000 images, 500 test images (about a minute)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="200 and 600 images, 100 test images, no grid comparison: that it runs (the test suite's)")
     parser.add_argument("--n-test", type=int, default=10_000, help="CIFAR-10 test images in the test split")
     parser.add_argument("--max-rows", type=int, default=5_000, help="rows the logreg grid search holds in memory")
     parser.add_argument("--compare", type=int, default=20_000,
@@ -182,7 +184,9 @@ def run_one(args) -> dict:
     result.update(
         probe_wall=probes.wall, probe_cpu=probes.cpu, ridge=ridge, best_layer=best,
         logreg={"seconds": round(logreg_seconds, 2), "C": row.best_params.get("C"), "cv_score": row.cv_score,
-                "test_accuracy": accuracy, "n_iter": int(getattr(row.estimator.named_steps["clf"], "n_iter_", 0))},
+                "test_accuracy": accuracy,
+                # scikit-learn's in-memory fit (a training split that fits) gives n_iter_ as an array
+                "n_iter": int(np.max(getattr(row.estimator.named_steps["clf"], "n_iter_", 0)))},
     )
     if not args.keep_stores:
         shutil.rmtree(store.root)
@@ -228,6 +232,8 @@ def main(argv=None) -> None:
     require_path(args.weights, "the EfficientNet-Lite0 .keras file", "--weights", kind="file")
     if args.quick:
         args.sizes, args.n_test, args.max_rows, args.compare = "1000,3000", 500, 500, 1000
+    if args.smoke:
+        args.sizes, args.n_test, args.max_rows, args.compare = "200,600", 100, 200, 0
     sizes = [int(size) for size in str(args.sizes).split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     log = RunLog("scale", argv)

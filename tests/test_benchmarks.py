@@ -70,6 +70,10 @@ CASES = {
          r"- multi-layer ridge probe: multi:\S+ LOO \d\.\d{4}, test \d\.\d{4}, \d+\.\d s",
          r"screening speed-up: \d+\.\d× \(same best layer: (yes|no)\)"],
     ),
+    "scale": (
+        ["--smoke"],
+        [r"scale: 600 images in \d+ min; time per image \d+\.\d\d× and peak RSS \d+\.\d\d× the 200 run"],
+    ),
     "scale_out": (
         ["--quick", "--images", "32"],
         [r"2 workers identical: yes; throughput vs in-process: \d+\.\d\d×"],
@@ -89,6 +93,7 @@ CASES = {
     ),
 }
 SLOW = {"scale_out"}
+NEEDS_SHARED = {"scale"}  # CIFAR-10's JPEGs and the Lite0 file from ../shared: skipped where it is absent
 
 
 def _run(script: str, arguments: list[str], out: Path) -> subprocess.CompletedProcess:
@@ -110,7 +115,9 @@ def test_every_benchmark_script_has_a_smallest_mode_here():
 @pytest.mark.parametrize(
     "script", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name for name in CASES]
 )
-def test_smallest_mode_runs_and_prints_its_summary(script, tmp_path):
+def test_smallest_mode_runs_and_prints_its_summary(script, tmp_path, request):
+    if script in NEEDS_SHARED:
+        request.getfixturevalue("shared_dir")  # skips where ../shared is absent
     arguments, patterns = CASES[script]
     done = _run(script, arguments, tmp_path / "out")
     output = f"{done.stdout[-4000:]}\n--- stderr ---\n{done.stderr[-4000:]}"
