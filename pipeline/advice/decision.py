@@ -309,7 +309,9 @@ def cheapest_within_noise(rows: pd.DataFrame, *, score: str = "cv_score", n_se: 
     flops = "forward_gflops" in tied and pd.to_numeric(tied["forward_gflops"], errors="coerce").notna().all()
     lookup = rows if table is None else table
     costs = [_inference_cost(row, lookup, flops=flops) for _, row in tied.iterrows()]
-    chosen = tied.iloc[min(range(len(tied)), key=lambda i: (costs[i], i))]
+    # A "combination" that kept one layer is that layer's ridge row again: among equally cheap rows, not it.
+    one_layer_combination = [is_multi(row) and len(layers_of(row)) == 1 for _, row in tied.iterrows()]
+    chosen = tied.iloc[min(range(len(tied)), key=lambda i: (costs[i], one_layer_combination[i], i))]
     return best, chosen, tied
 
 

@@ -421,3 +421,17 @@ def test_a_validation_part_without_a_class_warns_and_decides_nothing():
     assert advice.not_deciding == {finetune_row: ("bees",)}
     assert "**Warning: finetune VGG16 (weights imagenet)**: its validation part (2 images) has no image of bees" \
         in advice_text(advice).text
+
+
+def test_a_combination_that_kept_one_layer_gives_way_to_that_layers_own_row():
+    """The demo's case: the multi-layer ridge row selected only block_13 and scores as that layer's ridge row."""
+    from layerprobe.pipeline.advice.decision import cheapest_within_noise
+
+    rows = pd.DataFrame([
+        {"mode": "frozen", "backbone": "b", "weights": "w", "pooling": "avg", "layer": "block_13", "depth": 0.7,
+         "classifier": "ridge", "cv_score": 0.98, "cv_se": 0.02, "forward_gflops": 0.01},
+        {"mode": "frozen", "backbone": "b", "weights": "w", "pooling": "avg", "layer": "multi:block_13",
+         "depth": float("nan"), "classifier": "ridge", "cv_score": 0.98 + 1e-12, "cv_se": 0.02, "forward_gflops": 0.01},
+    ])
+    _, chosen, tied = cheapest_within_noise(rows)
+    assert len(tied) == 2 and chosen["layer"] == "block_13"
