@@ -113,28 +113,24 @@ def test_no_module_imports_one_that_imports_it_back():
     assert _cycles(graph) == []
 
 
-def test_core_imports_neither_features_nor_pipeline():
+def _imports_out_of(source: str, allowed) -> list[str]:
+    """The imports of modules under `source` whose target `allowed` refuses, as "module -> target"."""
     graph, _ = _graph()
-    upward = sorted(
+    return sorted(
         f"{name} -> {target}"
         for name, targets in graph.items()
-        if name.startswith(f"{PACKAGE}.core")
+        if name.startswith(f"{PACKAGE}.{source}")
         for target in targets
-        if not target.startswith(f"{PACKAGE}.core")
+        if not allowed(target)
     )
-    assert upward == []
+
+
+def test_core_imports_neither_features_nor_pipeline():
+    assert _imports_out_of("core", lambda target: target.startswith(f"{PACKAGE}.core")) == []
 
 
 def test_features_never_imports_pipeline():
-    graph, _ = _graph()
-    upward = sorted(
-        f"{name} -> {target}"
-        for name, targets in graph.items()
-        if name.startswith(f"{PACKAGE}.features")
-        for target in targets
-        if target.startswith(f"{PACKAGE}.pipeline")
-    )
-    assert upward == []
+    assert _imports_out_of("features", lambda target: not target.startswith(f"{PACKAGE}.pipeline")) == []
 
 
 def test_the_checker_finds_a_function_level_circle(tmp_path, monkeypatch):
