@@ -70,6 +70,13 @@ def codec(monkeypatch):
     return stand_in
 
 
+@pytest.fixture(params=["simplejpeg", "pillow"])
+def cpu_decoder(request, monkeypatch):
+    """The CPU decoder "auto" falls back to: simplejpeg where it is installed (a stand-in here), else Pillow."""
+    monkeypatch.setitem(sys.modules, "simplejpeg", types.ModuleType("simplejpeg") if request.param == "simplejpeg" else None)
+    return request.param
+
+
 @pytest.fixture
 def on_gpu(monkeypatch, codec):
     """nvImageCodec installed and Keras computing on a GPU, as far as the choice can tell."""
@@ -77,23 +84,29 @@ def on_gpu(monkeypatch, codec):
     monkeypatch.setattr(device_decoding, "_keras_backend", lambda: "jax")
 
 
-def test_auto_is_a_cpu_decoder_where_nvimgcodec_is_not_installed(monkeypatch):
+def test_auto_is_a_cpu_decoder_where_nvimgcodec_is_not_installed(monkeypatch, cpu_decoder):
     monkeypatch.setitem(sys.modules, "nvidia.nvimgcodec", None)  # the import fails, as where it is not installed
-    assert resolve_decoder("auto") == "simplejpeg"
+    assert resolve_decoder("auto") == cpu_decoder
     with pytest.raises(InputError, match=r"decoder='nvimgcodec' cannot decode here: the nvidia-nvimgcodec-cu12 "
                                          r"package is not installed .*Received: decoder='nvimgcodec'"):
         resolve_decoder("nvimgcodec")
 
 
-def test_auto_is_a_cpu_decoder_where_keras_computes_on_a_cpu(monkeypatch, codec):
+def test_auto_is_a_cpu_decoder_where_keras_computes_on_a_cpu(monkeypatch, codec, cpu_decoder):
     monkeypatch.setattr(device_module, "accelerator_name", lambda: None)
     monkeypatch.setattr(device_decoding, "_keras_backend", lambda: "jax")
-    assert resolve_decoder("auto") == "simplejpeg"
+    assert resolve_decoder("auto") == cpu_decoder
     with pytest.raises(InputError, match=r"Keras \(jax\) computes on a CPU here"):
         resolve_decoder("nvimgcodec")
     monkeypatch.setattr(device_decoding, "_keras_backend", lambda: "tensorflow")
     with pytest.raises(InputError, match="DLPack for the jax and torch backends, and Keras runs on tensorflow"):
         resolve_decoder("nvimgcodec")
+
+
+def test_simplejpeg_asked_for_where_it_is_not_installed_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "simplejpeg", None)
+    with pytest.raises(InputError, match=r"pip install simplejpeg .*Received: decoder='simplejpeg'"):
+        resolve_decoder("simplejpeg")
 
 
 def test_auto_decodes_on_the_gpu_where_it_can(on_gpu):
