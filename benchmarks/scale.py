@@ -136,7 +136,8 @@ def run_one(args) -> dict:
     from layerprobe.features.extract import FeatureExtractor
     from layerprobe.features.inputs import ImageDataset
     from layerprobe.features.store import FeatureStore
-    from layerprobe.pipeline.classifiers import fit_classifier, fit_streamed, flat_features
+    from layerprobe.pipeline.classifiers import fit_classifier, flat_features
+    from layerprobe.pipeline.streamed_fit import fit_streamed
 
     n, mode = int(args.child.split(":")[1]), args.child.split(":")[0]
     paths, labels, class_names = make_images(args.out, n, Path(args.cifar10), args.seed, print)

@@ -27,20 +27,13 @@ from ...features.flops import gflops
 from ...features.keys import FeatureKey
 from ...features.plans import PlannedLayer
 from ...features.store import FeatureSet, FeatureStore, FeatureStream
-from ..classifiers import (
-    CLASSIFIERS,
-    check_features,
-    fit_classifier,
-    fit_streamed,
-    flat_features,
-    rows_in_memory,
-    search_method,
-)
+from ..classifiers import CLASSIFIERS, check_features, fit_classifier, flat_features, search_method
 from ..config import ClassifiersConfig
 from ..evaluate import Scores, evaluate
 from ..persistence import features_record, save_classifier, write_predictions
 from ..probes.logme import logme_score
 from ..results import Row
+from ..streamed_fit import fit_streamed, rows_in_memory
 from ..threads import native_threads, parallel_jobs, usable_cores
 from .extractions import Extraction
 from .records import RowRecord, RowSpec, jsonable

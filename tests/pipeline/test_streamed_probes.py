@@ -124,7 +124,7 @@ _BUDGET_CHILD = textwrap.dedent(
     import numpy as np
     from threadpoolctl import threadpool_limits
     from layerprobe.features.store import FeatureStore
-    from layerprobe.pipeline.classifiers import fit_streamed
+    from layerprobe.pipeline.streamed_fit import fit_streamed
 
     store_dir, budget = sys.argv[1], int(sys.argv[2])
     threadpool_limits(1)
