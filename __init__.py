@@ -56,6 +56,7 @@ _EXPORTS = {
     "LayerFeatures": "pipeline.layer_features",
     "export_model": "pipeline.export",
     "predict_images": "pipeline.predict",
+    "advice_text": "pipeline.advice",
     "LayerprobeError": "core.errors",
     "ConfigError": "core.errors",
     "StoreError": "core.errors",

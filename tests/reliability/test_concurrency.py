@@ -161,7 +161,7 @@ def test_run_and_finetune_of_one_config_at_once_lose_no_row_and_train_once(helpe
         assert process.returncode == 0, (name, outputs[name][1][-3000:])
     table = pd.read_csv(tmp_path / "out" / "results.csv")
     # Before the fix, when finetune finished last: its snapshot of 1 frozen row plus its own row.
-    assert sorted(table["mode"]) == ["frozen"] * 4 + ["scratch"]
+    assert sorted(table["mode"]) == ["frozen"] * 6 + ["scratch"]  # 2 layers x (2 classifiers + the ridge curve)
     logs = outputs["run"][0] + outputs["finetune"][0]
     # One owner per checkpoint: one process trained, the other waited and reused its row (before: both trained
     # into the same folder at once).

@@ -97,7 +97,8 @@ def test_killed_run_keeps_finished_rows_and_ends_like_an_uninterrupted_one(unint
     assert len(list(out.rglob(f"{TMP_PREFIX}*"))) == n_temporary
 
     rerun = run_experiment(load_config(path), log=_quiet, progress=False)
-    assert (rerun.n_forward, rerun.n_reused, rerun.n_fitted) == (0, n_reused, 4 - n_reused)
+    n_rows = len(expected.results)  # 2 layers x (2 classifiers + the ridge row of the layer curve)
+    assert n_rows == 6 and (rerun.n_forward, rerun.n_reused, rerun.n_fitted) == (0, n_reused, n_rows - n_reused)
     same = [column for column in expected.results.columns if column not in ("fit_seconds", "model_path")]
     pd.testing.assert_frame_equal(rerun.results[same], expected.results[same], check_exact=True)
     pd.testing.assert_frame_equal(pd.read_csv(rerun.results_path)[same], pd.read_csv(expected.results_path)[same])
@@ -223,7 +224,8 @@ def test_a_rerun_killed_after_its_first_new_row_keeps_every_row_of_the_earlier_r
     helpers.write_images(tmp_path / "images", SPLITS)
     path = helpers.write_experiment(tmp_path / "run.toml", classifiers={"names": ["logreg"]})
     earlier = run_experiment(load_config(path), log=_quiet, progress=False)
-    assert sorted(earlier.results["layer"]) == ["block1_pool", "block2_pool"]
+    # logreg and the ridge row of the layer curve on each layer
+    assert sorted(earlier.results["layer"]) == ["block1_pool"] * 2 + ["block2_pool"] * 2
     helpers.write_experiment(tmp_path / "run.toml")  # the same, with sgd too
     process = helpers.run_python(_RUN.format(fault=_KILL_AFTER_THE_FIRST_NEW_ROW, config=str(path)))
     assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
@@ -231,12 +233,12 @@ def test_a_rerun_killed_after_its_first_new_row_keeps_every_row_of_the_earlier_r
     after_kill = pd.read_csv(tmp_path / "out" / "results.csv")
     rows = set(zip(after_kill["layer"], after_kill["classifier"]))
     # Before the fix: the table held only the rows the rerun had reached, and block2_pool / logreg was lost.
-    assert {("block1_pool", "logreg"), ("block2_pool", "logreg")} <= rows and len(rows) == len(after_kill) == 3
+    assert {("block1_pool", "logreg"), ("block2_pool", "logreg")} <= rows and len(rows) == len(after_kill) == 5
     kept = after_kill.set_index(["layer", "classifier"]).loc[("block2_pool", "logreg")]
     assert kept["test_accuracy"] == earlier.results.set_index(["layer", "classifier"]).loc[
         ("block2_pool", "logreg"), "test_accuracy"]
     rerun = run_experiment(load_config(path), log=_quiet, progress=False)
-    assert (rerun.n_reused, rerun.n_fitted) == (3, 1) and len(pd.read_csv(rerun.results_path)) == 4
+    assert (rerun.n_reused, rerun.n_fitted) == (5, 1) and len(pd.read_csv(rerun.results_path)) == 6
 
 
 def test_a_classifier_taken_out_of_the_config_leaves_the_table_when_the_run_commits(helpers, tmp_path):
@@ -245,4 +247,4 @@ def test_a_classifier_taken_out_of_the_config_leaves_the_table_when_the_run_comm
     run_experiment(load_config(path), log=_quiet, progress=False)
     helpers.write_experiment(tmp_path / "run.toml", classifiers={"names": ["logreg"]})
     result = run_experiment(load_config(path), log=_quiet, progress=False)
-    assert sorted(pd.read_csv(result.results_path)["classifier"]) == ["logreg", "logreg"]
+    assert sorted(pd.read_csv(result.results_path)["classifier"]) == ["logreg", "logreg", "ridge", "ridge"]
