@@ -75,12 +75,31 @@ def encode_text(text: str | bytes) -> bytes:
 def strings_digest(values: Iterable[str | bytes]) -> str:
     """sha256 of a sequence of strings (or their bytes, see `encode_text`): the count, then each one's
     length and bytes, so that no two sequences share a digest."""
-    values = [encode_text(value) for value in values]
-    sha = hashlib.sha256(f"strings{len(values)}".encode())
-    for value in values:
-        sha.update(len(value).to_bytes(8, "little"))
-        sha.update(value)
-    return "sha256:" + sha.hexdigest()
+    values = values if isinstance(values, (list, tuple)) else list(values)
+    return StringsDigest(len(values)).update(values).digest()
+
+
+class StringsDigest:
+    """`strings_digest` fed in parts (the count given first), for a sequence written a block at a
+    time, so that it is never held encoded all at once."""
+
+    def __init__(self, count: int):
+        self._sha = hashlib.sha256(f"strings{count}".encode())
+        self._left = count
+
+    def update(self, values: Iterable[str | bytes]) -> StringsDigest:
+        for value in values:
+            value = encode_text(value)
+            self._sha.update(len(value).to_bytes(8, "little"))
+            self._sha.update(value)
+            self._left -= 1
+        return self
+
+    def digest(self) -> str:
+        """The digest, once exactly the announced count of strings was fed."""
+        if self._left != 0:
+            raise ValueError(f"StringsDigest was fed {'fewer' if self._left > 0 else 'more'} strings than its count")
+        return "sha256:" + self._sha.hexdigest()
 
 
 def file_digest(path: str | os.PathLike, *, block_bytes: int = 1 << 20) -> str:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePath
 
@@ -162,38 +164,36 @@ class ImageDataset:
         """
         if mode not in DIGEST_MODES:
             raise InputError(f"The digest mode must be one of {DIGEST_MODES}. Received: mode={mode!r}")
-        label_names = [self.class_names[label] for label in self.labels]
+        label_names = (self.class_names[label] for label in self.labels)
         if self.images is None and mode == "content":
             from .file_digests import file_digests
 
             contents = file_digests(self.sample_ids, root=self.root, n_workers=n_workers, cache=cache)
-            samples = [
+            samples = (
                 [self._relative_path(path), content, label, split]
                 for path, content, label, split in zip(
                     self.sample_ids, contents, label_names, self.splits, strict=True
                 )
-            ]
-            manifest = {"kind": "file-contents", "samples": samples}
+            )
+            head = {"kind": "file-contents"}
         elif self.images is None:
-            samples = [
+            samples = (
                 [self._relative_path(path), *_file_stamp(path), label, split]
                 for path, label, split in zip(
                     self.sample_ids, label_names, self.splits, strict=True
                 )
-            ]
-            manifest = {"kind": "files", "samples": samples}
+            )
+            head = {"kind": "files"}
         else:
             images = np.ascontiguousarray(self.images)
-            manifest = {
+            head = {
                 "kind": "arrays",
                 "images_sha256": hashlib.sha256(images.data).hexdigest(),
                 "shape": list(images.shape),
                 "dtype": images.dtype.str,
-                "samples": [list(pair) for pair in zip(label_names, self.splits, strict=True)],
             }
-        manifest["class_names"] = list(self.class_names)
-        canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+            samples = ([label, split] for label, split in zip(label_names, self.splits, strict=True))
+        return manifest_digest({**head, "class_names": list(self.class_names)}, samples)
 
     def load(
         self,
@@ -220,6 +220,31 @@ class ImageDataset:
 
     def _relative_path(self, path: str) -> str:
         return path if self.root is None else PurePath(os.path.relpath(path, self.root)).as_posix()
+
+
+MANIFEST_BLOCK = 4096  # samples serialised at a time (`manifest_digest`)
+
+
+def manifest_digest(head: dict, samples: Iterable[list]) -> str:
+    """The sha256 hex digest of `json.dumps({**head, "samples": [*samples]}, sort_keys=True,
+    separators=(",", ":"))`, serialised a block of samples at a time: a million samples are
+    never one list or one string, and the digest (the dataset part of every feature key) is
+    the one the whole text gives."""
+    sha = hashlib.sha256(b"{")
+    for position, key in enumerate(sorted([*head, "samples"])):
+        sha.update(("," if position else "").encode() + json.dumps(key).encode() + b":")
+        if key != "samples":
+            sha.update(json.dumps(head[key], sort_keys=True, separators=(",", ":")).encode("utf-8"))
+            continue
+        sha.update(b"[")
+        samples, first = iter(samples), True
+        while block := list(itertools.islice(samples, MANIFEST_BLOCK)):
+            text = json.dumps(block, sort_keys=True, separators=(",", ":"))[1:-1]  # the items, comma-joined
+            sha.update(("" if first else ",").encode() + text.encode("utf-8"))
+            first = False
+        sha.update(b"]")
+    sha.update(b"}")
+    return sha.hexdigest()
 
 
 def _file_stamp(path: str) -> tuple[int, int]:

@@ -213,15 +213,13 @@ class FeatureStore:
             raise partial.corrupt(
                 mixed[0], f"its features do not have chunk 0's per-sample shape {feature_shape} and dtype {dtype}"
             )
-        if root is not None:
-            root = os.path.abspath(root)
-            sample_ids = [_relative(sample_id, root) for sample_id in sample_ids]
-        sample_ids = np.asarray(sample_ids, dtype=object)
+        root = None if root is None else os.path.abspath(root)
         labels = np.asarray(labels, dtype=np.int64)
         splits = np.asarray(splits, dtype=object)
         kept, skipped = [], []
         path = self.path_for(key)
-        # Sample ids, splits, labels, skipped reasons: their size, for the free-space check.
+        # Sample ids (as given: at least as long as relative ones), splits, labels, skipped reasons:
+        # their size, for the free-space check.
         extra = sum(len(encode_text(str(sample_id))) + 40 for sample_id in sample_ids)
         with hdf5.new_entry(path, n_samples=n_total, feature_shape=feature_shape, dtype=dtype, extra_bytes=extra) as entry:
             for index in range(n_chunks):
@@ -237,12 +235,13 @@ class FeatureStore:
                     f"the dataset's {len(sample_ids)} samples exactly once ({len(covered)} rows). Delete "
                     f"that folder and extract again."
                 )
+            stored_ids = _StoredSampleIds(sample_ids, kept_indices, root)
             entry.finish(
                 labels=labels[kept_indices],
-                sample_ids=sample_ids[kept_indices],
+                sample_ids=stored_ids,
                 splits=splits[kept_indices],
                 class_names=class_names,
-                skipped=[(sample_ids[i], reason) for i, reason in skipped],
+                skipped=[(stored_ids.stored(sample_ids[i]), reason) for i, reason in skipped],
                 key=key.to_dict(),
                 sample_ids_relative=root is not None,
                 metadata={
@@ -635,6 +634,27 @@ class FeatureStore:
                 f"again here (remove it with `layerprobe store rm {self.root} {path.stem}`, or use another "
                 f"store), or load it with strict_environment=False."
             )
+
+
+class _StoredSampleIds(Sequence[str]):
+    """The sample ids an entry stores, made as they are written: the kept samples' ids, relative to
+    the dataset root where one is given. A commit writes them a block at a time (`hdf5`), so a
+    million paths are not copied whole, once per layer."""
+
+    def __init__(self, sample_ids: Sequence[str], kept: np.ndarray, root: str | None):
+        self._sample_ids, self._kept, self._root = sample_ids, kept, root
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self.stored(self._sample_ids[i]) for i in self._kept[index].tolist()]
+        return self.stored(self._sample_ids[int(self._kept[index])])
+
+    def stored(self, sample_id: str) -> str:
+        """One sample id as stored."""
+        return sample_id if self._root is None else _relative(sample_id, self._root)
 
 
 def _relative(sample_id: str, root: str) -> str:

@@ -59,6 +59,7 @@ import numpy as np
 
 from ...core.atomic import atomic_path
 from ...core.digests import (
+    StringsDigest,
     array_digest,
     encode_text,
     start_array,
@@ -98,6 +99,7 @@ CHUNK_ENCODING_VERSION = "2"
 SAMPLE_IDS_RELATIVE = "relative-to-dataset-root"
 H5PY_VERSION = h5py.__version__
 _STRING = h5py.string_dtype(encoding="utf-8")
+STRING_BLOCK = 65_536  # strings encoded and written at a time (`_write_strings`)
 # Rows of features read (and hashed) at a time when loading an entry: about this many bytes.
 _READ_BLOCK_BYTES = 1 << 24
 
@@ -183,6 +185,16 @@ def _strings(values: Iterable[str]) -> np.ndarray:
     return np.asarray([encode_text(value) for value in values], dtype=object)
 
 
+def _write_strings(handle, name: str, values: Sequence[str], digest: StringsDigest) -> None:
+    """`values` as a new string dataset, encoded and written `STRING_BLOCK` at a time and fed to
+    `digest` as stored: a million sample ids are never held encoded all at once."""
+    dataset = handle.create_dataset(name, shape=(len(values),), dtype=_STRING)
+    for start in range(0, len(values), STRING_BLOCK):
+        block = _strings(values[start:start + STRING_BLOCK])
+        dataset[start:start + len(block)] = block
+        digest.update(block)
+
+
 def _raw_strings(dataset) -> list[bytes]:
     """The stored bytes of a string dataset, as written (what its checksum covers)."""
     return [value if isinstance(value, bytes) else encode_text(value) for value in dataset[()].tolist()]
@@ -196,20 +208,26 @@ def _read_strings(dataset) -> np.ndarray:
     return _decode(_raw_strings(dataset))
 
 
-def _entry_checksums(
-    *, features: str, labels: np.ndarray, sample_ids: Sequence, sample_ids_kind: str, splits: Sequence,
-    class_names: Sequence, skipped: Sequence[tuple], key: str, metadata: str,
-) -> dict[str, str]:
-    """The digest of each part of an entry (`CHECKSUMS`), from what is (or was) stored.
+def _sample_ids_digest(sample_ids_kind: str, count: int) -> StringsDigest:
+    """The digest of an entry's sample ids, to be fed its `count` ids: `sample_ids_kind` (relative
+    or as given) decides what the ids mean, so it is covered with them."""
+    return StringsDigest(count + 1).update([sample_ids_kind])
 
-    `sample_ids_kind` (relative or as given) decides what the ids mean, so it is covered
-    with them; the key and metadata are covered as their stored JSON text.
+
+def _entry_checksums(
+    *, features: str, labels: np.ndarray, sample_ids: str, splits: str, class_names: Sequence,
+    skipped: Sequence[tuple], key: str, metadata: str,
+) -> dict[str, str]:
+    """The digest of each part of an entry (`CHECKSUMS`), from what is (or was) stored; `features`,
+    `sample_ids` and `splits` are digests already (fed as they were written or read).
+
+    The key and metadata are covered as their stored JSON text.
     """
     return {
         "features": features,
         "labels": array_digest(np.asarray(labels, dtype=np.int64)),
-        "sample_ids": strings_digest([sample_ids_kind, *sample_ids]),
-        "splits": strings_digest(splits),
+        "sample_ids": sample_ids,
+        "splits": splits,
         "class_names": strings_digest(class_names),
         "skipped": strings_digest([part for pair in skipped for part in pair]),
         "key": strings_digest([key]),
@@ -418,22 +436,23 @@ class EntryWriter:
         """
         handle = self._handle
         labels = np.asarray(labels, dtype=np.int64)
+        kind = SAMPLE_IDS_RELATIVE if sample_ids_relative else "as-given"
+        handle.create_dataset("labels", data=labels)
+        sample_ids_digest, splits_digest = _sample_ids_digest(kind, len(sample_ids)), StringsDigest(len(splits))
+        _write_strings(handle, "sample_ids", sample_ids, sample_ids_digest)
+        _write_strings(handle, "splits", splits, splits_digest)
         strings = {
-            "sample_ids": _strings(sample_ids),
-            "splits": _strings(splits),
             "class_names": _strings(class_names),
             "skipped/sample_ids": _strings(s for s, _ in skipped),
             "skipped/reasons": _strings(r for _, r in skipped),
         }
-        handle.create_dataset("labels", data=labels)
         for name, values in strings.items():
             handle.create_dataset(name, data=values, dtype=_STRING)
-        kind = SAMPLE_IDS_RELATIVE if sample_ids_relative else "as-given"
         key_text = json.dumps(dict(key), sort_keys=True)
         metadata_text = json.dumps(dict(metadata), sort_keys=True, default=str)
         checksums = _entry_checksums(
-            features=self.features_digest, labels=labels, sample_ids=strings["sample_ids"], sample_ids_kind=kind,
-            splits=strings["splits"], class_names=strings["class_names"],
+            features=self.features_digest, labels=labels, sample_ids=sample_ids_digest.digest(),
+            splits=splits_digest.digest(), class_names=strings["class_names"],
             skipped=list(zip(strings["skipped/sample_ids"], strings["skipped/reasons"])),
             key=key_text, metadata=metadata_text,
         )
@@ -613,10 +632,11 @@ class EntryReader:
             raw = {name: _raw_strings(handle[name]) for name in ("sample_ids", "splits", "class_names")}
             digests = {}
             if verify:
+                kind = str(handle.attrs.get("sample-ids", ""))
                 digests = _entry_checksums(
-                    features=features_digest, labels=labels, sample_ids=raw["sample_ids"],
-                    sample_ids_kind=str(handle.attrs.get("sample-ids", "")), splits=raw["splits"],
-                    class_names=raw["class_names"], skipped=self._raw_skipped(),
+                    features=features_digest, labels=labels,
+                    sample_ids=_sample_ids_digest(kind, len(raw["sample_ids"])).update(raw["sample_ids"]).digest(),
+                    splits=strings_digest(raw["splits"]), class_names=raw["class_names"], skipped=self._raw_skipped(),
                     key=str(handle.attrs.get("key", "")), metadata=str(handle.attrs.get("metadata", "")),
                 )
             return (

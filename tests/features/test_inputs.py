@@ -1,5 +1,7 @@
 """Tests for features.inputs: safe decoding, dataset listings, digests and chunked decoding."""
 
+import hashlib
+import json
 import os
 import pickle
 import struct
@@ -468,6 +470,61 @@ def test_from_arrays_string_labels_and_column_labels():
 def test_from_arrays_errors(X, y, kwargs, message):
     with pytest.raises(ValueError, match=message):
         from_arrays(X, y, **kwargs)
+
+
+def _whole_text_digest(manifest) -> str:
+    """The dataset digest as one JSON text of the whole manifest: what every stored key was made with."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+@pytest.mark.parametrize("mode", ["stat", "content", "arrays"])
+def test_digest_serialised_a_block_at_a_time_equals_the_whole_text_digest(tmp_path, monkeypatch, mode):
+    from layerprobe.features.inputs import dataset as dataset_module
+    from layerprobe.features.inputs.file_digests import file_digests
+
+    monkeypatch.setattr(dataset_module, "MANIFEST_BLOCK", 2)  # 5 samples: three blocks
+    names = ["cat/a.png", "cat/b.png", "dog/c.png", "dog/d\u00e9.png", "dog/e.png"]
+    if mode == "arrays":
+        images = np.arange(5 * 4 * 4 * 3, dtype=np.uint8).reshape(5, 4, 4, 3)
+        dataset = from_arrays(images, np.array([0, 0, 1, 1, 1]), class_names=["cat", "dog"])
+        manifest = {
+            "kind": "arrays", "images_sha256": hashlib.sha256(images.data).hexdigest(),
+            "shape": [5, 4, 4, 3], "dtype": "|u1", "class_names": ["cat", "dog"],
+            "samples": [[name, split] for name, split in zip(["cat", "cat", "dog", "dog", "dog"], dataset.splits)],
+        }
+    else:
+        root = tmp_path / "data"
+        for name in names:
+            _solid(root / name)
+        dataset = from_directory(root)
+        paths = [os.path.relpath(path, root) for path in dataset.sample_ids]
+        labels = [dataset.class_names[label] for label in dataset.labels]
+        if mode == "stat":
+            stamps = [(os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in dataset.sample_ids]
+            samples = [[p, *stamp, label, split] for p, stamp, label, split in zip(paths, stamps, labels, dataset.splits)]
+            manifest = {"kind": "files", "samples": samples, "class_names": list(dataset.class_names)}
+        else:
+            contents = file_digests(dataset.sample_ids, cache=False)
+            samples = [[p, c, label, split] for p, c, label, split in zip(paths, contents, labels, dataset.splits)]
+            manifest = {"kind": "file-contents", "samples": samples, "class_names": list(dataset.class_names)}
+    assert dataset.digest("stat" if mode == "arrays" else mode, cache=False) == _whole_text_digest(manifest)
+
+
+def test_digest_memory_does_not_grow_with_the_manifest(tmp_path):
+    """The digest once built the whole manifest as lists and one JSON text: 0.3 GB at a million
+    files (benchmarks/RESULTS.md, scale). Now it holds a block of samples."""
+    import tracemalloc
+
+    peaks = {}
+    for n in (20_000, 60_000):
+        paths = [str(tmp_path / "missing" / f"{i:07d}.jpg") for i in range(n)]  # missing files: size -1, no I/O
+        dataset = ImageDataset(sample_ids=paths, labels=np.arange(n) % 2, class_names=["a", "b"], splits=["train"] * n)
+        tracemalloc.start()
+        dataset.digest("stat")
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    per_sample = (peaks[60_000] - peaks[20_000]) / 40_000
+    assert per_sample < 20, f"{per_sample:.0f} bytes a sample"
 
 
 def test_array_digest_and_select():

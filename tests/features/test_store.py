@@ -220,3 +220,55 @@ def test_stream_of_a_chunked_entry_reads_blocks(filled):
     stream = store.stream(_key())
     assert stream.view() is None
     np.testing.assert_array_equal(np.concatenate(list(stream.blocks(block_rows=3))), X)
+
+
+def _commit_files(store, n, root, *, chunk):
+    """An entry of `n` one-feature samples whose ids are file paths under `root`, stored relative to it."""
+    key = _key()
+    partial = store.partial(key, {"batch_size": 2, "chunk_size": chunk, "n_samples": n})
+    starts = range(0, n, chunk)
+    for index, start in enumerate(starts):
+        rows = np.arange(start, min(start + chunk, n))
+        partial.write_chunk(index, rows[:, None].astype("float32"), rows, [])
+    sample_ids = [os.path.join(root, f"class{i % 2}", f"{i // 1000:02d}", f"{i:07d}.jpg") for i in range(n)]
+    return key, partial, len(starts), sample_ids
+
+
+def test_sample_ids_written_a_block_at_a_time_read_back_and_verify_as_before(tmp_path, monkeypatch):
+    from layerprobe.core.digests import strings_digest
+    from layerprobe.features.store import hdf5
+
+    monkeypatch.setattr(hdf5, "STRING_BLOCK", 3)  # 10 ids: four blocks
+    store, root = FeatureStore(tmp_path / "store"), str(tmp_path / "images")
+    key, partial, n_chunks, sample_ids = _commit_files(store, 10, root, chunk=4)
+    splits = ["train"] * 7 + ["test"] * 3
+    store.commit(key, partial, n_chunks, sample_ids=sample_ids, labels=np.arange(10) % 2, splits=splits,
+                 class_names=["a", "b"], metadata={}, root=root)
+    loaded = store.load(key, verify=True)
+    assert list(loaded.sample_ids) == sample_ids and list(loaded.splits) == splits
+    relative = [os.path.relpath(path, root) for path in sample_ids]
+    with hdf5.open_entry(store.path_for(key)) as entry:  # the checksums entries written whole have always had
+        assert entry.checksums()["sample_ids"] == strings_digest([hdf5.SAMPLE_IDS_RELATIVE, *relative])
+        assert entry.checksums()["splits"] == strings_digest(splits)
+
+
+def test_commit_memory_does_not_grow_with_copies_of_the_sample_ids(tmp_path, monkeypatch):
+    """A commit once held every sample id three more times (relative, as an array, encoded): 0.3 GiB at
+    a million images, per layer (benchmarks/RESULTS.md, scale). Now it holds a block of them."""
+    import tracemalloc
+
+    from layerprobe.features.store import hdf5
+
+    monkeypatch.setattr(hdf5, "STRING_BLOCK", 4096, raising=False)
+    peaks = {}
+    for n in (20_000, 60_000):
+        store, root = FeatureStore(tmp_path / f"store{n}"), str(tmp_path / "images")
+        key, partial, n_chunks, sample_ids = _commit_files(store, n, root, chunk=20_000)
+        labels, splits = np.arange(n) % 2, np.full(n, "train", dtype=object)
+        tracemalloc.start()
+        store.commit(key, partial, n_chunks, sample_ids=sample_ids, labels=labels, splits=splits,
+                     class_names=["a", "b"], metadata={}, root=root)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    per_sample = (peaks[60_000] - peaks[20_000]) / 40_000
+    assert per_sample < 100, f"{per_sample:.0f} bytes a sample"
