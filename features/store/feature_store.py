@@ -578,9 +578,10 @@ class FeatureStore:
             recorded = entry.checksums() if verify else None
             relative = entry.sample_ids_relative
             version = entry.version
-        if relative:
+        if relative:  # in place: the relative ids are let go one by one
             base = _base(root, metadata)
-            sample_ids = np.asarray([_absolute(sample_id, base) for sample_id in sample_ids], dtype=object)
+            for index, sample_id in enumerate(sample_ids):
+                sample_ids[index] = _absolute(sample_id, base)
         lengths = {shape[0], len(y), len(sample_ids), len(splits)}
         if len(lengths) != 1 or shape[0] != metadata.get("n_samples"):
             raise self._corrupt(

@@ -208,6 +208,22 @@ def _read_strings(dataset) -> np.ndarray:
     return _decode(_raw_strings(dataset))
 
 
+def _read_strings_in_blocks(dataset, digest: StringsDigest | None, *, shared: bool = False) -> np.ndarray:
+    """A string dataset decoded into an object array, read `STRING_BLOCK` at a time and fed to
+    `digest` as stored: a million sample ids are held once, as strings, not also as bytes.
+    `shared`: equal strings become one object (the splits: a million rows, a few values)."""
+    out = np.empty(len(dataset), dtype=object)
+    seen: dict[str, str] = {}
+    for start in range(0, len(dataset), STRING_BLOCK):
+        raw = [value if isinstance(value, bytes) else encode_text(value)
+               for value in dataset[start:start + STRING_BLOCK].tolist()]
+        if digest is not None:
+            digest.update(raw)
+        decoded = [value.decode("utf-8", "surrogateescape") for value in raw]
+        out[start:start + len(raw)] = [seen.setdefault(value, value) for value in decoded] if shared else decoded
+    return out
+
+
 def _sample_ids_digest(sample_ids_kind: str, count: int) -> StringsDigest:
     """The digest of an entry's sample ids, to be fed its `count` ids: `sample_ids_kind` (relative
     or as given) decides what the ids mean, so it is covered with them."""
@@ -629,22 +645,25 @@ class EntryReader:
         try:
             features, features_digest = self.features(digest=verify) if with_features else (None, None)
             labels = handle["labels"][()]
-            raw = {name: _raw_strings(handle[name]) for name in ("sample_ids", "splits", "class_names")}
+            kind = str(handle.attrs.get("sample-ids", ""))
+            ids_digest = _sample_ids_digest(kind, len(handle["sample_ids"])) if verify else None
+            splits_digest = StringsDigest(len(handle["splits"])) if verify else None
+            sample_ids = _read_strings_in_blocks(handle["sample_ids"], ids_digest)
+            splits = _read_strings_in_blocks(handle["splits"], splits_digest, shared=True)
+            class_names = _raw_strings(handle["class_names"])
             digests = {}
             if verify:
-                kind = str(handle.attrs.get("sample-ids", ""))
                 digests = _entry_checksums(
-                    features=features_digest, labels=labels,
-                    sample_ids=_sample_ids_digest(kind, len(raw["sample_ids"])).update(raw["sample_ids"]).digest(),
-                    splits=strings_digest(raw["splits"]), class_names=raw["class_names"], skipped=self._raw_skipped(),
+                    features=features_digest, labels=labels, sample_ids=ids_digest.digest(),
+                    splits=splits_digest.digest(), class_names=class_names, skipped=self._raw_skipped(),
                     key=str(handle.attrs.get("key", "")), metadata=str(handle.attrs.get("metadata", "")),
                 )
             return (
                 features,
                 labels,
-                _decode(raw["sample_ids"]),
-                _decode(raw["splits"]),
-                tuple(_decode(raw["class_names"]).tolist()),
+                sample_ids,
+                splits,
+                tuple(_decode(class_names).tolist()),
                 digests,
             )
         except (KeyError, OSError, TypeError, ValueError) as error:

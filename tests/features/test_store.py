@@ -272,3 +272,30 @@ def test_commit_memory_does_not_grow_with_copies_of_the_sample_ids(tmp_path, mon
         tracemalloc.stop()
     per_sample = (peaks[60_000] - peaks[20_000]) / 40_000
     assert per_sample < 100, f"{per_sample:.0f} bytes a sample"
+
+
+def test_reading_holds_each_sample_id_once(tmp_path, monkeypatch):
+    """Reading an entry once held its sample ids as bytes, as relative strings and as absolute ones,
+    and its splits as a million strings: 0.3 GB at a million images (benchmarks/RESULTS.md, scale)."""
+    import tracemalloc
+
+    from layerprobe.features.store import hdf5
+
+    monkeypatch.setattr(hdf5, "STRING_BLOCK", 4096)
+    per_sample = {}
+    for n in (20_000, 60_000):
+        store, root = FeatureStore(tmp_path / f"store{n}"), str(tmp_path / "images")
+        key, partial, n_chunks, sample_ids = _commit_files(store, n, root, chunk=n)
+        store.commit(key, partial, n_chunks, sample_ids=sample_ids, labels=np.arange(n) % 2,
+                     splits=["train"] * n, class_names=["a", "b"], metadata={}, root=root)
+        del sample_ids
+        tracemalloc.start()
+        stream = store.stream(key, split="train")
+        per_sample[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert stream.sample_ids[-1] == os.path.join(root, "class1", f"{(n - 1) // 1000:02d}", f"{n - 1:07d}.jpg")
+    growth = (per_sample[60_000] - per_sample[20_000]) / 40_000
+    length = len(os.path.join(str(tmp_path / "images"), "class0", "00", "0000000.jpg"))
+    # Each absolute path once (a str: 49 bytes and its characters), and the entry's and the split's
+    # arrays of pointers, labels and indices (about 8 x 8 bytes); before: 304 bytes for 91 characters.
+    assert growth < length + 49 + 10 * 8, f"{growth:.0f} bytes a sample for a {length}-character path"
