@@ -195,9 +195,9 @@ def _write_strings(handle, name: str, values: Sequence[str], digest: StringsDige
         digest.update(block)
 
 
-def _raw_strings(dataset) -> list[bytes]:
-    """The stored bytes of a string dataset, as written (what its checksum covers)."""
-    return [value if isinstance(value, bytes) else encode_text(value) for value in dataset[()].tolist()]
+def _raw_strings(dataset, rows=()) -> list[bytes]:
+    """The stored bytes of a string dataset (or of `rows` of it), as written (what its checksum covers)."""
+    return [value if isinstance(value, bytes) else encode_text(value) for value in dataset[rows].tolist()]
 
 
 def _decode(raw: Sequence[bytes]) -> np.ndarray:
@@ -215,11 +215,10 @@ def _read_strings_in_blocks(dataset, digest: StringsDigest | None, *, shared: bo
     out = np.empty(len(dataset), dtype=object)
     seen: dict[str, str] = {}
     for start in range(0, len(dataset), STRING_BLOCK):
-        raw = [value if isinstance(value, bytes) else encode_text(value)
-               for value in dataset[start:start + STRING_BLOCK].tolist()]
+        raw = _raw_strings(dataset, slice(start, start + STRING_BLOCK))
         if digest is not None:
             digest.update(raw)
-        decoded = [value.decode("utf-8", "surrogateescape") for value in raw]
+        decoded = _decode(raw)
         out[start:start + len(raw)] = [seen.setdefault(value, value) for value in decoded] if shared else decoded
     return out
 
